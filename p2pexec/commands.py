@@ -1,0 +1,271 @@
+"""
+The AMP commands of the p2pexec wire protocol: declarations only.
+
+Each command pins its wire name (the message name of the original system)
+and declares every error it can answer with, so that a refusal keeps the
+connection open.  Lists travel as one JSON value per AMP key; a list longer
+than one AMP value allows (65,535 bytes) is split into several commands by
+L{chunk}.
+
+The full contract, with every field and error, is in C{docs/protocol.rst}.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Callable, Iterable, Iterator, TypeVar
+
+from twisted.protocols import amp
+
+MAX_VALUE_BYTES = 60_000
+"""A list is chunked so that each JSON value stays under this size."""
+
+
+class JSON(amp.Argument):
+    """
+    An AMP argument holding a JSON document (UTF-8, compact).
+
+    Decoding errors surface as L{BadArguments} through
+    L{p2pexec.peer.PeerProtocol.locateResponder}.
+    """
+
+    def toString(self, inObject: Any) -> bytes:
+        """Encode C{inObject} as compact UTF-8 JSON."""
+        return json.dumps(inObject, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+    def fromString(self, inString: bytes) -> Any:
+        """Decode UTF-8 JSON."""
+        return json.loads(inString.decode("utf-8"))
+
+
+class BadArguments(Exception):
+    """A command's arguments are missing, malformed or out of range."""
+
+
+class ConnectRequired(Exception):
+    """A command other than CONNECT_REQUEST arrived before CONNECT_REQUEST."""
+
+
+class ClusterMismatch(Exception):
+    """The two nodes belong to different clusters."""
+
+
+class VersionMismatch(Exception):
+    """The two nodes speak different protocol versions."""
+
+
+class DuplicateConnection(Exception):
+    """The two nodes are already connected; the new connection is refused."""
+
+
+class NameConflict(Exception):
+    """Another live node already uses this name in the cluster."""
+
+
+class ShuttingDown(Exception):
+    """The node is leaving and takes no new connections or tasks."""
+
+
+class NotCapable(Exception):
+    """An assignment holds a task of a kind this node does not run."""
+
+
+class UnknownJob(Exception):
+    """A confirmation names a job this node is not the master of."""
+
+
+_COMMON_ERRORS: dict[type[Exception], bytes] = {
+    BadArguments: b"BAD_ARGUMENTS",
+    ConnectRequired: b"CONNECT_REQUIRED",
+}
+
+
+def _errors(**more: type[Exception]) -> dict[type[Exception], bytes]:
+    errors = dict(_COMMON_ERRORS)
+    for code, error in more.items():
+        errors[error] = code.encode("ascii")
+    return errors
+
+
+class ConnectRequest(amp.Command):
+    """
+    CONNECT_REQUEST, answered by CONNECT_ACK: the dialling node introduces
+    itself.  It must be the first command on a connection.
+    """
+
+    commandName = b"CONNECT_REQUEST"
+    arguments = [
+        (b"cluster", amp.Unicode()),
+        (b"name", amp.Unicode()),
+        (b"instance", amp.Unicode()),
+        (b"version", amp.Integer()),
+    ]
+    response = [
+        (b"name", amp.Unicode()),
+        (b"instance", amp.Unicode()),
+        (b"version", amp.Integer()),
+    ]
+    errors = _errors(
+        CLUSTER_MISMATCH=ClusterMismatch,
+        VERSION_MISMATCH=VersionMismatch,
+        DUPLICATE_CONNECTION=DuplicateConnection,
+        NAME_CONFLICT=NameConflict,
+        SHUTTING_DOWN=ShuttingDown,
+    )
+
+
+class Handshake(amp.Command):
+    """
+    HANDSHAKE, answered by HANDSHAKE_RESPONSE: both sides exchange their full
+    node description (address, capabilities, slots).
+    """
+
+    commandName = b"HANDSHAKE"
+    arguments = [(b"node", JSON())]
+    response = [(b"node", JSON())]
+    errors = _errors()
+
+
+class PeerExchange(amp.Command):
+    """
+    PEER_EXCHANGE: each side sends the peers it knows and gets the other's
+    list back, so that membership spreads even where datagrams are lost.
+    """
+
+    commandName = b"PEER_EXCHANGE"
+    arguments = [(b"peers", JSON())]
+    response = [(b"peers", JSON())]
+    errors = _errors()
+
+
+class InstructionAssignment(amp.Command):
+    """
+    INSTRUCTION_ASSIGNMENT: the master hands a worker a batch of tasks of one
+    job.  The answer says how many were accepted (all, or an error).
+    """
+
+    commandName = b"INSTRUCTION_ASSIGNMENT"
+    arguments = [
+        (b"job", amp.Unicode()),
+        (b"master", amp.Unicode()),
+        (b"master_instance", amp.Unicode()),
+        (b"tasks", JSON()),
+    ]
+    response = [(b"accepted", amp.Integer())]
+    errors = _errors(
+        NOT_CAPABLE=NotCapable,
+        SHUTTING_DOWN=ShuttingDown,
+    )
+
+
+class ExecutionConfirmation(amp.Command):
+    """
+    EXECUTION_CONFIRMATION: a worker reports a batch of finished attempts to
+    the job's master.  The answer counts the results applied and the stale
+    ones dropped.
+    """
+
+    commandName = b"EXECUTION_CONFIRMATION"
+    arguments = [
+        (b"job", amp.Unicode()),
+        (b"results", JSON()),
+    ]
+    response = [
+        (b"applied", amp.Integer()),
+        (b"stale", amp.Integer()),
+    ]
+    errors = _errors(UNKNOWN_JOB=UnknownJob)
+
+
+class TaskComplete(amp.Command):
+    """
+    TASK_COMPLETE: the master tells each worker that took part that the job
+    has finished, with its totals.
+    """
+
+    commandName = b"TASK_COMPLETE"
+    arguments = [
+        (b"job", amp.Unicode()),
+        (b"succeeded", amp.Integer()),
+        (b"failed", amp.Integer()),
+        (b"elapsed", amp.Float()),
+    ]
+    response: list[tuple[bytes, amp.Argument]] = []
+    errors = _errors()
+
+
+class DisconnectRequest(amp.Command):
+    """
+    DISCONNECT_REQUEST, answered by DISCONNECT_ACK: the sender is leaving.
+    The receiver puts back any of the sender's unconfirmed tasks at once,
+    answers, and expects the connection to close.
+    """
+
+    commandName = b"DISCONNECT_REQUEST"
+    arguments = [(b"reason", amp.Unicode())]
+    response: list[tuple[bytes, amp.Argument]] = []
+    errors = _errors()
+
+
+ALL_COMMANDS = (
+    ConnectRequest,
+    Handshake,
+    PeerExchange,
+    InstructionAssignment,
+    ExecutionConfirmation,
+    TaskComplete,
+    DisconnectRequest,
+)
+
+T = TypeVar("T")
+
+
+def chunk(
+    items: Iterable[T],
+    to_wire: Callable[[T], Any],
+    limit: int = MAX_VALUE_BYTES,
+) -> Iterator[list[Any]]:
+    """
+    Split C{items} into lists of wire forms whose JSON encoding stays under
+    C{limit} bytes.
+
+    @raise ValueError: if a single item alone is over the limit.
+    """
+    batch: list[Any] = []
+    size = 2
+    for item in items:
+        wire = to_wire(item)
+        item_size = len(json.dumps(wire, separators=(",", ":"), ensure_ascii=False).encode("utf-8")) + 1
+        if item_size + 2 > limit:
+            raise ValueError(f"one item is {item_size} bytes, over the {limit}-byte limit")
+        if batch and size + item_size > limit:
+            yield batch
+            batch, size = [], 2
+        batch.append(wire)
+        size += item_size
+    if batch:
+        yield batch
+
+
+def result_wire_within(result: Any, limit: int = MAX_VALUE_BYTES - 256) -> dict[str, Any]:
+    """
+    The wire form of a L{p2pexec.model.TaskResult}, with its output tails
+    shortened (keeping their ends) until it fits in C{limit} bytes of JSON.
+    """
+    wire = result.to_wire()
+    while True:
+        size = len(json.dumps(wire, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
+        if size <= limit:
+            return wire
+        shortened = False
+        for stream in ("stdout", "stderr"):
+            text = wire.get(stream, "")
+            if len(text) > 64:
+                wire[stream] = text[len(text) // 2 :]
+                shortened = True
+        if not shortened:
+            wire.pop("stdout", None)
+            wire.pop("stderr", None)
+            if wire.get("error") and len(wire["error"]) > 1024:
+                wire["error"] = wire["error"][:1024]
+            return wire

@@ -1,0 +1,174 @@
+"""
+Multicast discovery: the DISCOVER/HELLO datagram protocol.
+
+A node multicasts DISCOVER when it starts and then again with backoff (1 s,
+2 s, 4 s ... up to C{discover_max_interval}), and answers every DISCOVER it
+hears with a multicast HELLO after a short random delay (answers are
+coalesced, so a burst of DISCOVERs costs one HELLO).  It also announces itself
+with a HELLO every C{hello_interval} seconds.  Every datagram it accepts from
+another node of its cluster is passed to C{on_peer}.
+
+This module only speaks datagrams; what a peer I{means} is the peer table's
+business (L{p2pexec.membership}).
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Callable, Optional
+
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import DatagramProtocol
+
+from p2pexec import datagram
+from p2pexec.log import NodeLogger, RateLimitedLog
+from p2pexec.model import NodeInfo
+
+log = NodeLogger()
+
+
+class DiscoveryProtocol(DatagramProtocol):
+    """
+    Sends and receives discovery datagrams on one multicast group.
+
+    @ivar sent: how many datagrams were sent, by type, for metrics.
+    @ivar received: how many were accepted from other nodes.
+    @ivar rejected: how many were dropped, by reason.
+    """
+
+    def __init__(
+        self,
+        local_info: Callable[[], NodeInfo],
+        group: tuple[str, int],
+        interface: str,
+        clock: IReactorTime,
+        on_peer: Callable[[NodeInfo], None],
+        hello_interval: float = 10.0,
+        discover_max_interval: float = 60.0,
+        answer_delay: float = 0.25,
+        random_fraction: Callable[[], float] = random.random,
+    ) -> None:
+        self._local_info = local_info
+        self._group = group
+        self._interface = interface
+        self._clock = clock
+        self._on_peer = on_peer
+        self._hello_interval = hello_interval
+        self._discover_max_interval = discover_max_interval
+        self._answer_delay = answer_delay
+        self._random = random_fraction
+        self._discover_delay = 1.0
+        self._discover_call: Optional[IDelayedCall] = None
+        self._hello_call: Optional[IDelayedCall] = None
+        self._answer_call: Optional[IDelayedCall] = None
+        self._complaints = RateLimitedLog(log, clock)
+        self.sent: dict[str, int] = {datagram.DISCOVER: 0, datagram.HELLO: 0}
+        self.received = 0
+
+    noisy = False
+
+    @property
+    def rejected(self) -> dict[str, int]:
+        """Datagrams dropped, by reason."""
+        return self._complaints.counts
+
+    def startProtocol(self) -> None:
+        """Join the group on our interface, then start discovering."""
+        host, _ = self._group
+        self.transport.setOutgoingInterface(self._interface)
+        self.transport.setTTL(1)
+        joined = self.transport.joinGroup(host, self._interface)
+        joined.addErrback(self._join_failed)
+        self._send(datagram.DISCOVER)
+        me = self._local_info()
+        log.info("Node {name} sent DISCOVER", name=me.name)
+        self._discover_call = self._clock.callLater(self._discover_delay, self._rediscover)
+        self._hello_call = self._clock.callLater(self._jittered(self._hello_interval), self._announce)
+
+    def _join_failed(self, failure) -> None:
+        log.error(
+            "Could not join multicast group {group} on {interface}: {error}. "
+            "Discovery will not hear other nodes; use --interface with an address "
+            "of a multicast-capable interface.",
+            group=self._group[0],
+            interface=self._interface,
+            error=failure.getErrorMessage(),
+        )
+
+    def stopProtocol(self) -> None:
+        """Cancel every pending send."""
+        for call in (self._discover_call, self._hello_call, self._answer_call):
+            if call is not None and call.active():
+                call.cancel()
+        self._discover_call = self._hello_call = self._answer_call = None
+
+    def _jittered(self, interval: float) -> float:
+        return interval * (0.8 + 0.4 * self._random())
+
+    def _rediscover(self) -> None:
+        self._send(datagram.DISCOVER)
+        log.debug("Node {name} sent DISCOVER again", name=self._local_info().name)
+        self._discover_delay = min(self._discover_delay * 2, self._discover_max_interval)
+        self._discover_call = self._clock.callLater(
+            self._jittered(self._discover_delay), self._rediscover
+        )
+
+    def _announce(self) -> None:
+        self._send(datagram.HELLO)
+        self._hello_call = self._clock.callLater(self._jittered(self._hello_interval), self._announce)
+
+    def _answer(self) -> None:
+        self._answer_call = None
+        self._send(datagram.HELLO)
+
+    def _send(self, kind: str) -> None:
+        if self.transport is None:
+            return
+        data = datagram.encode(datagram.Datagram(type=kind, node=self._local_info()))
+        try:
+            self.transport.write(data, self._group)
+        except OSError as e:
+            log.warn(
+                "Could not send {kind} to {group}: {error}",
+                kind=kind,
+                group="%s:%d" % self._group,
+                error=e,
+            )
+            return
+        self.sent[kind] += 1
+
+    def datagramReceived(self, data: bytes, addr: tuple[str, int]) -> None:
+        """Decode, filter and pass on one datagram; never raise."""
+        source = "%s:%d" % (addr[0], addr[1])
+        try:
+            received = datagram.decode(data)
+        except datagram.DatagramError as e:
+            self._complaints.warn(
+                e.reason,
+                source,
+                "Dropped a datagram from {source}: {detail}",
+                detail=e.detail,
+            )
+            return
+        me = self._local_info()
+        peer = received.node
+        if peer.name == me.name and peer.instance == me.instance:
+            return
+        if peer.cluster != me.cluster:
+            self._complaints.warn(
+                "foreign-cluster",
+                source,
+                "Ignored {kind} from node {peer} of cluster {cluster!r} at {source}: "
+                "this node is in cluster {mine!r}",
+                kind=received.type,
+                peer=peer.name,
+                cluster=peer.cluster,
+                mine=me.cluster,
+            )
+            return
+        self.received += 1
+        if received.type == datagram.DISCOVER and self._answer_call is None:
+            self._answer_call = self._clock.callLater(
+                self._answer_delay * self._random(), self._answer
+            )
+        self._on_peer(peer)

@@ -1,0 +1,207 @@
+"""
+Running a task's command as a child process.
+
+L{ProcessExecutor.run} starts the command with the reactor's process API in a
+process group of its own (through C{setsid}), keeps bounded tails of its
+output, enforces its timeout by signalling the whole group (SIGTERM, then
+SIGKILL after a grace period), and fires with a L{TaskResult}.  It never
+fails: every problem (no such program, no such folder, a timeout) becomes a
+result that says what happened.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+from typing import Any, Mapping, Optional
+
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.interfaces import IDelayedCall, IReactorProcess, IReactorTime
+from twisted.internet.protocol import ProcessProtocol
+from twisted.python.failure import Failure
+
+from p2pexec.model import ERROR, FAILED, SUCCEEDED, TIMED_OUT, Assignment, TaskResult
+
+DEFAULT_TAIL_BYTES = 24 * 1024
+"""How much of the end of stdout and of stderr each result keeps."""
+
+DEFAULT_KILL_GRACE = 5.0
+"""Seconds between SIGTERM and SIGKILL when a task times out or is stopped."""
+
+
+class _Tail:
+    """The last C{limit} bytes written to a stream."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._data = bytearray()
+        self.total = 0
+
+    def write(self, data: bytes) -> None:
+        self.total += len(data)
+        self._data += data
+        if len(self._data) > 2 * self._limit:
+            del self._data[: len(self._data) - self._limit]
+
+    def text(self) -> str:
+        data = bytes(self._data[-self._limit :])
+        return data.decode("utf-8", errors="replace")
+
+
+class _TaskProcess(ProcessProtocol):
+    """Collects one child's output and reports its end."""
+
+    def __init__(self, limit: int) -> None:
+        self.stdout = _Tail(limit)
+        self.stderr = _Tail(limit)
+        self.ended: Deferred[Failure] = Deferred()
+
+    def connectionMade(self) -> None:
+        self.transport.closeStdin()
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        (self.stdout if childFD == 1 else self.stderr).write(data)
+
+    def processEnded(self, reason: Failure) -> None:
+        self.ended.callback(reason)
+
+
+class ProcessExecutor:
+    """
+    Runs task commands as child processes.
+
+    @ivar running: the process protocols of the tasks running now, by pid.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        node_name: str,
+        tail_bytes: int = DEFAULT_TAIL_BYTES,
+        kill_grace: float = DEFAULT_KILL_GRACE,
+        base_environment: Optional[Mapping[str, str]] = None,
+    ) -> None:
+        self._reactor: IReactorProcess = reactor
+        self._clock: IReactorTime = reactor
+        self._node_name = node_name
+        self._tail_bytes = tail_bytes
+        self._kill_grace = kill_grace
+        self._environment = dict(os.environ if base_environment is None else base_environment)
+        self._setsid = shutil.which("setsid")
+        self.running: dict[int, Any] = {}
+
+    def run(self, job: str, assignment: Assignment) -> Deferred[TaskResult]:
+        """Run one attempt of a task; fires with its result, never fails."""
+        task = assignment.task
+        started = self._clock.seconds()
+
+        def result(status: str, **fields: Any) -> TaskResult:
+            return TaskResult(
+                task_id=task.id,
+                attempt=assignment.attempt,
+                status=status,
+                node=self._node_name,
+                duration=self._clock.seconds() - started,
+                **fields,
+            )
+
+        environment = dict(self._environment)
+        environment.update(task.env)
+        environment.update(
+            P2PEXEC_JOB_ID=job,
+            P2PEXEC_TASK_ID=task.id,
+            P2PEXEC_ATTEMPT=str(assignment.attempt),
+            P2PEXEC_NODE=self._node_name,
+        )
+        if task.shell:
+            argv = ["/bin/sh", "-c", str(task.command)]
+        else:
+            argv = list(task.command or ())
+        if task.cwd is not None and not os.path.isdir(task.cwd):
+            return _succeed(result(ERROR, error=f"working directory {task.cwd!r} does not exist"))
+        search_path = environment.get("PATH", os.defpath)
+        program = argv[0]
+        if os.sep not in program:
+            found = shutil.which(program, path=search_path)
+            if found is None:
+                return _succeed(result(ERROR, exit_code=127, error=f"command not found: {program!r}"))
+        elif not os.access(os.path.join(task.cwd or "", program), os.X_OK):
+            return _succeed(result(ERROR, exit_code=126, error=f"{program!r} is not an executable file"))
+        if self._setsid is not None:
+            argv = [self._setsid] + argv
+        protocol = _TaskProcess(self._tail_bytes)
+        try:
+            transport = self._reactor.spawnProcess(
+                protocol, argv[0], argv, env=environment, path=task.cwd
+            )
+        except OSError as e:
+            return _succeed(result(ERROR, error=f"could not start {program!r}: {e}"))
+        pid = transport.pid
+        self.running[pid] = protocol
+        timer: Optional[IDelayedCall] = None
+        timed_out = []
+        if task.timeout is not None:
+
+            def on_timeout() -> None:
+                timed_out.append(True)
+                self._signal_group(pid, signal.SIGTERM, protocol)
+
+            timer = self._clock.callLater(task.timeout, on_timeout)
+
+        def ended(reason: Failure) -> TaskResult:
+            self.running.pop(pid, None)
+            if timer is not None and timer.active():
+                timer.cancel()
+            fields: dict[str, Any] = {
+                "stdout": protocol.stdout.text(),
+                "stderr": protocol.stderr.text(),
+            }
+            code = reason.value.exitCode if isinstance(reason.value, (ProcessDone, ProcessTerminated)) else None
+            signal_number = getattr(reason.value, "signal", None)
+            if timed_out:
+                return result(TIMED_OUT, exit_code=code, error=f"timed out after {task.timeout:g}s; process group killed", **fields)
+            if code == 0:
+                return result(SUCCEEDED, exit_code=0, **fields)
+            if signal_number is not None:
+                return result(FAILED, exit_code=None, error=f"killed by signal {signal_number}", **fields)
+            return result(FAILED, exit_code=code, **fields)
+
+        return protocol.ended.addCallback(ended)
+
+    def _signal_group(self, pid: int, number: int, protocol: _TaskProcess) -> None:
+        """Signal a task's process group, and SIGKILL it after the grace period."""
+        _kill_group(pid, number)
+        if number != signal.SIGKILL:
+
+            def escalate() -> None:
+                if pid in self.running:
+                    _kill_group(pid, signal.SIGKILL)
+
+            call = self._clock.callLater(self._kill_grace, escalate)
+            protocol.ended.addBoth(lambda r: (call.cancel() if call.active() else None, r)[1])
+
+    def stop_all(self) -> None:
+        """Terminate every running task's process group (SIGTERM, then SIGKILL)."""
+        for pid, protocol in list(self.running.items()):
+            self._signal_group(pid, signal.SIGTERM, protocol)
+
+
+def _kill_group(pid: int, number: int) -> None:
+    """Signal the process group led by C{pid}, or just C{pid} if it leads none."""
+    try:
+        os.killpg(pid, number)
+        return
+    except (ProcessLookupError, PermissionError):
+        pass
+    try:
+        os.kill(pid, number)
+    except ProcessLookupError:
+        pass
+
+
+def _succeed(value: TaskResult) -> Deferred[TaskResult]:
+    d: Deferred[TaskResult] = Deferred()
+    d.callback(value)
+    return d

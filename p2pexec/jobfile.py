@@ -1,0 +1,108 @@
+"""
+Reading a TOML job file (C{--job FILE}); the format is in C{docs/jobs.rst}.
+
+A job file has an optional C{[defaults]} table, whose fields apply to every
+task that does not set them, and a C{[[task]]} list::
+
+    [defaults]
+    kind = "sh"
+    timeout = 30
+
+    [[task]]
+    id = "hello"
+    command = ["echo", "hello"]
+
+Every mistake is reported as a L{JobFileError} naming the file, the task and
+the field at fault.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from typing import Any
+
+from p2pexec.commands import MAX_VALUE_BYTES
+from p2pexec.model import TaskSpec, ValidationError
+
+MAX_TASKS = 1_000_000
+"""A job holds at most this many tasks."""
+
+MAX_TASK_BYTES = MAX_VALUE_BYTES // 2
+"""A single task's wire form must stay under this size."""
+
+_DEFAULTABLE = ("kind", "command", "shell", "cwd", "env", "timeout")
+
+
+class JobFileError(ValueError):
+    """A job file cannot be used; the message says where and why."""
+
+
+def load_job_file(path: str) -> list[TaskSpec]:
+    """
+    Read and validate the job file at C{path}.
+
+    @raise JobFileError: naming the file, and the task and field at fault.
+    """
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as e:
+        raise JobFileError(f"job file {path}: cannot be read: {e.strerror or e}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise JobFileError(f"job file {path}: not valid TOML: {e}") from None
+    return parse_job(data, path)
+
+
+def parse_job(data: dict[str, Any], source: str = "<job>") -> list[TaskSpec]:
+    """
+    Validate a decoded job document (from TOML, or later JSON).
+
+    @raise JobFileError: naming C{source}, and the task and field at fault.
+    """
+    unknown = set(data) - {"defaults", "task", "job"}
+    if unknown:
+        raise JobFileError(
+            f"job file {source}: unknown top-level key(s) {', '.join(sorted(unknown))} "
+            f"(expected [defaults] and [[task]])"
+        )
+    defaults = data.get("defaults", {})
+    if not isinstance(defaults, dict):
+        raise JobFileError(f"job file {source}: [defaults] must be a table")
+    bad_defaults = set(defaults) - set(_DEFAULTABLE)
+    if bad_defaults:
+        raise JobFileError(
+            f"job file {source}: [defaults] has unknown field(s) {', '.join(sorted(bad_defaults))}; "
+            f"allowed: {', '.join(_DEFAULTABLE)}"
+        )
+    tasks = data.get("task")
+    if tasks is None:
+        raise JobFileError(f"job file {source}: no [[task]] entries")
+    if not isinstance(tasks, list) or not all(isinstance(t, dict) for t in tasks):
+        raise JobFileError(f"job file {source}: 'task' must be a list of [[task]] tables")
+    if len(tasks) > MAX_TASKS:
+        raise JobFileError(f"job file {source}: {len(tasks)} tasks is over the limit of {MAX_TASKS}")
+    specs: list[TaskSpec] = []
+    seen: dict[str, int] = {}
+    for number, raw in enumerate(tasks, start=1):
+        where = f"job file {source}: task #{number}"
+        if "id" in raw:
+            where += f" ({raw['id']!r})"
+        fields = dict(raw)
+        for key, value in defaults.items():
+            if key == "env" and isinstance(value, dict) and isinstance(fields.get("env"), dict):
+                fields["env"] = {**value, **fields["env"]}
+            else:
+                fields.setdefault(key, value)
+        try:
+            spec = TaskSpec.from_wire(fields)
+        except ValidationError as e:
+            raise JobFileError(f"{where}: {e}") from None
+        if spec.id in seen:
+            raise JobFileError(f"{where}: id {spec.id!r} is already used by task #{seen[spec.id]}")
+        seen[spec.id] = number
+        size = len(json.dumps(spec.to_wire(), ensure_ascii=False).encode("utf-8"))
+        if size > MAX_TASK_BYTES:
+            raise JobFileError(f"{where}: the task is {size} bytes, over the {MAX_TASK_BYTES}-byte limit")
+        specs.append(spec)
+    return specs

@@ -1,0 +1,118 @@
+"""
+Logging helpers on top of L{twisted.logger}.
+
+Every p2pexec log line goes through a L{twisted.logger.Logger} with structured
+fields.  Two additions live here:
+
+  - a process-wide minimum level (C{--log-level}), applied before an event is
+    even built, so that per-task debug lines cost nothing on the hot path;
+  - L{RateLimitedLog}, so that a stream of bad datagrams or boxes from one
+    source produces one line a minute, not a flood.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger, LogLevel
+
+_minimum_level = LogLevel.info
+
+LEVELS = {
+    "debug": LogLevel.debug,
+    "info": LogLevel.info,
+    "warn": LogLevel.warn,
+    "error": LogLevel.error,
+}
+"""The names C{--log-level} accepts."""
+
+
+def set_minimum_level(level: LogLevel) -> None:
+    """Drop every p2pexec event below C{level} from now on."""
+    global _minimum_level
+    _minimum_level = level
+
+
+def minimum_level() -> LogLevel:
+    """The level below which p2pexec events are dropped."""
+    return _minimum_level
+
+
+class NodeLogger(Logger):
+    """
+    A L{Logger} that drops events below the process-wide minimum level before
+    formatting anything.
+    """
+
+    def emit(self, level: LogLevel, format: Optional[str] = None, **kwargs: Any) -> None:
+        """Emit the event unless C{level} is below the minimum."""
+        if level < _minimum_level:
+            return
+        super().emit(level, format, **kwargs)
+
+
+class DemotingLogger(NodeLogger):
+    """
+    A L{NodeLogger} for Twisted's own chatty components: their info lines
+    become debug lines; warnings and errors stay as they are.
+    """
+
+    def emit(self, level: LogLevel, format: Optional[str] = None, **kwargs: Any) -> None:
+        """Emit the event, at debug level if it was below a warning."""
+        if level < LogLevel.warn:
+            level = LogLevel.debug
+        super().emit(level, format, **kwargs)
+
+
+class RateLimitedLog:
+    """
+    Log repeated complaints of one kind from one source at most once per
+    C{interval} seconds, saying how many were suppressed in between.
+
+    @ivar counts: how many complaints of each reason were seen in all, for
+        metrics.
+    """
+
+    def __init__(
+        self,
+        log: Logger,
+        clock: IReactorTime,
+        interval: float = 60.0,
+        max_sources: int = 1024,
+    ) -> None:
+        self._log = log
+        self._clock = clock
+        self._interval = interval
+        self._max_sources = max_sources
+        self._last: dict[tuple[str, str], tuple[float, int]] = {}
+        self.counts: dict[str, int] = {}
+
+    def warn(self, reason: str, source: str, format: str, **fields: Any) -> None:
+        """
+        Count a complaint, and log it unless one with the same reason and
+        source was logged less than C{interval} seconds ago.
+        """
+        self.counts[reason] = self.counts.get(reason, 0) + 1
+        key = (reason, source)
+        now = self._clock.seconds()
+        last = self._last.get(key)
+        if last is not None and now - last[0] < self._interval:
+            self._last[key] = (last[0], last[1] + 1)
+            return
+        suppressed = last[1] if last is not None else 0
+        if len(self._last) >= self._max_sources and key not in self._last:
+            self._last.clear()
+        self._last[key] = (now, 0)
+        if suppressed:
+            format += " ({suppressed} more like it suppressed)"
+        self._log.warn(format, reason=reason, source=source, suppressed=suppressed, **fields)
+
+
+def call_logging_failures(log: Logger, what: str) -> Callable[[Any], None]:
+    """An errback that logs a failure with C{what} it was doing."""
+
+    def errback(failure: Any) -> None:
+        log.failure("Unexpected error while {what}", failure, what=what)
+
+    return errback

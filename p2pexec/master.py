@@ -1,0 +1,280 @@
+"""
+The master side of a node: the jobs it accepted, their queues of pending
+tasks by kind, and the dispatch loop that hands them to workers.
+
+The master does no I/O itself.  It is given an L{IWorkerLink} to reach the
+workers and an L{IJobObserver} to report finished jobs, and it coalesces
+dispatching to once per reactor turn through the injected clock.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections import deque
+from typing import Iterable, Optional, Protocol
+
+import attr
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+
+from p2pexec import scheduler
+from p2pexec.job import Job, Verdict
+from p2pexec.log import NodeLogger
+from p2pexec.model import Assignment, NodeInfo, TaskResult, TaskSpec
+
+log = NodeLogger()
+
+
+class IWorkerLink(Protocol):
+    """How the master reaches its workers."""
+
+    def send_assignments(self, worker: str, job: str, assignments: list[Assignment]) -> None:
+        """Hand C{assignments} to C{worker}; a failure means the worker is lost."""
+
+    def send_complete(self, worker: str, job: Job) -> None:
+        """Tell C{worker} that C{job} has finished."""
+
+
+class IJobObserver(Protocol):
+    """Who hears about finished jobs."""
+
+    def job_finished(self, job: Job) -> None:
+        """C{job} has a result for every task."""
+
+
+@attr.s(auto_attribs=True)
+class _WorkerSeat:
+    info: NodeInfo
+    window: int
+    outstanding: int = 0
+
+
+class Master:
+    """
+    Tracks this node's jobs and keeps its workers fed.
+
+    Each worker is given at most C{slots + prefetch} unconfirmed tasks, so it
+    always has the next batch at hand when a slot frees, without one worker
+    hoarding the queue.
+
+    @ivar jobs: every job accepted by this node, by id.
+    @ivar assignments_sent: how many task attempts were handed out in all.
+    """
+
+    def __init__(
+        self,
+        me: NodeInfo,
+        link: IWorkerLink,
+        observer: IJobObserver,
+        clock: IReactorTime,
+        prefetch_factor: float = 1.0,
+    ) -> None:
+        self.me = me
+        self._link = link
+        self._observer = observer
+        self._clock = clock
+        self._prefetch_factor = prefetch_factor
+        self.jobs: dict[str, Job] = {}
+        self._pending: dict[str, deque[tuple[str, str]]] = {}
+        self._workers: dict[str, _WorkerSeat] = {}
+        self._dispatch_call: Optional[IDelayedCall] = None
+        self._waiting_logged: set[str] = set()
+        self._job_numbers = itertools.count(1)
+        self.assignments_sent = 0
+        self.dispatching = True
+
+    # -- jobs -----------------------------------------------------------------
+
+    def new_job_id(self) -> str:
+        """A job id unique to this master process."""
+        return f"{self.me.name}-{self.me.instance[:8]}-{next(self._job_numbers)}"
+
+    def submit(self, tasks: Iterable[TaskSpec], job_id: Optional[str] = None) -> Job:
+        """Accept a job and queue its tasks."""
+        job = Job(job_id or self.new_job_id(), tasks, started=self._clock.seconds())
+        self.jobs[job.id] = job
+        kinds: dict[str, int] = {}
+        for task_id, record in job.tasks.items():
+            self._pending.setdefault(record.spec.kind, deque()).append((job.id, task_id))
+            kinds[record.spec.kind] = kinds.get(record.spec.kind, 0) + 1
+        log.info(
+            "Node {name} is master of job {job}: {count} task(s) of kind(s) {kinds}",
+            name=self.me.name,
+            job=job.id,
+            count=len(job.tasks),
+            kinds=", ".join(f"{k} ({n})" for k, n in sorted(kinds.items())),
+        )
+        if not job.tasks:
+            self._finish(job)
+        self.schedule_dispatch()
+        return job
+
+    def unfinished(self) -> list[Job]:
+        """The jobs that still have tasks without a result."""
+        return [job for job in self.jobs.values() if job.finished is None]
+
+    # -- workers ------------------------------------------------------------
+
+    def worker_joined(self, info: NodeInfo) -> None:
+        """C{info} can take tasks now (a handshake completed)."""
+        window = info.slots + max(1, int(info.slots * self._prefetch_factor))
+        seat = self._workers.get(info.name)
+        if seat is None:
+            self._workers[info.name] = _WorkerSeat(info=info, window=window)
+        else:
+            seat.info, seat.window = info, window
+        self.schedule_dispatch()
+
+    def worker_lost(self, name: str, why: str) -> None:
+        """
+        C{name} is gone: put its unconfirmed tasks back in the queue so that
+        they run elsewhere (this is where delivery becomes at-least-once).
+        """
+        seat = self._workers.pop(name, None)
+        if seat is None:
+            return
+        for job in self.unfinished():
+            returned = job.put_back(name)
+            if returned:
+                for task_id in reversed(returned):
+                    kind = job.tasks[task_id].spec.kind
+                    self._pending.setdefault(kind, deque()).appendleft((job.id, task_id))
+                log.warn(
+                    "Node {name} put {count} unconfirmed task(s) of job {job} back in the queue: "
+                    "worker {worker} {why}",
+                    name=self.me.name,
+                    count=len(returned),
+                    job=job.id,
+                    worker=name,
+                    why=why,
+                )
+        self.schedule_dispatch()
+
+    # -- results --------------------------------------------------------------
+
+    def confirm(self, job_id: str, results: list[TaskResult], sender: str) -> tuple[int, int]:
+        """
+        Apply a batch of results reported by C{sender}.
+
+        @return: (applied, stale).
+        @raise KeyError: if C{job_id} is not a job of this master.
+        """
+        job = self.jobs[job_id]
+        applied = stale = 0
+        seat = self._workers.get(sender)
+        now = self._clock.seconds()
+        for result in results:
+            verdict = job.apply(result, now)
+            if verdict is Verdict.APPLIED:
+                applied += 1
+                if seat is not None and seat.outstanding > 0:
+                    seat.outstanding -= 1
+                log.info(
+                    "Master received confirmation for {task} from {worker}",
+                    task=result.task_id,
+                    worker=result.node,
+                    job=job_id,
+                    status=result.status,
+                )
+                if not result.succeeded:
+                    log.warn(
+                        "Task {task} of job {job} {status} on {worker}: {detail}",
+                        task=result.task_id,
+                        job=job_id,
+                        status=result.status,
+                        worker=result.node,
+                        detail=result.error or f"exit code {result.exit_code}",
+                    )
+            else:
+                stale += 1
+                log.info(
+                    "Dropped a stale confirmation for {task} (attempt {attempt}) from {worker}",
+                    task=result.task_id,
+                    attempt=result.attempt,
+                    worker=sender,
+                    job=job_id,
+                )
+        if job.done and applied:
+            self._finish(job)
+        self.schedule_dispatch()
+        return applied, stale
+
+    def _finish(self, job: Job) -> None:
+        now = self._clock.seconds()
+        if job.finished is None:
+            job.finished = now
+        log.info(
+            "Job {job} finished: {succeeded} succeeded, {failed} failed, {elapsed:.3f}s elapsed",
+            job=job.id,
+            succeeded=job.succeeded,
+            failed=job.failed,
+            elapsed=job.elapsed(now),
+        )
+        for worker in sorted(job.participants - {self.me.name}):
+            self._link.send_complete(worker, job)
+        self._observer.job_finished(job)
+
+    # -- dispatch -----------------------------------------------------------
+
+    def schedule_dispatch(self) -> None:
+        """Dispatch once at the end of this reactor turn."""
+        if self._dispatch_call is None and self.dispatching:
+            self._dispatch_call = self._clock.callLater(0, self.dispatch)
+
+    def stop_dispatching(self) -> None:
+        """Hand out no more tasks (the node is leaving)."""
+        self.dispatching = False
+        if self._dispatch_call is not None and self._dispatch_call.active():
+            self._dispatch_call.cancel()
+        self._dispatch_call = None
+
+    def dispatch(self) -> None:
+        """Give pending tasks to workers with free capacity."""
+        self._dispatch_call = None
+        if not self.dispatching:
+            return
+        capacity = [
+            scheduler.WorkerCapacity(
+                name=name,
+                capabilities=frozenset(seat.info.capabilities),
+                free=seat.window - seat.outstanding,
+            )
+            for name, seat in self._workers.items()
+        ]
+        planned = scheduler.plan(self._pending, capacity)
+        for kind in planned.unschedulable:
+            if kind not in self._waiting_logged:
+                self._waiting_logged.add(kind)
+                log.warn(
+                    "Node {name} has {count} task(s) of kind {kind!r} waiting: no connected node "
+                    "has capability {kind!r}; they will be assigned when one joins",
+                    name=self.me.name,
+                    count=len(self._pending[kind]),
+                    kind=kind,
+                )
+        for kind, queue in self._pending.items():
+            if queue and kind not in planned.unschedulable:
+                self._waiting_logged.discard(kind)
+        for worker, entries in planned.assignments.items():
+            by_job: dict[str, list[Assignment]] = {}
+            for job_id, task_id in entries:
+                job = self.jobs[job_id]
+                if not job.is_pending(task_id):
+                    continue
+                by_job.setdefault(job_id, []).append(job.assign(task_id, worker))
+            seat = self._workers[worker]
+            for job_id, assignments in by_job.items():
+                seat.outstanding += len(assignments)
+                self.assignments_sent += len(assignments)
+                self._link.send_assignments(worker, job_id, assignments)
+        for kind in [k for k, q in self._pending.items() if not q]:
+            del self._pending[kind]
+
+    def pending_count(self) -> int:
+        """How many tasks wait for a worker."""
+        return sum(len(q) for q in self._pending.values())
+
+
+def random_instance() -> str:
+    """A fresh per-process instance id."""
+    return os.urandom(8).hex()

@@ -1,0 +1,447 @@
+"""
+Value types shared by every part of a node.
+
+Nothing in this module does I/O.  Each type knows how to turn itself into the
+plain JSON-able dictionaries that travel on the wire and how to build itself
+back from one, validating every field on the way in.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Mapping, Optional, Sequence, Union
+
+import attr
+
+PROTOCOL_VERSION = 1
+"""The wire protocol version carried by every datagram and handshake."""
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+"""What a node name, cluster name or task kind may look like."""
+
+TASK_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.:@+-]{1,128}$")
+"""What a task id may look like."""
+
+MAX_CAPABILITIES = 32
+"""A node advertises at most this many task kinds."""
+
+_LEADING_LETTERS = re.compile(r"^[A-Za-z]+")
+
+
+class ValidationError(ValueError):
+    """
+    A value from outside (the wire, a job file, the command line) is not
+    acceptable.  The message names the field and what is wrong with it.
+    """
+
+
+def kind_of(name: str) -> str:
+    """
+    The task kind implied by a task or node name: its leading letters.
+
+    C{b1} is of kind C{b}; C{render7} of kind C{render}.  A name that does not
+    start with a letter is its own kind.
+    """
+    match = _LEADING_LETTERS.match(name)
+    return match.group(0) if match else name
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValidationError(message)
+
+
+def _field(data: Mapping[str, Any], key: str, kind: type, what: str) -> Any:
+    _require(key in data, f"{what}: missing field {key!r}")
+    value = data[key]
+    if kind is int:
+        _require(
+            isinstance(value, int) and not isinstance(value, bool),
+            f"{what}: field {key!r} must be an integer, not {value!r}",
+        )
+    elif kind is float:
+        _require(
+            isinstance(value, (int, float)) and not isinstance(value, bool),
+            f"{what}: field {key!r} must be a number, not {value!r}",
+        )
+    else:
+        _require(
+            isinstance(value, kind),
+            f"{what}: field {key!r} must be a {kind.__name__}, not {value!r}",
+        )
+    return value
+
+
+def validate_name(value: Any, what: str) -> str:
+    """
+    Check a node name, cluster name or task kind and return it.
+
+    @raise ValidationError: naming C{what} when the value is unacceptable.
+    """
+    _require(
+        isinstance(value, str) and bool(NAME_PATTERN.match(value)),
+        f"{what} must be 1-64 characters of A-Z a-z 0-9 _ . -, not {value!r}",
+    )
+    return value
+
+
+@attr.s(frozen=True, slots=True, auto_attribs=True)
+class NodeInfo:
+    """
+    Everything a node tells the others about itself.
+
+    @ivar name: the node's name, unique within its cluster.
+    @ivar instance: a random id chosen when the process starts; a restarted
+        node has a new one.
+    @ivar host: the address its AMP port listens on.
+    @ivar port: its AMP TCP port.
+    @ivar capabilities: the task kinds it runs.
+    @ivar slots: how many tasks it runs at once.
+    @ivar cluster: the cluster it belongs to.
+    @ivar version: its wire protocol version.
+    """
+
+    name: str
+    instance: str
+    host: str
+    port: int
+    capabilities: tuple[str, ...]
+    slots: int
+    cluster: str = "default"
+    version: int = PROTOCOL_VERSION
+
+    def can_run(self, kind: str) -> bool:
+        """Whether this node runs tasks of C{kind}."""
+        return kind in self.capabilities
+
+    @property
+    def address(self) -> str:
+        """C{host:port}, for log lines."""
+        return f"{self.host}:{self.port}"
+
+    def to_wire(self) -> dict[str, Any]:
+        """The JSON-able form used in datagrams and PEER_EXCHANGE."""
+        return {
+            "name": self.name,
+            "instance": self.instance,
+            "host": self.host,
+            "port": self.port,
+            "capabilities": list(self.capabilities),
+            "slots": self.slots,
+            "cluster": self.cluster,
+            "version": self.version,
+        }
+
+    @classmethod
+    def from_wire(cls, data: Any) -> "NodeInfo":
+        """
+        Build a L{NodeInfo} from its wire form.
+
+        @raise ValidationError: naming the field at fault.
+        """
+        _require(isinstance(data, dict), f"node info must be an object, not {data!r}")
+        name = validate_name(_field(data, "name", str, "node info"), "node name")
+        what = f"node info for {name!r}"
+        instance = _field(data, "instance", str, what)
+        _require(0 < len(instance) <= 64, f"{what}: bad instance id {instance!r}")
+        host = _field(data, "host", str, what)
+        _require(0 < len(host) <= 255, f"{what}: bad host {host!r}")
+        port = _field(data, "port", int, what)
+        _require(0 < port < 65536, f"{what}: port {port} is out of range 1-65535")
+        capabilities = _field(data, "capabilities", list, what)
+        _require(
+            len(capabilities) <= MAX_CAPABILITIES,
+            f"{what}: more than {MAX_CAPABILITIES} capabilities",
+        )
+        for capability in capabilities:
+            validate_name(capability, f"{what}: capability")
+        slots = _field(data, "slots", int, what)
+        _require(1 <= slots <= 100_000, f"{what}: slots {slots} is out of range")
+        cluster = validate_name(_field(data, "cluster", str, what), f"{what}: cluster")
+        version = _field(data, "version", int, what)
+        return cls(
+            name=name,
+            instance=instance,
+            host=host,
+            port=port,
+            capabilities=tuple(capabilities),
+            slots=slots,
+            cluster=cluster,
+            version=version,
+        )
+
+
+Command = Union[str, tuple[str, ...], None]
+
+
+@attr.s(frozen=True, slots=True, auto_attribs=True)
+class TaskSpec:
+    """
+    One unit of work, as the master accepted it.
+
+    @ivar id: unique within its job.
+    @ivar kind: the capability a node needs to run it.
+    @ivar command: C{None} for an original-style instruction (the worker only
+        logs it), an argv tuple, or a shell string when C{shell} is true.
+    @ivar shell: whether C{command} is a string for C{/bin/sh -c}.
+    @ivar cwd: the working directory, or C{None} for the worker's own.
+    @ivar env: extra environment variables.
+    @ivar timeout: seconds before the process group is killed, or C{None}.
+    """
+
+    id: str
+    kind: str
+    command: Command = None
+    shell: bool = False
+    cwd: Optional[str] = None
+    env: tuple[tuple[str, str], ...] = ()
+    timeout: Optional[float] = None
+
+    @classmethod
+    def instruction(cls, name: str) -> "TaskSpec":
+        """An original-style instruction: a name whose kind is its leading letters."""
+        return cls(id=name, kind=kind_of(name))
+
+    def to_wire(self) -> dict[str, Any]:
+        """The JSON-able form carried by INSTRUCTION_ASSIGNMENT."""
+        data: dict[str, Any] = {"id": self.id, "kind": self.kind}
+        if self.command is not None:
+            data["command"] = (
+                self.command if isinstance(self.command, str) else list(self.command)
+            )
+        if self.shell:
+            data["shell"] = True
+        if self.cwd is not None:
+            data["cwd"] = self.cwd
+        if self.env:
+            data["env"] = dict(self.env)
+        if self.timeout is not None:
+            data["timeout"] = self.timeout
+        return data
+
+    @classmethod
+    def from_wire(cls, data: Any) -> "TaskSpec":
+        """
+        Build a L{TaskSpec} from its wire form (also the job file's form).
+
+        @raise ValidationError: naming the task and the field at fault.
+        """
+        _require(isinstance(data, dict), f"task must be an object, not {data!r}")
+        task_id = _field(data, "id", str, "task")
+        _require(
+            bool(TASK_ID_PATTERN.match(task_id)),
+            f"task id must be 1-128 characters of A-Z a-z 0-9 _ . : @ + -, "
+            f"not {task_id!r}",
+        )
+        what = f"task {task_id!r}"
+        kind = validate_name(data.get("kind", kind_of(task_id)), f"{what}: kind")
+        shell = data.get("shell", False)
+        _require(isinstance(shell, bool), f"{what}: 'shell' must be true or false")
+        command: Command = data.get("command")
+        if command is not None:
+            if shell:
+                _require(
+                    isinstance(command, str) and command.strip() != "",
+                    f"{what}: with shell = true, 'command' must be a non-empty string",
+                )
+            else:
+                _require(
+                    isinstance(command, list)
+                    and len(command) > 0
+                    and all(isinstance(part, str) for part in command),
+                    f"{what}: 'command' must be a non-empty list of strings "
+                    f"(or a string with shell = true), not {command!r}",
+                )
+                _require(command[0] != "", f"{what}: 'command' has an empty program")
+                command = tuple(command)
+        else:
+            _require(not shell, f"{what}: 'shell' is set but there is no 'command'")
+        cwd = data.get("cwd")
+        _require(
+            cwd is None or (isinstance(cwd, str) and cwd != ""),
+            f"{what}: 'cwd' must be a non-empty string",
+        )
+        env = data.get("env", {})
+        _require(
+            isinstance(env, dict)
+            and all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()),
+            f"{what}: 'env' must be a table of string values",
+        )
+        _require(
+            all(k and "=" not in k and "\0" not in k for k in env),
+            f"{what}: 'env' has an invalid variable name",
+        )
+        timeout = data.get("timeout")
+        if timeout is not None:
+            _require(
+                isinstance(timeout, (int, float))
+                and not isinstance(timeout, bool)
+                and 0 < timeout <= 7 * 24 * 3600,
+                f"{what}: 'timeout' must be a number of seconds above 0, not {timeout!r}",
+            )
+            timeout = float(timeout)
+        unknown = set(data) - {"id", "kind", "command", "shell", "cwd", "env", "timeout"}
+        _require(not unknown, f"{what}: unknown field(s) {', '.join(sorted(unknown))}")
+        return cls(
+            id=task_id,
+            kind=kind,
+            command=command,
+            shell=shell,
+            cwd=cwd,
+            env=tuple(sorted(env.items())),
+            timeout=timeout,
+        )
+
+
+SUCCEEDED = "succeeded"
+FAILED = "failed"
+TIMED_OUT = "timed-out"
+ERROR = "error"
+RESULT_STATUSES = (SUCCEEDED, FAILED, TIMED_OUT, ERROR)
+
+
+@attr.s(frozen=True, slots=True, auto_attribs=True)
+class TaskResult:
+    """
+    What became of one attempt at a task.
+
+    @ivar task_id: the task.
+    @ivar attempt: which attempt this was (1 for the first).
+    @ivar status: one of L{RESULT_STATUSES}.
+    @ivar node: the node that ran it.
+    @ivar exit_code: the process's exit code; C{None} when killed by a signal
+        or when there was no process.
+    @ivar duration: seconds the attempt took.
+    @ivar stdout: the tail of its standard output.
+    @ivar stderr: the tail of its standard error.
+    @ivar error: why it failed, in words, when there is more to say than the
+        exit code.
+    """
+
+    task_id: str
+    attempt: int
+    status: str
+    node: str
+    exit_code: Optional[int] = None
+    duration: float = 0.0
+    stdout: str = ""
+    stderr: str = ""
+    error: Optional[str] = None
+
+    @property
+    def succeeded(self) -> bool:
+        """Whether the attempt succeeded."""
+        return self.status == SUCCEEDED
+
+    def to_wire(self) -> dict[str, Any]:
+        """The JSON-able form carried by EXECUTION_CONFIRMATION."""
+        data: dict[str, Any] = {
+            "id": self.task_id,
+            "attempt": self.attempt,
+            "status": self.status,
+            "node": self.node,
+            "duration": round(self.duration, 6),
+        }
+        if self.exit_code is not None:
+            data["exit_code"] = self.exit_code
+        if self.stdout:
+            data["stdout"] = self.stdout
+        if self.stderr:
+            data["stderr"] = self.stderr
+        if self.error is not None:
+            data["error"] = self.error
+        return data
+
+    @classmethod
+    def from_wire(cls, data: Any) -> "TaskResult":
+        """
+        Build a L{TaskResult} from its wire form.
+
+        @raise ValidationError: naming the field at fault.
+        """
+        _require(isinstance(data, dict), f"result must be an object, not {data!r}")
+        task_id = _field(data, "id", str, "result")
+        what = f"result for task {task_id!r}"
+        attempt = _field(data, "attempt", int, what)
+        status = _field(data, "status", str, what)
+        _require(status in RESULT_STATUSES, f"{what}: unknown status {status!r}")
+        node = validate_name(_field(data, "node", str, what), f"{what}: node")
+        exit_code = data.get("exit_code")
+        _require(
+            exit_code is None
+            or (isinstance(exit_code, int) and not isinstance(exit_code, bool)),
+            f"{what}: 'exit_code' must be an integer",
+        )
+        duration = _field(data, "duration", float, what)
+        stdout = data.get("stdout", "")
+        stderr = data.get("stderr", "")
+        error = data.get("error")
+        _require(isinstance(stdout, str), f"{what}: 'stdout' must be a string")
+        _require(isinstance(stderr, str), f"{what}: 'stderr' must be a string")
+        _require(error is None or isinstance(error, str), f"{what}: 'error' must be a string")
+        return cls(
+            task_id=task_id,
+            attempt=attempt,
+            status=status,
+            node=node,
+            exit_code=exit_code,
+            duration=float(duration),
+            stdout=stdout,
+            stderr=stderr,
+            error=error,
+        )
+
+
+@attr.s(frozen=True, slots=True, auto_attribs=True)
+class Assignment:
+    """
+    One task handed to one worker, as INSTRUCTION_ASSIGNMENT carries it.
+
+    @ivar task: what to run.
+    @ivar attempt: the attempt number; a confirmation must quote it back.
+    """
+
+    task: TaskSpec
+    attempt: int
+
+    def to_wire(self) -> dict[str, Any]:
+        """The task's wire form with its attempt number added."""
+        data = self.task.to_wire()
+        data["attempt"] = self.attempt
+        return data
+
+    @classmethod
+    def from_wire(cls, data: Any) -> "Assignment":
+        """
+        Build an L{Assignment} from its wire form.
+
+        @raise ValidationError: naming the field at fault.
+        """
+        _require(isinstance(data, dict), f"assignment must be an object, not {data!r}")
+        fields = dict(data)
+        attempt = fields.pop("attempt", None)
+        _require(
+            isinstance(attempt, int) and not isinstance(attempt, bool) and attempt >= 1,
+            f"assignment: 'attempt' must be a positive integer, not {attempt!r}",
+        )
+        return cls(task=TaskSpec.from_wire(fields), attempt=attempt)
+
+
+def parse_instructions(names: Sequence[str]) -> list[TaskSpec]:
+    """
+    Turn original-style instruction names (C{a1,a2,b1}) into tasks.
+
+    @raise ValidationError: for a bad or repeated name.
+    """
+    tasks = []
+    seen: set[str] = set()
+    for name in names:
+        _require(
+            bool(TASK_ID_PATTERN.match(name)),
+            f"instruction {name!r} is not a valid task id "
+            f"(1-128 characters of A-Z a-z 0-9 _ . : @ + -)",
+        )
+        _require(name not in seen, f"instruction {name!r} is listed twice")
+        seen.add(name)
+        tasks.append(TaskSpec.instruction(name))
+    return tasks

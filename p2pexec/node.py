@@ -1,0 +1,581 @@
+"""
+The node: the one place where discovery, the peer table, connections, the
+master and the worker are wired together.
+
+No other object knows all the parts.  Each part reports what happened and the
+node decides what follows: a datagram becomes a peer-table entry, which may
+become a connection, whose handshake makes a worker seat for the master,
+whose assignments become the worker's queue, whose results flow back to the
+master as confirmations.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any, Optional
+
+import attr
+from twisted.internet.defer import Deferred, DeferredList, TimeoutError, gatherResults
+from twisted.internet.protocol import Factory
+from twisted.internet.task import LoopingCall
+from twisted.protocols import amp
+from twisted.python.failure import Failure
+
+from p2pexec import commands
+from p2pexec.connections import Dialer, dials
+from p2pexec.discovery import DiscoveryProtocol
+from p2pexec.job import Job
+from p2pexec.log import NodeLogger, RateLimitedLog
+from p2pexec.master import Master, random_instance
+from p2pexec.membership import Change, PeerState, PeerTable
+from p2pexec.model import (
+    PROTOCOL_VERSION,
+    Assignment,
+    NodeInfo,
+    TaskResult,
+    TaskSpec,
+    ValidationError,
+    validate_name,
+)
+from p2pexec.peer import PeerProtocol, parse_peer_list
+from p2pexec.results import write_results
+from p2pexec.worker import ITaskRunner, Worker, format_ids
+
+log = NodeLogger()
+
+
+@attr.s(frozen=True, auto_attribs=True)
+class NodeConfig:
+    """
+    Everything a node is started with (see L{p2pexec.tap.Options}).
+    """
+
+    name: str
+    port: int = 10001
+    interface: str = "127.0.0.1"
+    group: tuple[str, int] = ("239.255.42.99", 10000)
+    cluster: str = "default"
+    capabilities: frozenset[str] = frozenset()
+    slots: int = 1
+    tasks: Optional[tuple[TaskSpec, ...]] = None
+    results: Optional[str] = None
+    multicast: bool = True
+    drain_timeout: float = 30.0
+    disconnect_timeout: float = 2.0
+    hello_interval: float = 10.0
+    peer_expiry: float = 35.0
+    exchange_interval: float = 5.0
+    prefetch_factor: float = 1.0
+
+
+class _LocalSink:
+    """Results of the tasks this node runs as its own master."""
+
+    def __init__(self, node: "Node") -> None:
+        self._node = node
+        self.key = (node.info.name, node.info.instance)
+
+    def deliver(self, job: str, results: list[TaskResult]) -> None:
+        self._node.master.confirm(job, results, sender=self._node.info.name)
+
+
+class _RemoteSink:
+    """Results going back to another node that is their master."""
+
+    def __init__(self, node: "Node", name: str, instance: str) -> None:
+        self._node = node
+        self.key = (name, instance)
+
+    def deliver(self, job: str, results: list[TaskResult]) -> None:
+        self._node._send_confirmations(self.key, job, results)
+
+
+class Node:
+    """
+    One p2pexec node.
+
+    @ivar info: how this node describes itself to others.
+    @ivar peers: the peer table.
+    @ivar master: the jobs this node is master of.
+    @ivar worker: the tasks this node runs.
+    @ivar initial_job: fires with the job given at start-up once it finishes.
+    """
+
+    def __init__(self, config: NodeConfig, reactor: Any, runner: ITaskRunner) -> None:
+        self.config = config
+        self._reactor = reactor
+        self.info = NodeInfo(
+            name=config.name,
+            instance=random_instance(),
+            host=config.interface,
+            port=config.port or 1,
+            capabilities=tuple(sorted(config.capabilities)),
+            slots=config.slots,
+            cluster=config.cluster,
+        )
+        self.peers = PeerTable(config.name)
+        self.worker = Worker(config.name, config.capabilities, config.slots, runner, reactor)
+        self.master = Master(self.info, link=self, observer=self, clock=reactor, prefetch_factor=config.prefetch_factor)
+        self.dialer = Dialer(reactor, make_protocol=lambda: PeerProtocol(self, dialled=True), introduce=lambda protocol: protocol.introduce(self.info))
+        self.discovery = DiscoveryProtocol(
+            lambda: self.info,
+            config.group,
+            config.interface,
+            reactor,
+            on_peer=self._heard_of,
+            hello_interval=config.hello_interval,
+        )
+        self.initial_job: Deferred[Job] = Deferred()
+        self._initial_job_id: Optional[str] = None
+        self._complaints = RateLimitedLog(log, reactor)
+        self._tcp_port: Any = None
+        self._udp_port: Any = None
+        self._loops: list[LoopingCall] = []
+        self._in_flight: set[Deferred[Any]] = set()
+        self._local_sink: Optional[_LocalSink] = None
+        self.stopping = False
+
+    # -- start and stop -------------------------------------------------------
+
+    def listen(self) -> None:
+        """
+        Bind the AMP port (before privileges are dropped, when run by twistd).
+
+        @raise twisted.internet.error.CannotListenError: if the port is taken.
+        """
+        factory = Factory.forProtocol(lambda: PeerProtocol(self))
+        factory.noisy = False
+        self._tcp_port = self._reactor.listenTCP(self.config.port, factory, interface=self.config.interface)
+        self.info = attr.evolve(self.info, port=self._tcp_port.getHost().port)
+        self.master.me = self.info
+
+    def start(self) -> None:
+        """Announce ourselves, start discovery, and accept the start-up job if there is one."""
+        if self._tcp_port is None:
+            self.listen()
+        self._local_sink = _LocalSink(self)
+        log.info(
+            "Node {name} started on port {port}",
+            name=self.info.name,
+            port=self.info.port,
+            interface=self.config.interface,
+            cluster=self.config.cluster,
+            capabilities=",".join(self.info.capabilities),
+            slots=self.info.slots,
+            instance=self.info.instance,
+        )
+        if self.config.multicast:
+            _, group_port = self.config.group
+            self._udp_port = self._reactor.listenMulticast(group_port, self.discovery, listenMultiple=True)
+        for interval, call in (
+            (self.config.peer_expiry / 3, self._expire_peers),
+            (self.config.exchange_interval, self._gossip),
+        ):
+            loop = LoopingCall(call)
+            loop.clock = self._reactor
+            loop.start(interval, now=False).addErrback(
+                lambda f: log.failure("Periodic task failed", f)
+            )
+            self._loops.append(loop)
+        if self.info.capabilities:
+            self.master.worker_joined(self.info)
+        if self.config.tasks is not None:
+            job = self.master.submit(self.config.tasks)
+            self._initial_job_id = job.id
+
+    async def stop(self) -> None:
+        """
+        Leave the cluster: take no more tasks, finish (within the drain
+        timeout) or hand back what runs here, flush confirmations, say
+        DISCONNECT_REQUEST to every peer and wait (bounded) for the ACKs,
+        then close everything.
+        """
+        if self.stopping:
+            return
+        self.stopping = True
+        self.master.stop_dispatching()
+        handed_back = self.worker.stop_accepting()
+        if handed_back:
+            log.info(
+                "Node {name} is leaving: handing back {count} queued task(s)",
+                name=self.info.name,
+                count=len(handed_back),
+            )
+        if self.worker.running:
+            log.info(
+                "Node {name} is leaving: waiting up to {timeout:g}s for {count} running task(s)",
+                name=self.info.name,
+                timeout=self.config.drain_timeout,
+                count=self.worker.running,
+            )
+            try:
+                await self.worker.when_idle().addTimeout(self.config.drain_timeout, self._reactor)
+            except TimeoutError:
+                log.warn(
+                    "Node {name}: {count} task(s) still running after {timeout:g}s; stopping them",
+                    name=self.info.name,
+                    count=self.worker.running,
+                    timeout=self.config.drain_timeout,
+                )
+                self.worker.stop_running()
+                try:
+                    await self.worker.when_idle().addTimeout(10.0, self._reactor)
+                except TimeoutError:
+                    log.error("Node {name}: tasks did not stop; leaving anyway", name=self.info.name)
+        self.worker.flush()
+        if self._in_flight:
+            await _bounded(DeferredList(list(self._in_flight), consumeErrors=True), self.config.disconnect_timeout, self._reactor)
+        for job in self.master.unfinished():
+            log.warn(
+                "Node {name} is leaving with job {job} unfinished: {done} of {total} task(s) have results",
+                name=self.info.name,
+                job=job.id,
+                done=job.succeeded + job.failed,
+                total=len(job.tasks),
+            )
+        for loop in self._loops:
+            if loop.running:
+                loop.stop()
+        if self._udp_port is not None:
+            await self._udp_port.stopListening()
+        farewells = []
+        for record in self.peers.connected_peers():
+            protocol = record.connection
+            farewells.append(self._say_goodbye(record.info.name, protocol))
+        if farewells:
+            await DeferredList(farewells, consumeErrors=True)
+        await self.dialer.stop_all()
+        for record in self.peers:
+            if record.connection is not None and record.connection.transport is not None:
+                record.connection.transport.loseConnection()
+        if self._tcp_port is not None:
+            await self._tcp_port.stopListening()
+        log.info("Node {name} stopped", name=self.info.name)
+
+    def _say_goodbye(self, name: str, protocol: PeerProtocol) -> Deferred[Any]:
+        sent = protocol.callRemote(commands.DisconnectRequest, reason="shutdown")
+
+        def acked(_: Any) -> None:
+            log.info("Node {name} got DISCONNECT_ACK from {peer}", name=self.info.name, peer=name)
+
+        def failed(failure: Failure) -> None:
+            log.info(
+                "Node {name} got no DISCONNECT_ACK from {peer}: {error}",
+                name=self.info.name,
+                peer=name,
+                error=failure.getErrorMessage() or failure.type.__name__,
+            )
+
+        sent.addTimeout(self.config.disconnect_timeout, self._reactor)
+        sent.addCallbacks(acked, failed)
+        sent.addBoth(lambda _: protocol.transport.loseConnection())
+        return sent
+
+    # -- membership ---------------------------------------------------------
+
+    def _heard_of(self, info: NodeInfo) -> None:
+        """A datagram or a peer exchange mentioned C{info}."""
+        if info.cluster != self.info.cluster or info.version != PROTOCOL_VERSION:
+            return
+        change = self.peers.observe(info, self._reactor.seconds())
+        if change is Change.NEW:
+            log.info("Node {name} discovered peer {peer}", name=self.info.name, peer=info.name, address=info.address)
+        elif change is Change.RESTARTED:
+            log.info(
+                "Node {name} sees peer {peer} restarted (new instance {instance})",
+                name=self.info.name,
+                peer=info.name,
+                instance=info.instance,
+            )
+        elif change is Change.CONFLICT:
+            self._complaints.warn(
+                "name-conflict",
+                info.name,
+                "Two nodes claim the name {peer}: {address} (instance {instance}) is ignored while "
+                "the connected one lives. Give every node a unique --name.",
+                peer=info.name,
+                address=info.address,
+                instance=info.instance,
+            )
+            return
+        record = self.peers.get(info.name)
+        if (
+            not self.stopping
+            and record is not None
+            and record.state is PeerState.KNOWN
+            and dials(self.info.name, info.name)
+        ):
+            self.dialer.ensure(record.info)
+
+    def _expire_peers(self) -> None:
+        for name in self.peers.expired(self._reactor.seconds(), self.config.peer_expiry):
+            record = self.peers.get(name)
+            self.peers.forget(name)
+            self.dialer.stop(name)
+            if record is not None and record.state is not PeerState.LEFT:
+                log.info(
+                    "Node {name} forgot peer {peer}: not heard from in {after:g}s",
+                    name=self.info.name,
+                    peer=name,
+                    after=self.config.peer_expiry,
+                )
+
+    def _gossip(self) -> None:
+        connected = self.peers.connected_peers()
+        if connected:
+            self._exchange_peers(random.choice(connected).connection)
+
+    def _exchange_peers(self, protocol: PeerProtocol) -> None:
+        offered = [info.to_wire() for info in self.peers.known_infos()]
+        d = protocol.callRemote(commands.PeerExchange, peers=offered)
+
+        def merge(answer: dict[str, Any]) -> None:
+            try:
+                peers = parse_peer_list(answer["peers"])
+            except ValidationError as e:
+                log.warn("Bad PEER_EXCHANGE answer from {peer}: {error}", peer=protocol.describe(), error=e)
+                return
+            for info in peers:
+                self._heard_of(info)
+
+        d.addCallbacks(merge, lambda f: log.debug("PEER_EXCHANGE failed: {error}", error=f.getErrorMessage()))
+
+    def connection_ready(self, protocol: PeerProtocol, info: NodeInfo) -> None:
+        """A handshake completed: record the connection and offer the peer work."""
+        old = self.peers.get(info.name)
+        if old is not None and old.connection is not None and old.connection is not protocol:
+            log.info("Node {name} replaces its connection to {peer}", name=self.info.name, peer=info.name)
+            self.master.worker_lost(info.name, "was replaced by a new connection")
+            old.connection.transport.loseConnection()
+        change = self.peers.connected(info, protocol, self._reactor.seconds())
+        if change is Change.NEW:
+            log.info("Node {name} discovered peer {peer}", name=self.info.name, peer=info.name, address=info.address)
+        log.info(
+            "Node {name} connected to peer {peer} at {address} (capabilities: {capabilities}; slots: {slots})",
+            name=self.info.name,
+            peer=info.name,
+            address=info.address,
+            capabilities=",".join(info.capabilities) or "none",
+            slots=info.slots,
+        )
+        if info.capabilities:
+            self.master.worker_joined(info)
+        if protocol.dialled:
+            self._exchange_peers(protocol)
+
+    # -- IPeerHandler -------------------------------------------------------
+
+    def connect_requested(
+        self, protocol: PeerProtocol, cluster: str, name: str, instance: str, version: int
+    ) -> dict[str, Any]:
+        """Accept or refuse a dialling peer (see L{commands.ConnectRequest})."""
+        where = protocol.describe()
+        if self.stopping:
+            raise commands.ShuttingDown(f"node {self.info.name} is shutting down")
+        if version != PROTOCOL_VERSION:
+            log.warn(
+                "Refused a connection from {peer} at {where}: it speaks protocol version {version}, "
+                "this node speaks {mine}",
+                peer=name, where=where, version=version, mine=PROTOCOL_VERSION,
+            )
+            raise commands.VersionMismatch(
+                f"node {self.info.name} speaks protocol version {PROTOCOL_VERSION}, not {version}"
+            )
+        if cluster != self.info.cluster:
+            log.warn(
+                "Refused a connection from {peer} at {where}: it is in cluster {cluster!r}, this node in {mine!r}",
+                peer=name, where=where, cluster=cluster, mine=self.info.cluster,
+            )
+            raise commands.ClusterMismatch(
+                f"node {self.info.name} is in cluster {self.info.cluster!r}, not {cluster!r}"
+            )
+        try:
+            validate_name(name, "node name")
+        except ValidationError as e:
+            raise commands.BadArguments(f"CONNECT_REQUEST: {e}")
+        if name == self.info.name:
+            raise commands.NameConflict(f"this node is called {name!r} too; node names must be unique")
+        if self.peers.is_connected(name, instance):
+            raise commands.DuplicateConnection(f"node {self.info.name} is already connected to {name}")
+        return {"name": self.info.name, "instance": self.info.instance, "version": PROTOCOL_VERSION}
+
+    def handshake_received(self, protocol: PeerProtocol, node: NodeInfo) -> NodeInfo:
+        """A dialling peer described itself; we answer with our description."""
+        return self.info
+
+    def peers_offered(self, protocol: PeerProtocol, peers: list[NodeInfo]) -> list[NodeInfo]:
+        """Merge a peer's known peers; answer with ours."""
+        for info in peers:
+            self._heard_of(info)
+        return self.peers.known_infos()
+
+    def assignment_received(
+        self, protocol: PeerProtocol, job: str, master: str, master_instance: str, tasks: list[Any]
+    ) -> int:
+        """Queue a batch of tasks from a connected master."""
+        if master != protocol.peer_name or master_instance != protocol.peer_instance:
+            raise ValidationError(
+                f"assignment names master {master!r}, but came from {protocol.peer_name!r}"
+            )
+        assignments = [Assignment.from_wire(task) for task in tasks]
+        sink = _RemoteSink(self, master, master_instance)
+        return self.worker.accept(sink, job, assignments)
+
+    def confirmation_received(self, protocol: PeerProtocol, job: str, results: list[Any]) -> tuple[int, int]:
+        """Apply a worker's batch of results to one of our jobs."""
+        parsed = [TaskResult.from_wire(result) for result in results]
+        if job not in self.master.jobs:
+            raise commands.UnknownJob(f"node {self.info.name} is not the master of job {job!r}")
+        assert protocol.peer_name is not None
+        return self.master.confirm(job, parsed, sender=protocol.peer_name)
+
+    def job_completed(self, protocol: PeerProtocol, job: str, succeeded: int, failed: int, elapsed: float) -> None:
+        """A master says one of its jobs that we took part in has finished."""
+        log.info(
+            "Node {name} heard TASK_COMPLETE from master {master}: job {job} finished "
+            "({succeeded} succeeded, {failed} failed, {elapsed:.3f}s)",
+            name=self.info.name,
+            master=protocol.peer_name,
+            job=job,
+            succeeded=succeeded,
+            failed=failed,
+            elapsed=elapsed,
+        )
+
+    def disconnect_requested(self, protocol: PeerProtocol, reason: str) -> None:
+        """A peer says it is leaving: put its work back and stop dialling it."""
+        name = protocol.peer_name
+        assert name is not None
+        log.info("Node {name}: peer {peer} is leaving ({reason})", name=self.info.name, peer=name, reason=reason)
+        self.peers.left(name)
+        self.master.worker_lost(name, "left the cluster")
+        self.worker.drop_from((name, protocol.peer_instance or ""))
+        self._reactor.callLater(0, self.dialer.stop, name)
+
+    def connection_lost(self, protocol: PeerProtocol, reason: Failure) -> None:
+        """Forget a closed connection and put back what it carried."""
+        name = protocol.peer_name
+        if name is None:
+            return
+        if not self.peers.disconnected(name, protocol, self._reactor.seconds()):
+            return
+        if not protocol.leaving and not self.stopping:
+            log.warn(
+                "Node {name} lost its connection to peer {peer}: {reason}",
+                name=self.info.name,
+                peer=name,
+                reason=reason.getErrorMessage(),
+            )
+        self.master.worker_lost(name, "lost its connection")
+        self.worker.drop_from((name, protocol.peer_instance or ""))
+
+    # -- IWorkerLink --------------------------------------------------------
+
+    def send_assignments(self, worker: str, job: str, assignments: list[Assignment]) -> None:
+        """Hand tasks to a worker: ourselves directly, others over AMP."""
+        if worker == self.info.name:
+            assert self._local_sink is not None
+            self.worker.accept(self._local_sink, job, assignments)
+            return
+        record = self.peers.get(worker)
+        if record is None or record.connection is None:
+            self.master.worker_lost(worker, "is not connected")
+            return
+        protocol: PeerProtocol = record.connection
+        log.info(
+            "Node {name} assigning tasks to peer {peer}",
+            name=self.info.name,
+            peer=worker,
+            job=job,
+            count=len(assignments),
+        )
+        for batch in commands.chunk(assignments, Assignment.to_wire):
+            d = protocol.callRemote(
+                commands.InstructionAssignment,
+                job=job,
+                master=self.info.name,
+                master_instance=self.info.instance,
+                tasks=batch,
+            )
+            d.addErrback(self._assignment_refused, worker, protocol)
+
+    def _assignment_refused(self, failure: Failure, worker: str, protocol: PeerProtocol) -> None:
+        if failure.check(amp.RemoteAmpError, commands.NotCapable, commands.ShuttingDown, commands.BadArguments):
+            log.warn(
+                "Worker {peer} refused an INSTRUCTION_ASSIGNMENT: {error}",
+                peer=worker,
+                error=failure.getErrorMessage(),
+            )
+        if self.peers.get(worker) is not None and self.peers.get(worker).connection is protocol:
+            self.master.worker_lost(worker, f"refused tasks ({failure.getErrorMessage()})")
+
+    def send_complete(self, worker: str, job: Job) -> None:
+        """Tell a worker that took part that C{job} is finished."""
+        record = self.peers.get(worker)
+        if record is None or record.connection is None:
+            return
+        d = record.connection.callRemote(
+            commands.TaskComplete,
+            job=job.id,
+            succeeded=job.succeeded,
+            failed=job.failed,
+            elapsed=job.elapsed(self._reactor.seconds()),
+        )
+        d.addErrback(lambda f: log.debug("TASK_COMPLETE to {peer} failed: {error}", peer=worker, error=f.getErrorMessage()))
+
+    def _send_confirmations(self, master: tuple[str, str], job: str, results: list[TaskResult]) -> None:
+        name, instance = master
+        record = self.peers.get(name)
+        if record is None or record.connection is None or record.info.instance != instance:
+            log.info(
+                "Node {name} could not confirm {count} result(s) of job {job}: master {master} is not "
+                "connected; it will run them again elsewhere",
+                name=self.info.name,
+                count=len(results),
+                job=job,
+                master=name,
+            )
+            return
+        protocol: PeerProtocol = record.connection
+        for batch in commands.chunk(results, commands.result_wire_within):
+            d = protocol.callRemote(commands.ExecutionConfirmation, job=job, results=batch)
+            self._in_flight.add(d)
+            d.addBoth(_discard_from, self._in_flight, d)
+            d.addErrback(
+                lambda f: log.warn(
+                    "EXECUTION_CONFIRMATION to {master} failed: {error}", master=name, error=f.getErrorMessage()
+                )
+            )
+
+    # -- IJobObserver -------------------------------------------------------
+
+    def job_finished(self, job: Job) -> None:
+        """Write the results file of the start-up job, and fire L{initial_job}."""
+        if job.id != self._initial_job_id:
+            return
+        if self.config.results is not None:
+            try:
+                write_results(self.config.results, job.report(self._reactor.seconds()))
+            except OSError as e:
+                log.error(
+                    "Could not write the results of job {job} to {path}: {error}",
+                    job=job.id,
+                    path=self.config.results,
+                    error=e,
+                )
+            else:
+                log.info("Node {name} wrote the results of job {job} to {path}", name=self.info.name, job=job.id, path=self.config.results)
+        if not self.initial_job.called:
+            self.initial_job.callback(job)
+
+
+def _discard_from(result: Any, pending: set[Deferred[Any]], d: Deferred[Any]) -> Any:
+    pending.discard(d)
+    return result
+
+
+async def _bounded(d: Deferred[Any], timeout: float, clock: Any) -> None:
+    try:
+        await d.addTimeout(timeout, clock)
+    except TimeoutError:
+        pass

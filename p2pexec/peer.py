@@ -1,0 +1,266 @@
+"""
+The AMP protocol spoken between two nodes, and its responders.
+
+L{PeerProtocol} only translates between AMP boxes and calls on an
+L{IPeerHandler} (the node).  It holds one piece of state: who is on the other
+end, once CONNECT_REQUEST has been answered.  Every refusal is a declared
+error, so a bad box is answered and logged and the connection stays up.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Protocol
+
+from twisted.internet.defer import Deferred
+from twisted.protocols import amp
+from twisted.python.failure import Failure
+
+from p2pexec import commands
+from p2pexec.log import NodeLogger
+from p2pexec.model import NodeInfo, ValidationError, validate_name
+
+log = NodeLogger()
+
+
+class IPeerHandler(Protocol):
+    """What a L{PeerProtocol} asks of the node it belongs to."""
+
+    def connect_requested(
+        self, protocol: "PeerProtocol", cluster: str, name: str, instance: str, version: int
+    ) -> dict[str, Any]:
+        """Accept or refuse (by raising a declared error) a CONNECT_REQUEST."""
+
+    def handshake_received(self, protocol: "PeerProtocol", node: NodeInfo) -> NodeInfo:
+        """Check the dialling peer's description; return our own."""
+
+    def connection_ready(self, protocol: "PeerProtocol", node: NodeInfo) -> None:
+        """The handshake on C{protocol} is complete, in either direction."""
+
+    def peers_offered(self, protocol: "PeerProtocol", peers: list[NodeInfo]) -> list[NodeInfo]:
+        """Merge the peer's known peers; return ours."""
+
+    def assignment_received(
+        self, protocol: "PeerProtocol", job: str, master: str, master_instance: str, tasks: list[Any]
+    ) -> int:
+        """Queue tasks from a master; return how many were accepted."""
+
+    def confirmation_received(
+        self, protocol: "PeerProtocol", job: str, results: list[Any]
+    ) -> tuple[int, int]:
+        """Apply a worker's results; return (applied, stale)."""
+
+    def job_completed(
+        self, protocol: "PeerProtocol", job: str, succeeded: int, failed: int, elapsed: float
+    ) -> None:
+        """Note that a master's job has finished."""
+
+    def disconnect_requested(self, protocol: "PeerProtocol", reason: str) -> None:
+        """Note that the peer is leaving."""
+
+    def connection_lost(self, protocol: "PeerProtocol", reason: Failure) -> None:
+        """Forget the connection."""
+
+
+class PeerProtocol(amp.AMP):
+    """
+    One AMP connection to another node, in either direction.
+
+    @ivar peer: the peer's description, once the handshake is done.
+    @ivar peer_name: the peer's name, once CONNECT_REQUEST is done.
+    @ivar dialled: whether this side opened the connection.
+    @ivar leaving: whether the peer has sent DISCONNECT_REQUEST.
+    """
+
+    def __init__(self, handler: IPeerHandler, dialled: bool = False) -> None:
+        super().__init__()
+        self._handler = handler
+        self.dialled = dialled
+        self.peer_name: Optional[str] = None
+        self.peer_instance: Optional[str] = None
+        self.peer: Optional[NodeInfo] = None
+        self.leaving = False
+        self._lost: list[Deferred[None]] = []
+        self.closed = False
+
+    # -- plumbing -----------------------------------------------------------
+
+    def describe(self) -> str:
+        """The peer's name and address, for log lines."""
+        address = self.transport.getPeer() if self.transport is not None else None
+        where = f"{address.host}:{address.port}" if address is not None and hasattr(address, "host") else "?"
+        return f"{self.peer_name or 'unknown node'} at {where}"
+
+    def locateResponder(self, name: bytes) -> Optional[Callable[[amp.AmpBox], Deferred]]:
+        """
+        Find the responder for C{name}, wrapped so that a box whose arguments
+        cannot be parsed is answered with BAD_ARGUMENTS instead of dropping
+        the connection.
+        """
+        responder = super().locateResponder(name)
+        if responder is None:
+            return None
+
+        def parsing_safely(box: amp.AmpBox) -> Any:
+            try:
+                return responder(box)
+            except (KeyError, ValueError, TypeError, UnicodeDecodeError, RecursionError) as e:
+                detail = f"{name.decode('ascii', 'replace')}: malformed arguments ({type(e).__name__}: {e})"
+                log.warn("Refused a box from {peer}: {detail}", peer=self.describe(), detail=detail)
+                raise amp.RemoteAmpError(b"BAD_ARGUMENTS", detail) from None
+
+        return parsing_safely
+
+    def makeConnection(self, transport: Any) -> None:
+        """
+        Start the connection without AMP's own "connection established" info
+        line: the node logs the events that matter, with names.
+        """
+        self._transportPeer = transport.getPeer()
+        self._transportHost = transport.getHost()
+        amp.BinaryBoxProtocol.makeConnection(self, transport)
+
+    def connectionLost(self, reason: Failure) -> None:
+        """Tell the handler, and anyone waiting in L{when_lost}."""
+        amp.BinaryBoxProtocol.connectionLost(self, reason)
+        self.closed = True
+        self._handler.connection_lost(self, reason)
+        waiting, self._lost = self._lost, []
+        for d in waiting:
+            d.callback(None)
+
+    def when_lost(self) -> Deferred[None]:
+        """A Deferred that fires once this connection has closed."""
+        if self.closed:
+            return Deferred.fromCoroutine(_nothing())
+        d: Deferred[None] = Deferred()
+        self._lost.append(d)
+        return d
+
+    async def introduce(self, me: NodeInfo) -> NodeInfo:
+        """
+        Introduce C{me} on a connection this side dialled: CONNECT_REQUEST,
+        then HANDSHAKE.  On success the handler hears L{IPeerHandler.connection_ready}.
+
+        @return: the peer's description.
+        @raise Exception: the peer's refusal (a declared error), or
+            L{ValidationError} if its answers do not add up.
+        """
+        ack = await self.callRemote(
+            commands.ConnectRequest,
+            cluster=me.cluster,
+            name=me.name,
+            instance=me.instance,
+            version=me.version,
+        )
+        self.peer_name = validate_name(ack["name"], "CONNECT_ACK name")
+        self.peer_instance = ack["instance"]
+        answer = await self.callRemote(commands.Handshake, node=me.to_wire())
+        info = NodeInfo.from_wire(answer["node"])
+        if info.name != self.peer_name or info.instance != self.peer_instance:
+            raise ValidationError(
+                f"HANDSHAKE_RESPONSE describes {info.name!r}, but CONNECT_ACK came from {self.peer_name!r}"
+            )
+        self.peer = info
+        self._handler.connection_ready(self, info)
+        return info
+
+    def _require_connected(self) -> str:
+        if self.peer_name is None:
+            raise commands.ConnectRequired(
+                "CONNECT_REQUEST must be the first command on a connection"
+            )
+        return self.peer_name
+
+    def _bad(self, command: str, error: Exception) -> commands.BadArguments:
+        detail = f"{command}: {error}"
+        log.warn("Refused {command} from {peer}: {error}", command=command, peer=self.describe(), error=error)
+        return commands.BadArguments(detail)
+
+    # -- responders ---------------------------------------------------------
+
+    @commands.ConnectRequest.responder
+    def _connect_request(self, cluster: str, name: str, instance: str, version: int) -> dict[str, Any]:
+        answer = self._handler.connect_requested(self, cluster, name, instance, version)
+        self.peer_name = name
+        self.peer_instance = instance
+        return answer
+
+    @commands.Handshake.responder
+    def _handshake(self, node: Any) -> dict[str, Any]:
+        name = self._require_connected()
+        try:
+            info = NodeInfo.from_wire(node)
+        except ValidationError as e:
+            raise self._bad("HANDSHAKE", e)
+        if info.name != name or info.instance != self.peer_instance:
+            raise self._bad(
+                "HANDSHAKE",
+                ValueError(f"describes node {info.name!r}, but the connection is from {name!r}"),
+            )
+        self.peer = info
+        mine = self._handler.handshake_received(self, info)
+        self._handler.connection_ready(self, info)
+        return {"node": mine.to_wire()}
+
+    @commands.PeerExchange.responder
+    def _peer_exchange(self, peers: Any) -> dict[str, Any]:
+        self._require_connected()
+        try:
+            offered = parse_peer_list(peers)
+        except ValidationError as e:
+            raise self._bad("PEER_EXCHANGE", e)
+        ours = self._handler.peers_offered(self, offered)
+        return {"peers": [p.to_wire() for p in ours]}
+
+    @commands.InstructionAssignment.responder
+    def _instruction_assignment(self, job: str, master: str, master_instance: str, tasks: Any) -> dict[str, Any]:
+        self._require_connected()
+        if not isinstance(tasks, list):
+            raise self._bad("INSTRUCTION_ASSIGNMENT", ValueError("'tasks' must be a list"))
+        try:
+            accepted = self._handler.assignment_received(self, job, master, master_instance, tasks)
+        except ValidationError as e:
+            raise self._bad("INSTRUCTION_ASSIGNMENT", e)
+        return {"accepted": accepted}
+
+    @commands.ExecutionConfirmation.responder
+    def _execution_confirmation(self, job: str, results: Any) -> dict[str, Any]:
+        self._require_connected()
+        if not isinstance(results, list):
+            raise self._bad("EXECUTION_CONFIRMATION", ValueError("'results' must be a list"))
+        try:
+            applied, stale = self._handler.confirmation_received(self, job, results)
+        except ValidationError as e:
+            raise self._bad("EXECUTION_CONFIRMATION", e)
+        return {"applied": applied, "stale": stale}
+
+    @commands.TaskComplete.responder
+    def _task_complete(self, job: str, succeeded: int, failed: int, elapsed: float) -> dict[str, Any]:
+        self._require_connected()
+        self._handler.job_completed(self, job, succeeded, failed, elapsed)
+        return {}
+
+    @commands.DisconnectRequest.responder
+    def _disconnect_request(self, reason: str) -> dict[str, Any]:
+        self._require_connected()
+        self.leaving = True
+        self._handler.disconnect_requested(self, reason)
+        return {}
+
+
+def parse_peer_list(peers: Any, limit: int = 10_000) -> list[NodeInfo]:
+    """
+    Validate a PEER_EXCHANGE list.
+
+    @raise ValidationError: if it is not a list of node descriptions, or is
+        longer than C{limit}.
+    """
+    if not isinstance(peers, list):
+        raise ValidationError("'peers' must be a list")
+    if len(peers) > limit:
+        raise ValidationError(f"'peers' lists {len(peers)} nodes, over the limit of {limit}")
+    return [NodeInfo.from_wire(p) for p in peers]
+
+
+async def _nothing() -> None:
+    return None

@@ -1,0 +1,218 @@
+"""
+The twistd plugin's options and service maker::
+
+    twistd -n p2pexec --name a1 --port 10001 --tasks a1,a2,b1
+
+This is the only module that touches the global reactor.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import signal
+from typing import Any, Optional
+
+from twisted.application.service import IService
+from twisted.python import usage
+
+from p2pexec.executor import ProcessExecutor
+from p2pexec.jobfile import JobFileError, load_job_file
+from p2pexec.log import LEVELS, set_minimum_level
+from p2pexec.model import (
+    NAME_PATTERN,
+    ValidationError,
+    kind_of,
+    parse_instructions,
+    validate_name,
+)
+from p2pexec.node import Node, NodeConfig
+from p2pexec.service import NodeService
+
+DEFAULT_GROUP = "239.255.42.99:10000"
+"""The default multicast group: organisation-local scope, off the common ports."""
+
+
+def _parse_group(value: str) -> tuple[str, int]:
+    host, sep, port_text = value.rpartition(":")
+    if not sep:
+        raise usage.UsageError(f"--group: {value!r} is not ADDR:PORT (for example {DEFAULT_GROUP})")
+    try:
+        address = ipaddress.IPv4Address(host)
+    except ValueError:
+        raise usage.UsageError(f"--group: {host!r} is not an IPv4 address") from None
+    if not address.is_multicast:
+        raise usage.UsageError(
+            f"--group: {host} is not a multicast address (use one in 224.0.0.0/4; "
+            f"239.255.0.0/16 is meant for local use)"
+        )
+    port = _parse_int("--group", port_text, 1, 65535)
+    return str(address), port
+
+
+def _parse_int(option: str, value: Any, low: int, high: int) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise usage.UsageError(f"{option}: {value!r} is not a whole number") from None
+    if not low <= number <= high:
+        raise usage.UsageError(f"{option}: {number} is out of range {low}-{high}")
+    return number
+
+
+def _parse_seconds(option: str, value: Any) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise usage.UsageError(f"{option}: {value!r} is not a number of seconds") from None
+    if not 0 < number <= 24 * 3600:
+        raise usage.UsageError(f"{option}: {value} must be above 0 and at most a day")
+    return number
+
+
+def _split_list(value: str) -> list[str]:
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+class Options(usage.Options):
+    """Command-line options of C{twistd p2pexec}."""
+
+    synopsis = "[options]"
+    longdesc = (
+        "Run one p2pexec node. Nodes find each other by multicast on --group, "
+        "connect over AMP on --port, and run the tasks of the kinds in --capabilities. "
+        "A node given --tasks or --job becomes the master of that job. "
+        "Example: twistd -n p2pexec --name a1 --port 10001 --tasks a1,a2,b1"
+    )
+
+    optParameters = [
+        ["name", None, None, "This node's name, unique in the cluster: 1-64 of A-Z a-z 0-9 _ . - (required)."],
+        ["port", None, "10001", "TCP port for AMP connections; 0 picks a free port (the log says which)."],
+        ["tasks", None, None, "Comma-separated instruction names (a1,a2,b1); this node becomes their master."],
+        ["job", None, None, "A TOML job file of real tasks (see docs/jobs.rst); this node becomes its master."],
+        ["capabilities", None, None, "Comma-separated task kinds this node runs. Default: the leading letters of --name."],
+        ["slots", None, None, "How many tasks run at once on this node. Default: the CPU count."],
+        ["interface", None, "127.0.0.1", "Address to bind TCP on and to send and join multicast on."],
+        ["group", None, DEFAULT_GROUP, "Multicast group ADDR:PORT for discovery."],
+        ["cluster", None, "default", "Cluster name; nodes ignore datagrams and connections from other clusters."],
+        ["results", None, None, "Where the master writes the start-up job's results as JSON when it finishes."],
+        ["drain-timeout", None, "30", "Seconds a leaving node waits for its running tasks before stopping them."],
+        ["log-level", None, "info", "Least severe log level shown: debug, info, warn or error."],
+    ]
+    optFlags = [
+        ["exit-when-done", None, "Stop the node once its start-up job has finished (for one-shot runs)."],
+        ["no-multicast", None, "Do not use multicast discovery (no peers will be found yet without it)."],
+    ]
+
+    def postOptions(self) -> None:
+        """Validate every option; raise L{usage.UsageError} naming the one at fault."""
+        if self["name"] is None:
+            raise usage.UsageError("--name is required (for example --name a1)")
+        try:
+            validate_name(self["name"], "--name")
+        except ValidationError as e:
+            raise usage.UsageError(str(e)) from None
+        self["port"] = _parse_int("--port", self["port"], 0, 65535)
+        if self["tasks"] is not None and self["job"] is not None:
+            raise usage.UsageError("--tasks and --job cannot be used together: give one job")
+        self["task_specs"] = None
+        if self["tasks"] is not None:
+            names = _split_list(self["tasks"])
+            if not names:
+                raise usage.UsageError("--tasks: give at least one instruction name, like a1,a2,b1")
+            try:
+                self["task_specs"] = tuple(parse_instructions(names))
+            except ValidationError as e:
+                raise usage.UsageError(f"--tasks: {e}") from None
+        if self["job"] is not None:
+            try:
+                self["task_specs"] = tuple(load_job_file(self["job"]))
+            except JobFileError as e:
+                raise usage.UsageError(f"--job: {e}") from None
+        if self["capabilities"] is None:
+            self["capability_set"] = frozenset({kind_of(self["name"])})
+        else:
+            kinds = _split_list(self["capabilities"])
+            for kind in kinds:
+                if not NAME_PATTERN.match(kind):
+                    raise usage.UsageError(
+                        f"--capabilities: {kind!r} is not a task kind (1-64 of A-Z a-z 0-9 _ . -)"
+                    )
+            if len(kinds) > 32:
+                raise usage.UsageError("--capabilities: at most 32 kinds")
+            self["capability_set"] = frozenset(kinds)
+        if self["slots"] is None:
+            self["slots"] = os.cpu_count() or 1
+        else:
+            self["slots"] = _parse_int("--slots", self["slots"], 1, 10_000)
+        try:
+            interface = ipaddress.IPv4Address(self["interface"])
+        except ValueError:
+            raise usage.UsageError(f"--interface: {self['interface']!r} is not an IPv4 address") from None
+        if interface.is_multicast or interface.is_unspecified:
+            raise usage.UsageError(
+                f"--interface: {interface} cannot be used; give the address of one interface (default 127.0.0.1)"
+            )
+        self["group_address"] = _parse_group(self["group"])
+        try:
+            validate_name(self["cluster"], "--cluster")
+        except ValidationError as e:
+            raise usage.UsageError(str(e)) from None
+        if self["results"] is not None:
+            folder = os.path.dirname(os.path.abspath(self["results"]))
+            if not os.path.isdir(folder):
+                raise usage.UsageError(f"--results: folder {folder} does not exist")
+            if self["task_specs"] is None:
+                raise usage.UsageError("--results needs a job: give --tasks or --job too")
+        self["drain-timeout"] = _parse_seconds("--drain-timeout", self["drain-timeout"])
+        if self["log-level"] not in LEVELS:
+            raise usage.UsageError(
+                f"--log-level: {self['log-level']!r} is not one of {', '.join(LEVELS)}"
+            )
+        if self["exit-when-done"] and self["task_specs"] is None:
+            raise usage.UsageError("--exit-when-done needs a job: give --tasks or --job too")
+
+
+def config_from_options(options: Options) -> NodeConfig:
+    """The L{NodeConfig} described by validated options."""
+    return NodeConfig(
+        name=options["name"],
+        port=options["port"],
+        interface=options["interface"],
+        group=options["group_address"],
+        cluster=options["cluster"],
+        capabilities=options["capability_set"],
+        slots=options["slots"],
+        tasks=options["task_specs"],
+        results=options["results"],
+        multicast=not options["no-multicast"],
+        drain_timeout=options["drain-timeout"],
+    )
+
+
+def makeService(options: Options, reactor: Optional[Any] = None) -> IService:
+    """Build the node's service tree from validated options."""
+    if reactor is None:
+        from twisted.internet import reactor as global_reactor
+
+        reactor = global_reactor
+    set_minimum_level(LEVELS[options["log-level"]])
+    config = config_from_options(options)
+    node = Node(config, reactor, ProcessExecutor(reactor, config.name))
+    if options["exit-when-done"]:
+        node.initial_job.addCallback(lambda _: reactor.callLater(0, reactor.stop))
+    reactor.callWhenRunning(_stop_cleanly_on_signals, reactor)
+    return NodeService(node)
+
+
+def _stop_cleanly_on_signals(reactor: Any) -> None:
+    """
+    Make SIGTERM and SIGINT stop the reactor so that twistd exits 0 after the
+    node has left; by default twistd re-raises the signal and exits with it.
+    """
+
+    def handler(number: int, frame: Any) -> None:
+        reactor.callFromThread(reactor.stop)
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)

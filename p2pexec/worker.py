@@ -1,0 +1,215 @@
+"""
+The worker side of a node: a queue of assigned tasks, run at most C{slots} at
+a time, with their results batched back to each task's master.
+
+Results are not sent one by one: everything that finishes within one reactor
+turn goes back to its master as a single EXECUTION_CONFIRMATION batch.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any, Callable, Optional, Protocol
+
+import attr
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+
+from p2pexec import commands
+from p2pexec.log import NodeLogger
+from p2pexec.model import SUCCEEDED, Assignment, TaskResult
+
+log = NodeLogger()
+
+MAX_IDS_IN_LOG = 20
+"""A 'received instructions' line lists at most this many task ids."""
+
+
+class IResultSink(Protocol):
+    """Where the results of one master's tasks go."""
+
+    key: tuple[str, str]
+    """The master's (name, instance): identifies the sink."""
+
+    def deliver(self, job: str, results: list[TaskResult]) -> None:
+        """Send a batch of results of C{job} to the master."""
+
+
+class ITaskRunner(Protocol):
+    """Runs one task attempt that has a command."""
+
+    def run(self, job: str, assignment: Assignment) -> Deferred[TaskResult]:
+        """Run it; fire with its result, never fail."""
+
+    def stop_all(self) -> None:
+        """Terminate every running task."""
+
+
+@attr.s(auto_attribs=True, slots=True)
+class _Queued:
+    sink: IResultSink
+    job: str
+    assignment: Assignment
+
+
+def format_ids(ids: list[str]) -> str:
+    """C{['a1', 'b1']}, shortened with a count past L{MAX_IDS_IN_LOG} ids."""
+    if len(ids) <= MAX_IDS_IN_LOG:
+        return repr(ids)
+    return f"{ids[:MAX_IDS_IN_LOG]!r} (+{len(ids) - MAX_IDS_IN_LOG} more)"
+
+
+class Worker:
+    """
+    Runs the tasks that masters assign to this node.
+
+    @ivar running: how many tasks are running now.
+    @ivar completed: how many attempts this worker has finished in all.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        capabilities: frozenset[str],
+        slots: int,
+        runner: ITaskRunner,
+        clock: IReactorTime,
+    ) -> None:
+        self.name = name
+        self.capabilities = capabilities
+        self.slots = slots
+        self._runner = runner
+        self._clock = clock
+        self._queue: deque[_Queued] = deque()
+        self._unsent: dict[tuple[tuple[str, str], str], tuple[IResultSink, list[TaskResult]]] = {}
+        self._flush_call: Optional[IDelayedCall] = None
+        self._idle_waiters: list[Deferred[None]] = []
+        self.running = 0
+        self.completed = 0
+        self.accepting = True
+
+    @property
+    def queued(self) -> int:
+        """How many assigned tasks wait for a slot."""
+        return len(self._queue)
+
+    def accept(self, sink: IResultSink, job: str, assignments: list[Assignment]) -> int:
+        """
+        Queue a batch of tasks from one master and start what fits.
+
+        @raise commands.ShuttingDown: if the node is leaving.
+        @raise commands.NotCapable: if any task is of a kind this node does
+            not run; then none of the batch is queued.
+        """
+        if not self.accepting:
+            raise commands.ShuttingDown(f"node {self.name} is shutting down and takes no new tasks")
+        missing = sorted({a.task.kind for a in assignments} - self.capabilities)
+        if missing:
+            raise commands.NotCapable(
+                f"node {self.name} does not run task kind(s) {', '.join(missing)}; "
+                f"it runs {', '.join(sorted(self.capabilities)) or 'nothing'}"
+            )
+        log.info(
+            "Node {name} received instructions: {ids}",
+            name=self.name,
+            ids=format_ids([a.task.id for a in assignments]),
+            job=job,
+            count=len(assignments),
+        )
+        for assignment in assignments:
+            self._queue.append(_Queued(sink, job, assignment))
+        self._start_what_fits()
+        return len(assignments)
+
+    def _start_what_fits(self) -> None:
+        while self._queue and self.running < self.slots:
+            entry = self._queue.popleft()
+            self.running += 1
+            task = entry.assignment.task
+            log.info("Node {name} executing: {task}", name=self.name, task=task.id, job=entry.job)
+            if task.command is None:
+                self._finished(
+                    entry,
+                    TaskResult(
+                        task_id=task.id,
+                        attempt=entry.assignment.attempt,
+                        status=SUCCEEDED,
+                        node=self.name,
+                    ),
+                )
+            else:
+                self._runner.run(entry.job, entry.assignment).addCallback(
+                    lambda result, entry=entry: self._finished(entry, result)
+                )
+
+    def _finished(self, entry: _Queued, result: TaskResult) -> None:
+        self.running -= 1
+        self.completed += 1
+        key = (entry.sink.key, entry.job)
+        unsent = self._unsent.get(key)
+        if unsent is None:
+            self._unsent[key] = (entry.sink, [result])
+        else:
+            unsent[1].append(result)
+        if self._flush_call is None:
+            self._flush_call = self._clock.callLater(0, self.flush)
+        self._start_what_fits()
+        self._notify_if_idle()
+
+    def flush(self) -> None:
+        """Send every finished result not yet sent, one batch per master and job."""
+        if self._flush_call is not None and self._flush_call.active():
+            self._flush_call.cancel()
+        self._flush_call = None
+        unsent, self._unsent = self._unsent, {}
+        for (_, job), (sink, results) in unsent.items():
+            sink.deliver(job, results)
+
+    def drop_from(self, master: tuple[str, str]) -> int:
+        """
+        Forget the queued (not yet started) tasks of a master that went away;
+        it puts them back itself.
+
+        @return: how many were dropped.
+        """
+        before = len(self._queue)
+        self._queue = deque(e for e in self._queue if e.sink.key != master)
+        dropped = before - len(self._queue)
+        if dropped:
+            log.info(
+                "Node {name} dropped {count} queued task(s) of master {master}, which went away",
+                name=self.name,
+                count=dropped,
+                master=master[0],
+            )
+        self._notify_if_idle()
+        return dropped
+
+    def stop_accepting(self) -> list[_Queued]:
+        """
+        Refuse new tasks from now on, and hand back the queued ones.
+
+        @return: the queued tasks that will not run here.
+        """
+        self.accepting = False
+        handed_back = list(self._queue)
+        self._queue.clear()
+        self._notify_if_idle()
+        return handed_back
+
+    def when_idle(self) -> Deferred[None]:
+        """A Deferred that fires once nothing runs and nothing is queued."""
+        d: Deferred[None] = Deferred()
+        self._idle_waiters.append(d)
+        self._notify_if_idle()
+        return d
+
+    def stop_running(self) -> None:
+        """Terminate every running task (used when draining times out)."""
+        self._runner.stop_all()
+
+    def _notify_if_idle(self) -> None:
+        if self.running == 0 and not self._queue and self._idle_waiters:
+            waiting, self._idle_waiters = self._idle_waiters, []
+            for d in waiting:
+                d.callback(None)

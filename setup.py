@@ -1,0 +1,5 @@
+"""Packaging for p2pexec; the metadata lives in setup.cfg."""
+
+from setuptools import setup
+
+setup()

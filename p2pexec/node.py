@@ -259,6 +259,9 @@ class Node:
             log.info("Node {name} got DISCONNECT_ACK from {peer}", name=self.info.name, peer=name)
 
         def failed(failure: Failure) -> None:
+            if protocol.leaving:
+                log.info("Node {name} and peer {peer} left at the same time", name=self.info.name, peer=name)
+                return
             log.info(
                 "Node {name} got no DISCONNECT_ACK from {peer}: {error}",
                 name=self.info.name,

@@ -1,0 +1,39 @@
+# p2pexec developer entry points. Each target creates and uses its own
+# virtualenv (.venv), so a fresh clone with only python3 needs nothing else.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.deps-installed
+
+.PHONY: install demo test test-pytest bench clean
+
+$(STAMP): setup.cfg setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "twisted>=23.10" "attrs>=22.2" "pytest>=7" "pytest-twisted>=1.14"
+	touch $(STAMP)
+
+## install: build and install p2pexec (a normal, non-editable install) into .venv
+install: $(STAMP)
+	$(BIN)/python -m pip install --quiet --no-deps --force-reinstall .
+
+## demo: the original example: a1 (master of a1,a2,b1,c1,a3), b1 and c1 on loopback
+demo: install
+	$(BIN)/python examples/demo.py
+
+## test: the whole suite under trial
+test: install
+	$(BIN)/python -m twisted.trial tests
+
+## test-pytest: the same suite under pytest
+test-pytest: install
+	$(BIN)/python -m pytest tests
+
+## bench: throughput of one master and two workers on loopback
+bench: install
+	$(BIN)/python benchmarks/throughput.py
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info _trial_temp .pytest_cache
+	find . -name dropin.cache -delete

@@ -1,0 +1,337 @@
+"""
+An in-memory network for deterministic tests of whole nodes.
+
+L{FakeNetwork} is a reactor stand-in: a L{Clock} that also implements the
+parts of C{IReactorTCP} and C{IReactorMulticast} a node uses.  TCP
+connections are pairs of L{twisted.test.iosim.FakeTransport}s moved by
+L{IOPump}s; multicast datagrams are delivered to every protocol that joined
+the group on that port, the sender included (like loopback mode).  Nothing
+touches a real socket, and time only moves when the test says so.
+
+Typical use::
+
+    network = FakeNetwork()
+    nodes = [Node(config, network, FakeRunner(network)) for config in ...]
+    for node in nodes:
+        node.start()
+    network.run(5.0)          # 5 simulated seconds, pumping all the while
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any, Optional
+
+from twisted.internet import error
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+from twisted.test.iosim import FakeTransport, IOPump
+
+
+class _Port:
+    """A listening TCP port."""
+
+    def __init__(self, network: "FakeNetwork", host: str, port: int, factory: Any) -> None:
+        self._network = network
+        self.host, self.port, self.factory = host, port, factory
+
+    def getHost(self) -> IPv4Address:
+        return IPv4Address("TCP", self.host, self.port)
+
+    def stopListening(self) -> Deferred[None]:
+        self._network._servers.pop((self.host, self.port), None)
+        return succeed(None)
+
+
+class _Connector:
+    """What L{FakeNetwork.connectTCP} returns."""
+
+    def __init__(self, network: "FakeNetwork", host: str, port: int, factory: Any) -> None:
+        self._network = network
+        self.host, self.port, self.factory = host, port, factory
+        self.pending = True
+
+    def stopConnecting(self) -> None:
+        if self.pending:
+            self.pending = False
+            self.factory.clientConnectionFailed(self, Failure(error.UserError()))
+
+    def disconnect(self) -> None:
+        self.stopConnecting()
+
+    def getDestination(self) -> IPv4Address:
+        return IPv4Address("TCP", self.host, self.port)
+
+
+class _MulticastPort:
+    """The transport of a protocol given to L{FakeNetwork.listenMulticast}."""
+
+    def __init__(self, network: "FakeNetwork", port: int, protocol: Any) -> None:
+        self._network = network
+        self.port = port
+        self.protocol = protocol
+        self.groups: set[str] = set()
+        self.outgoing: Optional[str] = None
+        self.ttl = 1
+        self.sent: list[tuple[bytes, tuple[str, int]]] = []
+
+    def setOutgoingInterface(self, address: str) -> Deferred[int]:
+        self.outgoing = address
+        return succeed(1)
+
+    def setTTL(self, ttl: int) -> None:
+        self.ttl = ttl
+
+    def setLoopbackMode(self, mode: bool) -> None:
+        pass
+
+    def joinGroup(self, address: str, interface: str = "") -> Deferred[int]:
+        self.groups.add(address)
+        return succeed(1)
+
+    def leaveGroup(self, address: str, interface: str = "") -> Deferred[int]:
+        self.groups.discard(address)
+        return succeed(1)
+
+    def write(self, data: bytes, address: tuple[str, int]) -> None:
+        self.sent.append((data, address))
+        self._network._multicast(data, address, (self.outgoing or "127.0.0.1", self.port))
+
+    def getHost(self) -> IPv4Address:
+        return IPv4Address("UDP", "0.0.0.0", self.port)
+
+    def stopListening(self) -> Deferred[None]:
+        if self in self._network._multicast_ports:
+            self._network._multicast_ports.remove(self)
+            self.protocol.doStop()
+        return succeed(None)
+
+
+class FakeNetwork(Clock):
+    """
+    A clock plus in-memory TCP and multicast, shared by every node of a test.
+
+    @ivar pumps: the live connections.
+    @ivar datagrams: every multicast datagram sent, as (data, group, source).
+    @ivar partitioned: hosts whose traffic is dropped (see L{partition}).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._servers: dict[tuple[str, int], _Port] = {}
+        self._multicast_ports: list[_MulticastPort] = []
+        self._free_ports = itertools.count(40000)
+        self.pumps: list[IOPump] = []
+        self.datagrams: list[tuple[bytes, tuple[str, int], tuple[str, int]]] = []
+        self.partitioned: set[tuple[str, int]] = set()
+
+    # -- IReactorTCP ----------------------------------------------------------
+
+    def listenTCP(self, port: int, factory: Any, backlog: int = 50, interface: str = "") -> _Port:
+        host = interface or "127.0.0.1"
+        if port == 0:
+            port = next(self._free_ports)
+        if (host, port) in self._servers:
+            raise error.CannotListenError(host, port, OSError(98, "Address already in use"))
+        listening = _Port(self, host, port, factory)
+        self._servers[(host, port)] = listening
+        factory.doStart()
+        return listening
+
+    def connectTCP(
+        self, host: str, port: int, factory: Any, timeout: float = 30, bindAddress: Any = None
+    ) -> _Connector:
+        connector = _Connector(self, host, port, factory)
+        factory.startedConnecting(connector)
+        self.callLater(0, self._complete, connector)
+        return connector
+
+    def _complete(self, connector: _Connector) -> None:
+        if not connector.pending:
+            return
+        connector.pending = False
+        server = self._servers.get((connector.host, connector.port))
+        if server is None or (connector.host, connector.port) in self.partitioned:
+            connector.factory.clientConnectionFailed(
+                connector, Failure(error.ConnectionRefusedError("no one listens there"))
+            )
+            return
+        client_address = IPv4Address("TCP", "127.0.0.1", next(self._free_ports))
+        server_address = IPv4Address("TCP", connector.host, connector.port)
+        server_protocol = server.factory.buildProtocol(client_address)
+        client_protocol = connector.factory.buildProtocol(server_address)
+        server_transport = FakeTransport(server_protocol, True, server_address, client_address)
+        client_transport = FakeTransport(client_protocol, False, client_address, server_address)
+        server_protocol.makeConnection(server_transport)
+        client_protocol.makeConnection(client_transport)
+        pump = IOPump(client_protocol, server_protocol, client_transport, server_transport, False, clock=self)
+        pump.server_address = (connector.host, connector.port)
+        self.pumps.append(pump)
+
+    # -- IReactorMulticast ---------------------------------------------------
+
+    def listenMulticast(
+        self, port: int, protocol: Any, interface: str = "", maxPacketSize: int = 8192, listenMultiple: bool = False
+    ) -> _MulticastPort:
+        listening = _MulticastPort(self, port, protocol)
+        self._multicast_ports.append(listening)
+        protocol.makeConnection(listening)
+        return listening
+
+    def _multicast(self, data: bytes, group: tuple[str, int], source: tuple[str, int]) -> None:
+        self.datagrams.append((data, group, source))
+        for listening in list(self._multicast_ports):
+            if listening.port == group[1] and group[0] in listening.groups:
+                self.callLater(0, _deliver, listening, data, source)
+
+    def inject_datagram(self, data: bytes, group: tuple[str, int], source: tuple[str, int] = ("127.0.0.1", 9)) -> None:
+        """Multicast C{data} to C{group} as if a stranger had sent it."""
+        self._multicast(data, group, source)
+
+    # -- driving --------------------------------------------------------------
+
+    def pump_once(self) -> bool:
+        """Move all pending bytes once; return whether anything moved."""
+        moved = False
+        for pump in list(self.pumps):
+            if pump.server_address in self.partitioned:
+                continue
+            if pump.pump(advanceClock=False):
+                moved = True
+            if pump.clientIO.disconnected and pump.serverIO.disconnected:
+                self.pumps.remove(pump)
+        return moved
+
+    def flush(self) -> None:
+        """Run due calls and move bytes until nothing more happens now."""
+        for _ in range(10_000):
+            self.advance(0)
+            if not self.pump_once() and not any(c.getTime() <= self.seconds() for c in self.getDelayedCalls()):
+                return
+        raise AssertionError("the network did not settle")
+
+    def run(self, seconds: float, step: float = 0.05) -> None:
+        """Let C{seconds} of simulated time pass, in steps, flushing at each."""
+        end = self.seconds() + seconds
+        self.flush()
+        while self.seconds() < end:
+            self.advance(min(step, end - self.seconds()))
+            self.flush()
+
+    def run_until(self, condition: Any, limit: float = 60.0, step: float = 0.05) -> float:
+        """
+        Run until C{condition()} is true.
+
+        @return: the simulated seconds it took.
+        @raise AssertionError: if C{limit} simulated seconds pass first.
+        """
+        start = self.seconds()
+        self.flush()
+        while not condition():
+            if self.seconds() - start > limit:
+                raise AssertionError(f"condition not met within {limit} simulated seconds")
+            self.advance(step)
+            self.flush()
+        return self.seconds() - start
+
+    def host(self, address: str = "127.0.0.1") -> "FakeHost":
+        """A reactor for one node on this network (see L{FakeHost})."""
+        return FakeHost(self, address)
+
+    def partition(self, host: str, port: int) -> None:
+        """Silently drop all traffic to the server at C{host:port} (a cut cable)."""
+        self.partitioned.add((host, port))
+
+
+class FakeHost:
+    """
+    One machine's view of a L{FakeNetwork}: a reactor for one node.
+
+    Time is the network's; everything the node schedules or opens is
+    remembered, so that L{crash} can make the node vanish at once, as SIGKILL
+    would: its connections drop (the peers see them lost), its datagrams
+    stop, and none of its timers fire again.
+    """
+
+    def __init__(self, network: FakeNetwork, address: str) -> None:
+        self.network = network
+        self.address = address
+        self.crashed = False
+        self._ports: list[Any] = []
+        self._protocols: list[Any] = []
+
+    def seconds(self) -> float:
+        return self.network.seconds()
+
+    def callLater(self, delay: float, f: Any, *args: Any, **kwargs: Any) -> Any:
+        def unless_crashed() -> Any:
+            if not self.crashed:
+                return f(*args, **kwargs)
+            return None
+
+        return self.network.callLater(delay, unless_crashed)
+
+    def getDelayedCalls(self) -> Any:
+        return self.network.getDelayedCalls()
+
+    def callWhenRunning(self, f: Any, *args: Any, **kwargs: Any) -> None:
+        self.callLater(0, f, *args, **kwargs)
+
+    def listenTCP(self, port: int, factory: Any, backlog: int = 50, interface: str = "") -> Any:
+        listening = self.network.listenTCP(port, _OwnedFactory(self, factory), backlog, interface or self.address)
+        self._ports.append(listening)
+        return listening
+
+    def connectTCP(self, host: str, port: int, factory: Any, timeout: float = 30, bindAddress: Any = None) -> Any:
+        if self.crashed:
+            return _Connector(self.network, host, port, factory)
+        return self.network.connectTCP(host, port, _OwnedFactory(self, factory), timeout, bindAddress)
+
+    def listenMulticast(self, port: int, protocol: Any, interface: str = "", maxPacketSize: int = 8192, listenMultiple: bool = False) -> Any:
+        listening = self.network.listenMulticast(port, protocol, interface, maxPacketSize, listenMultiple)
+        self._ports.append(listening)
+        return listening
+
+    def crash(self) -> None:
+        """Vanish without a word, as a SIGKILLed process does."""
+        self.crashed = True
+        for listening in self._ports:
+            if isinstance(listening, _MulticastPort):
+                if listening in self.network._multicast_ports:
+                    self.network._multicast_ports.remove(listening)
+            else:
+                self.network._servers.pop((listening.host, listening.port), None)
+        for pump in list(self.network.pumps):
+            mine_client = pump.clientIO.protocol in self._protocols
+            mine_server = pump.serverIO.protocol in self._protocols
+            if not (mine_client or mine_server):
+                continue
+            self.network.pumps.remove(pump)
+            for transport in (pump.clientIO, pump.serverIO):
+                transport.disconnecting = True
+                transport.disconnected = True
+            survivor = pump.serverIO if mine_client else pump.clientIO
+            survivor.protocol.connectionLost(Failure(error.ConnectionLost("the peer vanished")))
+
+
+class _OwnedFactory:
+    """Wraps a factory so that its host knows the protocols it builds."""
+
+    def __init__(self, host: FakeHost, factory: Any) -> None:
+        self._host = host
+        self._factory = factory
+
+    def buildProtocol(self, address: Any) -> Any:
+        protocol = self._factory.buildProtocol(address)
+        self._host._protocols.append(protocol)
+        return protocol
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._factory, name)
+
+
+def _deliver(listening: _MulticastPort, data: bytes, source: tuple[str, int]) -> None:
+    if listening in listening._network._multicast_ports:
+        listening.protocol.datagramReceived(data, source)

@@ -1,0 +1,71 @@
+"""
+A scripted stand-in for L{p2pexec.executor.ProcessExecutor}.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+from twisted.internet.defer import Deferred
+
+from p2pexec.model import FAILED, SUCCEEDED, Assignment, TaskResult
+
+
+class FakeRunner:
+    """
+    Pretends to run commands: each attempt takes C{duration} seconds on the
+    given clock and ends with the status that C{outcome} picks.
+
+    @ivar runs: every attempt started, as (job, task id, attempt).
+    @ivar running: the attempts in progress, by (job, task id, attempt).
+    """
+
+    def __init__(
+        self,
+        clock: Any,
+        node: str,
+        duration: float = 0.1,
+        outcome: Optional[Callable[[Assignment], tuple[str, int]]] = None,
+    ) -> None:
+        self._clock = clock
+        self._node = node
+        self._duration = duration
+        self._outcome = outcome or (lambda assignment: (SUCCEEDED, 0))
+        self.runs: list[tuple[str, str, int]] = []
+        self.running: dict[tuple[str, str, int], tuple[Deferred[TaskResult], Any]] = {}
+
+    def run(self, job: str, assignment: Assignment) -> Deferred[TaskResult]:
+        """Start a pretend attempt."""
+        key = (job, assignment.task.id, assignment.attempt)
+        self.runs.append(key)
+        d: Deferred[TaskResult] = Deferred()
+
+        def finish() -> None:
+            self.running.pop(key, None)
+            status, code = self._outcome(assignment)
+            d.callback(
+                TaskResult(
+                    task_id=assignment.task.id,
+                    attempt=assignment.attempt,
+                    status=status,
+                    node=self._node,
+                    exit_code=code,
+                    duration=self._duration,
+                )
+            )
+
+        call = self._clock.callLater(self._duration, finish)
+        self.running[key] = (d, call)
+        return d
+
+    def stop_all(self) -> None:
+        """End every attempt at once, as failed (killed)."""
+        for key, (d, call) in list(self.running.items()):
+            if call.active():
+                call.cancel()
+            self.running.pop(key, None)
+            d.callback(
+                TaskResult(
+                    task_id=key[1], attempt=key[2], status=FAILED, node=self._node, error="stopped"
+                )
+            )

@@ -164,4 +164,5 @@ class FilteringTests(SynchronousTestCase):
         # b1's DISCOVERs at 0 s and 1 s, and its HELLO answering a1's DISCOVER at 1 s.
         self.assertEqual(a.protocol.received, 3)
         self.assertEqual(a.protocol.sent[datagram.DISCOVER], 2)
-        self.assertEqual(a.protocol.sent[datagram.HELLO], 1)
+        # Answers to b1's two DISCOVERs.
+        self.assertEqual(a.protocol.sent[datagram.HELLO], 2)

@@ -1,0 +1,200 @@
+"""Tests for L{p2pexec.job} and L{p2pexec.master}: tracking and dispatch."""
+
+from twisted.internet.task import Clock
+from twisted.logger import capturedLogs
+from twisted.trial.unittest import SynchronousTestCase
+
+from p2pexec.job import Job, TaskState, Verdict
+from p2pexec.master import Master
+from p2pexec.model import TaskResult, TaskSpec, parse_instructions
+
+from .test_model import node
+
+
+def result(task_id, attempt=1, status="succeeded", worker="b1"):
+    """A result of C{task_id}."""
+    return TaskResult(task_id=task_id, attempt=attempt, status=status, node=worker)
+
+
+class JobTests(SynchronousTestCase):
+    """L{Job}: one job's book-keeping."""
+
+    def setUp(self):
+        self.job = Job("j", parse_instructions(["a1", "b1"]), started=10.0)
+
+    def test_duplicate_ids_refused(self):
+        """A job cannot hold two tasks with one id."""
+        self.assertRaises(ValueError, Job, "j", parse_instructions(["a1"]) * 2, 0.0)
+
+    def test_attempts_count_up(self):
+        """Each assignment of a task is a new attempt."""
+        self.assertEqual(self.job.assign("a1", "w1").attempt, 1)
+        self.job.put_back("w1")
+        self.assertEqual(self.job.assign("a1", "w2").attempt, 2)
+        self.assertEqual(self.job.participants, {"w1", "w2"})
+
+    def test_apply_latest_attempt(self):
+        """A result for the latest attempt finishes the task."""
+        self.job.assign("a1", "w1")
+        self.assertEqual(self.job.apply(result("a1"), 11.0), Verdict.APPLIED)
+        self.assertEqual(self.job.tasks["a1"].state, TaskState.DONE)
+        self.assertFalse(self.job.done)
+
+    def test_superseded_attempt_is_stale(self):
+        """A result for an older attempt is stale and changes nothing."""
+        self.job.assign("a1", "w1")
+        self.job.put_back("w1")
+        self.job.assign("a1", "w2")
+        self.assertEqual(self.job.apply(result("a1", attempt=1), 11.0), Verdict.STALE)
+        self.assertEqual(self.job.tasks["a1"].state, TaskState.ASSIGNED)
+        self.assertEqual(self.job.stale, 1)
+
+    def test_second_result_is_stale(self):
+        """Once done, a task ignores further results."""
+        self.job.assign("a1", "w1")
+        self.job.apply(result("a1"), 11.0)
+        self.assertEqual(self.job.apply(result("a1"), 12.0), Verdict.STALE)
+        self.assertEqual(self.job.succeeded, 1)
+
+    def test_late_result_after_put_back_counts(self):
+        """A result that arrives after its task was put back, but before reassignment, counts."""
+        self.job.assign("a1", "w1")
+        self.job.put_back("w1")
+        self.assertEqual(self.job.apply(result("a1"), 11.0), Verdict.APPLIED)
+        self.assertFalse(self.job.is_pending("a1"))
+
+    def test_unknown_task(self):
+        """A result for a task the job does not have is unknown."""
+        self.assertEqual(self.job.apply(result("zz"), 11.0), Verdict.UNKNOWN)
+
+    def test_done_and_report(self):
+        """The job is done when every task has a result; the report says how each ended."""
+        for task_id in ("a1", "b1"):
+            self.job.assign(task_id, "w1")
+        self.job.apply(result("a1"), 11.0)
+        self.job.apply(result("b1", status="failed"), 12.5)
+        self.assertTrue(self.job.done)
+        report = self.job.report(99.0)
+        self.assertEqual((report["succeeded"], report["failed"], report["elapsed"]), (1, 1, 2.5))
+        self.assertEqual([t["status"] for t in report["tasks"]], ["succeeded", "failed"])
+
+
+class RecordingLink:
+    """An L{IWorkerLink} and L{IJobObserver} that records every call."""
+
+    def __init__(self):
+        self.assignments = []
+        self.completes = []
+        self.finished = []
+
+    def send_assignments(self, worker, job, assignments):
+        self.assignments.append((worker, job, [(a.task.id, a.attempt) for a in assignments]))
+
+    def send_complete(self, worker, job):
+        self.completes.append((worker, job.id))
+
+    def job_finished(self, job):
+        self.finished.append(job.id)
+
+
+class MasterTests(SynchronousTestCase):
+    """L{Master}: dispatch, confirmation and recovery."""
+
+    def setUp(self):
+        self.clock = Clock()
+        self.link = RecordingLink()
+        self.master = Master(node(name="a1", capabilities=("a",)), self.link, self.link, self.clock)
+
+    def test_original_example(self):
+        """The original example: a-tasks stay home, b1 and c1 go to their workers."""
+        self.master.worker_joined(node(name="a1", capabilities=("a",), slots=2))
+        self.master.worker_joined(node(name="b1", capabilities=("b",), slots=2))
+        self.master.worker_joined(node(name="c1", capabilities=("c",), slots=2))
+        job = self.master.submit(parse_instructions("a1,a2,b1,c1,a3".split(",")))
+        self.assertEqual(self.link.assignments, [], "dispatch waits for the end of the reactor turn")
+        self.clock.advance(0)
+        self.assertEqual(
+            sorted(self.link.assignments),
+            [("a1", job.id, [("a1", 1), ("a2", 1), ("a3", 1)]), ("b1", job.id, [("b1", 1)]), ("c1", job.id, [("c1", 1)])],
+        )
+        with capturedLogs() as events:
+            self.master.confirm(job.id, [result("b1", worker="b1")], "b1")
+            self.master.confirm(job.id, [result("c1", worker="c1")], "c1")
+            self.master.confirm(job.id, [result(t, worker="a1") for t in ("a1", "a2", "a3")], "a1")
+        lines = [e["log_format"].format(**e) for e in events if "Master received" in e["log_format"]]
+        self.assertIn("Master received confirmation for b1 from b1", lines)
+        self.assertIn("Master received confirmation for a2 from a1", lines)
+        self.assertEqual(self.link.finished, [job.id])
+        self.assertEqual(sorted(self.link.completes), [("b1", job.id), ("c1", job.id)])
+
+    def test_window_limits_outstanding(self):
+        """A worker never holds more than slots + prefetch unconfirmed tasks."""
+        self.master.worker_joined(node(name="b1", capabilities=("b",), slots=2))
+        job = self.master.submit([TaskSpec.instruction(f"b{i}") for i in range(10)])
+        self.clock.advance(0)
+        self.assertEqual(sum(len(a[2]) for a in self.link.assignments), 4)
+        self.master.confirm(job.id, [result("b0"), result("b1")], "b1")
+        self.clock.advance(0)
+        self.assertEqual(sum(len(a[2]) for a in self.link.assignments), 6)
+        self.assertEqual(self.master.pending_count(), 4)
+
+    def test_waits_for_capability_and_says_so(self):
+        """Tasks nobody can run wait, the log names the capability once, and they go out when a capable node joins."""
+        with capturedLogs() as events:
+            job = self.master.submit([TaskSpec.instruction("z1")])
+            self.clock.advance(0)
+            self.clock.advance(0)
+            self.master.schedule_dispatch()
+            self.clock.advance(0)
+        waiting = [e for e in events if e.get("kind") == "z" and "waiting" in e["log_format"]]
+        self.assertEqual(len(waiting), 1)
+        self.assertIn("capability", waiting[0]["log_format"])
+        self.assertEqual(self.link.assignments, [])
+        self.master.worker_joined(node(name="z9", capabilities=("z",)))
+        self.clock.advance(0)
+        self.assertEqual(self.link.assignments, [("z9", job.id, [("z1", 1)])])
+
+    def test_lost_worker_tasks_run_elsewhere(self):
+        """A lost worker's unconfirmed tasks go to another worker as new attempts."""
+        self.master.worker_joined(node(name="b1", capabilities=("b",), slots=1))
+        job = self.master.submit([TaskSpec.instruction("b1"), TaskSpec.instruction("b2")])
+        self.clock.advance(0)
+        self.master.confirm(job.id, [result("b1")], "b1")
+        self.clock.advance(0)
+        self.master.worker_lost("b1", "lost its connection")
+        self.master.worker_joined(node(name="b2", capabilities=("b",), slots=1))
+        self.clock.advance(0)
+        self.assertEqual(self.link.assignments[-1], ("b2", job.id, [("b2", 2)]))
+        applied, stale = self.master.confirm(job.id, [result("b2", attempt=1)], "b1")
+        self.assertEqual((applied, stale), (0, 1))
+        self.master.confirm(job.id, [result("b2", attempt=2, worker="b2")], "b2")
+        self.assertEqual(self.link.finished, [job.id])
+
+    def test_empty_job_finishes_at_once(self):
+        """A job without tasks is finished as soon as it is accepted."""
+        job = self.master.submit([])
+        self.assertEqual(self.link.finished, [job.id])
+
+    def test_unknown_job(self):
+        """Confirming a job this master does not have raises KeyError."""
+        self.assertRaises(KeyError, self.master.confirm, "nope", [], "b1")
+
+    def test_stop_dispatching(self):
+        """A leaving master hands out nothing more."""
+        self.master.worker_joined(node(name="b1", capabilities=("b",)))
+        self.master.submit([TaskSpec.instruction("b1")])
+        self.master.stop_dispatching()
+        self.clock.advance(0)
+        self.assertEqual(self.link.assignments, [])
+
+    def test_failed_task_logged(self):
+        """A failed task is logged as a warning with its reason."""
+        self.master.worker_joined(node(name="b1", capabilities=("b",)))
+        job = self.master.submit([TaskSpec.instruction("b1")])
+        self.clock.advance(0)
+        with capturedLogs() as events:
+            self.master.confirm(
+                job.id, [TaskResult(task_id="b1", attempt=1, status="failed", node="b1", exit_code=3)], "b1"
+            )
+        warnings = [e for e in events if e.get("status") == "failed" and "detail" in e]
+        self.assertEqual(warnings[0]["detail"], "exit code 3")

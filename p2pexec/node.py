@@ -334,7 +334,7 @@ class Node:
 
         def merge(answer: dict[str, Any]) -> None:
             try:
-                peers = parse_peer_list(answer["peers"])
+                peers = parse_peer_list(answer.get("peers"))
             except ValidationError as e:
                 log.warn("Bad PEER_EXCHANGE answer from {peer}: {error}", peer=protocol.describe(), error=e)
                 return

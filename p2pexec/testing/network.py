@@ -76,6 +76,7 @@ class _MulticastPort:
         self.outgoing: Optional[str] = None
         self.ttl = 1
         self.sent: list[tuple[bytes, tuple[str, int]]] = []
+        self.host_address = "127.0.0.1"
 
     def setOutgoingInterface(self, address: str) -> Deferred[int]:
         self.outgoing = address
@@ -126,6 +127,7 @@ class FakeNetwork(Clock):
         self.pumps: list[IOPump] = []
         self.datagrams: list[tuple[bytes, tuple[str, int], tuple[str, int]]] = []
         self.partitioned: set[tuple[str, int]] = set()
+        self.blocked_multicast: set[tuple[str, str]] = set()
 
     # -- IReactorTCP ----------------------------------------------------------
 
@@ -183,6 +185,8 @@ class FakeNetwork(Clock):
     def _multicast(self, data: bytes, group: tuple[str, int], source: tuple[str, int]) -> None:
         self.datagrams.append((data, group, source))
         for listening in list(self._multicast_ports):
+            if (source[0], listening.host_address) in self.blocked_multicast:
+                continue
             if listening.port == group[1] and group[0] in listening.groups:
                 self.callLater(0, _deliver, listening, data, source)
 
@@ -240,6 +244,10 @@ class FakeNetwork(Clock):
         """A reactor for one node on this network (see L{FakeHost})."""
         return FakeHost(self, address)
 
+    def block_multicast(self, source: str, destination: str) -> None:
+        """Drop multicast datagrams sent from host C{source} to host C{destination}."""
+        self.blocked_multicast.add((source, destination))
+
     def partition(self, host: str, port: int) -> None:
         """Silently drop all traffic to the server at C{host:port} (a cut cable)."""
         self.partitioned.add((host, port))
@@ -291,6 +299,7 @@ class FakeHost:
 
     def listenMulticast(self, port: int, protocol: Any, interface: str = "", maxPacketSize: int = 8192, listenMultiple: bool = False) -> Any:
         listening = self.network.listenMulticast(port, protocol, interface, maxPacketSize, listenMultiple)
+        listening.host_address = self.address
         self._ports.append(listening)
         return listening
 

@@ -1,0 +1,347 @@
+"""
+Whole-node tests on an in-memory network (L{p2pexec.testing.network}).
+
+Every node here is a real L{Node} with its real discovery, AMP protocol,
+dialler, master and worker; only sockets, processes and time are simulated,
+so these tests are deterministic and take milliseconds.
+"""
+
+from twisted.internet.defer import Deferred
+from twisted.logger import capturedLogs
+from twisted.trial.unittest import SynchronousTestCase
+
+from p2pexec.membership import PeerState
+from p2pexec.model import FAILED, SUCCEEDED, TaskSpec, parse_instructions
+from p2pexec.node import Node, NodeConfig
+from p2pexec.testing.network import FakeNetwork
+from p2pexec.testing.runner import FakeRunner
+
+
+def text(event):
+    """The formatted message of a log event."""
+    return event["log_format"].format(**event)
+
+
+class Cluster:
+    """Nodes on one L{FakeNetwork}, one simulated host each."""
+
+    def __init__(self):
+        self.network = FakeNetwork()
+        self.nodes = {}
+        self.hosts = {}
+        self.runners = {}
+
+    def add(self, name, address="127.0.0.1", port=0, tasks=None, duration=0.1, outcome=None, **config):
+        """Start a node called C{name} on its own host."""
+        config.setdefault("capabilities", frozenset({name.rstrip("0123456789")}))
+        config.setdefault("slots", 2)
+        host = self.network.host(address)
+        runner = FakeRunner(host, name, duration=duration, outcome=outcome)
+        node = Node(
+            NodeConfig(name=name, interface=address, port=port, tasks=tasks, **config),
+            host,
+            runner,
+        )
+        node.start()
+        self.nodes[name], self.hosts[name], self.runners[name] = node, host, runner
+        return node
+
+    def stop(self, name):
+        """Stop a node gracefully; return the Deferred of its leaving."""
+        return Deferred.fromCoroutine(self.nodes[name].stop())
+
+    def connected(self, a, b):
+        """Whether C{a} has a live, handshaken connection to C{b}."""
+        return self.nodes[a].peers.is_connected(b)
+
+
+def example_cluster(**master_config):
+    """The original example: a1 master of a1,a2,b1,c1,a3; workers b1 and c1."""
+    cluster = Cluster()
+    cluster.add("a1", port=10001, tasks=tuple(parse_instructions("a1,a2,b1,c1,a3".split(","))), **master_config)
+    cluster.add("b1", port=10002)
+    cluster.add("c1", port=10003)
+    return cluster
+
+
+class OriginalExampleTests(SynchronousTestCase):
+    """The original system's example, line for line."""
+
+    def test_example_output(self):
+        """The log holds every line of the original example output, in its order per node."""
+        with capturedLogs() as events:
+            cluster = example_cluster()
+            cluster.network.run_until(lambda: cluster.nodes["a1"].initial_job.called, limit=10)
+        lines = [text(e) for e in events]
+        expected = [
+            "Node a1 started on port 10001",
+            "Node a1 sent DISCOVER",
+            "Node b1 started on port 10002",
+            "Node b1 sent DISCOVER",
+            "Node a1 discovered peer b1",
+            "Node b1 discovered peer a1",
+            "Node a1 assigning tasks to peer b1",
+            "Node b1 received instructions: ['b1']",
+            "Node b1 executing: b1",
+            "Master received confirmation for b1 from b1",
+        ]
+        for line in expected:
+            self.assertIn(line, lines)
+        for earlier, later in [
+            ("Node a1 started on port 10001", "Node a1 sent DISCOVER"),
+            ("Node a1 discovered peer b1", "Node a1 assigning tasks to peer b1"),
+            ("Node a1 assigning tasks to peer b1", "Node b1 received instructions: ['b1']"),
+            ("Node b1 received instructions: ['b1']", "Node b1 executing: b1"),
+            ("Node b1 executing: b1", "Master received confirmation for b1 from b1"),
+        ]:
+            self.assertLess(lines.index(earlier), lines.index(later), (earlier, later))
+        for own in ("a1", "a2", "a3"):
+            self.assertIn(f"Master received confirmation for {own} from a1", lines)
+        self.assertIn("Master received confirmation for c1 from c1", lines)
+
+    def test_job_result(self):
+        """Each task ran once, on the node of its kind, and the job finished."""
+        cluster = example_cluster()
+        cluster.network.run_until(lambda: cluster.nodes["a1"].initial_job.called, limit=10)
+        job = cluster.nodes["a1"].initial_job.result
+        ran_on = {task_id: record.result.node for task_id, record in job.tasks.items()}
+        self.assertEqual(ran_on, {"a1": "a1", "a2": "a1", "a3": "a1", "b1": "b1", "c1": "c1"})
+        self.assertEqual((job.succeeded, job.failed), (5, 0))
+        self.assertEqual(set(job.participants), {"a1", "b1", "c1"})
+
+    def test_results_file(self):
+        """--results gets the job's JSON report when it finishes."""
+        import json
+        import os
+
+        path = os.path.abspath(self.mktemp())
+        cluster = example_cluster(results=path)
+        cluster.network.run_until(lambda: cluster.nodes["a1"].initial_job.called, limit=10)
+        with open(path) as f:
+            report = json.load(f)
+        self.assertEqual((report["total"], report["succeeded"]), (5, 5))
+        self.assertEqual({t["id"]: t["node"] for t in report["tasks"]}["c1"], "c1")
+
+
+class MembershipTests(SynchronousTestCase):
+    """Discovery, connections and peer exchange."""
+
+    def test_one_connection_per_pair(self):
+        """Every pair is connected exactly once, dialled by the lower name."""
+        cluster = Cluster()
+        for name in ("a1", "b1", "c1", "d1"):
+            cluster.add(name)
+        cluster.network.run(3.0)
+        names = sorted(cluster.nodes)
+        for a in names:
+            for b in names:
+                if a != b:
+                    self.assertTrue(cluster.connected(a, b), (a, b))
+        self.assertEqual(len(cluster.network.pumps), 6)
+        for pump in cluster.network.pumps:
+            dialler = pump.client
+            while not hasattr(dialler, "peer_name"):
+                dialler = getattr(dialler, "_wrappedProtocol", None) or dialler._protocol
+            self.assertTrue(dialler.dialled)
+
+    def test_peer_exchange_spreads_membership(self):
+        """a1 and c1 never hear each other's datagrams, but learn of each other through b1."""
+        cluster = Cluster()
+        cluster.network.block_multicast("127.0.0.1", "127.0.0.3")
+        cluster.network.block_multicast("127.0.0.3", "127.0.0.1")
+        cluster.add("a1", address="127.0.0.1", port=1001)
+        cluster.add("b1", address="127.0.0.2", port=1002)
+        cluster.add("c1", address="127.0.0.3", port=1003)
+        cluster.network.run(12.0)
+        self.assertTrue(cluster.connected("a1", "c1"))
+        self.assertTrue(cluster.connected("c1", "a1"))
+
+    def test_clusters_do_not_mix(self):
+        """Nodes of different clusters on one group never connect."""
+        cluster = Cluster()
+        cluster.add("a1", cluster="prod")
+        cluster.add("b1", cluster="dev")
+        cluster.network.run(5.0)
+        self.assertEqual(len(cluster.nodes["a1"].peers), 0)
+        self.assertEqual(cluster.network.pumps, [])
+
+    def test_reconnects_after_connection_drop(self):
+        """A dropped connection between live nodes is dialled again."""
+        cluster = Cluster()
+        cluster.add("a1")
+        cluster.add("b1")
+        cluster.network.run(2.0)
+        self.assertTrue(cluster.connected("a1", "b1"))
+        cluster.network.pumps[0].clientIO.loseConnection()
+        cluster.network.flush()
+        self.assertFalse(cluster.connected("a1", "b1"))
+        cluster.network.run(5.0)
+        self.assertTrue(cluster.connected("a1", "b1"))
+        self.assertEqual(cluster.nodes["a1"].dialer.reconnects, 1)
+
+    def test_forgets_vanished_peer(self):
+        """A peer that crashed and stays silent is forgotten after the expiry time."""
+        cluster = Cluster()
+        cluster.add("a1")
+        cluster.add("b1")
+        cluster.network.run(2.0)
+        cluster.hosts["b1"].crash()
+        cluster.network.run(50.0)
+        self.assertIsNone(cluster.nodes["a1"].peers.get("b1"))
+        self.assertNotIn("b1", cluster.nodes["a1"].dialer)
+
+
+class FaultTests(SynchronousTestCase):
+    """What happens when nodes die or leave mid-job."""
+
+    def test_worker_crash_tasks_rerun_elsewhere(self):
+        """A worker that vanishes mid-job has its unconfirmed tasks run by another."""
+        cluster = Cluster()
+        tasks = tuple(TaskSpec(id=f"w{i}", kind="w", command=("true",)) for i in range(40))
+        cluster.add("m1", capabilities=frozenset(), tasks=tasks)
+        cluster.add("w1", capabilities=frozenset({"w"}), duration=0.2)
+        cluster.add("w2", capabilities=frozenset({"w"}), duration=0.2)
+        master = cluster.nodes["m1"]
+        cluster.network.run_until(lambda: len(cluster.runners["w1"].runs) >= 6, limit=10)
+        cluster.hosts["w1"].crash()
+        cluster.network.run_until(lambda: master.initial_job.called, limit=30)
+        job = master.initial_job.result
+        self.assertEqual((job.succeeded, job.failed), (40, 0))
+        ran_on_w1 = {task for _, task, _ in cluster.runners["w1"].runs}
+        ran_on_w2 = {task for _, task, _ in cluster.runners["w2"].runs}
+        self.assertEqual(ran_on_w1 | ran_on_w2, {f"w{i}" for i in range(40)})
+        twice = ran_on_w1 & ran_on_w2
+        self.assertLessEqual(len(twice), 2, "only the tasks running on w1 when it died run twice")
+
+    def test_graceful_leave_hands_back(self):
+        """A worker that leaves mid-job finishes its running tasks, hands back the rest, and says goodbye."""
+        cluster = Cluster()
+        tasks = tuple(TaskSpec(id=f"w{i}", kind="w", command=("true",)) for i in range(12))
+        cluster.add("m1", capabilities=frozenset(), tasks=tasks)
+        cluster.add("w1", capabilities=frozenset({"w"}), duration=1.0)
+        cluster.add("w2", capabilities=frozenset({"w"}), duration=1.0)
+        master = cluster.nodes["m1"]
+        cluster.network.run_until(lambda: cluster.runners["w1"].running, limit=10)
+        with capturedLogs() as events:
+            leaving = cluster.stop("w1")
+            cluster.network.run_until(lambda: leaving.called, limit=10)
+        self.successResultOf(leaving)
+        lines = [text(e) for e in events]
+        self.assertIn("Node m1: peer w1 is leaving (shutdown)", lines)
+        self.assertIn("Node w1 got DISCONNECT_ACK from m1", lines)
+        self.assertIn("Node w1 stopped", lines)
+        cluster.network.run_until(lambda: master.initial_job.called, limit=30)
+        job = master.initial_job.result
+        self.assertEqual(job.succeeded, 12)
+        ran_on_w1 = [task for _, task, _ in cluster.runners["w1"].runs]
+        ran_on_w2 = [task for _, task, _ in cluster.runners["w2"].runs]
+        self.assertEqual(set(ran_on_w1) & set(ran_on_w2), set(), "a drained worker's tasks never run twice")
+        self.assertEqual(cluster.nodes["m1"].peers.get("w1").state, PeerState.LEFT)
+
+    def test_drain_timeout_stops_long_tasks(self):
+        """Tasks still running when the drain timeout ends are stopped, and the node leaves anyway."""
+        cluster = Cluster()
+        tasks = (TaskSpec(id="w1", kind="w", command=("sleep", "100")),)
+        cluster.add("m1", capabilities=frozenset(), tasks=tasks)
+        cluster.add("w1", capabilities=frozenset({"w"}), duration=100.0, drain_timeout=2.0)
+        cluster.network.run_until(lambda: cluster.runners["w1"].running, limit=10)
+        leaving = cluster.stop("w1")
+        took = cluster.network.run_until(lambda: leaving.called, limit=10)
+        self.assertGreaterEqual(took, 2.0)
+        self.assertEqual(cluster.runners["w1"].running, {})
+
+    def test_task_waits_for_capability(self):
+        """A task nobody can run waits, and runs as soon as a capable node joins."""
+        cluster = Cluster()
+        cluster.add("a1", tasks=(TaskSpec.instruction("z1"),))
+        cluster.network.run(3.0)
+        self.assertFalse(cluster.nodes["a1"].initial_job.called)
+        cluster.add("z1")
+        cluster.network.run_until(lambda: cluster.nodes["a1"].initial_job.called, limit=10)
+        self.assertEqual(cluster.nodes["a1"].initial_job.result.tasks["z1"].result.node, "z1")
+
+    def test_failures_are_results(self):
+        """A failing task finishes the job as failed, not retried."""
+        cluster = Cluster()
+        outcome = lambda assignment: (FAILED, 3) if assignment.task.id == "w2" else (SUCCEEDED, 0)
+        tasks = tuple(TaskSpec(id=f"w{i}", kind="w", command=("x",)) for i in range(4))
+        cluster.add("m1", capabilities=frozenset(), tasks=tasks)
+        cluster.add("w1", capabilities=frozenset({"w"}), outcome=outcome)
+        cluster.network.run_until(lambda: cluster.nodes["m1"].initial_job.called, limit=10)
+        job = cluster.nodes["m1"].initial_job.result
+        self.assertEqual((job.succeeded, job.failed), (3, 1))
+        self.assertEqual(job.tasks["w2"].result.exit_code, 3)
+
+    def test_large_job_chunked(self):
+        """A job far larger than one AMP value travels in chunks and completes."""
+        cluster = Cluster()
+        padding = "x" * 500
+        tasks = tuple(
+            TaskSpec(id=f"w{i}", kind="w", command=("echo", padding)) for i in range(3000)
+        )
+        cluster.add("m1", capabilities=frozenset(), tasks=tasks)
+        cluster.add("w1", capabilities=frozenset({"w"}), slots=500, duration=0.01)
+        cluster.network.run_until(lambda: cluster.nodes["m1"].initial_job.called, limit=60)
+        self.assertEqual(cluster.nodes["m1"].initial_job.result.succeeded, 3000)
+
+
+class BadPeerTests(SynchronousTestCase):
+    """Refusals between nodes that do not belong together."""
+
+    def dial(self, cluster, port, info):
+        """Dial a node of C{cluster} as a stranger describing itself as C{info}; return the outcome."""
+        from twisted.internet.endpoints import TCP4ClientEndpoint
+        from twisted.internet.protocol import Factory
+
+        from p2pexec.peer import PeerProtocol
+
+        from .test_peer import RecordingHandler
+
+        host = cluster.network.host("127.0.0.9")
+        endpoint = TCP4ClientEndpoint(host, "127.0.0.1", port)
+        outcome = []
+        connected = endpoint.connect(Factory.forProtocol(lambda: PeerProtocol(RecordingHandler(info), dialled=True)))
+        connected.addCallback(lambda protocol: Deferred.fromCoroutine(protocol.introduce(info)))
+        connected.addBoth(outcome.append)
+        cluster.network.run(1.0)
+        return outcome[0]
+
+    def test_version_mismatch_refused_clearly(self):
+        """A peer of another protocol version is refused at CONNECT_REQUEST, and both sides say why."""
+        from p2pexec import commands
+
+        from .test_model import node
+
+        cluster = Cluster()
+        cluster.add("b1", port=2002)
+        with capturedLogs() as events:
+            outcome = self.dial(cluster, 2002, node(name="a1", instance="i-future", version=2))
+        outcome.trap(commands.VersionMismatch)
+        self.assertIn("version 1, not 2", outcome.getErrorMessage())
+        refusals = [text(e) for e in events if "Refused a connection" in e["log_format"]]
+        self.assertEqual(len(refusals), 1)
+        self.assertIn("protocol version 2", refusals[0])
+        self.assertIsNone(cluster.nodes["b1"].peers.get("a1"))
+
+    def test_foreign_cluster_refused_on_tcp(self):
+        """A node of another cluster that dials directly is refused with CLUSTER_MISMATCH."""
+        from p2pexec import commands
+
+        from .test_model import node
+
+        cluster = Cluster()
+        cluster.add("b1", port=2002)
+        outcome = self.dial(cluster, 2002, node(name="a1", instance="i-x", cluster="other"))
+        outcome.trap(commands.ClusterMismatch)
+        self.assertIsNone(cluster.nodes["b1"].peers.get("a1"))
+
+    def test_duplicate_name_refused(self):
+        """A stranger using the node's own name is refused with NAME_CONFLICT."""
+        from p2pexec import commands
+
+        from .test_model import node
+
+        cluster = Cluster()
+        cluster.add("b1", port=2002)
+        outcome = self.dial(cluster, 2002, node(name="b1", instance="i-twin"))
+        outcome.trap(commands.NameConflict)

@@ -1,0 +1,234 @@
+"""Tests for L{p2pexec.peer}: the AMP protocol and its refusals."""
+
+import json
+
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.protocols import amp
+from twisted.test.iosim import connectedServerAndClient
+from twisted.trial.unittest import SynchronousTestCase
+
+from p2pexec import commands
+from p2pexec.peer import PeerProtocol
+
+from .test_model import node
+
+
+class RecordingHandler:
+    """An L{IPeerHandler} that records calls and can be told to refuse."""
+
+    def __init__(self, info):
+        self.info = info
+        self.calls = []
+        self.refuse_connect = None
+
+    def connect_requested(self, protocol, cluster, name, instance, version):
+        self.calls.append(("connect", name))
+        if self.refuse_connect is not None:
+            raise self.refuse_connect
+        return {"name": self.info.name, "instance": self.info.instance, "version": 1}
+
+    def handshake_received(self, protocol, info):
+        self.calls.append(("handshake", info.name))
+        return self.info
+
+    def connection_ready(self, protocol, info):
+        self.calls.append(("ready", info.name))
+
+    def peers_offered(self, protocol, peers):
+        self.calls.append(("peers", [p.name for p in peers]))
+        return [node(name="z9", instance="i-z")]
+
+    def assignment_received(self, protocol, job, master, master_instance, tasks):
+        self.calls.append(("assignment", job, len(tasks)))
+        return len(tasks)
+
+    def confirmation_received(self, protocol, job, results):
+        self.calls.append(("confirmation", job, len(results)))
+        if job == "unknown":
+            raise commands.UnknownJob("not mine")
+        return (len(results), 0)
+
+    def job_completed(self, protocol, job, succeeded, failed, elapsed):
+        self.calls.append(("complete", job, succeeded, failed))
+
+    def disconnect_requested(self, protocol, reason):
+        self.calls.append(("disconnect", reason))
+
+    def connection_lost(self, protocol, reason):
+        self.calls.append(("lost",))
+
+
+class PeerProtocolTests(SynchronousTestCase):
+    """A dialling and an accepting L{PeerProtocol} over an in-memory connection."""
+
+    def setUp(self):
+        self.clock = Clock()
+        self.a = RecordingHandler(node(name="a1", instance="i-a", capabilities=("a",)))
+        self.b = RecordingHandler(node(name="b1", instance="i-b"))
+        self.client, self.server, self.pump = connectedServerAndClient(
+            lambda: PeerProtocol(self.b),
+            lambda: PeerProtocol(self.a, dialled=True),
+            clock=self.clock,
+        )
+
+    def _settle(self, d):
+        """
+        Pump until C{d} fires, and return a Deferred already holding its result.
+
+        The outcome is captured before the answer arrives, as real callers
+        must: AMP drops the connection if an error reaches a Deferred with no
+        errback yet.
+        """
+        outcome = []
+        d.addBoth(outcome.append)
+        self.pump.flush()
+        self.assertEqual(len(outcome), 1, "no answer")
+        settled = Deferred()
+        settled.callback(outcome[0])
+        return settled
+
+    def call(self, command, **arguments):
+        """Call C{command} from the dialling side; return its settled outcome."""
+        return self._settle(self.client.callRemote(command, **arguments))
+
+    def raw(self, name, **strings):
+        """Send a raw box with string values; return its settled outcome."""
+        return self._settle(self.client.callRemoteString(name, **strings))
+
+    def introduce(self):
+        """Run the dialling side's introduction to completion."""
+        d = Deferred.fromCoroutine(self.client.introduce(self.a.info))
+        self.pump.flush()
+        return self.successResultOf(d)
+
+    def assertStillConnected(self):
+        """Neither side has lost the connection."""
+        self.assertNotIn(("lost",), self.a.calls + self.b.calls)
+        self.assertFalse(self.client.closed or self.server.closed)
+
+    def test_introduce(self):
+        """CONNECT_REQUEST then HANDSHAKE: both sides know each other and say ready."""
+        info = self.introduce()
+        self.assertEqual(info, self.b.info)
+        self.assertEqual(self.b.calls, [("connect", "a1"), ("handshake", "a1"), ("ready", "a1")])
+        self.assertEqual(self.a.calls, [("ready", "b1")])
+        self.assertEqual((self.client.peer_name, self.server.peer_name), ("b1", "a1"))
+
+    def test_connect_required_first(self):
+        """Any command before CONNECT_REQUEST is refused, and the connection stays up."""
+        failure = self.failureResultOf(self.call(commands.PeerExchange, peers=[]))
+        failure.trap(commands.ConnectRequired)
+        self.assertStillConnected()
+        self.introduce()
+
+    def test_declared_refusal_keeps_connection(self):
+        """A refused CONNECT_REQUEST arrives as its declared error, and nothing is dropped."""
+        self.b.refuse_connect = commands.ClusterMismatch("node b1 is in cluster 'prod'")
+        failure = self.failureResultOf(
+            self.call(commands.ConnectRequest, cluster="dev", name="a1", instance="i-a", version=1)
+        )
+        failure.trap(commands.ClusterMismatch)
+        self.assertIn("prod", failure.getErrorMessage())
+        self.assertStillConnected()
+
+    def test_malformed_box_answered_not_dropped(self):
+        """Missing keys, bad JSON and bad integers get BAD_ARGUMENTS; the connection lives."""
+        self.introduce()
+        boxes = [
+            (b"INSTRUCTION_ASSIGNMENT", {"job": b"j"}),
+            (b"INSTRUCTION_ASSIGNMENT", {"job": b"j", "master": b"a1", "master_instance": b"i-a", "tasks": b"{not json"}),
+            (b"TASK_COMPLETE", {"job": b"j", "succeeded": b"many", "failed": b"0", "elapsed": b"1.0"}),
+            (b"PEER_EXCHANGE", {"peers": b"\xff\xfe"}),
+        ]
+        for name, strings in boxes:
+            failure = self.failureResultOf(self.raw(name, **strings))
+            failure.trap(amp.RemoteAmpError)
+            self.assertEqual(failure.value.errorCode, b"BAD_ARGUMENTS", name)
+        self.assertStillConnected()
+
+    def test_wrong_types_refused(self):
+        """Well-formed JSON of the wrong shape is refused with a clear message."""
+        self.introduce()
+        failure = self.failureResultOf(self.call(commands.PeerExchange, peers={"not": "a list"}))
+        failure.trap(commands.BadArguments)
+        failure = self.failureResultOf(self.call(commands.PeerExchange, peers=[{"name": "x"}]))
+        failure.trap(commands.BadArguments)
+        self.assertIn("missing field", failure.getErrorMessage())
+        failure = self.failureResultOf(
+            self.call(commands.InstructionAssignment, job="j", master="a1", master_instance="i-a", tasks="x")
+        )
+        failure.trap(commands.BadArguments)
+        self.assertStillConnected()
+
+    def test_unknown_command(self):
+        """An unknown command is answered with an error; the connection lives."""
+        self.introduce()
+        failure = self.failureResultOf(self.raw(b"NO_SUCH_THING"))
+        failure.trap(amp.UnhandledCommand, amp.RemoteAmpError)
+        self.assertStillConnected()
+
+    def test_handshake_must_match_connect(self):
+        """A HANDSHAKE describing a different node than CONNECT_REQUEST named is refused."""
+        self.successResultOf(self.call(commands.ConnectRequest, cluster="default", name="a1", instance="i-a", version=1))
+        impostor = node(name="x1", instance="i-x")
+        failure = self.failureResultOf(self.call(commands.Handshake, node=impostor.to_wire()))
+        failure.trap(commands.BadArguments)
+        self.assertIn("x1", failure.getErrorMessage())
+
+    def test_peer_exchange_both_ways(self):
+        """PEER_EXCHANGE hands our list over and brings theirs back."""
+        self.introduce()
+        answer = self.successResultOf(self.call(commands.PeerExchange, peers=[node(name="c1").to_wire()]))
+        self.assertEqual([p["name"] for p in answer["peers"]], ["z9"])
+        self.assertIn(("peers", ["c1"]), self.b.calls)
+
+    def test_task_flow_commands(self):
+        """Assignment, confirmation, completion and disconnect reach the handler."""
+        self.introduce()
+        task = {"id": "b1", "kind": "b", "attempt": 1}
+        self.assertEqual(
+            self.successResultOf(
+                self.call(commands.InstructionAssignment, job="j", master="a1", master_instance="i-a", tasks=[task])
+            ),
+            {"accepted": 1},
+        )
+        self.assertEqual(
+            self.successResultOf(self.call(commands.ExecutionConfirmation, job="j", results=[{}])),
+            {"applied": 1, "stale": 0},
+        )
+        self.failureResultOf(self.call(commands.ExecutionConfirmation, job="unknown", results=[])).trap(
+            commands.UnknownJob
+        )
+        self.successResultOf(self.call(commands.TaskComplete, job="j", succeeded=5, failed=0, elapsed=0.5))
+        self.successResultOf(self.call(commands.DisconnectRequest, reason="shutdown"))
+        self.assertTrue(self.server.leaving)
+        self.assertIn(("disconnect", "shutdown"), self.b.calls)
+
+
+class ChunkTests(SynchronousTestCase):
+    """L{commands.chunk} and L{commands.result_wire_within}."""
+
+    def test_chunks_stay_under_limit(self):
+        """Every chunk's JSON fits the limit, and together they hold every item in order."""
+        items = [{"id": f"t{i}", "pad": "x" * (i % 50)} for i in range(5000)]
+        chunks = list(commands.chunk(items, lambda item: item, limit=10_000))
+        self.assertGreater(len(chunks), 1)
+        for batch in chunks:
+            self.assertLessEqual(len(json.dumps(batch, separators=(",", ":")).encode()), 10_000)
+        self.assertEqual([item for batch in chunks for item in batch], items)
+
+    def test_oversized_item_refused(self):
+        """An item alone over the limit raises instead of producing an unsendable box."""
+        self.assertRaises(ValueError, list, commands.chunk([{"x": "y" * 200}], lambda i: i, limit=100))
+
+    def test_result_output_shortened_to_fit(self):
+        """A result with huge, escape-heavy output is cut (keeping the end) to fit one AMP value."""
+        from p2pexec.model import TaskResult
+
+        noisy = "\x01" * 30_000 + "THE END"
+        result = TaskResult(task_id="t", attempt=1, status="failed", node="b1", stdout=noisy, stderr=noisy)
+        wire = commands.result_wire_within(result)
+        encoded = commands.JSON().toString([wire])
+        self.assertLess(len(encoded), 65_535)
+        self.assertTrue(wire["stdout"].endswith("THE END"))

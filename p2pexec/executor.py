@@ -56,7 +56,7 @@ class _TaskProcess(ProcessProtocol):
     def __init__(self, limit: int) -> None:
         self.stdout = _Tail(limit)
         self.stderr = _Tail(limit)
-        self.ended: Deferred[Failure] = Deferred()
+        self.ended: Deferred[BaseException] = Deferred()
 
     def connectionMade(self) -> None:
         self.transport.closeStdin()
@@ -65,7 +65,8 @@ class _TaskProcess(ProcessProtocol):
         (self.stdout if childFD == 1 else self.stderr).write(data)
 
     def processEnded(self, reason: Failure) -> None:
-        self.ended.callback(reason)
+        # Fire with the exception itself: a Failure would go down the errback chain.
+        self.ended.callback(reason.value)
 
 
 class ProcessExecutor:
@@ -150,7 +151,7 @@ class ProcessExecutor:
 
             timer = self._clock.callLater(task.timeout, on_timeout)
 
-        def ended(reason: Failure) -> TaskResult:
+        def ended(reason: BaseException) -> TaskResult:
             self.running.pop(pid, None)
             if timer is not None and timer.active():
                 timer.cancel()
@@ -158,8 +159,8 @@ class ProcessExecutor:
                 "stdout": protocol.stdout.text(),
                 "stderr": protocol.stderr.text(),
             }
-            code = reason.value.exitCode if isinstance(reason.value, (ProcessDone, ProcessTerminated)) else None
-            signal_number = getattr(reason.value, "signal", None)
+            code = reason.exitCode if isinstance(reason, (ProcessDone, ProcessTerminated)) else None
+            signal_number = getattr(reason, "signal", None)
             if timed_out:
                 return result(TIMED_OUT, exit_code=code, error=f"timed out after {task.timeout:g}s; process group killed", **fields)
             if code == 0:

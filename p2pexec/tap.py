@@ -191,7 +191,13 @@ def config_from_options(options: Options) -> NodeConfig:
 
 
 def makeService(options: Options, reactor: Optional[Any] = None) -> IService:
-    """Build the node's service tree from validated options."""
+    """
+    Build the node's service tree from validated options.
+
+    @param reactor: for tests; by default the global reactor, and then the
+        process's SIGTERM and SIGINT handlers are replaced too.
+    """
+    running_for_real = reactor is None
     if reactor is None:
         from twisted.internet import reactor as global_reactor
 
@@ -201,7 +207,8 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> IService:
     node = Node(config, reactor, ProcessExecutor(reactor, config.name))
     if options["exit-when-done"]:
         node.initial_job.addCallback(lambda _: reactor.callLater(0, reactor.stop))
-    reactor.callWhenRunning(_stop_cleanly_on_signals, reactor)
+    if running_for_real:
+        reactor.callWhenRunning(_stop_cleanly_on_signals, reactor)
     return NodeService(node)
 
 

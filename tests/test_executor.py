@@ -1,0 +1,115 @@
+"""
+Tests for L{p2pexec.executor}: real child processes.
+
+These need the real reactor (they start processes), so they are asynchronous
+trial tests; they wait on process events, never on sleeps.
+"""
+
+import os
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.trial.unittest import TestCase
+
+from p2pexec.executor import ProcessExecutor
+from p2pexec.model import ERROR, FAILED, SUCCEEDED, TIMED_OUT, Assignment, TaskSpec
+
+
+def task(command, shell=False, **fields):
+    """An attempt-1 assignment of a task running C{command}."""
+    if not shell:
+        command = tuple(command)
+    return Assignment(task=TaskSpec(id="t1", kind="sh", command=command, shell=shell, **fields), attempt=1)
+
+
+class ExecutorTests(TestCase):
+    """L{ProcessExecutor.run}."""
+
+    timeout = 20
+
+    def setUp(self):
+        self.executor = ProcessExecutor(reactor, "w1", tail_bytes=1024, kill_grace=1.0)
+
+    async def run_task(self, assignment):
+        """Run C{assignment} and return its result."""
+        return await self.executor.run("job-1", assignment)
+
+    async def test_success_with_output(self):
+        """A successful command reports exit 0 and its output tails."""
+        result = await self.run_task(task("echo out; echo err >&2", shell=True))
+        self.assertEqual((result.status, result.exit_code), (SUCCEEDED, 0))
+        self.assertEqual((result.stdout, result.stderr), ("out\n", "err\n"))
+        self.assertEqual((result.task_id, result.attempt, result.node), ("t1", 1, "w1"))
+        self.assertGreater(result.duration, 0)
+
+    async def test_failure_exit_code(self):
+        """A failing command reports its exit code."""
+        result = await self.run_task(task(["sh", "-c", "exit 3"]))
+        self.assertEqual((result.status, result.exit_code), (FAILED, 3))
+
+    async def test_output_tail_bounded(self):
+        """Only the last tail_bytes of a long output are kept."""
+        result = await self.run_task(task("seq 1 100000", shell=True))
+        self.assertLessEqual(len(result.stdout), 1024)
+        self.assertTrue(result.stdout.endswith("100000\n"))
+
+    async def test_environment_and_cwd(self):
+        """The task's env, its cwd and the P2PEXEC_* variables reach the process."""
+        folder = os.path.abspath(self.mktemp())
+        os.makedirs(folder)
+        result = await self.run_task(
+            task('echo "$GREETING $P2PEXEC_JOB_ID $P2PEXEC_TASK_ID $P2PEXEC_ATTEMPT $P2PEXEC_NODE"; pwd',
+                 shell=True, env=(("GREETING", "hi"),), cwd=folder)
+        )
+        self.assertEqual(result.stdout, f"hi job-1 t1 1 w1\n{folder}\n")
+
+    async def test_timeout_kills_process_group(self):
+        """A timed-out task's whole process group is killed, children included."""
+        pidfile = os.path.abspath(self.mktemp())
+        result = await self.run_task(
+            task(f"sleep 60 & echo $! > {pidfile}; wait", shell=True, timeout=0.5)
+        )
+        self.assertEqual(result.status, TIMED_OUT)
+        self.assertIn("timed out after 0.5s", result.error)
+        with open(pidfile) as f:
+            child = int(f.read())
+        self.assertFalse(_alive(child), "the background child survived the timeout")
+
+    async def test_timeout_escalates_to_sigkill(self):
+        """A task that ignores SIGTERM is killed with SIGKILL after the grace period."""
+        result = await self.run_task(task("trap '' TERM; sleep 60 & wait; sleep 60", shell=True, timeout=0.3))
+        self.assertEqual(result.status, TIMED_OUT)
+
+    async def test_command_not_found(self):
+        """A missing program is an error result that names it, not an exception."""
+        result = await self.run_task(task(["no-such-program-p2pexec"]))
+        self.assertEqual((result.status, result.exit_code), (ERROR, 127))
+        self.assertIn("no-such-program-p2pexec", result.error)
+
+    async def test_missing_cwd(self):
+        """A missing working directory is an error result that names it."""
+        result = await self.run_task(task(["true"], cwd="/nonexistent/dir"))
+        self.assertEqual(result.status, ERROR)
+        self.assertIn("/nonexistent/dir", result.error)
+
+    async def test_stop_all(self):
+        """stop_all ends running tasks."""
+        running = self.executor.run("job-1", task(["sleep", "60"]))
+        waiter = Deferred()
+        reactor.callLater(0.2, waiter.callback, None)
+        await waiter
+        self.assertEqual(len(self.executor.running), 1)
+        self.executor.stop_all()
+        result = await running
+        self.assertEqual(result.status, FAILED)
+        self.assertIn("signal", result.error)
+        self.assertEqual(self.executor.running, {})
+
+
+def _alive(pid):
+    """Whether process C{pid} exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False

@@ -1,0 +1,120 @@
+"""Tests for L{p2pexec.tap}: option validation and the service tree."""
+
+import os
+
+from twisted.application.service import IService, MultiService
+from twisted.python import usage
+from twisted.trial.unittest import SynchronousTestCase
+
+from p2pexec.service import NodeService
+from p2pexec.tap import Options, config_from_options, makeService
+from p2pexec.testing.network import FakeNetwork
+
+
+def parse(*argv):
+    """Parse C{argv} as C{twistd p2pexec} would."""
+    options = Options()
+    options.parseOptions(list(argv))
+    return options
+
+
+class OptionsTests(SynchronousTestCase):
+    """Every option is validated, and every refusal names the option."""
+
+    def test_design_card_example(self):
+        """The design card's command line parses into the intended node."""
+        config = config_from_options(parse("--name", "a1", "--port", "10001", "--tasks", "a1,a2,b1"))
+        self.assertEqual((config.name, config.port, config.interface), ("a1", 10001, "127.0.0.1"))
+        self.assertEqual([t.id for t in config.tasks], ["a1", "a2", "b1"])
+        self.assertEqual(config.capabilities, frozenset({"a"}))
+        self.assertEqual(config.cluster, "default")
+        self.assertEqual(config.slots, os.cpu_count())
+        self.assertTrue(config.group[0].startswith("239.255."))
+
+    def test_capabilities_default_from_name(self):
+        """Without --capabilities, b1 runs kind b, as in the original."""
+        self.assertEqual(config_from_options(parse("--name", "b1")).capabilities, frozenset({"b"}))
+        config = config_from_options(parse("--name", "b1", "--capabilities", "render,encode"))
+        self.assertEqual(config.capabilities, frozenset({"render", "encode"}))
+
+    def test_refusals_name_the_option(self):
+        """Each bad value is a UsageError that names the option at fault."""
+        cases = [
+            ((), "--name"),
+            (("--name", "bad name!"), "--name"),
+            (("--name", "x" * 65), "--name"),
+            (("--name", "a1", "--port", "70000"), "--port"),
+            (("--name", "a1", "--port", "http"), "--port"),
+            (("--name", "a1", "--slots", "0"), "--slots"),
+            (("--name", "a1", "--slots", "many"), "--slots"),
+            (("--name", "a1", "--interface", "nowhere"), "--interface"),
+            (("--name", "a1", "--interface", "0.0.0.0"), "--interface"),
+            (("--name", "a1", "--group", "239.255.0.1"), "--group"),
+            (("--name", "a1", "--group", "127.0.0.1:5000"), "--group"),
+            (("--name", "a1", "--group", "239.255.0.1:0"), "--group"),
+            (("--name", "a1", "--cluster", "no spaces"), "--cluster"),
+            (("--name", "a1", "--tasks", ","), "--tasks"),
+            (("--name", "a1", "--tasks", "a1,a1"), "--tasks"),
+            (("--name", "a1", "--tasks", "a1", "--job", "x.toml"), "--tasks"),
+            (("--name", "a1", "--job", "/nonexistent/job.toml"), "--job"),
+            (("--name", "a1", "--capabilities", "a b"), "--capabilities"),
+            (("--name", "a1", "--results", "/nonexistent/dir/r.json", "--tasks", "a1"), "--results"),
+            (("--name", "a1", "--results", "r.json"), "--results"),
+            (("--name", "a1", "--drain-timeout", "-1"), "--drain-timeout"),
+            (("--name", "a1", "--log-level", "chatty"), "--log-level"),
+            (("--name", "a1", "--exit-when-done"), "--exit-when-done"),
+        ]
+        for argv, option in cases:
+            with self.assertRaises(usage.UsageError, msg=argv) as caught:
+                parse(*argv)
+            self.assertIn(option, str(caught.exception), argv)
+
+    def test_bad_job_file_names_file_task_and_field(self):
+        """A bad job file is refused at start, naming the file, the task and the field."""
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write('[[task]]\nid = "ok"\n[[task]]\nid = "t2"\ntimeout = "soon"\n')
+        with self.assertRaises(usage.UsageError) as caught:
+            parse("--name", "a1", "--job", path)
+        message = str(caught.exception)
+        for part in ("--job", path, "task #2", "'t2'", "'timeout'"):
+            self.assertIn(part, message)
+
+
+class MakeServiceTests(SynchronousTestCase):
+    """L{makeService} builds a MultiService around one node."""
+
+    def test_service_tree(self):
+        """The plugin's service is a NodeService (a MultiService) configured from the options."""
+        network = FakeNetwork()
+        service = makeService(parse("--name", "a1", "--port", "0", "--tasks", "a1"), reactor=network.host())
+        self.assertTrue(IService.providedBy(service))
+        self.assertIsInstance(service, MultiService)
+        self.assertIsInstance(service, NodeService)
+        self.assertEqual(service.node.config.name, "a1")
+
+    def test_start_and_stop(self):
+        """Started, the node listens and runs its job; stopped, it leaves in order."""
+        network = FakeNetwork()
+        service = makeService(parse("--name", "a1", "--port", "0", "--tasks", "a1,a2"), reactor=network.host())
+        service.privilegedStartService()
+        service.startService()
+        network.run(1.0)
+        self.assertEqual(service.node.initial_job.result.succeeded, 2)
+        stopped = service.stopService()
+        network.run(1.0)
+        self.successResultOf(stopped)
+
+    def test_port_in_use_is_one_line(self):
+        """A taken port stops start-up with one line naming the node, address and reason."""
+        network = FakeNetwork()
+        host = network.host()
+        first = makeService(parse("--name", "a1", "--port", "10001"), reactor=host)
+        first.privilegedStartService()
+        second = makeService(parse("--name", "a2", "--port", "10001"), reactor=host)
+        with self.assertRaises(SystemExit) as caught:
+            second.privilegedStartService()
+        message = str(caught.exception)
+        self.assertIn("a2", message)
+        self.assertIn("127.0.0.1:10001", message)
+        self.assertIn("in use", message)

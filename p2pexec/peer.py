@@ -119,6 +119,21 @@ class PeerProtocol(amp.AMP):
         self._transportHost = transport.getHost()
         amp.BinaryBoxProtocol.makeConnection(self, transport)
 
+    def dataReceived(self, data: bytes) -> None:
+        """
+        Parse AMP framing; on bytes that are not AMP, drop the connection with
+        one log line instead of a traceback.
+        """
+        try:
+            super().dataReceived(data)
+        except Exception as e:
+            log.warn(
+                "Dropped the connection with {peer}: it sent data that is not valid AMP ({error})",
+                peer=self.describe(),
+                error=f"{type(e).__name__}: {e}"[:200],
+            )
+            self.transport.loseConnection()
+
     def connectionLost(self, reason: Failure) -> None:
         """Tell the handler, and anyone waiting in L{when_lost}."""
         amp.BinaryBoxProtocol.connectionLost(self, reason)

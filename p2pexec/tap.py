@@ -101,7 +101,6 @@ class Options(usage.Options):
     ]
     optFlags = [
         ["exit-when-done", None, "Stop the node once its start-up job has finished (for one-shot runs)."],
-        ["no-multicast", None, "Do not use multicast discovery (no peers will be found yet without it)."],
     ]
 
     def postOptions(self) -> None:
@@ -185,7 +184,6 @@ def config_from_options(options: Options) -> NodeConfig:
         slots=options["slots"],
         tasks=options["task_specs"],
         results=options["results"],
-        multicast=not options["no-multicast"],
         drain_timeout=options["drain-timeout"],
     )
 

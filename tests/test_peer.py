@@ -232,3 +232,24 @@ class ChunkTests(SynchronousTestCase):
         encoded = commands.JSON().toString([wire])
         self.assertLess(len(encoded), 65_535)
         self.assertTrue(wire["stdout"].endswith("THE END"))
+
+
+class GarbageTests(SynchronousTestCase):
+    """Bytes that are not AMP at all."""
+
+    def test_garbage_drops_connection_with_one_line(self):
+        """Non-AMP bytes close the connection, logged as one warning, with no traceback."""
+        from twisted.internet.testing import StringTransport
+        from twisted.logger import capturedLogs
+
+        handler = RecordingHandler(node(name="b1"))
+        protocol = PeerProtocol(handler)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        with capturedLogs() as events:
+            protocol.dataReceived(b"\x00\x05hello\x00\x03abc\x00\x00")
+        self.assertTrue(transport.disconnecting)
+        warnings = [e for e in events if "not valid AMP" in e["log_format"]]
+        self.assertEqual(len(warnings), 1)
+        self.assertIn("NoEmptyBoxes", warnings[0]["error"])
+        self.assertEqual([e for e in events if e.get("log_failure")], [])

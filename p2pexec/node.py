@@ -164,6 +164,18 @@ class Node:
             slots=self.info.slots,
             instance=self.info.instance,
         )
+        log.info(
+            "Node {name}: cluster {cluster!r}, runs {capabilities} with {slots} slot(s), "
+            "listens on {interface}:{port}, discovers on {group} (instance {instance})",
+            name=self.info.name,
+            cluster=self.info.cluster,
+            capabilities=", ".join(self.info.capabilities) or "no task kinds",
+            slots=self.info.slots,
+            interface=self.config.interface,
+            port=self.info.port,
+            group="%s:%d" % self.config.group if self.config.multicast else "nothing (multicast off)",
+            instance=self.info.instance,
+        )
         if self.config.multicast:
             _, group_port = self.config.group
             self._udp_port = self._reactor.listenMulticast(group_port, self.discovery, listenMultiple=True)

@@ -123,7 +123,10 @@ class Handshake(amp.Command):
     commandName = b"HANDSHAKE"
     arguments = [(b"node", JSON())]
     response = [(b"node", JSON())]
-    errors = _errors()
+    errors = _errors(
+        CLUSTER_MISMATCH=ClusterMismatch,
+        VERSION_MISMATCH=VersionMismatch,
+    )
 
 
 class PeerExchange(amp.Command):

@@ -11,6 +11,7 @@ PEER_EXCHANGE) before it is used.
 
 from __future__ import annotations
 
+import random
 from typing import Any, Awaitable, Callable, Optional
 
 from twisted.application.internet import ClientService, backoffPolicy
@@ -21,7 +22,7 @@ from twisted.protocols import amp
 
 from p2pexec import commands
 from p2pexec.log import DemotingLogger, NodeLogger
-from p2pexec.model import NodeInfo
+from p2pexec.model import NodeInfo, ValidationError
 from p2pexec.peer import PeerProtocol
 
 log = NodeLogger()
@@ -52,24 +53,37 @@ class Dialer:
         self,
         reactor: Any,
         make_protocol: Callable[[], PeerProtocol],
-        introduce: Callable[[PeerProtocol], Awaitable[None]],
-        initial_delay: float = 0.5,
+        introduce: Callable[[PeerProtocol, NodeInfo], Awaitable[Any]],
+        initial_delay: float = 0.25,
         max_delay: float = 30.0,
         connect_timeout: float = 5.0,
+        introduce_timeout: float = 10.0,
     ) -> None:
         self._reactor = reactor
         self._make_protocol = make_protocol
         self._introduce = introduce
-        self._policy = backoffPolicy(initialDelay=initial_delay, maxDelay=max_delay, factor=2.0)
+        self._policy = backoffPolicy(
+            initialDelay=initial_delay,
+            maxDelay=max_delay,
+            factor=2.0,
+            jitter=lambda: random.random() * initial_delay,
+        )
         self._connect_timeout = connect_timeout
+        self._introduce_timeout = introduce_timeout
         self._services: dict[str, tuple[NodeInfo, ClientService]] = {}
+        self._refused: dict[str, str] = {}
         self.reconnects = 0
 
     def __contains__(self, name: str) -> bool:
         return name in self._services
 
     def ensure(self, info: NodeInfo) -> None:
-        """Dial C{info} unless a dialler for that instance runs already."""
+        """
+        Dial C{info} unless a dialler for that instance runs already, or that
+        instance refused us for good (another cluster or protocol version).
+        """
+        if self._refused.get(info.name) == info.instance:
+            return
         current = self._services.get(info.name)
         if current is not None:
             if current[0].instance == info.instance and current[0].address == info.address:
@@ -84,7 +98,8 @@ class Dialer:
             attempts[0] += 1
             if attempts[0] > 1:
                 self.reconnects += 1
-            return Deferred.fromCoroutine(self._checked_introduce(info, protocol))
+            introduced = Deferred.fromCoroutine(self._checked_introduce(info, protocol))
+            return introduced.addTimeout(self._introduce_timeout, self._reactor, onTimeoutCancel=self._timed_out(info, protocol))
 
         service = _QuietClientService(
             endpoint,
@@ -96,22 +111,38 @@ class Dialer:
         self._services[info.name] = (info, service)
         service.startService()
 
+    def _timed_out(self, info: NodeInfo, protocol: PeerProtocol) -> Callable[[Any, float], Any]:
+        def on_timeout(result: Any, timeout: float) -> Any:
+            log.warn(
+                "Node {peer} at {address} did not complete the handshake within {timeout:g}s; "
+                "closing the connection and retrying",
+                peer=info.name,
+                address=info.address,
+                timeout=timeout,
+            )
+            protocol.transport.loseConnection()
+            return result
+
+        return on_timeout
+
     async def _checked_introduce(self, info: NodeInfo, protocol: PeerProtocol) -> None:
         try:
-            await self._introduce(protocol)
+            await self._introduce(protocol, info)
         except _FATAL as e:
             log.error(
-                "Node {peer} at {address} refused our connection: {error}. Not dialling it again.",
+                "Node {peer} at {address} refused our connection: {error}. Not dialling this "
+                "instance of it again.",
                 peer=info.name,
                 address=info.address,
                 error=e,
             )
+            self._refused[info.name] = info.instance
             self._reactor.callLater(0, self.stop, info.name)
             protocol.transport.loseConnection()
             raise
-        except amp.RemoteAmpError as e:
+        except (amp.RemoteAmpError, ValidationError) as e:
             log.warn(
-                "Node {peer} at {address} refused our connection: {error}; will retry",
+                "Connecting to node {peer} at {address} failed: {error}; will retry",
                 peer=info.name,
                 address=info.address,
                 error=e,

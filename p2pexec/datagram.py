@@ -99,7 +99,7 @@ def decode(data: bytes) -> Datagram:
     if not isinstance(body, dict) or body.get("proto") != MAGIC:
         raise DatagramError("not-p2pexec", "the datagram has no 'proto': 'p2pexec' marker")
     version = body.get("v")
-    if version != PROTOCOL_VERSION:
+    if type(version) is not int or version != PROTOCOL_VERSION:
         raise DatagramError(
             "version",
             f"protocol version {version!r} is not supported (this node speaks "

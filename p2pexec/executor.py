@@ -137,7 +137,7 @@ class ProcessExecutor:
             transport = self._reactor.spawnProcess(
                 protocol, argv[0], argv, env=environment, path=task.cwd
             )
-        except OSError as e:
+        except (OSError, ValueError) as e:
             return _succeed(result(ERROR, error=f"could not start {program!r}: {e}"))
         pid = transport.pid
         self.running[pid] = protocol

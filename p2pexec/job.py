@@ -11,7 +11,7 @@ from typing import Any, Iterable, Optional
 
 import attr
 
-from p2pexec.model import Assignment, TaskResult, TaskSpec
+from p2pexec.model import RETURNED, Assignment, TaskResult, TaskSpec
 
 
 class TaskState(enum.Enum):
@@ -30,6 +30,8 @@ class Verdict(enum.Enum):
     """For an attempt that was superseded, or a task already done."""
     UNKNOWN = "unknown"
     """For a task id the job does not have."""
+    RETURNED = "returned"
+    """The worker handed the task back unrun; it is pending again."""
 
 
 @attr.s(auto_attribs=True, slots=True)
@@ -40,7 +42,8 @@ class TaskRecord:
     @ivar spec: the task.
     @ivar state: see L{TaskState}.
     @ivar attempt: the number of the latest attempt (0 before the first).
-    @ivar worker: the node running the latest attempt, while assigned.
+    @ivar worker: the node given the latest attempt (kept when the task is
+        put back, so that its late result can still be recognised).
     @ivar result: the result that finished it.
     """
 
@@ -94,23 +97,33 @@ class Job:
         """Whether C{task_id} waits for a worker."""
         return self.tasks[task_id].state is TaskState.PENDING
 
-    def apply(self, result: TaskResult, now: float) -> Verdict:
+    def apply(self, result: TaskResult, now: float, sender: Optional[str] = None) -> Verdict:
         """
-        Record a result reported for one attempt.
+        Record a result reported by C{sender} for one attempt.
 
         A result counts if it is for the latest attempt of a task not yet
-        done, even if that task was put back in the queue meanwhile (its
-        worker's connection dropped, but the result got through after all).
+        done, from the node that attempt was given to, even if the task was
+        put back in the queue meanwhile (its worker's connection dropped, but
+        the result got through after all).  A C{returned} result puts the
+        task back in the queue.
         """
         record = self.tasks.get(result.task_id)
         if record is None:
             return Verdict.UNKNOWN
-        if record.state is TaskState.DONE or result.attempt != record.attempt:
+        if (
+            record.state is TaskState.DONE
+            or result.attempt != record.attempt
+            or (sender is not None and sender != record.worker)
+        ):
             self.stale += 1
+            return Verdict.STALE
+        if result.status == RETURNED:
+            if record.state is TaskState.ASSIGNED:
+                record.state = TaskState.PENDING
+                return Verdict.RETURNED
             return Verdict.STALE
         record.state = TaskState.DONE
         record.result = result
-        record.worker = None
         if result.succeeded:
             self.succeeded += 1
         else:
@@ -118,6 +131,24 @@ class Job:
         if self.done:
             self.finished = now
         return Verdict.APPLIED
+
+    def take_back(self, task_id: str, attempt: int, worker: str) -> bool:
+        """
+        Put one task back in the queue if its latest attempt is the one
+        C{worker} was given (it refused or returned it).
+
+        @return: whether the task is pending again.
+        """
+        record = self.tasks.get(task_id)
+        if (
+            record is None
+            or record.state is not TaskState.ASSIGNED
+            or record.attempt != attempt
+            or record.worker != worker
+        ):
+            return False
+        record.state = TaskState.PENDING
+        return True
 
     def put_back(self, worker: str) -> list[str]:
         """
@@ -130,7 +161,6 @@ class Job:
         for task_id, record in self.tasks.items():
             if record.state is TaskState.ASSIGNED and record.worker == worker:
                 record.state = TaskState.PENDING
-                record.worker = None
                 returned.append(task_id)
         return returned
 

@@ -89,6 +89,8 @@ def parse_job(data: dict[str, Any], source: str = "<job>") -> list[TaskSpec]:
         if "id" in raw:
             where += f" ({raw['id']!r})"
         fields = dict(raw)
+        if "env" in defaults and not isinstance(defaults["env"], dict):
+            raise JobFileError(f"job file {source}: [defaults] 'env' must be a table of strings")
         for key, value in defaults.items():
             if key == "env" and isinstance(value, dict) and isinstance(fields.get("env"), dict):
                 fields["env"] = {**value, **fields["env"]}
@@ -97,7 +99,11 @@ def parse_job(data: dict[str, Any], source: str = "<job>") -> list[TaskSpec]:
         try:
             spec = TaskSpec.from_wire(fields)
         except ValidationError as e:
-            raise JobFileError(f"{where}: {e}") from None
+            detail = str(e)
+            prefix = f"task {fields.get('id')!r}: "
+            if detail.startswith(prefix):
+                detail = detail[len(prefix):]
+            raise JobFileError(f"{where}: {detail}") from None
         if spec.id in seen:
             raise JobFileError(f"{where}: id {spec.id!r} is already used by task #{seen[spec.id]}")
         seen[spec.id] = number

@@ -47,6 +47,7 @@ class _WorkerSeat:
     info: NodeInfo
     window: int
     outstanding: int = 0
+    accepting: bool = True
 
 
 class Master:
@@ -125,6 +126,39 @@ class Master:
             seat.info, seat.window = info, window
         self.schedule_dispatch()
 
+    def refused(self, worker: str, job_id: str, attempts: list[tuple[str, int]], why: str, usable: bool) -> None:
+        """
+        C{worker} refused a batch of assignments: put those tasks back.  If
+        it is not C{usable} (it is leaving, or cannot run what we thought),
+        give it nothing more until it joins again; the tasks it already runs
+        stay its own.
+        """
+        job = self.jobs.get(job_id)
+        seat = self._workers.get(worker)
+        if seat is not None and not usable:
+            seat.accepting = False
+        if job is None:
+            return
+        returned = [task_id for task_id, attempt in attempts if job.take_back(task_id, attempt, worker)]
+        if seat is not None:
+            seat.outstanding = max(0, seat.outstanding - len(returned))
+        if returned:
+            log.warn(
+                "Worker {worker} refused {count} task(s) of job {job}: {why}; they go back in the queue",
+                worker=worker,
+                count=len(returned),
+                job=job_id,
+                why=why,
+            )
+            self._requeue(job, returned)
+        self.schedule_dispatch()
+
+    def _requeue(self, job: Job, task_ids: list[str]) -> None:
+        for task_id in reversed(task_ids):
+            kind = job.tasks[task_id].spec.kind
+            self._pending.setdefault(kind, deque()).appendleft((job.id, task_id))
+        self.schedule_dispatch()
+
     def worker_lost(self, name: str, why: str) -> None:
         """
         C{name} is gone: put its unconfirmed tasks back in the queue so that
@@ -136,9 +170,7 @@ class Master:
         for job in self.unfinished():
             returned = job.put_back(name)
             if returned:
-                for task_id in reversed(returned):
-                    kind = job.tasks[task_id].spec.kind
-                    self._pending.setdefault(kind, deque()).appendleft((job.id, task_id))
+                self._requeue(job, returned)
                 log.warn(
                     "Node {name} put {count} unconfirmed task(s) of job {job} back in the queue: "
                     "worker {worker} {why}",
@@ -164,15 +196,22 @@ class Master:
         seat = self._workers.get(sender)
         now = self._clock.seconds()
         for result in results:
-            verdict = job.apply(result, now)
-            if verdict is Verdict.APPLIED:
-                applied += 1
+            verdict = job.apply(result, now, sender)
+            if verdict is Verdict.APPLIED or verdict is Verdict.RETURNED:
                 if seat is not None and seat.outstanding > 0:
                     seat.outstanding -= 1
+            if verdict is Verdict.RETURNED:
+                # Only a leaving worker returns tasks: give it nothing more.
+                if seat is not None:
+                    seat.accepting = False
+                self._requeue(job, [result.task_id])
+                continue
+            if verdict is Verdict.APPLIED:
+                applied += 1
                 log.info(
                     "Master received confirmation for {task} from {worker}",
                     task=result.task_id,
-                    worker=result.node,
+                    worker=sender,
                     job=job_id,
                     status=result.status,
                 )
@@ -182,7 +221,7 @@ class Master:
                         task=result.task_id,
                         job=job_id,
                         status=result.status,
-                        worker=result.node,
+                        worker=sender,
                         detail=result.error or f"exit code {result.exit_code}",
                     )
             else:
@@ -240,6 +279,7 @@ class Master:
                 free=seat.window - seat.outstanding,
             )
             for name, seat in self._workers.items()
+            if seat.accepting
         ]
         planned = scheduler.plan(self._pending, capacity)
         for kind in planned.unschedulable:

@@ -16,10 +16,10 @@ import attr
 PROTOCOL_VERSION = 1
 """The wire protocol version carried by every datagram and handshake."""
 
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 """What a node name, cluster name or task kind may look like."""
 
-TASK_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.:@+-]{1,128}$")
+TASK_ID_PATTERN = re.compile(r"[A-Za-z0-9_.:@+-]{1,128}")
 """What a task id may look like."""
 
 MAX_CAPABILITIES = 32
@@ -79,7 +79,7 @@ def validate_name(value: Any, what: str) -> str:
     @raise ValidationError: naming C{what} when the value is unacceptable.
     """
     _require(
-        isinstance(value, str) and bool(NAME_PATTERN.match(value)),
+        isinstance(value, str) and bool(NAME_PATTERN.fullmatch(value)),
         f"{what} must be 1-64 characters of A-Z a-z 0-9 _ . -, not {value!r}",
     )
     return value
@@ -229,7 +229,7 @@ class TaskSpec:
         _require(isinstance(data, dict), f"task must be an object, not {data!r}")
         task_id = _field(data, "id", str, "task")
         _require(
-            bool(TASK_ID_PATTERN.match(task_id)),
+            bool(TASK_ID_PATTERN.fullmatch(task_id)),
             f"task id must be 1-128 characters of A-Z a-z 0-9 _ . : @ + -, "
             f"not {task_id!r}",
         )
@@ -254,12 +254,16 @@ class TaskSpec:
                 )
                 _require(command[0] != "", f"{what}: 'command' has an empty program")
                 command = tuple(command)
+            _require(
+                "\0" not in (command if isinstance(command, str) else "".join(command)),
+                f"{what}: 'command' contains a NUL character",
+            )
         else:
             _require(not shell, f"{what}: 'shell' is set but there is no 'command'")
         cwd = data.get("cwd")
         _require(
-            cwd is None or (isinstance(cwd, str) and cwd != ""),
-            f"{what}: 'cwd' must be a non-empty string",
+            cwd is None or (isinstance(cwd, str) and cwd != "" and "\0" not in cwd),
+            f"{what}: 'cwd' must be a non-empty string without NUL characters",
         )
         env = data.get("env", {})
         _require(
@@ -270,6 +274,10 @@ class TaskSpec:
         _require(
             all(k and "=" not in k and "\0" not in k for k in env),
             f"{what}: 'env' has an invalid variable name",
+        )
+        _require(
+            all("\0" not in v for v in env.values()),
+            f"{what}: 'env' has a value with a NUL character",
         )
         timeout = data.get("timeout")
         if timeout is not None:
@@ -297,7 +305,9 @@ SUCCEEDED = "succeeded"
 FAILED = "failed"
 TIMED_OUT = "timed-out"
 ERROR = "error"
-RESULT_STATUSES = (SUCCEEDED, FAILED, TIMED_OUT, ERROR)
+RETURNED = "returned"
+"""Not a result: the worker hands the task back unrun (it is leaving)."""
+RESULT_STATUSES = (SUCCEEDED, FAILED, TIMED_OUT, ERROR, RETURNED)
 
 
 @attr.s(frozen=True, slots=True, auto_attribs=True)
@@ -437,7 +447,7 @@ def parse_instructions(names: Sequence[str]) -> list[TaskSpec]:
     seen: set[str] = set()
     for name in names:
         _require(
-            bool(TASK_ID_PATTERN.match(name)),
+            bool(TASK_ID_PATTERN.fullmatch(name)),
             f"instruction {name!r} is not a valid task id "
             f"(1-128 characters of A-Z a-z 0-9 _ . : @ + -)",
         )

@@ -116,7 +116,7 @@ class Node:
         self.peers = PeerTable(config.name)
         self.worker = Worker(config.name, config.capabilities, config.slots, runner, reactor)
         self.master = Master(self.info, link=self, observer=self, clock=reactor, prefetch_factor=config.prefetch_factor)
-        self.dialer = Dialer(reactor, make_protocol=lambda: PeerProtocol(self, dialled=True), introduce=lambda protocol: protocol.introduce(self.info))
+        self.dialer = Dialer(reactor, make_protocol=lambda: PeerProtocol(self, dialled=True), introduce=lambda protocol, info: protocol.introduce(self.info, expected=info.name))
         self.discovery = DiscoveryProtocol(
             lambda: self.info,
             config.group,
@@ -211,7 +211,7 @@ class Node:
             log.info(
                 "Node {name} is leaving: handing back {count} queued task(s)",
                 name=self.info.name,
-                count=len(handed_back),
+                count=handed_back,
             )
         if self.worker.running:
             log.info(
@@ -288,9 +288,27 @@ class Node:
 
     # -- membership ---------------------------------------------------------
 
-    def _heard_of(self, info: NodeInfo) -> None:
-        """A datagram or a peer exchange mentioned C{info}."""
+    def _heard_of(self, info: NodeInfo, direct: bool = True) -> None:
+        """
+        A datagram from C{info} (C{direct}), or a peer exchange mentioning it,
+        arrived.  Only direct evidence keeps a known peer from expiring.
+        """
         if info.cluster != self.info.cluster or info.version != PROTOCOL_VERSION:
+            return
+        if info.name == self.info.name:
+            if info.instance != self.info.instance:
+                self._complaints.warn(
+                    "name-conflict",
+                    info.address,
+                    "Another node also calls itself {name}, at {address} (instance {instance}); "
+                    "node names must be unique in a cluster: give each a different --name",
+                    name=info.name,
+                    address=info.address,
+                    instance=info.instance,
+                )
+            return
+        known = self.peers.get(info.name)
+        if not direct and known is not None:
             return
         change = self.peers.observe(info, self._reactor.seconds())
         if change is Change.NEW:
@@ -340,9 +358,20 @@ class Node:
         if connected:
             self._exchange_peers(random.choice(connected).connection)
 
+    def _peers_to_share(self) -> list[dict[str, Any]]:
+        """
+        What this node tells others in PEER_EXCHANGE: itself and the peers it
+        is connected to right now (so a dead node is never gossiped back to
+        life), cut to fit one AMP value.
+        """
+        infos = [self.info] + [record.info for record in self.peers.connected_peers()]
+        random.shuffle(infos)
+        for first in commands.chunk(infos, NodeInfo.to_wire):
+            return first
+        return []
+
     def _exchange_peers(self, protocol: PeerProtocol) -> None:
-        offered = [info.to_wire() for info in self.peers.known_infos()]
-        d = protocol.callRemote(commands.PeerExchange, peers=offered)
+        d = protocol.callRemote(commands.PeerExchange, peers=self._peers_to_share())
 
         def merge(answer: dict[str, Any]) -> None:
             try:
@@ -351,7 +380,7 @@ class Node:
                 log.warn("Bad PEER_EXCHANGE answer from {peer}: {error}", peer=protocol.describe(), error=e)
                 return
             for info in peers:
-                self._heard_of(info)
+                self._heard_of(info, direct=False)
 
         d.addCallbacks(merge, lambda f: log.debug("PEER_EXCHANGE failed: {error}", error=f.getErrorMessage()))
 
@@ -416,13 +445,21 @@ class Node:
 
     def handshake_received(self, protocol: PeerProtocol, node: NodeInfo) -> NodeInfo:
         """A dialling peer described itself; we answer with our description."""
+        if node.cluster != self.info.cluster:
+            raise commands.ClusterMismatch(
+                f"node {self.info.name} is in cluster {self.info.cluster!r}, not {node.cluster!r}"
+            )
+        if node.version != PROTOCOL_VERSION:
+            raise commands.VersionMismatch(
+                f"node {self.info.name} speaks protocol version {PROTOCOL_VERSION}, not {node.version}"
+            )
         return self.info
 
     def peers_offered(self, protocol: PeerProtocol, peers: list[NodeInfo]) -> list[NodeInfo]:
         """Merge a peer's known peers; answer with ours."""
         for info in peers:
-            self._heard_of(info)
-        return self.peers.known_infos()
+            self._heard_of(info, direct=False)
+        return [NodeInfo.from_wire(wire) for wire in self._peers_to_share()]
 
     def assignment_received(
         self, protocol: PeerProtocol, job: str, master: str, master_instance: str, tasks: list[Any]
@@ -512,17 +549,21 @@ class Node:
                 master_instance=self.info.instance,
                 tasks=batch,
             )
-            d.addErrback(self._assignment_refused, worker, protocol)
+            attempts = [(task["id"], task["attempt"]) for task in batch]
+            d.addErrback(self._assignment_refused, worker, job, attempts)
 
-    def _assignment_refused(self, failure: Failure, worker: str, protocol: PeerProtocol) -> None:
-        if failure.check(amp.RemoteAmpError, commands.NotCapable, commands.ShuttingDown, commands.BadArguments):
-            log.warn(
-                "Worker {peer} refused an INSTRUCTION_ASSIGNMENT: {error}",
-                peer=worker,
-                error=failure.getErrorMessage(),
+    def _assignment_refused(self, failure: Failure, worker: str, job: str, attempts: list[tuple[str, int]]) -> None:
+        """
+        A worker refused a batch.  A refusal (it is leaving, or cannot run
+        the kind) puts just that batch back and stops assigning to it; a lost
+        connection is handled by L{connection_lost}.
+        """
+        if failure.check(commands.ShuttingDown, commands.NotCapable, commands.BadArguments, amp.RemoteAmpError):
+            self.master.refused(worker, job, attempts, failure.getErrorMessage(), usable=False)
+        else:
+            log.debug(
+                "INSTRUCTION_ASSIGNMENT to {peer} failed: {error}", peer=worker, error=failure.getErrorMessage()
             )
-        if self.peers.get(worker) is not None and self.peers.get(worker).connection is protocol:
-            self.master.worker_lost(worker, f"refused tasks ({failure.getErrorMessage()})")
 
     def send_complete(self, worker: str, job: Job) -> None:
         """Tell a worker that took part that C{job} is finished."""

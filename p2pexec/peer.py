@@ -151,14 +151,17 @@ class PeerProtocol(amp.AMP):
         self._lost.append(d)
         return d
 
-    async def introduce(self, me: NodeInfo) -> NodeInfo:
+    async def introduce(self, me: NodeInfo, expected: Optional[str] = None) -> NodeInfo:
         """
         Introduce C{me} on a connection this side dialled: CONNECT_REQUEST,
         then HANDSHAKE.  On success the handler hears L{IPeerHandler.connection_ready}.
 
+        @param expected: the name of the node we meant to dial, if known; a
+            different node at that address is refused.
         @return: the peer's description.
         @raise Exception: the peer's refusal (a declared error), or
-            L{ValidationError} if its answers do not add up.
+            L{ValidationError} / L{commands.VersionMismatch} /
+            L{commands.ClusterMismatch} if its answers do not add up.
         """
         ack = await self.callRemote(
             commands.ConnectRequest,
@@ -167,7 +170,14 @@ class PeerProtocol(amp.AMP):
             instance=me.instance,
             version=me.version,
         )
-        self.peer_name = validate_name(ack["name"], "CONNECT_ACK name")
+        name = validate_name(ack["name"], "CONNECT_ACK name")
+        if expected is not None and name != expected:
+            raise ValidationError(f"expected node {expected!r} at this address, found {name!r}")
+        if ack["version"] != me.version:
+            raise commands.VersionMismatch(
+                f"node {name} answered with protocol version {ack['version']}, this node speaks {me.version}"
+            )
+        self.peer_name = name
         self.peer_instance = ack["instance"]
         answer = await self.callRemote(commands.Handshake, node=me.to_wire())
         info = NodeInfo.from_wire(answer["node"])
@@ -175,6 +185,8 @@ class PeerProtocol(amp.AMP):
             raise ValidationError(
                 f"HANDSHAKE_RESPONSE describes {info.name!r}, but CONNECT_ACK came from {self.peer_name!r}"
             )
+        if info.cluster != me.cluster:
+            raise commands.ClusterMismatch(f"node {name} is in cluster {info.cluster!r}, not {me.cluster!r}")
         self.peer = info
         self._handler.connection_ready(self, info)
         return info
@@ -184,6 +196,14 @@ class PeerProtocol(amp.AMP):
             raise commands.ConnectRequired(
                 "CONNECT_REQUEST must be the first command on a connection"
             )
+        return self.peer_name
+
+    def _require_handshake(self) -> str:
+        if self.peer is None:
+            raise commands.ConnectRequired(
+                "CONNECT_REQUEST and HANDSHAKE must come before any other command"
+            )
+        assert self.peer_name is not None
         return self.peer_name
 
     def _bad(self, command: str, error: Exception) -> commands.BadArguments:
@@ -219,7 +239,7 @@ class PeerProtocol(amp.AMP):
 
     @commands.PeerExchange.responder
     def _peer_exchange(self, peers: Any) -> dict[str, Any]:
-        self._require_connected()
+        self._require_handshake()
         try:
             offered = parse_peer_list(peers)
         except ValidationError as e:
@@ -229,7 +249,7 @@ class PeerProtocol(amp.AMP):
 
     @commands.InstructionAssignment.responder
     def _instruction_assignment(self, job: str, master: str, master_instance: str, tasks: Any) -> dict[str, Any]:
-        self._require_connected()
+        self._require_handshake()
         if not isinstance(tasks, list):
             raise self._bad("INSTRUCTION_ASSIGNMENT", ValueError("'tasks' must be a list"))
         try:
@@ -240,7 +260,7 @@ class PeerProtocol(amp.AMP):
 
     @commands.ExecutionConfirmation.responder
     def _execution_confirmation(self, job: str, results: Any) -> dict[str, Any]:
-        self._require_connected()
+        self._require_handshake()
         if not isinstance(results, list):
             raise self._bad("EXECUTION_CONFIRMATION", ValueError("'results' must be a list"))
         try:
@@ -251,13 +271,13 @@ class PeerProtocol(amp.AMP):
 
     @commands.TaskComplete.responder
     def _task_complete(self, job: str, succeeded: int, failed: int, elapsed: float) -> dict[str, Any]:
-        self._require_connected()
+        self._require_handshake()
         self._handler.job_completed(self, job, succeeded, failed, elapsed)
         return {}
 
     @commands.DisconnectRequest.responder
     def _disconnect_request(self, reason: str) -> dict[str, Any]:
-        self._require_connected()
+        self._require_handshake()
         self.leaving = True
         self._handler.disconnect_requested(self, reason)
         return {}

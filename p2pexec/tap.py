@@ -16,11 +16,13 @@ from typing import Any, Optional
 from twisted.application.service import IService
 from twisted.python import usage
 
+from p2pexec import datagram
 from p2pexec.executor import ProcessExecutor
 from p2pexec.jobfile import JobFileError, load_job_file
 from p2pexec.log import LEVELS, set_minimum_level
 from p2pexec.model import (
     NAME_PATTERN,
+    NodeInfo,
     ValidationError,
     kind_of,
     parse_instructions,
@@ -133,7 +135,7 @@ class Options(usage.Options):
         else:
             kinds = _split_list(self["capabilities"])
             for kind in kinds:
-                if not NAME_PATTERN.match(kind):
+                if not NAME_PATTERN.fullmatch(kind):
                     raise usage.UsageError(
                         f"--capabilities: {kind!r} is not a task kind (1-64 of A-Z a-z 0-9 _ . -)"
                     )
@@ -157,6 +159,7 @@ class Options(usage.Options):
             validate_name(self["cluster"], "--cluster")
         except ValidationError as e:
             raise usage.UsageError(str(e)) from None
+        self._check_datagram_fits()
         if self["results"] is not None:
             folder = os.path.dirname(os.path.abspath(self["results"]))
             if not os.path.isdir(folder):
@@ -170,6 +173,26 @@ class Options(usage.Options):
             )
         if self["exit-when-done"] and self["task_specs"] is None:
             raise usage.UsageError("--exit-when-done needs a job: give --tasks or --job too")
+
+
+    def _check_datagram_fits(self) -> None:
+        """Refuse capabilities too long to announce in one discovery datagram."""
+        widest = NodeInfo(
+            name=self["name"],
+            instance="f" * 16,
+            host=self["interface"],
+            port=65535,
+            capabilities=tuple(sorted(self["capability_set"])),
+            slots=self["slots"],
+            cluster=self["cluster"],
+        )
+        try:
+            datagram.encode(datagram.Datagram(type=datagram.DISCOVER, node=widest))
+        except datagram.DatagramError as e:
+            raise usage.UsageError(
+                f"--capabilities: this node's description would not fit in one discovery datagram "
+                f"({e.detail}); use fewer or shorter task kinds"
+            ) from None
 
 
 def config_from_options(options: Options) -> NodeConfig:

@@ -17,7 +17,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from p2pexec import commands
 from p2pexec.log import NodeLogger
-from p2pexec.model import SUCCEEDED, Assignment, TaskResult
+from p2pexec.model import RETURNED, SUCCEEDED, Assignment, TaskResult
 
 log = NodeLogger()
 
@@ -145,16 +145,19 @@ class Worker:
     def _finished(self, entry: _Queued, result: TaskResult) -> None:
         self.running -= 1
         self.completed += 1
+        self._add_unsent(entry, result)
+        if self._flush_call is None:
+            self._flush_call = self._clock.callLater(0, self.flush)
+        self._start_what_fits()
+        self._notify_if_idle()
+
+    def _add_unsent(self, entry: _Queued, result: TaskResult) -> None:
         key = (entry.sink.key, entry.job)
         unsent = self._unsent.get(key)
         if unsent is None:
             self._unsent[key] = (entry.sink, [result])
         else:
             unsent[1].append(result)
-        if self._flush_call is None:
-            self._flush_call = self._clock.callLater(0, self.flush)
-        self._start_what_fits()
-        self._notify_if_idle()
 
     def flush(self) -> None:
         """Send every finished result not yet sent, one batch per master and job."""
@@ -185,17 +188,31 @@ class Worker:
         self._notify_if_idle()
         return dropped
 
-    def stop_accepting(self) -> list[_Queued]:
+    def stop_accepting(self) -> int:
         """
-        Refuse new tasks from now on, and hand back the queued ones.
+        Refuse new tasks from now on, and hand the queued ones back to their
+        masters (as C{returned} results, sent at once) so that they run
+        elsewhere without waiting for this node to leave.
 
-        @return: the queued tasks that will not run here.
+        @return: how many tasks were handed back.
         """
         self.accepting = False
         handed_back = list(self._queue)
         self._queue.clear()
+        for entry in handed_back:
+            self._add_unsent(
+                entry,
+                TaskResult(
+                    task_id=entry.assignment.task.id,
+                    attempt=entry.assignment.attempt,
+                    status=RETURNED,
+                    node=self.name,
+                    error=f"node {self.name} is leaving; not run",
+                ),
+            )
+        self.flush()
         self._notify_if_idle()
-        return handed_back
+        return len(handed_back)
 
     def when_idle(self) -> Deferred[None]:
         """A Deferred that fires once nothing runs and nothing is queued."""

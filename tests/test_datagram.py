@@ -68,6 +68,8 @@ class RejectionTests(SynchronousTestCase):
         """A future protocol version is refused, and the message says which."""
         error = self.assertReason(json.dumps(wire(v=99)).encode(), "version")
         self.assertIn("99", error.detail)
+        self.assertReason(json.dumps(wire(v=True)).encode(), "version")
+        self.assertReason(json.dumps(wire(v=1.0)).encode(), "version")
 
     def test_bad_type(self):
         """Only DISCOVER and HELLO exist."""

@@ -198,3 +198,39 @@ class MasterTests(SynchronousTestCase):
             )
         warnings = [e for e in events if e.get("status") == "failed" and "detail" in e]
         self.assertEqual(warnings[0]["detail"], "exit code 3")
+
+
+class RefusalTests(SynchronousTestCase):
+    """Refused and returned assignments."""
+
+    def setUp(self):
+        self.clock = Clock()
+        self.link = RecordingLink()
+        self.master = Master(node(name="m1", capabilities=()), self.link, self.link, self.clock)
+        self.master.worker_joined(node(name="w1", capabilities=("w",), slots=2))
+        self.job = self.master.submit([TaskSpec(id=f"w{i}", kind="w") for i in range(6)])
+        self.clock.advance(0)
+
+    def test_refused_batch_goes_back_worker_keeps_running_tasks(self):
+        """A refused batch is put back; the worker keeps the tasks it runs and gets nothing new."""
+        self.master.refused("w1", self.job.id, [("w2", 1), ("w3", 1)], "shutting down", usable=False)
+        self.assertEqual(self.master.pending_count(), 4)
+        self.assertEqual(self.job.counts()["assigned"], 2)
+        self.clock.advance(0)
+        self.assertEqual(len(self.link.assignments), 1, "nothing more for a leaving worker")
+        self.master.confirm(self.job.id, [result("w0", worker="w1"), result("w1", worker="w1")], "w1")
+        self.assertEqual(self.job.succeeded, 2)
+
+    def test_returned_tasks_run_elsewhere(self):
+        """A task returned unrun goes back to the front of the queue, for another worker."""
+        self.master.confirm(self.job.id, [result("w3", status="returned", worker="w1")], "w1")
+        self.assertEqual(self.job.counts()["pending"], 3)
+        self.master.worker_joined(node(name="w2", capabilities=("w",), slots=1))
+        self.clock.advance(0)
+        self.assertEqual(self.link.assignments[-1], ("w2", self.job.id, [("w3", 2), ("w4", 1)]))
+
+    def test_result_from_wrong_sender_is_stale(self):
+        """A result for a task given to w1 but sent by another node is not applied."""
+        applied, stale = self.master.confirm(self.job.id, [result("w0", worker="x9")], "x9")
+        self.assertEqual((applied, stale), (0, 1))
+        self.assertEqual(self.job.succeeded, 0)

@@ -133,6 +133,18 @@ class TaskSpecTests(SynchronousTestCase):
             self.assertIn("task 't'", message, data)
             self.assertIn(expected, message, data)
 
+    def test_nul_and_newline_refused(self):
+        """NUL characters (which no process can take) and trailing newlines are refused."""
+        for data in (
+            {"id": "t", "command": ["echo", "a\0b"]},
+            {"id": "t", "command": "echo \0", "shell": True},
+            {"id": "t", "env": {"A": "x\0"}},
+            {"id": "t", "cwd": "/tmp\0"},
+            {"id": "t\n"},
+            {"id": "t", "kind": "k\n"},
+        ):
+            self.assertRaises(ValidationError, TaskSpec.from_wire, data)
+
     def test_bad_id(self):
         """An id with spaces, or a missing id, is refused."""
         self.assertRaises(ValidationError, TaskSpec.from_wire, {"id": "a b"})

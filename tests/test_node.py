@@ -191,6 +191,46 @@ class MembershipTests(SynchronousTestCase):
         self.assertNotIn("b1", cluster.nodes["a1"].dialer)
 
 
+    def test_gossip_does_not_revive_dead_peers(self):
+        """A crashed node is forgotten everywhere, even though the survivors gossip."""
+        cluster = Cluster()
+        for name in ("a1", "b1", "c1"):
+            cluster.add(name)
+        cluster.network.run(3.0)
+        cluster.hosts["c1"].crash()
+        cluster.network.run(60.0)
+        for name in ("a1", "b1"):
+            self.assertIsNone(cluster.nodes[name].peers.get("c1"), name)
+            self.assertNotIn("c1", cluster.nodes[name].dialer)
+
+    def test_peer_list_fits_one_value(self):
+        """With hundreds of peers, what a node shares in PEER_EXCHANGE still fits one AMP value."""
+        from p2pexec import commands
+        from p2pexec.membership import PeerState
+
+        from .test_model import node as info
+
+        cluster = Cluster()
+        a1 = cluster.add("a1")
+        for i in range(1000):
+            peer = info(name=f"n{i:04d}", instance=f"i{i}")
+            a1.peers.connected(peer, object(), 0.0)
+        shared = a1._peers_to_share()
+        self.assertGreater(len(shared), 100)
+        self.assertLess(len(commands.JSON().toString(shared)), 65_535)
+
+    def test_same_name_warned(self):
+        """Two nodes with one name: each logs that names must be unique."""
+        cluster = Cluster()
+        with capturedLogs() as events:
+            cluster.add("a1", address="127.0.0.1", port=1001)
+            cluster.add("a1", address="127.0.0.2", port=1002)
+            cluster.network.run(2.0)
+        warnings = [text(e) for e in events if e.get("reason") == "name-conflict"]
+        self.assertEqual(len(warnings), 2)
+        self.assertIn("node names must be unique", warnings[0])
+
+
 class FaultTests(SynchronousTestCase):
     """What happens when nodes die or leave mid-job."""
 
@@ -236,6 +276,8 @@ class FaultTests(SynchronousTestCase):
         ran_on_w1 = [task for _, task, _ in cluster.runners["w1"].runs]
         ran_on_w2 = [task for _, task, _ in cluster.runners["w2"].runs]
         self.assertEqual(set(ran_on_w1) & set(ran_on_w2), set(), "a drained worker's tasks never run twice")
+        self.assertEqual(len(ran_on_w1) + len(ran_on_w2), 12)
+        self.assertTrue(any("handing back" in line for line in lines))
         self.assertEqual(cluster.nodes["m1"].peers.get("w1").state, PeerState.LEFT)
 
     def test_drain_timeout_stops_long_tasks(self):

@@ -122,6 +122,28 @@ class PeerProtocolTests(SynchronousTestCase):
         self.assertStillConnected()
         self.introduce()
 
+    def test_handshake_required_before_work(self):
+        """After CONNECT_REQUEST but before HANDSHAKE, task commands are refused."""
+        self.successResultOf(self.call(commands.ConnectRequest, cluster="default", name="a1", instance="i-a", version=1))
+        task = {"id": "b1", "kind": "b", "attempt": 1}
+        failure = self.failureResultOf(
+            self.call(commands.InstructionAssignment, job="j", master="a1", master_instance="i-a", tasks=[task])
+        )
+        failure.trap(commands.ConnectRequired)
+        self.assertIn("HANDSHAKE", failure.getErrorMessage())
+        self.assertNotIn(("assignment", "j", 1), self.b.calls)
+
+    def test_introduce_checks_who_answers(self):
+        """Dialling b1's address but finding another node is refused by the dialler."""
+        from p2pexec.model import ValidationError
+
+        d = Deferred.fromCoroutine(self.client.introduce(self.a.info, expected="c1"))
+        self.pump.flush()
+        failure = self.failureResultOf(d)
+        failure.trap(ValidationError)
+        self.assertIn("'c1'", failure.getErrorMessage())
+        self.assertNotIn(("ready", "b1"), self.a.calls)
+
     def test_declared_refusal_keeps_connection(self):
         """A refused CONNECT_REQUEST arrives as its declared error, and nothing is dropped."""
         self.b.refuse_connect = commands.ClusterMismatch("node b1 is in cluster 'prod'")

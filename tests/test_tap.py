@@ -63,6 +63,8 @@ class OptionsTests(SynchronousTestCase):
             (("--name", "a1", "--drain-timeout", "-1"), "--drain-timeout"),
             (("--name", "a1", "--log-level", "chatty"), "--log-level"),
             (("--name", "a1", "--exit-when-done"), "--exit-when-done"),
+            (("--name", "a1\n"), "--name"),
+            (("--name", "a1", "--capabilities", ",".join(f"{'k' * 60}{i:02d}" for i in range(32))), "--capabilities"),
         ]
         for argv, option in cases:
             with self.assertRaises(usage.UsageError, msg=argv) as caught:

@@ -72,11 +72,12 @@ class WorkerTests(SynchronousTestCase):
         self.assertEqual(self.worker.queued + self.worker.running, 0)
 
     def test_stop_accepting_hands_back_queue(self):
-        """A leaving worker hands back what waits and refuses new tasks."""
+        """A leaving worker hands back what waits, at once, and refuses new tasks."""
         self.worker.accept(self.sink, "j", [command_task(f"t{i}") for i in range(4)])
-        handed_back = self.worker.stop_accepting()
-        self.assertEqual([e.assignment.task.id for e in handed_back], ["t2", "t3"])
+        self.assertEqual(self.worker.stop_accepting(), 2)
+        self.assertEqual(self.sink.batches, [("j", [("t2", 1, "returned"), ("t3", 1, "returned")])])
         self.assertRaises(commands.ShuttingDown, self.worker.accept, self.sink, "j", [command_task("x")])
+        self.assertEqual(self.worker.running, 2)
 
     def test_when_idle(self):
         """when_idle fires once the running tasks are done."""

@@ -4,9 +4,13 @@ connections up.
 
 There is one connection per pair of nodes.  The tie-break is by name: the
 node whose name sorts first dials, the other waits to be dialled.  Each
-dialled peer gets a L{ClientService}, which reconnects with exponential
-backoff; the new connection is introduced (CONNECT_REQUEST, HANDSHAKE,
-PEER_EXCHANGE) before it is used.
+dialled peer gets a L{PeerLink}, which connects, introduces the connection
+(CONNECT_REQUEST, then HANDSHAKE) before it is used, and reconnects with
+exponential backoff after a failure or a lost connection.
+
+(Twisted's C{ClientService} is not used: when its C{prepareConnection} step
+fails it leaves the new connection open, and closing it ourselves trips its
+state machine.)
 """
 
 from __future__ import annotations
@@ -14,26 +18,23 @@ from __future__ import annotations
 import random
 from typing import Any, Awaitable, Callable, Optional
 
-from twisted.application.internet import ClientService, backoffPolicy
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.application.internet import backoffPolicy
+from twisted.internet.defer import CancelledError, Deferred, gatherResults, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.error import ConnectError
+from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import Factory
 from twisted.protocols import amp
 
 from p2pexec import commands
-from p2pexec.log import DemotingLogger, NodeLogger
+from p2pexec.log import NodeLogger
 from p2pexec.model import NodeInfo, ValidationError
 from p2pexec.peer import PeerProtocol
 
 log = NodeLogger()
 
-_FATAL = (commands.ClusterMismatch, commands.VersionMismatch, commands.NameConflict)
-
-
-class _QuietClientService(ClientService):
-    """A L{ClientService} whose routine retry messages are debug lines."""
-
-    _log = DemotingLogger()
+FATAL_REFUSALS = (commands.ClusterMismatch, commands.VersionMismatch, commands.NameConflict)
+"""Refusals that will not change while the peer's instance lives: stop dialling it."""
 
 
 def dials(me: str, peer: str) -> bool:
@@ -41,12 +42,146 @@ def dials(me: str, peer: str) -> bool:
     return me < peer
 
 
+class PeerLink:
+    """
+    Keeps one introduced outgoing connection to one peer instance.
+
+    States: connecting (a connection or introduction is under way), connected
+    (waiting for the connection to close), waiting (a retry is scheduled) and
+    stopped.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        info: NodeInfo,
+        make_protocol: Callable[[], PeerProtocol],
+        introduce: Callable[[PeerProtocol, NodeInfo], Awaitable[Any]],
+        retry_delay: Callable[[int], float],
+        connect_timeout: float,
+        introduce_timeout: float,
+        on_fatal: Callable[[NodeInfo], None],
+    ) -> None:
+        self._reactor = reactor
+        self.info = info
+        self._make_protocol = make_protocol
+        self._introduce = introduce
+        self._retry_delay = retry_delay
+        self._connect_timeout = connect_timeout
+        self._introduce_timeout = introduce_timeout
+        self._on_fatal = on_fatal
+        self._failures = 0
+        self._attempt: Optional[Deferred[Any]] = None
+        self._retry: Optional[IDelayedCall] = None
+        self.protocol: Optional[PeerProtocol] = None
+        self.connections = 0
+        self.running = False
+
+    def start(self) -> None:
+        """Connect now."""
+        self.running = True
+        self._connect()
+
+    def _connect(self) -> None:
+        self._retry = None
+        if not self.running:
+            return
+        endpoint = TCP4ClientEndpoint(
+            self._reactor, self.info.host, self.info.port, timeout=self._connect_timeout
+        )
+        factory = Factory.forProtocol(self._make_protocol)
+        factory.noisy = False
+        self._attempt = Deferred.fromCoroutine(self._connect_and_introduce(endpoint, factory))
+        self._attempt.addErrback(lambda f: f.trap(CancelledError))
+
+    async def _connect_and_introduce(self, endpoint: Any, factory: Any) -> None:
+        try:
+            protocol = await endpoint.connect(factory)
+        except ConnectError as e:
+            self._failed(f"could not connect: {e.__class__.__name__}", quiet=True)
+            return
+        self.protocol = protocol
+        introduced = Deferred.fromCoroutine(self._introduce(protocol, self.info))
+        introduced.addTimeout(self._introduce_timeout, self._reactor)
+        try:
+            await introduced
+        except FATAL_REFUSALS as e:
+            log.error(
+                "Node {peer} at {address} refused our connection: {error}. Not dialling this "
+                "instance of it again.",
+                peer=self.info.name,
+                address=self.info.address,
+                error=e,
+            )
+            self.running = False
+            protocol.transport.loseConnection()
+            self._on_fatal(self.info)
+            return
+        except CancelledError:
+            if self.running:
+                self._failed(f"no answer to the handshake within {self._introduce_timeout:g}s")
+            protocol.transport.loseConnection()
+            return
+        except (amp.RemoteAmpError, ValidationError, commands.BadArguments, commands.ConnectRequired,
+                commands.DuplicateConnection, commands.ShuttingDown) as e:
+            protocol.transport.loseConnection()
+            self._failed(str(e))
+            return
+        except Exception as e:
+            protocol.transport.loseConnection()
+            self._failed(f"{e.__class__.__name__}: {e}")
+            return
+        self._failures = 0
+        self.connections += 1
+        protocol.when_lost().addCallback(self._lost, protocol)
+
+    def _lost(self, _: Any, protocol: PeerProtocol) -> None:
+        if self.protocol is protocol:
+            self.protocol = None
+        if self.running:
+            self._schedule()
+
+    def _failed(self, why: str, quiet: bool = False) -> None:
+        self._failures += 1
+        if not self.running:
+            return
+        delay = self._schedule()
+        level = log.debug if quiet or self._failures > 3 else log.warn
+        level(
+            "Connecting to node {peer} at {address} failed ({why}); retrying in {delay:.1f}s",
+            peer=self.info.name,
+            address=self.info.address,
+            why=why,
+            delay=delay,
+        )
+
+    def _schedule(self) -> float:
+        delay = self._retry_delay(self._failures)
+        self._retry = self._reactor.callLater(delay, self._connect)
+        return delay
+
+    def stop(self) -> Deferred[None]:
+        """Stop reconnecting; close the connection; fire once it is closed."""
+        self.running = False
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        self._retry = None
+        if self._attempt is not None and not self._attempt.called:
+            self._attempt.cancel()
+        protocol, self.protocol = self.protocol, None
+        if protocol is not None and not protocol.closed and protocol.transport is not None:
+            protocol.transport.loseConnection()
+            return protocol.when_lost()
+        return succeed(None)
+
+
 class Dialer:
     """
     Keeps one outgoing connection to each peer this node is meant to dial.
 
-    @param introduce: called with each new connection; its result (a
-        Deferred or coroutine) must succeed for the connection to be used.
+    @param introduce: called with each new connection and the peer it is
+        meant to reach; it must succeed for the connection to be used.
+    @ivar reconnects: how many connections were made again after a first one.
     """
 
     def __init__(
@@ -70,96 +205,58 @@ class Dialer:
         )
         self._connect_timeout = connect_timeout
         self._introduce_timeout = introduce_timeout
-        self._services: dict[str, tuple[NodeInfo, ClientService]] = {}
+        self._links: dict[str, PeerLink] = {}
         self._refused: dict[str, str] = {}
-        self.reconnects = 0
+        self._retired_reconnects = 0
 
     def __contains__(self, name: str) -> bool:
-        return name in self._services
+        return name in self._links
+
+    @property
+    def reconnects(self) -> int:
+        """How many connections were made again after a peer's first one."""
+        live = sum(max(0, link.connections - 1) for link in self._links.values())
+        return self._retired_reconnects + live
 
     def ensure(self, info: NodeInfo) -> None:
         """
-        Dial C{info} unless a dialler for that instance runs already, or that
+        Dial C{info} unless a link to that instance runs already, or that
         instance refused us for good (another cluster or protocol version).
         """
         if self._refused.get(info.name) == info.instance:
             return
-        current = self._services.get(info.name)
+        current = self._links.get(info.name)
         if current is not None:
-            if current[0].instance == info.instance and current[0].address == info.address:
+            if current.info.instance == info.instance and current.info.address == info.address:
                 return
             self.stop(info.name)
-        endpoint = TCP4ClientEndpoint(self._reactor, info.host, info.port, timeout=self._connect_timeout)
-        factory = Factory.forProtocol(self._make_protocol)
-        factory.noisy = False
-        attempts = [0]
-
-        def prepare(protocol: PeerProtocol) -> Deferred[None]:
-            attempts[0] += 1
-            if attempts[0] > 1:
-                self.reconnects += 1
-            introduced = Deferred.fromCoroutine(self._checked_introduce(info, protocol))
-            return introduced.addTimeout(self._introduce_timeout, self._reactor, onTimeoutCancel=self._timed_out(info, protocol))
-
-        service = _QuietClientService(
-            endpoint,
-            factory,
-            retryPolicy=self._policy,
-            clock=self._reactor,
-            prepareConnection=prepare,
+        link = PeerLink(
+            self._reactor,
+            info,
+            self._make_protocol,
+            self._introduce,
+            self._policy,
+            self._connect_timeout,
+            self._introduce_timeout,
+            on_fatal=self._refused_for_good,
         )
-        self._services[info.name] = (info, service)
-        service.startService()
+        self._links[info.name] = link
+        link.start()
 
-    def _timed_out(self, info: NodeInfo, protocol: PeerProtocol) -> Callable[[Any, float], Any]:
-        def on_timeout(result: Any, timeout: float) -> Any:
-            log.warn(
-                "Node {peer} at {address} did not complete the handshake within {timeout:g}s; "
-                "closing the connection and retrying",
-                peer=info.name,
-                address=info.address,
-                timeout=timeout,
-            )
-            protocol.transport.loseConnection()
-            return result
+    def _refused_for_good(self, info: NodeInfo) -> None:
+        self._refused[info.name] = info.instance
+        link = self._links.get(info.name)
+        if link is not None and link.info.instance == info.instance:
+            self.stop(info.name)
 
-        return on_timeout
-
-    async def _checked_introduce(self, info: NodeInfo, protocol: PeerProtocol) -> None:
-        try:
-            await self._introduce(protocol, info)
-        except _FATAL as e:
-            log.error(
-                "Node {peer} at {address} refused our connection: {error}. Not dialling this "
-                "instance of it again.",
-                peer=info.name,
-                address=info.address,
-                error=e,
-            )
-            self._refused[info.name] = info.instance
-            self._reactor.callLater(0, self.stop, info.name)
-            protocol.transport.loseConnection()
-            raise
-        except (amp.RemoteAmpError, ValidationError) as e:
-            log.warn(
-                "Connecting to node {peer} at {address} failed: {error}; will retry",
-                peer=info.name,
-                address=info.address,
-                error=e,
-            )
-            protocol.transport.loseConnection()
-            raise
-        except Exception:
-            protocol.transport.loseConnection()
-            raise
-
-    def stop(self, name: str) -> Optional[Deferred[None]]:
+    def stop(self, name: str) -> Deferred[None]:
         """Stop dialling C{name} and close its outgoing connection."""
-        entry = self._services.pop(name, None)
-        if entry is None:
-            return None
-        return entry[1].stopService()
+        link = self._links.pop(name, None)
+        if link is None:
+            return succeed(None)
+        self._retired_reconnects += max(0, link.connections - 1)
+        return link.stop()
 
     def stop_all(self) -> Deferred[list[Any]]:
-        """Stop every dialler."""
-        return gatherResults([self.stop(name) for name in list(self._services)])
+        """Stop every link."""
+        return gatherResults([self.stop(name) for name in list(self._links)])

@@ -21,7 +21,7 @@ from typing import Any, Awaitable, Callable, Optional
 from twisted.application.internet import backoffPolicy
 from twisted.internet.defer import CancelledError, Deferred, gatherResults, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint
-from twisted.internet.error import ConnectError
+from twisted.internet.error import ConnectError, ConnectingCancelledError
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import Factory
 from twisted.protocols import amp
@@ -97,6 +97,8 @@ class PeerLink:
     async def _connect_and_introduce(self, endpoint: Any, factory: Any) -> None:
         try:
             protocol = await endpoint.connect(factory)
+        except (CancelledError, ConnectingCancelledError):
+            return
         except ConnectError as e:
             self._failed(f"could not connect: {e.__class__.__name__}", quiet=True)
             return

@@ -76,7 +76,7 @@ def parse_job(data: dict[str, Any], source: str = "<job>") -> list[TaskSpec]:
             f"allowed: {', '.join(_DEFAULTABLE)}"
         )
     tasks = data.get("task")
-    if tasks is None:
+    if not tasks:
         raise JobFileError(f"job file {source}: no [[task]] entries")
     if not isinstance(tasks, list) or not all(isinstance(t, dict) for t in tasks):
         raise JobFileError(f"job file {source}: 'task' must be a list of [[task]] tables")

@@ -123,7 +123,7 @@ class Master:
         if seat is None:
             self._workers[info.name] = _WorkerSeat(info=info, window=window)
         else:
-            seat.info, seat.window = info, window
+            seat.info, seat.window, seat.accepting = info, window, True
         self.schedule_dispatch()
 
     def refused(self, worker: str, job_id: str, attempts: list[tuple[str, int]], why: str, usable: bool) -> None:
@@ -195,6 +195,7 @@ class Master:
         applied = stale = 0
         seat = self._workers.get(sender)
         now = self._clock.seconds()
+        returned: list[str] = []
         for result in results:
             verdict = job.apply(result, now, sender)
             if verdict is Verdict.APPLIED or verdict is Verdict.RETURNED:
@@ -204,7 +205,7 @@ class Master:
                 # Only a leaving worker returns tasks: give it nothing more.
                 if seat is not None:
                     seat.accepting = False
-                self._requeue(job, [result.task_id])
+                returned.append(result.task_id)
                 continue
             if verdict is Verdict.APPLIED:
                 applied += 1
@@ -233,6 +234,8 @@ class Master:
                     worker=sender,
                     job=job_id,
                 )
+        if returned:
+            self._requeue(job, returned)
         if job.done and applied:
             self._finish(job)
         self.schedule_dispatch()

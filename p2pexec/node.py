@@ -192,8 +192,8 @@ class Node:
         if self.info.capabilities:
             self.master.worker_joined(self.info)
         if self.config.tasks is not None:
-            job = self.master.submit(self.config.tasks)
-            self._initial_job_id = job.id
+            self._initial_job_id = self.master.new_job_id()
+            self.master.submit(self.config.tasks, self._initial_job_id)
 
     async def stop(self) -> None:
         """
@@ -558,7 +558,13 @@ class Node:
         the kind) puts just that batch back and stops assigning to it; a lost
         connection is handled by L{connection_lost}.
         """
-        if failure.check(commands.ShuttingDown, commands.NotCapable, commands.BadArguments, amp.RemoteAmpError):
+        if failure.check(
+            commands.ShuttingDown,
+            commands.NotCapable,
+            commands.BadArguments,
+            commands.ConnectRequired,
+            amp.RemoteAmpError,
+        ):
             self.master.refused(worker, job, attempts, failure.getErrorMessage(), usable=False)
         else:
             log.debug(

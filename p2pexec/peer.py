@@ -187,6 +187,10 @@ class PeerProtocol(amp.AMP):
             )
         if info.cluster != me.cluster:
             raise commands.ClusterMismatch(f"node {name} is in cluster {info.cluster!r}, not {me.cluster!r}")
+        if info.version != me.version:
+            raise commands.VersionMismatch(
+                f"node {name} describes itself with protocol version {info.version}, not {me.version}"
+            )
         self.peer = info
         self._handler.connection_ready(self, info)
         return info
@@ -215,6 +219,8 @@ class PeerProtocol(amp.AMP):
 
     @commands.ConnectRequest.responder
     def _connect_request(self, cluster: str, name: str, instance: str, version: int) -> dict[str, Any]:
+        if self.peer_name is not None or self.dialled:
+            raise commands.DuplicateConnection("this connection is already introduced")
         answer = self._handler.connect_requested(self, cluster, name, instance, version)
         self.peer_name = name
         self.peer_instance = instance
@@ -223,6 +229,8 @@ class PeerProtocol(amp.AMP):
     @commands.Handshake.responder
     def _handshake(self, node: Any) -> dict[str, Any]:
         name = self._require_connected()
+        if self.peer is not None:
+            raise self._bad("HANDSHAKE", ValueError("the handshake is already complete"))
         try:
             info = NodeInfo.from_wire(node)
         except ValidationError as e:
@@ -232,8 +240,8 @@ class PeerProtocol(amp.AMP):
                 "HANDSHAKE",
                 ValueError(f"describes node {info.name!r}, but the connection is from {name!r}"),
             )
-        self.peer = info
         mine = self._handler.handshake_received(self, info)
+        self.peer = info
         self._handler.connection_ready(self, info)
         return {"node": mine.to_wire()}
 

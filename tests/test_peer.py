@@ -133,6 +133,29 @@ class PeerProtocolTests(SynchronousTestCase):
         self.assertIn("HANDSHAKE", failure.getErrorMessage())
         self.assertNotIn(("assignment", "j", 1), self.b.calls)
 
+    def test_second_connect_request_refused(self):
+        """An introduced connection cannot be renamed by a second CONNECT_REQUEST, nor handshake twice."""
+        self.introduce()
+        failure = self.failureResultOf(
+            self.call(commands.ConnectRequest, cluster="default", name="x9", instance="i-x", version=1)
+        )
+        failure.trap(commands.DuplicateConnection)
+        self.assertEqual(self.server.peer_name, "a1")
+        self.failureResultOf(self.call(commands.Handshake, node=self.a.info.to_wire())).trap(commands.BadArguments)
+
+    def test_refused_handshake_is_not_a_handshake(self):
+        """After a refused HANDSHAKE, task commands are still refused."""
+        def refuse(protocol, info):
+            raise commands.ClusterMismatch("other cluster")
+
+        self.b.handshake_received = refuse
+        self.successResultOf(self.call(commands.ConnectRequest, cluster="default", name="a1", instance="i-a", version=1))
+        self.failureResultOf(self.call(commands.Handshake, node=self.a.info.to_wire())).trap(commands.ClusterMismatch)
+        task = {"id": "b1", "kind": "b", "attempt": 1}
+        self.failureResultOf(
+            self.call(commands.InstructionAssignment, job="j", master="a1", master_instance="i-a", tasks=[task])
+        ).trap(commands.ConnectRequired)
+
     def test_introduce_checks_who_answers(self):
         """Dialling b1's address but finding another node is refused by the dialler."""
         from p2pexec.model import ValidationError

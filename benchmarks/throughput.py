@@ -1,0 +1,421 @@
+"""
+Throughput of one master and two workers on loopback (run by ``make bench``).
+
+Each run starts real ``twistd p2pexec`` processes, as ``examples/demo.py``
+does (the checkout on ``PYTHONPATH``, the twistd beside this Python,
+``--pidfile=``, a multicast group of the benchmark's own, cluster "bench",
+``--port 0`` so that no fixed port can clash):
+
+  - two workers, bench1 and bench2, with ``--capabilities w``;
+  - then, once both listen, the master, given a job file of N tasks of kind
+    "w" without a command (the worker marks each one done at once, so what is
+    measured is the cost of the task farm itself: assignment, confirmation,
+    book-keeping and logging).  It is called "master" so that its name sorts
+    after the workers': the lower name dials, so the workers connect as soon
+    as they hear the master's DISCOVER instead of waiting for its HELLO.
+
+Two variants are measured: the master with ``--capabilities none-of-these``
+(only the workers run tasks), and the master with ``--capabilities w`` (it
+runs tasks too).  Each runs at the default ``--log-level info`` (the primary
+figure: every task adds log lines, and that is part of the cost) and at
+``--log-level warn``.
+
+Figures per run:
+
+  - ready: seconds from starting the first process until the master has
+    logged "connected to peer" for both workers (an info line, so it is not
+    measured at ``--log-level warn``);
+  - tasks/s: N / the "elapsed" of the master's ``--results`` file, which the
+    master computes with its own clock from accepting the job (when it starts)
+    to the last confirmation.  It therefore includes the few milliseconds
+    between the master starting and the workers being connected, shown as
+    "connect" (measured by watching the master's log, so only to within a few
+    milliseconds, and only at info level).
+
+Every process is stopped by PID (SIGTERM, then SIGKILL) whatever happens, and
+each run fails after ``--timeout`` seconds (120 by default).  The exit status
+is 1 if any run fails; the logs of a failed run are kept and their folder
+printed.
+
+Usage: python benchmarks/throughput.py [--tasks N] [--repeat N] [--timeout S] [--slots N] [--keep]
+
+``--slots N`` gives every node ``--slots N`` (the default is the CPU count);
+a worker may hold twice its slots in unconfirmed tasks, so with cheap tasks
+this is what bounds how many travel per round trip.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Callable, Optional
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CHECKOUT = os.path.dirname(HERE)
+TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
+"""The twistd beside this Python, so that the benchmark runs in the project's virtualenv."""
+GROUP = "239.255.42.97:10097"
+"""A multicast group of the benchmark's own, so that it never mixes with real daemons or the demo."""
+CLUSTER = "bench"
+WORKERS = ("bench1", "bench2")
+MASTER = "master"
+KIND = "w"
+
+VARIANTS = (
+    ("workers only", "none-of-these"),
+    ("master works too", KIND),
+)
+"""(label, the master's --capabilities)."""
+LEVELS = ("info", "warn")
+
+STOP_WAIT = 15.0
+"""Seconds a node gets to leave after SIGTERM before it is killed."""
+POLL = 0.005
+
+
+class RunFailed(Exception):
+    """A run did not complete; the message says why and where its logs are."""
+
+
+class Node:
+    """One twistd process and its log file."""
+
+    def __init__(self, name: str, process: subprocess.Popen, log_path: str) -> None:
+        self.name = name
+        self.process = process
+        self.log_path = log_path
+        self._offset = 0
+        self._partial = b""
+
+    def new_lines(self) -> list[str]:
+        """The complete log lines written since the last call."""
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(self._offset)
+                data = f.read()
+        except FileNotFoundError:
+            return []
+        self._offset += len(data)
+        data = self._partial + data
+        cut = data.rfind(b"\n") + 1
+        self._partial = data[cut:]
+        return data[:cut].decode("utf-8", "replace").splitlines()
+
+    def tail(self, count: int = 15) -> str:
+        """The last lines of the log, for error messages."""
+        try:
+            with open(self.log_path, "rb") as f:
+                lines = f.read().decode("utf-8", "replace").splitlines()
+        except FileNotFoundError:
+            return "(no log)"
+        return "\n".join("    " + line for line in lines[-count:]) or "    (empty so far)"
+
+
+def write_job(path: str, count: int) -> None:
+    """A TOML job file of C{count} tasks of kind "w" without a command."""
+    with open(path, "w", encoding="utf-8") as f:
+        for number in range(1, count + 1):
+            f.write(f'[[task]]\nid = "{KIND}{number}"\nkind = "{KIND}"\n\n')
+
+
+def start(folder: str, name: str, extra: list[str], level: str, slots: Optional[int] = None) -> Node:
+    """Start one node in C{folder}, its output going to C{<name>.log} there."""
+    log_path = os.path.join(folder, f"{name}.log")
+    argv = [
+        TWISTD, "--pidfile=", "-n", "p2pexec",
+        "--name", name, "--port", "0", "--group", GROUP, "--cluster", CLUSTER,
+        "--log-level", level,
+    ] + extra
+    if slots is not None:
+        argv += ["--slots", str(slots)]
+    env = dict(os.environ, PYTHONPATH=CHECKOUT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    with open(log_path, "wb") as out:
+        process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=folder, env=env)
+    return Node(name, process, log_path)
+
+
+def stop(nodes: list[Node]) -> list[str]:
+    """
+    Stop every node by its PID: SIGTERM, then SIGKILL after L{STOP_WAIT}
+    seconds.
+
+    @return: a complaint for each node that did not exit 0.
+    """
+    for node in nodes:
+        if node.process.poll() is None:
+            node.process.send_signal(signal.SIGTERM)
+    complaints = []
+    deadline = time.monotonic() + STOP_WAIT
+    for node in nodes:
+        try:
+            node.process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            node.process.kill()
+            node.process.wait()
+            complaints.append(f"{node.name} did not stop within {STOP_WAIT:g}s of SIGTERM and was killed")
+            continue
+        if node.process.returncode != 0:
+            complaints.append(f"{node.name} exited with status {node.process.returncode}")
+    return complaints
+
+
+def wait_until(done: Callable[[], bool], nodes: list[Node], deadline: float, what: str) -> float:
+    """
+    Poll C{done} until it is true; fail if a node exits or C{deadline}
+    passes.
+
+    @return: the monotonic time at which C{done} was first seen true.
+    """
+    while True:
+        if done():
+            return time.monotonic()
+        for node in nodes:
+            if node.process.poll() is not None:
+                raise RunFailed(
+                    f"{node.name} exited with status {node.process.returncode} while waiting for {what}; "
+                    f"its log ends:\n{node.tail()}"
+                )
+        if time.monotonic() > deadline:
+            raise RunFailed(
+                f"the run's time limit (--timeout) passed while waiting for {what}; "
+                f"the log of {nodes[-1].name} ends:\n{nodes[-1].tail()}"
+            )
+        time.sleep(POLL)
+
+
+class Watch:
+    """
+    Reads one node's log as it grows and collects what named patterns match
+    (the first group of each match), with when each pattern first matched.
+    """
+
+    def __init__(self, node: Node, **patterns: str) -> None:
+        self._node = node
+        self._patterns = {key: re.compile(pattern) for key, pattern in patterns.items()}
+        self.found: dict[str, set[str]] = {key: set() for key in patterns}
+        self.first_seen: dict[str, float] = {}
+
+    def poll(self) -> dict[str, set[str]]:
+        """Read the new lines; return everything found so far."""
+        for line in self._node.new_lines():
+            for key, pattern in self._patterns.items():
+                match = pattern.search(line)
+                if match:
+                    self.found[key].add(match.group(1))
+                    self.first_seen.setdefault(key, time.monotonic())
+        return self.found
+
+
+def one_run(
+    folder: str,
+    job_path: str,
+    tasks: int,
+    capabilities: str,
+    level: str,
+    timeout: float,
+    slots: Optional[int] = None,
+) -> dict:
+    """
+    Run the cluster once and return its figures: ready, connect (both
+    C{None} at warn level) and elapsed, in seconds.
+
+    @raise RunFailed: if anything goes wrong; every process is stopped anyway.
+    """
+    results_path = os.path.join(folder, "results.json")
+    nodes: list[Node] = []
+    figures: dict = {"ready": None, "connect": None}
+    failed: Optional[BaseException] = None
+    try:
+        started = time.monotonic()
+        deadline = started + timeout
+        for name in WORKERS:
+            nodes.append(start(folder, name, ["--capabilities", KIND], level, slots))
+        # Twisted's own "<protocol> starting on <port>" line is logged at any
+        # --log-level; once the workers listen for multicast, they hear the
+        # master's first DISCOVER.
+        for worker in nodes[:]:
+            listening = Watch(worker, listening=r"(DiscoveryProtocol) starting on \d+")
+            wait_until(lambda: bool(listening.poll()["listening"]), nodes, deadline, f"{worker.name} to listen")
+        master = start(
+            folder,
+            MASTER,
+            ["--capabilities", capabilities, "--job", job_path, "--results", results_path],
+            level,
+            slots,
+        )
+        nodes.append(master)
+        if level in ("debug", "info"):
+            watch = Watch(
+                master,
+                job=r"Node \S+ (is master) of job",
+                connected=r"Node \S+ connected to peer (\S+)",
+            )
+            ready_at = wait_until(
+                lambda: watch.poll()["connected"] >= set(WORKERS),
+                nodes,
+                deadline,
+                "the master to connect to both workers",
+            )
+            figures["ready"] = ready_at - started
+            if "job" not in watch.first_seen:
+                raise RunFailed("the master connected to its workers before logging its job")
+            figures["connect"] = ready_at - watch.first_seen["job"]
+        # The job started when the master did; the results file appears
+        # (atomically renamed into place) once it has finished.
+        wait_until(lambda: os.path.exists(results_path), nodes, deadline, "the job to finish")
+        with open(results_path, encoding="utf-8") as f:
+            report = json.load(f)
+        if not (report["total"] == report["succeeded"] == tasks and report["failed"] == 0):
+            raise RunFailed(
+                f"job {report['job']}: {report['succeeded']} of {report['total']} succeeded, "
+                f"{report['failed']} failed (expected {tasks} to succeed)"
+            )
+        figures["elapsed"] = float(report["elapsed"])
+        figures["stale"] = report.get("stale_results_dropped", 0)
+    except BaseException as e:
+        failed = e
+        raise
+    finally:
+        complaints = stop(nodes)
+        if complaints and failed is None:
+            raise RunFailed("; ".join(complaints))
+    return figures
+
+
+def summary(values: list[float], fmt: str) -> str:
+    """C{median (min-max)} of C{values}, each formatted with C{fmt}."""
+    if not values:
+        return "-"
+    return f"{format(statistics.median(values), fmt)} ({format(min(values), fmt)}-{format(max(values), fmt)})"
+
+
+def machine() -> str:
+    """The CPU count and model, and the Python and Twisted versions."""
+    model = platform.processor() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.partition(":")[2].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        import twisted
+
+        twisted_version = twisted.__version__
+    except ImportError:
+        twisted_version = "?"
+    return (
+        f"{os.cpu_count()} CPU(s), {model}; Python {platform.python_version()}, "
+        f"Twisted {twisted_version}, {platform.system()} {platform.release()}"
+    )
+
+
+def _interrupt(number: int, frame: object) -> None:
+    """SIGTERM, like Ctrl-C, unwinds through the finally blocks that stop the nodes."""
+    raise KeyboardInterrupt
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip())
+    parser.add_argument("--tasks", type=int, default=10_000, help="tasks in the job (default 10000)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each variant and log level (default 3)")
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds after which a run fails (default 120)")
+    parser.add_argument(
+        "--slots", type=int, default=None,
+        help="give every node --slots N (default: the nodes' own default, the CPU count)",
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the logs of successful runs too")
+    args = parser.parse_args(argv)
+    if args.tasks < 1 or args.repeat < 1 or args.timeout <= 0 or (args.slots is not None and args.slots < 1):
+        parser.error("--tasks, --repeat and --slots must be at least 1, --timeout above 0")
+    if not os.access(TWISTD, os.X_OK):
+        print(f"bench: no twistd beside {sys.executable}; run it with the project's virtualenv (make bench)")
+        return 1
+
+    signal.signal(signal.SIGTERM, _interrupt)
+    top = tempfile.mkdtemp(prefix="p2pexec-bench-")
+    job_path = os.path.join(top, "job.toml")
+    write_job(job_path, args.tasks)
+    slots = f"--slots {args.slots}" if args.slots is not None else f"default --slots ({os.cpu_count()})"
+    print(f"bench: {args.tasks} no-command tasks of kind {KIND!r}; 1 master + 2 workers on loopback, {slots}; "
+          f"{args.repeat} run(s) of each variant and log level")
+    print(f"bench: {machine()}")
+    measured: dict[tuple[str, str], list[dict]] = {}
+    try:
+        for repeat in range(1, args.repeat + 1):
+            for label, capabilities in VARIANTS:
+                for level in LEVELS:
+                    folder = os.path.join(top, f"{len(measured.get((label, level), [])) + 1}-{capabilities}-{level}")
+                    os.makedirs(folder)
+                    try:
+                        figures = one_run(
+                            folder, job_path, args.tasks, capabilities, level, args.timeout, args.slots
+                        )
+                    except RunFailed as e:
+                        print(f"bench: run {repeat} of '{label}' at --log-level {level} FAILED: {e}")
+                        print(f"bench: logs kept in {folder}")
+                        return 1
+                    measured.setdefault((label, level), []).append(figures)
+                    ready = "-" if figures["ready"] is None else f"{figures['ready']:.2f}s"
+                    connect = "-" if figures["connect"] is None else f"{figures['connect'] * 1000:.0f}ms"
+                    print(
+                        f"bench: run {repeat}: {label:<17} {level:<4}  ready {ready:>6}  connect {connect:>6}  "
+                        f"elapsed {figures['elapsed']:.3f}s  {args.tasks / figures['elapsed']:,.0f} tasks/s",
+                        flush=True,
+                    )
+                    if not args.keep:
+                        shutil.rmtree(folder, ignore_errors=True)
+    except KeyboardInterrupt:
+        print(f"bench: interrupted; every node was stopped; files in {top}")
+        return 1
+    print()
+    header = (
+        f"{'variant':<17} {'log':<5} {'ready s':<17} {'connect ms':<13} {'elapsed s':<22} {'tasks/s':<23}"
+    )
+    print(f"median (min-max) of {args.repeat} run(s), {args.tasks} tasks:")
+    print(header)
+    print("-" * len(header))
+    for label, _ in VARIANTS:
+        for level in LEVELS:
+            runs = measured[(label, level)]
+            ready = [r["ready"] for r in runs if r["ready"] is not None]
+            connect = [r["connect"] * 1000 for r in runs if r["connect"] is not None]
+            elapsed = [r["elapsed"] for r in runs]
+            rates = [args.tasks / e for e in elapsed]
+            print(
+                f"{label:<17} {level:<5} {summary(ready, '.2f'):<17} {summary(connect, '.0f'):<13} "
+                f"{summary(elapsed, '.3f'):<22} {summary(rates, ',.0f'):<23}"
+            )
+    primary = [args.tasks / r["elapsed"] for r in measured[(VARIANTS[0][0], LEVELS[0])]]
+    print()
+    print(
+        f"primary figure ({VARIANTS[0][0]}, --log-level {LEVELS[0]}): "
+        f"{statistics.median(primary):,.0f} tasks/s (median of {len(primary)})"
+    )
+    print()
+    print("ready: from starting the first process to the master's 'connected to peer' line for both workers")
+    print("       (an info line: not measured at --log-level warn).")
+    print("connect: from the master's job line to its second 'connected to peer' line, as seen by this script")
+    print("       (to within a few ms; info level only): the part of 'elapsed' spent before both workers joined.")
+    print("tasks/s: tasks / 'elapsed' in the master's --results file (job accepted at master start -> last result).")
+    if args.keep:
+        print(f"logs: {top}")
+    else:
+        shutil.rmtree(top, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -13,7 +13,7 @@ The full contract, with every field and error, is in C{docs/protocol.rst}.
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, Iterable, Iterator, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Optional, TypeVar
 
 from twisted.protocols import amp
 
@@ -30,8 +30,10 @@ class JSON(amp.Argument):
     """
 
     def toString(self, inObject: Any) -> bytes:
-        """Encode C{inObject} as compact UTF-8 JSON."""
-        return json.dumps(inObject, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        """Encode C{inObject} as compact UTF-8 JSON (a L{Chunk} is encoded already)."""
+        if isinstance(inObject, Chunk):
+            return inObject.encoded
+        return encode_json(inObject)
 
     def fromString(self, inString: bytes) -> Any:
         """Decode UTF-8 JSON."""
@@ -223,43 +225,66 @@ ALL_COMMANDS = (
 T = TypeVar("T")
 
 
+def encode_json(value: Any) -> bytes:
+    """Compact UTF-8 JSON, as every JSON argument is encoded."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+class Chunk(list):  # type: ignore[type-arg]
+    """
+    A list of items whose JSON array is already encoded; L{JSON} sends the
+    encoding as it is, so that every item is encoded exactly once.
+
+    @ivar items: the original items, in order.
+    @ivar encoded: the JSON array, as bytes.
+    """
+
+    def __init__(self, items: list[Any], encoded_items: list[bytes]) -> None:
+        super().__init__(items)
+        self.items = items
+        self.encoded = b"[" + b",".join(encoded_items) + b"]"
+
+
 def chunk(
     items: Iterable[T],
     to_wire: Callable[[T], Any],
     limit: int = MAX_VALUE_BYTES,
-) -> Iterator[list[Any]]:
+    encode: Optional[Callable[[T], bytes]] = None,
+) -> Iterator[Chunk]:
     """
-    Split C{items} into lists of wire forms whose JSON encoding stays under
-    C{limit} bytes.
+    Split C{items} into L{Chunk}s whose JSON array stays under C{limit}
+    bytes.  Each chunk iterates as the original C{items} it holds.
 
+    @param to_wire: an item's JSON-able form.
+    @param encode: an item's encoding, when it is not C{encode_json(to_wire(item))}.
     @raise ValueError: if a single item alone is over the limit.
     """
-    batch: list[Any] = []
+    batch: list[T] = []
+    encoded_batch: list[bytes] = []
     size = 2
     for item in items:
-        wire = to_wire(item)
-        item_size = len(json.dumps(wire, separators=(",", ":"), ensure_ascii=False).encode("utf-8")) + 1
+        encoded = encode(item) if encode is not None else encode_json(to_wire(item))
+        item_size = len(encoded) + 1
         if item_size + 2 > limit:
             raise ValueError(f"one item is {item_size} bytes, over the {limit}-byte limit")
         if batch and size + item_size > limit:
-            yield batch
-            batch, size = [], 2
-        batch.append(wire)
+            yield Chunk(batch, encoded_batch)
+            batch, encoded_batch, size = [], [], 2
+        batch.append(item)
+        encoded_batch.append(encoded)
         size += item_size
     if batch:
-        yield batch
+        yield Chunk(batch, encoded_batch)
 
 
-def result_wire_within(result: Any, limit: int = MAX_VALUE_BYTES - 256) -> dict[str, Any]:
+def encode_result_within(result: Any, limit: int = MAX_VALUE_BYTES - 256) -> bytes:
     """
-    The wire form of a L{p2pexec.model.TaskResult}, with its output tails
-    shortened (keeping their ends) until it fits in C{limit} bytes of JSON.
+    The JSON encoding of a L{p2pexec.model.TaskResult}, with its output tails
+    shortened (keeping their ends) until it fits in C{limit} bytes.
     """
     wire = result.to_wire()
-    while True:
-        size = len(json.dumps(wire, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
-        if size <= limit:
-            return wire
+    encoded = encode_json(wire)
+    while len(encoded) > limit:
         shortened = False
         for stream in ("stdout", "stderr"):
             text = wire.get(stream, "")
@@ -271,4 +296,6 @@ def result_wire_within(result: Any, limit: int = MAX_VALUE_BYTES - 256) -> dict[
             wire.pop("stderr", None)
             if wire.get("error") and len(wire["error"]) > 1024:
                 wire["error"] = wire["error"][:1024]
-            return wire
+            return encode_json(wire)
+        encoded = encode_json(wire)
+    return encoded

@@ -28,6 +28,17 @@ LEVELS = {
 """The names C{--log-level} accepts."""
 
 
+MAX_IDS_IN_LOG = 20
+"""A log line lists at most this many task ids; bigger batches get one line."""
+
+
+def format_ids(ids: list[str]) -> str:
+    """C{['a1', 'b1']}, shortened with a count past L{MAX_IDS_IN_LOG} ids."""
+    if len(ids) <= MAX_IDS_IN_LOG:
+        return repr(ids)
+    return f"{ids[:MAX_IDS_IN_LOG]!r} (+{len(ids) - MAX_IDS_IN_LOG} more)"
+
+
 def set_minimum_level(level: LogLevel) -> None:
     """Drop every p2pexec event below C{level} from now on."""
     global _minimum_level

@@ -19,7 +19,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from p2pexec import scheduler
 from p2pexec.job import Job, Verdict
-from p2pexec.log import NodeLogger
+from p2pexec.log import MAX_IDS_IN_LOG, NodeLogger, format_ids
 from p2pexec.model import Assignment, NodeInfo, TaskResult, TaskSpec
 
 log = NodeLogger()
@@ -42,21 +42,57 @@ class IJobObserver(Protocol):
         """C{job} has a result for every task."""
 
 
+QUEUE_HORIZON = 0.05
+"""Seconds of work each worker is given beyond its slots, so that the next
+batch is at hand when a slot frees (see L{_WorkerSeat.window})."""
+
+MAX_PREFETCH = 2000
+"""The most tasks queued on a worker beyond its slots."""
+
+
 @attr.s(auto_attribs=True)
 class _WorkerSeat:
+    """
+    A worker as the master sees it.
+
+    @ivar mean_duration: a moving average of its tasks' run times, once known.
+    """
+
     info: NodeInfo
-    window: int
     outstanding: int = 0
     accepting: bool = True
+    mean_duration: Optional[float] = None
+
+    @property
+    def window(self) -> int:
+        """
+        How many unconfirmed tasks it may hold: its slots, plus enough queued
+        work for L{QUEUE_HORIZON} seconds at the rate it has been finishing
+        tasks (its slots again, until that rate is known).  Instant tasks get
+        a deep queue and travel in big batches; long tasks get a shallow one,
+        so that no worker hoards work another could start.
+        """
+        slots = self.info.slots
+        if self.mean_duration is None:
+            return 2 * slots
+        rate = slots / max(self.mean_duration, 1e-5)
+        return slots + max(1, min(MAX_PREFETCH, int(rate * QUEUE_HORIZON)))
+
+    def record_duration(self, seconds: float) -> None:
+        """Fold one finished task's run time into L{mean_duration}."""
+        if self.mean_duration is None:
+            self.mean_duration = seconds
+        else:
+            self.mean_duration += 0.2 * (seconds - self.mean_duration)
 
 
 class Master:
     """
     Tracks this node's jobs and keeps its workers fed.
 
-    Each worker is given at most C{slots + prefetch} unconfirmed tasks, so it
-    always has the next batch at hand when a slot frees, without one worker
-    hoarding the queue.
+    Each worker is given at most L{_WorkerSeat.window} unconfirmed tasks, so
+    it always has the next batch at hand when a slot frees, without one
+    worker hoarding the queue.
 
     @ivar jobs: every job accepted by this node, by id.
     @ivar assignments_sent: how many task attempts were handed out in all.
@@ -68,13 +104,11 @@ class Master:
         link: IWorkerLink,
         observer: IJobObserver,
         clock: IReactorTime,
-        prefetch_factor: float = 1.0,
     ) -> None:
         self.me = me
         self._link = link
         self._observer = observer
         self._clock = clock
-        self._prefetch_factor = prefetch_factor
         self.jobs: dict[str, Job] = {}
         self._pending: dict[str, deque[tuple[str, str]]] = {}
         self._workers: dict[str, _WorkerSeat] = {}
@@ -118,12 +152,11 @@ class Master:
 
     def worker_joined(self, info: NodeInfo) -> None:
         """C{info} can take tasks now (a handshake completed)."""
-        window = info.slots + max(1, int(info.slots * self._prefetch_factor))
         seat = self._workers.get(info.name)
         if seat is None:
-            self._workers[info.name] = _WorkerSeat(info=info, window=window)
+            self._workers[info.name] = _WorkerSeat(info=info)
         else:
-            seat.info, seat.window, seat.accepting = info, window, True
+            seat.info, seat.accepting = info, True
         self.schedule_dispatch()
 
     def refused(self, worker: str, job_id: str, attempts: list[tuple[str, int]], why: str, usable: bool) -> None:
@@ -196,6 +229,7 @@ class Master:
         seat = self._workers.get(sender)
         now = self._clock.seconds()
         returned: list[str] = []
+        confirmed: list[str] = []
         for result in results:
             verdict = job.apply(result, now, sender)
             if verdict is Verdict.APPLIED or verdict is Verdict.RETURNED:
@@ -209,13 +243,9 @@ class Master:
                 continue
             if verdict is Verdict.APPLIED:
                 applied += 1
-                log.info(
-                    "Master received confirmation for {task} from {worker}",
-                    task=result.task_id,
-                    worker=sender,
-                    job=job_id,
-                    status=result.status,
-                )
+                confirmed.append(result.task_id)
+                if seat is not None:
+                    seat.record_duration(result.duration)
                 if not result.succeeded:
                     log.warn(
                         "Task {task} of job {job} {status} on {worker}: {detail}",
@@ -236,10 +266,30 @@ class Master:
                 )
         if returned:
             self._requeue(job, returned)
+        self._log_confirmed(job_id, confirmed, sender)
         if job.done and applied:
             self._finish(job)
         self.schedule_dispatch()
         return applied, stale
+
+    def _log_confirmed(self, job_id: str, confirmed: list[str], sender: str) -> None:
+        """One line per task, as the original; one line per batch past L{MAX_IDS_IN_LOG}."""
+        if len(confirmed) <= MAX_IDS_IN_LOG:
+            for task_id in confirmed:
+                log.info(
+                    "Master received confirmation for {task} from {worker}",
+                    task=task_id,
+                    worker=sender,
+                    job=job_id,
+                )
+        else:
+            log.info(
+                "Master received confirmations for {count} tasks from {worker}: {ids}",
+                count=len(confirmed),
+                worker=sender,
+                ids=format_ids(confirmed),
+                job=job_id,
+            )
 
     def _finish(self, job: Job) -> None:
         now = self._clock.seconds()

@@ -39,7 +39,7 @@ from p2pexec.model import (
 )
 from p2pexec.peer import PeerProtocol, parse_peer_list
 from p2pexec.results import write_results
-from p2pexec.worker import ITaskRunner, Worker, format_ids
+from p2pexec.worker import ITaskRunner, Worker
 
 log = NodeLogger()
 
@@ -65,7 +65,6 @@ class NodeConfig:
     hello_interval: float = 10.0
     peer_expiry: float = 35.0
     exchange_interval: float = 5.0
-    prefetch_factor: float = 1.0
 
 
 class _LocalSink:
@@ -115,7 +114,7 @@ class Node:
         )
         self.peers = PeerTable(config.name)
         self.worker = Worker(config.name, config.capabilities, config.slots, runner, reactor)
-        self.master = Master(self.info, link=self, observer=self, clock=reactor, prefetch_factor=config.prefetch_factor)
+        self.master = Master(self.info, link=self, observer=self, clock=reactor)
         self.dialer = Dialer(reactor, make_protocol=lambda: PeerProtocol(self, dialled=True), introduce=lambda protocol, info: protocol.introduce(self.info, expected=info.name))
         self.discovery = DiscoveryProtocol(
             lambda: self.info,
@@ -367,7 +366,7 @@ class Node:
         infos = [self.info] + [record.info for record in self.peers.connected_peers()]
         random.shuffle(infos)
         for first in commands.chunk(infos, NodeInfo.to_wire):
-            return first
+            return [info.to_wire() for info in first.items]
         return []
 
     def _exchange_peers(self, protocol: PeerProtocol) -> None:
@@ -549,7 +548,7 @@ class Node:
                 master_instance=self.info.instance,
                 tasks=batch,
             )
-            attempts = [(task["id"], task["attempt"]) for task in batch]
+            attempts = [(assignment.task.id, assignment.attempt) for assignment in batch.items]
             d.addErrback(self._assignment_refused, worker, job, attempts)
 
     def _assignment_refused(self, failure: Failure, worker: str, job: str, attempts: list[tuple[str, int]]) -> None:
@@ -599,7 +598,7 @@ class Node:
             )
             return
         protocol: PeerProtocol = record.connection
-        for batch in commands.chunk(results, commands.result_wire_within):
+        for batch in commands.chunk(results, TaskResult.to_wire, encode=commands.encode_result_within):
             d = protocol.callRemote(commands.ExecutionConfirmation, job=job, results=batch)
             self._in_flight.add(d)
             d.addBoth(_discard_from, self._in_flight, d)

@@ -16,13 +16,10 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from p2pexec import commands
-from p2pexec.log import NodeLogger
+from p2pexec.log import MAX_IDS_IN_LOG, NodeLogger, format_ids
 from p2pexec.model import RETURNED, SUCCEEDED, Assignment, TaskResult
 
 log = NodeLogger()
-
-MAX_IDS_IN_LOG = 20
-"""A 'received instructions' line lists at most this many task ids."""
 
 
 class IResultSink(Protocol):
@@ -50,13 +47,6 @@ class _Queued:
     sink: IResultSink
     job: str
     assignment: Assignment
-
-
-def format_ids(ids: list[str]) -> str:
-    """C{['a1', 'b1']}, shortened with a count past L{MAX_IDS_IN_LOG} ids."""
-    if len(ids) <= MAX_IDS_IN_LOG:
-        return repr(ids)
-    return f"{ids[:MAX_IDS_IN_LOG]!r} (+{len(ids) - MAX_IDS_IN_LOG} more)"
 
 
 class Worker:
@@ -87,6 +77,7 @@ class Worker:
         self.running = 0
         self.completed = 0
         self.accepting = True
+        self._starting = False
 
     @property
     def queued(self) -> int:
@@ -122,25 +113,51 @@ class Worker:
         return len(assignments)
 
     def _start_what_fits(self) -> None:
-        while self._queue and self.running < self.slots:
-            entry = self._queue.popleft()
-            self.running += 1
-            task = entry.assignment.task
-            log.info("Node {name} executing: {task}", name=self.name, task=task.id, job=entry.job)
-            if task.command is None:
-                self._finished(
-                    entry,
-                    TaskResult(
-                        task_id=task.id,
-                        attempt=entry.assignment.attempt,
-                        status=SUCCEEDED,
-                        node=self.name,
-                    ),
-                )
-            else:
-                self._runner.run(entry.job, entry.assignment).addCallback(
-                    lambda result, entry=entry: self._finished(entry, result)
-                )
+        """
+        Start queued tasks while slots are free.  Instructions finish at
+        once, freeing their slot for the next; the loop (not recursion) takes
+        care of that, however long the queue.
+        """
+        if self._starting:
+            return
+        self._starting = True
+        started: list[tuple[str, str]] = []
+        try:
+            while self._queue and self.running < self.slots:
+                entry = self._queue.popleft()
+                self.running += 1
+                task = entry.assignment.task
+                started.append((task.id, entry.job))
+                if task.command is None:
+                    self._finished(
+                        entry,
+                        TaskResult(
+                            task_id=task.id,
+                            attempt=entry.assignment.attempt,
+                            status=SUCCEEDED,
+                            node=self.name,
+                        ),
+                    )
+                else:
+                    self._runner.run(entry.job, entry.assignment).addCallback(
+                        lambda result, entry=entry: self._finished(entry, result)
+                    )
+        finally:
+            self._starting = False
+        self._log_started(started)
+
+    def _log_started(self, started: list[tuple[str, str]]) -> None:
+        """One line per task, as the original; one line per burst past L{MAX_IDS_IN_LOG}."""
+        if len(started) <= MAX_IDS_IN_LOG:
+            for task_id, job in started:
+                log.info("Node {name} executing: {task}", name=self.name, task=task_id, job=job)
+        else:
+            log.info(
+                "Node {name} executing {count} tasks: {ids}",
+                name=self.name,
+                count=len(started),
+                ids=format_ids([task_id for task_id, _ in started]),
+            )
 
     def _finished(self, entry: _Queued, result: TaskResult) -> None:
         self.running -= 1

@@ -128,15 +128,30 @@ class MasterTests(SynchronousTestCase):
         self.assertEqual(sorted(self.link.completes), [("b1", job.id), ("c1", job.id)])
 
     def test_window_limits_outstanding(self):
-        """A worker never holds more than slots + prefetch unconfirmed tasks."""
+        """Before any task finished, a worker holds at most twice its slots."""
         self.master.worker_joined(node(name="b1", capabilities=("b",), slots=2))
-        job = self.master.submit([TaskSpec.instruction(f"b{i}") for i in range(10)])
+        self.master.submit([TaskSpec.instruction(f"b{i}") for i in range(10)])
         self.clock.advance(0)
         self.assertEqual(sum(len(a[2]) for a in self.link.assignments), 4)
-        self.master.confirm(job.id, [result("b0"), result("b1")], "b1")
-        self.clock.advance(0)
-        self.assertEqual(sum(len(a[2]) for a in self.link.assignments), 6)
-        self.assertEqual(self.master.pending_count(), 4)
+        self.assertEqual(self.master.pending_count(), 6)
+
+    def test_window_follows_task_duration(self):
+        """Instant tasks open a deep queue; long tasks keep it to one beyond the slots."""
+        for duration, expected_window in ((0.0, 2 + 2000), (0.01, 2 + 10), (1.0, 2 + 1)):
+            link = RecordingLink()
+            master = Master(node(name="a1", capabilities=()), link, link, self.clock)
+            master.worker_joined(node(name="b1", capabilities=("b",), slots=2))
+            job = master.submit([TaskSpec.instruction(f"b{i}") for i in range(5000)])
+            self.clock.advance(0)
+            first = [task_id for _, _, batch in link.assignments for task_id, _ in batch]
+            master.confirm(
+                job.id,
+                [TaskResult(task_id=t, attempt=1, status="succeeded", node="b1", duration=duration) for t in first],
+                "b1",
+            )
+            self.clock.advance(0)
+            outstanding = sum(len(batch) for _, _, batch in link.assignments) - len(first)
+            self.assertEqual(outstanding, expected_window, duration)
 
     def test_waits_for_capability_and_says_so(self):
         """Tasks nobody can run wait, the log names the capability once, and they go out when a capable node joins."""

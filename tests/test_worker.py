@@ -7,7 +7,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from p2pexec import commands
 from p2pexec.model import Assignment, TaskSpec
 from p2pexec.testing.runner import FakeRunner
-from p2pexec.worker import Worker, format_ids
+from p2pexec.log import format_ids
+from p2pexec.worker import Worker
 
 
 class RecordingSink:
@@ -115,3 +116,20 @@ class FormatIdsTests(SynchronousTestCase):
         text = format_ids([f"t{i}" for i in range(1000)])
         self.assertTrue(text.endswith("(+980 more)"))
         self.assertLess(len(text), 250)
+
+
+class BurstTests(SynchronousTestCase):
+    """Large bursts of instant tasks."""
+
+    def test_long_queue_of_instructions(self):
+        """Thousands of instructions on one slot run in a loop, not by recursion, with one log line per burst."""
+        clock = Clock()
+        worker = Worker("w1", frozenset({"b"}), 1, FakeRunner(clock, "w1"), clock)
+        sink = RecordingSink()
+        with capturedLogs() as events:
+            worker.accept(sink, "j", [Assignment(task=TaskSpec.instruction(f"b{i}"), attempt=1) for i in range(5000)])
+            clock.advance(0)
+        self.assertEqual(sum(len(batch) for _, batch in sink.batches), 5000)
+        executing = [e for e in events if "executing" in e["log_format"]]
+        self.assertEqual(len(executing), 1)
+        self.assertEqual(executing[0]["count"], 5000)

@@ -46,6 +46,9 @@ QUEUE_HORIZON = 0.05
 """Seconds of work each worker is given beyond its slots, so that the next
 batch is at hand when a slot frees (see L{_WorkerSeat.window})."""
 
+WAITING_GRACE = 3.0
+"""Seconds a kind may lack a capable node before the master warns about it."""
+
 MAX_PREFETCH = 2000
 """The most tasks queued on a worker beyond its slots."""
 
@@ -113,6 +116,7 @@ class Master:
         self._pending: dict[str, deque[tuple[str, str]]] = {}
         self._workers: dict[str, _WorkerSeat] = {}
         self._dispatch_call: Optional[IDelayedCall] = None
+        self._waiting_since: dict[str, float] = {}
         self._waiting_logged: set[str] = set()
         self._job_numbers = itertools.count(1)
         self.assignments_sent = 0
@@ -335,19 +339,7 @@ class Master:
             if seat.accepting
         ]
         planned = scheduler.plan(self._pending, capacity)
-        for kind in planned.unschedulable:
-            if kind not in self._waiting_logged:
-                self._waiting_logged.add(kind)
-                log.warn(
-                    "Node {name} has {count} task(s) of kind {kind!r} waiting: no connected node "
-                    "has capability {kind!r}; they will be assigned when one joins",
-                    name=self.me.name,
-                    count=len(self._pending[kind]),
-                    kind=kind,
-                )
-        for kind, queue in self._pending.items():
-            if queue and kind not in planned.unschedulable:
-                self._waiting_logged.discard(kind)
+        self._note_waiting(planned.unschedulable)
         for worker, entries in planned.assignments.items():
             by_job: dict[str, list[Assignment]] = {}
             for job_id, task_id in entries:
@@ -362,6 +354,32 @@ class Master:
                 self._link.send_assignments(worker, job_id, assignments)
         for kind in [k for k, q in self._pending.items() if not q]:
             del self._pending[kind]
+
+    def _note_waiting(self, unschedulable: list[str]) -> None:
+        """
+        Warn once about each kind that no connected node can run, after
+        L{WAITING_GRACE} seconds: at start-up workers are still connecting.
+        """
+        now = self._clock.seconds()
+        for kind in list(self._waiting_since):
+            if kind not in unschedulable:
+                del self._waiting_since[kind]
+                self._waiting_logged.discard(kind)
+        for kind in unschedulable:
+            since = self._waiting_since.setdefault(kind, now)
+            if kind in self._waiting_logged:
+                continue
+            if now - since >= WAITING_GRACE:
+                self._waiting_logged.add(kind)
+                log.warn(
+                    "Node {name} has {count} task(s) of kind {kind!r} waiting: no connected node "
+                    "has capability {kind!r}; they will be assigned when one joins",
+                    name=self.me.name,
+                    count=len(self._pending[kind]),
+                    kind=kind,
+                )
+            elif since == now:
+                self._clock.callLater(WAITING_GRACE, self.schedule_dispatch)
 
     def pending_count(self) -> int:
         """How many tasks wait for a worker."""

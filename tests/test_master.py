@@ -158,9 +158,11 @@ class MasterTests(SynchronousTestCase):
         with capturedLogs() as events:
             job = self.master.submit([TaskSpec.instruction("z1")])
             self.clock.advance(0)
-            self.clock.advance(0)
-            self.master.schedule_dispatch()
-            self.clock.advance(0)
+            self.assertEqual(events, [e for e in events if "waiting" not in e["log_format"]], "not at once")
+            for _ in range(10):
+                self.clock.advance(1)
+                self.master.schedule_dispatch()
+                self.clock.advance(0)
         waiting = [e for e in events if e.get("kind") == "z" and "waiting" in e["log_format"]]
         self.assertEqual(len(waiting), 1)
         self.assertIn("capability", waiting[0]["log_format"])

@@ -252,7 +252,7 @@ class PeerProtocolTests(SynchronousTestCase):
 
 
 class ChunkTests(SynchronousTestCase):
-    """L{commands.chunk} and L{commands.result_wire_within}."""
+    """L{commands.chunk} and L{commands.encode_result_within}."""
 
     def test_chunks_stay_under_limit(self):
         """Every chunk's JSON fits the limit, and together they hold every item in order."""
@@ -260,8 +260,10 @@ class ChunkTests(SynchronousTestCase):
         chunks = list(commands.chunk(items, lambda item: item, limit=10_000))
         self.assertGreater(len(chunks), 1)
         for batch in chunks:
-            self.assertLessEqual(len(json.dumps(batch, separators=(",", ":")).encode()), 10_000)
-        self.assertEqual([item for batch in chunks for item in batch], items)
+            self.assertLessEqual(len(batch.encoded), 10_000)
+            self.assertEqual(json.loads(batch.encoded), batch.items)
+            self.assertEqual(commands.JSON().toString(batch), batch.encoded)
+        self.assertEqual([item for batch in chunks for item in batch.items], items)
 
     def test_oversized_item_refused(self):
         """An item alone over the limit raises instead of producing an unsendable box."""
@@ -273,8 +275,8 @@ class ChunkTests(SynchronousTestCase):
 
         noisy = "\x01" * 30_000 + "THE END"
         result = TaskResult(task_id="t", attempt=1, status="failed", node="b1", stdout=noisy, stderr=noisy)
-        wire = commands.result_wire_within(result)
-        encoded = commands.JSON().toString([wire])
+        encoded = commands.encode_result_within(result)
+        wire = json.loads(encoded)
         self.assertLess(len(encoded), 65_535)
         self.assertTrue(wire["stdout"].endswith("THE END"))
 

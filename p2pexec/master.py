@@ -296,9 +296,17 @@ class Master:
             )
 
     def _finish(self, job: Job) -> None:
+        """
+        Tell the workers that took part, let the observer write the results,
+        then log the summary: once the summary is in the log, the results
+        file is complete.
+        """
         now = self._clock.seconds()
         if job.finished is None:
             job.finished = now
+        for worker in sorted(job.participants - {self.me.name}):
+            self._link.send_complete(worker, job)
+        self._observer.job_finished(job)
         log.info(
             "Job {job} finished: {succeeded} succeeded, {failed} failed, {elapsed:.3f}s elapsed",
             job=job.id,
@@ -306,9 +314,6 @@ class Master:
             failed=job.failed,
             elapsed=job.elapsed(now),
         )
-        for worker in sorted(job.participants - {self.me.name}):
-            self._link.send_complete(worker, job)
-        self._observer.job_finished(job)
 
     # -- dispatch -----------------------------------------------------------
 

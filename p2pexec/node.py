@@ -517,7 +517,8 @@ class Node:
                 peer=name,
                 reason=reason.getErrorMessage(),
             )
-        self.master.worker_lost(name, "lost its connection")
+        if not self.stopping:
+            self.master.worker_lost(name, "lost its connection")
         self.worker.drop_from((name, protocol.peer_instance or ""))
 
     # -- IWorkerLink --------------------------------------------------------
@@ -590,7 +591,7 @@ class Node:
         if record is None or record.connection is None or record.info.instance != instance:
             log.info(
                 "Node {name} could not confirm {count} result(s) of job {job}: master {master} is not "
-                "connected; it will run them again elsewhere",
+                "connected; a master that comes back assigns unconfirmed tasks again",
                 name=self.info.name,
                 count=len(results),
                 job=job,

@@ -134,6 +134,19 @@ class PeerProtocol(amp.AMP):
             )
             self.transport.loseConnection()
 
+    def lengthLimitExceeded(self, length: int) -> None:
+        """
+        A key longer than AMP allows (the first bytes of HTTP or TLS, say):
+        AMP closes the connection; say so in one line.
+        """
+        log.warn(
+            "Dropped the connection with {peer}: it sent data that is not valid AMP "
+            "(a key of {length} bytes; AMP keys are at most 255)",
+            peer=self.describe(),
+            length=length,
+        )
+        super().lengthLimitExceeded(length)
+
     def connectionLost(self, reason: Failure) -> None:
         """Tell the handler, and anyone waiting in L{when_lost}."""
         amp.BinaryBoxProtocol.connectionLost(self, reason)

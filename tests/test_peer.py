@@ -300,3 +300,16 @@ class GarbageTests(SynchronousTestCase):
         self.assertEqual(len(warnings), 1)
         self.assertIn("NoEmptyBoxes", warnings[0]["error"])
         self.assertEqual([e for e in events if e.get("log_failure")], [])
+
+    def test_http_request_logged(self):
+        """An HTTP request (its first bytes read as an over-long AMP key) is logged in one line."""
+        from twisted.internet.testing import StringTransport
+        from twisted.logger import capturedLogs
+
+        protocol = PeerProtocol(RecordingHandler(node(name="b1")))
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        with capturedLogs() as events:
+            protocol.dataReceived(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(len([e for e in events if "not valid AMP" in e["log_format"]]), 1)

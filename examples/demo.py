@@ -42,7 +42,7 @@ def start(folder: str, name: str, port: int, extra: list[str]) -> tuple[subproce
     """Start one node; its log goes to a file in C{folder}."""
     log_path = os.path.join(folder, f"{name}.log")
     argv = [
-        TWISTD, "--pidfile=", "-n", "p2pexec",
+        TWISTD, "--pidfile=", "-n", "--logger=p2pexec.log.observer", "p2pexec",
         "--name", name, "--port", str(port), "--group", GROUP, "--cluster", "demo",
         "--slots", "2",
     ] + extra
@@ -62,6 +62,8 @@ class Tailer:
         self.seen: dict[str, list[str]] = {}
 
     def poll(self, paths: list[str]) -> None:
+        """Print the new lines of every file, merged in time order."""
+        fresh: list[str] = []
         for path in paths:
             try:
                 with open(path, "rb") as f:
@@ -73,12 +75,14 @@ class Tailer:
             self._offsets[path] = self._offsets.get(path, 0) + len(complete)
             for raw in complete.decode("utf-8", "replace").splitlines():
                 self.seen.setdefault(path, []).append(raw)
-                match = LINE.match(raw)
-                if match:
-                    level, text = match.groups()
-                    print(text if level == "info" else f"{level.upper()}: {text}", flush=True)
-                elif "Traceback" in raw or "Error" in raw:
-                    print(raw, flush=True)
+                fresh.append(raw)
+        for raw in sorted(fresh, key=lambda line: line.split(" ", 1)[0]):
+            match = LINE.match(raw)
+            if match:
+                level, text = match.groups()
+                print(text if level == "info" else f"{level.upper()}: {text}", flush=True)
+            elif "Traceback" in raw or "Error" in raw:
+                print(raw, flush=True)
 
     def contains(self, path: str, pattern: str) -> bool:
         return any(re.search(pattern, line) for line in self.seen.get(path, []))

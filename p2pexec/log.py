@@ -127,3 +127,35 @@ def call_logging_failures(log: Logger, what: str) -> Callable[[Any], None]:
         log.failure("Unexpected error while {what}", failure, what=what)
 
     return errback
+
+
+def _format_line(event: dict[str, Any]) -> Optional[str]:
+    """C{2026-11-26T16:01:26.123456+0000 [namespace#level] text}, one line."""
+    from datetime import datetime, timezone
+
+    from twisted.logger import formatEvent
+
+    text = formatEvent(event)
+    failure = event.get("log_failure")
+    if failure is not None:
+        text = f"{text}\n{failure.getTraceback()}"
+    when = datetime.fromtimestamp(event.get("log_time") or 0, timezone.utc)
+    stamp = when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond:06d}+0000"
+    level = event.get("log_level")
+    namespace = event.get("log_namespace", "-")
+    prefix = f"{stamp} [{namespace}#{level.name if level is not None else '-'}] "
+    return prefix + text.replace("\n", "\n\t") + "\n"
+
+
+def observer() -> Any:
+    """
+    A plain-text log observer on standard output with microsecond
+    timestamps, for C{twistd --logger=p2pexec.log.observer}: one line per
+    event, no record separators, suited to journald and to merging the logs
+    of several nodes.
+    """
+    import sys
+
+    from twisted.logger import FileLogObserver
+
+    return FileLogObserver(sys.stdout, _format_line)

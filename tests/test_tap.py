@@ -120,3 +120,25 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertIn("a2", message)
         self.assertIn("127.0.0.1:10001", message)
         self.assertIn("in use", message)
+
+
+class LogObserverTests(SynchronousTestCase):
+    """The plain-text observer for C{twistd --logger=p2pexec.log.observer}."""
+
+    def test_one_line_with_microseconds(self):
+        """An event becomes one line: a microsecond UTC timestamp, namespace and level, then the text."""
+        from twisted.logger import LogLevel
+
+        from p2pexec.log import _format_line
+
+        line = _format_line(
+            {
+                "log_time": 0.25,
+                "log_level": LogLevel.info,
+                "log_namespace": "p2pexec.node",
+                "log_format": "Node {name} started on port {port}",
+                "name": "a1",
+                "port": 10001,
+            }
+        )
+        self.assertEqual(line, "1970-01-01T00:00:00.250000+0000 [p2pexec.node#info] Node a1 started on port 10001\n")

@@ -296,15 +296,7 @@ class Node:
             return
         if info.name == self.info.name:
             if info.instance != self.info.instance:
-                self._complaints.warn(
-                    "name-conflict",
-                    info.address,
-                    "Another node also calls itself {name}, at {address} (instance {instance}); "
-                    "node names must be unique in a cluster: give each a different --name",
-                    name=info.name,
-                    address=info.address,
-                    instance=info.instance,
-                )
+                self._warn_name_conflict(info, "also calls itself")
             return
         known = self.peers.get(info.name)
         if not direct and known is not None:
@@ -320,15 +312,7 @@ class Node:
                 instance=info.instance,
             )
         elif change is Change.CONFLICT:
-            self._complaints.warn(
-                "name-conflict",
-                info.name,
-                "Two nodes claim the name {peer}: {address} (instance {instance}) is ignored while "
-                "the connected one lives. Give every node a unique --name.",
-                peer=info.name,
-                address=info.address,
-                instance=info.instance,
-            )
+            self._warn_name_conflict(info, "claims the name of a connected peer, and is ignored while that one lives:")
             return
         record = self.peers.get(info.name)
         if (
@@ -338,6 +322,18 @@ class Node:
             and dials(self.info.name, info.name)
         ):
             self.dialer.ensure(record.info)
+
+    def _warn_name_conflict(self, info: NodeInfo, what: str) -> None:
+        self._complaints.warn(
+            "name-conflict",
+            info.address,
+            "The node at {address} (instance {instance}) {what} {name}; node names must be "
+            "unique in a cluster: give each a different --name",
+            name=info.name,
+            address=info.address,
+            instance=info.instance,
+            what=what,
+        )
 
     def _expire_peers(self) -> None:
         for name in self.peers.expired(self._reactor.seconds(), self.config.peer_expiry):

@@ -77,22 +77,29 @@ class PeerTable:
         """The record for C{name}, if known."""
         return self._peers.get(name)
 
-    def observe(self, info: NodeInfo, now: float) -> Change:
+    def observe(self, info: NodeInfo, heard_at: float) -> Change:
         """
-        Record that C{info} was heard of (by datagram or peer exchange).
+        Record evidence that C{info} was alive at C{heard_at}: now, for a
+        datagram from it; earlier, for a peer exchange entry of some age.
+
+        Older evidence never overrides newer: a peer's last-heard time only
+        moves forward, and a different instance replaces the known one only
+        if it was heard of more recently (and the known one is not connected).
         """
         if info.name == self._me:
             return Change.NOTHING
         record = self._peers.get(info.name)
         if record is None:
-            self._peers[info.name] = PeerRecord(info=info, state=PeerState.KNOWN, last_heard=now)
+            self._peers[info.name] = PeerRecord(info=info, state=PeerState.KNOWN, last_heard=heard_at)
             return Change.NEW
         if record.info.instance != info.instance:
             if record.state is PeerState.CONNECTED:
                 return Change.CONFLICT
-            self._peers[info.name] = PeerRecord(info=info, state=PeerState.KNOWN, last_heard=now)
+            if heard_at <= record.last_heard:
+                return Change.NOTHING
+            self._peers[info.name] = PeerRecord(info=info, state=PeerState.KNOWN, last_heard=heard_at)
             return Change.RESTARTED
-        record.last_heard = now
+        record.last_heard = max(record.last_heard, heard_at)
         if record.state is PeerState.LEFT:
             return Change.NOTHING
         if record.info != info:
@@ -157,6 +164,18 @@ class PeerTable:
         """The peers with a live connection."""
         return [r for r in self._peers.values() if r.state is PeerState.CONNECTED]
 
-    def known_infos(self) -> list[NodeInfo]:
-        """Every peer still around (not left), for PEER_EXCHANGE."""
-        return [r.info for r in self._peers.values() if r.state is not PeerState.LEFT]
+    def shareable(self, now: float, max_age: float) -> list[tuple[NodeInfo, float]]:
+        """
+        Every peer still around, with the age of the latest evidence of it
+        (0 for a connected one), for PEER_EXCHANGE.  Peers that left, or not
+        heard of for C{max_age} seconds, are not passed on: a dead node's age
+        only grows, so it is never gossiped back to life.
+        """
+        shared = []
+        for record in self._peers.values():
+            if record.state is PeerState.LEFT:
+                continue
+            age = 0.0 if record.state is PeerState.CONNECTED else max(0.0, now - record.last_heard)
+            if age <= max_age:
+                shared.append((record.info, age))
+        return shared

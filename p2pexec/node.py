@@ -37,7 +37,7 @@ from p2pexec.model import (
     ValidationError,
     validate_name,
 )
-from p2pexec.peer import PeerProtocol, parse_peer_list
+from p2pexec.peer import PeerProtocol, parse_peer_list, peer_entry
 from p2pexec.results import write_results
 from p2pexec.worker import ITaskRunner, Worker
 
@@ -287,21 +287,20 @@ class Node:
 
     # -- membership ---------------------------------------------------------
 
-    def _heard_of(self, info: NodeInfo, direct: bool = True) -> None:
+    def _heard_of(self, info: NodeInfo, age: float = 0.0) -> None:
         """
-        A datagram from C{info} (C{direct}), or a peer exchange mentioning it,
-        arrived.  Only direct evidence keeps a known peer from expiring.
+        A datagram from C{info} arrived (C{age} 0), or a peer exchange
+        mentioned it, with the age of the sender's latest evidence of it.
         """
         if info.cluster != self.info.cluster or info.version != PROTOCOL_VERSION:
             return
         if info.name == self.info.name:
-            if info.instance != self.info.instance:
+            if info.instance != self.info.instance and age == 0.0:
                 self._warn_name_conflict(info, "also calls itself")
             return
-        known = self.peers.get(info.name)
-        if not direct and known is not None:
+        if age > self.config.peer_expiry:
             return
-        change = self.peers.observe(info, self._reactor.seconds())
+        change = self.peers.observe(info, self._reactor.seconds() - age)
         if change is Change.NEW:
             log.info("Node {name} discovered peer {peer}", name=self.info.name, peer=info.name, address=info.address)
         elif change is Change.RESTARTED:
@@ -355,14 +354,16 @@ class Node:
 
     def _peers_to_share(self) -> list[dict[str, Any]]:
         """
-        What this node tells others in PEER_EXCHANGE: itself and the peers it
-        is connected to right now (so a dead node is never gossiped back to
-        life), cut to fit one AMP value.
+        What this node tells others in PEER_EXCHANGE: itself and every peer
+        it has heard of within the expiry time, each with the age of that
+        evidence (so a dead node's age only grows and it expires everywhere),
+        shuffled and cut to fit one AMP value.
         """
-        infos = [self.info] + [record.info for record in self.peers.connected_peers()]
-        random.shuffle(infos)
-        for first in commands.chunk(infos, NodeInfo.to_wire):
-            return [info.to_wire() for info in first.items]
+        now = self._reactor.seconds()
+        entries = [(self.info, 0.0)] + self.peers.shareable(now, self.config.peer_expiry)
+        random.shuffle(entries)
+        for first in commands.chunk(entries, lambda entry: peer_entry(*entry)):
+            return [peer_entry(*entry) for entry in first.items]
         return []
 
     def _exchange_peers(self, protocol: PeerProtocol) -> None:
@@ -374,8 +375,8 @@ class Node:
             except ValidationError as e:
                 log.warn("Bad PEER_EXCHANGE answer from {peer}: {error}", peer=protocol.describe(), error=e)
                 return
-            for info in peers:
-                self._heard_of(info, direct=False)
+            for info, age in peers:
+                self._heard_of(info, age)
 
         d.addCallbacks(merge, lambda f: log.debug("PEER_EXCHANGE failed: {error}", error=f.getErrorMessage()))
 
@@ -450,11 +451,11 @@ class Node:
             )
         return self.info
 
-    def peers_offered(self, protocol: PeerProtocol, peers: list[NodeInfo]) -> list[NodeInfo]:
+    def peers_offered(self, protocol: PeerProtocol, peers: list[tuple[NodeInfo, float]]) -> list[dict[str, Any]]:
         """Merge a peer's known peers; answer with ours."""
-        for info in peers:
-            self._heard_of(info, direct=False)
-        return [NodeInfo.from_wire(wire) for wire in self._peers_to_share()]
+        for info, age in peers:
+            self._heard_of(info, age)
+        return self._peers_to_share()
 
     def assignment_received(
         self, protocol: PeerProtocol, job: str, master: str, master_instance: str, tasks: list[Any]

@@ -36,8 +36,10 @@ class IPeerHandler(Protocol):
     def connection_ready(self, protocol: "PeerProtocol", node: NodeInfo) -> None:
         """The handshake on C{protocol} is complete, in either direction."""
 
-    def peers_offered(self, protocol: "PeerProtocol", peers: list[NodeInfo]) -> list[NodeInfo]:
-        """Merge the peer's known peers; return ours."""
+    def peers_offered(
+        self, protocol: "PeerProtocol", peers: list[tuple[NodeInfo, float]]
+    ) -> list[dict[str, Any]]:
+        """Merge the peer's known peers (with the age of each); return ours, in wire form."""
 
     def assignment_received(
         self, protocol: "PeerProtocol", job: str, master: str, master_instance: str, tasks: list[Any]
@@ -265,8 +267,7 @@ class PeerProtocol(amp.AMP):
             offered = parse_peer_list(peers)
         except ValidationError as e:
             raise self._bad("PEER_EXCHANGE", e)
-        ours = self._handler.peers_offered(self, offered)
-        return {"peers": [p.to_wire() for p in ours]}
+        return {"peers": self._handler.peers_offered(self, offered)}
 
     @commands.InstructionAssignment.responder
     def _instruction_assignment(self, job: str, master: str, master_instance: str, tasks: Any) -> dict[str, Any]:
@@ -304,18 +305,33 @@ class PeerProtocol(amp.AMP):
         return {}
 
 
-def parse_peer_list(peers: Any, limit: int = 10_000) -> list[NodeInfo]:
+def parse_peer_list(peers: Any, limit: int = 10_000) -> list[tuple[NodeInfo, float]]:
     """
-    Validate a PEER_EXCHANGE list.
+    Validate a PEER_EXCHANGE list: node objects, each with an optional
+    C{age} (seconds since the sender last had evidence of that node).
 
     @raise ValidationError: if it is not a list of node descriptions, or is
-        longer than C{limit}.
+        longer than C{limit}, or an age is not a number from 0 up.
     """
     if not isinstance(peers, list):
         raise ValidationError("'peers' must be a list")
     if len(peers) > limit:
         raise ValidationError(f"'peers' lists {len(peers)} nodes, over the limit of {limit}")
-    return [NodeInfo.from_wire(p) for p in peers]
+    parsed = []
+    for entry in peers:
+        info = NodeInfo.from_wire(entry)
+        age = entry.get("age", 0.0)
+        if isinstance(age, bool) or not isinstance(age, (int, float)) or not 0 <= age < 1e9:
+            raise ValidationError(f"peer {info.name!r}: 'age' must be a number of seconds from 0 up")
+        parsed.append((info, float(age)))
+    return parsed
+
+
+def peer_entry(info: NodeInfo, age: float) -> dict[str, Any]:
+    """The PEER_EXCHANGE form of a node: its description plus an C{age}."""
+    entry = info.to_wire()
+    entry["age"] = round(age, 3)
+    return entry
 
 
 async def _nothing() -> None:

@@ -36,8 +36,8 @@ class RecordingHandler:
         self.calls.append(("ready", info.name))
 
     def peers_offered(self, protocol, peers):
-        self.calls.append(("peers", [p.name for p in peers]))
-        return [node(name="z9", instance="i-z")]
+        self.calls.append(("peers", [(p.name, age) for p, age in peers]))
+        return [node(name="z9", instance="i-z").to_wire()]
 
     def assignment_received(self, protocol, job, master, master_instance, tasks):
         self.calls.append(("assignment", job, len(tasks)))
@@ -224,9 +224,12 @@ class PeerProtocolTests(SynchronousTestCase):
     def test_peer_exchange_both_ways(self):
         """PEER_EXCHANGE hands our list over and brings theirs back."""
         self.introduce()
-        answer = self.successResultOf(self.call(commands.PeerExchange, peers=[node(name="c1").to_wire()]))
+        entry = dict(node(name="c1").to_wire(), age=4.5)
+        answer = self.successResultOf(self.call(commands.PeerExchange, peers=[entry, node(name="d1").to_wire()]))
         self.assertEqual([p["name"] for p in answer["peers"]], ["z9"])
-        self.assertIn(("peers", ["c1"]), self.b.calls)
+        self.assertIn(("peers", [("c1", 4.5), ("d1", 0.0)]), self.b.calls)
+        bad = dict(node(name="e1").to_wire(), age=-1)
+        self.failureResultOf(self.call(commands.PeerExchange, peers=[bad])).trap(commands.BadArguments)
 
     def test_task_flow_commands(self):
         """Assignment, confirmation, completion and disconnect reach the handler."""

@@ -33,6 +33,9 @@ from p2pexec.peer import PeerProtocol
 
 log = NodeLogger()
 
+UNWANTED_RECHECK = 5.0
+"""Seconds before a link that is not wanted now (see L{PeerLink}) looks again."""
+
 FATAL_REFUSALS = (commands.ClusterMismatch, commands.VersionMismatch, commands.NameConflict)
 """Refusals that will not change while the peer's instance lives: stop dialling it."""
 
@@ -54,16 +57,32 @@ class PeerLink:
     def __init__(
         self,
         reactor: Any,
-        info: NodeInfo,
+        info: Optional[NodeInfo],
         make_protocol: Callable[[], PeerProtocol],
-        introduce: Callable[[PeerProtocol, NodeInfo], Awaitable[Any]],
+        introduce: Callable[[PeerProtocol, Optional[NodeInfo]], Awaitable[Any]],
         retry_delay: Callable[[int], float],
         connect_timeout: float,
         introduce_timeout: float,
-        on_fatal: Callable[[NodeInfo], None],
+        on_fatal: Callable[[Optional[NodeInfo]], None],
+        address: Optional[tuple[str, int]] = None,
+        wanted: Callable[[], bool] = lambda: True,
     ) -> None:
+        """
+        @param info: the peer to reach; C{None} for a seed address, whose
+            node is not known yet.
+        @param address: (host, port) to dial, when C{info} is C{None}.
+        @param wanted: checked before each attempt; a link that is not
+            wanted now (a seed already reached some other way) checks again
+            later instead of dialling.
+        """
         self._reactor = reactor
         self.info = info
+        if info is not None:
+            address = (info.host, info.port)
+        assert address is not None
+        self.host, self.port = address
+        self.label = f"node {info.name}" if info is not None else "seed"
+        self._wanted = wanted
         self._make_protocol = make_protocol
         self._introduce = introduce
         self._retry_delay = retry_delay
@@ -74,6 +93,7 @@ class PeerLink:
         self._attempt: Optional[Deferred[Any]] = None
         self._retry: Optional[IDelayedCall] = None
         self.protocol: Optional[PeerProtocol] = None
+        self.reached: Optional[str] = None
         self.connections = 0
         self.running = False
 
@@ -86,9 +106,10 @@ class PeerLink:
         self._retry = None
         if not self.running:
             return
-        endpoint = TCP4ClientEndpoint(
-            self._reactor, self.info.host, self.info.port, timeout=self._connect_timeout
-        )
+        if not self._wanted():
+            self._retry = self._reactor.callLater(UNWANTED_RECHECK, self._connect)
+            return
+        endpoint = TCP4ClientEndpoint(self._reactor, self.host, self.port, timeout=self._connect_timeout)
         factory = Factory.forProtocol(self._make_protocol)
         factory.noisy = False
         self._attempt = Deferred.fromCoroutine(self._connect_and_introduce(endpoint, factory))
@@ -109,10 +130,10 @@ class PeerLink:
             await introduced
         except FATAL_REFUSALS as e:
             log.error(
-                "Node {peer} at {address} refused our connection: {error}. Not dialling this "
-                "instance of it again.",
-                peer=self.info.name,
-                address=self.info.address,
+                "The {peer} at {address} refused our connection: {error}. Not dialling it "
+                "again (until it restarts).",
+                peer=self.label,
+                address=f"{self.host}:{self.port}",
                 error=e,
             )
             self.running = False
@@ -135,6 +156,7 @@ class PeerLink:
             return
         self._failures = 0
         self.connections += 1
+        self.reached = protocol.peer_name
         protocol.when_lost().addCallback(self._lost, protocol)
 
     def _lost(self, _: Any, protocol: PeerProtocol) -> None:
@@ -150,9 +172,9 @@ class PeerLink:
         delay = self._schedule()
         level = log.debug if quiet or self._failures > 3 else log.warn
         level(
-            "Connecting to node {peer} at {address} failed ({why}); retrying in {delay:.1f}s",
-            peer=self.info.name,
-            address=self.info.address,
+            "Connecting to the {peer} at {address} failed ({why}); retrying in {delay:.1f}s",
+            peer=self.label,
+            address=f"{self.host}:{self.port}",
             why=why,
             delay=delay,
         )
@@ -245,7 +267,38 @@ class Dialer:
         self._links[info.name] = link
         link.start()
 
-    def _refused_for_good(self, info: NodeInfo) -> None:
+    def ensure_seed(self, host: str, port: int, is_connected: Callable[[str], bool]) -> None:
+        """
+        Keep a connection to the seed address C{host:port}: dial it (with
+        backoff) whenever the node found there is not connected by some
+        other connection, as told by C{is_connected(name)}.
+        """
+        key = f"seed {host}:{port}"
+        if key in self._links:
+            return
+        link: PeerLink
+
+        def wanted() -> bool:
+            return link.reached is None or not is_connected(link.reached)
+
+        link = PeerLink(
+            self._reactor,
+            None,
+            self._make_protocol,
+            self._introduce,
+            self._policy,
+            self._connect_timeout,
+            self._introduce_timeout,
+            on_fatal=lambda info: None,
+            address=(host, port),
+            wanted=wanted,
+        )
+        self._links[key] = link
+        link.start()
+
+    def _refused_for_good(self, info: Optional[NodeInfo]) -> None:
+        if info is None:
+            return
         self._refused[info.name] = info.instance
         link = self._links.get(info.name)
         if link is not None and link.info.instance == info.instance:

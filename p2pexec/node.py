@@ -60,6 +60,7 @@ class NodeConfig:
     tasks: Optional[tuple[TaskSpec, ...]] = None
     results: Optional[str] = None
     multicast: bool = True
+    seeds: tuple[tuple[str, int], ...] = ()
     drain_timeout: float = 30.0
     disconnect_timeout: float = 2.0
     hello_interval: float = 10.0
@@ -115,7 +116,7 @@ class Node:
         self.peers = PeerTable(config.name)
         self.worker = Worker(config.name, config.capabilities, config.slots, runner, reactor)
         self.master = Master(self.info, link=self, observer=self, clock=reactor)
-        self.dialer = Dialer(reactor, make_protocol=lambda: PeerProtocol(self, dialled=True), introduce=lambda protocol, info: protocol.introduce(self.info, expected=info.name))
+        self.dialer = Dialer(reactor, make_protocol=lambda: PeerProtocol(self, dialled=True), introduce=self._introduce)
         self.discovery = DiscoveryProtocol(
             lambda: self.info,
             config.group,
@@ -188,6 +189,16 @@ class Node:
                 lambda f: log.failure("Periodic task failed", f)
             )
             self._loops.append(loop)
+        for host, port in self.config.seeds:
+            if (host, port) == (self.info.host, self.info.port):
+                continue
+            log.info("Node {name} will dial seed {address}", name=self.info.name, address=f"{host}:{port}")
+            self.dialer.ensure_seed(host, port, is_connected=self.peers.is_connected)
+        if not self.config.multicast and not self.config.seeds:
+            log.warn(
+                "Node {name} has multicast off and no --peer: it will only meet nodes that dial it",
+                name=self.info.name,
+            )
         if self.info.capabilities:
             self.master.worker_joined(self.info)
         if self.config.tasks is not None:
@@ -321,6 +332,10 @@ class Node:
             and dials(self.info.name, info.name)
         ):
             self.dialer.ensure(record.info)
+
+    def _introduce(self, protocol: PeerProtocol, info: Optional[NodeInfo]) -> Any:
+        """Introduce ourselves on a dialled connection (to C{info}, or to a seed)."""
+        return protocol.introduce(self.info, expected=info.name if info is not None else None)
 
     def _warn_name_conflict(self, info: NodeInfo, what: str) -> None:
         self._complaints.warn(

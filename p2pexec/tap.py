@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import signal
 from typing import Any, Optional
 
@@ -50,6 +51,24 @@ def _parse_group(value: str) -> tuple[str, int]:
         )
     port = _parse_int("--group", port_text, 1, 65535)
     return str(address), port
+
+
+def _parse_address(option: str, value: str) -> tuple[str, int]:
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not host:
+        raise usage.UsageError(f"{option}: {value!r} is not HOST:PORT (for example 10.0.0.5:10001)")
+    try:
+        address = ipaddress.IPv4Address(host)
+    except ValueError:
+        if not _HOSTNAME.fullmatch(host):
+            raise usage.UsageError(f"{option}: {host!r} is neither an IPv4 address nor a host name") from None
+    else:
+        if address.is_multicast or address.is_unspecified:
+            raise usage.UsageError(f"{option}: {host} is not the address of one node")
+    return host, _parse_int(option, port_text, 1, 65535)
+
+
+_HOSTNAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,62}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}[A-Za-z0-9])?)*")
 
 
 def _parse_int(option: str, value: Any, low: int, high: int) -> int:
@@ -103,7 +122,16 @@ class Options(usage.Options):
     ]
     optFlags = [
         ["exit-when-done", None, "Stop the node once its start-up job has finished (for one-shot runs)."],
+        ["no-multicast", None, "Do not use multicast discovery; find peers through --peer seeds only."],
     ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["peer"] = []
+
+    def opt_peer(self, value: str) -> None:
+        """A seed node's HOST:PORT, dialled at start to join the cluster where multicast does not reach (repeatable)."""
+        self["peer"].append(_parse_address("--peer", value))
 
     def postOptions(self) -> None:
         """Validate every option; raise L{usage.UsageError} naming the one at fault."""
@@ -208,6 +236,8 @@ def config_from_options(options: Options) -> NodeConfig:
         tasks=options["task_specs"],
         results=options["results"],
         drain_timeout=options["drain-timeout"],
+        multicast=not options["no-multicast"],
+        seeds=tuple(options["peer"]),
     )
 
 

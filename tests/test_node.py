@@ -191,6 +191,23 @@ class MembershipTests(SynchronousTestCase):
         self.assertNotIn("b1", cluster.nodes["a1"].dialer)
 
 
+    def test_seeds_without_multicast(self):
+        """With multicast off and one seed each, four nodes still all meet, and a job crosses the cluster."""
+        cluster = Cluster()
+        addresses = {name: (f"127.0.0.{i + 1}", 3000 + i) for i, name in enumerate(("a1", "b1", "c1", "d1"))}
+        seed_of = {"a1": "d1", "b1": "a1", "c1": "b1", "d1": "c1"}
+        for name, (address, port) in addresses.items():
+            tasks = (TaskSpec.instruction("d9"), TaskSpec.instruction("c9")) if name == "a1" else None
+            cluster.add(name, address=address, port=port, multicast=False, seeds=(addresses[seed_of[name]],), tasks=tasks)
+        cluster.network.run(20.0)
+        self.assertEqual(cluster.network.datagrams, [])
+        for a in addresses:
+            for b in addresses:
+                if a != b:
+                    self.assertTrue(cluster.connected(a, b), (a, b))
+        job = cluster.nodes["a1"].initial_job.result
+        self.assertEqual({t: r.result.node for t, r in job.tasks.items()}, {"d9": "d1", "c9": "c1"})
+
     def test_gossip_does_not_revive_dead_peers(self):
         """A crashed node is forgotten everywhere, even though the survivors gossip."""
         cluster = Cluster()

@@ -31,6 +31,15 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(config.slots, os.cpu_count())
         self.assertTrue(config.group[0].startswith("239.255."))
 
+    def test_seeds(self):
+        """--peer is repeatable and takes HOST:PORT; --no-multicast turns discovery off."""
+        config = config_from_options(
+            parse("--name", "a1", "--peer", "10.1.2.3:10001", "--peer", "node-7.lab:10002", "--no-multicast")
+        )
+        self.assertEqual(config.seeds, (("10.1.2.3", 10001), ("node-7.lab", 10002)))
+        self.assertFalse(config.multicast)
+        self.assertTrue(config_from_options(parse("--name", "a1")).multicast)
+
     def test_capabilities_default_from_name(self):
         """Without --capabilities, b1 runs kind b, as in the original."""
         self.assertEqual(config_from_options(parse("--name", "b1")).capabilities, frozenset({"b"}))
@@ -63,6 +72,10 @@ class OptionsTests(SynchronousTestCase):
             (("--name", "a1", "--drain-timeout", "-1"), "--drain-timeout"),
             (("--name", "a1", "--log-level", "chatty"), "--log-level"),
             (("--name", "a1", "--exit-when-done"), "--exit-when-done"),
+            (("--name", "a1", "--peer", "10.0.0.1"), "--peer"),
+            (("--name", "a1", "--peer", "10.0.0.1:0"), "--peer"),
+            (("--name", "a1", "--peer", "bad host!:10001"), "--peer"),
+            (("--name", "a1", "--peer", "239.1.1.1:10001"), "--peer"),
             (("--name", "a1\n"), "--name"),
             (("--name", "a1", "--capabilities", ",".join(f"{'k' * 60}{i:02d}" for i in range(32))), "--capabilities"),
         ]

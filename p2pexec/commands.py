@@ -212,6 +212,19 @@ class DisconnectRequest(amp.Command):
     errors = _errors()
 
 
+class Heartbeat(amp.Command):
+    """
+    HEARTBEAT: "are you there?"  Sent on a connection where work flows
+    whenever it has been quiet for one heartbeat interval; the answer (like
+    any other bytes) shows the sender is alive.
+    """
+
+    commandName = b"HEARTBEAT"
+    arguments: list[tuple[bytes, amp.Argument]] = []
+    response: list[tuple[bytes, amp.Argument]] = []
+    errors = _errors()
+
+
 ALL_COMMANDS = (
     ConnectRequest,
     Handshake,
@@ -220,6 +233,7 @@ ALL_COMMANDS = (
     ExecutionConfirmation,
     TaskComplete,
     DisconnectRequest,
+    Heartbeat,
 )
 
 T = TypeVar("T")

@@ -386,6 +386,10 @@ class Master:
             elif since == now:
                 self._clock.callLater(WAITING_GRACE, self.schedule_dispatch)
 
+    def workers_with_work(self) -> set[str]:
+        """Names of the workers holding unconfirmed tasks of this master."""
+        return {name for name, seat in self._workers.items() if seat.outstanding > 0 and name != self.me.name}
+
     def pending_count(self) -> int:
         """How many tasks wait for a worker."""
         return sum(len(q) for q in self._pending.values())

@@ -24,6 +24,7 @@ from twisted.python.failure import Failure
 from p2pexec import commands
 from p2pexec.connections import Dialer, dials
 from p2pexec.discovery import DiscoveryProtocol
+from p2pexec.heartbeat import FailureDetector, Liveness
 from p2pexec.job import Job
 from p2pexec.log import NodeLogger, RateLimitedLog
 from p2pexec.master import Master, random_instance
@@ -66,6 +67,8 @@ class NodeConfig:
     hello_interval: float = 10.0
     peer_expiry: float = 35.0
     exchange_interval: float = 5.0
+    heartbeat_interval: float = 0.5
+    heartbeat_timeout: float = 2.5
 
 
 class _LocalSink:
@@ -116,7 +119,8 @@ class Node:
         self.peers = PeerTable(config.name)
         self.worker = Worker(config.name, config.capabilities, config.slots, runner, reactor)
         self.master = Master(self.info, link=self, observer=self, clock=reactor)
-        self.dialer = Dialer(reactor, make_protocol=lambda: PeerProtocol(self, dialled=True), introduce=self._introduce)
+        self.dialer = Dialer(reactor, make_protocol=lambda: PeerProtocol(self, dialled=True, clock=reactor), introduce=self._introduce)
+        self.detector = FailureDetector(config.heartbeat_interval, config.heartbeat_timeout)
         self.discovery = DiscoveryProtocol(
             lambda: self.info,
             config.group,
@@ -143,7 +147,7 @@ class Node:
 
         @raise twisted.internet.error.CannotListenError: if the port is taken.
         """
-        factory = Factory.forProtocol(lambda: PeerProtocol(self))
+        factory = Factory.forProtocol(lambda: PeerProtocol(self, clock=self._reactor))
         factory.noisy = False
         self._tcp_port = self._reactor.listenTCP(self.config.port, factory, interface=self.config.interface)
         self.info = attr.evolve(self.info, port=self._tcp_port.getHost().port)
@@ -182,6 +186,7 @@ class Node:
         for interval, call in (
             (self.config.peer_expiry / 3, self._expire_peers),
             (self.config.exchange_interval, self._gossip),
+            (self.config.heartbeat_interval / 2, self._check_liveness),
         ):
             loop = LoopingCall(call)
             loop.clock = self._reactor
@@ -362,6 +367,43 @@ class Node:
                     after=self.config.peer_expiry,
                 )
 
+    def _check_liveness(self) -> None:
+        """
+        Ping the quiet connections where work flows; declare dead the ones
+        silent past the timeout, which puts their tasks back.
+        """
+        now = self._reactor.seconds()
+        busy = self.master.workers_with_work() | self.worker.masters_with_work()
+        watched = set()
+        for name in busy:
+            record = self.peers.get(name)
+            if record is None or record.connection is None:
+                continue
+            protocol: PeerProtocol = record.connection
+            watched.add(protocol)
+            silent = now - protocol.last_received
+            verdict = self.detector.judge(protocol, silent)
+            if verdict.became is Liveness.SUSPECT:
+                log.warn(
+                    "Node {name} suspects peer {peer}: silent for {silent:.1f}s",
+                    name=self.info.name, peer=name, silent=silent,
+                )
+            elif verdict.became is Liveness.ALIVE:
+                log.info("Node {name}: peer {peer} answers again", name=self.info.name, peer=name)
+            elif verdict.became is Liveness.DEAD:
+                log.warn(
+                    "Node {name} declared peer {peer} dead: silent for {silent:.1f}s "
+                    "(--heartbeat-timeout {timeout:g}); closing the connection",
+                    name=self.info.name, peer=name, silent=silent, timeout=self.detector.timeout,
+                )
+                protocol.transport.abortConnection()
+                continue
+            if verdict.ping:
+                protocol.callRemote(commands.Heartbeat).addErrback(lambda f: None)
+        for key in self.detector.watched():
+            if key not in watched:
+                self.detector.forget(key)
+
     def _gossip(self) -> None:
         connected = self.peers.connected_peers()
         if connected:
@@ -450,8 +492,14 @@ class Node:
             raise commands.BadArguments(f"CONNECT_REQUEST: {e}")
         if name == self.info.name:
             raise commands.NameConflict(f"this node is called {name!r} too; node names must be unique")
-        if self.peers.is_connected(name, instance):
-            raise commands.DuplicateConnection(f"node {self.info.name} is already connected to {name}")
+        record = self.peers.get(name)
+        if record is not None and record.connection is not None and self.peers.is_connected(name, instance):
+            # Keep one connection per pair.  A peer that dials again while we
+            # think the old connection lives knows better (it lost it), so the
+            # new one wins; but if both sides dialled at once, the one dialled
+            # by the lower name wins, on both sides alike.
+            if record.connection.dialled and dials(self.info.name, name):
+                raise commands.DuplicateConnection(f"node {self.info.name} is already connected to {name}")
         return {"name": self.info.name, "instance": self.info.instance, "version": PROTOCOL_VERSION}
 
     def handshake_received(self, protocol: PeerProtocol, node: NodeInfo) -> NodeInfo:

@@ -71,11 +71,15 @@ class PeerProtocol(amp.AMP):
     @ivar peer_name: the peer's name, once CONNECT_REQUEST is done.
     @ivar dialled: whether this side opened the connection.
     @ivar leaving: whether the peer has sent DISCONNECT_REQUEST.
+    @ivar last_received: when bytes last arrived (by C{clock}), for failure
+        detection.
     """
 
-    def __init__(self, handler: IPeerHandler, dialled: bool = False) -> None:
+    def __init__(self, handler: IPeerHandler, dialled: bool = False, clock: Optional[Any] = None) -> None:
         super().__init__()
         self._handler = handler
+        self._clock = clock
+        self.last_received = clock.seconds() if clock is not None else 0.0
         self.dialled = dialled
         self.peer_name: Optional[str] = None
         self.peer_instance: Optional[str] = None
@@ -126,6 +130,10 @@ class PeerProtocol(amp.AMP):
         Parse AMP framing; on bytes that are not AMP, drop the connection with
         one log line instead of a traceback.
         """
+        if self.closed:
+            return
+        if self._clock is not None:
+            self.last_received = self._clock.seconds()
         try:
             super().dataReceived(data)
         except Exception as e:
@@ -295,6 +303,11 @@ class PeerProtocol(amp.AMP):
     def _task_complete(self, job: str, succeeded: int, failed: int, elapsed: float) -> dict[str, Any]:
         self._require_handshake()
         self._handler.job_completed(self, job, succeeded, failed, elapsed)
+        return {}
+
+    @commands.Heartbeat.responder
+    def _heartbeat(self) -> dict[str, Any]:
+        self._require_handshake()
         return {}
 
     @commands.DisconnectRequest.responder

@@ -119,6 +119,8 @@ class Options(usage.Options):
         ["results", None, None, "Where the master writes the start-up job's results as JSON when it finishes."],
         ["drain-timeout", None, "30", "Seconds a leaving node waits for its running tasks before stopping them."],
         ["log-level", None, "info", "Least severe log level shown: debug, info, warn or error."],
+        ["heartbeat-interval", None, "0.5", "Seconds of quiet after which a peer we share work with is pinged."],
+        ["heartbeat-timeout", None, "2.5", "Seconds of silence after which such a peer is declared dead and its tasks run elsewhere."],
     ]
     optFlags = [
         ["exit-when-done", None, "Stop the node once its start-up job has finished (for one-shot runs)."],
@@ -195,6 +197,13 @@ class Options(usage.Options):
             if self["task_specs"] is None:
                 raise usage.UsageError("--results needs a job: give --tasks or --job too")
         self["drain-timeout"] = _parse_seconds("--drain-timeout", self["drain-timeout"])
+        self["heartbeat-interval"] = _parse_seconds("--heartbeat-interval", self["heartbeat-interval"])
+        self["heartbeat-timeout"] = _parse_seconds("--heartbeat-timeout", self["heartbeat-timeout"])
+        if self["heartbeat-timeout"] <= self["heartbeat-interval"]:
+            raise usage.UsageError(
+                f"--heartbeat-timeout ({self['heartbeat-timeout']:g}s) must be longer than "
+                f"--heartbeat-interval ({self['heartbeat-interval']:g}s)"
+            )
         if self["log-level"] not in LEVELS:
             raise usage.UsageError(
                 f"--log-level: {self['log-level']!r} is not one of {', '.join(LEVELS)}"
@@ -237,6 +246,8 @@ def config_from_options(options: Options) -> NodeConfig:
         results=options["results"],
         drain_timeout=options["drain-timeout"],
         multicast=not options["no-multicast"],
+        heartbeat_interval=options["heartbeat-interval"],
+        heartbeat_timeout=options["heartbeat-timeout"],
         seeds=tuple(options["peer"]),
     )
 

@@ -78,6 +78,7 @@ class Worker:
         self.completed = 0
         self.accepting = True
         self._starting = False
+        self._running_for: dict[tuple[str, str], int] = {}
 
     @property
     def queued(self) -> int:
@@ -126,6 +127,7 @@ class Worker:
             while self._queue and self.running < self.slots:
                 entry = self._queue.popleft()
                 self.running += 1
+                self._running_for[entry.sink.key] = self._running_for.get(entry.sink.key, 0) + 1
                 task = entry.assignment.task
                 started.append((task.id, entry.job))
                 if task.command is None:
@@ -161,6 +163,11 @@ class Worker:
 
     def _finished(self, entry: _Queued, result: TaskResult) -> None:
         self.running -= 1
+        left = self._running_for[entry.sink.key] - 1
+        if left:
+            self._running_for[entry.sink.key] = left
+        else:
+            del self._running_for[entry.sink.key]
         self.completed += 1
         self._add_unsent(entry, result)
         if self._flush_call is None:
@@ -184,6 +191,12 @@ class Worker:
         unsent, self._unsent = self._unsent, {}
         for (_, job), (sink, results) in unsent.items():
             sink.deliver(job, results)
+
+    def masters_with_work(self) -> set[str]:
+        """Names of the masters whose tasks are queued or running here."""
+        names = {key[0] for key in self._running_for}
+        names.update(entry.sink.key[0] for entry in self._queue)
+        return names
 
     def drop_from(self, master: tuple[str, str]) -> int:
         """

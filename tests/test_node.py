@@ -270,6 +270,59 @@ class FaultTests(SynchronousTestCase):
         twice = ran_on_w1 & ran_on_w2
         self.assertLessEqual(len(twice), 2, "only the tasks running on w1 when it died run twice")
 
+    def partitioned_job(self):
+        """A master m1 with 30 tasks, workers w1 and w2; w1's link is cut once it runs some."""
+        cluster = Cluster()
+        tasks = tuple(TaskSpec(id=f"w{i}", kind="w", command=("true",)) for i in range(30))
+        cluster.add("m1", address="127.0.0.1", port=4001, capabilities=frozenset(), tasks=tasks)
+        cluster.add("w1", address="127.0.0.2", port=4002, capabilities=frozenset({"w"}), duration=0.3)
+        cluster.add("w2", address="127.0.0.3", port=4003, capabilities=frozenset({"w"}), duration=0.3)
+        cluster.network.run_until(lambda: len(cluster.runners["w1"].runs) >= 4, limit=10)
+        return cluster
+
+    def test_silent_worker_declared_dead_within_timeout(self):
+        """A worker whose link is cut (no FIN, no RST) is declared dead within 3 s, and its tasks finish elsewhere."""
+        cluster = self.partitioned_job()
+        with capturedLogs() as events:
+            cluster.network.partition("127.0.0.2", 4002)
+            cut = cluster.network.seconds()
+            took = cluster.network.run_until(
+                lambda: any("declared peer w1 dead" in text(e) for e in events), limit=10
+            )
+        self.assertLessEqual(took, 3.0)
+        self.assertTrue(any("suspects peer w1" in text(e) for e in events))
+        cluster.network.run_until(lambda: cluster.nodes["m1"].initial_job.called, limit=30)
+        job = cluster.nodes["m1"].initial_job.result
+        self.assertEqual(job.succeeded, 30)
+        self.assertGreater(cluster.network.seconds() - cut, 0)
+
+    def test_partition_heals_and_stale_results_dropped(self):
+        """After the cut heals, the worker rejoins and its late results for reassigned tasks are dropped."""
+        cluster = self.partitioned_job()
+        cluster.network.partition("127.0.0.2", 4002)
+        cluster.network.run(4.0)
+        with capturedLogs() as events:
+            cluster.network.heal("127.0.0.2", 4002)
+            cluster.network.run_until(lambda: cluster.connected("m1", "w1"), limit=60)
+            cluster.network.run_until(lambda: cluster.nodes["m1"].initial_job.called, limit=30)
+        job = cluster.nodes["m1"].initial_job.result
+        self.assertEqual((job.succeeded, job.failed), (30, 0))
+        self.assertTrue(any("connected to peer w1" in text(e) for e in events))
+
+    def test_busy_worker_not_declared_dead(self):
+        """A worker with all slots full of long tasks answers heartbeats and is never declared dead."""
+        cluster = Cluster()
+        tasks = tuple(TaskSpec(id=f"w{i}", kind="w", command=("sleep", "20")) for i in range(4))
+        with capturedLogs() as events:
+            cluster.add("m1", capabilities=frozenset(), tasks=tasks)
+            cluster.add("w1", capabilities=frozenset({"w"}), slots=2, duration=20.0)
+            cluster.network.run(10.0)
+            self.assertEqual(cluster.nodes["m1"].master.workers_with_work(), {"w1"}, "w1 is watched")
+            self.assertEqual(cluster.nodes["w1"].worker.masters_with_work(), {"m1"}, "m1 is watched")
+            cluster.network.run_until(lambda: cluster.nodes["m1"].initial_job.called, limit=60)
+        self.assertEqual(cluster.nodes["m1"].initial_job.result.succeeded, 4)
+        self.assertEqual([text(e) for e in events if "suspects" in e["log_format"] or "dead" in e["log_format"]], [])
+
     def test_graceful_leave_hands_back(self):
         """A worker that leaves mid-job finishes its running tasks, hands back the rest, and says goodbye."""
         cluster = Cluster()

@@ -201,6 +201,24 @@ class FakeNetwork(Clock):
         moved = False
         for pump in list(self.pumps):
             if pump.server_address in self.partitioned:
+                # Nothing crosses a cut link; each side only learns of its
+                # own decision to close.
+                for transport in (pump.clientIO, pump.serverIO):
+                    if transport.disconnecting and not transport.disconnected:
+                        transport.disconnected = True
+                        transport.reportDisconnect()
+                        moved = True
+                if pump.clientIO.disconnected and pump.serverIO.disconnected:
+                    self.pumps.remove(pump)
+                continue
+            survivor = pump.serverIO if pump.clientIO.disconnected else pump.clientIO
+            if pump.clientIO.disconnected != pump.serverIO.disconnected and not survivor.disconnecting:
+                # One side closed while the link was cut: the other side's
+                # next contact with it is answered by a reset.
+                survivor.disconnected = True
+                survivor.protocol.connectionLost(Failure(error.ConnectionLost("connection reset by peer")))
+                self.pumps.remove(pump)
+                moved = True
                 continue
             if pump.pump(advanceClock=False):
                 moved = True
@@ -249,8 +267,15 @@ class FakeNetwork(Clock):
         self.blocked_multicast.add((source, destination))
 
     def partition(self, host: str, port: int) -> None:
-        """Silently drop all traffic to the server at C{host:port} (a cut cable)."""
+        """
+        Cut the cable of the server at C{host:port}: no bytes cross its
+        connections and no connection to it completes, and nobody is told.
+        """
         self.partitioned.add((host, port))
+
+    def heal(self, host: str, port: int) -> None:
+        """Plug the cable back in; what was buffered flows again."""
+        self.partitioned.discard((host, port))
 
 
 class FakeHost:

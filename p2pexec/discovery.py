@@ -128,7 +128,9 @@ class DiscoveryProtocol(DatagramProtocol):
         try:
             self.transport.write(data, self._group)
         except OSError as e:
-            log.warn(
+            self._complaints.warn(
+                "send-failed",
+                "%s:%d" % self._group,
                 "Could not send {kind} to {group}: {error}",
                 kind=kind,
                 group="%s:%d" % self._group,

@@ -136,6 +136,7 @@ class Node:
         self._udp_port: Any = None
         self._loops: list[LoopingCall] = []
         self._in_flight: set[Deferred[Any]] = set()
+        self._confirming: dict[str, int] = {}
         self._local_sink: Optional[_LocalSink] = None
         self.stopping = False
 
@@ -373,7 +374,7 @@ class Node:
         silent past the timeout, which puts their tasks back.
         """
         now = self._reactor.seconds()
-        busy = self.master.workers_with_work() | self.worker.masters_with_work()
+        busy = self.master.workers_with_work() | self.worker.masters_with_work() | set(self._confirming)
         watched = set()
         for name in busy:
             record = self.peers.get(name)
@@ -662,12 +663,23 @@ class Node:
         for batch in commands.chunk(results, TaskResult.to_wire, encode=commands.encode_result_within):
             d = protocol.callRemote(commands.ExecutionConfirmation, job=job, results=batch)
             self._in_flight.add(d)
+            self._confirming[name] = self._confirming.get(name, 0) + 1
             d.addBoth(_discard_from, self._in_flight, d)
+            d.addBoth(self._confirmed, name)
             d.addErrback(
                 lambda f: log.warn(
                     "EXECUTION_CONFIRMATION to {master} failed: {error}", master=name, error=f.getErrorMessage()
                 )
             )
+
+    def _confirmed(self, result: Any, master: str) -> Any:
+        """An EXECUTION_CONFIRMATION to C{master} was answered (or failed)."""
+        left = self._confirming.get(master, 1) - 1
+        if left > 0:
+            self._confirming[master] = left
+        else:
+            self._confirming.pop(master, None)
+        return result
 
     # -- IJobObserver -------------------------------------------------------
 

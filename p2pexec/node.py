@@ -15,7 +15,7 @@ import random
 from typing import Any, Optional
 
 import attr
-from twisted.internet.defer import Deferred, DeferredList, TimeoutError, gatherResults
+from twisted.internet.defer import Deferred, DeferredList, TimeoutError
 from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
 from twisted.protocols import amp

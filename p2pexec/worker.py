@@ -9,7 +9,7 @@ turn goes back to its master as a single EXECUTION_CONFIRMATION batch.
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Callable, Optional, Protocol
+from typing import Optional, Protocol
 
 import attr
 from twisted.internet.defer import Deferred

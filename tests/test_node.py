@@ -223,7 +223,6 @@ class MembershipTests(SynchronousTestCase):
     def test_peer_list_fits_one_value(self):
         """With hundreds of peers, what a node shares in PEER_EXCHANGE still fits one AMP value."""
         from p2pexec import commands
-        from p2pexec.membership import PeerState
 
         from .test_model import node as info
 

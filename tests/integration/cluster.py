@@ -285,21 +285,11 @@ class Cluster:
         paths = [CHECKOUT] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
         return dict(os.environ, PYTHONPATH=os.pathsep.join(paths), PYTHONUNBUFFERED="1")
 
-    def start(self, name: str, *options: str, port: int = 0, wait: bool = True) -> NodeProcess:
+    def launch(self, name: str, argv: list[str]) -> NodeProcess:
         """
-        Start a node called C{name} with the cluster's group and cluster name,
-        and any other plugin C{options}.
-
-        @param wait: wait until it logs that it started, and learn its port.
+        Run C{argv} as the node C{name}, logging to C{NAME.log} in the test's
+        folder, killed by PID at clean-up.
         """
-        argv = [
-            TWISTD, "--pidfile=", "-n", "p2pexec",
-            "--name", name,
-            "--port", str(port),
-            "--group", self.group_option,
-            "--cluster", self.cluster_name,
-            *options,
-        ]
         log_path = self.path(f"{name}.log")
         with open(log_path, "ab") as out:
             # A restarted node appends to the same log; its handle reads from here on.
@@ -315,6 +305,24 @@ class Cluster:
         node = NodeProcess(name, argv, log_path, process, self.deadline, log_offset=offset)
         self.nodes[name] = node
         self._testcase.addCleanup(node.kill)
+        return node
+
+    def start(self, name: str, *options: str, port: int = 0, wait: bool = True) -> NodeProcess:
+        """
+        Start a node called C{name} with the cluster's group and cluster name,
+        and any other plugin C{options}.
+
+        @param wait: wait until it logs that it started, and learn its port.
+        """
+        argv = [
+            TWISTD, "--pidfile=", "-n", "p2pexec",
+            "--name", name,
+            "--port", str(port),
+            "--group", self.group_option,
+            "--cluster", self.cluster_name,
+            *options,
+        ]
+        node = self.launch(name, argv)
         if wait:
             node.port
         return node

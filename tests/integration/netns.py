@@ -370,22 +370,9 @@ class HostCluster(Cluster):
             "--cluster", self.cluster_name,
             *options,
         ]
-        log_path = self.path(f"{name}.log")
-        with open(log_path, "ab") as out:
-            offset = out.tell()
-            # "ip netns exec" enters the namespace and execs twistd: same PID.
-            process = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=self.folder,
-                env=self.environment(),
-            )
-        node = NodeProcess(name, argv, log_path, process, self.deadline, log_offset=offset)
-        self.nodes[name] = node
+        # "ip netns exec" enters the namespace and execs twistd: same PID.
+        node = self.launch(name, argv)
         self.host_of[name] = where
-        self._testcase.addCleanup(node.kill)
         if wait:
             node.port
         return node

@@ -96,6 +96,24 @@ class IntegrationTestCase(unittest.TestCase):
             self.fail(f"node {node.name}: no match of {pattern!r}; log {node.log_path} ends with:\n{node.log_tail()}")
         return matches[0]
 
+    def assertOriginalExampleLines(self, cluster: Any, a1: NodeProcess, port_of: Any) -> None:
+        """
+        Assert every line of the original example output, for master C{a1}
+        and workers b1 and c1 of C{cluster}; C{port_of(node)} is the port
+        each node should say it started on.
+        """
+        for node in (a1, cluster.nodes["b1"], cluster.nodes["c1"]):
+            self.assertLogHas(node, rf"\] Node {node.name} started on port {port_of(node)}$")
+            self.assertLogHas(node, rf"\] Node {node.name} sent DISCOVER$")
+        for worker in ("b1", "c1"):
+            node = cluster.nodes[worker]
+            self.assertLogHas(a1, rf"\] Node a1 discovered peer {worker}$")
+            self.assertLogHas(node, rf"\] Node {worker} discovered peer a1$")
+            self.assertLogHas(a1, rf"\] Node a1 assigning tasks to peer {worker}$")
+            self.assertLogHas(node, rf"\] Node {worker} received instructions: \['{worker}'\]$")
+            self.assertLogHas(node, rf"\] Node {worker} executing: {worker}$")
+            self.assertLogHas(a1, rf"\] Master received confirmation for {worker} from {worker}$")
+
     def assertLogClean(self, node: NodeProcess) -> None:
         """Assert that C{node} logged no traceback, unhandled error or error-level line."""
         for pattern in (r"Traceback", r"Unhandled Error", r"Unhandled error", r"#error\]", r"#critical\]"):
@@ -140,17 +158,7 @@ class OriginalExampleTests(IntegrationTestCase):
         job_id = finished.group(1)
         self.assertEqual(finished.group(2, 3), ("5", "0"))
 
-        for node in (a1, b1, c1):
-            self.assertLogHas(node, rf"\] Node {node.name} started on port {node.port}$")
-            self.assertLogHas(node, rf"\] Node {node.name} sent DISCOVER$")
-        for worker in ("b1", "c1"):
-            node = cluster.nodes[worker]
-            self.assertLogHas(a1, rf"\] Node a1 discovered peer {worker}$")
-            self.assertLogHas(node, rf"\] Node {worker} discovered peer a1$")
-            self.assertLogHas(a1, rf"\] Node a1 assigning tasks to peer {worker}$")
-            self.assertLogHas(node, rf"\] Node {worker} received instructions: \['{worker}'\]$")
-            self.assertLogHas(node, rf"\] Node {worker} executing: {worker}$")
-            self.assertLogHas(a1, rf"\] Master received confirmation for {worker} from {worker}$")
+        self.assertOriginalExampleLines(cluster, a1, lambda node: node.port)
         self.assertLogHas(a1, r"\] Node a1 received instructions: \['a1', 'a2', 'a3'\]$")
         for task in ("a1", "a2", "a3"):
             self.assertLogHas(a1, rf"\] Node a1 executing: {task}$")

@@ -60,17 +60,7 @@ class MulticastDiscoveryTests(MultiHostTestCase):
         finished = a1.wait_for(JOB_FINISHED, timeout=20)
         self.assertEqual(finished.group(2, 3), ("5", "0"), a1.log_tail())
 
-        for node in (a1, b1, c1):
-            self.assertLogHas(node, rf"\] Node {node.name} started on port {NODE_PORT}$")
-            self.assertLogHas(node, rf"\] Node {node.name} sent DISCOVER$")
-        for worker in ("b1", "c1"):
-            node = cluster.nodes[worker]
-            self.assertLogHas(a1, rf"\] Node a1 discovered peer {worker}$")
-            self.assertLogHas(node, rf"\] Node {worker} discovered peer a1$")
-            self.assertLogHas(a1, rf"\] Node a1 assigning tasks to peer {worker}$")
-            self.assertLogHas(node, rf"\] Node {worker} received instructions: \['{worker}'\]$")
-            self.assertLogHas(node, rf"\] Node {worker} executing: {worker}$")
-            self.assertLogHas(a1, rf"\] Master received confirmation for {worker} from {worker}$")
+        self.assertOriginalExampleLines(cluster, a1, lambda node: NODE_PORT)
         for name in ("a1", "b1", "c1"):
             for other in ("a1", "b1", "c1"):
                 if other != name:

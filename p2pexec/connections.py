@@ -129,15 +129,27 @@ class PeerLink:
         try:
             await introduced
         except FATAL_REFUSALS as e:
+            protocol.transport.loseConnection()
+            if self.info is None:
+                # A seed is an address, not an instance: it may be fixed or
+                # restarted any time, so keep trying, slowly.
+                self._failures = max(self._failures, 32)
+                delay = self._schedule()
+                log.error(
+                    "The seed at {address} refused our connection: {error}. Trying again in {delay:.0f}s.",
+                    address=f"{self.host}:{self.port}",
+                    error=e,
+                    delay=delay,
+                )
+                return
             log.error(
                 "The {peer} at {address} refused our connection: {error}. Not dialling it "
-                "again (until it restarts).",
+                "again until it restarts.",
                 peer=self.label,
                 address=f"{self.host}:{self.port}",
                 error=e,
             )
             self.running = False
-            protocol.transport.loseConnection()
             self._on_fatal(self.info)
             return
         except CancelledError:
@@ -145,8 +157,13 @@ class PeerLink:
                 self._failed(f"no answer to the handshake within {self._introduce_timeout:g}s")
             protocol.transport.loseConnection()
             return
+        except commands.DuplicateConnection as e:
+            # Already connected the other way: nothing is wrong.
+            protocol.transport.loseConnection()
+            self._failed(str(e), quiet=True)
+            return
         except (amp.RemoteAmpError, ValidationError, commands.BadArguments, commands.ConnectRequired,
-                commands.DuplicateConnection, commands.ShuttingDown) as e:
+                commands.ShuttingDown) as e:
             protocol.transport.loseConnection()
             self._failed(str(e))
             return
@@ -183,6 +200,15 @@ class PeerLink:
         delay = self._retry_delay(self._failures)
         self._retry = self._reactor.callLater(delay, self._connect)
         return delay
+
+    def hold(self) -> None:
+        """Stop reconnecting and cancel an attempt under way; keep a live connection."""
+        self.running = False
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        self._retry = None
+        if self._attempt is not None and not self._attempt.called and self.protocol is None:
+            self._attempt.cancel()
 
     def stop(self) -> Deferred[None]:
         """Stop reconnecting; close the connection; fire once it is closed."""
@@ -232,6 +258,7 @@ class Dialer:
         self._links: dict[str, PeerLink] = {}
         self._refused: dict[str, str] = {}
         self._retired_reconnects = 0
+        self._holding = False
 
     def __contains__(self, name: str) -> bool:
         return name in self._links
@@ -247,7 +274,7 @@ class Dialer:
         Dial C{info} unless a link to that instance runs already, or that
         instance refused us for good (another cluster or protocol version).
         """
-        if self._refused.get(info.name) == info.instance:
+        if self._holding or self._refused.get(info.name) == info.instance:
             return
         current = self._links.get(info.name)
         if current is not None:
@@ -267,18 +294,27 @@ class Dialer:
         self._links[info.name] = link
         link.start()
 
-    def ensure_seed(self, host: str, port: int, is_connected: Callable[[str], bool]) -> None:
+    def ensure_seed(
+        self,
+        host: str,
+        port: int,
+        is_connected: Callable[[str], bool],
+        connected_at: Callable[[str, int], bool] = lambda host, port: False,
+    ) -> None:
         """
         Keep a connection to the seed address C{host:port}: dial it (with
-        backoff) whenever the node found there is not connected by some
-        other connection, as told by C{is_connected(name)}.
+        backoff) whenever no connection reaches the node there, as told by
+        C{is_connected(name)} for the node found there before, and by
+        C{connected_at(host, port)} for a node connected the other way.
         """
         key = f"seed {host}:{port}"
-        if key in self._links:
+        if self._holding or key in self._links:
             return
         link: PeerLink
 
         def wanted() -> bool:
+            if connected_at(host, port):
+                return False
             return link.reached is None or not is_connected(link.reached)
 
         link = PeerLink(
@@ -311,6 +347,15 @@ class Dialer:
             return succeed(None)
         self._retired_reconnects += max(0, link.connections - 1)
         return link.stop()
+
+    def hold(self) -> None:
+        """
+        Dial nothing more (the node is leaving): cancel retries and attempts
+        under way, but keep the live connections for the goodbyes.
+        """
+        self._holding = True
+        for link in self._links.values():
+            link.hold()
 
     def stop_all(self) -> Deferred[list[Any]]:
         """Stop every link."""

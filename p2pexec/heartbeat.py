@@ -1,12 +1,14 @@
 """
 Failure detection: which peers have gone silent.
 
-A peer is watched while work flows between us: it holds tasks this node is
-master of, or this node holds tasks of its.  Every watched connection gets a
-HEARTBEAT whenever it has been quiet for one interval; any bytes received
-count as a sign of life.  A peer silent for half the timeout becomes
-I{suspect}; silent for the whole timeout, I{dead}, and its connection is
-closed, which puts its unconfirmed tasks back in the queue.
+A connection where work flows (the peer holds tasks this node is master of,
+or this node holds tasks of its) is watched closely: it gets a HEARTBEAT
+whenever it has been quiet for one interval, and any bytes received count as
+a sign of life.  A peer silent for half the timeout becomes I{suspect};
+silent for the whole timeout, I{dead}, and its connection is closed, which
+puts its unconfirmed tasks back in the queue.  Idle connections are watched
+the same way, slowly, so that a half-open connection to a vanished peer is
+closed within tens of seconds.
 
 L{FailureDetector} is the state machine alone: it is told how long each
 peer has been silent and answers what to do.  It does no I/O and reads no
@@ -16,7 +18,7 @@ clock.
 from __future__ import annotations
 
 import enum
-from typing import Hashable, Optional
+from typing import Any, Callable, Hashable, Iterable, Optional
 
 import attr
 
@@ -84,3 +86,62 @@ class FailureDetector:
     def watched(self) -> list[Hashable]:
         """Everything being tracked."""
         return list(self._states)
+
+
+class Watchman:
+    """
+    Watches every connection with one of two detectors: a quick one where
+    work flows (seconds), a slow one on idle connections (tens of seconds,
+    so that a half-open connection to a vanished peer does not linger).
+
+    A connection's silence is counted from the later of the last bytes it
+    received and the moment it entered its current mode, so a connection
+    idle for a long while is not judged dead the moment work starts on it.
+
+    @param ping: sends a HEARTBEAT on a connection.
+    @param on_dead: called with (name, connection, silence, timeout) for a
+        connection judged dead; it closes it.
+    @param on_change: called with (name, liveness, silence) when a busy
+        connection becomes suspect or alive again, for the log.
+    """
+
+    def __init__(
+        self,
+        busy: FailureDetector,
+        idle: FailureDetector,
+        ping: Callable[[Any], None],
+        on_dead: Callable[[str, Any, float, float], None],
+        on_change: Callable[[str, Liveness, float], None],
+    ) -> None:
+        self.busy = busy
+        self.idle = idle
+        self._ping = ping
+        self._on_dead = on_dead
+        self._on_change = on_change
+        self._since: dict[Any, tuple[FailureDetector, float]] = {}
+
+    def check(self, now: float, connections: Iterable[tuple[str, Any]], busy_names: set[str]) -> None:
+        """Judge every live connection once; C{connections} are (name, connection) pairs."""
+        seen = set()
+        for name, connection in connections:
+            seen.add(connection)
+            detector = self.busy if name in busy_names else self.idle
+            other = self.idle if detector is self.busy else self.busy
+            mode = self._since.get(connection)
+            if mode is None or mode[0] is not detector:
+                other.forget(connection)
+                mode = (detector, now)
+                self._since[connection] = mode
+            silent = now - max(connection.last_received, mode[1])
+            verdict = detector.judge(connection, silent)
+            if verdict.became is Liveness.DEAD:
+                self._on_dead(name, connection, silent, detector.timeout)
+                continue
+            if verdict.became is not None and detector is self.busy:
+                self._on_change(name, verdict.became, silent)
+            if verdict.ping:
+                self._ping(connection)
+        for connection in [c for c in self._since if c not in seen]:
+            self._since.pop(connection)
+            self.busy.forget(connection)
+            self.idle.forget(connection)

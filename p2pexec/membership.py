@@ -9,7 +9,7 @@ what changed, so that the caller can log it and act on it.
 from __future__ import annotations
 
 import enum
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import attr
 
@@ -160,22 +160,35 @@ class PeerTable:
             if record.connection is None and now - record.last_heard > after
         ]
 
+    def connected_at(self, host: str, port: int) -> bool:
+        """Whether a connected peer says it listens at C{host:port}."""
+        return any(
+            r.state is PeerState.CONNECTED and r.info.host == host and r.info.port == port
+            for r in self._peers.values()
+        )
+
     def connected_peers(self) -> list[PeerRecord]:
         """The peers with a live connection."""
         return [r for r in self._peers.values() if r.state is PeerState.CONNECTED]
 
-    def shareable(self, now: float, max_age: float) -> list[tuple[NodeInfo, float]]:
+    def shareable(
+        self, now: float, max_age: float, last_received: Callable[[Any], float] = lambda connection: float("inf")
+    ) -> list[tuple[NodeInfo, float]]:
         """
-        Every peer still around, with the age of the latest evidence of it
-        (0 for a connected one), for PEER_EXCHANGE.  Peers that left, or not
-        heard of for C{max_age} seconds, are not passed on: a dead node's age
-        only grows, so it is never gossiped back to life.
+        Every peer still around, with the age of the latest evidence of it,
+        for PEER_EXCHANGE.  For a connected peer that is the time since its
+        connection last delivered bytes (C{last_received}).  Peers that left,
+        or not heard of for C{max_age} seconds, are not passed on: a dead
+        node's age only grows, so it is never gossiped back to life.
         """
         shared = []
         for record in self._peers.values():
             if record.state is PeerState.LEFT:
                 continue
-            age = 0.0 if record.state is PeerState.CONNECTED else max(0.0, now - record.last_heard)
+            heard = record.last_heard
+            if record.state is PeerState.CONNECTED:
+                heard = min(now, last_received(record.connection))
+            age = max(0.0, now - heard)
             if age <= max_age:
                 shared.append((record.info, age))
         return shared

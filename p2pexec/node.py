@@ -24,7 +24,7 @@ from twisted.python.failure import Failure
 from p2pexec import commands
 from p2pexec.connections import Dialer, dials
 from p2pexec.discovery import DiscoveryProtocol
-from p2pexec.heartbeat import FailureDetector, Liveness
+from p2pexec.heartbeat import FailureDetector, Liveness, Watchman
 from p2pexec.job import Job
 from p2pexec.log import NodeLogger, RateLimitedLog
 from p2pexec.master import Master, random_instance
@@ -43,6 +43,15 @@ from p2pexec.results import write_results
 from p2pexec.worker import ITaskRunner, Worker
 
 log = NodeLogger()
+
+
+_LOCALHOST = {"localhost": "127.0.0.1"}
+
+IDLE_HEARTBEAT_INTERVAL = 10.0
+"""Seconds of quiet after which an idle connection gets a HEARTBEAT."""
+
+IDLE_HEARTBEAT_TIMEOUT = 30.0
+"""Seconds of silence after which an idle connection is closed as dead."""
 
 
 @attr.s(frozen=True, auto_attribs=True)
@@ -120,7 +129,13 @@ class Node:
         self.worker = Worker(config.name, config.capabilities, config.slots, runner, reactor)
         self.master = Master(self.info, link=self, observer=self, clock=reactor)
         self.dialer = Dialer(reactor, make_protocol=lambda: PeerProtocol(self, dialled=True, clock=reactor), introduce=self._introduce)
-        self.detector = FailureDetector(config.heartbeat_interval, config.heartbeat_timeout)
+        self.watchman = Watchman(
+            busy=FailureDetector(config.heartbeat_interval, config.heartbeat_timeout),
+            idle=FailureDetector(IDLE_HEARTBEAT_INTERVAL, IDLE_HEARTBEAT_TIMEOUT),
+            ping=self._ping,
+            on_dead=self._declare_dead,
+            on_change=self._liveness_changed,
+        )
         self.discovery = DiscoveryProtocol(
             lambda: self.info,
             config.group,
@@ -196,10 +211,12 @@ class Node:
             )
             self._loops.append(loop)
         for host, port in self.config.seeds:
-            if (host, port) == (self.info.host, self.info.port):
+            if (_LOCALHOST.get(host, host), port) == (self.info.host, self.info.port):
                 continue
             log.info("Node {name} will dial seed {address}", name=self.info.name, address=f"{host}:{port}")
-            self.dialer.ensure_seed(host, port, is_connected=self.peers.is_connected)
+            self.dialer.ensure_seed(
+                host, port, is_connected=self.peers.is_connected, connected_at=self.peers.connected_at
+            )
         if not self.config.multicast and not self.config.seeds:
             log.warn(
                 "Node {name} has multicast off and no --peer: it will only meet nodes that dial it",
@@ -221,6 +238,7 @@ class Node:
         if self.stopping:
             return
         self.stopping = True
+        self.dialer.hold()
         self.master.stop_dispatching()
         handed_back = self.worker.stop_accepting()
         if handed_back:
@@ -328,6 +346,8 @@ class Node:
                 instance=info.instance,
             )
         elif change is Change.CONFLICT:
+            if age > 0:
+                return
             self._warn_name_conflict(info, "claims the name of a connected peer, and is ignored while that one lives:")
             return
         record = self.peers.get(info.name)
@@ -369,41 +389,27 @@ class Node:
                 )
 
     def _check_liveness(self) -> None:
-        """
-        Ping the quiet connections where work flows; declare dead the ones
-        silent past the timeout, which puts their tasks back.
-        """
-        now = self._reactor.seconds()
+        """Judge every connection: quickly where work flows, slowly where none does."""
         busy = self.master.workers_with_work() | self.worker.masters_with_work() | set(self._confirming)
-        watched = set()
-        for name in busy:
-            record = self.peers.get(name)
-            if record is None or record.connection is None:
-                continue
-            protocol: PeerProtocol = record.connection
-            watched.add(protocol)
-            silent = now - protocol.last_received
-            verdict = self.detector.judge(protocol, silent)
-            if verdict.became is Liveness.SUSPECT:
-                log.warn(
-                    "Node {name} suspects peer {peer}: silent for {silent:.1f}s",
-                    name=self.info.name, peer=name, silent=silent,
-                )
-            elif verdict.became is Liveness.ALIVE:
-                log.info("Node {name}: peer {peer} answers again", name=self.info.name, peer=name)
-            elif verdict.became is Liveness.DEAD:
-                log.warn(
-                    "Node {name} declared peer {peer} dead: silent for {silent:.1f}s "
-                    "(--heartbeat-timeout {timeout:g}); closing the connection",
-                    name=self.info.name, peer=name, silent=silent, timeout=self.detector.timeout,
-                )
-                protocol.transport.abortConnection()
-                continue
-            if verdict.ping:
-                protocol.callRemote(commands.Heartbeat).addErrback(lambda f: None)
-        for key in self.detector.watched():
-            if key not in watched:
-                self.detector.forget(key)
+        connections = [(record.info.name, record.connection) for record in self.peers.connected_peers()]
+        self.watchman.check(self._reactor.seconds(), connections, busy)
+
+    def _ping(self, protocol: PeerProtocol) -> None:
+        protocol.callRemote(commands.Heartbeat).addErrback(lambda f: None)
+
+    def _liveness_changed(self, name: str, liveness: Liveness, silent: float) -> None:
+        if liveness is Liveness.SUSPECT:
+            log.warn("Node {name} suspects peer {peer}: silent for {silent:.1f}s", name=self.info.name, peer=name, silent=silent)
+        elif liveness is Liveness.ALIVE:
+            log.info("Node {name}: peer {peer} answers again", name=self.info.name, peer=name)
+
+    def _declare_dead(self, name: str, protocol: PeerProtocol, silent: float, timeout: float) -> None:
+        log.warn(
+            "Node {name} declared peer {peer} dead: silent for {silent:.1f}s (timeout {timeout:g}s); "
+            "closing the connection",
+            name=self.info.name, peer=name, silent=silent, timeout=timeout,
+        )
+        protocol.transport.abortConnection()
 
     def _gossip(self) -> None:
         connected = self.peers.connected_peers()
@@ -418,7 +424,9 @@ class Node:
         shuffled and cut to fit one AMP value.
         """
         now = self._reactor.seconds()
-        entries = [(self.info, 0.0)] + self.peers.shareable(now, self.config.peer_expiry)
+        entries = [(self.info, 0.0)] + self.peers.shareable(
+            now, self.config.peer_expiry, last_received=lambda connection: connection.last_received
+        )
         random.shuffle(entries)
         for first in commands.chunk(entries, lambda entry: peer_entry(*entry)):
             return [peer_entry(*entry) for entry in first.items]

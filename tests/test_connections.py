@@ -38,10 +38,10 @@ class DialerTests(SynchronousTestCase):
 
     async def introduce(self, protocol, info):
         """Introduce over the real protocol, or fail as the test says."""
-        self.introductions.append(info.name)
+        self.introductions.append(info.name if info is not None else "seed")
         if self.fail_with is not None:
             raise self.fail_with
-        return await protocol.introduce(self.me, expected=info.name)
+        return await protocol.introduce(self.me, expected=info.name if info is not None else None)
 
     def dialer(self):
         """A dialer whose links use this test's introduction."""
@@ -128,3 +128,33 @@ class DialerTests(SynchronousTestCase):
         self.assertIsInstance(stopped, Deferred)
         self.successResultOf(stopped)
         self.assertEqual(self.introductions, [])
+
+
+class HoldAndSeedTests(DialerTests):
+    """Leaving nodes stop dialling; seeds are retried even after a refusal."""
+
+    def test_hold_keeps_connection_but_stops_redialling(self):
+        """After hold(), a live connection stays until closed, and nothing is dialled again."""
+        dialer = self.dialer()
+        dialer.ensure(self.peer)
+        self.network.run(1.0)
+        dialer.hold()
+        self.assertEqual(self.open_connections(), 1)
+        self.network.pumps[0].serverIO.loseConnection()
+        self.network.run(10.0)
+        self.assertEqual(len(self.introductions), 1)
+        dialer.ensure(node(name="c1", instance="i-c", host="127.0.0.1", port=2003))
+        self.network.run(1.0)
+        self.assertEqual(len(self.introductions), 1)
+
+    def test_seed_retried_after_fatal_refusal(self):
+        """A seed that refuses us for good is still tried again, slowly (it may be fixed)."""
+        self.server_handler.refuse_connect = commands.ClusterMismatch("other cluster")
+        dialer = self.dialer()
+        dialer.ensure_seed("127.0.0.1", 2002, is_connected=lambda name: False)
+        self.network.run(5.0)
+        self.assertEqual(len(self.introductions), 1)
+        self.server_handler.refuse_connect = None
+        self.network.run(40.0)
+        self.assertEqual(len(self.introductions), 2)
+        self.assertIn(("ready", "a1"), self.server_handler.calls)

@@ -39,3 +39,71 @@ class FailureDetectorTests(SynchronousTestCase):
     def test_bad_settings(self):
         """An interval not below the timeout is refused."""
         self.assertRaises(ValueError, FailureDetector, 3.0, 2.5)
+
+
+class Connection:
+    """A stand-in connection: only its last-received time matters."""
+
+    def __init__(self, last_received):
+        self.last_received = last_received
+
+
+class WatchmanTests(SynchronousTestCase):
+    """L{Watchman}: busy and idle connections."""
+
+    def setUp(self):
+        from p2pexec.heartbeat import Watchman
+
+        self.pinged = []
+        self.dead = []
+        self.changes = []
+        self.watchman = Watchman(
+            busy=FailureDetector(0.5, 2.5),
+            idle=FailureDetector(10.0, 30.0),
+            ping=self.pinged.append,
+            on_dead=lambda name, connection, silent, timeout: self.dead.append((name, timeout)),
+            on_change=lambda name, liveness, silent: self.changes.append((name, liveness)),
+        )
+
+    def test_idle_connection_pinged_slowly_and_closed_when_silent(self):
+        """An idle connection is pinged after 10 s of quiet and declared dead after 30 s of silence."""
+        b1 = Connection(0.0)
+        self.watchman.check(0.0, [("b1", b1)], busy_names=set())
+        self.watchman.check(5.0, [("b1", b1)], busy_names=set())
+        self.assertEqual(self.pinged, [])
+        self.watchman.check(10.0, [("b1", b1)], busy_names=set())
+        self.assertEqual(self.pinged, [b1])
+        self.watchman.check(29.0, [("b1", b1)], busy_names=set())
+        self.assertEqual(self.dead, [])
+        self.watchman.check(30.0, [("b1", b1)], busy_names=set())
+        self.assertEqual(self.dead, [("b1", 30.0)])
+
+    def test_work_starting_on_a_long_idle_connection(self):
+        """A connection quiet for a long time is not judged dead the moment work starts on it."""
+        b1 = Connection(0.0)
+        self.watchman.check(0.0, [("b1", b1)], busy_names=set())
+        self.watchman.check(20.0, [("b1", b1)], busy_names={"b1"})
+        self.watchman.check(20.25, [("b1", b1)], busy_names={"b1"})
+        self.assertEqual(self.dead, [])
+        self.watchman.check(21.0, [("b1", b1)], busy_names={"b1"})
+        self.assertIn(b1, self.pinged)
+        self.watchman.check(21.5, [("b1", b1)], busy_names={"b1"})
+        self.watchman.check(22.6, [("b1", b1)], busy_names={"b1"})
+        self.assertEqual(self.dead, [("b1", 2.5)])
+        self.assertEqual(self.changes, [("b1", Liveness.SUSPECT)])
+
+    def test_answering_peer_stays_alive(self):
+        """A busy peer that keeps answering is never suspected."""
+        b1 = Connection(0.0)
+        for step in range(1, 100):
+            now = step * 0.25
+            b1.last_received = now - 0.1
+            self.watchman.check(now, [("b1", b1)], busy_names={"b1"})
+        self.assertEqual((self.dead, self.changes), ([], []))
+
+    def test_closed_connections_forgotten(self):
+        """A connection that is gone is dropped from both detectors."""
+        b1 = Connection(0.0)
+        self.watchman.check(0.0, [("b1", b1)], busy_names={"b1"})
+        self.watchman.check(1.0, [], busy_names=set())
+        self.assertEqual((self.watchman.busy.watched(), self.watchman.idle.watched()), ([], []))

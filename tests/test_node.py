@@ -228,9 +228,12 @@ class MembershipTests(SynchronousTestCase):
 
         cluster = Cluster()
         a1 = cluster.add("a1")
+        class Connection:
+            last_received = 0.0
+
         for i in range(1000):
             peer = info(name=f"n{i:04d}", instance=f"i{i}")
-            a1.peers.connected(peer, object(), 0.0)
+            a1.peers.connected(peer, Connection(), 0.0)
         shared = a1._peers_to_share()
         self.assertGreater(len(shared), 100)
         self.assertLess(len(commands.JSON().toString(shared)), 65_535)

@@ -49,23 +49,30 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import re
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from typing import Callable, Optional
+from typing import Optional
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-CHECKOUT = os.path.dirname(HERE)
-TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
-"""The twistd beside this Python, so that the benchmark runs in the project's virtualenv."""
-GROUP = "239.255.42.97:10097"
-"""A multicast group of the benchmark's own, so that it never mixes with real daemons or the demo."""
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _cluster import (  # noqa: E402  (the benchmarks folder is not a package)
+    STOP_WAIT,
+    TWISTD,
+    Node,
+    RunFailed,
+    Watch,
+    machine,
+    start_node,
+    stop_nodes,
+    summary,
+    interrupt,
+    wait_until,
+)
+
 CLUSTER = "bench"
 WORKERS = ("bench1", "bench2")
 MASTER = "master"
@@ -78,48 +85,6 @@ VARIANTS = (
 """(label, the master's --capabilities)."""
 LEVELS = ("info", "warn")
 
-STOP_WAIT = 15.0
-"""Seconds a node gets to leave after SIGTERM before it is killed."""
-POLL = 0.005
-
-
-class RunFailed(Exception):
-    """A run did not complete; the message says why and where its logs are."""
-
-
-class Node:
-    """One twistd process and its log file."""
-
-    def __init__(self, name: str, process: subprocess.Popen, log_path: str) -> None:
-        self.name = name
-        self.process = process
-        self.log_path = log_path
-        self._offset = 0
-        self._partial = b""
-
-    def new_lines(self) -> list[str]:
-        """The complete log lines written since the last call."""
-        try:
-            with open(self.log_path, "rb") as f:
-                f.seek(self._offset)
-                data = f.read()
-        except FileNotFoundError:
-            return []
-        self._offset += len(data)
-        data = self._partial + data
-        cut = data.rfind(b"\n") + 1
-        self._partial = data[cut:]
-        return data[:cut].decode("utf-8", "replace").splitlines()
-
-    def tail(self, count: int = 15) -> str:
-        """The last lines of the log, for error messages."""
-        try:
-            with open(self.log_path, "rb") as f:
-                lines = f.read().decode("utf-8", "replace").splitlines()
-        except FileNotFoundError:
-            return "(no log)"
-        return "\n".join("    " + line for line in lines[-count:]) or "    (empty so far)"
-
 
 def write_job(path: str, count: int) -> None:
     """A TOML job file of C{count} tasks of kind "w" without a command."""
@@ -130,90 +95,12 @@ def write_job(path: str, count: int) -> None:
 
 def start(folder: str, name: str, extra: list[str], level: str, slots: Optional[int] = None) -> Node:
     """Start one node in C{folder}, its output going to C{<name>.log} there."""
-    log_path = os.path.join(folder, f"{name}.log")
-    argv = [
-        TWISTD, "--pidfile=", "-n", "p2pexec",
-        "--name", name, "--port", "0", "--group", GROUP, "--cluster", CLUSTER,
-        "--log-level", level,
-    ] + extra
-    if slots is not None:
-        argv += ["--slots", str(slots)]
-    env = dict(os.environ, PYTHONPATH=CHECKOUT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    with open(log_path, "wb") as out:
-        process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=folder, env=env)
-    return Node(name, process, log_path)
+    return start_node(folder, name, extra, CLUSTER, level=level, slots=slots)
 
 
 def stop(nodes: list[Node]) -> list[str]:
-    """
-    Stop every node by its PID: SIGTERM, then SIGKILL after L{STOP_WAIT}
-    seconds.
-
-    @return: a complaint for each node that did not exit 0.
-    """
-    for node in nodes:
-        if node.process.poll() is None:
-            node.process.send_signal(signal.SIGTERM)
-    complaints = []
-    deadline = time.monotonic() + STOP_WAIT
-    for node in nodes:
-        try:
-            node.process.wait(timeout=max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            node.process.kill()
-            node.process.wait()
-            complaints.append(f"{node.name} did not stop within {STOP_WAIT:g}s of SIGTERM and was killed")
-            continue
-        if node.process.returncode != 0:
-            complaints.append(f"{node.name} exited with status {node.process.returncode}")
-    return complaints
-
-
-def wait_until(done: Callable[[], bool], nodes: list[Node], deadline: float, what: str) -> float:
-    """
-    Poll C{done} until it is true; fail if a node exits or C{deadline}
-    passes.
-
-    @return: the monotonic time at which C{done} was first seen true.
-    """
-    while True:
-        if done():
-            return time.monotonic()
-        for node in nodes:
-            if node.process.poll() is not None:
-                raise RunFailed(
-                    f"{node.name} exited with status {node.process.returncode} while waiting for {what}; "
-                    f"its log ends:\n{node.tail()}"
-                )
-        if time.monotonic() > deadline:
-            raise RunFailed(
-                f"the run's time limit (--timeout) passed while waiting for {what}; "
-                f"the log of {nodes[-1].name} ends:\n{nodes[-1].tail()}"
-            )
-        time.sleep(POLL)
-
-
-class Watch:
-    """
-    Reads one node's log as it grows and collects what named patterns match
-    (the first group of each match), with when each pattern first matched.
-    """
-
-    def __init__(self, node: Node, **patterns: str) -> None:
-        self._node = node
-        self._patterns = {key: re.compile(pattern) for key, pattern in patterns.items()}
-        self.found: dict[str, set[str]] = {key: set() for key in patterns}
-        self.first_seen: dict[str, float] = {}
-
-    def poll(self) -> dict[str, set[str]]:
-        """Read the new lines; return everything found so far."""
-        for line in self._node.new_lines():
-            for key, pattern in self._patterns.items():
-                match = pattern.search(line)
-                if match:
-                    self.found[key].add(match.group(1))
-                    self.first_seen.setdefault(key, time.monotonic())
-        return self.found
+    """Stop every node by its PID: SIGTERM, then SIGKILL after L{STOP_WAIT} seconds."""
+    return stop_nodes(nodes, STOP_WAIT)
 
 
 def one_run(
@@ -292,41 +179,6 @@ def one_run(
     return figures
 
 
-def summary(values: list[float], fmt: str) -> str:
-    """C{median (min-max)} of C{values}, each formatted with C{fmt}."""
-    if not values:
-        return "-"
-    return f"{format(statistics.median(values), fmt)} ({format(min(values), fmt)}-{format(max(values), fmt)})"
-
-
-def machine() -> str:
-    """The CPU count and model, and the Python and Twisted versions."""
-    model = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.partition(":")[2].strip()
-                    break
-    except OSError:
-        pass
-    try:
-        import twisted
-
-        twisted_version = twisted.__version__
-    except ImportError:
-        twisted_version = "?"
-    return (
-        f"{os.cpu_count()} CPU(s), {model}; Python {platform.python_version()}, "
-        f"Twisted {twisted_version}, {platform.system()} {platform.release()}"
-    )
-
-
-def _interrupt(number: int, frame: object) -> None:
-    """SIGTERM, like Ctrl-C, unwinds through the finally blocks that stop the nodes."""
-    raise KeyboardInterrupt
-
-
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip())
     parser.add_argument("--tasks", type=int, default=10_000, help="tasks in the job (default 10000)")
@@ -344,7 +196,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"bench: no twistd beside {sys.executable}; run it with the project's virtualenv (make bench)")
         return 1
 
-    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
     top = tempfile.mkdtemp(prefix="p2pexec-bench-")
     job_path = os.path.join(top, "job.toml")
     write_job(job_path, args.tasks)

@@ -103,6 +103,8 @@ class Watchman:
         connection judged dead; it closes it.
     @param on_change: called with (name, liveness, silence) when a busy
         connection becomes suspect or alive again, for the log.
+    @param pings_when_idle: whether this side pings an idle connection (one
+        side is enough: the other hears the pings and answers them).
     """
 
     def __init__(
@@ -112,7 +114,9 @@ class Watchman:
         ping: Callable[[Any], None],
         on_dead: Callable[[str, Any, float, float], None],
         on_change: Callable[[str, Liveness, float], None],
+        pings_when_idle: Callable[[Any], bool] = lambda connection: True,
     ) -> None:
+        self._pings_when_idle = pings_when_idle
         self.busy = busy
         self.idle = idle
         self._ping = ping
@@ -139,7 +143,7 @@ class Watchman:
                 continue
             if verdict.became is not None and detector is self.busy:
                 self._on_change(name, verdict.became, silent)
-            if verdict.ping:
+            if verdict.ping and (detector is self.busy or self._pings_when_idle(connection)):
                 self._ping(connection)
         for connection in [c for c in self._since if c not in seen]:
             self._since.pop(connection)

@@ -135,6 +135,7 @@ class Node:
             ping=self._ping,
             on_dead=self._declare_dead,
             on_change=self._liveness_changed,
+            pings_when_idle=lambda protocol: protocol.dialled,
         )
         self.discovery = DiscoveryProtocol(
             lambda: self.info,

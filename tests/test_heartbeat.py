@@ -101,6 +101,17 @@ class WatchmanTests(SynchronousTestCase):
             self.watchman.check(now, [("b1", b1)], busy_names={"b1"})
         self.assertEqual((self.dead, self.changes), ([], []))
 
+    def test_only_one_side_pings_idle_connections(self):
+        """A side told not to ping idle connections does not, but still pings busy ones."""
+        self.watchman._pings_when_idle = lambda connection: False
+        b1 = Connection(0.0)
+        self.watchman.check(0.0, [("b1", b1)], busy_names=set())
+        self.watchman.check(15.0, [("b1", b1)], busy_names=set())
+        self.assertEqual(self.pinged, [])
+        self.watchman.check(15.5, [("b1", b1)], busy_names={"b1"})
+        self.watchman.check(16.0, [("b1", b1)], busy_names={"b1"})
+        self.assertEqual(self.pinged, [b1])
+
     def test_closed_connections_forgotten(self):
         """A connection that is gone is dropped from both detectors."""
         b1 = Connection(0.0)

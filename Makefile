@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.deps-installed
 
-.PHONY: install demo test test-pytest bench clean
+.PHONY: install demo test test-pytest bench bench-compare scale clean
 
 $(STAMP): setup.cfg setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -30,9 +30,13 @@ test: install
 test-pytest: install
 	$(BIN)/python -m pytest tests
 
-## bench: throughput of one master and two workers on loopback
+## bench: the benchmark suite W1-W5 on loopback (docs/performance.rst)
 bench: install
-	$(BIN)/python benchmarks/throughput.py
+	$(BIN)/python benchmarks/run.py
+
+## bench-compare: W1, W2, W3, W5 side by side with Dask, Ray, Celery (.venv-compare) and xargs -P2
+bench-compare: install
+	$(BIN)/python benchmarks/compare.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info _trial_temp .pytest_cache

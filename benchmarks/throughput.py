@@ -33,7 +33,10 @@ Figures per run:
     milliseconds, and only at info level).
 
 Every process is stopped by PID (SIGTERM, then SIGKILL) whatever happens, and
-each run fails after ``--timeout`` seconds (120 by default).  The exit status
+each run fails after ``--timeout`` seconds (120 by default).  Like
+``benchmarks/run.py``, it re-runs itself in a loopback-only network namespace
+when it can (``unshare -n``, as root) and holds ``/tmp/p2pexec-heavy.lock``
+while it measures.  The exit status
 is 1 if any run fails; the logs of a failed run are kept and their folder
 printed.
 
@@ -65,6 +68,8 @@ from _cluster import (  # noqa: E402  (the benchmarks folder is not a package)
     Node,
     RunFailed,
     Watch,
+    guarded_main,
+    heavy_lock,
     machine,
     start_node,
     stop_nodes,
@@ -196,6 +201,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"bench: no twistd beside {sys.executable}; run it with the project's virtualenv (make bench)")
         return 1
 
+    status = guarded_main([os.path.abspath(__file__), *(sys.argv[1:] if argv is None else argv)], print, False)
+    if status is not None:
+        return status
     signal.signal(signal.SIGTERM, interrupt)
     top = tempfile.mkdtemp(prefix="p2pexec-bench-")
     job_path = os.path.join(top, "job.toml")
@@ -205,7 +213,9 @@ def main(argv: Optional[list[str]] = None) -> int:
           f"{args.repeat} run(s) of each variant and log level")
     print(f"bench: {machine()}")
     measured: dict[tuple[str, str], list[dict]] = {}
+    lock = heavy_lock(1800)
     try:
+        lock.__enter__()
         for repeat in range(1, args.repeat + 1):
             for label, capabilities in VARIANTS:
                 for level in LEVELS:
@@ -232,6 +242,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     except KeyboardInterrupt:
         print(f"bench: interrupted; every node was stopped; files in {top}")
         return 1
+    finally:
+        lock.__exit__(None, None, None)
     print()
     header = (
         f"{'variant':<17} {'log':<5} {'ready s':<17} {'connect ms':<13} {'elapsed s':<22} {'tasks/s':<23}"

@@ -1,0 +1,260 @@
+"""
+The p2pexec benchmark suite, W1-W5 (run by ``make bench``).
+
+    python benchmarks/run.py [--repeat N] [--only W1,W2,W3,W4,W5] [--timeout S] [--keep]
+
+Every workload runs real ``twistd p2pexec`` processes on loopback (see
+``benchmarks/workloads.py`` for each topology), ``--repeat`` times (default
+3), interleaved (W1, W2, W3, W5 without and with the kill, then again), and
+the table gives the median with the minimum and maximum in brackets.  Ratios
+(W2 p2pexec/xargs, W5 kill/no kill) are taken within each repetition, then
+summarised.
+
+  W1  10,000 tasks without a command, master (runs nothing) + 2 workers:
+      tasks/s = tasks / the results file's elapsed.
+  W2  2,000 tasks ``true``; master (runs nothing) + 1 worker ``--slots 2``,
+      against ``xargs -P 2 -n 1 true`` over the same 2,000 ids, in the same
+      repetition.
+  W3  master + 2 workers launched together: seconds from launch to the
+      master's first result (its log's microsecond timestamps), split into
+      start-up (until the master and one worker have logged "started"),
+      discovery (until the master's first "connected to peer") and the rest.
+  W4  peak RSS (VmHWM) of the master and of one worker, read in the W1 runs
+      just before the nodes are stopped.
+  W5  1,000 shell tasks (``echo $P2PEXEC_TASK_ID >> SIDE; sleep 0.01``) on
+      master (runs nothing) + 2 workers ``--slots 2``; one worker SIGKILLed
+      at 30%: time, tasks lost, tasks run twice, time / the same without the
+      kill.
+
+It re-runs itself in a loopback-only network namespace (``unshare -n``;
+root) when it can, and holds ``/tmp/p2pexec-heavy.lock`` while it measures.
+Every process is stopped by PID whatever happens; each run fails after
+``--timeout`` seconds.  The exit status is 1 if a run failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from typing import Callable, Optional
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import workloads  # noqa: E402
+from _cluster import (  # noqa: E402
+    TWISTD,
+    RunFailed,
+    guarded_main,
+    heavy_lock,
+    interrupt,
+    loopback_only,
+    machine,
+    precompile,
+    median,
+    summary,
+)
+
+WORKLOADS = ("W1", "W2", "W3", "W4", "W5")
+MiB = 1024 * 1024
+
+DASK_REFERENCE = 950.0
+"""Dask's no-op tasks/s quoted for W1's target (bench-compare measures it on this machine)."""
+
+
+def say(text: str) -> None:
+    print(f"bench: {text}", flush=True)
+
+
+class Suite:
+    """Runs the chosen workloads and collects their figures by name."""
+
+    def __init__(self, args: argparse.Namespace, top: str) -> None:
+        self.args = args
+        self.top = top
+        self.files = workloads.Files(top, args.w1_tasks, args.w2_tasks, args.w5_tasks)
+        self.runs: dict[str, list[dict]] = {}
+
+    def _folder(self, name: str, repeat: int) -> str:
+        folder = os.path.join(self.top, f"{repeat}-{name}")
+        os.makedirs(folder, exist_ok=True)
+        return folder
+
+    def _one(self, name: str, repeat: int, measure: Callable[[str], dict], line: Callable[[dict], str]) -> None:
+        folder = self._folder(name, repeat)
+        try:
+            figures = measure(folder)
+        except RunFailed as e:
+            raise RunFailed(f"run {repeat} of {name} failed: {e}\nbench: logs kept in {folder}") from None
+        self.runs.setdefault(name, []).append(figures)
+        say(f"run {repeat}: {name:<7} {line(figures)}")
+        if not self.args.keep:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def repeat(self, number: int) -> None:
+        a, f, only = self.args, self.files, self.args.only
+        if "W1" in only or "W4" in only:
+            self._one(
+                "W1", number,
+                lambda d: workloads.w1(d, f.w1_job, a.w1_tasks, a.timeout),
+                lambda r: (f"{r['tasks_per_s']:>9,.0f} tasks/s  elapsed {r['elapsed']:.3f}s  "
+                           f"W4: master {r['master_hwm'] / MiB:.1f} MiB, worker {r['worker_hwm'] / MiB:.1f} MiB"),
+            )
+        if "W2" in only:
+            self._one(
+                "W2", number,
+                lambda d: workloads.w2(d, f.w2_job, f.w2_ids, a.w2_tasks, a.timeout),
+                lambda r: (f"p2pexec {r['elapsed']:.3f}s (from master launch {r['launch']:.3f}s)  "
+                           f"xargs -P2 {r['xargs']:.3f}s  ratio {r['ratio']:.2f}"),
+            )
+        if "W3" in only:
+            self._one(
+                "W3", number,
+                lambda d: workloads.w3(d, f.w3_job, a.timeout),
+                lambda r: (f"first result {r['first_result']:.3f}s after launch  "
+                           f"(master up {r['master_up']:.3f}s, master and a worker up {r['pair_up']:.3f}s, "
+                           f"first connection {r['first_connect']:.3f}s, last node up {r['last_up']:.3f}s)"),
+            )
+        if "W5" in only:
+            self._one(
+                "W5", number,
+                lambda d: workloads.w5(d, f.w5_job, f.side, a.w5_tasks, False, a.timeout),
+                lambda r: f"no kill: {r['elapsed']:.3f}s  lost {r['lost']}  run twice {r['reruns']}",
+            )
+            self._one(
+                "W5kill", number,
+                lambda d: workloads.w5(d, f.w5_job, f.side, a.w5_tasks, True, a.timeout),
+                lambda r: (f"kill at {r['killed_at']} started: {r['elapsed']:.3f}s  lost {r['lost']}  "
+                           f"requeued {r['requeue_delay'] * 1000:.1f} ms after the kill  "
+                           f"run twice {r['reruns']}  handed out again {r['reassigned']}  "
+                           f"ratio {r['elapsed'] / self.runs['W5'][-1]['elapsed']:.2f}"),
+            )
+
+    # -- the table ----------------------------------------------------------------
+
+    def rows(self) -> list[tuple[str, str, str, str, str]]:
+        """(workload, figure, median (min-max), target, met)."""
+        rows: list[tuple[str, str, str, str, str]] = []
+        a = self.args
+
+        def add(workload: str, label: str, values: list[float], fmt: str, target: str = "",
+                ok: Optional[Callable[[float], bool]] = None, judge: Optional[float] = None) -> None:
+            verdict = ""
+            if ok is not None and values:
+                value = median(values) if judge is None else judge
+                verdict = "met" if ok(value) else "MISSED"
+            rows.append((workload, label, summary(values, fmt), target, verdict))
+
+        w1 = self.runs.get("W1", [])
+        if w1 and "W1" in a.only:
+            target = 10 * DASK_REFERENCE
+            add("W1", f"tasks/s, {a.w1_tasks:,} no-op tasks", [r["tasks_per_s"] for r in w1], ",.0f",
+                f">= {target:,.0f} (10x Dask's {DASK_REFERENCE:,.0f}/s)", lambda v: v >= target)
+            add("W1", "elapsed s", [r["elapsed"] for r in w1], ".3f")
+        if w1 and "W4" in a.only:
+            add("W4", "master peak RSS (VmHWM) MiB", [r["master_hwm"] / MiB for r in w1], ".1f", "< 50",
+                lambda v: v < 50)
+            add("W4", "worker peak RSS (VmHWM) MiB", [r["worker_hwm"] / MiB for r in w1], ".1f", "< 40",
+                lambda v: v < 40)
+        w2 = self.runs.get("W2", [])
+        if w2:
+            add("W2", f"p2pexec s, {a.w2_tasks:,} x true", [r["elapsed"] for r in w2], ".3f")
+            add("W2", "xargs -P 2 -n 1 true s", [r["xargs"] for r in w2], ".3f")
+            add("W2", "ratio p2pexec / xargs", [r["ratio"] for r in w2], ".2f", "<= 1.5", lambda v: v <= 1.5)
+            add("W2", "p2pexec from master launch s", [r["launch"] for r in w2], ".3f")
+            add("W2", "ratio from launch / xargs", [r["launch"] / r["xargs"] for r in w2], ".2f")
+        w3 = self.runs.get("W3", [])
+        if w3:
+            add("W3", "launch -> first result s", [r["first_result"] for r in w3], ".3f", "< 0.4",
+                lambda v: v < 0.4)
+            add("W3", "  start-up: launch -> master and a worker up s", [r["pair_up"] for r in w3], ".3f")
+            add("W3", "  discovery: both up -> first connection s", [r["first_connect"] - r["pair_up"] for r in w3],
+                ".3f")
+            add("W3", "  first connection -> first result s", [r["first_result"] - r["first_connect"] for r in w3],
+                ".3f")
+        w5, w5k = self.runs.get("W5", []), self.runs.get("W5kill", [])
+        if w5 and w5k:
+            add("W5", f"no kill s, {a.w5_tasks:,} x sleep 0.01", [r["elapsed"] for r in w5], ".3f")
+            add("W5", "one worker SIGKILLed at 30% s", [r["elapsed"] for r in w5k], ".3f")
+            add("W5", "ratio kill / no kill", [k["elapsed"] / b["elapsed"] for k, b in zip(w5k, w5)], ".2f",
+                "<= 1.3", lambda v: v <= 1.3)
+            add("W5", "tasks lost (kill)", [r["lost"] for r in w5k], "d", "0 in every run",
+                lambda v: v == 0, judge=max(r["lost"] for r in w5k + w5))
+            slots = workloads.SLOTS
+            add("W5", "tasks run twice (kill)", [r["reruns"] for r in w5k], "d",
+                f"<= {slots} (the worker's slots) in every run", lambda v: v <= slots,
+                judge=max(r["reruns"] for r in w5k))
+            add("W5", "tasks handed out again (kill)", [r["reassigned"] for r in w5k], "d")
+        return rows
+
+
+def print_table(rows: list[tuple[str, str, str, str, str]]) -> None:
+    header = ("", "figure", "median (min-max)", "target", "")
+    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(5)]
+    line = "  ".join(f"{{:<{w}}}" for w in widths)
+    print(line.format(*header).rstrip())
+    print("-" * (sum(widths) + 8))
+    for row in rows:
+        print(line.format(*row).rstrip())
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip())
+    parser.add_argument("--repeat", type=int, default=3, help="repetitions of each workload (default 3)")
+    parser.add_argument("--only", default=",".join(WORKLOADS), help="workloads to run (default W1,W2,W3,W4,W5)")
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds after which a run fails (default 120)")
+    parser.add_argument("--w1-tasks", type=int, default=10_000)
+    parser.add_argument("--w2-tasks", type=int, default=2_000)
+    parser.add_argument("--w5-tasks", type=int, default=1_000)
+    parser.add_argument("--keep", action="store_true", help="keep every run's logs")
+    args = parser.parse_args(argv)
+    args.only = {w.strip().upper() for w in args.only.split(",") if w.strip()}
+    if not args.only <= set(WORKLOADS) or args.repeat < 1 or args.timeout <= 0:
+        parser.error(f"--only takes some of {','.join(WORKLOADS)}; --repeat >= 1; --timeout > 0")
+    if not os.access(TWISTD, os.X_OK):
+        say(f"no twistd beside {sys.executable}; run it with the project's virtualenv (make bench)")
+        return 1
+    status = guarded_main([os.path.abspath(__file__), *(sys.argv[1:] if argv is None else argv)], say, False)
+    if status is not None:
+        return status
+    signal.signal(signal.SIGTERM, interrupt)
+    top = tempfile.mkdtemp(prefix="p2pexec-bench-")
+    say(machine())
+    say(f"network: {'a loopback-only namespace' if loopback_only() else 'the host namespace, 127.0.0.1 only'}; "
+        f"every node --slots {workloads.SLOTS}; {args.repeat} repetition(s) of {','.join(sorted(args.only))}")
+    started = time.monotonic()
+    precompile()
+    suite = Suite(args, top)
+    try:
+        with heavy_lock(1800, say):
+            for number in range(1, args.repeat + 1):
+                suite.repeat(number)
+    except RunFailed as e:
+        say(f"FAILED: {e}")
+        return 1
+    except KeyboardInterrupt:
+        say(f"interrupted; every node was stopped; files in {top}")
+        return 1
+    print()
+    print(f"p2pexec benchmark suite: median (min-max) of {args.repeat} run(s); {machine()}")
+    print()
+    print_table(suite.rows())
+    print()
+    print("W1/W4/W5: master runs no task kind + 2 workers (--slots 2); W2: master runs nothing + 1 worker "
+          "(--slots 2), i.e. 2 tasks at a time, like xargs -P2;")
+    print("W3: master + 2 workers launched together; W4 read in the W1 runs. Details: benchmarks/workloads.py, "
+          "docs/performance.rst.")
+    print(f"total {time.monotonic() - started:.0f}s")
+    if args.keep:
+        print(f"logs: {top}")
+    else:
+        shutil.rmtree(top, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

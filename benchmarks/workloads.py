@@ -1,0 +1,326 @@
+"""
+The p2pexec side of the benchmark suite: one run of each workload, on real
+``twistd p2pexec`` processes on loopback.  L{run} (``make bench``) and
+L{compare} (``make bench-compare``) call these; each returns a dict of
+figures, or raises L{RunFailed} after stopping everything it started.
+
+Topologies (every node ``--slots 2``, the CPU count of the reference
+machine; the master holds the job file and writes ``--results``):
+
+  - W1/W4: workers ``bench1`` and ``bench2`` (capability ``w``) are started
+    and listening, then the master ``master``, which runs no task kind
+    itself, so that every task crosses the network twice.  10,000 tasks
+    without a command.  tasks/s = tasks / the results file's ``elapsed``
+    (master accepts the job at start-up -> last result).  W4 is read from
+    the same runs: VmHWM of the master and of ``bench1`` from /proc, just
+    before they are stopped.
+  - W2: one worker ``bench1`` with ``--slots 2`` and a master that runs
+    nothing: at most two ``true`` processes at a time, as with ``xargs
+    -P2``.  2,000 tasks ``command = ["true"]``.  Wall time = the results
+    file's ``elapsed``; also reported: from starting the master process to
+    the results file appearing (``launch``), which adds the master's own
+    start-up.  ``xargs -P 2 -n 1 true`` over the 2,000 task ids is timed in
+    the same run.
+  - W3: the master (runs nothing; a job of 10 tasks without a command) and
+    two workers are launched back to back, without waiting; seconds from
+    just before the first launch (time.time()) to the timestamp of the
+    master's first "Master received confirmation" line
+    (``--logger=p2pexec.log.observer``, microsecond UTC timestamps).
+  - W5: as W1 (master runs nothing, two workers with 2 slots), 1,000 tasks
+    ``echo $P2PEXEC_TASK_ID >> SIDE; sleep 0.01`` (shell).  Once SIDE has
+    300 lines, ``bench2`` gets SIGKILL.  Lost = tasks without a succeeded
+    result or never in SIDE; run twice = executions beyond the first
+    (lines of SIDE beyond one per task).  The same run without the kill is
+    the baseline; both times are the results file's ``elapsed``.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import os
+import signal
+import subprocess
+import time
+from collections import Counter
+from typing import Optional
+
+from _cluster import (
+    Node,
+    RunFailed,
+    Watch,
+    first_stamp,
+    stamp_of,
+    fresh_cluster,
+    start_node,
+    stop_nodes,
+    wait_listening,
+    wait_until,
+)
+
+SLOTS = 2
+KIND = "w"
+WORKERS = ("bench1", "bench2")
+MASTER = "master"
+IDLE_CAPABILITY = "none-of-these"
+"""The master's --capabilities when it runs nothing itself."""
+
+W5_KILL_FRACTION = 0.3
+
+
+def write_job(path: str, count: int, kind: str = KIND, command: Optional[str] = None, shell: bool = False) -> None:
+    """
+    A TOML job of C{count} tasks C{<kind><n>}; C{command} is written as a
+    TOML literal (a basic string when C{shell}, else the raw TOML text).
+    """
+    with open(path, "w", encoding="utf-8") as f:
+        if command is not None:
+            f.write("[defaults]\n")
+            if shell:
+                f.write(f"command = {json.dumps(command)}\nshell = true\n\n")
+            else:
+                f.write(f"command = {command}\n\n")
+        for number in range(1, count + 1):
+            f.write(f'[[task]]\nid = "{kind}{number}"\nkind = "{kind}"\n\n')
+
+
+def _read_results(path: str, tasks: int, allow_failed: bool = False) -> dict:
+    with open(path, encoding="utf-8") as f:
+        report = json.load(f)
+    if not allow_failed and not (report["total"] == report["succeeded"] == tasks and report["failed"] == 0):
+        raise RunFailed(
+            f"job {report['job']}: {report['succeeded']} of {report['total']} succeeded, "
+            f"{report['failed']} failed (expected {tasks} to succeed)"
+        )
+    return report
+
+
+def _finish(nodes: list[Node], failed: Optional[BaseException], expected_dead: tuple[Node, ...] = ()) -> None:
+    complaints = stop_nodes([n for n in nodes if n not in expected_dead])
+    stop_nodes(list(expected_dead))
+    if complaints and failed is None:
+        raise RunFailed("; ".join(complaints))
+
+
+def _start_workers(folder: str, cluster: str, deadline: float, names=WORKERS, level: str = "info") -> list[Node]:
+    nodes = [start_node(folder, name, ["--capabilities", KIND], cluster, level=level, slots=SLOTS) for name in names]
+    wait_listening(nodes, nodes, deadline)
+    return nodes
+
+
+def w1(folder: str, job_path: str, tasks: int, timeout: float) -> dict:
+    """W1 (and W4): no-command tasks through a master that runs nothing and two workers."""
+    cluster = fresh_cluster()
+    results_path = os.path.join(folder, "w1-results.json")
+    nodes: list[Node] = []
+    failed: Optional[BaseException] = None
+    try:
+        deadline = time.monotonic() + timeout
+        nodes += _start_workers(folder, cluster, deadline)
+        launched = time.monotonic()
+        master = start_node(
+            folder, MASTER,
+            ["--capabilities", IDLE_CAPABILITY, "--job", job_path, "--results", results_path],
+            cluster, slots=SLOTS,
+        )
+        nodes.append(master)
+        done_at = wait_until(lambda: os.path.exists(results_path), nodes, deadline, "the W1 job to finish")
+        report = _read_results(results_path, tasks)
+        master_memory = master.memory()
+        worker_memory = nodes[0].memory()
+        other_worker_memory = nodes[1].memory()
+        return {
+            "elapsed": float(report["elapsed"]),
+            "tasks_per_s": tasks / float(report["elapsed"]),
+            "launch": done_at - launched,
+            "master_hwm": master_memory.get("VmHWM"),
+            "worker_hwm": worker_memory.get("VmHWM"),
+            "worker2_hwm": other_worker_memory.get("VmHWM"),
+            "master_rss": master_memory.get("VmRSS"),
+            "worker_rss": worker_memory.get("VmRSS"),
+        }
+    except BaseException as e:
+        failed = e
+        raise
+    finally:
+        _finish(nodes, failed)
+
+
+def w2(folder: str, job_path: str, ids_path: str, tasks: int, timeout: float) -> dict:
+    """W2: ``true`` through a master that runs nothing and one worker with 2 slots; then xargs -P2."""
+    cluster = fresh_cluster()
+    results_path = os.path.join(folder, "w2-results.json")
+    nodes: list[Node] = []
+    failed: Optional[BaseException] = None
+    figures: dict = {}
+    try:
+        deadline = time.monotonic() + timeout
+        nodes += _start_workers(folder, cluster, deadline, names=WORKERS[:1])
+        launched = time.monotonic()
+        nodes.append(
+            start_node(
+                folder, MASTER,
+                ["--capabilities", IDLE_CAPABILITY, "--job", job_path, "--results", results_path],
+                cluster, slots=SLOTS,
+            )
+        )
+        done_at = wait_until(lambda: os.path.exists(results_path), nodes, deadline, "the W2 job to finish", poll=0.002)
+        report = _read_results(results_path, tasks)
+        figures["elapsed"] = float(report["elapsed"])
+        figures["launch"] = done_at - launched
+    except BaseException as e:
+        failed = e
+        raise
+    finally:
+        _finish(nodes, failed)
+    figures["xargs"] = xargs(ids_path, timeout)
+    figures["ratio"] = figures["elapsed"] / figures["xargs"]
+    return figures
+
+
+def xargs(ids_path: str, timeout: float) -> float:
+    """Seconds for C{xargs -P 2 -n 1 true} over the task ids (one ``true ID`` per task)."""
+    with open(ids_path, "rb") as ids:
+        started = time.monotonic()
+        process = subprocess.Popen(["xargs", "-P", "2", "-n", "1", "true"], stdin=ids, start_new_session=True)
+        try:
+            status = process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            raise RunFailed(f"xargs did not finish within {timeout:g}s") from None
+        took = time.monotonic() - started
+    if status != 0:
+        raise RunFailed(f"xargs exited with status {status}")
+    return took
+
+
+def w3(folder: str, job_path: str, timeout: float) -> dict:
+    """W3: three nodes launched together; seconds from launch to the master's first result."""
+    cluster = fresh_cluster()
+    results_path = os.path.join(folder, "w3-results.json")
+    nodes: list[Node] = []
+    failed: Optional[BaseException] = None
+    try:
+        deadline = time.monotonic() + timeout
+        launched = time.time()
+        master = start_node(
+            folder, MASTER,
+            ["--capabilities", IDLE_CAPABILITY, "--job", job_path, "--results", results_path],
+            cluster, slots=SLOTS, timestamps=True,
+        )
+        nodes.append(master)
+        for name in WORKERS:
+            nodes.append(start_node(folder, name, ["--capabilities", KIND], cluster, slots=SLOTS, timestamps=True))
+        watch = Watch(master, first=r"(Master received confirmation)", connected=r"Node \S+ connected to peer (\S+)")
+        wait_until(lambda: bool(watch.poll()["first"]), nodes, deadline, "the W3 master's first result")
+        wait_until(lambda: os.path.exists(results_path), nodes, deadline, "the W3 job to finish")
+        # Stop nobody before every node is up (a node that gets SIGTERM while it
+        # is still importing dies of it): wait for both workers to connect.
+        wait_until(lambda: watch.poll()["connected"] >= set(WORKERS), nodes, deadline, "both W3 workers to connect")
+        first = first_stamp(master, r"Master received confirmation")
+        if first is None:
+            raise RunFailed("no timestamp on the master's first confirmation line")
+        phases = {}
+        for node in nodes:
+            started = first_stamp(node, r"Node \S+ started on port")
+            phases[node.name] = None if started is None else started - launched
+        connected = first_stamp(master, r"Node \S+ connected to peer")
+        lines = [line for line in master.lines() if "connected to peer" in line]
+        worker_up = [phases[name] for name in WORKERS if phases[name] is not None]
+        pair_up = max(phases[MASTER], min(worker_up)) if phases[MASTER] is not None and worker_up else None
+        return {
+            "all_connected": stamp_of(lines[-1]) - launched if lines else None,
+            "pair_up": pair_up,
+            "first_result": first - launched,
+            "master_up": phases[MASTER],
+            "last_up": max(v for v in phases.values() if v is not None),
+            "first_connect": None if connected is None else connected - launched,
+        }
+    except BaseException as e:
+        failed = e
+        raise
+    finally:
+        _finish(nodes, failed)
+
+
+def w5(folder: str, job_path: str, side_path: str, tasks: int, kill: bool, timeout: float) -> dict:
+    """W5: shell tasks on two workers; with C{kill}, SIGKILL one worker at 30%."""
+    cluster = fresh_cluster()
+    results_path = os.path.join(folder, f"w5-{'kill' if kill else 'base'}-results.json")
+    open(side_path, "w").close()
+    nodes: list[Node] = []
+    failed: Optional[BaseException] = None
+    victim: Optional[Node] = None
+    killed_at_lines = None
+    try:
+        deadline = time.monotonic() + timeout
+        nodes += [
+            start_node(folder, name, ["--capabilities", KIND], cluster, slots=SLOTS, timestamps=True)
+            for name in WORKERS
+        ]
+        wait_listening(nodes, nodes, deadline)
+        master = start_node(
+            folder, MASTER,
+            ["--capabilities", IDLE_CAPABILITY, "--job", job_path, "--results", results_path],
+            cluster, slots=SLOTS, timestamps=True,
+        )
+        nodes.append(master)
+        killed_at = None
+        if kill:
+            victim = nodes[1]
+            threshold = int(tasks * W5_KILL_FRACTION)
+
+            def side_lines() -> int:
+                with open(side_path, "rb") as f:
+                    return f.read().count(b"\n")
+
+            wait_until(lambda: side_lines() >= threshold, nodes, deadline, "30% of the W5 tasks to start", poll=0.001)
+            victim.process.send_signal(signal.SIGKILL)
+            killed_at = time.time()
+            victim.process.wait()
+            killed_at_lines = side_lines()
+        alive = [n for n in nodes if n is not victim]
+        wait_until(lambda: os.path.exists(results_path), alive, deadline, "the W5 job to finish")
+        report = _read_results(results_path, tasks, allow_failed=True)
+        with open(side_path, encoding="utf-8") as f:
+            runs = Counter(line.strip() for line in f if line.strip())
+        ids = [task["id"] for task in report["tasks"]]
+        succeeded = {task["id"] for task in report["tasks"] if task.get("status") == "succeeded"}
+        lost = sum(1 for i in ids if i not in succeeded or runs.get(i, 0) == 0)
+        requeued = first_stamp(master, r"put \d+ unconfirmed task\(s\) of job")
+        return {
+            "requeue_delay": None if killed_at is None or requeued is None else requeued - killed_at,
+            "twice": sorted(i for i, count in runs.items() if count > 1),
+            "elapsed": float(report["elapsed"]),
+            "lost": lost,
+            "reruns": sum(count - 1 for count in runs.values() if count > 1),
+            "reassigned": sum(1 for task in report["tasks"] if task.get("attempts", 1) > 1),
+            "stale": report.get("stale_results_dropped", 0),
+            "killed_at": killed_at_lines,
+            "victim_slots": SLOTS if kill else None,
+        }
+    except BaseException as e:
+        failed = e
+        raise
+    finally:
+        _finish(nodes, failed, expected_dead=(victim,) if victim is not None else ())
+
+
+class Files:
+    """The job files of every workload, written once per suite run."""
+
+    def __init__(self, top: str, w1_tasks: int, w2_tasks: int, w5_tasks: int) -> None:
+        self.top = top
+        self.w1_job = os.path.join(top, "w1.toml")
+        write_job(self.w1_job, w1_tasks)
+        self.w2_job = os.path.join(top, "w2.toml")
+        write_job(self.w2_job, w2_tasks, command='["true"]')
+        self.w2_ids = os.path.join(top, "w2-ids.txt")
+        with open(self.w2_ids, "w", encoding="ascii") as f:
+            f.writelines(f"{KIND}{n}\n" for n in range(1, w2_tasks + 1))
+        self.w3_job = os.path.join(top, "w3.toml")
+        write_job(self.w3_job, 10)
+        self.side = os.path.join(top, "w5-side.txt")
+        self.w5_job = os.path.join(top, "w5.toml")
+        write_job(self.w5_job, w5_tasks, command=f'echo "$P2PEXEC_TASK_ID" >> {shlex.quote(self.side)}; sleep 0.01', shell=True)

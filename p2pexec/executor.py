@@ -58,8 +58,6 @@ class _TaskProcess(ProcessProtocol):
         self.stderr = _Tail(limit)
         self.ended: Deferred[BaseException] = Deferred()
 
-    def connectionMade(self) -> None:
-        self.transport.closeStdin()
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
         (self.stdout if childFD == 1 else self.stderr).write(data)
@@ -91,6 +89,9 @@ class ProcessExecutor:
         self._kill_grace = kill_grace
         self._environment = dict(os.environ if base_environment is None else base_environment)
         self._setsid = shutil.which("setsid")
+        # Tasks read nothing: their stdin is /dev/null, opened once, not a pipe per task.
+        self._devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        self._found: dict[tuple[str, str], str] = {}
         self.running: dict[int, Any] = {}
 
     def run(self, job: str, assignment: Assignment) -> Deferred[TaskResult]:
@@ -125,7 +126,7 @@ class ProcessExecutor:
         search_path = environment.get("PATH", os.defpath)
         program = argv[0]
         if os.sep not in program:
-            found = shutil.which(program, path=search_path)
+            found = self._which(program, search_path)
             if found is None:
                 return _succeed(result(ERROR, exit_code=127, error=f"command not found: {program!r}"))
         elif not os.access(os.path.join(task.cwd or "", program), os.X_OK):
@@ -135,7 +136,12 @@ class ProcessExecutor:
         protocol = _TaskProcess(self._tail_bytes)
         try:
             transport = self._reactor.spawnProcess(
-                protocol, argv[0], argv, env=environment, path=task.cwd
+                protocol,
+                argv[0],
+                argv,
+                env=environment,
+                path=task.cwd,
+                childFDs={0: self._devnull, 1: "r", 2: "r"},
             )
         except (OSError, ValueError) as e:
             return _succeed(result(ERROR, error=f"could not start {program!r}: {e}"))
@@ -170,6 +176,21 @@ class ProcessExecutor:
             return result(FAILED, exit_code=code, **fields)
 
         return protocol.ended.addCallback(ended)
+
+    def _which(self, program: str, search_path: str) -> Optional[str]:
+        """
+        Where C{program} is on C{search_path}; hits are remembered (a program
+        that disappears later fails to start, and says so).
+        """
+        key = (program, search_path)
+        found = self._found.get(key)
+        if found is None:
+            found = shutil.which(program, path=search_path)
+            if found is not None:
+                if len(self._found) > 1024:
+                    self._found.clear()
+                self._found[key] = found
+        return found
 
     def _signal_group(self, pid: int, number: int, protocol: _TaskProcess) -> None:
         """Signal a task's process group, and SIGKILL it after the grace period."""

@@ -16,6 +16,7 @@ from typing import Any, Optional
 
 import attr
 from twisted.internet.defer import Deferred, DeferredList, TimeoutError
+from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
 from twisted.protocols import amp
@@ -581,11 +582,15 @@ class Node:
         if not self.peers.disconnected(name, protocol, self._reactor.seconds()):
             return
         if not protocol.leaving and not self.stopping:
+            if reason.check(ConnectionDone):
+                why = "it closed without DISCONNECT_REQUEST (its process ended or was killed)"
+            else:
+                why = reason.getErrorMessage()
             log.warn(
                 "Node {name} lost its connection to peer {peer}: {reason}",
                 name=self.info.name,
                 peer=name,
-                reason=reason.getErrorMessage(),
+                reason=why,
             )
         if not self.stopping:
             self.master.worker_lost(name, "lost its connection")

@@ -111,6 +111,12 @@ class Suite:
                 lambda r: (f"p2pexec {r['elapsed']:.3f}s (from master launch {r['launch']:.3f}s)  "
                            f"xargs -P2 {r['xargs']:.3f}s  ratio {r['ratio']:.2f}"),
             )
+            self._one(
+                "W2-cluster", number,
+                lambda d: workloads.w2(d, f.w2_job, f.w2_ids, a.w2_tasks, a.timeout, workers=2),
+                lambda r: (f"p2pexec, 2 workers x 2 slots {r['elapsed']:.3f}s  "
+                           f"xargs -P2 {r['xargs']:.3f}s  ratio {r['ratio']:.2f}"),
+            )
         if "W3" in only:
             self._one(
                 "W3", number,
@@ -167,6 +173,10 @@ class Suite:
             add("W2", "ratio p2pexec / xargs", [r["ratio"] for r in w2], ".2f", "<= 1.5", lambda v: v <= 1.5)
             add("W2", "p2pexec from master launch s", [r["launch"] for r in w2], ".3f")
             add("W2", "ratio from launch / xargs", [r["launch"] / r["xargs"] for r in w2], ".2f")
+        w2c = self.runs.get("W2-cluster", [])
+        if w2c:
+            add("W2", "p2pexec s, W1 cluster (2 workers x 2 slots)", [r["elapsed"] for r in w2c], ".3f")
+            add("W2", "ratio W1 cluster / xargs -P2 (information)", [r["ratio"] for r in w2c], ".2f")
         w3 = self.runs.get("W3", [])
         if w3:
             add("W3", "launch -> first result s", [r["first_result"] for r in w3], ".3f", "< 0.4",

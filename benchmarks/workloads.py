@@ -28,7 +28,9 @@ machine; the master holds the job file and writes ``--results``):
     (``--logger=p2pexec.log.observer``, microsecond UTC timestamps).
   - W5: as W1 (master runs nothing, two workers with 2 slots), 1,000 tasks
     ``echo $P2PEXEC_TASK_ID >> SIDE; sleep 0.01`` (shell).  Once SIDE has
-    300 lines, ``bench2`` gets SIGKILL.  Lost = tasks without a succeeded
+    300 lines, ``bench2`` gets SIGKILL and its supervisor starts a worker
+    again at once (as systemd does for ``p2pexec@.service`` with
+    ``Restart=on-failure``, and Dask's nanny does).  Lost = tasks without a succeeded
     result or never in SIDE; run twice = executions beyond the first
     (lines of SIDE beyond one per task).  The same run without the kill is
     the baseline; both times are the results file's ``elapsed``.
@@ -146,8 +148,12 @@ def w1(folder: str, job_path: str, tasks: int, timeout: float) -> dict:
         _finish(nodes, failed)
 
 
-def w2(folder: str, job_path: str, ids_path: str, tasks: int, timeout: float) -> dict:
-    """W2: ``true`` through a master that runs nothing and one worker with 2 slots; then xargs -P2."""
+def w2(folder: str, job_path: str, ids_path: str, tasks: int, timeout: float, workers: int = 1) -> dict:
+    """
+    W2: ``true`` through a master that runs nothing and C{workers} workers
+    with 2 slots each; then xargs -P2.  With one worker, two tasks run at a
+    time, as with xargs -P2; with two (the W1 cluster), four.
+    """
     cluster = fresh_cluster()
     results_path = os.path.join(folder, "w2-results.json")
     nodes: list[Node] = []
@@ -155,7 +161,7 @@ def w2(folder: str, job_path: str, ids_path: str, tasks: int, timeout: float) ->
     figures: dict = {}
     try:
         deadline = time.monotonic() + timeout
-        nodes += _start_workers(folder, cluster, deadline, names=WORKERS[:1])
+        nodes += _start_workers(folder, cluster, deadline, names=WORKERS[:workers])
         launched = time.monotonic()
         nodes.append(
             start_node(
@@ -280,6 +286,15 @@ def w5(folder: str, job_path: str, side_path: str, tasks: int, kill: bool, timeo
             killed_at = time.time()
             victim.process.wait()
             killed_at_lines = side_lines()
+            # Its supervisor starts it again at once, as systemd does for
+            # p2pexec@.service (Restart=on-failure) and Dask's nanny does
+            # for a Dask worker.  Its log goes to a file of its own.
+            nodes.append(
+                start_node(
+                    folder, victim.name + "-restarted", ["--capabilities", KIND], cluster,
+                    slots=SLOTS, timestamps=True,
+                )
+            )
         alive = [n for n in nodes if n is not victim]
         wait_until(lambda: os.path.exists(results_path), alive, deadline, "the W5 job to finish")
         report = _read_results(results_path, tasks, allow_failed=True)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import random
 from typing import Any, Awaitable, Callable, Optional
 
-from twisted.application.internet import backoffPolicy
 from twisted.internet.defer import CancelledError, Deferred, gatherResults, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.error import ConnectError, ConnectingCancelledError
@@ -38,6 +37,18 @@ UNWANTED_RECHECK = 5.0
 
 FATAL_REFUSALS = (commands.ClusterMismatch, commands.VersionMismatch, commands.NameConflict)
 """Refusals that will not change while the peer's instance lives: stop dialling it."""
+
+
+def backoff(initial: float, maximum: float) -> Callable[[int], float]:
+    """
+    The delay before attempt number C{n}: C{min(initial * 2**n, maximum)}
+    seconds, plus up to C{initial} seconds of random jitter.
+    """
+
+    def delay(failures: int) -> float:
+        return min(initial * 2 ** min(failures, 64), maximum) + random.random() * initial
+
+    return delay
 
 
 def dials(me: str, peer: str) -> bool:
@@ -247,12 +258,7 @@ class Dialer:
         self._reactor = reactor
         self._make_protocol = make_protocol
         self._introduce = introduce
-        self._policy = backoffPolicy(
-            initialDelay=initial_delay,
-            maxDelay=max_delay,
-            factor=2.0,
-            jitter=lambda: random.random() * initial_delay,
-        )
+        self._policy = backoff(initial_delay, max_delay)
         self._connect_timeout = connect_timeout
         self._introduce_timeout = introduce_timeout
         self._links: dict[str, PeerLink] = {}

@@ -27,6 +27,12 @@ from p2pexec.model import NodeInfo
 log = NodeLogger()
 
 
+ANSWER_SPREAD_PER_PEER = 0.002
+"""Seconds of answer spread per node heard from (see L{DiscoveryProtocol._answer_spread})."""
+
+MAX_TRACKED_PEERS = 10_000
+
+
 class DiscoveryProtocol(DatagramProtocol):
     """
     Sends and receives discovery datagrams on one multicast group.
@@ -64,6 +70,7 @@ class DiscoveryProtocol(DatagramProtocol):
         self._complaints = RateLimitedLog(log, clock)
         self.sent: dict[str, int] = {datagram.DISCOVER: 0, datagram.HELLO: 0}
         self.received = 0
+        self._heard_from: set[str] = set()
 
     noisy = False
 
@@ -117,6 +124,14 @@ class DiscoveryProtocol(DatagramProtocol):
         self._send(datagram.HELLO)
         self._hello_call = self._clock.callLater(self._jittered(self._hello_interval), self._announce)
 
+    def _answer_spread(self) -> float:
+        """
+        How long answers to a DISCOVER are spread over: a few milliseconds
+        per node heard from, up to C{answer_delay}, so that a small cluster
+        answers at once and a large one does not answer all at the same time.
+        """
+        return min(self._answer_delay, ANSWER_SPREAD_PER_PEER * len(self._heard_from))
+
     def _answer(self) -> None:
         self._answer_call = None
         self._send(datagram.HELLO)
@@ -169,8 +184,10 @@ class DiscoveryProtocol(DatagramProtocol):
             )
             return
         self.received += 1
+        if len(self._heard_from) < MAX_TRACKED_PEERS:
+            self._heard_from.add(peer.name)
         if received.type == datagram.DISCOVER and self._answer_call is None:
             self._answer_call = self._clock.callLater(
-                self._answer_delay * self._random(), self._answer
+                self._answer_spread() * self._random(), self._answer
             )
         self._on_peer(peer)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import random
 from typing import Any, Awaitable, Callable, Optional
 
-from twisted.internet.defer import CancelledError, Deferred, gatherResults, succeed
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError, gatherResults, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.error import ConnectError, ConnectingCancelledError
 from twisted.internet.interfaces import IDelayedCall
@@ -163,7 +163,7 @@ class PeerLink:
             self.running = False
             self._on_fatal(self.info)
             return
-        except CancelledError:
+        except (CancelledError, TimeoutError):
             if self.running:
                 self._failed(f"no answer to the handshake within {self._introduce_timeout:g}s")
             protocol.transport.loseConnection()
@@ -253,7 +253,7 @@ class Dialer:
         initial_delay: float = 0.25,
         max_delay: float = 30.0,
         connect_timeout: float = 5.0,
-        introduce_timeout: float = 10.0,
+        introduce_timeout: float = 30.0,
     ) -> None:
         self._reactor = reactor
         self._make_protocol = make_protocol

@@ -2,9 +2,10 @@
 Multicast discovery: the DISCOVER/HELLO datagram protocol.
 
 A node multicasts DISCOVER when it starts and then again with backoff (1 s,
-2 s, 4 s ... up to C{discover_max_interval}), and answers every DISCOVER it
-hears with a multicast HELLO after a short random delay (answers are
-coalesced, so a burst of DISCOVERs costs one HELLO).  It also announces itself
+2 s, 4 s ... up to C{discover_max_interval}) until it hears from another
+node; it answers a DISCOVER from a node it had not heard from (a newcomer or
+a restarted node) with a multicast HELLO after a short random delay (answers
+are coalesced, so a burst of DISCOVERs costs one HELLO).  It also announces itself
 with a HELLO every C{hello_interval} seconds.  Every datagram it accepts from
 another node of its cluster is passed to C{on_peer}.
 
@@ -71,6 +72,7 @@ class DiscoveryProtocol(DatagramProtocol):
         self.sent: dict[str, int] = {datagram.DISCOVER: 0, datagram.HELLO: 0}
         self.received = 0
         self._heard_from: set[str] = set()
+        self._instances: set[tuple[str, str]] = set()
 
     noisy = False
 
@@ -113,6 +115,11 @@ class DiscoveryProtocol(DatagramProtocol):
         return interval * (0.8 + 0.4 * self._random())
 
     def _rediscover(self) -> None:
+        self._discover_call = None
+        if self._heard_from:
+            # Someone answered: periodic HELLOs keep everyone up to date from
+            # here on, so DISCOVER (which every node answers) is not repeated.
+            return
         self._send(datagram.DISCOVER)
         log.debug("Node {name} sent DISCOVER again", name=self._local_info().name)
         self._discover_delay = min(self._discover_delay * 2, self._discover_max_interval)
@@ -184,9 +191,14 @@ class DiscoveryProtocol(DatagramProtocol):
             )
             return
         self.received += 1
-        if len(self._heard_from) < MAX_TRACKED_PEERS:
+        sender = (peer.name, peer.instance)
+        new_sender = sender not in self._instances
+        if new_sender and len(self._instances) < MAX_TRACKED_PEERS:
+            self._instances.add(sender)
             self._heard_from.add(peer.name)
-        if received.type == datagram.DISCOVER and self._answer_call is None:
+        # Answer only a node we had not heard from (a newcomer, or a restart):
+        # the others know us already, and would hear our next HELLO anyway.
+        if received.type == datagram.DISCOVER and new_sender and self._answer_call is None:
             self._answer_call = self._clock.callLater(
                 self._answer_spread() * self._random(), self._answer
             )

@@ -272,7 +272,9 @@ class Master:
             self._requeue(job, returned)
         self._log_confirmed(job_id, confirmed, sender)
         if job.done and applied:
-            self._finish(job)
+            # After this turn, so that the answer to the last confirmation
+            # goes out before the results file is written.
+            self._clock.callLater(0, self._finish, job)
         self.schedule_dispatch()
         return applied, stale
 

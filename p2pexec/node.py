@@ -583,7 +583,7 @@ class Node:
             return
         if not protocol.leaving and not self.stopping:
             if reason.check(ConnectionDone):
-                why = "it closed without DISCONNECT_REQUEST (its process ended or was killed)"
+                why = "it closed without DISCONNECT_REQUEST (its process may have ended)"
             else:
                 why = reason.getErrorMessage()
             log.warn(

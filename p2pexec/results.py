@@ -10,6 +10,23 @@ import tempfile
 from typing import Any
 
 
+def _dump(report: dict[str, Any], out: Any) -> None:
+    """
+    The report as JSON with one task per line: readable, diffable, and fast
+    (the C encoder, which C{indent} would turn off, encodes each line).
+    """
+    out.write("{\n")
+    for key, value in report.items():
+        if key != "tasks":
+            out.write(f"  {json.dumps(key)}: {json.dumps(value, ensure_ascii=False)},\n")
+    out.write('  "tasks": [\n')
+    tasks = report.get("tasks", [])
+    for number, task in enumerate(tasks):
+        out.write("    " + json.dumps(task, ensure_ascii=False))
+        out.write(",\n" if number < len(tasks) - 1 else "\n")
+    out.write("  ]\n}\n")
+
+
 def write_results(path: str, report: dict[str, Any]) -> None:
     """
     Write C{report} as JSON to C{path}, atomically: readers see the old file
@@ -21,8 +38,7 @@ def write_results(path: str, report: dict[str, Any]) -> None:
     fd, temporary = tempfile.mkstemp(prefix=".p2pexec-results-", dir=folder)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as out:
-            json.dump(report, out, indent=2, ensure_ascii=False)
-            out.write("\n")
+            _dump(report, out)
         os.replace(temporary, path)
     except BaseException:
         try:

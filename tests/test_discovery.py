@@ -157,12 +157,24 @@ class FilteringTests(SynchronousTestCase):
         self.assertTrue(all(e["source"] == "127.0.0.1:5555" for e in dropped))
 
     def test_counts(self):
-        """Sent and received datagrams are counted for metrics."""
+        """Sent and received datagrams are counted; once answered, DISCOVER is not repeated."""
         a = Harness(self.network, name="a1")
         Harness(self.network, name="b1", instance="i-b")
         self.network.run(1.25, step=0.05)
-        # b1's DISCOVERs at 0 s and 1 s, and its HELLO answering a1's DISCOVER at 1 s.
-        self.assertEqual(a.protocol.received, 3)
-        self.assertEqual(a.protocol.sent[datagram.DISCOVER], 2)
-        # Answers to b1's two DISCOVERs.
-        self.assertEqual(a.protocol.sent[datagram.HELLO], 2)
+        # b1's DISCOVER reached a1, which answered; neither repeats DISCOVER.
+        self.assertEqual(a.protocol.received, 1)
+        self.assertEqual(a.protocol.sent[datagram.DISCOVER], 1)
+        self.assertEqual(a.protocol.sent[datagram.HELLO], 1)
+
+    def test_known_senders_not_answered(self):
+        """A DISCOVER from a node already heard from is not answered; one from a restarted node is."""
+        a = Harness(self.network, name="a1")
+        b = Harness(self.network, name="b1", instance="i-b")
+        self.network.run(1.0, step=0.05)
+        self.assertEqual(a.sent_types(), ["DISCOVER", "HELLO"])
+        b.protocol._send(datagram.DISCOVER)
+        self.network.run(1.0, step=0.05)
+        self.assertEqual(a.sent_types(), ["DISCOVER", "HELLO"])
+        Harness(self.network, name="b1", instance="i-b-restarted")
+        self.network.run(1.0, step=0.05)
+        self.assertEqual(a.sent_types(), ["DISCOVER", "HELLO", "HELLO"])

@@ -121,6 +121,8 @@ class MasterTests(SynchronousTestCase):
             self.master.confirm(job.id, [result("b1", worker="b1")], "b1")
             self.master.confirm(job.id, [result("c1", worker="c1")], "c1")
             self.master.confirm(job.id, [result(t, worker="a1") for t in ("a1", "a2", "a3")], "a1")
+        self.assertEqual(self.link.finished, [], "finishing waits for the end of the turn")
+        self.clock.advance(0)
         lines = [e["log_format"].format(**e) for e in events if "Master received" in e["log_format"]]
         self.assertIn("Master received confirmation for b1 from b1", lines)
         self.assertIn("Master received confirmation for a2 from a1", lines)
@@ -185,6 +187,7 @@ class MasterTests(SynchronousTestCase):
         applied, stale = self.master.confirm(job.id, [result("b2", attempt=1)], "b1")
         self.assertEqual((applied, stale), (0, 1))
         self.master.confirm(job.id, [result("b2", attempt=2, worker="b2")], "b2")
+        self.clock.advance(0)
         self.assertEqual(self.link.finished, [job.id])
 
     def test_empty_job_finishes_at_once(self):

@@ -78,6 +78,8 @@ import time
 from datetime import datetime
 from typing import Any, Callable, Optional, Sequence
 
+import _cluster
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 CHECKOUT = os.path.dirname(HERE)
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
@@ -152,44 +154,13 @@ def load_average() -> str:
 # -- processes --------------------------------------------------------------------
 
 
-class Node:
-    """One twistd process and its log, read incrementally."""
+class Node(_cluster.Node):
+    """One twistd process and its log, read incrementally, and its port once known."""
 
     def __init__(self, name: str, process: subprocess.Popen, log_path: str) -> None:
-        self.name = name
-        self.process = process
-        self.log_path = log_path
+        super().__init__(name, process, log_path)
         self.port: Optional[int] = None
-        self._offset = 0
-        self._partial = b""
         self.lines_before_stop: Optional[int] = None
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def new_lines(self) -> list[str]:
-        try:
-            with open(self.log_path, "rb") as f:
-                f.seek(self._offset)
-                data = f.read()
-        except FileNotFoundError:
-            return []
-        self._offset += len(data)
-        data = self._partial + data
-        cut = data.rfind(b"\n") + 1
-        self._partial = data[cut:]
-        return data[:cut].decode("utf-8", "replace").splitlines()
-
-    def lines(self) -> list[str]:
-        try:
-            with open(self.log_path, "rb") as f:
-                return f.read().decode("utf-8", "replace").splitlines()
-        except FileNotFoundError:
-            return []
-
-    def tail(self, count: int = 15) -> str:
-        return "\n".join("    " + line for line in self.lines()[-count:]) or "    (empty)"
 
 
 def start_node(folder: str, name: str, options: Sequence[str], cluster: str, group: str) -> Node:

@@ -1,8 +1,8 @@
 """
 Running a task's command as a child process.
 
-L{ProcessExecutor.run} starts the command with the reactor's process API in a
-process group of its own (through C{setsid}), keeps bounded tails of its
+L{ProcessExecutor.run} starts the command with Twisted's process API in a
+session and process group of its own (see L{p2pexec.spawn}), keeps bounded tails of its
 output, enforces its timeout by signalling the whole group (SIGTERM, then
 SIGKILL after a grace period), and fires with a L{TaskResult}.  It never
 fails: every problem (no such program, no such folder, a timeout) becomes a
@@ -22,6 +22,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorProcess, IReactorT
 from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 
+from p2pexec import spawn
 from p2pexec.model import ERROR, FAILED, SUCCEEDED, TIMED_OUT, Assignment, TaskResult
 
 DEFAULT_TAIL_BYTES = 24 * 1024
@@ -88,7 +89,10 @@ class ProcessExecutor:
         self._tail_bytes = tail_bytes
         self._kill_grace = kill_grace
         self._environment = dict(os.environ if base_environment is None else base_environment)
-        self._setsid = shutil.which("setsid")
+        # A session (and process group) per task: directly where Twisted
+        # allows it, else through the setsid program (one more exec).
+        self._session_spawn = spawn.available()
+        self._setsid = None if self._session_spawn else shutil.which("setsid")
         # Tasks read nothing: their stdin is /dev/null, opened once, not a pipe per task.
         self._devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         self._found: dict[tuple[str, str], str] = {}
@@ -135,14 +139,13 @@ class ProcessExecutor:
             argv = [self._setsid] + argv
         protocol = _TaskProcess(self._tail_bytes)
         try:
-            transport = self._reactor.spawnProcess(
-                protocol,
-                argv[0],
-                argv,
-                env=environment,
-                path=task.cwd,
-                childFDs={0: self._devnull, 1: "r", 2: "r"},
-            )
+            child_fds = {0: self._devnull, 1: "r", 2: "r"}
+            if self._session_spawn:
+                transport = spawn.spawn(self._reactor, protocol, argv[0], argv, environment, task.cwd, child_fds)
+            else:
+                transport = self._reactor.spawnProcess(
+                    protocol, argv[0], argv, env=environment, path=task.cwd, childFDs=child_fds
+                )
         except (OSError, ValueError) as e:
             return _succeed(result(ERROR, error=f"could not start {program!r}: {e}"))
         pid = transport.pid

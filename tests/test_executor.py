@@ -75,6 +75,25 @@ class ExecutorTests(TestCase):
             child = int(f.read())
         self.assertFalse(_alive(child), "the background child survived the timeout")
 
+    async def test_timeout_kills_process_group_with_cwd(self):
+        """With a working directory (Twisted forks instead of posix_spawn), the group is killed too."""
+        folder = os.path.abspath(self.mktemp())
+        os.makedirs(folder)
+        pidfile = os.path.join(folder, "pid")
+        result = await self.run_task(
+            task(f"sleep 60 & echo $! > {pidfile}; wait", shell=True, timeout=0.5, cwd=folder)
+        )
+        self.assertEqual(result.status, TIMED_OUT)
+        with open(pidfile) as f:
+            child = int(f.read())
+        self.assertFalse(_alive(child), "the background child survived the timeout")
+
+    async def test_own_session(self):
+        """A task leads a session of its own, so that its whole group can be signalled."""
+        result = await self.run_task(task("ps -o sid= -p $$; echo $$", shell=True))
+        session, pid = result.stdout.split()
+        self.assertEqual(session, pid)
+
     async def test_timeout_escalates_to_sigkill(self):
         """A task that ignores SIGTERM is killed with SIGKILL after the grace period."""
         result = await self.run_task(task("trap '' TERM; sleep 60 & wait; sleep 60", shell=True, timeout=0.3))

@@ -12,6 +12,7 @@ fields.  Two additions live here:
 
 from __future__ import annotations
 
+import time
 from typing import Any, Callable, Optional
 
 from twisted.internet.interfaces import IReactorTime
@@ -129,18 +130,23 @@ def call_logging_failures(log: Logger, what: str) -> Callable[[Any], None]:
     return errback
 
 
+_stamp_cache: list[Any] = [None, ""]
+
+
 def _format_line(event: dict[str, Any]) -> Optional[str]:
     """C{2026-11-26T16:01:26.123456+0000 [namespace#level] text}, one line."""
-    from datetime import datetime, timezone
-
     from twisted.logger import formatEvent
 
     text = formatEvent(event)
     failure = event.get("log_failure")
     if failure is not None:
         text = f"{text}\n{failure.getTraceback()}"
-    when = datetime.fromtimestamp(event.get("log_time") or 0, timezone.utc)
-    stamp = when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond:06d}+0000"
+    when = event.get("log_time") or 0.0
+    second = int(when)
+    if _stamp_cache[0] != second:
+        _stamp_cache[0] = second
+        _stamp_cache[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+    stamp = f"{_stamp_cache[1]}.{int((when - second) * 1_000_000):06d}+0000"
     level = event.get("log_level")
     namespace = event.get("log_namespace", "-")
     prefix = f"{stamp} [{namespace}#{level.name if level is not None else '-'}] "

@@ -106,17 +106,6 @@ def interrupt(number: int, frame: Any) -> None:
 # -- the machine ----------------------------------------------------------------
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def machine() -> str:
     try:
         import twisted
@@ -127,7 +116,7 @@ def machine() -> str:
     with open("/proc/meminfo", encoding="ascii") as f:
         total = int(f.readline().split()[1]) / 1024 / 1024
     return (
-        f"nproc {os.cpu_count()}, {cpu_model()}, {total:.0f} GiB RAM; Python {platform.python_version()}, "
+        f"nproc {os.cpu_count()}, {_cluster.cpu_model()}, {total:.0f} GiB RAM; Python {platform.python_version()}, "
         f"Twisted {twisted_version}, {platform.system()} {platform.release()}"
     )
 

@@ -172,7 +172,15 @@ class Worker:
         self._add_unsent(entry, result)
         if self._flush_call is None:
             self._flush_call = self._clock.callLater(0, self.flush)
-        self._start_what_fits()
+        if entry.assignment.task.command is None:
+            # Instructions finish inside the start loop, which goes on.
+            self._start_what_fits()
+        else:
+            # A process ended.  Its result goes out with the others of this
+            # turn; the next task starts one reactor turn later, once that
+            # result has been written, so that a node killed while spawning
+            # leaves no finished task unconfirmed.
+            self._clock.callLater(0, self._clock.callLater, 0, self._start_what_fits)
         self._notify_if_idle()
 
     def _add_unsent(self, entry: _Queued, result: TaskResult) -> None:

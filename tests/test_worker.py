@@ -47,11 +47,30 @@ class WorkerTests(SynchronousTestCase):
         self.assertEqual((self.worker.running, self.worker.queued), (0, 0))
         self.assertEqual(len(self.runner.runs), 5)
 
-    def test_results_batched_per_turn(self):
-        """Results that finish together go back as one batch, at the end of the turn."""
-        self.worker.accept(self.sink, "j", [command_task("t1"), command_task("t2")])
+    def test_process_result_sent_before_next_start(self):
+        """A process's result is sent at the end of its turn; the next queued task starts only after that."""
+        started_when_sent = []
+        deliver = self.sink.deliver
+
+        def recording(job, results):
+            started_when_sent.append(len(self.runner.runs))
+            deliver(job, results)
+
+        self.sink.deliver = recording
+        self.worker.accept(self.sink, "j", [command_task("t1"), command_task("t2"), command_task("t3")])
         self.clock.advance(1.0)
         self.assertEqual(self.sink.batches, [("j", [("t1", 1, "succeeded"), ("t2", 1, "succeeded")])])
+        self.assertEqual(started_when_sent, [2], "t3 had not started when t1's and t2's results went out")
+        self.assertEqual(len(self.runner.runs), 3, "t3 started after that")
+
+    def test_instruction_results_batched_per_turn(self):
+        """Instructions that finish together go back as one batch, at the end of the turn."""
+        self.worker.accept(
+            self.sink, "j", [Assignment(task=TaskSpec.instruction(f"b{i}"), attempt=1) for i in range(3)]
+        )
+        self.assertEqual(self.sink.batches, [])
+        self.clock.advance(0)
+        self.assertEqual(self.sink.batches, [("j", [("b0", 1, "succeeded"), ("b1", 1, "succeeded"), ("b2", 1, "succeeded")])])
 
     def test_instruction_runs_and_logs_original_lines(self):
         """An instruction without a command succeeds, with the original's log lines."""

@@ -229,18 +229,7 @@ def check_alive(nodes: Sequence[Node], what: str) -> None:
 # -- /proc -------------------------------------------------------------------------
 
 
-def proc_memory(pid: int) -> dict[str, int]:
-    """VmRSS and VmHWM of C{pid}, in bytes."""
-    found: dict[str, int] = {}
-    try:
-        with open(f"/proc/{pid}/status", encoding="ascii") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key in ("VmHWM", "VmRSS"):
-                    found[key] = int(value.split()[0]) * 1024
-    except OSError:
-        pass
-    return found
+proc_memory = _cluster.proc_memory
 
 
 def proc_cpu(pid: int) -> float:

@@ -172,33 +172,15 @@ def start_node(folder: str, name: str, options: Sequence[str], cluster: str, gro
 
 def stop_nodes(nodes: Sequence[Node], wait: float = STOP_WAIT) -> tuple[float, list[str]]:
     """
-    SIGTERM every live node by PID, wait up to C{wait} seconds for all, then
-    SIGKILL the rest.  Return the seconds it took and a complaint for each
-    node that did not exit 0.
+    Note each node's log length, then stop them all as the suite does
+    (L{_cluster.stop_nodes}).  Return the seconds it took and a complaint for
+    each node that did not exit 0.
     """
     started = time.monotonic()
-    signalled = []
     for node in nodes:
         if node.lines_before_stop is None:
             node.lines_before_stop = len(node.lines())
-        if node.process.poll() is None:
-            try:
-                node.process.send_signal(signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            signalled.append(node)
-    complaints = []
-    deadline = started + wait
-    for node in nodes:
-        try:
-            node.process.wait(timeout=max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            node.process.kill()
-            node.process.wait()
-            complaints.append(f"{node.name} did not stop within {wait:g}s of SIGTERM and was killed")
-            continue
-        if node in signalled and node.process.returncode != 0:
-            complaints.append(f"{node.name} exited with status {node.process.returncode}")
+    complaints = _cluster.stop_nodes(nodes, wait)
     return time.monotonic() - started, complaints
 
 

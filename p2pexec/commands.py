@@ -225,17 +225,6 @@ class Heartbeat(amp.Command):
     errors = _errors()
 
 
-ALL_COMMANDS = (
-    ConnectRequest,
-    Handshake,
-    PeerExchange,
-    InstructionAssignment,
-    ExecutionConfirmation,
-    TaskComplete,
-    DisconnectRequest,
-    Heartbeat,
-)
-
 T = TypeVar("T")
 
 

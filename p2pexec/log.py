@@ -13,7 +13,7 @@ fields.  Two additions live here:
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger, LogLevel
@@ -44,11 +44,6 @@ def set_minimum_level(level: LogLevel) -> None:
     """Drop every p2pexec event below C{level} from now on."""
     global _minimum_level
     _minimum_level = level
-
-
-def minimum_level() -> LogLevel:
-    """The level below which p2pexec events are dropped."""
-    return _minimum_level
 
 
 class NodeLogger(Logger):
@@ -119,15 +114,6 @@ class RateLimitedLog:
         if suppressed:
             format += " ({suppressed} more like it suppressed)"
         self._log.warn(format, reason=reason, source=source, suppressed=suppressed, **fields)
-
-
-def call_logging_failures(log: Logger, what: str) -> Callable[[Any], None]:
-    """An errback that logs a failure with C{what} it was doing."""
-
-    def errback(failure: Any) -> None:
-        log.failure("Unexpected error while {what}", failure, what=what)
-
-    return errback
 
 
 _stamp_cache: list[Any] = [None, ""]

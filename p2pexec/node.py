@@ -430,9 +430,9 @@ class Node:
             now, self.config.peer_expiry, last_received=lambda connection: connection.last_received
         )
         random.shuffle(entries)
-        for first in commands.chunk(entries, lambda entry: peer_entry(*entry)):
-            return [peer_entry(*entry) for entry in first.items]
-        return []
+        wire = [peer_entry(info, age) for info, age in entries]
+        # The first chunk: each entry encoded once, and sent as encoded.
+        return next(commands.chunk(wire, lambda entry: entry))
 
     def _exchange_peers(self, protocol: PeerProtocol) -> None:
         d = protocol.callRemote(commands.PeerExchange, peers=self._peers_to_share())

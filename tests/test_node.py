@@ -46,6 +46,14 @@ class Cluster:
         self.nodes[name], self.hosts[name], self.runners[name] = node, host, runner
         return node
 
+    def add_master(self, tasks, **config):
+        """Start m1, which runs no task kind itself, as the master of C{tasks}."""
+        return self.add("m1", capabilities=frozenset(), tasks=tasks, **config)
+
+    def add_worker(self, name, **config):
+        """Start a worker for kind w called C{name}."""
+        return self.add(name, capabilities=frozenset({"w"}), **config)
+
     def stop(self, name):
         """Stop a node gracefully; return the Deferred of its leaving."""
         return Deferred.fromCoroutine(self.nodes[name].stop())
@@ -53,6 +61,11 @@ class Cluster:
     def connected(self, a, b):
         """Whether C{a} has a live, handshaken connection to C{b}."""
         return self.nodes[a].peers.is_connected(b)
+
+
+def w_tasks(count, command=("true",)):
+    """C{count} tasks of kind w, with ids w0, w1 ..., each running C{command}."""
+    return tuple(TaskSpec(id=f"w{i}", kind="w", command=command) for i in range(count))
 
 
 def example_cluster(**master_config):
@@ -256,10 +269,10 @@ class FaultTests(SynchronousTestCase):
     def test_worker_crash_tasks_rerun_elsewhere(self):
         """A worker that vanishes mid-job has its unconfirmed tasks run by another."""
         cluster = Cluster()
-        tasks = tuple(TaskSpec(id=f"w{i}", kind="w", command=("true",)) for i in range(40))
-        cluster.add("m1", capabilities=frozenset(), tasks=tasks)
-        cluster.add("w1", capabilities=frozenset({"w"}), duration=0.2)
-        cluster.add("w2", capabilities=frozenset({"w"}), duration=0.2)
+        tasks = w_tasks(40)
+        cluster.add_master(tasks)
+        cluster.add_worker("w1", duration=0.2)
+        cluster.add_worker("w2", duration=0.2)
         master = cluster.nodes["m1"]
         cluster.network.run_until(lambda: len(cluster.runners["w1"].runs) >= 6, limit=10)
         cluster.hosts["w1"].crash()
@@ -275,10 +288,10 @@ class FaultTests(SynchronousTestCase):
     def partitioned_job(self):
         """A master m1 with 30 tasks, workers w1 and w2; w1's link is cut once it runs some."""
         cluster = Cluster()
-        tasks = tuple(TaskSpec(id=f"w{i}", kind="w", command=("true",)) for i in range(30))
-        cluster.add("m1", address="127.0.0.1", port=4001, capabilities=frozenset(), tasks=tasks)
-        cluster.add("w1", address="127.0.0.2", port=4002, capabilities=frozenset({"w"}), duration=0.3)
-        cluster.add("w2", address="127.0.0.3", port=4003, capabilities=frozenset({"w"}), duration=0.3)
+        tasks = w_tasks(30)
+        cluster.add_master(tasks, address="127.0.0.1", port=4001)
+        cluster.add_worker("w1", address="127.0.0.2", port=4002, duration=0.3)
+        cluster.add_worker("w2", address="127.0.0.3", port=4003, duration=0.3)
         cluster.network.run_until(lambda: len(cluster.runners["w1"].runs) >= 4, limit=10)
         return cluster
 
@@ -314,10 +327,10 @@ class FaultTests(SynchronousTestCase):
     def test_busy_worker_not_declared_dead(self):
         """A worker with all slots full of long tasks answers heartbeats and is never declared dead."""
         cluster = Cluster()
-        tasks = tuple(TaskSpec(id=f"w{i}", kind="w", command=("sleep", "20")) for i in range(4))
+        tasks = w_tasks(4, ("sleep", "20"))
         with capturedLogs() as events:
-            cluster.add("m1", capabilities=frozenset(), tasks=tasks)
-            cluster.add("w1", capabilities=frozenset({"w"}), slots=2, duration=20.0)
+            cluster.add_master(tasks)
+            cluster.add_worker("w1", slots=2, duration=20.0)
             cluster.network.run(10.0)
             self.assertEqual(cluster.nodes["m1"].master.workers_with_work(), {"w1"}, "w1 is watched")
             self.assertEqual(cluster.nodes["w1"].worker.masters_with_work(), {"m1"}, "m1 is watched")
@@ -328,10 +341,10 @@ class FaultTests(SynchronousTestCase):
     def test_graceful_leave_hands_back(self):
         """A worker that leaves mid-job finishes its running tasks, hands back the rest, and says goodbye."""
         cluster = Cluster()
-        tasks = tuple(TaskSpec(id=f"w{i}", kind="w", command=("true",)) for i in range(12))
-        cluster.add("m1", capabilities=frozenset(), tasks=tasks)
-        cluster.add("w1", capabilities=frozenset({"w"}), duration=1.0)
-        cluster.add("w2", capabilities=frozenset({"w"}), duration=1.0)
+        tasks = w_tasks(12)
+        cluster.add_master(tasks)
+        cluster.add_worker("w1", duration=1.0)
+        cluster.add_worker("w2", duration=1.0)
         master = cluster.nodes["m1"]
         cluster.network.run_until(lambda: cluster.runners["w1"].running, limit=10)
         with capturedLogs() as events:
@@ -356,8 +369,8 @@ class FaultTests(SynchronousTestCase):
         """Tasks still running when the drain timeout ends are stopped, and the node leaves anyway."""
         cluster = Cluster()
         tasks = (TaskSpec(id="w1", kind="w", command=("sleep", "100")),)
-        cluster.add("m1", capabilities=frozenset(), tasks=tasks)
-        cluster.add("w1", capabilities=frozenset({"w"}), duration=100.0, drain_timeout=2.0)
+        cluster.add_master(tasks)
+        cluster.add_worker("w1", duration=100.0, drain_timeout=2.0)
         cluster.network.run_until(lambda: cluster.runners["w1"].running, limit=10)
         leaving = cluster.stop("w1")
         took = cluster.network.run_until(lambda: leaving.called, limit=10)
@@ -378,9 +391,9 @@ class FaultTests(SynchronousTestCase):
         """A failing task finishes the job as failed, not retried."""
         cluster = Cluster()
         outcome = lambda assignment: (FAILED, 3) if assignment.task.id == "w2" else (SUCCEEDED, 0)
-        tasks = tuple(TaskSpec(id=f"w{i}", kind="w", command=("x",)) for i in range(4))
-        cluster.add("m1", capabilities=frozenset(), tasks=tasks)
-        cluster.add("w1", capabilities=frozenset({"w"}), outcome=outcome)
+        tasks = w_tasks(4, ("x",))
+        cluster.add_master(tasks)
+        cluster.add_worker("w1", outcome=outcome)
         cluster.network.run_until(lambda: cluster.nodes["m1"].initial_job.called, limit=10)
         job = cluster.nodes["m1"].initial_job.result
         self.assertEqual((job.succeeded, job.failed), (3, 1))
@@ -390,11 +403,9 @@ class FaultTests(SynchronousTestCase):
         """A job far larger than one AMP value travels in chunks and completes."""
         cluster = Cluster()
         padding = "x" * 500
-        tasks = tuple(
-            TaskSpec(id=f"w{i}", kind="w", command=("echo", padding)) for i in range(3000)
-        )
-        cluster.add("m1", capabilities=frozenset(), tasks=tasks)
-        cluster.add("w1", capabilities=frozenset({"w"}), slots=500, duration=0.01)
+        tasks = w_tasks(3000, ("echo", padding))
+        cluster.add_master(tasks)
+        cluster.add_worker("w1", slots=500, duration=0.01)
         cluster.network.run_until(lambda: cluster.nodes["m1"].initial_job.called, limit=60)
         self.assertEqual(cluster.nodes["m1"].initial_job.result.succeeded, 3000)
 

@@ -190,6 +190,18 @@ class PartitionTests(MultiHostTestCase):
     DETECTION_LIMIT = 5.0
     """Seconds the master may take to give up on a silent worker: the 2.5 s timeout, and slack."""
 
+    def start_partition_cluster(self, cluster, job_file, results):
+        """
+        Workers w2 (host h2) and w3 (h3) for kind w, two slots each, then the
+        master m (h1, runs nothing) of C{job_file}; all with C{HEARTBEAT}.
+        """
+        w2 = cluster.start("w2", "--capabilities", "w", "--slots", "2", *self.HEARTBEAT, host="h2")
+        w3 = cluster.start("w3", "--capabilities", "w", "--slots", "2", *self.HEARTBEAT, host="h3")
+        m = cluster.start(
+            "m", "--capabilities", "none", "--job", job_file, "--results", results, *self.HEARTBEAT, host="h1"
+        )
+        return m, w2, w3
+
     LOST = r"\] Node m (?:declared peer w3 dead|lost its connection to peer w3)\b.*$"
     REQUEUED = r"\] Node m put (\d+) unconfirmed task\(s\) of job \S+ back in the queue: worker w3 "
 
@@ -215,11 +227,7 @@ class PartitionTests(MultiHostTestCase):
             {"kind": "w", "shell": True, "timeout": 10},
             [{"id": task_id, "command": f"sleep 0.3; {record}; echo $P2PEXEC_TASK_ID"} for task_id in ids],
         )
-        w2 = cluster.start("w2", "--capabilities", "w", "--slots", "2", *self.HEARTBEAT, host="h2")
-        w3 = cluster.start("w3", "--capabilities", "w", "--slots", "2", *self.HEARTBEAT, host="h3")
-        m = cluster.start(
-            "m", "--capabilities", "none", "--job", job_file, "--results", results, *self.HEARTBEAT, host="h1"
-        )
+        m, w2, w3 = self.start_partition_cluster(cluster, job_file, results)
         m.wait_for(r"\] Node m connected to peer w3 at ")
         m.wait_for(r"\] Master received confirmation for t\d+ from w3$")
 
@@ -296,11 +304,7 @@ class PartitionTests(MultiHostTestCase):
             {"kind": "w", "shell": True, "timeout": 30},
             [{"id": task_id, "command": f"{record}; {hang}; sleep 0.1; echo $P2PEXEC_TASK_ID"} for task_id in ids],
         )
-        w2 = cluster.start("w2", "--capabilities", "w", "--slots", "2", *self.HEARTBEAT, host="h2")
-        w3 = cluster.start("w3", "--capabilities", "w", "--slots", "2", *self.HEARTBEAT, host="h3")
-        m = cluster.start(
-            "m", "--capabilities", "none", "--job", job_file, "--results", results, *self.HEARTBEAT, host="h1"
-        )
+        m, w2, w3 = self.start_partition_cluster(cluster, job_file, results)
         w3.wait_for(r"\] Node w3 executing: t\d+$")
 
         h3 = cluster.network["h3"]

@@ -106,6 +106,10 @@ class Node:
         """VmHWM (peak resident set) and VmRSS of the live process, in bytes."""
         return proc_memory(self.pid)
 
+    def cpu_seconds(self) -> Optional[float]:
+        """User plus system CPU seconds the live process has used so far."""
+        return proc_cpu_seconds(self.pid)
+
 
 def proc_memory(pid: int) -> dict[str, int]:
     """VmHWM and VmRSS of C{pid} from /proc, in bytes (empty if it is gone)."""
@@ -121,6 +125,17 @@ def proc_memory(pid: int) -> dict[str, int]:
     return found
 
 
+def proc_cpu_seconds(pid: int) -> Optional[float]:
+    """utime + stime of C{pid} from /proc/PID/stat, in seconds (None if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    # Fields 14 and 15 of stat(5), counted after the ")" that ends the command name.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def start_node(
     folder: str,
     name: str,
@@ -128,7 +143,7 @@ def start_node(
     cluster: str,
     level: str = "info",
     slots: Optional[int] = None,
-    timestamps: bool = False,
+    timestamps: bool = True,
 ) -> Node:
     """
     Start one node in C{folder}, its output going to C{<name>.log} there.
@@ -136,7 +151,8 @@ def start_node(
     @param options: the node's own options beyond name, port, group, cluster
         and log level.
     @param timestamps: log through C{p2pexec.log.observer} (microsecond UTC
-        timestamps) instead of twistd's default logger.
+        timestamps), as C{contrib/systemd/p2pexec@.service} does, instead of
+        twistd's default logger.
     """
     log_path = os.path.join(folder, f"{name}.log")
     argv = [TWISTD, "--pidfile=", "-n"]

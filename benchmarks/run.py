@@ -109,7 +109,8 @@ class Suite:
                 "W2", number,
                 lambda d: workloads.w2(d, f.w2_job, f.w2_ids, a.w2_tasks, a.timeout),
                 lambda r: (f"p2pexec {r['elapsed']:.3f}s (from master launch {r['launch']:.3f}s)  "
-                           f"xargs -P2 {r['xargs']:.3f}s  ratio {r['ratio']:.2f}"),
+                           f"xargs -P2 {r['xargs']:.3f}s  ratio {r['ratio']:.2f}  "
+                           f"CPU: master {r['master_cpu']:.2f}s, worker {r['worker_cpu']:.2f}s"),
             )
             self._one(
                 "W2-cluster", number,
@@ -173,6 +174,8 @@ class Suite:
             add("W2", "ratio p2pexec / xargs", [r["ratio"] for r in w2], ".2f", "<= 1.5", lambda v: v <= 1.5)
             add("W2", "p2pexec from master launch s", [r["launch"] for r in w2], ".3f")
             add("W2", "ratio from launch / xargs", [r["launch"] / r["xargs"] for r in w2], ".2f")
+            add("W2", "  master CPU s (start-up included)", [r["master_cpu"] for r in w2], ".2f")
+            add("W2", "  worker CPU s (start-up included)", [r["worker_cpu"] for r in w2], ".2f")
         w2c = self.runs.get("W2-cluster", [])
         if w2c:
             add("W2", "p2pexec s, W1 cluster (2 workers x 2 slots)", [r["elapsed"] for r in w2c], ".3f")

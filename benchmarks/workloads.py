@@ -174,6 +174,8 @@ def w2(folder: str, job_path: str, ids_path: str, tasks: int, timeout: float, wo
         report = _read_results(results_path, tasks)
         figures["elapsed"] = float(report["elapsed"])
         figures["launch"] = done_at - launched
+        figures["master_cpu"] = nodes[-1].cpu_seconds()
+        figures["worker_cpu"] = nodes[0].cpu_seconds()
     except BaseException as e:
         failed = e
         raise
@@ -213,11 +215,11 @@ def w3(folder: str, job_path: str, timeout: float) -> dict:
         master = start_node(
             folder, MASTER,
             ["--capabilities", IDLE_CAPABILITY, "--job", job_path, "--results", results_path],
-            cluster, slots=SLOTS, timestamps=True,
+            cluster, slots=SLOTS,
         )
         nodes.append(master)
         for name in WORKERS:
-            nodes.append(start_node(folder, name, ["--capabilities", KIND], cluster, slots=SLOTS, timestamps=True))
+            nodes.append(start_node(folder, name, ["--capabilities", KIND], cluster, slots=SLOTS))
         watch = Watch(master, first=r"(Master received confirmation)", connected=r"Node \S+ connected to peer (\S+)")
         wait_until(lambda: bool(watch.poll()["first"]), nodes, deadline, "the W3 master's first result")
         wait_until(lambda: os.path.exists(results_path), nodes, deadline, "the W3 job to finish")
@@ -262,14 +264,14 @@ def w5(folder: str, job_path: str, side_path: str, tasks: int, kill: bool, timeo
     try:
         deadline = time.monotonic() + timeout
         nodes += [
-            start_node(folder, name, ["--capabilities", KIND], cluster, slots=SLOTS, timestamps=True)
+            start_node(folder, name, ["--capabilities", KIND], cluster, slots=SLOTS)
             for name in WORKERS
         ]
         wait_listening(nodes, nodes, deadline)
         master = start_node(
             folder, MASTER,
             ["--capabilities", IDLE_CAPABILITY, "--job", job_path, "--results", results_path],
-            cluster, slots=SLOTS, timestamps=True,
+            cluster, slots=SLOTS,
         )
         nodes.append(master)
         killed_at = None
@@ -292,7 +294,7 @@ def w5(folder: str, job_path: str, side_path: str, tasks: int, kill: bool, timeo
             nodes.append(
                 start_node(
                     folder, victim.name + "-restarted", ["--capabilities", KIND], cluster,
-                    slots=SLOTS, timestamps=True,
+                    slots=SLOTS,
                 )
             )
         alive = [n for n in nodes if n is not victim]

@@ -92,6 +92,8 @@ class ProcessExecutor:
         # A session (and process group) per task: directly where Twisted
         # allows it, else through the setsid program (one more exec).
         self._session_spawn = spawn.available()
+        if self._session_spawn:
+            spawn.close_on_exec_everywhere()
         self._setsid = None if self._session_spawn else shutil.which("setsid")
         # Tasks read nothing: their stdin is /dev/null, opened once, not a pipe per task.
         self._devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)

@@ -16,7 +16,7 @@ import time
 from typing import Any, Optional
 
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger, LogLevel
+from twisted.logger import Logger, LogLevel, formatEvent
 
 _minimum_level = LogLevel.info
 
@@ -121,8 +121,6 @@ _stamp_cache: list[Any] = [None, ""]
 
 def _format_line(event: dict[str, Any]) -> Optional[str]:
     """C{2026-11-26T16:01:26.123456+0000 [namespace#level] text}, one line."""
-    from twisted.logger import formatEvent
-
     text = formatEvent(event)
     failure = event.get("log_failure")
     if failure is not None:

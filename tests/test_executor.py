@@ -42,6 +42,26 @@ class ExecutorTests(TestCase):
         self.assertEqual((result.task_id, result.attempt, result.node), ("t1", 1, "w1"))
         self.assertGreater(result.duration, 0)
 
+    async def test_only_standard_descriptors_inherited(self):
+        """
+        A task inherits its standard input, output and error and nothing
+        else: not the node's sockets and pipes, nor a descriptor the node
+        itself inherited (left inheritable) before the executor started.
+        """
+        read_end, write_end = os.pipe()
+        self.addCleanup(os.close, read_end)
+        self.addCleanup(os.close, write_end)
+        os.set_inheritable(write_end, True)
+        executor = ProcessExecutor(reactor, "w1", tail_bytes=1024, kill_grace=1.0)
+        result = await executor.run("job-1", task("ls /proc/self/fd", shell=True))
+        self.assertEqual(result.status, SUCCEEDED)
+        descriptors = set(result.stdout.split())
+        # 0-2, plus the one ls opens to read the folder.
+        self.assertTrue({"0", "1", "2"} <= descriptors, descriptors)
+        self.assertLessEqual(len(descriptors - {"0", "1", "2"}), 1, descriptors)
+        self.assertNotIn(str(write_end), descriptors - {"0", "1", "2", "3"})
+        self.assertFalse(os.get_inheritable(write_end))
+
     async def test_failure_exit_code(self):
         """A failing command reports its exit code."""
         result = await self.run_task(task(["sh", "-c", "exit 3"]))

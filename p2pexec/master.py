@@ -81,6 +81,20 @@ class _WorkerSeat:
         rate = slots / max(self.mean_duration, 1e-5)
         return slots + max(1, min(MAX_PREFETCH, int(rate * QUEUE_HORIZON)))
 
+    @property
+    def free(self) -> int:
+        """
+        How many more tasks to give it now: none until half of its queue
+        beyond its slots has drained, then enough to fill L{window} again.
+        Topping up after every confirmation would send one tiny
+        INSTRUCTION_ASSIGNMENT per finished task.
+        """
+        window = self.window
+        free = window - self.outstanding
+        if free < max(1, (window - self.info.slots) // 2):
+            return 0
+        return free
+
     def record_duration(self, seconds: float) -> None:
         """Fold one finished task's run time into L{mean_duration}."""
         if self.mean_duration is None:
@@ -340,7 +354,7 @@ class Master:
             scheduler.WorkerCapacity(
                 name=name,
                 capabilities=frozenset(seat.info.capabilities),
-                free=seat.window - seat.outstanding,
+                free=seat.free,
             )
             for name, seat in self._workers.items()
             if seat.accepting

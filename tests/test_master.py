@@ -155,6 +155,32 @@ class MasterTests(SynchronousTestCase):
             outstanding = sum(len(batch) for _, _, batch in link.assignments) - len(first)
             self.assertEqual(outstanding, expected_window, duration)
 
+    def test_tops_up_once_half_the_queue_drained(self):
+        """
+        A worker with a deep queue is not sent a task per confirmation: it is
+        topped up, in one batch, once half its queue beyond the slots has
+        drained.
+        """
+        self.master.worker_joined(node(name="b1", capabilities=("b",), slots=2))
+        job = self.master.submit([TaskSpec.instruction(f"b{i}") for i in range(100)])
+        self.clock.advance(0)
+        sent = [task_id for _, _, batch in self.link.assignments for task_id, _ in batch]
+        # Tasks of 10 ms: a window of 2 slots + 10 queued.
+        self.master.confirm(
+            job.id,
+            [TaskResult(task_id=t, attempt=1, status="succeeded", node="b1", duration=0.01) for t in sent],
+            "b1",
+        )
+        self.clock.advance(0)
+        batches_before = len(self.link.assignments)
+        in_hand = [task_id for _, _, batch in self.link.assignments[-1:] for task_id, _ in batch]
+        self.assertEqual(len(in_hand), 12)
+        for count, task_id in enumerate(in_hand[:5], start=1):
+            self.master.confirm(job.id, [TaskResult(task_id=task_id, attempt=1, status="succeeded", node="b1", duration=0.01)], "b1")
+            self.clock.advance(0)
+            self.assertEqual(len(self.link.assignments), batches_before if count < 5 else batches_before + 1, count)
+        self.assertEqual(len(self.link.assignments[-1][2]), 5)
+
     def test_waits_for_capability_and_says_so(self):
         """Tasks nobody can run wait, the log names the capability once, and they go out when a capable node joins."""
         with capturedLogs() as events:

@@ -155,7 +155,7 @@ def profile_workload(args: argparse.Namespace) -> int:
         if args.workload == "W1":
             figures = workloads.w1(top, files.w1_job, tasks, args.timeout)
         elif args.workload == "W2":
-            figures = workloads.w2(top, files.w2_job, files.w2_ids, tasks, args.timeout)
+            figures = workloads.w2(top, files.w2_job, files.w2_ids, tasks, args.timeout, workers=1)
         else:
             figures = workloads.w5(top, files.w5_job, files.side, tasks, args.workload == "W5kill", args.timeout)
     finally:

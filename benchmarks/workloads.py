@@ -14,9 +14,12 @@ machine; the master holds the job file and writes ``--results``):
     (master accepts the job at start-up -> last result).  W4 is read from
     the same runs: VmHWM of the master and of ``bench1`` from /proc, just
     before they are stopped.
-  - W2: one worker ``bench1`` with ``--slots 2`` and a master that runs
-    nothing: at most two ``true`` processes at a time, as with ``xargs
-    -P2``.  2,000 tasks ``command = ["true"]``.  Wall time = the results
+  - W2: 2,000 tasks ``command = ["true"]`` given to one node with
+    ``--slots 2``, which runs them itself: at most two ``true`` processes at
+    a time on one machine, as with ``xargs -P2``.  Also measured: the same
+    through the network, a master that runs nothing and one worker
+    ``bench1`` with ``--slots 2`` (both on the same two CPUs), and the W1
+    cluster (two such workers).  Wall time = the results
     file's ``elapsed``; also reported: from starting the master process to
     the results file appearing (``launch``), which adds the master's own
     start-up.  ``xargs -P 2 -n 1 true`` over the 2,000 task ids is timed in
@@ -148,11 +151,14 @@ def w1(folder: str, job_path: str, tasks: int, timeout: float) -> dict:
         _finish(nodes, failed)
 
 
-def w2(folder: str, job_path: str, ids_path: str, tasks: int, timeout: float, workers: int = 1) -> dict:
+def w2(folder: str, job_path: str, ids_path: str, tasks: int, timeout: float, workers: int = 0) -> dict:
     """
-    W2: ``true`` through a master that runs nothing and C{workers} workers
-    with 2 slots each; then xargs -P2.  With one worker, two tasks run at a
-    time, as with xargs -P2; with two (the W1 cluster), four.
+    W2: 2,000 ``true`` against xargs -P2.  With C{workers} 0, one node with
+    2 slots runs the job it was given (two processes at a time on one
+    machine, as xargs -P2).  Otherwise a master that runs nothing and
+    C{workers} workers with 2 slots each: one worker runs two at a time
+    through the network path (master and worker competing for the same
+    CPUs); two (the W1 cluster) run four.
     """
     cluster = fresh_cluster()
     results_path = os.path.join(folder, "w2-results.json")
@@ -161,12 +167,13 @@ def w2(folder: str, job_path: str, ids_path: str, tasks: int, timeout: float, wo
     figures: dict = {}
     try:
         deadline = time.monotonic() + timeout
-        nodes += _start_workers(folder, cluster, deadline, names=WORKERS[:workers])
+        if workers:
+            nodes += _start_workers(folder, cluster, deadline, names=WORKERS[:workers])
         launched = time.monotonic()
         nodes.append(
             start_node(
                 folder, MASTER,
-                ["--capabilities", IDLE_CAPABILITY, "--job", job_path, "--results", results_path],
+                ["--capabilities", KIND if not workers else IDLE_CAPABILITY, "--job", job_path, "--results", results_path],
                 cluster, slots=SLOTS,
             )
         )

@@ -18,6 +18,7 @@ from __future__ import annotations
 import random
 from typing import Callable, Optional
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import DatagramProtocol
 
@@ -73,6 +74,8 @@ class DiscoveryProtocol(DatagramProtocol):
         self.received = 0
         self._heard_from: set[str] = set()
         self._instances: set[tuple[str, str]] = set()
+        self.joined: Deferred[bool] = Deferred()
+        """Fires with True once the group is joined, or False if joining failed (logged)."""
 
     noisy = False
 
@@ -87,14 +90,15 @@ class DiscoveryProtocol(DatagramProtocol):
         self.transport.setOutgoingInterface(self._interface)
         self.transport.setTTL(1)
         joined = self.transport.joinGroup(host, self._interface)
-        joined.addErrback(self._join_failed)
+        joined.addCallbacks(lambda _: True, self._join_failed)
+        joined.addCallback(lambda ok: self.joined.called or self.joined.callback(ok))
         self._send(datagram.DISCOVER)
         me = self._local_info()
         log.info("Node {name} sent DISCOVER", name=me.name)
         self._discover_call = self._clock.callLater(self._discover_delay, self._rediscover)
         self._hello_call = self._clock.callLater(self._jittered(self._hello_interval), self._announce)
 
-    def _join_failed(self, failure) -> None:
+    def _join_failed(self, failure) -> bool:
         log.error(
             "Could not join multicast group {group} on {interface}: {error}. "
             "Discovery will not hear other nodes; use --interface with an address "
@@ -103,6 +107,7 @@ class DiscoveryProtocol(DatagramProtocol):
             interface=self._interface,
             error=failure.getErrorMessage(),
         )
+        return False
 
     def stopProtocol(self) -> None:
         """Cancel every pending send."""

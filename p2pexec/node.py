@@ -152,6 +152,8 @@ class Node:
         self._tcp_port: Any = None
         self._udp_port: Any = None
         self._loops: list[LoopingCall] = []
+        self._serving = False
+        self._ready_waiters: list[Deferred[None]] = []
         self._in_flight: set[Deferred[Any]] = set()
         self._confirming: dict[str, int] = {}
         self._local_sink: Optional[_LocalSink] = None
@@ -201,6 +203,9 @@ class Node:
         if self.config.multicast:
             _, group_port = self.config.group
             self._udp_port = self._reactor.listenMulticast(group_port, self.discovery, listenMultiple=True)
+            self.discovery.joined.addCallback(lambda joined: (self._now_serving(), joined)[1])
+        else:
+            self._now_serving()
         for interval, call in (
             (self.config.peer_expiry / 3, self._expire_peers),
             (self.config.exchange_interval, self._gossip),
@@ -229,6 +234,24 @@ class Node:
         if self.config.tasks is not None:
             self._initial_job_id = self.master.new_job_id()
             self.master.submit(self.config.tasks, self._initial_job_id)
+
+    def ready(self) -> Deferred[None]:
+        """
+        Fires once the node serves: its TCP port listens (L{start} has run)
+        and, with multicast on, discovery has joined its group (or failed to,
+        which is logged as an error).
+        """
+        d: Deferred[None] = Deferred()
+        self._ready_waiters.append(d)
+        if self._serving:
+            self._now_serving()
+        return d
+
+    def _now_serving(self) -> None:
+        self._serving = True
+        waiting, self._ready_waiters = self._ready_waiters, []
+        for d in waiting:
+            d.callback(None)
 
     async def stop(self) -> None:
         """

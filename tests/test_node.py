@@ -221,6 +221,30 @@ class MembershipTests(SynchronousTestCase):
         job = cluster.nodes["a1"].initial_job.result
         self.assertEqual({t: r.result.node for t, r in job.tasks.items()}, {"d9": "d1", "c9": "c1"})
 
+    def test_ready_once_listening_and_joined(self):
+        """
+        L{Node.ready} fires once the node listens and discovery has joined its
+        group, whether asked before or after; with multicast off, once it
+        listens.
+        """
+        network = FakeNetwork()
+        host = network.host("127.0.0.1")
+        node = Node(NodeConfig(name="a1", interface="127.0.0.1", port=0), host, FakeRunner(host, "a1"))
+        early = node.ready()
+        self.assertNoResult(early)
+        node.start()
+        network.run(0.1)
+        self.successResultOf(early)
+        self.successResultOf(node.ready())
+        quiet = Node(
+            NodeConfig(name="b1", interface="127.0.0.1", port=0, multicast=False),
+            network.host("127.0.0.2"),
+            FakeRunner(host, "b1"),
+        )
+        waiting = quiet.ready()
+        quiet.start()
+        self.successResultOf(waiting)
+
     def test_gossip_does_not_revive_dead_peers(self):
         """A crashed node is forgotten everywhere, even though the survivors gossip."""
         cluster = Cluster()

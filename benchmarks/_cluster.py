@@ -161,6 +161,7 @@ def start_node(
     argv += [
         "p2pexec",
         "--name", name, "--port", "0", "--group", GROUP, "--cluster", cluster,
+        "--state-dir", os.path.join(folder, "state", name),
         "--log-level", level,
     ]
     argv += list(options)

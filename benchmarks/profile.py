@@ -180,6 +180,7 @@ def profile_startup(args: argparse.Namespace) -> int:
         PY_SPY, "record", "--format", "raw", "-o", path, "--rate", str(args.rate), "--",
         TWISTD, "--pidfile=", "-n", "p2pexec", "--name", "w1", "--port", "0", "--group", _cluster.GROUP,
         "--cluster", _cluster.fresh_cluster(), "--capabilities", "w", "--tasks", "w1", "--exit-when-done",
+        "--state-dir", os.path.join(folder, "state"),
     ]
     started = time.monotonic()
     process = subprocess.run(argv, cwd=folder, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

@@ -157,6 +157,7 @@ def start_node(folder: str, name: str, options: Sequence[str], cluster: str, gro
     argv = [
         TWISTD, "--pidfile=", "-n", "--logger=p2pexec.log.observer",
         "p2pexec", "--name", name, "--port", "0", "--group", group, "--cluster", cluster,
+        "--state-dir", os.path.join(folder, "state", name),
         *options,
     ]
     env = dict(os.environ, PYTHONPATH=CHECKOUT + os.pathsep + os.environ.get("PYTHONPATH", ""))

@@ -44,7 +44,7 @@ def start(folder: str, name: str, port: int, extra: list[str]) -> tuple[subproce
     argv = [
         TWISTD, "--pidfile=", "-n", "--logger=p2pexec.log.observer", "p2pexec",
         "--name", name, "--port", str(port), "--group", GROUP, "--cluster", "demo",
-        "--slots", "2",
+        "--slots", "2", "--state-dir", os.path.join(folder, "state", name),
     ] + extra
     if name == "a1":
         argv += ["--results", os.path.join(folder, "results.json")]

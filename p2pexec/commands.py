@@ -225,6 +225,45 @@ class Heartbeat(amp.Command):
     errors = _errors()
 
 
+class ResultQuery(amp.Command):
+    """
+    RESULT_QUERY: a master that restarted (or reconnected) asks a worker what
+    became of attempts it had assigned to it.  The worker answers with the
+    task ids in three lists: C{done} (their results follow again as
+    EXECUTION_CONFIRMATION, from the worker's cache), C{running} (queued or
+    running: their confirmations will come), and C{unknown} (the worker does
+    not have them: the master runs them again).
+    """
+
+    commandName = b"RESULT_QUERY"
+    arguments = [
+        (b"job", amp.Unicode()),
+        (b"tasks", JSON()),
+    ]
+    response = [
+        (b"done", JSON()),
+        (b"running", JSON()),
+        (b"unknown", JSON()),
+    ]
+    errors = _errors()
+
+
+class CancelJob(amp.Command):
+    """
+    CANCEL_JOB: sent to a job's master (by an operator's client or any
+    peer), it cancels the job: no task without a result starts, and the
+    master sends CANCEL_JOB on to every worker holding some of its tasks,
+    which stop them (their process groups) and send no result for them.
+    The answer counts the tasks cancelled (on the master) or stopped and
+    dropped (on a worker).
+    """
+
+    commandName = b"CANCEL_JOB"
+    arguments = [(b"job", amp.Unicode())]
+    response = [(b"cancelled", amp.Integer())]
+    errors = _errors(UNKNOWN_JOB=UnknownJob)
+
+
 T = TypeVar("T")
 
 

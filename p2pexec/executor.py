@@ -99,6 +99,7 @@ class ProcessExecutor:
         self._devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         self._found: dict[tuple[str, str], str] = {}
         self.running: dict[int, Any] = {}
+        self._pids: dict[tuple[str, str, int], int] = {}
 
     def run(self, job: str, assignment: Assignment) -> Deferred[TaskResult]:
         """Run one attempt of a task; fires with its result, never fails."""
@@ -152,6 +153,8 @@ class ProcessExecutor:
             return _succeed(result(ERROR, error=f"could not start {program!r}: {e}"))
         pid = transport.pid
         self.running[pid] = protocol
+        attempt_key = (job, task.id, assignment.attempt)
+        self._pids[attempt_key] = pid
         timer: Optional[IDelayedCall] = None
         timed_out = []
         if task.timeout is not None:
@@ -164,6 +167,7 @@ class ProcessExecutor:
 
         def ended(reason: BaseException) -> TaskResult:
             self.running.pop(pid, None)
+            self._pids.pop(attempt_key, None)
             if timer is not None and timer.active():
                 timer.cancel()
             fields: dict[str, Any] = {
@@ -208,6 +212,12 @@ class ProcessExecutor:
 
             call = self._clock.callLater(self._kill_grace, escalate)
             protocol.ended.addBoth(lambda r: (call.cancel() if call.active() else None, r)[1])
+
+    def stop(self, job: str, assignment: Assignment) -> None:
+        """Terminate one attempt's process group (SIGTERM, then SIGKILL); its result still arrives."""
+        pid = self._pids.get((job, assignment.task.id, assignment.attempt))
+        if pid is not None and pid in self.running:
+            self._signal_group(pid, signal.SIGTERM, self.running[pid])
 
     def stop_all(self) -> None:
         """Terminate every running task's process group (SIGTERM, then SIGKILL)."""

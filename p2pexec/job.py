@@ -11,7 +11,10 @@ from typing import Any, Iterable, Optional
 
 import attr
 
-from p2pexec.model import RETURNED, Assignment, TaskResult, TaskSpec
+from p2pexec.model import CANCELLED, FAILED, RETURNED, Assignment, TaskResult, TaskSpec
+
+DEFAULT_MAX_LOSSES = 3
+"""How many times a task may lose its worker before it is quarantined as failed."""
 
 
 class TaskState(enum.Enum):
@@ -32,6 +35,8 @@ class Verdict(enum.Enum):
     """For a task id the job does not have."""
     RETURNED = "returned"
     """The worker handed the task back unrun; it is pending again."""
+    RETRY = "retry"
+    """The attempt failed and the task has retries left: it waits to run again."""
 
 
 @attr.s(auto_attribs=True, slots=True)
@@ -44,7 +49,10 @@ class TaskRecord:
     @ivar attempt: the number of the latest attempt (0 before the first).
     @ivar worker: the node given the latest attempt (kept when the task is
         put back, so that its late result can still be recognised).
-    @ivar result: the result that finished it.
+    @ivar result: the result that finished it (or, while it waits for a
+        retry, the failed attempt's result).
+    @ivar failures: failed attempts so far that were retried.
+    @ivar losses: attempts lost with their worker so far.
     """
 
     spec: TaskSpec
@@ -52,6 +60,13 @@ class TaskRecord:
     attempt: int = 0
     worker: Optional[str] = None
     result: Optional[TaskResult] = None
+    failures: int = 0
+    losses: int = 0
+
+    @property
+    def state_name(self) -> str:
+        """The state's name, as the journal stores it."""
+        return self.state.value
 
 
 class Job:
@@ -62,9 +77,22 @@ class Job:
     @ivar started: when it was accepted.
     @ivar finished: when its last task finished, or C{None}.
     @ivar participants: every node that was given one of its tasks.
+    @ivar source: what the job came from (a digest of its job file), so that
+        a master restarted with the same job resumes it instead of starting
+        it again; C{None} if unknown.
+    @ivar cancelled: whether it was cancelled.
+    @ivar max_losses: how many times a task may lose its worker before it
+        is quarantined as failed.
     """
 
-    def __init__(self, job_id: str, tasks: Iterable[TaskSpec], started: float) -> None:
+    def __init__(
+        self,
+        job_id: str,
+        tasks: Iterable[TaskSpec],
+        started: float,
+        source: Optional[str] = None,
+        max_losses: int = DEFAULT_MAX_LOSSES,
+    ) -> None:
         self.id = job_id
         self.tasks: dict[str, TaskRecord] = {}
         for spec in tasks:
@@ -72,11 +100,36 @@ class Job:
                 raise ValueError(f"job {job_id}: task id {spec.id!r} appears twice")
             self.tasks[spec.id] = TaskRecord(spec=spec)
         self.started = started
+        self.source = source
+        self.max_losses = max_losses
         self.finished: Optional[float] = None
+        self.cancelled = False
         self.participants: set[str] = set()
         self.succeeded = 0
         self.failed = 0
         self.stale = 0
+
+    @classmethod
+    def restore(
+        cls,
+        job_id: str,
+        records: Iterable[TaskRecord],
+        started: float,
+        source: Optional[str] = None,
+        max_losses: int = DEFAULT_MAX_LOSSES,
+    ) -> "Job":
+        """A job rebuilt from its journal records (L{TaskRecord}s, in job order)."""
+        job = cls(job_id, (), started, source, max_losses)
+        for record in records:
+            job.tasks[record.spec.id] = record
+            if record.worker is not None:
+                job.participants.add(record.worker)
+            if record.state is TaskState.DONE and record.result is not None:
+                if record.result.succeeded:
+                    job.succeeded += 1
+                else:
+                    job.failed += 1
+        return job
 
     @property
     def done(self) -> bool:
@@ -122,6 +175,15 @@ class Job:
                 record.state = TaskState.PENDING
                 return Verdict.RETURNED
             return Verdict.STALE
+        if record.state is TaskState.PENDING and record.result is not None and record.result.attempt == result.attempt:
+            # The failed attempt waiting for its retry, reported again.
+            self.stale += 1
+            return Verdict.STALE
+        if not result.succeeded and record.failures < record.spec.retries:
+            record.failures += 1
+            record.state = TaskState.PENDING
+            record.result = result
+            return Verdict.RETRY
         record.state = TaskState.DONE
         record.result = result
         if result.succeeded:
@@ -150,19 +212,70 @@ class Job:
         record.state = TaskState.PENDING
         return True
 
-    def put_back(self, worker: str) -> list[str]:
+    def put_back(self, worker: str, now: float, task_ids: Optional[Iterable[str]] = None) -> tuple[list[str], list[str]]:
         """
-        Return every task assigned to C{worker} and not confirmed to the
-        queue.
+        Take back every task assigned to C{worker} and not confirmed (or just
+        C{task_ids} among them): its worker was lost.  A task that has now
+        lost its worker L{max_losses} times is quarantined: it is done, as
+        failed, and is not run again (it may be what kills its workers).
 
-        @return: their ids, in job order.
+        @return: (the ids to queue again, the ids quarantined), in job order.
         """
-        returned = []
+        requeue: list[str] = []
+        quarantined: list[str] = []
+        wanted = None if task_ids is None else set(task_ids)
         for task_id, record in self.tasks.items():
-            if record.state is TaskState.ASSIGNED and record.worker == worker:
+            if record.state is not TaskState.ASSIGNED or record.worker != worker:
+                continue
+            if wanted is not None and task_id not in wanted:
+                continue
+            record.losses += 1
+            if record.losses >= self.max_losses:
+                record.state = TaskState.DONE
+                record.result = TaskResult(
+                    task_id=task_id,
+                    attempt=record.attempt,
+                    status=FAILED,
+                    node=worker,
+                    error=(
+                        f"quarantined: lost its worker {record.losses} times (last: {worker}); "
+                        f"not run again"
+                    ),
+                )
+                self.failed += 1
+                quarantined.append(task_id)
+            else:
                 record.state = TaskState.PENDING
-                returned.append(task_id)
-        return returned
+                requeue.append(task_id)
+        if quarantined and self.done:
+            self.finished = now
+        return requeue, quarantined
+
+    def cancel(self, now: float, by: str) -> list[TaskRecord]:
+        """
+        Cancel every task without a result: each is done, as C{cancelled}.
+
+        @return: the records that were assigned to a worker (whose processes
+            must be stopped).
+        """
+        running = []
+        for task_id, record in self.tasks.items():
+            if record.state is TaskState.DONE:
+                continue
+            if record.state is TaskState.ASSIGNED:
+                running.append(record)
+            record.state = TaskState.DONE
+            record.result = TaskResult(
+                task_id=task_id,
+                attempt=record.attempt,
+                status=CANCELLED,
+                node=record.worker or by,
+                error=f"job cancelled on {by}",
+            )
+            self.failed += 1
+        self.cancelled = True
+        self.finished = now
+        return running
 
     def counts(self) -> dict[str, int]:
         """How many tasks are in each state."""
@@ -185,6 +298,10 @@ class Job:
                 "state": record.state.value,
                 "attempts": record.attempt,
             }
+            if record.failures:
+                entry["retried"] = record.failures
+            if record.losses:
+                entry["lost_workers"] = record.losses
             if record.result is not None:
                 result = record.result.to_wire()
                 result.pop("id", None)
@@ -197,6 +314,7 @@ class Job:
             "failed": self.failed,
             "total": len(self.tasks),
             "elapsed": round(self.elapsed(now), 6),
+            "cancelled": self.cancelled,
             "stale_results_dropped": self.stale,
             "tasks": tasks,
         }

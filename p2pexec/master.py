@@ -11,18 +11,32 @@ from __future__ import annotations
 
 import itertools
 import os
+import random
 from collections import deque
-from typing import Iterable, Optional, Protocol
+from typing import Any, Callable, Iterable, Optional, Protocol
 
 import attr
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from p2pexec import scheduler
-from p2pexec.job import Job, Verdict
+from p2pexec.job import DEFAULT_MAX_LOSSES, Job, TaskRecord, TaskState, Verdict
+from p2pexec.journal import IJournal, JournalError, NullJournal, StoredJob
 from p2pexec.log import MAX_IDS_IN_LOG, NodeLogger, format_ids
 from p2pexec.model import Assignment, NodeInfo, TaskResult, TaskSpec
 
 log = NodeLogger()
+
+RECONCILE_GRACE = 10.0
+"""Seconds a restarted master waits for a worker that held its tasks to
+come back and say what became of them, before it runs them elsewhere."""
+
+JOURNAL_RETRY = 5.0
+"""Seconds a master whose journal cannot be written waits before trying to hand out tasks again."""
+
+RETRY_INITIAL_DELAY = 1.0
+"""Seconds before a failed task's first retry (doubling each time, plus up
+to a second of jitter, at most a minute)."""
 
 
 class IWorkerLink(Protocol):
@@ -33,6 +47,16 @@ class IWorkerLink(Protocol):
 
     def send_complete(self, worker: str, job: Job) -> None:
         """Tell C{worker} that C{job} has finished."""
+
+    def query_tasks(self, worker: str, job: str, attempts: list[tuple[str, int]]) -> Deferred[dict[str, list[str]]]:
+        """
+        Ask C{worker} what became of these attempts: fires with
+        C{{"done": ids, "running": ids, "unknown": ids}}; the results of the
+        done ones come again as confirmations.
+        """
+
+    def send_cancel(self, worker: str, job: str) -> None:
+        """Tell C{worker} to stop every task of C{job} it holds."""
 
 
 class IJobObserver(Protocol):
@@ -111,8 +135,14 @@ class Master:
     it always has the next batch at hand when a slot frees, without one
     worker hoarding the queue.
 
+    Every decision is written to the journal before the message that
+    depends on it goes out (see L{p2pexec.journal}).
+
     @ivar jobs: every job accepted by this node, by id.
     @ivar assignments_sent: how many task attempts were handed out in all.
+    @ivar retries_scheduled: how many failed attempts were given a retry.
+    @ivar quarantined: how many tasks were quarantined after losing their
+        worker too often.
     """
 
     def __init__(
@@ -121,11 +151,23 @@ class Master:
         link: IWorkerLink,
         observer: IJobObserver,
         clock: IReactorTime,
+        journal: Optional[IJournal] = None,
+        max_losses: int = DEFAULT_MAX_LOSSES,
+        jitter: Callable[[], float] = random.random,
     ) -> None:
         self.me = me
         self._link = link
         self._observer = observer
         self._clock = clock
+        self.journal: IJournal = journal if journal is not None else NullJournal()
+        self._max_losses = max_losses
+        self._jitter = jitter
+        self._retry_delay: Optional[Callable[[int], float]] = None
+        self._in_doubt: dict[str, dict[str, list[tuple[str, int]]]] = {}
+        self._reconcile_call: Optional[IDelayedCall] = None
+        self.retries_scheduled = 0
+        self.quarantined = 0
+        self._announced: set[str] = set()
         self.jobs: dict[str, Job] = {}
         self._pending: dict[str, deque[tuple[str, str]]] = {}
         self._workers: dict[str, _WorkerSeat] = {}
@@ -142,10 +184,20 @@ class Master:
         """A job id unique to this master process."""
         return f"{self.me.name}-{self.me.instance[:8]}-{next(self._job_numbers)}"
 
-    def submit(self, tasks: Iterable[TaskSpec], job_id: Optional[str] = None) -> Job:
-        """Accept a job and queue its tasks."""
-        job = Job(job_id or self.new_job_id(), tasks, started=self._clock.seconds())
+    def submit(self, tasks: Iterable[TaskSpec], job_id: Optional[str] = None, source: Optional[str] = None) -> Job:
+        """
+        Accept a job and queue its tasks (the journal has it by the time
+        L{IJournal.durable} fires).
+
+        @param source: what the job came from, so that a restarted master
+            given the same job resumes it (see L{find_unfinished}).
+        """
+        job = Job(
+            job_id or self.new_job_id(), tasks, started=self._clock.seconds(), source=source,
+            max_losses=self._max_losses,
+        )
         self.jobs[job.id] = job
+        self.journal.job_added(job)
         kinds: dict[str, int] = {}
         for task_id, record in job.tasks.items():
             self._pending.setdefault(record.spec.kind, deque()).append((job.id, task_id))
@@ -166,6 +218,122 @@ class Master:
         """The jobs that still have tasks without a result."""
         return [job for job in self.jobs.values() if job.finished is None]
 
+    def find_unfinished(self, source: str) -> Optional[Job]:
+        """The unfinished job that came from C{source}, if there is one."""
+        for job in self.unfinished():
+            if job.source == source:
+                return job
+        return None
+
+    def resume(self, stored: Iterable[StoredJob]) -> list[Job]:
+        """
+        Take up the unfinished jobs of the journal after a restart.  Finished
+        tasks keep their results; pending ones are queued; the ones that were
+        out on workers are asked for first (when each worker connects, or
+        run again after L{RECONCILE_GRACE} seconds), since they may have
+        finished meanwhile.
+        """
+        resumed = []
+        for saved in stored:
+            records = [
+                TaskRecord(
+                    spec=task.spec,
+                    state=TaskState(task.state),
+                    attempt=task.attempt,
+                    worker=task.worker,
+                    result=task.result,
+                    failures=task.failures,
+                    losses=task.losses,
+                )
+                for task in saved.tasks
+            ]
+            job = Job.restore(saved.id, records, saved.started, saved.source, self._max_losses)
+            self.jobs[job.id] = job
+            resumed.append(job)
+            in_doubt = 0
+            for task_id, record in job.tasks.items():
+                if record.state is TaskState.PENDING:
+                    self._pending.setdefault(record.spec.kind, deque()).append((job.id, task_id))
+                elif record.state is TaskState.ASSIGNED:
+                    assert record.worker is not None
+                    in_doubt += 1
+                    self._in_doubt.setdefault(record.worker, {}).setdefault(job.id, []).append(
+                        (task_id, record.attempt)
+                    )
+            counts = job.counts()
+            log.info(
+                "Node {name} resumed job {job} from its journal: {done} of {total} task(s) done, "
+                "{in_doubt} were out on workers, {pending} pending",
+                name=self.me.name,
+                job=job.id,
+                done=counts["done"],
+                total=len(job.tasks),
+                in_doubt=in_doubt,
+                pending=counts["pending"],
+            )
+            if job.done:
+                job.finished = self._clock.seconds()
+                self._finish(job)
+        # Our own worker died with us: what it held is lost for certain.
+        mine = self._in_doubt.pop(self.me.name, {})
+        for job_id, attempts in mine.items():
+            self._lose(self.jobs[job_id], self.me.name, "was this node before it restarted", [t for t, _ in attempts])
+        if self._in_doubt:
+            self._reconcile_call = self._clock.callLater(RECONCILE_GRACE, self._give_up_in_doubt)
+        self.schedule_dispatch()
+        return resumed
+
+    def _reconcile(self, worker: str) -> None:
+        """Ask a worker that came back what became of the tasks it held before our restart."""
+        for job_id, attempts in self._in_doubt.pop(worker, {}).items():
+            seat = self._workers.get(worker)
+            if seat is not None:
+                seat.outstanding += len(attempts)
+            d = self._link.query_tasks(worker, job_id, attempts)
+            d.addCallbacks(
+                self._reconciled,
+                self._reconcile_failed,
+                callbackArgs=(worker, job_id, attempts),
+                errbackArgs=(worker, job_id, attempts),
+            )
+
+    def _reconciled(self, answer: dict[str, list[str]], worker: str, job_id: str, attempts: list[tuple[str, int]]) -> None:
+        job = self.jobs[job_id]
+        unknown = [task_id for task_id in answer.get("unknown", []) if task_id in job.tasks]
+        log.info(
+            "Worker {worker} still had {kept} of the {count} task(s) of job {job} it held before this "
+            "node restarted; {lost} were lost there",
+            worker=worker,
+            kept=len(attempts) - len(unknown),
+            count=len(attempts),
+            job=job_id,
+            lost=len(unknown),
+        )
+        if unknown:
+            self._lose(job, worker, "no longer had them", unknown)
+
+    def _reconcile_failed(self, failure: Any, worker: str, job_id: str, attempts: list[tuple[str, int]]) -> None:
+        job = self.jobs[job_id]
+        log.warn(
+            "Could not ask worker {worker} about {count} task(s) of job {job}: {error}; they run again",
+            worker=worker,
+            count=len(attempts),
+            job=job_id,
+            error=failure.getErrorMessage(),
+        )
+        self._lose(job, worker, "could not be asked about them", [task_id for task_id, _ in attempts])
+
+    def _give_up_in_doubt(self) -> None:
+        """Run elsewhere what the workers that did not come back held."""
+        self._reconcile_call = None
+        for worker, jobs in list(self._in_doubt.items()):
+            for job_id, attempts in jobs.items():
+                self._lose(
+                    self.jobs[job_id], worker, f"did not come back within {RECONCILE_GRACE:g}s",
+                    [task_id for task_id, _ in attempts],
+                )
+        self._in_doubt.clear()
+
     # -- workers ------------------------------------------------------------
 
     def worker_joined(self, info: NodeInfo) -> None:
@@ -175,6 +343,8 @@ class Master:
             self._workers[info.name] = _WorkerSeat(info=info)
         else:
             seat.info, seat.accepting = info, True
+        if info.name in self._in_doubt:
+            self._reconcile(info.name)
         self.schedule_dispatch()
 
     def refused(self, worker: str, job_id: str, attempts: list[tuple[str, int]], why: str, usable: bool) -> None:
@@ -191,6 +361,8 @@ class Master:
         if job is None:
             return
         returned = [task_id for task_id, attempt in attempts if job.take_back(task_id, attempt, worker)]
+        for task_id in returned:
+            self.journal.task_changed(job.id, job.tasks[task_id])
         if seat is not None:
             seat.outstanding = max(0, seat.outstanding - len(returned))
         if returned:
@@ -219,25 +391,45 @@ class Master:
         if seat is None:
             return
         for job in self.unfinished():
-            returned = job.put_back(name)
-            if returned:
-                self._requeue(job, returned)
-                log.warn(
-                    "Node {name} put {count} unconfirmed task(s) of job {job} back in the queue: "
-                    "worker {worker} {why}",
-                    name=self.me.name,
-                    count=len(returned),
-                    job=job.id,
-                    worker=name,
-                    why=why,
-                )
+            self._lose(job, name, why)
         self.schedule_dispatch()
+
+    def _lose(self, job: Job, worker: str, why: str, task_ids: Optional[list[str]] = None) -> None:
+        """Put back what C{worker} held of C{job} (or just C{task_ids}); quarantine repeat losers."""
+        requeue, quarantined = job.put_back(worker, self._clock.seconds(), task_ids)
+        for task_id in requeue + quarantined:
+            self.journal.task_changed(job.id, job.tasks[task_id])
+        if requeue:
+            self._requeue(job, requeue)
+            log.warn(
+                "Node {name} put {count} unconfirmed task(s) of job {job} back in the queue: "
+                "worker {worker} {why}",
+                name=self.me.name,
+                count=len(requeue),
+                job=job.id,
+                worker=worker,
+                why=why,
+            )
+        for task_id in quarantined:
+            self.quarantined += 1
+            log.error(
+                "Task {task} of job {job} is quarantined: it lost its worker {losses} times (last: {worker}, "
+                "which {why}); it is marked failed and not run again",
+                task=task_id,
+                job=job.id,
+                losses=job.tasks[task_id].losses,
+                worker=worker,
+                why=why,
+            )
+        if quarantined and job.done:
+            self._finish(job)
 
     # -- results --------------------------------------------------------------
 
     def confirm(self, job_id: str, results: list[TaskResult], sender: str) -> tuple[int, int]:
         """
-        Apply a batch of results reported by C{sender}.
+        Apply a batch of results reported by C{sender}.  They are in the
+        journal once L{IJournal.durable} fires: answer the worker after that.
 
         @return: (applied, stale).
         @raise KeyError: if C{job_id} is not a job of this master.
@@ -250,7 +442,8 @@ class Master:
         confirmed: list[str] = []
         for result in results:
             verdict = job.apply(result, now, sender)
-            if verdict is Verdict.APPLIED or verdict is Verdict.RETURNED:
+            if verdict is Verdict.APPLIED or verdict is Verdict.RETURNED or verdict is Verdict.RETRY:
+                self.journal.task_changed(job_id, job.tasks[result.task_id])
                 if seat is not None and seat.outstanding > 0:
                     seat.outstanding -= 1
             if verdict is Verdict.RETURNED:
@@ -259,7 +452,10 @@ class Master:
                     seat.accepting = False
                 returned.append(result.task_id)
                 continue
-            if verdict is Verdict.APPLIED:
+            if verdict is Verdict.RETRY:
+                applied += 1
+                self._schedule_retry(job, result, sender)
+            elif verdict is Verdict.APPLIED:
                 applied += 1
                 confirmed.append(result.task_id)
                 if seat is not None:
@@ -292,6 +488,37 @@ class Master:
         self.schedule_dispatch()
         return applied, stale
 
+    def _schedule_retry(self, job: Job, result: TaskResult, worker: str) -> None:
+        """A failed attempt with retries left: queue the task again after a backoff."""
+        record = job.tasks[result.task_id]
+        if self._retry_delay is None:
+            from twisted.application.internet import backoffPolicy
+
+            self._retry_delay = backoffPolicy(
+                initialDelay=RETRY_INITIAL_DELAY, maxDelay=60.0, factor=2.0, jitter=self._jitter
+            )
+        delay = self._retry_delay(record.failures - 1)
+        self.retries_scheduled += 1
+        log.warn(
+            "Task {task} of job {job} {status} on {worker} (attempt {attempt}): {detail}; "
+            "retry {retry} of {retries} in {delay:.1f}s",
+            task=result.task_id,
+            job=job.id,
+            status=result.status,
+            worker=worker,
+            attempt=result.attempt,
+            detail=result.error or f"exit code {result.exit_code}",
+            retry=record.failures,
+            retries=record.spec.retries,
+            delay=delay,
+        )
+
+        def retry() -> None:
+            if job.finished is None and record.state is TaskState.PENDING and record.attempt == result.attempt:
+                self._requeue(job, [result.task_id])
+
+        self._clock.callLater(delay, retry)
+
     def _log_confirmed(self, job_id: str, confirmed: list[str], sender: str) -> None:
         """One line per task, as the original; one line per batch past L{MAX_IDS_IN_LOG}."""
         if len(confirmed) <= MAX_IDS_IN_LOG:
@@ -313,23 +540,79 @@ class Master:
 
     def _finish(self, job: Job) -> None:
         """
-        Tell the workers that took part, let the observer write the results,
-        then log the summary: once the summary is in the log, the results
-        file is complete.
+        Write the job's end to the journal; once it is there, tell the
+        workers that took part, let the observer write the results, then log
+        the summary: once the summary is in the log, the results file is
+        complete.  Runs once per job.
         """
+        if job.id in self._announced:
+            return
+        self._announced.add(job.id)
         now = self._clock.seconds()
         if job.finished is None:
             job.finished = now
-        for worker in sorted(job.participants - {self.me.name}):
-            self._link.send_complete(worker, job)
-        self._observer.job_finished(job)
-        log.info(
-            "Job {job} finished: {succeeded} succeeded, {failed} failed, {elapsed:.3f}s elapsed",
-            job=job.id,
-            succeeded=job.succeeded,
-            failed=job.failed,
-            elapsed=job.elapsed(now),
+        self.journal.job_changed(job)
+
+        def announce(_: Any) -> None:
+            for worker in sorted(job.participants - {self.me.name}):
+                self._link.send_complete(worker, job)
+            self._observer.job_finished(job)
+            log.info(
+                "Job {job} {ended}: {succeeded} succeeded, {failed} failed, {elapsed:.3f}s elapsed",
+                job=job.id,
+                ended="was cancelled" if job.cancelled else "finished",
+                succeeded=job.succeeded,
+                failed=job.failed,
+                elapsed=job.elapsed(now),
+            )
+
+        self.journal.durable().addCallbacks(
+            announce,
+            lambda f: log.error("Job {job} finished but its end could not be journaled: {error}", job=job.id, error=f.getErrorMessage()),
         )
+
+    # -- cancellation ---------------------------------------------------------
+
+    def cancel(self, job_id: str, by: str) -> int:
+        """
+        Cancel a job: its tasks without a result never start (or start
+        again), and every worker that holds some is told to stop them.
+
+        @return: how many tasks were cancelled.
+        @raise KeyError: if C{job_id} is not a job of this master.
+        """
+        job = self.jobs[job_id]
+        if job.finished is not None:
+            return 0
+        before = job.counts()["done"]
+        held = job.cancel(self._clock.seconds(), by)
+        cancelled = len(job.tasks) - before
+        for record in job.tasks.values():
+            self.journal.task_changed(job.id, record)
+        workers = sorted({record.worker for record in held if record.worker is not None})
+        for record in held:
+            seat = self._workers.get(record.worker or "")
+            if seat is not None and seat.outstanding > 0:
+                seat.outstanding -= 1
+        for doubtful in self._in_doubt.values():
+            doubtful.pop(job_id, None)
+        log.warn(
+            "Node {name} cancelled job {job} ({by}): {count} task(s) without a result will not run; "
+            "stopping them on {workers}",
+            name=self.me.name,
+            job=job_id,
+            by=by,
+            count=cancelled,
+            workers=", ".join(workers) or "no worker",
+        )
+
+        def tell_workers(_: Any) -> None:
+            for worker in workers:
+                self._link.send_cancel(worker, job_id)
+
+        self.journal.durable().addCallback(tell_workers).addErrback(lambda f: None)
+        self._finish(job)
+        return cancelled
 
     # -- dispatch -----------------------------------------------------------
 
@@ -361,6 +644,7 @@ class Master:
         ]
         planned = scheduler.plan(self._pending, capacity)
         self._note_waiting(planned.unschedulable)
+        sends: list[tuple[str, str, list[Assignment]]] = []
         for worker, entries in planned.assignments.items():
             by_job: dict[str, list[Assignment]] = {}
             for job_id, task_id in entries:
@@ -368,13 +652,33 @@ class Master:
                 if not job.is_pending(task_id):
                     continue
                 by_job.setdefault(job_id, []).append(job.assign(task_id, worker))
-            seat = self._workers[worker]
-            for job_id, assignments in by_job.items():
-                seat.outstanding += len(assignments)
-                self.assignments_sent += len(assignments)
-                self._link.send_assignments(worker, job_id, assignments)
+                self.journal.task_changed(job_id, job.tasks[task_id])
+            sends.extend((worker, job_id, assignments) for job_id, assignments in by_job.items())
         for kind in [k for k, q in self._pending.items() if not q]:
             del self._pending[kind]
+        if not sends:
+            return
+        # Each attempt is in the journal before it goes out.
+        try:
+            self.journal.commit()
+        except JournalError:
+            for worker, job_id, assignments in sends:
+                job = self.jobs[job_id]
+                taken = [a.task.id for a in assignments if job.take_back(a.task.id, a.attempt, worker)]
+                self._requeue(job, taken)
+            self.dispatching = False
+            self._clock.callLater(JOURNAL_RETRY, self._resume_dispatching)
+            log.error("Node {name} stops handing out tasks for {delay:g}s: its journal cannot be written", name=self.me.name, delay=JOURNAL_RETRY)
+            return
+        for worker, job_id, assignments in sends:
+            seat = self._workers[worker]
+            seat.outstanding += len(assignments)
+            self.assignments_sent += len(assignments)
+            self._link.send_assignments(worker, job_id, assignments)
+
+    def _resume_dispatching(self) -> None:
+        self.dispatching = True
+        self.schedule_dispatch()
 
     def _note_waiting(self, unschedulable: list[str]) -> None:
         """

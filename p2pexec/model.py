@@ -25,6 +25,9 @@ TASK_ID_PATTERN = re.compile(r"[A-Za-z0-9_.:@+-]{1,128}")
 MAX_CAPABILITIES = 32
 """A node advertises at most this many task kinds."""
 
+MAX_RETRIES = 100
+"""The most retries a task may ask for."""
+
 _LEADING_LETTERS = re.compile(r"^[A-Za-z]+")
 
 
@@ -187,6 +190,8 @@ class TaskSpec:
     @ivar cwd: the working directory, or C{None} for the worker's own.
     @ivar env: extra environment variables.
     @ivar timeout: seconds before the process group is killed, or C{None}.
+    @ivar retries: how many times a failed attempt is run again (after a
+        backoff) before the failure is final.
     """
 
     id: str
@@ -196,6 +201,7 @@ class TaskSpec:
     cwd: Optional[str] = None
     env: tuple[tuple[str, str], ...] = ()
     timeout: Optional[float] = None
+    retries: int = 0
 
     @classmethod
     def instruction(cls, name: str) -> "TaskSpec":
@@ -217,6 +223,8 @@ class TaskSpec:
             data["env"] = dict(self.env)
         if self.timeout is not None:
             data["timeout"] = self.timeout
+        if self.retries:
+            data["retries"] = self.retries
         return data
 
     @classmethod
@@ -288,7 +296,12 @@ class TaskSpec:
                 f"{what}: 'timeout' must be a number of seconds above 0, not {timeout!r}",
             )
             timeout = float(timeout)
-        unknown = set(data) - {"id", "kind", "command", "shell", "cwd", "env", "timeout"}
+        retries = data.get("retries", 0)
+        _require(
+            isinstance(retries, int) and not isinstance(retries, bool) and 0 <= retries <= MAX_RETRIES,
+            f"{what}: 'retries' must be a whole number from 0 to {MAX_RETRIES}, not {retries!r}",
+        )
+        unknown = set(data) - {"id", "kind", "command", "shell", "cwd", "env", "timeout", "retries"}
         _require(not unknown, f"{what}: unknown field(s) {', '.join(sorted(unknown))}")
         return cls(
             id=task_id,
@@ -298,6 +311,7 @@ class TaskSpec:
             cwd=cwd,
             env=tuple(sorted(env.items())),
             timeout=timeout,
+            retries=retries,
         )
 
 
@@ -307,7 +321,9 @@ TIMED_OUT = "timed-out"
 ERROR = "error"
 RETURNED = "returned"
 """Not a result: the worker hands the task back unrun (it is leaving)."""
-RESULT_STATUSES = (SUCCEEDED, FAILED, TIMED_OUT, ERROR, RETURNED)
+CANCELLED = "cancelled"
+"""The job was cancelled before this task finished."""
+RESULT_STATUSES = (SUCCEEDED, FAILED, TIMED_OUT, ERROR, RETURNED, CANCELLED)
 
 
 @attr.s(frozen=True, slots=True, auto_attribs=True)

@@ -15,7 +15,7 @@ import random
 from typing import Any, Optional
 
 import attr
-from twisted.internet.defer import Deferred, DeferredList, TimeoutError
+from twisted.internet.defer import Deferred, DeferredList, TimeoutError, fail, gatherResults
 from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
@@ -26,7 +26,8 @@ from p2pexec import commands
 from p2pexec.connections import Dialer, dials
 from p2pexec.discovery import DiscoveryProtocol
 from p2pexec.heartbeat import FailureDetector, Liveness, Watchman
-from p2pexec.job import Job
+from p2pexec.job import DEFAULT_MAX_LOSSES, Job
+from p2pexec.journal import open_journal
 from p2pexec.log import NodeLogger, RateLimitedLog
 from p2pexec.master import Master, random_instance
 from p2pexec.membership import Change, PeerState, PeerTable
@@ -79,6 +80,10 @@ class NodeConfig:
     exchange_interval: float = 5.0
     heartbeat_interval: float = 0.5
     heartbeat_timeout: float = 2.5
+    state_dir: Optional[str] = None
+    job_source: Optional[str] = None
+    max_losses: int = DEFAULT_MAX_LOSSES
+    journal_retention: float = 7 * 24 * 3600.0
 
 
 class _LocalSink:
@@ -128,7 +133,10 @@ class Node:
         )
         self.peers = PeerTable(config.name)
         self.worker = Worker(config.name, config.capabilities, config.slots, runner, reactor)
-        self.master = Master(self.info, link=self, observer=self, clock=reactor)
+        self.journal = open_journal(config.state_dir, reactor)
+        self.master = Master(
+            self.info, link=self, observer=self, clock=reactor, journal=self.journal, max_losses=config.max_losses
+        )
         self.dialer = Dialer(reactor, make_protocol=lambda: PeerProtocol(self, dialled=True, clock=reactor), introduce=self._introduce)
         self.watchman = Watchman(
             busy=FailureDetector(config.heartbeat_interval, config.heartbeat_timeout),
@@ -231,9 +239,33 @@ class Node:
             )
         if self.info.capabilities:
             self.master.worker_joined(self.info)
-        if self.config.tasks is not None:
+        self._resume_jobs()
+        if self.config.tasks is not None and self._initial_job_id is None:
             self._initial_job_id = self.master.new_job_id()
-            self.master.submit(self.config.tasks, self._initial_job_id)
+            self.master.submit(self.config.tasks, self._initial_job_id, source=self.config.job_source)
+
+    def _resume_jobs(self) -> None:
+        """Take up the journal's unfinished jobs; the start-up job may be one of them."""
+        journal = self.journal
+        prune = getattr(journal, "prune", None)
+        if prune is not None:
+            pruned = prune(self._reactor.seconds() - self.config.journal_retention)
+            if pruned:
+                log.info("Node {name} pruned {count} finished job(s) from its journal", name=self.info.name, count=pruned)
+        stored = journal.unfinished_jobs()
+        if not stored:
+            return
+        source = self.config.job_source
+        for saved in stored:
+            if source is not None and saved.source == source and self._initial_job_id is None:
+                self._initial_job_id = saved.id
+                log.info(
+                    "Node {name} resumes job {job}: it is the job it was started with, unfinished when "
+                    "this node last stopped",
+                    name=self.info.name,
+                    job=saved.id,
+                )
+        self.master.resume(stored)
 
     def ready(self) -> Deferred[None]:
         """
@@ -321,6 +353,10 @@ class Node:
                 record.connection.transport.loseConnection()
         if self._tcp_port is not None:
             await self._tcp_port.stopListening()
+        try:
+            self.journal.close()
+        except Exception as e:
+            log.error("Node {name} could not close its journal: {error}", name=self.info.name, error=e)
         log.info("Node {name} stopped", name=self.info.name)
 
     def _say_goodbye(self, name: str, protocol: PeerProtocol) -> Deferred[Any]:
@@ -566,13 +602,52 @@ class Node:
         sink = _RemoteSink(self, master, master_instance)
         return self.worker.accept(sink, job, assignments)
 
-    def confirmation_received(self, protocol: PeerProtocol, job: str, results: list[Any]) -> tuple[int, int]:
-        """Apply a worker's batch of results to one of our jobs."""
+    def confirmation_received(self, protocol: PeerProtocol, job: str, results: list[Any]) -> Deferred[tuple[int, int]]:
+        """Apply a worker's batch of results to one of our jobs; answer once they are journaled."""
         parsed = [TaskResult.from_wire(result) for result in results]
         if job not in self.master.jobs:
             raise commands.UnknownJob(f"node {self.info.name} is not the master of job {job!r}")
         assert protocol.peer_name is not None
-        return self.master.confirm(job, parsed, sender=protocol.peer_name)
+        counts = self.master.confirm(job, parsed, sender=protocol.peer_name)
+        return self.journal.durable().addCallback(lambda _: counts)
+
+    def results_queried(self, protocol: PeerProtocol, job: str, tasks: list[Any]) -> dict[str, list[str]]:
+        """A master asks what became of attempts it gave us (after its restart)."""
+        attempts = []
+        for entry in tasks:
+            if not (
+                isinstance(entry, dict)
+                and isinstance(entry.get("id"), str)
+                and isinstance(entry.get("attempt"), int)
+                and not isinstance(entry.get("attempt"), bool)
+            ):
+                raise ValidationError(f"each task must be {{\"id\": string, \"attempt\": integer}}, not {entry!r}")
+            attempts.append((entry["id"], entry["attempt"]))
+        assert protocol.peer_name is not None
+        sink = _RemoteSink(self, protocol.peer_name, protocol.peer_instance or "")
+        answer = self.worker.query(sink, job, attempts)
+        log.info(
+            "Node {name} told master {master} about {count} task(s) of job {job}: {done} done, {running} "
+            "running or queued, {unknown} unknown",
+            name=self.info.name,
+            master=protocol.peer_name,
+            count=len(attempts),
+            job=job,
+            done=len(answer["done"]),
+            running=len(answer["running"]),
+            unknown=len(answer["unknown"]),
+        )
+        return answer
+
+    def cancel_requested(self, protocol: PeerProtocol, job: str) -> int:
+        """Cancel a job we are master of, or stop our part of a job its master cancelled."""
+        if job in self.master.jobs:
+            return self.master.cancel(job, by=f"asked by {protocol.peer_name or protocol.describe()}")
+        if protocol.peer_name is not None:
+            dropped, stopped = self.worker.cancel(protocol.peer_name, job)
+            if dropped or stopped:
+                return dropped + stopped
+        raise commands.UnknownJob(f"node {self.info.name} has no job {job!r} (it is not its master and runs none of its tasks)")
 
     def job_completed(self, protocol: PeerProtocol, job: str, succeeded: int, failed: int, elapsed: float) -> None:
         """A master says one of its jobs that we took part in has finished."""
@@ -669,6 +744,44 @@ class Node:
                 "INSTRUCTION_ASSIGNMENT to {peer} failed: {error}", peer=worker, error=failure.getErrorMessage()
             )
 
+    def query_tasks(self, worker: str, job: str, attempts: list[tuple[str, int]]) -> Deferred[dict[str, list[str]]]:
+        """Ask C{worker} what became of these attempts (RESULT_QUERY, in chunks)."""
+        record = self.peers.get(worker)
+        if record is None or record.connection is None:
+            return fail(ConnectionError(f"worker {worker} is not connected"))
+        protocol: PeerProtocol = record.connection
+        asked = [
+            protocol.callRemote(commands.ResultQuery, job=job, tasks=batch)
+            for batch in commands.chunk([{"id": t, "attempt": a} for t, a in attempts], lambda entry: entry)
+        ]
+
+        def merge(answers: list[dict[str, Any]]) -> dict[str, list[str]]:
+            merged: dict[str, list[str]] = {"done": [], "running": [], "unknown": []}
+            for answer in answers:
+                for key in merged:
+                    value = answer.get(key)
+                    if isinstance(value, list):
+                        merged[key].extend(v for v in value if isinstance(v, str))
+            return merged
+
+        return gatherResults(asked, consumeErrors=True).addCallback(merge)
+
+    def send_cancel(self, worker: str, job: str) -> None:
+        """Tell C{worker} (perhaps this node) to stop every task of C{job} it holds."""
+        if worker == self.info.name:
+            self.worker.cancel(self.info.name, job)
+            return
+        record = self.peers.get(worker)
+        if record is None or record.connection is None:
+            log.warn(
+                "Node {name} could not tell {worker} to stop job {job}: not connected; its results will be dropped",
+                name=self.info.name, worker=worker, job=job,
+            )
+            return
+        record.connection.callRemote(commands.CancelJob, job=job).addErrback(
+            lambda f: log.warn("CANCEL_JOB to {worker} failed: {error}", worker=worker, error=f.getErrorMessage())
+        )
+
     def send_complete(self, worker: str, job: Job) -> None:
         """Tell a worker that took part that C{job} is finished."""
         record = self.peers.get(worker)
@@ -684,12 +797,14 @@ class Node:
         d.addErrback(lambda f: log.debug("TASK_COMPLETE to {peer} failed: {error}", peer=worker, error=f.getErrorMessage()))
 
     def _send_confirmations(self, master: tuple[str, str], job: str, results: list[TaskResult]) -> None:
-        name, instance = master
+        # To whichever process is master {name} now: one restarted with its
+        # journal knows the job; any other answers UNKNOWN_JOB.
+        name, _ = master
         record = self.peers.get(name)
-        if record is None or record.connection is None or record.info.instance != instance:
+        if record is None or record.connection is None:
             log.info(
                 "Node {name} could not confirm {count} result(s) of job {job}: master {master} is not "
-                "connected; a master that comes back assigns unconfirmed tasks again",
+                "connected; they are kept until it asks for them",
                 name=self.info.name,
                 count=len(results),
                 job=job,
@@ -699,6 +814,7 @@ class Node:
         protocol: PeerProtocol = record.connection
         for batch in commands.chunk(results, TaskResult.to_wire, encode=commands.encode_result_within):
             d = protocol.callRemote(commands.ExecutionConfirmation, job=job, results=batch)
+            d.addCallback(self._acknowledged, name, job, list(batch.items))
             self._in_flight.add(d)
             self._confirming[name] = self._confirming.get(name, 0) + 1
             d.addBoth(_discard_from, self._in_flight, d)
@@ -708,6 +824,11 @@ class Node:
                     "EXECUTION_CONFIRMATION to {master} failed: {error}", master=name, error=f.getErrorMessage()
                 )
             )
+
+    def _acknowledged(self, answer: Any, master: str, job: str, results: list[TaskResult]) -> Any:
+        """The master has these results for good: the worker may forget them."""
+        self.worker.acknowledged(master, job, results)
+        return answer
 
     def _confirmed(self, result: Any, master: str) -> Any:
         """An EXECUTION_CONFIRMATION to C{master} was answered (or failed)."""

@@ -48,8 +48,14 @@ class IPeerHandler(Protocol):
 
     def confirmation_received(
         self, protocol: "PeerProtocol", job: str, results: list[Any]
-    ) -> tuple[int, int]:
-        """Apply a worker's results; return (applied, stale)."""
+    ) -> "Deferred[tuple[int, int]]":
+        """Apply a worker's results; fire with (applied, stale) once they are journaled."""
+
+    def results_queried(self, protocol: "PeerProtocol", job: str, tasks: list[Any]) -> dict[str, list[str]]:
+        """A master asks what became of attempts it gave us (see L{commands.ResultQuery})."""
+
+    def cancel_requested(self, protocol: "PeerProtocol", job: str) -> int:
+        """Cancel a job we are master of, or stop our part of a job (see L{commands.CancelJob})."""
 
     def job_completed(
         self, protocol: "PeerProtocol", job: str, succeeded: int, failed: int, elapsed: float
@@ -289,15 +295,30 @@ class PeerProtocol(amp.AMP):
         return {"accepted": accepted}
 
     @commands.ExecutionConfirmation.responder
-    def _execution_confirmation(self, job: str, results: Any) -> dict[str, Any]:
+    def _execution_confirmation(self, job: str, results: Any) -> "Deferred[dict[str, Any]]":
         self._require_handshake()
         if not isinstance(results, list):
             raise self._bad("EXECUTION_CONFIRMATION", ValueError("'results' must be a list"))
         try:
-            applied, stale = self._handler.confirmation_received(self, job, results)
+            answered = self._handler.confirmation_received(self, job, results)
         except ValidationError as e:
             raise self._bad("EXECUTION_CONFIRMATION", e)
-        return {"applied": applied, "stale": stale}
+        return answered.addCallback(lambda counts: {"applied": counts[0], "stale": counts[1]})
+
+    @commands.ResultQuery.responder
+    def _result_query(self, job: str, tasks: Any) -> dict[str, Any]:
+        self._require_handshake()
+        if not isinstance(tasks, list):
+            raise self._bad("RESULT_QUERY", ValueError("'tasks' must be a list"))
+        try:
+            return self._handler.results_queried(self, job, tasks)
+        except ValidationError as e:
+            raise self._bad("RESULT_QUERY", e)
+
+    @commands.CancelJob.responder
+    def _cancel_job(self, job: str) -> dict[str, Any]:
+        # No handshake needed: an operator's client may send it.
+        return {"cancelled": self._handler.cancel_requested(self, job)}
 
     @commands.TaskComplete.responder
     def _task_complete(self, job: str, succeeded: int, failed: int, elapsed: float) -> dict[str, Any]:

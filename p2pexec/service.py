@@ -4,11 +4,15 @@ The node as a Twisted service tree, with an explicit stop order.
 L{MultiService} stops its children without waiting for one before the next,
 so L{NodeService} runs the node's own leave sequence (drain, flush, goodbye,
 close) first and only then stops its children.
+
+It also keeps systemd informed (L{p2pexec.systemd}): C{READY=1} once the node
+serves, C{WATCHDOG=1} while the reactor turns, C{STOPPING=1} as it starts to
+leave.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred
@@ -16,6 +20,7 @@ from twisted.internet.error import CannotListenError
 
 from p2pexec.log import NodeLogger
 from p2pexec.node import Node
+from p2pexec.systemd import SystemdNotifier
 
 log = NodeLogger()
 
@@ -25,11 +30,17 @@ class NodeService(MultiService):
     Runs one L{Node} for the lifetime of the application.
 
     @ivar node: the node.
+    @ivar notifier: what tells systemd how the node is doing, or C{None}.
     """
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: Node, notifier: Optional[SystemdNotifier] = None) -> None:
+        """
+        @param notifier: tells systemd how the node is doing; without one,
+            systemd is not told.
+        """
         super().__init__()
         self.node = node
+        self.notifier = notifier
 
     def privilegedStartService(self) -> None:
         """
@@ -48,18 +59,39 @@ class NodeService(MultiService):
             ) from None
 
     def startService(self) -> None:
-        """Start the children, then the node."""
+        """
+        Start the systemd watchdog, the children, then the node; tell
+        systemd C{READY=1} once the node serves.
+        """
+        if self.notifier is not None:
+            self.notifier.start_watchdog()
         super().startService()
         self.node.start()
+        if self.notifier is not None:
+            self.node.ready().addCallback(self._serving)
+
+    def _serving(self, _: Any) -> None:
+        """The node serves: tell systemd, naming it and its address (unless it is leaving already)."""
+        if self.notifier is not None and not self.node.stopping:
+            self.notifier.ready(
+                f"node {self.node.info.name} serving on {self.node.config.interface}:{self.node.info.port}"
+            )
 
     def stopService(self) -> Deferred[None]:
-        """Leave the cluster in order, then stop the children."""
+        """
+        Tell systemd C{STOPPING=1}, leave the cluster in order, stop the
+        systemd watchdog, then stop the children.
+        """
+        if self.notifier is not None:
+            self.notifier.stopping(f"node {self.node.config.name} leaving the cluster")
         leaving = Deferred.fromCoroutine(self.node.stop())
         leaving.addErrback(
             lambda f: log.failure("Node {name} did not leave cleanly", f, name=self.node.config.name)
         )
 
         def stop_children(_: Any) -> Any:
+            if self.notifier is not None:
+                self.notifier.stop_watchdog()
             return MultiService.stopService(self)
 
         return leaving.addCallback(stop_children)

@@ -8,7 +8,9 @@ This is the only module that touches the global reactor.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
+import json
 import os
 import re
 import signal
@@ -20,10 +22,12 @@ from twisted.python import usage
 from p2pexec import datagram
 from p2pexec.executor import ProcessExecutor
 from p2pexec.jobfile import JobFileError, load_job_file
+from p2pexec.journal import JournalError, default_state_dir
 from p2pexec.log import LEVELS, set_minimum_level
 from p2pexec.model import (
     NAME_PATTERN,
     NodeInfo,
+    TaskSpec,
     ValidationError,
     kind_of,
     parse_instructions,
@@ -31,6 +35,7 @@ from p2pexec.model import (
 )
 from p2pexec.node import Node, NodeConfig
 from p2pexec.service import NodeService
+from p2pexec.systemd import SystemdNotifier, without_notify_variables
 
 DEFAULT_GROUP = "239.255.42.99:10000"
 """The default multicast group: organisation-local scope, off the common ports."""
@@ -121,6 +126,8 @@ class Options(usage.Options):
         ["log-level", None, "info", "Least severe log level shown: debug, info, warn or error."],
         ["heartbeat-interval", None, "0.5", "Seconds of quiet after which a peer we share work with is pinged."],
         ["heartbeat-timeout", None, "2.5", "Seconds of silence after which such a peer is declared dead and its tasks run elsewhere."],
+        ["state-dir", None, None, "Where this node keeps its journal of jobs, tasks and results, so that a restarted master resumes its jobs. Default: $XDG_STATE_HOME/p2pexec/NAME (~/.local/state/p2pexec/NAME)."],
+        ["max-worker-losses", None, "3", "A task that loses its worker this many times is quarantined as failed instead of run again."],
     ]
     optFlags = [
         ["exit-when-done", None, "Stop the node once its start-up job has finished (for one-shot runs)."],
@@ -210,6 +217,14 @@ class Options(usage.Options):
             )
         if self["exit-when-done"] and self["task_specs"] is None:
             raise usage.UsageError("--exit-when-done needs a job: give --tasks or --job too")
+        if self["state-dir"] is None:
+            self["state-dir"] = default_state_dir(self["name"])
+        elif not self["state-dir"].strip():
+            raise usage.UsageError("--state-dir: give a folder (it is created if missing)")
+        if os.path.exists(self["state-dir"]) and not os.path.isdir(self["state-dir"]):
+            raise usage.UsageError(f"--state-dir: {self['state-dir']} exists and is not a folder")
+        self["max-worker-losses"] = _parse_int("--max-worker-losses", self["max-worker-losses"], 1, 1000)
+        self["job_source"] = None if self["task_specs"] is None else job_digest(self["task_specs"])
 
 
     def _check_datagram_fits(self) -> None:
@@ -249,7 +264,20 @@ def config_from_options(options: Options) -> NodeConfig:
         heartbeat_interval=options["heartbeat-interval"],
         heartbeat_timeout=options["heartbeat-timeout"],
         seeds=tuple(options["peer"]),
+        state_dir=options["state-dir"],
+        job_source=options["job_source"],
+        max_losses=options["max-worker-losses"],
     )
+
+
+def job_digest(tasks: tuple[TaskSpec, ...]) -> str:
+    """
+    What identifies a start-up job across restarts: a digest of its tasks.
+    A master restarted with the same job resumes it from its journal rather
+    than starting it again.
+    """
+    encoded = json.dumps([task.to_wire() for task in tasks], sort_keys=True, separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(encoded.encode("utf-8")).hexdigest()
 
 
 def makeService(options: Options, reactor: Optional[Any] = None) -> IService:
@@ -257,7 +285,8 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> IService:
     Build the node's service tree from validated options.
 
     @param reactor: for tests; by default the global reactor, and then the
-        process's SIGTERM and SIGINT handlers are replaced too.
+        process's SIGTERM and SIGINT handlers are replaced too, and systemd
+        is notified if C{NOTIFY_SOCKET} is set (see L{p2pexec.systemd}).
     """
     running_for_real = reactor is None
     if reactor is None:
@@ -266,12 +295,18 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> IService:
         reactor = global_reactor
     set_minimum_level(LEVELS[options["log-level"]])
     config = config_from_options(options)
-    node = Node(config, reactor, ProcessExecutor(reactor, config.name))
+    # NOTIFY_SOCKET and the watchdog variables are for twistd alone, not its tasks.
+    executor = ProcessExecutor(reactor, config.name, base_environment=without_notify_variables(os.environ))
+    try:
+        node = Node(config, reactor, executor)
+    except JournalError as e:
+        raise SystemExit(f"p2pexec: node {config.name} cannot start: {e}") from None
     if options["exit-when-done"]:
         node.initial_job.addCallback(lambda _: reactor.callLater(0, reactor.stop))
     if running_for_real:
         reactor.callWhenRunning(_stop_cleanly_on_signals, reactor)
-    return NodeService(node)
+    notifier = SystemdNotifier(reactor, os.environ if running_for_real else {})
+    return NodeService(node, notifier)
 
 
 def _stop_cleanly_on_signals(reactor: Any) -> None:

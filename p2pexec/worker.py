@@ -4,11 +4,17 @@ a time, with their results batched back to each task's master.
 
 Results are not sent one by one: everything that finishes within one reactor
 turn goes back to its master as a single EXECUTION_CONFIRMATION batch.
+
+Every finished result stays in a bounded cache until its master has
+acknowledged it, keyed by (master, job, task, attempt): a master that lost
+the confirmation (its connection dropped, or it restarted) is answered from
+the cache when it asks (L{Worker.query}) or assigns the same attempt again,
+and the task does not run twice.
 """
 
 from __future__ import annotations
 
-from collections import deque
+from collections import OrderedDict, deque
 from typing import Optional, Protocol
 
 import attr
@@ -20,6 +26,15 @@ from p2pexec.log import MAX_IDS_IN_LOG, NodeLogger, format_ids
 from p2pexec.model import RETURNED, SUCCEEDED, Assignment, TaskResult
 
 log = NodeLogger()
+
+MAX_CACHED_RESULTS = 10_000
+"""The most unacknowledged results a worker keeps."""
+
+MAX_CACHED_BYTES = 64 * 1024 * 1024
+"""The most output (stdout and stderr tails) the kept results may hold."""
+
+AttemptKey = tuple[str, str, str, int]
+"""(master name, job, task id, attempt)."""
 
 
 class IResultSink(Protocol):
@@ -40,6 +55,9 @@ class ITaskRunner(Protocol):
 
     def stop_all(self) -> None:
         """Terminate every running task."""
+
+    def stop(self, job: str, assignment: Assignment) -> None:
+        """Terminate one running attempt (its result still arrives)."""
 
 
 @attr.s(auto_attribs=True, slots=True)
@@ -79,6 +97,16 @@ class Worker:
         self.accepting = True
         self._starting = False
         self._running_for: dict[tuple[str, str], int] = {}
+        self._active: dict[AttemptKey, _Queued] = {}
+        self._cache: OrderedDict[AttemptKey, TaskResult] = OrderedDict()
+        self._cache_bytes = 0
+        self._cancelled: set[AttemptKey] = set()
+        self.answered_from_cache = 0
+        self.cache_evictions = 0
+
+    @staticmethod
+    def _key(entry: "_Queued") -> AttemptKey:
+        return (entry.sink.key[0], entry.job, entry.assignment.task.id, entry.assignment.attempt)
 
     @property
     def queued(self) -> int:
@@ -109,7 +137,17 @@ class Worker:
             count=len(assignments),
         )
         for assignment in assignments:
-            self._queue.append(_Queued(sink, job, assignment))
+            entry = _Queued(sink, job, assignment)
+            key = self._key(entry)
+            cached = self._cache.get(key)
+            if cached is not None:
+                # Assigned again after its confirmation was lost: answer, do not rerun.
+                self.answered_from_cache += 1
+                self._add_unsent(entry.sink, entry.job, cached)
+                self._schedule_flush()
+            elif key not in self._active:
+                self._active[key] = entry
+                self._queue.append(entry)
         self._start_what_fits()
         return len(assignments)
 
@@ -169,9 +207,14 @@ class Worker:
         else:
             del self._running_for[entry.sink.key]
         self.completed += 1
-        self._add_unsent(entry, result)
-        if self._flush_call is None:
-            self._flush_call = self._clock.callLater(0, self.flush)
+        key = self._key(entry)
+        self._active.pop(key, None)
+        if key in self._cancelled:
+            self._cancelled.discard(key)
+        else:
+            self._remember(key, result)
+            self._add_unsent(entry.sink, entry.job, result)
+            self._schedule_flush()
         if entry.assignment.task.command is None:
             # Instructions finish inside the start loop, which goes on.
             self._start_what_fits()
@@ -183,11 +226,101 @@ class Worker:
             self._clock.callLater(0, self._clock.callLater, 0, self._start_what_fits)
         self._notify_if_idle()
 
-    def _add_unsent(self, entry: _Queued, result: TaskResult) -> None:
-        key = (entry.sink.key, entry.job)
+    def _schedule_flush(self) -> None:
+        if self._flush_call is None:
+            self._flush_call = self._clock.callLater(0, self.flush)
+
+    def _remember(self, key: AttemptKey, result: TaskResult) -> None:
+        """Keep a finished result until its master acknowledges it (bounded)."""
+        self._cache[key] = result
+        self._cache_bytes += len(result.stdout) + len(result.stderr)
+        while len(self._cache) > MAX_CACHED_RESULTS or self._cache_bytes > MAX_CACHED_BYTES:
+            old_key, old = self._cache.popitem(last=False)
+            self._cache_bytes -= len(old.stdout) + len(old.stderr)
+            self.cache_evictions += 1
+            log.warn(
+                "Node {name} dropped the unacknowledged result of {task} (job {job}) from its full cache; "
+                "if master {master} asks for it, it runs again",
+                name=self.name,
+                task=old_key[2],
+                job=old_key[1],
+                master=old_key[0],
+            )
+
+    def acknowledged(self, master: str, job: str, results: list[TaskResult]) -> None:
+        """C{master} has these results for good: forget them."""
+        for result in results:
+            old = self._cache.pop((master, job, result.task_id, result.attempt), None)
+            if old is not None:
+                self._cache_bytes -= len(old.stdout) + len(old.stderr)
+
+    def query(self, sink: IResultSink, job: str, attempts: list[tuple[str, int]]) -> dict[str, list[str]]:
+        """
+        A master (restarted, or reconnected) asks what became of these
+        attempts.  Finished ones are sent to C{sink} again, from the cache.
+
+        @return: C{{"done": ids, "running": ids, "unknown": ids}}; unknown
+            ones never reached this node, or were dropped with their
+            master's connection before they started.
+        """
+        master = sink.key[0]
+        answer: dict[str, list[str]] = {"done": [], "running": [], "unknown": []}
+        for task_id, attempt in attempts:
+            key = (master, job, task_id, attempt)
+            cached = self._cache.get(key)
+            if cached is not None:
+                answer["done"].append(task_id)
+                self.answered_from_cache += 1
+                self._add_unsent(sink, job, cached)
+            elif key in self._active:
+                answer["running"].append(task_id)
+            else:
+                answer["unknown"].append(task_id)
+        if answer["done"]:
+            self._schedule_flush()
+        return answer
+
+    def cancel(self, master: str, job: str) -> tuple[int, int]:
+        """
+        Stop every task of C{job} from C{master}: queued ones never start,
+        running ones are terminated (their process groups), and none of
+        their results is sent.
+
+        @return: (how many were dropped from the queue, how many were stopped).
+        """
+        dropped = [e for e in self._queue if e.sink.key[0] == master and e.job == job]
+        if dropped:
+            self._queue = deque(e for e in self._queue if not (e.sink.key[0] == master and e.job == job))
+            for entry in dropped:
+                self._active.pop(self._key(entry), None)
+        running = [
+            entry for key, entry in self._active.items()
+            if key[0] == master and key[1] == job
+        ]
+        for entry in running:
+            self._cancelled.add(self._key(entry))
+            self._runner.stop(entry.job, entry.assignment)
+        for key in [k for k in self._cache if k[0] == master and k[1] == job]:
+            old = self._cache.pop(key)
+            self._cache_bytes -= len(old.stdout) + len(old.stderr)
+        self._unsent = {k: v for k, v in self._unsent.items() if not (k[0][0] == master and k[1] == job)}
+        log.info(
+            "Node {name} cancelled job {job} of master {master}: {dropped} queued task(s) dropped, "
+            "{stopped} running task(s) stopped",
+            name=self.name,
+            job=job,
+            master=master,
+            dropped=len(dropped),
+            stopped=len(running),
+        )
+        self._notify_if_idle()
+        return len(dropped), len(running)
+
+    def _add_unsent(self, sink: IResultSink, job: str, result: TaskResult) -> None:
+        key = (sink.key, job)
         unsent = self._unsent.get(key)
         if unsent is None:
-            self._unsent[key] = (entry.sink, [result])
+            self._unsent[key] = (sink, [result])
         else:
             unsent[1].append(result)
 
@@ -214,7 +347,13 @@ class Worker:
         @return: how many were dropped.
         """
         before = len(self._queue)
-        self._queue = deque(e for e in self._queue if e.sink.key != master)
+        kept: deque[_Queued] = deque()
+        for entry in self._queue:
+            if entry.sink.key == master:
+                self._active.pop(self._key(entry), None)
+            else:
+                kept.append(entry)
+        self._queue = kept
         dropped = before - len(self._queue)
         if dropped:
             log.info(
@@ -238,8 +377,10 @@ class Worker:
         handed_back = list(self._queue)
         self._queue.clear()
         for entry in handed_back:
+            self._active.pop(self._key(entry), None)
             self._add_unsent(
-                entry,
+                entry.sink,
+                entry.job,
                 TaskResult(
                     task_id=entry.assignment.task.id,
                     attempt=entry.assignment.attempt,

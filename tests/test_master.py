@@ -29,7 +29,7 @@ class JobTests(SynchronousTestCase):
     def test_attempts_count_up(self):
         """Each assignment of a task is a new attempt."""
         self.assertEqual(self.job.assign("a1", "w1").attempt, 1)
-        self.job.put_back("w1")
+        self.job.put_back("w1", 0.0)
         self.assertEqual(self.job.assign("a1", "w2").attempt, 2)
         self.assertEqual(self.job.participants, {"w1", "w2"})
 
@@ -43,7 +43,7 @@ class JobTests(SynchronousTestCase):
     def test_superseded_attempt_is_stale(self):
         """A result for an older attempt is stale and changes nothing."""
         self.job.assign("a1", "w1")
-        self.job.put_back("w1")
+        self.job.put_back("w1", 0.0)
         self.job.assign("a1", "w2")
         self.assertEqual(self.job.apply(result("a1", attempt=1), 11.0), Verdict.STALE)
         self.assertEqual(self.job.tasks["a1"].state, TaskState.ASSIGNED)
@@ -59,7 +59,7 @@ class JobTests(SynchronousTestCase):
     def test_late_result_after_put_back_counts(self):
         """A result that arrives after its task was put back, but before reassignment, counts."""
         self.job.assign("a1", "w1")
-        self.job.put_back("w1")
+        self.job.put_back("w1", 0.0)
         self.assertEqual(self.job.apply(result("a1"), 11.0), Verdict.APPLIED)
         self.assertFalse(self.job.is_pending("a1"))
 

@@ -2,7 +2,7 @@
 
 import json
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.protocols import amp
 from twisted.test.iosim import connectedServerAndClient
@@ -47,7 +47,7 @@ class RecordingHandler:
         self.calls.append(("confirmation", job, len(results)))
         if job == "unknown":
             raise commands.UnknownJob("not mine")
-        return (len(results), 0)
+        return succeed((len(results), 0))
 
     def job_completed(self, protocol, job, succeeded, failed, elapsed):
         self.calls.append(("complete", job, succeeded, failed))

@@ -1,7 +1,8 @@
 """
 Tests for the systemd files in C{contrib/systemd/}: the template unit passes
-C{systemd-analyze verify}, and the example environment file holds options the
-plugin accepts.
+C{systemd-analyze verify} and uses the node's notifications (C{Type=notify},
+a watchdog), and the example environment file holds options the plugin
+accepts.  The notifications themselves are tested in L{tests.test_notify}.
 """
 
 from __future__ import annotations
@@ -163,3 +164,45 @@ class EnvironmentExampleTests(SynchronousTestCase):
             options = Options()
             options.parseOptions(["--name", "test"] + value.split())
             self.assertEqual(options["name"], "test")
+
+
+def unit_settings(text: str) -> dict[str, list[str]]:
+    """The C{KEY=value} lines of C{text}'s C{[Service]} section, each key's values in order."""
+    settings: dict[str, list[str]] = {}
+    section = None
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("["):
+            section = line
+        elif section == "[Service]":
+            key, _, value = line.partition("=")
+            settings.setdefault(key, []).append(value)
+    return settings
+
+
+class NotifySettingsTests(SynchronousTestCase):
+    """
+    The unit uses the node's systemd notifications (L{p2pexec.systemd}):
+    settings that C{systemd-analyze verify} accepts with or without.
+    """
+
+    def setUp(self) -> None:
+        self.settings = unit_settings(UNIT.getContent().decode("utf-8"))
+
+    def test_notify(self) -> None:
+        """The unit waits for READY=1 and listens to twistd alone."""
+        self.assertEqual(self.settings["Type"], ["notify"])
+        self.assertEqual(self.settings["NotifyAccess"], ["main"])
+
+    def test_watchdog(self) -> None:
+        """A watchdog is set, in whole seconds, long enough for pings every half of it."""
+        [value] = self.settings["WatchdogSec"]
+        self.assertGreaterEqual(int(value), 10)
+
+    def test_state_directory(self) -> None:
+        """The node is given the state directory systemd creates for it."""
+        self.assertEqual(self.settings["StateDirectory"], ["p2pexec/%i"])
+        [exec_start] = self.settings["ExecStart"]
+        self.assertIn(" --state-dir=${STATE_DIRECTORY} ", exec_start)

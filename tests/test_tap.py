@@ -99,10 +99,14 @@ class OptionsTests(SynchronousTestCase):
 class MakeServiceTests(SynchronousTestCase):
     """L{makeService} builds a MultiService around one node."""
 
+    def options(self, *argv):
+        """Parsed options for a node whose state directory is a fresh temporary one."""
+        return parse(*argv, "--state-dir", self.mktemp())
+
     def test_service_tree(self):
         """The plugin's service is a NodeService (a MultiService) configured from the options."""
         network = FakeNetwork()
-        service = makeService(parse("--name", "a1", "--port", "0", "--tasks", "a1"), reactor=network.host())
+        service = makeService(self.options("--name", "a1", "--port", "0", "--tasks", "a1"), reactor=network.host())
         self.assertTrue(IService.providedBy(service))
         self.assertIsInstance(service, MultiService)
         self.assertIsInstance(service, NodeService)
@@ -111,7 +115,7 @@ class MakeServiceTests(SynchronousTestCase):
     def test_start_and_stop(self):
         """Started, the node listens and runs its job; stopped, it leaves in order."""
         network = FakeNetwork()
-        service = makeService(parse("--name", "a1", "--port", "0", "--tasks", "a1,a2"), reactor=network.host())
+        service = makeService(self.options("--name", "a1", "--port", "0", "--tasks", "a1,a2"), reactor=network.host())
         service.privilegedStartService()
         service.startService()
         network.run(1.0)
@@ -124,15 +128,45 @@ class MakeServiceTests(SynchronousTestCase):
         """A taken port stops start-up with one line naming the node, address and reason."""
         network = FakeNetwork()
         host = network.host()
-        first = makeService(parse("--name", "a1", "--port", "10001"), reactor=host)
+        first = makeService(self.options("--name", "a1", "--port", "10001"), reactor=host)
         first.privilegedStartService()
-        second = makeService(parse("--name", "a2", "--port", "10001"), reactor=host)
+        second = makeService(self.options("--name", "a2", "--port", "10001"), reactor=host)
         with self.assertRaises(SystemExit) as caught:
             second.privilegedStartService()
         message = str(caught.exception)
         self.assertIn("a2", message)
         self.assertIn("127.0.0.1:10001", message)
         self.assertIn("in use", message)
+
+
+    def test_state_dir_in_use_is_one_line(self):
+        """A second node on the same state directory stops start-up with one line saying so."""
+        state_dir = self.mktemp()
+        network = FakeNetwork()
+        first = makeService(parse("--name", "a1", "--port", "0", "--state-dir", state_dir), reactor=network.host())
+        self.addCleanup(first.node.journal.close)
+        with self.assertRaises(SystemExit) as caught:
+            makeService(parse("--name", "a1", "--port", "0", "--state-dir", state_dir), reactor=network.host())
+        message = str(caught.exception)
+        self.assertIn("node a1 cannot start", message)
+        self.assertIn(f"{state_dir} is in use by another p2pexec node (pid {os.getpid()})", message)
+        self.assertNotIn("\n", message)
+
+    def test_damaged_journal_is_refused_and_left_alone(self):
+        """A journal that is not a database stops start-up with one line, and the file is not touched."""
+        state_dir = self.mktemp()
+        os.makedirs(state_dir)
+        path = os.path.join(state_dir, "journal.sqlite3")
+        garbage = b"this is not an SQLite database, but it is 100 bytes long " + b"x" * 43
+        with open(path, "wb") as f:
+            f.write(garbage)
+        with self.assertRaises(SystemExit) as caught:
+            makeService(parse("--name", "a1", "--port", "0", "--state-dir", state_dir), reactor=FakeNetwork().host())
+        message = str(caught.exception)
+        self.assertIn(path, message)
+        self.assertIn("left untouched", message)
+        with open(path, "rb") as f:
+            self.assertEqual(f.read(), garbage)
 
 
 class LogObserverTests(SynchronousTestCase):

@@ -18,6 +18,7 @@ class FakeRunner:
 
     @ivar runs: every attempt started, as (job, task id, attempt).
     @ivar running: the attempts in progress, by (job, task id, attempt).
+    @ivar stopped: the attempts ended by L{stop} or L{stop_all}.
     """
 
     def __init__(
@@ -33,6 +34,7 @@ class FakeRunner:
         self._outcome = outcome or (lambda assignment: (SUCCEEDED, 0))
         self.runs: list[tuple[str, str, int]] = []
         self.running: dict[tuple[str, str, int], tuple[Deferred[TaskResult], Any]] = {}
+        self.stopped: list[tuple[str, str, int]] = []
 
     def run(self, job: str, assignment: Assignment) -> Deferred[TaskResult]:
         """Start a pretend attempt."""
@@ -60,12 +62,19 @@ class FakeRunner:
 
     def stop_all(self) -> None:
         """End every attempt at once, as failed (killed)."""
-        for key, (d, call) in list(self.running.items()):
-            if call.active():
-                call.cancel()
-            self.running.pop(key, None)
-            d.callback(
-                TaskResult(
-                    task_id=key[1], attempt=key[2], status=FAILED, node=self._node, error="stopped"
-                )
-            )
+        for key in list(self.running):
+            self._stop(key)
+
+    def stop(self, job: str, assignment: Assignment) -> None:
+        """End one attempt at once, as failed (killed)."""
+        self._stop((job, assignment.task.id, assignment.attempt))
+
+    def _stop(self, key: tuple[str, str, int]) -> None:
+        entry = self.running.pop(key, None)
+        if entry is None:
+            return
+        d, call = entry
+        if call.active():
+            call.cancel()
+        self.stopped.append(key)
+        d.callback(TaskResult(task_id=key[1], attempt=key[2], status=FAILED, node=self._node, error="stopped"))

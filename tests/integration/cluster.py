@@ -307,6 +307,10 @@ class Cluster:
         self._testcase.addCleanup(node.kill)
         return node
 
+    def state_dir(self, name: str) -> str:
+        """The state directory of node C{name} in this cluster (kept across its restarts)."""
+        return os.path.join(self.folder, "state", name)
+
     def start(self, name: str, *options: str, port: int = 0, wait: bool = True) -> NodeProcess:
         """
         Start a node called C{name} with the cluster's group and cluster name,
@@ -320,6 +324,7 @@ class Cluster:
             "--port", str(port),
             "--group", self.group_option,
             "--cluster", self.cluster_name,
+            "--state-dir", self.state_dir(name),
             *options,
         ]
         node = self.launch(name, argv)

@@ -368,6 +368,7 @@ class HostCluster(Cluster):
             "--interface", where.address,
             "--group", self.group_option,
             "--cluster", self.cluster_name,
+            "--state-dir", self.state_dir(name),
             *options,
         ]
         # "ip netns exec" enters the namespace and execs twistd: same PID.

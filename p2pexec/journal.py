@@ -1,0 +1,469 @@
+"""
+The master's durable journal: jobs, tasks, attempts and results in SQLite.
+
+A master writes what it decides to the journal before it acts on it: a job
+before it is acknowledged, an attempt before INSTRUCTION_ASSIGNMENT goes out,
+a result before EXECUTION_CONFIRMATION is answered, a job's end before
+TASK_COMPLETE and the results file.  A master killed at any moment and
+started again with the same C{--state-dir} finds every job it had accepted,
+every result it had acknowledged and the latest attempt of every task.
+
+Writes are batched: callers mark what changed (L{Journal.job_added},
+L{Journal.task_changed}, L{Journal.job_changed}) and the journal writes the
+current state of everything marked in one transaction per reactor turn
+(L{Journal.commit}, run at the end of the turn or called directly).
+L{Journal.durable} is a Deferred that fires once what was marked so far is on
+disk (in SQLite's WAL, which survives the process being killed; with
+C{synchronous=NORMAL} a power cut may lose the last transactions, never
+corrupt the file).
+
+Only one node may use a state directory at a time: a lock file enforces it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import sqlite3
+from typing import Any, Iterator, Optional, Protocol
+
+import attr
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+
+from p2pexec.log import NodeLogger
+from p2pexec.model import TaskResult, TaskSpec
+
+log = NodeLogger()
+
+SCHEMA_VERSION = 1
+JOURNAL_FILE = "journal.sqlite3"
+LOCK_FILE = "lock"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    source TEXT,
+    started REAL NOT NULL,
+    finished REAL,
+    cancelled INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS tasks (
+    job TEXT NOT NULL,
+    id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    spec TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    worker TEXT,
+    failures INTEGER NOT NULL,
+    losses INTEGER NOT NULL,
+    result TEXT,
+    PRIMARY KEY (job, id)
+) WITHOUT ROWID;
+"""
+
+
+class JournalError(Exception):
+    """The journal cannot be used; the message says why and what to do."""
+
+
+class ITaskState(Protocol):
+    """What the journal reads from a task record when it writes it."""
+
+    spec: TaskSpec
+    attempt: int
+    worker: Optional[str]
+    failures: int
+    losses: int
+    result: Optional[TaskResult]
+
+    @property
+    def state_name(self) -> str:
+        """C{pending}, C{assigned} or C{done}."""
+
+
+class IJobState(Protocol):
+    """What the journal reads from a job when it writes it."""
+
+    id: str
+    source: Optional[str]
+    started: float
+    finished: Optional[float]
+    cancelled: bool
+    tasks: dict[str, Any]
+
+
+@attr.s(auto_attribs=True, frozen=True)
+class StoredTask:
+    """One task as the journal has it."""
+
+    spec: TaskSpec
+    state: str
+    attempt: int
+    worker: Optional[str]
+    failures: int
+    losses: int
+    result: Optional[TaskResult]
+
+
+@attr.s(auto_attribs=True, frozen=True)
+class StoredJob:
+    """One unfinished job as the journal has it, its tasks in job order."""
+
+    id: str
+    source: Optional[str]
+    started: float
+    cancelled: bool
+    tasks: list[StoredTask]
+
+
+class IJournal(Protocol):
+    """Where a master records its decisions (see L{Journal})."""
+
+    def job_added(self, job: IJobState) -> None:
+        """A job was accepted: write it and all its tasks."""
+
+    def task_changed(self, job_id: str, record: ITaskState) -> None:
+        """A task's state, attempt or result changed."""
+
+    def job_changed(self, job: IJobState) -> None:
+        """A job finished or was cancelled."""
+
+    def durable(self) -> Deferred[None]:
+        """Fires once everything marked so far is written."""
+
+    def commit(self) -> None:
+        """Write everything marked so far, now."""
+
+    def unfinished_jobs(self) -> list[StoredJob]:
+        """The jobs not finished, as stored."""
+
+    def close(self) -> None:
+        """Write what is marked and release the journal."""
+
+
+class NullJournal:
+    """A journal that keeps nothing: for nodes run without a state directory."""
+
+    path: Optional[str] = None
+
+    def job_added(self, job: IJobState) -> None:
+        """Nothing to write."""
+
+    def task_changed(self, job_id: str, record: ITaskState) -> None:
+        """Nothing to write."""
+
+    def job_changed(self, job: IJobState) -> None:
+        """Nothing to write."""
+
+    def durable(self) -> Deferred[None]:
+        """Already durable: there is nothing to wait for."""
+        return succeed(None)
+
+    def commit(self) -> None:
+        """Nothing to write."""
+
+    def unfinished_jobs(self) -> list[StoredJob]:
+        """None: nothing was kept."""
+        return []
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+class Journal:
+    """
+    The SQLite journal in one node's state directory.
+
+    @ivar path: the journal file.
+    @ivar commits: how many transactions were written (a metric).
+    """
+
+    def __init__(self, state_dir: str, clock: IReactorTime) -> None:
+        """
+        Open (creating if needed) the journal in C{state_dir}.
+
+        @raise JournalError: if the folder cannot be made or locked, or the
+            journal file is not a usable journal; the file is then left
+            exactly as it was.
+        """
+        self._clock = clock
+        self.path = os.path.join(state_dir, JOURNAL_FILE)
+        self._lock_fd = _lock_state_dir(state_dir)
+        try:
+            self._db = _open_database(self.path)
+        except BaseException:
+            os.close(self._lock_fd)
+            raise
+        self._new_jobs: dict[str, IJobState] = {}
+        self._changed_jobs: dict[str, IJobState] = {}
+        self._changed_tasks: dict[tuple[str, str], ITaskState] = {}
+        self._waiters: list[Deferred[None]] = []
+        self._commit_call: Optional[IDelayedCall] = None
+        self.commits = 0
+
+    # -- marking ------------------------------------------------------------
+
+    def job_added(self, job: IJobState) -> None:
+        """A job was accepted: write it and all its tasks."""
+        self._new_jobs[job.id] = job
+        self._schedule()
+
+    def task_changed(self, job_id: str, record: ITaskState) -> None:
+        """A task's state, attempt or result changed."""
+        if job_id not in self._new_jobs:
+            self._changed_tasks[(job_id, record.spec.id)] = record
+            self._schedule()
+
+    def job_changed(self, job: IJobState) -> None:
+        """A job finished or was cancelled."""
+        if job.id not in self._new_jobs:
+            self._changed_jobs[job.id] = job
+        self._schedule()
+
+    def durable(self) -> Deferred[None]:
+        """Fires once everything marked so far is written (at once if nothing is waiting)."""
+        if not self._dirty():
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._waiters.append(d)
+        return d
+
+    def _dirty(self) -> bool:
+        return bool(self._new_jobs or self._changed_jobs or self._changed_tasks)
+
+    def _schedule(self) -> None:
+        if self._commit_call is None:
+            self._commit_call = self._clock.callLater(0, self.commit)
+
+    # -- writing ------------------------------------------------------------
+
+    def commit(self) -> None:
+        """
+        Write everything marked so far in one transaction, then fire the
+        L{durable} Deferreds.  A failed write (disk full, say) is logged and
+        raised again: the caller must not act as if it were written.
+        """
+        if self._commit_call is not None:
+            if self._commit_call.active():
+                self._commit_call.cancel()
+            self._commit_call = None
+        if not self._dirty():
+            self._fire_waiters()
+            return
+        new_jobs, self._new_jobs = self._new_jobs, {}
+        changed_jobs, self._changed_jobs = self._changed_jobs, {}
+        changed_tasks, self._changed_tasks = self._changed_tasks, {}
+        try:
+            with _transaction(self._db):
+                for job in new_jobs.values():
+                    self._db.execute(
+                        "INSERT OR REPLACE INTO jobs (id, source, started, finished, cancelled) VALUES (?, ?, ?, ?, ?)",
+                        (job.id, job.source, job.started, job.finished, int(job.cancelled)),
+                    )
+                    self._db.executemany(
+                        "INSERT OR REPLACE INTO tasks (job, id, seq, spec, state, attempt, worker, failures, losses, result) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (
+                            (job.id, record.spec.id, seq, _spec_json(record.spec)) + _task_row(record)
+                            for seq, record in enumerate(job.tasks.values())
+                        ),
+                    )
+                if changed_tasks:
+                    self._db.executemany(
+                        "UPDATE tasks SET state = ?, attempt = ?, worker = ?, failures = ?, losses = ?, result = ? "
+                        "WHERE job = ? AND id = ?",
+                        (_task_row(record) + key for key, record in changed_tasks.items()),
+                    )
+                for job in changed_jobs.values():
+                    self._db.execute(
+                        "UPDATE jobs SET finished = ?, cancelled = ? WHERE id = ?",
+                        (job.finished, int(job.cancelled), job.id),
+                    )
+        except sqlite3.Error as e:
+            log.error("Could not write the journal {path}: {error}", path=self.path, error=e)
+            waiting, self._waiters = self._waiters, []
+            for d in waiting:
+                d.errback(JournalError(f"could not write the journal {self.path}: {e}"))
+            raise JournalError(f"could not write the journal {self.path}: {e}") from e
+        self.commits += 1
+        self._fire_waiters()
+
+    def _fire_waiters(self) -> None:
+        waiting, self._waiters = self._waiters, []
+        for d in waiting:
+            d.callback(None)
+
+    # -- reading ------------------------------------------------------------
+
+    def unfinished_jobs(self) -> list[StoredJob]:
+        """
+        The jobs not finished, as stored, oldest first.
+
+        @raise JournalError: if a stored row cannot be read back.
+        """
+        jobs = []
+        rows = self._db.execute(
+            "SELECT id, source, started, cancelled FROM jobs WHERE finished IS NULL ORDER BY started, id"
+        ).fetchall()
+        for job_id, source, started, cancelled in rows:
+            tasks = []
+            for spec, state, attempt, worker, failures, losses, result in self._db.execute(
+                "SELECT spec, state, attempt, worker, failures, losses, result FROM tasks WHERE job = ? ORDER BY seq",
+                (job_id,),
+            ):
+                try:
+                    tasks.append(
+                        StoredTask(
+                            spec=TaskSpec.from_wire(json.loads(spec)),
+                            state=state,
+                            attempt=attempt,
+                            worker=worker,
+                            failures=failures,
+                            losses=losses,
+                            result=None if result is None else TaskResult.from_wire(json.loads(result)),
+                        )
+                    )
+                except (ValueError, TypeError) as e:
+                    raise JournalError(
+                        f"journal {self.path}: job {job_id} has a task that cannot be read back ({e}); "
+                        f"the file was left untouched"
+                    ) from e
+            jobs.append(StoredJob(id=job_id, source=source, started=started, cancelled=bool(cancelled), tasks=tasks))
+        return jobs
+
+    def prune(self, finished_before: float) -> int:
+        """
+        Delete the jobs that finished before C{finished_before} (clock
+        seconds), with their tasks.
+
+        @return: how many jobs were deleted.
+        """
+        with _transaction(self._db):
+            old = [row[0] for row in self._db.execute("SELECT id FROM jobs WHERE finished < ?", (finished_before,))]
+            self._db.executemany("DELETE FROM tasks WHERE job = ?", ((job_id,) for job_id in old))
+            self._db.executemany("DELETE FROM jobs WHERE id = ?", ((job_id,) for job_id in old))
+        return len(old)
+
+    def close(self) -> None:
+        """Write what is marked, close the database and release the state directory."""
+        try:
+            self.commit()
+        finally:
+            self._db.close()
+            os.close(self._lock_fd)
+
+
+def default_state_dir(name: str, environ: Optional[dict[str, str]] = None) -> str:
+    """C{$XDG_STATE_HOME/p2pexec/NAME}, with XDG's default C{~/.local/state}."""
+    environ = dict(os.environ) if environ is None else environ
+    base = environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(base, "p2pexec", name)
+
+
+def _task_row(record: ITaskState) -> tuple[Any, ...]:
+    result = None if record.result is None else json.dumps(record.result.to_wire(), ensure_ascii=False)
+    return (record.state_name, record.attempt, record.worker, record.failures, record.losses, result)
+
+
+def _spec_json(spec: TaskSpec) -> str:
+    return json.dumps(spec.to_wire(), ensure_ascii=False)
+
+
+def _lock_state_dir(state_dir: str) -> int:
+    """Make C{state_dir} and hold its lock file; return the lock's descriptor."""
+    try:
+        os.makedirs(state_dir, mode=0o700, exist_ok=True)
+    except OSError as e:
+        raise JournalError(f"cannot create the state directory {state_dir}: {e.strerror}") from None
+    lock_path = os.path.join(state_dir, LOCK_FILE)
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as e:
+        raise JournalError(f"cannot open {lock_path}: {e.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+        os.close(fd)
+        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise JournalError(
+                f"the state directory {state_dir} is in use by another p2pexec node (pid {holder}); "
+                f"give each node its own --state-dir"
+            ) from None
+        raise JournalError(f"cannot lock {lock_path}: {e.strerror}") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+    return fd
+
+
+def _open_database(path: str) -> sqlite3.Connection:
+    """Open and check the journal; create its tables only in a healthy file."""
+    existed = os.path.exists(path)
+    try:
+        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    except sqlite3.Error as e:
+        raise JournalError(f"cannot open the journal {path}: {e}") from None
+    try:
+        if existed:
+            problems = [row[0] for row in db.execute("PRAGMA quick_check")]
+            if problems != ["ok"]:
+                raise JournalError(
+                    f"the journal {path} is damaged ({'; '.join(problems[:3])}); it was left untouched: "
+                    f"move it away to start with an empty journal (its unfinished jobs are then forgotten)"
+                )
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("PRAGMA cache_size=-1024")
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if tables and "meta" not in tables:
+            raise JournalError(
+                f"{path} is an SQLite database but not a p2pexec journal; it was left untouched"
+            )
+        if "meta" in tables:
+            row = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+            if row is None or row[0] != str(SCHEMA_VERSION):
+                raise JournalError(
+                    f"the journal {path} has schema {row[0] if row else 'unknown'}; this p2pexec reads "
+                    f"schema {SCHEMA_VERSION}; it was left untouched"
+                )
+        else:
+            with _transaction(db):
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                db.execute("INSERT INTO meta (key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+    except JournalError:
+        db.close()
+        raise
+    except sqlite3.DatabaseError as e:
+        db.close()
+        raise JournalError(
+            f"the journal {path} cannot be read ({e}); it was left untouched: move it away to start "
+            f"with an empty journal (its unfinished jobs are then forgotten)"
+        ) from None
+    return db
+
+
+@contextlib.contextmanager
+def _transaction(db: sqlite3.Connection) -> Iterator[None]:
+    """BEGIN ... COMMIT, or ROLLBACK if anything fails (the connection is in autocommit mode)."""
+    db.execute("BEGIN")
+    try:
+        yield
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
+
+def open_journal(state_dir: Optional[str], clock: IReactorTime) -> "Journal | NullJournal":
+    """A L{Journal} in C{state_dir}, or a L{NullJournal} when it is C{None}."""
+    if state_dir is None:
+        return NullJournal()
+    return Journal(state_dir, clock)

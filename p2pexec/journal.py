@@ -350,6 +350,21 @@ class Journal:
             self._db.executemany("DELETE FROM jobs WHERE id = ?", ((job_id,) for job_id in old))
         return len(old)
 
+    def abandon(self) -> None:
+        """
+        Release the journal without writing what is marked, as a process
+        killed at this moment would (for fault tests).
+        """
+        if self._commit_call is not None and self._commit_call.active():
+            self._commit_call.cancel()
+        self._commit_call = None
+        self._new_jobs.clear()
+        self._changed_jobs.clear()
+        self._changed_tasks.clear()
+        self._waiters.clear()
+        self._db.close()
+        os.close(self._lock_fd)
+
     def close(self) -> None:
         """Write what is marked, close the database and release the state directory."""
         try:

@@ -310,6 +310,7 @@ class Master:
             lost=len(unknown),
         )
         if unknown:
+            self._release(worker, len(unknown))
             self._lose(job, worker, "no longer had them", unknown)
 
     def _reconcile_failed(self, failure: Any, worker: str, job_id: str, attempts: list[tuple[str, int]]) -> None:
@@ -321,7 +322,14 @@ class Master:
             job=job_id,
             error=failure.getErrorMessage(),
         )
+        self._release(worker, len(attempts))
         self._lose(job, worker, "could not be asked about them", [task_id for task_id, _ in attempts])
+
+    def _release(self, worker: str, count: int) -> None:
+        """C{worker} holds C{count} fewer of our tasks than counted."""
+        seat = self._workers.get(worker)
+        if seat is not None:
+            seat.outstanding = max(0, seat.outstanding - count)
 
     def _give_up_in_doubt(self) -> None:
         """Run elsewhere what the workers that did not come back held."""

@@ -1,11 +1,15 @@
 """Tests for L{p2pexec.job} and L{p2pexec.master}: tracking and dispatch."""
 
+import os
+
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
 from p2pexec.job import Job, TaskState, Verdict
-from p2pexec.master import Master
+from p2pexec.journal import Journal, NullJournal
+from p2pexec.master import RECONCILE_GRACE, Master
 from p2pexec.model import TaskResult, TaskSpec, parse_instructions
 
 from .test_model import node
@@ -82,13 +86,25 @@ class JobTests(SynchronousTestCase):
 class RecordingLink:
     """An L{IWorkerLink} and L{IJobObserver} that records every call."""
 
-    def __init__(self):
+    def __init__(self, events=None):
         self.assignments = []
         self.completes = []
         self.finished = []
+        self.queries = []
+        self.cancels = []
+        self.events = events if events is not None else []
 
     def send_assignments(self, worker, job, assignments):
+        self.events.append("send")
         self.assignments.append((worker, job, [(a.task.id, a.attempt) for a in assignments]))
+
+    def query_tasks(self, worker, job, attempts):
+        d = Deferred()
+        self.queries.append((worker, job, attempts, d))
+        return d
+
+    def send_cancel(self, worker, job):
+        self.cancels.append((worker, job))
 
     def send_complete(self, worker, job):
         self.completes.append((worker, job.id))
@@ -280,3 +296,196 @@ class RefusalTests(SynchronousTestCase):
         applied, stale = self.master.confirm(self.job.id, [result("w0", worker="x9")], "x9")
         self.assertEqual((applied, stale), (0, 1))
         self.assertEqual(self.job.succeeded, 0)
+
+
+class RecordingJournal(NullJournal):
+    """A L{NullJournal} that notes each commit in a shared list of events."""
+
+    def __init__(self, events):
+        self.events = events
+
+    def commit(self):
+        self.events.append("commit")
+
+
+class JournalOrderTests(SynchronousTestCase):
+    """What the master decides is journaled before it acts on it."""
+
+    def test_assignments_go_out_after_the_commit(self):
+        """Each dispatch commits the journal, then sends: never the other way round."""
+        events = []
+        clock = Clock()
+        link = RecordingLink(events)
+        master = Master(node(name="m1", capabilities=()), link, link, clock, journal=RecordingJournal(events))
+        master.worker_joined(node(name="w1", capabilities=("w",), slots=2))
+        master.submit([TaskSpec(id=f"w{i}", kind="w") for i in range(3)])
+        clock.advance(0)
+        self.assertEqual(events, ["commit", "send"])
+
+
+class RetryTests(SynchronousTestCase):
+    """Per-task retries with exponential backoff."""
+
+    def setUp(self):
+        self.clock = Clock()
+        self.link = RecordingLink()
+        self.master = Master(node(name="m1", capabilities=()), self.link, self.link, self.clock, jitter=lambda: 0.0)
+        self.master.worker_joined(node(name="w1", capabilities=("w",), slots=1))
+        self.job = self.master.submit([TaskSpec(id="t1", kind="w", command=("false",), retries=2)])
+        self.clock.advance(0)
+
+    def fail_latest(self):
+        """Report the latest attempt of t1 as failed."""
+        attempt = self.link.assignments[-1][2][0][1]
+        return self.master.confirm(self.job.id, [result("t1", attempt=attempt, status="failed", worker="w1")], "w1")
+
+    def test_failed_attempts_retried_after_growing_delays(self):
+        """A failing task runs again after 1 s, then 2 s; its third failure is final."""
+        with capturedLogs() as events:
+            self.fail_latest()
+        self.assertIsNone(self.job.finished)
+        self.assertTrue(any("retry 1 of 2 in 1.0s" in e["log_format"].format(**e) for e in events))
+        self.clock.advance(0.99)
+        self.assertEqual(len(self.link.assignments), 1, "not before the backoff")
+        self.clock.advance(0.01)
+        self.clock.advance(0)
+        self.assertEqual(self.link.assignments[-1][2], [("t1", 2)])
+        self.fail_latest()
+        self.clock.advance(1.99)
+        self.assertEqual(len(self.link.assignments), 2)
+        self.clock.advance(0.01)
+        self.clock.advance(0)
+        self.assertEqual(self.link.assignments[-1][2], [("t1", 3)])
+        self.fail_latest()
+        self.clock.advance(0)
+        self.assertEqual((self.job.succeeded, self.job.failed), (0, 1))
+        self.assertEqual(self.job.tasks["t1"].failures, 2)
+        self.assertEqual(self.job.report(self.clock.seconds())["tasks"][0]["retried"], 2)
+        self.assertEqual(self.master.retries_scheduled, 2)
+
+    def test_a_retried_failure_reported_twice_is_stale(self):
+        """The failed attempt that waits for its retry, reported again, is dropped as stale."""
+        self.fail_latest()
+        self.assertEqual(self.fail_latest(), (0, 1))
+
+
+class QuarantineTests(SynchronousTestCase):
+    """A task that keeps losing its worker."""
+
+    def test_quarantined_after_max_losses(self):
+        """After losing its worker 3 times a task is failed, not run again, and the job ends."""
+        clock = Clock()
+        link = RecordingLink()
+        master = Master(node(name="m1", capabilities=()), link, link, clock, max_losses=3)
+        job = master.submit([TaskSpec(id="t1", kind="w", command=("crash-the-node",))])
+        with capturedLogs() as events:
+            for round_number in range(3):
+                master.worker_joined(node(name="w1", capabilities=("w",), slots=1))
+                clock.advance(0)
+                self.assertEqual(len(link.assignments), round_number + 1)
+                master.worker_lost("w1", "lost its connection")
+                clock.advance(0)
+        self.assertEqual(job.tasks["t1"].state, TaskState.DONE)
+        self.assertEqual((job.succeeded, job.failed), (0, 1))
+        self.assertIn("quarantined: lost its worker 3 times", job.tasks["t1"].result.error)
+        self.assertEqual(link.finished, [job.id])
+        self.assertEqual(master.quarantined, 1)
+        self.assertTrue(any("is quarantined" in e["log_format"] for e in events))
+        master.worker_joined(node(name="w1", capabilities=("w",), slots=1))
+        clock.advance(0)
+        self.assertEqual(len(link.assignments), 3, "never assigned again")
+
+
+class CancelTests(SynchronousTestCase):
+    """Cancelling a job on its master."""
+
+    def test_cancel_stops_workers_and_ends_the_job(self):
+        """Pending tasks never go out, workers holding tasks are told, and the job ends as cancelled."""
+        clock = Clock()
+        link = RecordingLink()
+        master = Master(node(name="m1", capabilities=()), link, link, clock)
+        master.worker_joined(node(name="w1", capabilities=("w",), slots=1))
+        master.worker_joined(node(name="w2", capabilities=("w",), slots=1))
+        job = master.submit([TaskSpec(id=f"t{i}", kind="w") for i in range(10)])
+        clock.advance(0)
+        sent = sum(len(batch) for _, _, batch in link.assignments)
+        master.confirm(job.id, [result(link.assignments[0][2][0][0], worker=link.assignments[0][0])], link.assignments[0][0])
+        self.assertEqual(master.cancel(job.id, by="a test"), 9)
+        clock.advance(0)
+        self.assertEqual(sorted(link.cancels), [("w1", job.id), ("w2", job.id)])
+        self.assertEqual(link.finished, [job.id])
+        self.assertTrue(job.cancelled)
+        statuses = [task["status"] for task in job.report(clock.seconds())["tasks"]]
+        self.assertEqual(statuses.count("succeeded"), 1)
+        self.assertEqual(statuses.count("cancelled"), 9)
+        assignments_before = len(link.assignments)
+        master.worker_joined(node(name="w3", capabilities=("w",), slots=4))
+        clock.advance(0)
+        self.assertEqual(len(link.assignments), assignments_before, "nothing of the job goes out any more")
+        self.assertEqual(master.cancel(job.id, by="again"), 0)
+        self.assertGreater(sent, 1)
+
+
+class ResumeTests(SynchronousTestCase):
+    """A master restarted with its journal takes up its unfinished jobs."""
+
+    def setUp(self):
+        self.state_dir = self.mktemp()
+        self.clock = Clock()
+        self.link = RecordingLink()
+        journal = Journal(self.state_dir, self.clock)
+        self.first = Master(node(name="m1", capabilities=()), self.link, self.link, self.clock, journal=journal)
+        self.first.worker_joined(node(name="w1", capabilities=("w",), slots=2))
+        self.first.worker_joined(node(name="w2", capabilities=("w",), slots=2))
+        self.job = self.first.submit([TaskSpec(id=f"t{i}", kind="w") for i in range(10)], source="digest-1")
+        self.clock.advance(0)
+        w1_tasks = [t for worker, _, batch in self.link.assignments if worker == "w1" for t, _ in batch]
+        self.done = w1_tasks[0]
+        self.first.confirm(self.job.id, [result(self.done, worker="w1")], "w1")
+        self.clock.advance(0)
+        journal.close()
+        self.held = {
+            worker: [t for w, _, batch in self.link.assignments if w == worker for t, _ in batch]
+            for worker in ("w1", "w2")
+        }
+        self.held["w1"].remove(self.done)
+        self.link = RecordingLink()
+        self.journal = Journal(self.state_dir, self.clock)
+        self.addCleanup(self.journal.close)
+        self.second = Master(node(name="m1", capabilities=()), self.link, self.link, self.clock, journal=self.journal)
+        self.second.resume(self.journal.unfinished_jobs())
+
+    def test_resumed_job_keeps_results_and_asks_workers(self):
+        """Done tasks keep their results; a returning worker is asked about what it held; unknown ones run again."""
+        job = self.second.jobs[self.job.id]
+        self.assertEqual(job.tasks[self.done].result.node, "w1")
+        self.assertEqual(job.succeeded, 1)
+        self.assertIs(self.second.find_unfinished("digest-1"), job)
+        self.second.worker_joined(node(name="w1", capabilities=("w",), slots=10))
+        self.assertEqual(len(self.link.queries), 1)
+        worker, job_id, attempts, answered = self.link.queries[0]
+        self.assertEqual((worker, job_id), ("w1", self.job.id))
+        self.assertEqual(sorted(t for t, _ in attempts), sorted(self.held["w1"]))
+        running, lost = self.held["w1"][0], self.held["w1"][1:]
+        answered.callback({"done": [], "running": [running], "unknown": lost})
+        self.clock.advance(0)
+        again = {t: a for worker, _, batch in self.link.assignments for t, a in batch}
+        for task_id in lost:
+            self.assertEqual(again.get(task_id), 2, "lost ones run again, as attempt 2")
+        self.assertNotIn(running, again, "the running one is not")
+        self.assertNotIn(self.done, again, "nor the done one")
+
+    def test_workers_that_do_not_return_lose_their_tasks(self):
+        """After the reconcile grace, the tasks of a worker that did not come back run elsewhere."""
+        self.second.worker_joined(node(name="w3", capabilities=("w",), slots=20))
+        self.clock.advance(0)
+        first_round = {t for _, _, batch in self.link.assignments for t, _ in batch}
+        self.assertFalse(first_round & set(self.held["w1"] + self.held["w2"]), "not before the grace")
+        self.clock.advance(RECONCILE_GRACE)
+        self.clock.advance(0)
+        assigned = {t for _, _, batch in self.link.assignments for t, _ in batch}
+        self.assertEqual(assigned, {f"t{i}" for i in range(10)} - {self.done})
+
+    def test_journal_file_is_in_the_state_dir(self):
+        """The journal lives in the state directory given."""
+        self.assertTrue(os.path.exists(os.path.join(self.state_dir, "journal.sqlite3")))

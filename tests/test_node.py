@@ -309,6 +309,40 @@ class FaultTests(SynchronousTestCase):
         twice = ran_on_w1 & ran_on_w2
         self.assertLessEqual(len(twice), 2, "only the tasks running on w1 when it died run twice")
 
+    def test_master_restart_resumes_without_rerunning(self):
+        """
+        A master killed mid-job and started again with its journal finishes
+        the job, and no task runs twice: the worker answers for the tasks it
+        ran meanwhile from its cache.
+        """
+        state_dir = self.mktemp()
+        cluster = Cluster()
+        tasks = w_tasks(20)
+        cluster.add(
+            "m1", address="127.0.0.1", port=4001, capabilities=frozenset(), tasks=tasks,
+            state_dir=state_dir, job_source="digest-of-the-job",
+        )
+        cluster.add_worker("w1", address="127.0.0.2", port=4002, duration=0.3)
+        first = cluster.nodes["m1"]
+        cluster.network.run_until(lambda: any(j.succeeded >= 6 for j in first.master.jobs.values()), limit=10)
+        job_id = next(iter(first.master.jobs))
+        cluster.hosts["m1"].crash()
+        first.journal.abandon()
+        cluster.network.run(1.0)  # the worker goes on with what it had
+        with capturedLogs() as events:
+            restarted = cluster.add(
+                "m1", address="127.0.0.1", port=4001, capabilities=frozenset(), tasks=tasks,
+                state_dir=state_dir, job_source="digest-of-the-job",
+            )
+            cluster.network.run_until(lambda: restarted.initial_job.called, limit=30)
+        job = restarted.initial_job.result
+        self.assertEqual(job.id, job_id, "the same job, resumed")
+        self.assertEqual((job.succeeded, job.failed), (20, 0))
+        runs = [task for _, task, _ in cluster.runners["w1"].runs]
+        self.assertEqual(sorted(runs), sorted(f"w{i}" for i in range(20)), "every task ran exactly once")
+        self.assertTrue(any("resumed job" in text(e) for e in events))
+        self.assertGreater(cluster.nodes["w1"].worker.answered_from_cache, 0)
+
     def partitioned_job(self):
         """A master m1 with 30 tasks, workers w1 and w2; w1's link is cut once it runs some."""
         cluster = Cluster()

@@ -5,7 +5,8 @@ from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
 from p2pexec import commands
-from p2pexec.model import Assignment, TaskSpec
+from p2pexec import worker as worker_module
+from p2pexec.model import Assignment, TaskResult, TaskSpec
 from p2pexec.testing.runner import FakeRunner
 from p2pexec.log import format_ids
 from p2pexec.worker import Worker
@@ -152,3 +153,80 @@ class BurstTests(SynchronousTestCase):
         executing = [e for e in events if "executing" in e["log_format"]]
         self.assertEqual(len(executing), 1)
         self.assertEqual(executing[0]["count"], 5000)
+
+
+class ResultCacheTests(SynchronousTestCase):
+    """Finished results are kept until acknowledged, and answer a master that lost them."""
+
+    def setUp(self):
+        self.clock = Clock()
+        self.runner = FakeRunner(self.clock, "w1", duration=1.0)
+        self.worker = Worker("w1", frozenset({"w"}), 2, self.runner, self.clock)
+        self.sink = RecordingSink(key=("m1", "instance-1"))
+
+    def finish(self, *task_ids):
+        """Run C{task_ids} (attempt 1) to their end; their results go to the sink."""
+        self.worker.accept(self.sink, "j", [command_task(t) for t in task_ids])
+        self.clock.advance(1.0)
+        self.clock.advance(0)
+
+    def test_same_attempt_assigned_again_is_answered_from_cache(self):
+        """An attempt assigned again before its result was acknowledged is answered, not run again."""
+        self.finish("t1")
+        self.assertEqual(len(self.runner.runs), 1)
+        restarted = RecordingSink(key=("m1", "instance-2"))
+        self.worker.accept(restarted, "j", [command_task("t1")])
+        self.clock.advance(0)
+        self.assertEqual(len(self.runner.runs), 1, "the task did not run again")
+        self.assertEqual(restarted.batches, [("j", [("t1", 1, "succeeded")])])
+        self.assertEqual(self.worker.answered_from_cache, 1)
+
+    def test_acknowledged_results_are_forgotten(self):
+        """Once the master acknowledged a result, the same attempt assigned again runs again."""
+        self.finish("t1")
+        result = self.runner_result("t1")
+        self.worker.acknowledged("m1", "j", [result])
+        self.worker.accept(self.sink, "j", [command_task("t1")])
+        self.clock.advance(1.0)
+        self.assertEqual(len(self.runner.runs), 2)
+
+    def runner_result(self, task_id):
+        """The TaskResult the worker cached for C{task_id}, attempt 1."""
+        return TaskResult(task_id=task_id, attempt=1, status="succeeded", node="w1")
+
+    def test_query_sorts_attempts_and_resends_done_ones(self):
+        """RESULT_QUERY: done ones come again from the cache, running and queued ones are named, others unknown."""
+        self.finish("t1")
+        self.worker.accept(self.sink, "j", [command_task(t) for t in ("t2", "t3", "t4")])
+        restarted = RecordingSink(key=("m1", "instance-2"))
+        answer = self.worker.query(restarted, "j", [("t1", 1), ("t2", 1), ("t4", 1), ("t9", 1), ("t1", 2)])
+        self.assertEqual(answer, {"done": ["t1"], "running": ["t2", "t4"], "unknown": ["t9", "t1"]})
+        self.clock.advance(0)
+        self.assertEqual(restarted.batches, [("j", [("t1", 1, "succeeded")])])
+        self.assertEqual(len(self.runner.runs), 3, "t1 did not run again; t2 and t3 run")
+
+    def test_cache_is_bounded(self):
+        """Past its bound the cache drops its oldest result, and says so."""
+        self.patch(worker_module, "MAX_CACHED_RESULTS", 2)
+        with capturedLogs() as events:
+            self.finish("t1", "t2")
+            self.finish("t3")
+        self.assertEqual(self.worker.cache_evictions, 1)
+        answer = self.worker.query(self.sink, "j", [("t1", 1), ("t2", 1), ("t3", 1)])
+        self.assertEqual(answer["unknown"], ["t1"])
+        self.assertTrue(any("dropped the unacknowledged result of t1" in e["log_format"].format(**e) for e in events))
+
+    def test_cancel_drops_queue_and_stops_running_without_results(self):
+        """Cancelling a job stops its running attempts, drops its queued ones, and sends none of their results."""
+        self.worker.accept(self.sink, "j", [command_task(t) for t in ("t1", "t2", "t3")])
+        self.worker.accept(self.sink, "other", [command_task("o1")])
+        dropped, stopped = self.worker.cancel("m1", "j")
+        self.assertEqual((dropped, stopped), (1, 2))
+        self.assertEqual(sorted(key[1] for key in self.runner.stopped), ["t1", "t2"])
+        self.clock.advance(0)
+        self.clock.advance(0)
+        self.clock.advance(1.0)
+        self.clock.advance(0)
+        sent = [task for job, batch in self.sink.batches for task, _, _ in batch]
+        self.assertEqual(sent, ["o1"], "only the other job's task ran and reported")
+        self.assertEqual(self.worker.query(self.sink, "j", [("t3", 1)])["unknown"], ["t3"])

@@ -101,6 +101,7 @@ class Worker:
         self._cache: OrderedDict[AttemptKey, TaskResult] = OrderedDict()
         self._cache_bytes = 0
         self._cancelled: set[AttemptKey] = set()
+        self._stopped_leaving: set[AttemptKey] = set()
         self.answered_from_cache = 0
         self.cache_evictions = 0
 
@@ -209,10 +210,21 @@ class Worker:
         self.completed += 1
         key = self._key(entry)
         self._active.pop(key, None)
+        if key in self._stopped_leaving:
+            # Stopped because the node is leaving: handed back, to run elsewhere.
+            self._stopped_leaving.discard(key)
+            result = TaskResult(
+                task_id=result.task_id,
+                attempt=result.attempt,
+                status=RETURNED,
+                node=self.name,
+                error=f"node {self.name} is leaving; stopped after the drain timeout",
+            )
         if key in self._cancelled:
             self._cancelled.discard(key)
         else:
-            self._remember(key, result)
+            if result.status != RETURNED:
+                self._remember(key, result)
             self._add_unsent(entry.sink, entry.job, result)
             self._schedule_flush()
         if entry.assignment.task.command is None:
@@ -401,7 +413,12 @@ class Worker:
         return d
 
     def stop_running(self) -> None:
-        """Terminate every running task (used when draining times out)."""
+        """
+        Terminate every running task (when draining times out): each is
+        handed back to its master as C{returned}, to run elsewhere, not
+        reported as failed.
+        """
+        self._stopped_leaving.update(key for key in self._active if key not in self._cancelled)
         self._runner.stop_all()
 
     def _notify_if_idle(self) -> None:

@@ -117,11 +117,13 @@ class WorkerTests(SynchronousTestCase):
         self.assertEqual(self.worker.queued, 1)
 
     def test_stop_running(self):
-        """Stopping the running tasks reports them as failed attempts."""
+        """Tasks stopped when draining times out are handed back (returned), not reported as failed."""
         self.worker.accept(self.sink, "j", [command_task("t1")])
+        self.worker.stop_accepting()
         self.worker.stop_running()
         self.clock.advance(0)
-        self.assertEqual(self.sink.batches, [("j", [("t1", 1, "failed")])])
+        self.assertEqual(self.sink.batches, [("j", [("t1", 1, "returned")])])
+        self.assertEqual(self.worker.query(self.sink, "j", [("t1", 1)])["unknown"], ["t1"], "not cached as a result")
 
 
 class FormatIdsTests(SynchronousTestCase):

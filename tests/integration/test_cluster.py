@@ -434,6 +434,39 @@ class WorkerLossTests(IntegrationTestCase):
         put_back = m.wait_for(r"\] Node m put 2 unconfirmed task\(s\) of job \S+ back in the queue: worker afake (.*)$")
         self.assertEqual(put_back.group(1), "lost its connection", m.log_tail())
 
+    def test_drain_timeout_hands_running_task_back(self) -> None:
+        """
+        SIGTERM to a worker whose task outlasts --drain-timeout: after the
+        timeout the task's process group is stopped and the task handed back
+        (not reported as failed); it runs on the other worker, and the job
+        succeeds.
+        """
+        cluster = Cluster(self)
+        pids = cluster.path("pids.txt")
+        results = cluster.path("results.json")
+        job_file = cluster.path("job.toml")
+        command = (
+            f'if [ "$P2PEXEC_NODE" = w1 ]; then sleep 60 & echo $! >> {shell_quote(pids)}; wait; fi'
+        )
+        write_job_file(job_file, {"kind": "w", "shell": True, "command": command}, [{"id": "t0"}])
+        w1 = cluster.start("w1", "--capabilities", "w", "--slots", "1", "--drain-timeout", "1")
+        m = cluster.start("m", "--capabilities", "none", "--job", job_file, "--results", results)
+        w1.wait_for(r"\] Node w1 executing: t0$")
+        cluster.wait_until(lambda: os.path.exists(pids), lambda: "the task did not start its sleep")
+        w2 = cluster.start("w2", "--capabilities", "w", "--slots", "1")
+        m.wait_for(r"\] Node m connected to peer w2 at ")
+        w1.send_signal(signal.SIGTERM)
+        w1.wait_for(r"\] Node w1: 1 task\(s\) still running after 1s; stopping them$")
+        self.assertEqual(w1.wait_exit(15), 0, w1.log_tail())
+        finished = m.wait_for(JOB_FINISHED, timeout=15)
+        self.assertEqual(finished.group(2, 3), ("1", "0"), m.log_tail())
+        report = self.results_of(m, results)
+        self.assertEqual(report["by_id"]["t0"]["node"], "w2")
+        self.assertEqual(report["by_id"]["t0"]["attempts"], 2)
+        with open(pids) as f:
+            sleeper = int(f.read().split()[0])
+        cluster.wait_until(lambda: not _alive(sleeper), lambda: f"the stopped task's child {sleeper} is still running")
+
     def test_sigterm_worker_drains(self) -> None:
         """
         SIGTERM to a worker that is running a task: it finishes the task,
@@ -715,3 +748,12 @@ class CommandLineTests(IntegrationTestCase):
             self.assertTrue(lines, context)
             self.assertRegex(lines[-1], message, context)
             self.assertNotIn("started on port", output, context)
+
+
+def _alive(pid: int) -> bool:
+    """Whether process C{pid} exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False

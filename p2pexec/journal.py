@@ -27,8 +27,7 @@ import errno
 import fcntl
 import json
 import os
-import sqlite3
-from typing import Any, Iterator, Optional, Protocol
+from typing import TYPE_CHECKING, Any, Iterator, Optional, Protocol
 
 import attr
 from twisted.internet.defer import Deferred, succeed
@@ -36,6 +35,9 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from p2pexec.log import NodeLogger
 from p2pexec.model import TaskResult, TaskSpec
+
+if TYPE_CHECKING:
+    import sqlite3
 
 log = NodeLogger()
 
@@ -195,11 +197,15 @@ class Journal:
         self._clock = clock
         self.path = os.path.join(state_dir, JOURNAL_FILE)
         self._lock_fd = _lock_state_dir(state_dir)
-        try:
-            self._db = _open_database(self.path)
-        except BaseException:
-            os.close(self._lock_fd)
-            raise
+        # A node that has never been a master has no journal file: SQLite
+        # (2 MiB of a worker's memory) is loaded when it first has one to write.
+        self._db: "Optional[sqlite3.Connection]" = None
+        if os.path.exists(self.path):
+            try:
+                self._db = _open_database(self.path)
+            except BaseException:
+                os.close(self._lock_fd)
+                raise
         self._new_jobs: dict[str, IJobState] = {}
         self._changed_jobs: dict[str, IJobState] = {}
         self._changed_tasks: dict[tuple[str, str], ITaskState] = {}
@@ -256,17 +262,22 @@ class Journal:
         if not self._dirty():
             self._fire_waiters()
             return
+        import sqlite3
+
         new_jobs, self._new_jobs = self._new_jobs, {}
         changed_jobs, self._changed_jobs = self._changed_jobs, {}
         changed_tasks, self._changed_tasks = self._changed_tasks, {}
         try:
-            with _transaction(self._db):
+            if self._db is None:
+                self._db = _open_database(self.path)
+            db = self._db
+            with _transaction(db):
                 for job in new_jobs.values():
-                    self._db.execute(
+                    db.execute(
                         "INSERT OR REPLACE INTO jobs (id, source, started, finished, cancelled) VALUES (?, ?, ?, ?, ?)",
                         (job.id, job.source, job.started, job.finished, int(job.cancelled)),
                     )
-                    self._db.executemany(
+                    db.executemany(
                         "INSERT OR REPLACE INTO tasks (job, id, seq, spec, state, attempt, worker, failures, losses, result) "
                         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         (
@@ -275,17 +286,22 @@ class Journal:
                         ),
                     )
                 if changed_tasks:
-                    self._db.executemany(
+                    db.executemany(
                         "UPDATE tasks SET state = ?, attempt = ?, worker = ?, failures = ?, losses = ?, result = ? "
                         "WHERE job = ? AND id = ?",
                         (_task_row(record) + key for key, record in changed_tasks.items()),
                     )
                 for job in changed_jobs.values():
-                    self._db.execute(
+                    db.execute(
                         "UPDATE jobs SET finished = ?, cancelled = ? WHERE id = ?",
                         (job.finished, int(job.cancelled), job.id),
                     )
-        except sqlite3.Error as e:
+        except (sqlite3.Error, JournalError) as e:
+            # Nothing of this batch was written: keep it marked (behind what
+            # was marked since), to be written by the next commit.
+            self._new_jobs = {**new_jobs, **self._new_jobs}
+            self._changed_jobs = {**changed_jobs, **self._changed_jobs}
+            self._changed_tasks = {**changed_tasks, **self._changed_tasks}
             log.error("Could not write the journal {path}: {error}", path=self.path, error=e)
             waiting, self._waiters = self._waiters, []
             for d in waiting:
@@ -307,7 +323,9 @@ class Journal:
 
         @raise JournalError: if a stored row cannot be read back.
         """
-        jobs = []
+        jobs: list[StoredJob] = []
+        if self._db is None:
+            return jobs
         rows = self._db.execute(
             "SELECT id, source, started, cancelled FROM jobs WHERE finished IS NULL ORDER BY started, id"
         ).fetchall()
@@ -344,6 +362,8 @@ class Journal:
 
         @return: how many jobs were deleted.
         """
+        if self._db is None:
+            return 0
         with _transaction(self._db):
             old = [row[0] for row in self._db.execute("SELECT id FROM jobs WHERE finished < ?", (finished_before,))]
             self._db.executemany("DELETE FROM tasks WHERE job = ?", ((job_id,) for job_id in old))
@@ -362,7 +382,8 @@ class Journal:
         self._changed_jobs.clear()
         self._changed_tasks.clear()
         self._waiters.clear()
-        self._db.close()
+        if self._db is not None:
+            self._db.close()
         os.close(self._lock_fd)
 
     def close(self) -> None:
@@ -370,7 +391,8 @@ class Journal:
         try:
             self.commit()
         finally:
-            self._db.close()
+            if self._db is not None:
+                self._db.close()
             os.close(self._lock_fd)
 
 
@@ -417,8 +439,10 @@ def _lock_state_dir(state_dir: str) -> int:
     return fd
 
 
-def _open_database(path: str) -> sqlite3.Connection:
+def _open_database(path: str) -> "sqlite3.Connection":
     """Open and check the journal; create its tables only in a healthy file."""
+    import sqlite3
+
     existed = os.path.exists(path)
     try:
         db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
@@ -432,9 +456,8 @@ def _open_database(path: str) -> sqlite3.Connection:
                     f"the journal {path} is damaged ({'; '.join(problems[:3])}); it was left untouched: "
                     f"move it away to start with an empty journal (its unfinished jobs are then forgotten)"
                 )
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
-        db.execute("PRAGMA cache_size=-1024")
+        # Check everything before changing anything: a file that is not our
+        # journal must be left byte for byte as it was.
         tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         if tables and "meta" not in tables:
             raise JournalError(
@@ -447,7 +470,10 @@ def _open_database(path: str) -> sqlite3.Connection:
                     f"the journal {path} has schema {row[0] if row else 'unknown'}; this p2pexec reads "
                     f"schema {SCHEMA_VERSION}; it was left untouched"
                 )
-        else:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("PRAGMA cache_size=-1024")
+        if "meta" not in tables:
             with _transaction(db):
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
@@ -466,7 +492,7 @@ def _open_database(path: str) -> sqlite3.Connection:
 
 
 @contextlib.contextmanager
-def _transaction(db: sqlite3.Connection) -> Iterator[None]:
+def _transaction(db: "sqlite3.Connection") -> Iterator[None]:
     """BEGIN ... COMMIT, or ROLLBACK if anything fails (the connection is in autocommit mode)."""
     db.execute("BEGIN")
     try:

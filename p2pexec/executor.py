@@ -31,6 +31,9 @@ DEFAULT_TAIL_BYTES = 24 * 1024
 DEFAULT_KILL_GRACE = 5.0
 """Seconds between SIGTERM and SIGKILL when a task times out or is stopped."""
 
+_GROUP_POLL = 0.05
+"""Seconds between looks at a signalled process group that is not empty yet."""
+
 
 class _Tail:
     """The last C{limit} bytes written to a stream."""
@@ -100,6 +103,7 @@ class ProcessExecutor:
         self._found: dict[tuple[str, str], str] = {}
         self.running: dict[int, Any] = {}
         self._pids: dict[tuple[str, str, int], int] = {}
+        self._pending_kills: dict[int, IDelayedCall] = {}
 
     def run(self, job: str, assignment: Assignment) -> Deferred[TaskResult]:
         """Run one attempt of a task; fires with its result, never fails."""
@@ -202,16 +206,45 @@ class ProcessExecutor:
         return found
 
     def _signal_group(self, pid: int, number: int, protocol: _TaskProcess) -> None:
-        """Signal a task's process group, and SIGKILL it after the grace period."""
+        """
+        Signal a task's process group, and SIGKILL the group after the grace
+        period.  The SIGKILL is called off only once the group is empty, not
+        merely when the task ends: a child that ignores SIGTERM and let go
+        of the task's output would otherwise outlive it.
+        """
         _kill_group(pid, number)
-        if number != signal.SIGKILL:
+        if number == signal.SIGKILL or pid in self._pending_kills:
+            return
+        self._pending_kills[pid] = self._clock.callLater(self._kill_grace, self._final_kill, pid)
+        protocol.ended.addBoth(lambda result: (self._watch_group(pid), result)[1])
 
-            def escalate() -> None:
-                if pid in self.running:
-                    _kill_group(pid, signal.SIGKILL)
+    def _watch_group(self, pid: int) -> None:
+        """Call off the group's SIGKILL once nothing is left in it; look again shortly otherwise."""
+        call = self._pending_kills.get(pid)
+        if call is None:
+            return
+        if _group_exists(pid):
+            self._clock.callLater(_GROUP_POLL, self._watch_group, pid)
+        else:
+            del self._pending_kills[pid]
+            call.cancel()
 
-            call = self._clock.callLater(self._kill_grace, escalate)
-            protocol.ended.addBoth(lambda r: (call.cancel() if call.active() else None, r)[1])
+    def _final_kill(self, pid: int) -> None:
+        self._pending_kills.pop(pid, None)
+        _kill_group_only(pid, signal.SIGKILL)
+
+    def settled(self) -> Deferred[None]:
+        """Fires once no signalled process group awaits its SIGKILL (for tests and shutdown)."""
+        d: Deferred[None] = Deferred()
+
+        def check() -> None:
+            if self._pending_kills:
+                self._clock.callLater(_GROUP_POLL, check)
+            else:
+                d.callback(None)
+
+        check()
+        return d
 
     def stop(self, job: str, assignment: Assignment) -> None:
         """Terminate one attempt's process group (SIGTERM, then SIGKILL); its result still arrives."""
@@ -236,6 +269,25 @@ def _kill_group(pid: int, number: int) -> None:
         os.kill(pid, number)
     except ProcessLookupError:
         pass
+
+
+def _kill_group_only(pid: int, number: int) -> None:
+    """Signal the process group C{pid}, if anything is left in it."""
+    try:
+        os.killpg(pid, number)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _group_exists(pid: int) -> bool:
+    """Whether any process is left in the process group C{pid}."""
+    try:
+        os.killpg(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _succeed(value: TaskResult) -> Deferred[TaskResult]:

@@ -18,7 +18,7 @@ from collections import OrderedDict, deque
 from typing import Optional, Protocol
 
 import attr
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from p2pexec import commands
@@ -420,6 +420,14 @@ class Worker:
         """
         self._stopped_leaving.update(key for key in self._active if key not in self._cancelled)
         self._runner.stop_all()
+
+    def settled(self) -> Deferred[None]:
+        """
+        Fires once nothing this worker signalled is left running (a runner
+        without processes is settled at once).
+        """
+        settled = getattr(self._runner, "settled", None)
+        return settled() if settled is not None else succeed(None)
 
     def _notify_if_idle(self) -> None:
         if self.running == 0 and not self._queue and self._idle_waiters:

@@ -29,6 +29,7 @@ class ExecutorTests(TestCase):
 
     def setUp(self):
         self.executor = ProcessExecutor(reactor, "w1", tail_bytes=1024, kill_grace=1.0)
+        self.addCleanup(self.executor.settled)
 
     async def run_task(self, assignment):
         """Run C{assignment} and return its result."""

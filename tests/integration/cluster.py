@@ -22,6 +22,7 @@ the reason they do not belong with the unit tests.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import re
 import signal
@@ -367,6 +368,63 @@ class Cluster:
     def logs(self) -> str:
         """Every node's log tail, for failure messages."""
         return "\n".join(f"--- {name} ({node.log_path})\n{node.log_tail()}" for name, node in self.nodes.items())
+
+    def call_remote(self, port: int, command: str, timeout: float = 5.0, **arguments: Any) -> dict[str, Any]:
+        """
+        Send one AMP command of L{p2pexec.commands} (by class name, such as
+        C{"CancelJob"}) to the node listening on C{port}, from a real Twisted
+        AMP client in a process of its own (no CONNECT_REQUEST or HANDSHAKE
+        first), and return its answer.
+
+        @return: the answer's fields; or, if the node answered with an
+            error, C{{"error": the exception's class name, "message": ...}}.
+        @raise ClusterFailure: if the client cannot connect, or gets no
+            answer within C{timeout}.
+        """
+        argv = [sys.executable, "-c", _CALL_REMOTE, str(port), command, json.dumps(arguments), str(timeout)]
+        try:
+            finished = subprocess.run(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                cwd=self.folder,
+                env=self.environment(),
+                timeout=self.deadline.bound(timeout + 5.0),
+            )
+        except subprocess.TimeoutExpired as e:
+            output = (e.output or b"").decode("utf-8", "replace")
+            raise ClusterFailure(f"{command} to port {port}: no answer after {e.timeout:.1f}s; output:\n{tail(output)}") from None
+        output = finished.stdout.decode("utf-8", "replace")
+        if finished.returncode != 0:
+            raise ClusterFailure(f"{command} to port {port} failed (status {finished.returncode}):\n{tail(output)}")
+        return json.loads(output.strip().splitlines()[-1])
+
+
+_CALL_REMOTE = r"""
+import json, sys
+from twisted.internet import defer, endpoints, task
+from twisted.protocols import amp
+from p2pexec import commands
+
+def main(reactor, port, name, arguments, timeout):
+    endpoint = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", int(port), timeout=float(timeout))
+
+    async def call():
+        protocol = await endpoints.connectProtocol(endpoint, amp.AMP())
+        try:
+            answer = await protocol.callRemote(getattr(commands, name), **json.loads(arguments))
+        except Exception as e:
+            answer = {"error": type(e).__name__, "message": str(e)}
+        finally:
+            protocol.transport.loseConnection()
+        print(json.dumps(answer, default=str), flush=True)
+
+    return defer.ensureDeferred(call()).addTimeout(float(timeout), reactor)
+
+task.react(main, sys.argv[1:])
+"""
+"""The client of L{Cluster.call_remote}: C{python -c SCRIPT PORT COMMAND ARGUMENTS-JSON TIMEOUT}."""
 
 
 def multicast_sender() -> socket.socket:

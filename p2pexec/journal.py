@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 
 log = NodeLogger()
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 JOURNAL_FILE = "journal.sqlite3"
 LOCK_FILE = "lock"
 
@@ -58,13 +58,21 @@ CREATE TABLE IF NOT EXISTS tasks (
     job TEXT NOT NULL,
     id TEXT NOT NULL,
     seq INTEGER NOT NULL,
-    spec TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    spec TEXT,
     state TEXT NOT NULL,
     attempt INTEGER NOT NULL,
     worker TEXT,
     failures INTEGER NOT NULL,
     losses INTEGER NOT NULL,
-    result TEXT,
+    result_attempt INTEGER,
+    result_status TEXT,
+    result_node TEXT,
+    exit_code INTEGER,
+    duration REAL,
+    stdout TEXT,
+    stderr TEXT,
+    error TEXT,
     PRIMARY KEY (job, id)
 ) WITHOUT ROWID;
 """
@@ -278,16 +286,17 @@ class Journal:
                         (job.id, job.source, job.started, job.finished, int(job.cancelled)),
                     )
                     db.executemany(
-                        "INSERT OR REPLACE INTO tasks (job, id, seq, spec, state, attempt, worker, failures, losses, result) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        f"INSERT OR REPLACE INTO tasks (job, id, seq, kind, spec, {_TASK_COLUMNS}) "
+                        f"VALUES (?, ?, ?, ?, ?, {', '.join('?' * len(_TASK_COLUMN_NAMES))})",
                         (
-                            (job.id, record.spec.id, seq, _spec_json(record.spec)) + _task_row(record)
+                            (job.id, record.spec.id, seq, record.spec.kind, _spec_json(record.spec))
+                            + _task_row(record)
                             for seq, record in enumerate(job.tasks.values())
                         ),
                     )
                 if changed_tasks:
                     db.executemany(
-                        "UPDATE tasks SET state = ?, attempt = ?, worker = ?, failures = ?, losses = ?, result = ? "
+                        f"UPDATE tasks SET {', '.join(f'{name} = ?' for name in _TASK_COLUMN_NAMES)} "
                         "WHERE job = ? AND id = ?",
                         (_task_row(record) + key for key, record in changed_tasks.items()),
                     )
@@ -331,22 +340,12 @@ class Journal:
         ).fetchall()
         for job_id, source, started, cancelled in rows:
             tasks = []
-            for spec, state, attempt, worker, failures, losses, result in self._db.execute(
-                "SELECT spec, state, attempt, worker, failures, losses, result FROM tasks WHERE job = ? ORDER BY seq",
+            for task_id, kind, spec, *row in self._db.execute(
+                f"SELECT id, kind, spec, {_TASK_COLUMNS} FROM tasks WHERE job = ? ORDER BY seq",
                 (job_id,),
             ):
                 try:
-                    tasks.append(
-                        StoredTask(
-                            spec=TaskSpec.from_wire(json.loads(spec)),
-                            state=state,
-                            attempt=attempt,
-                            worker=worker,
-                            failures=failures,
-                            losses=losses,
-                            result=None if result is None else TaskResult.from_wire(json.loads(result)),
-                        )
-                    )
+                    tasks.append(_stored_task(task_id, kind, spec, row))
                 except (ValueError, TypeError) as e:
                     raise JournalError(
                         f"journal {self.path}: job {job_id} has a task that cannot be read back ({e}); "
@@ -403,13 +402,57 @@ def default_state_dir(name: str, environ: Optional[dict[str, str]] = None) -> st
     return os.path.join(base, "p2pexec", name)
 
 
+_TASK_COLUMN_NAMES = (
+    "state", "attempt", "worker", "failures", "losses",
+    "result_attempt", "result_status", "result_node", "exit_code", "duration", "stdout", "stderr", "error",
+)
+_TASK_COLUMNS = ", ".join(_TASK_COLUMN_NAMES)
+_NO_RESULT = (None,) * 8
+
+
 def _task_row(record: ITaskState) -> tuple[Any, ...]:
-    result = None if record.result is None else json.dumps(record.result.to_wire(), ensure_ascii=False)
-    return (record.state_name, record.attempt, record.worker, record.failures, record.losses, result)
+    """The values of L{_TASK_COLUMN_NAMES} for a task (plain columns: no JSON to encode per result)."""
+    head = (record.state_name, record.attempt, record.worker, record.failures, record.losses)
+    result = record.result
+    if result is None:
+        return head + _NO_RESULT
+    return head + (
+        result.attempt, result.status, result.node, result.exit_code, result.duration,
+        result.stdout, result.stderr, result.error,
+    )
 
 
-def _spec_json(spec: TaskSpec) -> str:
-    return json.dumps(spec.to_wire(), ensure_ascii=False)
+def _spec_json(spec: TaskSpec) -> Optional[str]:
+    """A task's fields beyond its id and kind as JSON, or None for an instruction."""
+    data = spec.to_wire()
+    del data["id"], data["kind"]
+    return json.dumps(data, ensure_ascii=False) if data else None
+
+
+def _stored_task(task_id: str, kind: str, spec: Optional[str], row: list[Any]) -> StoredTask:
+    """A task read back from its row (its spec validated again, as on the wire)."""
+    data = {} if spec is None else json.loads(spec)
+    if not isinstance(data, dict):
+        raise ValueError(f"task {task_id!r}: its stored spec is not an object")
+    data.update(id=task_id, kind=kind)
+    state, attempt, worker, failures, losses, r_attempt, status, node, exit_code, duration, stdout, stderr, error = row
+    result = None
+    if status is not None:
+        result = TaskResult(
+            task_id=task_id,
+            attempt=r_attempt,
+            status=status,
+            node=node,
+            exit_code=exit_code,
+            duration=duration or 0.0,
+            stdout=stdout or "",
+            stderr=stderr or "",
+            error=error,
+        )
+    return StoredTask(
+        spec=TaskSpec.from_wire(data), state=state, attempt=attempt, worker=worker,
+        failures=failures, losses=losses, result=result,
+    )
 
 
 def _lock_state_dir(state_dir: str) -> int:

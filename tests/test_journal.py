@@ -1,6 +1,5 @@
 """Tests for L{p2pexec.journal}: the master's SQLite journal."""
 
-import json
 import os
 import sqlite3
 
@@ -11,6 +10,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from p2pexec.job import Job
 from p2pexec.journal import (
     JOURNAL_FILE,
+    SCHEMA_VERSION,
     Journal,
     JournalError,
     NullJournal,
@@ -209,7 +209,7 @@ class RoundTripTests(JournalTestMixin, SynchronousTestCase):
         journal.commit()
         self.close(journal)
         db = sqlite3.connect(os.path.join(state_dir, JOURNAL_FILE))
-        db.execute("UPDATE tasks SET spec = ?", (json.dumps({"id": "a1", "kind": "no spaces allowed"}),))
+        db.execute("UPDATE tasks SET kind = ?", ("no spaces allowed",))
         db.commit()
         db.close()
         journal = self.open(state_dir)
@@ -472,10 +472,10 @@ class DamagedFileTests(JournalTestMixin, SynchronousTestCase):
         """A journal of another schema version is refused, naming both versions."""
         self.build_journal()
         db = sqlite3.connect(self.path)
-        db.execute("UPDATE meta SET value = '2' WHERE key = 'schema'")
+        db.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (str(SCHEMA_VERSION + 1),))
         db.commit()
         db.close()
-        self.assertRefused("schema 2", "schema 1")
+        self.assertRefused(f"schema {SCHEMA_VERSION + 1}", f"schema {SCHEMA_VERSION}")
 
 
 class FailedWriteTests(JournalTestMixin, SynchronousTestCase):

@@ -666,7 +666,12 @@ class Master:
             del self._pending[kind]
         if not sends:
             return
-        # Each attempt is in the journal before it goes out.
+        # Each attempt is in the journal before it goes out to another node.
+        # Tasks this node runs itself need not wait: they die with it, and a
+        # restarted master runs them again anyway.
+        if all(worker == self.me.name for worker, _, _ in sends):
+            self._send(sends)
+            return
         try:
             self.journal.commit()
         except JournalError:
@@ -678,6 +683,9 @@ class Master:
             self._clock.callLater(JOURNAL_RETRY, self._resume_dispatching)
             log.error("Node {name} stops handing out tasks for {delay:g}s: its journal cannot be written", name=self.me.name, delay=JOURNAL_RETRY)
             return
+        self._send(sends)
+
+    def _send(self, sends: list[tuple[str, str, list[Assignment]]]) -> None:
         for worker, job_id, assignments in sends:
             seat = self._workers[worker]
             seat.outstanding += len(assignments)

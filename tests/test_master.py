@@ -322,6 +322,18 @@ class JournalOrderTests(SynchronousTestCase):
         clock.advance(0)
         self.assertEqual(events, ["commit", "send"])
 
+    def test_own_tasks_do_not_wait_for_the_journal(self):
+        """Tasks the master runs itself are handed over without forcing a commit (they die with it)."""
+        events = []
+        clock = Clock()
+        link = RecordingLink(events)
+        me = node(name="m1", capabilities=("w",), slots=2)
+        master = Master(me, link, link, clock, journal=RecordingJournal(events))
+        master.worker_joined(me)
+        master.submit([TaskSpec(id=f"w{i}", kind="w") for i in range(3)])
+        clock.advance(0)
+        self.assertEqual(events, ["send"])
+
 
 class RetryTests(SynchronousTestCase):
     """Per-task retries with exponential backoff."""

@@ -143,6 +143,8 @@ class Master:
     @ivar retries_scheduled: how many failed attempts were given a retry.
     @ivar quarantined: how many tasks were quarantined after losing their
         worker too often.
+    @ivar stale_results: how many results were dropped as stale (superseded
+        attempts, tasks already done, the wrong sender), in all jobs.
     """
 
     def __init__(
@@ -167,6 +169,7 @@ class Master:
         self._reconcile_call: Optional[IDelayedCall] = None
         self.retries_scheduled = 0
         self.quarantined = 0
+        self.stale_results = 0
         self._announced: set[str] = set()
         self.jobs: dict[str, Job] = {}
         self._pending: dict[str, deque[tuple[str, str]]] = {}
@@ -486,6 +489,7 @@ class Master:
                     worker=sender,
                     job=job_id,
                 )
+        self.stale_results += stale
         if returned:
             self._requeue(job, returned)
         self._log_confirmed(job_id, confirmed, sender)

@@ -379,6 +379,7 @@ class RetryTests(SynchronousTestCase):
         """The failed attempt that waits for its retry, reported again, is dropped as stale."""
         self.fail_latest()
         self.assertEqual(self.fail_latest(), (0, 1))
+        self.assertEqual(self.master.stale_results, 1, "and counted")
 
 
 class QuarantineTests(SynchronousTestCase):

@@ -535,3 +535,31 @@ class StateDirectoryTests(IntegrationTestCase):
             self.assertEqual(f.read().strip(), str(first.pid), "the refused node touched the lock file")
         self.stop_all(cluster)
         self.assertLogClean(first)
+
+
+class BusyWorkerTests(IntegrationTestCase):
+    """A worker whose every slot burns CPU is slow, not dead."""
+
+    def test_cpu_bound_worker_is_not_declared_dead(self) -> None:
+        """
+        Both of w1's slots run CPU-bound tasks for longer than the heartbeat
+        timeout, on a two-CPU machine: w1 keeps answering heartbeats from its
+        reactor, is never suspected or declared dead, and every task runs
+        once, on w1.
+        """
+        cluster = Cluster(self)
+        side = cluster.path("side.txt")
+        results = cluster.path("results.json")
+        job_file = cluster.path("job.toml")
+        # Four seconds of a busy loop in the shell: longer than the 2.5 s timeout.
+        burn = f"{record_run(side)}; end=$(( $(date +%s) + 4 )); while [ $(date +%s) -lt $end ]; do :; done"
+        write_job_file(job_file, {"kind": "w", "shell": True, "command": burn}, [{"id": f"t{n}"} for n in range(4)])
+        w1 = cluster.start("w1", "--capabilities", "w", "--slots", "2")
+        m = cluster.start("m", "--capabilities", "none", "--job", job_file, "--results", results)
+        finished = m.wait_for(JOB_FINISHED, timeout=30)
+        self.assertEqual(finished.group(2, 3), ("4", "0"), m.log_tail())
+        runs = read_runs(side)
+        self.assertEqual(sorted(task for task, _, _ in runs), [f"t{n}" for n in range(4)], "each task ran once")
+        self.assertEqual({node for _, node, _ in runs}, {"w1"})
+        for node in (m, w1):
+            self.assertFalse(node.has(r"suspects peer|declared peer \S+ dead"), node.log_tail())

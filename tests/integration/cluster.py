@@ -25,6 +25,7 @@ import itertools
 import json
 import os
 import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -341,6 +342,15 @@ class Cluster:
         @raise ClusterFailure: if it is still running after C{timeout}.
         """
         argv = [TWISTD, "--pidfile=", "-n", "p2pexec", *options]
+        return self._run_to_end(argv, timeout, f"{argv} still running")
+
+    def _run_to_end(self, argv: list[str], timeout: float, what: str) -> tuple[int, str]:
+        """
+        Run C{argv} in the cluster's folder and environment to its end.
+
+        @return: its exit status and its output (stdout and stderr).
+        @raise ClusterFailure: saying C{what} and the output, after C{timeout}.
+        """
         try:
             finished = subprocess.run(
                 argv,
@@ -353,7 +363,7 @@ class Cluster:
             )
         except subprocess.TimeoutExpired as e:
             output = (e.output or b"").decode("utf-8", "replace")
-            raise ClusterFailure(f"{argv} still running after {e.timeout:.1f}s; output:\n{tail(output)}") from None
+            raise ClusterFailure(f"{what} after {e.timeout:.1f}s; output:\n{tail(output)}") from None
         return finished.returncode, finished.stdout.decode("utf-8", "replace")
 
     def wait_until(
@@ -382,22 +392,9 @@ class Cluster:
             answer within C{timeout}.
         """
         argv = [sys.executable, "-c", _CALL_REMOTE, str(port), command, json.dumps(arguments), str(timeout)]
-        try:
-            finished = subprocess.run(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                cwd=self.folder,
-                env=self.environment(),
-                timeout=self.deadline.bound(timeout + 5.0),
-            )
-        except subprocess.TimeoutExpired as e:
-            output = (e.output or b"").decode("utf-8", "replace")
-            raise ClusterFailure(f"{command} to port {port}: no answer after {e.timeout:.1f}s; output:\n{tail(output)}") from None
-        output = finished.stdout.decode("utf-8", "replace")
-        if finished.returncode != 0:
-            raise ClusterFailure(f"{command} to port {port} failed (status {finished.returncode}):\n{tail(output)}")
+        status, output = self._run_to_end(argv, timeout + 5.0, f"{command} to port {port}: no answer")
+        if status != 0:
+            raise ClusterFailure(f"{command} to port {port} failed (status {status}):\n{tail(output)}")
         return json.loads(output.strip().splitlines()[-1])
 
 
@@ -503,3 +500,22 @@ class RawAmpClient:
             return False
         except ConnectionResetError:
             return True
+
+
+def record_run(side: str) -> str:
+    """The shell command that appends this attempt's task, node and attempt number to C{side}."""
+    return f'echo "$P2PEXEC_TASK_ID $P2PEXEC_NODE $P2PEXEC_ATTEMPT" >> {shlex.quote(side)}'
+
+
+def read_runs(side: str) -> list[tuple[str, str, int]]:
+    """The (task, node, attempt) lines of a side file, in the order they were written."""
+    try:
+        with open(side) as f:
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        return []
+    runs = []
+    for line in lines:
+        task_id, node, attempt = line.split()
+        runs.append((task_id, node, int(attempt)))
+    return runs

@@ -19,7 +19,7 @@ from typing import Any
 
 from twisted.trial import unittest
 
-from tests.integration.cluster import Cluster, NodeProcess, RawAmpClient, multicast_sender
+from tests.integration.cluster import Cluster, NodeProcess, RawAmpClient, multicast_sender, read_runs
 
 JOB_FINISHED = r"\] Job (\S+) finished: (\d+) succeeded, (\d+) failed, [\d.]+s elapsed$"
 
@@ -303,16 +303,7 @@ class WorkerLossTests(IntegrationTestCase):
         ids = {f"t{number:02d}" for number in range(self.TASKS)}
 
         def runs() -> list[tuple[str, str, int]]:
-            try:
-                with open(side) as f:
-                    lines = f.read().splitlines()
-            except FileNotFoundError:
-                return []
-            parsed = []
-            for line in lines:
-                task_id, node, attempt = line.split()
-                parsed.append((task_id, node, int(attempt)))
-            return parsed
+            return read_runs(side)
 
         w1 = cluster.start("w1", "--capabilities", "w", "--slots", str(self.SLOTS))
         w2 = cluster.start("w2", "--capabilities", "w", "--slots", str(self.SLOTS))

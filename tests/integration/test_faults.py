@@ -27,7 +27,7 @@ import time
 from collections import Counter
 from typing import Iterable
 
-from tests.integration.cluster import Cluster
+from tests.integration.cluster import Cluster, read_runs, record_run
 from tests.integration.test_cluster import (
     JOB_FINISHED,
     IntegrationTestCase,
@@ -38,25 +38,6 @@ from tests.integration.test_cluster import (
 )
 
 CONFIRMED = r"\] Master received confirmation for (\S+) from (\S+)$"
-
-
-def record_run(side: str) -> str:
-    """The shell command that appends this attempt's task, node and attempt number to C{side}."""
-    return f'echo "$P2PEXEC_TASK_ID $P2PEXEC_NODE $P2PEXEC_ATTEMPT" >> {shell_quote(side)}'
-
-
-def read_runs(side: str) -> list[tuple[str, str, int]]:
-    """The (task, node, attempt) lines of a side file, in the order they were written."""
-    try:
-        with open(side) as f:
-            lines = f.read().splitlines()
-    except FileNotFoundError:
-        return []
-    runs = []
-    for line in lines:
-        task_id, node, attempt = line.split()
-        runs.append((task_id, node, int(attempt)))
-    return runs
 
 
 def read_pids(path: str) -> list[int]:

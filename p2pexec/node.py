@@ -243,6 +243,16 @@ class Node:
         if self.config.tasks is not None and self._initial_job_id is None:
             self._initial_job_id = self.master.new_job_id()
             self.master.submit(self.config.tasks, self._initial_job_id, source=self.config.job_source)
+            # Write it now, while the peers are still being found, rather
+            # than when its first tasks are ready to go.
+            try:
+                self.journal.commit()
+            except Exception as e:
+                log.error(
+                    "Node {name} could not write its start-up job {job} to its journal ({error}); "
+                    "it runs, but a restart would not resume it",
+                    name=self.info.name, job=self._initial_job_id, error=e,
+                )
 
     def _resume_jobs(self) -> None:
         """Take up the journal's unfinished jobs; the start-up job may be one of them."""

@@ -212,24 +212,34 @@ class Job:
         record.state = TaskState.PENDING
         return True
 
-    def put_back(self, worker: str, now: float, task_ids: Optional[Iterable[str]] = None) -> tuple[list[str], list[str]]:
+    def put_back(
+        self,
+        worker: str,
+        now: float,
+        attempts: Optional[Iterable[tuple[str, int]]] = None,
+        count_loss: bool = True,
+    ) -> tuple[list[str], list[str]]:
         """
         Take back every task assigned to C{worker} and not confirmed (or just
-        C{task_ids} among them): its worker was lost.  A task that has now
-        lost its worker L{max_losses} times is quarantined: it is done, as
-        failed, and is not run again (it may be what kills its workers).
+        the given (task id, attempt) pairs among them, each only while that
+        is still its latest attempt): its worker was lost.  A task that has
+        now lost its worker L{max_losses} times is quarantined: it is done,
+        as failed, and is not run again (it may be what kills its workers).
 
+        @param count_loss: whether this counts towards quarantine; not when
+            the master itself restarted and the worker no longer had it.
         @return: (the ids to queue again, the ids quarantined), in job order.
         """
         requeue: list[str] = []
         quarantined: list[str] = []
-        wanted = None if task_ids is None else set(task_ids)
+        wanted = None if attempts is None else dict(attempts)
         for task_id, record in self.tasks.items():
             if record.state is not TaskState.ASSIGNED or record.worker != worker:
                 continue
-            if wanted is not None and task_id not in wanted:
+            if wanted is not None and wanted.get(task_id) != record.attempt:
                 continue
-            record.losses += 1
+            if count_loss:
+                record.losses += 1
             if record.losses >= self.max_losses:
                 record.state = TaskState.DONE
                 record.result = TaskResult(
@@ -250,6 +260,21 @@ class Job:
         if quarantined and self.done:
             self.finished = now
         return requeue, quarantined
+
+    def stale_reason(self, result: TaskResult, sender: Optional[str]) -> str:
+        """Why L{apply} found C{result} stale, in words, for the log."""
+        record = self.tasks.get(result.task_id)
+        if record is None:
+            return "the job has no such task"
+        if self.cancelled:
+            return "the job was cancelled"
+        if record.state is TaskState.DONE:
+            return "the task already has its result"
+        if result.attempt != record.attempt:
+            return f"attempt {result.attempt} was superseded by attempt {record.attempt}"
+        if sender is not None and sender != record.worker:
+            return f"that attempt was given to {record.worker}, not {sender}"
+        return "that attempt's result was already received"
 
     def cancel(self, now: float, by: str) -> list[TaskRecord]:
         """

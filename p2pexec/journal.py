@@ -43,6 +43,9 @@ log = NodeLogger()
 
 SCHEMA_VERSION = 2
 
+RETRY_DELAY = 5.0
+"""Seconds before a failed commit (a full disk, say) is tried again."""
+
 GROUP_COMMIT_DELAY = 0.01
 """Seconds a node's marked changes may wait to share a transaction.  What
 must be on disk before a message leaves waits for it (L{Journal.durable}),
@@ -150,7 +153,10 @@ class IJournal(Protocol):
         """A job finished or was cancelled."""
 
     def durable(self) -> Deferred[None]:
-        """Fires once everything marked so far is written."""
+        """
+        Fires once everything marked so far is written.  It never fails: if a
+        write fails it waits for one that succeeds (they are retried).
+        """
 
     def commit(self) -> None:
         """Write everything marked so far, now."""
@@ -265,15 +271,17 @@ class Journal:
 
     def _schedule(self) -> None:
         if self._commit_call is None:
-            self._commit_call = self._clock.callLater(self._commit_delay, self.commit)
+            self._commit_call = self._clock.callLater(self._commit_delay, self._scheduled_commit)
 
     # -- writing ------------------------------------------------------------
 
     def commit(self) -> None:
         """
         Write everything marked so far in one transaction, then fire the
-        L{durable} Deferreds.  A failed write (disk full, say) is logged and
-        raised again: the caller must not act as if it were written.
+        L{durable} Deferreds.  A failed write (disk full, say) is logged,
+        scheduled again after L{RETRY_DELAY}, and raised: the caller must not
+        act as if it were written.  What it held stays marked, and the
+        L{durable} Deferreds keep waiting.
         """
         if self._commit_call is not None:
             if self._commit_call.active():
@@ -338,13 +346,27 @@ class Journal:
             self._new_jobs = {**new_jobs, **self._new_jobs}
             self._changed_jobs = {**changed_jobs, **self._changed_jobs}
             self._changed_tasks = {**changed_tasks, **self._changed_tasks}
-            log.error("Could not write the journal {path}: {error}", path=self.path, error=e)
-            waiting, self._waiters = self._waiters, []
-            for d in waiting:
-                d.errback(JournalError(f"could not write the journal {self.path}: {e}"))
+            # Whoever waits for durable() goes on waiting: for the next
+            # commit that succeeds, tried again in RETRY_DELAY seconds.
+            log.error(
+                "Could not write the journal {path}: {error}; trying again in {delay:g}s. Until it is "
+                "written, nothing that depends on it is sent (assignments to other nodes, answers to "
+                "confirmations, job ends)",
+                path=self.path, error=e, delay=RETRY_DELAY,
+            )
+            if self._commit_call is None:
+                self._commit_call = self._clock.callLater(RETRY_DELAY, self._scheduled_commit)
             raise JournalError(f"could not write the journal {self.path}: {e}") from e
         self.commits += 1
         self._fire_waiters()
+
+    def _scheduled_commit(self) -> None:
+        """A commit from the clock: a failure is logged (and retried), not raised into the reactor."""
+        self._commit_call = None
+        try:
+            self.commit()
+        except JournalError:
+            pass
 
     def _fire_waiters(self) -> None:
         waiting, self._waiters = self._waiters, []
@@ -538,7 +560,8 @@ def _open_database(path: str) -> "sqlite3.Connection":
             if row is None or row[0] != str(SCHEMA_VERSION):
                 raise JournalError(
                     f"the journal {path} has schema {row[0] if row else 'unknown'}; this p2pexec reads "
-                    f"schema {SCHEMA_VERSION}; it was left untouched"
+                    f"schema {SCHEMA_VERSION}; it was left untouched: use the p2pexec that wrote it to "
+                    f"finish its jobs, or move it away to start with an empty journal"
                 )
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")

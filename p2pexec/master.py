@@ -280,7 +280,7 @@ class Master:
         # Our own worker died with us: what it held is lost for certain.
         mine = self._in_doubt.pop(self.me.name, {})
         for job_id, attempts in mine.items():
-            self._lose(self.jobs[job_id], self.me.name, "was this node before it restarted", [t for t, _ in attempts])
+            self._lose(self.jobs[job_id], self.me.name, "was this node before it restarted", attempts, count_loss=False)
         if self._in_doubt:
             self._reconcile_call = self._clock.callLater(RECONCILE_GRACE, self._give_up_in_doubt)
         self.schedule_dispatch()
@@ -302,31 +302,33 @@ class Master:
 
     def _reconciled(self, answer: dict[str, list[str]], worker: str, job_id: str, attempts: list[tuple[str, int]]) -> None:
         job = self.jobs[job_id]
-        unknown = [task_id for task_id in answer.get("unknown", []) if task_id in job.tasks]
+        unknown = set(answer.get("unknown", []))
+        lost = [(task_id, attempt) for task_id, attempt in attempts if task_id in unknown]
         log.info(
-            "Worker {worker} still had {kept} of the {count} task(s) of job {job} it held before this "
-            "node restarted; {lost} were lost there",
+            "Node {name} asked worker {worker} about the {count} task(s) of job {job} it held before this "
+            "node restarted: {kept} done or still running there, {lost} unknown there (they run again)",
+            name=self.me.name,
             worker=worker,
-            kept=len(attempts) - len(unknown),
             count=len(attempts),
             job=job_id,
-            lost=len(unknown),
+            kept=len(attempts) - len(lost),
+            lost=len(lost),
         )
-        if unknown:
-            self._release(worker, len(unknown))
-            self._lose(job, worker, "no longer had them", unknown)
+        if lost:
+            self._release(worker, self._lose(job, worker, "no longer had them", lost, count_loss=False))
 
     def _reconcile_failed(self, failure: Any, worker: str, job_id: str, attempts: list[tuple[str, int]]) -> None:
         job = self.jobs[job_id]
         log.warn(
-            "Could not ask worker {worker} about {count} task(s) of job {job}: {error}; they run again",
+            "Node {name} could not ask worker {worker} about {count} task(s) of job {job}: {error}; "
+            "they run again",
+            name=self.me.name,
             worker=worker,
             count=len(attempts),
             job=job_id,
             error=failure.getErrorMessage(),
         )
-        self._release(worker, len(attempts))
-        self._lose(job, worker, "could not be asked about them", [task_id for task_id, _ in attempts])
+        self._release(worker, self._lose(job, worker, "could not be asked about them", attempts, count_loss=False))
 
     def _release(self, worker: str, count: int) -> None:
         """C{worker} holds C{count} fewer of our tasks than counted."""
@@ -341,7 +343,7 @@ class Master:
             for job_id, attempts in jobs.items():
                 self._lose(
                     self.jobs[job_id], worker, f"did not come back within {RECONCILE_GRACE:g}s",
-                    [task_id for task_id, _ in attempts],
+                    attempts, count_loss=False,
                 )
         self._in_doubt.clear()
 
@@ -405,9 +407,21 @@ class Master:
             self._lose(job, name, why)
         self.schedule_dispatch()
 
-    def _lose(self, job: Job, worker: str, why: str, task_ids: Optional[list[str]] = None) -> None:
-        """Put back what C{worker} held of C{job} (or just C{task_ids}); quarantine repeat losers."""
-        requeue, quarantined = job.put_back(worker, self._clock.seconds(), task_ids)
+    def _lose(
+        self,
+        job: Job,
+        worker: str,
+        why: str,
+        attempts: Optional[list[tuple[str, int]]] = None,
+        count_loss: bool = True,
+    ) -> int:
+        """
+        Put back what C{worker} held of C{job} (or just these attempts, if
+        still current); quarantine repeat losers.
+
+        @return: how many tasks were taken back from C{worker}.
+        """
+        requeue, quarantined = job.put_back(worker, self._clock.seconds(), attempts, count_loss)
         for task_id in requeue + quarantined:
             self.journal.task_changed(job.id, job.tasks[task_id])
         if requeue:
@@ -434,6 +448,7 @@ class Master:
             )
         if quarantined and job.done:
             self._finish(job)
+        return len(requeue) + len(quarantined)
 
     # -- results --------------------------------------------------------------
 
@@ -483,11 +498,14 @@ class Master:
             else:
                 stale += 1
                 log.info(
-                    "Dropped a stale confirmation for {task} (attempt {attempt}) from {worker}",
+                    "Node {name} dropped a stale result for {task} of job {job} (attempt {attempt}) from "
+                    "{worker}: {why}",
+                    name=self.me.name,
                     task=result.task_id,
                     attempt=result.attempt,
                     worker=sender,
                     job=job_id,
+                    why=job.stale_reason(result, sender),
                 )
         self.stale_results += stale
         if returned:
@@ -578,10 +596,9 @@ class Master:
                 elapsed=job.elapsed(now),
             )
 
-        self.journal.durable().addCallbacks(
-            announce,
-            lambda f: log.error("Job {job} finished but its end could not be journaled: {error}", job=job.id, error=f.getErrorMessage()),
-        )
+        # Announced once its end is in the journal (written again and again
+        # if the disk is full, so this may wait; the journal says why).
+        self.journal.durable().addCallback(announce)
 
     # -- cancellation ---------------------------------------------------------
 
@@ -608,6 +625,12 @@ class Master:
                 seat.outstanding -= 1
         for doubtful in self._in_doubt.values():
             doubtful.pop(job_id, None)
+        for kind in list(self._pending):
+            kept = deque(entry for entry in self._pending[kind] if entry[0] != job_id)
+            if kept:
+                self._pending[kind] = kept
+            else:
+                del self._pending[kind]
         log.warn(
             "Node {name} cancelled job {job} ({by}): {count} task(s) without a result will not run; "
             "stopping them on {workers}",
@@ -622,7 +645,7 @@ class Master:
             for worker in workers:
                 self._link.send_cancel(worker, job_id)
 
-        self.journal.durable().addCallback(tell_workers).addErrback(lambda f: None)
+        self.journal.durable().addCallback(tell_workers)
         self._finish(job)
         return cancelled
 
@@ -691,7 +714,13 @@ class Master:
 
     def _send(self, sends: list[tuple[str, str, list[Assignment]]]) -> None:
         for worker, job_id, assignments in sends:
-            seat = self._workers[worker]
+            seat = self._workers.get(worker)
+            if seat is None:
+                # Lost while this dispatch was sending (an earlier batch found
+                # it gone): these go back in the queue, unsent.
+                job = self.jobs[job_id]
+                self._requeue(job, [a.task.id for a in assignments if job.take_back(a.task.id, a.attempt, worker)])
+                continue
             seat.outstanding += len(assignments)
             self.assignments_sent += len(assignments)
             self._link.send_assignments(worker, job_id, assignments)

@@ -656,10 +656,13 @@ class Node:
         if job in self.master.jobs:
             return self.master.cancel(job, by=f"asked by {protocol.peer_name or protocol.describe()}")
         if protocol.peer_name is not None:
+            # From a peer: the job's master, stopping its part here (which
+            # may be nothing by now: its tasks here may have finished).
             dropped, stopped = self.worker.cancel(protocol.peer_name, job)
-            if dropped or stopped:
-                return dropped + stopped
-        raise commands.UnknownJob(f"node {self.info.name} has no job {job!r} (it is not its master and runs none of its tasks)")
+            return dropped + stopped
+        raise commands.UnknownJob(
+            f"node {self.info.name} is not the master of job {job!r}; send CANCEL_JOB to the node that is"
+        )
 
     def job_completed(self, protocol: PeerProtocol, job: str, succeeded: int, failed: int, elapsed: float) -> None:
         """A master says one of its jobs that we took part in has finished."""
@@ -816,7 +819,8 @@ class Node:
         if record is None or record.connection is None:
             log.info(
                 "Node {name} could not confirm {count} result(s) of job {job}: master {master} is not "
-                "connected; they are kept until it asks for them",
+                "connected. Finished ones are kept: a master restarted with its journal asks for them; "
+                "otherwise it runs those tasks again",
                 name=self.info.name,
                 count=len(results),
                 job=job,

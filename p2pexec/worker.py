@@ -223,7 +223,9 @@ class Worker:
         if key in self._cancelled:
             self._cancelled.discard(key)
         else:
-            if result.status != RETURNED:
+            if result.status != RETURNED and entry.sink.key[0] != self.name:
+                # Kept for a remote master until it acknowledges; this node's
+                # own master gets it directly and dies with this worker.
                 self._remember(key, result)
             self._add_unsent(entry.sink, entry.job, result)
             self._schedule_flush()

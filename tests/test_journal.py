@@ -9,6 +9,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from p2pexec.job import Job
 from p2pexec.journal import (
+    RETRY_DELAY,
     JOURNAL_FILE,
     SCHEMA_VERSION,
     Journal,
@@ -511,28 +512,37 @@ class FailedWriteTests(JournalTestMixin, SynchronousTestCase):
         """Give the journal its real connection back."""
         self.journal._db = self.db
 
-    def test_commit_raises_logs_and_errbacks(self):
+    def test_commit_raises_logs_and_retries(self):
         """
         A failed commit raises JournalError, logs an error naming the file,
-        errbacks the waiting durable() Deferreds and rolls the transaction
-        back.
+        rolls the transaction back, and leaves the waiting durable()
+        Deferreds waiting; a retry is scheduled, and once the disk is
+        mended the retry writes everything and fires them.
         """
         self.journal.job_added(self.job)
         first, second = self.journal.durable(), self.journal.durable()
         self.break_disk()
         with capturedLogs() as events:
             error = self.assertRaises(JournalError, self.journal.commit)
-        self.mend_disk()
         self.assertIn(self.journal.path, str(error))
         self.assertIn("database or disk is full", str(error))
         errors = [e for e in events if e["log_level"] == LogLevel.error]
         self.assertEqual(len(errors), 1)
         self.assertEqual(errors[0]["path"], self.journal.path)
         for d in (first, second):
-            self.assertIn("database or disk is full", str(self.failureResultOf(d, JournalError).value))
+            self.assertNoResult(d)
         self.assertEqual(self.journal.commits, 1)
         self.assertFalse(self.db.in_transaction, "the failed transaction was not rolled back")
         self.assertEqual(query(self.journal.path, "SELECT id FROM jobs"), [("first",)])
+        with capturedLogs() as again:
+            self.clock.advance(RETRY_DELAY)
+        self.assertEqual(len([e for e in again if e["log_level"] == LogLevel.error]), 1, "still full: logged, not raised")
+        self.assertNoResult(first)
+        self.mend_disk()
+        self.clock.advance(RETRY_DELAY)
+        for d in (first, second):
+            self.assertIsNone(self.successResultOf(d))
+        self.assertEqual(query(self.journal.path, "SELECT id FROM jobs ORDER BY id"), [("first",), ("j",)])
 
     def test_marks_survive_a_failed_write(self):
         """

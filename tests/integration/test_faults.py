@@ -259,10 +259,10 @@ class FrozenWorkerTests(IntegrationTestCase):
         m.wait_for(r"\] Node m connected to peer w1 at ", count=2)
         touch(release)
         for task_id in started_on_w1:
-            m.wait_for(rf"\] Dropped a stale confirmation for {task_id} \(attempt 1\) from w1$")
-        stale = {match.group(1) for match in m.find_all(r"\] Dropped a stale confirmation for (\S+) \(attempt 1\) from w1$")}
+            m.wait_for(rf"\] Node m dropped a stale result for {task_id} of job \S+ \(attempt 1\) from w1: .+$")
+        stale = {match.group(1) for match in m.find_all(r"\] Node m dropped a stale result for (\S+) of job \S+ \(attempt 1\) from w1: .+$")}
         self.assertLessEqual(stale, set(held), "a stale confirmation for a task w1 never held")
-        self.assertFalse(m.has(r"Dropped a stale confirmation for \S+ \(attempt \d+\) from w2$"), m.log_tail())
+        self.assertFalse(m.has(r"dropped a stale result for \S+ of job \S+ \(attempt \d+\) from w2: "), m.log_tail())
         self.assertEqual(load_results(results), report, "the late results changed the results file")
         for task_id in held:
             self.assertFalse(m.has(rf"\] Master received confirmation for {task_id} from w1$"), f"w1's late {task_id} applied")

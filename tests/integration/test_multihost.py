@@ -263,7 +263,7 @@ class PartitionTests(MultiHostTestCase):
         h3.link_up()
         m.wait_for(r"\] Node m connected to peer w3 at ", count=2, timeout=25)
         w3.wait_for(r"\] Node w3 connected to peer m at ", count=2, timeout=5)
-        stale = m.find_all(r"\] Dropped a stale confirmation for (t\d+) \(attempt \d+\) from w3$")
+        stale = m.find_all(r"\] Node m dropped a stale result for (t\d+) of job \S+ \(attempt \d+\) from w3: .+$")
         for match in stale:
             self.assertIn(match.group(1), rerun, match.group(0))
 
@@ -331,7 +331,7 @@ class PartitionTests(MultiHostTestCase):
         with open(release, "w"):
             pass
         for task_id in sorted(hung):
-            m.wait_for(rf"\] Dropped a stale confirmation for {task_id} \(attempt 1\) from w3$", timeout=10)
+            m.wait_for(rf"\] Node m dropped a stale result for {task_id} of job \S+ \(attempt 1\) from w3: .+$", timeout=10)
         self.assertFalse(m.has(r"\] Master received confirmation for \S+ from w3$"), m.log_tail())
         self.assertFalse(w3.has(r"EXECUTION_CONFIRMATION to m failed"), w3.log_tail())
         self.stop_all(cluster)

@@ -124,6 +124,13 @@ class Watchman:
         self._on_change = on_change
         self._since: dict[Any, tuple[FailureDetector, float]] = {}
 
+    def liveness(self, connection: Any) -> Liveness:
+        """How the detector watching C{connection} judges it (alive until judged)."""
+        mode = self._since.get(connection)
+        if mode is None:
+            return Liveness.ALIVE
+        return mode[0].state(connection)
+
     def check(self, now: float, connections: Iterable[tuple[str, Any]], busy_names: set[str]) -> None:
         """Judge every live connection once; C{connections} are (name, connection) pairs."""
         seen = set()

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import tomllib
-from typing import Any
+from typing import Any, Optional
 
 from p2pexec.commands import MAX_VALUE_BYTES
 from p2pexec.model import TaskSpec, ValidationError
@@ -54,43 +54,45 @@ def load_job_file(path: str) -> list[TaskSpec]:
     return parse_job(data, path)
 
 
-def parse_job(data: dict[str, Any], source: str = "<job>") -> list[TaskSpec]:
+def parse_job(data: dict[str, Any], source: str = "<job>", label: Optional[str] = None) -> list[TaskSpec]:
     """
-    Validate a decoded job document (from TOML, or later JSON).
+    Validate a decoded job document (from TOML, or JSON).
 
-    @raise JobFileError: naming C{source}, and the task and field at fault.
+    @param label: how errors name the document; by default C{job file SOURCE}.
+    @raise JobFileError: naming the document, and the task and field at fault.
     """
+    where = label if label is not None else f"job file {source}"
     unknown = set(data) - {"defaults", "task", "job"}
     if unknown:
         raise JobFileError(
-            f"job file {source}: unknown top-level key(s) {', '.join(sorted(unknown))} "
+            f"{where}: unknown top-level key(s) {', '.join(sorted(unknown))} "
             f"(expected [defaults] and [[task]])"
         )
     defaults = data.get("defaults", {})
     if not isinstance(defaults, dict):
-        raise JobFileError(f"job file {source}: [defaults] must be a table")
+        raise JobFileError(f"{where}: [defaults] must be a table")
     bad_defaults = set(defaults) - set(_DEFAULTABLE)
     if bad_defaults:
         raise JobFileError(
-            f"job file {source}: [defaults] has unknown field(s) {', '.join(sorted(bad_defaults))}; "
+            f"{where}: [defaults] has unknown field(s) {', '.join(sorted(bad_defaults))}; "
             f"allowed: {', '.join(_DEFAULTABLE)}"
         )
     tasks = data.get("task")
     if not tasks:
-        raise JobFileError(f"job file {source}: no [[task]] entries")
+        raise JobFileError(f"{where}: no [[task]] entries")
     if not isinstance(tasks, list) or not all(isinstance(t, dict) for t in tasks):
-        raise JobFileError(f"job file {source}: 'task' must be a list of [[task]] tables")
+        raise JobFileError(f"{where}: 'task' must be a list of [[task]] tables")
     if len(tasks) > MAX_TASKS:
-        raise JobFileError(f"job file {source}: {len(tasks)} tasks is over the limit of {MAX_TASKS}")
+        raise JobFileError(f"{where}: {len(tasks)} tasks is over the limit of {MAX_TASKS}")
     specs: list[TaskSpec] = []
     seen: dict[str, int] = {}
     for number, raw in enumerate(tasks, start=1):
-        where = f"job file {source}: task #{number}"
+        at = f"{where}: task #{number}"
         if "id" in raw:
-            where += f" ({raw['id']!r})"
+            at += f" ({raw['id']!r})"
         fields = dict(raw)
         if "env" in defaults and not isinstance(defaults["env"], dict):
-            raise JobFileError(f"job file {source}: [defaults] 'env' must be a table of strings")
+            raise JobFileError(f"{at}: [defaults] 'env' must be a table of strings")
         for key, value in defaults.items():
             if key == "env" and isinstance(value, dict) and isinstance(fields.get("env"), dict):
                 fields["env"] = {**value, **fields["env"]}
@@ -103,12 +105,12 @@ def parse_job(data: dict[str, Any], source: str = "<job>") -> list[TaskSpec]:
             prefix = f"task {fields.get('id')!r}: "
             if detail.startswith(prefix):
                 detail = detail[len(prefix):]
-            raise JobFileError(f"{where}: {detail}") from None
+            raise JobFileError(f"{at}: {detail}") from None
         if spec.id in seen:
-            raise JobFileError(f"{where}: id {spec.id!r} is already used by task #{seen[spec.id]}")
+            raise JobFileError(f"{at}: id {spec.id!r} is already used by task #{seen[spec.id]}")
         seen[spec.id] = number
         size = len(json.dumps(spec.to_wire(), ensure_ascii=False).encode("utf-8"))
         if size > MAX_TASK_BYTES:
-            raise JobFileError(f"{where}: the task is {size} bytes, over the {MAX_TASK_BYTES}-byte limit")
+            raise JobFileError(f"{at}: the task is {size} bytes, over the {MAX_TASK_BYTES}-byte limit")
         specs.append(spec)
     return specs

@@ -171,6 +171,8 @@ class Master:
         self.quarantined = 0
         self.stale_results = 0
         self._announced: set[str] = set()
+        self.result_listeners: list[Callable[[TaskResult], None]] = []
+        """Called with every result applied as a task's result (for metrics)."""
         self.jobs: dict[str, Job] = {}
         self._pending: dict[str, deque[tuple[str, str]]] = {}
         self._workers: dict[str, _WorkerSeat] = {}
@@ -484,6 +486,8 @@ class Master:
             elif verdict is Verdict.APPLIED:
                 applied += 1
                 confirmed.append(result.task_id)
+                for listener in self.result_listeners:
+                    listener(result)
                 if seat is not None:
                     seat.record_duration(result.duration)
                 if not result.succeeded:
@@ -754,6 +758,18 @@ class Master:
                 )
             elif since == now:
                 self._clock.callLater(WAITING_GRACE, self.schedule_dispatch)
+
+    def waiting_kinds(self) -> frozenset[str]:
+        """The kinds with pending tasks that no connected node can run."""
+        capable: set[str] = set()
+        for seat in self._workers.values():
+            if seat.accepting:
+                capable.update(seat.info.capabilities)
+        return frozenset(kind for kind, queue in self._pending.items() if queue and kind not in capable)
+
+    def outstanding(self) -> dict[str, int]:
+        """How many unconfirmed tasks of this master each worker holds."""
+        return {name: seat.outstanding for name, seat in self._workers.items()}
 
     def workers_with_work(self) -> set[str]:
         """Names of the workers holding unconfirmed tasks of this master."""

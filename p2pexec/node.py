@@ -41,6 +41,8 @@ from p2pexec.model import (
     validate_name,
 )
 from p2pexec.peer import PeerProtocol, parse_peer_list, peer_entry
+from p2pexec import status
+from p2pexec.jobfile import JobFileError, parse_job
 from p2pexec.results import write_results
 from p2pexec.worker import ITaskRunner, Worker
 
@@ -162,6 +164,12 @@ class Node:
         self._loops: list[LoopingCall] = []
         self._serving = False
         self._ready_waiters: list[Deferred[None]] = []
+        self._loads: dict[str, status.Load] = {}
+        self._loads_asked = float("-inf")
+        self._uploads: dict[str, list[Any]] = {}
+        self._upload_numbers = 0
+        self.reconnects = 0
+        self._ever_connected: set[str] = set()
         self._in_flight: set[Deferred[Any]] = set()
         self._confirming: dict[str, int] = {}
         self._local_sink: Optional[_LocalSink] = None
@@ -526,6 +534,9 @@ class Node:
             log.info("Node {name} replaces its connection to {peer}", name=self.info.name, peer=info.name)
             self.master.worker_lost(info.name, "was replaced by a new connection")
             old.connection.transport.loseConnection()
+        if info.name in self._ever_connected:
+            self.reconnects += 1
+        self._ever_connected.add(info.name)
         change = self.peers.connected(info, protocol, self._reactor.seconds())
         if change is Change.NEW:
             log.info("Node {name} discovered peer {peer}", name=self.info.name, peer=info.name, address=info.address)
@@ -541,6 +552,125 @@ class Node:
             self.master.worker_joined(info)
         if protocol.dialled:
             self._exchange_peers(protocol)
+
+    # -- status views (HTTP API, client commands, dashboard) ---------------
+
+    LOAD_REFRESH = 1.0
+    """Seconds between asking the connected peers for their load, while someone looks."""
+
+    def my_load(self) -> status.Load:
+        """This node's running and queued tasks and its live connections."""
+        return status.Load(
+            running=self.worker.running,
+            queued=self.worker.queued,
+            links=tuple(sorted(record.info.name for record in self.peers.connected_peers())),
+        )
+
+    def _refresh_loads(self) -> None:
+        """Ask every connected peer for NODE_STATUS, at most once per L{LOAD_REFRESH} seconds."""
+        now = self._reactor.seconds()
+        if now - self._loads_asked < self.LOAD_REFRESH:
+            return
+        self._loads_asked = now
+        connected = {record.info.name: record.connection for record in self.peers.connected_peers()}
+        for name in [n for n in self._loads if n not in connected]:
+            del self._loads[name]
+        for name, protocol in connected.items():
+            d = protocol.callRemote(commands.NodeStatus)
+            d.addCallbacks(self._load_reported, lambda f: None, callbackArgs=(name,))
+
+    def _load_reported(self, answer: dict[str, Any], name: str) -> None:
+        reported = answer.get("status")
+        if not isinstance(reported, dict):
+            return
+        try:
+            self._loads[name] = status.Load(
+                running=int(reported["running"]),
+                queued=int(reported["queued"]),
+                links=tuple(str(link) for link in reported.get("links", []))[:10_000],
+            )
+        except (KeyError, TypeError, ValueError):
+            log.debug("Bad NODE_STATUS answer from {peer}: {answer!r}", peer=name, answer=reported)
+
+    def peers_status(self) -> list[dict[str, Any]]:
+        """This node and its peers (see L{status.peers_view})."""
+        self._refresh_loads()
+        liveness = {}
+        for record in self.peers.connected_peers():
+            liveness[record.info.name] = self.watchman.liveness(record.connection)
+        return status.peers_view(
+            self.info, self.my_load(), list(self.peers), liveness, self._loads, self._reactor.seconds()
+        )
+
+    def topology_status(self) -> dict[str, Any]:
+        """Nodes and links (see L{status.topology_view})."""
+        peers = self.peers_status()
+        return status.topology_view(peers, self.my_load().links, self._loads)
+
+    def jobs_status(self) -> list[dict[str, Any]]:
+        """Every job this node is master of, newest first."""
+        now = self._reactor.seconds()
+        waiting = self.master.waiting_kinds()
+        jobs = sorted(self.master.jobs.values(), key=lambda job: job.started, reverse=True)
+        return [status.job_summary(job, now, waiting) for job in jobs]
+
+    def job_status(self, job_id: str) -> dict[str, Any]:
+        """One job's summary; raises L{commands.UnknownJob}."""
+        job = self._job(job_id)
+        return status.job_summary(job, self._reactor.seconds(), self.master.waiting_kinds())
+
+    def job_tasks(self, job_id: str, **filters: Any) -> tuple[list[dict[str, Any]], int]:
+        """A page of one job's tasks (see L{status.tasks_page}); raises L{commands.UnknownJob}."""
+        return status.tasks_page(self._job(job_id), self.master.waiting_kinds(), **filters)
+
+    def _job(self, job_id: str) -> Job:
+        job = self.master.jobs.get(job_id)
+        if job is None:
+            raise commands.UnknownJob(f"node {self.info.name} is not the master of job {job_id!r}")
+        return job
+
+    def submit(self, tasks: list[Any], defaults: Any = None, label: str = "submitted job") -> Deferred[str]:
+        """
+        Accept a job given as job-file task objects (and [defaults]); fire
+        with its id once it is in the journal.
+
+        @raise commands.BadJob: naming the task and field at fault.
+        @raise commands.ShuttingDown: if the node is leaving.
+        """
+        if self.stopping:
+            raise commands.ShuttingDown(f"node {self.info.name} is shutting down and takes no new jobs")
+        document: dict[str, Any] = {"task": tasks}
+        if defaults:
+            document["defaults"] = defaults
+        try:
+            specs = parse_job(document, label=label)
+        except JobFileError as e:
+            raise commands.BadJob(str(e)) from None
+        job = self.master.submit(specs)
+        return self.journal.durable().addCallback(lambda _: job.id)
+
+    def submit_part(self, tasks: list[Any], defaults: Any, upload: str, final: bool) -> Any:
+        """SUBMIT_JOB in parts: collect the tasks of an upload; submit them with the last part."""
+        if upload:
+            collected = self._uploads.pop(upload, None)
+            if collected is None:
+                raise commands.UnknownUpload(f"node {self.info.name} has no upload {upload!r}")
+            collected.extend(tasks)
+        else:
+            collected = list(tasks)
+        if not final:
+            if len(collected) > 1_000_000:
+                raise commands.BadJob("a job holds at most 1,000,000 tasks")
+            self._upload_numbers += 1
+            upload = f"{self.info.instance[:8]}-{self._upload_numbers}"
+            self._uploads[upload] = collected
+            return {"upload": upload, "job": ""}
+        return self.submit(collected, defaults).addCallback(lambda job_id: {"upload": "", "job": job_id})
+
+    def node_status(self) -> dict[str, Any]:
+        """What this node tells a peer that asks NODE_STATUS."""
+        load = self.my_load()
+        return {"running": load.running, "queued": load.queued, "links": list(load.links)}
 
     # -- IPeerHandler -------------------------------------------------------
 

@@ -57,6 +57,24 @@ class IPeerHandler(Protocol):
     def cancel_requested(self, protocol: "PeerProtocol", job: str) -> int:
         """Cancel a job we are master of, or stop our part of a job (see L{commands.CancelJob})."""
 
+    def submit_part(self, tasks: list[Any], defaults: Any, upload: str, final: bool) -> Any:
+        """A part of a submitted job (see L{commands.SubmitJob}); the answer, or a Deferred of it."""
+
+    def jobs_status(self) -> list[dict[str, Any]]:
+        """Summaries of the jobs this node is master of."""
+
+    def job_status(self, job_id: str) -> dict[str, Any]:
+        """One job's summary."""
+
+    def job_tasks(self, job_id: str, **filters: Any) -> tuple[list[dict[str, Any]], int]:
+        """A page of one job's tasks, and how many matched."""
+
+    def peers_status(self) -> list[dict[str, Any]]:
+        """This node, then its peers."""
+
+    def node_status(self) -> dict[str, Any]:
+        """This node's load and links, for a peer's NODE_STATUS."""
+
     def job_completed(
         self, protocol: "PeerProtocol", job: str, succeeded: int, failed: int, elapsed: float
     ) -> None:
@@ -314,6 +332,47 @@ class PeerProtocol(amp.AMP):
             return self._handler.results_queried(self, job, tasks)
         except ValidationError as e:
             raise self._bad("RESULT_QUERY", e)
+
+    # Client commands: an operator's tool asks; no handshake needed.
+
+    @commands.SubmitJob.responder
+    def _submit_job(self, tasks: Any, defaults: Any, upload: str, final: bool) -> Any:
+        if not isinstance(tasks, list):
+            raise self._bad("SUBMIT_JOB", ValueError("'tasks' must be a list of task objects"))
+        if defaults is not None and not isinstance(defaults, dict):
+            raise self._bad("SUBMIT_JOB", ValueError("'defaults' must be an object"))
+        return self._handler.submit_part(tasks, defaults, upload, final)
+
+    @commands.ListJobs.responder
+    def _list_jobs(self) -> dict[str, Any]:
+        return {"jobs": self._handler.jobs_status()}
+
+    @commands.JobStatus.responder
+    def _job_status(self, job: str) -> dict[str, Any]:
+        return {"status": self._handler.job_status(job)}
+
+    @commands.JobTasks.responder
+    def _job_tasks(self, job: str, offset: int, limit: int) -> dict[str, Any]:
+        if offset < 0 or not 1 <= limit <= 100_000:
+            raise self._bad("JOB_TASKS", ValueError("'offset' must be 0 or more and 'limit' 1 to 100000"))
+        page, total = self._handler.job_tasks(job, offset=offset, limit=limit)
+        for entry in page:
+            for stream in ("stdout", "stderr"):
+                if len(entry.get(stream) or "") > commands.CLIENT_OUTPUT_TAIL:
+                    entry[stream] = entry[stream][-commands.CLIENT_OUTPUT_TAIL :]
+        first = next(commands.chunk(page, lambda entry: entry), [])
+        following = offset + len(first)
+        return {"tasks": first, "next": following if following < total else -1}
+
+    @commands.ClusterStatus.responder
+    def _cluster_status(self) -> dict[str, Any]:
+        peers = self._handler.peers_status()
+        return {"node": peers[0], "peers": peers[1:]}
+
+    @commands.NodeStatus.responder
+    def _node_status(self) -> dict[str, Any]:
+        self._require_handshake()
+        return {"status": self._handler.node_status()}
 
     @commands.CancelJob.responder
     def _cancel_job(self, job: str) -> dict[str, Any]:

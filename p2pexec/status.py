@@ -1,0 +1,210 @@
+"""
+What a node shows its operators: JSON-able views of itself, its peers, the
+topology it sees, and the jobs it is master of.
+
+The same views answer the HTTP API (L{p2pexec.web}), the client's AMP
+commands (JOB_STATUS, LIST_JOBS, JOB_TASKS, CLUSTER_STATUS) and the
+dashboard, so that all three say the same thing.  Their fields are
+documented in C{docs/api.rst} and C{docs/openapi.json}.
+
+These functions only read: they take the parts they need and return plain
+dicts and lists.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping, Optional
+
+import attr
+
+from p2pexec.heartbeat import Liveness
+from p2pexec.job import Job, TaskRecord, TaskState
+from p2pexec.membership import PeerRecord, PeerState
+from p2pexec.model import NodeInfo
+
+PEER_STATES = ("self", "alive", "suspect", "known", "gone")
+"""A node's state as the views give it: this node itself; connected and
+answering; connected but silent for a while; heard of but not connected;
+said goodbye."""
+
+TASK_STATES = ("pending", "waiting", "running", "succeeded", "failed", "cancelled")
+"""A task's state as the views give it: C{waiting} is pending with no
+connected node able to run its kind; C{running} is assigned to a worker
+(queued or running there)."""
+
+
+@attr.s(auto_attribs=True, frozen=True)
+class Load:
+    """What a node reported of itself in NODE_STATUS (or knows of itself)."""
+
+    running: int
+    queued: int
+    links: tuple[str, ...] = ()
+
+
+def node_entry(info: NodeInfo, state: str, load: Optional[Load], last_heard: Optional[float] = None) -> dict[str, Any]:
+    """One node as the views show it (see C{Node} in docs/api.rst)."""
+    return {
+        "name": info.name,
+        "address": info.address,
+        "instance": info.instance,
+        "capabilities": list(info.capabilities),
+        "slots": info.slots,
+        "busy": None if load is None else load.running,
+        "queued": None if load is None else load.queued,
+        "state": state,
+        "last_heard": None if last_heard is None else round(last_heard, 3),
+    }
+
+
+def peer_state(record: PeerRecord, liveness: Optional[Liveness]) -> str:
+    """The view's state of a peer, from its table row and its connection's liveness."""
+    if record.state is PeerState.LEFT:
+        return "gone"
+    if record.state is PeerState.CONNECTED:
+        return "suspect" if liveness is Liveness.SUSPECT else "alive"
+    return "known"
+
+
+def peers_view(
+    me: NodeInfo,
+    my_load: Load,
+    records: Iterable[PeerRecord],
+    liveness: Mapping[str, Liveness],
+    loads: Mapping[str, Load],
+    now: float,
+) -> list[dict[str, Any]]:
+    """This node first, then every peer in its table, by name."""
+    entries = [node_entry(me, "self", my_load)]
+    for record in sorted(records, key=lambda r: r.info.name):
+        name = record.info.name
+        entries.append(
+            node_entry(record.info, peer_state(record, liveness.get(name)), loads.get(name), now - record.last_heard)
+        )
+    return entries
+
+
+def topology_view(peers: list[dict[str, Any]], my_links: Iterable[str], loads: Mapping[str, Load]) -> dict[str, Any]:
+    """
+    Nodes and the live connections between them: this node's own, and those
+    its peers reported in NODE_STATUS.  Each link is listed once, its ends in
+    name order, with the state of the worse end (alive, suspect).
+    """
+    known = {entry["name"]: entry for entry in peers}
+    me = peers[0]["name"]
+    pairs: set[tuple[str, str]] = set()
+    for other in my_links:
+        pairs.add(tuple(sorted((me, other))))  # type: ignore[arg-type]
+    for name, load in loads.items():
+        if known.get(name, {}).get("state") not in ("alive", "suspect"):
+            continue
+        for other in load.links:
+            if other in known:
+                pairs.add(tuple(sorted((name, other))))  # type: ignore[arg-type]
+    links = []
+    for a, b in sorted(pairs):
+        states = {known.get(a, {}).get("state"), known.get(b, {}).get("state")}
+        links.append({"source": a, "target": b, "state": "suspect" if "suspect" in states else "alive"})
+    return {"nodes": peers, "links": links}
+
+
+def task_state(record: TaskRecord, waiting_kinds: frozenset[str]) -> str:
+    """The view's state of one task."""
+    if record.state is TaskState.ASSIGNED:
+        return "running"
+    if record.state is TaskState.PENDING:
+        return "waiting" if record.spec.kind in waiting_kinds else "pending"
+    assert record.result is not None
+    status = record.result.status
+    if status == "succeeded":
+        return "succeeded"
+    if status == "cancelled":
+        return "cancelled"
+    return "failed"
+
+
+def task_entry(record: TaskRecord, waiting_kinds: frozenset[str], output: bool = True) -> dict[str, Any]:
+    """One task with its latest result (see C{Task} in docs/api.rst)."""
+    entry: dict[str, Any] = {
+        "id": record.spec.id,
+        "kind": record.spec.kind,
+        "state": task_state(record, waiting_kinds),
+        "attempts": record.attempt,
+        "node": record.worker,
+        "status": None,
+        "exit_code": None,
+        "duration": None,
+        "error": None,
+    }
+    result = record.result
+    if result is not None:
+        entry.update(
+            node=result.node,
+            status=result.status,
+            exit_code=result.exit_code,
+            duration=round(result.duration, 6),
+            error=result.error,
+        )
+        if output:
+            entry.update(stdout=result.stdout, stderr=result.stderr)
+    return entry
+
+
+def job_summary(job: Job, now: float, waiting_kinds: frozenset[str]) -> dict[str, Any]:
+    """One job's progress (see C{JobSummary} in docs/api.rst)."""
+    counts = dict.fromkeys(TASK_STATES, 0)
+    for record in job.tasks.values():
+        counts[task_state(record, waiting_kinds)] += 1
+    total = len(job.tasks)
+    done = counts["succeeded"] + counts["failed"] + counts["cancelled"]
+    elapsed = job.elapsed(now)
+    eta = None
+    if job.finished is None and done and done < total:
+        eta = round(elapsed / done * (total - done), 3)
+    if job.cancelled:
+        state = "cancelled"
+    elif job.finished is not None:
+        state = "finished"
+    else:
+        state = "running"
+    return {
+        "id": job.id,
+        "state": state,
+        "total": total,
+        "done": done,
+        "progress": round(done / total, 4) if total else 1.0,
+        "counts": counts,
+        "started": round(job.started, 3),
+        "finished": None if job.finished is None else round(job.finished, 3),
+        "elapsed": round(elapsed, 3),
+        "eta": eta,
+        "stale_results_dropped": job.stale,
+    }
+
+
+def tasks_page(
+    job: Job,
+    waiting_kinds: frozenset[str],
+    offset: int = 0,
+    limit: Optional[int] = None,
+    state: Optional[str] = None,
+    node: Optional[str] = None,
+    output: bool = True,
+) -> tuple[list[dict[str, Any]], int]:
+    """
+    The tasks of C{job} in job order, filtered by view state and node, from
+    C{offset} (of the filtered list), at most C{limit}.
+
+    @return: the page and the total that matched the filters.
+    """
+    matched = []
+    for record in job.tasks.values():
+        entry_state = task_state(record, waiting_kinds)
+        if state is not None and entry_state != state:
+            continue
+        shown_node = record.result.node if record.result is not None else record.worker
+        if node is not None and shown_node != node:
+            continue
+        matched.append(record)
+    end = len(matched) if limit is None else offset + limit
+    return [task_entry(record, waiting_kinds, output) for record in matched[offset:end]], len(matched)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from twisted.application.service import MultiService
+from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
 
@@ -95,3 +95,47 @@ class NodeService(MultiService):
             return MultiService.stopService(self)
 
         return leaving.addCallback(stop_children)
+
+
+class WebService(Service):
+    """
+    The node's HTTP server (C{--web}): the API, metrics and dashboard of
+    L{p2pexec.web}, on the node's interface.
+    """
+
+    def __init__(self, node: Node, port: int, reactor: Any) -> None:
+        self.node = node
+        self.port = port
+        self._reactor = reactor
+        self._listening: Any = None
+
+    def privilegedStartService(self) -> None:
+        """
+        Bind the HTTP port with the node's.
+
+        @raise SystemExit: with one line, if the port cannot be bound.
+        """
+        from p2pexec.web import site
+
+        super().privilegedStartService()
+        interface = self.node.config.interface
+        try:
+            self._listening = self._reactor.listenTCP(self.port, site(self.node), interface=interface)
+        except CannotListenError as e:
+            raise SystemExit(
+                f"p2pexec: node {self.node.config.name} cannot serve HTTP on {interface}:{self.port}: {e.socketError}"
+            ) from None
+        log.info(
+            "Node {name} serves its dashboard, API and metrics on http://{interface}:{port}/",
+            name=self.node.config.name,
+            interface=interface,
+            port=self._listening.getHost().port,
+        )
+
+    def stopService(self) -> Any:
+        """Stop listening."""
+        super().stopService()
+        if self._listening is not None:
+            listening, self._listening = self._listening, None
+            return listening.stopListening()
+        return None

@@ -34,7 +34,7 @@ from p2pexec.model import (
     validate_name,
 )
 from p2pexec.node import Node, NodeConfig
-from p2pexec.service import NodeService
+from p2pexec.service import NodeService, WebService
 from p2pexec.systemd import SystemdNotifier, without_notify_variables
 
 DEFAULT_GROUP = "239.255.42.99:10000"
@@ -128,6 +128,7 @@ class Options(usage.Options):
         ["heartbeat-timeout", None, "2.5", "Seconds of silence after which such a peer is declared dead and its tasks run elsewhere."],
         ["state-dir", None, None, "Where this node keeps its journal of jobs, tasks and results, so that a restarted master resumes its jobs. Default: $XDG_STATE_HOME/p2pexec/NAME (~/.local/state/p2pexec/NAME)."],
         ["max-worker-losses", None, "3", "A task that loses its worker this many times is quarantined as failed instead of run again."],
+        ["web", None, "0", "TCP port of the HTTP API, metrics and dashboard, on --interface; 0 (the default) serves no HTTP."],
     ]
     optFlags = [
         ["exit-when-done", None, "Stop the node once its start-up job has finished (for one-shot runs)."],
@@ -224,6 +225,9 @@ class Options(usage.Options):
         if os.path.exists(self["state-dir"]) and not os.path.isdir(self["state-dir"]):
             raise usage.UsageError(f"--state-dir: {self['state-dir']} exists and is not a folder")
         self["max-worker-losses"] = _parse_int("--max-worker-losses", self["max-worker-losses"], 1, 1000)
+        self["web"] = _parse_int("--web", self["web"], 0, 65535)
+        if self["web"] and self["web"] == self["port"]:
+            raise usage.UsageError(f"--web: port {self['web']} is already the AMP --port; give another")
         self["job_source"] = None if self["task_specs"] is None else job_digest(self["task_specs"])
 
 
@@ -306,7 +310,10 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> IService:
     if running_for_real:
         reactor.callWhenRunning(_stop_cleanly_on_signals, reactor)
     notifier = SystemdNotifier(reactor, os.environ if running_for_real else {})
-    return NodeService(node, notifier)
+    service = NodeService(node, notifier)
+    if options["web"]:
+        WebService(node, options["web"], reactor).setServiceParent(service)
+    return service
 
 
 def _stop_cleanly_on_signals(reactor: Any) -> None:

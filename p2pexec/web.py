@@ -1,0 +1,295 @@
+"""
+The node's HTTP server (C{--web PORT}): the JSON API, Prometheus metrics, a
+health check and the dashboard.
+
+Every endpoint is described in C{docs/api.rst} and C{docs/openapi.json}.
+The API answers with the views of L{p2pexec.status}, as the client's AMP
+commands do; errors are JSON objects C{{"error": "..."}} with the fitting
+status code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import TYPE_CHECKING, Any, Callable, Optional
+
+from prometheus_client.twisted import MetricsResource
+from twisted.python.failure import Failure
+from twisted.web import http
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request, Site
+from twisted.web.static import File
+
+from p2pexec import commands
+from p2pexec.log import NodeLogger
+from p2pexec.metrics import NodeMetrics
+from p2pexec.status import TASK_STATES
+
+if TYPE_CHECKING:
+    from p2pexec.node import Node
+
+log = NodeLogger()
+
+DASHBOARD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dashboard")
+"""The dashboard's files, shipped with the package (no CDN)."""
+
+MAX_BODY_BYTES = 64 * 1024 * 1024
+"""The largest request body accepted (a job of about 100,000 tasks)."""
+
+MAX_PAGE = 100_000
+"""The most tasks one GET /api/jobs/ID returns."""
+
+
+def _json(request: Request, value: Any, code: int = http.OK) -> bytes:
+    request.setResponseCode(code)
+    request.setHeader(b"content-type", b"application/json; charset=utf-8")
+    request.setHeader(b"cache-control", b"no-store")
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def _error(request: Request, code: int, message: str) -> bytes:
+    return _json(request, {"error": message}, code)
+
+
+def _argument(request: Request, name: str) -> Optional[str]:
+    values = (request.args or {}).get(name.encode("ascii"))
+    return values[0].decode("utf-8", "replace") if values else None
+
+
+def _integer(request: Request, name: str, default: int, low: int, high: int) -> int:
+    text = _argument(request, name)
+    if text is None:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise _BadRequest(f"query parameter {name!r} must be a whole number, not {text!r}") from None
+    if not low <= value <= high:
+        raise _BadRequest(f"query parameter {name!r} must be from {low} to {high}, not {value}")
+    return value
+
+
+class _BadRequest(Exception):
+    """A request the API cannot answer; the message says why (HTTP 400)."""
+
+
+class _JsonResource(Resource):
+    """A leaf answering GET (and perhaps POST) with JSON; every failure is a JSON error."""
+
+    isLeaf = True
+    methods: tuple[bytes, ...] = (b"GET",)
+
+    def __init__(self, node: "Node") -> None:
+        super().__init__()
+        self.node = node
+
+    def render(self, request: Request) -> Any:
+        """Dispatch by method; a wrong one is 405, with an Allow header."""
+        if request.method not in self.methods:
+            request.setHeader(b"allow", b", ".join(self.methods))
+            return _error(request, http.NOT_ALLOWED, f"{request.method.decode('ascii', 'replace')} is not allowed here")
+        try:
+            if request.method == b"POST":
+                return self.post(request)
+            return self.get(request)
+        except _BadRequest as e:
+            return _error(request, http.BAD_REQUEST, str(e))
+        except commands.UnknownJob as e:
+            return _error(request, http.NOT_FOUND, str(e))
+
+    def get(self, request: Request) -> Any:
+        """Answer a GET."""
+        raise NotImplementedError
+
+    def post(self, request: Request) -> Any:
+        """Answer a POST."""
+        raise NotImplementedError
+
+
+class PeersResource(_JsonResource):
+    """C{GET /api/peers}: this node, then its peers."""
+
+    def get(self, request: Request) -> bytes:
+        """The peers view."""
+        return _json(request, {"peers": self.node.peers_status()})
+
+
+class TopologyResource(_JsonResource):
+    """C{GET /api/topology}: nodes and the connections between them."""
+
+    def get(self, request: Request) -> bytes:
+        """The topology view."""
+        return _json(request, self.node.topology_status())
+
+
+class JobsResource(Resource):
+    """C{/api/jobs}: list and submit; C{/api/jobs/ID} and C{/api/jobs/ID/cancel} below it."""
+
+    def __init__(self, node: "Node") -> None:
+        super().__init__()
+        self.node = node
+        self._collection = _JobCollection(node)
+
+    def getChild(self, path: bytes, request: Request) -> Resource:
+        """C{""} is the collection itself; anything else names a job."""
+        if path == b"":
+            return self._collection
+        return _JobResource(self.node, path.decode("utf-8", "replace"))
+
+    def render(self, request: Request) -> Any:
+        """C{/api/jobs} without a trailing slash."""
+        return self._collection.render(request)
+
+
+class _JobCollection(_JsonResource):
+    methods = (b"GET", b"POST")
+
+    def get(self, request: Request) -> bytes:
+        return _json(request, {"jobs": self.node.jobs_status()})
+
+    def post(self, request: Request) -> Any:
+        length = int(request.getHeader(b"content-length") or 0)
+        if length > MAX_BODY_BYTES:
+            return _error(request, http.REQUEST_ENTITY_TOO_LARGE, f"the job is over {MAX_BODY_BYTES} bytes")
+        body = request.content.read(MAX_BODY_BYTES + 1) if request.content is not None else b""
+        if len(body) > MAX_BODY_BYTES:
+            return _error(request, http.REQUEST_ENTITY_TOO_LARGE, f"the job is over {MAX_BODY_BYTES} bytes")
+        try:
+            document = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise _BadRequest(f"the body is not JSON: {e}") from None
+        if not isinstance(document, dict):
+            raise _BadRequest('the body must be a job object: {"defaults": {...}, "task": [...]}')
+        unknown = set(document) - {"defaults", "task"}
+        if unknown:
+            raise _BadRequest(f"unknown key(s) {', '.join(sorted(unknown))}; a job has 'defaults' and 'task'")
+        tasks = document.get("task")
+        if not isinstance(tasks, list):
+            raise _BadRequest("'task' must be a list of task objects")
+        try:
+            submitted = self.node.submit(tasks, document.get("defaults"), label="submitted job")
+        except commands.BadJob as e:
+            raise _BadRequest(str(e)) from None
+        except commands.ShuttingDown as e:
+            return _error(request, http.SERVICE_UNAVAILABLE, str(e))
+        _finish_later(request, submitted, lambda job_id: _json(request, {"job": job_id}, http.CREATED))
+        return NOT_DONE_YET
+
+
+class _JobResource(_JsonResource):
+    """C{GET /api/jobs/ID} (with C{state}, C{node}, C{offset}, C{limit}); C{POST .../cancel}."""
+
+    isLeaf = False
+
+    def __init__(self, node: "Node", job_id: str) -> None:
+        super().__init__(node)
+        self.job_id = job_id
+
+    def getChild(self, path: bytes, request: Request) -> Resource:
+        if path == b"cancel":
+            return _CancelResource(self.node, self.job_id)
+        if path == b"":
+            return self
+        return _NotFound()
+
+    def get(self, request: Request) -> bytes:
+        state = _argument(request, "state")
+        if state is not None and state not in TASK_STATES:
+            raise _BadRequest(f"query parameter 'state' must be one of {', '.join(TASK_STATES)}, not {state!r}")
+        offset = _integer(request, "offset", 0, 0, 10**9)
+        limit = _integer(request, "limit", MAX_PAGE, 1, MAX_PAGE)
+        summary = self.node.job_status(self.job_id)
+        tasks, matched = self.node.job_tasks(
+            self.job_id, offset=offset, limit=limit, state=state, node=_argument(request, "node")
+        )
+        return _json(request, {"job": summary, "tasks": tasks, "matched": matched, "offset": offset})
+
+
+class _CancelResource(_JsonResource):
+    methods = (b"POST",)
+
+    def __init__(self, node: "Node", job_id: str) -> None:
+        super().__init__(node)
+        self.job_id = job_id
+
+    def post(self, request: Request) -> bytes:
+        if self.job_id not in self.node.master.jobs:
+            raise commands.UnknownJob(f"node {self.node.info.name} is not the master of job {self.job_id!r}")
+        cancelled = self.node.master.cancel(self.job_id, by="asked over HTTP")
+        return _json(request, {"cancelled": cancelled})
+
+
+class HealthResource(_JsonResource):
+    """C{GET /healthz}: 200 while the node serves, 503 once it is leaving."""
+
+    def get(self, request: Request) -> bytes:
+        node = self.node
+        body = {
+            "status": "leaving" if node.stopping else "ok",
+            "node": node.info.name,
+            "peers_connected": len(node.peers.connected_peers()),
+            "jobs_running": sum(1 for job in node.master.jobs.values() if job.finished is None),
+        }
+        return _json(request, body, http.SERVICE_UNAVAILABLE if node.stopping else http.OK)
+
+
+class _NotFound(Resource):
+    isLeaf = True
+
+    def render(self, request: Request) -> bytes:
+        return _error(request, http.NOT_FOUND, f"no such resource: {request.path.decode('utf-8', 'replace')}")
+
+
+class _Root(Resource):
+    """C{/}: the dashboard; C{/api}, C{/metrics}, C{/healthz}, C{/static} below."""
+
+    def __init__(self, children: dict[bytes, Resource]) -> None:
+        super().__init__()
+        for name, child in children.items():
+            self.putChild(name, child)
+
+    def getChild(self, path: bytes, request: Request) -> Resource:
+        if path == b"":
+            return File(os.path.join(DASHBOARD, "index.html"), defaultType="text/html")
+        return _NotFound()
+
+
+def site(node: "Node") -> Site:
+    """The node's HTTP site: API, metrics, health check and dashboard."""
+    api = Resource()
+    api.putChild(b"peers", PeersResource(node))
+    api.putChild(b"topology", TopologyResource(node))
+    api.putChild(b"jobs", JobsResource(node))
+    metrics = NodeMetrics(node)
+    root = _Root(
+        {
+            b"api": api,
+            b"metrics": MetricsResource(registry=metrics.registry),
+            b"healthz": HealthResource(node),
+            b"static": File(DASHBOARD),
+        }
+    )
+    made = Site(root)
+    made.noisy = False
+    made.displayTracebacks = False
+    return made
+
+
+def _finish_later(request: Request, d: Any, render: Callable[[Any], bytes]) -> None:
+    """Write C{render(result)} when C{d} fires, unless the client has gone."""
+    gone: list[bool] = []
+    request.notifyFinish().addErrback(lambda _: gone.append(True))
+
+    def done(result: Any) -> None:
+        if not gone:
+            request.write(render(result))
+            request.finish()
+
+    def failed(failure: Failure) -> None:
+        log.failure("Answering {path} failed", failure, path=request.path)
+        if not gone:
+            request.write(_error(request, http.INTERNAL_SERVER_ERROR, failure.getErrorMessage()))
+            request.finish()
+
+    d.addCallbacks(done, failed)

@@ -385,8 +385,8 @@ def inside(args: argparse.Namespace) -> int:
     print(f"p2pexec side by side: {machine()}")
     table(measured, problems, args.repeat)
     print()
-    print("p2pexec: W1/W5 master (runs nothing) + 2 workers --slots 2; W2 master (runs nothing) + 1 worker "
-          "--slots 2; W3 3 nodes launched together.")
+    print("p2pexec: W1/W5 master (runs nothing) + 2 workers --slots 2; W2 one node --slots 2 running the job "
+          "itself; W3 3 nodes launched together.")
     print("dask: LocalCluster 2 worker processes x 1 thread (W5: x 2 threads); ray: ray.init(num_cpus=2) (W5: "
           "num_cpus=0.5 per task); celery: 1 worker -c 2 prefork (W5: 2 workers -c 2), Redis broker+backend.")
     print("W5 kill: p2pexec a worker node, dask a worker process (its nanny restarts it), ray 2 busy worker "

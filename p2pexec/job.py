@@ -276,9 +276,11 @@ class Job:
             return f"that attempt was given to {record.worker}, not {sender}"
         return "that attempt's result was already received"
 
-    def cancel(self, now: float, by: str) -> list[TaskRecord]:
+    def cancel(self, now: float, master: str, why: str) -> list[TaskRecord]:
         """
-        Cancel every task without a result: each is done, as C{cancelled}.
+        Cancel every task without a result: each is done, as C{cancelled},
+        its node the worker of its latest attempt (or C{master} if it never
+        went out), its error C{job cancelled (WHY)}.
 
         @return: the records that were assigned to a worker (whose processes
             must be stopped).
@@ -294,8 +296,8 @@ class Job:
                 task_id=task_id,
                 attempt=record.attempt,
                 status=CANCELLED,
-                node=record.worker or by,
-                error=f"job cancelled on {by}",
+                node=record.worker or master,
+                error=f"job cancelled ({why})",
             )
             self.failed += 1
         self.cancelled = True

@@ -618,7 +618,7 @@ class Master:
         if job.finished is not None:
             return 0
         before = job.counts()["done"]
-        held = job.cancel(self._clock.seconds(), by)
+        held = job.cancel(self._clock.seconds(), self.me.name, by)
         cancelled = len(job.tasks) - before
         for record in job.tasks.values():
             self.journal.task_changed(job.id, record)

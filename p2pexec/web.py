@@ -200,8 +200,9 @@ class _JobResource(_JsonResource):
         offset = _integer(request, "offset", 0, 0, 10**9)
         limit = _integer(request, "limit", MAX_PAGE, 1, MAX_PAGE)
         summary = self.node.job_status(self.job_id)
+        output = _integer(request, "output", 1, 0, 1)
         tasks, matched = self.node.job_tasks(
-            self.job_id, offset=offset, limit=limit, state=state, node=_argument(request, "node")
+            self.job_id, offset=offset, limit=limit, state=state, node=_argument(request, "node"), output=bool(output)
         )
         return _json(request, {"job": summary, "tasks": tasks, "matched": matched, "offset": offset})
 
@@ -255,6 +256,19 @@ class _Root(Resource):
         return _NotFound()
 
 
+class _QuietSite(Site):
+    """A L{Site} whose access log goes to the debug level (a dashboard polls four times a second)."""
+
+    def log(self, request: Request) -> None:
+        """Log one request at debug level."""
+        log.debug(
+            "HTTP {method} {path} -> {code}",
+            method=request.method.decode("ascii", "replace"),
+            path=request.uri.decode("utf-8", "replace"),
+            code=request.code,
+        )
+
+
 def site(node: "Node") -> Site:
     """The node's HTTP site: API, metrics, health check and dashboard."""
     api = Resource()
@@ -270,7 +284,7 @@ def site(node: "Node") -> Site:
             b"static": File(DASHBOARD),
         }
     )
-    made = Site(root)
+    made = _QuietSite(root)
     made.noisy = False
     made.displayTracebacks = False
     return made

@@ -254,7 +254,7 @@ class FinishedJobTests(JournalTestMixin, SynchronousTestCase):
         job = Job("j", [TaskSpec.instruction("a1")], started=1.0)
         journal.job_added(job)
         journal.commit()
-        job.cancel(2.0, "m1")
+        job.cancel(2.0, "m1", "a test")
         journal.job_changed(job)
         journal = self.reopen(journal, state_dir)
         self.assertEqual(journal.unfinished_jobs(), [])

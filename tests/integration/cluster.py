@@ -70,6 +70,18 @@ def free_udp_port() -> int:
         return s.getsockname()[1]
 
 
+def free_tcp_port() -> int:
+    """
+    A TCP port of 127.0.0.1 that was free a moment ago, for options that
+    need a real port number, such as C{--web} (where 0 means "no HTTP").
+    Another process could take it before the node binds it; the node then
+    exits with one line saying so, and the test fails with its log.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def unique_group() -> tuple[str, str]:
     """
     A multicast group address of this process's own, and a cluster name to go

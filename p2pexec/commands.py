@@ -294,7 +294,7 @@ class SubmitJob(amp.Command):
         (b"upload", amp.Unicode()),
         (b"job", amp.Unicode()),
     ]
-    errors = _errors(BAD_JOB=BadJob, UNKNOWN_UPLOAD=UnknownUpload)
+    errors = _errors(BAD_JOB=BadJob, UNKNOWN_UPLOAD=UnknownUpload, SHUTTING_DOWN=ShuttingDown)
 
 
 CLIENT_OUTPUT_TAIL = 8 * 1024

@@ -166,7 +166,7 @@ class Node:
         self._ready_waiters: list[Deferred[None]] = []
         self._loads: dict[str, status.Load] = {}
         self._loads_asked = float("-inf")
-        self._uploads: dict[str, list[Any]] = {}
+        self._uploads: dict[str, tuple[PeerProtocol, list[Any]]] = {}
         self._upload_numbers = 0
         self.reconnects = 0
         self._ever_connected: set[str] = set()
@@ -649,12 +649,16 @@ class Node:
         job = self.master.submit(specs)
         return self.journal.durable().addCallback(lambda _: job.id)
 
-    def submit_part(self, tasks: list[Any], defaults: Any, upload: str, final: bool) -> Any:
-        """SUBMIT_JOB in parts: collect the tasks of an upload; submit them with the last part."""
+    def submit_part(self, protocol: PeerProtocol, tasks: list[Any], defaults: Any, upload: str, final: bool) -> Any:
+        """
+        SUBMIT_JOB in parts: collect the tasks of an upload (which belongs to
+        the connection that started it, and is dropped with it); submit them
+        with the last part.
+        """
         if upload:
-            collected = self._uploads.pop(upload, None)
-            if collected is None:
-                raise commands.UnknownUpload(f"node {self.info.name} has no upload {upload!r}")
+            owner, collected = self._uploads.pop(upload, (None, None))
+            if collected is None or owner is not protocol:
+                raise commands.UnknownUpload(f"node {self.info.name} has no upload {upload!r} on this connection")
             collected.extend(tasks)
         else:
             collected = list(tasks)
@@ -663,7 +667,7 @@ class Node:
                 raise commands.BadJob("a job holds at most 1,000,000 tasks")
             self._upload_numbers += 1
             upload = f"{self.info.instance[:8]}-{self._upload_numbers}"
-            self._uploads[upload] = collected
+            self._uploads[upload] = (protocol, collected)
             return {"upload": upload, "job": ""}
         return self.submit(collected, defaults).addCallback(lambda job_id: {"upload": "", "job": job_id})
 
@@ -784,7 +788,7 @@ class Node:
     def cancel_requested(self, protocol: PeerProtocol, job: str) -> int:
         """Cancel a job we are master of, or stop our part of a job its master cancelled."""
         if job in self.master.jobs:
-            return self.master.cancel(job, by=f"asked by {protocol.peer_name or protocol.describe()}")
+            return self.master.cancel(job, by=f"asked by {protocol.peer_name or 'a client at ' + protocol.address()}")
         if protocol.peer_name is not None:
             # From a peer: the job's master, stopping its part here (which
             # may be nothing by now: its tasks here may have finished).
@@ -819,6 +823,8 @@ class Node:
 
     def connection_lost(self, protocol: PeerProtocol, reason: Failure) -> None:
         """Forget a closed connection and put back what it carried."""
+        for upload in [key for key, (owner, _) in self._uploads.items() if owner is protocol]:
+            del self._uploads[upload]
         name = protocol.peer_name
         if name is None:
             return

@@ -57,7 +57,7 @@ class IPeerHandler(Protocol):
     def cancel_requested(self, protocol: "PeerProtocol", job: str) -> int:
         """Cancel a job we are master of, or stop our part of a job (see L{commands.CancelJob})."""
 
-    def submit_part(self, tasks: list[Any], defaults: Any, upload: str, final: bool) -> Any:
+    def submit_part(self, protocol: "PeerProtocol", tasks: list[Any], defaults: Any, upload: str, final: bool) -> Any:
         """A part of a submitted job (see L{commands.SubmitJob}); the answer, or a Deferred of it."""
 
     def jobs_status(self) -> list[dict[str, Any]]:
@@ -114,11 +114,14 @@ class PeerProtocol(amp.AMP):
 
     # -- plumbing -----------------------------------------------------------
 
+    def address(self) -> str:
+        """HOST:PORT of the other end, or C{?}."""
+        address = self.transport.getPeer() if self.transport is not None else None
+        return f"{address.host}:{address.port}" if address is not None and hasattr(address, "host") else "?"
+
     def describe(self) -> str:
         """The peer's name and address, for log lines."""
-        address = self.transport.getPeer() if self.transport is not None else None
-        where = f"{address.host}:{address.port}" if address is not None and hasattr(address, "host") else "?"
-        return f"{self.peer_name or 'unknown node'} at {where}"
+        return f"{self.peer_name or 'unknown node'} at {self.address()}"
 
     def locateResponder(self, name: bytes) -> Optional[Callable[[amp.AmpBox], Deferred]]:
         """
@@ -341,7 +344,7 @@ class PeerProtocol(amp.AMP):
             raise self._bad("SUBMIT_JOB", ValueError("'tasks' must be a list of task objects"))
         if defaults is not None and not isinstance(defaults, dict):
             raise self._bad("SUBMIT_JOB", ValueError("'defaults' must be an object"))
-        return self._handler.submit_part(tasks, defaults, upload, final)
+        return self._handler.submit_part(self, tasks, defaults, upload, final)
 
     @commands.ListJobs.responder
     def _list_jobs(self) -> dict[str, Any]:

@@ -39,6 +39,8 @@ from twisted.protocols import amp
 from twisted.python.failure import Failure
 
 from p2pexec import __version__, commands
+from p2pexec.auth import ChallengeResponse, KeyFileError, generate_key, http_token, load_key
+from p2pexec.peer import authenticate
 from p2pexec.jobfile import JobFileError, load_job_file, parse_job
 from p2pexec.model import TASK_ID_PATTERN, TaskSpec, ValidationError, parse_instructions, validate_name
 
@@ -788,7 +790,10 @@ class NodeClient:
     whose message names the address and the reason.
     """
 
-    def __init__(self, reactor: Any, host: str, port: int, timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(
+        self, reactor: Any, host: str, port: int, timeout: float = DEFAULT_TIMEOUT, key: Optional[bytes] = None
+    ) -> None:
+        self._key = key
         self._reactor = reactor
         self._host = host
         self._port = port
@@ -805,6 +810,16 @@ class NodeClient:
             raise
         except Exception as e:
             raise CliError(f"cannot connect to {self.address}: {connect_failure_reason(e)}") from None
+        if self._key is not None:
+            proving = defer.ensureDeferred(authenticate(self._protocol, ChallengeResponse(self._key)))
+            try:
+                await proving.addTimeout(self._timeout, self._reactor)
+            except (commands.AuthFailed, amp.RemoteAmpError, amp.UnhandledCommand) as e:
+                self.close()
+                raise CliError(f"the node at {self.address} and this key do not match: {e}") from None
+            except defer.TimeoutError:
+                self.close()
+                raise CliError(f"no answer from {self.address} to AUTHENTICATE within {self._timeout:g}s") from None
 
     async def call(self, command: type[amp.Command], **arguments: Any) -> dict[str, Any]:
         """Send C{command} and wait (at most the timeout) for its answer."""
@@ -820,6 +835,8 @@ class NodeClient:
             raise CliError(f"lost the connection to {self.address}: it was reset or dropped") from None
         except commands.UnknownJob as e:
             raise CliError(f"unknown job: {e}") from None
+        except commands.AuthRequired:
+            raise CliError(f"the node at {self.address} belongs to a cluster with a key: give --key-file") from None
         except commands.BadJob as e:
             raise CliError(f"the node at {self.address} refused the job: {e}") from None
         except commands.ShuttingDown as e:
@@ -1084,6 +1101,10 @@ def _connection_options(parser: argparse.ArgumentParser, suppress: bool) -> None
         help=f"how long to wait for the connection and for each answer (default {DEFAULT_TIMEOUT:g})",
     )
     parser.add_argument(
+        "--key-file", metavar="FILE", default=default(os.environ.get("P2PEXEC_KEY_FILE")),
+        help="the cluster key, if the node has one (default: $P2PEXEC_KEY_FILE)",
+    )
+    parser.add_argument(
         "--plain", action="store_true", default=default(False),
         help="plain lines, no colours or progress bar (the default when stdout is not a terminal)",
     )
@@ -1195,6 +1216,21 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         "to the job's master.",
     )
     p.add_argument("job", metavar="JOB", help="the job id")
+    p = add(
+        "keygen", "write a new random cluster key",
+        "Write a new random 256-bit cluster key (64 hexadecimal digits).  Give the\n"
+        "same key file to every node (twistd p2pexec --key-file) and to this client.\n"
+        "A key file must be readable by its owner only (mode 0600).",
+        "examples:\n  p2pexec keygen --out /etc/p2pexec/cluster.key\n  (umask 077; p2pexec keygen > cluster.key)",
+    )
+    p.add_argument("--out", metavar="FILE", help="create FILE with mode 0600 (never overwritten) instead of printing")
+    add(
+        "token", "print the HTTP API's token for a cluster key",
+        "Print the bearer token that the HTTP API and the dashboard of a node with\n"
+        "--key-file ask for (it is derived from the key; the key itself is never sent).",
+        "examples:\n  curl -H \"Authorization: Bearer $(p2pexec token --key-file cluster.key)\" http://127.0.0.1:8080/api/jobs\n"
+        "  open http://127.0.0.1:8080/#token=$(p2pexec token --key-file cluster.key)",
+    )
     return parser, parsers
 
 
@@ -1245,7 +1281,13 @@ async def execute(
     """Read and check what must be, connect, and run the subcommand."""
     if args.command in ("submit", "run"):
         args.job_tasks = job_tasks_from(args, stdin)
-    node = NodeClient(reactor, args.host, args.port, args.answer_timeout)
+    key = None
+    if args.key_file:
+        try:
+            key = load_key(args.key_file)
+        except KeyFileError as e:
+            raise CliError(str(e)) from None
+    node = NodeClient(reactor, args.host, args.port, args.answer_timeout, key=key)
     await node.connect()
     try:
         return await SUBCOMMANDS[args.command](Context(node, out, reactor, err), args)
@@ -1306,12 +1348,41 @@ def run_in_reactor(reactor: Any, work: Callable[[], Awaitable[int]], err: TextIO
     raise AssertionError("unreachable")
 
 
+def key_command(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """C{keygen} and C{token}: the cluster key, and the HTTP token derived from it (no node involved)."""
+    if args.command == "keygen":
+        key = generate_key()
+        if args.out is None:
+            out.write(key + "\n")
+            return EXIT_OK
+        try:
+            fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except OSError as e:
+            err.write(f"{PROG}: cannot create {args.out}: {e.strerror} (a key file is never overwritten)\n")
+            return EXIT_USAGE
+        with os.fdopen(fd, "w", encoding="ascii") as f:
+            f.write(key + "\n")
+        err.write(f"{PROG}: wrote a new cluster key to {args.out} (mode 0600); give it to every node with --key-file\n")
+        return EXIT_OK
+    if not args.key_file:
+        err.write(f"{PROG}: token: give --key-file (or set $P2PEXEC_KEY_FILE)\n")
+        return EXIT_USAGE
+    try:
+        out.write(http_token(load_key(args.key_file)) + "\n")
+    except KeyFileError as e:
+        err.write(f"{PROG}: {e}\n")
+        return EXIT_USAGE
+    return EXIT_OK
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """The C{p2pexec} console script; returns its exit status."""
     try:
         args = parse_arguments(sys.argv[1:] if argv is None else argv)
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else EXIT_USAGE
+    if args.command in ("keygen", "token"):
+        return key_command(args, sys.stdout, sys.stderr)
     out = make_output(sys.stdout, args.plain)
     from twisted.internet import reactor
 

@@ -84,9 +84,18 @@ class UnknownUpload(Exception):
     """A SUBMIT_JOB continues an upload this connection did not start."""
 
 
+class AuthRequired(Exception):
+    """A command other than AUTHENTICATE arrived on a connection not yet authenticated; it is closed."""
+
+
+class AuthFailed(Exception):
+    """The other side does not hold the cluster key; the connection is closed."""
+
+
 _COMMON_ERRORS: dict[type[Exception], bytes] = {
     BadArguments: b"BAD_ARGUMENTS",
     ConnectRequired: b"CONNECT_REQUIRED",
+    AuthRequired: b"AUTH_REQUIRED",
 }
 
 
@@ -95,6 +104,29 @@ def _errors(**more: type[Exception]) -> dict[type[Exception], bytes]:
     for code, error in more.items():
         errors[error] = code.encode("ascii")
     return errors
+
+
+class Authenticate(amp.Command):
+    """
+    AUTHENTICATE, the first command on a connection of a cluster with a key:
+    the dialler's random C{nonce}; the acceptor answers with its own and
+    its C{proof} (HMAC-SHA256, with the connection key, of "acceptor" and
+    both nonces).  See docs/security.rst.
+    """
+
+    commandName = b"AUTHENTICATE"
+    arguments = [(b"nonce", amp.String())]
+    response = [(b"nonce", amp.String()), (b"proof", amp.String())]
+    errors = _errors(AUTH_FAILED=AuthFailed)
+
+
+class AuthProof(amp.Command):
+    """AUTH_PROOF: the dialler's C{proof} ("dialler" and both nonces); then the connection is open."""
+
+    commandName = b"AUTH_PROOF"
+    arguments = [(b"proof", amp.String())]
+    response: list[tuple[bytes, amp.Argument]] = []
+    errors = _errors(AUTH_FAILED=AuthFailed)
 
 
 class ConnectRequest(amp.Command):

@@ -23,6 +23,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import DatagramProtocol
 
 from p2pexec import datagram
+from p2pexec.auth import TRAILER, DatagramError as SealError, DatagramSealer
 from p2pexec.log import NodeLogger, RateLimitedLog
 from p2pexec.model import NodeInfo
 
@@ -33,6 +34,10 @@ ANSWER_SPREAD_PER_PEER = 0.002
 """Seconds of answer spread per node heard from (see L{DiscoveryProtocol._answer_spread})."""
 
 MAX_TRACKED_PEERS = 10_000
+
+
+SEAL_BYTES = TRAILER.size + 1
+"""What a cluster-key seal adds to a datagram."""
 
 
 class DiscoveryProtocol(DatagramProtocol):
@@ -55,7 +60,9 @@ class DiscoveryProtocol(DatagramProtocol):
         discover_max_interval: float = 60.0,
         answer_delay: float = 0.25,
         random_fraction: Callable[[], float] = random.random,
+        sealer: Optional[DatagramSealer] = None,
     ) -> None:
+        self._sealer = sealer
         self._local_info = local_info
         self._group = group
         self._interface = interface
@@ -152,6 +159,8 @@ class DiscoveryProtocol(DatagramProtocol):
         if self.transport is None:
             return
         data = datagram.encode(datagram.Datagram(type=kind, node=self._local_info()))
+        if self._sealer is not None:
+            data = self._sealer.seal(data)
         try:
             self.transport.write(data, self._group)
         except OSError as e:
@@ -170,8 +179,12 @@ class DiscoveryProtocol(DatagramProtocol):
         """Decode, filter and pass on one datagram; never raise."""
         source = "%s:%d" % (addr[0], addr[1])
         try:
+            if self._sealer is not None:
+                if len(data) > datagram.MAX_DATAGRAM_BYTES + SEAL_BYTES:
+                    raise datagram.DatagramError("too-large", f"{len(data)} bytes is over the limit")
+                data = self._sealer.open(data)
             received = datagram.decode(data)
-        except datagram.DatagramError as e:
+        except (datagram.DatagramError, SealError) as e:
             self._complaints.warn(
                 e.reason,
                 source,

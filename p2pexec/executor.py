@@ -7,6 +7,10 @@ output, enforces its timeout by signalling the whole group (SIGTERM, then
 SIGKILL after a grace period), and fires with a L{TaskResult}.  It never
 fails: every problem (no such program, no such folder, a timeout) becomes a
 result that says what happened.
+
+Before anything starts, the node's L{CommandPolicy} decides whether the
+command may run here and which file it starts; a refused command never
+starts, and its result (status C{error}) says which rule refused it.
 """
 
 from __future__ import annotations
@@ -23,7 +27,11 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 
 from p2pexec import spawn
+from p2pexec.log import NodeLogger
 from p2pexec.model import ERROR, FAILED, SUCCEEDED, TIMED_OUT, Assignment, TaskResult
+from p2pexec.policy import SHELL, CommandPolicy, Refusal
+
+log = NodeLogger()
 
 DEFAULT_TAIL_BYTES = 24 * 1024
 """How much of the end of stdout and of stderr each result keeps."""
@@ -85,13 +93,20 @@ class ProcessExecutor:
         tail_bytes: int = DEFAULT_TAIL_BYTES,
         kill_grace: float = DEFAULT_KILL_GRACE,
         base_environment: Optional[Mapping[str, str]] = None,
+        policy: Optional[CommandPolicy] = None,
     ) -> None:
+        """
+        @param policy: what this node is willing to run; by default anything
+            (and the node says so in its log, once).
+        """
         self._reactor: IReactorProcess = reactor
         self._clock: IReactorTime = reactor
         self._node_name = node_name
         self._tail_bytes = tail_bytes
         self._kill_grace = kill_grace
         self._environment = dict(os.environ if base_environment is None else base_environment)
+        self._policy = CommandPolicy() if policy is None else policy
+        log.info("Node {name} {policy}", name=node_name, policy=self._policy.describe())
         # A session (and process group) per task: directly where Twisted
         # allows it, else through the setsid program (one more exec).
         self._session_spawn = spawn.available()
@@ -129,32 +144,46 @@ class ProcessExecutor:
             P2PEXEC_NODE=self._node_name,
         )
         if task.shell:
-            argv = ["/bin/sh", "-c", str(task.command)]
+            argv = [SHELL, "-c", str(task.command)]
         else:
             argv = list(task.command or ())
+        search_path = environment.get("PATH", os.defpath)
+        decision = self._policy.decide(argv, task.cwd, search_path, shell=task.shell)
+        if isinstance(decision, Refusal):
+            log.warn(
+                "Node {name} refused task {task} of job {job} (attempt {attempt}): {reason}",
+                name=self._node_name,
+                task=task.id,
+                job=job,
+                attempt=assignment.attempt,
+                reason=decision.reason,
+            )
+            return _succeed(result(ERROR, error=decision.reason))
         if task.cwd is not None and not os.path.isdir(task.cwd):
             return _succeed(result(ERROR, error=f"working directory {task.cwd!r} does not exist"))
-        search_path = environment.get("PATH", os.defpath)
-        program = argv[0]
+        # What to start: argv[0] itself, or the file the policy checked.
+        program = decision
+        name = argv[0]
         if os.sep not in program:
             found = self._which(program, search_path)
             if found is None:
-                return _succeed(result(ERROR, exit_code=127, error=f"command not found: {program!r}"))
+                return _succeed(result(ERROR, exit_code=127, error=f"command not found: {name!r}"))
         elif not os.access(os.path.join(task.cwd or "", program), os.X_OK):
-            return _succeed(result(ERROR, exit_code=126, error=f"{program!r} is not an executable file"))
+            return _succeed(result(ERROR, exit_code=126, error=f"{name!r} is not an executable file"))
         if self._setsid is not None:
-            argv = [self._setsid] + argv
+            argv = [self._setsid, program] + argv[1:]
+            program = self._setsid
         protocol = _TaskProcess(self._tail_bytes)
         try:
             child_fds = {0: self._devnull, 1: "r", 2: "r"}
             if self._session_spawn:
-                transport = spawn.spawn(self._reactor, protocol, argv[0], argv, environment, task.cwd, child_fds)
+                transport = spawn.spawn(self._reactor, protocol, program, argv, environment, task.cwd, child_fds)
             else:
                 transport = self._reactor.spawnProcess(
-                    protocol, argv[0], argv, env=environment, path=task.cwd, childFDs=child_fds
+                    protocol, program, argv, env=environment, path=task.cwd, childFDs=child_fds
                 )
         except (OSError, ValueError) as e:
-            return _succeed(result(ERROR, error=f"could not start {program!r}: {e}"))
+            return _succeed(result(ERROR, error=f"could not start {name!r}: {e}"))
         pid = transport.pid
         self.running[pid] = protocol
         attempt_key = (job, task.id, assignment.attempt)

@@ -42,6 +42,7 @@ from p2pexec.model import (
 )
 from p2pexec.peer import PeerProtocol, parse_peer_list, peer_entry
 from p2pexec import status
+from p2pexec.auth import ChallengeResponse, DatagramSealer
 from p2pexec.jobfile import JobFileError, parse_job
 from p2pexec.results import write_results
 from p2pexec.worker import ITaskRunner, Worker
@@ -86,6 +87,8 @@ class NodeConfig:
     job_source: Optional[str] = None
     max_losses: int = DEFAULT_MAX_LOSSES
     journal_retention: float = 7 * 24 * 3600.0
+    key: Optional[bytes] = attr.ib(default=None, repr=False)
+    web_public: bool = False
 
 
 class _LocalSink:
@@ -148,6 +151,7 @@ class Node:
             on_change=self._liveness_changed,
             pings_when_idle=lambda protocol: protocol.dialled,
         )
+        self.challenge = ChallengeResponse(config.key) if config.key is not None else None
         self.discovery = DiscoveryProtocol(
             lambda: self.info,
             config.group,
@@ -155,6 +159,7 @@ class Node:
             reactor,
             on_peer=self._heard_of,
             hello_interval=config.hello_interval,
+            sealer=DatagramSealer(config.key, reactor.seconds) if config.key is not None else None,
         )
         self.initial_job: Deferred[Job] = Deferred()
         self._initial_job_id: Optional[str] = None

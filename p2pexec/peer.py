@@ -16,6 +16,7 @@ from twisted.protocols import amp
 from twisted.python.failure import Failure
 
 from p2pexec import commands
+from p2pexec.auth import ChallengeResponse
 from p2pexec.log import NodeLogger
 from p2pexec.model import NodeInfo, ValidationError, validate_name
 
@@ -87,6 +88,12 @@ class IPeerHandler(Protocol):
         """Forget the connection."""
 
 
+AUTH_TIMEOUT = 10.0
+"""Seconds a connection of a cluster with a key has to authenticate before it is closed."""
+
+_AUTH_COMMANDS = (commands.Authenticate.commandName, commands.AuthProof.commandName)
+
+
 class PeerProtocol(amp.AMP):
     """
     One AMP connection to another node, in either direction.
@@ -111,6 +118,10 @@ class PeerProtocol(amp.AMP):
         self.leaving = False
         self._lost: list[Deferred[None]] = []
         self.closed = False
+        self._challenge: Optional[ChallengeResponse] = getattr(handler, "challenge", None)
+        self.authenticated = self._challenge is None
+        self._nonces: Optional[tuple[bytes, bytes]] = None
+        self._auth_deadline: Any = None
 
     # -- plumbing -----------------------------------------------------------
 
@@ -132,6 +143,8 @@ class PeerProtocol(amp.AMP):
         responder = super().locateResponder(name)
         if responder is None:
             return None
+        if not self.authenticated and name not in _AUTH_COMMANDS:
+            return self._unauthenticated(name)
 
         def parsing_safely(box: amp.AmpBox) -> Any:
             try:
@@ -146,11 +159,81 @@ class PeerProtocol(amp.AMP):
     def makeConnection(self, transport: Any) -> None:
         """
         Start the connection without AMP's own "connection established" info
-        line: the node logs the events that matter, with names.
+        line: the node logs the events that matter, with names.  In a
+        cluster with a key, the connection must authenticate within
+        L{AUTH_TIMEOUT} seconds or be closed.
         """
         self._transportPeer = transport.getPeer()
         self._transportHost = transport.getHost()
         amp.BinaryBoxProtocol.makeConnection(self, transport)
+        if not self.authenticated and self._clock is not None:
+            self._auth_deadline = self._clock.callLater(AUTH_TIMEOUT, self._auth_expired)
+
+    # -- authentication (a cluster with a key) --------------------------------
+
+    def _unauthenticated(self, name: bytes) -> Callable[[amp.AmpBox], Any]:
+        def refuse(box: amp.AmpBox) -> Any:
+            self._refuse_connection(f"it sent {name.decode('ascii', 'replace')} before authenticating")
+            raise commands.AuthRequired("this cluster has a key: AUTHENTICATE first")
+
+        return refuse
+
+    def _refuse_connection(self, why: str) -> None:
+        """One line naming the address and the reason, then close (after the answer goes out)."""
+        if self.closed:
+            return
+        log.warn("Refused the connection from {address}: {why}", address=self.address(), why=why)
+        if self._clock is not None:
+            self._clock.callLater(0, self.transport.loseConnection)
+        else:
+            self.transport.loseConnection()
+
+    def _auth_expired(self) -> None:
+        self._auth_deadline = None
+        if not self.authenticated and not self.closed:
+            self._refuse_connection(f"it did not authenticate within {AUTH_TIMEOUT:g}s")
+
+    def _authenticated(self) -> None:
+        self.authenticated = True
+        if self._auth_deadline is not None and self._auth_deadline.active():
+            self._auth_deadline.cancel()
+        self._auth_deadline = None
+
+    @commands.Authenticate.responder
+    def _authenticate(self, nonce: bytes) -> dict[str, Any]:
+        if self._challenge is None:
+            raise commands.AuthFailed("this node has no cluster key; it takes no AUTHENTICATE")
+        if self.authenticated or self._nonces is not None or len(nonce) != 32:
+            self._refuse_connection("its AUTHENTICATE was out of turn or malformed")
+            raise commands.AuthFailed("AUTHENTICATE once, first, with a 32-byte nonce")
+        mine = self._challenge.nonce()
+        self._nonces = (nonce, mine)
+        return {"nonce": mine, "proof": self._challenge.proof("acceptor", nonce, mine)}
+
+    @commands.AuthProof.responder
+    def _auth_proof(self, proof: bytes) -> dict[str, Any]:
+        if self._challenge is None or self._nonces is None or self.authenticated:
+            self._refuse_connection("its AUTH_PROOF came out of turn")
+            raise commands.AuthFailed("AUTH_PROOF follows AUTHENTICATE, once")
+        if not self._challenge.check("dialler", self._nonces[0], self._nonces[1], proof):
+            self._refuse_connection("it does not hold the cluster key (wrong proof)")
+            raise commands.AuthFailed("wrong proof: this node is in a cluster with another key")
+        self._authenticated()
+        return {}
+
+    async def authenticate(self) -> None:
+        """
+        As the dialler: prove that this side holds the cluster key, and check
+        that the other side does (see L{authenticate}).  A wrong proof
+        closes the connection with one log line.
+        """
+        assert self._challenge is not None
+        try:
+            await authenticate(self, self._challenge)
+        except commands.AuthFailed:
+            self._refuse_connection("it does not hold the cluster key (wrong proof)")
+            raise
+        self._authenticated()
 
     def dataReceived(self, data: bytes) -> None:
         """
@@ -188,6 +271,8 @@ class PeerProtocol(amp.AMP):
         """Tell the handler, and anyone waiting in L{when_lost}."""
         amp.BinaryBoxProtocol.connectionLost(self, reason)
         self.closed = True
+        if self._auth_deadline is not None and self._auth_deadline.active():
+            self._auth_deadline.cancel()
         self._handler.connection_lost(self, reason)
         waiting, self._lost = self._lost, []
         for d in waiting:
@@ -213,6 +298,8 @@ class PeerProtocol(amp.AMP):
             L{ValidationError} / L{commands.VersionMismatch} /
             L{commands.ClusterMismatch} if its answers do not add up.
         """
+        if not self.authenticated:
+            await self.authenticate()
         ack = await self.callRemote(
             commands.ConnectRequest,
             cluster=me.cluster,
@@ -399,6 +486,23 @@ class PeerProtocol(amp.AMP):
         self.leaving = True
         self._handler.disconnect_requested(self, reason)
         return {}
+
+
+async def authenticate(protocol: amp.AMP, challenge: ChallengeResponse) -> None:
+    """
+    The dialler's half of the mutual challenge-response on an AMP
+    connection (a node's, or the command-line client's): send a nonce, check
+    the acceptor's proof, send ours.
+
+    @raise commands.AuthFailed: if the acceptor's proof is wrong, or it
+        refuses ours.
+    """
+    nonce = challenge.nonce()
+    answer = await protocol.callRemote(commands.Authenticate, nonce=nonce)
+    theirs = answer["nonce"]
+    if not challenge.check("acceptor", nonce, theirs, answer["proof"]):
+        raise commands.AuthFailed("the other side does not hold this cluster's key")
+    await protocol.callRemote(commands.AuthProof, proof=challenge.proof("dialler", nonce, theirs))
 
 
 def parse_peer_list(peers: Any, limit: int = 10_000) -> list[tuple[NodeInfo, float]]:

@@ -21,6 +21,7 @@ from twisted.python import usage
 
 from p2pexec import datagram
 from p2pexec.executor import ProcessExecutor
+from p2pexec.auth import KeyFileError, load_key
 from p2pexec.jobfile import JobFileError, load_job_file
 from p2pexec.journal import JournalError, default_state_dir
 from p2pexec.log import LEVELS, set_minimum_level
@@ -34,6 +35,7 @@ from p2pexec.model import (
     validate_name,
 )
 from p2pexec.node import Node, NodeConfig
+from p2pexec.policy import CommandPolicy
 from p2pexec.service import NodeService, WebService
 from p2pexec.systemd import SystemdNotifier, without_notify_variables
 
@@ -129,10 +131,13 @@ class Options(usage.Options):
         ["state-dir", None, None, "Where this node keeps its journal of jobs, tasks and results, so that a restarted master resumes its jobs. Default: $XDG_STATE_HOME/p2pexec/NAME (~/.local/state/p2pexec/NAME)."],
         ["max-worker-losses", None, "3", "A task that loses its worker this many times is quarantined as failed instead of run again."],
         ["web", None, "0", "TCP port of the HTTP API, metrics and dashboard, on --interface; 0 (the default) serves no HTTP."],
+        ["key-file", None, None, "The cluster key (p2pexec keygen; mode 0600): datagrams are sealed with it, connections and HTTP requests must prove they hold it."],
     ]
     optFlags = [
         ["exit-when-done", None, "Stop the node once its start-up job has finished (for one-shot runs)."],
         ["no-multicast", None, "Do not use multicast discovery; find peers through --peer seeds only."],
+        ["insecure", None, "Run on a non-loopback --interface without --key-file: anyone who can reach it can make it run commands."],
+        ["web-public", None, "With --key-file: serve the read-only HTTP endpoints (GET) without the token; submitting and cancelling still need it."],
     ]
 
     def __init__(self) -> None:
@@ -142,6 +147,27 @@ class Options(usage.Options):
     def opt_peer(self, value: str) -> None:
         """A seed node's HOST:PORT, dialled at start to join the cluster where multicast does not reach (repeatable)."""
         self["peer"].append(_parse_address("--peer", value))
+
+    def opt_allow(self, pattern: str) -> None:
+        """Run only commands whose program's name or path matches this glob pattern (repeatable); a shell task needs /bin/sh or sh allowed. See docs/security.rst."""
+        self.setdefault("allow", []).append(pattern)
+
+    def opt_instructions(self, folder: str) -> None:
+        """Run only executables of this folder, a task ["NAME", args...] running DIR/NAME; nothing else. See docs/security.rst."""
+        self["instructions"] = folder
+
+    def _command_policy(self) -> CommandPolicy:
+        """The policy of --allow or --instructions (everything allowed without either)."""
+        allow, folder = self.get("allow", []), self.get("instructions")
+        if allow and folder is not None:
+            raise usage.UsageError("--allow and --instructions cannot be used together: give patterns or a folder")
+        if any(not pattern.strip() for pattern in allow):
+            raise usage.UsageError("--allow: a pattern cannot be empty (for example --allow /usr/bin/true)")
+        if folder is not None and not os.path.exists(folder):
+            raise usage.UsageError(f"--instructions: {folder} does not exist")
+        if folder is not None and not os.path.isdir(folder):
+            raise usage.UsageError(f"--instructions: {folder} is not a folder")
+        return CommandPolicy(allow=allow, instructions=folder)
 
     def postOptions(self) -> None:
         """Validate every option; raise L{usage.UsageError} naming the one at fault."""
@@ -192,6 +218,20 @@ class Options(usage.Options):
             raise usage.UsageError(
                 f"--interface: {interface} cannot be used; give the address of one interface (default 127.0.0.1)"
             )
+        self["key"] = None
+        if self["key-file"] is not None:
+            try:
+                self["key"] = load_key(self["key-file"])
+            except KeyFileError as e:
+                raise usage.UsageError(f"--key-file: {e}") from None
+        elif not interface.is_loopback and not self["insecure"]:
+            raise usage.UsageError(
+                f"--interface {interface} is not loopback: give --key-file (make one with: p2pexec keygen --out "
+                f"cluster.key) so that only nodes with the key can join and run commands, or --insecure to run "
+                f"unprotected"
+            )
+        if self["web-public"] and self["key"] is None:
+            raise usage.UsageError("--web-public only means something with --key-file (without a key nothing is protected)")
         self["group_address"] = _parse_group(self["group"])
         try:
             validate_name(self["cluster"], "--cluster")
@@ -229,6 +269,7 @@ class Options(usage.Options):
         if self["web"] and self["web"] == self["port"]:
             raise usage.UsageError(f"--web: port {self['web']} is already the AMP --port; give another")
         self["job_source"] = None if self["task_specs"] is None else job_digest(self["task_specs"])
+        self["command_policy"] = self._command_policy()
 
 
     def _check_datagram_fits(self) -> None:
@@ -269,6 +310,8 @@ def config_from_options(options: Options) -> NodeConfig:
         heartbeat_timeout=options["heartbeat-timeout"],
         seeds=tuple(options["peer"]),
         state_dir=options["state-dir"],
+        key=options["key"],
+        web_public=options["web-public"],
         job_source=options["job_source"],
         max_losses=options["max-worker-losses"],
     )
@@ -300,7 +343,9 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> IService:
     set_minimum_level(LEVELS[options["log-level"]])
     config = config_from_options(options)
     # NOTIFY_SOCKET and the watchdog variables are for twistd alone, not its tasks.
-    executor = ProcessExecutor(reactor, config.name, base_environment=without_notify_variables(os.environ))
+    executor = ProcessExecutor(
+        reactor, config.name, base_environment=without_notify_variables(os.environ), policy=options["command_policy"]
+    )
     try:
         node = Node(config, reactor, executor)
     except JournalError as e:

@@ -10,6 +10,7 @@ status code.
 
 from __future__ import annotations
 
+import hmac
 import json
 import os
 from typing import TYPE_CHECKING, Any, Callable, Optional
@@ -22,6 +23,7 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 from twisted.web.static import File
 
 from p2pexec import commands
+from p2pexec.auth import http_token
 from p2pexec.log import NodeLogger
 from p2pexec.metrics import NodeMetrics
 from p2pexec.status import TASK_STATES
@@ -70,6 +72,50 @@ def _integer(request: Request, name: str, default: int, low: int, high: int) -> 
     return value
 
 
+def _check_token(node: "Node", request: Request) -> Optional[bytes]:
+    """
+    In a cluster with a key, every request but a public GET (C{--web-public})
+    needs C{Authorization: Bearer TOKEN} (C{p2pexec token}); the answer to
+    one without it, or None if it may go on.
+    """
+    if node.config.key is None:
+        return None
+    if request.method == b"GET" and node.config.web_public:
+        return None
+    given = (request.getHeader(b"authorization") or "").strip()
+    expected = "Bearer " + http_token(node.config.key)
+    if hmac.compare_digest(given.encode("utf-8", "replace"), expected.encode("ascii")):
+        return None
+    request.setHeader(b"www-authenticate", b'Bearer realm="p2pexec"')
+    log.info(
+        "Refused HTTP {method} {path} from {client}: {why}",
+        method=request.method.decode("ascii", "replace"),
+        path=request.path.decode("utf-8", "replace"),
+        client=request.getClientAddress().host if hasattr(request.getClientAddress(), "host") else "?",
+        why="no token" if not given else "wrong token",
+    )
+    return _error(
+        request, http.UNAUTHORIZED,
+        "this node's cluster has a key: send Authorization: Bearer TOKEN (p2pexec token --key-file KEY prints it)",
+    )
+
+
+class _TokenMetrics(Resource):
+    """L{MetricsResource} behind the token check."""
+
+    isLeaf = True
+
+    def __init__(self, node: "Node", metrics: Resource) -> None:
+        super().__init__()
+        self.node = node
+        self.metrics = metrics
+
+    def render(self, request: Request) -> Any:
+        """The metrics, if the request may have them."""
+        refusal = _check_token(self.node, request)
+        return refusal if refusal is not None else self.metrics.render(request)
+
+
 class _BadRequest(Exception):
     """A request the API cannot answer; the message says why (HTTP 400)."""
 
@@ -79,13 +125,18 @@ class _JsonResource(Resource):
 
     isLeaf = True
     methods: tuple[bytes, ...] = (b"GET",)
+    always_open = False
+    """Whether it answers without the token in a cluster with a key (the health check does)."""
 
     def __init__(self, node: "Node") -> None:
         super().__init__()
         self.node = node
 
     def render(self, request: Request) -> Any:
-        """Dispatch by method; a wrong one is 405, with an Allow header."""
+        """Dispatch by method; a wrong one is 405, with an Allow header; check the token first."""
+        refusal = None if self.always_open else _check_token(self.node, request)
+        if refusal is not None:
+            return refusal
         if request.method not in self.methods:
             request.setHeader(b"allow", b", ".join(self.methods))
             return _error(request, http.NOT_ALLOWED, f"{request.method.decode('ascii', 'replace')} is not allowed here")
@@ -222,7 +273,9 @@ class _CancelResource(_JsonResource):
 
 
 class HealthResource(_JsonResource):
-    """C{GET /healthz}: 200 while the node serves, 503 once it is leaving."""
+    """C{GET /healthz}: 200 while the node serves, 503 once it is leaving (no token needed)."""
+
+    always_open = True
 
     def get(self, request: Request) -> bytes:
         node = self.node
@@ -279,7 +332,7 @@ def site(node: "Node") -> Site:
     root = _Root(
         {
             b"api": api,
-            b"metrics": MetricsResource(registry=metrics.registry),
+            b"metrics": _TokenMetrics(node, MetricsResource(registry=metrics.registry)),
             b"healthz": HealthResource(node),
             b"static": File(DASHBOARD),
         }

@@ -9,10 +9,12 @@ import os
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
+from twisted.logger import LogLevel, capturedLogs
 from twisted.trial.unittest import TestCase
 
 from p2pexec.executor import ProcessExecutor
 from p2pexec.model import ERROR, FAILED, SUCCEEDED, TIMED_OUT, Assignment, TaskSpec
+from p2pexec.policy import CommandPolicy
 
 
 def task(command, shell=False, **fields):
@@ -144,6 +146,98 @@ class ExecutorTests(TestCase):
         self.assertEqual(result.status, FAILED)
         self.assertIn("signal", result.error)
         self.assertEqual(self.executor.running, {})
+
+
+class PolicyTests(TestCase):
+    """L{ProcessExecutor.run} asks its L{CommandPolicy} first; a refused command never starts."""
+
+    timeout = 20
+
+    def setUp(self):
+        self.folder = os.path.abspath(self.mktemp())
+        os.makedirs(self.folder)
+        self.side = os.path.join(self.folder, "side")
+
+    def executor(self, **policy):
+        """An executor with a policy made of C{policy}, whose start-up line is captured in C{self.started}."""
+        with capturedLogs() as self.started:
+            executor = ProcessExecutor(reactor, "w1", tail_bytes=1024, kill_grace=1.0, policy=CommandPolicy(**policy))
+        self.addCleanup(executor.settled)
+        return executor
+
+    async def run_refused(self, executor, assignment):
+        """Run C{assignment}, which must be refused, and return its result and the log events of the run."""
+        with capturedLogs() as events:
+            result = await executor.run("job-1", assignment)
+        self.assertFalse(os.path.exists(self.side), "the refused command ran")
+        self.assertEqual(executor.running, {})
+        self.assertEqual((result.status, result.exit_code, result.stdout, result.stderr), (ERROR, None, "", ""))
+        self.assertEqual((result.task_id, result.attempt, result.node), ("t1", 1, "w1"))
+        warnings = [e for e in events if e["log_level"] == LogLevel.warn]
+        self.assertEqual(len(warnings), 1, events)
+        self.assertEqual(
+            (warnings[0]["task"], warnings[0]["job"], warnings[0]["attempt"], warnings[0]["reason"]),
+            ("t1", "job-1", 1, result.error),
+        )
+        return result
+
+    async def test_refused_command_does_not_run(self):
+        """A command matching no --allow pattern is not started: an error result names it and the patterns."""
+        executor = self.executor(allow=["/usr/bin/true", "echo"])
+        result = await self.run_refused(executor, task(["touch", self.side]))
+        self.assertTrue(result.error.startswith("refused by this node's command policy: 'touch' ("), result.error)
+        self.assertTrue(result.error.endswith("matches no --allow pattern (allowed: /usr/bin/true, echo)"), result.error)
+
+    async def test_refused_shell_task_does_not_run(self):
+        """A shell task is refused unless /bin/sh or sh is allowed, and the error says so."""
+        executor = self.executor(allow=["touch"])
+        result = await self.run_refused(executor, task(f"touch {self.side}", shell=True))
+        self.assertIn("a shell task runs /bin/sh, and neither /bin/sh nor sh matches an --allow pattern", result.error)
+
+    async def test_allowed_command_runs(self):
+        """An allowed command runs as usual, with its arguments, and the node says what it runs."""
+        executor = self.executor(allow=["echo", "sh"])
+        result = await executor.run("job-1", task(["echo", "hi"]))
+        self.assertEqual((result.status, result.stdout), (SUCCEEDED, "hi\n"))
+        result = await executor.run("job-1", task("echo $0", shell=True))
+        self.assertEqual((result.status, result.stdout), (SUCCEEDED, "/bin/sh\n"))
+        self.assertIn("runs only commands matching --allow: echo, sh", [e.get("policy") for e in self.started])
+
+    async def test_allowed_but_missing(self):
+        """An allowed name found nowhere is "command not found", as without a policy."""
+        executor = self.executor(allow=["no-such-program-p2pexec"])
+        result = await executor.run("job-1", task(["no-such-program-p2pexec"]))
+        self.assertEqual((result.status, result.exit_code), (ERROR, 127))
+
+    async def test_instruction_runs_file_of_folder(self):
+        """With --instructions, ["NAME", args] runs DIR/NAME with its arguments; argv[0] stays NAME."""
+        instructions = os.path.join(self.folder, "instructions")
+        os.makedirs(instructions)
+        script = os.path.join(instructions, "greet")
+        with open(script, "w") as f:
+            f.write('#!/bin/sh\necho "hello $1"\n')
+        os.chmod(script, 0o755)
+        executor = self.executor(instructions=instructions)
+        result = await executor.run("job-1", task(["greet", "world"], env=(("PATH", self.folder),)))
+        self.assertEqual((result.status, result.stdout), (SUCCEEDED, "hello world\n"))
+
+    async def test_instructions_refuse_everything_else(self):
+        """With --instructions, a program outside the folder is refused and not run."""
+        instructions = os.path.join(self.folder, "instructions")
+        os.makedirs(instructions)
+        executor = self.executor(instructions=instructions)
+        result = await self.run_refused(executor, task(["/usr/bin/touch", self.side]))
+        self.assertIn("'/usr/bin/touch' is not an instruction name", result.error)
+        result = await self.run_refused(executor, task(["touch", self.side]))
+        self.assertIn("there is no instruction 'touch'", result.error)
+
+    def test_default_allows_everything_and_says_so(self):
+        """Without a policy, the executor allows everything and logs so once, at info level."""
+        with capturedLogs() as events:
+            ProcessExecutor(reactor, "w1")
+        self.assertEqual(len(events), 1, events)
+        self.assertEqual(events[0]["log_level"], LogLevel.info)
+        self.assertEqual(events[0]["policy"], "runs any command it is given (no --allow or --instructions)")
 
 
 def _alive(pid):

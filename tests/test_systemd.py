@@ -160,9 +160,14 @@ class EnvironmentExampleTests(SynchronousTestCase):
             if line.startswith("P2PEXEC_OPTS="):
                 values.append(shlex.split(line.partition("=")[2])[0])
         self.assertNotEqual(values, [], "no uncommented P2PEXEC_OPTS= line")
+        key_file = self.mktemp()
+        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT, 0o600)
+        os.write(fd, b"00" * 32 + b"\n")
+        os.close(fd)
         for value in values:
             options = Options()
-            options.parseOptions(["--name", "test"] + value.split())
+            argv = ["--name", "test"] + value.replace("/etc/p2pexec/cluster.key", key_file).split()
+            options.parseOptions(argv + ["--state-dir", self.mktemp()])
             self.assertEqual(options["name"], "test")
 
 

@@ -3,6 +3,7 @@
 import os
 
 from twisted.application.service import IService, MultiService
+from twisted.logger import capturedLogs
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -94,6 +95,54 @@ class OptionsTests(SynchronousTestCase):
         message = str(caught.exception)
         for part in ("--job", path, "task #2", "'t2'", "'timeout'"):
             self.assertIn(part, message)
+
+
+class CommandPolicyOptionsTests(SynchronousTestCase):
+    """--allow and --instructions: what a worker is willing to run."""
+
+    def test_allow_is_repeatable(self):
+        """--allow adds a pattern each time; without either option everything is allowed."""
+        policy = parse("--name", "a1", "--allow", "/usr/bin/true", "--allow", "echo")["command_policy"]
+        self.assertEqual((policy.allow, policy.instructions), (("/usr/bin/true", "echo"), None))
+        self.assertTrue(parse("--name", "a1")["command_policy"].allows_everything)
+
+    def test_instructions_folder(self):
+        """--instructions takes a folder, made absolute."""
+        folder = self.mktemp()
+        os.makedirs(folder)
+        policy = parse("--name", "a1", "--instructions", folder)["command_policy"]
+        self.assertEqual((policy.allow, policy.instructions), ((), os.path.abspath(folder)))
+
+    def test_refusals_name_the_option(self):
+        """Each bad value is a one-line UsageError that names the option at fault."""
+        not_a_folder = self.mktemp()
+        with open(not_a_folder, "w") as f:
+            f.write("")
+        folder = self.mktemp()
+        os.makedirs(folder)
+        cases = [
+            (("--allow", ""), "--allow: a pattern cannot be empty"),
+            (("--allow", "echo", "--allow", " "), "--allow: a pattern cannot be empty"),
+            (("--instructions", "/nonexistent/p2pexec"), "--instructions: /nonexistent/p2pexec does not exist"),
+            (("--instructions", not_a_folder), f"--instructions: {not_a_folder} is not a folder"),
+            (("--allow", "echo", "--instructions", folder), "--allow and --instructions cannot be used together"),
+        ]
+        for argv, message in cases:
+            with self.assertRaises(usage.UsageError, msg=argv) as caught:
+                parse("--name", "a1", *argv)
+            self.assertIn(message, str(caught.exception), argv)
+            self.assertNotIn("\n", str(caught.exception), argv)
+
+    def test_make_service_hands_the_policy_to_the_executor(self):
+        """makeService gives the executor the policy; the node says at start what it runs."""
+        for argv, said in [
+            ((), "runs any command it is given (no --allow or --instructions)"),
+            (("--allow", "echo"), "runs only commands matching --allow: echo; shell tasks are refused"),
+        ]:
+            options = parse("--name", "a1", "--port", "0", "--state-dir", self.mktemp(), *argv)
+            with capturedLogs() as events:
+                makeService(options, reactor=FakeNetwork().host())
+            self.assertEqual([e["policy"] for e in events if "policy" in e], [said], argv)
 
 
 class MakeServiceTests(SynchronousTestCase):

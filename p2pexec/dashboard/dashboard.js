@@ -167,6 +167,24 @@
    * HttpError for an error status (unless listed in `accept`), and with a
    * NetworkError when the node does not answer within the timeout.
    */
+  /**
+   * The HTTP token of a cluster with a key: given once in the page's address
+   * (`#token=...`, never sent to the server in the URL), then kept for the
+   * tab's session, and sent as `Authorization: Bearer ...`.
+   */
+  const TOKEN = (function () {
+    const match = /(?:^|[#&])token=([0-9a-f]{64})(?:&|$)/.exec(window.location.hash);
+    try {
+      if (match) {
+        window.sessionStorage.setItem("p2pexec-token", match[1]);
+        history.replaceState(null, "", window.location.pathname + window.location.search);
+      }
+      return window.sessionStorage.getItem("p2pexec-token");
+    } catch (e) {
+      return match ? match[1] : null;
+    }
+  })();
+
   async function requestJSON(url, options) {
     const settings = options || {};
     const abort = new AbortController();
@@ -175,7 +193,7 @@
       const response = await fetch(url, {
         method: settings.method || "GET",
         cache: "no-store",
-        headers: { Accept: "application/json" },
+        headers: TOKEN ? { Accept: "application/json", Authorization: "Bearer " + TOKEN } : { Accept: "application/json" },
         signal: abort.signal,
       });
       let body = null;

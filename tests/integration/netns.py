@@ -53,6 +53,7 @@ import subprocess
 import time
 from typing import Any, Optional
 
+from p2pexec.auth import generate_key
 from tests.integration.cluster import TWISTD, Cluster, ClusterFailure, NodeProcess
 
 NODE_PORT = 10001
@@ -348,6 +349,20 @@ class HostCluster(Cluster):
         super().__init__(testcase, budget)
         self.host_of: dict[str, Host] = {}
 
+    def key_file(self) -> str:
+        """
+        The cluster's key file (made on first use, mode 0600): nodes on
+        addresses other than loopback need one (protected mode), and the
+        multi-host tests run sealed datagrams and authenticated connections
+        across real links.
+        """
+        path = os.path.join(self.folder, "cluster.key")
+        if not os.path.exists(path):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w", encoding="ascii") as f:
+                f.write(generate_key() + "\n")
+        return path
+
     def start(self, name: str, *options: str, host: Optional[str] = None, port: int = NODE_PORT,
               wait: bool = True) -> NodeProcess:
         """
@@ -369,6 +384,7 @@ class HostCluster(Cluster):
             "--group", self.group_option,
             "--cluster", self.cluster_name,
             "--state-dir", self.state_dir(name),
+            "--key-file", self.key_file(),
             *options,
         ]
         # "ip netns exec" enters the namespace and execs twistd: same PID.

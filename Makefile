@@ -12,7 +12,7 @@ $(STAMP): setup.cfg setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "twisted>=23.10" "attrs>=22.2" "rich>=13" "prometheus_client>=0.20" \
-		"pytest>=7" "pytest-twisted>=1.14" "jsonschema>=4.18" "openapi-spec-validator>=0.7" "selenium>=4.20"
+		"pytest>=7" "pytest-twisted>=1.14" "jsonschema>=4.18" "openapi-spec-validator>=0.7" "selenium>=4.20" "hypothesis>=6.100"
 	touch $(STAMP)
 
 ## install: build and install p2pexec (a normal, non-editable install) into .venv

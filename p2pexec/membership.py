@@ -16,6 +16,10 @@ import attr
 from p2pexec.model import NodeInfo
 
 
+MAX_PEERS = 10_000
+"""The most peers a table holds; others are not recorded until some expire."""
+
+
 class PeerState(enum.Enum):
     """Where a peer stands from this node's point of view."""
 
@@ -90,6 +94,8 @@ class PeerTable:
             return Change.NOTHING
         record = self._peers.get(info.name)
         if record is None:
+            if len(self._peers) >= MAX_PEERS:
+                return Change.NOTHING
             self._peers[info.name] = PeerRecord(info=info, state=PeerState.KNOWN, last_heard=heard_at)
             return Change.NEW
         if record.info.instance != info.instance:

@@ -40,7 +40,7 @@ from p2pexec.model import (
     ValidationError,
     validate_name,
 )
-from p2pexec.peer import PeerProtocol, parse_peer_list, peer_entry
+from p2pexec.peer import MAX_CONNECTIONS_PER_ADDRESS, PeerProtocol, parse_peer_list, peer_entry
 from p2pexec import status
 from p2pexec.auth import ChallengeResponse, DatagramSealer
 from p2pexec.jobfile import JobFileError, parse_job
@@ -174,6 +174,7 @@ class Node:
         self._uploads: dict[str, tuple[PeerProtocol, list[Any]]] = {}
         self._upload_numbers = 0
         self.reconnects = 0
+        self._per_address: dict[str, int] = {}
         self._ever_connected: set[str] = set()
         self._in_flight: set[Deferred[Any]] = set()
         self._confirming: dict[str, int] = {}
@@ -826,8 +827,24 @@ class Node:
         self.worker.drop_from((name, protocol.peer_instance or ""))
         self._reactor.callLater(0, self.dialer.stop, name)
 
+    def connection_opened(self, protocol: PeerProtocol) -> bool:
+        """Count a new connection by remote address; refuse one over L{MAX_CONNECTIONS_PER_ADDRESS}."""
+        host = protocol.address().rsplit(":", 1)[0]
+        if self._per_address.get(host, 0) >= MAX_CONNECTIONS_PER_ADDRESS:
+            return False
+        self._per_address[host] = self._per_address.get(host, 0) + 1
+        protocol.counted_address = host
+        return True
+
     def connection_lost(self, protocol: PeerProtocol, reason: Failure) -> None:
         """Forget a closed connection and put back what it carried."""
+        host = getattr(protocol, "counted_address", None)
+        if host is not None:
+            left = self._per_address.get(host, 1) - 1
+            if left > 0:
+                self._per_address[host] = left
+            else:
+                self._per_address.pop(host, None)
         for upload in [key for key, (owner, _) in self._uploads.items() if owner is protocol]:
             del self._uploads[upload]
         name = protocol.peer_name

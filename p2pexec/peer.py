@@ -88,6 +88,12 @@ class IPeerHandler(Protocol):
         """Forget the connection."""
 
 
+MAX_BOX_BYTES = 4 * 1024 * 1024
+"""The most bytes of keys and values one AMP box may carry (AMP caps each value at 64 KiB, not the box)."""
+
+MAX_CONNECTIONS_PER_ADDRESS = 64
+"""The most connections a node keeps open from one remote address."""
+
 AUTH_TIMEOUT = 10.0
 """Seconds a connection of a cluster with a key has to authenticate before it is closed."""
 
@@ -122,6 +128,9 @@ class PeerProtocol(amp.AMP):
         self.authenticated = self._challenge is None
         self._nonces: Optional[tuple[bytes, bytes]] = None
         self._auth_deadline: Any = None
+        self._box_bytes = 0
+        self.counted_address: Optional[str] = None
+        """The remote address this connection is counted under (see L{MAX_CONNECTIONS_PER_ADDRESS})."""
 
     # -- plumbing -----------------------------------------------------------
 
@@ -166,6 +175,15 @@ class PeerProtocol(amp.AMP):
         self._transportPeer = transport.getPeer()
         self._transportHost = transport.getHost()
         amp.BinaryBoxProtocol.makeConnection(self, transport)
+        opened = getattr(self._handler, "connection_opened", None)
+        if opened is not None and not opened(self):
+            log.warn(
+                "Refused a connection from {address}: over {limit} connections from that address",
+                address=self.address(),
+                limit=MAX_CONNECTIONS_PER_ADDRESS,
+            )
+            self.transport.abortConnection()
+            return
         if not self.authenticated and self._clock is not None:
             self._auth_deadline = self._clock.callLater(AUTH_TIMEOUT, self._auth_expired)
 
@@ -174,7 +192,7 @@ class PeerProtocol(amp.AMP):
     def _unauthenticated(self, name: bytes) -> Callable[[amp.AmpBox], Any]:
         def refuse(box: amp.AmpBox) -> Any:
             self._refuse_connection(f"it sent {name.decode('ascii', 'replace')} before authenticating")
-            raise commands.AuthRequired("this cluster has a key: AUTHENTICATE first")
+            raise amp.RemoteAmpError(b"AUTH_REQUIRED", "this node's cluster has a key: AUTHENTICATE first")
 
         return refuse
 
@@ -253,6 +271,23 @@ class PeerProtocol(amp.AMP):
                 error=f"{type(e).__name__}: {e}"[:200],
             )
             self.transport.loseConnection()
+
+    def stringReceived(self, string: bytes) -> None:
+        """Count the bytes of the box being read; a box over L{MAX_BOX_BYTES} drops the connection."""
+        if string:
+            self._box_bytes += len(string) + 2
+            if self._box_bytes > MAX_BOX_BYTES:
+                log.warn(
+                    "Dropped the connection with {peer}: it sent an AMP box of over {limit} bytes",
+                    peer=self.describe(),
+                    limit=MAX_BOX_BYTES,
+                )
+                self.closed = True
+                self.transport.loseConnection()
+                return
+        super().stringReceived(string)
+        if not string:
+            self._box_bytes = 0
 
     def lengthLimitExceeded(self, length: int) -> None:
         """

@@ -182,12 +182,20 @@ class ChallengeResponse:
         """A fresh 32-byte nonce."""
         return self._random(32)
 
-    def proof(self, role: str, dialler_nonce: bytes, acceptor_nonce: bytes) -> bytes:
-        """The proof of C{role} (C{dialler} or C{acceptor}) for these nonces."""
-        return hmac.new(self._key, role.encode("ascii") + dialler_nonce + acceptor_nonce, hashlib.sha256).digest()
+    def proof(self, role: str, dialler_nonce: bytes, acceptor_nonce: bytes, binding: bytes = b"") -> bytes:
+        """
+        The proof of C{role} (C{dialler} or C{acceptor}) for these nonces;
+        C{binding} is the fingerprint of the acceptor's TLS certificate on a
+        TLS connection (empty otherwise), so that a proof is only good on
+        the connection it was made for.
+        """
+        message = role.encode("ascii") + dialler_nonce + acceptor_nonce + binding
+        return hmac.new(self._key, message, hashlib.sha256).digest()
 
-    def check(self, role: str, dialler_nonce: bytes, acceptor_nonce: bytes, proof: Optional[bytes]) -> bool:
-        """Whether C{proof} is C{role}'s proof for these nonces."""
+    def check(
+        self, role: str, dialler_nonce: bytes, acceptor_nonce: bytes, proof: Optional[bytes], binding: bytes = b""
+    ) -> bool:
+        """Whether C{proof} is C{role}'s proof for these nonces and binding."""
         if not isinstance(proof, bytes):
             return False
-        return hmac.compare_digest(proof, self.proof(role, dialler_nonce, acceptor_nonce))
+        return hmac.compare_digest(proof, self.proof(role, dialler_nonce, acceptor_nonce, binding))

@@ -40,7 +40,7 @@ from twisted.python.failure import Failure
 
 from p2pexec import __version__, commands
 from p2pexec.auth import ChallengeResponse, KeyFileError, generate_key, http_token, load_key
-from p2pexec.peer import authenticate
+from p2pexec.peer import authenticate, tls_binding
 from p2pexec.jobfile import JobFileError, load_job_file, parse_job
 from p2pexec.model import TASK_ID_PATTERN, TaskSpec, ValidationError, parse_instructions, validate_name
 
@@ -791,9 +791,16 @@ class NodeClient:
     """
 
     def __init__(
-        self, reactor: Any, host: str, port: int, timeout: float = DEFAULT_TIMEOUT, key: Optional[bytes] = None
+        self,
+        reactor: Any,
+        host: str,
+        port: int,
+        timeout: float = DEFAULT_TIMEOUT,
+        key: Optional[bytes] = None,
+        tls: bool = False,
     ) -> None:
         self._key = key
+        self._tls = tls
         self._reactor = reactor
         self._host = host
         self._port = port
@@ -803,7 +810,14 @@ class NodeClient:
 
     async def connect(self) -> None:
         """Connect, or raise L{CliError}."""
-        endpoint = HostnameEndpoint(self._reactor, self._host, self._port, timeout=self._timeout)
+        endpoint: Any = HostnameEndpoint(self._reactor, self._host, self._port, timeout=self._timeout)
+        if self._tls:
+            from twisted.internet.endpoints import wrapClientTLS
+
+            from p2pexec.tls import TLSConfig
+
+            # The node's certificate is checked through the key's proofs (pinned).
+            endpoint = wrapClientTLS(TLSConfig(None, None).client_options(), endpoint)
         try:
             self._protocol = await connectProtocol(endpoint, amp.AMP())
         except defer.CancelledError:
@@ -811,7 +825,10 @@ class NodeClient:
         except Exception as e:
             raise CliError(f"cannot connect to {self.address}: {connect_failure_reason(e)}") from None
         if self._key is not None:
-            proving = defer.ensureDeferred(authenticate(self._protocol, ChallengeResponse(self._key)))
+            protocol = self._protocol
+            proving = defer.ensureDeferred(
+                authenticate(protocol, ChallengeResponse(self._key), lambda: tls_binding(protocol.transport))
+            )
             try:
                 await proving.addTimeout(self._timeout, self._reactor)
             except (commands.AuthFailed, amp.RemoteAmpError, amp.UnhandledCommand) as e:
@@ -820,6 +837,9 @@ class NodeClient:
             except defer.TimeoutError:
                 self.close()
                 raise CliError(f"no answer from {self.address} to AUTHENTICATE within {self._timeout:g}s") from None
+            except (error.ConnectionDone, error.ConnectionLost, error.ConnectionClosed):
+                hint = "" if self._tls else " (if it speaks TLS, add --tls)"
+                raise CliError(f"the node at {self.address} closed the connection while authenticating{hint}") from None
 
     async def call(self, command: type[amp.Command], **arguments: Any) -> dict[str, Any]:
         """Send C{command} and wait (at most the timeout) for its answer."""
@@ -1105,6 +1125,10 @@ def _connection_options(parser: argparse.ArgumentParser, suppress: bool) -> None
         help="the cluster key, if the node has one (default: $P2PEXEC_KEY_FILE)",
     )
     parser.add_argument(
+        "--tls", action="store_true", default=default(False),
+        help="the node speaks TLS (twistd p2pexec --tls); needs --key-file",
+    )
+    parser.add_argument(
         "--plain", action="store_true", default=default(False),
         help="plain lines, no colours or progress bar (the default when stdout is not a terminal)",
     )
@@ -1287,7 +1311,9 @@ async def execute(
             key = load_key(args.key_file)
         except KeyFileError as e:
             raise CliError(str(e)) from None
-    node = NodeClient(reactor, args.host, args.port, args.answer_timeout, key=key)
+    if args.tls and key is None:
+        raise CliError("--tls needs --key-file: the node's certificate is checked through the cluster key")
+    node = NodeClient(reactor, args.host, args.port, args.answer_timeout, key=key, tls=args.tls)
     await node.connect()
     try:
         return await SUBCOMMANDS[args.command](Context(node, out, reactor, err), args)

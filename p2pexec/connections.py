@@ -77,6 +77,7 @@ class PeerLink:
         on_fatal: Callable[[Optional[NodeInfo]], None],
         address: Optional[tuple[str, int]] = None,
         wanted: Callable[[], bool] = lambda: True,
+        tls_options: Any = None,
     ) -> None:
         """
         @param info: the peer to reach; C{None} for a seed address, whose
@@ -94,6 +95,7 @@ class PeerLink:
         self.host, self.port = address
         self.label = f"node {info.name}" if info is not None else "seed"
         self._wanted = wanted
+        self._tls_options = tls_options
         self._make_protocol = make_protocol
         self._introduce = introduce
         self._retry_delay = retry_delay
@@ -120,7 +122,11 @@ class PeerLink:
         if not self._wanted():
             self._retry = self._reactor.callLater(UNWANTED_RECHECK, self._connect)
             return
-        endpoint = TCP4ClientEndpoint(self._reactor, self.host, self.port, timeout=self._connect_timeout)
+        endpoint: Any = TCP4ClientEndpoint(self._reactor, self.host, self.port, timeout=self._connect_timeout)
+        if self._tls_options is not None:
+            from twisted.internet.endpoints import wrapClientTLS
+
+            endpoint = wrapClientTLS(self._tls_options, endpoint)
         factory = Factory.forProtocol(self._make_protocol)
         factory.noisy = False
         self._attempt = Deferred.fromCoroutine(self._connect_and_introduce(endpoint, factory))
@@ -261,6 +267,8 @@ class Dialer:
         self._policy = backoff(initial_delay, max_delay)
         self._connect_timeout = connect_timeout
         self._introduce_timeout = introduce_timeout
+        self.tls_options: Any = None
+        """Client TLS options when the cluster speaks TLS (set by the node); None for plain TCP."""
         self._links: dict[str, PeerLink] = {}
         self._refused: dict[str, str] = {}
         self._retired_reconnects = 0
@@ -296,6 +304,7 @@ class Dialer:
             self._connect_timeout,
             self._introduce_timeout,
             on_fatal=self._refused_for_good,
+            tls_options=self.tls_options,
         )
         self._links[info.name] = link
         link.start()
@@ -334,6 +343,7 @@ class Dialer:
             on_fatal=lambda info: None,
             address=(host, port),
             wanted=wanted,
+            tls_options=self.tls_options,
         )
         self._links[key] = link
         link.start()

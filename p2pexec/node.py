@@ -89,6 +89,8 @@ class NodeConfig:
     journal_retention: float = 7 * 24 * 3600.0
     key: Optional[bytes] = attr.ib(default=None, repr=False)
     web_public: bool = False
+    tls: Optional[Any] = None
+    """A L{p2pexec.tls.TLSConfig}: AMP connections speak TLS."""
 
 
 class _LocalSink:
@@ -152,6 +154,9 @@ class Node:
             pings_when_idle=lambda protocol: protocol.dialled,
         )
         self.challenge = ChallengeResponse(config.key) if config.key is not None else None
+        self.tls = config.tls
+        if self.tls is not None:
+            self.dialer.tls_options = self.tls.client_options()
         self.discovery = DiscoveryProtocol(
             lambda: self.info,
             config.group,
@@ -191,7 +196,12 @@ class Node:
         """
         factory = Factory.forProtocol(lambda: PeerProtocol(self, clock=self._reactor))
         factory.noisy = False
-        self._tcp_port = self._reactor.listenTCP(self.config.port, factory, interface=self.config.interface)
+        if self.tls is not None:
+            self._tcp_port = self._reactor.listenSSL(
+                self.config.port, factory, self.tls.server_options(), interface=self.config.interface
+            )
+        else:
+            self._tcp_port = self._reactor.listenTCP(self.config.port, factory, interface=self.config.interface)
         self.info = attr.evolve(self.info, port=self._tcp_port.getHost().port)
         self.master.me = self.info
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any, Callable, Optional, Protocol
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import ISSLTransport
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
@@ -226,14 +227,21 @@ class PeerProtocol(amp.AMP):
             raise commands.AuthFailed("AUTHENTICATE once, first, with a 32-byte nonce")
         mine = self._challenge.nonce()
         self._nonces = (nonce, mine)
-        return {"nonce": mine, "proof": self._challenge.proof("acceptor", nonce, mine)}
+        return {"nonce": mine, "proof": self._challenge.proof("acceptor", nonce, mine, self._own_binding())}
+
+    def _own_binding(self) -> bytes:
+        """As the acceptor: the fingerprint of the TLS certificate this node presents (empty without TLS)."""
+        tls = getattr(self._handler, "tls", None)
+        if tls is None or tls.identity is None or not ISSLTransport.providedBy(self.transport):
+            return b""
+        return tls.own_fingerprint()
 
     @commands.AuthProof.responder
     def _auth_proof(self, proof: bytes) -> dict[str, Any]:
         if self._challenge is None or self._nonces is None or self.authenticated:
             self._refuse_connection("its AUTH_PROOF came out of turn")
             raise commands.AuthFailed("AUTH_PROOF follows AUTHENTICATE, once")
-        if not self._challenge.check("dialler", self._nonces[0], self._nonces[1], proof):
+        if not self._challenge.check("dialler", self._nonces[0], self._nonces[1], proof, self._own_binding()):
             self._refuse_connection("it does not hold the cluster key (wrong proof)")
             raise commands.AuthFailed("wrong proof: this node is in a cluster with another key")
         self._authenticated()
@@ -247,7 +255,7 @@ class PeerProtocol(amp.AMP):
         """
         assert self._challenge is not None
         try:
-            await authenticate(self, self._challenge)
+            await authenticate(self, self._challenge, lambda: tls_binding(self.transport))
         except commands.AuthFailed:
             self._refuse_connection("it does not hold the cluster key (wrong proof)")
             raise
@@ -523,21 +531,36 @@ class PeerProtocol(amp.AMP):
         return {}
 
 
-async def authenticate(protocol: amp.AMP, challenge: ChallengeResponse) -> None:
+async def authenticate(
+    protocol: amp.AMP, challenge: ChallengeResponse, binding: Callable[[], bytes] = lambda: b""
+) -> None:
     """
     The dialler's half of the mutual challenge-response on an AMP
     connection (a node's, or the command-line client's): send a nonce, check
     the acceptor's proof, send ours.
 
+    @param binding: once the answer is in, the fingerprint of the acceptor's
+        TLS certificate (see L{tls_binding}); a man in the middle presents
+        another, and the proofs do not match.
     @raise commands.AuthFailed: if the acceptor's proof is wrong, or it
         refuses ours.
     """
     nonce = challenge.nonce()
     answer = await protocol.callRemote(commands.Authenticate, nonce=nonce)
     theirs = answer["nonce"]
-    if not challenge.check("acceptor", nonce, theirs, answer["proof"]):
-        raise commands.AuthFailed("the other side does not hold this cluster's key")
-    await protocol.callRemote(commands.AuthProof, proof=challenge.proof("dialler", nonce, theirs))
+    bound = binding()
+    if not challenge.check("acceptor", nonce, theirs, answer["proof"], bound):
+        raise commands.AuthFailed("the other side does not hold this cluster's key (or a TLS man in the middle)")
+    await protocol.callRemote(commands.AuthProof, proof=challenge.proof("dialler", nonce, theirs, bound))
+
+
+def tls_binding(transport: Any) -> bytes:
+    """As the dialler: the fingerprint of the certificate the acceptor presented (empty without TLS)."""
+    if transport is None or not ISSLTransport.providedBy(transport):
+        return b""
+    from p2pexec.tls import peer_fingerprint
+
+    return peer_fingerprint(transport)
 
 
 def parse_peer_list(peers: Any, limit: int = 10_000) -> list[tuple[NodeInfo, float]]:

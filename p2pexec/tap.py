@@ -16,6 +16,7 @@ import re
 import signal
 from typing import Any, Optional
 
+import attr
 from twisted.application.service import IService
 from twisted.python import usage
 
@@ -131,11 +132,15 @@ class Options(usage.Options):
         ["state-dir", None, None, "Where this node keeps its journal of jobs, tasks and results, so that a restarted master resumes its jobs. Default: $XDG_STATE_HOME/p2pexec/NAME (~/.local/state/p2pexec/NAME)."],
         ["max-worker-losses", None, "3", "A task that loses its worker this many times is quarantined as failed instead of run again."],
         ["web", None, "0", "TCP port of the HTTP API, metrics and dashboard, on --interface; 0 (the default) serves no HTTP."],
+        ["tls-cert", None, None, "With --tls: this node's certificate (PEM), signed by --tls-ca, for mutual TLS."],
+        ["tls-key", None, None, "With --tls-cert: its private key (PEM)."],
+        ["tls-ca", None, None, "With --tls-cert: the CA (PEM) that every node's certificate must be signed by."],
         ["key-file", None, None, "The cluster key (p2pexec keygen; mode 0600): datagrams are sealed with it, connections and HTTP requests must prove they hold it."],
     ]
     optFlags = [
         ["exit-when-done", None, "Stop the node once its start-up job has finished (for one-shot runs)."],
         ["no-multicast", None, "Do not use multicast discovery; find peers through --peer seeds only."],
+        ["tls", None, "Encrypt the AMP connections with TLS: self-signed certificates pinned through --key-file, or --tls-cert/--tls-key/--tls-ca."],
         ["insecure", None, "Run on a non-loopback --interface without --key-file: anyone who can reach it can make it run commands."],
         ["web-public", None, "With --key-file: serve the read-only HTTP endpoints (GET) without the token; submitting and cancelling still need it."],
     ]
@@ -229,6 +234,16 @@ class Options(usage.Options):
                 f"--interface {interface} is not loopback: give --key-file (make one with: p2pexec keygen --out "
                 f"cluster.key) so that only nodes with the key can join and run commands, or --insecure to run "
                 f"unprotected"
+            )
+        operator_files = [self[name] for name in ("tls-cert", "tls-key", "tls-ca")]
+        if any(operator_files) and not self["tls"]:
+            raise usage.UsageError("--tls-cert, --tls-key and --tls-ca go with --tls")
+        if self["tls"] and any(operator_files) and not all(operator_files):
+            raise usage.UsageError("--tls with certificates needs all three of --tls-cert, --tls-key and --tls-ca")
+        if self["tls"] and not any(operator_files) and self["key"] is None:
+            raise usage.UsageError(
+                "--tls without --tls-cert/--tls-key/--tls-ca needs --key-file: the self-signed certificates are "
+                "pinned through the cluster key's challenge-response"
             )
         if self["web-public"] and self["key"] is None:
             raise usage.UsageError("--web-public only means something with --key-file (without a key nothing is protected)")
@@ -346,6 +361,17 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> IService:
     executor = ProcessExecutor(
         reactor, config.name, base_environment=without_notify_variables(os.environ), policy=options["command_policy"]
     )
+    if options["tls"]:
+        from p2pexec.tls import TLSConfig, TLSError, load_operator_identity, load_or_create_identity
+
+        try:
+            if options["tls-cert"]:
+                identity, authority = load_operator_identity(options["tls-cert"], options["tls-key"], options["tls-ca"])
+                config = attr.evolve(config, tls=TLSConfig(identity, authority))
+            else:
+                config = attr.evolve(config, tls=TLSConfig(load_or_create_identity(config.state_dir, config.name), None))
+        except (TLSError, OSError) as e:
+            raise SystemExit(f"p2pexec: node {config.name} cannot start: --tls: {e}") from None
     try:
         node = Node(config, reactor, executor)
     except JournalError as e:

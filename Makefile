@@ -11,7 +11,7 @@ STAMP := $(VENV)/.deps-installed
 $(STAMP): setup.cfg setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet "twisted>=23.10" "attrs>=22.2" "rich>=13" "prometheus_client>=0.20" \
+	$(BIN)/python -m pip install --quiet "twisted[tls]>=23.10" "attrs>=22.2" "rich>=13" "prometheus_client>=0.20" \
 		"pytest>=7" "pytest-twisted>=1.14" "jsonschema>=4.18" "openapi-spec-validator>=0.7" "selenium>=4.20" "hypothesis>=6.100"
 	touch $(STAMP)
 

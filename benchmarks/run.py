@@ -1,7 +1,7 @@
 """
 The p2pexec benchmark suite, W1-W5 (run by ``make bench``).
 
-    python benchmarks/run.py [--repeat N] [--only W1,W2,W3,W4,W5] [--timeout S] [--keep]
+    python benchmarks/run.py [--repeat N] [--only W1,W2,W3,W4,W5,SEC] [--timeout S] [--keep]
 
 Every workload runs real ``twistd p2pexec`` processes on loopback (see
 ``benchmarks/workloads.py`` for each topology), ``--repeat`` times (default
@@ -61,7 +61,9 @@ from _cluster import (  # noqa: E402
     summary,
 )
 
-WORKLOADS = ("W1", "W2", "W3", "W4", "W5")
+WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "SEC")
+"""SEC, not run by default: W1 again with a cluster key, and with the key and TLS, each against plain W1 of the same repetition."""
+DEFAULT_WORKLOADS = ("W1", "W2", "W3", "W4", "W5")
 MiB = 1024 * 1024
 
 DASK_REFERENCE = 950.0
@@ -106,6 +108,13 @@ class Suite:
                 lambda r: (f"{r['tasks_per_s']:>9,.0f} tasks/s  elapsed {r['elapsed']:.3f}s  "
                            f"W4: master {r['master_hwm'] / MiB:.1f} MiB, worker {r['worker_hwm'] / MiB:.1f} MiB"),
             )
+        if "SEC" in only:
+            for mode in ("key", "tls"):
+                self._one(
+                    f"W1-{mode}", number,
+                    lambda d, mode=mode: workloads.w1(d, f.w1_job, a.w1_tasks, a.timeout, security=mode),
+                    lambda r, mode=mode: f"{r['tasks_per_s']:>9,.0f} tasks/s  elapsed {r['elapsed']:.3f}s  ({mode})",
+                )
         if "W2" in only:
             self._one(
                 "W2", number,
@@ -175,6 +184,15 @@ class Suite:
                 lambda v: v < 50)
             add("W4", "worker peak RSS (VmHWM) MiB", [r["worker_hwm"] / MiB for r in w1], ".1f", "< 40",
                 lambda v: v < 40)
+        plain = self.runs.get("W1", [])
+        for mode, label in (("key", "cluster key"), ("tls", "cluster key + TLS")):
+            secured = self.runs.get(f"W1-{mode}", [])
+            if secured and plain:
+                add("SEC", f"W1 tasks/s with {label}", [r["tasks_per_s"] for r in secured], ",.0f")
+                add(
+                    "SEC", f"  ratio {label} / plain (same repetition)",
+                    [s["tasks_per_s"] / p["tasks_per_s"] for s, p in zip(secured, plain)], ".2f",
+                )
         w2 = self.runs.get("W2", [])
         if w2:
             add("W2", f"one node x 2 slots s, {a.w2_tasks:,} x true", [r["elapsed"] for r in w2], ".3f")
@@ -230,7 +248,10 @@ def print_table(rows: list[tuple[str, str, str, str, str]]) -> None:
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip())
     parser.add_argument("--repeat", type=int, default=3, help="repetitions of each workload (default 3)")
-    parser.add_argument("--only", default=",".join(WORKLOADS), help="workloads to run (default W1,W2,W3,W4,W5)")
+    parser.add_argument(
+        "--only", default=",".join(DEFAULT_WORKLOADS),
+        help="workloads to run (default W1,W2,W3,W4,W5; SEC adds W1 with a cluster key and with TLS, and needs W1)",
+    )
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds after which a run fails (default 120)")
     parser.add_argument("--w1-tasks", type=int, default=10_000)
     parser.add_argument("--w2-tasks", type=int, default=2_000)

@@ -48,7 +48,7 @@ import signal
 import subprocess
 import time
 from collections import Counter
-from typing import Optional
+from typing import Optional, Sequence
 
 from _cluster import (
     Node,
@@ -107,25 +107,50 @@ def _finish(nodes: list[Node], failed: Optional[BaseException], expected_dead: t
         raise RunFailed("; ".join(complaints))
 
 
-def _start_workers(folder: str, cluster: str, deadline: float, names=WORKERS, level: str = "info") -> list[Node]:
-    nodes = [start_node(folder, name, ["--capabilities", KIND], cluster, level=level, slots=SLOTS) for name in names]
+def _start_workers(
+    folder: str, cluster: str, deadline: float, names=WORKERS, level: str = "info", extra: Sequence[str] = ()
+) -> list[Node]:
+    nodes = [
+        start_node(folder, name, ["--capabilities", KIND, *extra], cluster, level=level, slots=SLOTS)
+        for name in names
+    ]
     wait_listening(nodes, nodes, deadline)
     return nodes
 
 
-def w1(folder: str, job_path: str, tasks: int, timeout: float) -> dict:
-    """W1 (and W4): no-command tasks through a master that runs nothing and two workers."""
+def security_options(folder: str, mode: str) -> list[str]:
+    """
+    The node options of a security C{mode}: C{plain} (none), C{key} (a
+    cluster key: sealed datagrams, authenticated connections) or C{tls} (the
+    key and TLS on the AMP connections).  The key file is made in C{folder}.
+    """
+    if mode == "plain":
+        return []
+    path = os.path.join(folder, "cluster.key")
+    if not os.path.exists(path):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(os.urandom(32).hex() + "\n")
+    return ["--key-file", path] + (["--tls"] if mode == "tls" else [])
+
+
+def w1(folder: str, job_path: str, tasks: int, timeout: float, security: str = "plain") -> dict:
+    """
+    W1 (and W4): no-command tasks through a master that runs nothing and two
+    workers; C{security} as in L{security_options}.
+    """
+    extra = security_options(folder, security)
     cluster = fresh_cluster()
     results_path = os.path.join(folder, "w1-results.json")
     nodes: list[Node] = []
     failed: Optional[BaseException] = None
     try:
         deadline = time.monotonic() + timeout
-        nodes += _start_workers(folder, cluster, deadline)
+        nodes += _start_workers(folder, cluster, deadline, extra=extra)
         launched = time.monotonic()
         master = start_node(
             folder, MASTER,
-            ["--capabilities", IDLE_CAPABILITY, "--job", job_path, "--results", results_path],
+            ["--capabilities", IDLE_CAPABILITY, "--job", job_path, "--results", results_path, *extra],
             cluster, slots=SLOTS,
         )
         nodes.append(master)

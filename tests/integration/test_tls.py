@@ -139,3 +139,86 @@ class TlsTests(IntegrationTestCase):
         self.assertGreater(proxy.relayed, 0, "b1 never went through the proxy: the test proves nothing")
         self.assertFalse(b1.has(r"connected to peer a1"), b1.log_tail())
         self.assertFalse(a1.has(r"connected to peer b1"), a1.log_tail())
+
+
+def _certificate(subject: str, issuer: Any, public_key: Any, signing_key: Any, ca: bool) -> Any:
+    """A certificate (cryptography's) for C{subject}, signed by C{signing_key} as C{issuer}."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(issuer or name)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    return builder.sign(signing_key, hashes.SHA256())
+
+
+def make_ca(folder: str, name: str) -> tuple[Any, Any]:
+    """A new CA (certificate, key) called C{name}, written to C{folder}/C{name}-ca.pem."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    cert = _certificate(name, None, key.public_key(), key, ca=True)
+    with open(os.path.join(folder, f"{name}-ca.pem"), "wb") as f:
+        f.write(cert.public_bytes(serialization.Encoding.PEM))
+    return cert, key
+
+
+def make_node_cert(folder: str, ca: tuple[Any, Any], node: str) -> tuple[str, str]:
+    """A certificate for C{node} signed by C{ca}: the paths of its PEM certificate and key."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    ca_cert, ca_key = ca
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    cert = _certificate(node, ca_cert.subject, key.public_key(), ca_key, ca=False)
+    cert_path, key_path = os.path.join(folder, f"{node}.crt"), os.path.join(folder, f"{node}.key")
+    with open(cert_path, "wb") as f:
+        f.write(cert.public_bytes(serialization.Encoding.PEM))
+    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
+            )
+        )
+    return cert_path, key_path
+
+
+class OperatorCertificateTests(IntegrationTestCase):
+    """Mutual TLS with certificates from the operator's CA (--tls-cert, --tls-key, --tls-ca)."""
+
+    def test_nodes_of_the_ca_meet_others_do_not(self) -> None:
+        """Two nodes with certificates of the CA run a job; a node whose certificate another CA signed never connects."""
+        cluster = Cluster(self)
+        folder = cluster.folder
+        ca, rogue_ca = make_ca(folder, "cluster"), make_ca(folder, "rogue")
+        ca_path = os.path.join(folder, "cluster-ca.pem")
+
+        def tls(node: str, authority: tuple[Any, Any], ca_file: str) -> list[str]:
+            cert, key = make_node_cert(folder, authority, node)
+            return ["--tls", "--tls-cert", cert, "--tls-key", key, "--tls-ca", ca_file]
+
+        a1 = cluster.start("a1", *tls("a1", ca, ca_path), "--tasks", "a1,b1,c1")
+        b1 = cluster.start("b1", *tls("b1", ca, ca_path))
+        c1 = cluster.start("c1", *tls("c1", rogue_ca, ca_path))
+        a1.wait_for(r"\] Master received confirmation for b1 from b1$", timeout=20)
+        cluster.wait_until(
+            lambda: a1.has(r"Node a1 has 1 task\(s\) of kind 'c' waiting"),
+            lambda: f"a1 never said kind c waits\n{cluster.logs()}",
+        )
+        self.assertFalse(a1.has(r"connected to peer c1"), a1.log_tail())
+        self.assertFalse(c1.has(r"connected to peer"), c1.log_tail())
+        self.assertLogClean(b1)

@@ -145,7 +145,8 @@ class DatagramSealer:
         now = self._clock()
         sent = millis / 1000.0
         if abs(now - sent) > self._window:
-            raise DatagramError("stale", f"sealed {now - sent:+.1f}s from now, outside the {self._window:g}s window")
+            when = f"{now - sent:.1f}s ago" if sent <= now else f"{sent - now:.1f}s in the future"
+            raise DatagramError("stale", f"sealed {when}, outside the {self._window:g}s window (are the clocks in step?)")
         self._forget_before(now - self._window)
         if nonce in self._seen:
             raise DatagramError("replayed", "its nonce was seen already")

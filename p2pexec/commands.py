@@ -17,6 +17,8 @@ from typing import Any, Callable, Iterable, Iterator, Optional, TypeVar
 
 from twisted.protocols import amp
 
+from p2pexec.model import loads_strict
+
 MAX_VALUE_BYTES = 60_000
 """A list is chunked so that each JSON value stays under this size."""
 
@@ -36,8 +38,8 @@ class JSON(amp.Argument):
         return encode_json(inObject)
 
     def fromString(self, inString: bytes) -> Any:
-        """Decode UTF-8 JSON."""
-        return json.loads(inString.decode("utf-8"))
+        """Decode UTF-8 JSON (a lone surrogate is refused, as malformed)."""
+        return loads_strict(inString)
 
 
 class BadArguments(Exception):

@@ -15,7 +15,7 @@ from typing import Any
 
 import attr
 
-from p2pexec.model import PROTOCOL_VERSION, NodeInfo, ValidationError
+from p2pexec.model import PROTOCOL_VERSION, NodeInfo, ValidationError, loads_strict
 
 MAGIC = "p2pexec"
 """The value of the C{proto} field, which marks a datagram as ours."""
@@ -93,7 +93,7 @@ def decode(data: bytes) -> Datagram:
             "too-large", f"{len(data)} bytes is over the {MAX_DATAGRAM_BYTES}-byte limit"
         )
     try:
-        body: Any = json.loads(data.decode("utf-8"))
+        body: Any = loads_strict(data)
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise DatagramError("not-json", "the datagram is not a UTF-8 JSON object") from None
     if not isinstance(body, dict) or body.get("proto") != MAGIC:

@@ -8,6 +8,7 @@ back from one, validating every field on the way in.
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any, Mapping, Optional, Sequence, Union
 
@@ -47,6 +48,28 @@ def kind_of(name: str) -> str:
     """
     match = _LEADING_LETTERS.match(name)
     return match.group(0) if match else name
+
+
+def loads_strict(data: bytes) -> Any:
+    """
+    Decode UTF-8 JSON from the network, refusing what cannot be written back
+    as UTF-8: a lone surrogate (C{"\\ud800"}) that JSON escapes allow.
+
+    @raise ValueError: if C{data} is not such JSON.
+    """
+    value = json.loads(data.decode("utf-8"))
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("the JSON holds a lone surrogate (an unpaired \\ud800-\\udfff escape)") from None
+    return value
+
+
+def shorten(text: str, limit: int = 300) -> str:
+    """C{text}, cut to C{limit} characters with a note of how much was left out (for errors and logs)."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text) - limit} more characters)"
 
 
 def _require(condition: bool, message: str) -> None:

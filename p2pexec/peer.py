@@ -19,7 +19,7 @@ from twisted.python.failure import Failure
 from p2pexec import commands
 from p2pexec.auth import ChallengeResponse
 from p2pexec.log import NodeLogger
-from p2pexec.model import NodeInfo, ValidationError, validate_name
+from p2pexec.model import NodeInfo, ValidationError, shorten, validate_name
 
 log = NodeLogger()
 
@@ -150,6 +150,9 @@ class PeerProtocol(amp.AMP):
         cannot be parsed is answered with BAD_ARGUMENTS instead of dropping
         the connection.
         """
+        if name == b"StartTLS":
+            # AMP's own STARTTLS is not part of this protocol (see --tls).
+            return None
         responder = super().locateResponder(name)
         if responder is None:
             return None
@@ -158,13 +161,27 @@ class PeerProtocol(amp.AMP):
 
         def parsing_safely(box: amp.AmpBox) -> Any:
             try:
-                return responder(box)
+                answered = responder(box)
             except (KeyError, ValueError, TypeError, UnicodeDecodeError, RecursionError) as e:
-                detail = f"{name.decode('ascii', 'replace')}: malformed arguments ({type(e).__name__}: {e})"
+                detail = shorten(f"{name.decode('ascii', 'replace')}: malformed arguments ({type(e).__name__}: {e})")
                 log.warn("Refused a box from {peer}: {detail}", peer=self.describe(), detail=detail)
                 raise amp.RemoteAmpError(b"BAD_ARGUMENTS", detail) from None
+            if isinstance(answered, Deferred):
+                answered.addErrback(_short_refusal)
+            return answered
 
         return parsing_safely
+
+    def unhandledError(self, failure: Failure) -> None:
+        """
+        A box AMP could not answer (a refused command sent without C{_ask},
+        say): one line, not a critical traceback per box.
+        """
+        log.warn(
+            "Could not answer a box from {peer}: {error}",
+            peer=self.describe(),
+            error=shorten(failure.getErrorMessage() or failure.type.__name__),
+        )
 
     def makeConnection(self, transport: Any) -> None:
         """
@@ -391,8 +408,8 @@ class PeerProtocol(amp.AMP):
         return self.peer_name
 
     def _bad(self, command: str, error: Exception) -> commands.BadArguments:
-        detail = f"{command}: {error}"
-        log.warn("Refused {command} from {peer}: {error}", command=command, peer=self.describe(), error=error)
+        detail = shorten(f"{command}: {error}")
+        log.warn("Refused {command} from {peer}: {error}", command=command, peer=self.describe(), error=shorten(str(error)))
         return commands.BadArguments(detail)
 
     # -- responders ---------------------------------------------------------
@@ -478,7 +495,8 @@ class PeerProtocol(amp.AMP):
 
     @commands.ListJobs.responder
     def _list_jobs(self) -> dict[str, Any]:
-        return {"jobs": self._handler.jobs_status()}
+        # Newest first, as many as fit in one AMP value.
+        return {"jobs": next(commands.chunk(self._handler.jobs_status(), lambda job: job), [])}
 
     @commands.JobStatus.responder
     def _job_status(self, job: str) -> dict[str, Any]:
@@ -500,7 +518,8 @@ class PeerProtocol(amp.AMP):
     @commands.ClusterStatus.responder
     def _cluster_status(self) -> dict[str, Any]:
         peers = self._handler.peers_status()
-        return {"node": peers[0], "peers": peers[1:]}
+        # As many peers as fit in one AMP value (the HTTP API lists them all).
+        return {"node": peers[0], "peers": next(commands.chunk(peers[1:], lambda peer: peer), [])}
 
     @commands.NodeStatus.responder
     def _node_status(self) -> dict[str, Any]:
@@ -561,6 +580,20 @@ def tls_binding(transport: Any) -> bytes:
     from p2pexec.tls import peer_fingerprint
 
     return peer_fingerprint(transport)
+
+
+def _short_refusal(failure: Failure) -> Failure:
+    """A declared refusal whose description would not fit in one AMP value is cut short."""
+    error = failure.value
+    if isinstance(error, amp.RemoteAmpError) and len(getattr(error, "description", "") or "") > 1000:
+        return Failure(amp.RemoteAmpError(error.errorCode, shorten(error.description, 1000)))
+    if not isinstance(error, amp.RemoteAmpError) and len(str(error)) > 1000:
+        # A declared error (turned into a box later by AMP): keep its type, shorten its text.
+        try:
+            return Failure(type(error)(shorten(str(error), 1000)))
+        except Exception:
+            return failure
+    return failure
 
 
 def parse_peer_list(peers: Any, limit: int = 10_000) -> list[tuple[NodeInfo, float]]:

@@ -26,6 +26,7 @@ from p2pexec import commands
 from p2pexec.auth import http_token
 from p2pexec.log import NodeLogger
 from p2pexec.metrics import NodeMetrics
+from p2pexec.model import loads_strict, shorten
 from p2pexec.status import TASK_STATES
 
 if TYPE_CHECKING:
@@ -82,7 +83,7 @@ def _check_token(node: "Node", request: Request) -> Optional[bytes]:
         return None
     if request.method == b"GET" and node.config.web_public:
         return None
-    given = (request.getHeader(b"authorization") or "").strip()
+    given = (request.getHeader(b"authorization") or b"").decode("latin-1").strip()
     expected = "Bearer " + http_token(node.config.key)
     if hmac.compare_digest(given.encode("utf-8", "replace"), expected.encode("ascii")):
         return None
@@ -207,9 +208,9 @@ class _JobCollection(_JsonResource):
         if len(body) > MAX_BODY_BYTES:
             return _error(request, http.REQUEST_ENTITY_TOO_LARGE, f"the job is over {MAX_BODY_BYTES} bytes")
         try:
-            document = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise _BadRequest(f"the body is not JSON: {e}") from None
+            document = loads_strict(body)
+        except (ValueError, UnicodeDecodeError, RecursionError) as e:
+            raise _BadRequest(f"the body is not JSON: {shorten(str(e))}") from None
         if not isinstance(document, dict):
             raise _BadRequest('the body must be a job object: {"defaults": {...}, "task": [...]}')
         unknown = set(document) - {"defaults", "task"}

@@ -1240,6 +1240,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         "to the job's master.",
     )
     p.add_argument("job", metavar="JOB", help="the job id")
+
     p = add(
         "keygen", "write a new random cluster key",
         "Write a new random 256-bit cluster key (64 hexadecimal digits).  Give the\n"

@@ -167,7 +167,11 @@ def start_node(
     argv += list(options)
     if slots is not None:
         argv += ["--slots", str(slots)]
-    env = dict(os.environ, PYTHONPATH=CHECKOUT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    path = CHECKOUT + os.pathsep + os.environ.get("PYTHONPATH", "")
+    if "--tls" not in options:
+        # As a default install, which has no pyOpenSSL (see _without_tls).
+        path = os.path.join(HERE, "_without_tls") + os.pathsep + path
+    env = dict(os.environ, PYTHONPATH=path)
     with open(log_path, "wb") as out:
         process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=folder, env=env)
     node = Node(name, process, log_path)

@@ -240,6 +240,13 @@ class Options(usage.Options):
             raise usage.UsageError("--tls-cert, --tls-key and --tls-ca go with --tls")
         if self["tls"] and any(operator_files) and not all(operator_files):
             raise usage.UsageError("--tls with certificates needs all three of --tls-cert, --tls-key and --tls-ca")
+        if self["tls"]:
+            try:
+                import OpenSSL  # noqa: F401
+            except ImportError:
+                raise usage.UsageError(
+                    "--tls needs pyOpenSSL, which is not installed: pip install 'p2pexec[tls]' (or 'twisted[tls]')"
+                ) from None
         if self["tls"] and not any(operator_files) and self["key"] is None:
             raise usage.UsageError(
                 "--tls without --tls-cert/--tls-key/--tls-ca needs --key-file: the self-signed certificates are "

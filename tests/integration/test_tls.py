@@ -116,10 +116,11 @@ class TlsTests(IntegrationTestCase):
         with socket.create_connection(("127.0.0.1", a1.port), 5) as raw:
             with context.wrap_socket(raw) as tls:
                 certificate = tls.getpeercert(binary_form=True)
-        from OpenSSL import crypto
+        from cryptography import x509
+        from cryptography.x509.oid import NameOID
 
-        subject = crypto.load_certificate(crypto.FILETYPE_ASN1, certificate).get_subject().CN
-        self.assertEqual(subject, "p2pexec node a1")
+        subject = x509.load_der_x509_certificate(certificate).subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        self.assertEqual(subject[0].value, "p2pexec node a1")
         for node in (a1, b1):
             self.assertLogClean(node)
 

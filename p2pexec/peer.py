@@ -584,15 +584,11 @@ def tls_binding(transport: Any) -> bytes:
 
 def _short_refusal(failure: Failure) -> Failure:
     """A declared refusal whose description would not fit in one AMP value is cut short."""
+    # AMP has turned every declared error into a RemoteAmpError by now; an
+    # undeclared one is answered UNKNOWN, without its text.
     error = failure.value
     if isinstance(error, amp.RemoteAmpError) and len(getattr(error, "description", "") or "") > 1000:
         return Failure(amp.RemoteAmpError(error.errorCode, shorten(error.description, 1000)))
-    if not isinstance(error, amp.RemoteAmpError) and len(str(error)) > 1000:
-        # A declared error (turned into a box later by AMP): keep its type, shorten its text.
-        try:
-            return Failure(type(error)(shorten(str(error), 1000)))
-        except Exception:
-            return failure
     return failure
 
 

@@ -456,7 +456,9 @@ class WorkerLossTests(IntegrationTestCase):
         self.assertEqual(report["by_id"]["t0"]["attempts"], 2)
         with open(pids) as f:
             sleeper = int(f.read().split()[0])
-        cluster.wait_until(lambda: not _alive(sleeper), lambda: f"the stopped task's child {sleeper} is still running")
+        cluster.wait_until(
+            lambda: not process_alive(sleeper, "sleep"), lambda: f"the stopped task's child {sleeper} is still running"
+        )
 
     def test_sigterm_worker_drains(self) -> None:
         """
@@ -739,12 +741,3 @@ class CommandLineTests(IntegrationTestCase):
             self.assertTrue(lines, context)
             self.assertRegex(lines[-1], message, context)
             self.assertNotIn("started on port", output, context)
-
-
-def _alive(pid: int) -> bool:
-    """Whether process C{pid} exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False

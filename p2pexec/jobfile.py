@@ -19,7 +19,6 @@ the field at fault.
 from __future__ import annotations
 
 import json
-import tomllib
 from typing import Any, Optional
 
 from p2pexec.commands import MAX_VALUE_BYTES
@@ -44,6 +43,8 @@ def load_job_file(path: str) -> list[TaskSpec]:
 
     @raise JobFileError: naming the file, and the task and field at fault.
     """
+    import tomllib  # only a node or client given a job file pays for the TOML parser
+
     try:
         with open(path, "rb") as f:
             data = tomllib.load(f)

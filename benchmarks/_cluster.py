@@ -144,6 +144,7 @@ def start_node(
     level: str = "info",
     slots: Optional[int] = None,
     timestamps: bool = True,
+    plugin: str = "p2pexec",
 ) -> Node:
     """
     Start one node in C{folder}, its output going to C{<name>.log} there.
@@ -153,13 +154,15 @@ def start_node(
     @param timestamps: log through C{p2pexec.log.observer} (microsecond UTC
         timestamps), as C{contrib/systemd/p2pexec@.service} does, instead of
         twistd's default logger.
+    @param plugin: the twistd plugin to run: C{p2pexec}, or C{p2pexec-floor}
+        (C{benchmarks/_floor}: a bare node, the floor under W3).
     """
     log_path = os.path.join(folder, f"{name}.log")
     argv = [TWISTD, "--pidfile=", "-n"]
     if timestamps:
         argv.append("--logger=p2pexec.log.observer")
     argv += [
-        "p2pexec",
+        plugin,
         "--name", name, "--port", "0", "--group", GROUP, "--cluster", cluster,
         "--state-dir", os.path.join(folder, "state", name),
         "--log-level", level,
@@ -168,6 +171,8 @@ def start_node(
     if slots is not None:
         argv += ["--slots", str(slots)]
     path = CHECKOUT + os.pathsep + os.environ.get("PYTHONPATH", "")
+    if plugin != "p2pexec":
+        path = os.path.join(HERE, "_floor") + os.pathsep + path
     if "--tls" not in options:
         # As a default install, which has no pyOpenSSL (see _without_tls).
         path = os.path.join(HERE, "_without_tls") + os.pathsep + path
@@ -324,6 +329,21 @@ def machine() -> str:
         f"nproc {os.cpu_count()}, {cpu_model()}; Python {platform.python_version()}, "
         f"Twisted {twisted_version}, {platform.system()} {platform.release()}"
     )
+
+
+def speed_probe() -> float:
+    """
+    Milliseconds of CPU a fixed pure-Python loop (3,000,000 additions) takes
+    now: the host's speed at this moment.  On the shared virtual machines the
+    suite runs on it drifts by half over minutes (290-450 ms seen on one
+    machine), and every absolute figure drifts with it; ratios taken within
+    a repetition do not.
+    """
+    started = time.process_time()
+    total = 0
+    for number in range(3_000_000):
+        total += number
+    return (time.process_time() - started) * 1000
 
 
 # -- the guards ---------------------------------------------------------------
@@ -485,5 +505,9 @@ def precompile() -> None:
     """
     import compileall
 
-    for folder in (os.path.join(CHECKOUT, "p2pexec"), os.path.join(CHECKOUT, "twisted", "plugins")):
+    for folder in (
+        os.path.join(CHECKOUT, "p2pexec"),
+        os.path.join(CHECKOUT, "twisted", "plugins"),
+        os.path.join(HERE, "_floor"),
+    ):
         compileall.compile_dir(folder, quiet=1)

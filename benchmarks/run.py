@@ -21,6 +21,9 @@ summarised.
       master's first result (its log's microsecond timestamps), split into
       start-up (until the master and one worker have logged "started"),
       discovery (until the master's first "connected to peer") and the rest.
+      Then its floor: three bare twistd nodes (benchmarks/_floor: no p2pexec
+      code) launched the same way, seconds until two are up, and W3's
+      start-up as a ratio to it.
   W4  peak RSS (VmHWM) of the master and of one worker, read in the W1 runs
       just before the nodes are stopped.
   W5  1,000 shell tasks (``echo $P2PEXEC_TASK_ID >> SIDE; sleep 0.01``) on
@@ -57,6 +60,7 @@ from _cluster import (  # noqa: E402
     loopback_only,
     machine,
     precompile,
+    speed_probe,
     median,
     summary,
 )
@@ -143,6 +147,13 @@ class Suite:
                            f"(master up {r['master_up']:.3f}s, master and a worker up {r['pair_up']:.3f}s, "
                            f"first connection {r['first_connect']:.3f}s, last node up {r['last_up']:.3f}s)"),
             )
+            self._one(
+                "W3-floor", number,
+                lambda d: workloads.w3_floor(d, a.timeout),
+                lambda r: (f"3 bare twistd nodes: two up {r['two_up']:.3f}s after launch, "
+                           f"all three {r['all_up']:.3f}s  (W3 start-up / floor "
+                           f"{self.runs['W3'][-1]['pair_up'] / r['two_up']:.2f})"),
+            )
         if "W5" in only:
             self._one(
                 "W5", number,
@@ -219,6 +230,11 @@ class Suite:
                 ".3f")
             add("W3", "  first connection -> first result s", [r["first_result"] - r["first_connect"] for r in w3],
                 ".3f")
+        floor = self.runs.get("W3-floor", [])
+        if w3 and floor:
+            add("W3", "floor: 3 bare twistd nodes, launch -> two up s", [r["two_up"] for r in floor], ".3f")
+            add("W3", "  W3 start-up / floor (same repetition)",
+                [w["pair_up"] / f["two_up"] for w, f in zip(w3, floor)], ".2f")
         w5, w5k = self.runs.get("W5", []), self.runs.get("W5kill", [])
         if w5 and w5k:
             add("W5", f"no kill s, {a.w5_tasks:,} x sleep 0.01", [r["elapsed"] for r in w5], ".3f")
@@ -275,6 +291,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     started = time.monotonic()
     precompile()
     suite = Suite(args, top)
+    speed_before = speed_probe()
     try:
         with heavy_lock(1800, say):
             for number in range(1, args.repeat + 1):
@@ -285,8 +302,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     except KeyboardInterrupt:
         say(f"interrupted; every node was stopped; files in {top}")
         return 1
+    speed_after = speed_probe()
     print()
     print(f"p2pexec benchmark suite: median (min-max) of {args.repeat} run(s); {machine()}")
+    print(f"host speed: a fixed Python loop took {speed_before:.0f} ms of CPU before the runs and "
+          f"{speed_after:.0f} ms after (lower is faster; see _cluster.speed_probe)")
     print()
     print_table(suite.rows())
     print()

@@ -29,6 +29,9 @@ machine; the master holds the job file and writes ``--results``):
     just before the first launch (time.time()) to the timestamp of the
     master's first "Master received confirmation" line
     (``--logger=p2pexec.log.observer``, microsecond UTC timestamps).
+    Its floor, in the same repetition: three bare twistd nodes
+    (``benchmarks/_floor``: listen, join the group, log "started", no
+    p2pexec code) launched the same way; seconds until two are up.
   - W5: as W1 (master runs nothing, two workers with 2 slots), 1,000 tasks
     ``echo $P2PEXEC_TASK_ID >> SIDE; sleep 0.01`` (shell).  Once SIDE has
     300 lines, ``bench2`` gets SIGKILL and its supervisor starts a worker
@@ -282,6 +285,33 @@ def w3(folder: str, job_path: str, timeout: float) -> dict:
         raise
     finally:
         _finish(nodes, failed)
+
+
+def w3_floor(folder: str, timeout: float) -> dict:
+    """
+    The floor under W3: three bare twistd nodes (C{p2pexec-floor}: listen,
+    join the group, log "started"; no p2pexec code) launched together, as W3
+    launches its nodes; seconds from launch until two of them, and all three,
+    are up.
+    """
+    cluster = fresh_cluster()
+    nodes: list[Node] = []
+    failed: Optional[BaseException] = None
+    try:
+        deadline = time.monotonic() + timeout
+        launched = time.time()
+        for name in (MASTER, *WORKERS):
+            nodes.append(start_node(folder, name, [], cluster, plugin="p2pexec-floor"))
+        started = r"Node \S+ started on port"
+        wait_until(lambda: all(first_stamp(n, started) is not None for n in nodes), nodes, deadline, "3 floor nodes")
+        up = sorted(first_stamp(n, started) - launched for n in nodes)
+        return {"two_up": up[1], "all_up": up[2]}
+    except BaseException as e:
+        failed = e
+        raise
+    finally:
+        # A bare twistd exits with the signal that stopped it (-15), which is as expected here.
+        _finish(nodes, failed, expected_dead=tuple(nodes))
 
 
 def w5(folder: str, job_path: str, side_path: str, tasks: int, kill: bool, timeout: float) -> dict:

@@ -10,6 +10,7 @@ dispatching to once per reactor turn through the injected clock.
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import random
 from collections import deque
@@ -120,7 +121,9 @@ class _WorkerSeat:
         return free
 
     def record_duration(self, seconds: float) -> None:
-        """Fold one finished task's run time into L{mean_duration}."""
+        """Fold one finished task's run time into L{mean_duration} (a time that is not finite is ignored)."""
+        if not math.isfinite(seconds):
+            return
         if self.mean_duration is None:
             self.mean_duration = seconds
         else:

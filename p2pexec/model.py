@@ -9,6 +9,7 @@ back from one, validating every field on the way in.
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any, Mapping, Optional, Sequence, Union
 
@@ -96,6 +97,22 @@ def _field(data: Mapping[str, Any], key: str, kind: type, what: str) -> Any:
             f"{what}: field {key!r} must be a {kind.__name__}, not {value!r}",
         )
     return value
+
+
+def _finite_seconds(value: int | float, what: str) -> float:
+    """
+    C{value} as a float, if it is a finite number of seconds, zero or more.
+
+    JSON decodes C{NaN} and C{1e400} to floats that are not finite, and a
+    huge integer overflows C{float()}: neither is a duration.
+    """
+    try:
+        seconds = float(value)
+    except OverflowError:
+        seconds = math.inf
+    if not (math.isfinite(seconds) and seconds >= 0):
+        raise ValidationError(f"{what} must be a finite number of seconds, zero or more, not {seconds!r}")
+    return seconds
 
 
 def validate_name(value: Any, what: str) -> str:
@@ -421,7 +438,7 @@ class TaskResult:
             or (isinstance(exit_code, int) and not isinstance(exit_code, bool)),
             f"{what}: 'exit_code' must be an integer",
         )
-        duration = _field(data, "duration", float, what)
+        duration = _finite_seconds(_field(data, "duration", float, what), f"{what}: 'duration'")
         stdout = data.get("stdout", "")
         stderr = data.get("stderr", "")
         error = data.get("error")
@@ -434,7 +451,7 @@ class TaskResult:
             status=status,
             node=node,
             exit_code=exit_code,
-            duration=float(duration),
+            duration=duration,
             stdout=stdout,
             stderr=stderr,
             error=error,

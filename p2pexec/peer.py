@@ -162,7 +162,7 @@ class PeerProtocol(amp.AMP):
         def parsing_safely(box: amp.AmpBox) -> Any:
             try:
                 answered = responder(box)
-            except (KeyError, ValueError, TypeError, UnicodeDecodeError, RecursionError) as e:
+            except (KeyError, ValueError, TypeError, OverflowError, UnicodeDecodeError, RecursionError) as e:
                 detail = shorten(f"{name.decode('ascii', 'replace')}: malformed arguments ({type(e).__name__}: {e})")
                 log.warn("Refused a box from {peer}: {detail}", peer=self.describe(), detail=detail)
                 raise amp.RemoteAmpError(b"BAD_ARGUMENTS", detail) from None

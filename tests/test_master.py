@@ -171,6 +171,25 @@ class MasterTests(SynchronousTestCase):
             outstanding = sum(len(batch) for _, _, batch in link.assignments) - len(first)
             self.assertEqual(outstanding, expected_window, duration)
 
+    def test_a_duration_that_is_not_finite_leaves_the_window_alone(self):
+        """
+        A worker's task time that is not finite (which the wire refuses, but
+        nothing else may turn the mean into NaN either) is not folded into its
+        mean, and the master keeps handing out tasks.
+        """
+        self.master.worker_joined(node(name="b1", capabilities=("b",), slots=1))
+        job = self.master.submit([TaskSpec.instruction(f"b{i}") for i in range(3)])
+        self.clock.advance(0)
+        first = [task_id for _, _, batch in self.link.assignments for task_id, _ in batch]
+        self.master.confirm(
+            job.id,
+            [TaskResult(task_id=first[0], attempt=1, status="succeeded", node="b1", duration=float("nan"))],
+            "b1",
+        )
+        self.clock.advance(0)
+        sent = sorted(task_id for _, _, batch in self.link.assignments for task_id, _ in batch)
+        self.assertEqual(sent, ["b0", "b1", "b2"])
+
     def test_tops_up_once_half_the_queue_drained(self):
         """
         A worker with a deep queue is not sent a task per confirmation: it is

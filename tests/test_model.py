@@ -1,5 +1,7 @@
 """Tests for L{p2pexec.model}: value types and their validation."""
 
+import json
+
 from twisted.trial.unittest import SynchronousTestCase
 
 from p2pexec.model import (
@@ -174,6 +176,20 @@ class TaskResultTests(SynchronousTestCase):
         wire = TaskResult(task_id="t", attempt=1, status="succeeded", node="b1").to_wire()
         wire["status"] = "maybe"
         self.assertRaises(ValidationError, TaskResult.from_wire, wire)
+
+
+    def test_rejects_durations_that_are_not_finite_seconds(self):
+        """
+        NaN and infinity (which JSON decodes from C{NaN} and C{1e400}), a
+        negative time and an integer too large for a float are refused as
+        the duration they claim to be, naming the field.
+        """
+        for duration in (json.loads("NaN"), json.loads("1e400"), -1.0, 10**400):
+            wire = TaskResult(task_id="t", attempt=1, status="succeeded", node="b1").to_wire()
+            wire["duration"] = duration
+            with self.assertRaises(ValidationError) as caught:
+                TaskResult.from_wire(wire)
+            self.assertIn("'duration'", str(caught.exception))
 
 
 class AssignmentTests(SynchronousTestCase):

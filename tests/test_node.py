@@ -528,3 +528,29 @@ class BadPeerTests(SynchronousTestCase):
         cluster.add("b1", port=2002)
         outcome = self.dial(cluster, 2002, node(name="b1", instance="i-twin"))
         outcome.trap(commands.NameConflict)
+
+    def test_a_duration_out_of_range_is_refused_and_the_connection_kept(self):
+        """
+        A confirmation whose duration is an integer too large for a float is
+        refused as bad arguments; the connection, and the worker's other
+        tasks, stay where they are.
+        """
+        from p2pexec import commands
+
+        cluster = Cluster()
+        cluster.add_master(w_tasks(2, ("sleep", "100")))
+        cluster.add_worker("w1", duration=100.0)
+        cluster.network.run_until(lambda: cluster.runners["w1"].running, limit=10)
+        protocol = cluster.nodes["w1"].peers.get("m1").connection
+        job = next(iter(cluster.nodes["m1"].master.jobs))
+        outcome = []
+        protocol.callRemote(
+            commands.ExecutionConfirmation,
+            job=job,
+            results=[{"id": "w0", "attempt": 1, "status": "succeeded", "node": "w1", "duration": 10**400}],
+        ).addBoth(outcome.append)
+        cluster.network.flush()
+        outcome[0].trap(commands.BadArguments)
+        self.assertIn("'duration'", outcome[0].getErrorMessage())
+        self.assertTrue(cluster.connected("m1", "w1"))
+        self.assertEqual(cluster.nodes["m1"].master.jobs[job].succeeded, 0)

@@ -586,14 +586,21 @@ def _open_database(path: str) -> "sqlite3.Connection":
 
 @contextlib.contextmanager
 def _transaction(db: "sqlite3.Connection") -> Iterator[None]:
-    """BEGIN ... COMMIT, or ROLLBACK if anything fails (the connection is in autocommit mode)."""
+    """
+    BEGIN ... COMMIT, or ROLLBACK if anything fails, COMMIT included (the
+    connection is in autocommit mode).  A COMMIT that fails (the file busy,
+    the disk full) may leave the transaction open; it is rolled back, so
+    that the next attempt can BEGIN again.
+    """
     db.execute("BEGIN")
     try:
         yield
+        db.execute("COMMIT")
     except BaseException:
-        db.execute("ROLLBACK")
+        if db.in_transaction:
+            with contextlib.suppress(Exception):
+                db.execute("ROLLBACK")
         raise
-    db.execute("COMMIT")
 
 
 def open_journal(state_dir: Optional[str], clock: IReactorTime) -> "Journal | NullJournal":

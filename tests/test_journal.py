@@ -497,6 +497,10 @@ class FailedWriteTests(JournalTestMixin, SynchronousTestCase):
         self.assertIsNotNone(real)
 
         class FullDisk:
+            @property
+            def in_transaction(self):
+                return real.in_transaction
+
             def execute(self, *args):
                 return real.execute(*args)
 
@@ -542,6 +546,46 @@ class FailedWriteTests(JournalTestMixin, SynchronousTestCase):
         self.clock.advance(RETRY_DELAY)
         for d in (first, second):
             self.assertIsNone(self.successResultOf(d))
+        self.assertEqual(query(self.journal.path, "SELECT id FROM jobs ORDER BY id"), [("first",), ("j",)])
+
+    def test_a_failed_commit_is_rolled_back_and_retried(self):
+        """
+        A COMMIT that fails (SQLite's "database is locked", which leaves the
+        transaction open) is rolled back, so the retry can begin a new
+        transaction and write everything; the durable() Deferred then fires.
+        """
+        real = self.journal._db
+
+        class BusyAtFirstCommit:
+            failed = False
+
+            @property
+            def in_transaction(self):
+                return real.in_transaction
+
+            def execute(self, sql, *args):
+                if sql == "COMMIT" and not self.failed:
+                    self.failed = True
+                    raise sqlite3.OperationalError("database is locked")
+                return real.execute(sql, *args)
+
+            def executemany(self, *args):
+                return real.executemany(*args)
+
+            def close(self):
+                real.close()
+
+        self.journal._db = BusyAtFirstCommit()
+        self.journal.job_added(self.job)
+        d = self.journal.durable()
+        with capturedLogs():
+            self.assertRaises(JournalError, self.journal.commit)
+        self.assertFalse(real.in_transaction, "the transaction of the failed COMMIT is still open")
+        self.assertNoResult(d)
+        with capturedLogs() as retry:
+            self.clock.advance(RETRY_DELAY)
+        self.assertEqual([e for e in retry if e["log_level"] == LogLevel.error], [])
+        self.assertIsNone(self.successResultOf(d))
         self.assertEqual(query(self.journal.path, "SELECT id FROM jobs ORDER BY id"), [("first",), ("j",)])
 
     def test_marks_survive_a_failed_write(self):

@@ -290,6 +290,8 @@ class Journal:
         if not self._dirty():
             self._fire_waiters()
             return
+        if self._lock_fd < 0:
+            raise JournalError(f"the journal {self.path} is closed; nothing more can be written to it")
         import sqlite3
 
         new_jobs, self._new_jobs = self._new_jobs, {}
@@ -435,13 +437,25 @@ class Journal:
         os.close(self._lock_fd)
 
     def close(self) -> None:
-        """Write what is marked, close the database and release the state directory."""
+        """
+        Write what is marked, close the database and release the state
+        directory.  If that last write fails, it is not retried: no retry
+        is left scheduled on a closed database.  Closing again does nothing.
+        """
+        if self._lock_fd < 0:
+            return
         try:
             self.commit()
         finally:
+            if self._commit_call is not None:
+                if self._commit_call.active():
+                    self._commit_call.cancel()
+                self._commit_call = None
             if self._db is not None:
                 self._db.close()
+                self._db = None
             os.close(self._lock_fd)
+            self._lock_fd = -1
 
 
 def default_state_dir(name: str, environ: Optional[dict[str, str]] = None) -> str:

@@ -588,6 +588,17 @@ class FailedWriteTests(JournalTestMixin, SynchronousTestCase):
         self.assertIsNone(self.successResultOf(d))
         self.assertEqual(query(self.journal.path, "SELECT id FROM jobs ORDER BY id"), [("first",), ("j",)])
 
+    def test_close_after_a_failed_write_leaves_no_retry(self):
+        """
+        close() whose last write fails raises it, and leaves no retry
+        scheduled on the closed database.
+        """
+        self.journal.job_added(self.job)
+        self.break_disk()
+        with capturedLogs():
+            self.assertRaises(JournalError, self.journal.close)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
     def test_marks_survive_a_failed_write(self):
         """
         What was marked before a failed write is not forgotten: the next

@@ -400,16 +400,20 @@ class Master:
             self._pending.setdefault(kind, deque()).appendleft((job.id, task_id))
         self.schedule_dispatch()
 
-    def worker_lost(self, name: str, why: str) -> None:
+    def worker_lost(self, name: str, why: str, count_loss: bool = True) -> None:
         """
         C{name} is gone: put its unconfirmed tasks back in the queue so that
         they run elsewhere (this is where delivery becomes at-least-once).
+
+        @param count_loss: whether this counts towards the tasks'
+            quarantine; not when the same worker process only moved to
+            another connection.
         """
         seat = self._workers.pop(name, None)
         if seat is None:
             return
         for job in self.unfinished():
-            self._lose(job, name, why)
+            self._lose(job, name, why, count_loss=count_loss)
         self.schedule_dispatch()
 
     def _lose(
@@ -625,7 +629,9 @@ class Master:
         cancelled = len(job.tasks) - before
         for record in job.tasks.values():
             self.journal.task_changed(job.id, record)
-        workers = sorted({record.worker for record in held if record.worker is not None})
+        # Every node that was ever given one of its tasks: one whose tasks were
+        # put back (its connection dropped, say) may still be running them.
+        workers = sorted(job.participants | {record.worker for record in held if record.worker is not None})
         for record in held:
             seat = self._workers.get(record.worker or "")
             if seat is not None and seat.outstanding > 0:

@@ -58,6 +58,9 @@ IDLE_HEARTBEAT_INTERVAL = 10.0
 IDLE_HEARTBEAT_TIMEOUT = 30.0
 """Seconds of silence after which an idle connection is closed as dead."""
 
+MAX_CANCELS_OWED = 1000
+"""Cancelled jobs remembered per worker that could not be told yet (the oldest are forgotten first)."""
+
 
 @attr.s(frozen=True, auto_attribs=True)
 class NodeConfig:
@@ -177,6 +180,8 @@ class Node:
         self._loads: dict[str, status.Load] = {}
         self._loads_asked = float("-inf")
         self._uploads: dict[str, tuple[PeerProtocol, list[Any]]] = {}
+        self._cancels_owed: dict[str, dict[str, None]] = {}
+        """Per worker, the cancelled jobs it could not be told of (it was not connected), oldest first."""
         self._upload_numbers = 0
         self.reconnects = 0
         self._per_address: dict[str, int] = {}
@@ -547,8 +552,23 @@ class Node:
         """A handshake completed: record the connection and offer the peer work."""
         old = self.peers.get(info.name)
         if old is not None and old.connection is not None and old.connection is not protocol:
+            same_process = old.info.instance == info.instance
+            lower_dials = dials(self.info.name, info.name)
+            if same_process and old.connection.dialled == lower_dials and protocol.dialled != lower_dials:
+                # Both sides dialled at once: keep the connection dialled by
+                # the lower name, on both sides alike, and close the other
+                # (which carried nothing yet from this side).
+                log.debug("Node {name} keeps its other connection to {peer}", name=self.info.name, peer=info.name)
+                protocol.transport.loseConnection()
+                return
             log.info("Node {name} replaces its connection to {peer}", name=self.info.name, peer=info.name)
-            self.master.worker_lost(info.name, "was replaced by a new connection")
+            if same_process:
+                # The same process holds its tasks, but what was in flight on
+                # the old connection may be lost with it: hand it out again,
+                # without counting it towards quarantine.
+                self.master.worker_lost(info.name, "moved to a new connection", count_loss=False)
+            else:
+                self.master.worker_lost(info.name, "was replaced by a new connection")
             old.connection.transport.loseConnection()
         if info.name in self._ever_connected:
             self.reconnects += 1
@@ -566,6 +586,8 @@ class Node:
         )
         if info.capabilities:
             self.master.worker_joined(info)
+        for job in self._cancels_owed.pop(info.name, {}):
+            self.send_cancel(info.name, job)
         if protocol.dialled:
             self._exchange_peers(protocol)
 
@@ -956,8 +978,13 @@ class Node:
             return
         record = self.peers.get(worker)
         if record is None or record.connection is None:
+            owed = self._cancels_owed.setdefault(worker, {})
+            owed[job] = None
+            while len(owed) > MAX_CANCELS_OWED:
+                del owed[next(iter(owed))]
             log.warn(
-                "Node {name} could not tell {worker} to stop job {job}: not connected; its results will be dropped",
+                "Node {name} could not tell {worker} to stop job {job} yet: not connected; it will be told "
+                "when it connects again, and its results are dropped meanwhile",
                 name=self.info.name, worker=worker, job=job,
             )
             return

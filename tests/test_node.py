@@ -221,6 +221,48 @@ class MembershipTests(SynchronousTestCase):
         job = cluster.nodes["a1"].initial_job.result
         self.assertEqual({t: r.result.node for t, r in job.tasks.items()}, {"d9": "d1", "c9": "c1"})
 
+    def test_two_seeds_dialling_each_other_keep_one_connection(self):
+        """
+        Two nodes that are each other's seed dial at once; both keep the
+        connection dialled by the lower name, and neither reports a lost
+        connection (which would put the other's tasks back and count a loss).
+        """
+        cluster = Cluster()
+        with capturedLogs() as events:
+            cluster.add("a1", address="127.0.0.1", port=5001, multicast=False, seeds=(("127.0.0.2", 5002),))
+            cluster.add("b1", address="127.0.0.2", port=5002, multicast=False, seeds=(("127.0.0.1", 5001),))
+            cluster.network.run(30.0)
+        self.assertTrue(cluster.connected("a1", "b1") and cluster.connected("b1", "a1"))
+        self.assertEqual(
+            cluster.nodes["a1"].peers.get("b1").connection.transport.getPeer().port,
+            cluster.nodes["b1"].peers.get("a1").connection.transport.getHost().port,
+        )
+        self.assertEqual([text(e) for e in events if "lost its connection" in e["log_format"]], [])
+
+    def test_a_cancel_owed_to_a_disconnected_worker_reaches_it_on_reconnection(self):
+        """
+        A job cancelled while its worker is disconnected is cancelled on
+        that worker as soon as it connects again: the task it was still
+        running is stopped, not left to finish.
+        """
+        cluster = Cluster()
+        cluster.add_master(w_tasks(1, ("sleep", "3600")))
+        cluster.add_worker("w1", duration=3600.0)
+        cluster.network.run_until(lambda: cluster.runners["w1"].running, limit=10)
+        master = cluster.nodes["m1"]
+        job = next(iter(master.master.jobs))
+        master.peers.get("w1").connection.transport.loseConnection()
+        cluster.network.flush()
+        self.assertFalse(cluster.connected("m1", "w1"))
+        self.assertTrue(cluster.runners["w1"].running, "a dropped connection does not stop a running task")
+        with capturedLogs() as events:
+            master.master.cancel(job, by="a test")
+        self.assertTrue(any("when it connects again" in text(e) for e in events))
+        cluster.network.run_until(lambda: cluster.connected("m1", "w1"), limit=60)
+        cluster.network.flush()
+        self.assertEqual(cluster.runners["w1"].running, {})
+        self.assertEqual([key[0] for key in cluster.runners["w1"].stopped], [job])
+
     def test_ready_once_listening_and_joined(self):
         """
         L{Node.ready} fires once the node listens and discovery has joined its

@@ -214,6 +214,25 @@ class CancelQueueTests(SynchronousTestCase):
         self.assertEqual(master.pending_count(), 0)
 
 
+    def test_cancel_reaches_a_worker_whose_tasks_were_put_back(self):
+        """
+        A worker whose connection dropped had its tasks put back, but its
+        process may still run them: cancelling the job tells it too.
+        """
+        clock = Clock()
+        link = RecordingLink()
+        master = Master(node(name="m1", capabilities=()), link, link, clock)
+        master.worker_joined(node(name="w1", capabilities=("w",), slots=1))
+        job = master.submit([TaskSpec(id="t1", kind="w", command=("sleep", "3600"))])
+        clock.advance(0)
+        master.worker_lost("w1", "lost its connection")
+        clock.advance(0)
+        master.worker_joined(node(name="w1", capabilities=("w",), slots=1))
+        master.cancel(job.id, by="a test")
+        clock.advance(0)
+        self.assertEqual(link.cancels, [("w1", job.id)])
+
+
 class JournalDurableTests(SynchronousTestCase):
     """L{Journal.durable} after a failed commit."""
 

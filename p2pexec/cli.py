@@ -91,6 +91,18 @@ FILE_MARK = "::::"
 T = TypeVar("T")
 
 
+def describe_tls_error(error: Exception) -> str:
+    """
+    The reasons in an OpenSSL error, e.g. C{tlsv13 alert certificate
+    required}, instead of its nested list of tuples.
+    """
+    reasons = []
+    for entry in error.args[0] if error.args and isinstance(error.args[0], list) else []:
+        if isinstance(entry, tuple) and entry and isinstance(entry[-1], str):
+            reasons.append(entry[-1])
+    return "; ".join(reasons) or str(error) or type(error).__name__
+
+
 class CliError(Exception):
     """
     Something the user must hear about, in one line on stderr, and the exit
@@ -840,6 +852,16 @@ class NodeClient:
             except (error.ConnectionDone, error.ConnectionLost, error.ConnectionClosed):
                 hint = "" if self._tls else " (if it speaks TLS, add --tls)"
                 raise CliError(f"the node at {self.address} closed the connection while authenticating{hint}") from None
+            except Exception as e:
+                self.close()
+                if self._tls and type(e).__module__.startswith("OpenSSL"):
+                    # A node with the operator's certificates (--tls-cert) asks
+                    # for a client certificate, which this client does not have.
+                    raise CliError(
+                        f"the TLS handshake with {self.address} failed ({describe_tls_error(e)}); the client "
+                        f"reaches nodes that run --tls with their own certificates, not ones given --tls-cert"
+                    ) from None
+                raise CliError(f"the connection to {self.address} failed while authenticating: {e}") from None
 
     async def call(self, command: type[amp.Command], **arguments: Any) -> dict[str, Any]:
         """Send C{command} and wait (at most the timeout) for its answer."""

@@ -16,6 +16,7 @@ from typing import Any
 from p2pexec.auth import generate_key
 from p2pexec.tls import load_or_create_identity
 from tests.integration.cluster import Cluster
+from tests.integration.test_cli import CliTestCase
 from tests.integration.test_cluster import JOB_FINISHED, IntegrationTestCase
 
 
@@ -223,3 +224,27 @@ class OperatorCertificateTests(IntegrationTestCase):
         self.assertFalse(a1.has(r"connected to peer c1"), a1.log_tail())
         self.assertFalse(c1.has(r"connected to peer"), c1.log_tail())
         self.assertLogClean(b1)
+
+
+class ClientTlsTests(CliTestCase):
+    """The client against a node that asks for the operator's client certificates."""
+
+    def test_client_against_operator_certificates_says_why_in_one_line(self) -> None:
+        """
+        C{p2pexec --tls} has no client certificate: against a node given
+        --tls-cert/--tls-key/--tls-ca the handshake fails, and the client
+        says so in one line (status 2, no traceback), naming the address.
+        """
+        cluster = Cluster(self)
+        folder = cluster.folder
+        key = key_file(folder)
+        cert, private = make_node_cert(folder, make_ca(folder, "cluster"), "a1")
+        a1 = cluster.start(
+            "a1", "--key-file", key, "--tls", "--tls-cert", cert, "--tls-key", private,
+            "--tls-ca", os.path.join(folder, "cluster-ca.pem"),
+        )
+        self.assertOneLineError(
+            self.cli(cluster, a1.port, "--tls", "--key-file", key, "status"),
+            f"the TLS handshake with 127.0.0.1:{a1.port} failed",
+            "not ones given --tls-cert",
+        )

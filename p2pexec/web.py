@@ -296,6 +296,16 @@ class _NotFound(Resource):
         return _error(request, http.NOT_FOUND, f"no such resource: {request.path.decode('utf-8', 'replace')}")
 
 
+class _Api(Resource):
+    """C{/api}: its endpoints below; anything else under it is a JSON 404, as its own errors are."""
+
+    def getChild(self, path: bytes, request: Request) -> Resource:
+        return _NotFound()
+
+    def render(self, request: Request) -> bytes:
+        return _NotFound().render(request)
+
+
 class _Root(Resource):
     """C{/}: the dashboard; C{/api}, C{/metrics}, C{/healthz}, C{/static} below."""
 
@@ -325,7 +335,7 @@ class _QuietSite(Site):
 
 def site(node: "Node") -> Site:
     """The node's HTTP site: API, metrics, health check and dashboard."""
-    api = Resource()
+    api = _Api()
     api.putChild(b"peers", PeersResource(node))
     api.putChild(b"topology", TopologyResource(node))
     api.putChild(b"jobs", JobsResource(node))

@@ -177,5 +177,9 @@ class ApiTests(IntegrationTestCase):
         self.http.check("GET", f"/api/jobs/{job_id}?state=sleeping", "/api/jobs/{job}", expect=400)
         status, body, _ = self.http.request("DELETE", "/api/jobs")
         self.assertEqual((status, body), (405, {"error": "DELETE is not allowed here"}))
+        for path in ("/api", "/api/nope", "/api/jobs/x/y/z", "/nope"):
+            status, body, kind = self.http.request("GET", path)
+            self.assertEqual((status, kind.split(";")[0]), (404, "application/json"), (path, body))
+            self.assertEqual(body, {"error": f"no such resource: {path}"})
         for node in (self.a1, self.b1):
             self.assertLogClean(node)

@@ -18,12 +18,13 @@ from collections import OrderedDict, deque
 from typing import Optional, Protocol
 
 import attr
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.python.failure import Failure
 
 from p2pexec import commands
 from p2pexec.log import MAX_IDS_IN_LOG, NodeLogger, format_ids
-from p2pexec.model import RETURNED, SUCCEEDED, Assignment, TaskResult
+from p2pexec.model import ERROR, RETURNED, SUCCEEDED, Assignment, TaskResult
 
 log = NodeLogger()
 
@@ -180,12 +181,28 @@ class Worker:
                         ),
                     )
                 else:
-                    self._runner.run(entry.job, entry.assignment).addCallback(
-                        lambda result, entry=entry: self._finished(entry, result)
-                    )
+                    running = maybeDeferred(self._runner.run, entry.job, entry.assignment)
+                    running.addErrback(self._runner_failed, entry)
+                    running.addCallback(lambda result, entry=entry: self._finished(entry, result))
         finally:
             self._starting = False
         self._log_started(started)
+
+    def _runner_failed(self, failure: Failure, entry: _Queued) -> TaskResult:
+        """
+        The runner broke instead of reporting how the task ended (a bug):
+        log it, and end the attempt as an C{error} result naming it, so the
+        slot is freed and the master hears of the task.
+        """
+        task = entry.assignment.task
+        log.failure("Node {name} could not run task {task}", failure, name=self.name, task=task.id, job=entry.job)
+        return TaskResult(
+            task_id=task.id,
+            attempt=entry.assignment.attempt,
+            status=ERROR,
+            node=self.name,
+            error=f"node {self.name} could not run it: {failure.getErrorMessage() or failure.type.__name__}",
+        )
 
     def _log_started(self, started: list[tuple[str, str]]) -> None:
         """One line per task, as the original; one line per burst past L{MAX_IDS_IN_LOG}."""

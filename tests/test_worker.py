@@ -1,5 +1,6 @@
 """Tests for L{p2pexec.worker}: slots, batching and leaving."""
 
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
@@ -63,6 +64,37 @@ class WorkerTests(SynchronousTestCase):
         self.assertEqual(self.sink.batches, [("j", [("t1", 1, "succeeded"), ("t2", 1, "succeeded")])])
         self.assertEqual(started_when_sent, [2], "t3 had not started when t1's and t2's results went out")
         self.assertEqual(len(self.runner.runs), 3, "t3 started after that")
+
+    def test_a_broken_runner_frees_the_slot_and_reports_an_error(self):
+        """
+        A runner that raises, or whose Deferred fails, instead of reporting
+        how the task ended, costs no slot: the attempt ends as an C{error}
+        result naming the problem, the failure is logged, and the next task
+        starts.
+        """
+        runs = []
+
+        def broken(job, assignment):
+            runs.append(assignment.task.id)
+            if assignment.task.id == "t1":
+                raise RuntimeError("no such executor")
+            return Deferred.fromCoroutine(self._fail("pipe gone"))
+
+        self.runner.run = broken
+        worker = Worker("w1", frozenset({"w"}), 1, self.runner, self.clock)
+        with capturedLogs():
+            worker.accept(self.sink, "j", [command_task("t1"), command_task("t2")])
+            self.clock.advance(0)
+        self.assertEqual(runs, ["t1", "t2"])
+        self.assertEqual(worker.running, 0)
+        self.assertEqual(
+            [(task, status) for _, results in self.sink.batches for task, _, status in results],
+            [("t1", "error"), ("t2", "error")],
+        )
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError, ConnectionError)), 2)
+
+    async def _fail(self, why):
+        raise ConnectionError(why)
 
     def test_instruction_results_batched_per_turn(self):
         """Instructions that finish together go back as one batch, at the end of the turn."""

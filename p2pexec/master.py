@@ -77,6 +77,10 @@ WAITING_GRACE = 3.0
 MAX_PREFETCH = 2000
 """The most tasks queued on a worker beyond its slots."""
 
+MAX_FINISHED_JOBS = 1000
+"""Finished jobs a master keeps in memory, for their status and results; past
+that the oldest are forgotten (the journal keeps them for a week)."""
+
 
 @attr.s(auto_attribs=True)
 class _WorkerSeat:
@@ -306,7 +310,9 @@ class Master:
             )
 
     def _reconciled(self, answer: dict[str, list[str]], worker: str, job_id: str, attempts: list[tuple[str, int]]) -> None:
-        job = self.jobs[job_id]
+        job = self.jobs.get(job_id)
+        if job is None:
+            return
         unknown = set(answer.get("unknown", []))
         lost = [(task_id, attempt) for task_id, attempt in attempts if task_id in unknown]
         log.info(
@@ -323,7 +329,9 @@ class Master:
             self._release(worker, self._lose(job, worker, "no longer had them", lost, count_loss=False))
 
     def _reconcile_failed(self, failure: Any, worker: str, job_id: str, attempts: list[tuple[str, int]]) -> None:
-        job = self.jobs[job_id]
+        job = self.jobs.get(job_id)
+        if job is None:
+            return
         log.warn(
             "Node {name} could not ask worker {worker} about {count} task(s) of job {job}: {error}; "
             "they run again",
@@ -606,10 +614,23 @@ class Master:
                 failed=job.failed,
                 elapsed=job.elapsed(now),
             )
+            self._forget_oldest_finished()
 
         # Announced once its end is in the journal (written again and again
         # if the disk is full, so this may wait; the journal says why).
         self.journal.durable().addCallback(announce)
+
+    def _forget_oldest_finished(self) -> None:
+        """Keep at most L{MAX_FINISHED_JOBS} finished jobs in memory: a daemon runs for months."""
+        announced = [self.jobs[job_id] for job_id in self._announced if job_id in self.jobs]
+        excess = len(announced) - MAX_FINISHED_JOBS
+        if excess <= 0:
+            return
+        for job in sorted(announced, key=lambda job: job.finished or 0.0)[:excess]:
+            del self.jobs[job.id]
+            self._announced.discard(job.id)
+            log.debug("Node {name} forgot finished job {job} (kept: the newest {limit})",
+                      name=self.me.name, job=job.id, limit=MAX_FINISHED_JOBS)
 
     # -- cancellation ---------------------------------------------------------
 

@@ -7,6 +7,7 @@ from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
+from p2pexec import master as master_module
 from p2pexec.job import Job, TaskState, Verdict
 from p2pexec.journal import Journal, NullJournal
 from p2pexec.master import RECONCILE_GRACE, Master
@@ -255,6 +256,20 @@ class MasterTests(SynchronousTestCase):
         """A job without tasks is finished as soon as it is accepted."""
         job = self.master.submit([])
         self.assertEqual(self.link.finished, [job.id])
+
+    def test_only_the_newest_finished_jobs_are_kept(self):
+        """
+        A master keeps at most MAX_FINISHED_JOBS finished jobs in memory,
+        forgetting the oldest first; unfinished ones are never forgotten.
+        """
+        self.patch(master_module, "MAX_FINISHED_JOBS", 2)
+        waiting = self.master.submit([TaskSpec.instruction("z1")])
+        finished = []
+        for _ in range(4):
+            finished.append(self.master.submit([]).id)
+            self.clock.advance(1)
+        self.assertEqual(sorted(self.master.jobs), sorted([waiting.id, *finished[-2:]]))
+        self.assertEqual(self.link.finished, finished)
 
     def test_unknown_job(self):
         """Confirming a job this master does not have raises KeyError."""

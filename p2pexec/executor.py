@@ -29,7 +29,7 @@ from twisted.python.failure import Failure
 from p2pexec import spawn
 from p2pexec.log import NodeLogger
 from p2pexec.model import ERROR, FAILED, SUCCEEDED, TIMED_OUT, Assignment, TaskResult
-from p2pexec.policy import SHELL, CommandPolicy, Refusal
+from p2pexec.policy import SHELL, CommandPolicy, Refusal, find_program
 
 log = NodeLogger()
 
@@ -115,7 +115,7 @@ class ProcessExecutor:
         self._setsid = None if self._session_spawn else shutil.which("setsid")
         # Tasks read nothing: their stdin is /dev/null, opened once, not a pipe per task.
         self._devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-        self._found: dict[tuple[str, str], str] = {}
+        self._found: dict[tuple[str, str, Optional[str]], str] = {}
         self.running: dict[int, Any] = {}
         self._pids: dict[tuple[str, str, int], int] = {}
         self._pending_kills: dict[int, IDelayedCall] = {}
@@ -148,7 +148,9 @@ class ProcessExecutor:
         else:
             argv = list(task.command or ())
         search_path = environment.get("PATH", os.defpath)
-        decision = self._policy.decide(argv, task.cwd, search_path, shell=task.shell)
+        decision = self._policy.check_environment([name for name, _ in task.env]) or self._policy.decide(
+            argv, task.cwd, search_path, shell=task.shell
+        )
         if isinstance(decision, Refusal):
             log.warn(
                 "Node {name} refused task {task} of job {job} (attempt {attempt}): {reason}",
@@ -165,9 +167,12 @@ class ProcessExecutor:
         program = decision
         name = argv[0]
         if os.sep not in program:
-            found = self._which(program, search_path)
+            found = self._which(program, search_path, task.cwd)
             if found is None:
                 return _succeed(result(ERROR, exit_code=127, error=f"command not found: {name!r}"))
+            # Started by the path found on the task's PATH (argv[0] stays as
+            # given): a spawn would otherwise search the node's own PATH.
+            program = found
         elif not os.access(os.path.join(task.cwd or "", program), os.X_OK):
             return _succeed(result(ERROR, exit_code=126, error=f"{name!r} is not an executable file"))
         if self._setsid is not None:
@@ -219,15 +224,16 @@ class ProcessExecutor:
 
         return protocol.ended.addCallback(ended)
 
-    def _which(self, program: str, search_path: str) -> Optional[str]:
+    def _which(self, program: str, search_path: str, cwd: Optional[str]) -> Optional[str]:
         """
-        Where C{program} is on C{search_path}; hits are remembered (a program
-        that disappears later fails to start, and says so).
+        Where C{program} is on C{search_path} (relative entries taken from
+        C{cwd}, as C{exec} in it would); hits are remembered (a program that
+        disappears later fails to start, and says so).
         """
-        key = (program, search_path)
+        key = (program, search_path, cwd)
         found = self._found.get(key)
         if found is None:
-            found = shutil.which(program, path=search_path)
+            found = find_program(program, cwd, search_path)
             if found is not None:
                 if len(self._found) > 1024:
                     self._found.clear()

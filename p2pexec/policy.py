@@ -33,6 +33,24 @@ SHELL_NAME = "sh"
 
 _REFUSED = "refused by this node's command policy: "
 
+INJECTING_VARIABLES = frozenset({
+    "BASH_ENV", "ENV", "SHELLOPTS", "BASHOPTS", "PS4", "PROMPT_COMMAND", "IFS",
+    "GCONV_PATH", "LOCPATH", "NLSPATH", "HOSTALIASES", "RESOLV_HOST_CONF", "GETCONF_DIR",
+    "PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "PYTHONINSPECT", "PYTHONUSERBASE", "PYTHONBREAKPOINT",
+    "PERL5LIB", "PERLLIB", "PERL5OPT", "PERL5DB", "RUBYOPT", "RUBYLIB", "NODE_OPTIONS", "NODE_PATH",
+    "JAVA_TOOL_OPTIONS", "_JAVA_OPTIONS", "JDK_JAVA_OPTIONS", "CLASSPATH", "LUA_INIT", "LUA_PATH", "LUA_CPATH",
+    "TCLLIBPATH", "GIT_EXEC_PATH", "GIT_CONFIG_PARAMETERS", "OPENSSL_CONF", "OPENSSL_ENGINES",
+})
+"""Variables that make a program load or run code named by the variable, refused under a command policy."""
+
+INJECTING_PREFIXES = ("LD_", "DYLD_", "BASH_FUNC_", "MALLOC_", "GLIBC_TUNABLES")
+"""Prefixes of such variables: the dynamic loader's, exported bash functions, the C library's tunables."""
+
+
+def is_injecting_variable(name: str) -> bool:
+    """Whether setting C{name} in a task's environment could run code the policy did not allow."""
+    return name in INJECTING_VARIABLES or name.startswith(INJECTING_PREFIXES)
+
 
 @attr.s(frozen=True, slots=True, auto_attribs=True)
 class Refusal:
@@ -106,6 +124,23 @@ class CommandPolicy:
             return self._allowed(argv[0], cwd, search_path, shell)
         return argv[0]
 
+    def check_environment(self, names: Sequence[str]) -> Optional[Refusal]:
+        """
+        Under C{--allow} or C{--instructions}, refuse a task that sets a
+        variable that makes an allowed program load or run other code
+        (C{LD_PRELOAD}, C{BASH_ENV}, C{PYTHONPATH} ... see
+        L{INJECTING_VARIABLES}); with no policy, anything goes.
+        """
+        if self.allows_everything:
+            return None
+        bad = sorted(name for name in names if is_injecting_variable(name))
+        if not bad:
+            return None
+        return Refusal(
+            f"{_REFUSED}the task sets {', '.join(bad)}, which could make an allowed program run "
+            f"code the policy did not allow"
+        )
+
     def _matches(self, candidates: Sequence[str]) -> bool:
         return any(fnmatch.fnmatchcase(candidate, pattern) for pattern in self.allow for candidate in candidates)
 
@@ -120,8 +155,11 @@ class CommandPolicy:
                 f"{_REFUSED}a shell task runs {SHELL}, and neither {SHELL} nor {SHELL_NAME} "
                 f"matches an --allow pattern {allowed}"
             )
-        found = _find(program, cwd, search_path)
-        candidates = [program]
+        found = find_program(program, cwd, search_path)
+        # A name as given is a candidate only if it is a plain name: a path
+        # is matched once normalised, or "/usr/bin/../../tmp/x" would pass
+        # "/usr/bin/*" (fnmatch's * crosses "/").
+        candidates = [] if os.sep in program else [program]
         if found is not None:
             candidates += [found, os.path.realpath(found)]
         if self._matches(candidates):
@@ -156,7 +194,7 @@ class CommandPolicy:
         return real
 
 
-def _find(program: str, cwd: Optional[str], search_path: str) -> Optional[str]:
+def find_program(program: str, cwd: Optional[str], search_path: str) -> Optional[str]:
     """
     The absolute, normalised path C{program} names: itself, relative to
     C{cwd}, if it has a C{/}; else the first executable file of that name

@@ -148,6 +148,29 @@ class ExecutorTests(TestCase):
         self.assertEqual(self.executor.running, {})
 
 
+class TaskPathTests(TestCase):
+    """A task's own PATH is where its program is looked up, with or without a cwd."""
+
+    timeout = 20
+
+    async def test_program_found_on_the_tasks_path(self):
+        """
+        A program that is only on the task's PATH runs; without a cwd this
+        used to search the node's PATH.
+        """
+        folder = os.path.abspath(self.mktemp())
+        os.makedirs(folder)
+        with open(os.path.join(folder, "p2pexec-only-here"), "w") as f:
+            f.write('#!/bin/sh\necho ran\n')
+        os.chmod(os.path.join(folder, "p2pexec-only-here"), 0o755)
+        executor = ProcessExecutor(reactor, "w1", kill_grace=1.0)
+        for cwd in (None, "/"):
+            result = await executor.run(
+                "job-1", task(["p2pexec-only-here"], env=(("PATH", folder + ":/usr/bin:/bin"),), cwd=cwd)
+            )
+            self.assertEqual((result.status, result.stdout, result.error), (SUCCEEDED, "ran\n", None), cwd)
+
+
 class PolicyTests(TestCase):
     """L{ProcessExecutor.run} asks its L{CommandPolicy} first; a refused command never starts."""
 
@@ -230,6 +253,38 @@ class PolicyTests(TestCase):
         self.assertIn("'/usr/bin/touch' is not an instruction name", result.error)
         result = await self.run_refused(executor, task(["touch", self.side]))
         self.assertIn("there is no instruction 'touch'", result.error)
+
+    async def test_dotdot_cannot_leave_an_allowed_folder(self):
+        """
+        "/usr/bin/*" does not allow "/usr/bin/../..FOLDER/prog": the path is
+        matched once normalised, so the program outside /usr/bin never runs.
+        """
+        program = os.path.join(self.folder, "outside")
+        with open(program, "w") as f:
+            f.write(f"#!/bin/sh\ntouch {self.side}\n")
+        os.chmod(program, 0o755)
+        executor = self.executor(allow=["/usr/bin/*"])
+        result = await self.run_refused(executor, task(["/usr/bin/../.." + program]))
+        self.assertIn(f"({program}) matches no --allow pattern", result.error)
+
+    async def test_code_injecting_environment_refused_under_a_policy(self):
+        """
+        Under --allow, a task that sets LD_PRELOAD (or BASH_ENV, PYTHONPATH,
+        an exported bash function ...) is refused before anything starts: the
+        allowed program could otherwise be made to run any code.
+        """
+        executor = self.executor(allow=["/usr/bin/true", "touch"])
+        for name in ("LD_PRELOAD", "BASH_ENV", "PYTHONPATH", "BASH_FUNC_true%%", "GLIBC_TUNABLES"):
+            result = await self.run_refused(executor, task(["touch", self.side], env=((name, "/x"),)))
+            self.assertIn(f"the task sets {name}, which could make an allowed program run code", result.error)
+
+    async def test_ordinary_environment_allowed_under_a_policy(self):
+        """Variables that run no code (PATH, LANG, the task's own) pass under a policy, as without one."""
+        executor = self.executor(allow=["sh"])
+        result = await executor.run(
+            "job-1", task("echo $GREETING", shell=True, env=(("GREETING", "hi"), ("LANG", "C"), ("PATH", "/usr/bin:/bin")))
+        )
+        self.assertEqual((result.status, result.stdout), (SUCCEEDED, "hi\n"))
 
     def test_default_allows_everything_and_says_so(self):
         """Without a policy, the executor allows everything and logs so once, at info level."""

@@ -69,7 +69,14 @@ class _TaskProcess(ProcessProtocol):
         self.stdout = _Tail(limit)
         self.stderr = _Tail(limit)
         self.ended: Deferred[BaseException] = Deferred()
+        self.pid: Optional[int] = None
 
+    def makeConnection(self, transport: Any) -> None:
+        # The pid, and so the task's process group, is known here; a child
+        # that exits at once may already be reaped (transport.pid None) by
+        # the time spawning returns.
+        self.pid = transport.pid
+        super().makeConnection(transport)
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
         (self.stdout if childFD == 1 else self.stderr).write(data)
@@ -189,7 +196,7 @@ class ProcessExecutor:
                 )
         except (OSError, ValueError) as e:
             return _succeed(result(ERROR, error=f"could not start {name!r}: {e}"))
-        pid = transport.pid
+        pid = protocol.pid if protocol.pid is not None else transport.pid
         self.running[pid] = protocol
         attempt_key = (job, task.id, assignment.attempt)
         self._pids[attempt_key] = pid
@@ -208,6 +215,7 @@ class ProcessExecutor:
             self._pids.pop(attempt_key, None)
             if timer is not None and timer.active():
                 timer.cancel()
+            self._stop_leftovers(pid, task.id, job)
             fields: dict[str, Any] = {
                 "stdout": protocol.stdout.text(),
                 "stderr": protocol.stderr.text(),
@@ -252,6 +260,23 @@ class ProcessExecutor:
             return
         self._pending_kills[pid] = self._clock.callLater(self._kill_grace, self._final_kill, pid)
         protocol.ended.addBoth(lambda result: (self._watch_group(pid), result)[1])
+
+    def _stop_leftovers(self, pid: int, task_id: str, job: str) -> None:
+        """
+        A task has ended: whatever it left running in its process group (a
+        child sent to the background) is stopped too, SIGTERM now and
+        SIGKILL after the grace period, so that nothing of a finished task
+        runs on untracked.
+        """
+        if pid in self._pending_kills or not _group_exists(pid):
+            return
+        log.info(
+            "Node {name}: task {task} of job {job} ended and left processes running; stopping them",
+            name=self._node_name, task=task_id, job=job,
+        )
+        _kill_group_only(pid, signal.SIGTERM)
+        self._pending_kills[pid] = self._clock.callLater(self._kill_grace, self._final_kill, pid)
+        self._watch_group(pid)
 
     def _watch_group(self, pid: int) -> None:
         """Call off the group's SIGKILL once nothing is left in it; look again shortly otherwise."""

@@ -364,8 +364,10 @@ class Node:
                     await self.worker.when_idle().addTimeout(10.0, self._reactor)
                 except TimeoutError:
                     log.error("Node {name}: tasks did not stop; leaving anyway", name=self.info.name)
-                # What ignored SIGTERM gets its SIGKILL before the node goes.
-                await _bounded(self.worker.settled(), 10.0, self._reactor)
+        # What ignored SIGTERM (a task stopped now, or one that timed out,
+        # was cancelled or left children behind a moment ago) gets its
+        # SIGKILL before the node goes.
+        await _bounded(self.worker.settled(), 10.0, self._reactor)
         self.worker.flush()
         if self._in_flight:
             await _bounded(DeferredList(list(self._in_flight), consumeErrors=True), self.config.disconnect_timeout, self._reactor)

@@ -122,6 +122,22 @@ class ExecutorTests(TestCase):
         result = await self.run_task(task("trap '' TERM; sleep 60 & wait; sleep 60", shell=True, timeout=0.3))
         self.assertEqual(result.status, TIMED_OUT)
 
+    async def test_leftovers_of_a_finished_task_are_stopped(self):
+        """
+        A task that exits 0 at once, leaving a child in the background (output
+        sent elsewhere, SIGTERM ignored), succeeds; the child is stopped with
+        its group (SIGTERM, then SIGKILL after the grace), and nothing is left
+        once the executor has settled.
+        """
+        result = await self.run_task(
+            task("(trap '' TERM; exec sleep 60) </dev/null >/dev/null 2>&1 & echo $!", shell=True)
+        )
+        self.assertEqual(result.status, SUCCEEDED)
+        child = int(result.stdout)
+        self.addCleanup(lambda: _alive(child) and os.kill(child, 9))
+        await self.executor.settled()
+        self.assertFalse(_alive(child), f"pid {child}, left behind by a finished task, still runs")
+
     async def test_command_not_found(self):
         """A missing program is an error result that names it, not an exception."""
         result = await self.run_task(task(["no-such-program-p2pexec"]))

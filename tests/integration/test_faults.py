@@ -352,6 +352,47 @@ class TimeoutTests(IntegrationTestCase):
         self.assertLogClean(node)
 
 
+    def test_nothing_of_a_task_outlives_it_or_the_node(self) -> None:
+        """
+        Two shell tasks leave a child that ignores SIGTERM behind, output
+        sent elsewhere: one times out at once, the other exits 0 at once.
+        The node (--exit-when-done) finishes the job and exits 0, and by then
+        neither child is left: a task's leftovers are stopped when it ends,
+        and the node waits for their SIGKILL before it goes.
+        """
+        cluster = Cluster(self)
+        results = cluster.path("results.json")
+        job_file = cluster.path("job.toml")
+        pid_files = {name: cluster.path(f"{name}.pids") for name in ("timed-out", "exited")}
+        for path in pid_files.values():
+            self.addCleanup(kill_recorded, path)
+        stubborn_child = "(trap '' TERM; exec sleep 300) </dev/null >/dev/null 2>&1 &"
+        tasks = [
+            {"id": "timed-out", "timeout": 0.5,
+             "command": f"{stubborn_child} echo $! > {shell_quote(pid_files['timed-out'])}; sleep 300"},
+            {"id": "exited", "command": f"{stubborn_child} echo $! > {shell_quote(pid_files['exited'])}"},
+        ]
+        write_job_file(job_file, {"kind": "sh", "shell": True}, tasks)
+        node = cluster.start(
+            "t1", "--capabilities", "sh", "--slots", "2", "--job", job_file, "--results", results, "--exit-when-done",
+        )
+        self.assertEqual(node.wait_exit(30), 0, node.log_tail())
+        report = self.results_of(node, results)
+        self.assertEqual(
+            (report["by_id"]["timed-out"]["status"], report["by_id"]["exited"]["status"]), ("timed-out", "succeeded"),
+            report["by_id"],
+        )
+        children = {name: read_pids(path) for name, path in pid_files.items()}
+        self.assertEqual([len(pids) for pids in children.values()], [1, 1], children)
+        cluster.wait_until(
+            lambda: not any(exists(pids[0]) for pids in children.values()),
+            lambda: f"left running after the node exited: {children}\n{node.log_tail()}",
+            timeout=2,
+        )
+        self.assertTrue(node.has(r"task exited of job \S+ ended and left processes running; stopping them"))
+        self.assertLogClean(node)
+
+
 class CancelTests(IntegrationTestCase):
     """CANCEL_JOB from an operator's client while the job runs on three nodes."""
 

@@ -246,7 +246,10 @@ def run_arguments(line: RunLine, stdin: TextIO) -> list[str]:
             raise CliError(
                 f"run: give the arguments after {ARGUMENTS_MARK} or {FILE_MARK} FILE, or pipe them in, one a line"
             )
-        arguments = read_argument_lines(stdin)
+        try:
+            arguments = read_argument_lines(stdin)
+        except UnicodeDecodeError as e:
+            raise CliError(f"run: cannot read standard input: {e}") from None
         where = "standard input"
     else:
         try:

@@ -47,11 +47,19 @@ def load_job_file(path: str) -> list[TaskSpec]:
 
     try:
         with open(path, "rb") as f:
-            data = tomllib.load(f)
+            raw = f.read()
     except OSError as e:
         raise JobFileError(f"job file {path}: cannot be read: {e.strerror or e}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise JobFileError(f"job file {path}: not UTF-8 text (byte {e.start} is {raw[e.start]:#04x}); TOML files are UTF-8") from None
+    try:
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise JobFileError(f"job file {path}: not valid TOML: {e}") from None
+    except RecursionError:
+        raise JobFileError(f"job file {path}: its arrays or tables are nested too deeply") from None
     return parse_job(data, path)
 
 
@@ -110,7 +118,12 @@ def parse_job(data: dict[str, Any], source: str = "<job>", label: Optional[str] 
         if spec.id in seen:
             raise JobFileError(f"{at}: id {spec.id!r} is already used by task #{seen[spec.id]}")
         seen[spec.id] = number
-        size = len(json.dumps(spec.to_wire(), ensure_ascii=False).encode("utf-8"))
+        try:
+            size = len(json.dumps(spec.to_wire(), ensure_ascii=False).encode("utf-8"))
+        except UnicodeEncodeError:
+            # A lone surrogate: what Python makes of bytes that are not UTF-8 in
+            # a command line, a file name or an environment.
+            raise JobFileError(f"{at}: holds text that is not valid UTF-8") from None
         if size > MAX_TASK_BYTES:
             raise JobFileError(f"{at}: the task is {size} bytes, over the {MAX_TASK_BYTES}-byte limit")
         specs.append(spec)

@@ -334,6 +334,20 @@ class RunExpansionTests(SynchronousTestCase):
         )
 
 
+    def test_arguments_that_are_not_utf8(self) -> None:
+        """
+        Bytes that are not UTF-8 on the command line (lone surrogates to
+        Python) or on standard input are refused in one line, not a traceback.
+        """
+        with self.assertRaises(cli.CliError) as raised:
+            cli.run_tasks(["echo"], ["caf\udce9"], "sh")
+        self.assertIn("holds text that is not valid UTF-8", raised.exception.message)
+        stdin = io.TextIOWrapper(io.BytesIO(b"caf\xe9\n"), encoding="utf-8")
+        with self.assertRaises(cli.CliError) as raised:
+            cli.run_arguments(cli.RunLine(("echo",), file="-"), stdin)
+        self.assertIn("run: cannot read standard input", raised.exception.message)
+
+
 class TaskIdTests(SynchronousTestCase):
     """run's task ids come from the arguments when they can."""
 

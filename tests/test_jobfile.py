@@ -49,6 +49,19 @@ class JobFileTests(SynchronousTestCase):
         """A syntax error names the file and says where."""
         self.assertRefused('[[task]\nid = "x"\n', "not valid TOML", "line")
 
+    def test_not_utf8(self):
+        """A file that is not UTF-8 is refused, naming the file and the first bad byte."""
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write(b'[[task]]\nid = "caf\xe9"\n')
+        with self.assertRaises(JobFileError) as caught:
+            load_job_file(path)
+        self.assertEqual(str(caught.exception), f"job file {path}: not UTF-8 text (byte 18 is 0xe9); TOML files are UTF-8")
+
+    def test_nested_too_deeply(self):
+        """Arrays nested thousands deep are refused in one line, not a RecursionError."""
+        self.assertRefused("x = " + "[" * 5000 + "]" * 5000 + "\n", "nested too deeply")
+
     def test_missing_file(self):
         """A missing file is named with the reason."""
         with self.assertRaises(JobFileError) as caught:

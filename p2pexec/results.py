@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import tempfile
 from typing import Any
 
@@ -37,8 +38,14 @@ def write_results(path: str, report: dict[str, Any]) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     fd, temporary = tempfile.mkstemp(prefix=".p2pexec-results-", dir=folder)
     try:
+        # mkstemp makes the file 0600: give it the mode a file written in
+        # place would have (the old file's, or the umask's), so that its
+        # readers keep reading it.
+        os.fchmod(fd, _mode_for(path))
         with os.fdopen(fd, "w", encoding="utf-8") as out:
             _dump(report, out)
+            out.flush()
+            os.fsync(out.fileno())
         os.replace(temporary, path)
     except BaseException:
         try:
@@ -46,3 +53,13 @@ def write_results(path: str, report: dict[str, Any]) -> None:
         except OSError:
             pass
         raise
+
+
+def _mode_for(path: str) -> int:
+    """The permission bits of the file at C{path}, or those a new file gets under the umask."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask

@@ -264,6 +264,8 @@ class Options(usage.Options):
             folder = os.path.dirname(os.path.abspath(self["results"]))
             if not os.path.isdir(folder):
                 raise usage.UsageError(f"--results: folder {folder} does not exist")
+            if os.path.isdir(self["results"]):
+                raise usage.UsageError(f"--results: {self['results']} is a folder; give the path of the file to write")
             if self["task_specs"] is None:
                 raise usage.UsageError("--results needs a job: give --tasks or --job too")
         self["drain-timeout"] = _parse_seconds("--drain-timeout", self["drain-timeout"])

@@ -70,6 +70,7 @@ class OptionsTests(SynchronousTestCase):
             (("--name", "a1", "--capabilities", "a b"), "--capabilities"),
             (("--name", "a1", "--results", "/nonexistent/dir/r.json", "--tasks", "a1"), "--results"),
             (("--name", "a1", "--results", "r.json"), "--results"),
+            (("--name", "a1", "--results", os.getcwd(), "--tasks", "a1"), "--results"),
             (("--name", "a1", "--drain-timeout", "-1"), "--drain-timeout"),
             (("--name", "a1", "--log-level", "chatty"), "--log-level"),
             (("--name", "a1", "--exit-when-done"), "--exit-when-done"),

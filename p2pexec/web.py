@@ -13,6 +13,7 @@ from __future__ import annotations
 import hmac
 import json
 import os
+from io import BytesIO
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from prometheus_client.twisted import MetricsResource
@@ -83,22 +84,94 @@ def _check_token(node: "Node", request: Request) -> Optional[bytes]:
         return None
     if request.method == b"GET" and node.config.web_public:
         return None
-    given = (request.getHeader(b"authorization") or b"").decode("latin-1").strip()
-    expected = "Bearer " + http_token(node.config.key)
-    if hmac.compare_digest(given.encode("utf-8", "replace"), expected.encode("ascii")):
+    given = _given_token(request)
+    if _token_matches(node.config.key, given):
         return None
     request.setHeader(b"www-authenticate", b'Bearer realm="p2pexec"')
     log.info(
         "Refused HTTP {method} {path} from {client}: {why}",
         method=request.method.decode("ascii", "replace"),
         path=request.path.decode("utf-8", "replace"),
-        client=request.getClientAddress().host if hasattr(request.getClientAddress(), "host") else "?",
+        client=_client(request),
         why="no token" if not given else "wrong token",
     )
-    return _error(
-        request, http.UNAUTHORIZED,
-        "this node's cluster has a key: send Authorization: Bearer TOKEN (p2pexec token --key-file KEY prints it)",
-    )
+    return _error(request, http.UNAUTHORIZED, _TOKEN_NEEDED)
+
+
+_TOKEN_NEEDED = (
+    "this node's cluster has a key: send Authorization: Bearer TOKEN (p2pexec token --key-file KEY prints it)"
+)
+
+
+def _given_token(request: Request) -> str:
+    """The C{Authorization} header as sent, or ''."""
+    return (request.getHeader(b"authorization") or b"").decode("latin-1").strip()
+
+
+def _token_matches(key: bytes, given: str) -> bool:
+    """Whether C{given} is C{Bearer TOKEN} with the token of C{key} (compared in constant time)."""
+    expected = "Bearer " + http_token(key)
+    return hmac.compare_digest(given.encode("utf-8", "replace"), expected.encode("ascii"))
+
+
+def _client(request: Request) -> str:
+    """The client's address, for log lines."""
+    address = request.getClientAddress()
+    return getattr(address, "host", "?")
+
+
+class _BodyCheckingRequest(Request):
+    """
+    A request whose body is judged as its headers arrive, not once it has
+    all been read (Twisted spools a large one to a temporary file): a body
+    over L{MAX_BODY_BYTES} (by its C{Content-Length}, or as its chunks
+    arrive) is answered 413, and in a cluster with a key a body sent
+    without the token is answered 401; the connection is then closed.
+    """
+
+    _refused = False
+    _received = 0
+
+    def gotLength(self, length: Optional[int]) -> None:
+        """The headers are in: refuse the body now if it will be refused."""
+        if length is not None and length > MAX_BODY_BYTES:
+            self._refuse(http.REQUEST_ENTITY_TOO_LARGE, f"the body is over {MAX_BODY_BYTES} bytes")
+            return
+        key = getattr(getattr(self.channel, "site", None), "node_key", None)
+        if key is not None and length != 0 and not _token_matches(key, _given_token(self)):
+            self._refuse(http.UNAUTHORIZED, _TOKEN_NEEDED)
+            return
+        super().gotLength(length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        """Keep a chunk, unless the body is refused or this one takes it over the limit."""
+        if self._refused:
+            return
+        self._received += len(data)
+        if self._received > MAX_BODY_BYTES:
+            self._refuse(http.REQUEST_ENTITY_TOO_LARGE, f"the body is over {MAX_BODY_BYTES} bytes")
+            return
+        super().handleContentChunk(data)
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        """Process the request, unless it was refused already."""
+        if not self._refused:
+            super().requestReceived(command, path, version)
+
+    def _refuse(self, code: int, message: str) -> None:
+        """Answer C{code} with a JSON error at once, and close the connection (the rest of the body is not read)."""
+        self._refused = True
+        self.content = BytesIO()
+        body = json.dumps({"error": message}).encode("utf-8")
+        log.info("Refused an HTTP request body from {client}: {error}", client=_client(self), error=message)
+        head = (
+            f"HTTP/1.1 {code} {http.RESPONSES.get(code, b'Error').decode('ascii')}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\nConnection: close\r\n"
+        )
+        if code == http.UNAUTHORIZED:
+            head += 'WWW-Authenticate: Bearer realm="p2pexec"\r\n'
+        self.channel.transport.write(head.encode("ascii") + b"\r\n" + body)
+        self.channel.loseConnection()
 
 
 class _TokenMetrics(Resource):
@@ -323,6 +396,9 @@ class _Root(Resource):
 class _QuietSite(Site):
     """A L{Site} whose access log goes to the debug level (a dashboard polls four times a second)."""
 
+    node_key: Optional[bytes] = None
+    """The cluster key, for L{_BodyCheckingRequest}; None without one."""
+
     def log(self, request: Request) -> None:
         """Log one request at debug level."""
         log.debug(
@@ -348,7 +424,8 @@ def site(node: "Node") -> Site:
             b"static": File(DASHBOARD),
         }
     )
-    made = _QuietSite(root)
+    made = _QuietSite(root, requestFactory=_BodyCheckingRequest)
+    made.node_key = node.config.key
     made.noisy = False
     made.displayTracebacks = False
     return made

@@ -73,6 +73,7 @@ class Node:
 
     @property
     def pid(self) -> int:
+        """The PID of the twistd process."""
         return self.process.pid
 
     def new_lines(self) -> list[str]:
@@ -303,10 +304,12 @@ def summary(values: Sequence[float], fmt: str) -> str:
 
 
 def median(values: Sequence[float]) -> Optional[float]:
+    """The median of C{values}, or None if there are none."""
     return statistics.median(values) if values else None
 
 
 def cpu_model() -> str:
+    """The CPU model name from /proc/cpuinfo (or what C{platform.processor()} says)."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             for line in f:

@@ -71,15 +71,18 @@ SIDE_COMMAND = 'echo "$P2PEXEC_TASK_ID" >> "$P2PEXEC_SIDE"; sleep 0.01'
 
 
 def report(workload: str, **figures: Any) -> None:
+    """Print the C{RESULT} line of C{workload}: its C{figures} as JSON."""
     print(f"RESULT {workload} {json.dumps(figures)}", flush=True)
 
 
 def side_lines(path: str) -> int:
+    """The number of lines in the file at C{path}."""
     with open(path, "rb") as f:
         return f.read().count(b"\n")
 
 
 def side_counts(path: str) -> Counter:
+    """How many times each task ID appears in the side file at C{path}."""
     with open(path, encoding="utf-8") as f:
         return Counter(line.strip() for line in f if line.strip())
 
@@ -118,6 +121,7 @@ def kill_when(
 
 
 def w5_figures(side: str, ids: list[str], ok: set[str], took: float, outcome: Optional[dict]) -> dict:
+    """The figures of one W5 run: time taken, tasks lost, tasks run twice, and what was killed when."""
     runs = side_counts(side)
     return {
         "elapsed": took,
@@ -129,6 +133,7 @@ def w5_figures(side: str, ids: list[str], ok: set[str], took: float, outcome: Op
 
 
 def cmdline(pid: int) -> str:
+    """The command line of process C{pid}, or C{""} if it cannot be read."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             return f.read().replace(b"\0", b" ").decode("utf-8", "replace").strip()
@@ -137,6 +142,7 @@ def cmdline(pid: int) -> str:
 
 
 def side_env(task_id: str, side: str) -> dict:
+    """This process's environment plus the task ID and side file that L{SIDE_COMMAND} reads."""
     return dict(os.environ, P2PEXEC_TASK_ID=task_id, P2PEXEC_SIDE=side)
 
 
@@ -144,19 +150,23 @@ def side_env(task_id: str, side: str) -> dict:
 
 
 def noop(i: Any) -> Any:
+    """The no-op task: return C{i}."""
     return i
 
 
 def run_true(i: Any) -> int:
+    """The W2 task: run C{true}; return its exit status."""
     return subprocess.run(["true"], check=True).returncode
 
 
 def run_side(task_id: str, side: str) -> str:
+    """The W5 task: run L{SIDE_COMMAND}, which appends C{task_id} to C{side}; return C{task_id}."""
     subprocess.run(["sh", "-c", SIDE_COMMAND], env=side_env(task_id, side), check=True)
     return task_id
 
 
 def dask_main(args: argparse.Namespace) -> None:
+    """Measure W3, then the chosen workloads of W1, W2 and W5, on Dask LocalClusters."""
     import logging
 
     from dask.distributed import Client, LocalCluster
@@ -211,6 +221,7 @@ def dask_main(args: argparse.Namespace) -> None:
 
 
 def ray_main(args: argparse.Namespace) -> None:
+    """Measure W3, then the chosen workloads of W1, W2 and W5, on a local Ray."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
 
@@ -305,6 +316,7 @@ def run_side(task_id, side):
 
 
 def celery_main(args: argparse.Namespace) -> None:
+    """Measure W3, then the chosen workloads of W1, W2 and W5, on Celery workers with Redis."""
     with open(os.path.join(args.folder, "p2pexec_bench_app.py"), "w", encoding="utf-8") as f:
         f.write(CELERY_APP.format(url=args.redis, side=SIDE_COMMAND))
     log = open(os.path.join(args.folder, "celery-worker.log"), "wb")
@@ -374,6 +386,7 @@ def celery_main(args: argparse.Namespace) -> None:
 
 
 def main() -> int:
+    """Parse the arguments and measure the workloads on the system named."""
     parser = argparse.ArgumentParser()
     parser.add_argument("system", choices=("dask", "ray", "celery"))
     parser.add_argument("--launched", type=float, required=True, help="time.time() when the caller launched this")

@@ -74,6 +74,7 @@ INSTALL_TIMEOUT = 1200.0
 
 
 def say(text: str) -> None:
+    """Print C{text}, prefixed with C{compare:}, at once."""
     print(f"compare: {text}", flush=True)
 
 
@@ -137,6 +138,7 @@ def install(systems: list[str], allow_install: bool) -> dict[str, Optional[str]]
 
 
 def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -169,11 +171,13 @@ class Redis:
             time.sleep(0.05)
 
     def flush(self) -> None:
+        """Empty every database of the server (C{FLUSHALL})."""
         with socket.create_connection(("127.0.0.1", self.port), timeout=5) as s:
             s.sendall(b"FLUSHALL\r\n")
             s.recv(16)
 
     def stop(self) -> None:
+        """Stop the server (SIGTERM, then SIGKILL after 10 seconds) and close its log."""
         if self.process.poll() is None:
             self.process.terminate()
             try:
@@ -225,6 +229,7 @@ def run_competitor(system: str, folder: str, args: argparse.Namespace, redis: Op
 
 
 def p2pexec_repeat(top: str, files: workloads.Files, args: argparse.Namespace, number: int) -> dict:
+    """One repetition of p2pexec's W1, W2 (with xargs), W3 and W5 without and with the kill: the figures by workload."""
     folder = os.path.join(top, f"{number}-p2pexec")
     os.makedirs(folder, exist_ok=True)
     w1 = workloads.w1(folder, files.w1_job, args.w1_tasks, args.timeout)
@@ -257,6 +262,7 @@ ROWS = (
 
 
 def table(measured: dict[str, list[dict]], problems: dict[str, Optional[str]], repeat: int) -> None:
+    """Print each system's figures and its ratios to p2pexec, then the problems and the quoted figures."""
     systems = [s for s in ("p2pexec", "xargs", *SYSTEMS) if s in measured]
     for runs in measured.values():
         for run in runs:
@@ -316,6 +322,7 @@ def table(measured: dict[str, list[dict]], problems: dict[str, Optional[str]], r
 
 
 def inside(args: argparse.Namespace) -> int:
+    """In the loopback-only namespace: measure p2pexec and the competitors, print the table; return the exit status."""
     with open(args.inside, encoding="utf-8") as f:
         problems: dict[str, Optional[str]] = json.load(f)
     if not loopback_only():
@@ -400,6 +407,7 @@ def inside(args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    """Parse the arguments, install what is missing, re-run in a loopback-only namespace; return the exit status."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip())
     parser.add_argument("--repeat", type=int, default=3, help="repetitions (default 3)")
     parser.add_argument("--systems", default=",".join(SYSTEMS), help="competitors (default dask,ray,celery)")

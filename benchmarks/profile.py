@@ -136,6 +136,7 @@ def _short(frame: str) -> str:
 
 
 def profile_workload(args: argparse.Namespace) -> int:
+    """Run the workload with py-spy attached to the chosen nodes, and print each node's hot spots."""
     out = args.out or tempfile.mkdtemp(prefix="p2pexec-profile-")
     os.makedirs(out, exist_ok=True)
     wanted = set(args.nodes.split(","))
@@ -171,6 +172,7 @@ def profile_workload(args: argparse.Namespace) -> int:
 
 
 def profile_startup(args: argparse.Namespace) -> int:
+    """Run one node alone under py-spy, from start to exit after a one-task job, and print its hot spots."""
     out = args.out or tempfile.mkdtemp(prefix="p2pexec-profile-")
     os.makedirs(out, exist_ok=True)
     path = os.path.join(out, "startup.txt")
@@ -194,6 +196,7 @@ def profile_startup(args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    """Parse the arguments and profile the workload or the start-up under the guards; return the exit status."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip())
     parser.add_argument("workload", choices=("W1", "W2", "W5", "W5kill", "startup"))
     parser.add_argument("--nodes", default="master,bench1", help="nodes to attach to (default master,bench1)")

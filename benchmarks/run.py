@@ -75,6 +75,7 @@ DASK_REFERENCE = 950.0
 
 
 def say(text: str) -> None:
+    """Print C{text}, prefixed with C{bench:}, at once."""
     print(f"bench: {text}", flush=True)
 
 
@@ -104,6 +105,7 @@ class Suite:
             shutil.rmtree(folder, ignore_errors=True)
 
     def repeat(self, number: int) -> None:
+        """Run repetition C{number} of each chosen workload, saying each one's figures."""
         a, f, only = self.args, self.files, self.args.only
         if "W1" in only or "W4" in only:
             self._one(
@@ -252,6 +254,7 @@ class Suite:
 
 
 def print_table(rows: list[tuple[str, str, str, str, str]]) -> None:
+    """Print the rows of L{Suite.rows} as an aligned table."""
     header = ("", "figure", "median (min-max)", "target", "")
     widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(5)]
     line = "  ".join(f"{{:<{w}}}" for w in widths)
@@ -262,6 +265,7 @@ def print_table(rows: list[tuple[str, str, str, str, str]]) -> None:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    """Parse the arguments, run the suite under the guards and print its table; return the exit status."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip())
     parser.add_argument("--repeat", type=int, default=3, help="repetitions of each workload (default 3)")
     parser.add_argument(

@@ -107,6 +107,7 @@ def interrupt(number: int, frame: Any) -> None:
 
 
 def machine() -> str:
+    """The CPU count and model, the RAM, and the Python, Twisted and kernel versions."""
     try:
         import twisted
 
@@ -136,6 +137,7 @@ def code_version() -> str:
 
 
 def load_average() -> str:
+    """The 1, 5 and 15 minute load averages, from /proc/loadavg."""
     with open("/proc/loadavg", encoding="ascii") as f:
         return " ".join(f.read().split()[:3])
 
@@ -153,6 +155,7 @@ class Node(_cluster.Node):
 
 
 def start_node(folder: str, name: str, options: Sequence[str], cluster: str, group: str) -> Node:
+    """Start one twistd p2pexec node named C{name}, logging into C{folder}, in a session of its own."""
     log_path = os.path.join(folder, f"{name}.log")
     argv = [
         TWISTD, "--pidfile=", "-n", "--logger=p2pexec.log.observer",
@@ -201,6 +204,7 @@ def kill_all(nodes: Sequence[Node]) -> None:
 
 
 def check_alive(nodes: Sequence[Node], what: str) -> None:
+    """Raise L{RunFailed}, with the end of its log, if any of C{nodes} has exited (while C{what})."""
     for node in nodes:
         if node.process.poll() is not None:
             raise RunFailed(
@@ -329,6 +333,7 @@ class GroupListener:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def start(self) -> None:
+        """Start receiving, in a thread of its own."""
         self._thread.start()
 
     def _run(self) -> None:
@@ -348,6 +353,7 @@ class GroupListener:
             self.received.append((when, kind, name, len(data)))
 
     def stop(self) -> None:
+        """Stop receiving and close the socket."""
         self._stop.set()
         self._thread.join(5)
         self.sock.close()
@@ -367,6 +373,7 @@ class GroupListener:
         return None
 
     def window(self, start: float, end: float) -> dict[str, int]:
+        """The datagrams received from C{start} to C{end} (wall time), counted by type."""
         counts: dict[str, int] = collections.Counter()
         for when, kind, _, _ in self.received:
             if start <= when < end:
@@ -374,6 +381,7 @@ class GroupListener:
         return dict(counts)
 
     def window_bytes(self, start: float, end: float) -> int:
+        """The bytes of the datagrams received from C{start} to C{end} (wall time)."""
         return sum(size for when, _, _, size in self.received if start <= when < end)
 
 
@@ -387,6 +395,7 @@ LOST = re.compile(r"Node (\S+) lost its connection to peer (\S+)")
 
 
 def stamp_of(line: str) -> Optional[float]:
+    """The timestamp of a log line, in seconds since the epoch, or None if it has none."""
     match = STAMP.match(line)
     if not match:
         return None
@@ -419,6 +428,7 @@ def problems(nodes: Sequence[Node]) -> dict[str, Any]:
 
 
 def print_problems(found: dict[str, Any], say: Callable[[str], None]) -> None:
+    """Say how many log lines matched L{PROBLEMS} while running and while stopping, and the commonest."""
     for when, label in (("run", "while running"), ("stop", "while stopping")):
         counter = found[when]
         total = sum(counter.values())
@@ -435,6 +445,7 @@ def print_problems(found: dict[str, Any], say: Callable[[str], None]) -> None:
 
 
 def stats(values: Sequence[float], fmt: str) -> str:
+    """C{min / median / max} of C{values}, each formatted with C{fmt} (the lower median for C{"d"})."""
     if not values:
         return "-"
     middle = statistics.median_low(values) if fmt == "d" else statistics.median(values)
@@ -445,6 +456,7 @@ def stats(values: Sequence[float], fmt: str) -> str:
 
 
 def mib(value: float) -> float:
+    """C{value} bytes in MiB."""
     return value / 1024 / 1024
 
 
@@ -455,6 +467,7 @@ def save(path: str, figures: dict) -> None:
 
 
 def say(text: str = "") -> None:
+    """Print C{text} at once."""
     print(text, flush=True)
 
 
@@ -462,6 +475,7 @@ def say(text: str = "") -> None:
 
 
 def formation(folder: str, count: int, timeout: float, quiet: float, group: tuple[str, int], cluster: str) -> dict:
+    """Start C{count} nodes at once, measure how they form a cluster and then idle, stop them; return the figures."""
     names = [f"n{number:03d}" for number in range(1, count + 1)]
     group_text = "%s:%d" % group
     listener = GroupListener(*group)
@@ -607,6 +621,7 @@ def formation(folder: str, count: int, timeout: float, quiet: float, group: tupl
 
 
 def report_formation(count: int, f: dict) -> None:
+    """Print the figures of L{formation} for C{count} nodes."""
     pairs = count * (count - 1) // 2
     say()
     say(f"== formation of {count} nodes ==")
@@ -664,6 +679,7 @@ def report_formation(count: int, f: dict) -> None:
 
 
 def write_job(path: str, count: int) -> None:
+    """Write a job of C{count} tasks of kind L{KIND}, without a command, to C{path}."""
     with open(path, "w", encoding="utf-8") as f:
         for number in range(1, count + 1):
             f.write(f'[[task]]\nid = "{KIND}{number}"\nkind = "{KIND}"\n\n')
@@ -671,6 +687,7 @@ def write_job(path: str, count: int) -> None:
 
 def job(folder: str, tasks: int, timeout: float, group: tuple[str, int], cluster: str,
         slots: Optional[int]) -> dict:
+    """Run a job of C{tasks} tasks on a master and four workers, stop them; return the figures."""
     group_text = "%s:%d" % group
     job_path = os.path.join(folder, "job.toml")
     results_path = os.path.join(folder, "results.json")
@@ -731,6 +748,7 @@ def job(folder: str, tasks: int, timeout: float, group: tuple[str, int], cluster
 
 
 def report_job(tasks: int, slots: Optional[int], f: dict) -> None:
+    """Print the figures of L{job}."""
     say()
     say(f"== a job of {tasks} no-command tasks: 1 master (runs nothing) + 4 workers, "
         f"{'--slots ' + str(slots) if slots else 'default --slots (' + str(os.cpu_count()) + ')'} ==")
@@ -838,6 +856,7 @@ def micro(sizes: Sequence[int], say: Callable[[str], None] = say) -> dict:
 
 
 def ancestors() -> set[int]:
+    """The PIDs of this process and of its ancestors (PID 1 excluded)."""
     found = set()
     pid = os.getpid()
     while pid > 1:
@@ -893,6 +912,7 @@ def take_lock(wait: float) -> Optional[int]:
 
 
 def only_loopback() -> bool:
+    """Whether this process's network namespace has no interface but C{lo}."""
     with open("/proc/self/net/dev", encoding="ascii") as f:
         return [line.partition(":")[0].strip() for line in f.readlines()[2:]] == ["lo"]
 
@@ -922,6 +942,7 @@ def rerun_in_namespace(argv: Sequence[str]) -> Optional[int]:
 
 
 def raise_file_limit(needed: int) -> None:
+    """Raise the soft limit of open files to C{needed} (at most the hard limit), or say that it could not."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != resource.RLIM_INFINITY and soft < needed:
         target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
@@ -938,6 +959,7 @@ def raise_file_limit(needed: int) -> None:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    """Parse the arguments; run the micro-benchmark, or the formation and the job under the guards; return the status."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip())
     parser.add_argument("--nodes", type=int, default=100, help="nodes to form a cluster of (default 100)")
     parser.add_argument("--tasks", type=int, default=100_000, help="tasks in the job (default 100000)")

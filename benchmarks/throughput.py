@@ -185,6 +185,7 @@ def one_run(
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    """Parse the arguments, run each variant at each log level, and print the table; return the exit status."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip())
     parser.add_argument("--tasks", type=int, default=10_000, help="tasks in the job (default 10000)")
     parser.add_argument("--repeat", type=int, default=3, help="runs of each variant and log level (default 3)")

@@ -352,6 +352,7 @@ class HealthResource(_JsonResource):
     always_open = True
 
     def get(self, request: Request) -> bytes:
+        """The node's health as JSON: 200 while it serves, 503 once it is leaving."""
         node = self.node
         body = {
             "status": "leaving" if node.stopping else "ok",

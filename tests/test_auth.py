@@ -104,9 +104,11 @@ class FakeHandler:
         self.lost = []
 
     def connection_lost(self, protocol, reason):
+        """Record the protocol whose connection was lost."""
         self.lost.append(protocol)
 
     def peers_status(self):
+        """One peer, named n."""
         return [{"name": "n"}]
 
 

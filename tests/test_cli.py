@@ -59,6 +59,7 @@ class TtyStringIO(io.StringIO):
     """A StringIO that says it is a terminal."""
 
     def isatty(self) -> bool:
+        """Always true."""
         return True
 
 
@@ -79,6 +80,7 @@ class FakeNode:
         self.sizes: list[dict[str, int]] = []
 
     def call(self, command: type, **arguments: Any) -> "defer.Deferred[dict[str, Any]]":
+        """Encode and decode the arguments as AMP does, record them, and answer as scripted."""
         box = amp.AmpBox(command.makeArguments(arguments, None))
         self.sizes.append({key.decode(): len(value) for key, value in box.items()})
         box.serialize()
@@ -668,6 +670,7 @@ class FakeProtocol:
         self.transport = None
 
     def callRemote(self, command: type, **arguments: Any) -> "defer.Deferred[Any]":
+        """The scripted result, whatever the command."""
         return self.result
 
 
@@ -675,11 +678,13 @@ class NodeClientTests(SynchronousTestCase):
     """Every failure of a command becomes one line naming the address."""
 
     def call(self, result: "defer.Deferred[Any]", clock: Optional[Clock] = None) -> "defer.Deferred[Any]":
+        """Call C{JOB_STATUS} through a L{cli.NodeClient} whose connection answers with C{result}."""
         client = cli.NodeClient(clock or Clock(), "127.0.0.1", 10001, timeout=5)
         client._protocol = FakeProtocol(result)  # type: ignore[assignment]
         return defer.ensureDeferred(client.call(commands.JobStatus, job="j"))
 
     def message(self, result: "defer.Deferred[Any]", clock: Optional[Clock] = None) -> str:
+        """The message of the L{cli.CliError} the call fails with (after the timeout, given a C{clock})."""
         d = self.call(result, clock)
         if clock is not None:
             clock.advance(5)
@@ -733,12 +738,15 @@ class FakeReactor(Clock):
         self.stopped = False
 
     def callWhenRunning(self, f: Any) -> None:
+        """Keep C{f} for L{run}."""
         self._starting.append(f)
 
     def addSystemEventTrigger(self, phase: str, event: str, f: Any) -> None:
+        """Keep C{f} for L{stop}, whatever the phase and event."""
         self._shutdown.append(f)
 
     def run(self) -> None:
+        """Call the start-up functions, then stop unless one of them did."""
         self.running = True
         for f in self._starting:
             f()
@@ -747,6 +755,7 @@ class FakeReactor(Clock):
             self.stop()
 
     def stop(self) -> None:
+        """Stop, and call the shutdown triggers."""
         self.running = False
         self.stopped = True
         for f in self._shutdown:
@@ -757,6 +766,7 @@ class RunInReactorTests(SynchronousTestCase):
     """The status main() returns, and what reaches stderr."""
 
     def run_work(self, work: Any) -> tuple[int, str]:
+        """Run C{work} with L{cli.run_in_reactor} on a L{FakeReactor}: its status and what it wrote to stderr."""
         err = io.StringIO()
         return cli.run_in_reactor(FakeReactor(), work, err), err.getvalue()
 

@@ -943,6 +943,7 @@ def _one_command(name: bytes) -> Callable[[Any, Any], None]:
     @fuzz(6)
     @given(st.lists(boxes(only=name), min_size=1, max_size=2))
     def test(self: SynchronousTestCase, sent: list[tuple[bytes, list[tuple[bytes, bytes]]]]) -> None:
+        """Fuzzed boxes of this one command: each answered as declared, the node still usable (L{check_exchange})."""
         assert_no_problems(self, check_exchange(key, state, sent))
 
     test.__doc__ = f"{name.decode()} alone, fuzzed on a {state} connection to a node {'with' if key else 'without'} a key."
@@ -1048,6 +1049,7 @@ def _swept(name: bytes) -> Callable[[Any], None]:
     """A test method running L{sweep} on C{name}."""
 
     def test(self: SynchronousTestCase) -> None:
+        """Every string of this command's template, swapped for each of L{SWEEP_STRINGS}: no problem (see L{sweep})."""
         assert_no_problems(self, sweep(name))
 
     test.__doc__ = (

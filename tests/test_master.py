@@ -96,21 +96,26 @@ class RecordingLink:
         self.events = events if events is not None else []
 
     def send_assignments(self, worker, job, assignments):
+        """Record the task IDs and attempts sent to C{worker}, and a C{send} event."""
         self.events.append("send")
         self.assignments.append((worker, job, [(a.task.id, a.attempt) for a in assignments]))
 
     def query_tasks(self, worker, job, attempts):
+        """Record the query; return a L{Deferred} the test fires."""
         d = Deferred()
         self.queries.append((worker, job, attempts, d))
         return d
 
     def send_cancel(self, worker, job):
+        """Record the cancel sent to C{worker}."""
         self.cancels.append((worker, job))
 
     def send_complete(self, worker, job):
+        """Record the completion sent to C{worker}."""
         self.completes.append((worker, job.id))
 
     def job_finished(self, job):
+        """Record the ID of the finished job."""
         self.finished.append(job.id)
 
 
@@ -339,6 +344,7 @@ class RecordingJournal(NullJournal):
         self.events = events
 
     def commit(self):
+        """Note the commit."""
         self.events.append("commit")
 
 

@@ -23,39 +23,48 @@ class RecordingHandler:
         self.refuse_connect = None
 
     def connect_requested(self, protocol, cluster, name, instance, version):
+        """Record the request; refuse it with C{refuse_connect}, if set."""
         self.calls.append(("connect", name))
         if self.refuse_connect is not None:
             raise self.refuse_connect
         return {"name": self.info.name, "instance": self.info.instance, "version": 1}
 
     def handshake_received(self, protocol, info):
+        """Record the handshake; answer with this handler's own info."""
         self.calls.append(("handshake", info.name))
         return self.info
 
     def connection_ready(self, protocol, info):
+        """Record that the connection is ready."""
         self.calls.append(("ready", info.name))
 
     def peers_offered(self, protocol, peers):
+        """Record the peers offered; offer z9 in return."""
         self.calls.append(("peers", [(p.name, age) for p, age in peers]))
         return [node(name="z9", instance="i-z").to_wire()]
 
     def assignment_received(self, protocol, job, master, master_instance, tasks):
+        """Record the assignment; accept every task."""
         self.calls.append(("assignment", job, len(tasks)))
         return len(tasks)
 
     def confirmation_received(self, protocol, job, results):
+        """Record the confirmation; refuse job C{unknown} (L{commands.UnknownJob}), else say all were applied."""
         self.calls.append(("confirmation", job, len(results)))
         if job == "unknown":
             raise commands.UnknownJob("not mine")
         return succeed((len(results), 0))
 
     def job_completed(self, protocol, job, succeeded, failed, elapsed):
+        """Record the completion."""
         self.calls.append(("complete", job, succeeded, failed))
 
     def disconnect_requested(self, protocol, reason):
+        """Record the request and its reason."""
         self.calls.append(("disconnect", reason))
 
     def connection_lost(self, protocol, reason):
+        """Record the loss."""
         self.calls.append(("lost",))
 
 

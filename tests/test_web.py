@@ -22,9 +22,11 @@ class FakeNode:
         self.submitted = []
 
     def jobs_status(self):
+        """No jobs."""
         return []
 
     def submit(self, tasks, defaults=None, label=""):
+        """Record the tasks; return a job ID at once."""
         from twisted.internet.defer import succeed
 
         self.submitted.append(tasks)

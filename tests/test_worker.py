@@ -21,6 +21,7 @@ class RecordingSink:
         self.batches = []
 
     def deliver(self, job, results):
+        """Record the batch: the job and each result's task ID, attempt and status."""
         self.batches.append((job, [(r.task_id, r.attempt, r.status) for r in results]))
 
 

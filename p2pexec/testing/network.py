@@ -132,6 +132,7 @@ class FakeNetwork(Clock):
     # -- IReactorTCP ----------------------------------------------------------
 
     def listenTCP(self, port: int, factory: Any, backlog: int = 50, interface: str = "") -> _Port:
+        """Listen on C{port} (a fresh one for 0) of C{interface} (127.0.0.1 by default); raise if it is taken."""
         host = interface or "127.0.0.1"
         if port == 0:
             port = next(self._free_ports)
@@ -145,6 +146,7 @@ class FakeNetwork(Clock):
     def connectTCP(
         self, host: str, port: int, factory: Any, timeout: float = 30, bindAddress: Any = None
     ) -> _Connector:
+        """Start a connection to C{host:port}; it completes, or fails as refused, on the next turn of the clock."""
         connector = _Connector(self, host, port, factory)
         factory.startedConnecting(connector)
         self.callLater(0, self._complete, connector)
@@ -177,6 +179,7 @@ class FakeNetwork(Clock):
     def listenMulticast(
         self, port: int, protocol: Any, interface: str = "", maxPacketSize: int = 8192, listenMultiple: bool = False
     ) -> _MulticastPort:
+        """Give C{protocol} a multicast port on C{port}; it hears the groups it joins."""
         listening = _MulticastPort(self, port, protocol)
         self._multicast_ports.append(listening)
         protocol.makeConnection(listening)
@@ -296,9 +299,11 @@ class FakeHost:
         self._protocols: list[Any] = []
 
     def seconds(self) -> float:
+        """The network's simulated time."""
         return self.network.seconds()
 
     def callLater(self, delay: float, f: Any, *args: Any, **kwargs: Any) -> Any:
+        """Schedule C{f} on the network's clock; it does not run if this host has crashed by then."""
         def unless_crashed() -> Any:
             if not self.crashed:
                 return f(*args, **kwargs)
@@ -307,22 +312,27 @@ class FakeHost:
         return self.network.callLater(delay, unless_crashed)
 
     def getDelayedCalls(self) -> Any:
+        """The pending calls of the whole network, not only this host's."""
         return self.network.getDelayedCalls()
 
     def callWhenRunning(self, f: Any, *args: Any, **kwargs: Any) -> None:
+        """Call C{f} on the next turn of the clock, unless this host has crashed by then."""
         self.callLater(0, f, *args, **kwargs)
 
     def listenTCP(self, port: int, factory: Any, backlog: int = 50, interface: str = "") -> Any:
+        """Listen on this host's address (or C{interface}), noting the port and the protocols built, for L{crash}."""
         listening = self.network.listenTCP(port, _OwnedFactory(self, factory), backlog, interface or self.address)
         self._ports.append(listening)
         return listening
 
     def connectTCP(self, host: str, port: int, factory: Any, timeout: float = 30, bindAddress: Any = None) -> Any:
+        """Connect to C{host:port}, noting the protocol built, for L{crash}; once crashed, never connect."""
         if self.crashed:
             return _Connector(self.network, host, port, factory)
         return self.network.connectTCP(host, port, _OwnedFactory(self, factory), timeout, bindAddress)
 
     def listenMulticast(self, port: int, protocol: Any, interface: str = "", maxPacketSize: int = 8192, listenMultiple: bool = False) -> Any:
+        """Listen for multicast as this host (see L{FakeNetwork.block_multicast}), noting the port, for L{crash}."""
         listening = self.network.listenMulticast(port, protocol, interface, maxPacketSize, listenMultiple)
         listening.host_address = self.address
         self._ports.append(listening)

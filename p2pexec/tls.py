@@ -16,6 +16,7 @@ Two ways to trust a peer:
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any, Optional
 
@@ -45,12 +46,19 @@ def load_or_create_identity(state_dir: str, name: str) -> ssl.PrivateCertificate
     os.makedirs(state_dir, mode=0o700, exist_ok=True)
     key = ssl.KeyPair.generate(size=2048)
     identity = key.selfSignedCert(int.from_bytes(os.urandom(8), "big"), CN=f"p2pexec node {name}")
-    # Written whole or not at all: a temporary file, then renamed.
+    # Written whole or not at all: a temporary file, on disk, then renamed.
     temporary = f"{path}.{os.getpid()}.tmp"
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(key.dump(crypto.FILETYPE_PEM) + identity.dumpPEM())
-    os.replace(temporary, path)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(key.dump(crypto.FILETYPE_PEM) + identity.dumpPEM())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
     return identity
 
 

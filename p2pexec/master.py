@@ -717,8 +717,10 @@ class Master:
         for worker, entries in planned.assignments.items():
             by_job: dict[str, list[Assignment]] = {}
             for job_id, task_id in entries:
-                job = self.jobs[job_id]
-                if not job.is_pending(task_id):
+                # A queue entry may outlive its task's wait (a late result
+                # finished it) and even its job (forgotten once finished).
+                job = self.jobs.get(job_id)
+                if job is None or not job.is_pending(task_id):
                     continue
                 by_job.setdefault(job_id, []).append(job.assign(task_id, worker))
                 self.journal.task_changed(job_id, job.tasks[task_id])

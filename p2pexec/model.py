@@ -101,7 +101,8 @@ def _field(data: Mapping[str, Any], key: str, kind: type, what: str) -> Any:
 
 def _finite_seconds(value: int | float, what: str) -> float:
     """
-    C{value} as a float, if it is a finite number of seconds, zero or more.
+    C{value} as a float, if it is a finite number of seconds; a negative one
+    counts as 0 (a worker's wall clock stepped back while the task ran).
 
     JSON decodes C{NaN} and C{1e400} to floats that are not finite, and a
     huge integer overflows C{float()}: neither is a duration.
@@ -110,9 +111,9 @@ def _finite_seconds(value: int | float, what: str) -> float:
         seconds = float(value)
     except OverflowError:
         seconds = math.inf
-    if not (math.isfinite(seconds) and seconds >= 0):
-        raise ValidationError(f"{what} must be a finite number of seconds, zero or more, not {seconds!r}")
-    return seconds
+    if not math.isfinite(seconds):
+        raise ValidationError(f"{what} must be a finite number of seconds, not {seconds!r}")
+    return max(seconds, 0.0)
 
 
 def validate_name(value: Any, what: str) -> str:

@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 import attr
 from twisted.internet.defer import Deferred, DeferredList, TimeoutError, fail, gatherResults
-from twisted.internet.error import ConnectionDone
+from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
 from twisted.protocols import amp
@@ -980,18 +980,28 @@ class Node:
             return
         record = self.peers.get(worker)
         if record is None or record.connection is None:
-            owed = self._cancels_owed.setdefault(worker, {})
-            owed[job] = None
-            while len(owed) > MAX_CANCELS_OWED:
-                del owed[next(iter(owed))]
-            log.warn(
-                "Node {name} could not tell {worker} to stop job {job} yet: not connected; it will be told "
-                "when it connects again, and its results are dropped meanwhile",
-                name=self.info.name, worker=worker, job=job,
-            )
+            self._owe_cancel(worker, job, "not connected")
             return
-        record.connection.callRemote(commands.CancelJob, job=job).addErrback(
-            lambda f: log.warn("CANCEL_JOB to {worker} failed: {error}", worker=worker, error=f.getErrorMessage())
+
+        def failed(failure: Failure) -> None:
+            if failure.check(ConnectionDone, ConnectionLost):
+                # The connection was closing already: tell it on the next one.
+                self._owe_cancel(worker, job, "its connection closed")
+            else:
+                log.warn("CANCEL_JOB to {worker} failed: {error}", worker=worker, error=failure.getErrorMessage())
+
+        record.connection.callRemote(commands.CancelJob, job=job).addErrback(failed)
+
+    def _owe_cancel(self, worker: str, job: str, why: str) -> None:
+        """Remember to tell C{worker} that C{job} is cancelled once it connects again."""
+        owed = self._cancels_owed.setdefault(worker, {})
+        owed[job] = None
+        while len(owed) > MAX_CANCELS_OWED:
+            del owed[next(iter(owed))]
+        log.warn(
+            "Node {name} could not tell {worker} to stop job {job} yet: {why}; it will be told when it "
+            "connects again, and its results are dropped meanwhile",
+            name=self.info.name, worker=worker, job=job, why=why,
         )
 
     def send_complete(self, worker: str, job: Job) -> None:

@@ -276,6 +276,27 @@ class MasterTests(SynchronousTestCase):
         self.assertEqual(sorted(self.master.jobs), sorted([waiting.id, *finished[-2:]]))
         self.assertEqual(self.link.finished, finished)
 
+    def test_a_forgotten_jobs_queue_entry_is_skipped(self):
+        """
+        A task put back in the queue and then finished by a late result
+        leaves its queue entry behind; once its job is forgotten, dispatch
+        skips the entry and still hands out the other jobs' tasks.
+        """
+        self.patch(master_module, "MAX_FINISHED_JOBS", 1)
+        self.master.worker_joined(node(name="b1", capabilities=("b",), slots=2))
+        first = self.master.submit([TaskSpec.instruction("b1")])
+        self.clock.advance(0)
+        self.master.worker_lost("b1", "moved to a new connection", count_loss=False)
+        self.master.confirm(first.id, [TaskResult(task_id="b1", attempt=1, status="succeeded", node="b1")], "b1")
+        self.clock.advance(1)
+        self.master.submit([])
+        self.clock.advance(1)
+        self.assertNotIn(first.id, self.master.jobs)
+        later = self.master.submit([TaskSpec.instruction("b2")])
+        self.master.worker_joined(node(name="b1", capabilities=("b",), slots=2))
+        self.clock.advance(0)
+        self.assertIn((later.id, [("b2", 1)]), [(job, batch) for _, job, batch in self.link.assignments])
+
     def test_unknown_job(self):
         """Confirming a job this master does not have raises KeyError."""
         self.assertRaises(KeyError, self.master.confirm, "nope", [], "b1")

@@ -180,16 +180,26 @@ class TaskResultTests(SynchronousTestCase):
 
     def test_rejects_durations_that_are_not_finite_seconds(self):
         """
-        NaN and infinity (which JSON decodes from C{NaN} and C{1e400}), a
-        negative time and an integer too large for a float are refused as
+        NaN and infinity (which JSON decodes from C{NaN}, C{1e400} and
+        C{-Infinity}) and an integer too large for a float are refused as
         the duration they claim to be, naming the field.
         """
-        for duration in (json.loads("NaN"), json.loads("1e400"), -1.0, 10**400):
+        for duration in (json.loads("NaN"), json.loads("1e400"), json.loads("-Infinity"), 10**400):
             wire = TaskResult(task_id="t", attempt=1, status="succeeded", node="b1").to_wire()
             wire["duration"] = duration
             with self.assertRaises(ValidationError) as caught:
                 TaskResult.from_wire(wire)
             self.assertIn("'duration'", str(caught.exception))
+
+    def test_negative_duration_counts_as_zero(self):
+        """
+        A negative duration (the worker's wall clock stepped back while the
+        task ran) is accepted as 0, not refused: refusing the confirmation
+        would leave its tasks assigned for ever.
+        """
+        wire = TaskResult(task_id="t", attempt=1, status="succeeded", node="b1").to_wire()
+        wire["duration"] = -1.5
+        self.assertEqual(TaskResult.from_wire(wire).duration, 0.0)
 
 
 class AssignmentTests(SynchronousTestCase):

@@ -263,6 +263,32 @@ class MembershipTests(SynchronousTestCase):
         self.assertEqual(cluster.runners["w1"].running, {})
         self.assertEqual([key[0] for key in cluster.runners["w1"].stopped], [job])
 
+    def test_a_cancel_lost_with_a_closing_connection_is_owed(self):
+        """
+        A CANCEL_JOB sent on a connection the worker has already closed (the
+        master has not noticed yet) fails with the connection; it is owed,
+        not lost, and reaches the worker once it has connected again.
+        """
+        cluster = Cluster()
+        cluster.add_master(w_tasks(1, ("sleep", "3600")))
+        cluster.add_worker("w1", duration=3600.0)
+        cluster.network.run_until(lambda: cluster.runners["w1"].running, limit=10)
+        master = cluster.nodes["m1"]
+        job = next(iter(master.master.jobs))
+        w1_address = ("127.0.0.1", cluster.nodes["w1"].info.port)
+        cluster.network.partition(*w1_address)
+        cluster.nodes["w1"].peers.get("m1").connection.transport.loseConnection()
+        cluster.network.flush()
+        self.assertTrue(cluster.connected("m1", "w1"), "the master has not noticed yet")
+        with capturedLogs():
+            master.master.cancel(job, by="a test")
+            cluster.network.flush()
+            cluster.network.heal(*w1_address)
+            cluster.network.run_until(lambda: cluster.connected("m1", "w1") and cluster.connected("w1", "m1"), limit=60)
+            cluster.network.run(2.0)
+        self.assertEqual(cluster.runners["w1"].running, {})
+        self.assertEqual([key[0] for key in cluster.runners["w1"].stopped], [job])
+
     def test_ready_once_listening_and_joined(self):
         """
         L{Node.ready} fires once the node listens and discovery has joined its

@@ -133,25 +133,32 @@ class _BodyCheckingRequest(Request):
     _received = 0
 
     def gotLength(self, length: Optional[int]) -> None:
-        """The headers are in: refuse the body now if it will be refused."""
+        """The headers are in: refuse the body now if it will be refused (None: a chunked body)."""
         if length is not None and length > MAX_BODY_BYTES:
             self._refuse(http.REQUEST_ENTITY_TOO_LARGE, f"the body is over {MAX_BODY_BYTES} bytes")
             return
-        key = getattr(getattr(self.channel, "site", None), "node_key", None)
-        if key is not None and length != 0 and not _token_matches(key, _given_token(self)):
+        if length and not self._token_given():
             self._refuse(http.UNAUTHORIZED, _TOKEN_NEEDED)
             return
         super().gotLength(length)
 
     def handleContentChunk(self, data: bytes) -> None:
-        """Keep a chunk, unless the body is refused or this one takes it over the limit."""
+        """Keep a chunk, unless the body is refused, or this one takes it over the limit or is sent without the token."""
         if self._refused:
+            return
+        if data and self._received == 0 and not self._token_given():
+            self._refuse(http.UNAUTHORIZED, _TOKEN_NEEDED)
             return
         self._received += len(data)
         if self._received > MAX_BODY_BYTES:
             self._refuse(http.REQUEST_ENTITY_TOO_LARGE, f"the body is over {MAX_BODY_BYTES} bytes")
             return
         super().handleContentChunk(data)
+
+    def _token_given(self) -> bool:
+        """Whether this request may send a body: no key, or the key's token in its headers."""
+        key = getattr(getattr(self.channel, "site", None), "node_key", None)
+        return key is None or _token_matches(key, _given_token(self))
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
         """Process the request, unless it was refused already."""
@@ -162,6 +169,8 @@ class _BodyCheckingRequest(Request):
         """Answer C{code} with a JSON error at once, and close the connection (the rest of the body is not read)."""
         self._refused = True
         self.content = BytesIO()
+        # No "100 Continue" after this answer: the body is not wanted.
+        self.requestHeaders.removeHeader(b"expect")
         body = json.dumps({"error": message}).encode("utf-8")
         log.info("Refused an HTTP request body from {client}: {error}", client=_client(self), error=message)
         head = (

@@ -93,3 +93,18 @@ class BodyCheckTests(SynchronousTestCase):
         )
         self.assertTrue(transport.value().startswith(b"HTTP/1.1 201 "), transport.value()[:200])
         self.assertEqual(len(node.submitted), 1)
+
+    def test_public_get_with_an_empty_chunked_body_is_served(self):
+        """Under --web-public, a GET with an empty chunked body is still served: no body, no token needed."""
+        node, protocol, transport = self.connect(KEY)
+        node.config.web_public = True
+        protocol.dataReceived(b"GET /api/jobs HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 200 "), transport.value()[:80])
+
+    def test_no_100_continue_after_a_refusal(self):
+        """A refused body announced with Expect: 100-continue gets its refusal, never a 100 Continue after it."""
+        node, protocol, transport = self.connect(KEY)
+        protocol.dataReceived(b"POST /api/jobs HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 1000\r\n\r\n")
+        answer = transport.value()
+        self.assertTrue(answer.startswith(b"HTTP/1.1 401 "), answer[:80])
+        self.assertNotIn(b"100 Continue", answer)

@@ -156,10 +156,10 @@ class CommandPolicy:
                 f"matches an --allow pattern {allowed}"
             )
         found = find_program(program, cwd, search_path)
-        # A name as given is a candidate only if it is a plain name: a path
-        # is matched once normalised, or "/usr/bin/../../tmp/x" would pass
-        # "/usr/bin/*" (fnmatch's * crosses "/").
-        candidates = [] if os.sep in program else [program]
+        # The program as given is a candidate unless it climbs with "..":
+        # "/usr/bin/../../tmp/x" would pass "/usr/bin/*" (fnmatch's * crosses
+        # "/"); such a path is matched only once normalised.
+        candidates = [] if os.pardir in program.split(os.sep) else [program]
         if found is not None:
             candidates += [found, os.path.realpath(found)]
         if self._matches(candidates):

@@ -68,6 +68,18 @@ class AllowAllTests(PolicyTestCase):
 class AllowTests(PolicyTestCase):
     """--allow: glob patterns over the program's name and its path."""
 
+    def test_a_path_with_dotdot_is_matched_only_normalised(self):
+        """
+        A program given as a path matches a pattern as written, unless it
+        climbs with "..": "/usr/bin/*" does not allow "BIN/../../x".
+        """
+        outside = make_program(os.path.join(self.root, "outside", "x"))
+        policy = CommandPolicy(allow=[self.bin + "/*"])
+        climbing = self.bin + "/../outside/x"
+        self.assertRefused(policy.decide([climbing], None, self.bin), repr(climbing), f"({outside})")
+        relative = CommandPolicy(allow=["./bin/tool"])
+        self.assertEqual(relative.decide(["./bin/tool"], self.root, self.bin), os.path.join(self.bin, "tool"))
+
     def test_name_pattern(self):
         """A pattern matching argv[0] as given allows it; the path found on PATH is what starts."""
         policy = CommandPolicy(allow=["echo"])

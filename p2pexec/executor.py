@@ -258,8 +258,12 @@ class ProcessExecutor:
         _kill_group(pid, number)
         if number == signal.SIGKILL or pid in self._pending_kills:
             return
-        self._pending_kills[pid] = self._clock.callLater(self._kill_grace, self._final_kill, pid)
+        self._arm_final_kill(pid)
         protocol.ended.addBoth(lambda result: (self._watch_group(pid), result)[1])
+
+    def _arm_final_kill(self, pid: int) -> None:
+        """SIGKILL the group after the grace period, unless L{_watch_group} finds it empty first."""
+        self._pending_kills[pid] = self._clock.callLater(self._kill_grace, self._final_kill, pid)
 
     def _stop_leftovers(self, pid: int, task_id: str, job: str) -> None:
         """
@@ -275,7 +279,7 @@ class ProcessExecutor:
             name=self._node_name, task=task_id, job=job,
         )
         _kill_group_only(pid, signal.SIGTERM)
-        self._pending_kills[pid] = self._clock.callLater(self._kill_grace, self._final_kill, pid)
+        self._arm_final_kill(pid)
         self._watch_group(pid)
 
     def _watch_group(self, pid: int) -> None:

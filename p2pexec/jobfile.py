@@ -53,7 +53,9 @@ def load_job_file(path: str) -> list[TaskSpec]:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise JobFileError(f"job file {path}: not UTF-8 text (byte {e.start} is {raw[e.start]:#04x}); TOML files are UTF-8") from None
+        raise JobFileError(
+            f"job file {path}: not UTF-8 text (byte {e.start} is {raw[e.start]:#04x}); TOML files are UTF-8"
+        ) from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:

@@ -652,7 +652,7 @@ class Master:
             self.journal.task_changed(job.id, record)
         # Every node that was ever given one of its tasks: one whose tasks were
         # put back (its connection dropped, say) may still be running them.
-        workers = sorted(job.participants | {record.worker for record in held if record.worker is not None})
+        workers = sorted(job.participants)
         for record in held:
             seat = self._workers.get(record.worker or "")
             if seat is not None and seat.outstanding > 0:

@@ -6,13 +6,14 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.deps-installed
 
-.PHONY: install demo test test-pytest bench bench-compare clean
+.PHONY: install demo lint test test-pytest bench bench-compare clean
 
-$(STAMP): setup.cfg setup.py
+$(STAMP): setup.cfg setup.py pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "twisted[tls]>=23.10" "attrs>=22.2" "rich>=13" "prometheus_client>=0.20" \
-		"pytest>=7" "pytest-twisted>=1.14" "jsonschema>=4.18" "openapi-spec-validator>=0.7" "selenium>=4.20" "hypothesis>=6.100"
+		"pytest>=7" "pytest-twisted>=1.14" "jsonschema>=4.18" "openapi-spec-validator>=0.7" "selenium>=4.20" "hypothesis>=6.100" \
+		"mypy>=1.10" "mypy-zope>=1.0" "ruff>=0.6" "towncrier>=23.10"
 	touch $(STAMP)
 
 ## install: build and install p2pexec (a normal, non-editable install) into .venv
@@ -22,6 +23,13 @@ install: $(STAMP)
 ## demo: the original example: a1 (master of a1,a2,b1,c1,a3), b1 and c1 on loopback
 demo: install
 	$(BIN)/python examples/demo.py
+
+## lint: type-check (mypy) and lint (ruff check, ruff format --check); the newsfragments must parse
+lint: $(STAMP)
+	$(BIN)/mypy
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/towncrier build --draft --version next > /dev/null
 
 ## test: the whole suite under trial
 test: install

@@ -98,7 +98,36 @@ MAX_CONNECTIONS_PER_ADDRESS = 64
 AUTH_TIMEOUT = 10.0
 """Seconds a connection of a cluster with a key has to authenticate before it is closed."""
 
+INTRODUCTION_TIMEOUT = 30.0
+"""
+Seconds a connection this node accepted has, from the moment it was made, to
+complete its introduction (CONNECT_REQUEST and HANDSHAKE), unless it is a
+client's connection (see L{CLIENT_IDLE_TIMEOUT}); the dialler's own limit is
+the same (L{p2pexec.connections.Dialer}).
+"""
+
+CLIENT_IDLE_TIMEOUT = 60.0
+"""
+Seconds a client's connection (one that sent a client command, and no
+CONNECT_REQUEST) may stay silent, while none of its commands is being
+answered, before the node closes it.  C{p2pexec watch} asks every half
+second, so only an abandoned client gets there.
+"""
+
 _AUTH_COMMANDS = (commands.Authenticate.commandName, commands.AuthProof.commandName)
+
+CLIENT_COMMANDS = frozenset(
+    command.commandName
+    for command in (
+        commands.SubmitJob,
+        commands.ListJobs,
+        commands.JobStatus,
+        commands.JobTasks,
+        commands.ClusterStatus,
+        commands.CancelJob,
+    )
+)
+"""The commands an operator's client sends without an introduction."""
 
 
 class PeerProtocol(amp.AMP):
@@ -132,6 +161,12 @@ class PeerProtocol(amp.AMP):
         self._box_bytes = 0
         self.counted_address: Optional[str] = None
         """The remote address this connection is counted under (see L{MAX_CONNECTIONS_PER_ADDRESS})."""
+        self.client = False
+        """Whether this is a client's connection: it sent a client command and no CONNECT_REQUEST."""
+        self._opened_at = self.last_received
+        self._answering = 0
+        self._last_answered = self.last_received
+        self._guard: Any = None
 
     # -- plumbing -----------------------------------------------------------
 
@@ -160,14 +195,21 @@ class PeerProtocol(amp.AMP):
             return self._unauthenticated(name)
 
         def parsing_safely(box: amp.AmpBox) -> Any:
+            if name in CLIENT_COMMANDS and self.peer_name is None and not self.dialled:
+                self.client = True
+            self._answering += 1
             try:
                 answered = responder(box)
             except (KeyError, ValueError, TypeError, OverflowError, UnicodeDecodeError, RecursionError) as e:
+                self._answer_done()
                 detail = shorten(f"{name.decode('ascii', 'replace')}: malformed arguments ({type(e).__name__}: {e})")
                 log.warn("Refused a box from {peer}: {detail}", peer=self.describe(), detail=detail)
                 raise amp.RemoteAmpError(b"BAD_ARGUMENTS", detail) from None
             if isinstance(answered, Deferred):
                 answered.addErrback(_short_refusal)
+                answered.addBoth(self._answer_done)
+            else:
+                self._answer_done()
             return answered
 
         return parsing_safely
@@ -204,6 +246,68 @@ class PeerProtocol(amp.AMP):
             return
         if not self.authenticated and self._clock is not None:
             self._auth_deadline = self._clock.callLater(AUTH_TIMEOUT, self._auth_expired)
+        if not self.dialled and self._clock is not None:
+            # The dialler bounds its own introduction (see connections.py).
+            self._opened_at = self._last_answered = self.last_received = self._clock.seconds()
+            self._guard = self._clock.callLater(INTRODUCTION_TIMEOUT, self._check_silence)
+
+    # -- connections that never introduce themselves, and idle clients ---------
+
+    def _answer_done(self, result: Any = None) -> Any:
+        """A command of the other side's has been answered (or refused): its silence counts from now."""
+        self._answering -= 1
+        if self._clock is not None:
+            self._last_answered = self._clock.seconds()
+        return result
+
+    def _check_silence(self) -> None:
+        """
+        On a connection this node accepted: close it if it has not completed
+        its introduction within L{INTRODUCTION_TIMEOUT} seconds of being
+        made (unless it is a client's), or if it is a client's and has been
+        silent for L{CLIENT_IDLE_TIMEOUT} seconds with no command of its
+        being answered.  Otherwise look again when that could first be so.
+        """
+        self._guard = None
+        if self.closed or self.peer is not None or self._clock is None:
+            # A complete handshake: failure detection watches it (heartbeat.py).
+            return
+        now = self._clock.seconds()
+        if self.client and self.peer_name is None:
+            if self._answering:
+                deadline = now + CLIENT_IDLE_TIMEOUT
+            else:
+                deadline = max(self.last_received, self._last_answered) + CLIENT_IDLE_TIMEOUT
+            if now >= deadline:
+                self._close_silent(
+                    f"the client sent nothing for {now - max(self.last_received, self._last_answered):.0f}s "
+                    f"(limit {CLIENT_IDLE_TIMEOUT:g}s)",
+                    client=True,
+                )
+                return
+        else:
+            deadline = self._opened_at + INTRODUCTION_TIMEOUT
+            if now >= deadline:
+                if self.peer_name is not None:
+                    why = (
+                        f"node {self.peer_name} did not complete its introduction (HANDSHAKE) "
+                        f"within {INTRODUCTION_TIMEOUT:g}s of connecting"
+                    )
+                else:
+                    why = (
+                        f"it did not introduce itself (CONNECT_REQUEST and HANDSHAKE) or send a client "
+                        f"command within {INTRODUCTION_TIMEOUT:g}s of connecting"
+                    )
+                self._close_silent(why, client=False)
+                return
+        self._guard = self._clock.callLater(deadline - now, self._check_silence)
+
+    def _close_silent(self, why: str, client: bool) -> None:
+        """One line naming the address and why, then close at once (a silent peer may not read)."""
+        (log.info if client else log.warn)(
+            "Closed the connection from {address}: {why}", address=self.address(), why=why
+        )
+        self.transport.abortConnection()
 
     # -- authentication (a cluster with a key) --------------------------------
 
@@ -333,6 +437,9 @@ class PeerProtocol(amp.AMP):
         self.closed = True
         if self._auth_deadline is not None and self._auth_deadline.active():
             self._auth_deadline.cancel()
+        if self._guard is not None and self._guard.active():
+            self._guard.cancel()
+        self._guard = None
         self._handler.connection_lost(self, reason)
         waiting, self._lost = self._lost, []
         for d in waiting:

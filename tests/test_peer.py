@@ -325,3 +325,168 @@ class GarbageTests(SynchronousTestCase):
             protocol.dataReceived(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         self.assertTrue(transport.disconnecting)
         self.assertEqual(len([e for e in events if "not valid AMP" in e["log_format"]]), 1)
+
+
+class ClientHandler(RecordingHandler):
+    """A L{RecordingHandler} that also answers client commands; SUBMIT_JOB waits for C{submitted}."""
+
+    def __init__(self, info):
+        super().__init__(info)
+        self.submitted = Deferred()
+
+    def job_status(self, job_id):
+        """A summary that only names the job."""
+        return {"id": job_id}
+
+    def submit_part(self, protocol, tasks, defaults, upload, final):
+        """Answer once C{submitted} fires (a journal write that takes its time)."""
+        return self.submitted.addCallback(lambda _: {"upload": "", "job": "j1"})
+
+
+class SilentConnectionTests(SynchronousTestCase):
+    """
+    Connections this node accepted that never introduce themselves, or
+    clients that went quiet, are closed (docs/protocol.rst, "Opening a
+    connection" and "Client connections").
+    """
+
+    def setUp(self):
+        from twisted.logger import globalLogPublisher
+
+        self.clock = Clock()
+        self.handler = ClientHandler(node(name="b1", instance="i-b"))
+        self.events = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+
+    def accepted(self, client=None):
+        """An accepting L{PeerProtocol} with the test's clock, connected in memory to C{client}."""
+        self.client, self.server, self.pump = connectedServerAndClient(
+            lambda: PeerProtocol(self.handler, clock=self.clock),
+            lambda: client if client is not None else amp.AMP(),
+            clock=self.clock,
+        )
+        return self.server
+
+    def advance(self, seconds):
+        """Let C{seconds} pass, then deliver what is pending."""
+        self.clock.advance(seconds)
+        self.pump.flush()
+
+    def closed_lines(self):
+        """The log events that say the node closed a connection."""
+        return [e for e in self.events if e.get("log_format", "").startswith("Closed the connection from")]
+
+    def test_silent_connection_closed_at_the_introduction_limit(self):
+        """
+        A connection that sends nothing is closed 30 seconds after it was
+        made, not before, with one warning naming its address and why.
+        """
+        from twisted.logger import LogLevel
+
+        from p2pexec.peer import INTRODUCTION_TIMEOUT
+
+        server = self.accepted()
+        self.assertEqual(INTRODUCTION_TIMEOUT, 30.0)
+        self.advance(29.9)
+        self.assertFalse(server.closed)
+        self.advance(0.1)
+        self.assertTrue(server.closed)
+        self.assertIn(("lost",), self.handler.calls)
+        [line] = self.closed_lines()
+        self.assertEqual(line["log_level"], LogLevel.warn)
+        self.assertEqual(line["address"], server.address())
+        self.assertIn("within 30s of connecting", line["why"])
+
+    def test_half_introduction_closed_at_the_introduction_limit(self):
+        """
+        A dialler that sends CONNECT_REQUEST and never HANDSHAKE is closed 30
+        seconds after connecting, the line naming the node it claimed to be.
+        """
+        server = self.accepted()
+        self.advance(10)
+        d = self.client.callRemote(commands.ConnectRequest, cluster="default", name="a1", instance="i-a", version=1)
+        self.advance(0)
+        self.assertEqual(self.successResultOf(d)["name"], "b1")
+        self.advance(19.9)
+        self.assertFalse(server.closed)
+        self.advance(0.1)
+        self.assertTrue(server.closed)
+        [line] = self.closed_lines()
+        self.assertIn("node a1 did not complete its introduction", line["why"])
+
+    def test_unknown_and_refused_commands_do_not_count_as_an_introduction(self):
+        """Commands refused for want of a handshake keep a connection from nothing: it goes at 30 s."""
+        server = self.accepted()
+        for _ in range(3):
+            self.client.callRemote(commands.Heartbeat).addErrback(lambda f: None)
+            self.client.callRemoteString(b"NO_SUCH_THING").addErrback(lambda f: None)
+            self.advance(10)
+        self.assertTrue(server.closed)
+        self.assertEqual(len(self.closed_lines()), 1)
+
+    def test_introduced_connection_is_left_to_failure_detection(self):
+        """A connection whose handshake completed is not closed by the introduction limit, however quiet."""
+        server = self.accepted(PeerProtocol(RecordingHandler(node(name="a1", instance="i-a")), dialled=True))
+        d = Deferred.fromCoroutine(self.client.introduce(node(name="a1", instance="i-a")))
+        self.advance(0)
+        self.successResultOf(d)
+        self.advance(1000)
+        self.assertFalse(server.closed)
+        self.assertEqual(self.closed_lines(), [])
+
+    def test_polling_client_kept_open(self):
+        """
+        A client that asks JOB_STATUS every half second, as C{p2pexec watch}
+        does, keeps its connection for as long as it asks.
+        """
+        server = self.accepted()
+        for _ in range(400):
+            d = self.client.callRemote(commands.JobStatus, job="j1")
+            self.advance(0)
+            self.assertEqual(self.successResultOf(d)["status"], {"id": "j1"})
+            self.advance(0.5)
+        self.assertFalse(server.closed)
+        self.assertTrue(server.client)
+
+    def test_idle_client_closed_after_the_client_limit(self):
+        """
+        A client that asked once and then went quiet is closed 60 seconds
+        after its last answer, with one info line.
+        """
+        from twisted.logger import LogLevel
+
+        from p2pexec.peer import CLIENT_IDLE_TIMEOUT
+
+        server = self.accepted()
+        self.assertEqual(CLIENT_IDLE_TIMEOUT, 60.0)
+        self.advance(25)
+        self.client.callRemote(commands.JobStatus, job="j1")
+        self.advance(0)
+        self.advance(59.9)
+        self.assertFalse(server.closed)
+        self.advance(0.1)
+        self.assertTrue(server.closed)
+        [line] = self.closed_lines()
+        self.assertEqual(line["log_level"], LogLevel.info)
+        self.assertIn("the client sent nothing for 60s", line["why"])
+
+    def test_client_waiting_for_an_answer_is_not_cut(self):
+        """
+        While the node works on a client's command (a SUBMIT_JOB waiting for
+        the journal), the client's silence does not count; it does once the
+        answer is out.
+        """
+        server = self.accepted()
+        d = self.client.callRemote(commands.SubmitJob, tasks=[], defaults=None, upload="", final=True)
+        self.advance(0)
+        self.advance(300)
+        self.assertFalse(server.closed)
+        self.handler.submitted.callback(None)
+        self.advance(0)
+        self.assertEqual(self.successResultOf(d)["job"], "j1")
+        self.advance(59.9)
+        self.assertFalse(server.closed)
+        self.advance(0.1)
+        self.assertTrue(server.closed)
+

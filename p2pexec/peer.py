@@ -130,6 +130,10 @@ CLIENT_COMMANDS = frozenset(
 """The commands an operator's client sends without an introduction."""
 
 
+class UnexpectedAnswer(Exception):
+    """An answer box that answers no request still waiting on this connection: a protocol error."""
+
+
 class PeerProtocol(amp.AMP):
     """
     One AMP connection to another node, in either direction.
@@ -202,7 +206,7 @@ class PeerProtocol(amp.AMP):
                 answered = responder(box)
             except (KeyError, ValueError, TypeError, OverflowError, UnicodeDecodeError, RecursionError) as e:
                 self._answer_done()
-                detail = shorten(f"{name.decode('ascii', 'replace')}: malformed arguments ({type(e).__name__}: {e})")
+                detail = shorten(f"{name.decode('ascii', 'replace')}: malformed arguments ({_parse_error(e)})")
                 log.warn("Refused a box from {peer}: {detail}", peer=self.describe(), detail=detail)
                 raise amp.RemoteAmpError(b"BAD_ARGUMENTS", detail) from None
             if isinstance(answered, Deferred):
@@ -382,6 +386,27 @@ class PeerProtocol(amp.AMP):
             raise
         self._authenticated()
 
+    def ampBoxReceived(self, box: amp.AmpBox) -> None:
+        """
+        Dispatch one box, as AMP does, after checking that an answer
+        answers a request of ours still waiting for it: AMP itself would
+        fail with a bare C{KeyError} of the tag.
+
+        @raise UnexpectedAnswer: saying what did not add up; the connection
+            is then dropped (see L{dataReceived}).
+        """
+        key = amp.ANSWER if amp.ANSWER in box else amp.ERROR if amp.ERROR in box else None
+        if key is not None:
+            what = "an answer" if key == amp.ANSWER else "an error answer"
+            tag = box[key].decode("ascii", "replace")
+            if box[key] not in self._outstandingRequests:
+                raise UnexpectedAnswer(
+                    f"{what} to request {tag!r}, which this node never sent or which was answered already"
+                )
+            if key == amp.ERROR and (amp.ERROR_CODE not in box or amp.ERROR_DESCRIPTION not in box):
+                raise UnexpectedAnswer(f"{what} to request {tag!r} without its _error_code or _error_description")
+        super().ampBoxReceived(box)
+
     def dataReceived(self, data: bytes) -> None:
         """
         Parse AMP framing; on bytes that are not AMP, drop the connection with
@@ -393,6 +418,13 @@ class PeerProtocol(amp.AMP):
             self.last_received = self._clock.seconds()
         try:
             super().dataReceived(data)
+        except UnexpectedAnswer as e:
+            log.warn(
+                "Dropped the connection with {peer}: it sent {error}",
+                peer=self.describe(),
+                error=shorten(str(e)),
+            )
+            self.transport.loseConnection()
         except Exception as e:
             log.warn(
                 "Dropped the connection with {peer}: it sent data that is not valid AMP ({error})",
@@ -687,6 +719,13 @@ def tls_binding(transport: Any) -> bytes:
     from p2pexec.tls import peer_fingerprint
 
     return peer_fingerprint(transport)
+
+
+def _parse_error(error: Exception) -> str:
+    """Why AMP could not parse a command's arguments, in words (a missing key is a KeyError of its name)."""
+    if type(error) is KeyError and error.args and isinstance(error.args[0], bytes):
+        return f"the argument {error.args[0].decode('ascii', 'replace')!r} is missing"
+    return f"{type(error).__name__}: {error}"
 
 
 def _short_refusal(failure: Failure) -> Failure:

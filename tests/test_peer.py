@@ -490,3 +490,69 @@ class SilentConnectionTests(SynchronousTestCase):
         self.advance(0.1)
         self.assertTrue(server.closed)
 
+
+class ProtocolErrorWordingTests(SynchronousTestCase):
+    """Protocol errors are logged and answered in words, not as a Python exception's repr."""
+
+    def connected(self):
+        """An accepting L{PeerProtocol} on a L{StringTransport}, and the log events it writes."""
+        from twisted.internet.testing import StringTransport
+        from twisted.logger import globalLogPublisher
+
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        protocol = PeerProtocol(RecordingHandler(node(name="b1")))
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        return protocol, transport, events
+
+    def test_answer_with_an_unknown_tag(self):
+        """
+        An answer to a request never sent drops the connection, logged as
+        one line that says so in words (not C{KeyError: b'77'}).
+        """
+        protocol, transport, events = self.connected()
+        protocol.dataReceived(amp.AmpBox(_answer=b"77").serialize())
+        self.assertTrue(transport.disconnecting)
+        [line] = [e for e in events if e.get("log_format", "").startswith("Dropped the connection")]
+        self.assertEqual(
+            line["error"], "an answer to request '77', which this node never sent or which was answered already"
+        )
+        self.assertNotIn("KeyError", line["error"])
+
+    def test_error_answer_with_an_unknown_tag(self):
+        """An error answer to a request never sent is described the same way."""
+        protocol, transport, events = self.connected()
+        protocol.dataReceived(
+            amp.AmpBox(_error=b"9", _error_code=b"X", _error_description=b"no").serialize()
+        )
+        self.assertTrue(transport.disconnecting)
+        [line] = [e for e in events if e.get("log_format", "").startswith("Dropped the connection")]
+        self.assertIn("an error answer to request '9', which this node never sent", line["error"])
+
+    def test_error_answer_without_its_code(self):
+        """
+        An error answer to a real request but without C{_error_code} drops the
+        connection, and the request fails with it instead of waiting for ever.
+        """
+        protocol, transport, events = self.connected()
+        d = protocol.callRemote(commands.Heartbeat)
+        protocol.dataReceived(amp.AmpBox(_error=b"1", _error_description=b"no").serialize())
+        self.assertTrue(transport.disconnecting)
+        [line] = [e for e in events if e.get("log_format", "").startswith("Dropped the connection")]
+        self.assertIn("without its _error_code", line["error"])
+        from twisted.internet.error import ConnectionDone
+        from twisted.python.failure import Failure
+
+        protocol.connectionLost(Failure(ConnectionDone()))
+        self.failureResultOf(d)
+
+    def test_missing_argument_named(self):
+        """A missing argument is refused with BAD_ARGUMENTS naming it, and the connection is kept."""
+        protocol, transport, events = self.connected()
+        protocol.dataReceived(amp.AmpBox(_command=b"JOB_STATUS", _ask=b"1").serialize())
+        self.assertFalse(transport.disconnecting)
+        answer = transport.value()
+        self.assertIn(b"BAD_ARGUMENTS", answer)
+        self.assertIn(b"JOB_STATUS: malformed arguments (the argument 'job' is missing)", answer)

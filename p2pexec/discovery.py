@@ -188,7 +188,7 @@ class DiscoveryProtocol(DatagramProtocol):
             self._complaints.warn(
                 e.reason,
                 source,
-                "Dropped a datagram from {source}: {detail}",
+                "Dropped a datagram from {source}: {detail} [{reason}]",
                 detail=e.detail,
             )
             return
@@ -201,7 +201,7 @@ class DiscoveryProtocol(DatagramProtocol):
                 "foreign-cluster",
                 source,
                 "Ignored {kind} from node {peer} of cluster {cluster!r} at {source}: "
-                "this node is in cluster {mine!r}",
+                "this node is in cluster {mine!r} [{reason}]",
                 kind=received.type,
                 peer=peer.name,
                 cluster=peer.cluster,

@@ -156,6 +156,25 @@ class FilteringTests(SynchronousTestCase):
         self.assertEqual(sorted(e["reason"] for e in dropped), ["not-json", "not-p2pexec", "version"])
         self.assertTrue(all(e["source"] == "127.0.0.1:5555" for e in dropped))
 
+    def test_drop_token_in_the_log_line(self):
+        """
+        The text of each drop line ends with its reason's token, as
+        docs/protocol.rst says (and the token is the C{reason} field too).
+        """
+        from twisted.logger import formatEvent
+
+        with capturedLogs() as events:
+            a = Harness(self.network, name="a1", cluster="prod")
+            self.network.inject_datagram(b"\x00\x01", GROUP, ("127.0.0.1", 5555))
+            Harness(self.network, name="b1", cluster="dev")
+            self.network.advance(0)
+        self.assertEqual(a.peers, [])
+        texts = {e["reason"]: formatEvent(e) for e in events if e.get("reason") in ("not-json", "foreign-cluster")}
+        self.assertEqual(
+            texts["not-json"], "Dropped a datagram from 127.0.0.1:5555: the datagram is not a UTF-8 JSON object [not-json]"
+        )
+        self.assertTrue(texts["foreign-cluster"].endswith("this node is in cluster 'prod' [foreign-cluster]"))
+
     def test_counts(self):
         """Sent and received datagrams are counted; once answered, DISCOVER is not repeated."""
         a = Harness(self.network, name="a1")

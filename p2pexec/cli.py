@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import sys
 from typing import Any, Awaitable, Callable, Iterable, Iterator, Optional, Protocol, Sequence, TextIO, TypeVar
@@ -583,6 +584,59 @@ def tail_lines(text: Optional[str], count: int) -> list[str]:
     return text.rstrip("\n").split("\n")[-count:]
 
 
+# -- text from the node, on a terminal ----------------------------------------------
+
+
+_TERMINAL_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+"""
+What a terminal would act on rather than show: the C0 controls but tab and
+newline (escape sequences start with ESC, 0x1b), DEL, the C1 controls (0x9b
+is a CSI of its own), and the bidirectional overrides and isolates, which
+reorder what is shown.
+"""
+
+_LINE_END_RETURNS = re.compile("\r+(?=\n|$)")
+
+
+def terminal_text(text: str) -> str:
+    """
+    C{text} (a task's output, an error, a name: anything a node sent) made
+    safe to show on a terminal: every character in L{_TERMINAL_CONTROLS}
+    is shown escaped, as C{\\x1b} or C{\\u202e}; tab and newline stay, and
+    a carriage return that ends a line (C{\\r\\n} line endings) is dropped,
+    while one inside a line, which would let the rest overwrite it, is
+    shown as C{\\r}.  Backslashes are not escaped: the exact text is what
+    C{--json}, or a pipe, gives.
+    """
+    text = _LINE_END_RETURNS.sub("", text)
+    return _TERMINAL_CONTROLS.sub(_escaped_control, text)
+
+
+def _escaped_control(match: "re.Match[str]") -> str:
+    code = ord(match.group())
+    if code == 0x0D:
+        return "\\r"
+    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
+
+
+_JSON_UNESCAPED_CONTROLS = re.compile("[\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def json_text(value: Any) -> str:
+    """
+    C{value} as indented JSON, non-ASCII text as itself, but with the
+    controls JSON leaves raw (DEL, C1, bidirectional overrides) written as
+    C{\\u} escapes as well: the same data, and nothing a terminal acts on.
+    """
+    text = json.dumps(value, indent=2, ensure_ascii=False)
+    return _JSON_UNESCAPED_CONTROLS.sub(lambda match: f"\\u{ord(match.group()):04x}", text)
+
+
+def for_stream(stream: TextIO, text: str) -> str:
+    """C{text} as it is for a pipe or a file, through L{terminal_text} for a terminal."""
+    return terminal_text(text) if stream.isatty() else text
+
+
 # -- outputs -----------------------------------------------------------------------
 
 
@@ -627,14 +681,26 @@ class _PlainProgressDisplay:
 
 
 class PlainOutput:
-    """Plain lines for pipes and files: no colours, no cursor movement."""
+    """
+    Plain lines for pipes and files, and for a terminal with C{--plain}: no
+    colours, no cursor movement.  On a terminal, what the node sent is shown
+    through L{terminal_text}; to a pipe or a file it is written exactly.
+    """
 
-    def __init__(self, stream: TextIO) -> None:
+    def __init__(self, stream: TextIO, escape: Optional[bool] = None) -> None:
+        """
+        @param escape: whether to show control characters escaped; by
+            default, whether C{stream} is a terminal.
+        """
         self._stream = stream
+        self._escape = stream.isatty() if escape is None else escape
+
+    def _text(self, text: str) -> str:
+        return terminal_text(text) if self._escape else text
 
     def line(self, text: str) -> None:
         """Print C{text} and a newline, flushed (progress must show at once)."""
-        self._stream.write(text + "\n")
+        self._stream.write(self._text(text) + "\n")
         self._stream.flush()
 
     def table(self, title: str, columns: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
@@ -643,6 +709,7 @@ class PlainOutput:
         if not rows:
             self.line("  (none)")
             return
+        rows = [[self._text(value) for value in row] for row in rows]
         self._stream.write("".join(line + "\n" for line in format_table(columns, rows)))
         self._stream.flush()
 
@@ -688,7 +755,10 @@ class _RichProgressDisplay:
             console=console,
             auto_refresh=False,
         )
-        self._task = self._progress.add_task(job, total=None, detail="", eta="?")
+        from rich.markup import escape
+
+        # The description is read as markup: a job id is text, not markup.
+        self._task = self._progress.add_task(escape(terminal_text(job)), total=None, detail="", eta="?")
         self._started = False
 
     def update(self, summary: dict[str, Any], now: float) -> None:
@@ -721,14 +791,18 @@ class _RichProgressDisplay:
 
 
 class RichOutput:
-    """Tables, colours and a live progress bar, for a terminal (through C{rich})."""
+    """
+    Tables, colours and a live progress bar, for a terminal (through
+    C{rich}).  Text is never read as markup, and control characters are
+    shown escaped (L{terminal_text}).
+    """
 
     def __init__(self, console: Any) -> None:
         self._console = console
 
     def line(self, text: str) -> None:
-        """Print C{text} as it is (no markup, no highlighting)."""
-        self._console.print(text, markup=False, highlight=False, emoji=False, soft_wrap=True)
+        """Print C{text} as it is (no markup, no highlighting), its control characters escaped."""
+        self._console.print(terminal_text(text), markup=False, highlight=False, emoji=False, soft_wrap=True)
 
     def table(self, title: str, columns: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
         """
@@ -739,6 +813,9 @@ class RichOutput:
         from rich import box
         from rich.table import Table
         from rich.text import Text
+
+        title = terminal_text(title)
+        rows = [[terminal_text(value) for value in row] for row in rows]
 
         def plain() -> None:
             self._console.print(Text(f"{title}:", style="bold"), soft_wrap=True)
@@ -751,7 +828,8 @@ class RichOutput:
             plain()
             return
         table = Table(
-            title=title, title_justify="left", title_style="bold", box=box.SIMPLE_HEAD, pad_edge=False,
+            # A Text, not a str: rich reads a str title as markup.
+            title=Text(title), title_justify="left", title_style="bold", box=box.SIMPLE_HEAD, pad_edge=False,
             collapse_padding=True,
         )
         for column in columns:
@@ -768,7 +846,7 @@ class RichOutput:
         """The title in bold, then the lines, indented."""
         from rich.text import Text
 
-        self._console.print(Text(f"{title}:", style="bold"), soft_wrap=True)
+        self._console.print(Text(f"{terminal_text(title)}:", style="bold"), soft_wrap=True)
         for text in lines:
             self.line(f"  {text}")
 
@@ -963,7 +1041,8 @@ async def follow(ctx: Context, job: str) -> int:
         if display is not None:
             display.close()
             display = None
-        ctx.err.write(f"{PROG}: stopped following job {job}; it goes on (p2pexec cancel {job} stops it)\n")
+        note = f"{PROG}: stopped following job {job}; it goes on (p2pexec cancel {job} stops it)"
+        ctx.err.write(for_stream(ctx.err, note) + "\n")
         raise
     finally:
         if display is not None:
@@ -1001,7 +1080,7 @@ async def do_jobs(ctx: Context, args: argparse.Namespace) -> int:
     """C{jobs}: the jobs the node is master of."""
     jobs = (await ctx.node.call(commands.ListJobs))["jobs"]
     if args.json:
-        ctx.out.line(json.dumps(jobs, indent=2, ensure_ascii=False))
+        ctx.out.line(json_text(jobs))
     else:
         ctx.out.table(f"Jobs of the node at {ctx.node.address}", JOB_COLUMNS, [job_row(job) for job in jobs])
     return EXIT_OK
@@ -1013,8 +1092,7 @@ async def do_status(ctx: Context, args: argparse.Namespace) -> int:
     jobs = (await ctx.node.call(commands.ListJobs))["jobs"]
     nodes = [cluster["node"], *cluster["peers"]]
     if args.json:
-        ctx.out.line(json.dumps({"node": cluster["node"], "peers": cluster["peers"], "jobs": jobs}, indent=2,
-                                ensure_ascii=False))
+        ctx.out.line(json_text({"node": cluster["node"], "peers": cluster["peers"], "jobs": jobs}))
         return EXIT_OK
     ctx.out.table(f"Nodes seen by {cluster['node']['name']} ({ctx.node.address})", PEER_COLUMNS,
                   [peer_row(node) for node in nodes])
@@ -1042,7 +1120,7 @@ async def do_result(ctx: Context, args: argparse.Namespace) -> int:
     summary = (await ctx.node.call(commands.JobStatus, job=args.job))["status"]
     tasks = await all_tasks(ctx, args.job)
     if args.json:
-        ctx.out.line(json.dumps({"job": summary, "tasks": tasks}, indent=2, ensure_ascii=False))
+        ctx.out.line(json_text({"job": summary, "tasks": tasks}))
         return tasks_exit_status(tasks)
     ctx.out.table(
         f"Job {summary['id']} ({summary['state']}: {summary['done']}/{summary['total']} done, {outcome_counts(summary)}, "
@@ -1386,7 +1464,8 @@ def run_in_reactor(reactor: Any, work: Callable[[], Awaitable[int]], err: TextIO
     if not isinstance(result, Failure):
         return int(result)
     if result.check(CliError):
-        err.write(f"{PROG}: {result.value.message}\n")
+        # The message may quote the node (an error's description): escaped on a terminal.
+        err.write(for_stream(err, f"{PROG}: {result.value.message}") + "\n")
         return int(result.value.status)
     if result.check(defer.CancelledError):
         err.write(f"{PROG}: interrupted\n")

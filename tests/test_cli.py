@@ -802,3 +802,129 @@ class RunInReactorTests(SynchronousTestCase):
             raise ZeroDivisionError()
 
         self.assertRaises(ZeroDivisionError, self.run_work, work)
+
+
+HOSTILE_OUTPUT = "\x1b]0;owned\x07\x1b[2J\x00cleared\x9b31m\r\nfake\rprompt $ \u202eevil\tok\r\n"
+"""A task's stdout that sets the terminal title, clears the screen, has a NUL, a C1 CSI, a lone CR and a bidi override."""
+
+HOSTILE_SHOWN = ["  \\x1b]0;owned\\x07\\x1b[2J\\x00cleared\\x9b31m", "  fake\\rprompt $ \\u202eevil\tok"]
+"""How its last two lines are shown on a terminal."""
+
+RAW_CONTROLS = ("\x1b", "\x00", "\x07", "\x9b", "\r", "\u202e")
+
+
+class TerminalSafetyTests(SynchronousTestCase):
+    """
+    What a task, or a node, sent is shown with its control characters
+    escaped on a terminal (with or without --plain), and kept exact in a
+    pipe and in --json.
+    """
+
+    def result(self, stream: io.StringIO, output: Any, json_output: bool = False, job: str = "a1-0123abcd-1",
+               error: Optional[str] = None) -> str:
+        """Run C{result} for a job of one task with C{HOSTILE_OUTPUT} as its stdout; what it printed."""
+        node = FakeNode({
+            commands.JobStatus: [{"status": summary(job=job, state="finished", total=1, failed=1)}],
+            commands.JobTasks: [{"tasks": [task_entry("t1", "failed", stdout=HOSTILE_OUTPUT, error=error)],
+                                 "next": -1}],
+        })
+        context = cli.Context(node, output, Clock(), io.StringIO())
+        d = defer.ensureDeferred(cli.do_result(context, _ns(job=job, json=json_output, lines=2)))
+        self.assertEqual(self.successResultOf(d), 1)
+        return stream.getvalue()
+
+    def assertNoRawControls(self, text: str) -> None:
+        """No character of C{RAW_CONTROLS} in C{text}."""
+        for control in RAW_CONTROLS:
+            self.assertNotIn(control, text)
+
+    def test_plain_on_a_terminal_escapes(self) -> None:
+        """result --plain on a terminal shows the output's controls escaped, tab and line ends kept."""
+        stream = TtyStringIO()
+        printed = self.result(stream, cli.make_output(stream, plain=True), error="bad\x1b[8m hidden")
+        self.assertNoRawControls(printed)
+        lines = printed.split("\n")
+        self.assertEqual(lines[-3:-1], HOSTILE_SHOWN)
+        self.assertIn("bad\\x1b[8m hidden", printed)
+
+    def test_piped_keeps_the_data_exact(self) -> None:
+        """result into a pipe writes the output as the task wrote it."""
+        stream = io.StringIO()
+        printed = self.result(stream, cli.make_output(stream, plain=False))
+        self.assertIn("  \x1b]0;owned\x07\x1b[2J\x00cleared\x9b31m\r\n  fake\rprompt $ \u202eevil\tok\r\n", printed)
+
+    def test_json_is_exact_and_inert_on_a_terminal(self) -> None:
+        """result --json on a terminal: the same data when parsed, and no raw control character, C1 included."""
+        stream = TtyStringIO()
+        printed = self.result(stream, cli.make_output(stream, plain=True), json_output=True)
+        self.assertNoRawControls(printed)
+        self.assertEqual(json.loads(printed)["tasks"][0]["stdout"], HOSTILE_OUTPUT)
+        piped = io.StringIO()
+        self.assertEqual(json.loads(self.result(piped, cli.make_output(piped, plain=False), json_output=True)),
+                         json.loads(printed))
+
+    def rich(self) -> tuple[io.StringIO, Any]:
+        """A terminal stream and the rich output the client would draw on it."""
+        from rich.console import Console
+
+        stream = TtyStringIO()
+        return stream, cli.RichOutput(Console(file=stream, force_terminal=True, width=200, color_system=None))
+
+    def test_rich_escapes_and_reads_no_markup(self) -> None:
+        """
+        On a terminal without --plain, the output's controls are escaped too,
+        and markup in a job id, an error or the output is shown as text
+        (C{[/]} used to be read as markup, which raised).
+        """
+        stream, output = self.rich()
+        printed = self.result(stream, output, job="[/]j[bold]1", error="[red]boom[/red]")
+        self.assertNoRawControls(printed)
+        self.assertIn("\\x1b]0;owned\\x07\\x1b[2J\\x00cleared\\x9b31m", printed)
+        self.assertIn("[/]j[bold]1", printed)
+        self.assertIn("[red]boom[/red]", printed)
+
+    def test_rich_progress_shows_the_job_id_as_text(self) -> None:
+        """The live progress bar shows a job id with markup in it as it is, and one with ESC escaped."""
+        stream, output = self.rich()
+        display = output.progress("[/]\x1b[2Jj1")
+        display.update(summary(job="[/]\x1b[2Jj1", running=1), 0.0)
+        display.close(summary(job="[/]\x1b[2Jj1", state="finished", total=1, succeeded=1))
+        self.assertIn("[/]\\x1b[2Jj1", stream.getvalue())
+        self.assertNotIn("\x1b[2J", stream.getvalue())
+
+    def test_status_and_watch_lines_escaped(self) -> None:
+        """A peer's address and a job id from the node are escaped on a terminal, in tables and progress lines."""
+        me = {"name": "a1", "address": "127.0.0.1:10001\x1b[2J", "capabilities": ["a"], "slots": 2, "busy": 1,
+              "queued": 0, "state": "self", "last_heard": None}
+        stream = TtyStringIO()
+        node = FakeNode({
+            commands.ClusterStatus: [{"node": me, "peers": []}],
+            commands.ListJobs: [{"jobs": [summary(job="j\x07\x1b[2J", state="finished", total=1, succeeded=1)]}],
+            commands.JobStatus: [{"status": summary(job="j\x07\x1b[2J", state="finished", total=1, succeeded=1)}],
+        })
+        context = cli.Context(node, cli.make_output(stream, plain=True), Clock(), io.StringIO())
+        self.assertEqual(self.successResultOf(defer.ensureDeferred(cli.do_status(context, _ns(json=False)))), 0)
+        self.assertEqual(self.successResultOf(defer.ensureDeferred(cli.do_watch(context, _ns(job="j1")))), 0)
+        printed = stream.getvalue()
+        self.assertNoRawControls(printed)
+        self.assertIn("127.0.0.1:10001\\x1b[2J", printed)
+        self.assertIn("job j\\x07\\x1b[2J finished", printed)
+
+    def test_error_messages_escaped_on_a_terminal(self) -> None:
+        """A CliError quoting the node is escaped on a terminal's stderr, and exact into a pipe."""
+
+        async def work() -> int:
+            raise cli.CliError("unknown job: no job '\x1b]0;owned\x07'")
+
+        err = TtyStringIO()
+        self.assertEqual(cli.run_in_reactor(FakeReactor(), work, err), 2)
+        self.assertEqual(err.getvalue(), "p2pexec: unknown job: no job '\\x1b]0;owned\\x07'\n")
+        piped = io.StringIO()
+        cli.run_in_reactor(FakeReactor(), work, piped)
+        self.assertEqual(piped.getvalue(), "p2pexec: unknown job: no job '\x1b]0;owned\x07'\n")
+
+    def test_terminal_text(self) -> None:
+        """Controls escaped, tab and newline kept, a CR that ends a line dropped, a lone CR shown."""
+        self.assertEqual(cli.terminal_text("a\x1b[1mb\x00\x7f\x85\u2066"), "a\\x1b[1mb\\x00\\x7f\\x85\\u2066")
+        self.assertEqual(cli.terminal_text("a\tb\r\nc\rd\r"), "a\tb\nc\\rd")
+        self.assertEqual(cli.terminal_text("déjà vu ✓"), "déjà vu ✓")

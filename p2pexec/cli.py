@@ -1517,6 +1517,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     out = make_output(sys.stdout, args.plain)
     from twisted.internet import reactor
 
+    from p2pexec.clock import use_monotonic_time
+
+    # The answer timeout and the polling pauses are intervals: a step of the wall clock must not move them.
+    use_monotonic_time(reactor)
     return run_in_reactor(reactor, lambda: execute(reactor, args, out, sys.stdin, sys.stderr), sys.stderr)
 
 

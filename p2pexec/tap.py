@@ -23,6 +23,7 @@ from twisted.python import usage
 from p2pexec import datagram
 from p2pexec.executor import ProcessExecutor
 from p2pexec.auth import KeyFileError, load_key
+from p2pexec.clock import use_monotonic_time
 from p2pexec.jobfile import JobFileError, load_job_file
 from p2pexec.journal import JournalError, default_state_dir
 from p2pexec.log import LEVELS, set_minimum_level
@@ -355,15 +356,18 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> IService:
     """
     Build the node's service tree from validated options.
 
-    @param reactor: for tests; by default the global reactor, and then the
-        process's SIGTERM and SIGINT handlers are replaced too, and systemd
-        is notified if C{NOTIFY_SOCKET} is set (see L{p2pexec.systemd}).
+    @param reactor: for tests; by default the global reactor, whose timers
+        are then made monotonic before anything is scheduled on it (see
+        L{p2pexec.clock}), the process's SIGTERM and SIGINT handlers are
+        replaced too, and systemd is notified if C{NOTIFY_SOCKET} is set
+        (see L{p2pexec.systemd}).
     """
     running_for_real = reactor is None
     if reactor is None:
         from twisted.internet import reactor as global_reactor
 
         reactor = global_reactor
+        use_monotonic_time(reactor)
     set_minimum_level(LEVELS[options["log-level"]])
     config = config_from_options(options)
     # NOTIFY_SOCKET and the watchdog variables are for twistd alone, not its tasks.

@@ -101,7 +101,8 @@ class DatagramSealer:
     """
     Seals outgoing datagrams and opens incoming ones with the datagram key.
 
-    @param clock: seconds since the epoch (the reactor's C{seconds}).
+    @param clock: the wall clock, seconds since the epoch (C{time.time}):
+        the timestamps are compared with other nodes' clocks.
     @param random_bytes: nonces (C{os.urandom}).
     """
 

@@ -1,7 +1,11 @@
 """
 One job's book-keeping on its master: every task's state, attempt and result.
 
-Pure state, no I/O and no clock of its own: times are passed in.
+Pure state, no I/O and no clock of its own: times are passed in.  Two kinds
+of time: C{started}/C{finished} are readings of the node's monotonic clock
+(the reactor's, see L{p2pexec.clock}), from which every duration is
+computed; C{started_at}/C{finished_at} are wall-clock moments, shown to people
+and kept in the journal, never subtracted from each other.
 """
 
 from __future__ import annotations
@@ -74,8 +78,13 @@ class Job:
     A batch of tasks accepted by this node as master.
 
     @ivar id: the job id, unique on this master.
-    @ivar started: when it was accepted.
-    @ivar finished: when its last task finished, or C{None}.
+    @ivar started: when it was accepted, by the monotonic clock.
+    @ivar finished: when its last task finished, by the monotonic clock, or
+        C{None}.
+    @ivar started_at: when it was accepted, by the wall clock (seconds since
+        the epoch), for people and the journal.
+    @ivar finished_at: when it ended, by the wall clock, or C{None} (see
+        L{finished_at}).
     @ivar participants: every node that was given one of its tasks.
     @ivar source: what the job came from (a digest of its job file), so that
         a master restarted with the same job resumes it instead of starting
@@ -92,7 +101,13 @@ class Job:
         started: float,
         source: Optional[str] = None,
         max_losses: int = DEFAULT_MAX_LOSSES,
+        started_at: Optional[float] = None,
     ) -> None:
+        """
+        @param started: the monotonic clock's reading when it was accepted.
+        @param started_at: the wall clock's; by default C{started} (for
+            tests whose one clock is a L{twisted.internet.task.Clock}).
+        """
         self.id = job_id
         self.tasks: dict[str, TaskRecord] = {}
         for spec in tasks:
@@ -100,9 +115,11 @@ class Job:
                 raise ValueError(f"job {job_id}: task id {spec.id!r} appears twice")
             self.tasks[spec.id] = TaskRecord(spec=spec)
         self.started = started
+        self.started_at = started if started_at is None else started_at
         self.source = source
         self.max_losses = max_losses
         self.finished: Optional[float] = None
+        self._finished_at: Optional[float] = None
         self.cancelled = False
         self.participants: set[str] = set()
         self.succeeded = 0
@@ -117,9 +134,16 @@ class Job:
         started: float,
         source: Optional[str] = None,
         max_losses: int = DEFAULT_MAX_LOSSES,
+        started_at: Optional[float] = None,
     ) -> "Job":
-        """A job rebuilt from its journal records (L{TaskRecord}s, in job order)."""
-        job = cls(job_id, (), started, source, max_losses)
+        """
+        A job rebuilt from its journal records (L{TaskRecord}s, in job order).
+
+        @param started: a monotonic reading standing for its start in this
+            process (see L{Master.resume<p2pexec.master.Master.resume>}).
+        @param started_at: the wall-clock moment of its start, as journaled.
+        """
+        job = cls(job_id, (), started, source, max_losses, started_at)
         for record in records:
             job.tasks[record.spec.id] = record
             if record.worker is not None:
@@ -130,6 +154,24 @@ class Job:
                 else:
                     job.failed += 1
         return job
+
+    @property
+    def finished_at(self) -> Optional[float]:
+        """
+        When it ended, by the wall clock, or C{None} while it runs: the
+        moment its master read on the wall clock as it ended, or, until
+        then, its wall-clock start plus its monotonic duration.
+        """
+        if self.finished is None:
+            return None
+        if self._finished_at is not None:
+            return self._finished_at
+        return self.started_at + self.elapsed(self.finished)
+
+    def stamp_end(self, moment: float) -> None:
+        """Record C{moment}, read on the wall clock, as when it ended, if it has ended and has no such moment yet."""
+        if self.finished is not None and self._finished_at is None:
+            self._finished_at = moment
 
     @property
     def done(self) -> bool:
@@ -312,8 +354,11 @@ class Job:
         return counts
 
     def elapsed(self, now: float) -> float:
-        """Seconds since the job started, up to its end if it has ended."""
-        return (self.finished if self.finished is not None else now) - self.started
+        """
+        Seconds since the job started, up to its end if it has ended, by the
+        monotonic clock (C{now} is its reading); never negative.
+        """
+        return max(0.0, (self.finished if self.finished is not None else now) - self.started)
 
     def report(self, now: float) -> dict[str, Any]:
         """The job and every task's outcome, as written to C{--results}."""

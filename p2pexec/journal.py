@@ -110,8 +110,10 @@ class IJobState(Protocol):
 
     id: str
     source: Optional[str]
-    started: float
-    finished: Optional[float]
+    started_at: float
+    """When it was accepted, by the wall clock (seconds since the epoch)."""
+    finished_at: Optional[float]
+    """When it ended, by the wall clock, or C{None}."""
     cancelled: bool
     tasks: dict[str, Any]
 
@@ -136,6 +138,7 @@ class StoredJob:
     id: str
     source: Optional[str]
     started: float
+    """When it was accepted, by the wall clock of the process that accepted it."""
     cancelled: bool
     tasks: list[StoredTask]
 
@@ -305,7 +308,7 @@ class Journal:
                 for job in new_jobs.values():
                     db.execute(
                         "INSERT OR REPLACE INTO jobs (id, source, started, finished, cancelled) VALUES (?, ?, ?, ?, ?)",
-                        (job.id, job.source, job.started, job.finished, int(job.cancelled)),
+                        (job.id, job.source, job.started_at, job.finished_at, int(job.cancelled)),
                     )
                     db.executemany(
                         f"INSERT OR REPLACE INTO tasks (job, id, seq, kind, spec, {_TASK_COLUMNS}) "
@@ -340,7 +343,7 @@ class Journal:
                 for job in changed_jobs.values():
                     db.execute(
                         "UPDATE jobs SET finished = ?, cancelled = ? WHERE id = ?",
-                        (job.finished, int(job.cancelled), job.id),
+                        (job.finished_at, int(job.cancelled), job.id),
                     )
         except (sqlite3.Error, JournalError) as e:
             # Nothing of this batch was written: keep it marked (behind what
@@ -407,8 +410,8 @@ class Journal:
 
     def prune(self, finished_before: float) -> int:
         """
-        Delete the jobs that finished before C{finished_before} (clock
-        seconds), with their tasks.
+        Delete the jobs that finished before C{finished_before} (wall-clock
+        seconds since the epoch), with their tasks.
 
         @return: how many jobs were deleted.
         """

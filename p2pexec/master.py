@@ -13,6 +13,7 @@ import itertools
 import math
 import os
 import random
+import time
 from collections import deque
 from typing import Any, Callable, Iterable, Optional, Protocol
 
@@ -21,6 +22,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from p2pexec import scheduler
+from p2pexec.clock import WallClock
 from p2pexec.job import DEFAULT_MAX_LOSSES, Job, TaskRecord, TaskState, Verdict
 from p2pexec.journal import IJournal, JournalError, NullJournal, StoredJob
 from p2pexec.log import MAX_IDS_IN_LOG, NodeLogger, format_ids
@@ -163,11 +165,19 @@ class Master:
         journal: Optional[IJournal] = None,
         max_losses: int = DEFAULT_MAX_LOSSES,
         jitter: Callable[[], float] = random.random,
+        wall: WallClock = time.time,
     ) -> None:
+        """
+        @param clock: the monotonic clock (the reactor, see L{p2pexec.clock})
+            for every timer and duration.
+        @param wall: the wall clock, for when jobs started and ended as
+            shown to people and kept in the journal.
+        """
         self.me = me
         self._link = link
         self._observer = observer
         self._clock = clock
+        self._wall = wall
         self.journal: IJournal = journal if journal is not None else NullJournal()
         self._max_losses = max_losses
         self._jitter = jitter
@@ -206,7 +216,7 @@ class Master:
         """
         job = Job(
             job_id or self.new_job_id(), tasks, started=self._clock.seconds(), source=source,
-            max_losses=self._max_losses,
+            max_losses=self._max_losses, started_at=self._wall(),
         )
         self.jobs[job.id] = job
         self.journal.job_added(job)
@@ -244,8 +254,14 @@ class Master:
         out on workers are asked for first (when each worker connects, or
         run again after L{RECONCILE_GRACE} seconds), since they may have
         finished meanwhile.
+
+        A resumed job keeps its journaled start (wall clock); its elapsed
+        time goes on from the wall-clock time since then, the only measure
+        that spans the restart, counted as 0 if the wall clock now reads
+        earlier than that start (it was stepped back meanwhile).
         """
         resumed = []
+        now, wall_now = self._clock.seconds(), self._wall()
         for saved in stored:
             records = [
                 TaskRecord(
@@ -259,7 +275,8 @@ class Master:
                 )
                 for task in saved.tasks
             ]
-            job = Job.restore(saved.id, records, saved.started, saved.source, self._max_losses)
+            started = now - max(0.0, wall_now - saved.started)
+            job = Job.restore(saved.id, records, started, saved.source, self._max_losses, started_at=saved.started)
             self.jobs[job.id] = job
             resumed.append(job)
             in_doubt = 0
@@ -439,6 +456,7 @@ class Master:
         @return: how many tasks were taken back from C{worker}.
         """
         requeue, quarantined = job.put_back(worker, self._clock.seconds(), attempts, count_loss)
+        self._note_end(job)
         for task_id in requeue + quarantined:
             self.journal.task_changed(job.id, job.tasks[task_id])
         if requeue:
@@ -527,6 +545,7 @@ class Master:
                     why=job.stale_reason(result, sender),
                 )
         self.stale_results += stale
+        self._note_end(job)
         if returned:
             self._requeue(job, returned)
         self._log_confirmed(job_id, confirmed, sender)
@@ -600,6 +619,7 @@ class Master:
         now = self._clock.seconds()
         if job.finished is None:
             job.finished = now
+        self._note_end(job)
         self.journal.job_changed(job)
 
         def announce(_: Any) -> None:
@@ -619,6 +639,11 @@ class Master:
         # Announced once its end is in the journal (written again and again
         # if the disk is full, so this may wait; the journal says why).
         self.journal.durable().addCallback(announce)
+
+    def _note_end(self, job: Job) -> None:
+        """Stamp a job that has just ended with the wall-clock moment of its end."""
+        if job.finished is not None:
+            job.stamp_end(self._wall())
 
     def _forget_oldest_finished(self) -> None:
         """Keep at most L{MAX_FINISHED_JOBS} finished jobs in memory: a daemon runs for months."""
@@ -647,6 +672,7 @@ class Master:
             return 0
         before = job.counts()["done"]
         held = job.cancel(self._clock.seconds(), self.me.name, by)
+        self._note_end(job)
         cancelled = len(job.tasks) - before
         for record in job.tasks.values():
             self.journal.task_changed(job.id, record)

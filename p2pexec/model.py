@@ -102,7 +102,8 @@ def _field(data: Mapping[str, Any], key: str, kind: type, what: str) -> Any:
 def _finite_seconds(value: int | float, what: str) -> float:
     """
     C{value} as a float, if it is a finite number of seconds; a negative one
-    counts as 0 (a worker's wall clock stepped back while the task ran).
+    counts as 0 (a worker that measures durations on a wall clock that was
+    stepped back while the task ran; p2pexec's own use a monotonic clock).
 
     JSON decodes C{NaN} and C{1e400} to floats that are not finite, and a
     huge integer overflows C{float()}: neither is a duration.

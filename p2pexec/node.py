@@ -12,6 +12,7 @@ master as confirmations.
 from __future__ import annotations
 
 import random
+import time
 from typing import Any, Optional
 
 import attr
@@ -43,6 +44,7 @@ from p2pexec.model import (
 from p2pexec.peer import MAX_CONNECTIONS_PER_ADDRESS, PeerProtocol, parse_peer_list, peer_entry
 from p2pexec import status
 from p2pexec.auth import ChallengeResponse, DatagramSealer
+from p2pexec.clock import WallClock
 from p2pexec.jobfile import JobFileError, parse_job
 from p2pexec.results import write_results
 from p2pexec.worker import ITaskRunner, Worker
@@ -129,9 +131,16 @@ class Node:
     @ivar initial_job: fires with the job given at start-up once it finishes.
     """
 
-    def __init__(self, config: NodeConfig, reactor: Any, runner: ITaskRunner) -> None:
+    def __init__(self, config: NodeConfig, reactor: Any, runner: ITaskRunner, wall: WallClock = time.time) -> None:
+        """
+        @param reactor: the reactor; its C{seconds()} is the monotonic clock of
+            every timer, interval and duration (see L{p2pexec.clock}).
+        @param wall: the wall clock, for moments shown to people, kept in the
+            journal, or compared with other nodes' clocks.
+        """
         self.config = config
         self._reactor = reactor
+        self._wall = wall
         self.info = NodeInfo(
             name=config.name,
             instance=random_instance(),
@@ -145,7 +154,8 @@ class Node:
         self.worker = Worker(config.name, config.capabilities, config.slots, runner, reactor)
         self.journal = open_journal(config.state_dir, reactor)
         self.master = Master(
-            self.info, link=self, observer=self, clock=reactor, journal=self.journal, max_losses=config.max_losses
+            self.info, link=self, observer=self, clock=reactor, journal=self.journal, max_losses=config.max_losses,
+            wall=wall,
         )
         self.dialer = Dialer(reactor, make_protocol=lambda: PeerProtocol(self, dialled=True, clock=reactor), introduce=self._introduce)
         self.watchman = Watchman(
@@ -167,7 +177,7 @@ class Node:
             reactor,
             on_peer=self._heard_of,
             hello_interval=config.hello_interval,
-            sealer=DatagramSealer(config.key, reactor.seconds) if config.key is not None else None,
+            sealer=DatagramSealer(config.key, wall) if config.key is not None else None,
         )
         self.initial_job: Deferred[Job] = Deferred()
         self._initial_job_id: Optional[str] = None
@@ -288,7 +298,7 @@ class Node:
         journal = self.journal
         prune = getattr(journal, "prune", None)
         if prune is not None:
-            pruned = prune(self._reactor.seconds() - self.config.journal_retention)
+            pruned = prune(self._wall() - self.config.journal_retention)
             if pruned:
                 log.info("Node {name} pruned {count} finished job(s) from its journal", name=self.info.name, count=pruned)
         stored = journal.unfinished_jobs()

@@ -299,10 +299,12 @@ class Cluster:
         paths = [CHECKOUT] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
         return dict(os.environ, PYTHONPATH=os.pathsep.join(paths), PYTHONUNBUFFERED="1")
 
-    def launch(self, name: str, argv: list[str]) -> NodeProcess:
+    def launch(self, name: str, argv: list[str], env: Optional[dict[str, str]] = None) -> NodeProcess:
         """
         Run C{argv} as the node C{name}, logging to C{NAME.log} in the test's
         folder, killed by PID at clean-up.
+
+        @param env: the node's whole environment, if not L{environment}.
         """
         log_path = self.path(f"{name}.log")
         with open(log_path, "ab") as out:
@@ -314,7 +316,7 @@ class Cluster:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 cwd=self.folder,
-                env=self.environment(),
+                env=self.environment() if env is None else env,
             )
         node = NodeProcess(name, argv, log_path, process, self.deadline, log_offset=offset)
         self.nodes[name] = node
@@ -325,12 +327,15 @@ class Cluster:
         """The state directory of node C{name} in this cluster (kept across its restarts)."""
         return os.path.join(self.folder, "state", name)
 
-    def start(self, name: str, *options: str, port: int = 0, wait: bool = True) -> NodeProcess:
+    def start(
+        self, name: str, *options: str, port: int = 0, wait: bool = True, env: Optional[dict[str, str]] = None
+    ) -> NodeProcess:
         """
         Start a node called C{name} with the cluster's group and cluster name,
         and any other plugin C{options}.
 
         @param wait: wait until it logs that it started, and learn its port.
+        @param env: the node's whole environment, if not L{environment}.
         """
         argv = [
             TWISTD, "--pidfile=", "-n", "p2pexec",
@@ -341,7 +346,7 @@ class Cluster:
             "--state-dir", self.state_dir(name),
             *options,
         ]
-        node = self.launch(name, argv)
+        node = self.launch(name, argv, env)
         if wait:
             node.port
         return node

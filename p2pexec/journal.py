@@ -112,10 +112,12 @@ class IJobState(Protocol):
     source: Optional[str]
     started_at: float
     """When it was accepted, by the wall clock (seconds since the epoch)."""
-    finished_at: Optional[float]
-    """When it ended, by the wall clock, or C{None}."""
     cancelled: bool
     tasks: dict[str, Any]
+
+    @property
+    def finished_at(self) -> Optional[float]:
+        """When it ended, by the wall clock, or C{None}."""
 
 
 @attr.s(auto_attribs=True, frozen=True)

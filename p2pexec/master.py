@@ -10,6 +10,7 @@ dispatching to once per reactor turn through the injected clock.
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import os
 import random
@@ -51,11 +52,12 @@ class IWorkerLink(Protocol):
     def send_complete(self, worker: str, job: Job) -> None:
         """Tell C{worker} that C{job} has finished."""
 
-    def query_tasks(self, worker: str, job: str, attempts: list[tuple[str, int]]) -> Deferred[dict[str, list[str]]]:
+    def query_tasks(self, worker: str, job: str, attempts: list[tuple[str, int]]) -> Deferred[dict[str, Any]]:
         """
-        Ask C{worker} what became of these attempts: fires with
-        C{{"done": ids, "running": ids, "unknown": ids}}; the results of the
-        done ones come again as confirmations.
+        Ask C{worker} what became of these attempts: fires with its answer,
+        C{{"done": ids, "running": ids, "unknown": ids}} from a well-behaved
+        worker (the master checks it, see L{check_query_answer}); the
+        results of the done ones come again as confirmations.
         """
 
     def send_cancel(self, worker: str, job: str) -> None:
@@ -326,12 +328,21 @@ class Master:
                 errbackArgs=(worker, job_id, attempts),
             )
 
-    def _reconciled(self, answer: dict[str, list[str]], worker: str, job_id: str, attempts: list[tuple[str, int]]) -> None:
+    def _reconciled(self, answer: Any, worker: str, job_id: str, attempts: list[tuple[str, int]]) -> None:
         job = self.jobs.get(job_id)
         if job is None:
             return
-        unknown = set(answer.get("unknown", []))
-        lost = [(task_id, attempt) for task_id, attempt in attempts if task_id in unknown]
+        lists, problem = check_query_answer(answer)
+        if problem is not None:
+            why = f"answered RESULT_QUERY about them with a malformed answer ({problem})"
+            self._release(worker, self._lose(job, worker, why, attempts, count_loss=False))
+            return
+        named = lists["done"] | lists["running"]
+        lost = [(task_id, attempt) for task_id, attempt in attempts if task_id in lists["unknown"]]
+        unnamed = [
+            (task_id, attempt) for task_id, attempt in attempts
+            if task_id not in named and task_id not in lists["unknown"]
+        ]
         log.info(
             "Node {name} asked worker {worker} about the {count} task(s) of job {job} it held before this "
             "node restarted: {kept} done or still running there, {lost} unknown there (they run again)",
@@ -339,11 +350,16 @@ class Master:
             worker=worker,
             count=len(attempts),
             job=job_id,
-            kept=len(attempts) - len(lost),
+            kept=len(attempts) - len(lost) - len(unnamed),
             lost=len(lost),
         )
         if lost:
             self._release(worker, self._lose(job, worker, "no longer had them", lost, count_loss=False))
+        if unnamed:
+            why = "named them in none of the lists of its RESULT_QUERY answer ({ids})".format(
+                ids=format_ids([task_id for task_id, _ in unnamed])
+            )
+            self._release(worker, self._lose(job, worker, why, unnamed, count_loss=False))
 
     def _reconcile_failed(self, failure: Any, worker: str, job_id: str, attempts: list[tuple[str, int]]) -> None:
         job = self.jobs.get(job_id)
@@ -836,6 +852,51 @@ class Master:
     def pending_count(self) -> int:
         """How many tasks wait for a worker."""
         return sum(len(q) for q in self._pending.values())
+
+
+QUERY_ANSWER_KEYS = ("done", "running", "unknown")
+"""The lists of a RESULT_QUERY answer."""
+
+
+def check_query_answer(answer: Any) -> tuple[dict[str, set[str]], Optional[str]]:
+    """
+    Read a worker's RESULT_QUERY answer: C{done}, C{running} and C{unknown},
+    each a list of task id strings.
+
+    @return: (the three lists as sets, C{None}) if the answer is well formed;
+        otherwise (empty sets, what is wrong with it, in words).
+    """
+    empty: dict[str, set[str]] = {key: set() for key in QUERY_ANSWER_KEYS}
+    if not isinstance(answer, dict):
+        return empty, f"it is {_describe(answer)}, not an object with lists done, running and unknown"
+    lists: dict[str, set[str]] = {}
+    for key in QUERY_ANSWER_KEYS:
+        value = answer.get(key)
+        if not isinstance(value, list):
+            what = "missing" if key not in answer else f"{_describe(value)}, not a list of task ids"
+            return empty, f"its {key!r} is {what}"
+        wrong = [entry for entry in value if not isinstance(entry, str)]
+        if wrong:
+            return empty, (
+                f"its {key!r} holds {len(wrong)} element(s) that are not task id strings, such as "
+                f"{_describe(wrong[0])}"
+            )
+        lists[key] = set(value)
+    return lists, None
+
+
+def _describe(value: Any) -> str:
+    """A value from the wire, named for a log line (short)."""
+    kinds = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "a number", float: "a number"}
+    try:
+        text = json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError):
+        text = repr(value)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    if value is None:
+        return "null"
+    return f"{kinds.get(type(value), type(value).__name__)} {text}"
 
 
 def random_instance() -> str:

@@ -961,8 +961,8 @@ class Node:
                 "INSTRUCTION_ASSIGNMENT to {peer} failed: {error}", peer=worker, error=failure.getErrorMessage()
             )
 
-    def query_tasks(self, worker: str, job: str, attempts: list[tuple[str, int]]) -> Deferred[dict[str, list[str]]]:
-        """Ask C{worker} what became of these attempts (RESULT_QUERY, in chunks)."""
+    def query_tasks(self, worker: str, job: str, attempts: list[tuple[str, int]]) -> Deferred[dict[str, Any]]:
+        """Ask C{worker} what became of these attempts (RESULT_QUERY, in chunks; the master checks the answer)."""
         record = self.peers.get(worker)
         if record is None or record.connection is None:
             return fail(ConnectionError(f"worker {worker} is not connected"))
@@ -972,13 +972,17 @@ class Node:
             for batch in commands.chunk([{"id": t, "attempt": a} for t, a in attempts], lambda entry: entry)
         ]
 
-        def merge(answers: list[dict[str, Any]]) -> dict[str, list[str]]:
-            merged: dict[str, list[str]] = {"done": [], "running": [], "unknown": []}
+        def merge(answers: list[dict[str, Any]]) -> dict[str, Any]:
+            # The chunks' lists joined, as they came: the master judges them
+            # (a value that is not a list is kept, so that it is named).
+            merged: dict[str, Any] = {"done": [], "running": [], "unknown": []}
             for answer in answers:
-                for key in merged:
+                for key in list(merged):
                     value = answer.get(key)
-                    if isinstance(value, list):
-                        merged[key].extend(v for v in value if isinstance(v, str))
+                    if isinstance(merged[key], list) and isinstance(value, list):
+                        merged[key].extend(value)
+                    elif isinstance(merged[key], list):
+                        merged[key] = value
             return merged
 
         return gatherResults(asked, consumeErrors=True).addCallback(merge)

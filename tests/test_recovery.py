@@ -190,6 +190,116 @@ class ReconcileTests(SynchronousTestCase):
             )
 
 
+class MalformedQueryAnswerTests(SynchronousTestCase):
+    """
+    A RESULT_QUERY answer that is malformed, or that leaves tasks out, must
+    not leave those tasks assigned to the worker for ever (issue 11, item 6).
+    """
+
+    def answer_with(self, answer):
+        """
+        Resume a master, let w1 come back, answer its RESULT_QUERY with
+        C{answer} (a function of the queried ids); return (master, job id,
+        the ids w1 held, the log lines).
+        """
+        master, link, job_id, held, clock = resumed_master(self)
+        master.worker_joined(node(name="w1", capabilities=("w",), slots=2))
+        [(_, _, attempts, answered)] = link.queries
+        with capturedLogs() as events:
+            answered.callback(answer([t for t, _ in attempts]))
+            clock.advance(0)
+        return master, job_id, held, [text(e) for e in events]
+
+    def assertRunAgain(self, master, job_id, held):
+        """Every task w1 held is out again as attempt 2, none lost a worker."""
+        job = master.jobs[job_id]
+        self.assertTrue(held)
+        for task_id in held:
+            record = job.tasks[task_id]
+            self.assertEqual((record.state, record.attempt, record.losses), (TaskState.ASSIGNED, 2, 0), task_id)
+
+    def test_objects_instead_of_ids(self):
+        """An answer listing {"id", "attempt"} objects is malformed: the tasks run again, one line says why."""
+        master, job_id, held, lines = self.answer_with(
+            lambda ids: {"done": [{"id": t, "attempt": 1} for t in ids], "running": [], "unknown": []}
+        )
+        self.assertRunAgain(master, job_id, held)
+        [line] = [line for line in lines if "malformed" in line]
+        self.assertIn(f"Node m1 put {len(held)} unconfirmed task(s) of job {job_id} back in the queue: worker w1 "
+                      "answered RESULT_QUERY about them with a malformed answer", line)
+        self.assertIn("'done' holds", line)
+        self.assertIn("not task id strings", line)
+        self.assertIn('such as an object {"id": "t', line)
+        self.assertEqual([line for line in lines if "done or still running there" in line], [])
+
+    def test_empty_lists(self):
+        """An answer with three empty lists names no task: the tasks run again, one line names them."""
+        master, job_id, held, lines = self.answer_with(lambda ids: {"done": [], "running": [], "unknown": []})
+        self.assertRunAgain(master, job_id, held)
+        self.assertTrue(
+            any("worker w1 named them in none of the lists" in line for line in lines), lines
+        )
+        self.assertIn(
+            f"Node m1 asked worker w1 about the {len(held)} task(s) of job {job_id} it held before this node "
+            f"restarted: 0 done or still running there, 0 unknown there (they run again)",
+            lines,
+        )
+
+    def test_not_lists(self):
+        """An answer whose lists are not lists (a string, a number, an object) is malformed."""
+        for bad in ("t1", 5, {"t1": 1}, None):
+            master, job_id, held, lines = self.answer_with(lambda ids: {"done": bad, "running": [], "unknown": []})
+            self.assertRunAgain(master, job_id, held)
+            self.assertTrue(any("malformed" in line and "'done' is" in line for line in lines), (bad, lines))
+
+    def test_not_an_object(self):
+        """An answer that is not an object at all is malformed."""
+        master, job_id, held, lines = self.answer_with(lambda ids: ["t1"])
+        self.assertRunAgain(master, job_id, held)
+        self.assertTrue(any("malformed" in line for line in lines), lines)
+
+    def test_some_named_some_not(self):
+        """The tasks a well-formed answer names keep their attempt; only the unnamed ones run again."""
+        master, job_id, held, lines = self.answer_with(lambda ids: {"done": [], "running": ids[:1], "unknown": []})
+        job = master.jobs[job_id]
+        self.assertEqual(job.tasks[held[0]].attempt, 1, "the running one stays with w1")
+        for task_id in held[1:]:
+            self.assertEqual(job.tasks[task_id].attempt, 2, task_id)
+
+    def test_malformed_answer_on_the_network_does_not_hang_the_job(self):
+        """
+        Whole nodes: a master killed mid-job restarts with its journal; its
+        worker answers RESULT_QUERY with {"id", "attempt"} objects.  The job
+        finishes all the same, and the master's log names the worker and
+        what was wrong.
+        """
+        state_dir = self.mktemp()
+        cluster = Cluster()
+        tasks = tuple(TaskSpec(id=f"w{i}", kind="w", command=("true",)) for i in range(12))
+        config = dict(address="127.0.0.1", port=4001, capabilities=frozenset(), tasks=tasks,
+                      state_dir=state_dir, job_source="digest")
+        first = cluster.add("m1", **config)
+        cluster.add_worker("w1", address="127.0.0.2", port=4002, duration=0.3, slots=4)
+        cluster.network.run_until(lambda: any(j.succeeded >= 4 for j in first.master.jobs.values()), limit=10)
+        cluster.hosts["m1"].crash()
+        first.journal.abandon()
+        worker = cluster.nodes["w1"].worker
+
+        def rogue_query(sink, job, attempts):
+            return {"done": [{"id": t, "attempt": a} for t, a in attempts], "running": [], "unknown": []}
+
+        self.patch(worker, "query", rogue_query)
+        with capturedLogs() as events:
+            restarted = cluster.add("m1", **config)
+            cluster.network.run_until(lambda: restarted.initial_job.called, limit=60)
+        job = restarted.initial_job.result
+        self.assertEqual((job.succeeded, job.failed), (12, 0))
+        lines = [text(e) for e in events]
+        self.assertTrue(
+            any("worker w1 answered RESULT_QUERY about them with a malformed answer" in line for line in lines), lines
+        )
+
+
 class CancelQueueTests(SynchronousTestCase):
     """What a cancelled job leaves in the master's queues."""
 

@@ -135,7 +135,12 @@ class StoredTask:
 
 @attr.s(auto_attribs=True, frozen=True)
 class StoredJob:
-    """One unfinished job as the journal has it, its tasks in job order."""
+    """
+    One job as the journal has it, its tasks in job order.
+
+    @ivar finished: when it finished (clock seconds), or C{None} while it
+        is unfinished.
+    """
 
     id: str
     source: Optional[str]
@@ -143,6 +148,7 @@ class StoredJob:
     """When it was accepted, by the wall clock of the process that accepted it."""
     cancelled: bool
     tasks: list[StoredTask]
+    finished: Optional[float] = None
 
 
 class IJournal(Protocol):
@@ -168,6 +174,9 @@ class IJournal(Protocol):
 
     def unfinished_jobs(self) -> list[StoredJob]:
         """The jobs not finished, as stored."""
+
+    def finished_job(self, source: str) -> Optional[StoredJob]:
+        """The job from C{source} that finished last, if the journal still has one."""
 
     def close(self) -> None:
         """Write what is marked and release the journal."""
@@ -197,6 +206,10 @@ class NullJournal:
     def unfinished_jobs(self) -> list[StoredJob]:
         """None: nothing was kept."""
         return []
+
+    def finished_job(self, source: str) -> Optional[StoredJob]:
+        """None: nothing was kept."""
+        return None
 
     def close(self) -> None:
         """Nothing to release."""
@@ -388,27 +401,50 @@ class Journal:
 
         @raise JournalError: if a stored row cannot be read back.
         """
-        jobs: list[StoredJob] = []
         if self._db is None:
-            return jobs
+            return []
         rows = self._db.execute(
-            "SELECT id, source, started, cancelled FROM jobs WHERE finished IS NULL ORDER BY started, id"
+            "SELECT id, source, started, cancelled, finished FROM jobs WHERE finished IS NULL ORDER BY started, id"
         ).fetchall()
-        for job_id, source, started, cancelled in rows:
-            tasks = []
-            for task_id, kind, spec, *row in self._db.execute(
-                f"SELECT id, kind, spec, {_TASK_COLUMNS} FROM tasks WHERE job = ? ORDER BY seq",
-                (job_id,),
-            ):
-                try:
-                    tasks.append(_stored_task(task_id, kind, spec, row))
-                except (ValueError, TypeError) as e:
-                    raise JournalError(
-                        f"journal {self.path}: job {job_id} has a task that cannot be read back ({e}); "
-                        f"the file was left untouched"
-                    ) from e
-            jobs.append(StoredJob(id=job_id, source=source, started=started, cancelled=bool(cancelled), tasks=tasks))
-        return jobs
+        return [self._read_job(*row) for row in rows]
+
+    def finished_job(self, source: str) -> Optional[StoredJob]:
+        """
+        The job from C{source} that finished last (its tasks and results as
+        stored), if the journal still has one: finished jobs are pruned
+        after a week (see L{prune}).
+
+        @raise JournalError: if a stored row cannot be read back.
+        """
+        if self._db is None:
+            return None
+        row = self._db.execute(
+            "SELECT id, source, started, cancelled, finished FROM jobs WHERE source = ? AND finished IS NOT NULL "
+            "ORDER BY finished DESC, id DESC LIMIT 1",
+            (source,),
+        ).fetchone()
+        return None if row is None else self._read_job(*row)
+
+    def _read_job(
+        self, job_id: str, source: Optional[str], started: float, cancelled: int, finished: Optional[float]
+    ) -> StoredJob:
+        """One job and its tasks, read back from the database."""
+        assert self._db is not None
+        tasks = []
+        for task_id, kind, spec, *row in self._db.execute(
+            f"SELECT id, kind, spec, {_TASK_COLUMNS} FROM tasks WHERE job = ? ORDER BY seq",
+            (job_id,),
+        ):
+            try:
+                tasks.append(_stored_task(task_id, kind, spec, row))
+            except (ValueError, TypeError) as e:
+                raise JournalError(
+                    f"journal {self.path}: job {job_id} has a task that cannot be read back ({e}); "
+                    f"the file was left untouched"
+                ) from e
+        return StoredJob(
+            id=job_id, source=source, started=started, cancelled=bool(cancelled), tasks=tasks, finished=finished
+        )
 
     def prune(self, finished_before: float) -> int:
         """

@@ -265,20 +265,7 @@ class Master:
         resumed = []
         now, wall_now = self._clock.seconds(), self._wall()
         for saved in stored:
-            records = [
-                TaskRecord(
-                    spec=task.spec,
-                    state=TaskState(task.state),
-                    attempt=task.attempt,
-                    worker=task.worker,
-                    result=task.result,
-                    failures=task.failures,
-                    losses=task.losses,
-                )
-                for task in saved.tasks
-            ]
-            started = now - max(0.0, wall_now - saved.started)
-            job = Job.restore(saved.id, records, started, saved.source, self._max_losses, started_at=saved.started)
+            job = self._restore(saved, now, wall_now)
             self.jobs[job.id] = job
             resumed.append(job)
             in_doubt = 0
@@ -313,6 +300,45 @@ class Master:
             self._reconcile_call = self._clock.callLater(RECONCILE_GRACE, self._give_up_in_doubt)
         self.schedule_dispatch()
         return resumed
+
+    def _restore(self, saved: StoredJob, now: float, wall_now: float) -> Job:
+        """
+        A job rebuilt from its journal record, read at C{now} (monotonic)
+        and C{wall_now} (the wall clock): its monotonic start is placed as
+        far back as the wall clock says it began, or at C{now} if the wall
+        clock now reads earlier than its journaled start.
+        """
+        records = [
+            TaskRecord(
+                spec=task.spec,
+                state=TaskState(task.state),
+                attempt=task.attempt,
+                worker=task.worker,
+                result=task.result,
+                failures=task.failures,
+                losses=task.losses,
+            )
+            for task in saved.tasks
+        ]
+        started = now - max(0.0, wall_now - saved.started)
+        return Job.restore(saved.id, records, started, saved.source, self._max_losses, started_at=saved.started)
+
+    def recall_finished(self, saved: StoredJob) -> Job:
+        """
+        Show a job that finished before this node restarted (read back from
+        the journal) among this master's finished jobs, as it ended: nothing
+        of it runs, and nothing is announced again.
+        """
+        job = self._restore(saved, self._clock.seconds(), self._wall())
+        ran = 0.0 if saved.finished is None else max(0.0, saved.finished - saved.started)
+        job.finished = job.started + ran
+        if saved.finished is not None:
+            job.stamp_end(saved.finished)
+        job.cancelled = saved.cancelled
+        self.jobs[job.id] = job
+        self._announced.add(job.id)
+        self._forget_oldest_finished()
+        return job
 
     def _reconcile(self, worker: str) -> None:
         """Ask a worker that came back what became of the tasks it held before our restart."""

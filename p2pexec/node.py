@@ -90,6 +90,10 @@ class NodeConfig:
     heartbeat_timeout: float = 2.5
     state_dir: Optional[str] = None
     job_source: Optional[str] = None
+    job_label: Optional[str] = None
+    """How the start-up job was given, for the log (C{job file FILE}, C{--tasks ...})."""
+    rerun_job: bool = False
+    """Run the start-up job even if the journal says it already finished (C{--rerun-job})."""
     max_losses: int = DEFAULT_MAX_LOSSES
     journal_retention: float = 7 * 24 * 3600.0
     key: Optional[bytes] = attr.ib(default=None, repr=False)
@@ -279,7 +283,7 @@ class Node:
         if self.info.capabilities:
             self.master.worker_joined(self.info)
         self._resume_jobs()
-        if self.config.tasks is not None and self._initial_job_id is None:
+        if self.config.tasks is not None and self._initial_job_id is None and not self._finished_already():
             self._initial_job_id = self.master.new_job_id()
             self.master.submit(self.config.tasks, self._initial_job_id, source=self.config.job_source)
             # Write it now, while the peers are still being found, rather
@@ -315,6 +319,43 @@ class Node:
                     job=saved.id,
                 )
         self.master.resume(stored)
+
+    def _finished_already(self) -> bool:
+        """
+        Whether the start-up job already finished under an earlier run of
+        this node (its journal says so): if so, say it in one line, show it
+        among the finished jobs, and fire L{initial_job} with it, unless
+        C{--rerun-job} asks for it to run again.
+        """
+        source = self.config.job_source
+        finder = getattr(self.journal, "finished_job", None)
+        if source is None or finder is None:
+            return False
+        saved = finder(source)
+        if saved is None:
+            return False
+        job = self.master.recall_finished(saved)
+        label = self.config.job_label or "job"
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(job.finished))
+        ended = "was cancelled" if job.cancelled else "already finished"
+        if self.config.rerun_job:
+            log.info(
+                "Node {name}: {label} {ended} at {when} (job {job}: {succeeded} succeeded, {failed} failed); "
+                "--rerun-job: running it again as a new job",
+                name=self.info.name, label=label, ended=ended, when=when, job=job.id,
+                succeeded=job.succeeded, failed=job.failed,
+            )
+            return False
+        log.warn(
+            "Node {name}: {label} {ended} at {when} (job {job}: {succeeded} succeeded, {failed} failed); "
+            "not running it again; pass --rerun-job to run it again",
+            name=self.info.name, label=label, ended=ended, when=when, job=job.id,
+            succeeded=job.succeeded, failed=job.failed,
+        )
+        self._initial_job_id = job.id
+        if not self.initial_job.called:
+            self.initial_job.callback(job)
+        return True
 
     def ready(self) -> Deferred[None]:
         """

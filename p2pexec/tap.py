@@ -140,6 +140,7 @@ class Options(usage.Options):
     ]
     optFlags = [
         ["exit-when-done", None, "Stop the node once its start-up job has finished (for one-shot runs)."],
+        ["rerun-job", None, "Run the --job or --tasks again as a new job even if this node's journal says it already finished (without it, a finished job is not run again)."],
         ["no-multicast", None, "Do not use multicast discovery; find peers through --peer seeds only."],
         ["tls", None, "Encrypt the AMP connections with TLS: self-signed certificates pinned through --key-file, or --tls-cert/--tls-key/--tls-ca."],
         ["insecure", None, "Run on a non-loopback --interface without --key-file: anyone who can reach it can make it run commands."],
@@ -283,6 +284,8 @@ class Options(usage.Options):
             )
         if self["exit-when-done"] and self["task_specs"] is None:
             raise usage.UsageError("--exit-when-done needs a job: give --tasks or --job too")
+        if self["rerun-job"] and self["task_specs"] is None:
+            raise usage.UsageError("--rerun-job needs a job: give --tasks or --job too")
         if self["state-dir"] is None:
             self["state-dir"] = default_state_dir(self["name"])
         elif not self["state-dir"].strip():
@@ -294,6 +297,12 @@ class Options(usage.Options):
         if self["web"] and self["web"] == self["port"]:
             raise usage.UsageError(f"--web: port {self['web']} is already the AMP --port; give another")
         self["job_source"] = None if self["task_specs"] is None else job_digest(self["task_specs"])
+        self["job_label"] = None
+        if self["job"] is not None:
+            self["job_label"] = f"job file {self['job']}"
+        elif self["tasks"] is not None:
+            shown = self["tasks"] if len(self["tasks"]) <= 60 else self["tasks"][:57] + "..."
+            self["job_label"] = f"the job of --tasks {shown}"
         self["command_policy"] = self._command_policy()
 
 
@@ -338,6 +347,8 @@ def config_from_options(options: Options) -> NodeConfig:
         key=options["key"],
         web_public=options["web-public"],
         job_source=options["job_source"],
+        job_label=options["job_label"],
+        rerun_job=options["rerun-job"],
         max_losses=options["max-worker-losses"],
     )
 

@@ -282,6 +282,33 @@ class FinishedJobTests(JournalTestMixin, SynchronousTestCase):
             [(job.id, [t.spec.id for t in job.tasks]) for job in journal.unfinished_jobs()], [("open", ["a1", "a2"])]
         )
 
+    def test_finished_job_by_source(self):
+        """
+        finished_job(source) is the job from that source that finished last,
+        with its results; none for a source without a finished job, or once
+        pruned.
+        """
+        state_dir = self.mktemp()
+        journal = self.open(state_dir)
+        for job_id, finished in (("first", 100.0), ("second", 300.0)):
+            self.finished_job(journal, job_id, finished - 10, finished)
+        journal.job_added(Job("open", [TaskSpec.instruction("a1")], started=400.0, source="src"))
+        journal.commit()
+        # finished_job() above has no source: give both the same one.
+        journal.close()
+        db = sqlite3.connect(os.path.join(state_dir, JOURNAL_FILE))
+        with db:
+            db.execute("UPDATE jobs SET source = 'src'")
+        db.close()
+        journal = self.open(state_dir)
+        found = journal.finished_job("src")
+        self.assertEqual((found.id, found.finished, found.cancelled), ("second", 300.0, False))
+        self.assertEqual([(t.spec.id, t.result.status) for t in found.tasks], [("a1", "succeeded")])
+        self.assertIsNone(journal.finished_job("other"))
+        journal.prune(1000.0)
+        self.assertIsNone(journal.finished_job("src"))
+        self.assertIsNone(NullJournal().finished_job("src"))
+
     def test_prune_nothing_old(self):
         """prune() with no job finished before the limit deletes nothing and returns 0."""
         journal = self.open(self.mktemp())

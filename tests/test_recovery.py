@@ -383,3 +383,64 @@ class RestartLossTests(SynchronousTestCase):
         answered.callback({"done": [], "running": [], "unknown": [t for t, _ in attempts]})
         job = master.jobs[job_id]
         self.assertEqual([job.tasks[t].losses for t in held], [0] * len(held))
+
+
+class FinishedStartUpJobTests(SynchronousTestCase):
+    """
+    A node started again with a start-up job that already finished does not
+    run it again, unless told to (issue 11, item 4).
+    """
+
+    def run_twice(self, **second):
+        """
+        Run m1 with a 3-task job on worker w1 to its end, stop m1, start it
+        again on the same state directory with the same job (and C{second}
+        options); return (the first job, the restarted node, its log lines,
+        the cluster).
+        """
+        state_dir = self.mktemp()
+        cluster = Cluster()
+        tasks = tuple(TaskSpec(id=f"w{i}", kind="w", command=("true",)) for i in range(3))
+        config = dict(address="127.0.0.1", port=4001, capabilities=frozenset(), tasks=tasks,
+                      state_dir=state_dir, job_source="digest", job_label="job file job.toml")
+        first = cluster.add("m1", **config)
+        cluster.add_worker("w1", address="127.0.0.2", port=4002)
+        cluster.network.run_until(lambda: first.initial_job.called, limit=10)
+        job = first.initial_job.result
+        leaving = cluster.stop("m1")
+        cluster.network.run_until(lambda: leaving.called, limit=10)
+        with capturedLogs() as events:
+            restarted = cluster.add("m1", **config, **second)
+            cluster.network.run_until(lambda: restarted.initial_job.called, limit=10)
+            cluster.network.run(1.0)
+        return job, restarted, [text(e) for e in events], cluster
+
+    def test_finished_job_is_not_run_again(self):
+        """
+        The same job after it finished: one line says when it finished and
+        how, nothing runs, and initial_job fires with the finished job (so
+        that --exit-when-done stops the node).
+        """
+        job, restarted, lines, cluster = self.run_twice()
+        self.assertEqual(len(cluster.runners["w1"].runs), 3, "every task ran once, in the first run only")
+        self.assertIs(restarted.initial_job.result, restarted.master.jobs[job.id])
+        self.assertEqual(restarted.initial_job.result.succeeded, 3)
+        self.assertEqual(list(restarted.master.jobs), [job.id], "no new job")
+        [line] = [line for line in lines if "already finished" in line]
+        self.assertRegex(
+            line,
+            rf"^Node m1: job file job.toml already finished at \d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d "
+            rf"\(job {job.id}: 3 succeeded, 0 failed\); not running it again; pass --rerun-job to run it again$",
+        )
+        self.assertEqual([line for line in lines if "is master of job" in line], [])
+        summary = restarted.jobs_status()
+        self.assertEqual([(j["id"], j["state"], j["counts"]["succeeded"]) for j in summary], [(job.id, "finished", 3)])
+
+    def test_rerun_job_runs_it_again(self):
+        """With --rerun-job the finished job runs again, as a new job, and the log says why."""
+        job, restarted, lines, cluster = self.run_twice(rerun_job=True)
+        self.assertEqual(len(cluster.runners["w1"].runs), 6, "every task ran twice")
+        again = restarted.initial_job.result
+        self.assertNotEqual(again.id, job.id)
+        self.assertEqual(again.succeeded, 3)
+        self.assertTrue(any("--rerun-job: running it again as a new job" in line for line in lines), lines)

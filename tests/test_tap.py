@@ -32,6 +32,13 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(config.slots, os.cpu_count())
         self.assertTrue(config.group[0].startswith("239.255."))
 
+    def test_rerun_job(self):
+        """--rerun-job reaches the node's configuration, with a label of the job for the log."""
+        config = config_from_options(parse("--name", "a1", "--tasks", "a1,a2", "--rerun-job"))
+        self.assertTrue(config.rerun_job)
+        self.assertEqual(config.job_label, "the job of --tasks a1,a2")
+        self.assertFalse(config_from_options(parse("--name", "a1", "--tasks", "a1")).rerun_job)
+
     def test_seeds(self):
         """--peer is repeatable and takes HOST:PORT; --no-multicast turns discovery off."""
         config = config_from_options(
@@ -74,6 +81,7 @@ class OptionsTests(SynchronousTestCase):
             (("--name", "a1", "--drain-timeout", "-1"), "--drain-timeout"),
             (("--name", "a1", "--log-level", "chatty"), "--log-level"),
             (("--name", "a1", "--exit-when-done"), "--exit-when-done"),
+            (("--name", "a1", "--rerun-job"), "--rerun-job"),
             (("--name", "a1", "--peer", "10.0.0.1"), "--peer"),
             (("--name", "a1", "--peer", "10.0.0.1:0"), "--peer"),
             (("--name", "a1", "--peer", "bad host!:10001"), "--peer"),

@@ -445,10 +445,12 @@ def outcome_counts(summary: dict[str, Any]) -> str:
 def progress_line(summary: dict[str, Any]) -> str:
     """One line of a job's progress, as C{watch} prints it in plain mode."""
     counts = summary["counts"]
+    stalled = summary.get("stalled")
     return (
         f"{summary['id']}: {summary['done']}/{summary['total']} done ({outcome_counts(summary)}), "
         f"{counts['running']} running, {counts['pending']} queued, "
-        f"{counts['waiting']} waiting for a capability, ETA {format_seconds(summary['eta'])}"
+        f"{counts['waiting']} waiting for a capability, "
+        + (f"stalled: {stalled}" if stalled else f"ETA {format_seconds(summary['eta'])}")
     )
 
 
@@ -535,7 +537,7 @@ def job_row(summary: dict[str, Any]) -> list[str]:
         f"{summary['done']}/{summary['total']}",
         *(str(counts[state]) for state in ("succeeded", "failed", "cancelled", "running", "pending", "waiting")),
         format_seconds(summary["elapsed"]),
-        "-" if summary["state"] != "running" else format_seconds(summary["eta"]),
+        "-" if summary["state"] != "running" else "stalled" if summary.get("stalled") else format_seconds(summary["eta"]),
     ]
 
 
@@ -776,7 +778,7 @@ class _RichProgressDisplay:
             completed=summary["done"],
             total=summary["total"],
             detail="  ".join(parts),
-            eta=format_seconds(summary["eta"]),
+            eta="stalled" if summary.get("stalled") else format_seconds(summary["eta"]),
         )
         if not self._started:
             self._progress.start()
@@ -964,6 +966,8 @@ class NodeClient:
             raise CliError(f"the node at {self.address} refused the job: {e}") from None
         except commands.ShuttingDown as e:
             raise CliError(f"the node at {self.address} is shutting down: {e}") from None
+        except commands.JournalUnwritable as e:
+            raise CliError(f"the node at {self.address} refused the job: {e}") from None
         except amp.UnhandledCommand:
             raise CliError(f"the node at {self.address} does not know {name} (is it an older p2pexec?)") from None
         except (amp.RemoteAmpError, amp.UnknownRemoteError, commands.BadArguments, commands.UnknownUpload) as e:
@@ -1094,6 +1098,9 @@ async def do_status(ctx: Context, args: argparse.Namespace) -> int:
     if args.json:
         ctx.out.line(json_text({"node": cluster["node"], "peers": cluster["peers"], "jobs": jobs}))
         return EXIT_OK
+    problem = cluster["node"].get("problem")
+    if problem:
+        ctx.out.line(f"Node {cluster['node']['name']} is unhealthy: {problem}")
     ctx.out.table(f"Nodes seen by {cluster['node']['name']} ({ctx.node.address})", PEER_COLUMNS,
                   [peer_row(node) for node in nodes])
     ctx.out.table(f"Jobs of {cluster['node']['name']}", JOB_COLUMNS, [job_row(job) for job in jobs])

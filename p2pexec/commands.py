@@ -70,6 +70,10 @@ class ShuttingDown(Exception):
     """The node is leaving and takes no new connections or tasks."""
 
 
+class JournalUnwritable(Exception):
+    """The node's journal cannot be written (a full disk, say): it accepts no new job until it can."""
+
+
 class NotCapable(Exception):
     """An assignment holds a task of a kind this node does not run."""
 
@@ -328,7 +332,9 @@ class SubmitJob(amp.Command):
         (b"upload", amp.Unicode()),
         (b"job", amp.Unicode()),
     ]
-    errors = _errors(BAD_JOB=BadJob, UNKNOWN_UPLOAD=UnknownUpload, SHUTTING_DOWN=ShuttingDown)
+    errors = _errors(
+        BAD_JOB=BadJob, UNKNOWN_UPLOAD=UnknownUpload, SHUTTING_DOWN=ShuttingDown, JOURNAL_UNWRITABLE=JournalUnwritable
+    )
 
 
 CLIENT_OUTPUT_TAIL = 8 * 1024

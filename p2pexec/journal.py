@@ -27,7 +27,8 @@ import errno
 import fcntl
 import json
 import os
-from typing import TYPE_CHECKING, Any, Iterator, Optional, Protocol
+import time
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Protocol
 
 import attr
 from twisted.internet.defer import Deferred, succeed
@@ -45,6 +46,7 @@ SCHEMA_VERSION = 2
 
 RETRY_DELAY = 5.0
 """Seconds before a failed commit (a full disk, say) is tried again."""
+
 
 GROUP_COMMIT_DELAY = 0.01
 """Seconds a node's marked changes may wait to share a transaction.  What
@@ -88,6 +90,96 @@ CREATE TABLE IF NOT EXISTS tasks (
 
 class JournalError(Exception):
     """The journal cannot be used; the message says why and what to do."""
+
+
+class JournalWriteError(JournalError):
+    """
+    The journal cannot be written (a full disk, a read-only file system, an
+    I/O error): the file is fine, the place it lives is not.
+
+    @ivar reason: the cause in a few words (C{disk full}, ...).
+    """
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@attr.s(auto_attribs=True, frozen=True)
+class JournalProblem:
+    """
+    Why the journal cannot be written at the moment.
+
+    @ivar path: the journal file.
+    @ivar reason: the cause in a few words: C{disk full}, C{read-only file
+        system}, C{I/O error}, C{permission denied}, C{disk quota exceeded},
+        or C{cannot be written} when the error says no more.
+    @ivar error: the error as the system or SQLite gave it.
+    @ivar since: when the first write failed (wall clock, for people).
+    """
+
+    path: str
+    reason: str
+    error: str
+    since: float
+
+    def describe(self) -> str:
+        """One sentence for logs, errors, /healthz and the status views."""
+        return f"its journal {self.path} cannot be written: {self.reason} ({self.error})"
+
+
+_ERRNO_REASONS = {
+    errno.ENOSPC: "disk full",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "read-only file system",
+    errno.EIO: "I/O error",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+}
+
+# SQLite's primary result codes (the low byte of an extended code).
+_SQLITE_REASONS = {13: "disk full", 8: "read-only", 10: "I/O error", 3: "permission denied", 14: "cannot open the file"}
+
+
+def write_failure_reason(error: BaseException, folder: Optional[str] = None) -> Optional[str]:
+    """
+    Why a write failed, in a few words, if C{error} is a failure to write
+    (an C{OSError}, or an SQLite error about the disk): C{None} otherwise
+    (a damaged or foreign file).  SQLite reports a full disk as SQLITE_FULL
+    but often as a bare I/O error; C{folder}'s file system is then looked at
+    (no space left, mounted read-only) to say which.
+    """
+    import sqlite3
+
+    reason: Optional[str] = None
+    if isinstance(error, OSError):
+        reason = _ERRNO_REASONS.get(error.errno or 0, "cannot be written")
+    elif isinstance(error, sqlite3.Error):
+        code = getattr(error, "sqlite_errorcode", None)
+        text = str(error).lower()
+        if code is not None:
+            reason = _SQLITE_REASONS.get(code & 0xFF)
+        elif "disk is full" in text:
+            reason = "disk full"
+        elif "readonly" in text or "read-only" in text:
+            reason = "read-only"
+        elif "disk i/o error" in text:
+            reason = "I/O error"
+        elif "unable to open" in text:
+            reason = "cannot open the file"
+    if reason is None or folder is None:
+        return reason
+    try:
+        stats = os.statvfs(folder)
+    except OSError:
+        return reason
+    if stats.f_flag & os.ST_RDONLY:
+        return "read-only file system"
+    if reason in ("I/O error", "cannot be written", "cannot open the file") and stats.f_bavail == 0:
+        return "disk full"
+    if reason == "read-only":
+        return "read-only file"
+    return reason
 
 
 class ITaskState(Protocol):
@@ -152,7 +244,14 @@ class StoredJob:
 
 
 class IJournal(Protocol):
-    """Where a master records its decisions (see L{Journal})."""
+    """
+    Where a master records its decisions (see L{Journal}).
+
+    @ivar problem: why the journal cannot be written at the moment (its
+        last write failed), or C{None} while it can.
+    """
+
+    problem: Optional[JournalProblem]
 
     def job_added(self, job: IJobState) -> None:
         """A job was accepted: write it and all its tasks."""
@@ -178,6 +277,9 @@ class IJournal(Protocol):
     def finished_job(self, source: str) -> Optional[StoredJob]:
         """The job from C{source} that finished last, if the journal still has one."""
 
+    def withdraw(self, job_id: str) -> None:
+        """Forget a job added but never written (its submission was refused)."""
+
     def close(self) -> None:
         """Write what is marked and release the journal."""
 
@@ -186,6 +288,7 @@ class NullJournal:
     """A journal that keeps nothing: for nodes run without a state directory."""
 
     path: Optional[str] = None
+    problem: Optional[JournalProblem] = None
 
     def job_added(self, job: IJobState) -> None:
         """Nothing to write."""
@@ -211,6 +314,9 @@ class NullJournal:
         """None: nothing was kept."""
         return None
 
+    def withdraw(self, job_id: str) -> None:
+        """Nothing was marked."""
+
     def close(self) -> None:
         """Nothing to release."""
 
@@ -221,9 +327,17 @@ class Journal:
 
     @ivar path: the journal file.
     @ivar commits: how many transactions were written (a metric).
+    @ivar problem: why the journal cannot be written at the moment (the
+        last write failed), or C{None} while it can.
     """
 
-    def __init__(self, state_dir: str, clock: IReactorTime, commit_delay: float = 0.0) -> None:
+    def __init__(
+        self,
+        state_dir: str,
+        clock: IReactorTime,
+        commit_delay: float = 0.0,
+        before_write: Optional[Callable[[], None]] = None,
+    ) -> None:
         """
         Open (creating if needed) the journal in C{state_dir}.
 
@@ -232,6 +346,9 @@ class Journal:
             uses L{GROUP_COMMIT_DELAY}, so that a busy master writes a few
             hundred transactions a second, not one per task.  L{commit}
             writes at once whatever waits.
+        @param before_write: called before each transaction; whatever
+            C{OSError} or C{sqlite3.Error} it raises fails that write as
+            the disk would (a seam for fault tests: a full disk, say).
 
         @raise JournalError: if the folder cannot be made or locked, or the
             journal file is not a usable journal; the file is then left
@@ -239,7 +356,11 @@ class Journal:
         """
         self._clock = clock
         self._commit_delay = commit_delay
+        self._before_write = before_write
         self.path = os.path.join(state_dir, JOURNAL_FILE)
+        self._folder = state_dir
+        self.problem: Optional[JournalProblem] = None
+        self._failing_since = 0.0
         self._lock_fd = _lock_state_dir(state_dir)
         # A node that has never been a master has no journal file: SQLite
         # (2 MiB of a worker's memory) is loaded when it first has one to write.
@@ -276,6 +397,17 @@ class Journal:
             self._changed_jobs[job.id] = job
         self._schedule()
 
+    def withdraw(self, job_id: str) -> None:
+        """
+        Forget a job added (L{job_added}) but not written yet, as if it had
+        never been: its submission was refused because the journal could
+        not be written.
+        """
+        self._new_jobs.pop(job_id, None)
+        self._changed_jobs.pop(job_id, None)
+        for key in [key for key in self._changed_tasks if key[0] == job_id]:
+            del self._changed_tasks[key]
+
     def durable(self) -> Deferred[None]:
         """Fires once everything marked so far is written (at once if nothing is waiting)."""
         if not self._dirty():
@@ -305,9 +437,12 @@ class Journal:
             if self._commit_call.active():
                 self._commit_call.cancel()
             self._commit_call = None
-        if not self._dirty():
+        if not self._dirty() and self.problem is None:
             self._fire_waiters()
             return
+        # With nothing marked but a failed write behind it (what failed was
+        # withdrawn), the journal still tries a small write, so that it knows
+        # when it can be written again.
         if self._lock_fd < 0:
             raise JournalError(f"the journal {self.path} is closed; nothing more can be written to it")
         import sqlite3
@@ -316,6 +451,8 @@ class Journal:
         changed_jobs, self._changed_jobs = self._changed_jobs, {}
         changed_tasks, self._changed_tasks = self._changed_tasks, {}
         try:
+            if self._before_write is not None:
+                self._before_write()
             if self._db is None:
                 self._db = _open_database(self.path)
             db = self._db
@@ -360,7 +497,9 @@ class Journal:
                         "UPDATE jobs SET finished = ?, cancelled = ? WHERE id = ?",
                         (job.finished_at, int(job.cancelled), job.id),
                     )
-        except (sqlite3.Error, JournalError) as e:
+                if self.problem is not None:
+                    db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('written_again', ?)", (str(time.time()),))
+        except (sqlite3.Error, OSError, JournalError) as e:
             # Nothing of this batch was written: keep it marked (behind what
             # was marked since), to be written by the next commit.
             self._new_jobs = {**new_jobs, **self._new_jobs}
@@ -368,17 +507,50 @@ class Journal:
             self._changed_tasks = {**changed_tasks, **self._changed_tasks}
             # Whoever waits for durable() goes on waiting: for the next
             # commit that succeeds, tried again in RETRY_DELAY seconds.
-            log.error(
-                "Could not write the journal {path}: {error}; trying again in {delay:g}s. Until it is "
-                "written, nothing that depends on it is sent (assignments to other nodes, answers to "
-                "confirmations, job ends)",
-                path=self.path, error=e, delay=RETRY_DELAY,
-            )
             if self._commit_call is None:
                 self._commit_call = self._clock.callLater(RETRY_DELAY, self._scheduled_commit)
+            self._write_failed(e)
             raise JournalError(f"could not write the journal {self.path}: {e}") from e
         self.commits += 1
+        if self.problem is not None:
+            log.info(
+                "The journal {path} can be written again, after {seconds:.0f}s: what waited for it goes out "
+                "now, and new jobs are accepted again",
+                path=self.path, seconds=self._clock.seconds() - self._failing_since,
+            )
+            self.problem = None
         self._fire_waiters()
+
+    def _write_failed(self, error: BaseException) -> None:
+        """Record why a write failed (L{problem}) and log it: in full the first time and when the reason changes."""
+        if isinstance(error, JournalWriteError):
+            reason = error.reason
+        else:
+            reason = write_failure_reason(error, self._folder) or "cannot be written"
+        detail = str(error)
+        if isinstance(error, OSError) and error.strerror:
+            detail = error.strerror
+        previous = self.problem
+        if previous is None:
+            self._failing_since = self._clock.seconds()
+        self.problem = JournalProblem(
+            path=self.path, reason=reason, error=detail,
+            since=previous.since if previous is not None else time.time(),
+        )
+        if previous is None or previous.reason != reason:
+            log.error(
+                "Could not write the journal {path}: {reason} ({error}). Until it can be written, nothing that "
+                "depends on it is sent (assignments to other nodes, answers to confirmations, job ends) and new "
+                "jobs are refused; trying again every {delay:g}s",
+                path=self.path, reason=reason, error=detail, delay=RETRY_DELAY,
+            )
+        else:
+            log.error(
+                "Could not write the journal {path} again: {reason} ({error}), for {seconds:.0f}s now; trying "
+                "again in {delay:g}s",
+                path=self.path, reason=reason, error=detail, delay=RETRY_DELAY,
+                seconds=self._clock.seconds() - self._failing_since,
+            )
 
     def _scheduled_commit(self) -> None:
         """A commit from the clock: a failure is logged (and retried), not raised into the reactor."""
@@ -594,7 +766,8 @@ def _open_database(path: str) -> "sqlite3.Connection":
     try:
         db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     except sqlite3.Error as e:
-        raise JournalError(f"cannot open the journal {path}: {e}") from None
+        reason = write_failure_reason(e, os.path.dirname(path) or ".") or "cannot open the file"
+        raise JournalWriteError(f"cannot open the journal {path}: {reason} ({e})", reason) from None
     try:
         if existed:
             problems = [row[0] for row in db.execute("PRAGMA quick_check")]
@@ -632,6 +805,10 @@ def _open_database(path: str) -> "sqlite3.Connection":
         raise
     except sqlite3.DatabaseError as e:
         db.close()
+        reason = write_failure_reason(e, os.path.dirname(path) or ".")
+        if reason is not None:
+            # The file may be fine: the disk under it is not (full, read-only).
+            raise JournalWriteError(f"the journal {path} cannot be written: {reason} ({e})", reason) from None
         raise JournalError(
             f"the journal {path} cannot be read ({e}); it was left untouched: move it away to start "
             f"with an empty journal (its unfinished jobs are then forgotten)"

@@ -238,6 +238,25 @@ class Master:
         self.schedule_dispatch()
         return job
 
+    def withdraw(self, job_id: str) -> None:
+        """
+        Forget a job just accepted (L{submit}), before any of its tasks went
+        out: its submission is refused after all (its journal could not be
+        written).
+        """
+        job = self.jobs.pop(job_id, None)
+        if job is None:
+            return
+        assert not job.participants, "a withdrawn job's tasks never went out"
+        self.journal.withdraw(job_id)
+        self._announced.discard(job_id)
+        for kind in list(self._pending):
+            kept = deque(entry for entry in self._pending[kind] if entry[0] != job_id)
+            if kept:
+                self._pending[kind] = kept
+            else:
+                del self._pending[kind]
+
     def unfinished(self) -> list[Job]:
         """The jobs that still have tasks without a result."""
         return [job for job in self.jobs.values() if job.finished is None]

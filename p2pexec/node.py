@@ -28,7 +28,7 @@ from p2pexec.connections import Dialer, dials
 from p2pexec.discovery import DiscoveryProtocol
 from p2pexec.heartbeat import FailureDetector, Liveness, Watchman
 from p2pexec.job import DEFAULT_MAX_LOSSES, Job
-from p2pexec.journal import open_journal
+from p2pexec.journal import IJournal, JournalError, open_journal
 from p2pexec.log import NodeLogger, RateLimitedLog
 from p2pexec.master import Master, random_instance
 from p2pexec.membership import Change, PeerState, PeerTable
@@ -135,12 +135,21 @@ class Node:
     @ivar initial_job: fires with the job given at start-up once it finishes.
     """
 
-    def __init__(self, config: NodeConfig, reactor: Any, runner: ITaskRunner, wall: WallClock = time.time) -> None:
+    def __init__(
+        self,
+        config: NodeConfig,
+        reactor: Any,
+        runner: ITaskRunner,
+        wall: WallClock = time.time,
+        journal: Optional[IJournal] = None,
+    ) -> None:
         """
         @param reactor: the reactor; its C{seconds()} is the monotonic clock of
             every timer, interval and duration (see L{p2pexec.clock}).
         @param wall: the wall clock, for moments shown to people, kept in the
             journal, or compared with other nodes' clocks.
+        @param journal: the journal to keep, instead of the one in
+            C{config.state_dir} (a seam for tests: one whose writes fail).
         """
         self.config = config
         self._reactor = reactor
@@ -156,7 +165,7 @@ class Node:
         )
         self.peers = PeerTable(config.name)
         self.worker = Worker(config.name, config.capabilities, config.slots, runner, reactor)
-        self.journal = open_journal(config.state_dir, reactor)
+        self.journal: IJournal = journal if journal is not None else open_journal(config.state_dir, reactor)
         self.master = Master(
             self.info, link=self, observer=self, clock=reactor, journal=self.journal, max_losses=config.max_losses,
             wall=wall,
@@ -293,7 +302,8 @@ class Node:
             except Exception as e:
                 log.error(
                     "Node {name} could not write its start-up job {job} to its journal ({error}); "
-                    "it runs, but a restart would not resume it",
+                    "it runs, and is written once the journal can be written (a restart before then "
+                    "would not resume it)",
                     name=self.info.name, job=self._initial_job_id, error=e,
                 )
 
@@ -328,10 +338,9 @@ class Node:
         C{--rerun-job} asks for it to run again.
         """
         source = self.config.job_source
-        finder = getattr(self.journal, "finished_job", None)
-        if source is None or finder is None:
+        if source is None:
             return False
-        saved = finder(source)
+        saved = self.journal.finished_job(source)
         if saved is None:
             return False
         job = self.master.recall_finished(saved)
@@ -690,8 +699,14 @@ class Node:
         for record in self.peers.connected_peers():
             liveness[record.info.name] = self.watchman.liveness(record.connection)
         return status.peers_view(
-            self.info, self.my_load(), list(self.peers), liveness, self._loads, self._reactor.seconds()
+            self.info, self.my_load(), list(self.peers), liveness, self._loads, self._reactor.seconds(),
+            problem=self.problem(),
         )
+
+    def problem(self) -> Optional[str]:
+        """Why this node is not healthy (its journal cannot be written), or C{None}."""
+        problem = self.journal.problem
+        return None if problem is None else problem.describe()
 
     def topology_status(self) -> dict[str, Any]:
         """Nodes and links (see L{status.topology_view})."""
@@ -703,12 +718,13 @@ class Node:
         now = self._reactor.seconds()
         waiting = self.master.waiting_kinds()
         jobs = sorted(self.master.jobs.values(), key=lambda job: job.started, reverse=True)
-        return [status.job_summary(job, now, waiting) for job in jobs]
+        stalled = self.problem()
+        return [status.job_summary(job, now, waiting, stalled) for job in jobs]
 
     def job_status(self, job_id: str) -> dict[str, Any]:
         """One job's summary; raises L{commands.UnknownJob}."""
         job = self._job(job_id)
-        return status.job_summary(job, self._reactor.seconds(), self.master.waiting_kinds())
+        return status.job_summary(job, self._reactor.seconds(), self.master.waiting_kinds(), self.problem())
 
     def job_tasks(self, job_id: str, **filters: Any) -> tuple[list[dict[str, Any]], int]:
         """A page of one job's tasks (see L{status.tasks_page}); raises L{commands.UnknownJob}."""
@@ -727,9 +743,12 @@ class Node:
 
         @raise commands.BadJob: naming the task and field at fault.
         @raise commands.ShuttingDown: if the node is leaving.
+        @raise commands.JournalUnwritable: if its journal cannot be written
+            (the job is then not accepted: nothing of it runs).
         """
         if self.stopping:
             raise commands.ShuttingDown(f"node {self.info.name} is shutting down and takes no new jobs")
+        self._check_journal()
         document: dict[str, Any] = {"task": tasks}
         if defaults:
             document["defaults"] = defaults
@@ -737,8 +756,32 @@ class Node:
             specs = parse_job(document, label=label)
         except JobFileError as e:
             raise commands.BadJob(str(e)) from None
+        self._check_journal()
         job = self.master.submit(specs)
+        # Written now, not after the group-commit delay: a job that cannot
+        # be written is refused, not accepted and left waiting unanswered.
+        try:
+            self.journal.commit()
+        except JournalError as e:
+            self.master.withdraw(job.id)
+            self._check_journal()
+            raise commands.JournalUnwritable(f"node {self.info.name} takes no new job: {e}") from None
         return self.journal.durable().addCallback(lambda _: job.id)
+
+    def _check_journal(self) -> None:
+        """
+        @raise commands.JournalUnwritable: if the journal cannot be
+            written at the moment, saying why.
+        """
+        problem = self.journal.problem
+        if problem is not None:
+            log.warn(
+                "Node {name} refused a job: {problem}",
+                name=self.info.name, problem=problem.describe(),
+            )
+            raise commands.JournalUnwritable(
+                f"node {self.info.name} takes no new job: {problem.describe()}"
+            )
 
     def submit_part(self, protocol: PeerProtocol, tasks: list[Any], defaults: Any, upload: str, final: bool) -> Any:
         """

@@ -42,8 +42,19 @@ class Load:
     links: tuple[str, ...] = ()
 
 
-def node_entry(info: NodeInfo, state: str, load: Optional[Load], last_heard: Optional[float] = None) -> dict[str, Any]:
-    """One node as the views show it (see C{Node} in docs/api.rst)."""
+def node_entry(
+    info: NodeInfo,
+    state: str,
+    load: Optional[Load],
+    last_heard: Optional[float] = None,
+    problem: Optional[str] = None,
+) -> dict[str, Any]:
+    """
+    One node as the views show it (see C{Node} in docs/api.rst).
+
+    @param problem: why this node is not healthy (its journal cannot be
+        written), for this node itself; peers do not report theirs.
+    """
     return {
         "name": info.name,
         "address": info.address,
@@ -54,6 +65,7 @@ def node_entry(info: NodeInfo, state: str, load: Optional[Load], last_heard: Opt
         "queued": None if load is None else load.queued,
         "state": state,
         "last_heard": None if last_heard is None else round(last_heard, 3),
+        "problem": problem,
     }
 
 
@@ -73,9 +85,10 @@ def peers_view(
     liveness: Mapping[str, Liveness],
     loads: Mapping[str, Load],
     now: float,
+    problem: Optional[str] = None,
 ) -> list[dict[str, Any]]:
-    """This node first, then every peer in its table, by name."""
-    entries = [node_entry(me, "self", my_load)]
+    """This node first (with its C{problem}, if it has one), then every peer in its table, by name."""
+    entries = [node_entry(me, "self", my_load, problem=problem)]
     for record in sorted(records, key=lambda r: r.info.name):
         name = record.info.name
         entries.append(
@@ -150,8 +163,15 @@ def task_entry(record: TaskRecord, waiting_kinds: frozenset[str], output: bool =
     return entry
 
 
-def job_summary(job: Job, now: float, waiting_kinds: frozenset[str]) -> dict[str, Any]:
-    """One job's progress (see C{JobSummary} in docs/api.rst)."""
+def job_summary(
+    job: Job, now: float, waiting_kinds: frozenset[str], stalled: Optional[str] = None
+) -> dict[str, Any]:
+    """
+    One job's progress (see C{JobSummary} in docs/api.rst).
+
+    @param stalled: why no task of a running job can make progress (its
+        master's journal cannot be written); it then has no ETA.
+    """
     counts = dict.fromkeys(TASK_STATES, 0)
     for record in job.tasks.values():
         counts[task_state(record, waiting_kinds)] += 1
@@ -159,7 +179,9 @@ def job_summary(job: Job, now: float, waiting_kinds: frozenset[str]) -> dict[str
     done = counts["succeeded"] + counts["failed"] + counts["cancelled"]
     elapsed = job.elapsed(now)
     eta = None
-    if job.finished is None and done and done < total:
+    if job.finished is not None:
+        stalled = None
+    elif done and done < total and stalled is None:
         eta = round(elapsed / done * (total - done), 3)
     if job.cancelled:
         state = "cancelled"
@@ -178,6 +200,7 @@ def job_summary(job: Job, now: float, waiting_kinds: frozenset[str]) -> dict[str
         "finished": None if job.finished_at is None else round(job.finished_at, 3),
         "elapsed": round(elapsed, 3),
         "eta": eta,
+        "stalled": stalled,
         "stale_results_dropped": job.stale,
     }
 

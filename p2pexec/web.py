@@ -305,7 +305,7 @@ class _JobCollection(_JsonResource):
             submitted = self.node.submit(tasks, document.get("defaults"), label="submitted job")
         except commands.BadJob as e:
             raise _BadRequest(str(e)) from None
-        except commands.ShuttingDown as e:
+        except (commands.ShuttingDown, commands.JournalUnwritable) as e:
             return _error(request, http.SERVICE_UNAVAILABLE, str(e))
         _finish_later(request, submitted, lambda job_id: _json(request, {"job": job_id}, http.CREATED))
         return NOT_DONE_YET
@@ -356,20 +356,26 @@ class _CancelResource(_JsonResource):
 
 
 class HealthResource(_JsonResource):
-    """C{GET /healthz}: 200 while the node serves, 503 once it is leaving (no token needed)."""
+    """
+    C{GET /healthz}: 200 while the node serves, 503 once it is leaving or
+    while its journal cannot be written (no token needed).
+    """
 
     always_open = True
 
     def get(self, request: Request) -> bytes:
-        """The node's health as JSON: 200 while it serves, 503 once it is leaving."""
+        """The node's health as JSON: 200 while it serves; 503, saying why, when it is leaving or unhealthy."""
         node = self.node
+        problem = node.problem()
         body = {
-            "status": "leaving" if node.stopping else "ok",
+            "status": "leaving" if node.stopping else "unhealthy" if problem is not None else "ok",
             "node": node.info.name,
             "peers_connected": len(node.peers.connected_peers()),
             "jobs_running": sum(1 for job in node.master.jobs.values() if job.finished is None),
+            "problem": problem,
         }
-        return _json(request, body, http.SERVICE_UNAVAILABLE if node.stopping else http.OK)
+        healthy = not node.stopping and problem is None
+        return _json(request, body, http.OK if healthy else http.SERVICE_UNAVAILABLE)
 
 
 class _NotFound(Resource):

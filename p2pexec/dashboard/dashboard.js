@@ -16,7 +16,7 @@
  *   #jobs .job[data-id][data-state] .progress[data-progress]   (0..1)
  *   #tasks tbody tr[data-id][data-state]
  *   #connection[data-connection=connecting|live|slow|disconnected]
- *   #health[data-health=ok|leaving|unknown]
+ *   #health[data-health=ok|leaving|unhealthy|unknown]   (title: the problem, if any)
  */
 "use strict";
 
@@ -336,9 +336,12 @@
   function drawHeader(health) {
     setText(ui.nodeName, health.node || "?");
     document.title = (health.node ? health.node + " \u00b7 " : "") + "p2pexec";
-    const status = health.status === "ok" ? "ok" : health.status === "leaving" ? "leaving" : "unknown";
+    const known = ["ok", "leaving", "unhealthy"];
+    const status = known.includes(health.status) ? health.status : "unknown";
     setAttr(ui.health, "data-health", status);
-    setText(ui.health, status === "ok" ? "healthy" : status === "leaving" ? "leaving" : String(health.status));
+    setText(ui.health, status === "ok" ? "healthy" : status === "unknown" ? String(health.status) : status);
+    // The problem (a journal that cannot be written) in words, on hover.
+    setAttr(ui.health, "title", health.problem ? String(health.problem) : "");
     setText(ui.peers, count(health.peers_connected || 0));
     setText(ui.jobsRunning, count(health.jobs_running || 0));
   }
@@ -656,12 +659,14 @@
     meta.pending.hidden = !(c.pending > 0);
     setText(meta.cancelled, "cancelled " + count(c.cancelled || 0));
     meta.cancelled.hidden = !(c.cancelled > 0);
-    if (job.state === "running") {
+    if (job.state === "running" && job.stalled) {
+      setText(meta.time, "stalled");
+    } else if (job.state === "running") {
       setText(meta.time, "ETA " + eta(job.eta));
     } else {
       setText(meta.time, "took " + seconds(job.elapsed));
     }
-    setAttr(meta.time, "title", "elapsed " + seconds(job.elapsed));
+    setAttr(meta.time, "title", (job.stalled ? String(job.stalled) + "; " : "") + "elapsed " + seconds(job.elapsed));
   }
 
   async function cancelJob(job, button) {

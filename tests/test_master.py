@@ -563,3 +563,29 @@ class ResumeTests(SynchronousTestCase):
     def test_journal_file_is_in_the_state_dir(self):
         """The journal lives in the state directory given."""
         self.assertTrue(os.path.exists(os.path.join(self.state_dir, "journal.sqlite3")))
+
+
+class ResultsFileExampleTests(SynchronousTestCase):
+    """docs/jobs.rst shows a results file with the layout L{Job.report} writes (issue 11, item 9)."""
+
+    def test_example_has_the_report_layout(self):
+        """The example's top-level keys are the report's, in its order; each task's keys are report keys in order."""
+        import json
+        import re
+
+        path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "jobs.rst")
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        start = text.index("Here is the file written by running")
+        block = text[text.index("    {", start):text.index("\n    }\n", start) + 6]
+        example = json.loads(re.sub(r"\n\s*\.\.\.,?\n", "\n", block))
+        job = Job("j", [TaskSpec(id="t", kind="sh")], started=0.0)
+        job.assign("t", "a1")
+        job.apply(TaskResult(task_id="t", attempt=1, status="failed", node="a1", exit_code=3, stdout="o",
+                             stderr="e", error="x"), 1.0)
+        report = job.report(1.0)
+        self.assertEqual(list(example), list(report))
+        keys = list(report["tasks"][0])
+        order = keys[:4] + ["retried", "lost_workers"] + keys[4:]
+        for task in example["tasks"]:
+            self.assertEqual(list(task), [key for key in order if key in task], task["id"])

@@ -312,6 +312,9 @@ class Job:
             return "the job was cancelled"
         if record.state is TaskState.DONE:
             return "the task already has its result"
+        if result.attempt > record.attempt or result.attempt < 1:
+            given = f"the latest is attempt {record.attempt}" if record.attempt else "the task was never given out"
+            return f"attempt {result.attempt} of it was never given ({given})"
         if result.attempt != record.attempt:
             return f"attempt {result.attempt} was superseded by attempt {record.attempt}"
         if sender is not None and sender != record.worker:

@@ -202,7 +202,7 @@ class Node:
         self._ready_waiters: list[Deferred[None]] = []
         self._loads: dict[str, status.Load] = {}
         self._loads_asked = float("-inf")
-        self._uploads: dict[str, tuple[PeerProtocol, list[Any]]] = {}
+        self._uploads: dict[str, tuple[PeerProtocol, list[Any], Any]] = {}
         self._cancels_owed: dict[str, dict[str, None]] = {}
         """Per worker, the cancelled jobs it could not be told of (it was not connected), oldest first."""
         self._upload_numbers = 0
@@ -787,12 +787,19 @@ class Node:
         """
         SUBMIT_JOB in parts: collect the tasks of an upload (which belongs to
         the connection that started it, and is dropped with it); submit them
-        with the last part.
+        with the last part.  Every part must carry the first part's
+        C{defaults} (C{null} and C{{}} alike mean none): a part whose
+        defaults differ is refused, and the upload is dropped.
         """
         if upload:
-            owner, collected = self._uploads.pop(upload, (None, None))
+            owner, collected, first_defaults = self._uploads.pop(upload, (None, None, None))
             if collected is None or owner is not protocol:
                 raise commands.UnknownUpload(f"node {self.info.name} has no upload {upload!r} on this connection")
+            if (defaults or None) != (first_defaults or None):
+                raise commands.BadJob(
+                    f"upload {upload!r}: this part's defaults differ from its first part's; every part of a job "
+                    f"must carry the same defaults (the upload is dropped: send the job again)"
+                )
             collected.extend(tasks)
         else:
             collected = list(tasks)
@@ -801,7 +808,7 @@ class Node:
                 raise commands.BadJob("a job holds at most 1,000,000 tasks")
             self._upload_numbers += 1
             upload = f"{self.info.instance[:8]}-{self._upload_numbers}"
-            self._uploads[upload] = (protocol, collected)
+            self._uploads[upload] = (protocol, collected, defaults)
             return {"upload": upload, "job": ""}
         return self.submit(collected, defaults).addCallback(lambda job_id: {"upload": "", "job": job_id})
 
@@ -951,7 +958,9 @@ class Node:
         assert name is not None
         log.info("Node {name}: peer {peer} is leaving ({reason})", name=self.info.name, peer=name, reason=reason)
         self.peers.left(name)
-        self.master.worker_lost(name, "left the cluster")
+        # A graceful leave is not a lost worker: quarantine is for tasks that
+        # may be what kills their workers, and this one left in order.
+        self.master.worker_lost(name, "left the cluster", count_loss=False)
         self.worker.drop_from((name, protocol.peer_instance or ""))
         self._reactor.callLater(0, self.dialer.stop, name)
 
@@ -973,7 +982,7 @@ class Node:
                 self._per_address[host] = left
             else:
                 self._per_address.pop(host, None)
-        for upload in [key for key, (owner, _) in self._uploads.items() if owner is protocol]:
+        for upload in [key for key, (owner, _, _) in self._uploads.items() if owner is protocol]:
             del self._uploads[upload]
         name = protocol.peer_name
         if name is None:

@@ -444,3 +444,80 @@ class FinishedStartUpJobTests(SynchronousTestCase):
         self.assertNotEqual(again.id, job.id)
         self.assertEqual(again.succeeded, 3)
         self.assertTrue(any("--rerun-job: running it again as a new job" in line for line in lines), lines)
+
+
+class SmallerMasterFixesTests(SynchronousTestCase):
+    """Issue 11, item 9: what the master says and counts in a few corners."""
+
+    def test_attempt_never_given_is_named_as_such(self):
+        """A result for an attempt never given is logged as that, not as superseded by an older one."""
+        clock = Clock()
+        link = RecordingLink()
+        master = Master(node(name="m1", capabilities=()), link, link, clock)
+        master.worker_joined(node(name="w1", capabilities=("w",), slots=1))
+        job = master.submit([TaskSpec(id="t1", kind="w")])
+        clock.advance(0)
+        with capturedLogs() as events:
+            master.confirm(job.id, [TaskResult(task_id="t1", attempt=99, status="succeeded", node="w1")], "w1")
+        lines = [text(e) for e in events if "stale result" in e["log_format"]]
+        self.assertEqual(len(lines), 1, lines)
+        self.assertIn("attempt 99 of it was never given (the latest is attempt 1)", lines[0])
+        self.assertNotIn("superseded", lines[0])
+        fresh = master.submit([TaskSpec(id="t2", kind="none")])
+        self.assertEqual(
+            fresh.stale_reason(TaskResult(task_id="t2", attempt=1, status="succeeded", node="w1"), "w1"),
+            "attempt 1 of it was never given (the task was never given out)",
+        )
+
+    def test_graceful_leave_does_not_count_towards_quarantine(self):
+        """
+        A worker that says DISCONNECT_REQUEST while it still holds tasks has
+        them put back, but that is not a lost worker: with
+        --max-worker-losses 1 they run again instead of being quarantined.
+        """
+        from p2pexec import commands
+
+        cluster = Cluster()
+        tasks = tuple(TaskSpec(id=f"w{i}", kind="w", command=("true",)) for i in range(2))
+        master = cluster.add("m1", capabilities=frozenset(), tasks=tasks, max_losses=1, port=4001)
+        cluster.add_worker("w1", address="127.0.0.2", port=4002, duration=30.0)
+        cluster.network.run_until(lambda: cluster.runners["w1"].running, limit=10)
+        worker = cluster.nodes["w1"]
+        # w1 announces that it leaves without handing anything back first.
+        worker.peers.get("m1").connection.callRemote(commands.DisconnectRequest, reason="shutdown")
+        cluster.network.run(1.0)
+        job = master.master.jobs[master._initial_job_id]
+        self.assertEqual(job.failed, 0, "nothing quarantined")
+        self.assertEqual([record.losses for record in job.tasks.values()], [0, 0])
+        cluster.add_worker("w2", address="127.0.0.3", port=4003, duration=0.1)
+        cluster.network.run_until(lambda: master.initial_job.called, limit=30)
+        self.assertEqual((job.succeeded, job.failed), (2, 0))
+
+
+class UploadDefaultsTests(SynchronousTestCase):
+    """SUBMIT_JOB in parts: every part carries the first part's defaults (issue 11, item 9)."""
+
+    def setUp(self):
+        self.cluster = Cluster()
+        self.node = self.cluster.add("m1", capabilities=frozenset({"w"}))
+        self.connection = object()
+
+    def test_differing_defaults_refused(self):
+        """A later part whose defaults differ from the first part's is refused, naming the upload; it is dropped."""
+        from p2pexec import commands
+
+        first = self.node.submit_part(self.connection, [{"id": "a"}], {"kind": "w"}, "", False)
+        error = self.assertRaises(
+            commands.BadJob, self.node.submit_part, self.connection, [{"id": "b"}], {"kind": "x"}, first["upload"], True
+        )
+        self.assertIn(f"upload {first['upload']!r}: this part's defaults differ from its first part's", str(error))
+        self.assertRaises(
+            commands.UnknownUpload, self.node.submit_part, self.connection, [{"id": "b"}], {"kind": "w"}, first["upload"], True
+        )
+
+    def test_same_defaults_accepted(self):
+        """Parts with the same defaults make one job ({} and null are the same)."""
+        first = self.node.submit_part(self.connection, [{"id": "a", "kind": "w", "command": ["true"]}], None, "", False)
+        last = self.node.submit_part(self.connection, [{"id": "b", "kind": "w", "command": ["true"]}], {}, first["upload"], True)
+        job_id = self.successResultOf(last)["job"]
+        self.assertEqual(list(self.node.master.jobs[job_id].tasks), ["a", "b"])

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import attr
 
@@ -51,14 +51,15 @@ def kind_of(name: str) -> str:
     return match.group(0) if match else name
 
 
-def loads_strict(data: bytes) -> Any:
+def loads_strict(data: bytes, object_pairs_hook: Optional[Callable[[list[tuple[str, Any]]], Any]] = None) -> Any:
     """
     Decode UTF-8 JSON from the network, refusing what cannot be written back
     as UTF-8: a lone surrogate (C{"\\ud800"}) that JSON escapes allow.
 
+    @param object_pairs_hook: as for C{json.loads} (to refuse duplicate keys, say).
     @raise ValueError: if C{data} is not such JSON.
     """
-    value = json.loads(data.decode("utf-8"))
+    value = json.loads(data.decode("utf-8"), object_pairs_hook=object_pairs_hook)
     try:
         json.dumps(value, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError:

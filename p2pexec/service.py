@@ -120,7 +120,7 @@ class WebService(Service):
         super().privilegedStartService()
         interface = self.node.config.interface
         try:
-            self._listening = self._reactor.listenTCP(self.port, site(self.node), interface=interface)
+            self._listening = self._reactor.listenTCP(self.port, site(self.node, self.port), interface=interface)
         except CannotListenError as e:
             raise SystemExit(
                 f"p2pexec: node {self.node.config.name} cannot serve HTTP on {interface}:{self.port}: {e.socketError}"

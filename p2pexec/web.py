@@ -11,10 +11,13 @@ status code.
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import json
 import os
+import socket
 from io import BytesIO
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
+from urllib.parse import urlsplit
 
 from prometheus_client.twisted import MetricsResource
 from twisted.python.failure import Failure
@@ -43,6 +46,162 @@ MAX_BODY_BYTES = 64 * 1024 * 1024
 
 MAX_PAGE = 100_000
 """The most tasks one GET /api/jobs/ID returns."""
+
+CONTENT_SECURITY_POLICY = (
+    b"default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+    b"base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+"""The dashboard loads its own script and style sheet and talks to its own node; no page may frame it."""
+
+SECURITY_HEADERS = (
+    (b"content-security-policy", CONTENT_SECURITY_POLICY),
+    (b"x-frame-options", b"DENY"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"cross-origin-resource-policy", b"same-origin"),
+)
+"""Sent with every answer, errors included."""
+
+SAFE_METHODS = (b"GET", b"HEAD")
+"""Methods that change nothing; every other one is checked for a cross-site origin."""
+
+
+class OwnNames:
+    """
+    The names and addresses by which this node's HTTP server may be asked:
+    C{--interface}, on loopback also C{localhost}, C{127.0.0.1} and C{::1},
+    and the machine's host names; with or without the port.  A C{Host}
+    naming anything else comes from a page that had its own name resolve
+    to this node (DNS rebinding), and is refused.
+
+    @param interface: the address the server listens on.
+    @param port: the port it listens on (None: any port is accepted).
+    @param hostnames: the machine's names (C{socket.gethostname()} and
+        C{socket.getfqdn()} by default).
+    """
+
+    def __init__(self, interface: str, port: Optional[int], hostnames: Optional[Iterable[str]] = None) -> None:
+        if hostnames is None:
+            hostnames = _machine_names()
+        names = {interface}
+        try:
+            loopback = ipaddress.ip_address(interface).is_loopback
+        except ValueError:
+            loopback = False
+        if loopback:
+            names |= {"localhost", "127.0.0.1", "::1"}
+        names |= set(hostnames)
+        self.names = frozenset(_canonical(name) for name in names if name)
+        self.port = port
+
+    def describe(self) -> str:
+        """The accepted names, for error messages."""
+        return ", ".join(sorted(self.names))
+
+    def host_allowed(self, host: str) -> bool:
+        """Whether a C{Host} header value (C{NAME}, C{NAME:PORT}, C{[V6]:PORT}) names this server."""
+        split = _split_host(host)
+        if split is None:
+            return False
+        name, port = split
+        return name in self.names and (port is None or self.port is None or port == self.port)
+
+    def origin_allowed(self, origin: str) -> bool:
+        """Whether an C{Origin} header value is one of this server's own origins (C{http://NAME:PORT})."""
+        try:
+            parts = urlsplit(origin)
+            port = parts.port
+        except ValueError:
+            return False
+        if parts.scheme != "http" or parts.hostname is None or parts.path or parts.query or parts.username:
+            return False
+        if self.port is not None and (port if port is not None else 80) != self.port:
+            return False
+        return _canonical(parts.hostname) in self.names
+
+
+def _machine_names() -> list[str]:
+    """This machine's host name and fully qualified name."""
+    names = [socket.gethostname()]
+    try:
+        names.append(socket.getfqdn())
+    except OSError:
+        pass
+    return names
+
+
+def _canonical(name: str) -> str:
+    """A host name as compared: lower case, without a final dot or IPv6 brackets."""
+    return name.strip().strip("[]").rstrip(".").lower()
+
+
+def _split_host(host: str) -> Optional[tuple[str, Optional[int]]]:
+    """C{(name, port or None)} of a C{Host} header value, or None if it is malformed."""
+    host = host.strip()
+    if host.startswith("["):
+        end = host.find("]")
+        if end < 0:
+            return None
+        name, rest = host[1:end], host[end + 1 :]
+    elif host.count(":") == 1:
+        name, rest = host.split(":")
+        rest = ":" + rest
+    elif ":" in host:
+        return None
+    else:
+        name, rest = host, ""
+    if not name:
+        return None
+    if not rest:
+        return _canonical(name), None
+    if not rest.startswith(":") or not rest[1:].isdigit() or len(rest) > 6:
+        return None
+    return _canonical(name), int(rest[1:])
+
+
+def refusal(names: OwnNames, method: bytes, headers: Any) -> Optional[tuple[int, str]]:
+    """
+    Why a request must be refused before it reaches any resource, as
+    C{(status, message)}, or None if it may go on:
+
+      - a C{Host} that is not one of L{OwnNames} (403);
+      - a state-changing request (not GET or HEAD) from another origin: an
+        C{Origin} that is not this server's, or a C{Sec-Fetch-Site} other
+        than C{same-origin} or C{none} (403);
+      - a POST whose C{Content-Type} is not C{application/json} (415): a
+        page on another site can send C{text/plain} or a form without asking
+        the browser first, never JSON.
+
+    @param headers: the request's L{twisted.web.http_headers.Headers}.
+    """
+    host = _header(headers, b"host")
+    if host is not None and not names.host_allowed(host):
+        return http.FORBIDDEN, (
+            f"this node does not answer to the host {host!r} (a page on another site whose name was made to "
+            f"point here?); ask it by one of its own names: {names.describe()}"
+        )
+    if method in SAFE_METHODS:
+        return None
+    verb = method.decode("ascii", "replace")
+    origin = _header(headers, b"origin")
+    if origin is not None and not names.origin_allowed(origin):
+        return http.FORBIDDEN, f"refused a {verb} from the page of another site ({origin!r}); only this node's own dashboard may send one"
+    site = _header(headers, b"sec-fetch-site")
+    if site is not None and site.lower() not in ("same-origin", "none"):
+        return http.FORBIDDEN, f"refused a {verb} sent by the browser from another site (Sec-Fetch-Site: {site})"
+    if method == b"POST":
+        kind = _header(headers, b"content-type")
+        media = (kind or "").split(";", 1)[0].strip().lower()
+        if media != "application/json":
+            given = repr(kind) if kind is not None else "none"
+            return http.UNSUPPORTED_MEDIA_TYPE, f"a POST needs Content-Type: application/json (given: {given})"
+    return None
+
+
+def _header(headers: Any, name: bytes) -> Optional[str]:
+    """The first value of header C{name}, decoded, or None."""
+    values = headers.getRawHeaders(name)
+    return values[0].decode("latin-1") if values else None
 
 
 def _json(request: Request, value: Any, code: int = http.OK) -> bytes:
@@ -165,6 +324,31 @@ class _BodyCheckingRequest(Request):
         if not self._refused:
             super().requestReceived(command, path, version)
 
+    def process(self) -> None:
+        """
+        Send L{SECURITY_HEADERS} with whatever the answer is; refuse a
+        foreign C{Host}, a cross-site change or a POST that is not JSON
+        (L{refusal}) before any resource sees the request.
+        """
+        for name, value in SECURITY_HEADERS:
+            self.setHeader(name, value)
+        names = getattr(self.channel.site, "names", None)
+        refused = refusal(names, self.method, self.requestHeaders) if names is not None else None
+        if refused is None:
+            super().process()
+            return
+        code, message = refused
+        log.info(
+            "Refused HTTP {method} {path} from {client}: {why}",
+            method=self.method.decode("ascii", "replace"),
+            path=self.path.decode("utf-8", "replace"),
+            client=_client(self),
+            why=message,
+        )
+        self.site = self.channel.site
+        self.write(_error(self, code, message))
+        self.finish()
+
     def _refuse(self, code: int, message: str) -> None:
         """Answer C{code} with a JSON error at once, and close the connection (the rest of the body is not read)."""
         self._refused = True
@@ -177,6 +361,7 @@ class _BodyCheckingRequest(Request):
             f"HTTP/1.1 {code} {http.RESPONSES.get(code, b'Error').decode('ascii')}\r\n"
             f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\nConnection: close\r\n"
         )
+        head += "".join(f"{name.decode('ascii')}: {value.decode('ascii')}\r\n" for name, value in SECURITY_HEADERS)
         if code == http.UNAUTHORIZED:
             head += 'WWW-Authenticate: Bearer realm="p2pexec"\r\n'
         self.channel.transport.write(head.encode("ascii") + b"\r\n" + body)
@@ -290,7 +475,9 @@ class _JobCollection(_JsonResource):
         if len(body) > MAX_BODY_BYTES:
             return _error(request, http.REQUEST_ENTITY_TOO_LARGE, f"the job is over {MAX_BODY_BYTES} bytes")
         try:
-            document = loads_strict(body)
+            document = loads_strict(body, object_pairs_hook=_unique_keys)
+        except _DuplicateKey as e:
+            raise _BadRequest(str(e)) from None
         except (ValueError, UnicodeDecodeError, RecursionError) as e:
             raise _BadRequest(f"the body is not JSON: {shorten(str(e))}") from None
         if not isinstance(document, dict):
@@ -309,6 +496,20 @@ class _JobCollection(_JsonResource):
             return _error(request, http.SERVICE_UNAVAILABLE, str(e))
         _finish_later(request, submitted, lambda job_id: _json(request, {"job": job_id}, http.CREATED))
         return NOT_DONE_YET
+
+
+class _DuplicateKey(ValueError):
+    """A JSON object of a request body names one key twice."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object's pairs as a dict; a key given twice is refused (JSON leaves it undefined which one counts)."""
+    made: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in made:
+            raise _DuplicateKey(f"the body names the key {shorten(key, 100)!r} twice in one object; give each key once")
+        made[key] = value
+    return made
 
 
 class _JobResource(_JsonResource):
@@ -415,6 +616,9 @@ class _QuietSite(Site):
     node_key: Optional[bytes] = None
     """The cluster key, for L{_BodyCheckingRequest}; None without one."""
 
+    names: Optional[OwnNames] = None
+    """The names this server answers to (see L{refusal}); None: any."""
+
     def log(self, request: Request) -> None:
         """Log one request at debug level."""
         log.debug(
@@ -425,8 +629,13 @@ class _QuietSite(Site):
         )
 
 
-def site(node: "Node") -> Site:
-    """The node's HTTP site: API, metrics, health check and dashboard."""
+def site(node: "Node", port: Optional[int] = None, hostnames: Optional[Iterable[str]] = None) -> Site:
+    """
+    The node's HTTP site: API, metrics, health check and dashboard.
+
+    @param port: the port it is served on (None: any C{Host} port is accepted).
+    @param hostnames: the machine's names (found by L{OwnNames} when None).
+    """
     api = _Api()
     api.putChild(b"peers", PeersResource(node))
     api.putChild(b"topology", TopologyResource(node))
@@ -442,6 +651,7 @@ def site(node: "Node") -> Site:
     )
     made = _QuietSite(root, requestFactory=_BodyCheckingRequest)
     made.node_key = node.config.key
+    made.names = OwnNames(node.config.interface, port, hostnames)
     made.noisy = False
     made.displayTracebacks = False
     return made

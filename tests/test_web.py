@@ -20,6 +20,8 @@ class FakeNode:
         self.info = SimpleNamespace(name="a1")
         self.stopping = False
         self.submitted = []
+        self.peers = SimpleNamespace(connected_peers=lambda: [])
+        self.master = SimpleNamespace(jobs={})
 
     def jobs_status(self):
         """No jobs."""
@@ -108,3 +110,147 @@ class BodyCheckTests(SynchronousTestCase):
         answer = transport.value()
         self.assertTrue(answer.startswith(b"HTTP/1.1 401 "), answer[:80])
         self.assertNotIn(b"100 Continue", answer)
+
+
+def request_bytes(method, path="/api/jobs", headers=(), body=b""):
+    """One HTTP/1.1 request as sent on the wire (a Content-Length when there is a body or it is a POST)."""
+    lines = [b"%s %s HTTP/1.1" % (method, path.encode("ascii"))]
+    lines += [b"%s: %s" % (name, value) for name, value in headers]
+    if body or method == b"POST":
+        lines.append(b"Content-Length: %d" % len(body))
+    return b"\r\n".join(lines) + b"\r\n\r\n" + body
+
+
+JOB = b'{"task": [{"id": "a1", "command": ["touch", "/tmp/p2pexec-pwned"]}]}'
+JSON = (b"Content-Type", b"application/json")
+OWN_HOST = (b"Host", b"127.0.0.1:8080")
+
+
+class CrossSiteTests(SynchronousTestCase):
+    """L{web.refusal} as a real site applies it: Host, Origin, Sec-Fetch-Site, Content-Type, and the security headers."""
+
+    def connect(self, key=None):
+        """An HTTP connection to a site on 127.0.0.1:8080 around a fake node; return the node and a function that sends one request and returns the answer."""
+        node = FakeNode(key)
+        api = web._Api()
+        api.putChild(b"jobs", web.JobsResource(node))
+        site = web._QuietSite(web._Root({b"api": api, b"healthz": web.HealthResource(node)}), requestFactory=web._BodyCheckingRequest)
+        site.node_key = key
+        site.names = web.OwnNames("127.0.0.1", 8080, ["box", "box.example.org"])
+
+        def send(data):
+            protocol = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+            transport = StringTransport()
+            protocol.makeConnection(transport)
+            self.addCleanup(protocol.connectionLost, None)
+            protocol.dataReceived(data)
+            return transport.value()
+
+        return node, send
+
+    def status(self, answer):
+        """The status code of an HTTP answer."""
+        return int(answer.split(b" ", 2)[1])
+
+    def test_cross_origin_text_plain_post_refused(self):
+        """The attack of the issue: a text/plain POST from http://evil.example is refused (403) and submits nothing."""
+        node, send = self.connect()
+        answer = send(request_bytes(b"POST", headers=[OWN_HOST, (b"Origin", b"http://evil.example"), (b"Content-Type", b"text/plain")], body=JOB))
+        self.assertEqual(self.status(answer), 403, answer)
+        self.assertIn(b"http://evil.example", answer)
+        self.assertEqual(node.submitted, [])
+
+    def test_cross_origin_json_post_refused(self):
+        """Even as JSON, a POST whose Origin is another site (or another port of this host) is refused."""
+        node, send = self.connect()
+        for origin in (b"http://evil.example", b"http://127.0.0.1:9999", b"null", b"https://127.0.0.1:8080"):
+            answer = send(request_bytes(b"POST", headers=[OWN_HOST, (b"Origin", origin), JSON], body=JOB))
+            self.assertEqual(self.status(answer), 403, (origin, answer))
+        self.assertEqual(node.submitted, [])
+
+    def test_sec_fetch_site_cross_site_refused(self):
+        """A POST the browser marks cross-site or same-site (another port, say) is refused, without an Origin too."""
+        node, send = self.connect()
+        for value in (b"cross-site", b"same-site"):
+            answer = send(request_bytes(b"POST", headers=[OWN_HOST, (b"Sec-Fetch-Site", value), JSON], body=JOB))
+            self.assertEqual(self.status(answer), 403, answer)
+            self.assertIn(b"Sec-Fetch-Site: " + value, answer)
+        self.assertEqual(node.submitted, [])
+
+    def test_own_origin_json_post_accepted(self):
+        """The dashboard's own POST (its own origin, same-origin, JSON) is accepted; so is one without Origin (curl)."""
+        node, send = self.connect()
+        for extra in ([(b"Origin", b"http://127.0.0.1:8080"), (b"Sec-Fetch-Site", b"same-origin")], [(b"Origin", b"http://localhost:8080")], []):
+            answer = send(request_bytes(b"POST", headers=[OWN_HOST, JSON, *extra], body=JOB))
+            self.assertEqual(self.status(answer), 201, answer)
+        self.assertEqual(len(node.submitted), 3)
+
+    def test_post_needs_json_content_type(self):
+        """A POST without Content-Type: application/json is answered 415 and submits nothing; a charset parameter is fine."""
+        node, send = self.connect()
+        for kind in ([(b"Content-Type", b"text/plain")], [(b"Content-Type", b"application/x-www-form-urlencoded")], []):
+            answer = send(request_bytes(b"POST", headers=[OWN_HOST, *kind], body=JOB))
+            self.assertEqual(self.status(answer), 415, answer)
+            self.assertIn(b"application/json", answer)
+        self.assertEqual(node.submitted, [])
+        answer = send(request_bytes(b"POST", headers=[OWN_HOST, (b"Content-Type", b"Application/JSON; charset=utf-8")], body=JOB))
+        self.assertEqual(self.status(answer), 201, answer)
+
+    def test_foreign_host_refused(self):
+        """A Host that is not one of the node's names (DNS rebinding) is refused, for a GET too, naming the host."""
+        node, send = self.connect()
+        for host in (b"evil.example:8080", b"evil.example", b"127.0.0.1:9999", b"127.0.0.1.evil.example", b"a:b:c"):
+            answer = send(request_bytes(b"GET", headers=[(b"Host", host)]))
+            self.assertEqual(self.status(answer), 403, (host, answer))
+            self.assertIn(host, answer)
+            self.assertNotIn(b'"jobs"', answer)
+
+    def test_own_hosts_accepted(self):
+        """Every own name is accepted, with or without the port: the address, localhost, ::1 and the machine's names."""
+        node, send = self.connect()
+        for host in (b"127.0.0.1:8080", b"127.0.0.1", b"localhost:8080", b"LOCALHOST.", b"[::1]:8080", b"box:8080", b"box.example.org"):
+            answer = send(request_bytes(b"GET", headers=[(b"Host", host)]))
+            self.assertEqual(self.status(answer), 200, (host, answer))
+
+    def test_security_headers_on_every_answer(self):
+        """A CSP with frame-ancestors 'none', X-Frame-Options DENY and nosniff come with answers and refusals alike."""
+        node, send = self.connect(KEY)
+        answers = [
+            send(request_bytes(b"GET", "/healthz", headers=[OWN_HOST])),
+            send(request_bytes(b"GET", headers=[(b"Host", b"evil.example")])),
+            send(request_bytes(b"POST", headers=[OWN_HOST, JSON], body=JOB)),  # 401, refused on its headers
+        ]
+        self.assertEqual([self.status(answer) for answer in answers], [200, 403, 401])
+        for answer in answers:
+            head = answer.split(b"\r\n\r\n", 1)[0].lower()
+            self.assertIn(b"content-security-policy: default-src 'none';", head)
+            self.assertIn(b"frame-ancestors 'none'", head)
+            self.assertIn(b"x-frame-options: deny", head)
+            self.assertIn(b"x-content-type-options: nosniff", head)
+
+    def test_duplicate_keys_refused(self):
+        """A job body naming a key twice (at any depth) is refused (400), naming the key, and submits nothing."""
+        node, send = self.connect()
+        for body, key in (
+            (b'{"task": [{"id": "a1"}], "task": [{"id": "a2"}]}', b"'task'"),
+            (b'{"task": [{"id": "a1", "command": ["true"], "command": ["rm"]}]}', b"'command'"),
+        ):
+            answer = send(request_bytes(b"POST", headers=[OWN_HOST, JSON], body=body))
+            self.assertEqual(self.status(answer), 400, answer)
+            self.assertIn(b"names the key " + key + b" twice", answer)
+        self.assertEqual(node.submitted, [])
+
+
+class OwnNamesTests(SynchronousTestCase):
+    """L{web.OwnNames}."""
+
+    def test_loopback_names(self):
+        """On loopback, localhost, 127.0.0.1 and ::1 are own names besides the interface; elsewhere only the interface and the machine's names."""
+        loopback = web.OwnNames("127.0.0.2", 80, [])
+        self.assertEqual(loopback.names, {"127.0.0.2", "127.0.0.1", "localhost", "::1"})
+        self.assertTrue(loopback.origin_allowed("http://localhost"))
+        lan = web.OwnNames("10.0.0.5", 8080, ["box"])
+        self.assertEqual(lan.names, {"10.0.0.5", "box"})
+        self.assertFalse(lan.host_allowed("localhost:8080"))
+        self.assertTrue(lan.origin_allowed("http://box:8080"))
+        self.assertFalse(lan.origin_allowed("http://box:8080/path"))

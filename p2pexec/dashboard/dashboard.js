@@ -185,6 +185,17 @@
     }
   })();
 
+  /**
+   * The headers of a request: JSON wanted, and sent (the node refuses a POST
+   * that is not application/json), and the token when there is one.
+   */
+  function requestHeaders(method) {
+    const headers = { Accept: "application/json" };
+    if (method !== "GET") headers["Content-Type"] = "application/json";
+    if (TOKEN) headers.Authorization = "Bearer " + TOKEN;
+    return headers;
+  }
+
   async function requestJSON(url, options) {
     const settings = options || {};
     const abort = new AbortController();
@@ -193,7 +204,7 @@
       const response = await fetch(url, {
         method: settings.method || "GET",
         cache: "no-store",
-        headers: TOKEN ? { Accept: "application/json", Authorization: "Bearer " + TOKEN } : { Accept: "application/json" },
+        headers: requestHeaders(settings.method || "GET"),
         signal: abort.signal,
       });
       let body = null;

@@ -47,7 +47,7 @@ class Http:
         """(status, decoded body, content type) of one request; errors are answers too."""
         data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
         request = urllib.request.Request(self.base + path, data=data, method=method)
-        if data is not None:
+        if data is not None or method == "POST":
             request.add_header("content-type", "application/json")
         try:
             with urllib.request.urlopen(request, timeout=10) as answer:

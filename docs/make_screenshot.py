@@ -34,7 +34,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, CHECKOUT)
@@ -102,11 +102,13 @@ def small_job(kind: str, number: int, seconds: float) -> dict[str, Any]:
     return {"task": [{"id": f"{kind}-{i:02d}", "kind": kind, "command": ["sleep", str(seconds)]} for i in range(1, number + 1)]}
 
 
-def api(port: int, path: str, body: Any = None) -> Any:
-    """Call the master's HTTP API on 127.0.0.1 (POST when there is a C{body}) and return its JSON."""
+def api(port: int, path: str, body: Any = None, token: Optional[str] = None) -> Any:
+    """Call the master's HTTP API on 127.0.0.1 (POST when there is a C{body}, with its HTTP C{token}) and return its JSON."""
     data = None if body is None else json.dumps(body).encode("utf-8")
     request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, method="GET" if body is None else "POST")
     request.add_header("content-type", "application/json")
+    if token is not None:
+        request.add_header("authorization", f"Bearer {token}")
     with browser.loopback_opener().open(request, timeout=10) as answer:
         return json.load(answer)
 
@@ -171,6 +173,7 @@ def main() -> int:
                 cluster.start(name, "--capabilities", capabilities, "--slots", str(slots), *common)
         capabilities, slots = NODES[MASTER]
         cluster.start(MASTER, "--capabilities", capabilities, "--slots", str(slots), "--web", str(web), *common)
+        token = cluster.http_token(MASTER)
         # Clean-ups run last first: quit the browser, then SIGTERM the nodes,
         # then SIGKILL (the harness's own clean-up) any that did not leave.
         cleanups.callback(stop, cluster)
@@ -185,12 +188,12 @@ def main() -> int:
         try:
             cluster.wait_until(everyone_alive, lambda: f"not all alive: {api(web, '/api/topology')}", timeout=20)
             # Some history for the job list: a job that finished, one cancelled half-way.
-            done = api(web, "/api/jobs", small_job("test", 24, 0.2))["job"]
+            done = api(web, "/api/jobs", small_job("test", 24, 0.2), token)["job"]
             cluster.wait_until(lambda: job_state(done) == "finished", lambda: f"job {done} did not finish", timeout=20)
-            cancelled = api(web, "/api/jobs", small_job("render", 40, 3))["job"]
+            cancelled = api(web, "/api/jobs", small_job("render", 40, 3), token)["job"]
             time.sleep(1.5)
-            api(web, f"/api/jobs/{cancelled}/cancel", {})
-            main_id = api(web, "/api/jobs", main_job())["job"]
+            api(web, f"/api/jobs/{cancelled}/cancel", {}, token)
+            main_id = api(web, "/api/jobs", main_job(), token)["job"]
         except ClusterFailure as e:
             print(f"make_screenshot: {e}\n{cluster.logs()}", file=sys.stderr)
             return 1

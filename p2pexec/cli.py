@@ -960,7 +960,12 @@ class NodeClient:
             raise CliError(f"lost the connection to {self.address}: it was reset or dropped") from None
         except commands.UnknownJob as e:
             raise CliError(f"unknown job: {e}") from None
-        except commands.AuthRequired:
+        except commands.AuthRequired as e:
+            if "local token" in str(e):
+                raise CliError(
+                    f"the node at {self.address} refused {name}: it takes it only from the user that runs it "
+                    f"(whose client finds the node's local token by itself), or with --key-file STATE_DIR/local-token"
+                ) from None
             raise CliError(f"the node at {self.address} belongs to a cluster with a key: give --key-file") from None
         except commands.BadJob as e:
             raise CliError(f"the node at {self.address} refused the job: {e}") from None
@@ -1359,13 +1364,16 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         "examples:\n  p2pexec keygen --out /etc/p2pexec/cluster.key\n  (umask 077; p2pexec keygen > cluster.key)",
     )
     p.add_argument("--out", metavar="FILE", help="create FILE with mode 0600 (never overwritten) instead of printing")
-    add(
-        "token", "print the HTTP API's token for a cluster key",
-        "Print the bearer token that the HTTP API and the dashboard of a node with\n"
-        "--key-file ask for (it is derived from the key; the key itself is never sent).",
+    p = add(
+        "token", "print the HTTP API's token",
+        "Print the bearer token that the HTTP API and the dashboard ask for: derived\n"
+        "from --key-file (a cluster key, or a node's local-token file), or, without\n"
+        "it, from the local token of your node at --connect (found by itself).",
         "examples:\n  curl -H \"Authorization: Bearer $(p2pexec token --key-file cluster.key)\" http://127.0.0.1:8080/api/jobs\n"
-        "  open http://127.0.0.1:8080/#token=$(p2pexec token --key-file cluster.key)",
+        "  open http://127.0.0.1:8080/#token=$(p2pexec token --key-file cluster.key)\n"
+        "  open \"$(p2pexec token --url)\"    # your node at 127.0.0.1:10001, without a key",
     )
+    p.add_argument("--url", action="store_true", help="print the dashboard's address with the token (your node's --web port)")
     return parser, parsers
 
 
@@ -1422,7 +1430,10 @@ async def execute(
             key = load_key(args.key_file)
         except KeyFileError as e:
             raise CliError(str(e)) from None
-    if args.tls and key is None:
+    else:
+        found = _local_token(args.host, args.port)
+        key = found[0] if found is not None else None
+    if args.tls and not args.key_file:
         raise CliError("--tls needs --key-file: the node's certificate is checked through the cluster key")
     node = NodeClient(reactor, args.host, args.port, args.answer_timeout, key=key, tls=args.tls)
     await node.connect()
@@ -1486,6 +1497,21 @@ def run_in_reactor(reactor: Any, work: Callable[[], Awaitable[int]], err: TextIO
     raise AssertionError("unreachable")
 
 
+def _local_token(host: str, port: int) -> Optional[tuple[bytes, dict[str, Any]]]:
+    """
+    The local token of this user's node at C{host:port}, and its runtime
+    record (see L{p2pexec.localtoken}), or None.
+
+    @raise CliError: if the node's record names a token that cannot be read.
+    """
+    from p2pexec.localtoken import LocalTokenError, find_token
+
+    try:
+        return find_token(host, port)
+    except LocalTokenError as e:
+        raise CliError(str(e)) from None
+
+
 def key_command(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     """C{keygen} and C{token}: the cluster key, and the HTTP token derived from it (no node involved)."""
     if args.command == "keygen":
@@ -1502,14 +1528,31 @@ def key_command(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             f.write(key + "\n")
         err.write(f"{PROG}: wrote a new cluster key to {args.out} (mode 0600); give it to every node with --key-file\n")
         return EXIT_OK
-    if not args.key_file:
-        err.write(f"{PROG}: token: give --key-file (or set $P2PEXEC_KEY_FILE)\n")
-        return EXIT_USAGE
+    record: Optional[dict[str, Any]] = None
     try:
-        out.write(http_token(load_key(args.key_file)) + "\n")
-    except KeyFileError as e:
+        if args.key_file:
+            secret = load_key(args.key_file)
+        else:
+            found = _local_token(args.host, args.port)
+            if found is None:
+                err.write(
+                    f"{PROG}: token: no node of yours with a local token runs at {format_address(args.host, args.port)}; "
+                    f"give --connect, or --key-file (a cluster key, or a node's local-token file)\n"
+                )
+                return EXIT_USAGE
+            secret, record = found
+    except (KeyFileError, CliError) as e:
         err.write(f"{PROG}: {e}\n")
         return EXIT_USAGE
+    token = http_token(secret)
+    if not args.url:
+        out.write(token + "\n")
+        return EXIT_OK
+    if record is None or not record.get("web"):
+        where = "--key-file names no node" if record is None else "the node serves no HTTP (--web)"
+        err.write(f"{PROG}: token --url: {where}; open http://HOST:PORT/#token={token} yourself\n")
+        return EXIT_USAGE
+    out.write(f"http://{format_address(record['interface'], record['web'])}/#token={token}\n")
     return EXIT_OK
 
 

@@ -97,6 +97,8 @@ class NodeConfig:
     max_losses: int = DEFAULT_MAX_LOSSES
     journal_retention: float = 7 * 24 * 3600.0
     key: Optional[bytes] = attr.ib(default=None, repr=False)
+    local_token: Optional[bytes] = attr.ib(default=None, repr=False)
+    """Without a key: the owner's token (L{p2pexec.localtoken}), which submitting and cancelling need; None: anyone may."""
     web_public: bool = False
     tls: Optional[Any] = None
     """A L{p2pexec.tls.TLSConfig}: AMP connections speak TLS."""
@@ -180,6 +182,10 @@ class Node:
             pings_when_idle=lambda protocol: protocol.dialled,
         )
         self.challenge = ChallengeResponse(config.key) if config.key is not None else None
+        self.local_challenge = (
+            ChallengeResponse(config.local_token) if config.key is None and config.local_token is not None else None
+        )
+        """Without a key: how a client proves the local token (AUTHENTICATE), to submit and cancel."""
         self.tls = config.tls
         if self.tls is not None:
             self.dialer.tls_options = self.tls.client_options()
@@ -929,6 +935,7 @@ class Node:
     def cancel_requested(self, protocol: PeerProtocol, job: str) -> int:
         """Cancel a job we are master of, or stop our part of a job its master cancelled."""
         if job in self.master.jobs:
+            protocol.require_owner("CANCEL_JOB")
             return self.master.cancel(job, by=f"asked by {protocol.peer_name or 'a client at ' + protocol.address()}")
         if protocol.peer_name is not None:
             # From a peer: the job's master, stopping its part here (which

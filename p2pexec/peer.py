@@ -159,7 +159,12 @@ class PeerProtocol(amp.AMP):
         self._lost: list[Deferred[None]] = []
         self.closed = False
         self._challenge: Optional[ChallengeResponse] = getattr(handler, "challenge", None)
+        self._local_challenge: Optional[ChallengeResponse] = (
+            getattr(handler, "local_challenge", None) if self._challenge is None else None
+        )
         self.authenticated = self._challenge is None
+        self.owner = self._challenge is None and self._local_challenge is None
+        """Whether this side may submit and cancel: it proved the cluster key, or (without one) the local token."""
         self._nonces: Optional[tuple[bytes, bytes]] = None
         self._auth_deadline: Any = None
         self._box_bytes = 0
@@ -339,20 +344,39 @@ class PeerProtocol(amp.AMP):
 
     def _authenticated(self) -> None:
         self.authenticated = True
+        self.owner = True
         if self._auth_deadline is not None and self._auth_deadline.active():
             self._auth_deadline.cancel()
         self._auth_deadline = None
 
+    def require_owner(self, command: str) -> None:
+        """
+        Without a cluster key, refuse C{command} (AUTH_REQUIRED, the
+        connection kept) unless this client proved the node's local token.
+        """
+        if self.owner:
+            return
+        log.warn(
+            "Refused {command} from a client at {address}: it did not prove this node's local token",
+            command=command,
+            address=self.address(),
+        )
+        raise commands.AuthRequired(
+            "this node takes jobs and cancels only from its owner: AUTHENTICATE with its local token first "
+            "(the p2pexec client of the user that runs the node does so by itself; see docs/security.rst)"
+        )
+
     @commands.Authenticate.responder
     def _authenticate(self, nonce: bytes) -> dict[str, Any]:
-        if self._challenge is None:
+        challenge = self._challenge or self._local_challenge
+        if challenge is None:
             raise commands.AuthFailed("this node has no cluster key; it takes no AUTHENTICATE")
-        if self.authenticated or self._nonces is not None or len(nonce) != 32:
+        if self.owner or self._nonces is not None or len(nonce) != 32:
             self._refuse_connection("its AUTHENTICATE was out of turn or malformed")
             raise commands.AuthFailed("AUTHENTICATE once, first, with a 32-byte nonce")
-        mine = self._challenge.nonce()
+        mine = challenge.nonce()
         self._nonces = (nonce, mine)
-        return {"nonce": mine, "proof": self._challenge.proof("acceptor", nonce, mine, self._own_binding())}
+        return {"nonce": mine, "proof": challenge.proof("acceptor", nonce, mine, self._own_binding())}
 
     def _own_binding(self) -> bytes:
         """As the acceptor: the fingerprint of the TLS certificate this node presents (empty without TLS)."""
@@ -363,10 +387,14 @@ class PeerProtocol(amp.AMP):
 
     @commands.AuthProof.responder
     def _auth_proof(self, proof: bytes) -> dict[str, Any]:
-        if self._challenge is None or self._nonces is None or self.authenticated:
+        challenge = self._challenge or self._local_challenge
+        if challenge is None or self._nonces is None or self.owner:
             self._refuse_connection("its AUTH_PROOF came out of turn")
             raise commands.AuthFailed("AUTH_PROOF follows AUTHENTICATE, once")
-        if not self._challenge.check("dialler", self._nonces[0], self._nonces[1], proof, self._own_binding()):
+        if not challenge.check("dialler", self._nonces[0], self._nonces[1], proof, self._own_binding()):
+            if self._challenge is None:
+                self._refuse_connection("it does not hold this node's local token (wrong proof)")
+                raise commands.AuthFailed("wrong proof: not this node's local token")
             self._refuse_connection("it does not hold the cluster key (wrong proof)")
             raise commands.AuthFailed("wrong proof: this node is in a cluster with another key")
         self._authenticated()
@@ -626,6 +654,7 @@ class PeerProtocol(amp.AMP):
 
     @commands.SubmitJob.responder
     def _submit_job(self, tasks: Any, defaults: Any, upload: str, final: bool) -> Any:
+        self.require_owner("SUBMIT_JOB")
         if not isinstance(tasks, list):
             raise self._bad("SUBMIT_JOB", ValueError("'tasks' must be a list of task objects"))
         if defaults is not None and not isinstance(defaults, dict):

@@ -139,3 +139,61 @@ class WebService(Service):
             listening, self._listening = self._listening, None
             return listening.stopListening()
         return None
+
+
+class RuntimeRecordService(Service):
+    """
+    Without a cluster key: leave the runtime record by which the owner's
+    client finds the node's local token (L{p2pexec.localtoken}) while the
+    node runs, and take it away when it stops.
+    """
+
+    def __init__(self, node: Node, web: Optional[int], environ: Optional[dict[str, str]] = None) -> None:
+        """
+        @param web: the node's C{--web} port, if it serves HTTP.
+        @param environ: where C{$XDG_STATE_HOME} is read (the process's environment by default).
+        """
+        self.node = node
+        self.web = web
+        self.environ = environ
+        self.path: Optional[str] = None
+
+    def startService(self) -> None:
+        """Write the record (the node listens already); a failure is one warning, not a crash."""
+        from p2pexec.localtoken import token_path, write_record
+
+        super().startService()
+        config = self.node.config
+        assert config.state_dir is not None
+        try:
+            self.path = write_record(
+                config.interface, self.node.info.port, config.name, config.state_dir, self.web, self.environ
+            )
+        except OSError as e:
+            log.warn(
+                "Node {name} could not write its runtime record ({error}): its owner's client will not find "
+                "its local token by itself; give it with --key-file {token}",
+                name=config.name,
+                error=e.strerror or str(e),
+                token=token_path(config.state_dir),
+            )
+            return
+        log.info(
+            "Node {name} takes jobs and cancels only from its owner, who proves the local token in {token} "
+            "(the p2pexec client of this user finds it by itself; the dashboard's address with it: "
+            "p2pexec --connect {interface}:{port} token --url)",
+            name=config.name,
+            token=token_path(config.state_dir),
+            interface=config.interface,
+            port=self.node.info.port,
+        )
+
+    def stopService(self) -> Any:
+        """Remove the record."""
+        from p2pexec.localtoken import remove_record
+
+        super().stopService()
+        if self.path is not None:
+            remove_record(self.path)
+            self.path = None
+        return None

@@ -26,6 +26,7 @@ from p2pexec.auth import KeyFileError, load_key
 from p2pexec.clock import use_monotonic_time
 from p2pexec.jobfile import JobFileError, load_job_file
 from p2pexec.journal import JournalError, default_state_dir
+from p2pexec.localtoken import LocalTokenError, load_or_create
 from p2pexec.log import LEVELS, set_minimum_level
 from p2pexec.model import (
     NAME_PATTERN,
@@ -38,7 +39,7 @@ from p2pexec.model import (
 )
 from p2pexec.node import Node, NodeConfig
 from p2pexec.policy import CommandPolicy
-from p2pexec.service import NodeService, WebService
+from p2pexec.service import NodeService, RuntimeRecordService, WebService
 from p2pexec.systemd import SystemdNotifier, without_notify_variables
 
 DEFAULT_GROUP = "239.255.42.99:10000"
@@ -396,6 +397,11 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> IService:
                 config = attr.evolve(config, tls=TLSConfig(load_or_create_identity(config.state_dir, config.name), None))
         except (TLSError, OSError) as e:
             raise SystemExit(f"p2pexec: node {config.name} cannot start: --tls: {e}") from None
+    if config.key is None and config.state_dir is not None:
+        try:
+            config = attr.evolve(config, local_token=load_or_create(config.state_dir))
+        except LocalTokenError as e:
+            raise SystemExit(f"p2pexec: node {config.name} cannot start: {e}") from None
     try:
         node = Node(config, reactor, executor)
     except JournalError as e:
@@ -408,6 +414,10 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> IService:
     service = NodeService(node, notifier)
     if options["web"]:
         WebService(node, options["web"], reactor).setServiceParent(service)
+    if config.local_token is not None:
+        # Tests (a reactor of their own) keep the record inside the state directory.
+        environ = dict(os.environ) if running_for_real else {"XDG_STATE_HOME": config.state_dir or ""}
+        RuntimeRecordService(node, options["web"] or None, environ).setServiceParent(service)
     return service
 
 

@@ -233,18 +233,29 @@ def _integer(request: Request, name: str, default: int, low: int, high: int) -> 
     return value
 
 
+def _secret(node: "Node") -> Optional[bytes]:
+    """What the HTTP token is derived from: the cluster key, or without one the local token (None: neither)."""
+    key: Optional[bytes] = node.config.key
+    return key if key is not None else getattr(node.config, "local_token", None)
+
+
 def _check_token(node: "Node", request: Request) -> Optional[bytes]:
     """
     In a cluster with a key, every request but a public GET (C{--web-public})
-    needs C{Authorization: Bearer TOKEN} (C{p2pexec token}); the answer to
-    one without it, or None if it may go on.
+    needs C{Authorization: Bearer TOKEN} (C{p2pexec token}); without a key,
+    every request but a GET or HEAD needs the token of the node's local
+    token.  The answer to one without it, or None if it may go on.
     """
-    if node.config.key is None:
+    secret = _secret(node)
+    if secret is None:
         return None
-    if request.method == b"GET" and node.config.web_public:
+    if node.config.key is None:
+        if request.method in SAFE_METHODS:
+            return None
+    elif request.method == b"GET" and node.config.web_public:
         return None
     given = _given_token(request)
-    if _token_matches(node.config.key, given):
+    if _token_matches(secret, given):
         return None
     request.setHeader(b"www-authenticate", b'Bearer realm="p2pexec"')
     log.info(
@@ -254,11 +265,15 @@ def _check_token(node: "Node", request: Request) -> Optional[bytes]:
         client=_client(request),
         why="no token" if not given else "wrong token",
     )
-    return _error(request, http.UNAUTHORIZED, _TOKEN_NEEDED)
+    return _error(request, http.UNAUTHORIZED, _TOKEN_NEEDED if node.config.key is not None else _LOCAL_TOKEN_NEEDED)
 
 
 _TOKEN_NEEDED = (
     "this node's cluster has a key: send Authorization: Bearer TOKEN (p2pexec token --key-file KEY prints it)"
+)
+_LOCAL_TOKEN_NEEDED = (
+    "this node takes jobs and cancels only from its owner: send Authorization: Bearer TOKEN "
+    "(p2pexec token, run by the user that runs the node, prints it)"
 )
 
 
@@ -284,20 +299,33 @@ class _BodyCheckingRequest(Request):
     A request whose body is judged as its headers arrive, not once it has
     all been read (Twisted spools a large one to a temporary file): a body
     over L{MAX_BODY_BYTES} (by its C{Content-Length}, or as its chunks
-    arrive) is answered 413, and in a cluster with a key a body sent
-    without the token is answered 401; the connection is then closed.
+    arrive) is answered 413, and a body sent without the token (of the
+    cluster key, or without one of the local token) is answered 401; a
+    request whose headers L{refusal} refuses is answered at once too.  The
+    connection is then closed.
     """
 
     _refused = False
     _received = 0
 
     def gotLength(self, length: Optional[int]) -> None:
-        """The headers are in: refuse the body now if it will be refused (None: a chunked body)."""
+        """
+        The headers are in: refuse the request now if its headers are
+        refused (L{refusal}: a foreign Host, a cross-site change, a POST that
+        is not JSON), and its body if it will be (None: a chunked body).
+        """
+        names = getattr(getattr(self.channel, "site", None), "names", None)
+        command = getattr(self.channel, "_command", None)  # the request line is in; self.method is set later
+        if names is not None and isinstance(command, bytes):
+            refused = refusal(names, command, self.requestHeaders)
+            if refused is not None:
+                self._refuse(*refused)
+                return
         if length is not None and length > MAX_BODY_BYTES:
             self._refuse(http.REQUEST_ENTITY_TOO_LARGE, f"the body is over {MAX_BODY_BYTES} bytes")
             return
         if length and not self._token_given():
-            self._refuse(http.UNAUTHORIZED, _TOKEN_NEEDED)
+            self._refuse(http.UNAUTHORIZED, self._token_needed())
             return
         super().gotLength(length)
 
@@ -306,7 +334,7 @@ class _BodyCheckingRequest(Request):
         if self._refused:
             return
         if data and self._received == 0 and not self._token_given():
-            self._refuse(http.UNAUTHORIZED, _TOKEN_NEEDED)
+            self._refuse(http.UNAUTHORIZED, self._token_needed())
             return
         self._received += len(data)
         if self._received > MAX_BODY_BYTES:
@@ -315,9 +343,14 @@ class _BodyCheckingRequest(Request):
         super().handleContentChunk(data)
 
     def _token_given(self) -> bool:
-        """Whether this request may send a body: no key, or the key's token in its headers."""
-        key = getattr(getattr(self.channel, "site", None), "node_key", None)
-        return key is None or _token_matches(key, _given_token(self))
+        """Whether this request may send a body: no key nor local token, or the token in its headers."""
+        secret = getattr(getattr(self.channel, "site", None), "node_secret", None)
+        return secret is None or _token_matches(secret, _given_token(self))
+
+    def _token_needed(self) -> str:
+        """The refusal's message: the cluster key's, or the local token's."""
+        local = getattr(getattr(self.channel, "site", None), "node_key", None) is None
+        return _LOCAL_TOKEN_NEEDED if local else _TOKEN_NEEDED
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
         """Process the request, unless it was refused already."""
@@ -356,7 +389,13 @@ class _BodyCheckingRequest(Request):
         # No "100 Continue" after this answer: the body is not wanted.
         self.requestHeaders.removeHeader(b"expect")
         body = json.dumps({"error": message}).encode("utf-8")
-        log.info("Refused an HTTP request body from {client}: {error}", client=_client(self), error=message)
+        log.info(
+            "Refused HTTP {method} {path} from {client}: {error}",
+            method=getattr(self.channel, "_command", b"?").decode("ascii", "replace"),
+            path=getattr(self.channel, "_path", b"?").decode("utf-8", "replace"),
+            client=_client(self),
+            error=message,
+        )
         head = (
             f"HTTP/1.1 {code} {http.RESPONSES.get(code, b'Error').decode('ascii')}\r\n"
             f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\nConnection: close\r\n"
@@ -616,6 +655,9 @@ class _QuietSite(Site):
     node_key: Optional[bytes] = None
     """The cluster key, for L{_BodyCheckingRequest}; None without one."""
 
+    node_secret: Optional[bytes] = None
+    """What the token is derived from (the key, or without one the local token); None: no token is needed."""
+
     names: Optional[OwnNames] = None
     """The names this server answers to (see L{refusal}); None: any."""
 
@@ -651,6 +693,7 @@ def site(node: "Node", port: Optional[int] = None, hostnames: Optional[Iterable[
     )
     made = _QuietSite(root, requestFactory=_BodyCheckingRequest)
     made.node_key = node.config.key
+    made.node_secret = _secret(node)
     made.names = OwnNames(node.config.interface, port, hostnames)
     made.noisy = False
     made.displayTracebacks = False

@@ -218,3 +218,81 @@ def _done(coroutine):
     from twisted.internet.defer import Deferred
 
     return Deferred.fromCoroutine(coroutine)
+
+
+LOCAL_TOKEN = bytes(range(2, 34))
+
+
+class LocalTokenHandler(FakeHandler):
+    """A node without a cluster key but with a local token; submitting records the tasks."""
+
+    def __init__(self):
+        super().__init__(None)
+        self.local_challenge = auth.ChallengeResponse(LOCAL_TOKEN)
+        self.submitted = []
+
+    def submit_part(self, protocol, tasks, defaults, upload, final):
+        """Record the tasks; answer as a node does."""
+        self.submitted.append(tasks)
+        return {"upload": "", "job": "n-1"}
+
+
+class LocalTokenAmpTests(SynchronousTestCase):
+    """Without a key, SUBMIT_JOB needs the node's local token, proved with AUTHENTICATE; reading does not."""
+
+    def connect(self):
+        """A keyless server with a local token and a plain AMP client, connected in memory."""
+        clock = Clock()
+        handler = LocalTokenHandler()
+        client, server, pump = connectedServerAndClient(lambda: PeerProtocol(handler, clock=clock), amp.AMP)
+        return handler, server, client, pump, clock
+
+    def submit(self, client, pump):
+        """Send one SUBMIT_JOB; its outcome (an answer, or a Failure)."""
+        answers = []
+        client.callRemote(commands.SubmitJob, tasks=[{"id": "a1"}], defaults={}, upload="", final=True).addBoth(answers.append)
+        pump.flush()
+        return answers[0]
+
+    def test_submit_without_the_token_refused_connection_kept(self):
+        """A client that did not prove the token gets AUTH_REQUIRED for SUBMIT_JOB, one log line, and keeps its connection for reading."""
+        handler, server, client, pump, clock = self.connect()
+        with capturedLogs() as events:
+            answer = self.submit(client, pump)
+        answer.trap(commands.AuthRequired)
+        self.assertIn("local token", answer.getErrorMessage())
+        self.assertEqual(handler.submitted, [])
+        self.assertTrue(any("Refused SUBMIT_JOB from a client at " in text(e) for e in events))
+        status = []
+        client.callRemote(commands.ClusterStatus).addBoth(status.append)
+        pump.flush()
+        self.assertEqual(status[0]["node"], {"name": "n"})
+        self.assertFalse(server.closed)
+
+    def test_submit_after_proving_the_token(self):
+        """A client that proves the local token (the p2pexec client's challenge-response) may submit."""
+        handler, server, client, pump, clock = self.connect()
+        from p2pexec.peer import authenticate
+
+        d = _done(authenticate(client, auth.ChallengeResponse(LOCAL_TOKEN)))
+        pump.flush()
+        self.successResultOf(d)
+        self.assertTrue(server.owner)
+        self.assertEqual(self.submit(client, pump), {"upload": "", "job": "n-1"})
+        self.assertEqual(handler.submitted, [[{"id": "a1"}]])
+
+    def test_wrong_token_refused(self):
+        """A client that sends a proof made with another token gets AUTH_FAILED, is not the owner, and cannot submit."""
+        handler, server, client, pump, clock = self.connect()
+        other = auth.ChallengeResponse(OTHER_KEY)
+        nonce = other.nonce()
+        answers = []
+        client.callRemote(commands.Authenticate, nonce=nonce).addBoth(answers.append)
+        pump.flush()
+        proof = other.proof("dialler", nonce, answers[0]["nonce"])
+        client.callRemote(commands.AuthProof, proof=proof).addBoth(answers.append)
+        pump.flush()
+        answers[1].trap(commands.AuthFailed)
+        self.assertFalse(server.owner)
+        self.submit(client, pump)
+        self.assertEqual(handler.submitted, [])

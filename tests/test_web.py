@@ -15,8 +15,8 @@ KEY = b"k" * 32
 class FakeNode:
     """Just what the jobs endpoint reads of a node; submitting records the tasks."""
 
-    def __init__(self, key):
-        self.config = SimpleNamespace(key=key, web_public=False)
+    def __init__(self, key, local_token=None):
+        self.config = SimpleNamespace(key=key, web_public=False, local_token=local_token)
         self.info = SimpleNamespace(name="a1")
         self.stopping = False
         self.submitted = []
@@ -45,6 +45,7 @@ class BodyCheckTests(SynchronousTestCase):
         api.putChild(b"jobs", web.JobsResource(node))
         site = web._QuietSite(web._Root({b"api": api}), requestFactory=web._BodyCheckingRequest)
         site.node_key = key
+        site.node_secret = web._secret(node)
         protocol = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
         transport = StringTransport()
         protocol.makeConnection(transport)
@@ -126,16 +127,17 @@ JSON = (b"Content-Type", b"application/json")
 OWN_HOST = (b"Host", b"127.0.0.1:8080")
 
 
-class CrossSiteTests(SynchronousTestCase):
-    """L{web.refusal} as a real site applies it: Host, Origin, Sec-Fetch-Site, Content-Type, and the security headers."""
+class SiteMixin:
+    """A site around a fake node, spoken to over StringTransport."""
 
-    def connect(self, key=None):
+    def connect(self, key=None, local_token=None):
         """An HTTP connection to a site on 127.0.0.1:8080 around a fake node; return the node and a function that sends one request and returns the answer."""
-        node = FakeNode(key)
+        node = FakeNode(key, local_token)
         api = web._Api()
         api.putChild(b"jobs", web.JobsResource(node))
         site = web._QuietSite(web._Root({b"api": api, b"healthz": web.HealthResource(node)}), requestFactory=web._BodyCheckingRequest)
         site.node_key = key
+        site.node_secret = web._secret(node)
         site.names = web.OwnNames("127.0.0.1", 8080, ["box", "box.example.org"])
 
         def send(data):
@@ -151,6 +153,10 @@ class CrossSiteTests(SynchronousTestCase):
     def status(self, answer):
         """The status code of an HTTP answer."""
         return int(answer.split(b" ", 2)[1])
+
+
+class CrossSiteTests(SiteMixin, SynchronousTestCase):
+    """L{web.refusal} as a real site applies it: Host, Origin, Sec-Fetch-Site, Content-Type, and the security headers."""
 
     def test_cross_origin_text_plain_post_refused(self):
         """The attack of the issue: a text/plain POST from http://evil.example is refused (403) and submits nothing."""
@@ -254,3 +260,40 @@ class OwnNamesTests(SynchronousTestCase):
         self.assertFalse(lan.host_allowed("localhost:8080"))
         self.assertTrue(lan.origin_allowed("http://box:8080"))
         self.assertFalse(lan.origin_allowed("http://box:8080/path"))
+
+
+LOCAL = b"L" * 32
+
+
+class LocalTokenHttpTests(SiteMixin, SynchronousTestCase):
+    """Without a key, the node's local token guards submitting and cancelling over HTTP; reading stays open."""
+
+    def test_submit_without_the_local_token_refused(self):
+        """A JSON POST from curl or another local user, without the token, is answered 401 and submits nothing."""
+        node, send = self.connect(local_token=LOCAL)
+        answer = send(request_bytes(b"POST", headers=[OWN_HOST, JSON], body=JOB))
+        self.assertEqual(self.status(answer), 401, answer)
+        self.assertIn(b"only from its owner", answer)
+        answer = send(request_bytes(b"POST", headers=[OWN_HOST, JSON, (b"Authorization", b"Bearer " + http_token(KEY).encode())], body=JOB))
+        self.assertEqual(self.status(answer), 401, answer)
+        self.assertEqual(node.submitted, [])
+
+    def test_cancel_without_the_local_token_refused(self):
+        """POST .../cancel (no body) needs the token as well (401)."""
+        node, send = self.connect(local_token=LOCAL)
+        answer = send(request_bytes(b"POST", "/api/jobs/a1-0001-1/cancel", headers=[OWN_HOST, JSON]))
+        self.assertEqual(self.status(answer), 401, answer)
+
+    def test_submit_with_the_local_token_accepted(self):
+        """With Authorization: Bearer and the local token's HTTP token, the job is submitted (201)."""
+        node, send = self.connect(local_token=LOCAL)
+        token = http_token(LOCAL).encode("ascii")
+        answer = send(request_bytes(b"POST", headers=[OWN_HOST, JSON, (b"Authorization", b"Bearer " + token)], body=JOB))
+        self.assertEqual(self.status(answer), 201, answer)
+        self.assertEqual(len(node.submitted), 1)
+
+    def test_reading_stays_open(self):
+        """Without a key, GET needs no token (loopback readers; see docs/security.rst)."""
+        node, send = self.connect(local_token=LOCAL)
+        answer = send(request_bytes(b"GET", headers=[OWN_HOST]))
+        self.assertEqual(self.status(answer), 200, answer)

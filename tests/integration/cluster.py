@@ -295,9 +295,23 @@ class Cluster:
         return os.path.join(self.folder, *parts)
 
     def environment(self) -> dict[str, str]:
-        """The environment of every node: this one, with the checkout first on the path."""
+        """
+        The environment of every node and client: this one, with the checkout
+        first on the path, and C{$XDG_STATE_HOME} in the test's folder (where
+        nodes leave the runtime records by which clients find their local
+        tokens, see L{p2pexec.localtoken}).
+        """
         paths = [CHECKOUT] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-        return dict(os.environ, PYTHONPATH=os.pathsep.join(paths), PYTHONUNBUFFERED="1")
+        return dict(
+            os.environ, PYTHONPATH=os.pathsep.join(paths), PYTHONUNBUFFERED="1", XDG_STATE_HOME=self.path("xdg-state")
+        )
+
+    def http_token(self, name: str) -> str:
+        """The HTTP token of node C{name}'s local token (a node without a cluster key)."""
+        from p2pexec.auth import http_token, load_key
+        from p2pexec.localtoken import token_path
+
+        return http_token(load_key(token_path(self.state_dir(name))))
 
     def launch(self, name: str, argv: list[str], env: Optional[dict[str, str]] = None) -> NodeProcess:
         """
@@ -396,19 +410,23 @@ class Cluster:
         """Every node's log tail, for failure messages."""
         return "\n".join(f"--- {name} ({node.log_path})\n{node.log_tail()}" for name, node in self.nodes.items())
 
-    def call_remote(self, port: int, command: str, timeout: float = 5.0, **arguments: Any) -> dict[str, Any]:
+    def call_remote(
+        self, port: int, command: str, timeout: float = 5.0, owner: bool = True, **arguments: Any
+    ) -> dict[str, Any]:
         """
         Send one AMP command of L{p2pexec.commands} (by class name, such as
         C{"CancelJob"}) to the node listening on C{port}, from a real Twisted
         AMP client in a process of its own (no CONNECT_REQUEST or HANDSHAKE
-        first), and return its answer.
+        first), and return its answer.  As the node's C{owner}, the client
+        first proves the node's local token if it finds one, as the
+        C{p2pexec} client does.
 
         @return: the answer's fields; or, if the node answered with an
             error, C{{"error": the exception's class name, "message": ...}}.
         @raise ClusterFailure: if the client cannot connect, or gets no
             answer within C{timeout}.
         """
-        argv = [sys.executable, "-c", _CALL_REMOTE, str(port), command, json.dumps(arguments), str(timeout)]
+        argv = [sys.executable, "-c", _CALL_REMOTE, str(port), command, json.dumps(arguments), str(timeout), str(int(owner))]
         status, output = self._run_to_end(argv, timeout + 5.0, f"{command} to port {port}: no answer")
         if status != 0:
             raise ClusterFailure(f"{command} to port {port} failed (status {status}):\n{tail(output)}")
@@ -421,11 +439,18 @@ from twisted.internet import defer, endpoints, task
 from twisted.protocols import amp
 from p2pexec import commands
 
-def main(reactor, port, name, arguments, timeout):
+from p2pexec.auth import ChallengeResponse
+from p2pexec.localtoken import find_token
+from p2pexec.peer import authenticate
+
+def main(reactor, port, name, arguments, timeout, owner):
     endpoint = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", int(port), timeout=float(timeout))
 
     async def call():
         protocol = await endpoints.connectProtocol(endpoint, amp.AMP())
+        found = find_token("127.0.0.1", int(port)) if owner == "1" else None
+        if found is not None:
+            await authenticate(protocol, ChallengeResponse(found[0]))
         try:
             answer = await protocol.callRemote(getattr(commands, name), **json.loads(arguments))
         except Exception as e:
@@ -438,7 +463,7 @@ def main(reactor, port, name, arguments, timeout):
 
 task.react(main, sys.argv[1:])
 """
-"""The client of L{Cluster.call_remote}: C{python -c SCRIPT PORT COMMAND ARGUMENTS-JSON TIMEOUT}."""
+"""The client of L{Cluster.call_remote}: C{python -c SCRIPT PORT COMMAND ARGUMENTS-JSON TIMEOUT OWNER}."""
 
 
 def multicast_sender() -> socket.socket:

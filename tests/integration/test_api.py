@@ -38,10 +38,14 @@ def free_port() -> int:
 class Http:
     """A tiny JSON client for one node's API, checking every answer against the OpenAPI file."""
 
-    def __init__(self, testcase: Any, port: int) -> None:
+    def __init__(self, testcase: Any, port: int, token: Optional[str] = None) -> None:
+        """
+        @param token: the node's HTTP token, sent with every request that is not a GET.
+        """
         self.testcase = testcase
         self.base = f"http://127.0.0.1:{port}"
         self.document = load_openapi()
+        self.token = token
 
     def request(self, method: str, path: str, body: Optional[Any] = None) -> tuple[int, Any, str]:
         """(status, decoded body, content type) of one request; errors are answers too."""
@@ -49,6 +53,8 @@ class Http:
         request = urllib.request.Request(self.base + path, data=data, method=method)
         if data is not None or method == "POST":
             request.add_header("content-type", "application/json")
+        if method != "GET" and self.token is not None:
+            request.add_header("authorization", f"Bearer {self.token}")
         try:
             with urllib.request.urlopen(request, timeout=10) as answer:
                 status, raw, kind = answer.status, answer.read(), answer.headers.get("content-type", "")
@@ -97,7 +103,7 @@ class ApiTests(IntegrationTestCase):
         self.b1 = cluster.start("b1")
         self.a1.wait_for(r"\] Node a1 connected to peer b1 at ")
         self.a1.wait_for(r"\] Node a1 serves its dashboard, API and metrics on http://127\.0\.0\.1:\d+/$")
-        self.http = Http(self, self.web_port)
+        self.http = Http(self, self.web_port, cluster.http_token("a1"))
 
     def wait_finished(self, job_id: str) -> dict[str, Any]:
         """Poll GET /api/jobs/ID until the job has ended; return its last answer."""

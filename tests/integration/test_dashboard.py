@@ -73,12 +73,12 @@ class DashboardBrowserTests(unittest.TestCase):
         """What the dashboard in C{driver} shows now."""
         return driver.execute_script(_SHOWN)
 
-    def submit(self, port: int, job: dict[str, Any]) -> str:
-        """POST C{job} to the node's C{/api/jobs} on 127.0.0.1 and return the new job's id."""
+    def submit(self, port: int, job: dict[str, Any], token: str) -> str:
+        """POST C{job} to the node's C{/api/jobs} on 127.0.0.1 with the node's HTTP C{token}; return the new job's id."""
         request = urllib.request.Request(
             f"http://127.0.0.1:{port}/api/jobs",
             data=json.dumps(job).encode("utf-8"),
-            headers={"content-type": "application/json"},
+            headers={"content-type": "application/json", "authorization": f"Bearer {token}"},
             method="POST",
         )
         with browser.loopback_opener().open(request, timeout=10) as answer:
@@ -129,7 +129,7 @@ class DashboardBrowserTests(unittest.TestCase):
             self.assertEqual(node["slots"], "2", node)
 
         # A job submitted now: the page picks it up and follows it to its end.
-        job_id = self.submit(web, {"defaults": {"timeout": 30}, "task": tasks})
+        job_id = self.submit(web, {"defaults": {"timeout": 30}, "task": tasks}, cluster.http_token("m"))
         progress: list[float] = []
 
         def job_complete() -> Any:

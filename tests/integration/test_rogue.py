@@ -70,7 +70,7 @@ class Api:
         """(status, decoded JSON body) of one request; an error status is an answer too."""
         data = None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(self.base + path, data=data, method=method)
-        if data is not None:
+        if data is not None or method == "POST":
             request.add_header("content-type", "application/json")
         if token and self.token is not None:
             request.add_header("authorization", f"Bearer {self.token}")

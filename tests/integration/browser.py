@@ -60,8 +60,6 @@ CHROMIUM_FLAGS = (
     "--hide-scrollbars",
     "--no-proxy-server",  # loopback pages, straight (never through an http_proxy of the environment)
     "--force-device-scale-factor=1",
-    # Belt and braces: no host name resolves, so nothing but 127.0.0.1 can be reached by name.
-    "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
 )
 """How Chromium is started: headless, and silent towards the network."""
 
@@ -84,11 +82,21 @@ def missing() -> Optional[str]:
     return f"{' and '.join(lacking)} not found; {'; '.join(hints)}"
 
 
-def start_chromium(folder: str, width: int = 1400, height: int = 900) -> Any:
+HOST_RESOLVER_RULES = "MAP * ~NOTFOUND , EXCLUDE 127.0.0.1"
+"""Belt and braces: no host name resolves, so nothing but 127.0.0.1 can be reached by name."""
+
+
+def start_chromium(
+    folder: str, width: int = 1400, height: int = 900, names: Optional[dict[str, str]] = None
+) -> Any:
     """
     Start headless Chromium with a fresh profile in C{folder} (the
     chromedriver log goes there too), with a window of C{width} by
     C{height} CSS pixels.
+
+    @param names: host names (or loopback addresses) to resolve to a
+        loopback address besides 127.0.0.1, such as C{{"evil.example":
+        "127.0.0.2"}}; every other name resolves to nothing.
 
     The caller must C{quit()} the driver it gets, in a clean-up.
 
@@ -102,6 +110,8 @@ def start_chromium(folder: str, width: int = 1400, height: int = 900) -> Any:
     options.binary_location = CHROMIUM
     for flag in CHROMIUM_FLAGS:
         options.add_argument(flag)
+    mapped = [f"MAP {name} {address}" for name, address in (names or {}).items()]
+    options.add_argument("--host-resolver-rules=" + " , ".join(mapped + [HOST_RESOLVER_RULES]))
     options.add_argument(f"--user-data-dir={os.path.join(folder, 'chromium-profile')}")
     options.add_argument(f"--window-size={width},{height}")
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})

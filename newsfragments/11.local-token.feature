@@ -1,0 +1,1 @@
+Without a cluster key, a node takes jobs and cancels only from the user that runs it: it keeps a local token in its state directory (mode 0600), which that user's ``p2pexec`` client finds and proves by itself; ``p2pexec token`` prints its HTTP token and ``p2pexec token --url`` the dashboard's address with it.

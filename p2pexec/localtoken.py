@@ -141,7 +141,7 @@ def find_token(host: str, port: int, environ: Optional[dict[str, str]] = None) -
     wanted = _canonical(host)
     loopback = wanted in ("localhost", "::1") or wanted.startswith("127.")
     own_names = {_canonical(socket.gethostname())}
-    candidates = []
+    candidates: list[dict[str, Any]] = []
     for _, record in _records(runtime_dir(environ)):
         if record.get("port") != port or record.get("host") != socket.gethostname() or not _alive(record.get("pid")):
             continue

@@ -365,7 +365,7 @@ class _BodyCheckingRequest(Request):
         """
         for name, value in SECURITY_HEADERS:
             self.setHeader(name, value)
-        names = getattr(self.channel.site, "names", None)
+        names = getattr(getattr(self.channel, "site", None), "names", None)
         refused = refusal(names, self.method, self.requestHeaders) if names is not None else None
         if refused is None:
             super().process()
@@ -378,7 +378,7 @@ class _BodyCheckingRequest(Request):
             client=_client(self),
             why=message,
         )
-        self.site = self.channel.site
+        self.site = getattr(self.channel, "site", None)
         self.write(_error(self, code, message))
         self.finish()
 

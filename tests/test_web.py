@@ -27,6 +27,10 @@ class FakeNode:
         """No jobs."""
         return []
 
+    def problem(self):
+        """A healthy node: nothing wrong."""
+        return None
+
     def submit(self, tasks, defaults=None, label=""):
         """Record the tasks; return a job ID at once."""
         from twisted.internet.defer import succeed

@@ -101,10 +101,14 @@ class ProcessExecutor:
         kill_grace: float = DEFAULT_KILL_GRACE,
         base_environment: Optional[Mapping[str, str]] = None,
         policy: Optional[CommandPolicy] = None,
+        guard: Optional[Any] = None,
     ) -> None:
         """
         @param policy: what this node is willing to run; by default anything
             (and the node says so in its log, once).
+        @param guard: told of each task's process group as it starts and
+            once it is empty (L{p2pexec.guard.TaskGuard}), so that the
+            groups do not outlive the node; none by default.
         """
         self._reactor: IReactorProcess = reactor
         self._clock: IReactorTime = reactor
@@ -126,6 +130,7 @@ class ProcessExecutor:
         self.running: dict[int, Any] = {}
         self._pids: dict[tuple[str, str, int], int] = {}
         self._pending_kills: dict[int, IDelayedCall] = {}
+        self._guard = guard
 
     def run(self, job: str, assignment: Assignment) -> Deferred[TaskResult]:
         """Run one attempt of a task; fires with its result, never fails."""
@@ -197,6 +202,8 @@ class ProcessExecutor:
         except (OSError, ValueError) as e:
             return _succeed(result(ERROR, error=f"could not start {name!r}: {e}"))
         pid = protocol.pid if protocol.pid is not None else transport.pid
+        if self._guard is not None:
+            self._guard.watch(pid)
         self.running[pid] = protocol
         attempt_key = (job, task.id, assignment.attempt)
         self._pids[attempt_key] = pid
@@ -216,6 +223,8 @@ class ProcessExecutor:
             if timer is not None and timer.active():
                 timer.cancel()
             self._stop_leftovers(pid, task.id, job)
+            if self._guard is not None and pid not in self._pending_kills:
+                self._guard.forget(pid)
             fields: dict[str, Any] = {
                 "stdout": protocol.stdout.text(),
                 "stderr": protocol.stderr.text(),
@@ -292,10 +301,15 @@ class ProcessExecutor:
         else:
             del self._pending_kills[pid]
             call.cancel()
+            if self._guard is not None:
+                self._guard.forget(pid)
 
     def _final_kill(self, pid: int) -> None:
         self._pending_kills.pop(pid, None)
         _kill_group_only(pid, signal.SIGKILL)
+        # A task still running gets forgotten as it ends (see run).
+        if self._guard is not None and pid not in self.running:
+            self._guard.forget(pid)
 
     def settled(self) -> Deferred[None]:
         """Fires once no signalled process group awaits its SIGKILL (for tests and shutdown)."""

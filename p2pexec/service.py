@@ -18,6 +18,7 @@ from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
 
+from p2pexec.guard import TaskGuard
 from p2pexec.log import NodeLogger
 from p2pexec.node import Node
 from p2pexec.systemd import SystemdNotifier
@@ -31,16 +32,23 @@ class NodeService(MultiService):
 
     @ivar node: the node.
     @ivar notifier: what tells systemd how the node is doing, or C{None}.
+    @ivar guard: what keeps the node's task processes from outliving it, or C{None}.
     """
 
-    def __init__(self, node: Node, notifier: Optional[SystemdNotifier] = None) -> None:
+    def __init__(
+        self, node: Node, notifier: Optional[SystemdNotifier] = None, guard: Optional[TaskGuard] = None
+    ) -> None:
         """
         @param notifier: tells systemd how the node is doing; without one,
             systemd is not told.
+        @param guard: started before the node (it first kills what an
+            earlier run of the node left running); without one, nothing
+            stops the node's task processes if it dies.
         """
         super().__init__()
         self.node = node
         self.notifier = notifier
+        self.guard = guard
 
     def privilegedStartService(self) -> None:
         """
@@ -60,9 +68,18 @@ class NodeService(MultiService):
 
     def startService(self) -> None:
         """
-        Start the systemd watchdog, the children, then the node; tell
-        systemd C{READY=1} once the node serves.
+        Start the task guard (which first kills what an earlier run of the
+        node left running), the systemd watchdog, the children, then the
+        node; tell systemd C{READY=1} once the node serves.
         """
+        if self.guard is not None:
+            try:
+                self.guard.start()
+            except OSError as e:
+                log.error(
+                    "Node {name} cannot start its task guard ({error}): its tasks would outlive it if it died",
+                    name=self.node.config.name, error=e,
+                )
         if self.notifier is not None:
             self.notifier.start_watchdog()
         super().startService()

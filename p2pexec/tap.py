@@ -21,7 +21,8 @@ from twisted.application.service import IService
 from twisted.python import usage
 
 from p2pexec import datagram
-from p2pexec.executor import ProcessExecutor
+from p2pexec.executor import DEFAULT_KILL_GRACE, ProcessExecutor
+from p2pexec.guard import TaskGuard
 from p2pexec.auth import KeyFileError, load_key
 from p2pexec.clock import use_monotonic_time
 from p2pexec.jobfile import JobFileError, load_job_file
@@ -382,9 +383,15 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> IService:
         use_monotonic_time(reactor)
     set_minimum_level(LEVELS[options["log-level"]])
     config = config_from_options(options)
+    # The guard process is for the real thing: it outlives the node to stop its tasks.
+    guard = TaskGuard(reactor, config.name, config.state_dir, DEFAULT_KILL_GRACE) if running_for_real else None
     # NOTIFY_SOCKET and the watchdog variables are for twistd alone, not its tasks.
     executor = ProcessExecutor(
-        reactor, config.name, base_environment=without_notify_variables(os.environ), policy=options["command_policy"]
+        reactor,
+        config.name,
+        base_environment=without_notify_variables(os.environ),
+        policy=options["command_policy"],
+        guard=guard,
     )
     if options["tls"]:
         from p2pexec.tls import TLSConfig, TLSError, load_operator_identity, load_or_create_identity
@@ -411,7 +418,7 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> IService:
     if running_for_real:
         reactor.callWhenRunning(_stop_cleanly_on_signals, reactor)
     notifier = SystemdNotifier(reactor, os.environ if running_for_real else {})
-    service = NodeService(node, notifier)
+    service = NodeService(node, notifier, guard)
     if options["web"]:
         WebService(node, options["web"], reactor).setServiceParent(service)
     if config.local_token is not None:

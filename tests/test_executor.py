@@ -164,6 +164,58 @@ class ExecutorTests(TestCase):
         self.assertEqual(self.executor.running, {})
 
 
+class RecordingGuard:
+    """A stand-in for L{p2pexec.guard.TaskGuard} that records what it is told."""
+
+    def __init__(self):
+        self.events = []
+
+    def watch(self, pgid):
+        self.events.append(("watch", pgid))
+
+    def forget(self, pgid):
+        self.events.append(("forget", pgid))
+
+
+class GuardTests(TestCase):
+    """The executor tells its guard of each task's process group."""
+
+    timeout = 20
+
+    def setUp(self):
+        self.guard = RecordingGuard()
+        self.executor = ProcessExecutor(reactor, "w1", tail_bytes=1024, kill_grace=1.0, guard=self.guard)
+        self.addCleanup(self.executor.settled)
+
+    async def test_group_watched_while_it_runs(self):
+        """A task's group is watched from its start and forgotten by the time its result is in."""
+        result = await self.executor.run("job-1", task("echo $$", shell=True))
+        pid = int(result.stdout)
+        self.assertEqual(self.guard.events, [("watch", pid), ("forget", pid)])
+
+    async def test_group_watched_until_empty(self):
+        """
+        A task that leaves a child behind (SIGTERM ignored): its group is
+        forgotten only once the child is gone, not when the task ends.
+        """
+        result = await self.executor.run(
+            "job-1", task("(trap '' TERM; exec sleep 60) </dev/null >/dev/null 2>&1 & echo $$ $!", shell=True)
+        )
+        pid, child = (int(n) for n in result.stdout.split())
+        self.addCleanup(lambda: _alive(child) and os.kill(child, 9))
+        self.assertEqual(self.guard.events, [("watch", pid)])
+        await self.executor.settled()
+        self.assertEqual(self.guard.events, [("watch", pid), ("forget", pid)])
+
+    async def test_timed_out_group_forgotten_once_killed(self):
+        """A timed-out task's group is forgotten once its SIGKILL was sent (or it emptied), not before."""
+        result = await self.executor.run("job-1", task("trap '' TERM; echo $$; sleep 60", shell=True, timeout=0.2))
+        self.assertEqual(result.status, TIMED_OUT)
+        pid = int(result.stdout)
+        await self.executor.settled()
+        self.assertEqual(self.guard.events, [("watch", pid), ("forget", pid)])
+
+
 class TaskPathTests(TestCase):
     """A task's own PATH is where its program is looked up, with or without a cwd."""
 

@@ -23,6 +23,7 @@ import os
 import re
 import signal
 import sqlite3
+import sys
 import time
 from collections import Counter
 from typing import Iterable
@@ -391,6 +392,120 @@ class TimeoutTests(IntegrationTestCase):
         )
         self.assertTrue(node.has(r"task exited of job \S+ ended and left processes running; stopping them"))
         self.assertLogClean(node)
+
+
+class OrphanTests(IntegrationTestCase):
+    """A node's task processes do not outlive it, nor run beside their re-run."""
+
+    def test_task_processes_die_with_a_killed_node(self) -> None:
+        """
+        A node runs two shell tasks, each with a child of its own and a child
+        that ignores SIGTERM.  The node is killed with SIGKILL: every process
+        the tasks started is gone within the 5 s grace (plus slack), and the
+        node's task guard said so in the node's log.
+        """
+        cluster = Cluster(self)
+        job_file = cluster.path("job.toml")
+        pids = cluster.path("pids")
+        self.addCleanup(kill_recorded, pids)
+        record = f">> {shell_quote(pids)}"
+        command = (
+            f"sleep 30 & echo $! {record}; (trap '' TERM; exec sleep 30) & echo $! {record}; "
+            f"echo $$ {record}; wait"
+        )
+        write_job_file(job_file, {"kind": "sh", "shell": True, "command": command}, [{"id": "o1"}, {"id": "o2"}])
+        node = cluster.start("t1", "--capabilities", "sh", "--slots", "2", "--job", job_file)
+        cluster.wait_until(lambda: len(read_pids(pids)) >= 6, lambda: f"the tasks did not start\n{node.log_tail()}")
+        recorded = read_pids(pids)
+        self.assertTrue(all(exists(pid) for pid in recorded), recorded)
+        node.send_signal(signal.SIGKILL)
+        self.assertEqual(node.wait_exit(5), -signal.SIGKILL)
+        cluster.wait_until(
+            lambda: not any(exists(pid) for pid in recorded),
+            lambda: f"task processes outlived their node: {[pid for pid in recorded if exists(pid)]}\n{node.log_tail()}",
+            timeout=9,
+        )
+        node.wait_for(r"the task guard of node t1: the node ended with 2 task process group\(s\) running; stopping them")
+
+    def test_restarted_master_does_not_rerun_a_task_beside_its_first_copy(self) -> None:
+        """
+        A master runs its own two tasks, each of which leaves a child that
+        ignores SIGTERM; it is SIGKILLed and started again at once on its
+        state directory.  It kills what its earlier run left (one log line
+        per task process group) before it runs anything: each task's second
+        attempt, which looks for live processes of the first when it starts,
+        finds none, and the job finishes.
+        """
+        cluster = Cluster(self)
+        job_file = cluster.path("job.toml")
+        pids = cluster.path("pids")
+        runs = cluster.path("runs")
+        overlaps = cluster.path("overlaps")
+        checker = cluster.path("check.py")
+        self.addCleanup(kill_recorded, pids)
+        with open(checker, "w") as f:
+            f.write(_OVERLAP_CHECK)
+        command = (
+            f"{shell_quote(sys.executable)} {shell_quote(checker)} {shell_quote(runs)} {shell_quote(overlaps)}; "
+            f"echo \"$P2PEXEC_ATTEMPT $$\" >> {shell_quote(runs)}; echo $$ >> {shell_quote(pids)}; "
+            f"[ \"$P2PEXEC_ATTEMPT\" -gt 1 ] && exit 0; "
+            f"(trap '' TERM; exec sleep 30) & echo \"$P2PEXEC_ATTEMPT $!\" >> {shell_quote(runs)}; "
+            f"echo $! >> {shell_quote(pids)}; wait"
+        )
+        write_job_file(job_file, {"kind": "sh", "shell": True, "command": command}, [{"id": "r1"}, {"id": "r2"}])
+        options = ("--capabilities", "sh", "--slots", "2", "--job", job_file, "--exit-when-done")
+        first = cluster.start("m", *options)
+        cluster.wait_until(lambda: len(read_pids(pids)) >= 4, lambda: f"the tasks did not start\n{first.log_tail()}")
+        leaders = sorted(set(read_pids(pids)) & {int(p) for line in _lines(runs) for p in line.split()[1:2]})
+        first.send_signal(signal.SIGKILL)
+        self.assertEqual(first.wait_exit(5), -signal.SIGKILL)
+
+        restarted = cluster.launch("m", first.argv)
+        self.assertEqual(restarted.wait_exit(20), 0, restarted.log_tail())
+        attempts = Counter(line.split()[0] for line in _lines(runs))
+        self.assertEqual(attempts, Counter({"1": 4, "2": 2}), _lines(runs))
+        self.assertEqual(_lines(overlaps), [], "a task's re-run started while its first copy still ran")
+        killed = [int(match.group(1)) for match in restarted.find_all(
+            r"\] Node m: task process group (\d+) \(.*\) of an earlier run of this node was still running; "
+            r"killed it \(SIGKILL\) before taking up any work$"
+        )]
+        firsts = sorted(int(line.split()[1]) for line in _lines(runs) if line.split()[0] == "1")
+        self.assertTrue(killed and set(killed) <= set(firsts), (killed, firsts, leaders))
+        self.assertLogClean(restarted)
+
+
+_OVERLAP_CHECK = r"""
+import os, sys
+runs, overlaps = sys.argv[1], sys.argv[2]
+mine = int(os.environ["P2PEXEC_ATTEMPT"])
+
+def alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+try:
+    with open(runs) as f:
+        lines = [line.split() for line in f if len(line.split()) == 2]
+except FileNotFoundError:
+    lines = []
+with open(overlaps, "a") as out:
+    for attempt, pid in lines:
+        if int(attempt) < mine and alive(int(pid)):
+            out.write(f"{os.environ['P2PEXEC_TASK_ID']} attempt {mine} started while pid {pid} of attempt {attempt} ran\n")
+"""
+"""A task's first step: note in OVERLAPS every live process of an earlier attempt listed in RUNS."""
+
+
+def _lines(path: str) -> list[str]:
+    """The non-empty lines of C{path} (none if it is missing)."""
+    try:
+        with open(path) as f:
+            return [line.strip() for line in f if line.strip()]
+    except FileNotFoundError:
+        return []
 
 
 class CancelTests(IntegrationTestCase):

@@ -1,0 +1,180 @@
+"""
+The node's side of the task guard (see L{p2pexec.guardian}): it starts the
+guard process, tells it of each task process group, and, when the node
+starts, kills what an earlier run of the node left running.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Any, Callable, Optional
+
+from twisted.internet.protocol import ProcessProtocol
+from twisted.python.failure import Failure
+
+from p2pexec import guardian
+from p2pexec.log import NodeLogger
+
+log = NodeLogger()
+
+GUARDIAN_SCRIPT = os.path.abspath(guardian.__file__)
+
+
+class _GuardProcess(ProcessProtocol):
+    """The guard process, as the node sees it: a pipe to write to, and its end."""
+
+    def __init__(self, on_end: Callable[["_GuardProcess", Failure], None]) -> None:
+        self._on_end = on_end
+
+    def processEnded(self, reason: Failure) -> None:
+        self._on_end(self, reason)
+
+
+class TaskGuard:
+    """
+    Makes sure that a node's task processes do not outlive it.
+
+    L{start} first kills what an earlier run of the node left (the groups in
+    its state directory's record that still run), then starts the guard
+    process.  L{watch} and L{forget} tell the guard of each task process
+    group as it starts and once it is empty.  If the guard process ends
+    while the node runs, the node says so and starts another, told of every
+    group that runs.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        node_name: str,
+        state_dir: str,
+        grace: float,
+        executable: str = sys.executable,
+    ) -> None:
+        """
+        @param grace: seconds between SIGTERM and SIGKILL when the guard
+            stops the groups of a node that died.
+        """
+        self._reactor = reactor
+        self._node_name = node_name
+        self.record = os.path.join(state_dir, guardian.RECORD_NAME)
+        self._grace = grace
+        self._executable = executable
+        self._process: Any = None
+        self._watched: set[int] = set()
+
+    def start(self) -> None:
+        """Kill what an earlier run of this node left running, then start the guard."""
+        self.reap_leftovers()
+        self._spawn()
+
+    def reap_leftovers(
+        self,
+        kill: Callable[[int, int], None] = guardian.kill_group,
+        stat: Callable[[int], Optional[tuple[str, int, int]]] = guardian.read_stat,
+        alive: Callable[[], set[int]] = guardian.live_groups,
+        sleep: Callable[[float], None] = time.sleep,
+        now: Callable[[], float] = time.monotonic,
+        command_of: Optional[Callable[[int], str]] = None,
+    ) -> list[int]:
+        """
+        SIGKILL every process group of the record that still runs and is
+        still the task's, logging one line for each, and wait (at most 5 s)
+        until they are gone.  This blocks: it runs once, before the node
+        takes up any work.
+
+        @return: the groups killed.
+        """
+        recorded = guardian.read_record(self.record)
+        if not recorded:
+            return []
+        describe = command_of or _command_of
+        commands = {pgid: describe(pgid) for pgid in recorded}
+        killed, left = guardian.reap_leftovers(recorded, kill, stat, alive, sleep, now)
+        for pgid in killed:
+            log.warn(
+                "Node {name}: task process group {pgid} ({command}) of an earlier run of this node was "
+                "still running; killed it (SIGKILL) before taking up any work",
+                name=self._node_name, pgid=pgid, command=commands[pgid],
+            )
+        for pgid in left:
+            log.error(
+                "Node {name}: task process group {pgid} of an earlier run of this node is still there "
+                "5s after SIGKILL",
+                name=self._node_name, pgid=pgid,
+            )
+        return killed
+
+    def _spawn(self) -> None:
+        """Start a guard process and tell it of every group that runs now."""
+        protocol = _GuardProcess(self._ended)
+        self._process = self._reactor.spawnProcess(
+            protocol,
+            self._executable,
+            [self._executable, "-I", "-S", GUARDIAN_SCRIPT, self._node_name, repr(self._grace), self.record],
+            env={},
+            childFDs={0: "w", 1: 1, 2: 2},
+        )
+        if self._watched:
+            self._process.write(b"".join(b"+%d\n" % pgid for pgid in self._watched))
+
+    def _ended(self, protocol: Any, reason: Failure) -> None:
+        """The guard process ended while the node runs: say so, and start another."""
+        if self._process is None or self._process.proto is not protocol:
+            return
+        self._process = None
+        log.warn(
+            "Node {name}: its task guard ended ({reason}); starting another, told of {count} running task "
+            "process group(s)",
+            name=self._node_name, reason=reason.getErrorMessage(), count=len(self._watched),
+        )
+        try:
+            self._spawn()
+        except OSError as e:
+            log.error(
+                "Node {name} cannot start another task guard ({error}): its tasks would outlive it if it died",
+                name=self._node_name, error=e,
+            )
+
+    def watch(self, pgid: int) -> None:
+        """A task's process group started."""
+        self._watched.add(pgid)
+        if self._process is not None:
+            self._process.write(b"+%d\n" % pgid)
+
+    def forget(self, pgid: int) -> None:
+        """A task's process group is empty (or was SIGKILLed)."""
+        if pgid in self._watched:
+            self._watched.discard(pgid)
+            if self._process is not None:
+                self._process.write(b"-%d\n" % pgid)
+
+
+def _command_of(pgid: int) -> str:
+    """
+    What process group C{pgid} runs, shortened, for a log line: its
+    leader's command line, or, if its leader is gone, that of a member left.
+    """
+    command = _cmdline(pgid)
+    if command:
+        return command
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            stat = guardian.read_stat(int(entry))
+            if stat is not None and stat[0] != "Z" and stat[1] == pgid:
+                command = _cmdline(int(entry))
+                if command:
+                    return f"its leader is gone; {command} is left"
+    return "its leader is gone"
+
+
+def _cmdline(pid: int) -> str:
+    """The command line of C{pid}, at most 80 characters; empty if it has none (or is gone)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().rstrip(b"\0").split(b"\0")
+    except OSError:
+        return ""
+    text = " ".join(part.decode("utf-8", "replace") for part in argv).strip()
+    return text if len(text) <= 80 else text[:77] + "..."

@@ -247,3 +247,84 @@ class LogObserverTests(SynchronousTestCase):
             }
         )
         self.assertEqual(line, "1970-01-01T00:00:00.250000+0000 [p2pexec.node#info] Node a1 started on port 10001\n")
+
+
+class FakeStoppable:
+    """A reactor that only counts C{stop} calls (and refuses a second, as Twisted's does)."""
+
+    def __init__(self):
+        self.stops = 0
+
+    def stop(self):
+        from twisted.internet.error import ReactorNotRunning
+
+        self.stops += 1
+        if self.stops > 1:
+            raise ReactorNotRunning("Can't stop reactor that isn't running.")
+
+
+class FakeLogFile:
+    """A twistd log file that records its reopenings, or fails them."""
+
+    def __init__(self, path, error=None):
+        self.path = path
+        self.reopened = 0
+        self._error = error
+
+    def reopen(self):
+        if self._error is not None:
+            raise self._error
+        self.reopened += 1
+
+
+class HangUpTests(SynchronousTestCase):
+    """L{p2pexec.tap.on_hangup}: what SIGHUP does to a node."""
+
+    def test_log_file_reopened(self):
+        """Logging to a file, SIGHUP reopens it, says so in one line, and the node keeps running."""
+        from p2pexec.tap import on_hangup
+
+        reactor, log_file = FakeStoppable(), FakeLogFile("/var/log/p2pexec/a1.log")
+        with capturedLogs() as events:
+            on_hangup(reactor, "a1", [log_file])
+        self.assertEqual((log_file.reopened, reactor.stops), (1, 0))
+        [event] = events
+        self.assertEqual(event["log_format"], "Node {name} received SIGHUP: reopened its log file {path}")
+        self.assertEqual(event["path"], "/var/log/p2pexec/a1.log")
+
+    def test_terminal_hang_up_leaves(self):
+        """Logging to standard output, SIGHUP is a hang-up: one line naming it, and the node leaves (once)."""
+        from p2pexec.tap import on_hangup
+
+        reactor = FakeStoppable()
+        with capturedLogs() as events:
+            on_hangup(reactor, "a1", [])
+            on_hangup(reactor, "a1", [])
+        self.assertEqual(reactor.stops, 2)
+        self.assertIn("received SIGHUP (its terminal hung up): leaving the cluster, as on SIGTERM", events[0]["log_format"])
+
+    def test_reopen_failure_logged(self):
+        """A log file that cannot be reopened is an error line naming it and why; the node does not stop."""
+        from p2pexec.tap import on_hangup
+
+        reactor = FakeStoppable()
+        with capturedLogs() as events:
+            on_hangup(reactor, "a1", [FakeLogFile("/full/a1.log", PermissionError(13, "Permission denied"))])
+        self.assertEqual(reactor.stops, 0)
+        [event] = events
+        self.assertEqual((event["path"], event["error"]), ("/full/a1.log", "Permission denied"))
+
+    def test_nohup_kept(self):
+        """A node started ignoring SIGHUP (nohup) keeps ignoring it; otherwise it handles it."""
+        import signal
+
+        from p2pexec.tap import _stop_cleanly_on_signals
+
+        for number in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+            self.addCleanup(signal.signal, number, signal.getsignal(number))
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        _stop_cleanly_on_signals(FakeStoppable(), "a1")
+        self.assertEqual(signal.getsignal(signal.SIGHUP), signal.SIG_IGN)
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+        _stop_cleanly_on_signals(FakeStoppable(), "a1")
+        self.assertTrue(callable(signal.getsignal(signal.SIGHUP)))

@@ -28,7 +28,7 @@ import time
 from collections import Counter
 from typing import Iterable
 
-from tests.integration.cluster import Cluster, read_runs, record_run
+from tests.integration.cluster import TWISTD, Cluster, read_runs, record_run
 from tests.integration.test_cluster import (
     JOB_FINISHED,
     IntegrationTestCase,
@@ -506,6 +506,79 @@ def _lines(path: str) -> list[str]:
             return [line.strip() for line in f if line.strip()]
     except FileNotFoundError:
         return []
+
+
+class HangUpTests(IntegrationTestCase):
+    """SIGHUP to a C{twistd -n} node."""
+
+    def test_hangup_in_the_foreground_drains_and_exits_0(self) -> None:
+        """
+        A node logging to standard output gets SIGHUP (its terminal hung up)
+        while two tasks run: it says so in one line, lets them finish (each
+        writes a line when done), exits 0, and leaves no process of theirs.
+        """
+        cluster = Cluster(self)
+        job_file = cluster.path("job.toml")
+        pids = cluster.path("pids")
+        done = cluster.path("done")
+        self.addCleanup(kill_recorded, pids)
+        command = (
+            f"echo $$ >> {shell_quote(pids)}; sleep 1.5 & echo $! >> {shell_quote(pids)}; wait; "
+            f"echo $P2PEXEC_TASK_ID >> {shell_quote(done)}"
+        )
+        write_job_file(job_file, {"kind": "sh", "shell": True, "command": command}, [{"id": "h1"}, {"id": "h2"}])
+        node = cluster.start("t1", "--capabilities", "sh", "--slots", "2", "--job", job_file)
+        cluster.wait_until(lambda: len(read_pids(pids)) >= 4, lambda: f"the tasks did not start\n{node.log_tail()}")
+        node.send_signal(signal.SIGHUP)
+        node.wait_for(
+            r"\] Node t1 received SIGHUP \(its terminal hung up\): leaving the cluster, as on SIGTERM$", timeout=5
+        )
+        self.assertEqual(node.wait_exit(10), 0, node.log_tail())
+        self.assertTrue(node.has(r"\] Node t1 is leaving: waiting up to 30s for 2 running task\(s\)$"), node.log_tail())
+        self.assertTrue(node.has(r"\] Node t1 stopped$"), node.log_tail())
+        self.assertEqual(sorted(_lines(done)), ["h1", "h2"], "the running tasks were not let finish")
+        recorded = read_pids(pids)
+        cluster.wait_until(
+            lambda: not any(exists(pid) for pid in recorded),
+            lambda: f"left running: {[pid for pid in recorded if exists(pid)]}",
+            timeout=2,
+        )
+        self.assertLogClean(node)
+
+    def test_hangup_with_a_log_file_reopens_it(self) -> None:
+        """
+        A node run with twistd's --logfile gets SIGHUP after its log file was
+        moved away (as log rotation does): it keeps running, and writes to a
+        new file at the same path, starting with a line saying it reopened
+        it.  SIGTERM then stops it with exit 0.
+        """
+        cluster = Cluster(self)
+        log_file = cluster.path("node.log")
+        argv = [
+            TWISTD, "--pidfile=", "-n", f"--logfile={log_file}", "p2pexec", "--name", "t1", "--port", "0",
+            "--group", cluster.group_option, "--cluster", cluster.cluster_name, "--state-dir", cluster.state_dir("t1"),
+        ]
+        node = cluster.launch("t1", argv)
+
+        def logged(path: str, pattern: str) -> bool:
+            return bool(re.search(pattern, "\n".join(_lines(path)), re.MULTILINE))
+
+        cluster.wait_until(
+            lambda: logged(log_file, r"\] Node t1 started on port \d+$"),
+            lambda: f"no start-up line in {log_file}: {_lines(log_file)[-5:]}\n{node.log_tail()}",
+        )
+        os.rename(log_file, log_file + ".1")
+        node.send_signal(signal.SIGHUP)
+        cluster.wait_until(
+            lambda: logged(log_file, r"\] Node t1 received SIGHUP: reopened its log file .*node\.log$"),
+            lambda: f"no reopening line in a new {log_file}: {_lines(log_file)}\n{node.log_tail()}",
+            timeout=5,
+        )
+        self.assertTrue(node.running(), node.log_tail())
+        self.assertFalse(logged(log_file + ".1", r"received SIGHUP"), _lines(log_file + ".1")[-5:])
+        node.send_signal(signal.SIGTERM)
+        self.assertEqual(node.wait_exit(10), 0, node.log_tail())
+        cluster.wait_until(lambda: logged(log_file, r"\] Node t1 stopped$"), lambda: str(_lines(log_file)[-5:]))
 
 
 class CancelTests(IntegrationTestCase):

@@ -27,9 +27,7 @@ system calls as arguments, for tests.
 
 from __future__ import annotations
 
-import errno
 import os
-import select
 import signal
 import sys
 import time
@@ -41,8 +39,13 @@ RECORD_NAME = "running-tasks"
 POLL = 0.05
 """Seconds between two looks at signalled groups that are not empty yet."""
 
-WRITE_INTERVAL = 0.02
-"""The record file is rewritten at most this often (seconds) while tasks come and go."""
+BATCH = 0.02
+"""
+Seconds the guard sleeps after each read, so that the lines of many tasks
+arrive together: one wake-up and one rewrite of the record per batch, not
+per task.  Nothing is lost by waiting: the lines stay in the pipe, and
+end-of-file comes after them.
+"""
 
 Groups = dict[int, Optional[int]]
 """Process group id -> start time (clock ticks after boot) of its leader, or None if unknown."""
@@ -52,6 +55,10 @@ class Registry:
     """
     The groups a node has told its guard of, from the lines it sent
     (C{+PGID} or C{-PGID}), which may arrive split anywhere.
+
+    A group's start time is looked up only when L{settle} is called (before
+    the record is written), so that a quick task, started and ended within
+    one batch, costs no look-up at all.
     """
 
     def __init__(self, start_time: Callable[[int], Optional[int]]) -> None:
@@ -61,6 +68,7 @@ class Registry:
         """
         self.groups: Groups = {}
         self._start_time = start_time
+        self._unread: set[int] = set()
         self._partial = b""
 
     def feed(self, data: bytes) -> bool:
@@ -74,12 +82,20 @@ class Registry:
                 continue
             pgid = int(number)
             if sign == b"+":
-                self.groups[pgid] = self._start_time(pgid)
+                self.groups[pgid] = None
+                self._unread.add(pgid)
                 changed = True
             elif sign == b"-" and pgid in self.groups:
                 del self.groups[pgid]
+                self._unread.discard(pgid)
                 changed = True
         return changed
+
+    def settle(self) -> None:
+        """Look up the start time of every group added since the last call."""
+        for pgid in self._unread:
+            self.groups[pgid] = self._start_time(pgid)
+        self._unread.clear()
 
 
 def read_stat(pid: int, proc: str = "/proc") -> Optional[tuple[str, int, int]]:
@@ -249,32 +265,19 @@ def main(argv: list[str]) -> int:
         signal.signal(number, signal.SIG_IGN)
     registry = Registry(start_time_of)
     write_record(record, {})
-    written_at = float("-inf")
-    dirty = False
     while True:
-        timeout = None if not dirty else max(0.0, written_at + WRITE_INTERVAL - time.monotonic())
-        try:
-            readable, _, _ = select.select([0], [], [], timeout)
-        except InterruptedError:
-            continue
-        if readable:
-            try:
-                data = os.read(0, 65536)
-            except OSError as e:
-                if e.errno == errno.EINTR:
-                    continue
-                data = b""
-            if not data:
-                break
-            dirty = registry.feed(data) or dirty
-        if dirty and time.monotonic() >= written_at + WRITE_INTERVAL:
+        data = os.read(0, 65536)
+        if not data:
+            break
+        if registry.feed(data):
+            registry.settle()
             write_record(record, registry.groups)
-            written_at, dirty = time.monotonic(), False
+        # Let lines gather: one wake-up and one record per batch, not per task.
+        time.sleep(BATCH)
     # The node is gone.
     if not registry.groups:
-        if dirty:
-            write_record(record, {})
         return 0
+    registry.settle()
     write_record(record, registry.groups)
     ours = [pgid for pgid, start in registry.groups.items() if still_ours(pgid, start, read_stat)]
     if not ours:

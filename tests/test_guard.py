@@ -9,6 +9,7 @@ import os
 import signal
 from typing import Any, Optional
 
+from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
@@ -59,13 +60,33 @@ class RegistryTests(TestCase):
     """L{guardian.Registry}: the groups a node told its guard of."""
 
     def test_lines_split_anywhere(self) -> None:
-        """Lines are applied once complete, however the pipe split them; each C{+} reads the start time."""
+        """Lines are applied once complete, however the pipe split them."""
         registry = guardian.Registry({12: 500, 13: None}.get)
         self.assertFalse(registry.feed(b"+1"))
         self.assertTrue(registry.feed(b"2\n+13\n-"))
-        self.assertEqual(registry.groups, {12: 500, 13: None})
+        self.assertEqual(set(registry.groups), {12, 13})
         self.assertTrue(registry.feed(b"12\n"))
-        self.assertEqual(registry.groups, {13: None})
+        self.assertEqual(set(registry.groups), {13})
+
+    def test_start_times_looked_up_when_settled(self) -> None:
+        """
+        Start times are looked up on L{guardian.Registry.settle} only, once
+        per group: a group added and removed in between is never looked up.
+        """
+        looked_up = []
+
+        def start_time(pid: int) -> Optional[int]:
+            looked_up.append(pid)
+            return {12: 500}.get(pid)
+
+        registry = guardian.Registry(start_time)
+        registry.feed(b"+12\n+13\n+14\n-14\n")
+        self.assertEqual(looked_up, [])
+        registry.settle()
+        self.assertEqual(registry.groups, {12: 500, 13: None})
+        registry.feed(b"+15\n")
+        registry.settle()
+        self.assertEqual(sorted(looked_up), [12, 13, 15])
 
     def test_nonsense_ignored(self) -> None:
         """A line that is not C{+PGID} or C{-PGID}, or forgets an unknown group, changes nothing."""
@@ -161,26 +182,38 @@ class RecordTests(TestCase):
 
 
 class FakeTransport:
-    """What a fake spawnProcess returns: what was written, and the protocol."""
+    """What a fake spawnProcess returns: the protocol, and (as the child would) the pipe's read end."""
 
-    def __init__(self, proto: Any) -> None:
+    def __init__(self, proto: Any, pipe: int) -> None:
         self.proto = proto
-        self.written = b""
+        self.pipe = pipe
 
-    def write(self, data: bytes) -> None:
-        self.written += data
+    def read(self) -> bytes:
+        """What the node wrote to the guard so far, not read before."""
+        try:
+            return os.read(self.pipe, 1 << 20)
+        except BlockingIOError:
+            return b""
 
 
-class FakeProcessReactor:
-    """Records spawnProcess calls."""
+class FakeProcessReactor(Clock):
+    """A clock that records spawnProcess calls, keeping each child's standard input open as the child would."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.spawned: list[tuple[FakeTransport, list[str], dict[int, Any]]] = []
 
     def spawnProcess(self, protocol: Any, executable: str, args: list[str], env: Any, childFDs: Any) -> FakeTransport:
-        transport = FakeTransport(protocol)
+        pipe = os.dup(childFDs[0])
+        os.set_blocking(pipe, False)
+        transport = FakeTransport(protocol, pipe)
         self.spawned.append((transport, args, childFDs))
         return transport
+
+    def close(self) -> None:
+        """Close the children's pipes."""
+        for transport, _, _ in self.spawned:
+            os.close(transport.pipe)
 
 
 class TaskGuardTests(TestCase):
@@ -190,14 +223,21 @@ class TaskGuardTests(TestCase):
         self.state_dir = self.mktemp()
         os.makedirs(self.state_dir)
         self.reactor = FakeProcessReactor()
+        self.addCleanup(self.reactor.close)
         self.guard = TaskGuard(self.reactor, "w1", self.state_dir, 5.0, executable="/py")
+        self.addCleanup(self.guard._close_pipe)
 
     def test_start_spawns_guardian_with_a_pipe(self) -> None:
-        """The guard runs the guardian script, isolated, its standard input a pipe from the node."""
+        """
+        The guard runs the guardian script, isolated, its standard input a
+        pipe of which the node keeps only the write end.
+        """
         self.guard.start()
         [(transport, args, fds)] = self.reactor.spawned
         self.assertEqual(args, ["/py", "-I", "-S", GUARDIAN_SCRIPT, "w1", "5.0", self.guard.record])
-        self.assertEqual(fds[0], "w")
+        self.assertEqual((fds[1], fds[2]), (1, 2))
+        with self.assertRaises(OSError):
+            os.fstat(fds[0])  # The read end is the child's only.
 
     def test_watch_and_forget(self) -> None:
         """Each group is written as it starts and as it empties; an unknown one is not forgotten."""
@@ -207,7 +247,28 @@ class TaskGuardTests(TestCase):
         self.guard.watch(102)
         self.guard.forget(101)
         self.guard.forget(999)
-        self.assertEqual(transport.written, b"+101\n+102\n-101\n")
+        self.assertEqual(transport.read(), b"+101\n+102\n-101\n")
+
+    def test_full_pipe_written_later(self) -> None:
+        """Lines that a full pipe cannot take are kept, in order, and written once the guard has read."""
+        self.guard.start()
+        transport = self.reactor.spawned[0][0]
+        count = 0
+        while not self.guard._unsent:
+            count += 1
+            self.guard.watch(count)
+        self.guard.forget(1)
+        written = transport.read()
+        while True:
+            more = transport.read()
+            if not more:
+                break
+            written += more
+        self.reactor.advance(0.01)
+        written += transport.read()
+        expected = b"".join(b"+%d\n" % n for n in range(1, count + 1)) + b"-1\n"
+        self.assertEqual(written, expected)
+        self.assertEqual(self.guard._unsent, b"")
 
     def test_guard_that_ends_is_replaced(self) -> None:
         """If the guard process ends while the node runs, the node says so and starts another, told of every group."""
@@ -216,15 +277,16 @@ class TaskGuardTests(TestCase):
         self.guard.watch(101)
         self.guard.watch(102)
         self.guard.forget(101)
+        self.assertEqual(first.read(), b"+101\n+102\n-101\n")
         with capturedLogs() as events:
             first.proto.processEnded(Failure(RuntimeError("killed")))
         self.assertEqual(len(self.reactor.spawned), 2)
-        self.assertEqual(self.reactor.spawned[1][0].written, b"+102\n")
+        second = self.reactor.spawned[1][0]
+        self.assertEqual(second.read(), b"+102\n")
         [event] = [e for e in events if "task guard ended" in e["log_format"]]
         self.assertEqual(event["count"], 1)
         self.guard.watch(103)
-        self.assertEqual(self.reactor.spawned[1][0].written, b"+102\n+103\n")
-        self.assertNotIn(b"103", first.written)
+        self.assertEqual((second.read(), first.read()), (b"+103\n", b""))
 
     def test_reap_logs_one_line_per_group(self) -> None:
         """A starting node kills its earlier run's live groups, one warning line for each, naming its command."""

@@ -22,6 +22,10 @@ log = NodeLogger()
 GUARDIAN_SCRIPT = os.path.abspath(guardian.__file__)
 """The guard process's script, run with C{python -I -S}."""
 
+_QUICK_DEATH = 1.0
+_MAX_QUICK_DEATHS = 3
+"""A guard that ends within L{_QUICK_DEATH} seconds of its start this many times in a row is not started again."""
+
 _RETRY = 0.01
 """Seconds before lines the guard's pipe could not take are written again."""
 
@@ -55,10 +59,13 @@ class TaskGuard:
         state_dir: str,
         grace: float,
         executable: str = sys.executable,
+        now: Callable[[], float] = time.monotonic,
     ) -> None:
         """
         @param grace: seconds between SIGTERM and SIGKILL when the guard
             stops the groups of a node that died.
+        @param now: a monotonic clock, to tell a guard that cannot run at
+            all (it ends at once, again and again) from one that was killed.
         """
         self._reactor = reactor
         self._node_name = node_name
@@ -69,6 +76,9 @@ class TaskGuard:
         self._pipe = -1
         self._unsent = b""
         self._watched: set[int] = set()
+        self._now = now
+        self._started_at = float("-inf")
+        self._quick_deaths = 0
 
     def start(self) -> None:
         """Kill what an earlier run of this node left running, then start the guard."""
@@ -135,6 +145,7 @@ class TaskGuard:
         # would add and remove the pipe from the reactor for every line,
         # which cost the node about 50 microseconds a task.
         os.set_blocking(write_end, False)
+        self._started_at = self._now()
         self._close_pipe()
         self._pipe = write_end
         if self._watched:
@@ -176,6 +187,18 @@ class TaskGuard:
             return
         self._process = None
         self._close_pipe()
+        if self._now() - self._started_at < _QUICK_DEATH:
+            self._quick_deaths += 1
+        else:
+            self._quick_deaths = 0
+        if self._quick_deaths >= _MAX_QUICK_DEATHS:
+            log.error(
+                "Node {name}: its task guard ended ({reason}) {count} times in a row within {seconds:g}s of its "
+                "start; not starting another: its tasks would outlive it if it died",
+                name=self._node_name, reason=reason.getErrorMessage(), count=self._quick_deaths,
+                seconds=_QUICK_DEATH,
+            )
+            return
         log.warn(
             "Node {name}: its task guard ended ({reason}); starting another, told of {count} running task "
             "process group(s)",

@@ -224,7 +224,7 @@ class TaskGuardTests(TestCase):
         os.makedirs(self.state_dir)
         self.reactor = FakeProcessReactor()
         self.addCleanup(self.reactor.close)
-        self.guard = TaskGuard(self.reactor, "w1", self.state_dir, 5.0, executable="/py")
+        self.guard = TaskGuard(self.reactor, "w1", self.state_dir, 5.0, executable="/py", now=self.reactor.seconds)
         self.addCleanup(self.guard._close_pipe)
 
     def test_start_spawns_guardian_with_a_pipe(self) -> None:
@@ -287,6 +287,25 @@ class TaskGuardTests(TestCase):
         self.assertEqual(event["count"], 1)
         self.guard.watch(103)
         self.assertEqual((second.read(), first.read()), (b"+103\n", b""))
+
+    def test_guard_that_cannot_run_is_given_up(self) -> None:
+        """
+        A guard that ends within a second of its start three times in a row
+        is not started again (one error line); one that ran for a while is
+        replaced however often it is killed.
+        """
+        self.guard.start()
+        with capturedLogs() as events:
+            for _ in range(3):
+                self.reactor.advance(5)
+                self.reactor.spawned[-1][0].proto.processEnded(Failure(RuntimeError("killed")))
+            self.assertEqual(len(self.reactor.spawned), 4)
+            for _ in range(3):
+                self.reactor.spawned[-1][0].proto.processEnded(Failure(RuntimeError("exit 1")))
+        self.assertEqual(len(self.reactor.spawned), 6)
+        errors = [e for e in events if "not starting another" in e["log_format"]]
+        self.assertEqual([e["count"] for e in errors], [3])
+        self.guard.watch(5)  # Nothing to write to, and nothing raised.
 
     def test_reap_logs_one_line_per_group(self) -> None:
         """A starting node kills its earlier run's live groups, one warning line for each, naming its command."""

@@ -27,7 +27,7 @@ from p2pexec.guard import TaskGuard
 from p2pexec.auth import KeyFileError, load_key
 from p2pexec.clock import use_monotonic_time
 from p2pexec.jobfile import JobFileError, load_job_file
-from p2pexec.journal import JournalError, default_state_dir
+from p2pexec.journal import JournalError, default_state_dir, open_journal
 from p2pexec.localtoken import LocalTokenError, load_or_create
 from p2pexec.log import LEVELS, NodeLogger, set_minimum_level
 from p2pexec.model import (
@@ -396,6 +396,12 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> IService:
         policy=options["command_policy"],
         guard=guard,
     )
+    # The journal first: a node that refuses its state directory (a damaged
+    # or foreign journal, one in use) leaves nothing new in it.
+    try:
+        journal = open_journal(config.state_dir, reactor)
+    except JournalError as e:
+        raise SystemExit(f"p2pexec: node {config.name} cannot start: {e}") from None
     if options["tls"]:
         from p2pexec.tls import TLSConfig, TLSError, load_operator_identity, load_or_create_identity
 
@@ -412,10 +418,7 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> IService:
             config = attr.evolve(config, local_token=load_or_create(config.state_dir))
         except LocalTokenError as e:
             raise SystemExit(f"p2pexec: node {config.name} cannot start: {e}") from None
-    try:
-        node = Node(config, reactor, executor)
-    except JournalError as e:
-        raise SystemExit(f"p2pexec: node {config.name} cannot start: {e}") from None
+    node = Node(config, reactor, executor, journal=journal)
     if options["exit-when-done"]:
         node.initial_job.addCallback(lambda _: reactor.callLater(0, reactor.stop))
     if running_for_real:

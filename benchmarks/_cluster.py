@@ -27,8 +27,8 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
-from typing import Callable, Iterator, Optional, Sequence
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CHECKOUT = os.path.dirname(HERE)
@@ -48,7 +48,7 @@ POLL = 0.005
 
 _clusters = itertools.count(1)
 
-STARTED_HOOKS: list[Callable[["Node"], None]] = []
+STARTED_HOOKS: list[Callable[[Node], None]] = []
 """Called with each node just after its process starts (benchmarks/profile.py attaches py-spy here)."""
 
 
@@ -107,7 +107,7 @@ class Node:
         """VmHWM (peak resident set) and VmRSS of the live process, in bytes."""
         return proc_memory(self.pid)
 
-    def cpu_seconds(self) -> Optional[float]:
+    def cpu_seconds(self) -> float | None:
         """User plus system CPU seconds the live process has used so far."""
         return proc_cpu_seconds(self.pid)
 
@@ -126,7 +126,7 @@ def proc_memory(pid: int) -> dict[str, int]:
     return found
 
 
-def proc_cpu_seconds(pid: int) -> Optional[float]:
+def proc_cpu_seconds(pid: int) -> float | None:
     """utime + stime of C{pid} from /proc/PID/stat, in seconds (None if it is gone)."""
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii") as f:
@@ -143,7 +143,7 @@ def start_node(
     options: Sequence[str],
     cluster: str,
     level: str = "info",
-    slots: Optional[int] = None,
+    slots: int | None = None,
     timestamps: bool = True,
     plugin: str = "p2pexec",
 ) -> Node:
@@ -164,9 +164,18 @@ def start_node(
         argv.append("--logger=p2pexec.log.observer")
     argv += [
         plugin,
-        "--name", name, "--port", "0", "--group", GROUP, "--cluster", cluster,
-        "--state-dir", os.path.join(folder, "state", name),
-        "--log-level", level,
+        "--name",
+        name,
+        "--port",
+        "0",
+        "--group",
+        GROUP,
+        "--cluster",
+        cluster,
+        "--state-dir",
+        os.path.join(folder, "state", name),
+        "--log-level",
+        level,
     ]
     argv += list(options)
     if slots is not None:
@@ -279,7 +288,7 @@ def wait_listening(nodes: Sequence[Node], everyone: Sequence[Node], deadline: fl
 STAMP = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}[+-]\d{4}) ")
 
 
-def stamp_of(line: str) -> Optional[float]:
+def stamp_of(line: str) -> float | None:
     """The time (seconds since the epoch) of a C{p2pexec.log.observer} line, or None."""
     match = STAMP.match(line)
     if not match:
@@ -287,7 +296,7 @@ def stamp_of(line: str) -> Optional[float]:
     return datetime.strptime(match.group(1), "%Y-%m-%dT%H:%M:%S.%f%z").timestamp()
 
 
-def first_stamp(node: Node, pattern: str) -> Optional[float]:
+def first_stamp(node: Node, pattern: str) -> float | None:
     """The timestamp of the first line of C{node}'s log that matches C{pattern}."""
     compiled = re.compile(pattern)
     for line in node.lines():
@@ -303,7 +312,7 @@ def summary(values: Sequence[float], fmt: str) -> str:
     return f"{format(statistics.median(values), fmt)} ({format(min(values), fmt)}-{format(max(values), fmt)})"
 
 
-def median(values: Sequence[float]) -> Optional[float]:
+def median(values: Sequence[float]) -> float | None:
     """The median of C{values}, or None if there are none."""
     return statistics.median(values) if values else None
 
@@ -369,7 +378,7 @@ def loopback_only() -> bool:
     return interfaces() == ["lo"]
 
 
-def reexec_in_namespace(argv: Sequence[str]) -> Optional[int]:
+def reexec_in_namespace(argv: Sequence[str]) -> int | None:
     """
     Run C{argv} in a fresh network namespace whose only interface is
     loopback (C{unshare -n}, which needs root) and return its exit status;
@@ -385,9 +394,7 @@ def reexec_in_namespace(argv: Sequence[str]) -> Optional[int]:
     if probe.returncode != 0:
         return None
     env = dict(os.environ, **{NETNS_ENV: "1"})
-    child = subprocess.Popen(
-        [unshare, "-n", "sh", "-c", f'{ip} link set lo up && exec "$0" "$@"', *argv], env=env
-    )
+    child = subprocess.Popen([unshare, "-n", "sh", "-c", f'{ip} link set lo up && exec "$0" "$@"', *argv], env=env)
     try:
         return child.wait()
     except KeyboardInterrupt:
@@ -438,7 +445,7 @@ def heavy_lock(timeout: float, say: Callable[[str], None] = print) -> Iterator[N
         os.close(fd)
 
 
-def guarded_main(argv: Sequence[str], say: Callable[[str], None], require_netns: bool) -> Optional[int]:
+def guarded_main(argv: Sequence[str], say: Callable[[str], None], require_netns: bool) -> int | None:
     """
     Put the running script in a loopback-only network namespace: return
     None when it already is in one (go on), else the exit status of the
@@ -456,8 +463,7 @@ def guarded_main(argv: Sequence[str], say: Callable[[str], None], require_netns:
     if require_netns:
         say("cannot make a loopback-only network namespace (unshare -n needs root); refusing to run")
         return 2
-    say("note: no loopback-only network namespace (unshare -n needs root); running in the host's, "
-        "on 127.0.0.1 only")
+    say("note: no loopback-only network namespace (unshare -n needs root); running in the host's, on 127.0.0.1 only")
     return None
 
 

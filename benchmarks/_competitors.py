@@ -65,7 +65,8 @@ import sys
 import threading
 import time
 from collections import Counter
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 SIDE_COMMAND = 'echo "$P2PEXEC_TASK_ID" >> "$P2PEXEC_SIDE"; sleep 0.01'
 
@@ -87,9 +88,7 @@ def side_counts(path: str) -> Counter:
         return Counter(line.strip() for line in f if line.strip())
 
 
-def kill_when(
-    path: str, threshold: int, pick: Callable[[], list[int]], deadline: float, group: bool = False
-) -> dict:
+def kill_when(path: str, threshold: int, pick: Callable[[], list[int]], deadline: float, group: bool = False) -> dict:
     """
     In a thread: once C{path} has C{threshold} lines, SIGKILL the PIDs (or
     with C{group}, the process groups) that C{pick} names.  The returned
@@ -120,7 +119,7 @@ def kill_when(
     return outcome
 
 
-def w5_figures(side: str, ids: list[str], ok: set[str], took: float, outcome: Optional[dict]) -> dict:
+def w5_figures(side: str, ids: list[str], ok: set[str], took: float, outcome: dict | None) -> dict:
     """The figures of one W5 run: time taken, tasks lost, tasks run twice, and what was killed when."""
     runs = side_counts(side)
     return {
@@ -172,8 +171,13 @@ def dask_main(args: argparse.Namespace) -> None:
     from dask.distributed import Client, LocalCluster
 
     cluster = LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-        dashboard_address=None, silence_logs=logging.ERROR, local_directory=args.folder,
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address=None,
+        silence_logs=logging.ERROR,
+        local_directory=args.folder,
     )
     client = Client(cluster)
     try:
@@ -194,8 +198,13 @@ def dask_main(args: argparse.Namespace) -> None:
     if "W5" not in args.workloads:
         return
     cluster = LocalCluster(
-        n_workers=2, threads_per_worker=2, processes=True, host="127.0.0.1",
-        dashboard_address=None, silence_logs=logging.ERROR, local_directory=args.folder,
+        n_workers=2,
+        threads_per_worker=2,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address=None,
+        silence_logs=logging.ERROR,
+        local_directory=args.folder,
     )
     client = Client(cluster)
     try:
@@ -226,7 +235,10 @@ def ray_main(args: argparse.Namespace) -> None:
     import ray
 
     ray.init(
-        num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1",
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        _node_ip_address="127.0.0.1",
         logging_level="error",
     )
     try:
@@ -254,7 +266,8 @@ def ray_main(args: argparse.Namespace) -> None:
             def busy_workers() -> list[int]:
                 # A Ray worker process running a task is titled "ray::side_task".
                 busy = sorted(
-                    int(entry) for entry in os.listdir("/proc")
+                    int(entry)
+                    for entry in os.listdir("/proc")
                     if entry.isdigit() and cmdline(int(entry)).startswith("ray::side_task")
                 )
                 return busy[:2]
@@ -279,7 +292,7 @@ def ray_main(args: argparse.Namespace) -> None:
 
 # -- celery -----------------------------------------------------------------------
 
-CELERY_APP = '''
+CELERY_APP = """
 import os, subprocess
 from celery import Celery
 
@@ -312,7 +325,7 @@ def run_side(task_id, side):
     env = dict(os.environ, P2PEXEC_TASK_ID=task_id, P2PEXEC_SIDE=side)
     subprocess.run(["sh", "-c", SIDE_COMMAND], env=env, check=True)
     return task_id
-'''
+"""
 
 
 def celery_main(args: argparse.Namespace) -> None:
@@ -324,10 +337,28 @@ def celery_main(args: argparse.Namespace) -> None:
     def start_worker(name: str, **env: str) -> subprocess.Popen:
         celery = os.path.join(os.path.dirname(sys.executable), "celery")
         return subprocess.Popen(
-            [celery, "-A", "p2pexec_bench_app", "worker", "-c", "2", "-P", "prefork", "-l", "warning",
-             "--without-gossip", "--without-mingle", "--without-heartbeat", "-n", f"{name}@localhost"],
-            cwd=args.folder, env=dict(os.environ, PYTHONPATH=args.folder, **env), stdout=log,
-            stderr=subprocess.STDOUT, process_group=0,
+            [
+                celery,
+                "-A",
+                "p2pexec_bench_app",
+                "worker",
+                "-c",
+                "2",
+                "-P",
+                "prefork",
+                "-l",
+                "warning",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+                "-n",
+                f"{name}@localhost",
+            ],
+            cwd=args.folder,
+            env=dict(os.environ, PYTHONPATH=args.folder, **env),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            process_group=0,
         )
 
     def stop_workers(workers: list[subprocess.Popen]) -> None:
@@ -344,9 +375,8 @@ def celery_main(args: argparse.Namespace) -> None:
     workers = [start_worker("bench")]
     try:
         sys.path.insert(0, args.folder)
-        from celery.result import ResultSet
-
         import p2pexec_bench_app as bench
+        from celery.result import ResultSet
 
         bench.noop.delay(0).get(timeout=60)
         report("W3", first_result=time.time() - args.launched)
@@ -372,7 +402,8 @@ def celery_main(args: argparse.Namespace) -> None:
                 open(side, "w").close()
                 outcome = (
                     kill_when(side, int(args.w5 * 0.3), lambda: [workers[1].pid], time.monotonic() + 120, group=True)
-                    if kill else None
+                    if kill
+                    else None
                 )
                 started = time.monotonic()
                 result = ResultSet([bench.run_side.delay(i, side) for i in ids])

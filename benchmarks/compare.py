@@ -44,7 +44,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Optional
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -59,8 +58,8 @@ from _cluster import (  # noqa: E402
     kill_session,
     loopback_only,
     machine,
-    precompile,
     median,
+    precompile,
     reexec_in_namespace,
     summary,
 )
@@ -95,9 +94,9 @@ def _tail(text: str, lines: int = 4) -> str:
     return " | ".join(line.strip() for line in text.strip().splitlines()[-lines:])
 
 
-def install(systems: list[str], allow_install: bool) -> dict[str, Optional[str]]:
+def install(systems: list[str], allow_install: bool) -> dict[str, str | None]:
     """Make the comparison virtualenv and redis-server ready; return each system's problem, or None."""
-    problems: dict[str, Optional[str]] = {}
+    problems: dict[str, str | None] = {}
     if not os.path.exists(VENV_PYTHON):
         if not allow_install:
             return {s: f"{VENV} does not exist (run without --no-install)" for s in systems}
@@ -152,9 +151,22 @@ class Redis:
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.log = open(os.path.join(folder, "redis.log"), "wb")
         self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", folder],
-            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                folder,
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         deadline = time.monotonic() + 15
         while True:
@@ -188,14 +200,23 @@ class Redis:
         self.log.close()
 
 
-def run_competitor(system: str, folder: str, args: argparse.Namespace, redis: Optional[Redis]) -> tuple[dict, Optional[str]]:
+def run_competitor(system: str, folder: str, args: argparse.Namespace, redis: Redis | None) -> tuple[dict, str | None]:
     """One process of C{_competitors.py}: its figures by workload, and what went wrong, if anything."""
     os.makedirs(folder, exist_ok=True)
     if redis is not None:
         redis.flush()
     argv = [
-        VENV_PYTHON, os.path.join(HERE, "_competitors.py"), system, "--folder", folder,
-        "--w1", str(args.w1_tasks), "--w2", str(args.w2_tasks), "--w5", str(args.w5_tasks),
+        VENV_PYTHON,
+        os.path.join(HERE, "_competitors.py"),
+        system,
+        "--folder",
+        folder,
+        "--w1",
+        str(args.w1_tasks),
+        "--w2",
+        str(args.w2_tasks),
+        "--w5",
+        str(args.w5_tasks),
     ]
     if redis is not None:
         argv += ["--redis", redis.url]
@@ -205,7 +226,10 @@ def run_competitor(system: str, folder: str, args: argparse.Namespace, redis: Op
     with open(stderr_path, "wb") as err:
         launched = time.time()
         process = subprocess.Popen(
-            argv + ["--launched", repr(launched)], stdout=subprocess.PIPE, stderr=err, cwd=folder,
+            argv + ["--launched", repr(launched)],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            cwd=folder,
             start_new_session=True,
         )
         try:
@@ -261,15 +285,17 @@ ROWS = (
 )
 
 
-def table(measured: dict[str, list[dict]], problems: dict[str, Optional[str]], repeat: int) -> None:
+def table(measured: dict[str, list[dict]], problems: dict[str, str | None], repeat: int) -> None:
     """Print each system's figures and its ratios to p2pexec, then the problems and the quoted figures."""
     systems = [s for s in ("p2pexec", "xargs", *SYSTEMS) if s in measured]
     for runs in measured.values():
         for run in runs:
             if "W5" in run and "W5kill" in run:
                 run["W5ratio"] = {"ratio": run["W5kill"]["elapsed"] / run["W5"]["elapsed"]}
-    print(f"median (min-max) of {repeat} repetition(s); ratio = p2pexec / other, per repetition, then median "
-          f"(W1: above 1 = p2pexec faster; seconds: below 1 = p2pexec faster)")
+    print(
+        f"median (min-max) of {repeat} repetition(s); ratio = p2pexec / other, per repetition, then median "
+        f"(W1: above 1 = p2pexec faster; seconds: below 1 = p2pexec faster)"
+    )
     print()
     header = ["figure"] + systems[:1] + [f"{s}  [ratio]" for s in systems[1:]]
     body = []
@@ -310,8 +336,11 @@ def table(measured: dict[str, list[dict]], problems: dict[str, Optional[str]], r
     for system, problem in problems.items():
         if problem:
             print(f"{system}: NOT MEASURED: {problem}")
-    quoted = {"dask": ("W1", "tasks_per_s", "~950 no-op tasks/s"), "celery": ("W1", "tasks_per_s", "~720/s"),
-              "ray": ("W1", "tasks_per_s", "~1,975/s")}
+    quoted = {
+        "dask": ("W1", "tasks_per_s", "~950 no-op tasks/s"),
+        "celery": ("W1", "tasks_per_s", "~720/s"),
+        "ray": ("W1", "tasks_per_s", "~1,975/s"),
+    }
     for system, (workload, key, text) in quoted.items():
         values = [r[workload][key] for r in measured.get(system, []) if workload in r]
         if values:
@@ -324,7 +353,7 @@ def table(measured: dict[str, list[dict]], problems: dict[str, Optional[str]], r
 def inside(args: argparse.Namespace) -> int:
     """In the loopback-only namespace: measure p2pexec and the competitors, print the table; return the exit status."""
     with open(args.inside, encoding="utf-8") as f:
-        problems: dict[str, Optional[str]] = json.load(f)
+        problems: dict[str, str | None] = json.load(f)
     if not loopback_only():
         say("refusing to measure: not in a loopback-only network namespace")
         return 2
@@ -332,12 +361,14 @@ def inside(args: argparse.Namespace) -> int:
     top = tempfile.mkdtemp(prefix="p2pexec-compare-")
     systems = [s for s in args.systems if problems.get(s) is None]
     say(machine())
-    say(f"network: loopback-only namespace; systems: p2pexec, xargs, {', '.join(systems) or 'no other'}; "
-        f"{args.repeat} repetition(s)")
+    say(
+        f"network: loopback-only namespace; systems: p2pexec, xargs, {', '.join(systems) or 'no other'}; "
+        f"{args.repeat} repetition(s)"
+    )
     precompile()
     files = workloads.Files(top, args.w1_tasks, args.w2_tasks, args.w5_tasks)
     measured: dict[str, list[dict]] = {}
-    redis: Optional[Redis] = None
+    redis: Redis | None = None
     started = time.monotonic()
     status = 0
     try:
@@ -358,28 +389,37 @@ def inside(args: argparse.Namespace) -> int:
                     break
                 measured.setdefault("p2pexec", []).append(mine)
                 measured["xargs"] = measured.get("xargs", []) + [{"W2": mine["xargs"]}]
-                say(f"run {number}: p2pexec  W1 {mine['W1']['tasks_per_s']:,.0f}/s  W2 {mine['W2']['elapsed']:.3f}s "
+                say(
+                    f"run {number}: p2pexec  W1 {mine['W1']['tasks_per_s']:,.0f}/s  W2 {mine['W2']['elapsed']:.3f}s "
                     f"(xargs {mine['xargs']['elapsed']:.3f}s)  W3 {mine['W3']['first_result']:.2f}s  "
-                    f"W5 {mine['W5']['elapsed']:.2f}s / kill {mine['W5kill']['elapsed']:.2f}s")
+                    f"W5 {mine['W5']['elapsed']:.2f}s / kill {mine['W5kill']['elapsed']:.2f}s"
+                )
                 for system in list(systems):
                     t0 = time.monotonic()
                     figures, problem = run_competitor(system, os.path.join(top, f"{number}-{system}"), args, redis)
                     if figures:
                         measured.setdefault(system, []).append(figures)
                     parts = []
-                    for workload, key, fmt in (("W3", "first_result", ".2f"), ("W1", "tasks_per_s", ",.0f"),
-                                               ("W2", "elapsed", ".3f"), ("W5", "elapsed", ".2f"),
-                                               ("W5kill", "elapsed", ".2f")):
+                    for workload, key, fmt in (
+                        ("W3", "first_result", ".2f"),
+                        ("W1", "tasks_per_s", ",.0f"),
+                        ("W2", "elapsed", ".3f"),
+                        ("W5", "elapsed", ".2f"),
+                        ("W5kill", "elapsed", ".2f"),
+                    ):
                         if workload in figures:
                             parts.append(f"{workload} {format(figures[workload][key], fmt)}")
                     if "W5kill" in figures:
                         parts.append(f"lost {figures['W5kill']['lost']} run twice {figures['W5kill']['reruns']}")
-                    say(f"run {number}: {system:<8} {'  '.join(parts) or 'nothing measured'}  "
-                        f"({time.monotonic() - t0:.0f}s)")
+                    say(
+                        f"run {number}: {system:<8} {'  '.join(parts) or 'nothing measured'}  "
+                        f"({time.monotonic() - t0:.0f}s)"
+                    )
                     if problem:
                         say(f"run {number}: {system} FAILED: {problem} (logs: {top}/{number}-{system})")
                         problems[system] = f"run {number} {problem}" + (
-                            "; figures of the runs before are shown" if number > 1 or figures else "")
+                            "; figures of the runs before are shown" if number > 1 or figures else ""
+                        )
                         if not figures:
                             systems.remove(system)
     except KeyboardInterrupt:
@@ -392,12 +432,18 @@ def inside(args: argparse.Namespace) -> int:
     print(f"p2pexec side by side: {machine()}")
     table(measured, problems, args.repeat)
     print()
-    print("p2pexec: W1/W5 master (runs nothing) + 2 workers --slots 2; W2 one node --slots 2 running the job "
-          "itself; W3 3 nodes launched together.")
-    print("dask: LocalCluster 2 worker processes x 1 thread (W5: x 2 threads); ray: ray.init(num_cpus=2) (W5: "
-          "num_cpus=0.5 per task); celery: 1 worker -c 2 prefork (W5: 2 workers -c 2), Redis broker+backend.")
-    print("W5 kill: p2pexec a worker node, dask a worker process (its nanny restarts it), ray 2 busy worker "
-          "processes, celery one worker instance (visibility_timeout 5 s). See benchmarks/_competitors.py.")
+    print(
+        "p2pexec: W1/W5 master (runs nothing) + 2 workers --slots 2; W2 one node --slots 2 running the job "
+        "itself; W3 3 nodes launched together."
+    )
+    print(
+        "dask: LocalCluster 2 worker processes x 1 thread (W5: x 2 threads); ray: ray.init(num_cpus=2) (W5: "
+        "num_cpus=0.5 per task); celery: 1 worker -c 2 prefork (W5: 2 workers -c 2), Redis broker+backend."
+    )
+    print(
+        "W5 kill: p2pexec a worker node, dask a worker process (its nanny restarts it), ray 2 busy worker "
+        "processes, celery one worker instance (visibility_timeout 5 s). See benchmarks/_competitors.py."
+    )
     if args.keep or status != 0 or any(problems.values()):
         print(f"total {time.monotonic() - started:.0f}s; logs and files kept in {top}")
     else:
@@ -406,13 +452,17 @@ def inside(args: argparse.Namespace) -> int:
     return status
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """Parse the arguments, install what is missing, re-run in a loopback-only namespace; return the exit status."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip())
     parser.add_argument("--repeat", type=int, default=3, help="repetitions (default 3)")
     parser.add_argument("--systems", default=",".join(SYSTEMS), help="competitors (default dask,ray,celery)")
-    parser.add_argument("--system-timeout", type=float, default=300.0,
-                        help="seconds one competitor's repetition may take before it is killed (default 300)")
+    parser.add_argument(
+        "--system-timeout",
+        type=float,
+        default=300.0,
+        help="seconds one competitor's repetition may take before it is killed (default 300)",
+    )
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds one p2pexec run may take (default 120)")
     parser.add_argument("--w1-tasks", type=int, default=10_000)
     parser.add_argument("--w2-tasks", type=int, default=2_000)
@@ -441,8 +491,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     finally:
         os.unlink(state)
     if status is None:
-        say("cannot make a loopback-only network namespace (unshare -n, as root); refusing to run the "
-            "competitors outside one")
+        say(
+            "cannot make a loopback-only network namespace (unshare -n, as root); refusing to run the "
+            "competitors outside one"
+        )
         return 2
     return status
 

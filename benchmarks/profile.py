@@ -36,7 +36,6 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Optional
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -49,12 +48,26 @@ PY_SPY = os.path.join(os.path.dirname(sys.executable), "py-spy")
 
 def attach(pid: int, out: str, rate: int, stop: threading.Event) -> threading.Thread:
     """Keep trying to attach py-spy to C{pid} (it fails while the interpreter is not up yet)."""
+
     def run() -> None:
         while not stop.is_set():
             process = subprocess.Popen(
-                [PY_SPY, "record", "--pid", str(pid), "--format", "raw", "-o", out, "--rate", str(rate),
-                 "--nonblocking", "--gil"],
-                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                [
+                    PY_SPY,
+                    "record",
+                    "--pid",
+                    str(pid),
+                    "--format",
+                    "raw",
+                    "-o",
+                    out,
+                    "--rate",
+                    str(rate),
+                    "--nonblocking",
+                    "--gil",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
             )
             try:
                 _, err = process.communicate(timeout=600)
@@ -114,9 +127,18 @@ def hot_spots(path: str, top: int) -> str:
 
 
 GENERIC = {
-    "<module>", "run", "runApp", "ReactorBase.run", "ReactorBase.mainLoop", "EPollReactor.doPoll",
-    "callWithLogger", "callWithContext", "ThreadedContextTracker.callWithContext",
-    "ContextTracker.callWithContext", "_PollLikeMixin._doReadOrWrite", "ReactorBase.runUntilCurrent",
+    "<module>",
+    "run",
+    "runApp",
+    "ReactorBase.run",
+    "ReactorBase.mainLoop",
+    "EPollReactor.doPoll",
+    "callWithLogger",
+    "callWithContext",
+    "ThreadedContextTracker.callWithContext",
+    "ContextTracker.callWithContext",
+    "_PollLikeMixin._doReadOrWrite",
+    "ReactorBase.runUntilCurrent",
 }
 """Frames on (nearly) every stack of a running node: the twistd entry point and the reactor loop."""
 
@@ -179,23 +201,56 @@ def profile_startup(args: argparse.Namespace) -> int:
     folder = tempfile.mkdtemp(prefix="p2pexec-profile-run-")
     env = dict(os.environ, PYTHONPATH=CHECKOUT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     argv = [
-        PY_SPY, "record", "--format", "raw", "-o", path, "--rate", str(args.rate), "--",
-        TWISTD, "--pidfile=", "-n", "p2pexec", "--name", "w1", "--port", "0", "--group", _cluster.GROUP,
-        "--cluster", _cluster.fresh_cluster(), "--capabilities", "w", "--tasks", "w1", "--exit-when-done",
-        "--state-dir", os.path.join(folder, "state"),
+        PY_SPY,
+        "record",
+        "--format",
+        "raw",
+        "-o",
+        path,
+        "--rate",
+        str(args.rate),
+        "--",
+        TWISTD,
+        "--pidfile=",
+        "-n",
+        "p2pexec",
+        "--name",
+        "w1",
+        "--port",
+        "0",
+        "--group",
+        _cluster.GROUP,
+        "--cluster",
+        _cluster.fresh_cluster(),
+        "--capabilities",
+        "w",
+        "--tasks",
+        "w1",
+        "--exit-when-done",
+        "--state-dir",
+        os.path.join(folder, "state"),
     ]
     started = time.monotonic()
-    process = subprocess.run(argv, cwd=folder, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                             timeout=args.timeout, start_new_session=True)
-    print(f"profile: startup of one node (start, run one instruction, exit): "
-          f"{time.monotonic() - started:.2f}s under py-spy, status {process.returncode}")
+    process = subprocess.run(
+        argv,
+        cwd=folder,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        timeout=args.timeout,
+        start_new_session=True,
+    )
+    print(
+        f"profile: startup of one node (start, run one instruction, exit): "
+        f"{time.monotonic() - started:.2f}s under py-spy, status {process.returncode}"
+    )
     print(f"\n{path}")
     print(hot_spots(path, args.top))
     shutil.rmtree(folder, ignore_errors=True)
     return 0
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """Parse the arguments and profile the workload or the start-up under the guards; return the exit status."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip())
     parser.add_argument("workload", choices=("W1", "W2", "W5", "W5kill", "startup"))

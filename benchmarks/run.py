@@ -46,7 +46,7 @@ import signal
 import sys
 import tempfile
 import time
-from typing import Callable, Optional
+from collections.abc import Callable
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -59,9 +59,9 @@ from _cluster import (  # noqa: E402
     interrupt,
     loopback_only,
     machine,
+    median,
     precompile,
     speed_probe,
-    median,
     summary,
 )
 
@@ -109,66 +109,89 @@ class Suite:
         a, f, only = self.args, self.files, self.args.only
         if "W1" in only or "W4" in only:
             self._one(
-                "W1", number,
+                "W1",
+                number,
                 lambda d: workloads.w1(d, f.w1_job, a.w1_tasks, a.timeout),
-                lambda r: (f"{r['tasks_per_s']:>9,.0f} tasks/s  elapsed {r['elapsed']:.3f}s  "
-                           f"W4: master {r['master_hwm'] / MiB:.1f} MiB, worker {r['worker_hwm'] / MiB:.1f} MiB"),
+                lambda r: (
+                    f"{r['tasks_per_s']:>9,.0f} tasks/s  elapsed {r['elapsed']:.3f}s  "
+                    f"W4: master {r['master_hwm'] / MiB:.1f} MiB, worker {r['worker_hwm'] / MiB:.1f} MiB"
+                ),
             )
         if "SEC" in only:
             for mode in ("key", "tls"):
                 self._one(
-                    f"W1-{mode}", number,
+                    f"W1-{mode}",
+                    number,
                     lambda d, mode=mode: workloads.w1(d, f.w1_job, a.w1_tasks, a.timeout, security=mode),
                     lambda r, mode=mode: f"{r['tasks_per_s']:>9,.0f} tasks/s  elapsed {r['elapsed']:.3f}s  ({mode})",
                 )
         if "W2" in only:
             self._one(
-                "W2", number,
+                "W2",
+                number,
                 lambda d: workloads.w2(d, f.w2_job, f.w2_ids, a.w2_tasks, a.timeout, workers=0),
-                lambda r: (f"one node x 2 slots {r['elapsed']:.3f}s (from launch {r['launch']:.3f}s)  "
-                           f"xargs -P2 {r['xargs']:.3f}s  ratio {r['ratio']:.2f}  CPU {r['master_cpu']:.2f}s"),
+                lambda r: (
+                    f"one node x 2 slots {r['elapsed']:.3f}s (from launch {r['launch']:.3f}s)  "
+                    f"xargs -P2 {r['xargs']:.3f}s  ratio {r['ratio']:.2f}  CPU {r['master_cpu']:.2f}s"
+                ),
             )
             self._one(
-                "W2-network", number,
+                "W2-network",
+                number,
                 lambda d: workloads.w2(d, f.w2_job, f.w2_ids, a.w2_tasks, a.timeout, workers=1),
-                lambda r: (f"master + 1 worker x 2 slots {r['elapsed']:.3f}s  "
-                           f"xargs -P2 {r['xargs']:.3f}s  ratio {r['ratio']:.2f}  "
-                           f"CPU: master {r['master_cpu']:.2f}s, worker {r['worker_cpu']:.2f}s"),
+                lambda r: (
+                    f"master + 1 worker x 2 slots {r['elapsed']:.3f}s  "
+                    f"xargs -P2 {r['xargs']:.3f}s  ratio {r['ratio']:.2f}  "
+                    f"CPU: master {r['master_cpu']:.2f}s, worker {r['worker_cpu']:.2f}s"
+                ),
             )
             self._one(
-                "W2-cluster", number,
+                "W2-cluster",
+                number,
                 lambda d: workloads.w2(d, f.w2_job, f.w2_ids, a.w2_tasks, a.timeout, workers=2),
-                lambda r: (f"master + 2 workers x 2 slots {r['elapsed']:.3f}s  "
-                           f"xargs -P2 {r['xargs']:.3f}s  ratio {r['ratio']:.2f}"),
+                lambda r: (
+                    f"master + 2 workers x 2 slots {r['elapsed']:.3f}s  "
+                    f"xargs -P2 {r['xargs']:.3f}s  ratio {r['ratio']:.2f}"
+                ),
             )
         if "W3" in only:
             self._one(
-                "W3", number,
+                "W3",
+                number,
                 lambda d: workloads.w3(d, f.w3_job, a.timeout),
-                lambda r: (f"first result {r['first_result']:.3f}s after launch  "
-                           f"(master up {r['master_up']:.3f}s, master and a worker up {r['pair_up']:.3f}s, "
-                           f"first connection {r['first_connect']:.3f}s, last node up {r['last_up']:.3f}s)"),
+                lambda r: (
+                    f"first result {r['first_result']:.3f}s after launch  "
+                    f"(master up {r['master_up']:.3f}s, master and a worker up {r['pair_up']:.3f}s, "
+                    f"first connection {r['first_connect']:.3f}s, last node up {r['last_up']:.3f}s)"
+                ),
             )
             self._one(
-                "W3-floor", number,
+                "W3-floor",
+                number,
                 lambda d: workloads.w3_floor(d, a.timeout),
-                lambda r: (f"3 bare twistd nodes: two up {r['two_up']:.3f}s after launch, "
-                           f"all three {r['all_up']:.3f}s  (W3 start-up / floor "
-                           f"{self.runs['W3'][-1]['pair_up'] / r['two_up']:.2f})"),
+                lambda r: (
+                    f"3 bare twistd nodes: two up {r['two_up']:.3f}s after launch, "
+                    f"all three {r['all_up']:.3f}s  (W3 start-up / floor "
+                    f"{self.runs['W3'][-1]['pair_up'] / r['two_up']:.2f})"
+                ),
             )
         if "W5" in only:
             self._one(
-                "W5", number,
+                "W5",
+                number,
                 lambda d: workloads.w5(d, f.w5_job, f.side, a.w5_tasks, False, a.timeout),
                 lambda r: f"no kill: {r['elapsed']:.3f}s  lost {r['lost']}  run twice {r['reruns']}",
             )
             self._one(
-                "W5kill", number,
+                "W5kill",
+                number,
                 lambda d: workloads.w5(d, f.w5_job, f.side, a.w5_tasks, True, a.timeout),
-                lambda r: (f"kill at {r['killed_at']} started: {r['elapsed']:.3f}s  lost {r['lost']}  "
-                           f"requeued {r['requeue_delay'] * 1000:.1f} ms after the kill  "
-                           f"run twice {r['reruns']}  handed out again {r['reassigned']}  "
-                           f"ratio {r['elapsed'] / self.runs['W5'][-1]['elapsed']:.2f}"),
+                lambda r: (
+                    f"kill at {r['killed_at']} started: {r['elapsed']:.3f}s  lost {r['lost']}  "
+                    f"requeued {r['requeue_delay'] * 1000:.1f} ms after the kill  "
+                    f"run twice {r['reruns']}  handed out again {r['reassigned']}  "
+                    f"ratio {r['elapsed'] / self.runs['W5'][-1]['elapsed']:.2f}"
+                ),
             )
 
     # -- the table ----------------------------------------------------------------
@@ -178,8 +201,15 @@ class Suite:
         rows: list[tuple[str, str, str, str, str]] = []
         a = self.args
 
-        def add(workload: str, label: str, values: list[float], fmt: str, target: str = "",
-                ok: Optional[Callable[[float], bool]] = None, judge: Optional[float] = None) -> None:
+        def add(
+            workload: str,
+            label: str,
+            values: list[float],
+            fmt: str,
+            target: str = "",
+            ok: Callable[[float], bool] | None = None,
+            judge: float | None = None,
+        ) -> None:
             verdict = ""
             if ok is not None and values:
                 value = median(values) if judge is None else judge
@@ -189,22 +219,42 @@ class Suite:
         w1 = self.runs.get("W1", [])
         if w1 and "W1" in a.only:
             target = 10 * DASK_REFERENCE
-            add("W1", f"tasks/s, {a.w1_tasks:,} no-op tasks", [r["tasks_per_s"] for r in w1], ",.0f",
-                f">= {target:,.0f} (10x Dask's {DASK_REFERENCE:,.0f}/s)", lambda v: v >= target)
+            add(
+                "W1",
+                f"tasks/s, {a.w1_tasks:,} no-op tasks",
+                [r["tasks_per_s"] for r in w1],
+                ",.0f",
+                f">= {target:,.0f} (10x Dask's {DASK_REFERENCE:,.0f}/s)",
+                lambda v: v >= target,
+            )
             add("W1", "elapsed s", [r["elapsed"] for r in w1], ".3f")
         if w1 and "W4" in a.only:
-            add("W4", "master peak RSS (VmHWM) MiB", [r["master_hwm"] / MiB for r in w1], ".1f", "< 50",
-                lambda v: v < 50)
-            add("W4", "worker peak RSS (VmHWM) MiB", [r["worker_hwm"] / MiB for r in w1], ".1f", "< 40",
-                lambda v: v < 40)
+            add(
+                "W4",
+                "master peak RSS (VmHWM) MiB",
+                [r["master_hwm"] / MiB for r in w1],
+                ".1f",
+                "< 50",
+                lambda v: v < 50,
+            )
+            add(
+                "W4",
+                "worker peak RSS (VmHWM) MiB",
+                [r["worker_hwm"] / MiB for r in w1],
+                ".1f",
+                "< 40",
+                lambda v: v < 40,
+            )
         plain = self.runs.get("W1", [])
         for mode, label in (("key", "cluster key"), ("tls", "cluster key + TLS")):
             secured = self.runs.get(f"W1-{mode}", [])
             if secured and plain:
                 add("SEC", f"W1 tasks/s with {label}", [r["tasks_per_s"] for r in secured], ",.0f")
                 add(
-                    "SEC", f"  ratio {label} / plain (same repetition)",
-                    [s["tasks_per_s"] / p["tasks_per_s"] for s, p in zip(secured, plain)], ".2f",
+                    "SEC",
+                    f"  ratio {label} / plain (same repetition)",
+                    [s["tasks_per_s"] / p["tasks_per_s"] for s, p in zip(secured, plain)],
+                    ".2f",
                 )
         w2 = self.runs.get("W2", [])
         if w2:
@@ -225,30 +275,60 @@ class Suite:
             add("W2", "ratio W1 cluster / xargs -P2", [r["ratio"] for r in w2c], ".2f")
         w3 = self.runs.get("W3", [])
         if w3:
-            add("W3", "launch -> first result s", [r["first_result"] for r in w3], ".3f", "< 0.4",
-                lambda v: v < 0.4)
+            add("W3", "launch -> first result s", [r["first_result"] for r in w3], ".3f", "< 0.4", lambda v: v < 0.4)
             add("W3", "  start-up: launch -> master and a worker up s", [r["pair_up"] for r in w3], ".3f")
-            add("W3", "  discovery: both up -> first connection s", [r["first_connect"] - r["pair_up"] for r in w3],
-                ".3f")
-            add("W3", "  first connection -> first result s", [r["first_result"] - r["first_connect"] for r in w3],
-                ".3f")
+            add(
+                "W3",
+                "  discovery: both up -> first connection s",
+                [r["first_connect"] - r["pair_up"] for r in w3],
+                ".3f",
+            )
+            add(
+                "W3",
+                "  first connection -> first result s",
+                [r["first_result"] - r["first_connect"] for r in w3],
+                ".3f",
+            )
         floor = self.runs.get("W3-floor", [])
         if w3 and floor:
             add("W3", "floor: 3 bare twistd nodes, launch -> two up s", [r["two_up"] for r in floor], ".3f")
-            add("W3", "  W3 start-up / floor (same repetition)",
-                [w["pair_up"] / f["two_up"] for w, f in zip(w3, floor)], ".2f")
+            add(
+                "W3",
+                "  W3 start-up / floor (same repetition)",
+                [w["pair_up"] / f["two_up"] for w, f in zip(w3, floor)],
+                ".2f",
+            )
         w5, w5k = self.runs.get("W5", []), self.runs.get("W5kill", [])
         if w5 and w5k:
             add("W5", f"no kill s, {a.w5_tasks:,} x sleep 0.01", [r["elapsed"] for r in w5], ".3f")
             add("W5", "one worker SIGKILLed at 30% s", [r["elapsed"] for r in w5k], ".3f")
-            add("W5", "ratio kill / no kill", [k["elapsed"] / b["elapsed"] for k, b in zip(w5k, w5)], ".2f",
-                "<= 1.3", lambda v: v <= 1.3)
-            add("W5", "tasks lost (kill)", [r["lost"] for r in w5k], "d", "0 in every run",
-                lambda v: v == 0, judge=max(r["lost"] for r in w5k + w5))
+            add(
+                "W5",
+                "ratio kill / no kill",
+                [k["elapsed"] / b["elapsed"] for k, b in zip(w5k, w5)],
+                ".2f",
+                "<= 1.3",
+                lambda v: v <= 1.3,
+            )
+            add(
+                "W5",
+                "tasks lost (kill)",
+                [r["lost"] for r in w5k],
+                "d",
+                "0 in every run",
+                lambda v: v == 0,
+                judge=max(r["lost"] for r in w5k + w5),
+            )
             slots = workloads.SLOTS
-            add("W5", "tasks run twice (kill)", [r["reruns"] for r in w5k], "d",
-                f"<= {slots} (the worker's slots) in every run", lambda v: v <= slots,
-                judge=max(r["reruns"] for r in w5k))
+            add(
+                "W5",
+                "tasks run twice (kill)",
+                [r["reruns"] for r in w5k],
+                "d",
+                f"<= {slots} (the worker's slots) in every run",
+                lambda v: v <= slots,
+                judge=max(r["reruns"] for r in w5k),
+            )
             add("W5", "tasks handed out again (kill)", [r["reassigned"] for r in w5k], "d")
         return rows
 
@@ -264,12 +344,13 @@ def print_table(rows: list[tuple[str, str, str, str, str]]) -> None:
         print(line.format(*row).rstrip())
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """Parse the arguments, run the suite under the guards and print its table; return the exit status."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip())
     parser.add_argument("--repeat", type=int, default=3, help="repetitions of each workload (default 3)")
     parser.add_argument(
-        "--only", default=",".join(DEFAULT_WORKLOADS),
+        "--only",
+        default=",".join(DEFAULT_WORKLOADS),
         help="workloads to run (default W1,W2,W3,W4,W5; SEC adds W1 with a cluster key and with TLS, and needs W1)",
     )
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds after which a run fails (default 120)")
@@ -290,8 +371,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     signal.signal(signal.SIGTERM, interrupt)
     top = tempfile.mkdtemp(prefix="p2pexec-bench-")
     say(machine())
-    say(f"network: {'a loopback-only namespace' if loopback_only() else 'the host namespace, 127.0.0.1 only'}; "
-        f"every node --slots {workloads.SLOTS}; {args.repeat} repetition(s) of {','.join(sorted(args.only))}")
+    say(
+        f"network: {'a loopback-only namespace' if loopback_only() else 'the host namespace, 127.0.0.1 only'}; "
+        f"every node --slots {workloads.SLOTS}; {args.repeat} repetition(s) of {','.join(sorted(args.only))}"
+    )
     started = time.monotonic()
     precompile()
     suite = Suite(args, top)
@@ -309,15 +392,21 @@ def main(argv: Optional[list[str]] = None) -> int:
     speed_after = speed_probe()
     print()
     print(f"p2pexec benchmark suite: median (min-max) of {args.repeat} run(s); {machine()}")
-    print(f"host speed: a fixed Python loop took {speed_before:.0f} ms of CPU before the runs and "
-          f"{speed_after:.0f} ms after (lower is faster; see _cluster.speed_probe)")
+    print(
+        f"host speed: a fixed Python loop took {speed_before:.0f} ms of CPU before the runs and "
+        f"{speed_after:.0f} ms after (lower is faster; see _cluster.speed_probe)"
+    )
     print()
     print_table(suite.rows())
     print()
-    print("W1/W4/W5: master runs no task kind + 2 workers (--slots 2); W2: one node (--slots 2) runs the job "
-          "itself, i.e. 2 tasks at a time, like xargs -P2;")
-    print("W3: master + 2 workers launched together; W4 read in the W1 runs. Details: benchmarks/workloads.py, "
-          "docs/performance.rst.")
+    print(
+        "W1/W4/W5: master runs no task kind + 2 workers (--slots 2); W2: one node (--slots 2) runs the job "
+        "itself, i.e. 2 tasks at a time, like xargs -P2;"
+    )
+    print(
+        "W3: master + 2 workers launched together; W4 read in the W1 runs. Details: benchmarks/workloads.py, "
+        "docs/performance.rst."
+    )
     print(f"total {time.monotonic() - started:.0f}s")
     if args.keep:
         print(f"logs: {top}")

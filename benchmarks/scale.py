@@ -75,8 +75,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any, Callable, Optional, Sequence
+from typing import Any
 
 import _cluster
 
@@ -129,7 +130,10 @@ def code_version() -> str:
             ["git", "-C", CHECKOUT, "log", "-1", "--format=%h %ci"], capture_output=True, text=True, timeout=10
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "-C", CHECKOUT, "status", "--porcelain", "--", "p2pexec"], capture_output=True, text=True, timeout=10
+            ["git", "-C", CHECKOUT, "status", "--porcelain", "--", "p2pexec"],
+            capture_output=True,
+            text=True,
+            timeout=10,
         ).stdout.strip()
     except (OSError, subprocess.TimeoutExpired):
         return "unknown (no git)"
@@ -150,17 +154,29 @@ class Node(_cluster.Node):
 
     def __init__(self, name: str, process: subprocess.Popen, log_path: str) -> None:
         super().__init__(name, process, log_path)
-        self.port: Optional[int] = None
-        self.lines_before_stop: Optional[int] = None
+        self.port: int | None = None
+        self.lines_before_stop: int | None = None
 
 
 def start_node(folder: str, name: str, options: Sequence[str], cluster: str, group: str) -> Node:
     """Start one twistd p2pexec node named C{name}, logging into C{folder}, in a session of its own."""
     log_path = os.path.join(folder, f"{name}.log")
     argv = [
-        TWISTD, "--pidfile=", "-n", "--logger=p2pexec.log.observer",
-        "p2pexec", "--name", name, "--port", "0", "--group", group, "--cluster", cluster,
-        "--state-dir", os.path.join(folder, "state", name),
+        TWISTD,
+        "--pidfile=",
+        "-n",
+        "--logger=p2pexec.log.observer",
+        "p2pexec",
+        "--name",
+        name,
+        "--port",
+        "0",
+        "--group",
+        group,
+        "--cluster",
+        cluster,
+        "--state-dir",
+        os.path.join(folder, "state", name),
         *options,
     ]
     env = dict(os.environ, PYTHONPATH=CHECKOUT + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -168,8 +184,13 @@ def start_node(folder: str, name: str, options: Sequence[str], cluster: str, gro
         # A session of its own: a Ctrl-C in the terminal reaches this script
         # only, which then stops every node by PID.
         process = subprocess.Popen(
-            argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            cwd=folder, env=env, start_new_session=True,
+            argv,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=folder,
+            env=env,
+            start_new_session=True,
         )
     return Node(name, process, log_path)
 
@@ -208,8 +229,7 @@ def check_alive(nodes: Sequence[Node], what: str) -> None:
     for node in nodes:
         if node.process.poll() is not None:
             raise RunFailed(
-                f"{node.name} exited with status {node.process.returncode} while {what}; "
-                f"its log ends:\n{node.tail()}"
+                f"{node.name} exited with status {node.process.returncode} while {what}; its log ends:\n{node.tail()}"
             )
 
 
@@ -281,13 +301,11 @@ def mesh_bytes(listen_ports: set[int]) -> tuple[int, int]:
     accepting end, so each connection is counted once, both directions.
     """
     try:
-        out = subprocess.run(
-            ["ss", "-tinH", "state", "established"], capture_output=True, text=True, timeout=30
-        ).stdout
+        out = subprocess.run(["ss", "-tinH", "state", "established"], capture_output=True, text=True, timeout=30).stdout
     except (OSError, subprocess.TimeoutExpired):
         return 0, 0
     connections = total = 0
-    current_port: Optional[int] = None
+    current_port: int | None = None
     for line in out.splitlines():
         if not line.startswith((" ", "\t")):
             fields = line.split()
@@ -340,7 +358,7 @@ class GroupListener:
         while not self._stop.is_set():
             try:
                 data, _ = self.sock.recvfrom(65536)
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:
                 return
@@ -358,7 +376,7 @@ class GroupListener:
         self._thread.join(5)
         self.sock.close()
 
-    def dropped(self) -> Optional[int]:
+    def dropped(self) -> int | None:
         """Datagrams the kernel dropped on this socket (from /proc/net/udp), if it can be found."""
         try:
             inode = os.fstat(self.sock.fileno()).st_ino
@@ -394,7 +412,7 @@ CONNECTED = re.compile(r"Node (\S+) connected to peer (\S+)")
 LOST = re.compile(r"Node (\S+) lost its connection to peer (\S+)")
 
 
-def stamp_of(line: str) -> Optional[float]:
+def stamp_of(line: str) -> float | None:
     """The timestamp of a log line, in seconds since the epoch, or None if it has none."""
     match = STAMP.match(line)
     if not match:
@@ -449,10 +467,7 @@ def stats(values: Sequence[float], fmt: str) -> str:
     if not values:
         return "-"
     middle = statistics.median_low(values) if fmt == "d" else statistics.median(values)
-    return (
-        f"min {format(min(values), fmt)} / median {format(middle, fmt)} / "
-        f"max {format(max(values), fmt)}"
-    )
+    return f"min {format(min(values), fmt)} / median {format(middle, fmt)} / max {format(max(values), fmt)}"
 
 
 def mib(value: float) -> float:
@@ -488,8 +503,10 @@ def formation(folder: str, count: int, timeout: float, quiet: float, group: tupl
         for name in names:
             nodes.append(start_node(folder, name, ["--slots", "1"], cluster, group_text))
         spawned = time.time() - t0
-        say(f"scale: {count} nodes spawned in {spawned:.2f}s (cluster {cluster}, group {group_text}); "
-            f"waiting for every node to discover and connect to the {count - 1} others")
+        say(
+            f"scale: {count} nodes spawned in {spawned:.2f}s (cluster {cluster}, group {group_text}); "
+            f"waiting for every node to discover and connect to the {count - 1} others"
+        )
         started_at: dict[str, float] = {}
         discovered: dict[str, set[str]] = {name: set() for name in names}
         connected: dict[str, set[str]] = {name: set() for name in names}
@@ -632,33 +649,47 @@ def report_formation(count: int, f: dict) -> None:
     say(f"  'lost its connection' lines during formation: {f['lost_during_formation']}")
     say(f"  listen queue overflows during formation (TcpExt, this namespace): {f.get('listen_overflows')}")
     formation_seconds = f["connected"]
-    say(f"  datagrams during formation ({formation_seconds:.1f} s): "
+    say(
+        f"  datagrams during formation ({formation_seconds:.1f} s): "
         + ", ".join(f"{k} {v} ({v / formation_seconds:.1f}/s)" for k, v in sorted(f["datagrams_formation"].items()))
-        + f"; {f['datagram_bytes_formation'] / formation_seconds / 1024:.1f} KiB/s")
+        + f"; {f['datagram_bytes_formation'] / formation_seconds / 1024:.1f} KiB/s"
+    )
     q = f["quiet"]
-    say(f"  datagrams while idle ({q:.1f} s):       "
+    say(
+        f"  datagrams while idle ({q:.1f} s):       "
         + ", ".join(f"{k} {v} ({v / q:.1f}/s)" for k, v in sorted(f["datagrams_quiet"].items()))
-        + f"; {f['datagram_bytes_quiet'] / q / 1024:.1f} KiB/s (each node receives every one)")
+        + f"; {f['datagram_bytes_quiet'] / q / 1024:.1f} KiB/s (each node receives every one)"
+    )
     say(f"  datagrams the passive listener's socket dropped: {f['listener_drops']}")
     say("  datagrams per 10 s since the first spawn:")
     for start, counts, width in f["datagram_buckets"]:
         say(f"    t+{start:5.0f}s  " + ", ".join(f"{k} {v / width:.1f}/s" for k, v in sorted(counts.items())))
-    say(f"  VmRSS after formation (MiB): {stats([mib(v) for v in f['rss']], '.1f')}; "
-        f"sum {mib(sum(f['rss'])) / 1024:.2f} GiB")
+    say(
+        f"  VmRSS after formation (MiB): {stats([mib(v) for v in f['rss']], '.1f')}; "
+        f"sum {mib(sum(f['rss'])) / 1024:.2f} GiB"
+    )
     say(f"  VmHWM after formation (MiB): {stats([mib(v) for v in f['hwm']], '.1f')}")
     say(f"  VmRSS after idling (MiB):    {stats([mib(v) for v in f['memory_end']], '.1f')}")
     say(f"  ESTABLISHED TCP sockets per node: {stats(f['tcp_per_node'], 'd')} (full mesh: {count - 1})")
     say(f"  open descriptors per node:        {stats(f['fds_per_node'], 'd')}")
-    say(f"  TCP connections between nodes:    {f['mesh_connections']} (/proc/net/tcp), "
-        f"{f['ss_connections']} (ss); a full mesh has {pairs}")
-    say(f"  mesh TCP bytes while idle:        {f['mesh_bytes_idle'] / q / 1024:.1f} KiB/s in all, "
-        f"{f['mesh_bytes_idle'] / q / count:.0f} B/s per node")
-    say(f"  CPU s per node from start to formation: {stats(f['cpu_formation'], '.2f')}; "
-        f"sum {sum(f['cpu_formation']):.1f} s")
+    say(
+        f"  TCP connections between nodes:    {f['mesh_connections']} (/proc/net/tcp), "
+        f"{f['ss_connections']} (ss); a full mesh has {pairs}"
+    )
+    say(
+        f"  mesh TCP bytes while idle:        {f['mesh_bytes_idle'] / q / 1024:.1f} KiB/s in all, "
+        f"{f['mesh_bytes_idle'] / q / count:.0f} B/s per node"
+    )
+    say(
+        f"  CPU s per node from start to formation: {stats(f['cpu_formation'], '.2f')}; "
+        f"sum {sum(f['cpu_formation']):.1f} s"
+    )
     idle = f["cpu_idle"]
-    say(f"  CPU s per node while idle ({q:.0f} s):      {stats(idle, '.3f')}; "
+    say(
+        f"  CPU s per node while idle ({q:.0f} s):      {stats(idle, '.3f')}; "
         f"mean {statistics.mean(idle) / q * 100:.2f}% of a core per node, "
-        f"{sum(idle) / q * 100:.1f}% of a core for all {count}")
+        f"{sum(idle) / q * 100:.1f}% of a core for all {count}"
+    )
     if len(f["idle_windows"]) > 1:
         say("  idle windows (start after the first spawn, length): CPU per node, datagrams")
         for start, width, cpu, counts in f["idle_windows"]:
@@ -668,8 +699,10 @@ def report_formation(count: int, f: dict) -> None:
                 + ", ".join(f"{k} {v / width:.1f}/s" for k, v in sorted(counts.items()))
             )
     say(f"  log lines written: {f['log_lines']}")
-    say(f"  stopping all nodes (SIGTERM, wait for exits): {f['stop_seconds']:.1f} s; "
-        f"complaints: {len(f['stop_complaints'])}")
+    say(
+        f"  stopping all nodes (SIGTERM, wait for exits): {f['stop_seconds']:.1f} s; "
+        f"complaints: {len(f['stop_complaints'])}"
+    )
     for complaint in f["stop_complaints"][:10]:
         say(f"    {complaint}")
     print_problems(f["problems"], say)
@@ -685,8 +718,7 @@ def write_job(path: str, count: int) -> None:
             f.write(f'[[task]]\nid = "{KIND}{number}"\nkind = "{KIND}"\n\n')
 
 
-def job(folder: str, tasks: int, timeout: float, group: tuple[str, int], cluster: str,
-        slots: Optional[int]) -> dict:
+def job(folder: str, tasks: int, timeout: float, group: tuple[str, int], cluster: str, slots: int | None) -> dict:
     """Run a job of C{tasks} tasks on a master and four workers, stop them; return the figures."""
     group_text = "%s:%d" % group
     job_path = os.path.join(folder, "job.toml")
@@ -710,9 +742,11 @@ def job(folder: str, tasks: int, timeout: float, group: tuple[str, int], cluster
                 time.sleep(0.05)
         master_started = time.monotonic()
         master = start_node(
-            folder, "master",
+            folder,
+            "master",
             ["--capabilities", "none-of-these", "--job", job_path, "--results", results_path, *slot_options],
-            cluster, group_text,
+            cluster,
+            group_text,
         )
         nodes.append(master)
         while not os.path.exists(results_path):
@@ -747,20 +781,28 @@ def job(folder: str, tasks: int, timeout: float, group: tuple[str, int], cluster
     return figures
 
 
-def report_job(tasks: int, slots: Optional[int], f: dict) -> None:
+def report_job(tasks: int, slots: int | None, f: dict) -> None:
     """Print the figures of L{job}."""
     say()
-    say(f"== a job of {tasks} no-command tasks: 1 master (runs nothing) + 4 workers, "
-        f"{'--slots ' + str(slots) if slots else 'default --slots (' + str(os.cpu_count()) + ')'} ==")
+    say(
+        f"== a job of {tasks} no-command tasks: 1 master (runs nothing) + 4 workers, "
+        f"{'--slots ' + str(slots) if slots else 'default --slots (' + str(os.cpu_count()) + ')'} =="
+    )
     say(f"  elapsed (master's results file)  {f['elapsed']:8.3f} s  ->  {tasks / f['elapsed']:,.0f} tasks/s")
     say(f"  wall, master start to results    {f['wall']:8.3f} s  (includes parsing the job file and start-up)")
     if f.get("master_startup") is not None:
-        say(f"  master: from its first log line (the job file is parsed before it) to 'is master of job': {f['master_startup']:.3f} s")
+        say(
+            f"  master: from its first log line (the job file is parsed before it) to 'is master of job': {f['master_startup']:.3f} s"
+        )
     mm = f["master_memory"]
-    say(f"  master VmHWM {mib(mm.get('VmHWM', 0)):.1f} MiB, VmRSS at the end {mib(mm.get('VmRSS', 0)):.1f} MiB, "
-        f"CPU {f['master_cpu']:.2f} s")
-    say(f"  workers VmHWM (MiB): {stats([mib(m.get('VmHWM', 0)) for m in f['worker_memory']], '.1f')}; "
-        f"CPU s: {stats(f['worker_cpu'], '.2f')}")
+    say(
+        f"  master VmHWM {mib(mm.get('VmHWM', 0)):.1f} MiB, VmRSS at the end {mib(mm.get('VmRSS', 0)):.1f} MiB, "
+        f"CPU {f['master_cpu']:.2f} s"
+    )
+    say(
+        f"  workers VmHWM (MiB): {stats([mib(m.get('VmHWM', 0)) for m in f['worker_memory']], '.1f')}; "
+        f"CPU s: {stats(f['worker_cpu'], '.2f')}"
+    )
     say(f"  stale results dropped: {f['stale']}")
     say(f"  stopping: {f['stop_seconds']:.1f} s; complaints: {f['stop_complaints'] or 'none'}")
     print_problems(f["problems"], say)
@@ -809,8 +851,15 @@ def micro(sizes: Sequence[int], say: Callable[[str], None] = say) -> dict:
         reactor = MemoryReactorClock()
         node = Node(NodeConfig(name="n000", cluster="micro", capabilities=frozenset({"n"})), reactor, NoRunner())
         peers = [
-            NodeInfo(name=f"n{k:03d}", instance=os.urandom(8).hex(), host="127.0.0.1", port=30000 + k,
-                     capabilities=("n",), slots=1, cluster="micro")
+            NodeInfo(
+                name=f"n{k:03d}",
+                instance=os.urandom(8).hex(),
+                host="127.0.0.1",
+                port=30000 + k,
+                capabilities=("n",),
+                slots=1,
+                cluster="micro",
+            )
             for k in range(1, size)
         ]
         for info in peers:
@@ -836,7 +885,10 @@ def micro(sizes: Sequence[int], say: Callable[[str], None] = say) -> dict:
             node._check_liveness()
         per_check = (time.process_time() - started) / checks
         figures[size] = {
-            "hello": per_hello, "exchange_half": per_half, "exchange_bytes": len(encoded), "liveness": per_check,
+            "hello": per_hello,
+            "exchange_half": per_half,
+            "exchange_bytes": len(encoded),
+            "liveness": per_check,
         }
         # Per node and second, idle: the group's datagrams at the steady rate
         # (see the analysis in docs/performance.rst) are all received by every
@@ -890,7 +942,7 @@ def lock_held_by_ancestor() -> bool:
     return False
 
 
-def take_lock(wait: float) -> Optional[int]:
+def take_lock(wait: float) -> int | None:
     """Take L{LOCK_PATH} (waiting at most C{wait} seconds); return its descriptor."""
     fd = os.open(LOCK_PATH, os.O_RDWR | os.O_CREAT, 0o666)
     deadline = time.monotonic() + wait
@@ -917,7 +969,7 @@ def only_loopback() -> bool:
         return [line.partition(":")[0].strip() for line in f.readlines()[2:]] == ["lo"]
 
 
-def rerun_in_namespace(argv: Sequence[str]) -> Optional[int]:
+def rerun_in_namespace(argv: Sequence[str]) -> int | None:
     """Re-run this script in a new network namespace with only C{lo}; None if that cannot be done."""
     unshare, ip = shutil.which("unshare"), shutil.which("ip")
     if unshare is None or ip is None or os.geteuid() != 0:
@@ -958,16 +1010,21 @@ def raise_file_limit(needed: int) -> None:
 # -- main ----------------------------------------------------------------------------
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """Parse the arguments; run the micro-benchmark, or the formation and the job under the guards; return the status."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip())
     parser.add_argument("--nodes", type=int, default=100, help="nodes to form a cluster of (default 100)")
     parser.add_argument("--tasks", type=int, default=100_000, help="tasks in the job (default 100000)")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds after which a phase fails (default 600)")
-    parser.add_argument("--quiet", type=float, default=30.0, help="seconds of idle measured after formation (default 30)")
+    parser.add_argument(
+        "--quiet", type=float, default=30.0, help="seconds of idle measured after formation (default 30)"
+    )
     parser.add_argument("--job-slots", type=int, default=None, help="--slots of the job's nodes (default: theirs)")
     parser.add_argument(
-        "--micro", type=str, default=None, metavar="N,N,...",
+        "--micro",
+        type=str,
+        default=None,
+        metavar="N,N,...",
         help="only measure, in-process, the cost of one HELLO and one PEER_EXCHANGE at these cluster sizes",
     )
     parser.add_argument("--skip-formation", action="store_true", help="run only the job")
@@ -994,14 +1051,16 @@ def main(argv: Optional[list[str]] = None) -> int:
         status = rerun_in_namespace([os.path.abspath(__file__), *(sys.argv[1:] if argv is None else argv)])
         if status is not None:
             return status
-        say("scale: cannot make a loopback-only network namespace (needs root and unshare); "
-            "running in the host's, on 127.0.0.1 only")
+        say(
+            "scale: cannot make a loopback-only network namespace (needs root and unshare); "
+            "running in the host's, on 127.0.0.1 only"
+        )
 
     for number in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(number, interrupt)
     raise_file_limit(max(4096, 4 * args.nodes + 256))
     lock_fd = None
-    heavy = (not args.skip_formation and args.nodes > HEAVY)
+    heavy = not args.skip_formation and args.nodes > HEAVY
     top = tempfile.mkdtemp(prefix="p2pexec-scale-")
     failed = False
     kept: list[dict] = []
@@ -1013,8 +1072,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         group = (f"239.255.{77 + pid % 50}.{1 + pid % 250}", 20000 + pid % 20000)
         say(f"scale: {machine()}")
         say(f"scale: code: {code_version()}")
-        say(f"scale: load average before: {load_average()}; network namespace: "
-            f"{'loopback only' if only_loopback() else 'the host, 127.0.0.1 only'}; logs in {top}")
+        say(
+            f"scale: load average before: {load_average()}; network namespace: "
+            f"{'loopback only' if only_loopback() else 'the host, 127.0.0.1 only'}; logs in {top}"
+        )
         if not args.skip_formation:
             folder = os.path.join(top, f"formation-{args.nodes}")
             os.makedirs(folder)
@@ -1038,8 +1099,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     finally:
         if lock_fd is not None:
             os.close(lock_fd)
-    if not failed and not args.keep and any(
-        sum(figures["problems"][when].values()) for figures in kept for when in ("run", "stop")
+    if (
+        not failed
+        and not args.keep
+        and any(sum(figures["problems"][when].values()) for figures in kept for when in ("run", "stop"))
     ):
         say("scale: some logs have problem lines: keeping them")
         args.keep = True

@@ -58,7 +58,6 @@ import statistics
 import sys
 import tempfile
 import time
-from typing import Optional
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -70,11 +69,11 @@ from _cluster import (  # noqa: E402  (the benchmarks folder is not a package)
     Watch,
     guarded_main,
     heavy_lock,
+    interrupt,
     machine,
     start_node,
     stop_nodes,
     summary,
-    interrupt,
     wait_until,
 )
 
@@ -98,7 +97,7 @@ def write_job(path: str, count: int) -> None:
             f.write(f'[[task]]\nid = "{KIND}{number}"\nkind = "{KIND}"\n\n')
 
 
-def start(folder: str, name: str, extra: list[str], level: str, slots: Optional[int] = None) -> Node:
+def start(folder: str, name: str, extra: list[str], level: str, slots: int | None = None) -> Node:
     """Start one node in C{folder}, its output going to C{<name>.log} there."""
     return start_node(folder, name, extra, CLUSTER, level=level, slots=slots)
 
@@ -115,7 +114,7 @@ def one_run(
     capabilities: str,
     level: str,
     timeout: float,
-    slots: Optional[int] = None,
+    slots: int | None = None,
 ) -> dict:
     """
     Run the cluster once and return its figures: ready, connect (both
@@ -126,7 +125,7 @@ def one_run(
     results_path = os.path.join(folder, "results.json")
     nodes: list[Node] = []
     figures: dict = {"ready": None, "connect": None}
-    failed: Optional[BaseException] = None
+    failed: BaseException | None = None
     try:
         started = time.monotonic()
         deadline = started + timeout
@@ -184,14 +183,16 @@ def one_run(
     return figures
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """Parse the arguments, run each variant at each log level, and print the table; return the exit status."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip())
     parser.add_argument("--tasks", type=int, default=10_000, help="tasks in the job (default 10000)")
     parser.add_argument("--repeat", type=int, default=3, help="runs of each variant and log level (default 3)")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds after which a run fails (default 120)")
     parser.add_argument(
-        "--slots", type=int, default=None,
+        "--slots",
+        type=int,
+        default=None,
         help="give every node --slots N (default: the nodes' own default, the CPU count)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the logs of successful runs too")
@@ -210,8 +211,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     job_path = os.path.join(top, "job.toml")
     write_job(job_path, args.tasks)
     slots = f"--slots {args.slots}" if args.slots is not None else f"default --slots ({os.cpu_count()})"
-    print(f"bench: {args.tasks} no-command tasks of kind {KIND!r}; 1 master + 2 workers on loopback, {slots}; "
-          f"{args.repeat} run(s) of each variant and log level")
+    print(
+        f"bench: {args.tasks} no-command tasks of kind {KIND!r}; 1 master + 2 workers on loopback, {slots}; "
+        f"{args.repeat} run(s) of each variant and log level"
+    )
     print(f"bench: {machine()}")
     measured: dict[tuple[str, str], list[dict]] = {}
     lock = heavy_lock(1800)
@@ -223,9 +226,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                     folder = os.path.join(top, f"{len(measured.get((label, level), [])) + 1}-{capabilities}-{level}")
                     os.makedirs(folder)
                     try:
-                        figures = one_run(
-                            folder, job_path, args.tasks, capabilities, level, args.timeout, args.slots
-                        )
+                        figures = one_run(folder, job_path, args.tasks, capabilities, level, args.timeout, args.slots)
                     except RunFailed as e:
                         print(f"bench: run {repeat} of '{label}' at --log-level {level} FAILED: {e}")
                         print(f"bench: logs kept in {folder}")
@@ -246,9 +247,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     finally:
         lock.__exit__(None, None, None)
     print()
-    header = (
-        f"{'variant':<17} {'log':<5} {'ready s':<17} {'connect ms':<13} {'elapsed s':<22} {'tasks/s':<23}"
-    )
+    header = f"{'variant':<17} {'log':<5} {'ready s':<17} {'connect ms':<13} {'elapsed s':<22} {'tasks/s':<23}"
     print(f"median (min-max) of {args.repeat} run(s), {args.tasks} tasks:")
     print(header)
     print("-" * len(header))

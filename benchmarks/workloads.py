@@ -45,21 +45,21 @@ machine; the master holds the job file and writes ``--results``):
 from __future__ import annotations
 
 import json
-import shlex
 import os
+import shlex
 import signal
 import subprocess
 import time
 from collections import Counter
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 from _cluster import (
     Node,
     RunFailed,
     Watch,
     first_stamp,
-    stamp_of,
     fresh_cluster,
+    stamp_of,
     start_node,
     stop_nodes,
     wait_listening,
@@ -76,7 +76,7 @@ IDLE_CAPABILITY = "none-of-these"
 W5_KILL_FRACTION = 0.3
 
 
-def write_job(path: str, count: int, kind: str = KIND, command: Optional[str] = None, shell: bool = False) -> None:
+def write_job(path: str, count: int, kind: str = KIND, command: str | None = None, shell: bool = False) -> None:
     """
     A TOML job of C{count} tasks C{<kind><n>}; C{command} is written as a
     TOML literal (a basic string when C{shell}, else the raw TOML text).
@@ -103,7 +103,7 @@ def _read_results(path: str, tasks: int, allow_failed: bool = False) -> dict:
     return report
 
 
-def _finish(nodes: list[Node], failed: Optional[BaseException], expected_dead: tuple[Node, ...] = ()) -> None:
+def _finish(nodes: list[Node], failed: BaseException | None, expected_dead: tuple[Node, ...] = ()) -> None:
     complaints = stop_nodes([n for n in nodes if n not in expected_dead])
     stop_nodes(list(expected_dead))
     if complaints and failed is None:
@@ -114,8 +114,7 @@ def _start_workers(
     folder: str, cluster: str, deadline: float, names=WORKERS, level: str = "info", extra: Sequence[str] = ()
 ) -> list[Node]:
     nodes = [
-        start_node(folder, name, ["--capabilities", KIND, *extra], cluster, level=level, slots=SLOTS)
-        for name in names
+        start_node(folder, name, ["--capabilities", KIND, *extra], cluster, level=level, slots=SLOTS) for name in names
     ]
     wait_listening(nodes, nodes, deadline)
     return nodes
@@ -146,15 +145,17 @@ def w1(folder: str, job_path: str, tasks: int, timeout: float, security: str = "
     cluster = fresh_cluster()
     results_path = os.path.join(folder, "w1-results.json")
     nodes: list[Node] = []
-    failed: Optional[BaseException] = None
+    failed: BaseException | None = None
     try:
         deadline = time.monotonic() + timeout
         nodes += _start_workers(folder, cluster, deadline, extra=extra)
         launched = time.monotonic()
         master = start_node(
-            folder, MASTER,
+            folder,
+            MASTER,
             ["--capabilities", IDLE_CAPABILITY, "--job", job_path, "--results", results_path, *extra],
-            cluster, slots=SLOTS,
+            cluster,
+            slots=SLOTS,
         )
         nodes.append(master)
         done_at = wait_until(lambda: os.path.exists(results_path), nodes, deadline, "the W1 job to finish")
@@ -191,7 +192,7 @@ def w2(folder: str, job_path: str, ids_path: str, tasks: int, timeout: float, wo
     cluster = fresh_cluster()
     results_path = os.path.join(folder, "w2-results.json")
     nodes: list[Node] = []
-    failed: Optional[BaseException] = None
+    failed: BaseException | None = None
     figures: dict = {}
     try:
         deadline = time.monotonic() + timeout
@@ -200,9 +201,18 @@ def w2(folder: str, job_path: str, ids_path: str, tasks: int, timeout: float, wo
         launched = time.monotonic()
         nodes.append(
             start_node(
-                folder, MASTER,
-                ["--capabilities", KIND if not workers else IDLE_CAPABILITY, "--job", job_path, "--results", results_path],
-                cluster, slots=SLOTS,
+                folder,
+                MASTER,
+                [
+                    "--capabilities",
+                    KIND if not workers else IDLE_CAPABILITY,
+                    "--job",
+                    job_path,
+                    "--results",
+                    results_path,
+                ],
+                cluster,
+                slots=SLOTS,
             )
         )
         done_at = wait_until(lambda: os.path.exists(results_path), nodes, deadline, "the W2 job to finish", poll=0.002)
@@ -243,14 +253,16 @@ def w3(folder: str, job_path: str, timeout: float) -> dict:
     cluster = fresh_cluster()
     results_path = os.path.join(folder, "w3-results.json")
     nodes: list[Node] = []
-    failed: Optional[BaseException] = None
+    failed: BaseException | None = None
     try:
         deadline = time.monotonic() + timeout
         launched = time.time()
         master = start_node(
-            folder, MASTER,
+            folder,
+            MASTER,
             ["--capabilities", IDLE_CAPABILITY, "--job", job_path, "--results", results_path],
-            cluster, slots=SLOTS,
+            cluster,
+            slots=SLOTS,
         )
         nodes.append(master)
         for name in WORKERS:
@@ -296,7 +308,7 @@ def w3_floor(folder: str, timeout: float) -> dict:
     """
     cluster = fresh_cluster()
     nodes: list[Node] = []
-    failed: Optional[BaseException] = None
+    failed: BaseException | None = None
     try:
         deadline = time.monotonic() + timeout
         launched = time.time()
@@ -320,20 +332,19 @@ def w5(folder: str, job_path: str, side_path: str, tasks: int, kill: bool, timeo
     results_path = os.path.join(folder, f"w5-{'kill' if kill else 'base'}-results.json")
     open(side_path, "w").close()
     nodes: list[Node] = []
-    failed: Optional[BaseException] = None
-    victim: Optional[Node] = None
+    failed: BaseException | None = None
+    victim: Node | None = None
     killed_at_lines = None
     try:
         deadline = time.monotonic() + timeout
-        nodes += [
-            start_node(folder, name, ["--capabilities", KIND], cluster, slots=SLOTS)
-            for name in WORKERS
-        ]
+        nodes += [start_node(folder, name, ["--capabilities", KIND], cluster, slots=SLOTS) for name in WORKERS]
         wait_listening(nodes, nodes, deadline)
         master = start_node(
-            folder, MASTER,
+            folder,
+            MASTER,
             ["--capabilities", IDLE_CAPABILITY, "--job", job_path, "--results", results_path],
-            cluster, slots=SLOTS,
+            cluster,
+            slots=SLOTS,
         )
         nodes.append(master)
         killed_at = None
@@ -355,7 +366,10 @@ def w5(folder: str, job_path: str, side_path: str, tasks: int, kill: bool, timeo
             # for a Dask worker.  Its log goes to a file of its own.
             nodes.append(
                 start_node(
-                    folder, victim.name + "-restarted", ["--capabilities", KIND], cluster,
+                    folder,
+                    victim.name + "-restarted",
+                    ["--capabilities", KIND],
+                    cluster,
                     slots=SLOTS,
                 )
             )
@@ -402,4 +416,9 @@ class Files:
         write_job(self.w3_job, 10)
         self.side = os.path.join(top, "w5-side.txt")
         self.w5_job = os.path.join(top, "w5.toml")
-        write_job(self.w5_job, w5_tasks, command=f'echo "$P2PEXEC_TASK_ID" >> {shlex.quote(self.side)}; sleep 0.01', shell=True)
+        write_job(
+            self.w5_job,
+            w5_tasks,
+            command=f'echo "$P2PEXEC_TASK_ID" >> {shlex.quote(self.side)}; sleep 0.01',
+            shell=True,
+        )

@@ -34,7 +34,8 @@ import sys
 import tempfile
 import time
 import urllib.request
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, CHECKOUT)
@@ -89,7 +90,9 @@ def main_job() -> dict[str, Any]:
             task: dict[str, Any] = {"id": f"{kind}-{i:03d}", "kind": kind}
             if task["id"] == FAILING_TASK:
                 task["shell"] = True
-                task["command"] = "sleep 0.8; echo 'assertion failed: GET /health returned 503, expected 200' >&2; exit 1"
+                task["command"] = (
+                    "sleep 0.8; echo 'assertion failed: GET /health returned 503, expected 200' >&2; exit 1"
+                )
             else:
                 task["command"] = ["sleep", f"{rng.uniform(low, high):.2f}"]
             tasks.append(task)
@@ -99,13 +102,19 @@ def main_job() -> dict[str, Any]:
 
 def small_job(kind: str, number: int, seconds: float) -> dict[str, Any]:
     """C{number} tasks of C{kind}, each sleeping C{seconds}."""
-    return {"task": [{"id": f"{kind}-{i:02d}", "kind": kind, "command": ["sleep", str(seconds)]} for i in range(1, number + 1)]}
+    return {
+        "task": [
+            {"id": f"{kind}-{i:02d}", "kind": kind, "command": ["sleep", str(seconds)]} for i in range(1, number + 1)
+        ]
+    }
 
 
-def api(port: int, path: str, body: Any = None, token: Optional[str] = None) -> Any:
+def api(port: int, path: str, body: Any = None, token: str | None = None) -> Any:
     """Call the master's HTTP API on 127.0.0.1 (POST when there is a C{body}, with its HTTP C{token}) and return its JSON."""
     data = None if body is None else json.dumps(body).encode("utf-8")
-    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, method="GET" if body is None else "POST")
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}", data=data, method="GET" if body is None else "POST"
+    )
     request.add_header("content-type", "application/json")
     if token is not None:
         request.add_header("authorization", f"Bearer {token}")
@@ -217,7 +226,9 @@ def main() -> int:
             return shown if ready else None
 
         try:
-            shown = cluster.wait_until(mid_way, lambda: f"the dashboard shows {page_state(driver, main_id)}", timeout=60)
+            shown = cluster.wait_until(
+                mid_way, lambda: f"the dashboard shows {page_state(driver, main_id)}", timeout=60
+            )
         except ClusterFailure as e:
             print(f"make_screenshot: {e}\n{cluster.logs()}", file=sys.stderr)
             return 1

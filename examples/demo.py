@@ -42,9 +42,23 @@ def start(folder: str, name: str, port: int, extra: list[str]) -> tuple[subproce
     """Start one node; its log goes to a file in C{folder}."""
     log_path = os.path.join(folder, f"{name}.log")
     argv = [
-        TWISTD, "--pidfile=", "-n", "--logger=p2pexec.log.observer", "p2pexec",
-        "--name", name, "--port", str(port), "--group", GROUP, "--cluster", "demo",
-        "--slots", "2", "--state-dir", os.path.join(folder, "state", name),
+        TWISTD,
+        "--pidfile=",
+        "-n",
+        "--logger=p2pexec.log.observer",
+        "p2pexec",
+        "--name",
+        name,
+        "--port",
+        str(port),
+        "--group",
+        GROUP,
+        "--cluster",
+        "demo",
+        "--slots",
+        "2",
+        "--state-dir",
+        os.path.join(folder, "state", name),
     ] + extra
     if name == "a1":
         argv += ["--results", os.path.join(folder, "results.json")]

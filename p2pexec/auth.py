@@ -21,7 +21,7 @@ import os
 import stat
 import struct
 from collections import OrderedDict
-from typing import Callable, Optional
+from collections.abc import Callable
 
 KEY_BYTES = 32
 
@@ -137,7 +137,9 @@ class DatagramSealer:
             window) or C{replayed} (its nonce was seen already).
         """
         if len(data) < TRAILER.size + 1 or data[-TRAILER.size - 1 : -TRAILER.size] != SEAL_MARK:
-            raise DatagramError("unsealed", "the datagram carries no cluster-key seal (a node without the key, or truncated)")
+            raise DatagramError(
+                "unsealed", "the datagram carries no cluster-key seal (a node without the key, or truncated)"
+            )
         body, trailer = data[: -TRAILER.size - 1], data[-TRAILER.size :]
         millis, nonce, mac = TRAILER.unpack(trailer)
         expected = hmac.new(self._key, body + struct.pack(">Q", millis) + nonce, hashlib.sha256).digest()
@@ -147,7 +149,9 @@ class DatagramSealer:
         sent = millis / 1000.0
         if abs(now - sent) > self._window:
             when = f"{now - sent:.1f}s ago" if sent <= now else f"{sent - now:.1f}s in the future"
-            raise DatagramError("stale", f"sealed {when}, outside the {self._window:g}s window (are the clocks in step?)")
+            raise DatagramError(
+                "stale", f"sealed {when}, outside the {self._window:g}s window (are the clocks in step?)"
+            )
         self._forget_before(now - self._window)
         if nonce in self._seen:
             raise DatagramError("replayed", "its nonce was seen already")
@@ -195,7 +199,7 @@ class ChallengeResponse:
         return hmac.new(self._key, message, hashlib.sha256).digest()
 
     def check(
-        self, role: str, dialler_nonce: bytes, acceptor_nonce: bytes, proof: Optional[bytes], binding: bytes = b""
+        self, role: str, dialler_nonce: bytes, acceptor_nonce: bytes, proof: bytes | None, binding: bytes = b""
     ) -> bool:
         """Whether C{proof} is C{role}'s proof for these nonces and binding."""
         if not isinstance(proof, bytes):

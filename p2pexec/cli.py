@@ -29,7 +29,8 @@ import os
 import re
 import shlex
 import sys
-from typing import Any, Awaitable, Callable, Iterable, Iterator, Optional, Protocol, Sequence, TextIO, TypeVar
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from typing import Any, Protocol, TextIO, TypeVar
 
 import attr
 from twisted.internet import defer, error
@@ -41,9 +42,9 @@ from twisted.python.failure import Failure
 
 from p2pexec import __version__, commands
 from p2pexec.auth import ChallengeResponse, KeyFileError, generate_key, http_token, load_key
-from p2pexec.peer import authenticate, tls_binding
 from p2pexec.jobfile import JobFileError, load_job_file, parse_job
 from p2pexec.model import TASK_ID_PATTERN, TaskSpec, ValidationError, parse_instructions, validate_name
+from p2pexec.peer import authenticate, tls_binding
 
 PROG = "p2pexec"
 
@@ -185,8 +186,8 @@ class RunLine:
     """
 
     command: tuple[str, ...]
-    arguments: Optional[tuple[str, ...]] = None
-    file: Optional[str] = None
+    arguments: tuple[str, ...] | None = None
+    file: str | None = None
 
 
 def split_run_line(words: Sequence[str]) -> RunLine:
@@ -272,7 +273,7 @@ def task_ids(arguments: Sequence[str]) -> list[str]:
     among those, skipping any id already taken).
     """
     taken: set[str] = set()
-    chosen: list[Optional[str]] = []
+    chosen: list[str | None] = []
     for argument in arguments:
         if TASK_ID_PATTERN.fullmatch(argument) and argument not in taken:
             taken.add(argument)
@@ -315,10 +316,10 @@ def run_tasks(
     arguments: Sequence[str],
     kind: str,
     shell: bool = False,
-    timeout: Optional[float] = None,
-    retries: Optional[int] = None,
-    cwd: Optional[str] = None,
-    env: Optional[dict[str, str]] = None,
+    timeout: float | None = None,
+    retries: int | None = None,
+    cwd: str | None = None,
+    env: dict[str, str] | None = None,
 ) -> list[TaskSpec]:
     """
     One task per argument, checked as a job file would be.
@@ -421,7 +422,7 @@ def tasks_exit_status(tasks: Sequence[dict[str, Any]]) -> int:
 # -- plain formatting -------------------------------------------------------------
 
 
-def format_seconds(seconds: Optional[float]) -> str:
+def format_seconds(seconds: float | None) -> str:
     """C{4.2s}, C{3m05s}, C{2h07m}; C{?} when unknown."""
     if seconds is None:
         return "?"
@@ -458,8 +459,7 @@ def final_line(summary: dict[str, Any]) -> str:
     """How a followed job ended."""
     if summary["state"] == "cancelled":
         return (
-            f"job {summary['id']} was cancelled: {outcome_counts(summary)} "
-            f"after {format_seconds(summary['elapsed'])}"
+            f"job {summary['id']} was cancelled: {outcome_counts(summary)} after {format_seconds(summary['elapsed'])}"
         )
     return f"job {summary['id']} finished: {outcome_counts(summary)} in {format_seconds(summary['elapsed'])}"
 
@@ -477,10 +477,10 @@ class PlainProgress:
 
     def __init__(self, interval: float = PLAIN_LINE_INTERVAL) -> None:
         self._interval = interval
-        self._last_key: Optional[tuple[Any, ...]] = None
-        self._last_time: Optional[float] = None
+        self._last_key: tuple[Any, ...] | None = None
+        self._last_time: float | None = None
 
-    def update(self, summary: dict[str, Any], now: float) -> Optional[str]:
+    def update(self, summary: dict[str, Any], now: float) -> str | None:
         """The line to print for C{summary} seen at C{now}, or C{None}."""
         key = _progress_key(summary)
         if key == self._last_key:
@@ -525,7 +525,19 @@ _WRAPPING_COLUMNS = frozenset({"error", "capabilities"})
 """Table columns of free text, which a terminal table may wrap."""
 
 
-JOB_COLUMNS = ("job", "state", "done", "succeeded", "failed", "cancelled", "running", "queued", "waiting", "elapsed", "eta")
+JOB_COLUMNS = (
+    "job",
+    "state",
+    "done",
+    "succeeded",
+    "failed",
+    "cancelled",
+    "running",
+    "queued",
+    "waiting",
+    "elapsed",
+    "eta",
+)
 
 
 def job_row(summary: dict[str, Any]) -> list[str]:
@@ -537,7 +549,11 @@ def job_row(summary: dict[str, Any]) -> list[str]:
         f"{summary['done']}/{summary['total']}",
         *(str(counts[state]) for state in ("succeeded", "failed", "cancelled", "running", "pending", "waiting")),
         format_seconds(summary["elapsed"]),
-        "-" if summary["state"] != "running" else "stalled" if summary.get("stalled") else format_seconds(summary["eta"]),
+        "-"
+        if summary["state"] != "running"
+        else "stalled"
+        if summary.get("stalled")
+        else format_seconds(summary["eta"]),
     ]
 
 
@@ -579,7 +595,7 @@ def task_row(task: dict[str, Any]) -> list[str]:
     ]
 
 
-def tail_lines(text: Optional[str], count: int) -> list[str]:
+def tail_lines(text: str | None, count: int) -> list[str]:
     """The last C{count} lines of C{text}."""
     if not text or count <= 0:
         return []
@@ -614,7 +630,7 @@ def terminal_text(text: str) -> str:
     return _TERMINAL_CONTROLS.sub(_escaped_control, text)
 
 
-def _escaped_control(match: "re.Match[str]") -> str:
+def _escaped_control(match: re.Match[str]) -> str:
     code = ord(match.group())
     if code == 0x0D:
         return "\\r"
@@ -648,7 +664,7 @@ class ProgressDisplay(Protocol):
     def update(self, summary: dict[str, Any], now: float) -> None:
         """Show C{summary}, seen at C{now}."""
 
-    def close(self, summary: Optional[dict[str, Any]] = None) -> None:
+    def close(self, summary: dict[str, Any] | None = None) -> None:
         """Stop showing progress, after showing the last C{summary} if given."""
 
 
@@ -669,7 +685,7 @@ class Output(Protocol):
 
 
 class _PlainProgressDisplay:
-    def __init__(self, output: "PlainOutput") -> None:
+    def __init__(self, output: PlainOutput) -> None:
         self._output = output
         self._decide = PlainProgress()
 
@@ -678,7 +694,7 @@ class _PlainProgressDisplay:
         if text is not None:
             self._output.line(text)
 
-    def close(self, summary: Optional[dict[str, Any]] = None) -> None:
+    def close(self, summary: dict[str, Any] | None = None) -> None:
         pass  # The final line says how the job ended.
 
 
@@ -689,7 +705,7 @@ class PlainOutput:
     through L{terminal_text}; to a pipe or a file it is written exactly.
     """
 
-    def __init__(self, stream: TextIO, escape: Optional[bool] = None) -> None:
+    def __init__(self, stream: TextIO, escape: bool | None = None) -> None:
         """
         @param escape: whether to show control characters escaped; by
             default, whether C{stream} is a terminal.
@@ -785,7 +801,7 @@ class _RichProgressDisplay:
             self._started = True
         self._progress.refresh()
 
-    def close(self, summary: Optional[dict[str, Any]] = None) -> None:
+    def close(self, summary: dict[str, Any] | None = None) -> None:
         if summary is not None and self._started:
             self.update(summary, 0.0)
         if self._started:
@@ -831,7 +847,11 @@ class RichOutput:
             return
         table = Table(
             # A Text, not a str: rich reads a str title as markup.
-            title=Text(title), title_justify="left", title_style="bold", box=box.SIMPLE_HEAD, pad_edge=False,
+            title=Text(title),
+            title_justify="left",
+            title_style="bold",
+            box=box.SIMPLE_HEAD,
+            pad_edge=False,
             collapse_padding=True,
         )
         for column in columns:
@@ -891,7 +911,7 @@ class NodeClient:
         host: str,
         port: int,
         timeout: float = DEFAULT_TIMEOUT,
-        key: Optional[bytes] = None,
+        key: bytes | None = None,
         tls: bool = False,
     ) -> None:
         self._key = key
@@ -900,7 +920,7 @@ class NodeClient:
         self._host = host
         self._port = port
         self._timeout = timeout
-        self._protocol: Optional[amp.AMP] = None
+        self._protocol: amp.AMP | None = None
         self.address = format_address(host, port)
 
     async def connect(self) -> None:
@@ -979,7 +999,7 @@ class NodeClient:
             raise CliError(f"the node at {self.address} answered {name} with an error: {e}") from None
         return answer
 
-    def _send(self, command: type[amp.Command], arguments: dict[str, Any]) -> "defer.Deferred[dict[str, Any]]":
+    def _send(self, command: type[amp.Command], arguments: dict[str, Any]) -> defer.Deferred[dict[str, Any]]:
         assert self._protocol is not None
         try:
             d = self._protocol.callRemote(command, **arguments)
@@ -1033,7 +1053,7 @@ async def follow(ctx: Context, job: str) -> int:
     Show C{job}'s progress until it ends (JOB_STATUS every L{POLL_INTERVAL}
     seconds), then how it ended; return its exit status.
     """
-    display: Optional[ProgressDisplay] = None
+    display: ProgressDisplay | None = None
     try:
         while True:
             summary = (await ctx.node.call(commands.JobStatus, job=job))["status"]
@@ -1106,8 +1126,11 @@ async def do_status(ctx: Context, args: argparse.Namespace) -> int:
     problem = cluster["node"].get("problem")
     if problem:
         ctx.out.line(f"Node {cluster['node']['name']} is unhealthy: {problem}")
-    ctx.out.table(f"Nodes seen by {cluster['node']['name']} ({ctx.node.address})", PEER_COLUMNS,
-                  [peer_row(node) for node in nodes])
+    ctx.out.table(
+        f"Nodes seen by {cluster['node']['name']} ({ctx.node.address})",
+        PEER_COLUMNS,
+        [peer_row(node) for node in nodes],
+    )
     ctx.out.table(f"Jobs of {cluster['node']['name']}", JOB_COLUMNS, [job_row(job) for job in jobs])
     return EXIT_OK
 
@@ -1226,25 +1249,36 @@ def _connection_options(parser: argparse.ArgumentParser, suppress: bool) -> None
         return argparse.SUPPRESS if suppress else value
 
     parser.add_argument(
-        "--connect", metavar="HOST:PORT", default=default(os.environ.get("P2PEXEC_CONNECT") or DEFAULT_CONNECT),
+        "--connect",
+        metavar="HOST:PORT",
+        default=default(os.environ.get("P2PEXEC_CONNECT") or DEFAULT_CONNECT),
         help="the node to talk to: HOST:PORT, HOST (port 10001) or [IPV6]:PORT "
-             f"(default: $P2PEXEC_CONNECT, else {DEFAULT_CONNECT})",
+        f"(default: $P2PEXEC_CONNECT, else {DEFAULT_CONNECT})",
     )
     parser.add_argument(
-        "--timeout", dest="answer_timeout", metavar="SECONDS", type=_positive_float,
+        "--timeout",
+        dest="answer_timeout",
+        metavar="SECONDS",
+        type=_positive_float,
         default=default(DEFAULT_TIMEOUT),
         help=f"how long to wait for the connection and for each answer (default {DEFAULT_TIMEOUT:g})",
     )
     parser.add_argument(
-        "--key-file", metavar="FILE", default=default(os.environ.get("P2PEXEC_KEY_FILE")),
+        "--key-file",
+        metavar="FILE",
+        default=default(os.environ.get("P2PEXEC_KEY_FILE")),
         help="the cluster key, if the node has one (default: $P2PEXEC_KEY_FILE)",
     )
     parser.add_argument(
-        "--tls", action="store_true", default=default(False),
+        "--tls",
+        action="store_true",
+        default=default(False),
         help="the node speaks TLS (twistd p2pexec --tls); needs --key-file",
     )
     parser.add_argument(
-        "--plain", action="store_true", default=default(False),
+        "--plain",
+        action="store_true",
+        default=default(False),
         help="plain lines, no colours or progress bar (the default when stdout is not a terminal)",
     )
 
@@ -1252,9 +1286,7 @@ def _connection_options(parser: argparse.ArgumentParser, suppress: bool) -> None
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     """The C{p2pexec} parser, and each subcommand's parser by name."""
     formatter = argparse.RawDescriptionHelpFormatter
-    parser = argparse.ArgumentParser(
-        prog=PROG, description=_DESCRIPTION, epilog=_EXAMPLES, formatter_class=formatter
-    )
+    parser = argparse.ArgumentParser(prog=PROG, description=_DESCRIPTION, epilog=_EXAMPLES, formatter_class=formatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     _connection_options(parser, suppress=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
@@ -1267,7 +1299,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         return p
 
     p = add(
-        "submit", "submit a job file or instruction names; print the job id",
+        "submit",
+        "submit a job file or instruction names; print the job id",
         "Submit a job to the node, which becomes its master, and print the job id.\n"
         "The job is a TOML job file (see docs/jobs.rst) or, with --tasks, instruction\n"
         "names whose kind is their leading letters (a1 is of kind a).  The file is\n"
@@ -1278,10 +1311,13 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     )
     p.add_argument("jobfile", nargs="?", metavar="JOBFILE", help="a TOML job file")
     p.add_argument("--tasks", metavar="NAMES", help="comma-separated instruction names instead of a file: a1,a2,b1")
-    p.add_argument("--wait", action="store_true", help="follow the job to its end, as watch does, and exit with its status")
+    p.add_argument(
+        "--wait", action="store_true", help="follow the job to its end, as watch does, and exit with its status"
+    )
 
     p = add(
-        "run", "one task per argument, GNU-parallel style, followed to the end",
+        "run",
+        "one task per argument, GNU-parallel style, followed to the end",
         "Run CMD once per argument, as one job of tasks of kind --kind, and follow it\n"
         "to its end.  In each word of CMD, {} is replaced by the argument; if no word\n"
         "has {}, the argument is appended.  CMD runs as an argv, without a shell,\n"
@@ -1300,21 +1336,39 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     )
     p.add_argument("--kind", required=True, help="the kind (capability) of every task: a node must run it")
     p.add_argument(
-        "--slots-per-task", type=int, default=1, metavar="N",
+        "--slots-per-task",
+        type=int,
+        default=1,
+        metavar="N",
         help="only 1: a node runs --slots tasks at once, each in one slot; p2pexec has no per-task slot count",
     )
     p.add_argument("--shell", action="store_true", help="run each command with /bin/sh -c (the argument is quoted)")
-    p.add_argument("--task-timeout", dest="timeout", type=_positive_float, metavar="SECONDS",
-                   help="kill a task's process group after this long (status timed-out)")
+    p.add_argument(
+        "--task-timeout",
+        dest="timeout",
+        type=_positive_float,
+        metavar="SECONDS",
+        help="kill a task's process group after this long (status timed-out)",
+    )
     p.add_argument("--retries", type=_count, metavar="N", help="run a failed task again up to N times (0-100)")
     p.add_argument("--cwd", metavar="DIR", help="the tasks' working directory on the node that runs them")
-    p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
-                   help="an environment variable for every task (repeatable)")
-    p.add_argument("run_words", nargs=argparse.REMAINDER, metavar="-- CMD ... ::: ARG ...",
-                   help="the command, then ::: and the arguments, or :::: FILE")
+    p.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an environment variable for every task (repeatable)",
+    )
+    p.add_argument(
+        "run_words",
+        nargs=argparse.REMAINDER,
+        metavar="-- CMD ... ::: ARG ...",
+        help="the command, then ::: and the arguments, or :::: FILE",
+    )
 
     p = add(
-        "watch", "follow a job's progress to its end",
+        "watch",
+        "follow a job's progress to its end",
         "Follow a job until it ends: a progress bar with the tasks done, running,\n"
         "queued, waiting for a capability (no connected node runs their kind) and\n"
         "failed, and an ETA.  When stdout is not a terminal (or with --plain), one\n"
@@ -1325,7 +1379,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     p.add_argument("job", metavar="JOB", help="the job id")
 
     p = add(
-        "status", "the node, its peers and its jobs, as tables",
+        "status",
+        "the node, its peers and its jobs, as tables",
         "Show the node and every peer it knows (name, address, capabilities, slots,\n"
         "busy and free slots, queued tasks, state, when last heard from), then the\n"
         "jobs it is master of.  A load shows ? until the node has heard it from that peer.",
@@ -1336,7 +1391,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     p.add_argument("--json", action="store_true", help="print the list as JSON")
 
     p = add(
-        "result", "one job's per-task results",
+        "result",
+        "one job's per-task results",
         "Show each task of a job: state, status, exit code, node, duration, attempts,\n"
         "error, and the last lines of its output (the node sends at most the last\n"
         "8 KiB of each stream).",
@@ -1345,11 +1401,17 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     )
     p.add_argument("job", metavar="JOB", help="the job id")
     p.add_argument("--json", action="store_true", help='print one JSON document: {"job": summary, "tasks": [...]}')
-    p.add_argument("--lines", type=_count, default=5, metavar="N",
-                   help="how many lines of each output tail to show (default 5; 0: none)")
+    p.add_argument(
+        "--lines",
+        type=_count,
+        default=5,
+        metavar="N",
+        help="how many lines of each output tail to show (default 5; 0: none)",
+    )
 
     p = add(
-        "cancel", "cancel a job",
+        "cancel",
+        "cancel a job",
         "Cancel a job: its tasks without a result never start, and the ones running\n"
         "are stopped on every node.  Prints how many tasks were cancelled.  Send it\n"
         "to the job's master.",
@@ -1357,7 +1419,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     p.add_argument("job", metavar="JOB", help="the job id")
 
     p = add(
-        "keygen", "write a new random cluster key",
+        "keygen",
+        "write a new random cluster key",
         "Write a new random 256-bit cluster key (64 hexadecimal digits).  Give the\n"
         "same key file to every node (twistd p2pexec --key-file) and to this client.\n"
         "A key file must be readable by its owner only (mode 0600).",
@@ -1365,15 +1428,18 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     )
     p.add_argument("--out", metavar="FILE", help="create FILE with mode 0600 (never overwritten) instead of printing")
     p = add(
-        "token", "print the HTTP API's token",
+        "token",
+        "print the HTTP API's token",
         "Print the bearer token that the HTTP API and the dashboard ask for: derived\n"
         "from --key-file (a cluster key, or a node's local-token file), or, without\n"
         "it, from the local token of your node at --connect (found by itself).",
-        "examples:\n  curl -H \"Authorization: Bearer $(p2pexec token --key-file cluster.key)\" http://127.0.0.1:8080/api/jobs\n"
+        'examples:\n  curl -H "Authorization: Bearer $(p2pexec token --key-file cluster.key)" http://127.0.0.1:8080/api/jobs\n'
         "  open http://127.0.0.1:8080/#token=$(p2pexec token --key-file cluster.key)\n"
-        "  open \"$(p2pexec token --url)\"    # your node at 127.0.0.1:10001, without a key",
+        '  open "$(p2pexec token --url)"    # your node at 127.0.0.1:10001, without a key',
     )
-    p.add_argument("--url", action="store_true", help="print the dashboard's address with the token (your node's --web port)")
+    p.add_argument(
+        "--url", action="store_true", help="print the dashboard's address with the token (your node's --web port)"
+    )
     return parser, parsers
 
 
@@ -1418,9 +1484,7 @@ def parse_arguments(argv: Sequence[str]) -> argparse.Namespace:
     return args
 
 
-async def execute(
-    reactor: Any, args: argparse.Namespace, out: Output, stdin: TextIO, err: TextIO
-) -> int:
+async def execute(reactor: Any, args: argparse.Namespace, out: Output, stdin: TextIO, err: TextIO) -> int:
     """Read and check what must be, connect, and run the subcommand."""
     if args.command in ("submit", "run"):
         args.job_tasks = job_tasks_from(args, stdin)
@@ -1497,7 +1561,7 @@ def run_in_reactor(reactor: Any, work: Callable[[], Awaitable[int]], err: TextIO
     raise AssertionError("unreachable")
 
 
-def _local_token(host: str, port: int) -> Optional[tuple[bytes, dict[str, Any]]]:
+def _local_token(host: str, port: int) -> tuple[bytes, dict[str, Any]] | None:
     """
     The local token of this user's node at C{host:port}, and its runtime
     record (see L{p2pexec.localtoken}), or None.
@@ -1528,7 +1592,7 @@ def key_command(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             f.write(key + "\n")
         err.write(f"{PROG}: wrote a new cluster key to {args.out} (mode 0600); give it to every node with --key-file\n")
         return EXIT_OK
-    record: Optional[dict[str, Any]] = None
+    record: dict[str, Any] | None = None
     try:
         if args.key_file:
             secret = load_key(args.key_file)
@@ -1556,7 +1620,7 @@ def key_command(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return EXIT_OK
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """The C{p2pexec} console script; returns its exit status."""
     try:
         args = parse_arguments(sys.argv[1:] if argv is None else argv)

@@ -26,7 +26,8 @@ never steps, and step the wall clock they inject.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 WallClock = Callable[[], float]
 """Seconds since the epoch, for moments shown to people or to other nodes (C{time.time})."""

@@ -13,7 +13,8 @@ The full contract, with every field and error, is in C{docs/protocol.rst}.
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, Iterable, Iterator, Optional, TypeVar
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar
 
 from twisted.protocols import amp
 
@@ -430,7 +431,7 @@ def chunk(
     items: Iterable[T],
     to_wire: Callable[[T], Any],
     limit: int = MAX_VALUE_BYTES,
-    encode: Optional[Callable[[T], bytes]] = None,
+    encode: Callable[[T], bytes] | None = None,
 ) -> Iterator[Chunk]:
     """
     Split C{items} into L{Chunk}s whose JSON array stays under C{limit}

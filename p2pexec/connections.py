@@ -16,7 +16,8 @@ state machine.)
 from __future__ import annotations
 
 import random
-from typing import Any, Awaitable, Callable, Optional
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError, gatherResults, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint
@@ -68,14 +69,14 @@ class PeerLink:
     def __init__(
         self,
         reactor: Any,
-        info: Optional[NodeInfo],
+        info: NodeInfo | None,
         make_protocol: Callable[[], PeerProtocol],
-        introduce: Callable[[PeerProtocol, Optional[NodeInfo]], Awaitable[Any]],
+        introduce: Callable[[PeerProtocol, NodeInfo | None], Awaitable[Any]],
         retry_delay: Callable[[int], float],
         connect_timeout: float,
         introduce_timeout: float,
-        on_fatal: Callable[[Optional[NodeInfo]], None],
-        address: Optional[tuple[str, int]] = None,
+        on_fatal: Callable[[NodeInfo | None], None],
+        address: tuple[str, int] | None = None,
         wanted: Callable[[], bool] = lambda: True,
         tls_options: Any = None,
     ) -> None:
@@ -103,10 +104,10 @@ class PeerLink:
         self._introduce_timeout = introduce_timeout
         self._on_fatal = on_fatal
         self._failures = 0
-        self._attempt: Optional[Deferred[Any]] = None
-        self._retry: Optional[IDelayedCall] = None
-        self.protocol: Optional[PeerProtocol] = None
-        self.reached: Optional[str] = None
+        self._attempt: Deferred[Any] | None = None
+        self._retry: IDelayedCall | None = None
+        self.protocol: PeerProtocol | None = None
+        self.reached: str | None = None
         self.connections = 0
         self.running = False
 
@@ -160,8 +161,7 @@ class PeerLink:
                 )
                 return
             log.error(
-                "The {peer} at {address} refused our connection: {error}. Not dialling it "
-                "again until it restarts.",
+                "The {peer} at {address} refused our connection: {error}. Not dialling it again until it restarts.",
                 peer=self.label,
                 address=f"{self.host}:{self.port}",
                 error=e,
@@ -179,8 +179,13 @@ class PeerLink:
             protocol.transport.loseConnection()
             self._failed(str(e), quiet=True)
             return
-        except (amp.RemoteAmpError, ValidationError, commands.BadArguments, commands.ConnectRequired,
-                commands.ShuttingDown) as e:
+        except (
+            amp.RemoteAmpError,
+            ValidationError,
+            commands.BadArguments,
+            commands.ConnectRequired,
+            commands.ShuttingDown,
+        ) as e:
             protocol.transport.loseConnection()
             self._failed(str(e))
             return
@@ -348,7 +353,7 @@ class Dialer:
         self._links[key] = link
         link.start()
 
-    def _refused_for_good(self, info: Optional[NodeInfo]) -> None:
+    def _refused_for_good(self, info: NodeInfo | None) -> None:
         if info is None:
             return
         self._refused[info.name] = info.instance

@@ -89,9 +89,7 @@ def decode(data: bytes) -> Datagram:
     @raise DatagramError: with the reason and a sentence naming what is wrong.
     """
     if len(data) > MAX_DATAGRAM_BYTES:
-        raise DatagramError(
-            "too-large", f"{len(data)} bytes is over the {MAX_DATAGRAM_BYTES}-byte limit"
-        )
+        raise DatagramError("too-large", f"{len(data)} bytes is over the {MAX_DATAGRAM_BYTES}-byte limit")
     try:
         body: Any = loads_strict(data)
     except (UnicodeDecodeError, ValueError, RecursionError):
@@ -102,8 +100,7 @@ def decode(data: bytes) -> Datagram:
     if type(version) is not int or version != PROTOCOL_VERSION:
         raise DatagramError(
             "version",
-            f"protocol version {version!r} is not supported (this node speaks "
-            f"version {PROTOCOL_VERSION})",
+            f"protocol version {version!r} is not supported (this node speaks version {PROTOCOL_VERSION})",
         )
     kind = body.get("type")
     if kind not in DATAGRAM_TYPES:
@@ -113,7 +110,5 @@ def decode(data: bytes) -> Datagram:
     except ValidationError as e:
         raise DatagramError("bad-field", str(e)) from None
     if node.version != PROTOCOL_VERSION:
-        raise DatagramError(
-            "version", f"node {node.name!r} speaks protocol version {node.version}"
-        )
+        raise DatagramError("version", f"node {node.name!r} speaks protocol version {node.version}")
     return Datagram(type=kind, node=node)

@@ -16,14 +16,15 @@ business (L{p2pexec.membership}).
 from __future__ import annotations
 
 import random
-from typing import Callable, Optional
+from collections.abc import Callable
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import DatagramProtocol
 
 from p2pexec import datagram
-from p2pexec.auth import TRAILER, DatagramError as SealError, DatagramSealer
+from p2pexec.auth import TRAILER, DatagramSealer
+from p2pexec.auth import DatagramError as SealError
 from p2pexec.log import NodeLogger, RateLimitedLog
 from p2pexec.model import NodeInfo
 
@@ -60,7 +61,7 @@ class DiscoveryProtocol(DatagramProtocol):
         discover_max_interval: float = 60.0,
         answer_delay: float = 0.25,
         random_fraction: Callable[[], float] = random.random,
-        sealer: Optional[DatagramSealer] = None,
+        sealer: DatagramSealer | None = None,
     ) -> None:
         self._sealer = sealer
         self._local_info = local_info
@@ -73,9 +74,9 @@ class DiscoveryProtocol(DatagramProtocol):
         self._answer_delay = answer_delay
         self._random = random_fraction
         self._discover_delay = 1.0
-        self._discover_call: Optional[IDelayedCall] = None
-        self._hello_call: Optional[IDelayedCall] = None
-        self._answer_call: Optional[IDelayedCall] = None
+        self._discover_call: IDelayedCall | None = None
+        self._hello_call: IDelayedCall | None = None
+        self._answer_call: IDelayedCall | None = None
         self._complaints = RateLimitedLog(log, clock)
         self.sent: dict[str, int] = {datagram.DISCOVER: 0, datagram.HELLO: 0}
         self.received = 0
@@ -135,9 +136,7 @@ class DiscoveryProtocol(DatagramProtocol):
         self._send(datagram.DISCOVER)
         log.debug("Node {name} sent DISCOVER again", name=self._local_info().name)
         self._discover_delay = min(self._discover_delay * 2, self._discover_max_interval)
-        self._discover_call = self._clock.callLater(
-            self._jittered(self._discover_delay), self._rediscover
-        )
+        self._discover_call = self._clock.callLater(self._jittered(self._discover_delay), self._rediscover)
 
     def _announce(self) -> None:
         self._send(datagram.HELLO)
@@ -217,7 +216,5 @@ class DiscoveryProtocol(DatagramProtocol):
         # Answer only a node we had not heard from (a newcomer, or a restart):
         # the others know us already, and would hear our next HELLO anyway.
         if received.type == datagram.DISCOVER and new_sender and self._answer_call is None:
-            self._answer_call = self._clock.callLater(
-                self._answer_spread() * self._random(), self._answer
-            )
+            self._answer_call = self._clock.callLater(self._answer_spread() * self._random(), self._answer)
         self._on_peer(peer)

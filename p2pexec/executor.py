@@ -18,7 +18,8 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-from typing import Any, Mapping, Optional
+from collections.abc import Mapping
+from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ProcessDone, ProcessTerminated
@@ -69,7 +70,7 @@ class _TaskProcess(ProcessProtocol):
         self.stdout = _Tail(limit)
         self.stderr = _Tail(limit)
         self.ended: Deferred[BaseException] = Deferred()
-        self.pid: Optional[int] = None
+        self.pid: int | None = None
 
     def makeConnection(self, transport: Any) -> None:
         # The pid, and so the task's process group, is known here; a child
@@ -99,9 +100,9 @@ class ProcessExecutor:
         node_name: str,
         tail_bytes: int = DEFAULT_TAIL_BYTES,
         kill_grace: float = DEFAULT_KILL_GRACE,
-        base_environment: Optional[Mapping[str, str]] = None,
-        policy: Optional[CommandPolicy] = None,
-        guard: Optional[Any] = None,
+        base_environment: Mapping[str, str] | None = None,
+        policy: CommandPolicy | None = None,
+        guard: Any | None = None,
     ) -> None:
         """
         @param policy: what this node is willing to run; by default anything
@@ -126,7 +127,7 @@ class ProcessExecutor:
         self._setsid = None if self._session_spawn else shutil.which("setsid")
         # Tasks read nothing: their stdin is /dev/null, opened once, not a pipe per task.
         self._devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-        self._found: dict[tuple[str, str, Optional[str]], str] = {}
+        self._found: dict[tuple[str, str, str | None], str] = {}
         self.running: dict[int, Any] = {}
         self._pids: dict[tuple[str, str, int], int] = {}
         self._pending_kills: dict[int, IDelayedCall] = {}
@@ -207,7 +208,7 @@ class ProcessExecutor:
         self.running[pid] = protocol
         attempt_key = (job, task.id, assignment.attempt)
         self._pids[attempt_key] = pid
-        timer: Optional[IDelayedCall] = None
+        timer: IDelayedCall | None = None
         timed_out = []
         if task.timeout is not None:
 
@@ -232,7 +233,12 @@ class ProcessExecutor:
             code = reason.exitCode if isinstance(reason, (ProcessDone, ProcessTerminated)) else None
             signal_number = getattr(reason, "signal", None)
             if timed_out:
-                return result(TIMED_OUT, exit_code=code, error=f"timed out after {task.timeout:g}s; process group killed", **fields)
+                return result(
+                    TIMED_OUT,
+                    exit_code=code,
+                    error=f"timed out after {task.timeout:g}s; process group killed",
+                    **fields,
+                )
             if code == 0:
                 return result(SUCCEEDED, exit_code=0, **fields)
             if signal_number is not None:
@@ -241,7 +247,7 @@ class ProcessExecutor:
 
         return protocol.ended.addCallback(ended)
 
-    def _which(self, program: str, search_path: str, cwd: Optional[str]) -> Optional[str]:
+    def _which(self, program: str, search_path: str, cwd: str | None) -> str | None:
         """
         Where C{program} is on C{search_path} (relative entries taken from
         C{cwd}, as C{exec} in it would); hits are remembered (a program that
@@ -285,7 +291,9 @@ class ProcessExecutor:
             return
         log.info(
             "Node {name}: task {task} of job {job} ended and left processes running; stopping them",
-            name=self._node_name, task=task_id, job=job,
+            name=self._node_name,
+            task=task_id,
+            job=job,
         )
         _kill_group_only(pid, signal.SIGTERM)
         self._arm_final_kill(pid)

@@ -9,7 +9,8 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
@@ -33,7 +34,7 @@ _RETRY = 0.01
 class _GuardProcess(ProcessProtocol):
     """The guard process, as the node sees it: a pipe to write to, and its end."""
 
-    def __init__(self, on_end: Callable[["_GuardProcess", Failure], None]) -> None:
+    def __init__(self, on_end: Callable[[_GuardProcess, Failure], None]) -> None:
         self._on_end = on_end
 
     def processEnded(self, reason: Failure) -> None:
@@ -88,11 +89,11 @@ class TaskGuard:
     def reap_leftovers(
         self,
         kill: Callable[[int, int], None] = guardian.kill_group,
-        stat: Callable[[int], Optional[tuple[str, int, int]]] = guardian.read_stat,
+        stat: Callable[[int], tuple[str, int, int] | None] = guardian.read_stat,
         alive: Callable[[], set[int]] = guardian.live_groups,
         sleep: Callable[[float], None] = time.sleep,
         now: Callable[[], float] = time.monotonic,
-        command_of: Optional[Callable[[int], str]] = None,
+        command_of: Callable[[int], str] | None = None,
     ) -> list[int]:
         """
         SIGKILL every process group of the record that still runs and is
@@ -112,13 +113,15 @@ class TaskGuard:
             log.warn(
                 "Node {name}: task process group {pgid} ({command}) of an earlier run of this node was "
                 "still running; killed it (SIGKILL) before taking up any work",
-                name=self._node_name, pgid=pgid, command=commands[pgid],
+                name=self._node_name,
+                pgid=pgid,
+                command=commands[pgid],
             )
         for pgid in left:
             log.error(
-                "Node {name}: task process group {pgid} of an earlier run of this node is still there "
-                "5s after SIGKILL",
-                name=self._node_name, pgid=pgid,
+                "Node {name}: task process group {pgid} of an earlier run of this node is still there 5s after SIGKILL",
+                name=self._node_name,
+                pgid=pgid,
             )
         return killed
 
@@ -195,21 +198,26 @@ class TaskGuard:
             log.error(
                 "Node {name}: its task guard ended ({reason}) {count} times in a row within {seconds:g}s of its "
                 "start; not starting another: its tasks would outlive it if it died",
-                name=self._node_name, reason=reason.getErrorMessage(), count=self._quick_deaths,
+                name=self._node_name,
+                reason=reason.getErrorMessage(),
+                count=self._quick_deaths,
                 seconds=_QUICK_DEATH,
             )
             return
         log.warn(
             "Node {name}: its task guard ended ({reason}); starting another, told of {count} running task "
             "process group(s)",
-            name=self._node_name, reason=reason.getErrorMessage(), count=len(self._watched),
+            name=self._node_name,
+            reason=reason.getErrorMessage(),
+            count=len(self._watched),
         )
         try:
             self._spawn()
         except OSError as e:
             log.error(
                 "Node {name} cannot start another task guard ({error}): its tasks would outlive it if it died",
-                name=self._node_name, error=e,
+                name=self._node_name,
+                error=e,
             )
 
     def watch(self, pgid: int) -> None:

@@ -31,7 +31,7 @@ import os
 import signal
 import sys
 import time
-from typing import Callable, Iterable, Optional
+from collections.abc import Callable, Iterable
 
 RECORD_NAME = "running-tasks"
 """The record file's name in the node's state directory."""
@@ -47,7 +47,7 @@ per task.  Nothing is lost by waiting: the lines stay in the pipe, and
 end-of-file comes after them.
 """
 
-Groups = dict[int, Optional[int]]
+Groups = dict[int, int | None]
 """Process group id -> start time (clock ticks after boot) of its leader, or None if unknown."""
 
 
@@ -61,7 +61,7 @@ class Registry:
     one batch, costs no look-up at all.
     """
 
-    def __init__(self, start_time: Callable[[int], Optional[int]]) -> None:
+    def __init__(self, start_time: Callable[[int], int | None]) -> None:
         """
         @param start_time: the start time of a process, or C{None} if it is
             gone (see L{start_time_of}).
@@ -98,7 +98,7 @@ class Registry:
         self._unread.clear()
 
 
-def read_stat(pid: int, proc: str = "/proc") -> Optional[tuple[str, int, int]]:
+def read_stat(pid: int, proc: str = "/proc") -> tuple[str, int, int] | None:
     """(state, process group, start time) of C{pid} from C{/proc/PID/stat}, or C{None} if it is gone."""
     try:
         with open(f"{proc}/{pid}/stat", "rb") as f:
@@ -108,13 +108,13 @@ def read_stat(pid: int, proc: str = "/proc") -> Optional[tuple[str, int, int]]:
         return None
 
 
-def start_time_of(pid: int) -> Optional[int]:
+def start_time_of(pid: int) -> int | None:
     """The start time of C{pid} (clock ticks after boot), or C{None} if it is gone."""
     stat = read_stat(pid)
     return None if stat is None else stat[2]
 
 
-def still_ours(pgid: int, start: Optional[int], stat: Callable[[int], Optional[tuple[str, int, int]]]) -> bool:
+def still_ours(pgid: int, start: int | None, stat: Callable[[int], tuple[str, int, int] | None]) -> bool:
     """
     Whether process group C{pgid} can still be the task's: its leader is the
     process that started at C{start}, or its leader is gone (a number in use
@@ -179,7 +179,7 @@ def stop_groups(
 def reap_leftovers(
     recorded: Groups,
     kill: Callable[[int, int], None],
-    stat: Callable[[int], Optional[tuple[str, int, int]]],
+    stat: Callable[[int], tuple[str, int, int] | None],
     alive: Callable[[], set[int]],
     sleep: Callable[[float], None],
     now: Callable[[], float],

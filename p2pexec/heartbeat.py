@@ -18,7 +18,8 @@ clock.
 from __future__ import annotations
 
 import enum
-from typing import Any, Callable, Hashable, Iterable, Optional
+from collections.abc import Callable, Hashable, Iterable
+from typing import Any
 
 import attr
 
@@ -41,7 +42,7 @@ class Verdict:
     """
 
     ping: bool
-    became: Optional[Liveness] = None
+    became: Liveness | None = None
 
 
 class FailureDetector:
@@ -77,7 +78,9 @@ class FailureDetector:
         else:
             now = Liveness.ALIVE
         self._states[key] = now
-        return Verdict(ping=now is not Liveness.DEAD and silent_for >= self.interval, became=now if now is not before else None)
+        return Verdict(
+            ping=now is not Liveness.DEAD and silent_for >= self.interval, became=now if now is not before else None
+        )
 
     def forget(self, key: Hashable) -> None:
         """Stop tracking C{key} (no work flows, or the connection closed)."""

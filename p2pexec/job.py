@@ -11,7 +11,8 @@ and kept in the journal, never subtracted from each other.
 from __future__ import annotations
 
 import enum
-from typing import Any, Iterable, Optional
+from collections.abc import Iterable
+from typing import Any
 
 import attr
 
@@ -62,8 +63,8 @@ class TaskRecord:
     spec: TaskSpec
     state: TaskState = TaskState.PENDING
     attempt: int = 0
-    worker: Optional[str] = None
-    result: Optional[TaskResult] = None
+    worker: str | None = None
+    result: TaskResult | None = None
     failures: int = 0
     losses: int = 0
 
@@ -99,9 +100,9 @@ class Job:
         job_id: str,
         tasks: Iterable[TaskSpec],
         started: float,
-        source: Optional[str] = None,
+        source: str | None = None,
         max_losses: int = DEFAULT_MAX_LOSSES,
-        started_at: Optional[float] = None,
+        started_at: float | None = None,
     ) -> None:
         """
         @param started: the monotonic clock's reading when it was accepted.
@@ -118,8 +119,8 @@ class Job:
         self.started_at = started if started_at is None else started_at
         self.source = source
         self.max_losses = max_losses
-        self.finished: Optional[float] = None
-        self._finished_at: Optional[float] = None
+        self.finished: float | None = None
+        self._finished_at: float | None = None
         self.cancelled = False
         self.participants: set[str] = set()
         self.succeeded = 0
@@ -132,10 +133,10 @@ class Job:
         job_id: str,
         records: Iterable[TaskRecord],
         started: float,
-        source: Optional[str] = None,
+        source: str | None = None,
         max_losses: int = DEFAULT_MAX_LOSSES,
-        started_at: Optional[float] = None,
-    ) -> "Job":
+        started_at: float | None = None,
+    ) -> Job:
         """
         A job rebuilt from its journal records (L{TaskRecord}s, in job order).
 
@@ -156,7 +157,7 @@ class Job:
         return job
 
     @property
-    def finished_at(self) -> Optional[float]:
+    def finished_at(self) -> float | None:
         """
         When it ended, by the wall clock, or C{None} while it runs: the
         moment its master read on the wall clock as it ended, or, until
@@ -192,7 +193,7 @@ class Job:
         """Whether C{task_id} waits for a worker."""
         return self.tasks[task_id].state is TaskState.PENDING
 
-    def apply(self, result: TaskResult, now: float, sender: Optional[str] = None) -> Verdict:
+    def apply(self, result: TaskResult, now: float, sender: str | None = None) -> Verdict:
         """
         Record a result reported by C{sender} for one attempt.
 
@@ -258,7 +259,7 @@ class Job:
         self,
         worker: str,
         now: float,
-        attempts: Optional[Iterable[tuple[str, int]]] = None,
+        attempts: Iterable[tuple[str, int]] | None = None,
         count_loss: bool = True,
     ) -> tuple[list[str], list[str]]:
         """
@@ -289,10 +290,7 @@ class Job:
                     attempt=record.attempt,
                     status=FAILED,
                     node=worker,
-                    error=(
-                        f"quarantined: lost its worker {record.losses} times (last: {worker}); "
-                        f"not run again"
-                    ),
+                    error=(f"quarantined: lost its worker {record.losses} times (last: {worker}); not run again"),
                 )
                 self.failed += 1
                 quarantined.append(task_id)
@@ -303,7 +301,7 @@ class Job:
             self.finished = now
         return requeue, quarantined
 
-    def stale_reason(self, result: TaskResult, sender: Optional[str]) -> str:
+    def stale_reason(self, result: TaskResult, sender: str | None) -> str:
         """Why L{apply} found C{result} stale, in words, for the log."""
         record = self.tasks.get(result.task_id)
         if record is None:

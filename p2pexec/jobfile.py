@@ -19,7 +19,7 @@ the field at fault.
 from __future__ import annotations
 
 import json
-from typing import Any, Optional
+from typing import Any
 
 from p2pexec.commands import MAX_VALUE_BYTES
 from p2pexec.model import TaskSpec, ValidationError
@@ -65,7 +65,7 @@ def load_job_file(path: str) -> list[TaskSpec]:
     return parse_job(data, path)
 
 
-def parse_job(data: dict[str, Any], source: str = "<job>", label: Optional[str] = None) -> list[TaskSpec]:
+def parse_job(data: dict[str, Any], source: str = "<job>", label: str | None = None) -> list[TaskSpec]:
     """
     Validate a decoded job document (from TOML, or JSON).
 
@@ -76,8 +76,7 @@ def parse_job(data: dict[str, Any], source: str = "<job>", label: Optional[str] 
     unknown = set(data) - {"defaults", "task", "job"}
     if unknown:
         raise JobFileError(
-            f"{where}: unknown top-level key(s) {', '.join(sorted(unknown))} "
-            f"(expected [defaults] and [[task]])"
+            f"{where}: unknown top-level key(s) {', '.join(sorted(unknown))} (expected [defaults] and [[task]])"
         )
     defaults = data.get("defaults", {})
     if not isinstance(defaults, dict):
@@ -115,7 +114,7 @@ def parse_job(data: dict[str, Any], source: str = "<job>", label: Optional[str] 
             detail = str(e)
             prefix = f"task {fields.get('id')!r}: "
             if detail.startswith(prefix):
-                detail = detail[len(prefix):]
+                detail = detail[len(prefix) :]
             raise JobFileError(f"{at}: {detail}") from None
         if spec.id in seen:
             raise JobFileError(f"{at}: id {spec.id!r} is already used by task #{seen[spec.id]}")

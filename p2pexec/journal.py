@@ -28,7 +28,8 @@ import fcntl
 import json
 import os
 import time
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Protocol
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attr
 from twisted.internet.defer import Deferred, succeed
@@ -141,7 +142,7 @@ _ERRNO_REASONS = {
 _SQLITE_REASONS = {13: "disk full", 8: "read-only", 10: "I/O error", 3: "permission denied", 14: "cannot open the file"}
 
 
-def write_failure_reason(error: BaseException, folder: Optional[str] = None) -> Optional[str]:
+def write_failure_reason(error: BaseException, folder: str | None = None) -> str | None:
     """
     Why a write failed, in a few words, if C{error} is a failure to write
     (an C{OSError}, or an SQLite error about the disk): C{None} otherwise
@@ -151,7 +152,7 @@ def write_failure_reason(error: BaseException, folder: Optional[str] = None) -> 
     """
     import sqlite3
 
-    reason: Optional[str] = None
+    reason: str | None = None
     if isinstance(error, OSError):
         reason = _ERRNO_REASONS.get(error.errno or 0, "cannot be written")
     elif isinstance(error, sqlite3.Error):
@@ -187,10 +188,10 @@ class ITaskState(Protocol):
 
     spec: TaskSpec
     attempt: int
-    worker: Optional[str]
+    worker: str | None
     failures: int
     losses: int
-    result: Optional[TaskResult]
+    result: TaskResult | None
 
     @property
     def state_name(self) -> str:
@@ -201,14 +202,14 @@ class IJobState(Protocol):
     """What the journal reads from a job when it writes it."""
 
     id: str
-    source: Optional[str]
+    source: str | None
     started_at: float
     """When it was accepted, by the wall clock (seconds since the epoch)."""
     cancelled: bool
     tasks: dict[str, Any]
 
     @property
-    def finished_at(self) -> Optional[float]:
+    def finished_at(self) -> float | None:
         """When it ended, by the wall clock, or C{None}."""
 
 
@@ -219,10 +220,10 @@ class StoredTask:
     spec: TaskSpec
     state: str
     attempt: int
-    worker: Optional[str]
+    worker: str | None
     failures: int
     losses: int
-    result: Optional[TaskResult]
+    result: TaskResult | None
 
 
 @attr.s(auto_attribs=True, frozen=True)
@@ -235,12 +236,12 @@ class StoredJob:
     """
 
     id: str
-    source: Optional[str]
+    source: str | None
     started: float
     """When it was accepted, by the wall clock of the process that accepted it."""
     cancelled: bool
     tasks: list[StoredTask]
-    finished: Optional[float] = None
+    finished: float | None = None
 
 
 class IJournal(Protocol):
@@ -251,7 +252,7 @@ class IJournal(Protocol):
         last write failed), or C{None} while it can.
     """
 
-    problem: Optional[JournalProblem]
+    problem: JournalProblem | None
 
     def job_added(self, job: IJobState) -> None:
         """A job was accepted: write it and all its tasks."""
@@ -274,7 +275,7 @@ class IJournal(Protocol):
     def unfinished_jobs(self) -> list[StoredJob]:
         """The jobs not finished, as stored."""
 
-    def finished_job(self, source: str) -> Optional[StoredJob]:
+    def finished_job(self, source: str) -> StoredJob | None:
         """The job from C{source} that finished last, if the journal still has one."""
 
     def withdraw(self, job_id: str) -> None:
@@ -287,8 +288,8 @@ class IJournal(Protocol):
 class NullJournal:
     """A journal that keeps nothing: for nodes run without a state directory."""
 
-    path: Optional[str] = None
-    problem: Optional[JournalProblem] = None
+    path: str | None = None
+    problem: JournalProblem | None = None
 
     def job_added(self, job: IJobState) -> None:
         """Nothing to write."""
@@ -310,7 +311,7 @@ class NullJournal:
         """None: nothing was kept."""
         return []
 
-    def finished_job(self, source: str) -> Optional[StoredJob]:
+    def finished_job(self, source: str) -> StoredJob | None:
         """None: nothing was kept."""
         return None
 
@@ -336,7 +337,7 @@ class Journal:
         state_dir: str,
         clock: IReactorTime,
         commit_delay: float = 0.0,
-        before_write: Optional[Callable[[], None]] = None,
+        before_write: Callable[[], None] | None = None,
     ) -> None:
         """
         Open (creating if needed) the journal in C{state_dir}.
@@ -359,12 +360,12 @@ class Journal:
         self._before_write = before_write
         self.path = os.path.join(state_dir, JOURNAL_FILE)
         self._folder = state_dir
-        self.problem: Optional[JournalProblem] = None
+        self.problem: JournalProblem | None = None
         self._failing_since = 0.0
         self._lock_fd = _lock_state_dir(state_dir)
         # A node that has never been a master has no journal file: SQLite
         # (2 MiB of a worker's memory) is loaded when it first has one to write.
-        self._db: "Optional[sqlite3.Connection]" = None
+        self._db: sqlite3.Connection | None = None
         if os.path.exists(self.path):
             try:
                 self._db = _open_database(self.path)
@@ -375,7 +376,7 @@ class Journal:
         self._changed_jobs: dict[str, IJobState] = {}
         self._changed_tasks: dict[tuple[str, str], ITaskState] = {}
         self._waiters: list[Deferred[None]] = []
-        self._commit_call: Optional[IDelayedCall] = None
+        self._commit_call: IDelayedCall | None = None
         self.commits = 0
 
     # -- marking ------------------------------------------------------------
@@ -466,8 +467,7 @@ class Journal:
                         f"INSERT OR REPLACE INTO tasks (job, id, seq, kind, spec, {_TASK_COLUMNS}) "
                         f"VALUES (?, ?, ?, ?, ?, {', '.join('?' * len(_TASK_COLUMN_NAMES))})",
                         (
-                            (job.id, record.spec.id, seq, record.spec.kind, _spec_json(record.spec))
-                            + _task_row(record)
+                            (job.id, record.spec.id, seq, record.spec.kind, _spec_json(record.spec)) + _task_row(record)
                             for seq, record in enumerate(job.tasks.values())
                         ),
                     )
@@ -481,7 +481,9 @@ class Journal:
                         if record.result is None and not record.failures and not record.losses
                     ]
                     if plain:
-                        db.executemany("UPDATE tasks SET state = ?, attempt = ?, worker = ? WHERE job = ? AND id = ?", plain)
+                        db.executemany(
+                            "UPDATE tasks SET state = ?, attempt = ?, worker = ? WHERE job = ? AND id = ?", plain
+                        )
                     if len(plain) < len(changed_tasks):
                         db.executemany(
                             f"UPDATE tasks SET {', '.join(f'{name} = ?' for name in _TASK_COLUMN_NAMES)} "
@@ -498,7 +500,9 @@ class Journal:
                         (job.finished_at, int(job.cancelled), job.id),
                     )
                 if self.problem is not None:
-                    db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('written_again', ?)", (str(time.time()),))
+                    db.execute(
+                        "INSERT OR REPLACE INTO meta (key, value) VALUES ('written_again', ?)", (str(time.time()),)
+                    )
         except (sqlite3.Error, OSError, JournalError) as e:
             # Nothing of this batch was written: keep it marked (behind what
             # was marked since), to be written by the next commit.
@@ -516,7 +520,8 @@ class Journal:
             log.info(
                 "The journal {path} can be written again, after {seconds:.0f}s: what waited for it goes out "
                 "now, and new jobs are accepted again",
-                path=self.path, seconds=self._clock.seconds() - self._failing_since,
+                path=self.path,
+                seconds=self._clock.seconds() - self._failing_since,
             )
             self.problem = None
         self._fire_waiters()
@@ -534,7 +539,9 @@ class Journal:
         if previous is None:
             self._failing_since = self._clock.seconds()
         self.problem = JournalProblem(
-            path=self.path, reason=reason, error=detail,
+            path=self.path,
+            reason=reason,
+            error=detail,
             since=previous.since if previous is not None else time.time(),
         )
         if previous is None or previous.reason != reason:
@@ -542,13 +549,19 @@ class Journal:
                 "Could not write the journal {path}: {reason} ({error}). Until it can be written, nothing that "
                 "depends on it is sent (assignments to other nodes, answers to confirmations, job ends) and new "
                 "jobs are refused; trying again every {delay:g}s",
-                path=self.path, reason=reason, error=detail, delay=RETRY_DELAY,
+                path=self.path,
+                reason=reason,
+                error=detail,
+                delay=RETRY_DELAY,
             )
         else:
             log.error(
                 "Could not write the journal {path} again: {reason} ({error}), for {seconds:.0f}s now; trying "
                 "again in {delay:g}s",
-                path=self.path, reason=reason, error=detail, delay=RETRY_DELAY,
+                path=self.path,
+                reason=reason,
+                error=detail,
+                delay=RETRY_DELAY,
                 seconds=self._clock.seconds() - self._failing_since,
             )
 
@@ -580,7 +593,7 @@ class Journal:
         ).fetchall()
         return [self._read_job(*row) for row in rows]
 
-    def finished_job(self, source: str) -> Optional[StoredJob]:
+    def finished_job(self, source: str) -> StoredJob | None:
         """
         The job from C{source} that finished last (its tasks and results as
         stored), if the journal still has one: finished jobs are pruned
@@ -598,7 +611,7 @@ class Journal:
         return None if row is None else self._read_job(*row)
 
     def _read_job(
-        self, job_id: str, source: Optional[str], started: float, cancelled: int, finished: Optional[float]
+        self, job_id: str, source: str | None, started: float, cancelled: int, finished: float | None
     ) -> StoredJob:
         """One job and its tasks, read back from the database."""
         assert self._db is not None
@@ -671,7 +684,7 @@ class Journal:
             self._lock_fd = -1
 
 
-def default_state_dir(name: str, environ: Optional[dict[str, str]] = None) -> str:
+def default_state_dir(name: str, environ: dict[str, str] | None = None) -> str:
     """C{$XDG_STATE_HOME/p2pexec/NAME}, with XDG's default C{~/.local/state}."""
     environ = dict(os.environ) if environ is None else environ
     base = environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
@@ -679,8 +692,19 @@ def default_state_dir(name: str, environ: Optional[dict[str, str]] = None) -> st
 
 
 _TASK_COLUMN_NAMES = (
-    "state", "attempt", "worker", "failures", "losses",
-    "result_attempt", "result_status", "result_node", "exit_code", "duration", "stdout", "stderr", "error",
+    "state",
+    "attempt",
+    "worker",
+    "failures",
+    "losses",
+    "result_attempt",
+    "result_status",
+    "result_node",
+    "exit_code",
+    "duration",
+    "stdout",
+    "stderr",
+    "error",
 )
 _TASK_COLUMNS = ", ".join(_TASK_COLUMN_NAMES)
 _NO_RESULT = (None,) * 8
@@ -693,19 +717,25 @@ def _task_row(record: ITaskState) -> tuple[Any, ...]:
     if result is None:
         return head + _NO_RESULT
     return head + (
-        result.attempt, result.status, result.node, result.exit_code, result.duration,
-        result.stdout, result.stderr, result.error,
+        result.attempt,
+        result.status,
+        result.node,
+        result.exit_code,
+        result.duration,
+        result.stdout,
+        result.stderr,
+        result.error,
     )
 
 
-def _spec_json(spec: TaskSpec) -> Optional[str]:
+def _spec_json(spec: TaskSpec) -> str | None:
     """A task's fields beyond its id and kind as JSON, or None for an instruction."""
     data = spec.to_wire()
     del data["id"], data["kind"]
     return json.dumps(data, ensure_ascii=False) if data else None
 
 
-def _stored_task(task_id: str, kind: str, spec: Optional[str], row: list[Any]) -> StoredTask:
+def _stored_task(task_id: str, kind: str, spec: str | None, row: list[Any]) -> StoredTask:
     """A task read back from its row (its spec validated again, as on the wire)."""
     data = {} if spec is None else json.loads(spec)
     if not isinstance(data, dict):
@@ -726,8 +756,13 @@ def _stored_task(task_id: str, kind: str, spec: Optional[str], row: list[Any]) -
             error=error,
         )
     return StoredTask(
-        spec=TaskSpec.from_wire(data), state=state, attempt=attempt, worker=worker,
-        failures=failures, losses=losses, result=result,
+        spec=TaskSpec.from_wire(data),
+        state=state,
+        attempt=attempt,
+        worker=worker,
+        failures=failures,
+        losses=losses,
+        result=result,
     )
 
 
@@ -758,7 +793,7 @@ def _lock_state_dir(state_dir: str) -> int:
     return fd
 
 
-def _open_database(path: str) -> "sqlite3.Connection":
+def _open_database(path: str) -> sqlite3.Connection:
     """Open and check the journal; create its tables only in a healthy file."""
     import sqlite3
 
@@ -780,9 +815,7 @@ def _open_database(path: str) -> "sqlite3.Connection":
         # journal must be left byte for byte as it was.
         tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         if tables and "meta" not in tables:
-            raise JournalError(
-                f"{path} is an SQLite database but not a p2pexec journal; it was left untouched"
-            )
+            raise JournalError(f"{path} is an SQLite database but not a p2pexec journal; it was left untouched")
         if "meta" in tables:
             row = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
             if row is None or row[0] != str(SCHEMA_VERSION):
@@ -817,7 +850,7 @@ def _open_database(path: str) -> "sqlite3.Connection":
 
 
 @contextlib.contextmanager
-def _transaction(db: "sqlite3.Connection") -> Iterator[None]:
+def _transaction(db: sqlite3.Connection) -> Iterator[None]:
     """
     BEGIN ... COMMIT, or ROLLBACK if anything fails, COMMIT included (the
     connection is in autocommit mode).  A COMMIT that fails (the file busy,
@@ -835,7 +868,7 @@ def _transaction(db: "sqlite3.Connection") -> Iterator[None]:
         raise
 
 
-def open_journal(state_dir: Optional[str], clock: IReactorTime) -> "Journal | NullJournal":
+def open_journal(state_dir: str | None, clock: IReactorTime) -> Journal | NullJournal:
     """A node's L{Journal} in C{state_dir} (group commit), or a L{NullJournal} when it is C{None}."""
     if state_dir is None:
         return NullJournal()

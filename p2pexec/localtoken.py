@@ -24,7 +24,7 @@ import json
 import os
 import socket
 import stat
-from typing import Any, Optional
+from typing import Any
 
 from p2pexec.auth import KeyFileError, generate_key, load_key
 
@@ -76,20 +76,20 @@ def load_or_create(state_dir: str) -> bytes:
         raise LocalTokenError(str(e).replace("key file", "local token", 1)) from None
 
 
-def runtime_dir(environ: Optional[dict[str, str]] = None) -> str:
+def runtime_dir(environ: dict[str, str] | None = None) -> str:
     """C{$XDG_STATE_HOME/p2pexec/nodes}, with XDG's default C{~/.local/state}: where nodes leave their records."""
     environ = dict(os.environ) if environ is None else environ
     base = environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
     return os.path.join(base, "p2pexec", "nodes")
 
 
-def record_path(interface: str, port: int, environ: Optional[dict[str, str]] = None) -> str:
+def record_path(interface: str, port: int, environ: dict[str, str] | None = None) -> str:
     """The runtime record of the node on C{interface:port}."""
     return os.path.join(runtime_dir(environ), f"{interface}-{port}.json")
 
 
 def write_record(
-    interface: str, port: int, name: str, state_dir: str, web: Optional[int], environ: Optional[dict[str, str]] = None
+    interface: str, port: int, name: str, state_dir: str, web: int | None, environ: dict[str, str] | None = None
 ) -> str:
     """
     Write the runtime record of a node that uses a local token (mode 0600,
@@ -128,7 +128,7 @@ def remove_record(path: str) -> None:
             _remove_quietly(path)
 
 
-def find_token(host: str, port: int, environ: Optional[dict[str, str]] = None) -> Optional[tuple[bytes, dict[str, Any]]]:
+def find_token(host: str, port: int, environ: dict[str, str] | None = None) -> tuple[bytes, dict[str, Any]] | None:
     """
     The local token of this user's running node at C{host:port}, and its
     record; None if there is none (no such node of this user, or it has a

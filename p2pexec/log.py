@@ -13,7 +13,7 @@ fields.  Two additions live here:
 from __future__ import annotations
 
 import time
-from typing import Any, Optional
+from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger, LogLevel, formatEvent
@@ -52,7 +52,7 @@ class NodeLogger(Logger):
     formatting anything.
     """
 
-    def emit(self, level: LogLevel, format: Optional[str] = None, **kwargs: Any) -> None:
+    def emit(self, level: LogLevel, format: str | None = None, **kwargs: Any) -> None:
         """Emit the event unless C{level} is below the minimum."""
         if level < _minimum_level:
             return
@@ -65,7 +65,7 @@ class DemotingLogger(NodeLogger):
     become debug lines; warnings and errors stay as they are.
     """
 
-    def emit(self, level: LogLevel, format: Optional[str] = None, **kwargs: Any) -> None:
+    def emit(self, level: LogLevel, format: str | None = None, **kwargs: Any) -> None:
         """Emit the event, at debug level if it was below a warning."""
         if level < LogLevel.warn:
             level = LogLevel.debug
@@ -119,7 +119,7 @@ class RateLimitedLog:
 _stamp_cache: list[Any] = [None, ""]
 
 
-def _format_line(event: dict[str, Any]) -> Optional[str]:
+def _format_line(event: dict[str, Any]) -> str | None:
     """C{2026-11-26T16:01:26.123456+0000 [namespace#level] text}, one line."""
     text = formatEvent(event)
     failure = event.get("log_failure")

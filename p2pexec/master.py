@@ -16,7 +16,8 @@ import os
 import random
 import time
 from collections import deque
-from typing import Any, Callable, Iterable, Optional, Protocol
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
 
 import attr
 from twisted.internet.defer import Deferred
@@ -97,7 +98,7 @@ class _WorkerSeat:
     info: NodeInfo
     outstanding: int = 0
     accepting: bool = True
-    mean_duration: Optional[float] = None
+    mean_duration: float | None = None
 
     @property
     def window(self) -> int:
@@ -164,7 +165,7 @@ class Master:
         link: IWorkerLink,
         observer: IJobObserver,
         clock: IReactorTime,
-        journal: Optional[IJournal] = None,
+        journal: IJournal | None = None,
         max_losses: int = DEFAULT_MAX_LOSSES,
         jitter: Callable[[], float] = random.random,
         wall: WallClock = time.time,
@@ -183,9 +184,9 @@ class Master:
         self.journal: IJournal = journal if journal is not None else NullJournal()
         self._max_losses = max_losses
         self._jitter = jitter
-        self._retry_delay: Optional[Callable[[int], float]] = None
+        self._retry_delay: Callable[[int], float] | None = None
         self._in_doubt: dict[str, dict[str, list[tuple[str, int]]]] = {}
-        self._reconcile_call: Optional[IDelayedCall] = None
+        self._reconcile_call: IDelayedCall | None = None
         self.retries_scheduled = 0
         self.quarantined = 0
         self.stale_results = 0
@@ -195,7 +196,7 @@ class Master:
         self.jobs: dict[str, Job] = {}
         self._pending: dict[str, deque[tuple[str, str]]] = {}
         self._workers: dict[str, _WorkerSeat] = {}
-        self._dispatch_call: Optional[IDelayedCall] = None
+        self._dispatch_call: IDelayedCall | None = None
         self._waiting_since: dict[str, float] = {}
         self._waiting_logged: set[str] = set()
         self._job_numbers = itertools.count(1)
@@ -208,7 +209,7 @@ class Master:
         """A job id unique to this master process."""
         return f"{self.me.name}-{self.me.instance[:8]}-{next(self._job_numbers)}"
 
-    def submit(self, tasks: Iterable[TaskSpec], job_id: Optional[str] = None, source: Optional[str] = None) -> Job:
+    def submit(self, tasks: Iterable[TaskSpec], job_id: str | None = None, source: str | None = None) -> Job:
         """
         Accept a job and queue its tasks (the journal has it by the time
         L{IJournal.durable} fires).
@@ -217,8 +218,12 @@ class Master:
             given the same job resumes it (see L{find_unfinished}).
         """
         job = Job(
-            job_id or self.new_job_id(), tasks, started=self._clock.seconds(), source=source,
-            max_losses=self._max_losses, started_at=self._wall(),
+            job_id or self.new_job_id(),
+            tasks,
+            started=self._clock.seconds(),
+            source=source,
+            max_losses=self._max_losses,
+            started_at=self._wall(),
         )
         self.jobs[job.id] = job
         self.journal.job_added(job)
@@ -261,7 +266,7 @@ class Master:
         """The jobs that still have tasks without a result."""
         return [job for job in self.jobs.values() if job.finished is None]
 
-    def find_unfinished(self, source: str) -> Optional[Job]:
+    def find_unfinished(self, source: str) -> Job | None:
         """The unfinished job that came from C{source}, if there is one."""
         for job in self.unfinished():
             if job.source == source:
@@ -385,7 +390,8 @@ class Master:
         named = lists["done"] | lists["running"]
         lost = [(task_id, attempt) for task_id, attempt in attempts if task_id in lists["unknown"]]
         unnamed = [
-            (task_id, attempt) for task_id, attempt in attempts
+            (task_id, attempt)
+            for task_id, attempt in attempts
             if task_id not in named and task_id not in lists["unknown"]
         ]
         log.info(
@@ -401,9 +407,7 @@ class Master:
         if lost:
             self._release(worker, self._lose(job, worker, "no longer had them", lost, count_loss=False))
         if unnamed:
-            why = "named them in none of the lists of its RESULT_QUERY answer ({ids})".format(
-                ids=format_ids([task_id for task_id, _ in unnamed])
-            )
+            why = f"named them in none of the lists of its RESULT_QUERY answer ({format_ids([task_id for task_id, _ in unnamed])})"
             self._release(worker, self._lose(job, worker, why, unnamed, count_loss=False))
 
     def _reconcile_failed(self, failure: Any, worker: str, job_id: str, attempts: list[tuple[str, int]]) -> None:
@@ -411,8 +415,7 @@ class Master:
         if job is None:
             return
         log.warn(
-            "Node {name} could not ask worker {worker} about {count} task(s) of job {job}: {error}; "
-            "they run again",
+            "Node {name} could not ask worker {worker} about {count} task(s) of job {job}: {error}; they run again",
             name=self.me.name,
             worker=worker,
             count=len(attempts),
@@ -433,8 +436,11 @@ class Master:
         for worker, jobs in list(self._in_doubt.items()):
             for job_id, attempts in jobs.items():
                 self._lose(
-                    self.jobs[job_id], worker, f"did not come back within {RECONCILE_GRACE:g}s",
-                    attempts, count_loss=False,
+                    self.jobs[job_id],
+                    worker,
+                    f"did not come back within {RECONCILE_GRACE:g}s",
+                    attempts,
+                    count_loss=False,
                 )
         self._in_doubt.clear()
 
@@ -507,7 +513,7 @@ class Master:
         job: Job,
         worker: str,
         why: str,
-        attempts: Optional[list[tuple[str, int]]] = None,
+        attempts: list[tuple[str, int]] | None = None,
         count_loss: bool = True,
     ) -> int:
         """
@@ -523,8 +529,7 @@ class Master:
         if requeue:
             self._requeue(job, requeue)
             log.warn(
-                "Node {name} put {count} unconfirmed task(s) of job {job} back in the queue: "
-                "worker {worker} {why}",
+                "Node {name} put {count} unconfirmed task(s) of job {job} back in the queue: worker {worker} {why}",
                 name=self.me.name,
                 count=len(requeue),
                 job=job.id,
@@ -715,8 +720,12 @@ class Master:
         for job in sorted(announced, key=lambda job: job.finished or 0.0)[:excess]:
             del self.jobs[job.id]
             self._announced.discard(job.id)
-            log.debug("Node {name} forgot finished job {job} (kept: the newest {limit})",
-                      name=self.me.name, job=job.id, limit=MAX_FINISHED_JOBS)
+            log.debug(
+                "Node {name} forgot finished job {job} (kept: the newest {limit})",
+                name=self.me.name,
+                job=job.id,
+                limit=MAX_FINISHED_JOBS,
+            )
 
     # -- cancellation ---------------------------------------------------------
 
@@ -831,7 +840,11 @@ class Master:
                 self._requeue(job, taken)
             self.dispatching = False
             self._clock.callLater(JOURNAL_RETRY, self._resume_dispatching)
-            log.error("Node {name} stops handing out tasks for {delay:g}s: its journal cannot be written", name=self.me.name, delay=JOURNAL_RETRY)
+            log.error(
+                "Node {name} stops handing out tasks for {delay:g}s: its journal cannot be written",
+                name=self.me.name,
+                delay=JOURNAL_RETRY,
+            )
             return
         self._send(sends)
 
@@ -903,7 +916,7 @@ QUERY_ANSWER_KEYS = ("done", "running", "unknown")
 """The lists of a RESULT_QUERY answer."""
 
 
-def check_query_answer(answer: Any) -> tuple[dict[str, set[str]], Optional[str]]:
+def check_query_answer(answer: Any) -> tuple[dict[str, set[str]], str | None]:
     """
     Read a worker's RESULT_QUERY answer: C{done}, C{running} and C{unknown},
     each a list of task id strings.
@@ -923,8 +936,7 @@ def check_query_answer(answer: Any) -> tuple[dict[str, set[str]], Optional[str]]
         wrong = [entry for entry in value if not isinstance(entry, str)]
         if wrong:
             return empty, (
-                f"its {key!r} holds {len(wrong)} element(s) that are not task id strings, such as "
-                f"{_describe(wrong[0])}"
+                f"its {key!r} holds {len(wrong)} element(s) that are not task id strings, such as {_describe(wrong[0])}"
             )
         lists[key] = set(value)
     return lists, None

@@ -9,12 +9,12 @@ what changed, so that the caller can log it and act on it.
 from __future__ import annotations
 
 import enum
-from typing import Any, Callable, Iterator, Optional
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import attr
 
 from p2pexec.model import NodeInfo
-
 
 MAX_PEERS = 10_000
 """The most peers a table holds; others are not recorded until some expire."""
@@ -59,7 +59,7 @@ class PeerRecord:
     info: NodeInfo
     state: PeerState
     last_heard: float
-    connection: Optional[Any] = None
+    connection: Any | None = None
 
 
 class PeerTable:
@@ -77,7 +77,7 @@ class PeerTable:
     def __len__(self) -> int:
         return len(self._peers)
 
-    def get(self, name: str) -> Optional[PeerRecord]:
+    def get(self, name: str) -> PeerRecord | None:
         """The record for C{name}, if known."""
         return self._peers.get(name)
 
@@ -118,15 +118,15 @@ class PeerTable:
         Record a completed handshake with C{info} over C{connection}.
         """
         record = self._peers.get(info.name)
-        change = Change.NEW if record is None else (
-            Change.RESTARTED if record.info.instance != info.instance else Change.NOTHING
+        change = (
+            Change.NEW
+            if record is None
+            else (Change.RESTARTED if record.info.instance != info.instance else Change.NOTHING)
         )
-        self._peers[info.name] = PeerRecord(
-            info=info, state=PeerState.CONNECTED, last_heard=now, connection=connection
-        )
+        self._peers[info.name] = PeerRecord(info=info, state=PeerState.CONNECTED, last_heard=now, connection=connection)
         return change
 
-    def is_connected(self, name: str, instance: Optional[str] = None) -> bool:
+    def is_connected(self, name: str, instance: str | None = None) -> bool:
         """Whether C{name} (with that instance, if given) has a live connection."""
         record = self._peers.get(name)
         if record is None or record.state is not PeerState.CONNECTED:
@@ -169,8 +169,7 @@ class PeerTable:
     def connected_at(self, host: str, port: int) -> bool:
         """Whether a connected peer says it listens at C{host:port}."""
         return any(
-            r.state is PeerState.CONNECTED and r.info.host == host and r.info.port == port
-            for r in self._peers.values()
+            r.state is PeerState.CONNECTED and r.info.host == host and r.info.port == port for r in self._peers.values()
         )
 
     def connected_peers(self) -> list[PeerRecord]:

@@ -9,7 +9,8 @@ master's result listeners.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterator
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -28,7 +29,7 @@ DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0, 30
 class NodeCollector(Collector):
     """Reads a node's state at each scrape."""
 
-    def __init__(self, node: "Node") -> None:
+    def __init__(self, node: Node) -> None:
         self._node = node
 
     def collect(self) -> Iterator[Metric]:
@@ -62,13 +63,21 @@ class NodeCollector(Collector):
         master = node.master
         for name, documentation, value in (
             ("p2pexec_assignments_sent", "Task attempts handed out to workers.", master.assignments_sent),
-            ("p2pexec_stale_results", "Results dropped as stale (superseded attempts, tasks already done).", master.stale_results),
+            (
+                "p2pexec_stale_results",
+                "Results dropped as stale (superseded attempts, tasks already done).",
+                master.stale_results,
+            ),
             ("p2pexec_retries", "Failed attempts given a retry.", master.retries_scheduled),
             ("p2pexec_quarantined", "Tasks quarantined after losing their worker too often.", master.quarantined),
             ("p2pexec_reconnects", "Connections to a peer opened again after an earlier one closed.", node.reconnects),
             ("p2pexec_datagrams_received", "Discovery datagrams accepted from other nodes.", node.discovery.received),
             ("p2pexec_worker_tasks_completed", "Attempts this node finished as a worker.", node.worker.completed),
-            ("p2pexec_results_answered_from_cache", "Results sent again from the worker's cache instead of rerun.", node.worker.answered_from_cache),
+            (
+                "p2pexec_results_answered_from_cache",
+                "Results sent again from the worker's cache instead of rerun.",
+                node.worker.answered_from_cache,
+            ),
         ):
             yield CounterMetricFamily(name, documentation, value=value)
         rejected = CounterMetricFamily(
@@ -91,7 +100,7 @@ class NodeMetrics:
     the master as results are applied.
     """
 
-    def __init__(self, node: "Node") -> None:
+    def __init__(self, node: Node) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(NodeCollector(node))
         self.completed = Counter(

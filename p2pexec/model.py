@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 import math
 import re
-from typing import Any, Callable, Mapping, Optional, Sequence, Union
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import attr
 
@@ -51,7 +52,7 @@ def kind_of(name: str) -> str:
     return match.group(0) if match else name
 
 
-def loads_strict(data: bytes, object_pairs_hook: Optional[Callable[[list[tuple[str, Any]]], Any]] = None) -> Any:
+def loads_strict(data: bytes, object_pairs_hook: Callable[[list[tuple[str, Any]]], Any] | None = None) -> Any:
     """
     Decode UTF-8 JSON from the network, refusing what cannot be written back
     as UTF-8: a lone surrogate (C{"\\ud800"}) that JSON escapes allow.
@@ -179,7 +180,7 @@ class NodeInfo:
         }
 
     @classmethod
-    def from_wire(cls, data: Any) -> "NodeInfo":
+    def from_wire(cls, data: Any) -> NodeInfo:
         """
         Build a L{NodeInfo} from its wire form.
 
@@ -217,7 +218,7 @@ class NodeInfo:
         )
 
 
-Command = Union[str, tuple[str, ...], None]
+Command = str | tuple[str, ...] | None
 
 
 @attr.s(frozen=True, slots=True, auto_attribs=True)
@@ -241,13 +242,13 @@ class TaskSpec:
     kind: str
     command: Command = None
     shell: bool = False
-    cwd: Optional[str] = None
+    cwd: str | None = None
     env: tuple[tuple[str, str], ...] = ()
-    timeout: Optional[float] = None
+    timeout: float | None = None
     retries: int = 0
 
     @classmethod
-    def instruction(cls, name: str) -> "TaskSpec":
+    def instruction(cls, name: str) -> TaskSpec:
         """An original-style instruction: a name whose kind is its leading letters."""
         return cls(id=name, kind=kind_of(name))
 
@@ -255,9 +256,7 @@ class TaskSpec:
         """The JSON-able form carried by INSTRUCTION_ASSIGNMENT."""
         data: dict[str, Any] = {"id": self.id, "kind": self.kind}
         if self.command is not None:
-            data["command"] = (
-                self.command if isinstance(self.command, str) else list(self.command)
-            )
+            data["command"] = self.command if isinstance(self.command, str) else list(self.command)
         if self.shell:
             data["shell"] = True
         if self.cwd is not None:
@@ -271,7 +270,7 @@ class TaskSpec:
         return data
 
     @classmethod
-    def from_wire(cls, data: Any) -> "TaskSpec":
+    def from_wire(cls, data: Any) -> TaskSpec:
         """
         Build a L{TaskSpec} from its wire form (also the job file's form).
 
@@ -281,8 +280,7 @@ class TaskSpec:
         task_id = _field(data, "id", str, "task")
         _require(
             bool(TASK_ID_PATTERN.fullmatch(task_id)),
-            f"task id must be 1-128 characters of A-Z a-z 0-9 _ . : @ + -, "
-            f"not {task_id!r}",
+            f"task id must be 1-128 characters of A-Z a-z 0-9 _ . : @ + -, not {task_id!r}",
         )
         what = f"task {task_id!r}"
         kind = validate_name(data.get("kind", kind_of(task_id)), f"{what}: kind")
@@ -297,9 +295,7 @@ class TaskSpec:
                 )
             else:
                 _require(
-                    isinstance(command, list)
-                    and len(command) > 0
-                    and all(isinstance(part, str) for part in command),
+                    isinstance(command, list) and len(command) > 0 and all(isinstance(part, str) for part in command),
                     f"{what}: 'command' must be a non-empty list of strings "
                     f"(or a string with shell = true), not {command!r}",
                 )
@@ -318,8 +314,7 @@ class TaskSpec:
         )
         env = data.get("env", {})
         _require(
-            isinstance(env, dict)
-            and all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()),
+            isinstance(env, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()),
             f"{what}: 'env' must be a table of string values",
         )
         _require(
@@ -333,9 +328,7 @@ class TaskSpec:
         timeout = data.get("timeout")
         if timeout is not None:
             _require(
-                isinstance(timeout, (int, float))
-                and not isinstance(timeout, bool)
-                and 0 < timeout <= 7 * 24 * 3600,
+                isinstance(timeout, (int, float)) and not isinstance(timeout, bool) and 0 < timeout <= 7 * 24 * 3600,
                 f"{what}: 'timeout' must be a number of seconds above 0, not {timeout!r}",
             )
             timeout = float(timeout)
@@ -391,11 +384,11 @@ class TaskResult:
     attempt: int
     status: str
     node: str
-    exit_code: Optional[int] = None
+    exit_code: int | None = None
     duration: float = 0.0
     stdout: str = ""
     stderr: str = ""
-    error: Optional[str] = None
+    error: str | None = None
 
     @property
     def succeeded(self) -> bool:
@@ -422,7 +415,7 @@ class TaskResult:
         return data
 
     @classmethod
-    def from_wire(cls, data: Any) -> "TaskResult":
+    def from_wire(cls, data: Any) -> TaskResult:
         """
         Build a L{TaskResult} from its wire form.
 
@@ -437,8 +430,7 @@ class TaskResult:
         node = validate_name(_field(data, "node", str, what), f"{what}: node")
         exit_code = data.get("exit_code")
         _require(
-            exit_code is None
-            or (isinstance(exit_code, int) and not isinstance(exit_code, bool)),
+            exit_code is None or (isinstance(exit_code, int) and not isinstance(exit_code, bool)),
             f"{what}: 'exit_code' must be an integer",
         )
         duration = _finite_seconds(_field(data, "duration", float, what), f"{what}: 'duration'")
@@ -480,7 +472,7 @@ class Assignment:
         return data
 
     @classmethod
-    def from_wire(cls, data: Any) -> "Assignment":
+    def from_wire(cls, data: Any) -> Assignment:
         """
         Build an L{Assignment} from its wire form.
 
@@ -507,8 +499,7 @@ def parse_instructions(names: Sequence[str]) -> list[TaskSpec]:
     for name in names:
         _require(
             bool(TASK_ID_PATTERN.fullmatch(name)),
-            f"instruction {name!r} is not a valid task id "
-            f"(1-128 characters of A-Z a-z 0-9 _ . : @ + -)",
+            f"instruction {name!r} is not a valid task id (1-128 characters of A-Z a-z 0-9 _ . : @ + -)",
         )
         _require(name not in seen, f"instruction {name!r} is listed twice")
         seen.add(name)

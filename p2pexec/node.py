@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import random
 import time
-from typing import Any, Optional
+from typing import Any
 
 import attr
 from twisted.internet.defer import Deferred, DeferredList, TimeoutError, fail, gatherResults
@@ -23,11 +23,14 @@ from twisted.internet.task import LoopingCall
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
-from p2pexec import commands
+from p2pexec import commands, status
+from p2pexec.auth import ChallengeResponse, DatagramSealer
+from p2pexec.clock import WallClock
 from p2pexec.connections import Dialer, dials
 from p2pexec.discovery import DiscoveryProtocol
 from p2pexec.heartbeat import FailureDetector, Liveness, Watchman
 from p2pexec.job import DEFAULT_MAX_LOSSES, Job
+from p2pexec.jobfile import JobFileError, parse_job
 from p2pexec.journal import IJournal, JournalError, open_journal
 from p2pexec.log import NodeLogger, RateLimitedLog
 from p2pexec.master import Master, random_instance
@@ -42,10 +45,6 @@ from p2pexec.model import (
     validate_name,
 )
 from p2pexec.peer import MAX_CONNECTIONS_PER_ADDRESS, PeerProtocol, parse_peer_list, peer_entry
-from p2pexec import status
-from p2pexec.auth import ChallengeResponse, DatagramSealer
-from p2pexec.clock import WallClock
-from p2pexec.jobfile import JobFileError, parse_job
 from p2pexec.results import write_results
 from p2pexec.worker import ITaskRunner, Worker
 
@@ -77,8 +76,8 @@ class NodeConfig:
     cluster: str = "default"
     capabilities: frozenset[str] = frozenset()
     slots: int = 1
-    tasks: Optional[tuple[TaskSpec, ...]] = None
-    results: Optional[str] = None
+    tasks: tuple[TaskSpec, ...] | None = None
+    results: str | None = None
     multicast: bool = True
     seeds: tuple[tuple[str, int], ...] = ()
     drain_timeout: float = 30.0
@@ -88,26 +87,26 @@ class NodeConfig:
     exchange_interval: float = 5.0
     heartbeat_interval: float = 0.5
     heartbeat_timeout: float = 2.5
-    state_dir: Optional[str] = None
-    job_source: Optional[str] = None
-    job_label: Optional[str] = None
+    state_dir: str | None = None
+    job_source: str | None = None
+    job_label: str | None = None
     """How the start-up job was given, for the log (C{job file FILE}, C{--tasks ...})."""
     rerun_job: bool = False
     """Run the start-up job even if the journal says it already finished (C{--rerun-job})."""
     max_losses: int = DEFAULT_MAX_LOSSES
     journal_retention: float = 7 * 24 * 3600.0
-    key: Optional[bytes] = attr.ib(default=None, repr=False)
-    local_token: Optional[bytes] = attr.ib(default=None, repr=False)
+    key: bytes | None = attr.ib(default=None, repr=False)
+    local_token: bytes | None = attr.ib(default=None, repr=False)
     """Without a key: the owner's token (L{p2pexec.localtoken}), which submitting and cancelling need; None: anyone may."""
     web_public: bool = False
-    tls: Optional[Any] = None
+    tls: Any | None = None
     """A L{p2pexec.tls.TLSConfig}: AMP connections speak TLS."""
 
 
 class _LocalSink:
     """Results of the tasks this node runs as its own master."""
 
-    def __init__(self, node: "Node") -> None:
+    def __init__(self, node: Node) -> None:
         self._node = node
         self.key = (node.info.name, node.info.instance)
 
@@ -118,7 +117,7 @@ class _LocalSink:
 class _RemoteSink:
     """Results going back to another node that is their master."""
 
-    def __init__(self, node: "Node", name: str, instance: str) -> None:
+    def __init__(self, node: Node, name: str, instance: str) -> None:
         self._node = node
         self.key = (name, instance)
 
@@ -143,7 +142,7 @@ class Node:
         reactor: Any,
         runner: ITaskRunner,
         wall: WallClock = time.time,
-        journal: Optional[IJournal] = None,
+        journal: IJournal | None = None,
     ) -> None:
         """
         @param reactor: the reactor; its C{seconds()} is the monotonic clock of
@@ -169,10 +168,17 @@ class Node:
         self.worker = Worker(config.name, config.capabilities, config.slots, runner, reactor)
         self.journal: IJournal = journal if journal is not None else open_journal(config.state_dir, reactor)
         self.master = Master(
-            self.info, link=self, observer=self, clock=reactor, journal=self.journal, max_losses=config.max_losses,
+            self.info,
+            link=self,
+            observer=self,
+            clock=reactor,
+            journal=self.journal,
+            max_losses=config.max_losses,
             wall=wall,
         )
-        self.dialer = Dialer(reactor, make_protocol=lambda: PeerProtocol(self, dialled=True, clock=reactor), introduce=self._introduce)
+        self.dialer = Dialer(
+            reactor, make_protocol=lambda: PeerProtocol(self, dialled=True, clock=reactor), introduce=self._introduce
+        )
         self.watchman = Watchman(
             busy=FailureDetector(config.heartbeat_interval, config.heartbeat_timeout),
             idle=FailureDetector(IDLE_HEARTBEAT_INTERVAL, IDLE_HEARTBEAT_TIMEOUT),
@@ -199,7 +205,7 @@ class Node:
             sealer=DatagramSealer(config.key, wall) if config.key is not None else None,
         )
         self.initial_job: Deferred[Job] = Deferred()
-        self._initial_job_id: Optional[str] = None
+        self._initial_job_id: str | None = None
         self._complaints = RateLimitedLog(log, reactor)
         self._tcp_port: Any = None
         self._udp_port: Any = None
@@ -217,7 +223,7 @@ class Node:
         self._ever_connected: set[str] = set()
         self._in_flight: set[Deferred[Any]] = set()
         self._confirming: dict[str, int] = {}
-        self._local_sink: Optional[_LocalSink] = None
+        self._local_sink: _LocalSink | None = None
         self.stopping = False
 
     # -- start and stop -------------------------------------------------------
@@ -279,9 +285,7 @@ class Node:
         ):
             loop = LoopingCall(call)
             loop.clock = self._reactor
-            loop.start(interval, now=False).addErrback(
-                lambda f: log.failure("Periodic task failed", f)
-            )
+            loop.start(interval, now=False).addErrback(lambda f: log.failure("Periodic task failed", f))
             self._loops.append(loop)
         for host, port in self.config.seeds:
             if (_LOCALHOST.get(host, host), port) == (self.info.host, self.info.port):
@@ -310,7 +314,9 @@ class Node:
                     "Node {name} could not write its start-up job {job} to its journal ({error}); "
                     "it runs, and is written once the journal can be written (a restart before then "
                     "would not resume it)",
-                    name=self.info.name, job=self._initial_job_id, error=e,
+                    name=self.info.name,
+                    job=self._initial_job_id,
+                    error=e,
                 )
 
     def _resume_jobs(self) -> None:
@@ -320,7 +326,9 @@ class Node:
         if prune is not None:
             pruned = prune(self._wall() - self.config.journal_retention)
             if pruned:
-                log.info("Node {name} pruned {count} finished job(s) from its journal", name=self.info.name, count=pruned)
+                log.info(
+                    "Node {name} pruned {count} finished job(s) from its journal", name=self.info.name, count=pruned
+                )
         stored = journal.unfinished_jobs()
         if not stored:
             return
@@ -357,15 +365,25 @@ class Node:
             log.info(
                 "Node {name}: {label} {ended} at {when} (job {job}: {succeeded} succeeded, {failed} failed); "
                 "--rerun-job: running it again as a new job",
-                name=self.info.name, label=label, ended=ended, when=when, job=job.id,
-                succeeded=job.succeeded, failed=job.failed,
+                name=self.info.name,
+                label=label,
+                ended=ended,
+                when=when,
+                job=job.id,
+                succeeded=job.succeeded,
+                failed=job.failed,
             )
             return False
         log.warn(
             "Node {name}: {label} {ended} at {when} (job {job}: {succeeded} succeeded, {failed} failed); "
             "not running it again; pass --rerun-job to run it again",
-            name=self.info.name, label=label, ended=ended, when=when, job=job.id,
-            succeeded=job.succeeded, failed=job.failed,
+            name=self.info.name,
+            label=label,
+            ended=ended,
+            when=when,
+            job=job.id,
+            succeeded=job.succeeded,
+            failed=job.failed,
         )
         self._initial_job_id = job.id
         if not self.initial_job.called:
@@ -436,7 +454,9 @@ class Node:
         await _bounded(self.worker.settled(), 10.0, self._reactor)
         self.worker.flush()
         if self._in_flight:
-            await _bounded(DeferredList(list(self._in_flight), consumeErrors=True), self.config.disconnect_timeout, self._reactor)
+            await _bounded(
+                DeferredList(list(self._in_flight), consumeErrors=True), self.config.disconnect_timeout, self._reactor
+            )
         for job in self.master.unfinished():
             log.warn(
                 "Node {name} is leaving with job {job} unfinished: {done} of {total} task(s) have results",
@@ -529,7 +549,7 @@ class Node:
         ):
             self.dialer.ensure(record.info)
 
-    def _introduce(self, protocol: PeerProtocol, info: Optional[NodeInfo]) -> Any:
+    def _introduce(self, protocol: PeerProtocol, info: NodeInfo | None) -> Any:
         """Introduce ourselves on a dialled connection (to C{info}, or to a seed)."""
         return protocol.introduce(self.info, expected=info.name if info is not None else None)
 
@@ -569,7 +589,12 @@ class Node:
 
     def _liveness_changed(self, name: str, liveness: Liveness, silent: float) -> None:
         if liveness is Liveness.SUSPECT:
-            log.warn("Node {name} suspects peer {peer}: silent for {silent:.1f}s", name=self.info.name, peer=name, silent=silent)
+            log.warn(
+                "Node {name} suspects peer {peer}: silent for {silent:.1f}s",
+                name=self.info.name,
+                peer=name,
+                silent=silent,
+            )
         elif liveness is Liveness.ALIVE:
             log.info("Node {name}: peer {peer} answers again", name=self.info.name, peer=name)
 
@@ -577,7 +602,10 @@ class Node:
         log.warn(
             "Node {name} declared peer {peer} dead: silent for {silent:.1f}s (timeout {timeout:g}s); "
             "closing the connection",
-            name=self.info.name, peer=name, silent=silent, timeout=timeout,
+            name=self.info.name,
+            peer=name,
+            silent=silent,
+            timeout=timeout,
         )
         protocol.transport.abortConnection()
 
@@ -705,11 +733,16 @@ class Node:
         for record in self.peers.connected_peers():
             liveness[record.info.name] = self.watchman.liveness(record.connection)
         return status.peers_view(
-            self.info, self.my_load(), list(self.peers), liveness, self._loads, self._reactor.seconds(),
+            self.info,
+            self.my_load(),
+            list(self.peers),
+            liveness,
+            self._loads,
+            self._reactor.seconds(),
             problem=self.problem(),
         )
 
-    def problem(self) -> Optional[str]:
+    def problem(self) -> str | None:
         """Why this node is not healthy (its journal cannot be written), or C{None}."""
         problem = self.journal.problem
         return None if problem is None else problem.describe()
@@ -783,11 +816,10 @@ class Node:
         if problem is not None:
             log.warn(
                 "Node {name} refused a job: {problem}",
-                name=self.info.name, problem=problem.describe(),
+                name=self.info.name,
+                problem=problem.describe(),
             )
-            raise commands.JournalUnwritable(
-                f"node {self.info.name} takes no new job: {problem.describe()}"
-            )
+            raise commands.JournalUnwritable(f"node {self.info.name} takes no new job: {problem.describe()}")
 
     def submit_part(self, protocol: PeerProtocol, tasks: list[Any], defaults: Any, upload: str, final: bool) -> Any:
         """
@@ -836,7 +868,10 @@ class Node:
             log.warn(
                 "Refused a connection from {peer} at {where}: it speaks protocol version {version}, "
                 "this node speaks {mine}",
-                peer=name, where=where, version=version, mine=PROTOCOL_VERSION,
+                peer=name,
+                where=where,
+                version=version,
+                mine=PROTOCOL_VERSION,
             )
             raise commands.VersionMismatch(
                 f"node {self.info.name} speaks protocol version {PROTOCOL_VERSION}, not {version}"
@@ -844,7 +879,10 @@ class Node:
         if cluster != self.info.cluster:
             log.warn(
                 "Refused a connection from {peer} at {where}: it is in cluster {cluster!r}, this node in {mine!r}",
-                peer=name, where=where, cluster=cluster, mine=self.info.cluster,
+                peer=name,
+                where=where,
+                cluster=cluster,
+                mine=self.info.cluster,
             )
             raise commands.ClusterMismatch(
                 f"node {self.info.name} is in cluster {self.info.cluster!r}, not {cluster!r}"
@@ -852,7 +890,7 @@ class Node:
         try:
             validate_name(name, "node name")
         except ValidationError as e:
-            raise commands.BadArguments(f"CONNECT_REQUEST: {e}")
+            raise commands.BadArguments(f"CONNECT_REQUEST: {e}") from None
         if name == self.info.name:
             raise commands.NameConflict(f"this node is called {name!r} too; node names must be unique")
         record = self.peers.get(name)
@@ -888,9 +926,7 @@ class Node:
     ) -> int:
         """Queue a batch of tasks from a connected master."""
         if master != protocol.peer_name or master_instance != protocol.peer_instance:
-            raise ValidationError(
-                f"assignment names master {master!r}, but came from {protocol.peer_name!r}"
-            )
+            raise ValidationError(f"assignment names master {master!r}, but came from {protocol.peer_name!r}")
         assignments = [Assignment.from_wire(task) for task in tasks]
         sink = _RemoteSink(self, master, master_instance)
         return self.worker.accept(sink, job, assignments)
@@ -914,7 +950,7 @@ class Node:
                 and isinstance(entry.get("attempt"), int)
                 and not isinstance(entry.get("attempt"), bool)
             ):
-                raise ValidationError(f"each task must be {{\"id\": string, \"attempt\": integer}}, not {entry!r}")
+                raise ValidationError(f'each task must be {{"id": string, "attempt": integer}}, not {entry!r}')
             attempts.append((entry["id"], entry["attempt"]))
         assert protocol.peer_name is not None
         sink = _RemoteSink(self, protocol.peer_name, protocol.peer_instance or "")
@@ -1057,9 +1093,7 @@ class Node:
         ):
             self.master.refused(worker, job, attempts, failure.getErrorMessage(), usable=False)
         else:
-            log.debug(
-                "INSTRUCTION_ASSIGNMENT to {peer} failed: {error}", peer=worker, error=failure.getErrorMessage()
-            )
+            log.debug("INSTRUCTION_ASSIGNMENT to {peer} failed: {error}", peer=worker, error=failure.getErrorMessage())
 
     def query_tasks(self, worker: str, job: str, attempts: list[tuple[str, int]]) -> Deferred[dict[str, Any]]:
         """Ask C{worker} what became of these attempts (RESULT_QUERY, in chunks; the master checks the answer)."""
@@ -1115,7 +1149,10 @@ class Node:
         log.warn(
             "Node {name} could not tell {worker} to stop job {job} yet: {why}; it will be told when it "
             "connects again, and its results are dropped meanwhile",
-            name=self.info.name, worker=worker, job=job, why=why,
+            name=self.info.name,
+            worker=worker,
+            job=job,
+            why=why,
         )
 
     def send_complete(self, worker: str, job: Job) -> None:
@@ -1130,7 +1167,9 @@ class Node:
             failed=job.failed,
             elapsed=job.elapsed(self._reactor.seconds()),
         )
-        d.addErrback(lambda f: log.debug("TASK_COMPLETE to {peer} failed: {error}", peer=worker, error=f.getErrorMessage()))
+        d.addErrback(
+            lambda f: log.debug("TASK_COMPLETE to {peer} failed: {error}", peer=worker, error=f.getErrorMessage())
+        )
 
     def _send_confirmations(self, master: tuple[str, str], job: str, results: list[TaskResult]) -> None:
         # To whichever process is master {name} now: one restarted with its
@@ -1193,7 +1232,12 @@ class Node:
                     error=e,
                 )
             else:
-                log.info("Node {name} wrote the results of job {job} to {path}", name=self.info.name, job=job.id, path=self.config.results)
+                log.info(
+                    "Node {name} wrote the results of job {job} to {path}",
+                    name=self.info.name,
+                    job=job.id,
+                    path=self.config.results,
+                )
         if not self.initial_job.called:
             self.initial_job.callback(job)
 

@@ -9,7 +9,8 @@ error, so a bad box is answered and logged and the connection stays up.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import ISSLTransport
@@ -28,38 +29,34 @@ class IPeerHandler(Protocol):
     """What a L{PeerProtocol} asks of the node it belongs to."""
 
     def connect_requested(
-        self, protocol: "PeerProtocol", cluster: str, name: str, instance: str, version: int
+        self, protocol: PeerProtocol, cluster: str, name: str, instance: str, version: int
     ) -> dict[str, Any]:
         """Accept or refuse (by raising a declared error) a CONNECT_REQUEST."""
 
-    def handshake_received(self, protocol: "PeerProtocol", node: NodeInfo) -> NodeInfo:
+    def handshake_received(self, protocol: PeerProtocol, node: NodeInfo) -> NodeInfo:
         """Check the dialling peer's description; return our own."""
 
-    def connection_ready(self, protocol: "PeerProtocol", node: NodeInfo) -> None:
+    def connection_ready(self, protocol: PeerProtocol, node: NodeInfo) -> None:
         """The handshake on C{protocol} is complete, in either direction."""
 
-    def peers_offered(
-        self, protocol: "PeerProtocol", peers: list[tuple[NodeInfo, float]]
-    ) -> list[dict[str, Any]]:
+    def peers_offered(self, protocol: PeerProtocol, peers: list[tuple[NodeInfo, float]]) -> list[dict[str, Any]]:
         """Merge the peer's known peers (with the age of each); return ours, in wire form."""
 
     def assignment_received(
-        self, protocol: "PeerProtocol", job: str, master: str, master_instance: str, tasks: list[Any]
+        self, protocol: PeerProtocol, job: str, master: str, master_instance: str, tasks: list[Any]
     ) -> int:
         """Queue tasks from a master; return how many were accepted."""
 
-    def confirmation_received(
-        self, protocol: "PeerProtocol", job: str, results: list[Any]
-    ) -> "Deferred[tuple[int, int]]":
+    def confirmation_received(self, protocol: PeerProtocol, job: str, results: list[Any]) -> Deferred[tuple[int, int]]:
         """Apply a worker's results; fire with (applied, stale) once they are journaled."""
 
-    def results_queried(self, protocol: "PeerProtocol", job: str, tasks: list[Any]) -> dict[str, list[str]]:
+    def results_queried(self, protocol: PeerProtocol, job: str, tasks: list[Any]) -> dict[str, list[str]]:
         """A master asks what became of attempts it gave us (see L{commands.ResultQuery})."""
 
-    def cancel_requested(self, protocol: "PeerProtocol", job: str) -> int:
+    def cancel_requested(self, protocol: PeerProtocol, job: str) -> int:
         """Cancel a job we are master of, or stop our part of a job (see L{commands.CancelJob})."""
 
-    def submit_part(self, protocol: "PeerProtocol", tasks: list[Any], defaults: Any, upload: str, final: bool) -> Any:
+    def submit_part(self, protocol: PeerProtocol, tasks: list[Any], defaults: Any, upload: str, final: bool) -> Any:
         """A part of a submitted job (see L{commands.SubmitJob}); the answer, or a Deferred of it."""
 
     def jobs_status(self) -> list[dict[str, Any]]:
@@ -77,15 +74,13 @@ class IPeerHandler(Protocol):
     def node_status(self) -> dict[str, Any]:
         """This node's load and links, for a peer's NODE_STATUS."""
 
-    def job_completed(
-        self, protocol: "PeerProtocol", job: str, succeeded: int, failed: int, elapsed: float
-    ) -> None:
+    def job_completed(self, protocol: PeerProtocol, job: str, succeeded: int, failed: int, elapsed: float) -> None:
         """Note that a master's job has finished."""
 
-    def disconnect_requested(self, protocol: "PeerProtocol", reason: str) -> None:
+    def disconnect_requested(self, protocol: PeerProtocol, reason: str) -> None:
         """Note that the peer is leaving."""
 
-    def connection_lost(self, protocol: "PeerProtocol", reason: Failure) -> None:
+    def connection_lost(self, protocol: PeerProtocol, reason: Failure) -> None:
         """Forget the connection."""
 
 
@@ -146,29 +141,29 @@ class PeerProtocol(amp.AMP):
         detection.
     """
 
-    def __init__(self, handler: IPeerHandler, dialled: bool = False, clock: Optional[Any] = None) -> None:
+    def __init__(self, handler: IPeerHandler, dialled: bool = False, clock: Any | None = None) -> None:
         super().__init__()
         self._handler = handler
         self._clock = clock
         self.last_received = clock.seconds() if clock is not None else 0.0
         self.dialled = dialled
-        self.peer_name: Optional[str] = None
-        self.peer_instance: Optional[str] = None
-        self.peer: Optional[NodeInfo] = None
+        self.peer_name: str | None = None
+        self.peer_instance: str | None = None
+        self.peer: NodeInfo | None = None
         self.leaving = False
         self._lost: list[Deferred[None]] = []
         self.closed = False
-        self._challenge: Optional[ChallengeResponse] = getattr(handler, "challenge", None)
-        self._local_challenge: Optional[ChallengeResponse] = (
+        self._challenge: ChallengeResponse | None = getattr(handler, "challenge", None)
+        self._local_challenge: ChallengeResponse | None = (
             getattr(handler, "local_challenge", None) if self._challenge is None else None
         )
         self.authenticated = self._challenge is None
         self.owner = self._challenge is None and self._local_challenge is None
         """Whether this side may submit and cancel: it proved the cluster key, or (without one) the local token."""
-        self._nonces: Optional[tuple[bytes, bytes]] = None
+        self._nonces: tuple[bytes, bytes] | None = None
         self._auth_deadline: Any = None
         self._box_bytes = 0
-        self.counted_address: Optional[str] = None
+        self.counted_address: str | None = None
         """The remote address this connection is counted under (see L{MAX_CONNECTIONS_PER_ADDRESS})."""
         self.client = False
         """Whether this is a client's connection: it sent a client command and no CONNECT_REQUEST."""
@@ -188,7 +183,7 @@ class PeerProtocol(amp.AMP):
         """The peer's name and address, for log lines."""
         return f"{self.peer_name or 'unknown node'} at {self.address()}"
 
-    def locateResponder(self, name: bytes) -> Optional[Callable[[amp.AmpBox], Deferred]]:
+    def locateResponder(self, name: bytes) -> Callable[[amp.AmpBox], Deferred] | None:
         """
         Find the responder for C{name}, wrapped so that a box whose arguments
         cannot be parsed is answered with BAD_ARGUMENTS instead of dropping
@@ -513,7 +508,7 @@ class PeerProtocol(amp.AMP):
         self._lost.append(d)
         return d
 
-    async def introduce(self, me: NodeInfo, expected: Optional[str] = None) -> NodeInfo:
+    async def introduce(self, me: NodeInfo, expected: str | None = None) -> NodeInfo:
         """
         Introduce C{me} on a connection this side dialled: CONNECT_REQUEST,
         then HANDSHAKE.  On success the handler hears L{IPeerHandler.connection_ready}.
@@ -561,22 +556,20 @@ class PeerProtocol(amp.AMP):
 
     def _require_connected(self) -> str:
         if self.peer_name is None:
-            raise commands.ConnectRequired(
-                "CONNECT_REQUEST must be the first command on a connection"
-            )
+            raise commands.ConnectRequired("CONNECT_REQUEST must be the first command on a connection")
         return self.peer_name
 
     def _require_handshake(self) -> str:
         if self.peer is None:
-            raise commands.ConnectRequired(
-                "CONNECT_REQUEST and HANDSHAKE must come before any other command"
-            )
+            raise commands.ConnectRequired("CONNECT_REQUEST and HANDSHAKE must come before any other command")
         assert self.peer_name is not None
         return self.peer_name
 
     def _bad(self, command: str, error: Exception) -> commands.BadArguments:
         detail = shorten(f"{command}: {error}")
-        log.warn("Refused {command} from {peer}: {error}", command=command, peer=self.describe(), error=shorten(str(error)))
+        log.warn(
+            "Refused {command} from {peer}: {error}", command=command, peer=self.describe(), error=shorten(str(error))
+        )
         return commands.BadArguments(detail)
 
     # -- responders ---------------------------------------------------------
@@ -598,7 +591,7 @@ class PeerProtocol(amp.AMP):
         try:
             info = NodeInfo.from_wire(node)
         except ValidationError as e:
-            raise self._bad("HANDSHAKE", e)
+            raise self._bad("HANDSHAKE", e) from None
         if info.name != name or info.instance != self.peer_instance:
             raise self._bad(
                 "HANDSHAKE",
@@ -615,7 +608,7 @@ class PeerProtocol(amp.AMP):
         try:
             offered = parse_peer_list(peers)
         except ValidationError as e:
-            raise self._bad("PEER_EXCHANGE", e)
+            raise self._bad("PEER_EXCHANGE", e) from None
         return {"peers": self._handler.peers_offered(self, offered)}
 
     @commands.InstructionAssignment.responder
@@ -626,18 +619,18 @@ class PeerProtocol(amp.AMP):
         try:
             accepted = self._handler.assignment_received(self, job, master, master_instance, tasks)
         except ValidationError as e:
-            raise self._bad("INSTRUCTION_ASSIGNMENT", e)
+            raise self._bad("INSTRUCTION_ASSIGNMENT", e) from None
         return {"accepted": accepted}
 
     @commands.ExecutionConfirmation.responder
-    def _execution_confirmation(self, job: str, results: Any) -> "Deferred[dict[str, Any]]":
+    def _execution_confirmation(self, job: str, results: Any) -> Deferred[dict[str, Any]]:
         self._require_handshake()
         if not isinstance(results, list):
             raise self._bad("EXECUTION_CONFIRMATION", ValueError("'results' must be a list"))
         try:
             answered = self._handler.confirmation_received(self, job, results)
         except ValidationError as e:
-            raise self._bad("EXECUTION_CONFIRMATION", e)
+            raise self._bad("EXECUTION_CONFIRMATION", e) from None
         return answered.addCallback(lambda counts: {"applied": counts[0], "stale": counts[1]})
 
     @commands.ResultQuery.responder
@@ -648,7 +641,7 @@ class PeerProtocol(amp.AMP):
         try:
             return self._handler.results_queried(self, job, tasks)
         except ValidationError as e:
-            raise self._bad("RESULT_QUERY", e)
+            raise self._bad("RESULT_QUERY", e) from None
 
     # Client commands: an operator's tool asks; no handshake needed.
 

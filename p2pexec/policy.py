@@ -21,7 +21,7 @@ from __future__ import annotations
 import fnmatch
 import os
 import stat
-from typing import Optional, Sequence, Union
+from collections.abc import Sequence
 
 import attr
 
@@ -33,14 +33,49 @@ SHELL_NAME = "sh"
 
 _REFUSED = "refused by this node's command policy: "
 
-INJECTING_VARIABLES = frozenset({
-    "BASH_ENV", "ENV", "SHELLOPTS", "BASHOPTS", "PS4", "PROMPT_COMMAND", "IFS",
-    "GCONV_PATH", "LOCPATH", "NLSPATH", "HOSTALIASES", "RESOLV_HOST_CONF", "GETCONF_DIR",
-    "PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "PYTHONINSPECT", "PYTHONUSERBASE", "PYTHONBREAKPOINT",
-    "PERL5LIB", "PERLLIB", "PERL5OPT", "PERL5DB", "RUBYOPT", "RUBYLIB", "NODE_OPTIONS", "NODE_PATH",
-    "JAVA_TOOL_OPTIONS", "_JAVA_OPTIONS", "JDK_JAVA_OPTIONS", "CLASSPATH", "LUA_INIT", "LUA_PATH", "LUA_CPATH",
-    "TCLLIBPATH", "GIT_EXEC_PATH", "GIT_CONFIG_PARAMETERS", "OPENSSL_CONF", "OPENSSL_ENGINES",
-})
+INJECTING_VARIABLES = frozenset(
+    {
+        "BASH_ENV",
+        "ENV",
+        "SHELLOPTS",
+        "BASHOPTS",
+        "PS4",
+        "PROMPT_COMMAND",
+        "IFS",
+        "GCONV_PATH",
+        "LOCPATH",
+        "NLSPATH",
+        "HOSTALIASES",
+        "RESOLV_HOST_CONF",
+        "GETCONF_DIR",
+        "PYTHONPATH",
+        "PYTHONHOME",
+        "PYTHONSTARTUP",
+        "PYTHONINSPECT",
+        "PYTHONUSERBASE",
+        "PYTHONBREAKPOINT",
+        "PERL5LIB",
+        "PERLLIB",
+        "PERL5OPT",
+        "PERL5DB",
+        "RUBYOPT",
+        "RUBYLIB",
+        "NODE_OPTIONS",
+        "NODE_PATH",
+        "JAVA_TOOL_OPTIONS",
+        "_JAVA_OPTIONS",
+        "JDK_JAVA_OPTIONS",
+        "CLASSPATH",
+        "LUA_INIT",
+        "LUA_PATH",
+        "LUA_CPATH",
+        "TCLLIBPATH",
+        "GIT_EXEC_PATH",
+        "GIT_CONFIG_PARAMETERS",
+        "OPENSSL_CONF",
+        "OPENSSL_ENGINES",
+    }
+)
 """Variables that make a program load or run code named by the variable, refused under a command policy."""
 
 INJECTING_PREFIXES = ("LD_", "DYLD_", "BASH_FUNC_", "MALLOC_", "GLIBC_TUNABLES")
@@ -64,7 +99,7 @@ class Refusal:
     reason: str
 
 
-Decision = Union[str, Refusal]
+Decision = str | Refusal
 """The executable to start, or why nothing starts."""
 
 
@@ -77,7 +112,7 @@ class CommandPolicy:
     @ivar instructions: the C{--instructions} folder (absolute), or C{None}.
     """
 
-    def __init__(self, allow: Sequence[str] = (), instructions: Optional[str] = None) -> None:
+    def __init__(self, allow: Sequence[str] = (), instructions: str | None = None) -> None:
         """
         @raise ValueError: for both patterns and a folder, or an empty pattern.
         """
@@ -102,7 +137,7 @@ class CommandPolicy:
             return f"runs only commands matching --allow: {', '.join(self.allow)}{shell}"
         return "runs any command it is given (no --allow or --instructions)"
 
-    def decide(self, argv: Sequence[str], cwd: Optional[str], search_path: str, shell: bool = False) -> Decision:
+    def decide(self, argv: Sequence[str], cwd: str | None, search_path: str, shell: bool = False) -> Decision:
         """
         May C{argv} run here, and which file does it start?
 
@@ -124,7 +159,7 @@ class CommandPolicy:
             return self._allowed(argv[0], cwd, search_path, shell)
         return argv[0]
 
-    def check_environment(self, names: Sequence[str]) -> Optional[Refusal]:
+    def check_environment(self, names: Sequence[str]) -> Refusal | None:
         """
         Under C{--allow} or C{--instructions}, refuse a task that sets a
         variable that makes an allowed program load or run other code
@@ -144,7 +179,7 @@ class CommandPolicy:
     def _matches(self, candidates: Sequence[str]) -> bool:
         return any(fnmatch.fnmatchcase(candidate, pattern) for pattern in self.allow for candidate in candidates)
 
-    def _allowed(self, program: str, cwd: Optional[str], search_path: str, shell: bool) -> Decision:
+    def _allowed(self, program: str, cwd: str | None, search_path: str, shell: bool) -> Decision:
         """The C{--allow} rule: a pattern matches the name, the path found, or its real path."""
         allowed = f"(allowed: {', '.join(self.allow)})"
         if shell:
@@ -194,7 +229,7 @@ class CommandPolicy:
         return real
 
 
-def find_program(program: str, cwd: Optional[str], search_path: str) -> Optional[str]:
+def find_program(program: str, cwd: str | None, search_path: str) -> str | None:
     """
     The absolute, normalised path C{program} names: itself, relative to
     C{cwd}, if it has a C{/}; else the first executable file of that name

@@ -12,7 +12,7 @@ leave.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred
@@ -35,9 +35,7 @@ class NodeService(MultiService):
     @ivar guard: what keeps the node's task processes from outliving it, or C{None}.
     """
 
-    def __init__(
-        self, node: Node, notifier: Optional[SystemdNotifier] = None, guard: Optional[TaskGuard] = None
-    ) -> None:
+    def __init__(self, node: Node, notifier: SystemdNotifier | None = None, guard: TaskGuard | None = None) -> None:
         """
         @param notifier: tells systemd how the node is doing; without one,
             systemd is not told.
@@ -78,7 +76,8 @@ class NodeService(MultiService):
             except OSError as e:
                 log.error(
                     "Node {name} cannot start its task guard ({error}): its tasks would outlive it if it died",
-                    name=self.node.config.name, error=e,
+                    name=self.node.config.name,
+                    error=e,
                 )
         if self.notifier is not None:
             self.notifier.start_watchdog()
@@ -102,9 +101,7 @@ class NodeService(MultiService):
         if self.notifier is not None:
             self.notifier.stopping(f"node {self.node.config.name} leaving the cluster")
         leaving = Deferred.fromCoroutine(self.node.stop())
-        leaving.addErrback(
-            lambda f: log.failure("Node {name} did not leave cleanly", f, name=self.node.config.name)
-        )
+        leaving.addErrback(lambda f: log.failure("Node {name} did not leave cleanly", f, name=self.node.config.name))
 
         def stop_children(_: Any) -> Any:
             if self.notifier is not None:
@@ -165,7 +162,7 @@ class RuntimeRecordService(Service):
     node runs, and take it away when it stops.
     """
 
-    def __init__(self, node: Node, web: Optional[int], environ: Optional[dict[str, str]] = None) -> None:
+    def __init__(self, node: Node, web: int | None, environ: dict[str, str] | None = None) -> None:
         """
         @param web: the node's C{--web} port, if it serves HTTP.
         @param environ: where C{$XDG_STATE_HOME} is read (the process's environment by default).
@@ -173,7 +170,7 @@ class RuntimeRecordService(Service):
         self.node = node
         self.web = web
         self.environ = environ
-        self.path: Optional[str] = None
+        self.path: str | None = None
 
     def startService(self) -> None:
         """Write the record (the node listens already); a failure is one warning, not a crash."""

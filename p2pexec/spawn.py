@@ -88,9 +88,7 @@ def _ignored_signals() -> tuple[int, ...]:
     spawn, and a node does not change what it ignores while it runs.
     """
     if not _ignored:
-        _ignored.append(
-            tuple(number for number in range(1, signal.NSIG) if signal.getsignal(number) == signal.SIG_IGN)
-        )
+        _ignored.append(tuple(number for number in range(1, signal.NSIG) if signal.getsignal(number) == signal.SIG_IGN))
     return _ignored[0]
 
 
@@ -136,7 +134,14 @@ class SessionProcess(_process.Process):
         return True
 
 
-def spawn(reactor: Any, protocol: Any, executable: str, args: list[str], env: dict[str, str],
-          path: Any, childFDs: dict[int, Any]) -> Any:
+def spawn(
+    reactor: Any,
+    protocol: Any,
+    executable: str,
+    args: list[str],
+    env: dict[str, str],
+    path: Any,
+    childFDs: dict[int, Any],
+) -> Any:
     """Start C{executable} as a L{SessionProcess} on C{reactor}; return its transport."""
     return SessionProcess(reactor, executable, args, env, path, protocol, None, None, childFDs)

@@ -13,7 +13,8 @@ dicts and lists.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping, Optional
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import attr
 
@@ -45,9 +46,9 @@ class Load:
 def node_entry(
     info: NodeInfo,
     state: str,
-    load: Optional[Load],
-    last_heard: Optional[float] = None,
-    problem: Optional[str] = None,
+    load: Load | None,
+    last_heard: float | None = None,
+    problem: str | None = None,
 ) -> dict[str, Any]:
     """
     One node as the views show it (see C{Node} in docs/api.rst).
@@ -69,7 +70,7 @@ def node_entry(
     }
 
 
-def peer_state(record: PeerRecord, liveness: Optional[Liveness]) -> str:
+def peer_state(record: PeerRecord, liveness: Liveness | None) -> str:
     """The view's state of a peer, from its table row and its connection's liveness."""
     if record.state is PeerState.LEFT:
         return "gone"
@@ -85,7 +86,7 @@ def peers_view(
     liveness: Mapping[str, Liveness],
     loads: Mapping[str, Load],
     now: float,
-    problem: Optional[str] = None,
+    problem: str | None = None,
 ) -> list[dict[str, Any]]:
     """This node first (with its C{problem}, if it has one), then every peer in its table, by name."""
     entries = [node_entry(me, "self", my_load, problem=problem)]
@@ -163,9 +164,7 @@ def task_entry(record: TaskRecord, waiting_kinds: frozenset[str], output: bool =
     return entry
 
 
-def job_summary(
-    job: Job, now: float, waiting_kinds: frozenset[str], stalled: Optional[str] = None
-) -> dict[str, Any]:
+def job_summary(job: Job, now: float, waiting_kinds: frozenset[str], stalled: str | None = None) -> dict[str, Any]:
     """
     One job's progress (see C{JobSummary} in docs/api.rst).
 
@@ -209,9 +208,9 @@ def tasks_page(
     job: Job,
     waiting_kinds: frozenset[str],
     offset: int = 0,
-    limit: Optional[int] = None,
-    state: Optional[str] = None,
-    node: Optional[str] = None,
+    limit: int | None = None,
+    state: str | None = None,
+    node: str | None = None,
     output: bool = True,
 ) -> tuple[list[dict[str, Any]], int]:
     """

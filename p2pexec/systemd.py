@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import Callable, Mapping, Optional
+from collections.abc import Callable, Mapping
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
@@ -45,7 +45,7 @@ def unix_datagram_socket() -> socket.socket:
     return socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
 
 
-def notify_address(value: Optional[str]) -> Optional[bytes]:
+def notify_address(value: str | None) -> bytes | None:
     """
     The socket address named by a C{NOTIFY_SOCKET} value.
 
@@ -109,7 +109,7 @@ class SystemdNotifier:
         self._socket_factory = socket_factory
         self._getpid = getpid
         self._complaints = RateLimitedLog(log, clock)
-        self._loop: Optional[LoopingCall] = None
+        self._loop: LoopingCall | None = None
         self._due = 0.0
         raw_address = environ.get("NOTIFY_SOCKET")
         self.address = notify_address(raw_address)
@@ -119,8 +119,8 @@ class SystemdNotifier:
                 address=raw_address,
             )
         self._watchdog_pid = environ.get("WATCHDOG_PID")
-        self.watchdog_interval: Optional[float] = None
-        self.late_after: Optional[float] = None
+        self.watchdog_interval: float | None = None
+        self.late_after: float | None = None
         usec = environ.get("WATCHDOG_USEC")
         if usec and self.address is not None:
             try:
@@ -179,7 +179,7 @@ class SystemdNotifier:
         """Set the one-line status that C{systemctl status} shows."""
         return self.send(f"STATUS={_one_line(text)}")
 
-    def stopping(self, status: Optional[str] = None) -> bool:
+    def stopping(self, status: str | None = None) -> bool:
         """Tell systemd that the node is stopping: C{STOPPING=1}, with a C{STATUS=} if given."""
         if status is None:
             return self.send("STOPPING=1")

@@ -14,7 +14,7 @@ import json
 import os
 import re
 import signal
-from typing import Any, Optional
+from typing import Any
 
 import attr
 from twisted.application.service import IService
@@ -22,10 +22,10 @@ from twisted.internet.error import ReactorNotRunning
 from twisted.python import usage
 
 from p2pexec import datagram
-from p2pexec.executor import DEFAULT_KILL_GRACE, ProcessExecutor
-from p2pexec.guard import TaskGuard
 from p2pexec.auth import KeyFileError, load_key
 from p2pexec.clock import use_monotonic_time
+from p2pexec.executor import DEFAULT_KILL_GRACE, ProcessExecutor
+from p2pexec.guard import TaskGuard
 from p2pexec.jobfile import JobFileError, load_job_file
 from p2pexec.journal import JournalError, default_state_dir, open_journal
 from p2pexec.localtoken import LocalTokenError, load_or_create
@@ -125,7 +125,12 @@ class Options(usage.Options):
         ["port", None, "10001", "TCP port for AMP connections; 0 picks a free port (the log says which)."],
         ["tasks", None, None, "Comma-separated instruction names (a1,a2,b1); this node becomes their master."],
         ["job", None, None, "A TOML job file of real tasks (see docs/jobs.rst); this node becomes its master."],
-        ["capabilities", None, None, "Comma-separated task kinds this node runs. Default: the leading letters of --name."],
+        [
+            "capabilities",
+            None,
+            None,
+            "Comma-separated task kinds this node runs. Default: the leading letters of --name.",
+        ],
         ["slots", None, None, "How many tasks run at once on this node. Default: the CPU count."],
         ["interface", None, "127.0.0.1", "Address to bind TCP on and to send and join multicast on."],
         ["group", None, DEFAULT_GROUP, "Multicast group ADDR:PORT for discovery."],
@@ -134,22 +139,63 @@ class Options(usage.Options):
         ["drain-timeout", None, "30", "Seconds a leaving node waits for its running tasks before stopping them."],
         ["log-level", None, "info", "Least severe log level shown: debug, info, warn or error."],
         ["heartbeat-interval", None, "0.5", "Seconds of quiet after which a peer we share work with is pinged."],
-        ["heartbeat-timeout", None, "2.5", "Seconds of silence after which such a peer is declared dead and its tasks run elsewhere."],
-        ["state-dir", None, None, "Where this node keeps its journal of jobs, tasks and results, so that a restarted master resumes its jobs. Default: $XDG_STATE_HOME/p2pexec/NAME (~/.local/state/p2pexec/NAME)."],
-        ["max-worker-losses", None, "3", "A task that loses its worker this many times is quarantined as failed instead of run again."],
-        ["web", None, "0", "TCP port of the HTTP API, metrics and dashboard, on --interface; 0 (the default) serves no HTTP."],
+        [
+            "heartbeat-timeout",
+            None,
+            "2.5",
+            "Seconds of silence after which such a peer is declared dead and its tasks run elsewhere.",
+        ],
+        [
+            "state-dir",
+            None,
+            None,
+            "Where this node keeps its journal of jobs, tasks and results, so that a restarted master resumes its jobs. Default: $XDG_STATE_HOME/p2pexec/NAME (~/.local/state/p2pexec/NAME).",
+        ],
+        [
+            "max-worker-losses",
+            None,
+            "3",
+            "A task that loses its worker this many times is quarantined as failed instead of run again.",
+        ],
+        [
+            "web",
+            None,
+            "0",
+            "TCP port of the HTTP API, metrics and dashboard, on --interface; 0 (the default) serves no HTTP.",
+        ],
         ["tls-cert", None, None, "With --tls: this node's certificate (PEM), signed by --tls-ca, for mutual TLS."],
         ["tls-key", None, None, "With --tls-cert: its private key (PEM)."],
         ["tls-ca", None, None, "With --tls-cert: the CA (PEM) that every node's certificate must be signed by."],
-        ["key-file", None, None, "The cluster key (p2pexec keygen; mode 0600): datagrams are sealed with it, connections and HTTP requests must prove they hold it."],
+        [
+            "key-file",
+            None,
+            None,
+            "The cluster key (p2pexec keygen; mode 0600): datagrams are sealed with it, connections and HTTP requests must prove they hold it.",
+        ],
     ]
     optFlags = [
         ["exit-when-done", None, "Stop the node once its start-up job has finished (for one-shot runs)."],
-        ["rerun-job", None, "Run the --job or --tasks again as a new job even if this node's journal says it already finished (without it, a finished job is not run again)."],
+        [
+            "rerun-job",
+            None,
+            "Run the --job or --tasks again as a new job even if this node's journal says it already finished (without it, a finished job is not run again).",
+        ],
         ["no-multicast", None, "Do not use multicast discovery; find peers through --peer seeds only."],
-        ["tls", None, "Encrypt the AMP connections with TLS: self-signed certificates pinned through --key-file, or --tls-cert/--tls-key/--tls-ca."],
-        ["insecure", None, "Run on a non-loopback --interface without --key-file: anyone who can reach it can make it run commands."],
-        ["web-public", None, "With --key-file: serve the read-only HTTP endpoints (GET) without the token; submitting and cancelling still need it."],
+        [
+            "tls",
+            None,
+            "Encrypt the AMP connections with TLS: self-signed certificates pinned through --key-file, or --tls-cert/--tls-key/--tls-ca.",
+        ],
+        [
+            "insecure",
+            None,
+            "Run on a non-loopback --interface without --key-file: anyone who can reach it can make it run commands.",
+        ],
+        [
+            "web-public",
+            None,
+            "With --key-file: serve the read-only HTTP endpoints (GET) without the token; submitting and cancelling still need it.",
+        ],
     ]
 
     def __init__(self) -> None:
@@ -212,9 +258,7 @@ class Options(usage.Options):
             kinds = _split_list(self["capabilities"])
             for kind in kinds:
                 if not NAME_PATTERN.fullmatch(kind):
-                    raise usage.UsageError(
-                        f"--capabilities: {kind!r} is not a task kind (1-64 of A-Z a-z 0-9 _ . -)"
-                    )
+                    raise usage.UsageError(f"--capabilities: {kind!r} is not a task kind (1-64 of A-Z a-z 0-9 _ . -)")
             if len(kinds) > 32:
                 raise usage.UsageError("--capabilities: at most 32 kinds")
             self["capability_set"] = frozenset(kinds)
@@ -260,7 +304,9 @@ class Options(usage.Options):
                 "pinned through the cluster key's challenge-response"
             )
         if self["web-public"] and self["key"] is None:
-            raise usage.UsageError("--web-public only means something with --key-file (without a key nothing is protected)")
+            raise usage.UsageError(
+                "--web-public only means something with --key-file (without a key nothing is protected)"
+            )
         self["group_address"] = _parse_group(self["group"])
         try:
             validate_name(self["cluster"], "--cluster")
@@ -284,9 +330,7 @@ class Options(usage.Options):
                 f"--heartbeat-interval ({self['heartbeat-interval']:g}s)"
             )
         if self["log-level"] not in LEVELS:
-            raise usage.UsageError(
-                f"--log-level: {self['log-level']!r} is not one of {', '.join(LEVELS)}"
-            )
+            raise usage.UsageError(f"--log-level: {self['log-level']!r} is not one of {', '.join(LEVELS)}")
         if self["exit-when-done"] and self["task_specs"] is None:
             raise usage.UsageError("--exit-when-done needs a job: give --tasks or --job too")
         if self["rerun-job"] and self["task_specs"] is None:
@@ -309,7 +353,6 @@ class Options(usage.Options):
             shown = self["tasks"] if len(self["tasks"]) <= 60 else self["tasks"][:57] + "..."
             self["job_label"] = f"the job of --tasks {shown}"
         self["command_policy"] = self._command_policy()
-
 
     def _check_datagram_fits(self) -> None:
         """Refuse capabilities too long to announce in one discovery datagram."""
@@ -368,7 +411,7 @@ def job_digest(tasks: tuple[TaskSpec, ...]) -> str:
     return "sha256:" + hashlib.sha256(encoded.encode("utf-8")).hexdigest()
 
 
-def makeService(options: Options, reactor: Optional[Any] = None) -> IService:
+def makeService(options: Options, reactor: Any | None = None) -> IService:
     """
     Build the node's service tree from validated options.
 
@@ -410,7 +453,9 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> IService:
                 identity, authority = load_operator_identity(options["tls-cert"], options["tls-key"], options["tls-ca"])
                 config = attr.evolve(config, tls=TLSConfig(identity, authority))
             else:
-                config = attr.evolve(config, tls=TLSConfig(load_or_create_identity(config.state_dir, config.name), None))
+                config = attr.evolve(
+                    config, tls=TLSConfig(load_or_create_identity(config.state_dir, config.name), None)
+                )
         except (TLSError, OSError) as e:
             raise SystemExit(f"p2pexec: node {config.name} cannot start: --tls: {e}") from None
     if config.key is None and config.state_dir is not None:
@@ -453,7 +498,7 @@ def _stop_cleanly_on_signals(reactor: Any, name: str) -> None:
         signal.signal(signal.SIGHUP, lambda number, frame: reactor.callFromThread(on_hangup, reactor, name))
 
 
-def on_hangup(reactor: Any, name: str, log_files: Optional[list[Any]] = None) -> None:
+def on_hangup(reactor: Any, name: str, log_files: list[Any] | None = None) -> None:
     """
     What SIGHUP means to a node, in the conventions of daemons:
 
@@ -475,12 +520,15 @@ def on_hangup(reactor: Any, name: str, log_files: Optional[list[Any]] = None) ->
             except OSError as e:
                 _log.error(
                     "Node {name} received SIGHUP and could not reopen its log file {path}: {error}",
-                    name=name, path=getattr(log_file, "path", "?"), error=e.strerror or e,
+                    name=name,
+                    path=getattr(log_file, "path", "?"),
+                    error=e.strerror or e,
                 )
                 return
         _log.info(
             "Node {name} received SIGHUP: reopened its log file {path}",
-            name=name, path=", ".join(getattr(f, "path", "?") for f in files),
+            name=name,
+            path=", ".join(getattr(f, "path", "?") for f in files),
         )
         return
     _log.info(

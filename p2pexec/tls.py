@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Any, Optional
+from typing import Any
 
 from twisted.internet import ssl
 
@@ -84,7 +84,7 @@ class TLSConfig:
     and as a client, and the fingerprint it binds into its proofs.
     """
 
-    def __init__(self, identity: Optional[ssl.PrivateCertificate], authority: Optional[ssl.Certificate]) -> None:
+    def __init__(self, identity: ssl.PrivateCertificate | None, authority: ssl.Certificate | None) -> None:
         self.identity = identity
         self.authority = authority
 

@@ -15,8 +15,9 @@ import ipaddress
 import json
 import os
 import socket
+from collections.abc import Callable, Iterable
 from io import BytesIO
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from prometheus_client.twisted import MetricsResource
@@ -80,7 +81,7 @@ class OwnNames:
         C{socket.getfqdn()} by default).
     """
 
-    def __init__(self, interface: str, port: Optional[int], hostnames: Optional[Iterable[str]] = None) -> None:
+    def __init__(self, interface: str, port: int | None, hostnames: Iterable[str] | None = None) -> None:
         if hostnames is None:
             hostnames = _machine_names()
         names = {interface}
@@ -135,7 +136,7 @@ def _canonical(name: str) -> str:
     return name.strip().strip("[]").rstrip(".").lower()
 
 
-def _split_host(host: str) -> Optional[tuple[str, Optional[int]]]:
+def _split_host(host: str) -> tuple[str, int | None] | None:
     """C{(name, port or None)} of a C{Host} header value, or None if it is malformed."""
     host = host.strip()
     if host.startswith("["):
@@ -159,7 +160,7 @@ def _split_host(host: str) -> Optional[tuple[str, Optional[int]]]:
     return _canonical(name), int(rest[1:])
 
 
-def refusal(names: OwnNames, method: bytes, headers: Any) -> Optional[tuple[int, str]]:
+def refusal(names: OwnNames, method: bytes, headers: Any) -> tuple[int, str] | None:
     """
     Why a request must be refused before it reaches any resource, as
     C{(status, message)}, or None if it may go on:
@@ -185,7 +186,10 @@ def refusal(names: OwnNames, method: bytes, headers: Any) -> Optional[tuple[int,
     verb = method.decode("ascii", "replace")
     origin = _header(headers, b"origin")
     if origin is not None and not names.origin_allowed(origin):
-        return http.FORBIDDEN, f"refused a {verb} from the page of another site ({origin!r}); only this node's own dashboard may send one"
+        return (
+            http.FORBIDDEN,
+            f"refused a {verb} from the page of another site ({origin!r}); only this node's own dashboard may send one",
+        )
     site = _header(headers, b"sec-fetch-site")
     if site is not None and site.lower() not in ("same-origin", "none"):
         return http.FORBIDDEN, f"refused a {verb} sent by the browser from another site (Sec-Fetch-Site: {site})"
@@ -198,7 +202,7 @@ def refusal(names: OwnNames, method: bytes, headers: Any) -> Optional[tuple[int,
     return None
 
 
-def _header(headers: Any, name: bytes) -> Optional[str]:
+def _header(headers: Any, name: bytes) -> str | None:
     """The first value of header C{name}, decoded, or None."""
     values = headers.getRawHeaders(name)
     return values[0].decode("latin-1") if values else None
@@ -215,7 +219,7 @@ def _error(request: Request, code: int, message: str) -> bytes:
     return _json(request, {"error": message}, code)
 
 
-def _argument(request: Request, name: str) -> Optional[str]:
+def _argument(request: Request, name: str) -> str | None:
     values = (request.args or {}).get(name.encode("ascii"))
     return values[0].decode("utf-8", "replace") if values else None
 
@@ -233,13 +237,13 @@ def _integer(request: Request, name: str, default: int, low: int, high: int) -> 
     return value
 
 
-def _secret(node: "Node") -> Optional[bytes]:
+def _secret(node: Node) -> bytes | None:
     """What the HTTP token is derived from: the cluster key, or without one the local token (None: neither)."""
-    key: Optional[bytes] = node.config.key
+    key: bytes | None = node.config.key
     return key if key is not None else getattr(node.config, "local_token", None)
 
 
-def _check_token(node: "Node", request: Request) -> Optional[bytes]:
+def _check_token(node: Node, request: Request) -> bytes | None:
     """
     In a cluster with a key, every request but a public GET (C{--web-public})
     needs C{Authorization: Bearer TOKEN} (C{p2pexec token}); without a key,
@@ -308,7 +312,7 @@ class _BodyCheckingRequest(Request):
     _refused = False
     _received = 0
 
-    def gotLength(self, length: Optional[int]) -> None:
+    def gotLength(self, length: int | None) -> None:
         """
         The headers are in: refuse the request now if its headers are
         refused (L{refusal}: a foreign Host, a cross-site change, a POST that
@@ -412,7 +416,7 @@ class _TokenMetrics(Resource):
 
     isLeaf = True
 
-    def __init__(self, node: "Node", metrics: Resource) -> None:
+    def __init__(self, node: Node, metrics: Resource) -> None:
         super().__init__()
         self.node = node
         self.metrics = metrics
@@ -435,7 +439,7 @@ class _JsonResource(Resource):
     always_open = False
     """Whether it answers without the token in a cluster with a key (the health check does)."""
 
-    def __init__(self, node: "Node") -> None:
+    def __init__(self, node: Node) -> None:
         super().__init__()
         self.node = node
 
@@ -484,7 +488,7 @@ class TopologyResource(_JsonResource):
 class JobsResource(Resource):
     """C{/api/jobs}: list and submit; C{/api/jobs/ID} and C{/api/jobs/ID/cancel} below it."""
 
-    def __init__(self, node: "Node") -> None:
+    def __init__(self, node: Node) -> None:
         super().__init__()
         self.node = node
         self._collection = _JobCollection(node)
@@ -556,7 +560,7 @@ class _JobResource(_JsonResource):
 
     isLeaf = False
 
-    def __init__(self, node: "Node", job_id: str) -> None:
+    def __init__(self, node: Node, job_id: str) -> None:
         super().__init__(node)
         self.job_id = job_id
 
@@ -584,7 +588,7 @@ class _JobResource(_JsonResource):
 class _CancelResource(_JsonResource):
     methods = (b"POST",)
 
-    def __init__(self, node: "Node", job_id: str) -> None:
+    def __init__(self, node: Node, job_id: str) -> None:
         super().__init__(node)
         self.job_id = job_id
 
@@ -652,13 +656,13 @@ class _Root(Resource):
 class _QuietSite(Site):
     """A L{Site} whose access log goes to the debug level (a dashboard polls four times a second)."""
 
-    node_key: Optional[bytes] = None
+    node_key: bytes | None = None
     """The cluster key, for L{_BodyCheckingRequest}; None without one."""
 
-    node_secret: Optional[bytes] = None
+    node_secret: bytes | None = None
     """What the token is derived from (the key, or without one the local token); None: no token is needed."""
 
-    names: Optional[OwnNames] = None
+    names: OwnNames | None = None
     """The names this server answers to (see L{refusal}); None: any."""
 
     def log(self, request: Request) -> None:
@@ -671,7 +675,7 @@ class _QuietSite(Site):
         )
 
 
-def site(node: "Node", port: Optional[int] = None, hostnames: Optional[Iterable[str]] = None) -> Site:
+def site(node: Node, port: int | None = None, hostnames: Iterable[str] | None = None) -> Site:
     """
     The node's HTTP site: API, metrics, health check and dashboard.
 

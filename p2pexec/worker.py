@@ -15,7 +15,7 @@ and the task does not run twice.
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from typing import Optional, Protocol
+from typing import Protocol
 
 import attr
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
@@ -91,7 +91,7 @@ class Worker:
         self._clock = clock
         self._queue: deque[_Queued] = deque()
         self._unsent: dict[tuple[tuple[str, str], str], tuple[IResultSink, list[TaskResult]]] = {}
-        self._flush_call: Optional[IDelayedCall] = None
+        self._flush_call: IDelayedCall | None = None
         self._idle_waiters: list[Deferred[None]] = []
         self.running = 0
         self.completed = 0
@@ -107,7 +107,7 @@ class Worker:
         self.cache_evictions = 0
 
     @staticmethod
-    def _key(entry: "_Queued") -> AttemptKey:
+    def _key(entry: _Queued) -> AttemptKey:
         return (entry.sink.key[0], entry.job, entry.assignment.task.id, entry.assignment.attempt)
 
     @property
@@ -324,10 +324,7 @@ class Worker:
             self._queue = deque(e for e in self._queue if not (e.sink.key[0] == master and e.job == job))
             for entry in dropped:
                 self._active.pop(self._key(entry), None)
-        running = [
-            entry for key, entry in self._active.items()
-            if key[0] == master and key[1] == job
-        ]
+        running = [entry for key, entry in self._active.items() if key[0] == master and key[1] == job]
         for entry in running:
             self._cancelled.add(self._key(entry))
             self._runner.stop(entry.job, entry.assignment)

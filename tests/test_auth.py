@@ -197,7 +197,7 @@ class KeyedClusterTests(SynchronousTestCase):
         from p2pexec.model import parse_instructions
 
         tasks = tuple(parse_instructions(["a1", "b1", "c1"]))
-        with capturedLogs() as events:
+        with capturedLogs():
             cluster.add("a1", address="127.0.0.1", port=5001, key=KEY, tasks=tasks)
             cluster.add("b1", address="127.0.0.2", port=5002, key=KEY)
             cluster.add("c1", address="127.0.0.3", port=5003, key=OTHER_KEY)
@@ -250,7 +250,9 @@ class LocalTokenAmpTests(SynchronousTestCase):
     def submit(self, client, pump):
         """Send one SUBMIT_JOB; its outcome (an answer, or a Failure)."""
         answers = []
-        client.callRemote(commands.SubmitJob, tasks=[{"id": "a1"}], defaults={}, upload="", final=True).addBoth(answers.append)
+        client.callRemote(commands.SubmitJob, tasks=[{"id": "a1"}], defaults={}, upload="", final=True).addBoth(
+            answers.append
+        )
         pump.flush()
         return answers[0]
 

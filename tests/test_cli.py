@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 import json
 import os
-from typing import Any, Optional
+from typing import Any
 
 from twisted.internet import defer, error
 from twisted.internet.testing import Clock
@@ -30,7 +30,7 @@ def summary(
     job: str = "a1-0123abcd-1",
     state: str = "running",
     total: int = 10,
-    eta: Optional[float] = None,
+    eta: float | None = None,
     elapsed: float = 1.0,
     **counts: int,
 ) -> dict[str, Any]:
@@ -39,8 +39,16 @@ def summary(
     full.update(counts)
     done = full["succeeded"] + full["failed"] + full["cancelled"]
     return {
-        "id": job, "state": state, "total": total, "done": done, "progress": done / total,
-        "counts": full, "started": 100.0, "finished": None, "elapsed": elapsed, "eta": eta,
+        "id": job,
+        "state": state,
+        "total": total,
+        "done": done,
+        "progress": done / total,
+        "counts": full,
+        "started": 100.0,
+        "finished": None,
+        "elapsed": elapsed,
+        "eta": eta,
         "stale_results_dropped": 0,
     }
 
@@ -48,8 +56,15 @@ def summary(
 def task_entry(task_id: str, state: str = "succeeded", **fields: Any) -> dict[str, Any]:
     """A JOB_TASKS entry, as L{p2pexec.status.task_entry} makes them."""
     entry = {
-        "id": task_id, "kind": "sh", "state": state, "attempts": 1, "node": "a1",
-        "status": state, "exit_code": 0, "duration": 0.25, "error": None,
+        "id": task_id,
+        "kind": "sh",
+        "state": state,
+        "attempts": 1,
+        "node": "a1",
+        "status": state,
+        "exit_code": 0,
+        "duration": 0.25,
+        "error": None,
     }
     entry.update(fields)
     return entry
@@ -79,7 +94,7 @@ class FakeNode:
         self.calls: list[tuple[type, dict[str, Any]]] = []
         self.sizes: list[dict[str, int]] = []
 
-    def call(self, command: type, **arguments: Any) -> "defer.Deferred[dict[str, Any]]":
+    def call(self, command: type, **arguments: Any) -> defer.Deferred[dict[str, Any]]:
         """Encode and decode the arguments as AMP does, record them, and answer as scripted."""
         box = amp.AmpBox(command.makeArguments(arguments, None))
         self.sizes.append({key.decode(): len(value) for key, value in box.items()})
@@ -109,7 +124,7 @@ class Harness:
         self.clock = Clock()
         self.context = cli.Context(self.node, cli.PlainOutput(self.stdout), self.clock, self.stderr)
 
-    def start(self, subcommand: Any, args: Any) -> "defer.Deferred[int]":
+    def start(self, subcommand: Any, args: Any) -> defer.Deferred[int]:
         """Start a subcommand coroutine."""
         return defer.ensureDeferred(subcommand(self.context, args))
 
@@ -190,7 +205,9 @@ class ParseArgumentsTests(SynchronousTestCase):
         self.assertEqual(parse("run", "--kind", "sh", "--slots-per-task", "1", "--", "x", ":::", "a").slots_per_task, 1)
         self.assertUsageError(
             ["run", "--kind", "sh", "--slots-per-task", "2", "--", "x", ":::", "a"],
-            "--slots-per-task 2", "no per-task slot count", "only 1",
+            "--slots-per-task 2",
+            "no per-task slot count",
+            "only 1",
         )
 
     def test_no_subcommand(self) -> None:
@@ -224,8 +241,12 @@ class AddressTests(SynchronousTestCase):
     def test_refusals(self) -> None:
         """Bad values raise ValueError saying what is wrong."""
         for text, fragment in [
-            (":10001", "HOST:PORT"), ("h:0", "1 to 65535"), ("h:x", "1 to 65535"),
-            ("::1", "brackets"), ("[::1", "closing"), ("[::1]x", "HOST:PORT"),
+            (":10001", "HOST:PORT"),
+            ("h:0", "1 to 65535"),
+            ("h:x", "1 to 65535"),
+            ("::1", "brackets"),
+            ("[::1", "closing"),
+            ("[::1]x", "HOST:PORT"),
         ]:
             with self.assertRaises(ValueError) as raised:
                 cli.parse_address(text)
@@ -245,8 +266,9 @@ class RunExpansionTests(SynchronousTestCase):
 
     def test_split(self) -> None:
         """The command ends at ::: or ::::; a leading -- is dropped; no mark means standard input."""
-        self.assertEqual(cli.split_run_line(["--", "echo", "{}", ":::", "a", "b"]),
-                         cli.RunLine(("echo", "{}"), arguments=("a", "b")))
+        self.assertEqual(
+            cli.split_run_line(["--", "echo", "{}", ":::", "a", "b"]), cli.RunLine(("echo", "{}"), arguments=("a", "b"))
+        )
         self.assertEqual(cli.split_run_line(["echo", "::::", "list.txt"]), cli.RunLine(("echo",), file="list.txt"))
         self.assertEqual(cli.split_run_line(["echo", "::::", "-"]), cli.RunLine(("echo",), file="-"))
         self.assertEqual(cli.split_run_line(["echo", "x"]), cli.RunLine(("echo", "x")))
@@ -318,10 +340,24 @@ class RunExpansionTests(SynchronousTestCase):
         self.assertEqual(
             tasks,
             [
-                TaskSpec(id="a1", kind="render", command=("sh", "-c", "work a1"), cwd="/srv", env=(("X", "1"),),
-                         timeout=5.0, retries=2),
-                TaskSpec(id="t1", kind="render", command=("sh", "-c", "work b 2"), cwd="/srv", env=(("X", "1"),),
-                         timeout=5.0, retries=2),
+                TaskSpec(
+                    id="a1",
+                    kind="render",
+                    command=("sh", "-c", "work a1"),
+                    cwd="/srv",
+                    env=(("X", "1"),),
+                    timeout=5.0,
+                    retries=2,
+                ),
+                TaskSpec(
+                    id="t1",
+                    kind="render",
+                    command=("sh", "-c", "work b 2"),
+                    cwd="/srv",
+                    env=(("X", "1"),),
+                    timeout=5.0,
+                    retries=2,
+                ),
             ],
         )
         shell = cli.run_tasks(["echo", "{}"], ["x y"], "sh", shell=True)
@@ -334,7 +370,6 @@ class RunExpansionTests(SynchronousTestCase):
         self.assertEqual(
             raised.exception.message, "run: task #1 ('a'): 'retries' must be a whole number from 0 to 100, not 500"
         )
-
 
     def test_arguments_that_are_not_utf8(self) -> None:
         """
@@ -445,16 +480,26 @@ class PlainFormattingTests(SynchronousTestCase):
             cli.job_row(summary(eta=4.0, succeeded=2, failed=1, running=3, pending=2, waiting=2)),
             ["a1-0123abcd-1", "running", "3/10", "2", "1", "0", "3", "2", "2", "1.0s", "4.0s"],
         )
-        peer = {"name": "b1", "address": "127.0.0.1:10002", "capabilities": ["b", "sh"], "slots": 4,
-                "busy": None, "queued": None, "state": "known", "last_heard": 2.5}
+        peer = {
+            "name": "b1",
+            "address": "127.0.0.1:10002",
+            "capabilities": ["b", "sh"],
+            "slots": 4,
+            "busy": None,
+            "queued": None,
+            "state": "known",
+            "last_heard": 2.5,
+        }
         self.assertEqual(cli.peer_row(peer), ["b1", "127.0.0.1:10002", "b,sh", "4", "?", "?", "?", "known", "2.5s ago"])
         self.assertEqual(cli.peer_row(dict(peer, busy=3, queued=1, last_heard=None))[4:7], ["3", "1", "1"])
         self.assertEqual(
             cli.task_row(task_entry("t1", "failed", exit_code=3, error="exit\nstatus 3")),
             ["t1", "sh", "failed", "failed", "3", "a1", "0.250s", "1", "exit status 3"],
         )
-        self.assertEqual(cli.task_row(task_entry("t2", "waiting", status=None, exit_code=None, node=None,
-                                                 duration=None))[3:7], ["-", "-", "-", "-"])
+        self.assertEqual(
+            cli.task_row(task_entry("t2", "waiting", status=None, exit_code=None, node=None, duration=None))[3:7],
+            ["-", "-", "-", "-"],
+        )
 
     def test_cells_and_tails(self) -> None:
         """A long cell is cut with ...; a tail keeps the last lines."""
@@ -522,8 +567,14 @@ class SubcommandTests(SynchronousTestCase):
         self.successResultOf(harness.start(cli.do_submit, _ns(job_tasks=tasks, wait=False)))
         self.assertEqual(
             harness.node.sent(commands.SubmitJob),
-            [{"tasks": [{"id": "a1", "kind": "a"}, {"id": "b1", "kind": "b"}], "defaults": {}, "upload": "",
-              "final": True}],
+            [
+                {
+                    "tasks": [{"id": "a1", "kind": "a"}, {"id": "b1", "kind": "b"}],
+                    "defaults": {},
+                    "upload": "",
+                    "final": True,
+                }
+            ],
         )
 
     def test_follow(self) -> None:
@@ -572,14 +623,18 @@ class SubcommandTests(SynchronousTestCase):
 
     def test_submit_wait(self) -> None:
         """submit --wait prints the id, then follows the job, and exits with its status."""
-        harness = Harness({
-            commands.SubmitJob: [{"upload": "", "job": "a1-0123abcd-1"}],
-            commands.JobStatus: [{"status": summary(state="cancelled", total=2, cancelled=2)}],
-        })
+        harness = Harness(
+            {
+                commands.SubmitJob: [{"upload": "", "job": "a1-0123abcd-1"}],
+                commands.JobStatus: [{"status": summary(state="cancelled", total=2, cancelled=2)}],
+            }
+        )
         d = harness.start(cli.do_submit, _ns(job_tasks=[TaskSpec.instruction("a1")], wait=True))
         self.assertEqual(self.successResultOf(d), 1)
-        self.assertEqual(harness.lines()[:2], ["a1-0123abcd-1", "job a1-0123abcd-1 was cancelled: 0 succeeded, "
-                                                                 "0 failed, 2 cancelled after 1.0s"])
+        self.assertEqual(
+            harness.lines()[:2],
+            ["a1-0123abcd-1", "job a1-0123abcd-1 was cancelled: 0 succeeded, 0 failed, 2 cancelled after 1.0s"],
+        )
 
     def test_result_pages(self) -> None:
         """result asks JOB_TASKS page after page until next is -1, then prints every task and its tails."""
@@ -587,10 +642,12 @@ class SubcommandTests(SynchronousTestCase):
             {"tasks": [task_entry("a", stdout="1\n2\n3\n")], "next": 1},
             {"tasks": [task_entry("b", "failed", exit_code=2, stderr="boom\n")], "next": -1},
         ]
-        harness = Harness({
-            commands.JobStatus: [{"status": summary(state="finished", total=2, succeeded=1, failed=1)}],
-            commands.JobTasks: pages,
-        })
+        harness = Harness(
+            {
+                commands.JobStatus: [{"status": summary(state="finished", total=2, succeeded=1, failed=1)}],
+                commands.JobTasks: pages,
+            }
+        )
         status = self.successResultOf(harness.start(cli.do_result, _ns(job="a1-0123abcd-1", json=False, lines=2)))
         self.assertEqual(status, 1)
         self.assertEqual([c["offset"] for c in harness.node.sent(commands.JobTasks)], [0, 1])
@@ -598,15 +655,19 @@ class SubcommandTests(SynchronousTestCase):
         self.assertEqual(lines[0], "Job a1-0123abcd-1 (finished: 2/2 done, 1 succeeded, 1 failed, 1.0s):")
         self.assertTrue(lines[2].startswith("a "), lines)
         self.assertTrue(lines[3].startswith("b "), lines)
-        self.assertEqual(lines[4:], ["a stdout (last 2 line(s)):", "  2", "  3", "b stderr (last 1 line(s)):", "  boom"])
+        self.assertEqual(
+            lines[4:], ["a stdout (last 2 line(s)):", "  2", "  3", "b stderr (last 1 line(s)):", "  boom"]
+        )
 
     def test_result_json(self) -> None:
         """result --json prints one document: the job's summary and every task."""
         tasks = [task_entry("a", stdout="hi\n")]
-        harness = Harness({
-            commands.JobStatus: [{"status": summary(state="finished", total=1, succeeded=1)}],
-            commands.JobTasks: [{"tasks": tasks, "next": -1}],
-        })
+        harness = Harness(
+            {
+                commands.JobStatus: [{"status": summary(state="finished", total=1, succeeded=1)}],
+                commands.JobTasks: [{"tasks": tasks, "next": -1}],
+            }
+        )
         status = self.successResultOf(harness.start(cli.do_result, _ns(job="a1-0123abcd-1", json=True, lines=5)))
         self.assertEqual(status, 0)
         document = json.loads(harness.stdout.getvalue())
@@ -614,10 +675,12 @@ class SubcommandTests(SynchronousTestCase):
 
     def test_result_stuck_paging(self) -> None:
         """A node whose next offset does not move on is an error, not an endless loop."""
-        harness = Harness({
-            commands.JobStatus: [{"status": summary()}],
-            commands.JobTasks: [{"tasks": [], "next": 0}],
-        })
+        harness = Harness(
+            {
+                commands.JobStatus: [{"status": summary()}],
+                commands.JobTasks: [{"tasks": [], "next": 0}],
+            }
+        )
         failure = self.failureResultOf(harness.start(cli.do_result, _ns(job="j", json=True, lines=5)), cli.CliError)
         self.assertIn("no progress", failure.value.message)
 
@@ -626,19 +689,39 @@ class SubcommandTests(SynchronousTestCase):
         harness = Harness({commands.CancelJob: [{"cancelled": 4}, {"cancelled": 0}]})
         self.assertEqual(self.successResultOf(harness.start(cli.do_cancel, _ns(job="j1"))), 0)
         self.assertEqual(self.successResultOf(harness.start(cli.do_cancel, _ns(job="j1"))), 0)
-        self.assertEqual(harness.lines(), ["job j1: 4 task(s) cancelled", "job j1: 0 tasks cancelled (it had already ended)"])
+        self.assertEqual(
+            harness.lines(), ["job j1: 4 task(s) cancelled", "job j1: 0 tasks cancelled (it had already ended)"]
+        )
         self.assertEqual(harness.node.sent(commands.CancelJob), [{"job": "j1"}, {"job": "j1"}])
 
     def test_status(self) -> None:
         """status shows every node seen, with its load, then the jobs."""
-        me = {"name": "a1", "address": "127.0.0.1:10001", "capabilities": ["a"], "slots": 2, "busy": 1,
-              "queued": 0, "state": "self", "last_heard": None}
-        peer = dict(me, name="b1", address="127.0.0.1:10002", capabilities=["b"], busy=None, queued=None,
-                    state="alive", last_heard=0.4)
-        harness = Harness({
-            commands.ClusterStatus: [{"node": me, "peers": [peer]}],
-            commands.ListJobs: [{"jobs": [summary(state="finished", total=1, succeeded=1)]}],
-        })
+        me = {
+            "name": "a1",
+            "address": "127.0.0.1:10001",
+            "capabilities": ["a"],
+            "slots": 2,
+            "busy": 1,
+            "queued": 0,
+            "state": "self",
+            "last_heard": None,
+        }
+        peer = dict(
+            me,
+            name="b1",
+            address="127.0.0.1:10002",
+            capabilities=["b"],
+            busy=None,
+            queued=None,
+            state="alive",
+            last_heard=0.4,
+        )
+        harness = Harness(
+            {
+                commands.ClusterStatus: [{"node": me, "peers": [peer]}],
+                commands.ListJobs: [{"jobs": [summary(state="finished", total=1, succeeded=1)]}],
+            }
+        )
         self.assertEqual(self.successResultOf(harness.start(cli.do_status, _ns(json=False))), 0)
         lines = harness.lines()
         self.assertEqual(lines[0], "Nodes seen by a1 (127.0.0.1:10001):")
@@ -665,11 +748,11 @@ def _ns(**fields: Any) -> Any:
 class FakeProtocol:
     """Stands for the AMP connection of a L{cli.NodeClient}: callRemote gives a scripted Deferred."""
 
-    def __init__(self, result: "defer.Deferred[Any]") -> None:
+    def __init__(self, result: defer.Deferred[Any]) -> None:
         self.result = result
         self.transport = None
 
-    def callRemote(self, command: type, **arguments: Any) -> "defer.Deferred[Any]":
+    def callRemote(self, command: type, **arguments: Any) -> defer.Deferred[Any]:
         """The scripted result, whatever the command."""
         return self.result
 
@@ -677,13 +760,13 @@ class FakeProtocol:
 class NodeClientTests(SynchronousTestCase):
     """Every failure of a command becomes one line naming the address."""
 
-    def call(self, result: "defer.Deferred[Any]", clock: Optional[Clock] = None) -> "defer.Deferred[Any]":
+    def call(self, result: defer.Deferred[Any], clock: Clock | None = None) -> defer.Deferred[Any]:
         """Call C{JOB_STATUS} through a L{cli.NodeClient} whose connection answers with C{result}."""
         client = cli.NodeClient(clock or Clock(), "127.0.0.1", 10001, timeout=5)
         client._protocol = FakeProtocol(result)  # type: ignore[assignment]
         return defer.ensureDeferred(client.call(commands.JobStatus, job="j"))
 
-    def message(self, result: "defer.Deferred[Any]", clock: Optional[Clock] = None) -> str:
+    def message(self, result: defer.Deferred[Any], clock: Clock | None = None) -> str:
         """The message of the L{cli.CliError} the call fails with (after the timeout, given a C{clock})."""
         d = self.call(result, clock)
         if clock is not None:
@@ -820,14 +903,23 @@ class TerminalSafetyTests(SynchronousTestCase):
     pipe and in --json.
     """
 
-    def result(self, stream: io.StringIO, output: Any, json_output: bool = False, job: str = "a1-0123abcd-1",
-               error: Optional[str] = None) -> str:
+    def result(
+        self,
+        stream: io.StringIO,
+        output: Any,
+        json_output: bool = False,
+        job: str = "a1-0123abcd-1",
+        error: str | None = None,
+    ) -> str:
         """Run C{result} for a job of one task with C{HOSTILE_OUTPUT} as its stdout; what it printed."""
-        node = FakeNode({
-            commands.JobStatus: [{"status": summary(job=job, state="finished", total=1, failed=1)}],
-            commands.JobTasks: [{"tasks": [task_entry("t1", "failed", stdout=HOSTILE_OUTPUT, error=error)],
-                                 "next": -1}],
-        })
+        node = FakeNode(
+            {
+                commands.JobStatus: [{"status": summary(job=job, state="finished", total=1, failed=1)}],
+                commands.JobTasks: [
+                    {"tasks": [task_entry("t1", "failed", stdout=HOSTILE_OUTPUT, error=error)], "next": -1}
+                ],
+            }
+        )
         context = cli.Context(node, output, Clock(), io.StringIO())
         d = defer.ensureDeferred(cli.do_result(context, _ns(job=job, json=json_output, lines=2)))
         self.assertEqual(self.successResultOf(d), 1)
@@ -860,8 +952,9 @@ class TerminalSafetyTests(SynchronousTestCase):
         self.assertNoRawControls(printed)
         self.assertEqual(json.loads(printed)["tasks"][0]["stdout"], HOSTILE_OUTPUT)
         piped = io.StringIO()
-        self.assertEqual(json.loads(self.result(piped, cli.make_output(piped, plain=False), json_output=True)),
-                         json.loads(printed))
+        self.assertEqual(
+            json.loads(self.result(piped, cli.make_output(piped, plain=False), json_output=True)), json.loads(printed)
+        )
 
     def rich(self) -> tuple[io.StringIO, Any]:
         """A terminal stream and the rich output the client would draw on it."""
@@ -894,14 +987,24 @@ class TerminalSafetyTests(SynchronousTestCase):
 
     def test_status_and_watch_lines_escaped(self) -> None:
         """A peer's address and a job id from the node are escaped on a terminal, in tables and progress lines."""
-        me = {"name": "a1", "address": "127.0.0.1:10001\x1b[2J", "capabilities": ["a"], "slots": 2, "busy": 1,
-              "queued": 0, "state": "self", "last_heard": None}
+        me = {
+            "name": "a1",
+            "address": "127.0.0.1:10001\x1b[2J",
+            "capabilities": ["a"],
+            "slots": 2,
+            "busy": 1,
+            "queued": 0,
+            "state": "self",
+            "last_heard": None,
+        }
         stream = TtyStringIO()
-        node = FakeNode({
-            commands.ClusterStatus: [{"node": me, "peers": []}],
-            commands.ListJobs: [{"jobs": [summary(job="j\x07\x1b[2J", state="finished", total=1, succeeded=1)]}],
-            commands.JobStatus: [{"status": summary(job="j\x07\x1b[2J", state="finished", total=1, succeeded=1)}],
-        })
+        node = FakeNode(
+            {
+                commands.ClusterStatus: [{"node": me, "peers": []}],
+                commands.ListJobs: [{"jobs": [summary(job="j\x07\x1b[2J", state="finished", total=1, succeeded=1)]}],
+                commands.JobStatus: [{"status": summary(job="j\x07\x1b[2J", state="finished", total=1, succeeded=1)}],
+            }
+        )
         context = cli.Context(node, cli.make_output(stream, plain=True), Clock(), io.StringIO())
         self.assertEqual(self.successResultOf(defer.ensureDeferred(cli.do_status(context, _ns(json=False)))), 0)
         self.assertEqual(self.successResultOf(defer.ensureDeferred(cli.do_watch(context, _ns(job="j1")))), 0)

@@ -172,8 +172,12 @@ class SteppedWallClusterTests(SynchronousTestCase):
         """Start node C{name} on its own host, with its own wall clock."""
         host = self.network.host(address)
         runner = FakeRunner(host, name, duration=0.3)
-        made = Node(NodeConfig(name=name, interface=address, port=port, slots=2, **config), host, runner,
-                    wall=self.walls.of(name))
+        made = Node(
+            NodeConfig(name=name, interface=address, port=port, slots=2, **config),
+            host,
+            runner,
+            wall=self.walls.of(name),
+        )
         made.start()
         self.nodes[name], self.runners[name] = made, runner
         return made
@@ -311,8 +315,10 @@ class WallAndMonotonicJobTests(SynchronousTestCase):
         journal.close()
         network = FakeNetwork()
         later = Node(
-            NodeConfig(name="m1", state_dir=state_dir, journal_retention=3600.0), network.host(),
-            FakeRunner(network, "m1"), wall=lambda: EPOCH + 3601.0,
+            NodeConfig(name="m1", state_dir=state_dir, journal_retention=3600.0),
+            network.host(),
+            FakeRunner(network, "m1"),
+            wall=lambda: EPOCH + 3601.0,
         )
         self.addCleanup(later.journal.close)
         with capturedLogs() as events:

@@ -31,7 +31,9 @@ class DialerTests(SynchronousTestCase):
         self.network = FakeNetwork()
         self.peer = node(name="b1", instance="i-b", host="127.0.0.1", port=2002)
         self.server_handler = RecordingHandler(self.peer)
-        self.network.listenTCP(2002, Factory.forProtocol(lambda: PeerProtocol(self.server_handler)), interface="127.0.0.1")
+        self.network.listenTCP(
+            2002, Factory.forProtocol(lambda: PeerProtocol(self.server_handler)), interface="127.0.0.1"
+        )
         self.me = node(name="a1", instance="i-a")
         self.introductions = []
         self.fail_with = None

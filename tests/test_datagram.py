@@ -97,7 +97,9 @@ class NodeInfoInDatagramTests(SynchronousTestCase):
 
     def test_carries_everything(self):
         """Name, instance, address, capabilities, slots, cluster and version travel."""
-        sent = node(name="x9", instance="i-1", host="127.0.0.5", port=4242, capabilities=("x", "y"), slots=7, cluster="lab")
+        sent = node(
+            name="x9", instance="i-1", host="127.0.0.5", port=4242, capabilities=("x", "y"), slots=7, cluster="lab"
+        )
         body = json.loads(datagram.encode(datagram.Datagram(type="DISCOVER", node=sent)))
         self.assertEqual(NodeInfo.from_wire(body["node"]), sent)
         self.assertEqual((body["proto"], body["v"], body["type"]), ("p2pexec", 1, "DISCOVER"))

@@ -171,7 +171,8 @@ class FilteringTests(SynchronousTestCase):
         self.assertEqual(a.peers, [])
         texts = {e["reason"]: formatEvent(e) for e in events if e.get("reason") in ("not-json", "foreign-cluster")}
         self.assertEqual(
-            texts["not-json"], "Dropped a datagram from 127.0.0.1:5555: the datagram is not a UTF-8 JSON object [not-json]"
+            texts["not-json"],
+            "Dropped a datagram from 127.0.0.1:5555: the datagram is not a UTF-8 JSON object [not-json]",
         )
         self.assertTrue(texts["foreign-cluster"].endswith("this node is in cluster 'prod' [foreign-cluster]"))
 

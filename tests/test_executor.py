@@ -81,17 +81,19 @@ class ExecutorTests(TestCase):
         folder = os.path.abspath(self.mktemp())
         os.makedirs(folder)
         result = await self.run_task(
-            task('echo "$GREETING $P2PEXEC_JOB_ID $P2PEXEC_TASK_ID $P2PEXEC_ATTEMPT $P2PEXEC_NODE"; pwd',
-                 shell=True, env=(("GREETING", "hi"),), cwd=folder)
+            task(
+                'echo "$GREETING $P2PEXEC_JOB_ID $P2PEXEC_TASK_ID $P2PEXEC_ATTEMPT $P2PEXEC_NODE"; pwd',
+                shell=True,
+                env=(("GREETING", "hi"),),
+                cwd=folder,
+            )
         )
         self.assertEqual(result.stdout, f"hi job-1 t1 1 w1\n{folder}\n")
 
     async def test_timeout_kills_process_group(self):
         """A timed-out task's whole process group is killed, children included."""
         pidfile = os.path.abspath(self.mktemp())
-        result = await self.run_task(
-            task(f"sleep 60 & echo $! > {pidfile}; wait", shell=True, timeout=0.5)
-        )
+        result = await self.run_task(task(f"sleep 60 & echo $! > {pidfile}; wait", shell=True, timeout=0.5))
         self.assertEqual(result.status, TIMED_OUT)
         self.assertIn("timed out after 0.5s", result.error)
         with open(pidfile) as f:
@@ -103,9 +105,7 @@ class ExecutorTests(TestCase):
         folder = os.path.abspath(self.mktemp())
         os.makedirs(folder)
         pidfile = os.path.join(folder, "pid")
-        result = await self.run_task(
-            task(f"sleep 60 & echo $! > {pidfile}; wait", shell=True, timeout=0.5, cwd=folder)
-        )
+        result = await self.run_task(task(f"sleep 60 & echo $! > {pidfile}; wait", shell=True, timeout=0.5, cwd=folder))
         self.assertEqual(result.status, TIMED_OUT)
         with open(pidfile) as f:
             child = int(f.read())
@@ -229,7 +229,7 @@ class TaskPathTests(TestCase):
         folder = os.path.abspath(self.mktemp())
         os.makedirs(folder)
         with open(os.path.join(folder, "p2pexec-only-here"), "w") as f:
-            f.write('#!/bin/sh\necho ran\n')
+            f.write("#!/bin/sh\necho ran\n")
         os.chmod(os.path.join(folder, "p2pexec-only-here"), 0o755)
         executor = ProcessExecutor(reactor, "w1", kill_grace=1.0)
         for cwd in (None, "/"):
@@ -277,7 +277,9 @@ class PolicyTests(TestCase):
         executor = self.executor(allow=["/usr/bin/true", "echo"])
         result = await self.run_refused(executor, task(["touch", self.side]))
         self.assertTrue(result.error.startswith("refused by this node's command policy: 'touch' ("), result.error)
-        self.assertTrue(result.error.endswith("matches no --allow pattern (allowed: /usr/bin/true, echo)"), result.error)
+        self.assertTrue(
+            result.error.endswith("matches no --allow pattern (allowed: /usr/bin/true, echo)"), result.error
+        )
 
     async def test_refused_shell_task_does_not_run(self):
         """A shell task is refused unless /bin/sh or sh is allowed, and the error says so."""
@@ -350,7 +352,8 @@ class PolicyTests(TestCase):
         """Variables that run no code (PATH, LANG, the task's own) pass under a policy, as without one."""
         executor = self.executor(allow=["sh"])
         result = await executor.run(
-            "job-1", task("echo $GREETING", shell=True, env=(("GREETING", "hi"), ("LANG", "C"), ("PATH", "/usr/bin:/bin")))
+            "job-1",
+            task("echo $GREETING", shell=True, env=(("GREETING", "hi"), ("LANG", "C"), ("PATH", "/usr/bin:/bin"))),
         )
         self.assertEqual((result.status, result.stdout), (SUCCEEDED, "hi\n"))
 

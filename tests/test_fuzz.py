@@ -28,9 +28,11 @@ on a L{FakeNetwork}, and a stranger's connection is a L{StringTransport}.
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
-from hypothesis import HealthCheck, Phase, given, settings, strategies as st
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import StringTransport
@@ -121,9 +123,36 @@ json_scalars = st.one_of(
 )
 
 FIELD_NAMES = [
-    "proto", "v", "type", "node", "name", "instance", "host", "port", "capabilities", "slots", "cluster",
-    "version", "age", "id", "kind", "command", "shell", "cwd", "env", "timeout", "retries", "attempt",
-    "status", "exit_code", "duration", "stdout", "stderr", "error", "task", "defaults",
+    "proto",
+    "v",
+    "type",
+    "node",
+    "name",
+    "instance",
+    "host",
+    "port",
+    "capabilities",
+    "slots",
+    "cluster",
+    "version",
+    "age",
+    "id",
+    "kind",
+    "command",
+    "shell",
+    "cwd",
+    "env",
+    "timeout",
+    "retries",
+    "attempt",
+    "status",
+    "exit_code",
+    "duration",
+    "stdout",
+    "stderr",
+    "error",
+    "task",
+    "defaults",
 ]
 
 json_values = st.recursive(
@@ -196,14 +225,18 @@ def mutated_documents(draw: Any, base: Callable[[], dict[str, Any]]) -> dict[str
 @st.composite
 def datagram_bytes(draw: Any) -> bytes:
     """Bytes that a discovery socket might receive: garbage, truncations, mutated JSON, deep nesting."""
-    valid = to_json(valid_datagram_body(draw(st.sampled_from(["x1", "x2"])), draw(st.sampled_from(["HELLO", "DISCOVER"]))))
+    valid = to_json(
+        valid_datagram_body(draw(st.sampled_from(["x1", "x2"])), draw(st.sampled_from(["HELLO", "DISCOVER"])))
+    )
     choice = draw(st.sampled_from([0, 1, 2, 2, 2, 3, 4, 5]))
     if choice == 0:
         return draw(st.binary(max_size=1400))
     if choice == 1:
         return valid[: draw(st.integers(min_value=0, max_value=len(valid)))]
     if choice == 2:
-        return to_json(draw(mutated_documents(valid_datagram_body)), ascii_only=draw(st.sampled_from([True, True, False])))
+        return to_json(
+            draw(mutated_documents(valid_datagram_body)), ascii_only=draw(st.sampled_from([True, True, False]))
+        )
     if choice == 3:
         return deep(draw(st.integers(min_value=1, max_value=700)), draw(st.sampled_from(["[", "{"])))
     if choice == 4:
@@ -221,7 +254,7 @@ def datagram_bytes(draw: Any) -> bytes:
 class DecodeFuzzTests(SynchronousTestCase):
     """L{datagram.decode} on bytes from anyone."""
 
-    def assertDecodesOrRefuses(self, data: bytes) -> Optional[datagram.Datagram]:
+    def assertDecodesOrRefuses(self, data: bytes) -> datagram.Datagram | None:
         """
         C{data} decodes to a valid L{datagram.Datagram} (which encodes and
         decodes back to itself) or raises L{datagram.DatagramError} with a
@@ -376,7 +409,7 @@ class SealerFuzzTests(SynchronousTestCase):
 class _Discovery:
     """One discovery protocol on a fake network, keyed or not, counting what it hands on."""
 
-    def __init__(self, key: Optional[bytes]) -> None:
+    def __init__(self, key: bytes | None) -> None:
         self.network = FakeNetwork()
         self.network.advance(1_800_000_000.0)
         self.info = NodeInfo(
@@ -473,7 +506,9 @@ class DiscoveryFuzzTests(SynchronousTestCase):
 
 # -- 4. AMP responders --------------------------------------------------------------
 
-RESPONDERS: dict[bytes, type[amp.Command]] = {name: command for name, (command, _) in PeerProtocol._commandDispatch.items()}
+RESPONDERS: dict[bytes, type[amp.Command]] = {
+    name: command for name, (command, _) in PeerProtocol._commandDispatch.items()
+}
 """Every command a L{PeerProtocol} answers, by wire name: those of L{p2pexec.commands}, and AMP's own StartTLS."""
 
 UNHANDLED = b"UNHANDLED"
@@ -528,7 +563,9 @@ PLAUSIBLE: dict[bytes, st.SearchStrategy[bytes]] = {
         lists_of(submitted_wire),
     ),
     b"results": lists_of(result_wire),
-    b"defaults": st.one_of(st.just(b"null"), mutated_documents(lambda: {"kind": "w", "timeout": 5, "env": {"A": "b"}}).map(to_json)),
+    b"defaults": st.one_of(
+        st.just(b"null"), mutated_documents(lambda: {"kind": "w", "timeout": 5, "env": {"A": "b"}}).map(to_json)
+    ),
     b"job": st.sampled_from([JOB, JOB, b"j", b"", b"\xed\xa0\x80"]),
     b"master": st.sampled_from([STRANGER.encode(), b"m1", b""]),
     b"master_instance": st.sampled_from([b"i-" + STRANGER.encode(), b"x"]),
@@ -549,14 +586,20 @@ def by_type(argument: amp.Argument) -> st.SearchStrategy[bytes]:
     if isinstance(argument, amp.Integer):
         return st.one_of(
             st.integers().map(lambda n: str(n).encode()),
-            st.sampled_from([b"-1", b"0", b"1", b"100000", b"99999999999999999999999", b"1" * 5000, b"1.5", b"nan", b" 1 "]),
+            st.sampled_from(
+                [b"-1", b"0", b"1", b"100000", b"99999999999999999999999", b"1" * 5000, b"1.5", b"nan", b" 1 "]
+            ),
         )
     if isinstance(argument, amp.Float):
-        return st.one_of(st.floats().map(lambda f: repr(f).encode()), st.sampled_from([b"nan", b"-inf", b"1e400", b"x"]))
+        return st.one_of(
+            st.floats().map(lambda f: repr(f).encode()), st.sampled_from([b"nan", b"-inf", b"1e400", b"x"])
+        )
     if isinstance(argument, amp.Boolean):
         return st.sampled_from([b"True", b"False", b"true", b"1", b""])
     if isinstance(argument, amp.Unicode):
-        return st.one_of(nasty_text.map(lambda s: s.encode("utf-8", "surrogatepass")), st.text(max_size=30).map(str.encode))
+        return st.one_of(
+            nasty_text.map(lambda s: s.encode("utf-8", "surrogatepass")), st.text(max_size=30).map(str.encode)
+        )
     return st.binary(max_size=64)
 
 
@@ -586,7 +629,7 @@ def value_strategy(key: bytes, argument: amp.Argument) -> st.SearchStrategy[byte
 
 
 @st.composite
-def boxes(draw: Any, only: Optional[bytes] = None) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+def boxes(draw: Any, only: bytes | None = None) -> tuple[bytes, list[tuple[bytes, bytes]]]:
     """
     A command box: command C{only}, or a known command (most often) or a
     random name, with each of its arguments present (fuzzed) or missing,
@@ -599,7 +642,7 @@ def boxes(draw: Any, only: Optional[bytes] = None) -> tuple[bytes, list[tuple[by
         name = draw(st.one_of(st.sampled_from(known), st.sampled_from(known), st.binary(min_size=1, max_size=40)))
     pairs: list[tuple[bytes, bytes]] = []
     command = RESPONDERS.get(name)
-    for key, argument in (command.arguments if command is not None else []):
+    for key, argument in command.arguments if command is not None else []:
         if draw(st.integers(min_value=0, max_value=11)) == 0:
             continue
         pairs.append((key, draw(value_strategy(key, argument))))
@@ -654,7 +697,7 @@ class _Stranger:
     the node's answers to them.
     """
 
-    def __init__(self, target: "_FuzzedNode") -> None:
+    def __init__(self, target: _FuzzedNode) -> None:
         self.target = target
         peer = IPv4Address("TCP", "127.0.0.9", 40000)
         self.protocol: PeerProtocol = target.node._tcp_port.factory.buildProtocol(peer)
@@ -673,7 +716,7 @@ class _Stranger:
             self.close()
         return written
 
-    def ask(self, name: bytes, pairs: list[tuple[bytes, bytes]]) -> Optional[dict[bytes, bytes]]:
+    def ask(self, name: bytes, pairs: list[tuple[bytes, bytes]]) -> dict[bytes, bytes] | None:
         """Send one command box with a new C{_ask} tag; return the node's answer to it, if any."""
         tag = str(next(self._tags)).encode()
         pairs = [(key, self.target.job_id.encode() if value == JOB else value) for key, value in pairs]
@@ -719,7 +762,7 @@ class _FuzzedNode:
     C{z}, which nobody runs, so that commands naming a job have one.
     """
 
-    def __init__(self, key: Optional[bytes]) -> None:
+    def __init__(self, key: bytes | None) -> None:
         self.network = FakeNetwork()
         self.key = key
         self.node = self._start("m1", "127.0.0.1")
@@ -731,7 +774,9 @@ class _FuzzedNode:
 
     def _start(self, name: str, address: str) -> Node:
         host = self.network.host(address)
-        config = NodeConfig(name=name, interface=address, port=10001, capabilities=frozenset({"w"}), slots=2, key=self.key)
+        config = NodeConfig(
+            name=name, interface=address, port=10001, capabilities=frozenset({"w"}), slots=2, key=self.key
+        )
         node = Node(config, host, FakeRunner(host, name, duration=0.1))
         node.start()
         return node
@@ -826,10 +871,10 @@ def assert_no_problems(testcase: SynchronousTestCase, problems: list[str]) -> No
 
 
 def check_exchange(
-    key: Optional[bytes],
+    key: bytes | None,
     state: str,
     sent: list[tuple[bytes, list[tuple[bytes, bytes]]]],
-    target: Optional["_FuzzedNode"] = None,
+    target: _FuzzedNode | None = None,
 ) -> list[str]:
     """
     Send C{sent} to a fresh L{_FuzzedNode} (or C{target}) on one connection in C{state},
@@ -867,7 +912,9 @@ def check_exchange(
                 continue
             code = answer[b"_error_code"]
             if code not in expected_codes(name, authenticated):
-                problems.append(f"{where}: answered {code.decode('ascii', 'replace')} ({short(answer.get(b'_error_description'), 120)})")
+                problems.append(
+                    f"{where}: answered {code.decode('ascii', 'replace')} ({short(answer.get(b'_error_description'), 120)})"
+                )
             elif code not in AUTH_CODES and stranger.lost:
                 problems.append(f"{where}: refused with {code.decode()}, and the connection closed")
         stranger.close()
@@ -875,7 +922,9 @@ def check_exchange(
             target.assertUsable()
         except Exception as e:
             problems.append(f"after {short(sent, 160)} ({state}): the node is not usable: {type(e).__name__}: {e}")
-    problems.extend(f"after {short(sent, 160)} ({state}): logged {short(line, 200)}" for line in critical_events(events))
+    problems.extend(
+        f"after {short(sent, 160)} ({state}): logged {short(line, 200)}" for line in critical_events(events)
+    )
     return problems
 
 
@@ -900,7 +949,9 @@ class ResponderFuzzTests(SynchronousTestCase):
         self.flushLoggedErrors(ZeroDivisionError)
 
     @fuzz(40)
-    @given(st.sampled_from(["fresh", "connected", "handshaken", "handshaken"]), st.lists(boxes(), min_size=1, max_size=3))
+    @given(
+        st.sampled_from(["fresh", "connected", "handshaken", "handshaken"]), st.lists(boxes(), min_size=1, max_size=3)
+    )
     def test_unkeyed_node(self, state: str, sent: list[tuple[bytes, list[tuple[bytes, bytes]]]]) -> None:
         """A node without a key, fuzzed on fresh, connected and handshaken connections."""
         assert_no_problems(self, check_exchange(None, state, sent))
@@ -916,7 +967,7 @@ class ResponderFuzzTests(SynchronousTestCase):
 
     @fuzz(30)
     @given(st.binary(min_size=1, max_size=300), st.sampled_from([None, KEY]))
-    def test_arbitrary_bytes(self, data: bytes, key: Optional[bytes]) -> None:
+    def test_arbitrary_bytes(self, data: bytes, key: bytes | None) -> None:
         """Bytes that are not AMP at all never raise out of C{dataReceived}; the node goes on working."""
         target = _FuzzedNode(key)
         with capturedLogs() as events:
@@ -927,7 +978,7 @@ class ResponderFuzzTests(SynchronousTestCase):
         self.assertEqual(critical_events(events), [])
 
 
-FOCUS: dict[bytes, tuple[Optional[bytes], str]] = {
+FOCUS: dict[bytes, tuple[bytes | None, str]] = {
     commands.ConnectRequest.commandName: (None, "fresh"),
     commands.Handshake.commandName: (None, "connected"),
     commands.Authenticate.commandName: (KEY, "fresh"),
@@ -946,7 +997,9 @@ def _one_command(name: bytes) -> Callable[[Any, Any], None]:
         """Fuzzed boxes of this one command: each answered as declared, the node still usable (L{check_exchange})."""
         assert_no_problems(self, check_exchange(key, state, sent))
 
-    test.__doc__ = f"{name.decode()} alone, fuzzed on a {state} connection to a node {'with' if key else 'without'} a key."
+    test.__doc__ = (
+        f"{name.decode()} alone, fuzzed on a {state} connection to a node {'with' if key else 'without'} a key."
+    )
     return test
 
 
@@ -971,10 +1024,20 @@ TEMPLATES: dict[bytes, dict[str, Any]] = {
     b"CONNECT_REQUEST": {"cluster": "default", "name": STRANGER, "instance": "i-" + STRANGER, "version": 1},
     b"HANDSHAKE": {"node": info_wire(STRANGER, capabilities=["q"])},
     b"PEER_EXCHANGE": {"peers": [info_wire("x1", age=1.0)]},
-    b"INSTRUCTION_ASSIGNMENT": {"job": "j1", "master": STRANGER, "master_instance": "i-" + STRANGER, "tasks": [task_wire()]},
+    b"INSTRUCTION_ASSIGNMENT": {
+        "job": "j1",
+        "master": STRANGER,
+        "master_instance": "i-" + STRANGER,
+        "tasks": [task_wire()],
+    },
     b"EXECUTION_CONFIRMATION": {"job": JOB_ID, "results": [result_wire()]},
     b"RESULT_QUERY": {"job": "j1", "tasks": [{"id": "t1", "attempt": 1}]},
-    b"SUBMIT_JOB": {"tasks": [submitted_wire()], "defaults": {"kind": "w", "env": {"B": "c"}}, "upload": "", "final": True},
+    b"SUBMIT_JOB": {
+        "tasks": [submitted_wire()],
+        "defaults": {"kind": "w", "env": {"B": "c"}},
+        "upload": "",
+        "final": True,
+    },
     b"JOB_STATUS": {"job": JOB_ID},
     b"JOB_TASKS": {"job": JOB_ID, "offset": 0, "limit": 10},
     b"CANCEL_JOB": {"job": JOB_ID},
@@ -1106,7 +1169,9 @@ def check_datagrams(sender: str, datagrams: list[bytes]) -> list[str]:
             target.assertUsable()
         except Exception as e:
             problems.append(f"{short(datagrams, 200)} ({sender}): the node is not usable: {type(e).__name__}: {e}")
-    problems.extend(f"{short(datagrams, 200)} ({sender}): logged {short(line, 200)}" for line in critical_events(events))
+    problems.extend(
+        f"{short(datagrams, 200)} ({sender}): logged {short(line, 200)}" for line in critical_events(events)
+    )
     return problems
 
 
@@ -1177,7 +1242,9 @@ class RegressionTests(SynchronousTestCase):
     def test_datagram_with_a_lone_surrogate(self) -> None:
         """datagram.decode refuses a HELLO whose node's host or instance is "\\ud800"."""
         for field in ("host", "instance"):
-            data = to_json(valid_datagram_body()).replace(b'"i-x1"' if field == "instance" else b'"127.0.0.9"', b'"\\ud800"')
+            data = to_json(valid_datagram_body()).replace(
+                b'"i-x1"' if field == "instance" else b'"127.0.0.9"', b'"\\ud800"'
+            )
             self.assertIn(b"\\ud800", data)
             with self.assertRaises(datagram.DatagramError, msg=f"{data!r} was accepted") as caught:
                 datagram.decode(data)
@@ -1188,7 +1255,9 @@ class RegressionTests(SynchronousTestCase):
         target = _FuzzedNode(None)
         with capturedLogs() as events:
             stranger = target.stranger("handshaken")
-            self.assertAnswered(stranger, b"RESULT_QUERY", [(b"job", b"j"), (b"tasks", b'[{"id":"\\ud800","attempt":1}]')])
+            self.assertAnswered(
+                stranger, b"RESULT_QUERY", [(b"job", b"j"), (b"tasks", b'[{"id":"\\ud800","attempt":1}]')]
+            )
         self.assertQuiet(events)
 
     def test_submitted_command_with_a_lone_surrogate(self) -> None:
@@ -1198,7 +1267,9 @@ class RegressionTests(SynchronousTestCase):
         with capturedLogs() as events:
             stranger = target.stranger("fresh")
             answer = self.assertAnswered(
-                stranger, b"SUBMIT_JOB", [(b"tasks", tasks), (b"defaults", b"null"), (b"upload", b""), (b"final", b"True")]
+                stranger,
+                b"SUBMIT_JOB",
+                [(b"tasks", tasks), (b"defaults", b"null"), (b"upload", b""), (b"final", b"True")],
             )
         self.assertIn(answer.get(b"_error_code"), {b"BAD_JOB", b"BAD_ARGUMENTS"})
         self.assertQuiet(events)
@@ -1242,7 +1313,9 @@ class RegressionTests(SynchronousTestCase):
         target = _FuzzedNode(None)
         with capturedLogs() as events:
             stranger = target.stranger("connected")
-            self.assertAnswered(stranger, b"HANDSHAKE", [(b"node", to_json(info_wire(STRANGER, capabilities=[], host="a\udfffb")))])
+            self.assertAnswered(
+                stranger, b"HANDSHAKE", [(b"node", to_json(info_wire(STRANGER, capabilities=[], host="a\udfffb")))]
+            )
         self.assertQuiet(events)
 
     # Refusals that quote a huge value: the error box itself is over AMP's

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
-from typing import Any, Optional
+from typing import Any
 
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
@@ -40,7 +40,7 @@ class FakeSystem:
         if pgid in self.alive_groups and (number == signal.SIGKILL or pgid not in self.stubborn):
             self.alive_groups.discard(pgid)
 
-    def stat(self, pid: int) -> Optional[tuple[str, int, int]]:
+    def stat(self, pid: int) -> tuple[str, int, int] | None:
         if pid not in self.leaders:
             return None
         group, started = self.leaders[pid]
@@ -75,7 +75,7 @@ class RegistryTests(TestCase):
         """
         looked_up = []
 
-        def start_time(pid: int) -> Optional[int]:
+        def start_time(pid: int) -> int | None:
             looked_up.append(pid)
             return {12: 500}.get(pid)
 
@@ -122,8 +122,10 @@ class StopGroupsTests(TestCase):
         system = FakeSystem({10: (10, 1), 20: (20, 2)}, stubborn=frozenset({20}))
         killed = guardian.stop_groups([10, 20], 5.0, system.kill, system.alive, system.sleep, system.now)
         self.assertEqual(killed, [20])
-        self.assertEqual([(pgid, number) for pgid, number, _ in system.signals],
-                         [(10, signal.SIGTERM), (20, signal.SIGTERM), (20, signal.SIGKILL)])
+        self.assertEqual(
+            [(pgid, number) for pgid, number, _ in system.signals],
+            [(10, signal.SIGTERM), (20, signal.SIGTERM), (20, signal.SIGKILL)],
+        )
         self.assertEqual(system.signals[0][2], 100.0)
         self.assertGreaterEqual(system.signals[-1][2], 105.0)
         self.assertLess(system.signals[-1][2], 105.0 + 2 * guardian.POLL)
@@ -323,5 +325,7 @@ class TaskGuardTests(TestCase):
         """Without a record there is nothing to kill and nothing to say."""
         system = FakeSystem({10: (10, 500)})
         with capturedLogs() as events:
-            self.assertEqual(self.guard.reap_leftovers(system.kill, system.stat, system.alive, system.sleep, system.now), [])
+            self.assertEqual(
+                self.guard.reap_leftovers(system.kill, system.stat, system.alive, system.sleep, system.now), []
+            )
         self.assertEqual((system.signals, events), ([], []))

@@ -31,11 +31,13 @@ class JobFileTests(SynchronousTestCase):
 
     def test_defaults_apply(self):
         """[defaults] fill what a task leaves out; env tables merge."""
-        tasks = load_job_file(self.write(
-            '[defaults]\nkind = "sh"\ntimeout = 5\nenv = {A = "1", B = "2"}\n'
-            '[[task]]\nid = "one"\ncommand = ["true"]\nenv = {B = "3"}\n'
-            '[[task]]\nid = "two"\ncommand = "exit 0"\nshell = true\ntimeout = 9\n'
-        ))
+        tasks = load_job_file(
+            self.write(
+                '[defaults]\nkind = "sh"\ntimeout = 5\nenv = {A = "1", B = "2"}\n'
+                '[[task]]\nid = "one"\ncommand = ["true"]\nenv = {B = "3"}\n'
+                '[[task]]\nid = "two"\ncommand = "exit 0"\nshell = true\ntimeout = 9\n'
+            )
+        )
         self.assertEqual([(t.id, t.kind, t.timeout) for t in tasks], [("one", "sh", 5.0), ("two", "sh", 9.0)])
         self.assertEqual(dict(tasks[0].env), {"A": "1", "B": "3"})
         self.assertEqual(tasks[1].command, "exit 0")
@@ -56,7 +58,9 @@ class JobFileTests(SynchronousTestCase):
             f.write(b'[[task]]\nid = "caf\xe9"\n')
         with self.assertRaises(JobFileError) as caught:
             load_job_file(path)
-        self.assertEqual(str(caught.exception), f"job file {path}: not UTF-8 text (byte 18 is 0xe9); TOML files are UTF-8")
+        self.assertEqual(
+            str(caught.exception), f"job file {path}: not UTF-8 text (byte 18 is 0xe9); TOML files are UTF-8"
+        )
 
     def test_nested_too_deeply(self):
         """Arrays nested thousands deep are refused in one line, not a RecursionError."""

@@ -9,8 +9,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from p2pexec.job import Job
 from p2pexec.journal import (
-    RETRY_DELAY,
     JOURNAL_FILE,
+    RETRY_DELAY,
     SCHEMA_VERSION,
     Journal,
     JournalError,
@@ -183,7 +183,10 @@ class RoundTripTests(JournalTestMixin, SynchronousTestCase):
         self.clock.advance(0)
         journal = self.reopen(journal, state_dir)
         [stored] = journal.unfinished_jobs()
-        self.assertEqual([(t.spec.id, t.state, t.attempt, t.worker) for t in stored.tasks], [("a1", "pending", 0, None), ("b1", "assigned", 1, "w9")])
+        self.assertEqual(
+            [(t.spec.id, t.state, t.attempt, t.worker) for t in stored.tasks],
+            [("a1", "pending", 0, None), ("b1", "assigned", 1, "w9")],
+        )
 
     def test_unfinished_jobs_oldest_first(self):
         """Unfinished jobs come back in the order they were started, not the order they were added."""
@@ -271,9 +274,7 @@ class FinishedJobTests(JournalTestMixin, SynchronousTestCase):
         self.assertEqual(journal.prune(200.0), 2)
         self.close(journal)
         path = os.path.join(state_dir, JOURNAL_FILE)
-        self.assertEqual(
-            query(path, "SELECT id, finished FROM jobs ORDER BY id"), [("new", 300.0), ("open", None)]
-        )
+        self.assertEqual(query(path, "SELECT id, finished FROM jobs ORDER BY id"), [("new", 300.0), ("open", None)])
         self.assertEqual(
             query(path, "SELECT job, COUNT(*) FROM tasks GROUP BY job ORDER BY job"), [("new", 1), ("open", 2)]
         )
@@ -567,7 +568,9 @@ class FailedWriteTests(JournalTestMixin, SynchronousTestCase):
         self.assertEqual(query(self.journal.path, "SELECT id FROM jobs"), [("first",)])
         with capturedLogs() as again:
             self.clock.advance(RETRY_DELAY)
-        self.assertEqual(len([e for e in again if e["log_level"] == LogLevel.error]), 1, "still full: logged, not raised")
+        self.assertEqual(
+            len([e for e in again if e["log_level"] == LogLevel.error]), 1, "still full: logged, not raised"
+        )
         self.assertNoResult(first)
         self.mend_disk()
         self.clock.advance(RETRY_DELAY)

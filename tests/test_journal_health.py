@@ -62,13 +62,18 @@ class JournalProblemTests(SynchronousTestCase):
     def test_disk_full(self):
         """ENOSPC: the problem says 'disk full' and names the file; one line says what it stops."""
         problem, lines = self.fail_with(DISK_FULL)
-        self.assertEqual((problem.reason, problem.error, problem.path), ("disk full", "No space left on device", self.journal.path))
+        self.assertEqual(
+            (problem.reason, problem.error, problem.path), ("disk full", "No space left on device", self.journal.path)
+        )
         self.assertEqual(
             problem.describe(),
             f"its journal {self.journal.path} cannot be written: disk full (No space left on device)",
         )
         [line] = lines
-        self.assertTrue(line.startswith(f"Could not write the journal {self.journal.path}: disk full (No space left on device)."), line)
+        self.assertTrue(
+            line.startswith(f"Could not write the journal {self.journal.path}: disk full (No space left on device)."),
+            line,
+        )
         self.assertIn("new jobs are refused", line)
         self.assertNotIn("move it away", line)
 
@@ -79,7 +84,9 @@ class JournalProblemTests(SynchronousTestCase):
 
     def test_read_only_and_io_error(self):
         """EROFS and EIO are named as such."""
-        self.assertEqual(self.fail_with(OSError(errno.EROFS, "Read-only file system"))[0].reason, "read-only file system")
+        self.assertEqual(
+            self.fail_with(OSError(errno.EROFS, "Read-only file system"))[0].reason, "read-only file system"
+        )
         self.journal.withdraw("j")
         self.assertEqual(self.fail_with(OSError(errno.EIO, "Input/output error"))[0].reason, "I/O error")
 
@@ -96,7 +103,9 @@ class JournalProblemTests(SynchronousTestCase):
             self.clock.advance(RETRY_DELAY)
         self.assertIsNone(self.journal.problem)
         self.successResultOf(d)
-        self.assertTrue(any(text(e).startswith(f"The journal {self.journal.path} can be written again") for e in events))
+        self.assertTrue(
+            any(text(e).startswith(f"The journal {self.journal.path} can be written again") for e in events)
+        )
 
     def test_recovers_after_what_failed_was_withdrawn(self):
         """
@@ -128,8 +137,10 @@ class NodeWithFullDiskTests(SynchronousTestCase):
         self.disk = Disk()
         journal = Journal(self.mktemp(), host, before_write=self.disk.before_write)
         self.node = Node(
-            NodeConfig(name="m1", port=4001, capabilities=frozenset(), slots=2), host,
-            FakeRunner(host, "m1"), journal=journal,
+            NodeConfig(name="m1", port=4001, capabilities=frozenset(), slots=2),
+            host,
+            FakeRunner(host, "m1"),
+            journal=journal,
         )
         self.node.start()
         self.addCleanup(journal.close)
@@ -137,7 +148,8 @@ class NodeWithFullDiskTests(SynchronousTestCase):
         worker_host = self.network.host("127.0.0.2")
         self.worker = Node(
             NodeConfig(name="w1", interface="127.0.0.2", port=4002, capabilities=frozenset({"w"}), slots=1),
-            worker_host, FakeRunner(worker_host, "w1", duration=0.5),
+            worker_host,
+            FakeRunner(worker_host, "w1", duration=0.5),
         )
         self.worker.start()
         self.network.run_until(lambda: self.node.peers.is_connected("w1"), limit=10)
@@ -149,7 +161,6 @@ class NodeWithFullDiskTests(SynchronousTestCase):
         request = DummyRequest([b""])
         body = web.HealthResource(self.node).render(request)
         return request.responseCode or 200, json.loads(body)
-
 
     def test_submission_refused_when_the_write_fails(self):
         """
@@ -176,9 +187,19 @@ class NodeWithFullDiskTests(SynchronousTestCase):
         ETA, and a new job is refused at once.  Once it can be written
         again, all of that clears by itself and jobs are accepted.
         """
-        self.assertEqual(self.health(), (200, {
-            "status": "ok", "node": "m1", "peers_connected": 1, "jobs_running": 0, "problem": None,
-        }))
+        self.assertEqual(
+            self.health(),
+            (
+                200,
+                {
+                    "status": "ok",
+                    "node": "m1",
+                    "peers_connected": 1,
+                    "jobs_running": 0,
+                    "problem": None,
+                },
+            ),
+        )
         d = self.node.submit([{"id": f"t{i}", "kind": "w", "command": ["true"]} for i in range(8)])
         job_id = self.successResultOf(d)
         self.network.run_until(lambda: self.node.master.jobs[job_id].succeeded >= 2, limit=10)

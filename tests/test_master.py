@@ -137,7 +137,11 @@ class MasterTests(SynchronousTestCase):
         self.clock.advance(0)
         self.assertEqual(
             sorted(self.link.assignments),
-            [("a1", job.id, [("a1", 1), ("a2", 1), ("a3", 1)]), ("b1", job.id, [("b1", 1)]), ("c1", job.id, [("c1", 1)])],
+            [
+                ("a1", job.id, [("a1", 1), ("a2", 1), ("a3", 1)]),
+                ("b1", job.id, [("b1", 1)]),
+                ("c1", job.id, [("c1", 1)]),
+            ],
         )
         with capturedLogs() as events:
             self.master.confirm(job.id, [result("b1", worker="b1")], "b1")
@@ -217,7 +221,9 @@ class MasterTests(SynchronousTestCase):
         in_hand = [task_id for _, _, batch in self.link.assignments[-1:] for task_id, _ in batch]
         self.assertEqual(len(in_hand), 12)
         for count, task_id in enumerate(in_hand[:5], start=1):
-            self.master.confirm(job.id, [TaskResult(task_id=task_id, attempt=1, status="succeeded", node="b1", duration=0.01)], "b1")
+            self.master.confirm(
+                job.id, [TaskResult(task_id=task_id, attempt=1, status="succeeded", node="b1", duration=0.01)], "b1"
+            )
             self.clock.advance(0)
             self.assertEqual(len(self.link.assignments), batches_before if count < 5 else batches_before + 1, count)
         self.assertEqual(len(self.link.assignments[-1][2]), 5)
@@ -483,7 +489,9 @@ class CancelTests(SynchronousTestCase):
         job = master.submit([TaskSpec(id=f"t{i}", kind="w") for i in range(10)])
         clock.advance(0)
         sent = sum(len(batch) for _, _, batch in link.assignments)
-        master.confirm(job.id, [result(link.assignments[0][2][0][0], worker=link.assignments[0][0])], link.assignments[0][0])
+        master.confirm(
+            job.id, [result(link.assignments[0][2][0][0], worker=link.assignments[0][0])], link.assignments[0][0]
+        )
         self.assertEqual(master.cancel(job.id, by="a test"), 9)
         clock.advance(0)
         self.assertEqual(sorted(link.cancels), [("w1", job.id), ("w2", job.id)])
@@ -577,12 +585,16 @@ class ResultsFileExampleTests(SynchronousTestCase):
         with open(path, encoding="utf-8") as f:
             text = f.read()
         start = text.index("Here is the file written by running")
-        block = text[text.index("    {", start):text.index("\n    }\n", start) + 6]
+        block = text[text.index("    {", start) : text.index("\n    }\n", start) + 6]
         example = json.loads(re.sub(r"\n\s*\.\.\.,?\n", "\n", block))
         job = Job("j", [TaskSpec(id="t", kind="sh")], started=0.0)
         job.assign("t", "a1")
-        job.apply(TaskResult(task_id="t", attempt=1, status="failed", node="a1", exit_code=3, stdout="o",
-                             stderr="e", error="x"), 1.0)
+        job.apply(
+            TaskResult(
+                task_id="t", attempt=1, status="failed", node="a1", exit_code=3, stdout="o", stderr="e", error="x"
+            ),
+            1.0,
+        )
         report = job.report(1.0)
         self.assertEqual(list(example), list(report))
         keys = list(report["tasks"][0])

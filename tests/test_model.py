@@ -177,7 +177,6 @@ class TaskResultTests(SynchronousTestCase):
         wire["status"] = "maybe"
         self.assertRaises(ValidationError, TaskResult.from_wire, wire)
 
-
     def test_rejects_durations_that_are_not_finite_seconds(self):
         """
         NaN and infinity (which JSON decodes from C{NaN}, C{1e400} and
@@ -222,7 +221,9 @@ class ParseInstructionsTests(SynchronousTestCase):
     def test_example(self):
         """The original example's instructions become five tasks of three kinds."""
         tasks = parse_instructions(["a1", "a2", "b1", "c1", "a3"])
-        self.assertEqual([(t.id, t.kind) for t in tasks], [("a1", "a"), ("a2", "a"), ("b1", "b"), ("c1", "c"), ("a3", "a")])
+        self.assertEqual(
+            [(t.id, t.kind) for t in tasks], [("a1", "a"), ("a2", "a"), ("b1", "b"), ("c1", "c"), ("a3", "a")]
+        )
 
     def test_duplicates_refused(self):
         """An instruction listed twice is refused, naming it."""

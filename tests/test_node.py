@@ -203,7 +203,6 @@ class MembershipTests(SynchronousTestCase):
         self.assertIsNone(cluster.nodes["a1"].peers.get("b1"))
         self.assertNotIn("b1", cluster.nodes["a1"].dialer)
 
-
     def test_seeds_without_multicast(self):
         """With multicast off and one seed each, four nodes still all meet, and a job crosses the cluster."""
         cluster = Cluster()
@@ -211,7 +210,9 @@ class MembershipTests(SynchronousTestCase):
         seed_of = {"a1": "d1", "b1": "a1", "c1": "b1", "d1": "c1"}
         for name, (address, port) in addresses.items():
             tasks = (TaskSpec.instruction("d9"), TaskSpec.instruction("c9")) if name == "a1" else None
-            cluster.add(name, address=address, port=port, multicast=False, seeds=(addresses[seed_of[name]],), tasks=tasks)
+            cluster.add(
+                name, address=address, port=port, multicast=False, seeds=(addresses[seed_of[name]],), tasks=tasks
+            )
         cluster.network.run(20.0)
         self.assertEqual(cluster.network.datagrams, [])
         for a in addresses:
@@ -333,6 +334,7 @@ class MembershipTests(SynchronousTestCase):
 
         cluster = Cluster()
         a1 = cluster.add("a1")
+
         class Connection:
             last_received = 0.0
 
@@ -387,8 +389,13 @@ class FaultTests(SynchronousTestCase):
         cluster = Cluster()
         tasks = w_tasks(20)
         cluster.add(
-            "m1", address="127.0.0.1", port=4001, capabilities=frozenset(), tasks=tasks,
-            state_dir=state_dir, job_source="digest-of-the-job",
+            "m1",
+            address="127.0.0.1",
+            port=4001,
+            capabilities=frozenset(),
+            tasks=tasks,
+            state_dir=state_dir,
+            job_source="digest-of-the-job",
         )
         cluster.add_worker("w1", address="127.0.0.2", port=4002, duration=0.3)
         first = cluster.nodes["m1"]
@@ -399,8 +406,13 @@ class FaultTests(SynchronousTestCase):
         cluster.network.run(1.0)  # the worker goes on with what it had
         with capturedLogs() as events:
             restarted = cluster.add(
-                "m1", address="127.0.0.1", port=4001, capabilities=frozenset(), tasks=tasks,
-                state_dir=state_dir, job_source="digest-of-the-job",
+                "m1",
+                address="127.0.0.1",
+                port=4001,
+                capabilities=frozenset(),
+                tasks=tasks,
+                state_dir=state_dir,
+                job_source="digest-of-the-job",
             )
             cluster.network.run_until(lambda: restarted.initial_job.called, limit=30)
         job = restarted.initial_job.result
@@ -427,9 +439,7 @@ class FaultTests(SynchronousTestCase):
         with capturedLogs() as events:
             cluster.network.partition("127.0.0.2", 4002)
             cut = cluster.network.seconds()
-            took = cluster.network.run_until(
-                lambda: any("declared peer w1 dead" in text(e) for e in events), limit=10
-            )
+            took = cluster.network.run_until(lambda: any("declared peer w1 dead" in text(e) for e in events), limit=10)
         self.assertLessEqual(took, 3.0)
         self.assertTrue(any("suspects peer w1" in text(e) for e in events))
         cluster.network.run_until(lambda: cluster.nodes["m1"].initial_job.called, limit=30)
@@ -516,7 +526,11 @@ class FaultTests(SynchronousTestCase):
     def test_failures_are_results(self):
         """A failing task finishes the job as failed, not retried."""
         cluster = Cluster()
-        outcome = lambda assignment: (FAILED, 3) if assignment.task.id == "w2" else (SUCCEEDED, 0)
+
+        def outcome(assignment):
+            """w2 fails with exit status 3; the others succeed."""
+            return (FAILED, 3) if assignment.task.id == "w2" else (SUCCEEDED, 0)
+
         tasks = w_tasks(4, ("x",))
         cluster.add_master(tasks)
         cluster.add_worker("w1", outcome=outcome)

@@ -92,7 +92,9 @@ class AddressTests(SynchronousTestCase):
 
     def test_abstract(self) -> None:
         """A leading C{@} names an abstract socket: it becomes a NUL byte."""
-        self.assertEqual(notify_address("@/org/freedesktop/systemd1/notify/123"), b"\0/org/freedesktop/systemd1/notify/123")
+        self.assertEqual(
+            notify_address("@/org/freedesktop/systemd1/notify/123"), b"\0/org/freedesktop/systemd1/notify/123"
+        )
 
     def test_unset_or_unsupported(self) -> None:
         """Unset, empty, relative and C{vsock:} values name no socket."""

@@ -133,7 +133,9 @@ class PeerProtocolTests(SynchronousTestCase):
 
     def test_handshake_required_before_work(self):
         """After CONNECT_REQUEST but before HANDSHAKE, task commands are refused."""
-        self.successResultOf(self.call(commands.ConnectRequest, cluster="default", name="a1", instance="i-a", version=1))
+        self.successResultOf(
+            self.call(commands.ConnectRequest, cluster="default", name="a1", instance="i-a", version=1)
+        )
         task = {"id": "b1", "kind": "b", "attempt": 1}
         failure = self.failureResultOf(
             self.call(commands.InstructionAssignment, job="j", master="a1", master_instance="i-a", tasks=[task])
@@ -154,11 +156,14 @@ class PeerProtocolTests(SynchronousTestCase):
 
     def test_refused_handshake_is_not_a_handshake(self):
         """After a refused HANDSHAKE, task commands are still refused."""
+
         def refuse(protocol, info):
             raise commands.ClusterMismatch("other cluster")
 
         self.b.handshake_received = refuse
-        self.successResultOf(self.call(commands.ConnectRequest, cluster="default", name="a1", instance="i-a", version=1))
+        self.successResultOf(
+            self.call(commands.ConnectRequest, cluster="default", name="a1", instance="i-a", version=1)
+        )
         self.failureResultOf(self.call(commands.Handshake, node=self.a.info.to_wire())).trap(commands.ClusterMismatch)
         task = {"id": "b1", "kind": "b", "attempt": 1}
         self.failureResultOf(
@@ -191,7 +196,10 @@ class PeerProtocolTests(SynchronousTestCase):
         self.introduce()
         boxes = [
             (b"INSTRUCTION_ASSIGNMENT", {"job": b"j"}),
-            (b"INSTRUCTION_ASSIGNMENT", {"job": b"j", "master": b"a1", "master_instance": b"i-a", "tasks": b"{not json"}),
+            (
+                b"INSTRUCTION_ASSIGNMENT",
+                {"job": b"j", "master": b"a1", "master_instance": b"i-a", "tasks": b"{not json"},
+            ),
             (b"TASK_COMPLETE", {"job": b"j", "succeeded": b"many", "failed": b"0", "elapsed": b"1.0"}),
             (b"PEER_EXCHANGE", {"peers": b"\xff\xfe"}),
         ]
@@ -224,7 +232,9 @@ class PeerProtocolTests(SynchronousTestCase):
 
     def test_handshake_must_match_connect(self):
         """A HANDSHAKE describing a different node than CONNECT_REQUEST named is refused."""
-        self.successResultOf(self.call(commands.ConnectRequest, cluster="default", name="a1", instance="i-a", version=1))
+        self.successResultOf(
+            self.call(commands.ConnectRequest, cluster="default", name="a1", instance="i-a", version=1)
+        )
         impostor = node(name="x1", instance="i-x")
         failure = self.failureResultOf(self.call(commands.Handshake, node=impostor.to_wire()))
         failure.trap(commands.BadArguments)
@@ -524,9 +534,7 @@ class ProtocolErrorWordingTests(SynchronousTestCase):
     def test_error_answer_with_an_unknown_tag(self):
         """An error answer to a request never sent is described the same way."""
         protocol, transport, events = self.connected()
-        protocol.dataReceived(
-            amp.AmpBox(_error=b"9", _error_code=b"X", _error_description=b"no").serialize()
-        )
+        protocol.dataReceived(amp.AmpBox(_error=b"9", _error_code=b"X", _error_description=b"no").serialize())
         self.assertTrue(transport.disconnecting)
         [line] = [e for e in events if e.get("log_format", "").startswith("Dropped the connection")]
         self.assertIn("an error answer to request '9', which this node never sent", line["error"])

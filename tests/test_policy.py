@@ -55,9 +55,7 @@ class AllowAllTests(PolicyTestCase):
 
     def test_describe(self):
         """The start-up line says that the node runs any command."""
-        self.assertEqual(
-            CommandPolicy().describe(), "runs any command it is given (no --allow or --instructions)"
-        )
+        self.assertEqual(CommandPolicy().describe(), "runs any command it is given (no --allow or --instructions)")
 
     def test_both_or_empty_refused(self):
         """Patterns and a folder together, or an empty pattern, are programming errors."""
@@ -117,14 +115,18 @@ class AllowTests(PolicyTestCase):
         """The first executable on PATH counts; a relative entry is taken from the task's folder."""
         other = make_program(os.path.join(self.root, "other", "tool"))
         policy = CommandPolicy(allow=["tool"])
-        self.assertEqual(policy.decide(["tool"], None, os.pathsep.join([self.empty, os.path.dirname(other), self.bin])), other)
+        self.assertEqual(
+            policy.decide(["tool"], None, os.pathsep.join([self.empty, os.path.dirname(other), self.bin])), other
+        )
         self.assertEqual(policy.decide(["tool"], self.root, "bin"), os.path.join(self.bin, "tool"))
 
     def test_not_executable_is_skipped(self):
         """A file on PATH that is not executable is not what the name finds."""
         make_program(os.path.join(self.empty, "tool"), executable=False)
         policy = CommandPolicy(allow=[self.bin + "/*"])
-        self.assertEqual(policy.decide(["tool"], None, os.pathsep.join([self.empty, self.bin])), os.path.join(self.bin, "tool"))
+        self.assertEqual(
+            policy.decide(["tool"], None, os.pathsep.join([self.empty, self.bin])), os.path.join(self.bin, "tool")
+        )
 
     def test_allowed_name_not_found(self):
         """An allowed name found nowhere is left as given, for the executor to report as not found."""
@@ -212,7 +214,9 @@ class InstructionsTests(PolicyTestCase):
     def test_symlink_escaping(self):
         """A link resolving outside the folder is refused, naming where it leads; so is a dangling one."""
         os.symlink(os.path.join(self.bin, "rm"), os.path.join(self.folder, "rm"))
-        self.assertRefused(self.policy.decide(["rm"], None, ""), "resolves to " + os.path.join(self.bin, "rm"), "outside")
+        self.assertRefused(
+            self.policy.decide(["rm"], None, ""), "resolves to " + os.path.join(self.bin, "rm"), "outside"
+        )
         os.symlink("../bin/../nowhere", os.path.join(self.folder, "lost"))
         self.assertRefused(self.policy.decide(["lost"], None, ""), "outside")
 

@@ -160,7 +160,9 @@ class ReconcileTests(SynchronousTestCase):
         clock.advance(0)
         # w1 finishes one task of job2: it may be given one more, no more.
         first = link.assignments[-1][2][0][0]
-        master.confirm(job2.id, [TaskResult(task_id=first, attempt=1, status="succeeded", node="w1", duration=1.0)], "w1")
+        master.confirm(
+            job2.id, [TaskResult(task_id=first, attempt=1, status="succeeded", node="w1", duration=1.0)], "w1"
+        )
         clock.advance(0)
         given = [t for w, j, batch in link.assignments if w == "w1" and j == job2.id for t, _ in batch]
         unconfirmed = [t for t in given if job2.tasks[t].state is TaskState.ASSIGNED]
@@ -185,9 +187,7 @@ class ReconcileTests(SynchronousTestCase):
         clock.advance(0)
         for task_id in held:
             record = job.tasks[task_id]
-            self.assertEqual(
-                (record.state, record.attempt, record.losses), (TaskState.ASSIGNED, 2, 1), task_id
-            )
+            self.assertEqual((record.state, record.attempt, record.losses), (TaskState.ASSIGNED, 2, 1), task_id)
 
 
 class MalformedQueryAnswerTests(SynchronousTestCase):
@@ -225,8 +225,11 @@ class MalformedQueryAnswerTests(SynchronousTestCase):
         )
         self.assertRunAgain(master, job_id, held)
         [line] = [line for line in lines if "malformed" in line]
-        self.assertIn(f"Node m1 put {len(held)} unconfirmed task(s) of job {job_id} back in the queue: worker w1 "
-                      "answered RESULT_QUERY about them with a malformed answer", line)
+        self.assertIn(
+            f"Node m1 put {len(held)} unconfirmed task(s) of job {job_id} back in the queue: worker w1 "
+            "answered RESULT_QUERY about them with a malformed answer",
+            line,
+        )
         self.assertIn("'done' holds", line)
         self.assertIn("not task id strings", line)
         self.assertIn('such as an object {"id": "t', line)
@@ -236,9 +239,7 @@ class MalformedQueryAnswerTests(SynchronousTestCase):
         """An answer with three empty lists names no task: the tasks run again, one line names them."""
         master, job_id, held, lines = self.answer_with(lambda ids: {"done": [], "running": [], "unknown": []})
         self.assertRunAgain(master, job_id, held)
-        self.assertTrue(
-            any("worker w1 named them in none of the lists" in line for line in lines), lines
-        )
+        self.assertTrue(any("worker w1 named them in none of the lists" in line for line in lines), lines)
         self.assertIn(
             f"Node m1 asked worker w1 about the {len(held)} task(s) of job {job_id} it held before this node "
             f"restarted: 0 done or still running there, 0 unknown there (they run again)",
@@ -276,8 +277,14 @@ class MalformedQueryAnswerTests(SynchronousTestCase):
         state_dir = self.mktemp()
         cluster = Cluster()
         tasks = tuple(TaskSpec(id=f"w{i}", kind="w", command=("true",)) for i in range(12))
-        config = dict(address="127.0.0.1", port=4001, capabilities=frozenset(), tasks=tasks,
-                      state_dir=state_dir, job_source="digest")
+        config = dict(
+            address="127.0.0.1",
+            port=4001,
+            capabilities=frozenset(),
+            tasks=tasks,
+            state_dir=state_dir,
+            job_source="digest",
+        )
         first = cluster.add("m1", **config)
         cluster.add_worker("w1", address="127.0.0.2", port=4002, duration=0.3, slots=4)
         cluster.network.run_until(lambda: any(j.succeeded >= 4 for j in first.master.jobs.values()), limit=10)
@@ -322,7 +329,6 @@ class CancelQueueTests(SynchronousTestCase):
         self.assertEqual(link.finished, [job.id])
         self.assertEqual([text(e) for e in events if "waiting" in e["log_format"]], [])
         self.assertEqual(master.pending_count(), 0)
-
 
     def test_cancel_reaches_a_worker_whose_tasks_were_put_back(self):
         """
@@ -401,8 +407,15 @@ class FinishedStartUpJobTests(SynchronousTestCase):
         state_dir = self.mktemp()
         cluster = Cluster()
         tasks = tuple(TaskSpec(id=f"w{i}", kind="w", command=("true",)) for i in range(3))
-        config = dict(address="127.0.0.1", port=4001, capabilities=frozenset(), tasks=tasks,
-                      state_dir=state_dir, job_source="digest", job_label="job file job.toml")
+        config = dict(
+            address="127.0.0.1",
+            port=4001,
+            capabilities=frozenset(),
+            tasks=tasks,
+            state_dir=state_dir,
+            job_source="digest",
+            job_label="job file job.toml",
+        )
         first = cluster.add("m1", **config)
         cluster.add_worker("w1", address="127.0.0.2", port=4002)
         cluster.network.run_until(lambda: first.initial_job.called, limit=10)
@@ -512,12 +525,20 @@ class UploadDefaultsTests(SynchronousTestCase):
         )
         self.assertIn(f"upload {first['upload']!r}: this part's defaults differ from its first part's", str(error))
         self.assertRaises(
-            commands.UnknownUpload, self.node.submit_part, self.connection, [{"id": "b"}], {"kind": "w"}, first["upload"], True
+            commands.UnknownUpload,
+            self.node.submit_part,
+            self.connection,
+            [{"id": "b"}],
+            {"kind": "w"},
+            first["upload"],
+            True,
         )
 
     def test_same_defaults_accepted(self):
         """Parts with the same defaults make one job ({} and null are the same)."""
         first = self.node.submit_part(self.connection, [{"id": "a", "kind": "w", "command": ["true"]}], None, "", False)
-        last = self.node.submit_part(self.connection, [{"id": "b", "kind": "w", "command": ["true"]}], {}, first["upload"], True)
+        last = self.node.submit_part(
+            self.connection, [{"id": "b", "kind": "w", "command": ["true"]}], {}, first["upload"], True
+        )
         job_id = self.successResultOf(last)["job"]
         self.assertEqual(list(self.node.master.jobs[job_id].tasks), ["a", "b"])

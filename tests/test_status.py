@@ -12,10 +12,14 @@ class ViewTests(SynchronousTestCase):
 
     def setUp(self):
         self.cluster = Cluster()
-        self.master = self.cluster.add_master(w_tasks(6) + (TaskSpec(id="z1", kind="z"),), address="127.0.0.1", port=4001)
+        self.master = self.cluster.add_master(
+            w_tasks(6) + (TaskSpec(id="z1", kind="z"),), address="127.0.0.1", port=4001
+        )
         self.cluster.add_worker("w1", address="127.0.0.2", port=4002, duration=1.0, slots=2)
         self.cluster.add_worker("w2", address="127.0.0.3", port=4003, duration=1.0, slots=2)
-        self.cluster.network.run_until(lambda: self.cluster.runners["w1"].running and self.cluster.runners["w2"].running, limit=10)
+        self.cluster.network.run_until(
+            lambda: self.cluster.runners["w1"].running and self.cluster.runners["w2"].running, limit=10
+        )
 
     def test_peers_and_topology(self):
         """The master lists itself then its peers, alive with their load; links include what peers report."""

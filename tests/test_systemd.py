@@ -55,7 +55,7 @@ def unit_for_this_machine(text: str, twistd: str) -> str:
     assert len(starts) == 1 and lines[starts[0]].startswith(prefix), (
         f"expected exactly one line starting with {prefix!r} in {UNIT.path}"
     )
-    lines[starts[0]] = f"ExecStart={twistd} " + lines[starts[0]][len(prefix):]
+    lines[starts[0]] = f"ExecStart={twistd} " + lines[starts[0]][len(prefix) :]
     return "".join(lines)
 
 
@@ -117,9 +117,7 @@ class VerifyTests(TestCase):
         text = unit_for_this_machine(UNIT.getContent().decode("utf-8"), self.twistd)
         d = self.verify(text)
         d.addCallback(
-            lambda output: self.assertEqual(
-                output, "", f"systemd-analyze verify {UNIT.path} printed:\n{output}"
-            )
+            lambda output: self.assertEqual(output, "", f"systemd-analyze verify {UNIT.path} printed:\n{output}")
         )
         return d
 

@@ -196,7 +196,6 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertIn("127.0.0.1:10001", message)
         self.assertIn("in use", message)
 
-
     def test_state_dir_in_use_is_one_line(self):
         """A second node on the same state directory stops start-up with one line saying so."""
         state_dir = self.mktemp()
@@ -301,7 +300,9 @@ class HangUpTests(SynchronousTestCase):
             on_hangup(reactor, "a1", [])
             on_hangup(reactor, "a1", [])
         self.assertEqual(reactor.stops, 2)
-        self.assertIn("received SIGHUP (its terminal hung up): leaving the cluster, as on SIGTERM", events[0]["log_format"])
+        self.assertIn(
+            "received SIGHUP (its terminal hung up): leaving the cluster, as on SIGTERM", events[0]["log_format"]
+        )
 
     def test_reopen_failure_logged(self):
         """A log file that cannot be reopened is an error line naming it and why; the node does not stop."""

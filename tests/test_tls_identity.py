@@ -25,6 +25,7 @@ class IdentityFileTests(SynchronousTestCase):
 
     def test_failed_write_leaves_nothing_behind(self):
         """If the file cannot be put in place, neither it nor its temporary file is left in the folder."""
+
         def refuse(source, target):
             raise OSError(28, "No space left on device")
 

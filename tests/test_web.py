@@ -111,7 +111,9 @@ class BodyCheckTests(SynchronousTestCase):
     def test_no_100_continue_after_a_refusal(self):
         """A refused body announced with Expect: 100-continue gets its refusal, never a 100 Continue after it."""
         node, protocol, transport = self.connect(KEY)
-        protocol.dataReceived(b"POST /api/jobs HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 1000\r\n\r\n")
+        protocol.dataReceived(
+            b"POST /api/jobs HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 1000\r\n\r\n"
+        )
         answer = transport.value()
         self.assertTrue(answer.startswith(b"HTTP/1.1 401 "), answer[:80])
         self.assertNotIn(b"100 Continue", answer)
@@ -139,7 +141,9 @@ class SiteMixin:
         node = FakeNode(key, local_token)
         api = web._Api()
         api.putChild(b"jobs", web.JobsResource(node))
-        site = web._QuietSite(web._Root({b"api": api, b"healthz": web.HealthResource(node)}), requestFactory=web._BodyCheckingRequest)
+        site = web._QuietSite(
+            web._Root({b"api": api, b"healthz": web.HealthResource(node)}), requestFactory=web._BodyCheckingRequest
+        )
         site.node_key = key
         site.node_secret = web._secret(node)
         site.names = web.OwnNames("127.0.0.1", 8080, ["box", "box.example.org"])
@@ -165,7 +169,13 @@ class CrossSiteTests(SiteMixin, SynchronousTestCase):
     def test_cross_origin_text_plain_post_refused(self):
         """The attack of the issue: a text/plain POST from http://evil.example is refused (403) and submits nothing."""
         node, send = self.connect()
-        answer = send(request_bytes(b"POST", headers=[OWN_HOST, (b"Origin", b"http://evil.example"), (b"Content-Type", b"text/plain")], body=JOB))
+        answer = send(
+            request_bytes(
+                b"POST",
+                headers=[OWN_HOST, (b"Origin", b"http://evil.example"), (b"Content-Type", b"text/plain")],
+                body=JOB,
+            )
+        )
         self.assertEqual(self.status(answer), 403, answer)
         self.assertIn(b"http://evil.example", answer)
         self.assertEqual(node.submitted, [])
@@ -190,7 +200,11 @@ class CrossSiteTests(SiteMixin, SynchronousTestCase):
     def test_own_origin_json_post_accepted(self):
         """The dashboard's own POST (its own origin, same-origin, JSON) is accepted; so is one without Origin (curl)."""
         node, send = self.connect()
-        for extra in ([(b"Origin", b"http://127.0.0.1:8080"), (b"Sec-Fetch-Site", b"same-origin")], [(b"Origin", b"http://localhost:8080")], []):
+        for extra in (
+            [(b"Origin", b"http://127.0.0.1:8080"), (b"Sec-Fetch-Site", b"same-origin")],
+            [(b"Origin", b"http://localhost:8080")],
+            [],
+        ):
             answer = send(request_bytes(b"POST", headers=[OWN_HOST, JSON, *extra], body=JOB))
             self.assertEqual(self.status(answer), 201, answer)
         self.assertEqual(len(node.submitted), 3)
@@ -203,7 +217,9 @@ class CrossSiteTests(SiteMixin, SynchronousTestCase):
             self.assertEqual(self.status(answer), 415, answer)
             self.assertIn(b"application/json", answer)
         self.assertEqual(node.submitted, [])
-        answer = send(request_bytes(b"POST", headers=[OWN_HOST, (b"Content-Type", b"Application/JSON; charset=utf-8")], body=JOB))
+        answer = send(
+            request_bytes(b"POST", headers=[OWN_HOST, (b"Content-Type", b"Application/JSON; charset=utf-8")], body=JOB)
+        )
         self.assertEqual(self.status(answer), 201, answer)
 
     def test_foreign_host_refused(self):
@@ -218,7 +234,15 @@ class CrossSiteTests(SiteMixin, SynchronousTestCase):
     def test_own_hosts_accepted(self):
         """Every own name is accepted, with or without the port: the address, localhost, ::1 and the machine's names."""
         node, send = self.connect()
-        for host in (b"127.0.0.1:8080", b"127.0.0.1", b"localhost:8080", b"LOCALHOST.", b"[::1]:8080", b"box:8080", b"box.example.org"):
+        for host in (
+            b"127.0.0.1:8080",
+            b"127.0.0.1",
+            b"localhost:8080",
+            b"LOCALHOST.",
+            b"[::1]:8080",
+            b"box:8080",
+            b"box.example.org",
+        ):
             answer = send(request_bytes(b"GET", headers=[(b"Host", host)]))
             self.assertEqual(self.status(answer), 200, (host, answer))
 
@@ -278,7 +302,11 @@ class LocalTokenHttpTests(SiteMixin, SynchronousTestCase):
         answer = send(request_bytes(b"POST", headers=[OWN_HOST, JSON], body=JOB))
         self.assertEqual(self.status(answer), 401, answer)
         self.assertIn(b"only from its owner", answer)
-        answer = send(request_bytes(b"POST", headers=[OWN_HOST, JSON, (b"Authorization", b"Bearer " + http_token(KEY).encode())], body=JOB))
+        answer = send(
+            request_bytes(
+                b"POST", headers=[OWN_HOST, JSON, (b"Authorization", b"Bearer " + http_token(KEY).encode())], body=JOB
+            )
+        )
         self.assertEqual(self.status(answer), 401, answer)
         self.assertEqual(node.submitted, [])
 
@@ -292,7 +320,9 @@ class LocalTokenHttpTests(SiteMixin, SynchronousTestCase):
         """With Authorization: Bearer and the local token's HTTP token, the job is submitted (201)."""
         node, send = self.connect(local_token=LOCAL)
         token = http_token(LOCAL).encode("ascii")
-        answer = send(request_bytes(b"POST", headers=[OWN_HOST, JSON, (b"Authorization", b"Bearer " + token)], body=JOB))
+        answer = send(
+            request_bytes(b"POST", headers=[OWN_HOST, JSON, (b"Authorization", b"Bearer " + token)], body=JOB)
+        )
         self.assertEqual(self.status(answer), 201, answer)
         self.assertEqual(len(node.submitted), 1)
 

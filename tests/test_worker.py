@@ -7,9 +7,9 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from p2pexec import commands
 from p2pexec import worker as worker_module
+from p2pexec.log import format_ids
 from p2pexec.model import Assignment, TaskResult, TaskSpec
 from p2pexec.testing.runner import FakeRunner
-from p2pexec.log import format_ids
 from p2pexec.worker import Worker
 
 
@@ -104,7 +104,9 @@ class WorkerTests(SynchronousTestCase):
         )
         self.assertEqual(self.sink.batches, [])
         self.clock.advance(0)
-        self.assertEqual(self.sink.batches, [("j", [("b0", 1, "succeeded"), ("b1", 1, "succeeded"), ("b2", 1, "succeeded")])])
+        self.assertEqual(
+            self.sink.batches, [("j", [("b0", 1, "succeeded"), ("b1", 1, "succeeded"), ("b2", 1, "succeeded")])]
+        )
 
     def test_instruction_runs_and_logs_original_lines(self):
         """An instruction without a command succeeds, with the original's log lines."""

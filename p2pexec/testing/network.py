@@ -20,7 +20,7 @@ Typical use::
 from __future__ import annotations
 
 import itertools
-from typing import Any, Optional
+from typing import Any
 
 from twisted.internet import error
 from twisted.internet.address import IPv4Address
@@ -33,7 +33,7 @@ from twisted.test.iosim import FakeTransport, IOPump
 class _Port:
     """A listening TCP port."""
 
-    def __init__(self, network: "FakeNetwork", host: str, port: int, factory: Any) -> None:
+    def __init__(self, network: FakeNetwork, host: str, port: int, factory: Any) -> None:
         self._network = network
         self.host, self.port, self.factory = host, port, factory
 
@@ -48,7 +48,7 @@ class _Port:
 class _Connector:
     """What L{FakeNetwork.connectTCP} returns."""
 
-    def __init__(self, network: "FakeNetwork", host: str, port: int, factory: Any) -> None:
+    def __init__(self, network: FakeNetwork, host: str, port: int, factory: Any) -> None:
         self._network = network
         self.host, self.port, self.factory = host, port, factory
         self.pending = True
@@ -68,12 +68,12 @@ class _Connector:
 class _MulticastPort:
     """The transport of a protocol given to L{FakeNetwork.listenMulticast}."""
 
-    def __init__(self, network: "FakeNetwork", port: int, protocol: Any) -> None:
+    def __init__(self, network: FakeNetwork, port: int, protocol: Any) -> None:
         self._network = network
         self.port = port
         self.protocol = protocol
         self.groups: set[str] = set()
-        self.outgoing: Optional[str] = None
+        self.outgoing: str | None = None
         self.ttl = 1
         self.sent: list[tuple[bytes, tuple[str, int]]] = []
         self.host_address = "127.0.0.1"
@@ -261,7 +261,7 @@ class FakeNetwork(Clock):
             self.flush()
         return self.seconds() - start
 
-    def host(self, address: str = "127.0.0.1") -> "FakeHost":
+    def host(self, address: str = "127.0.0.1") -> FakeHost:
         """A reactor for one node on this network (see L{FakeHost})."""
         return FakeHost(self, address)
 
@@ -304,6 +304,7 @@ class FakeHost:
 
     def callLater(self, delay: float, f: Any, *args: Any, **kwargs: Any) -> Any:
         """Schedule C{f} on the network's clock; it does not run if this host has crashed by then."""
+
         def unless_crashed() -> Any:
             if not self.crashed:
                 return f(*args, **kwargs)
@@ -331,7 +332,9 @@ class FakeHost:
             return _Connector(self.network, host, port, factory)
         return self.network.connectTCP(host, port, _OwnedFactory(self, factory), timeout, bindAddress)
 
-    def listenMulticast(self, port: int, protocol: Any, interface: str = "", maxPacketSize: int = 8192, listenMultiple: bool = False) -> Any:
+    def listenMulticast(
+        self, port: int, protocol: Any, interface: str = "", maxPacketSize: int = 8192, listenMultiple: bool = False
+    ) -> Any:
         """Listen for multicast as this host (see L{FakeNetwork.block_multicast}), noting the port, for L{crash}."""
         listening = self.network.listenMulticast(port, protocol, interface, maxPacketSize, listenMultiple)
         listening.host_address = self.address

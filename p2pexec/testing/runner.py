@@ -4,7 +4,8 @@ A scripted stand-in for L{p2pexec.executor.ProcessExecutor}.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 from twisted.internet.defer import Deferred
 
@@ -26,7 +27,7 @@ class FakeRunner:
         clock: Any,
         node: str,
         duration: float = 0.1,
-        outcome: Optional[Callable[[Assignment], tuple[str, int]]] = None,
+        outcome: Callable[[Assignment], tuple[str, int]] | None = None,
     ) -> None:
         self._clock = clock
         self._node = node

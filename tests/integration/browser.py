@@ -20,7 +20,7 @@ import os
 import socket
 import urllib.request
 import warnings
-from typing import Any, Optional
+from typing import Any
 
 CHROMIUM = "/usr/bin/chromium"
 """Debian's Chromium (package C{chromium})."""
@@ -64,7 +64,7 @@ CHROMIUM_FLAGS = (
 """How Chromium is started: headless, and silent towards the network."""
 
 
-def missing() -> Optional[str]:
+def missing() -> str | None:
     """
     Why a browser cannot be driven here, or L{None} if it can.
 
@@ -86,9 +86,7 @@ HOST_RESOLVER_RULES = "MAP * ~NOTFOUND , EXCLUDE 127.0.0.1"
 """Belt and braces: no host name resolves, so nothing but 127.0.0.1 can be reached by name."""
 
 
-def start_chromium(
-    folder: str, width: int = 1400, height: int = 900, names: Optional[dict[str, str]] = None
-) -> Any:
+def start_chromium(folder: str, width: int = 1400, height: int = 900, names: dict[str, str] | None = None) -> Any:
     """
     Start headless Chromium with a fresh profile in C{folder} (the
     chromedriver log goes there too), with a window of C{width} by

@@ -31,7 +31,8 @@ import socket
 import subprocess
 import sys
 import time
-from typing import Any, Callable, Optional, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 CHECKOUT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 """The root of the checkout whose code the nodes run (through C{PYTHONPATH})."""
@@ -120,7 +121,7 @@ class Deadline:
 
 
 def poll_until(
-    condition: Callable[[], Optional[T]],
+    condition: Callable[[], T | None],
     timeout: float,
     describe: Callable[[], str],
 ) -> T:
@@ -165,7 +166,7 @@ class NodeProcess:
         self.process = process
         self._deadline = deadline
         self._log_offset = log_offset
-        self._port: Optional[int] = None
+        self._port: int | None = None
 
     @property
     def pid(self) -> int:
@@ -313,7 +314,7 @@ class Cluster:
 
         return http_token(load_key(token_path(self.state_dir(name))))
 
-    def launch(self, name: str, argv: list[str], env: Optional[dict[str, str]] = None) -> NodeProcess:
+    def launch(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> NodeProcess:
         """
         Run C{argv} as the node C{name}, logging to C{NAME.log} in the test's
         folder, killed by PID at clean-up.
@@ -342,7 +343,7 @@ class Cluster:
         return os.path.join(self.folder, "state", name)
 
     def start(
-        self, name: str, *options: str, port: int = 0, wait: bool = True, env: Optional[dict[str, str]] = None
+        self, name: str, *options: str, port: int = 0, wait: bool = True, env: dict[str, str] | None = None
     ) -> NodeProcess:
         """
         Start a node called C{name} with the cluster's group and cluster name,
@@ -352,17 +353,25 @@ class Cluster:
         @param env: the node's whole environment, if not L{environment}.
         """
         argv = [
-            TWISTD, "--pidfile=", "-n", "p2pexec",
-            "--name", name,
-            "--port", str(port),
-            "--group", self.group_option,
-            "--cluster", self.cluster_name,
-            "--state-dir", self.state_dir(name),
+            TWISTD,
+            "--pidfile=",
+            "-n",
+            "p2pexec",
+            "--name",
+            name,
+            "--port",
+            str(port),
+            "--group",
+            self.group_option,
+            "--cluster",
+            self.cluster_name,
+            "--state-dir",
+            self.state_dir(name),
             *options,
         ]
         node = self.launch(name, argv, env)
         if wait:
-            node.port
+            node.port  # noqa: B018 (reading it waits until the node listens)
         return node
 
     def run_once(self, *options: str, timeout: float = DEFAULT_TIMEOUT) -> tuple[int, str]:
@@ -399,7 +408,7 @@ class Cluster:
 
     def wait_until(
         self,
-        condition: Callable[[], Optional[T]],
+        condition: Callable[[], T | None],
         describe: Callable[[], str],
         timeout: float = DEFAULT_TIMEOUT,
     ) -> T:
@@ -426,7 +435,16 @@ class Cluster:
         @raise ClusterFailure: if the client cannot connect, or gets no
             answer within C{timeout}.
         """
-        argv = [sys.executable, "-c", _CALL_REMOTE, str(port), command, json.dumps(arguments), str(timeout), str(int(owner))]
+        argv = [
+            sys.executable,
+            "-c",
+            _CALL_REMOTE,
+            str(port),
+            command,
+            json.dumps(arguments),
+            str(timeout),
+            str(int(owner)),
+        ]
         status, output = self._run_to_end(argv, timeout + 5.0, f"{command} to port {port}: no answer")
         if status != 0:
             raise ClusterFailure(f"{command} to port {port} failed (status {status}):\n{tail(output)}")
@@ -538,7 +556,7 @@ class RawAmpClient:
                 chunk = self.socket.recv(65536)
                 if not chunk:
                     return True
-        except (socket.timeout, TimeoutError):
+        except TimeoutError:
             return False
         except ConnectionResetError:
             return True

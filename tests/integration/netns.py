@@ -51,7 +51,7 @@ import shutil
 import signal
 import subprocess
 import time
-from typing import Any, Optional
+from typing import Any
 
 from p2pexec.auth import generate_key
 from tests.integration.cluster import TWISTD, Cluster, ClusterFailure, NodeProcess
@@ -69,8 +69,8 @@ IP_TIMEOUT = 10.0
 """Seconds one C{ip} command may take."""
 
 _counter = itertools.count(1)
-_live_networks: "list[Network]" = []
-_problem: Optional[tuple[Optional[str]]] = None
+_live_networks: list[Network] = []
+_problem: tuple[str | None] | None = None
 
 
 def ip(*arguments: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -81,19 +81,15 @@ def ip(*arguments: str, check: bool = True) -> subprocess.CompletedProcess:
     """
     argv = ["ip", *arguments]
     try:
-        done = subprocess.run(
-            argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=IP_TIMEOUT
-        )
+        done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=IP_TIMEOUT)
     except subprocess.TimeoutExpired:
         raise ClusterFailure(f"{' '.join(argv)} still running after {IP_TIMEOUT:g}s") from None
     if check and done.returncode != 0:
-        raise ClusterFailure(
-            f"{' '.join(argv)} exited with {done.returncode}: {(done.stderr or done.stdout).strip()}"
-        )
+        raise ClusterFailure(f"{' '.join(argv)} exited with {done.returncode}: {(done.stderr or done.stdout).strip()}")
     return done
 
 
-def netns_problem() -> Optional[str]:
+def netns_problem() -> str | None:
     """
     Why network namespaces cannot be used here, or C{None} if they can.
 
@@ -107,7 +103,7 @@ def netns_problem() -> Optional[str]:
     return _problem[0]
 
 
-def _find_problem() -> Optional[str]:
+def _find_problem() -> str | None:
     if os.geteuid() != 0:
         return f"needs root to create network namespaces (running as uid {os.geteuid()})"
     if shutil.which("ip") is None:
@@ -168,7 +164,11 @@ class Host:
         """Run a short command inside this host's namespace and return its stdout."""
         done = subprocess.run(
             ["ip", "netns", "exec", self.namespace, *argv],
-            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout, check=True,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=True,
         )
         return done.stdout
 
@@ -363,8 +363,9 @@ class HostCluster(Cluster):
                 f.write(generate_key() + "\n")
         return path
 
-    def start(self, name: str, *options: str, host: Optional[str] = None, port: int = NODE_PORT,
-              wait: bool = True) -> NodeProcess:
+    def start(
+        self, name: str, *options: str, host: str | None = None, port: int = NODE_PORT, wait: bool = True
+    ) -> NodeProcess:
         """
         Start a node called C{name} on C{host} (a label, C{h1}...), listening
         on C{port} at that host's address, with the cluster's group and
@@ -376,22 +377,36 @@ class HostCluster(Cluster):
             raise TypeError("HostCluster.start needs host=")
         where = self.network[host]
         argv = [
-            "ip", "netns", "exec", where.namespace,
-            TWISTD, "--pidfile=", "-n", "--logger=p2pexec.log.observer", "p2pexec",
-            "--name", name,
-            "--port", str(port),
-            "--interface", where.address,
-            "--group", self.group_option,
-            "--cluster", self.cluster_name,
-            "--state-dir", self.state_dir(name),
-            "--key-file", self.key_file(),
+            "ip",
+            "netns",
+            "exec",
+            where.namespace,
+            TWISTD,
+            "--pidfile=",
+            "-n",
+            "--logger=p2pexec.log.observer",
+            "p2pexec",
+            "--name",
+            name,
+            "--port",
+            str(port),
+            "--interface",
+            where.address,
+            "--group",
+            self.group_option,
+            "--cluster",
+            self.cluster_name,
+            "--state-dir",
+            self.state_dir(name),
+            "--key-file",
+            self.key_file(),
             *options,
         ]
         # "ip netns exec" enters the namespace and execs twistd: same PID.
         node = self.launch(name, argv)
         self.host_of[name] = where
         if wait:
-            node.port
+            node.port  # noqa: B018 (reading it waits until the node listens)
         return node
 
     def seed(self, host: str, port: int = NODE_PORT) -> str:

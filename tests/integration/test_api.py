@@ -10,7 +10,7 @@ import os
 import socket
 import urllib.error
 import urllib.request
-from typing import Any, Optional
+from typing import Any
 
 from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate as validate_spec
@@ -38,7 +38,7 @@ def free_port() -> int:
 class Http:
     """A tiny JSON client for one node's API, checking every answer against the OpenAPI file."""
 
-    def __init__(self, testcase: Any, port: int, token: Optional[str] = None) -> None:
+    def __init__(self, testcase: Any, port: int, token: str | None = None) -> None:
         """
         @param token: the node's HTTP token, sent with every request that is not a GET.
         """
@@ -47,7 +47,7 @@ class Http:
         self.document = load_openapi()
         self.token = token
 
-    def request(self, method: str, path: str, body: Optional[Any] = None) -> tuple[int, Any, str]:
+    def request(self, method: str, path: str, body: Any | None = None) -> tuple[int, Any, str]:
         """(status, decoded body, content type) of one request; errors are answers too."""
         data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
         request = urllib.request.Request(self.base + path, data=data, method=method)
@@ -63,7 +63,7 @@ class Http:
         decoded = json.loads(raw) if kind.startswith("application/json") else raw.decode()
         return status, decoded, kind
 
-    def check(self, method: str, path: str, template: str, body: Optional[Any] = None, expect: int = 200) -> Any:
+    def check(self, method: str, path: str, template: str, body: Any | None = None, expect: int = 200) -> Any:
         """
         Do one request, assert its status, and validate its body against the
         schema the OpenAPI file gives for C{template} (the path as written
@@ -80,7 +80,9 @@ class Http:
         schema.update(content[media]["schema"])
         errors = sorted(Draft202012Validator(schema).iter_errors(decoded), key=lambda e: list(e.path))
         if errors:
-            self.testcase.fail(f"{method} {path}: the answer breaks the OpenAPI schema: {errors[0].message} at {list(errors[0].path)}")
+            self.testcase.fail(
+                f"{method} {path}: the answer breaks the OpenAPI schema: {errors[0].message} at {list(errors[0].path)}"
+            )
         return decoded
 
 
@@ -128,7 +130,8 @@ class ApiTests(IntegrationTestCase):
         """A job POSTed runs on both nodes; its detail filters by state and node; /metrics counts it."""
         job = {
             "defaults": {"command": ["sh", "-c", "echo out-$P2PEXEC_TASK_ID"]},
-            "task": [{"id": f"a{i}"} for i in range(3)] + [{"id": f"b{i}"} for i in range(3)]
+            "task": [{"id": f"a{i}"} for i in range(3)]
+            + [{"id": f"b{i}"} for i in range(3)]
             + [{"id": "bfail", "kind": "b", "command": ["false"]}],
         }
         submitted = self.http.check("POST", "/api/jobs", "/api/jobs", body=job, expect=201)
@@ -166,7 +169,9 @@ class ApiTests(IntegrationTestCase):
         self.assertEqual((detail["job"]["state"], detail["job"]["counts"]["cancelled"]), ("cancelled", 4))
         again = self.http.check("POST", f"/api/jobs/{job_id}/cancel", "/api/jobs/{job}/cancel")
         self.assertEqual(again, {"cancelled": 0})
-        self.b1.wait_for(rf"\] Node b1 cancelled job {job_id} of master a1: \d+ queued task\(s\) dropped, \d+ running task\(s\) stopped$")
+        self.b1.wait_for(
+            rf"\] Node b1 cancelled job {job_id} of master a1: \d+ queued task\(s\) dropped, \d+ running task\(s\) stopped$"
+        )
 
     def test_errors_are_json_with_the_right_status(self) -> None:
         """A bad job is 400 naming the field, an unknown job 404, a bad filter 400, a wrong method 405."""

@@ -17,7 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
-from typing import Any, Optional
+from typing import Any
 
 from twisted.trial import unittest
 
@@ -75,7 +75,7 @@ class CliTestCase(unittest.TestCase):
     """Runs the client."""
 
     def cli(
-        self, cluster: Optional[Cluster], port: int, *argv: str, stdin: Optional[str] = None, timeout: float = 15.0
+        self, cluster: Cluster | None, port: int, *argv: str, stdin: str | None = None, timeout: float = 15.0
     ) -> tuple[int, str, str]:
         """
         Run C{p2pexec --connect 127.0.0.1:PORT ARGV...} to its end.
@@ -133,10 +133,14 @@ class SubmitTests(CliTestCase):
         """
         cluster = Cluster(self)
         job_file = cluster.path("job.toml")
-        write_job(job_file, {"kind": "sh"}, [
-            {"id": "hello", "command": ["echo", "hello"]},
-            {"id": "world", "command": ["sh", "-c", "echo world; echo note >&2"]},
-        ])
+        write_job(
+            job_file,
+            {"kind": "sh"},
+            [
+                {"id": "hello", "command": ["echo", "hello"]},
+                {"id": "world", "command": ["sh", "-c", "echo world; echo note >&2"]},
+            ],
+        )
         a1 = self.start_node(cluster, "a1")
         status, out, err = self.cli(cluster, a1.port, "submit", "--wait", job_file)
         self.assertEqual(status, 0, (out, err, cluster.logs()))
@@ -159,18 +163,26 @@ class SubmitTests(CliTestCase):
         """A job with a failing task: submit --wait exits 1 and says so."""
         cluster = Cluster(self)
         job_file = cluster.path("job.toml")
-        write_job(job_file, {"kind": "sh"}, [
-            {"id": "good", "command": ["true"]},
-            {"id": "bad", "command": ["sh", "-c", "exit 3"]},
-        ])
+        write_job(
+            job_file,
+            {"kind": "sh"},
+            [
+                {"id": "good", "command": ["true"]},
+                {"id": "bad", "command": ["sh", "-c", "exit 3"]},
+            ],
+        )
         a1 = self.start_node(cluster, "a1")
         status, out, err = self.cli(cluster, a1.port, "submit", "--wait", job_file)
         self.assertEqual(status, 1, (out, err))
         lines = out.splitlines()
         job = lines[0]
-        self.assertEqual(lines[-2:], [
-            lines[-2], f"the results of each task: p2pexec result {job}",
-        ])
+        self.assertEqual(
+            lines[-2:],
+            [
+                lines[-2],
+                f"the results of each task: p2pexec result {job}",
+            ],
+        )
         self.assertRegex(lines[-2], rf"^job {re.escape(job)} finished: 1 succeeded, 1 failed in ")
 
     def test_run_with_arguments(self) -> None:
@@ -184,7 +196,21 @@ class SubmitTests(CliTestCase):
         a1 = self.start_node(cluster, "a1")
         record = f'echo "$1|$P2PEXEC_TASK_ID" >> {shlex.quote(side)}'
         status, out, err = self.cli(
-            cluster, a1.port, "run", "--kind", "sh", "--", "sh", "-c", record, "sh", "{}", ":::", "alpha", "b c", "gamma"
+            cluster,
+            a1.port,
+            "run",
+            "--kind",
+            "sh",
+            "--",
+            "sh",
+            "-c",
+            record,
+            "sh",
+            "{}",
+            ":::",
+            "alpha",
+            "b c",
+            "gamma",
         )
         self.assertEqual(status, 0, (out, err, cluster.logs()))
         self.assertRegex(out.splitlines()[0], rf"^job {JOB_ID}: 3 task\(s\) submitted to 127\.0\.0\.1:{a1.port}$")
@@ -193,7 +219,19 @@ class SubmitTests(CliTestCase):
             self.assertEqual(sorted(f.read().splitlines()), ["alpha|alpha", "b c|t1", "gamma|gamma"])
 
         status, out, err = self.cli(
-            cluster, a1.port, "run", "--kind", "sh", "--", "sh", "-c", record, "sh", "{}.txt", "::::", "-",
+            cluster,
+            a1.port,
+            "run",
+            "--kind",
+            "sh",
+            "--",
+            "sh",
+            "-c",
+            record,
+            "sh",
+            "{}.txt",
+            "::::",
+            "-",
             stdin="d1\n\nd2\n",
         )
         self.assertEqual(status, 0, (out, err))
@@ -210,10 +248,14 @@ class SubmitTests(CliTestCase):
         """
         cluster = Cluster(self)
         job_file = cluster.path("job.toml")
-        write_job(job_file, {"kind": "sh"}, [
-            {"id": "out", "command": ["sh", "-c", "printf 'one\\ntwo\\n'"]},
-            {"id": "err", "command": ["sh", "-c", "echo broken >&2; exit 7"]},
-        ])
+        write_job(
+            job_file,
+            {"kind": "sh"},
+            [
+                {"id": "out", "command": ["sh", "-c", "printf 'one\\ntwo\\n'"]},
+                {"id": "err", "command": ["sh", "-c", "echo broken >&2; exit 7"]},
+            ],
+        )
         a1 = self.start_node(cluster, "a1")
         status, out, _ = self.cli(cluster, a1.port, "submit", "--wait", job_file)
         self.assertEqual(status, 1, out)
@@ -258,8 +300,22 @@ class InspectTests(CliTestCase):
         self.assertEqual(status, 0, err)
         lines = out.splitlines()
         self.assertEqual(lines[0], f"Jobs of the node at 127.0.0.1:{a1.port}:")
-        self.assertEqual(lines[1].split(), ["job", "state", "done", "succeeded", "failed", "cancelled", "running",
-                                            "queued", "waiting", "elapsed", "eta"])
+        self.assertEqual(
+            lines[1].split(),
+            [
+                "job",
+                "state",
+                "done",
+                "succeeded",
+                "failed",
+                "cancelled",
+                "running",
+                "queued",
+                "waiting",
+                "elapsed",
+                "eta",
+            ],
+        )
         self.assertEqual(lines[2].split()[:8], [jobs[1], "finished", "1/1", "1", "0", "0", "0", "0"])
         self.assertEqual(lines[3].split()[:8], [jobs[0], "finished", "2/2", "2", "0", "0", "0", "0"])
 
@@ -305,8 +361,20 @@ class CancelTests(CliTestCase):
         followed = cluster.path("wait.out")
         with open(followed, "w") as out:
             waiting = subprocess.Popen(
-                [sys.executable, "-m", "p2pexec.cli", "--connect", f"127.0.0.1:{a1.port}", "submit", "--wait", job_file],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, cwd=cluster.folder,
+                [
+                    sys.executable,
+                    "-m",
+                    "p2pexec.cli",
+                    "--connect",
+                    f"127.0.0.1:{a1.port}",
+                    "submit",
+                    "--wait",
+                    job_file,
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=cluster.folder,
                 env=cluster.environment(),
             )
         self.addCleanup(stop, waiting)
@@ -328,7 +396,8 @@ class CancelTests(CliTestCase):
             self.fail(f"submit --wait still running after the cancel:\n{tail(read_followed())}")
         self.assertEqual(waited, 1, read_followed())
         self.assertRegex(
-            read_followed().splitlines()[-2], rf"^job {re.escape(job)} was cancelled: 0 succeeded, 0 failed, 4 cancelled after "
+            read_followed().splitlines()[-2],
+            rf"^job {re.escape(job)} was cancelled: 0 succeeded, 0 failed, 4 cancelled after ",
         )
         status, out, _ = self.cli(cluster, a1.port, "result", "--json", job)
         self.assertEqual(status, 1)

@@ -23,7 +23,6 @@ import re
 import signal
 import time
 from datetime import datetime
-from typing import Optional
 
 from tests.integration.cluster import Cluster, NodeProcess, read_runs, record_run
 from tests.integration.test_cluster import JOB_FINISHED, IntegrationTestCase, shell_quote, write_job_file
@@ -98,7 +97,7 @@ class SteppedClocks:
         os.replace(path + ".new", path)
 
 
-def last_stamp(node: NodeProcess) -> Optional[float]:
+def last_stamp(node: NodeProcess) -> float | None:
     """The time of C{node}'s last log line, by its own wall clock (seconds since the epoch)."""
     stamps = STAMP.findall(node.log_text())
     if not stamps:
@@ -134,13 +133,17 @@ class ClockStepTests(IntegrationTestCase):
         results = cluster.path("results.json")
         job_file = cluster.path("job.toml")
         ids = [f"t{n:02d}" for n in range(32)]
-        write_job_file(job_file, {"kind": "w", "shell": True, "command": f"{record_run(side)}; sleep 0.4"},
-                       [{"id": task_id} for task_id in ids])
+        write_job_file(
+            job_file,
+            {"kind": "w", "shell": True, "command": f"{record_run(side)}; sleep 0.4"},
+            [{"id": task_id} for task_id in ids],
+        )
         w1 = cluster.start("w1", "--capabilities", "w", "--slots", "2", env=clocks.environment("w1"))
         w2 = cluster.start("w2", "--capabilities", "w", "--slots", "2", env=clocks.environment("w2"))
         began = time.monotonic()
-        m = cluster.start("m", "--capabilities", "none", "--job", job_file, "--results", results,
-                          env=clocks.environment("m"))
+        m = cluster.start(
+            "m", "--capabilities", "none", "--job", job_file, "--results", results, env=clocks.environment("m")
+        )
         cluster.wait_until(lambda: len(read_runs(side)) >= 6, lambda: f"fewer than 6 tasks started\n{cluster.logs()}")
         clocks.set("w1", 60.0)
         wait_for_step(cluster, w1, 60.0)
@@ -197,15 +200,19 @@ class ClockStepTests(IntegrationTestCase):
         write_job_file(job_file, {"kind": "w", "shell": True, "command": command}, [{"id": i} for i in ids])
         w1 = cluster.start("w1", "--capabilities", "w", "--slots", "2")
         self.addCleanup(lambda: w1.running() and w1.send_signal(signal.SIGCONT))
-        w2 = cluster.start("w2", "--capabilities", "w", "--slots", "2")
-        m = cluster.start("m", "--capabilities", "none", "--job", job_file, "--results", results,
-                          env=clocks.environment("m"))
+        cluster.start("w2", "--capabilities", "w", "--slots", "2")
+        m = cluster.start(
+            "m", "--capabilities", "none", "--job", job_file, "--results", results, env=clocks.environment("m")
+        )
         cluster.wait_until(
             lambda: len(read_pids(pids)) >= 2,
             lambda: f"w1 is not running two tasks; side file: {read_runs(side)}\n{cluster.logs()}",
         )
-        held = [task for match in w1.find_all(r"\] Node w1 received instructions: (\[.*\])$")
-                for task in ast.literal_eval(match.group(1))]
+        held = [
+            task
+            for match in w1.find_all(r"\] Node w1 received instructions: (\[.*\])$")
+            for task in ast.literal_eval(match.group(1))
+        ]
         clocks.set("m", -30.0)
         wait_for_step(cluster, m, -30.0)
 
@@ -214,7 +221,9 @@ class ClockStepTests(IntegrationTestCase):
         self.assertFalse(m.has(JOB_FINISHED), "the job finished before w1 was frozen: the test proves nothing")
         dead = m.wait_for(r"\] Node m declared peer w1 dead: silent for ([\d.]+)s \(timeout 2\.5s\)", timeout=10)
         detected_after = time.monotonic() - frozen_at
-        self.assertLessEqual(detected_after, DETECTION_PROMISE + 2.25, f"w1 declared dead {detected_after:.2f}s after SIGSTOP")
+        self.assertLessEqual(
+            detected_after, DETECTION_PROMISE + 2.25, f"w1 declared dead {detected_after:.2f}s after SIGSTOP"
+        )
         self.assertTrue(2.5 <= float(dead.group(1)) <= 4.0, dead.group(0))
 
         finished = m.wait_for(JOB_FINISHED, timeout=10)

@@ -214,16 +214,29 @@ class RealCommandTests(IntegrationTestCase):
             {"id": "exit3", "command": "echo about to fail; echo oops >&2; exit 3"},
             {"id": "ok3", "command": f"echo out-$P2PEXEC_TASK_ID; {mark}"},
             # Only s1 runs kind 'remote': the folder and environment travel over AMP.
-            {"id": "where", "kind": "remote", "cwd": workdir, "env": {"GREETING": "hello from env"},
-             "command": f'pwd -P; echo "$GREETING"; {mark}'},
+            {
+                "id": "where",
+                "kind": "remote",
+                "cwd": workdir,
+                "env": {"GREETING": "hello from env"},
+                "command": f'pwd -P; echo "$GREETING"; {mark}',
+            },
         ]
         write_job_file(job_file, {"kind": "sh", "shell": True}, tasks)
 
         s1 = cluster.start("s1", "--capabilities", "sh,remote", "--slots", "1")
         started = time.monotonic()
         m = cluster.start(
-            "m", "--capabilities", "sh", "--slots", "1", "--job", job_file,
-            "--results", results, "--exit-when-done",
+            "m",
+            "--capabilities",
+            "sh",
+            "--slots",
+            "1",
+            "--job",
+            job_file,
+            "--results",
+            results,
+            "--exit-when-done",
         )
         finished = m.wait_for(JOB_FINISHED, timeout=15)
         elapsed = time.monotonic() - started
@@ -277,7 +290,6 @@ class RealCommandTests(IntegrationTestCase):
             self.assertLogClean(node)
 
 
-
 class WorkerLossTests(IntegrationTestCase):
     """Workers that die, come back or leave while a job runs."""
 
@@ -297,7 +309,8 @@ class WorkerLossTests(IntegrationTestCase):
         job_file = cluster.path("job.toml")
         command = f'echo "$P2PEXEC_TASK_ID $P2PEXEC_NODE $P2PEXEC_ATTEMPT" >> {shell_quote(side)}; sleep 0.2'
         write_job_file(
-            job_file, {"kind": "w", "shell": True, "command": command},
+            job_file,
+            {"kind": "w", "shell": True, "command": command},
             [{"id": f"t{number:02d}"} for number in range(self.TASKS)],
         )
         ids = {f"t{number:02d}" for number in range(self.TASKS)}
@@ -309,8 +322,10 @@ class WorkerLossTests(IntegrationTestCase):
         w2 = cluster.start("w2", "--capabilities", "w", "--slots", str(self.SLOTS))
         m = cluster.start("m", "--capabilities", "none", "--job", job_file, "--results", results)
         cluster.wait_until(
-            lambda: sum(1 for _, node, _ in runs() if node == "w1") >= 3
-            and m.has(r"\] Master received confirmation for t\d+ from w1$"),
+            lambda: (
+                sum(1 for _, node, _ in runs() if node == "w1") >= 3
+                and m.has(r"\] Master received confirmation for t\d+ from w1$")
+            ),
             lambda: f"w1 ran fewer than 3 tasks, or none was confirmed; side file: {runs()}\n{cluster.logs()}",
         )
         w1.send_signal(signal.SIGKILL)
@@ -351,9 +366,10 @@ class WorkerLossTests(IntegrationTestCase):
             if task["attempts"] > 1:
                 self.assertEqual(task["node"], "w2", task)
         self.assertTrue(any(task["node"] == "w1" for task in report["tasks"]), "w1 never confirmed a task")
-        self.assertEqual(sorted(t["id"] for t in report["tasks"] if t["attempts"] > 1), sorted(
-            t for t in ids if any(r[0] == t and r[2] == 2 for r in all_runs)
-        ))
+        self.assertEqual(
+            sorted(t["id"] for t in report["tasks"] if t["attempts"] > 1),
+            sorted(t for t in ids if any(r[0] == t and r[2] == 2 for r in all_runs)),
+        )
         w2.wait_for(r"\] Node w2 lost its connection to peer w1: ")
         for node in (m, w2):
             self.assertLogClean(node)
@@ -410,10 +426,19 @@ class WorkerLossTests(IntegrationTestCase):
         m = cluster.start("m", "--capabilities", "none", "--job", job_file)
         fake = RawAmpClient(m.port)
         self.addCleanup(fake.close)
-        info = {"name": "afake", "instance": "f00d", "host": "127.0.0.1", "port": 9, "capabilities": ["w"],
-                "slots": 1, "cluster": cluster.cluster_name, "version": 1}
-        answer = fake.ask(b"CONNECT_REQUEST", 1, cluster=cluster.cluster_name.encode(), name=b"afake",
-                          instance=b"f00d", version=b"1")
+        info = {
+            "name": "afake",
+            "instance": "f00d",
+            "host": "127.0.0.1",
+            "port": 9,
+            "capabilities": ["w"],
+            "slots": 1,
+            "cluster": cluster.cluster_name,
+            "version": 1,
+        }
+        answer = fake.ask(
+            b"CONNECT_REQUEST", 1, cluster=cluster.cluster_name.encode(), name=b"afake", instance=b"f00d", version=b"1"
+        )
         self.assertEqual(answer.get(b"name"), b"m", answer)
         answer = fake.ask(b"HANDSHAKE", 2, node=json.dumps(info).encode())
         self.assertIn(b"node", answer)
@@ -436,15 +461,13 @@ class WorkerLossTests(IntegrationTestCase):
         pids = cluster.path("pids.txt")
         results = cluster.path("results.json")
         job_file = cluster.path("job.toml")
-        command = (
-            f'if [ "$P2PEXEC_NODE" = w1 ]; then sleep 60 & echo $! >> {shell_quote(pids)}; wait; fi'
-        )
+        command = f'if [ "$P2PEXEC_NODE" = w1 ]; then sleep 60 & echo $! >> {shell_quote(pids)}; wait; fi'
         write_job_file(job_file, {"kind": "w", "shell": True, "command": command}, [{"id": "t0"}])
         w1 = cluster.start("w1", "--capabilities", "w", "--slots", "1", "--drain-timeout", "1")
         m = cluster.start("m", "--capabilities", "none", "--job", job_file, "--results", results)
         w1.wait_for(r"\] Node w1 executing: t0$")
         cluster.wait_until(lambda: os.path.exists(pids), lambda: "the task did not start its sleep")
-        w2 = cluster.start("w2", "--capabilities", "w", "--slots", "1")
+        cluster.start("w2", "--capabilities", "w", "--slots", "1")
         m.wait_for(r"\] Node m connected to peer w2 at ")
         w1.send_signal(signal.SIGTERM)
         w1.wait_for(r"\] Node w1: 1 task\(s\) still running after 1s; stopping them$")
@@ -506,10 +529,14 @@ class WorkerLossTests(IntegrationTestCase):
         pid_file = cluster.path("long.pid")
         self.addCleanup(kill_recorded_sleep, pid_file)
         record = f'echo "$P2PEXEC_TASK_ID $P2PEXEC_NODE" >> {shell_quote(side)}'
-        write_job_file(job_file, {"shell": True}, [
-            {"id": "long", "kind": "solo", "command": f"{record}; echo $$ > {shell_quote(pid_file)}; exec sleep 6"},
-            {"id": "queued", "kind": "w", "command": record},
-        ])
+        write_job_file(
+            job_file,
+            {"shell": True},
+            [
+                {"id": "long", "kind": "solo", "command": f"{record}; echo $$ > {shell_quote(pid_file)}; exec sleep 6"},
+                {"id": "queued", "kind": "w", "command": record},
+            ],
+        )
         w1 = cluster.start("w1", "--capabilities", "w,solo", "--slots", "1")
         m = cluster.start("m", "--capabilities", "none", "--job", job_file)
         # w1 is the only worker: its window (1 slot + 1 prefetched) takes both.
@@ -602,17 +629,28 @@ class BadInputTests(IntegrationTestCase):
         sender = multicast_sender()
         self.addCleanup(sender.close)
         source = "127.0.0.1:%d" % sender.getsockname()[1]
-        node = {"name": "ghost", "instance": "0123", "host": "127.0.0.1", "port": 9,
-                "capabilities": [], "slots": 1, "cluster": cluster.cluster_name, "version": 1}
+        node = {
+            "name": "ghost",
+            "instance": "0123",
+            "host": "127.0.0.1",
+            "port": 9,
+            "capabilities": [],
+            "slots": 1,
+            "cluster": cluster.cluster_name,
+            "version": 1,
+        }
         garbage = {
             b"\xff\xfe\x00 not even text": r"the datagram is not a UTF-8 JSON object",
             json.dumps({"hello": "world"}).encode(): r"the datagram has no 'proto': 'p2pexec' marker",
-            json.dumps({"proto": "p2pexec", "v": 99, "type": "HELLO", "node": node}).encode():
-                r"protocol version 99 is not supported",
-            json.dumps({"proto": "p2pexec", "v": 1, "type": "EXPLODE", "node": node}).encode():
-                r"unknown datagram type 'EXPLODE'",
-            json.dumps({"proto": "p2pexec", "v": 1, "type": "HELLO", "node": dict(node, name="bad name!")}).encode():
-                r"node name must be 1-64 characters",
+            json.dumps(
+                {"proto": "p2pexec", "v": 99, "type": "HELLO", "node": node}
+            ).encode(): r"protocol version 99 is not supported",
+            json.dumps(
+                {"proto": "p2pexec", "v": 1, "type": "EXPLODE", "node": node}
+            ).encode(): r"unknown datagram type 'EXPLODE'",
+            json.dumps(
+                {"proto": "p2pexec", "v": 1, "type": "HELLO", "node": dict(node, name="bad name!")}
+            ).encode(): r"node name must be 1-64 characters",
             b"x" * 5000: r"5000 bytes is over the 1200-byte limit",
         }
         # More of the same reasons: rate-limited, but they must not hurt either.
@@ -630,7 +668,8 @@ class BadInputTests(IntegrationTestCase):
             self.assertTrue(client.closed_by_peer(5), f"{junk[:20]!r} did not get the connection closed")
         x1.wait_for(
             r"#warn\] Dropped the connection with unknown node at 127\.0\.0\.1:\d+: "
-            r"it sent data that is not valid AMP \(NoEmptyBoxes", timeout=5,
+            r"it sent data that is not valid AMP \(NoEmptyBoxes",
+            timeout=5,
         )
         client = RawAmpClient(port)
         client.send_raw(b"\x00\x05_ask\x00\x05")
@@ -647,13 +686,21 @@ class BadInputTests(IntegrationTestCase):
         )
         self.assertEqual(answer.get(b"_error_code"), b"CONNECT_REQUIRED", answer)
         answer = client.ask(
-            b"CONNECT_REQUEST", 4, cluster=cluster.cluster_name.encode(), name=b"ghost",
-            instance=b"0123", version=b"not a number",
+            b"CONNECT_REQUEST",
+            4,
+            cluster=cluster.cluster_name.encode(),
+            name=b"ghost",
+            instance=b"0123",
+            version=b"not a number",
         )
         self.assertEqual(answer.get(b"_error_code"), b"BAD_ARGUMENTS", answer)
         answer = client.ask(
-            b"CONNECT_REQUEST", 5, cluster=cluster.cluster_name.encode(), name=b"ghost",
-            instance=b"0123", version=b"1",
+            b"CONNECT_REQUEST",
+            5,
+            cluster=cluster.cluster_name.encode(),
+            name=b"ghost",
+            instance=b"0123",
+            version=b"1",
         )
         self.assertEqual(answer.get(b"name"), b"x1", answer)
         answer = client.ask(b"HANDSHAKE", 6, node=b"{{{ not json")
@@ -667,7 +714,11 @@ class BadInputTests(IntegrationTestCase):
         answer = client.ask(b"EXECUTION_CONFIRMATION", 10, job=b"no-such-job", results=b"[]")
         self.assertEqual(answer.get(b"_error_code"), b"UNKNOWN_JOB", answer)
         answer = client.ask(
-            b"INSTRUCTION_ASSIGNMENT", 11, job=b"j", master=b"someone-else", master_instance=b"0123",
+            b"INSTRUCTION_ASSIGNMENT",
+            11,
+            job=b"j",
+            master=b"someone-else",
+            master_instance=b"0123",
             tasks=json.dumps([{"id": "x9", "attempt": 1}]).encode(),
         )
         self.assertEqual(answer.get(b"_error_code"), b"BAD_ARGUMENTS", answer)

@@ -57,8 +57,12 @@ class SilentConnectionTests(unittest.TestCase):
         poller = RawAmpClient(x1.port)
         self.addCleanup(poller.close)
         answer = half.ask(
-            b"CONNECT_REQUEST", 1, cluster=cluster.cluster_name.encode(), name=b"ghost",
-            instance=b"0123", version=b"1",
+            b"CONNECT_REQUEST",
+            1,
+            cluster=cluster.cluster_name.encode(),
+            name=b"ghost",
+            instance=b"0123",
+            version=b"1",
         )
         self.assertEqual(answer.get(b"name"), b"x1", answer)
 
@@ -72,7 +76,9 @@ class SilentConnectionTests(unittest.TestCase):
                 if name not in closed_at and closed_now(client):
                     closed_at[name] = time.monotonic() - opened
             time.sleep(1.0)
-        self.assertEqual(sorted(closed_at), ["half", "silent"], f"still open after {LIMIT + MARGIN:g}s: {x1.log_tail()}")
+        self.assertEqual(
+            sorted(closed_at), ["half", "silent"], f"still open after {LIMIT + MARGIN:g}s: {x1.log_tail()}"
+        )
         for name, when in closed_at.items():
             # The node counts from the moment it accepted, a little after `opened`.
             self.assertGreaterEqual(when, LIMIT - 1.0, f"{name} closed too early, after {when:.1f}s")

@@ -171,7 +171,9 @@ class DashboardBrowserTests(unittest.TestCase):
 
         cluster.wait_until(only_w1, describe, timeout=5)
         Select(driver.find_element(By.ID, "task-state")).select_by_value("failed")
-        cluster.wait_until(lambda: self.shown(driver)["emptyTasks"] and not self.shown(driver)["rows"], describe, timeout=5)
+        cluster.wait_until(
+            lambda: self.shown(driver)["emptyTasks"] and not self.shown(driver)["rows"], describe, timeout=5
+        )
         Select(driver.find_element(By.ID, "task-node")).select_by_value("")
         Select(driver.find_element(By.ID, "task-state")).select_by_value("")
         cluster.wait_until(lambda: len(self.shown(driver)["rows"]) == len(tasks), describe, timeout=5)

@@ -26,7 +26,7 @@ import sqlite3
 import sys
 import time
 from collections import Counter
-from typing import Iterable
+from collections.abc import Iterable
 
 from tests.integration.cluster import TWISTD, Cluster, read_runs, record_run
 from tests.integration.test_cluster import (
@@ -121,13 +121,21 @@ class MasterRestartTests(IntegrationTestCase):
         job_file = cluster.path("job.toml")
         ids = [f"t{n:02d}" for n in range(self.TASKS)]
         write_job_file(
-            job_file, {"kind": "w", "shell": True, "command": f"{record_run(side)}; sleep 0.25"},
+            job_file,
+            {"kind": "w", "shell": True, "command": f"{record_run(side)}; sleep 0.25"},
             [{"id": task_id} for task_id in ids],
         )
         w1 = cluster.start("w1", "--capabilities", "w", "--slots", "2")
         w2 = cluster.start("w2", "--capabilities", "w", "--slots", "2")
         first = cluster.start(
-            "m", "--capabilities", "none", "--job", job_file, "--results", results, "--exit-when-done",
+            "m",
+            "--capabilities",
+            "none",
+            "--job",
+            job_file,
+            "--results",
+            results,
+            "--exit-when-done",
         )
         job_id = first.wait_for(r"\] Node m is master of job (\S+): 40 task\(s\)").group(1)
         cluster.wait_until(
@@ -163,8 +171,10 @@ class MasterRestartTests(IntegrationTestCase):
         self.assertFalse(restarted.has(r"\] Node m is master of job "), "the job was submitted again")
         # The workers were asked what became of the tasks they held.
         self.assertTrue(
-            any(worker.has(rf"\] Node {worker.name} told master m about \d+ task\(s\) of job {re.escape(job_id)}: ")
-                for worker in (w1, w2)),
+            any(
+                worker.has(rf"\] Node {worker.name} told master m about \d+ task\(s\) of job {re.escape(job_id)}: ")
+                for worker in (w1, w2)
+            ),
             cluster.logs(),
         )
 
@@ -223,8 +233,11 @@ class FrozenWorkerTests(IntegrationTestCase):
             lambda: len(read_pids(pids)) >= 2,
             lambda: f"w1 is not running two tasks; side file: {read_runs(side)}\n{cluster.logs()}",
         )
-        held = [task for match in w1.find_all(r"\] Node w1 received instructions: (\[.*\])$")
-                for task in ast.literal_eval(match.group(1))]
+        held = [
+            task
+            for match in w1.find_all(r"\] Node w1 received instructions: (\[.*\])$")
+            for task in ast.literal_eval(match.group(1))
+        ]
         started_on_w1 = [task_id for task_id, node, _ in read_runs(side) if node == "w1"]
 
         frozen_at = time.monotonic()
@@ -262,12 +275,17 @@ class FrozenWorkerTests(IntegrationTestCase):
         touch(release)
         for task_id in started_on_w1:
             m.wait_for(rf"\] Node m dropped a stale result for {task_id} of job \S+ \(attempt 1\) from w1: .+$")
-        stale = {match.group(1) for match in m.find_all(r"\] Node m dropped a stale result for (\S+) of job \S+ \(attempt 1\) from w1: .+$")}
+        stale = {
+            match.group(1)
+            for match in m.find_all(r"\] Node m dropped a stale result for (\S+) of job \S+ \(attempt 1\) from w1: .+$")
+        }
         self.assertLessEqual(stale, set(held), "a stale confirmation for a task w1 never held")
         self.assertFalse(m.has(r"dropped a stale result for \S+ of job \S+ \(attempt \d+\) from w2: "), m.log_tail())
         self.assertEqual(load_results(results), report, "the late results changed the results file")
         for task_id in held:
-            self.assertFalse(m.has(rf"\] Master received confirmation for {task_id} from w1$"), f"w1's late {task_id} applied")
+            self.assertFalse(
+                m.has(rf"\] Master received confirmation for {task_id} from w1$"), f"w1's late {task_id} applied"
+            )
         self.stop_all(cluster)
         for node in (m, w1, w2):
             self.assertLogClean(node)
@@ -298,18 +316,37 @@ class TimeoutTests(IntegrationTestCase):
 
         stubborn_child = "(trap '' TERM; exec sleep 300)"
         tasks = [
-            {"id": "children", "command": (
-                f"sleep 300 & {record('children', '$!')}; sleep 300 & {record('children', '$!')}; "
-                f"{record('children', '$$')}; wait")},
-            {"id": "stubborn", "command": (
-                f"{stubborn_child} & {record('stubborn', '$!')}; {record('stubborn', '$$')}; wait")},
-            {"id": "detached", "command": (
-                f"{stubborn_child} </dev/null >/dev/null 2>&1 & {record('detached', '$!')}; "
-                f"{record('detached', '$$')}; wait")},
+            {
+                "id": "children",
+                "command": (
+                    f"sleep 300 & {record('children', '$!')}; sleep 300 & {record('children', '$!')}; "
+                    f"{record('children', '$$')}; wait"
+                ),
+            },
+            {
+                "id": "stubborn",
+                "command": (f"{stubborn_child} & {record('stubborn', '$!')}; {record('stubborn', '$$')}; wait"),
+            },
+            {
+                "id": "detached",
+                "command": (
+                    f"{stubborn_child} </dev/null >/dev/null 2>&1 & {record('detached', '$!')}; "
+                    f"{record('detached', '$$')}; wait"
+                ),
+            },
         ]
         write_job_file(job_file, {"kind": "sh", "shell": True, "timeout": 1}, tasks)
         node = cluster.start(
-            "t1", "--capabilities", "sh", "--slots", "3", "--job", job_file, "--results", results, "--exit-when-done",
+            "t1",
+            "--capabilities",
+            "sh",
+            "--slots",
+            "3",
+            "--job",
+            job_file,
+            "--results",
+            results,
+            "--exit-when-done",
         )
         finished = node.wait_for(JOB_FINISHED, timeout=15)
         self.assertEqual(finished.group(2, 3), ("0", "3"), node.log_tail())
@@ -353,7 +390,6 @@ class TimeoutTests(IntegrationTestCase):
         self.assertEqual(node.wait_exit(10), 0, node.log_tail())
         self.assertLogClean(node)
 
-
     def test_nothing_of_a_task_outlives_it_or_the_node(self) -> None:
         """
         Two shell tasks leave a child that ignores SIGTERM behind, output
@@ -370,18 +406,31 @@ class TimeoutTests(IntegrationTestCase):
             self.addCleanup(kill_recorded, path)
         stubborn_child = "(trap '' TERM; exec sleep 300) </dev/null >/dev/null 2>&1 &"
         tasks = [
-            {"id": "timed-out", "timeout": 0.5,
-             "command": f"{stubborn_child} echo $! > {shell_quote(pid_files['timed-out'])}; sleep 300"},
+            {
+                "id": "timed-out",
+                "timeout": 0.5,
+                "command": f"{stubborn_child} echo $! > {shell_quote(pid_files['timed-out'])}; sleep 300",
+            },
             {"id": "exited", "command": f"{stubborn_child} echo $! > {shell_quote(pid_files['exited'])}"},
         ]
         write_job_file(job_file, {"kind": "sh", "shell": True}, tasks)
         node = cluster.start(
-            "t1", "--capabilities", "sh", "--slots", "2", "--job", job_file, "--results", results, "--exit-when-done",
+            "t1",
+            "--capabilities",
+            "sh",
+            "--slots",
+            "2",
+            "--job",
+            job_file,
+            "--results",
+            results,
+            "--exit-when-done",
         )
         self.assertEqual(node.wait_exit(30), 0, node.log_tail())
         report = self.results_of(node, results)
         self.assertEqual(
-            (report["by_id"]["timed-out"]["status"], report["by_id"]["exited"]["status"]), ("timed-out", "succeeded"),
+            (report["by_id"]["timed-out"]["status"], report["by_id"]["exited"]["status"]),
+            ("timed-out", "succeeded"),
             report["by_id"],
         )
         children = {name: read_pids(path) for name, path in pid_files.items()}
@@ -411,8 +460,7 @@ class OrphanTests(IntegrationTestCase):
         self.addCleanup(kill_recorded, pids)
         record = f">> {shell_quote(pids)}"
         command = (
-            f"sleep 30 & echo $! {record}; (trap '' TERM; exec sleep 30) & echo $! {record}; "
-            f"echo $$ {record}; wait"
+            f"sleep 30 & echo $! {record}; (trap '' TERM; exec sleep 30) & echo $! {record}; echo $$ {record}; wait"
         )
         write_job_file(job_file, {"kind": "sh", "shell": True, "command": command}, [{"id": "o1"}, {"id": "o2"}])
         node = cluster.start("t1", "--capabilities", "sh", "--slots", "2", "--job", job_file)
@@ -423,10 +471,14 @@ class OrphanTests(IntegrationTestCase):
         self.assertEqual(node.wait_exit(5), -signal.SIGKILL)
         cluster.wait_until(
             lambda: not any(exists(pid) for pid in recorded),
-            lambda: f"task processes outlived their node: {[pid for pid in recorded if exists(pid)]}\n{node.log_tail()}",
+            lambda: (
+                f"task processes outlived their node: {[pid for pid in recorded if exists(pid)]}\n{node.log_tail()}"
+            ),
             timeout=9,
         )
-        node.wait_for(r"the task guard of node t1: the node ended with 2 task process group\(s\) running; stopping them")
+        node.wait_for(
+            r"the task guard of node t1: the node ended with 2 task process group\(s\) running; stopping them"
+        )
 
     def test_restarted_master_does_not_rerun_a_task_beside_its_first_copy(self) -> None:
         """
@@ -448,8 +500,8 @@ class OrphanTests(IntegrationTestCase):
             f.write(_OVERLAP_CHECK)
         command = (
             f"{shell_quote(sys.executable)} {shell_quote(checker)} {shell_quote(runs)} {shell_quote(overlaps)}; "
-            f"echo \"$P2PEXEC_ATTEMPT $$ leader\" >> {shell_quote(runs)}; echo $$ >> {shell_quote(pids)}; "
-            f"[ \"$P2PEXEC_ATTEMPT\" -gt 1 ] && exit 0; "
+            f'echo "$P2PEXEC_ATTEMPT $$ leader" >> {shell_quote(runs)}; echo $$ >> {shell_quote(pids)}; '
+            f'[ "$P2PEXEC_ATTEMPT" -gt 1 ] && exit 0; '
             f"(trap '' TERM; exec sleep 30) & echo \"$P2PEXEC_ATTEMPT $! child\" >> {shell_quote(runs)}; "
             f"echo $! >> {shell_quote(pids)}; wait"
         )
@@ -465,10 +517,13 @@ class OrphanTests(IntegrationTestCase):
         attempts = Counter(line.split()[0] for line in _lines(runs))
         self.assertEqual(attempts, Counter({"1": 4, "2": 2}), _lines(runs))
         self.assertEqual(_lines(overlaps), [], "a task's re-run started while its first copy still ran")
-        killed = [int(match.group(1)) for match in restarted.find_all(
-            r"\] Node m: task process group (\d+) \(.*\) of an earlier run of this node was still running; "
-            r"killed it \(SIGKILL\) before taking up any work$"
-        )]
+        killed = [
+            int(match.group(1))
+            for match in restarted.find_all(
+                r"\] Node m: task process group (\d+) \(.*\) of an earlier run of this node was still running; "
+                r"killed it \(SIGKILL\) before taking up any work$"
+            )
+        ]
         # Each first attempt's shell left the group on the guard's SIGTERM; its child, which ignores it, did not.
         leaders = sorted(int(line.split()[1]) for line in _lines(runs) if line.split()[::2] == ["1", "leader"])
         self.assertEqual(sorted(killed), leaders, restarted.log_tail())
@@ -556,8 +611,21 @@ class HangUpTests(IntegrationTestCase):
         cluster = Cluster(self)
         log_file = cluster.path("node.log")
         argv = [
-            TWISTD, "--pidfile=", "-n", f"--logfile={log_file}", "p2pexec", "--name", "t1", "--port", "0",
-            "--group", cluster.group_option, "--cluster", cluster.cluster_name, "--state-dir", cluster.state_dir("t1"),
+            TWISTD,
+            "--pidfile=",
+            "-n",
+            f"--logfile={log_file}",
+            "p2pexec",
+            "--name",
+            "t1",
+            "--port",
+            "0",
+            "--group",
+            cluster.group_option,
+            "--cluster",
+            cluster.cluster_name,
+            "--state-dir",
+            cluster.state_dir("t1"),
         ]
         node = cluster.launch("t1", argv)
 
@@ -604,7 +672,8 @@ class CancelTests(IntegrationTestCase):
         self.addCleanup(kill_recorded, pids, ("sleep",))
         command = f"{record_run(side)}; echo $$ >> {shell_quote(pids)}; exec sleep 300"
         write_job_file(
-            job_file, {"kind": "w", "shell": True, "command": command},
+            job_file,
+            {"kind": "w", "shell": True, "command": command},
             [{"id": f"t{n:02d}"} for n in range(self.TASKS)],
         )
         workers = [cluster.start(name, "--capabilities", "w", "--slots", "2") for name in ("w1", "w2")]
@@ -662,8 +731,17 @@ class StateDirectoryTests(IntegrationTestCase):
     def _start_on(self, cluster: Cluster, state_dir: str, name: str = "n1") -> tuple[int, list[str], str]:
         """Run a node on C{state_dir} to its end: (status, non-blank output lines, output)."""
         status, output = cluster.run_once(
-            "--name", name, "--port", "0", "--group", cluster.group_option, "--cluster", cluster.cluster_name,
-            "--state-dir", state_dir, timeout=10,
+            "--name",
+            name,
+            "--port",
+            "0",
+            "--group",
+            cluster.group_option,
+            "--cluster",
+            cluster.cluster_name,
+            "--state-dir",
+            state_dir,
+            timeout=10,
         )
         return status, [line for line in output.splitlines() if line.strip()], output
 
@@ -678,8 +756,20 @@ class StateDirectoryTests(IntegrationTestCase):
         cluster = Cluster(self)
         real = cluster.path("real")
         status, output = cluster.run_once(
-            "--name", "a1", "--port", "0", "--group", cluster.group_option, "--cluster", cluster.cluster_name,
-            "--state-dir", real, "--tasks", "a1,a2,a3", "--exit-when-done", timeout=10,
+            "--name",
+            "a1",
+            "--port",
+            "0",
+            "--group",
+            cluster.group_option,
+            "--cluster",
+            cluster.cluster_name,
+            "--state-dir",
+            real,
+            "--tasks",
+            "a1,a2,a3",
+            "--exit-when-done",
+            timeout=10,
         )
         self.assertEqual(status, 0, output)
         with open(os.path.join(real, "journal.sqlite3"), "rb") as f:

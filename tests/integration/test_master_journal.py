@@ -59,7 +59,8 @@ class FinishedJobTests(IntegrationTestCase):
         side = cluster.path("side.txt")
         job_file = cluster.path("job.toml")
         write_job_file(
-            job_file, {"kind": "w", "shell": True, "command": record_run(side)},
+            job_file,
+            {"kind": "w", "shell": True, "command": record_run(side)},
             [{"id": f"t{n}"} for n in range(3)],
         )
         options = ["--capabilities", "w", "--job", job_file, "--exit-when-done"]
@@ -96,7 +97,8 @@ class FullDiskTests(IntegrationTestCase):
             raise unittest.SkipTest("mounting a tmpfs needs root")
         mounted = subprocess.run(
             ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", folder],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
         )
         if mounted.returncode != 0:
             raise unittest.SkipTest(f"cannot mount a tmpfs: {mounted.stdout.decode(errors='replace').strip()}")
@@ -117,8 +119,9 @@ class FullDiskTests(IntegrationTestCase):
         self.mount_tmpfs(state, "1m")
         side = cluster.path("side.txt")
         job_file = cluster.path("job.toml")
-        write_job_file(job_file, {"kind": "w", "shell": True, "command": record_run(side)},
-                       [{"id": f"t{n}"} for n in range(3)])
+        write_job_file(
+            job_file, {"kind": "w", "shell": True, "command": record_run(side)}, [{"id": f"t{n}"} for n in range(3)]
+        )
         web = free_tcp_port()
         m = cluster.start("m", "--capabilities", "none", "--web", str(web))
         cluster.start("w1", "--capabilities", "w")
@@ -146,4 +149,6 @@ class FullDiskTests(IntegrationTestCase):
         status, output = run_cli(cluster, m.port, None, "submit", job_file)
         self.assertEqual(status, 0, output)
         m.wait_for(JOB_FINISHED)
-        self.assertEqual(sorted(task for task, _, _ in read_runs(side)), ["t0", "t1", "t2"], "the refused job never ran")
+        self.assertEqual(
+            sorted(task for task, _, _ in read_runs(side)), ["t0", "t1", "t2"], "the refused job never ran"
+        )

@@ -20,7 +20,7 @@ from collections import Counter
 from twisted.trial.unittest import SkipTest
 
 from tests.integration.netns import NODE_PORT, HostCluster, netns_problem
-from tests.integration.test_cluster import IntegrationTestCase, JOB_FINISHED, shell_quote, write_job_file
+from tests.integration.test_cluster import JOB_FINISHED, IntegrationTestCase, shell_quote, write_job_file
 
 
 class MultiHostTestCase(IntegrationTestCase):
@@ -37,9 +37,7 @@ class MultiHostTestCase(IntegrationTestCase):
         of C{peer}'s host and C{peer}'s port.
         """
         address = re.escape(cluster.host_of[peer].address)
-        self.assertLogHas(
-            cluster.nodes[node], rf"\] Node {node} connected to peer {peer} at {address}:{NODE_PORT} "
-        )
+        self.assertLogHas(cluster.nodes[node], rf"\] Node {node} connected to peer {peer} at {address}:{NODE_PORT} ")
 
 
 class MulticastDiscoveryTests(MultiHostTestCase):
@@ -234,14 +232,18 @@ class PartitionTests(MultiHostTestCase):
         h3 = cluster.network["h3"]
         h3.link_down()
         cut = time.monotonic()
-        confirmed_by_w3 = {match.group(1) for match in m.find_all(r"\] Master received confirmation for (t\d+) from w3$")}
+        confirmed_by_w3 = {
+            match.group(1) for match in m.find_all(r"\] Master received confirmation for (t\d+) from w3$")
+        }
         lost = m.wait_for(self.LOST, timeout=self.DETECTION_LIMIT + 1)
         detection = time.monotonic() - cut
         self.assertLess(detection, self.DETECTION_LIMIT, lost.group(0))
         requeued = m.wait_for(self.REQUEUED, timeout=2)
         self.assertGreaterEqual(int(requeued.group(1)), 1, m.log_tail())
         # Nothing can come from w3 while its link is down.
-        confirmed_by_w3 = {match.group(1) for match in m.find_all(r"\] Master received confirmation for (t\d+) from w3$")}
+        confirmed_by_w3 = {
+            match.group(1) for match in m.find_all(r"\] Master received confirmation for (t\d+) from w3$")
+        }
 
         finished = m.wait_for(JOB_FINISHED, timeout=20)
         self.assertEqual(finished.group(2, 3), (str(self.TASKS), "0"), m.log_tail())
@@ -250,7 +252,9 @@ class PartitionTests(MultiHostTestCase):
         self.assertEqual((report["total"], report["succeeded"], report["failed"]), (self.TASKS, self.TASKS, 0))
         self.assertGreaterEqual(report["stale_results_dropped"], 0)
         for task in report["tasks"]:
-            self.assertEqual((task["state"], task["status"], task["stdout"]), ("done", "succeeded", task["id"] + "\n"), task)
+            self.assertEqual(
+                (task["state"], task["status"], task["stdout"]), ("done", "succeeded", task["id"] + "\n"), task
+            )
             if task["node"] == "w3":
                 self.assertIn(task["id"], confirmed_by_w3, f"m took a result of w3's while h3 was cut off: {task}")
             else:
@@ -331,7 +335,9 @@ class PartitionTests(MultiHostTestCase):
         with open(release, "w"):
             pass
         for task_id in sorted(hung):
-            m.wait_for(rf"\] Node m dropped a stale result for {task_id} of job \S+ \(attempt 1\) from w3: .+$", timeout=10)
+            m.wait_for(
+                rf"\] Node m dropped a stale result for {task_id} of job \S+ \(attempt 1\) from w3: .+$", timeout=10
+            )
         self.assertFalse(m.has(r"\] Master received confirmation for \S+ from w3$"), m.log_tail())
         self.assertFalse(w3.has(r"EXECUTION_CONFIRMATION to m failed"), w3.log_tail())
         self.stop_all(cluster)

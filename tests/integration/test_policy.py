@@ -39,7 +39,14 @@ class CommandPolicyTests(IntegrationTestCase):
         )
         w1 = cluster.start("w1", "--capabilities", "sh", "--allow", "echo", "--allow", "/usr/bin/true")
         m = cluster.start(
-            "m", "--capabilities", "none", "--job", job_file, "--results", results, "--exit-when-done",
+            "m",
+            "--capabilities",
+            "none",
+            "--job",
+            job_file,
+            "--results",
+            results,
+            "--exit-when-done",
         )
         finished = m.wait_for(JOB_FINISHED, timeout=15)
         self.assertEqual(finished.group(2, 3), ("1", "1"), cluster.logs())

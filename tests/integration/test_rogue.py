@@ -27,7 +27,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from typing import Any, Optional
+from typing import Any
 
 from p2pexec.auth import ChallengeResponse, generate_key, http_token
 from tests.integration.cluster import (
@@ -62,7 +62,7 @@ def write_key_file(path: str, mode: int = 0o600) -> bytes:
 class Api:
     """A node's HTTP API (C{--web PORT}), asked with the cluster's bearer token."""
 
-    def __init__(self, port: int, key: Optional[bytes]) -> None:
+    def __init__(self, port: int, key: bytes | None) -> None:
         self.base = f"http://127.0.0.1:{port}"
         self.token = http_token(key) if key is not None else None
 
@@ -100,15 +100,21 @@ class Api:
         return {job["id"]: job for job in self.get("/api/jobs")["jobs"]}
 
 
-def run_cli(cluster: Cluster, port: int, key_file: Optional[str], *arguments: str, timeout: float = 10.0) -> tuple[int, str]:
+def run_cli(
+    cluster: Cluster, port: int, key_file: str | None, *arguments: str, timeout: float = 10.0
+) -> tuple[int, str]:
     """Run the command-line client (C{python -m p2pexec.cli}) against the node on C{port}; its status and output."""
     argv = [sys.executable, "-m", "p2pexec.cli", "--connect", f"127.0.0.1:{port}"]
     if key_file is not None:
         argv += ["--key-file", key_file]
     finished = subprocess.run(
         argv + list(arguments),
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        cwd=cluster.folder, env=cluster.environment(), timeout=cluster.deadline.bound(timeout),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        cwd=cluster.folder,
+        env=cluster.environment(),
+        timeout=cluster.deadline.bound(timeout),
     )
     return finished.returncode, finished.stdout.decode("utf-8", "replace")
 
@@ -195,7 +201,9 @@ class GroupListener:
                 return data, time.time()
 
 
-def proxy_one_client(process: subprocess.Popen, listener: socket.socket, port: int, timeout: float) -> tuple[bytes, bytes]:
+def proxy_one_client(
+    process: subprocess.Popen, listener: socket.socket, port: int, timeout: float
+) -> tuple[bytes, bytes]:
     """
     Relay the one connection C{process} makes to C{listener} on to
     127.0.0.1:C{port}, until both ends have closed or C{process} has exited
@@ -280,7 +288,9 @@ class RogueNodeTests(IntegrationTestCase):
         for good in (g1, g2):
             good.wait_for(FORGED.format(port=ANY_PORT))
             good.wait_for(UNSEALED.format(port=ANY_PORT))
-            good.wait_for(r"Refused the connection from 127\.0\.0\.1:\d+: it sent CONNECT_REQUEST before authenticating")
+            good.wait_for(
+                r"Refused the connection from 127\.0\.0\.1:\d+: it sent CONNECT_REQUEST before authenticating"
+            )
         # r1 dials with its key and finds that g1 and g2 cannot prove they hold it.
         for good in (g1, g2):
             r1.wait_for(rf"Refused the connection from 127\.0\.0\.1:{good.port}: it does not hold the cluster key")
@@ -312,7 +322,9 @@ class RogueNodeTests(IntegrationTestCase):
         """C{node} never discovered, connected to or assigned tasks to any of C{others}."""
         for other in others:
             for what in ("discovered peer", "connected to peer", "assigning tasks to peer"):
-                self.assertFalse(node.has(rf"{what} {other}\b"), f"{node.name} logged '{what} {other}':\n{node.log_tail()}")
+                self.assertFalse(
+                    node.has(rf"{what} {other}\b"), f"{node.name} logged '{what} {other}':\n{node.log_tail()}"
+                )
 
     def assertRawClientsRefused(self, node: NodeProcess, key: bytes, rogue_key_file: str, side: str) -> None:
         """
@@ -403,7 +415,9 @@ class ReplayTests(IntegrationTestCase):
         for node in (g1, g2):
             self.assertLogClean(node)
 
-    def assertClientReplayRefused(self, cluster: Cluster, g1: NodeProcess, api1: Api, g2: NodeProcess, api2: Api) -> None:
+    def assertClientReplayRefused(
+        self, cluster: Cluster, g1: NodeProcess, api1: Api, g2: NodeProcess, api2: Api
+    ) -> None:
         """
         Submit a job through a recording proxy with the real client; then
         play what the client sent on new connections to g1 (step by step,
@@ -415,13 +429,22 @@ class ReplayTests(IntegrationTestCase):
         listener.listen(1)
         client = subprocess.Popen(
             [
-                sys.executable, "-m", "p2pexec.cli",
-                "--connect", f"127.0.0.1:{listener.getsockname()[1]}",
-                "--key-file", cluster.path("cluster.key"),
-                "submit", "--tasks", "q1,q2",
+                sys.executable,
+                "-m",
+                "p2pexec.cli",
+                "--connect",
+                f"127.0.0.1:{listener.getsockname()[1]}",
+                "--key-file",
+                cluster.path("cluster.key"),
+                "submit",
+                "--tasks",
+                "q1,q2",
             ],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            cwd=cluster.folder, env=cluster.environment(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            cwd=cluster.folder,
+            env=cluster.environment(),
         )
         self.addCleanup(kill_and_reap, client)
         sent, answered = proxy_one_client(client, listener, g1.port, timeout=cluster.deadline.bound(10))
@@ -500,8 +523,18 @@ class ProtectedModeTests(IntegrationTestCase):
         """
         cluster = Cluster(self)
         status, output = cluster.run_once(
-            "--name", "x", "--interface", "10.254.254.1", "--port", "0",
-            "--group", cluster.group_option, "--cluster", cluster.cluster_name, "--state-dir", cluster.state_dir("x"),
+            "--name",
+            "x",
+            "--interface",
+            "10.254.254.1",
+            "--port",
+            "0",
+            "--group",
+            cluster.group_option,
+            "--cluster",
+            cluster.cluster_name,
+            "--state-dir",
+            cluster.state_dir("x"),
         )
         self.assertIn(status, (1, 2), output)
         lines = [line for line in output.splitlines() if "--key-file" in line and "--insecure" in line]
@@ -515,8 +548,18 @@ class ProtectedModeTests(IntegrationTestCase):
         path = cluster.path("open.key")
         write_key_file(path, mode=0o644)
         status, output = cluster.run_once(
-            "--name", "x", "--port", "0", "--key-file", path,
-            "--group", cluster.group_option, "--cluster", cluster.cluster_name, "--state-dir", cluster.state_dir("x"),
+            "--name",
+            "x",
+            "--port",
+            "0",
+            "--key-file",
+            path,
+            "--group",
+            cluster.group_option,
+            "--cluster",
+            cluster.cluster_name,
+            "--state-dir",
+            cluster.state_dir("x"),
         )
         self.assertIn(status, (1, 2), output)
         lines = [line for line in output.splitlines() if path in line and "chmod 600" in line]

@@ -18,7 +18,7 @@ import signal
 import socket
 import sys
 import tempfile
-from typing import Callable
+from collections.abc import Callable
 
 from twisted.trial import unittest
 
@@ -84,9 +84,7 @@ class NotifyTests(unittest.TestCase):
         cluster = NotifyingCluster(self, {"NOTIFY_SOCKET": receiver.path, "WATCHDOG_USEC": "400000"})
         seen = cluster.path("task-environment.json")
         job = cluster.path("job.toml")
-        script = (
-            "import json, os, sys; json.dump({k: os.environ.get(k) for k in sys.argv[2:]}, open(sys.argv[1], 'w'))"
-        )
+        script = "import json, os, sys; json.dump({k: os.environ.get(k) for k in sys.argv[2:]}, open(sys.argv[1], 'w'))"
         command = [sys.executable, "-c", script, seen, "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"]
         with open(job, "w", encoding="utf-8") as f:
             # A JSON array of strings is a TOML array.
@@ -116,9 +114,7 @@ class NotifyTests(unittest.TestCase):
         self.assertEqual(receiver.with_line("STOPPING=1"), [])
         node.wait_for(r"\] Job \S+ finished: 1 succeeded, 0 failed")
         with open(seen, encoding="utf-8") as f:
-            self.assertEqual(
-                json.load(f), {"NOTIFY_SOCKET": None, "WATCHDOG_USEC": None, "WATCHDOG_PID": None}
-            )
+            self.assertEqual(json.load(f), {"NOTIFY_SOCKET": None, "WATCHDOG_USEC": None, "WATCHDOG_PID": None})
 
         node.send_signal(signal.SIGTERM)
         wait("STOPPING=1", lambda: receiver.with_line("STOPPING=1"))
@@ -127,4 +123,3 @@ class NotifyTests(unittest.TestCase):
         self.assertEqual(receiver.with_line("STOPPING=1"), ["STOPPING=1\nSTATUS=node n1 leaving the cluster"])
         for pattern in ("Traceback", "Unhandled", "Could not notify systemd"):
             self.assertFalse(node.has(pattern), f"log has {pattern!r}:\n{tail(node.log_text(), 80)}")
-

@@ -62,7 +62,7 @@ class TlsProxy:
         while not self._stop.is_set():
             try:
                 raw, _ = self.listener.accept()
-            except (socket.timeout, OSError):
+            except (TimeoutError, OSError):
                 continue
             try:
                 inbound = self.server_context.wrap_socket(raw, server_side=True)
@@ -151,7 +151,7 @@ def _certificate(subject: str, issuer: Any, public_key: Any, signing_key: Any, c
     from cryptography.hazmat.primitives import hashes
     from cryptography.x509.oid import NameOID
 
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
     builder = (
         x509.CertificateBuilder()
@@ -240,8 +240,16 @@ class ClientTlsTests(CliTestCase):
         key = key_file(folder)
         cert, private = make_node_cert(folder, make_ca(folder, "cluster"), "a1")
         a1 = cluster.start(
-            "a1", "--key-file", key, "--tls", "--tls-cert", cert, "--tls-key", private,
-            "--tls-ca", os.path.join(folder, "cluster-ca.pem"),
+            "a1",
+            "--key-file",
+            key,
+            "--tls",
+            "--tls-cert",
+            cert,
+            "--tls-key",
+            private,
+            "--tls-ca",
+            os.path.join(folder, "cluster-ca.pem"),
         )
         self.assertOneLineError(
             self.cli(cluster, a1.port, "--tls", "--key-file", key, "status"),

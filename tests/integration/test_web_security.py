@@ -17,14 +17,12 @@ from __future__ import annotations
 import http.server
 import json
 import os
-import re
-import socket
 import subprocess
 import sys
 import threading
 import urllib.error
 import urllib.request
-from typing import Any, Optional
+from typing import Any
 
 from twisted.trial import unittest
 
@@ -86,7 +84,7 @@ def _serve(address: str, page: bytes) -> tuple[http.server.HTTPServer, int]:
 
 
 def _request(
-    port: int, method: str, path: str, body: Optional[bytes] = None, headers: Optional[dict[str, str]] = None
+    port: int, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
 ) -> tuple[int, Any]:
     """(status, decoded JSON) of one request to the node's API on 127.0.0.1."""
     request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=body, method=method, headers=headers or {})
@@ -175,11 +173,16 @@ class CrossOriginTests(unittest.TestCase):
         # The owner's request, with the token, as JSON: the same job runs.
         token = cluster.http_token("m")
         status, answer = _request(
-            web, "POST", "/api/jobs", json.dumps(job).encode(),
+            web,
+            "POST",
+            "/api/jobs",
+            json.dumps(job).encode(),
             {"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
         )
         self.assertEqual(status, 201, answer)
-        cluster.wait_until(lambda: os.path.exists(side) or None, lambda: f"the owner's job did not run:\n{node.log_tail()}")
+        cluster.wait_until(
+            lambda: os.path.exists(side) or None, lambda: f"the owner's job did not run:\n{node.log_tail()}"
+        )
 
 
 class OtherUserTests(unittest.TestCase):
@@ -206,8 +209,12 @@ class OtherUserTests(unittest.TestCase):
         def cli(environment: dict[str, str], *argv: str) -> tuple[int, str]:
             done = subprocess.run(
                 [sys.executable, "-m", "p2pexec.cli", "--connect", f"127.0.0.1:{node.port}", *argv],
-                stdin=subprocess.DEVNULL, capture_output=True, text=True, cwd=cluster.folder,
-                env=environment, timeout=cluster.deadline.bound(20),
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                cwd=cluster.folder,
+                env=environment,
+                timeout=cluster.deadline.bound(20),
             )
             return done.returncode, done.stdout + done.stderr
 
@@ -219,12 +226,20 @@ class OtherUserTests(unittest.TestCase):
         self.assertEqual(status, 0, output)
 
         answer = cluster.call_remote(
-            node.port, "SubmitJob", owner=False, tasks=[{"id": "evil", "kind": "w", "command": ["touch", side]}],
-            defaults={}, upload="", final=True,
+            node.port,
+            "SubmitJob",
+            owner=False,
+            tasks=[{"id": "evil", "kind": "w", "command": ["touch", side]}],
+            defaults={},
+            upload="",
+            final=True,
         )
         self.assertEqual(answer.get("error"), "AuthRequired", answer)
         status, answer = _request(
-            web, "POST", "/api/jobs", json.dumps({"task": [{"id": "evil", "kind": "w", "command": ["touch", side]}]}).encode(),
+            web,
+            "POST",
+            "/api/jobs",
+            json.dumps({"task": [{"id": "evil", "kind": "w", "command": ["touch", side]}]}).encode(),
             {"Content-Type": "application/json"},
         )
         self.assertEqual(status, 401, answer)
@@ -242,5 +257,7 @@ class OtherUserTests(unittest.TestCase):
         self.assertEqual(status, 2, output)
         status, output = cli(cluster.environment(), "cancel", job)
         self.assertEqual(status, 0, output)
-        self.assertEqual(len(node.find_all(r"\] Refused (SUBMIT_JOB|CANCEL_JOB) from a client at 127\.0\.0\.1:\d+: ")), 4)
+        self.assertEqual(
+            len(node.find_all(r"\] Refused (SUBMIT_JOB|CANCEL_JOB) from a client at 127\.0\.0\.1:\d+: ")), 4
+        )
         self.assertFalse(os.path.exists(side), "a client without the token made the node run its command")

@@ -171,6 +171,8 @@ ATTEMPT: Transitions[AttemptState, AttemptEvent, AttemptOutput] = Transitions(
         # Already stopped (cancelled), or leaving anyway.
         (_STOP, _Ev.STOP_RUNNING),
         (_CNL, _Ev.STOP_RUNNING),
+        # The second copy of a result resent before its batch went out.
+        (_SENT, _Ev.FLUSHED),
         # An acknowledgement of a result not (or no longer) kept.
         (_FNK, _Ev.ACKNOWLEDGED),
         (_RET, _Ev.ACKNOWLEDGED),

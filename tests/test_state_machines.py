@@ -302,6 +302,14 @@ class AttemptMachineTests(SynchronousTestCase):
         self.assertEqual(seen, [AttemptOutput.COUNT_FROM_CACHE, AttemptOutput.QUEUE_RESULT])
         self.assertEqual(query_answer(AttemptState.SENT), "done")
 
+    def test_resent_before_the_flush(self) -> None:
+        """A result resent before its batch went out is in the batch twice: the second flush changes nothing."""
+        state, seen = self.walk(
+            AttemptEvent.RESEND, AttemptEvent.FLUSHED, AttemptEvent.FLUSHED, start=AttemptState.FINISHED
+        )
+        self.assertIs(state, AttemptState.SENT)
+        self.assertEqual(seen, [AttemptOutput.COUNT_FROM_CACHE, AttemptOutput.QUEUE_RESULT])
+
     def test_cancel_everywhere(self) -> None:
         """A cancel drops a queued attempt, stops a running one, and forgets a finished one's result."""
         self.assertEqual(self.walk(AttemptEvent.CANCEL), (AttemptState.CANCELLED, [AttemptOutput.UNQUEUE]))

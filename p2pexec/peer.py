@@ -10,10 +10,12 @@ error, so a bad box is answered and logged and the connection stays up.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import ISSLTransport
+from twisted.internet.interfaces import ISSLTransport, ITCPTransport
+from twisted.internet.protocol import connectionDone
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
@@ -177,7 +179,20 @@ class PeerProtocol(amp.AMP):
     def address(self) -> str:
         """HOST:PORT of the other end, or C{?}."""
         address = self.transport.getPeer() if self.transport is not None else None
-        return f"{address.host}:{address.port}" if address is not None and hasattr(address, "host") else "?"
+        if isinstance(address, (IPv4Address, IPv6Address)):
+            return f"{address.host}:{address.port}"
+        return "?"
+
+    def _close(self) -> None:
+        """Close the connection once what was written has gone out (nothing if it is gone already)."""
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+    def _abort(self) -> None:
+        """Drop the connection at once, unsent data and all (nothing if it is gone already)."""
+        transport = self.transport
+        if transport is not None:
+            cast(ITCPTransport, transport).abortConnection()
 
     def describe(self) -> str:
         """The peer's name and address, for log lines."""
@@ -226,7 +241,7 @@ class PeerProtocol(amp.AMP):
         log.warn(
             "Could not answer a box from {peer}: {error}",
             peer=self.describe(),
-            error=shorten(failure.getErrorMessage() or failure.type.__name__),
+            error=shorten(failure.getErrorMessage() or (failure.type.__name__ if failure.type else "an error")),
         )
 
     def makeConnection(self, transport: Any) -> None:
@@ -246,7 +261,7 @@ class PeerProtocol(amp.AMP):
                 address=self.address(),
                 limit=MAX_CONNECTIONS_PER_ADDRESS,
             )
-            self.transport.abortConnection()
+            self._abort()
             return
         if not self.authenticated and self._clock is not None:
             self._auth_deadline = self._clock.callLater(AUTH_TIMEOUT, self._auth_expired)
@@ -311,7 +326,7 @@ class PeerProtocol(amp.AMP):
         (log.info if client else log.warn)(
             "Closed the connection from {address}: {why}", address=self.address(), why=why
         )
-        self.transport.abortConnection()
+        self._abort()
 
     # -- authentication (a cluster with a key) --------------------------------
 
@@ -328,9 +343,9 @@ class PeerProtocol(amp.AMP):
             return
         log.warn("Refused the connection from {address}: {why}", address=self.address(), why=why)
         if self._clock is not None:
-            self._clock.callLater(0, self.transport.loseConnection)
+            self._clock.callLater(0, self._close)
         else:
-            self.transport.loseConnection()
+            self._close()
 
     def _auth_expired(self) -> None:
         self._auth_deadline = None
@@ -447,14 +462,14 @@ class PeerProtocol(amp.AMP):
                 peer=self.describe(),
                 error=shorten(str(e)),
             )
-            self.transport.loseConnection()
+            self._close()
         except Exception as e:
             log.warn(
                 "Dropped the connection with {peer}: it sent data that is not valid AMP ({error})",
                 peer=self.describe(),
                 error=f"{type(e).__name__}: {e}"[:200],
             )
-            self.transport.loseConnection()
+            self._close()
 
     def stringReceived(self, string: bytes) -> None:
         """Count the bytes of the box being read; a box over L{MAX_BOX_BYTES} drops the connection."""
@@ -467,7 +482,7 @@ class PeerProtocol(amp.AMP):
                     limit=MAX_BOX_BYTES,
                 )
                 self.closed = True
-                self.transport.loseConnection()
+                self._close()
                 return
         super().stringReceived(string)
         if not string:
@@ -486,7 +501,7 @@ class PeerProtocol(amp.AMP):
         )
         super().lengthLimitExceeded(length)
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         """Tell the handler, and anyone waiting in L{when_lost}."""
         amp.BinaryBoxProtocol.connectionLost(self, reason)
         self.closed = True
@@ -672,7 +687,7 @@ class PeerProtocol(amp.AMP):
             for stream in ("stdout", "stderr"):
                 if len(entry.get(stream) or "") > commands.CLIENT_OUTPUT_TAIL:
                     entry[stream] = entry[stream][-commands.CLIENT_OUTPUT_TAIL :]
-        first = next(commands.chunk(page, lambda entry: entry), [])
+        first: list[dict[str, Any]] = next(commands.chunk(page, lambda entry: entry), [])
         following = offset + len(first)
         return {"tasks": first, "next": following if following < total else -1}
 

@@ -7,7 +7,8 @@ sent.  From it come three keys of their own, one per use:
   - the datagram key: an HMAC-SHA256 over every discovery datagram, with a
     timestamp and a nonce against replays (L{DatagramSealer});
   - the connection key: a mutual challenge-response that opens every AMP
-    connection (L{ChallengeResponse});
+    connection (L{ChallengeResponse}; the dialler's half, which nodes and
+    the command-line client share, is L{authenticate});
   - the HTTP token, which the HTTP API asks for (L{http_token}).
 
 See C{docs/security.rst}.
@@ -22,6 +23,12 @@ import stat
 import struct
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.interfaces import ISSLTransport
+from twisted.protocols import amp
+
+from p2pexec import commands
 
 KEY_BYTES = 32
 
@@ -205,3 +212,35 @@ class ChallengeResponse:
         if not isinstance(proof, bytes):
             return False
         return hmac.compare_digest(proof, self.proof(role, dialler_nonce, acceptor_nonce, binding))
+
+
+async def authenticate(
+    protocol: amp.AMP, challenge: ChallengeResponse, binding: Callable[[], bytes] = lambda: b""
+) -> None:
+    """
+    The dialler's half of the mutual challenge-response on an AMP
+    connection (a node's, or the command-line client's): send a nonce, check
+    the acceptor's proof, send ours.
+
+    @param binding: once the answer is in, the fingerprint of the acceptor's
+        TLS certificate (see L{tls_binding}); a man in the middle presents
+        another, and the proofs do not match.
+    @raise commands.AuthFailed: if the acceptor's proof is wrong, or it
+        refuses ours.
+    """
+    nonce = challenge.nonce()
+    answer = await protocol.callRemote(commands.Authenticate, nonce=nonce)
+    theirs = answer["nonce"]
+    bound = binding()
+    if not challenge.check("acceptor", nonce, theirs, answer["proof"], bound):
+        raise commands.AuthFailed("the other side does not hold this cluster's key (or a TLS man in the middle)")
+    await protocol.callRemote(commands.AuthProof, proof=challenge.proof("dialler", nonce, theirs, bound))
+
+
+def tls_binding(transport: Any) -> bytes:
+    """As the dialler: the fingerprint of the certificate the acceptor presented (empty without TLS)."""
+    if transport is None or not ISSLTransport.providedBy(transport):
+        return b""
+    from p2pexec.tls import peer_fingerprint
+
+    return peer_fingerprint(transport)

@@ -20,7 +20,7 @@ from twisted.protocols import amp
 from twisted.python.failure import Failure
 
 from p2pexec import commands
-from p2pexec.auth import ChallengeResponse
+from p2pexec.auth import ChallengeResponse, authenticate, tls_binding
 from p2pexec.log import NodeLogger
 from p2pexec.model import NodeInfo, ValidationError, shorten, validate_name
 
@@ -724,38 +724,6 @@ class PeerProtocol(amp.AMP):
         self.leaving = True
         self._handler.disconnect_requested(self, reason)
         return {}
-
-
-async def authenticate(
-    protocol: amp.AMP, challenge: ChallengeResponse, binding: Callable[[], bytes] = lambda: b""
-) -> None:
-    """
-    The dialler's half of the mutual challenge-response on an AMP
-    connection (a node's, or the command-line client's): send a nonce, check
-    the acceptor's proof, send ours.
-
-    @param binding: once the answer is in, the fingerprint of the acceptor's
-        TLS certificate (see L{tls_binding}); a man in the middle presents
-        another, and the proofs do not match.
-    @raise commands.AuthFailed: if the acceptor's proof is wrong, or it
-        refuses ours.
-    """
-    nonce = challenge.nonce()
-    answer = await protocol.callRemote(commands.Authenticate, nonce=nonce)
-    theirs = answer["nonce"]
-    bound = binding()
-    if not challenge.check("acceptor", nonce, theirs, answer["proof"], bound):
-        raise commands.AuthFailed("the other side does not hold this cluster's key (or a TLS man in the middle)")
-    await protocol.callRemote(commands.AuthProof, proof=challenge.proof("dialler", nonce, theirs, bound))
-
-
-def tls_binding(transport: Any) -> bytes:
-    """As the dialler: the fingerprint of the certificate the acceptor presented (empty without TLS)."""
-    if transport is None or not ISSLTransport.providedBy(transport):
-        return b""
-    from p2pexec.tls import peer_fingerprint
-
-    return peer_fingerprint(transport)
 
 
 def _parse_error(error: Exception) -> str:

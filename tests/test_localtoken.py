@@ -6,8 +6,10 @@ import stat
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from p2pexec import cli, localtoken
+from p2pexec import localtoken
 from p2pexec.auth import http_token
+from p2pexec.cli import commands as subcommands
+from p2pexec.cli import parser
 
 
 class TokenFileTests(SynchronousTestCase):
@@ -89,13 +91,13 @@ class TokenCommandTests(SynchronousTestCase):
         token = localtoken.load_or_create(state)
         localtoken.write_record("127.0.0.1", 10001, "a1", state, 8080)
         out, err = StringIO(), StringIO()
-        args = cli.parse_arguments(["--connect", "127.0.0.1:10001", "token"])
-        self.assertEqual(cli.key_command(args, out, err), 0, err.getvalue())
+        args = parser.parse_arguments(["--connect", "127.0.0.1:10001", "token"])
+        self.assertEqual(subcommands.key_command(args, out, err), 0, err.getvalue())
         self.assertEqual(out.getvalue(), http_token(token) + "\n")
         out = StringIO()
-        args = cli.parse_arguments(["--connect", "127.0.0.1:10001", "token", "--url"])
-        self.assertEqual(cli.key_command(args, out, err), 0, err.getvalue())
+        args = parser.parse_arguments(["--connect", "127.0.0.1:10001", "token", "--url"])
+        self.assertEqual(subcommands.key_command(args, out, err), 0, err.getvalue())
         self.assertEqual(out.getvalue(), f"http://127.0.0.1:8080/#token={http_token(token)}\n")
-        args = cli.parse_arguments(["--connect", "127.0.0.1:10009", "token"])
-        self.assertEqual(cli.key_command(args, StringIO(), err), 2)
+        args = parser.parse_arguments(["--connect", "127.0.0.1:10009", "token"])
+        self.assertEqual(subcommands.key_command(args, StringIO(), err), 2)
         self.assertIn("no node of yours with a local token runs at 127.0.0.1:10009", err.getvalue())

@@ -1,0 +1,321 @@
+"""
+The command line of C{p2pexec}: its argparse parser, with every subcommand,
+option and help text, and the checks argparse cannot make (L{parse_arguments}).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from p2pexec import __version__
+from p2pexec.cli.client import DEFAULT_TIMEOUT, parse_address
+from p2pexec.cli.errors import EXIT_USAGE, PROG
+from p2pexec.cli.runline import split_run_line
+from p2pexec.model import ValidationError, validate_name
+
+DEFAULT_CONNECT = "127.0.0.1:10001"
+"""The node the client talks to unless told otherwise (C{--connect}, C{$P2PEXEC_CONNECT})."""
+
+
+def parse_env(values: Sequence[str]) -> dict[str, str]:
+    """C{NAME=VALUE} words as a dict; raises L{ValueError} for a word without C{=} or a name."""
+    env = {}
+    for value in values:
+        name, equals, text = value.partition("=")
+        if not equals or not name:
+            raise ValueError(f"expected NAME=VALUE, not {value!r}")
+        env[name] = text
+    return env
+
+
+_DESCRIPTION = """\
+The command-line client of p2pexec: it talks to a running node over AMP.
+The node it talks to becomes the master of the jobs it submits, and knows
+only the jobs it is master of.
+
+exit status:
+  0  every task succeeded (or the command did what it was asked)
+  1  some task failed, timed out, could not run, was cancelled, or has no result yet
+  2  usage error, bad job file or job, unknown job, or no connection to the node
+"""
+
+_EXAMPLES = """\
+examples:
+  p2pexec submit --wait jobs.toml
+  p2pexec submit --tasks a1,a2,b1
+  p2pexec run --kind sh -- gzip -k {} ::: *.log
+  p2pexec watch a1-31f91af8-1
+  p2pexec --connect 10.0.0.5:10001 status
+  p2pexec result --json a1-31f91af8-1
+
+See docs/cli.rst for the full reference.
+"""
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, not {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds above 0, not {text!r}")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or more, not {text!r}")
+    return value
+
+
+def _connection_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
+    """
+    The options every subcommand takes, before or after its name.  After the
+    name they default to C{SUPPRESS}, so as not to undo one given before it.
+    """
+
+    def default(value: Any) -> Any:
+        return argparse.SUPPRESS if suppress else value
+
+    parser.add_argument(
+        "--connect",
+        metavar="HOST:PORT",
+        default=default(os.environ.get("P2PEXEC_CONNECT") or DEFAULT_CONNECT),
+        help="the node to talk to: HOST:PORT, HOST (port 10001) or [IPV6]:PORT "
+        f"(default: $P2PEXEC_CONNECT, else {DEFAULT_CONNECT})",
+    )
+    parser.add_argument(
+        "--timeout",
+        dest="answer_timeout",
+        metavar="SECONDS",
+        type=_positive_float,
+        default=default(DEFAULT_TIMEOUT),
+        help=f"how long to wait for the connection and for each answer (default {DEFAULT_TIMEOUT:g})",
+    )
+    parser.add_argument(
+        "--key-file",
+        metavar="FILE",
+        default=default(os.environ.get("P2PEXEC_KEY_FILE")),
+        help="the cluster key, if the node has one (default: $P2PEXEC_KEY_FILE)",
+    )
+    parser.add_argument(
+        "--tls",
+        action="store_true",
+        default=default(False),
+        help="the node speaks TLS (twistd p2pexec --tls); needs --key-file",
+    )
+    parser.add_argument(
+        "--plain",
+        action="store_true",
+        default=default(False),
+        help="plain lines, no colours or progress bar (the default when stdout is not a terminal)",
+    )
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The C{p2pexec} parser, and each subcommand's parser by name."""
+    formatter = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(prog=PROG, description=_DESCRIPTION, epilog=_EXAMPLES, formatter_class=formatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    _connection_options(parser, suppress=False)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+    parsers: dict[str, argparse.ArgumentParser] = {}
+
+    def add(name: str, summary: str, description: str, epilog: str = "") -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=summary, description=description, epilog=epilog, formatter_class=formatter)
+        _connection_options(p, suppress=True)
+        parsers[name] = p
+        return p
+
+    p = add(
+        "submit",
+        "submit a job file or instruction names; print the job id",
+        "Submit a job to the node, which becomes its master, and print the job id.\n"
+        "The job is a TOML job file (see docs/jobs.rst) or, with --tasks, instruction\n"
+        "names whose kind is their leading letters (a1 is of kind a).  The file is\n"
+        "read and checked before anything is sent.  Big jobs are sent in parts.",
+        "exit status: 0 once submitted (with --wait: once every task succeeded),\n"
+        "1 with --wait if some task did not succeed, 2 for a bad job or no connection.\n\n"
+        "examples:\n  p2pexec submit jobs.toml\n  p2pexec submit --wait --tasks a1,a2,b1",
+    )
+    p.add_argument("jobfile", nargs="?", metavar="JOBFILE", help="a TOML job file")
+    p.add_argument("--tasks", metavar="NAMES", help="comma-separated instruction names instead of a file: a1,a2,b1")
+    p.add_argument(
+        "--wait", action="store_true", help="follow the job to its end, as watch does, and exit with its status"
+    )
+
+    p = add(
+        "run",
+        "one task per argument, GNU-parallel style, followed to the end",
+        "Run CMD once per argument, as one job of tasks of kind --kind, and follow it\n"
+        "to its end.  In each word of CMD, {} is replaced by the argument; if no word\n"
+        "has {}, the argument is appended.  CMD runs as an argv, without a shell,\n"
+        "unless --shell (CMD's words are then joined into one /bin/sh command line,\n"
+        "and {} becomes the argument, shell-quoted).\n\n"
+        "The arguments come after ::: on the command line, or one a line from FILE\n"
+        "after :::: (- for standard input), or from standard input when neither is\n"
+        "given.  Blank lines are skipped.\n\n"
+        "A task's id is its argument when that is a valid task id (1-128 characters\n"
+        "of A-Z a-z 0-9 _ . : @ + -) not used before; otherwise t1, t2, ...",
+        "exit status: 0 if every task succeeded, 1 if not, 2 for usage errors or no connection.\n\n"
+        "examples:\n"
+        "  p2pexec run --kind sh -- gzip -k {} ::: a.log b.log\n"
+        "  p2pexec run --kind sh --shell -- 'convert {} {}.png' :::: images.txt\n"
+        "  ls *.csv | p2pexec run --kind py -- python3 load.py",
+    )
+    p.add_argument("--kind", required=True, help="the kind (capability) of every task: a node must run it")
+    p.add_argument(
+        "--slots-per-task",
+        type=int,
+        default=1,
+        metavar="N",
+        help="only 1: a node runs --slots tasks at once, each in one slot; p2pexec has no per-task slot count",
+    )
+    p.add_argument("--shell", action="store_true", help="run each command with /bin/sh -c (the argument is quoted)")
+    p.add_argument(
+        "--task-timeout",
+        dest="timeout",
+        type=_positive_float,
+        metavar="SECONDS",
+        help="kill a task's process group after this long (status timed-out)",
+    )
+    p.add_argument("--retries", type=_count, metavar="N", help="run a failed task again up to N times (0-100)")
+    p.add_argument("--cwd", metavar="DIR", help="the tasks' working directory on the node that runs them")
+    p.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an environment variable for every task (repeatable)",
+    )
+    p.add_argument(
+        "run_words",
+        nargs=argparse.REMAINDER,
+        metavar="-- CMD ... ::: ARG ...",
+        help="the command, then ::: and the arguments, or :::: FILE",
+    )
+
+    p = add(
+        "watch",
+        "follow a job's progress to its end",
+        "Follow a job until it ends: a progress bar with the tasks done, running,\n"
+        "queued, waiting for a capability (no connected node runs their kind) and\n"
+        "failed, and an ETA.  When stdout is not a terminal (or with --plain), one\n"
+        "line per change instead, at most one a second.  Ctrl-C stops watching; the\n"
+        "job goes on.",
+        "exit status: 0 if every task succeeded, 1 if not, 2 for an unknown job or no connection.",
+    )
+    p.add_argument("job", metavar="JOB", help="the job id")
+
+    p = add(
+        "status",
+        "the node, its peers and its jobs, as tables",
+        "Show the node and every peer it knows (name, address, capabilities, slots,\n"
+        "busy and free slots, queued tasks, state, when last heard from), then the\n"
+        "jobs it is master of.  A load shows ? until the node has heard it from that peer.",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON document: node, peers and jobs")
+
+    p = add("jobs", "the jobs the node is master of", "List the jobs the node is master of, newest first.")
+    p.add_argument("--json", action="store_true", help="print the list as JSON")
+
+    p = add(
+        "result",
+        "one job's per-task results",
+        "Show each task of a job: state, status, exit code, node, duration, attempts,\n"
+        "error, and the last lines of its output (the node sends at most the last\n"
+        "8 KiB of each stream).",
+        "exit status: 0 if every task succeeded; 1 if some task failed, was\n"
+        "cancelled or has no result yet; 2 for an unknown job or no connection.",
+    )
+    p.add_argument("job", metavar="JOB", help="the job id")
+    p.add_argument("--json", action="store_true", help='print one JSON document: {"job": summary, "tasks": [...]}')
+    p.add_argument(
+        "--lines",
+        type=_count,
+        default=5,
+        metavar="N",
+        help="how many lines of each output tail to show (default 5; 0: none)",
+    )
+
+    p = add(
+        "cancel",
+        "cancel a job",
+        "Cancel a job: its tasks without a result never start, and the ones running\n"
+        "are stopped on every node.  Prints how many tasks were cancelled.  Send it\n"
+        "to the job's master.",
+    )
+    p.add_argument("job", metavar="JOB", help="the job id")
+
+    p = add(
+        "keygen",
+        "write a new random cluster key",
+        "Write a new random 256-bit cluster key (64 hexadecimal digits).  Give the\n"
+        "same key file to every node (twistd p2pexec --key-file) and to this client.\n"
+        "A key file must be readable by its owner only (mode 0600).",
+        "examples:\n  p2pexec keygen --out /etc/p2pexec/cluster.key\n  (umask 077; p2pexec keygen > cluster.key)",
+    )
+    p.add_argument("--out", metavar="FILE", help="create FILE with mode 0600 (never overwritten) instead of printing")
+    p = add(
+        "token",
+        "print the HTTP API's token",
+        "Print the bearer token that the HTTP API and the dashboard ask for: derived\n"
+        "from --key-file (a cluster key, or a node's local-token file), or, without\n"
+        "it, from the local token of your node at --connect (found by itself).",
+        'examples:\n  curl -H "Authorization: Bearer $(p2pexec token --key-file cluster.key)" http://127.0.0.1:8080/api/jobs\n'
+        "  open http://127.0.0.1:8080/#token=$(p2pexec token --key-file cluster.key)\n"
+        '  open "$(p2pexec token --url)"    # your node at 127.0.0.1:10001, without a key',
+    )
+    p.add_argument(
+        "--url", action="store_true", help="print the dashboard's address with the token (your node's --web port)"
+    )
+    return parser, parsers
+
+
+def parse_arguments(argv: Sequence[str]) -> argparse.Namespace:
+    """
+    Parse and check C{argv}; argparse exits (status 2, with the usage) on a
+    usage error, and (status 0) after C{--help}.
+
+    Adds C{host} and C{port}, and for C{run}, C{run_line} and C{env} as a dict.
+    """
+    parser, parsers = build_parser()
+    args = parser.parse_args(list(argv))
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        parser.exit(EXIT_USAGE)
+    this = parsers[args.command]
+    try:
+        args.host, args.port = parse_address(args.connect)
+    except ValueError as e:
+        this.error(f"--connect: {e}")
+    if args.command == "submit":
+        if (args.jobfile is None) == (args.tasks is None):
+            this.error("give a JOBFILE or --tasks NAMES (one of them)")
+    if args.command == "run":
+        try:
+            validate_name(args.kind, "the kind")
+        except ValidationError as e:
+            this.error(f"--kind: {e}")
+        if args.slots_per_task != 1:
+            this.error(
+                f"--slots-per-task {args.slots_per_task}: p2pexec has no per-task slot count; every task "
+                "takes one slot of the node that runs it (a node runs --slots tasks at once), so only 1 is accepted"
+            )
+        try:
+            args.run_line = split_run_line(args.run_words)
+        except ValueError as e:
+            this.error(str(e))
+        try:
+            args.env = parse_env(args.env)
+        except ValueError as e:
+            this.error(f"--env: {e}")
+    return args

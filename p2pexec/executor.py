@@ -4,7 +4,11 @@ Running a task's command as a child process.
 L{ProcessExecutor.run} starts the command with Twisted's process API in a
 session and process group of its own (see L{p2pexec.spawn}), keeps bounded tails of its
 output, enforces its timeout by signalling the whole group (SIGTERM, then
-SIGKILL after a grace period), and fires with a L{TaskResult}.  It never
+SIGKILL after a grace period), and fires with a L{TaskResult}.  Timeouts,
+grace periods and durations are kept on an injected clock, and the process
+groups are started and signalled through an injected L{ProcessGroups}, so
+that all of it can be tested on a L{twisted.internet.task.Clock} with the
+fakes of L{p2pexec.testing.processes}.  It never
 fails: every problem (no such program, no such folder, a timeout) becomes a
 result that says what happened.
 
@@ -16,23 +20,24 @@ starts, and its result (status C{error}) says which rule refused it.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ProcessDone, ProcessTerminated
-from twisted.internet.interfaces import IDelayedCall, IReactorProcess, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IProcessTransport, IReactorProcess, IReactorTime
 from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 
-from p2pexec import spawn
 from p2pexec.log import NodeLogger
 from p2pexec.model import ERROR, FAILED, SUCCEEDED, TIMED_OUT, Assignment, TaskResult
 from p2pexec.policy import SHELL, CommandPolicy, Refusal, find_program
+from p2pexec.spawn import ChildFDs, ProcessGroups, SessionGroups
 
 log = NodeLogger()
+
+_T = TypeVar("_T")
 
 DEFAULT_TAIL_BYTES = 24 * 1024
 """How much of the end of stdout and of stderr each result keeps."""
@@ -72,7 +77,7 @@ class _TaskProcess(ProcessProtocol):
         self.ended: Deferred[BaseException] = Deferred()
         self.pid: int | None = None
 
-    def makeConnection(self, transport: Any) -> None:
+    def makeConnection(self, transport: IProcessTransport) -> None:
         # The pid, and so the task's process group, is known here; a child
         # that exits at once may already be reaped (transport.pid None) by
         # the time spawning returns.
@@ -84,7 +89,19 @@ class _TaskProcess(ProcessProtocol):
 
     def processEnded(self, reason: Failure) -> None:
         # Fire with the exception itself: a Failure would go down the errback chain.
-        self.ended.callback(reason.value)
+        value = reason.value
+        assert value is not None, "a process ended with an empty Failure"
+        self.ended.callback(value)
+
+
+class TaskGroupGuard(Protocol):
+    """What the executor tells of its task process groups (L{p2pexec.guard.TaskGuard} does this)."""
+
+    def watch(self, pgid: int) -> None:
+        """The process group C{pgid} of a task has started."""
+
+    def forget(self, pgid: int) -> None:
+        """Nothing is left in the process group C{pgid}, or it was sent SIGKILL."""
 
 
 class ProcessExecutor:
@@ -96,23 +113,34 @@ class ProcessExecutor:
 
     def __init__(
         self,
-        reactor: Any,
+        reactor: IReactorProcess,
         node_name: str,
         tail_bytes: int = DEFAULT_TAIL_BYTES,
         kill_grace: float = DEFAULT_KILL_GRACE,
         base_environment: Mapping[str, str] | None = None,
         policy: CommandPolicy | None = None,
-        guard: Any | None = None,
+        guard: TaskGroupGuard | None = None,
+        clock: IReactorTime | None = None,
+        groups: ProcessGroups | None = None,
     ) -> None:
         """
+        @param reactor: starts the task processes.
         @param policy: what this node is willing to run; by default anything
             (and the node says so in its log, once).
         @param guard: told of each task's process group as it starts and
             once it is empty (L{p2pexec.guard.TaskGuard}), so that the
             groups do not outlive the node; none by default.
+        @param clock: keeps timeouts, grace periods and durations (a
+            monotonic one, see L{p2pexec.clock}); C{reactor} by default.
+        @param groups: starts each task in a process group of its own and
+            signals it; L{SessionGroups} (the operating system) by default.
         """
-        self._reactor: IReactorProcess = reactor
-        self._clock: IReactorTime = reactor
+        self._reactor = reactor
+        if clock is None:
+            if not IReactorTime.providedBy(reactor):
+                raise TypeError("ProcessExecutor needs a clock: its reactor provides no IReactorTime")
+            clock = IReactorTime(reactor)
+        self._clock: IReactorTime = clock
         self._node_name = node_name
         self._tail_bytes = tail_bytes
         self._kill_grace = kill_grace
@@ -121,14 +149,11 @@ class ProcessExecutor:
         log.info("Node {name} {policy}", name=node_name, policy=self._policy.describe())
         # A session (and process group) per task: directly where Twisted
         # allows it, else through the setsid program (one more exec).
-        self._session_spawn = spawn.available()
-        if self._session_spawn:
-            spawn.close_on_exec_everywhere()
-        self._setsid = None if self._session_spawn else shutil.which("setsid")
+        self._groups: ProcessGroups = SessionGroups() if groups is None else groups
         # Tasks read nothing: their stdin is /dev/null, opened once, not a pipe per task.
         self._devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         self._found: dict[tuple[str, str, str | None], str] = {}
-        self.running: dict[int, Any] = {}
+        self.running: dict[int, _TaskProcess] = {}
         self._pids: dict[tuple[str, str, int], int] = {}
         self._pending_kills: dict[int, IDelayedCall] = {}
         self._guard = guard
@@ -188,28 +213,23 @@ class ProcessExecutor:
             program = found
         elif not os.access(os.path.join(task.cwd or "", program), os.X_OK):
             return _succeed(result(ERROR, exit_code=126, error=f"{name!r} is not an executable file"))
-        if self._setsid is not None:
-            argv = [self._setsid, program] + argv[1:]
-            program = self._setsid
         protocol = _TaskProcess(self._tail_bytes)
         try:
-            child_fds = {0: self._devnull, 1: "r", 2: "r"}
-            if self._session_spawn:
-                transport = spawn.spawn(self._reactor, protocol, program, argv, environment, task.cwd, child_fds)
-            else:
-                transport = self._reactor.spawnProcess(
-                    protocol, program, argv, env=environment, path=task.cwd, childFDs=child_fds
-                )
+            child_fds: ChildFDs = {0: self._devnull, 1: "r", 2: "r"}
+            transport = self._groups.start(self._reactor, protocol, program, argv, environment, task.cwd, child_fds)
         except (OSError, ValueError) as e:
             return _succeed(result(ERROR, error=f"could not start {name!r}: {e}"))
         pid = protocol.pid if protocol.pid is not None else transport.pid
+        if pid is None:
+            # Only a transport that never had a process gets here.
+            return _succeed(result(ERROR, error=f"could not start {name!r}: it got no process id"))
         if self._guard is not None:
             self._guard.watch(pid)
         self.running[pid] = protocol
         attempt_key = (job, task.id, assignment.attempt)
         self._pids[attempt_key] = pid
         timer: IDelayedCall | None = None
-        timed_out = []
+        timed_out: list[bool] = []
         if task.timeout is not None:
 
             def on_timeout() -> None:
@@ -270,11 +290,16 @@ class ProcessExecutor:
         merely when the task ends: a child that ignores SIGTERM and let go
         of the task's output would otherwise outlive it.
         """
-        _kill_group(pid, number)
+        self._groups.signal(pid, number)
         if number == signal.SIGKILL or pid in self._pending_kills:
             return
         self._arm_final_kill(pid)
-        protocol.ended.addBoth(lambda result: (self._watch_group(pid), result)[1])
+
+        def watch_once_ended(result: _T) -> _T:
+            self._watch_group(pid)
+            return result
+
+        protocol.ended.addBoth(watch_once_ended)
 
     def _arm_final_kill(self, pid: int) -> None:
         """SIGKILL the group after the grace period, unless L{_watch_group} finds it empty first."""
@@ -287,7 +312,7 @@ class ProcessExecutor:
         SIGKILL after the grace period, so that nothing of a finished task
         runs on untracked.
         """
-        if pid in self._pending_kills or not _group_exists(pid):
+        if pid in self._pending_kills or not self._groups.group_exists(pid):
             return
         log.info(
             "Node {name}: task {task} of job {job} ended and left processes running; stopping them",
@@ -295,7 +320,7 @@ class ProcessExecutor:
             task=task_id,
             job=job,
         )
-        _kill_group_only(pid, signal.SIGTERM)
+        self._groups.signal_group(pid, signal.SIGTERM)
         self._arm_final_kill(pid)
         self._watch_group(pid)
 
@@ -304,7 +329,7 @@ class ProcessExecutor:
         call = self._pending_kills.get(pid)
         if call is None:
             return
-        if _group_exists(pid):
+        if self._groups.group_exists(pid):
             self._clock.callLater(_GROUP_POLL, self._watch_group, pid)
         else:
             del self._pending_kills[pid]
@@ -314,7 +339,7 @@ class ProcessExecutor:
 
     def _final_kill(self, pid: int) -> None:
         self._pending_kills.pop(pid, None)
-        _kill_group_only(pid, signal.SIGKILL)
+        self._groups.signal_group(pid, signal.SIGKILL)
         # A task still running gets forgotten as it ends (see run).
         if self._guard is not None and pid not in self.running:
             self._guard.forget(pid)
@@ -342,38 +367,6 @@ class ProcessExecutor:
         """Terminate every running task's process group (SIGTERM, then SIGKILL)."""
         for pid, protocol in list(self.running.items()):
             self._signal_group(pid, signal.SIGTERM, protocol)
-
-
-def _kill_group(pid: int, number: int) -> None:
-    """Signal the process group led by C{pid}, or just C{pid} if it leads none."""
-    try:
-        os.killpg(pid, number)
-        return
-    except (ProcessLookupError, PermissionError):
-        pass
-    try:
-        os.kill(pid, number)
-    except ProcessLookupError:
-        pass
-
-
-def _kill_group_only(pid: int, number: int) -> None:
-    """Signal the process group C{pid}, if anything is left in it."""
-    try:
-        os.killpg(pid, number)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _group_exists(pid: int) -> bool:
-    """Whether any process is left in the process group C{pid}."""
-    try:
-        os.killpg(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _succeed(value: TaskResult) -> Deferred[TaskResult]:

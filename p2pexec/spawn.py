@@ -10,18 +10,30 @@ C{posix_spawnp} for a new session directly, and calls C{setsid()} in the
 forked child otherwise.
 
 This leans on two private hooks of L{twisted.internet.process.Process}.
-L{available} says whether they are there; where they are not, the executor
-falls back to the C{setsid} wrapper.
+L{available} says whether they are there; where they are not,
+L{SessionGroups} falls back to the C{setsid} wrapper.
+
+L{ProcessGroups} is what the executor needs of the operating system: start
+a task in a group of its own, signal that group, and see whether anything
+is left in it.  L{SessionGroups} does it for real;
+L{p2pexec.testing.processes.FakeProcessGroups} pretends, for tests.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+import shutil
 import signal
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 from twisted.internet import process as _process
+from twisted.internet.interfaces import IProcessTransport, IReactorProcess
+from twisted.internet.protocol import ProcessProtocol
+
+ChildFDs = Mapping[int, int | str]
+"""A child's descriptors: a descriptor of ours to pass, or C{"r"}/C{"w"} for a pipe."""
 
 _HOOKS = ("_trySpawnInsteadOfFork", "_execChild")
 _HELPERS = ("_listOpenFDs", "_getFileActions", "_PS_CLOSE", "_PS_DUP2")
@@ -136,12 +148,108 @@ class SessionProcess(_process.Process):
 
 def spawn(
     reactor: Any,
-    protocol: Any,
+    protocol: ProcessProtocol,
     executable: str,
     args: list[str],
     env: dict[str, str],
-    path: Any,
-    childFDs: dict[int, Any],
-) -> Any:
+    path: str | None,
+    childFDs: ChildFDs,
+) -> IProcessTransport:
     """Start C{executable} as a L{SessionProcess} on C{reactor}; return its transport."""
     return SessionProcess(reactor, executable, args, env, path, protocol, None, None, childFDs)
+
+
+class ProcessGroups(Protocol):
+    """
+    How the executor starts each task in a process group of its own, and
+    signals that group.  A group is named by the pid of the task's process,
+    which leads it.
+    """
+
+    def start(
+        self,
+        reactor: IReactorProcess,
+        protocol: ProcessProtocol,
+        program: str,
+        argv: list[str],
+        env: dict[str, str],
+        cwd: str | None,
+        child_fds: ChildFDs,
+    ) -> IProcessTransport:
+        """
+        Start C{program} (with C{argv}, C{argv[0]} as given) on C{reactor}, in
+        a session and process group of its own; return its transport.
+
+        @raise OSError: it could not be started.
+        @raise ValueError: it could not be started.
+        """
+
+    def signal(self, pid: int, number: int) -> None:
+        """Send signal C{number} to the group C{pid} leads, or to C{pid} alone if it leads none."""
+
+    def signal_group(self, pgid: int, number: int) -> None:
+        """Send signal C{number} to the process group C{pgid}, if anything is left in it."""
+
+    def group_exists(self, pgid: int) -> bool:
+        """Whether any process is left in the process group C{pgid}."""
+
+
+class SessionGroups:
+    """
+    L{ProcessGroups} for real: each task leads a new session (through
+    L{SessionProcess} where this Twisted allows it, else through the
+    C{setsid} program), and groups are signalled with C{killpg}.
+    """
+
+    def __init__(self) -> None:
+        self._session_spawn = available()
+        if self._session_spawn:
+            close_on_exec_everywhere()
+        self._setsid = None if self._session_spawn else shutil.which("setsid")
+
+    def start(
+        self,
+        reactor: IReactorProcess,
+        protocol: ProcessProtocol,
+        program: str,
+        argv: list[str],
+        env: dict[str, str],
+        cwd: str | None,
+        child_fds: ChildFDs,
+    ) -> IProcessTransport:
+        """See L{ProcessGroups.start}."""
+        if self._session_spawn:
+            return spawn(reactor, protocol, program, argv, env, cwd, child_fds)
+        if self._setsid is not None:
+            argv = [self._setsid, program] + argv[1:]
+            program = self._setsid
+        return reactor.spawnProcess(protocol, program, argv, env=env, path=cwd, childFDs=child_fds)
+
+    def signal(self, pid: int, number: int) -> None:
+        """See L{ProcessGroups.signal}."""
+        try:
+            os.killpg(pid, number)
+            return
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            os.kill(pid, number)
+        except ProcessLookupError:
+            pass
+
+    def signal_group(self, pgid: int, number: int) -> None:
+        """See L{ProcessGroups.signal_group}."""
+        try:
+            os.killpg(pgid, number)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def group_exists(self, pgid: int) -> bool:
+        """See L{ProcessGroups.group_exists}."""
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True

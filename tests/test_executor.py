@@ -1,20 +1,31 @@
 """
-Tests for L{p2pexec.executor}: real child processes.
+Tests for L{p2pexec.executor}: what the executor decides, without starting
+a process or waiting on real time.
 
-These need the real reactor (they start processes), so they are asynchronous
-trial tests; they wait on process events, never on sleeps.
+Each executor here starts pretend processes (L{FakeProcessReactor}), signals
+pretend process groups (L{FakeProcessGroups}) and keeps time on a
+L{Clock}.  Real processes (sessions, signals reaching grandchildren,
+descriptors) are tested in L{tests.integration.test_executor}.
 """
 
 import os
+import signal
 
-from twisted.internet import reactor
-from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import Clock
 from twisted.logger import LogLevel, capturedLogs
 from twisted.trial.unittest import TestCase
+from zope.interface import implementer
 
 from p2pexec.executor import ProcessExecutor
 from p2pexec.model import ERROR, FAILED, SUCCEEDED, TIMED_OUT, Assignment, TaskSpec
-from p2pexec.policy import CommandPolicy
+from p2pexec.policy import SHELL, CommandPolicy
+from p2pexec.testing.processes import FakeProcessGroups, FakeProcessReactor
+
+GRACE = 5.0
+"""The executors' grace period between SIGTERM and SIGKILL."""
+
+TERM, KILL = signal.SIGTERM, signal.SIGKILL
 
 
 def task(command, shell=False, **fields):
@@ -24,146 +35,6 @@ def task(command, shell=False, **fields):
     return Assignment(task=TaskSpec(id="t1", kind="sh", command=command, shell=shell, **fields), attempt=1)
 
 
-class ExecutorTests(TestCase):
-    """L{ProcessExecutor.run}."""
-
-    timeout = 20
-
-    def setUp(self):
-        self.executor = ProcessExecutor(reactor, "w1", tail_bytes=1024, kill_grace=1.0)
-        self.addCleanup(self.executor.settled)
-
-    async def run_task(self, assignment):
-        """Run C{assignment} and return its result."""
-        return await self.executor.run("job-1", assignment)
-
-    async def test_success_with_output(self):
-        """A successful command reports exit 0 and its output tails."""
-        result = await self.run_task(task("echo out; echo err >&2", shell=True))
-        self.assertEqual((result.status, result.exit_code), (SUCCEEDED, 0))
-        self.assertEqual((result.stdout, result.stderr), ("out\n", "err\n"))
-        self.assertEqual((result.task_id, result.attempt, result.node), ("t1", 1, "w1"))
-        self.assertGreater(result.duration, 0)
-
-    async def test_only_standard_descriptors_inherited(self):
-        """
-        A task inherits its standard input, output and error and nothing
-        else: not the node's sockets and pipes, nor a descriptor the node
-        itself inherited (left inheritable) before the executor started.
-        """
-        read_end, write_end = os.pipe()
-        self.addCleanup(os.close, read_end)
-        self.addCleanup(os.close, write_end)
-        os.set_inheritable(write_end, True)
-        executor = ProcessExecutor(reactor, "w1", tail_bytes=1024, kill_grace=1.0)
-        result = await executor.run("job-1", task("ls /proc/self/fd", shell=True))
-        self.assertEqual(result.status, SUCCEEDED)
-        descriptors = set(result.stdout.split())
-        # 0-2, plus the one ls opens to read the folder.
-        self.assertTrue({"0", "1", "2"} <= descriptors, descriptors)
-        self.assertLessEqual(len(descriptors - {"0", "1", "2"}), 1, descriptors)
-        self.assertNotIn(str(write_end), descriptors - {"0", "1", "2", "3"})
-        self.assertFalse(os.get_inheritable(write_end))
-
-    async def test_failure_exit_code(self):
-        """A failing command reports its exit code."""
-        result = await self.run_task(task(["sh", "-c", "exit 3"]))
-        self.assertEqual((result.status, result.exit_code), (FAILED, 3))
-
-    async def test_output_tail_bounded(self):
-        """Only the last tail_bytes of a long output are kept."""
-        result = await self.run_task(task("seq 1 100000", shell=True))
-        self.assertLessEqual(len(result.stdout), 1024)
-        self.assertTrue(result.stdout.endswith("100000\n"))
-
-    async def test_environment_and_cwd(self):
-        """The task's env, its cwd and the P2PEXEC_* variables reach the process."""
-        folder = os.path.abspath(self.mktemp())
-        os.makedirs(folder)
-        result = await self.run_task(
-            task(
-                'echo "$GREETING $P2PEXEC_JOB_ID $P2PEXEC_TASK_ID $P2PEXEC_ATTEMPT $P2PEXEC_NODE"; pwd',
-                shell=True,
-                env=(("GREETING", "hi"),),
-                cwd=folder,
-            )
-        )
-        self.assertEqual(result.stdout, f"hi job-1 t1 1 w1\n{folder}\n")
-
-    async def test_timeout_kills_process_group(self):
-        """A timed-out task's whole process group is killed, children included."""
-        pidfile = os.path.abspath(self.mktemp())
-        result = await self.run_task(task(f"sleep 60 & echo $! > {pidfile}; wait", shell=True, timeout=0.5))
-        self.assertEqual(result.status, TIMED_OUT)
-        self.assertIn("timed out after 0.5s", result.error)
-        with open(pidfile) as f:
-            child = int(f.read())
-        self.assertFalse(_alive(child), "the background child survived the timeout")
-
-    async def test_timeout_kills_process_group_with_cwd(self):
-        """With a working directory (Twisted forks instead of posix_spawn), the group is killed too."""
-        folder = os.path.abspath(self.mktemp())
-        os.makedirs(folder)
-        pidfile = os.path.join(folder, "pid")
-        result = await self.run_task(task(f"sleep 60 & echo $! > {pidfile}; wait", shell=True, timeout=0.5, cwd=folder))
-        self.assertEqual(result.status, TIMED_OUT)
-        with open(pidfile) as f:
-            child = int(f.read())
-        self.assertFalse(_alive(child), "the background child survived the timeout")
-
-    async def test_own_session(self):
-        """A task leads a session of its own, so that its whole group can be signalled."""
-        result = await self.run_task(task("ps -o sid= -p $$; echo $$", shell=True))
-        session, pid = result.stdout.split()
-        self.assertEqual(session, pid)
-
-    async def test_timeout_escalates_to_sigkill(self):
-        """A task that ignores SIGTERM is killed with SIGKILL after the grace period."""
-        result = await self.run_task(task("trap '' TERM; sleep 60 & wait; sleep 60", shell=True, timeout=0.3))
-        self.assertEqual(result.status, TIMED_OUT)
-
-    async def test_leftovers_of_a_finished_task_are_stopped(self):
-        """
-        A task that exits 0 at once, leaving a child in the background (output
-        sent elsewhere, SIGTERM ignored), succeeds; the child is stopped with
-        its group (SIGTERM, then SIGKILL after the grace), and nothing is left
-        once the executor has settled.
-        """
-        result = await self.run_task(
-            task("(trap '' TERM; exec sleep 60) </dev/null >/dev/null 2>&1 & echo $!", shell=True)
-        )
-        self.assertEqual(result.status, SUCCEEDED)
-        child = int(result.stdout)
-        self.addCleanup(lambda: _alive(child) and os.kill(child, 9))
-        await self.executor.settled()
-        self.assertFalse(_alive(child), f"pid {child}, left behind by a finished task, still runs")
-
-    async def test_command_not_found(self):
-        """A missing program is an error result that names it, not an exception."""
-        result = await self.run_task(task(["no-such-program-p2pexec"]))
-        self.assertEqual((result.status, result.exit_code), (ERROR, 127))
-        self.assertIn("no-such-program-p2pexec", result.error)
-
-    async def test_missing_cwd(self):
-        """A missing working directory is an error result that names it."""
-        result = await self.run_task(task(["true"], cwd="/nonexistent/dir"))
-        self.assertEqual(result.status, ERROR)
-        self.assertIn("/nonexistent/dir", result.error)
-
-    async def test_stop_all(self):
-        """stop_all ends running tasks."""
-        running = self.executor.run("job-1", task(["sleep", "60"]))
-        waiter = Deferred()
-        reactor.callLater(0.2, waiter.callback, None)
-        await waiter
-        self.assertEqual(len(self.executor.running), 1)
-        self.executor.stop_all()
-        result = await running
-        self.assertEqual(result.status, FAILED)
-        self.assertIn("signal", result.error)
-        self.assertEqual(self.executor.running, {})
-
-
 class RecordingGuard:
     """A stand-in for L{p2pexec.guard.TaskGuard} that records what it is told."""
 
@@ -171,96 +42,355 @@ class RecordingGuard:
         self.events = []
 
     def watch(self, pgid):
+        """Record that the group C{pgid} started."""
         self.events.append(("watch", pgid))
 
     def forget(self, pgid):
+        """Record that the group C{pgid} is empty or killed."""
         self.events.append(("forget", pgid))
 
 
-class GuardTests(TestCase):
-    """The executor tells its guard of each task's process group."""
+class FakeExecutorMixin:
+    """Builds a L{ProcessExecutor} on pretend processes, a L{Clock} and a recording guard."""
 
-    timeout = 20
+    def make_executor(self, **options):
+        """An executor on C{self.processes}, C{self.groups}, C{self.clock} and C{self.guard}."""
+        self.clock = Clock()
+        self.processes = FakeProcessReactor()
+        self.groups = FakeProcessGroups(self.processes)
+        self.guard = RecordingGuard()
+        options.setdefault("tail_bytes", 1024)
+        options.setdefault("kill_grace", GRACE)
+        options.setdefault("base_environment", {"PATH": "/usr/bin:/bin"})
+        return ProcessExecutor(self.processes, "w1", clock=self.clock, groups=self.groups, guard=self.guard, **options)
+
+    def start(self, assignment):
+        """Run C{assignment}: return the result's Deferred and the pretend process started."""
+        d = self.executor.run("job-1", assignment)
+        self.assertEqual(len(self.processes.processes), 1)
+        return d, self.processes.processes[0]
+
+
+class RunTests(FakeExecutorMixin, TestCase):
+    """How L{ProcessExecutor.run} starts a task and turns its end into a result."""
 
     def setUp(self):
-        self.guard = RecordingGuard()
-        self.executor = ProcessExecutor(reactor, "w1", tail_bytes=1024, kill_grace=1.0, guard=self.guard)
-        self.addCleanup(self.executor.settled)
+        self.executor = self.make_executor()
 
-    async def test_group_watched_while_it_runs(self):
-        """A task's group is watched from its start and forgotten by the time its result is in."""
-        result = await self.executor.run("job-1", task("echo $$", shell=True))
-        pid = int(result.stdout)
-        self.assertEqual(self.guard.events, [("watch", pid), ("forget", pid)])
-
-    async def test_group_watched_until_empty(self):
+    def test_shell_task_started_with_environment_and_cwd(self):
         """
-        A task that leaves a child behind (SIGTERM ignored): its group is
-        forgotten only once the child is gone, not when the task ends.
-        """
-        result = await self.executor.run(
-            "job-1", task("(trap '' TERM; exec sleep 60) </dev/null >/dev/null 2>&1 & echo $$ $!", shell=True)
-        )
-        pid, child = (int(n) for n in result.stdout.split())
-        self.addCleanup(lambda: _alive(child) and os.kill(child, 9))
-        self.assertEqual(self.guard.events, [("watch", pid)])
-        await self.executor.settled()
-        self.assertEqual(self.guard.events, [("watch", pid), ("forget", pid)])
-
-    async def test_timed_out_group_forgotten_once_killed(self):
-        """A timed-out task's group is forgotten once its SIGKILL was sent (or it emptied), not before."""
-        result = await self.executor.run("job-1", task("trap '' TERM; echo $$; sleep 60", shell=True, timeout=0.2))
-        self.assertEqual(result.status, TIMED_OUT)
-        pid = int(result.stdout)
-        await self.executor.settled()
-        self.assertEqual(self.guard.events, [("watch", pid), ("forget", pid)])
-
-
-class TaskPathTests(TestCase):
-    """A task's own PATH is where its program is looked up, with or without a cwd."""
-
-    timeout = 20
-
-    async def test_program_found_on_the_tasks_path(self):
-        """
-        A program that is only on the task's PATH runs; without a cwd this
-        used to search the node's PATH.
+        A shell task runs C{/bin/sh -c COMMAND} in its working directory, in
+        a group of its own, with the node's environment, the task's, and the
+        P2PEXEC_* variables; standard input is not a pipe.
         """
         folder = os.path.abspath(self.mktemp())
         os.makedirs(folder)
-        with open(os.path.join(folder, "p2pexec-only-here"), "w") as f:
-            f.write("#!/bin/sh\necho ran\n")
-        os.chmod(os.path.join(folder, "p2pexec-only-here"), 0o755)
-        executor = ProcessExecutor(reactor, "w1", kill_grace=1.0)
-        for cwd in (None, "/"):
-            result = await executor.run(
-                "job-1", task(["p2pexec-only-here"], env=(("PATH", folder + ":/usr/bin:/bin"),), cwd=cwd)
-            )
-            self.assertEqual((result.status, result.stdout, result.error), (SUCCEEDED, "ran\n", None), cwd)
+        self.start(task("echo hi", shell=True, env=(("GREETING", "hi"),), cwd=folder))
+        child = self.processes.processes[0]
+        self.assertEqual((child.executable, child.args, child.path), (SHELL, [SHELL, "-c", "echo hi"], folder))
+        self.assertEqual(
+            child.env,
+            {
+                "PATH": "/usr/bin:/bin",
+                "GREETING": "hi",
+                "P2PEXEC_JOB_ID": "job-1",
+                "P2PEXEC_TASK_ID": "t1",
+                "P2PEXEC_ATTEMPT": "1",
+                "P2PEXEC_NODE": "w1",
+            },
+        )
+        self.assertEqual((child.child_fds[1], child.child_fds[2]), ("r", "r"))
+        self.assertIsInstance(child.child_fds[0], int)
+        self.assertEqual(self.executor.running, {child.pid: child.protocol})
+
+    def test_program_started_by_the_path_found(self):
+        """A program named without a folder starts from where the task's PATH has it; argv[0] stays as given."""
+        self.start(task(["sh", "-c", "exit 0"]))
+        child = self.processes.processes[0]
+        self.assertEqual(os.path.basename(child.executable), "sh")
+        self.assertTrue(os.path.isabs(child.executable), child.executable)
+        self.assertEqual(child.args, ["sh", "-c", "exit 0"])
+
+    def test_success_with_output_and_duration(self):
+        """A child that exits 0 succeeds, with its output tails and the time it took on the clock."""
+        d, child = self.start(task("true", shell=True))
+        self.clock.advance(2.5)
+        child.output(b"out\n")
+        child.output(b"err\n", fd=2)
+        child.exit(0)
+        result = self.successResultOf(d)
+        self.assertEqual((result.status, result.exit_code, result.error), (SUCCEEDED, 0, None))
+        self.assertEqual((result.stdout, result.stderr), ("out\n", "err\n"))
+        self.assertEqual((result.task_id, result.attempt, result.node, result.duration), ("t1", 1, "w1", 2.5))
+        self.assertEqual(self.executor.running, {})
+
+    def test_output_tail_bounded(self):
+        """Only the last tail_bytes of a long output are kept."""
+        d, child = self.start(task("true", shell=True))
+        for n in range(2000):
+            child.output(b"%d\n" % n)
+        child.exit(0)
+        result = self.successResultOf(d)
+        self.assertLessEqual(len(result.stdout), 1024)
+        self.assertTrue(result.stdout.endswith("1998\n1999\n"), result.stdout[-20:])
+
+    def test_failure_exit_code(self):
+        """A child that exits non-zero fails with its exit code."""
+        d, child = self.start(task("exit 3", shell=True))
+        child.exit(3)
+        result = self.successResultOf(d)
+        self.assertEqual((result.status, result.exit_code, result.error), (FAILED, 3, None))
+
+    def test_killed_by_signal(self):
+        """A child ended by a signal (no timeout) fails, and the error names the signal."""
+        d, child = self.start(task("true", shell=True))
+        child.kill(KILL)
+        result = self.successResultOf(d)
+        self.assertEqual((result.status, result.exit_code, result.error), (FAILED, None, "killed by signal 9"))
+
+    def test_could_not_start(self):
+        """A program the reactor cannot start is an error result that names it."""
+        self.processes.failure = OSError("exec format error")
+        result = self.successResultOf(self.executor.run("job-1", task(["sh"])))
+        self.assertEqual((result.status, result.error), (ERROR, "could not start 'sh': exec format error"))
+        self.assertEqual((self.executor.running, self.guard.events), ({}, []))
+
+    def test_command_not_found(self):
+        """A missing program is an error result that names it, not an exception; nothing starts."""
+        result = self.successResultOf(self.executor.run("job-1", task(["no-such-program-p2pexec"])))
+        self.assertEqual((result.status, result.exit_code), (ERROR, 127))
+        self.assertIn("no-such-program-p2pexec", result.error)
+        self.assertEqual(self.processes.processes, [])
+
+    def test_missing_cwd(self):
+        """A missing working directory is an error result that names it; nothing starts."""
+        result = self.successResultOf(self.executor.run("job-1", task(["true"], cwd="/nonexistent/dir")))
+        self.assertEqual(result.status, ERROR)
+        self.assertIn("/nonexistent/dir", result.error)
+        self.assertEqual(self.processes.processes, [])
+
+    def test_group_watched_while_it_runs(self):
+        """A task's group is watched from its start and forgotten by the time its result is in."""
+        d, child = self.start(task("true", shell=True))
+        pid = child.pid
+        self.assertEqual(self.guard.events, [("watch", pid)])
+        child.exit(0)
+        self.successResultOf(d)
+        self.assertEqual(self.guard.events, [("watch", pid), ("forget", pid)])
+        self.assertEqual(self.groups.signals, [])
 
 
-class PolicyTests(TestCase):
+class TimeoutTests(FakeExecutorMixin, TestCase):
+    """A task's timeout, and the SIGTERM-then-SIGKILL escalation on its process group."""
+
+    def setUp(self):
+        self.executor = self.make_executor()
+
+    def test_no_signal_before_the_timeout(self):
+        """Nothing is signalled before the timeout; a task that ends in time succeeds and leaves no timer."""
+        d, child = self.start(task("true", shell=True, timeout=10))
+        self.clock.advance(9.99)
+        self.assertEqual(self.groups.signals, [])
+        child.exit(0)
+        self.assertEqual(self.successResultOf(d).status, SUCCEEDED)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.clock.advance(100)
+        self.assertEqual(self.groups.signals, [])
+
+    def test_timeout_terms_the_group(self):
+        """
+        At the timeout the task's group gets SIGTERM; a task that obeys ends
+        as timed out, and no SIGKILL follows once its group is empty.
+        """
+        d, child = self.start(task("sleep 60", shell=True, timeout=10))
+        self.clock.advance(10)
+        self.assertEqual(self.groups.signals, [(child.pid, TERM)])
+        pid = child.pid
+        self.assertNoResult(d)
+        child.kill(TERM)
+        result = self.successResultOf(d)
+        self.assertEqual((result.status, result.exit_code), (TIMED_OUT, None))
+        self.assertEqual(result.error, "timed out after 10s; process group killed")
+        self.assertEqual(result.duration, 10)
+        self.clock.advance(GRACE * 2)
+        self.assertEqual(self.groups.signals, [(pid, TERM)])
+        self.assertEqual(self.guard.events, [("watch", pid), ("forget", pid)])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_timeout_escalates_to_sigkill(self):
+        """
+        A task that ignores SIGTERM gets SIGKILL on its group after exactly
+        the grace period, and its result is still "timed out".
+        """
+        d, child = self.start(task("sleep 60", shell=True, timeout=10))
+        pid = child.pid
+        self.clock.advance(10)
+        self.clock.advance(GRACE - 0.01)
+        self.assertEqual(self.groups.signals, [(pid, TERM)])
+        self.clock.advance(0.01)
+        self.assertEqual(self.groups.signals, [(pid, TERM), (pid, KILL)])
+        # Forgotten once it ends, not while the leader still runs.
+        self.assertEqual(self.guard.events, [("watch", pid)])
+        child.kill(KILL)
+        result = self.successResultOf(d)
+        self.assertEqual(result.status, TIMED_OUT)
+        self.assertEqual(self.guard.events, [("watch", pid), ("forget", pid)])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_group_that_outlives_its_leader_is_killed(self):
+        """
+        A task whose process ends on SIGTERM but leaves a child in its group
+        that ignores it: the group gets SIGKILL after the grace period, and
+        is forgotten only then.
+        """
+        d, child = self.start(task("sleep 60", shell=True, timeout=10))
+        pid = child.pid
+        self.clock.advance(10)
+        child.kill(TERM, group_alive=True)
+        self.assertEqual(self.successResultOf(d).status, TIMED_OUT)
+        self.assertEqual(self.guard.events, [("watch", pid)])
+        self.clock.pump([0.05] * int(GRACE / 0.05 + 1))
+        self.assertEqual(self.groups.signals, [(pid, TERM), (pid, KILL)])
+        self.assertEqual(self.guard.events, [("watch", pid), ("forget", pid)])
+
+    def test_sigkill_called_off_once_the_group_is_empty(self):
+        """
+        A group that empties during the grace period gets no SIGKILL: the
+        executor looks again until it is empty, then calls the SIGKILL off.
+        """
+        d, child = self.start(task("sleep 60", shell=True, timeout=10))
+        pid = child.pid
+        self.clock.advance(10)
+        child.kill(TERM, group_alive=True)
+        self.clock.advance(GRACE / 2)
+        child.group_alive = False
+        self.clock.advance(0.05)
+        self.assertEqual(self.guard.events, [("watch", pid), ("forget", pid)])
+        self.clock.advance(GRACE)
+        self.assertEqual(self.groups.signals, [(pid, TERM)])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_settled_waits_for_pending_kills(self):
+        """L{ProcessExecutor.settled} fires only once no group awaits its SIGKILL."""
+        d, child = self.start(task("sleep 60", shell=True, timeout=10))
+        self.clock.advance(10)
+        child.kill(TERM, group_alive=True)
+        settled = self.executor.settled()
+        self.clock.advance(GRACE - 0.1)
+        self.assertNoResult(settled)
+        self.clock.pump([0.05] * 4)
+        self.successResultOf(settled)
+
+    def test_default_clock_is_the_reactor(self):
+        """Without a clock, the executor keeps time on its reactor."""
+
+        @implementer(IReactorTime)
+        class ClockedProcesses(FakeProcessReactor, Clock):
+            """A process reactor that is its own clock."""
+
+            def __init__(self):
+                FakeProcessReactor.__init__(self)
+                Clock.__init__(self)
+
+        reactor = ClockedProcesses()
+        groups = FakeProcessGroups(reactor)
+        executor = ProcessExecutor(reactor, "w1", kill_grace=GRACE, groups=groups)
+        executor.run("job-1", task("sleep 60", shell=True, timeout=3))
+        reactor.advance(3)
+        self.assertEqual(groups.signals, [(reactor.processes[0].pid, TERM)])
+
+    def test_reactor_without_time_needs_a_clock(self):
+        """A process reactor that keeps no time, and no clock given: a clear error at once."""
+        error = self.assertRaises(TypeError, ProcessExecutor, FakeProcessReactor(), "w1")
+        self.assertIn("needs a clock", str(error))
+
+
+class StopTests(FakeExecutorMixin, TestCase):
+    """L{ProcessExecutor.stop} and L{ProcessExecutor.stop_all}, and what a finished task leaves behind."""
+
+    def setUp(self):
+        self.executor = self.make_executor()
+
+    def test_stop_terms_then_kills(self):
+        """stop sends SIGTERM to the attempt's group, and SIGKILL after the grace if the task is still there."""
+        assignment = task("sleep 60", shell=True)
+        d = self.executor.run("job-1", assignment)
+        child = self.processes.processes[0]
+        pid = child.pid
+        self.executor.stop("job-1", Assignment(task=assignment.task, attempt=2))
+        self.assertEqual(self.groups.signals, [])
+        self.executor.stop("job-1", assignment)
+        self.assertEqual(self.groups.signals, [(pid, TERM)])
+        self.clock.advance(GRACE)
+        self.assertEqual(self.groups.signals, [(pid, TERM), (pid, KILL)])
+        child.kill(KILL)
+        result = self.successResultOf(d)
+        self.assertEqual((result.status, result.error), (FAILED, "killed by signal 9"))
+
+    def test_stop_all(self):
+        """stop_all sends SIGTERM to every running task's group; one that obeys gets no SIGKILL."""
+        first = self.executor.run("job-1", task("sleep 60", shell=True))
+        second = self.executor.run("job-2", task("sleep 60", shell=True))
+        one, two = self.processes.processes
+        self.executor.stop_all()
+        self.assertEqual(self.groups.signals, [(one.pid, TERM), (two.pid, TERM)])
+        pids = one.pid, two.pid
+        one.kill(TERM)
+        two.kill(TERM)
+        for d in (first, second):
+            result = self.successResultOf(d)
+            self.assertEqual((result.status, result.error), (FAILED, "killed by signal 15"))
+        self.clock.advance(GRACE)
+        self.assertEqual(self.groups.signals, [(pids[0], TERM), (pids[1], TERM)])
+        self.assertEqual(self.executor.running, {})
+
+    def test_leftovers_of_a_finished_task_are_stopped(self):
+        """
+        A task that exits 0 leaving processes in its group succeeds; the group
+        gets SIGTERM at once and SIGKILL after the grace, and the guard
+        forgets it only then.
+        """
+        d, child = self.start(task("true", shell=True))
+        pid = child.pid
+        with capturedLogs() as events:
+            child.exit(0, group_alive=True)
+        self.assertEqual(self.successResultOf(d).status, SUCCEEDED)
+        self.assertEqual(self.groups.signals, [(pid, TERM)])
+        self.assertEqual([e["task"] for e in events if e["log_level"] == LogLevel.info], ["t1"])
+        self.assertEqual(self.guard.events, [("watch", pid)])
+        self.clock.pump([0.05] * int(GRACE / 0.05 + 1))
+        self.assertEqual(self.groups.signals, [(pid, TERM), (pid, KILL)])
+        self.assertEqual(self.guard.events, [("watch", pid), ("forget", pid)])
+
+    def test_leftovers_that_leave_get_no_sigkill(self):
+        """Leftovers that go away on SIGTERM get no SIGKILL, and the guard forgets the group as soon as they are gone."""
+        d, child = self.start(task("true", shell=True))
+        pid = child.pid
+        child.exit(0, group_alive=True)
+        child.group_alive = False
+        self.clock.advance(0.05)
+        self.assertEqual(self.guard.events, [("watch", pid), ("forget", pid)])
+        self.clock.advance(GRACE)
+        self.assertEqual(self.groups.signals, [(pid, TERM)])
+
+
+class PolicyTests(FakeExecutorMixin, TestCase):
     """L{ProcessExecutor.run} asks its L{CommandPolicy} first; a refused command never starts."""
-
-    timeout = 20
 
     def setUp(self):
         self.folder = os.path.abspath(self.mktemp())
         os.makedirs(self.folder)
         self.side = os.path.join(self.folder, "side")
 
-    def executor(self, **policy):
-        """An executor with a policy made of C{policy}, whose start-up line is captured in C{self.started}."""
-        with capturedLogs() as self.started:
-            executor = ProcessExecutor(reactor, "w1", tail_bytes=1024, kill_grace=1.0, policy=CommandPolicy(**policy))
-        self.addCleanup(executor.settled)
-        return executor
+    def executor_with(self, **policy):
+        """An executor with a policy made of C{policy}."""
+        return self.make_executor(policy=CommandPolicy(**policy))
 
-    async def run_refused(self, executor, assignment):
-        """Run C{assignment}, which must be refused, and return its result and the log events of the run."""
+    def run_refused(self, executor, assignment):
+        """Run C{assignment}, which must be refused, and return its result; check that it started nothing."""
         with capturedLogs() as events:
-            result = await executor.run("job-1", assignment)
-        self.assertFalse(os.path.exists(self.side), "the refused command ran")
+            result = self.successResultOf(executor.run("job-1", assignment))
+        self.assertEqual(self.processes.processes, [], "the refused command was started")
         self.assertEqual(executor.running, {})
         self.assertEqual((result.status, result.exit_code, result.stdout, result.stderr), (ERROR, None, "", ""))
         self.assertEqual((result.task_id, result.attempt, result.node), ("t1", 1, "w1"))
@@ -272,59 +402,45 @@ class PolicyTests(TestCase):
         )
         return result
 
-    async def test_refused_command_does_not_run(self):
+    def test_refused_command_does_not_run(self):
         """A command matching no --allow pattern is not started: an error result names it and the patterns."""
-        executor = self.executor(allow=["/usr/bin/true", "echo"])
-        result = await self.run_refused(executor, task(["touch", self.side]))
+        executor = self.executor_with(allow=["/usr/bin/true", "echo"])
+        result = self.run_refused(executor, task(["touch", self.side]))
         self.assertTrue(result.error.startswith("refused by this node's command policy: 'touch' ("), result.error)
         self.assertTrue(
             result.error.endswith("matches no --allow pattern (allowed: /usr/bin/true, echo)"), result.error
         )
 
-    async def test_refused_shell_task_does_not_run(self):
+    def test_refused_shell_task_does_not_run(self):
         """A shell task is refused unless /bin/sh or sh is allowed, and the error says so."""
-        executor = self.executor(allow=["touch"])
-        result = await self.run_refused(executor, task(f"touch {self.side}", shell=True))
+        executor = self.executor_with(allow=["touch"])
+        result = self.run_refused(executor, task(f"touch {self.side}", shell=True))
         self.assertIn("a shell task runs /bin/sh, and neither /bin/sh nor sh matches an --allow pattern", result.error)
 
-    async def test_allowed_command_runs(self):
-        """An allowed command runs as usual, with its arguments, and the node says what it runs."""
-        executor = self.executor(allow=["echo", "sh"])
-        result = await executor.run("job-1", task(["echo", "hi"]))
-        self.assertEqual((result.status, result.stdout), (SUCCEEDED, "hi\n"))
-        result = await executor.run("job-1", task("echo $0", shell=True))
-        self.assertEqual((result.status, result.stdout), (SUCCEEDED, "/bin/sh\n"))
-        self.assertIn("runs only commands matching --allow: echo, sh", [e.get("policy") for e in self.started])
+    def test_allowed_command_starts(self):
+        """An allowed command starts, with its arguments."""
+        executor = self.executor_with(allow=["echo"])
+        executor.run("job-1", task(["echo", "hi"]))
+        self.assertEqual([p.args for p in self.processes.processes], [["echo", "hi"]])
 
-    async def test_allowed_but_missing(self):
+    def test_allowed_but_missing(self):
         """An allowed name found nowhere is "command not found", as without a policy."""
-        executor = self.executor(allow=["no-such-program-p2pexec"])
-        result = await executor.run("job-1", task(["no-such-program-p2pexec"]))
+        executor = self.executor_with(allow=["no-such-program-p2pexec"])
+        result = self.successResultOf(executor.run("job-1", task(["no-such-program-p2pexec"])))
         self.assertEqual((result.status, result.exit_code), (ERROR, 127))
+        self.assertEqual(self.processes.processes, [])
 
-    async def test_instruction_runs_file_of_folder(self):
-        """With --instructions, ["NAME", args] runs DIR/NAME with its arguments; argv[0] stays NAME."""
-        instructions = os.path.join(self.folder, "instructions")
-        os.makedirs(instructions)
-        script = os.path.join(instructions, "greet")
-        with open(script, "w") as f:
-            f.write('#!/bin/sh\necho "hello $1"\n')
-        os.chmod(script, 0o755)
-        executor = self.executor(instructions=instructions)
-        result = await executor.run("job-1", task(["greet", "world"], env=(("PATH", self.folder),)))
-        self.assertEqual((result.status, result.stdout), (SUCCEEDED, "hello world\n"))
-
-    async def test_instructions_refuse_everything_else(self):
+    def test_instructions_refuse_everything_else(self):
         """With --instructions, a program outside the folder is refused and not run."""
         instructions = os.path.join(self.folder, "instructions")
         os.makedirs(instructions)
-        executor = self.executor(instructions=instructions)
-        result = await self.run_refused(executor, task(["/usr/bin/touch", self.side]))
+        executor = self.executor_with(instructions=instructions)
+        result = self.run_refused(executor, task(["/usr/bin/touch", self.side]))
         self.assertIn("'/usr/bin/touch' is not an instruction name", result.error)
-        result = await self.run_refused(executor, task(["touch", self.side]))
+        result = self.run_refused(executor, task(["touch", self.side]))
         self.assertIn("there is no instruction 'touch'", result.error)
 
-    async def test_dotdot_cannot_leave_an_allowed_folder(self):
+    def test_dotdot_cannot_leave_an_allowed_folder(self):
         """
         "/usr/bin/*" does not allow "/usr/bin/../..FOLDER/prog": the path is
         matched once normalised, so the program outside /usr/bin never runs.
@@ -333,43 +449,25 @@ class PolicyTests(TestCase):
         with open(program, "w") as f:
             f.write(f"#!/bin/sh\ntouch {self.side}\n")
         os.chmod(program, 0o755)
-        executor = self.executor(allow=["/usr/bin/*"])
-        result = await self.run_refused(executor, task(["/usr/bin/../.." + program]))
+        executor = self.executor_with(allow=["/usr/bin/*"])
+        result = self.run_refused(executor, task(["/usr/bin/../.." + program]))
         self.assertIn(f"({program}) matches no --allow pattern", result.error)
 
-    async def test_code_injecting_environment_refused_under_a_policy(self):
+    def test_code_injecting_environment_refused_under_a_policy(self):
         """
         Under --allow, a task that sets LD_PRELOAD (or BASH_ENV, PYTHONPATH,
         an exported bash function ...) is refused before anything starts: the
         allowed program could otherwise be made to run any code.
         """
-        executor = self.executor(allow=["/usr/bin/true", "touch"])
+        executor = self.executor_with(allow=["/usr/bin/true", "touch"])
         for name in ("LD_PRELOAD", "BASH_ENV", "PYTHONPATH", "BASH_FUNC_true%%", "GLIBC_TUNABLES"):
-            result = await self.run_refused(executor, task(["touch", self.side], env=((name, "/x"),)))
+            result = self.run_refused(executor, task(["touch", self.side], env=((name, "/x"),)))
             self.assertIn(f"the task sets {name}, which could make an allowed program run code", result.error)
-
-    async def test_ordinary_environment_allowed_under_a_policy(self):
-        """Variables that run no code (PATH, LANG, the task's own) pass under a policy, as without one."""
-        executor = self.executor(allow=["sh"])
-        result = await executor.run(
-            "job-1",
-            task("echo $GREETING", shell=True, env=(("GREETING", "hi"), ("LANG", "C"), ("PATH", "/usr/bin:/bin"))),
-        )
-        self.assertEqual((result.status, result.stdout), (SUCCEEDED, "hi\n"))
 
     def test_default_allows_everything_and_says_so(self):
         """Without a policy, the executor allows everything and logs so once, at info level."""
         with capturedLogs() as events:
-            ProcessExecutor(reactor, "w1")
+            self.make_executor()
         self.assertEqual(len(events), 1, events)
         self.assertEqual(events[0]["log_level"], LogLevel.info)
         self.assertEqual(events[0]["policy"], "runs any command it is given (no --allow or --instructions)")
-
-
-def _alive(pid):
-    """Whether process C{pid} exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split()[2] != "Z"
-    except FileNotFoundError:
-        return False

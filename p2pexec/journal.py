@@ -338,6 +338,7 @@ class Journal:
         clock: IReactorTime,
         commit_delay: float = 0.0,
         before_write: Callable[[], None] | None = None,
+        connection_factory: type[sqlite3.Connection] | None = None,
     ) -> None:
         """
         Open (creating if needed) the journal in C{state_dir}.
@@ -350,6 +351,11 @@ class Journal:
         @param before_write: called before each transaction; whatever
             C{OSError} or C{sqlite3.Error} it raises fails that write as
             the disk would (a seam for fault tests: a full disk, say).
+        @param connection_factory: the L{sqlite3.Connection} subclass the
+            journal's connection is made of (C{sqlite3.connect}'s
+            C{factory}); a seam for fault tests, which can make a statement
+            fail halfway through a transaction, as a full disk or a busy
+            file does.  A plain connection by default.
 
         @raise JournalError: if the folder cannot be made or locked, or the
             journal file is not a usable journal; the file is then left
@@ -358,6 +364,7 @@ class Journal:
         self._clock = clock
         self._commit_delay = commit_delay
         self._before_write = before_write
+        self._connection_factory = connection_factory
         self.path = os.path.join(state_dir, JOURNAL_FILE)
         self._folder = state_dir
         self.problem: JournalProblem | None = None
@@ -368,7 +375,7 @@ class Journal:
         self._db: sqlite3.Connection | None = None
         if os.path.exists(self.path):
             try:
-                self._db = _open_database(self.path)
+                self._db = _open_database(self.path, self._connection_factory)
             except BaseException:
                 os.close(self._lock_fd)
                 raise
@@ -455,7 +462,7 @@ class Journal:
             if self._before_write is not None:
                 self._before_write()
             if self._db is None:
-                self._db = _open_database(self.path)
+                self._db = _open_database(self.path, self._connection_factory)
             db = self._db
             with _transaction(db):
                 for job in new_jobs.values():
@@ -793,13 +800,13 @@ def _lock_state_dir(state_dir: str) -> int:
     return fd
 
 
-def _open_database(path: str) -> sqlite3.Connection:
-    """Open and check the journal; create its tables only in a healthy file."""
+def _open_database(path: str, factory: type[sqlite3.Connection] | None = None) -> sqlite3.Connection:
+    """Open and check the journal (a connection of class C{factory}); create its tables only in a healthy file."""
     import sqlite3
 
     existed = os.path.exists(path)
     try:
-        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, factory=factory or sqlite3.Connection)
     except sqlite3.Error as e:
         reason = write_failure_reason(e, os.path.dirname(path) or ".") or "cannot open the file"
         raise JournalWriteError(f"cannot open the journal {path}: {reason} ({e})", reason) from None

@@ -35,6 +35,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
+from twisted.internet.task import LoopingCall
 from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs
 from twisted.protocols import amp
@@ -47,7 +48,7 @@ from p2pexec.discovery import DiscoveryProtocol
 from p2pexec.model import NodeInfo
 from p2pexec.node import Node, NodeConfig
 from p2pexec.peer import PeerProtocol
-from p2pexec.testing.network import FakeNetwork
+from p2pexec.testing.network import FakeHost, FakeNetwork
 from p2pexec.testing.runner import FakeRunner
 
 
@@ -700,7 +701,8 @@ class _Stranger:
     def __init__(self, target: _FuzzedNode) -> None:
         self.target = target
         peer = IPv4Address("TCP", "127.0.0.9", 40000)
-        self.protocol: PeerProtocol = target.node._tcp_port.factory.buildProtocol(peer)
+        factory = target.network.server_factory(target.node.config.interface, target.node.config.port)
+        self.protocol: PeerProtocol = factory.buildProtocol(peer)
         self.transport = _TransportWithTLS(peerAddress=peer, hostAddress=IPv4Address("TCP", "127.0.0.1", 10001))
         self.protocol.makeConnection(self.transport)
         self._tags = iter(range(1, 10**9))
@@ -765,17 +767,26 @@ class _FuzzedNode:
     def __init__(self, key: bytes | None) -> None:
         self.network = FakeNetwork()
         self.key = key
-        self.node = self._start("m1", "127.0.0.1")
-        self.worker = self._start("w1", "127.0.0.2")
+        self.host = self.network.host("127.0.0.1")
+        self.node = self._start("m1", self.host)
+        self.worker = self._start("w1", self.network.host("127.0.0.2"))
         self.network.run_until(lambda: self.node.peers.is_connected("w1"), limit=30)
         submitted = self.node.submit([{"id": "waiting", "kind": "z"}])
         self.network.flush()
         self.job_id: str = submitted.result
+        # The node's periodic tasks (gossip, peer expiry, liveness checks), as
+        # its host's clock sees them: each is due again as long as it runs.
+        self.periodic = [f for f in self.host.scheduled() if isinstance(f, LoopingCall)]
+        if len(self.periodic) < 3:
+            raise AssertionError(f"m1 runs only {len(self.periodic)} periodic task(s)")
 
-    def _start(self, name: str, address: str) -> Node:
-        host = self.network.host(address)
+    def stopped_periodic_tasks(self) -> list[str]:
+        """The names of the node's periodic tasks that no longer run (one died of an error, say)."""
+        return [loop.f.__name__ for loop in self.periodic if not loop.running]
+
+    def _start(self, name: str, host: FakeHost) -> Node:
         config = NodeConfig(
-            name=name, interface=address, port=10001, capabilities=frozenset({"w"}), slots=2, key=self.key
+            name=name, interface=host.address, port=10001, capabilities=frozenset({"w"}), slots=2, key=self.key
         )
         node = Node(config, host, FakeRunner(host, name, duration=0.1))
         node.start()
@@ -804,7 +815,7 @@ class _FuzzedNode:
 
         @raise AssertionError: saying what does not work.
         """
-        stopped = [loop.f.__name__ for loop in self.node._loops if not loop.running]
+        stopped = self.stopped_periodic_tasks()
         if stopped:
             raise AssertionError(f"periodic task(s) {', '.join(stopped)} stopped")
         submitted = self.node.submit([{"id": f"check{i}", "kind": "w", "command": ["true"]} for i in range(tasks)])
@@ -1299,7 +1310,7 @@ class RegressionTests(SynchronousTestCase):
         with capturedLogs() as events:
             target.network.inject_datagram(to_json(body), target.node.config.group)
             target.network.run(6.0)
-            self.assertEqual([loop.running for loop in target.node._loops], [True] * len(target.node._loops))
+            self.assertEqual(target.stopped_periodic_tasks(), [])
             commands.encode_json(target.node.peers_status())
         self.assertQuiet(events)
 

@@ -52,17 +52,22 @@ class WatchmanTests(SynchronousTestCase):
     """L{Watchman}: busy and idle connections."""
 
     def setUp(self):
-        from p2pexec.heartbeat import Watchman
-
         self.pinged = []
         self.dead = []
         self.changes = []
-        self.watchman = Watchman(
+        self.watchman = self.make_watchman()
+
+    def make_watchman(self, **options):
+        """A L{Watchman} (with C{options}) that records pings, deaths and changes in this test."""
+        from p2pexec.heartbeat import Watchman
+
+        return Watchman(
             busy=FailureDetector(0.5, 2.5),
             idle=FailureDetector(10.0, 30.0),
             ping=self.pinged.append,
             on_dead=lambda name, connection, silent, timeout: self.dead.append((name, timeout)),
             on_change=lambda name, liveness, silent: self.changes.append((name, liveness)),
+            **options,
         )
 
     def test_idle_connection_pinged_slowly_and_closed_when_silent(self):
@@ -103,7 +108,7 @@ class WatchmanTests(SynchronousTestCase):
 
     def test_only_one_side_pings_idle_connections(self):
         """A side told not to ping idle connections does not, but still pings busy ones."""
-        self.watchman._pings_when_idle = lambda connection: False
+        self.watchman = self.make_watchman(pings_when_idle=lambda connection: False)
         b1 = Connection(0.0)
         self.watchman.check(0.0, [("b1", b1)], busy_names=set())
         self.watchman.check(15.0, [("b1", b1)], busy_names=set())

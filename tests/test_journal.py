@@ -50,9 +50,9 @@ class JournalTestMixin:
         while self._open:
             self._open.pop().close()
 
-    def open(self, state_dir):
-        """A L{Journal} in C{state_dir}, closed at the end of the test unless L{close}d before."""
-        journal = Journal(state_dir, self.clock)
+    def open(self, state_dir, **options):
+        """A L{Journal} in C{state_dir} (with C{options}), closed at the end of the test unless L{close}d before."""
+        journal = Journal(state_dir, self.clock, **options)
         self._open.append(journal)
         return journal
 
@@ -507,42 +507,61 @@ class DamagedFileTests(JournalTestMixin, SynchronousTestCase):
         self.assertRefused(f"schema {SCHEMA_VERSION + 1}", f"schema {SCHEMA_VERSION}")
 
 
+class FaultyConnection(sqlite3.Connection):
+    """
+    A real SQLite connection whose statements can be made to fail halfway
+    through a transaction (for the journal's C{connection_factory} seam).
+
+    @ivar full: every executemany() fails as on a full disk (execute() still works).
+    @ivar busy_commits: how many COMMITs are still to fail as on a busy file,
+        leaving the transaction open, as SQLite does.
+    """
+
+    full = False
+    busy_commits = 0
+
+    def execute(self, sql, *args):
+        """As usual, unless this is a COMMIT that is to fail."""
+        if sql == "COMMIT" and self.busy_commits:
+            self.busy_commits -= 1
+            raise sqlite3.OperationalError("database is locked")
+        return super().execute(sql, *args)
+
+    def executemany(self, *args):
+        """As usual, unless the disk is full."""
+        if self.full:
+            raise sqlite3.OperationalError("database or disk is full")
+        return super().executemany(*args)
+
+
 class FailedWriteTests(JournalTestMixin, SynchronousTestCase):
     """A write that fails is reported, not taken for done."""
 
     def setUp(self):
         super().setUp()
         self.state_dir = self.mktemp()
-        self.journal = self.open(self.state_dir)
+        connections = []
+
+        class Connection(FaultyConnection):
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, **kwargs)
+                connections.append(self)
+
+        self.journal = self.open(self.state_dir, connection_factory=Connection)
         # A journal in use: one job already written, so that its database is open.
         self.journal.job_added(Job("first", [TaskSpec.instruction("b1")], started=0.0))
         self.journal.commit()
+        self.assertEqual(len(connections), 1)
+        self.db = connections[0]
         self.job = Job("j", [TaskSpec.instruction("a1"), TaskSpec.instruction("a2")], started=1.0)
 
     def break_disk(self):
         """Make every executemany() of the journal fail as on a full disk (execute() still works)."""
-        self.db = real = self.journal._db
-        self.assertIsNotNone(real)
-
-        class FullDisk:
-            @property
-            def in_transaction(self):
-                return real.in_transaction
-
-            def execute(self, *args):
-                return real.execute(*args)
-
-            def executemany(self, *args):
-                raise sqlite3.OperationalError("database or disk is full")
-
-            def close(self):
-                real.close()
-
-        self.journal._db = FullDisk()
+        self.db.full = True
 
     def mend_disk(self):
-        """Give the journal its real connection back."""
-        self.journal._db = self.db
+        """Let the journal's writes succeed again."""
+        self.db.full = False
 
     def test_commit_raises_logs_and_retries(self):
         """
@@ -584,33 +603,13 @@ class FailedWriteTests(JournalTestMixin, SynchronousTestCase):
         transaction open) is rolled back, so the retry can begin a new
         transaction and write everything; the durable() Deferred then fires.
         """
-        real = self.journal._db
-
-        class BusyAtFirstCommit:
-            failed = False
-
-            @property
-            def in_transaction(self):
-                return real.in_transaction
-
-            def execute(self, sql, *args):
-                if sql == "COMMIT" and not self.failed:
-                    self.failed = True
-                    raise sqlite3.OperationalError("database is locked")
-                return real.execute(sql, *args)
-
-            def executemany(self, *args):
-                return real.executemany(*args)
-
-            def close(self):
-                real.close()
-
-        self.journal._db = BusyAtFirstCommit()
+        self.db.busy_commits = 1
         self.journal.job_added(self.job)
         d = self.journal.durable()
         with capturedLogs():
             self.assertRaises(JournalError, self.journal.commit)
-        self.assertFalse(real.in_transaction, "the transaction of the failed COMMIT is still open")
+        self.assertEqual(self.db.busy_commits, 0, "no COMMIT failed")
+        self.assertFalse(self.db.in_transaction, "the transaction of the failed COMMIT is still open")
         self.assertNoResult(d)
         with capturedLogs() as retry:
             self.clock.advance(RETRY_DELAY)

@@ -15,7 +15,6 @@ from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from p2pexec import journal as journal_module
 from p2pexec import worker as worker_module
 from p2pexec.job import TaskState
 from p2pexec.journal import Journal
@@ -27,22 +26,26 @@ from .test_model import node
 from .test_node import Cluster, text
 
 
-def fail_transactions(case, *numbers):
+class FailingWrites:
     """
-    Make the journal's transactions number C{numbers} (counted from 1, from
-    now on) fail as a full disk would; the others go through.
+    A journal's C{before_write} seam that makes chosen writes fail as a full
+    disk would; the others go through.
     """
-    original = journal_module._transaction
-    calls = []
 
-    def transaction(db):
-        calls.append(None)
-        if len(calls) in numbers:
+    def __init__(self):
+        self._numbers = frozenset()
+        self._writes = 0
+
+    def fail(self, *numbers):
+        """Make the journal's writes number C{numbers} (counted from 1, from now on) fail."""
+        self._numbers = frozenset(numbers)
+        self._writes = 0
+
+    def before_write(self):
+        """Called by the journal before each write: fail it if it is one of those chosen."""
+        self._writes += 1
+        if self._writes in self._numbers:
             raise sqlite3.OperationalError("database or disk is full")
-        return original(db)
-
-    case.patch(journal_module, "_transaction", transaction)
-    return calls
 
 
 def resumed_master(case, slots=2):
@@ -98,7 +101,8 @@ class JournalFailureTests(SynchronousTestCase):
     def setUp(self):
         self.clock = Clock()
         self.link = RecordingLink()
-        self.journal = Journal(self.mktemp(), self.clock)
+        self.writes = FailingWrites()
+        self.journal = Journal(self.mktemp(), self.clock, before_write=self.writes.before_write)
         self.addCleanup(self.journal.close)
         self.master = Master(node(name="m1", capabilities=()), self.link, self.link, self.clock, journal=self.journal)
         self.master.worker_joined(node(name="w1", capabilities=("w",), slots=2))
@@ -112,7 +116,7 @@ class JournalFailureTests(SynchronousTestCase):
         announced (TASK_COMPLETE, results file, summary line) once a later
         commit writes it.
         """
-        fail_transactions(self, 2)  # 1: the results; 2: the job's end
+        self.writes.fail(2)  # 1: the results; 2: the job's end
         with capturedLogs() as events:
             self.master.confirm(self.job.id, [result("t1", worker="w1"), result("t2", worker="w1")], "w1")
             self.clock.advance(0)
@@ -130,9 +134,12 @@ class JournalFailureTests(SynchronousTestCase):
         If the commit that holds a cancellation fails once, CANCEL_JOB still
         goes to the workers holding tasks once the journal is written.
         """
-        fail_transactions(self, 1)
+        self.writes.fail(1)
         self.master.cancel(self.job.id, by="a test")
-        self.clock.advance(0)
+        with capturedLogs():
+            self.clock.advance(0)
+        self.assertIsNotNone(self.journal.problem, "the cancellation's write did not fail")
+        self.assertEqual(self.link.cancels, [], "CANCEL_JOB went out before the cancellation was written")
         self.master.submit([TaskSpec(id="x", kind="w")])
         self.clock.advance(0)
         self.clock.advance(60)
@@ -360,11 +367,14 @@ class JournalDurableTests(SynchronousTestCase):
         from p2pexec.job import Job
 
         clock = Clock()
-        journal = Journal(self.mktemp(), clock)
+        writes = FailingWrites()
+        journal = Journal(self.mktemp(), clock, before_write=writes.before_write)
         self.addCleanup(journal.close)
-        fail_transactions(self, 1)
+        writes.fail(1)
         journal.job_added(Job("j", [TaskSpec(id="t1", kind="w")], started=0.0))
-        clock.advance(0)
+        with capturedLogs():
+            clock.advance(0)
+        self.assertIsNotNone(journal.problem, "the first commit did not fail")
         d = journal.durable()
         clock.advance(60)
         self.successResultOf(d)

@@ -20,10 +20,12 @@ Typical use::
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import error
 from twisted.internet.address import IPv4Address
+from twisted.internet.base import DelayedCall
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
@@ -124,7 +126,7 @@ class FakeNetwork(Clock):
         self._servers: dict[tuple[str, int], _Port] = {}
         self._multicast_ports: list[_MulticastPort] = []
         self._free_ports = itertools.count(40000)
-        self.pumps: list[IOPump] = []
+        self.pumps: list[_Pump] = []
         self.datagrams: list[tuple[bytes, tuple[str, int], tuple[str, int]]] = []
         self.partitioned: set[tuple[str, int]] = set()
         self.blocked_multicast: set[tuple[str, str]] = set()
@@ -170,9 +172,18 @@ class FakeNetwork(Clock):
         client_transport = FakeTransport(client_protocol, False, client_address, server_address)
         server_protocol.makeConnection(server_transport)
         client_protocol.makeConnection(client_transport)
-        pump = IOPump(client_protocol, server_protocol, client_transport, server_transport, False, clock=self)
+        pump = _Pump(client_protocol, server_protocol, client_transport, server_transport, False, clock=self)
         pump.server_address = (connector.host, connector.port)
         self.pumps.append(pump)
+
+    def server_factory(self, host: str, port: int) -> Any:
+        """
+        The factory listening on C{host:port}, to build a server protocol as
+        an incoming connection would (over a transport of the test's own).
+
+        @raise KeyError: if nothing listens there.
+        """
+        return self._servers[(host, port)].factory
 
     # -- IReactorMulticast ---------------------------------------------------
 
@@ -304,13 +315,19 @@ class FakeHost:
 
     def callLater(self, delay: float, f: Any, *args: Any, **kwargs: Any) -> Any:
         """Schedule C{f} on the network's clock; it does not run if this host has crashed by then."""
+        return self.network.callLater(delay, _HostCall(self, f, args, kwargs))
 
-        def unless_crashed() -> Any:
-            if not self.crashed:
-                return f(*args, **kwargs)
-            return None
-
-        return self.network.callLater(delay, unless_crashed)
+    def scheduled(self) -> list[Callable[..., Any]]:
+        """
+        What this host has scheduled and not run yet: the functions given to
+        L{callLater}, in the order they are due (a running
+        L{twisted.internet.task.LoopingCall} is one of them).
+        """
+        mine = []
+        for call in self.network.getDelayedCalls():
+            if isinstance(call, DelayedCall) and isinstance(call.func, _HostCall) and call.func.host is self:
+                mine.append(call.func.f)
+        return mine
 
     def getDelayedCalls(self) -> Any:
         """The pending calls of the whole network, not only this host's."""
@@ -361,6 +378,27 @@ class FakeHost:
                 transport.disconnected = True
             survivor = pump.serverIO if mine_client else pump.clientIO
             survivor.protocol.connectionLost(Failure(error.ConnectionLost("the peer vanished")))
+
+
+class _Pump(IOPump):
+    """An L{IOPump} that knows the listening address its connection reached (see L{FakeNetwork.partition})."""
+
+    server_address: tuple[str, int] = ("", 0)
+
+
+class _HostCall:
+    """A call a L{FakeHost} scheduled: it does not run once the host has crashed."""
+
+    def __init__(self, host: FakeHost, f: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        self.host = host
+        self.f = f
+        self._args = args
+        self._kwargs = kwargs
+
+    def __call__(self) -> Any:
+        if not self.host.crashed:
+            return self.f(*self._args, **self._kwargs)
+        return None
 
 
 class _OwnedFactory:

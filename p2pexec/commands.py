@@ -132,7 +132,7 @@ class AuthProof(amp.Command):
 
     commandName = b"AUTH_PROOF"
     arguments = [(b"proof", amp.String())]
-    response: list[tuple[bytes, amp.Argument]] = []
+    response = []
     errors = _errors(AUTH_FAILED=AuthFailed)
 
 
@@ -242,7 +242,7 @@ class TaskComplete(amp.Command):
         (b"failed", amp.Integer()),
         (b"elapsed", amp.Float()),
     ]
-    response: list[tuple[bytes, amp.Argument]] = []
+    response = []
     errors = _errors()
 
 
@@ -255,7 +255,7 @@ class DisconnectRequest(amp.Command):
 
     commandName = b"DISCONNECT_REQUEST"
     arguments = [(b"reason", amp.Unicode())]
-    response: list[tuple[bytes, amp.Argument]] = []
+    response = []
     errors = _errors()
 
 
@@ -267,8 +267,8 @@ class Heartbeat(amp.Command):
     """
 
     commandName = b"HEARTBEAT"
-    arguments: list[tuple[bytes, amp.Argument]] = []
-    response: list[tuple[bytes, amp.Argument]] = []
+    arguments = []
+    response = []
     errors = _errors()
 
 
@@ -346,7 +346,7 @@ class ListJobs(amp.Command):
     """LIST_JOBS, from a client: the jobs this node is master of, newest first, as summaries."""
 
     commandName = b"LIST_JOBS"
-    arguments: list[tuple[bytes, amp.Argument]] = []
+    arguments = []
     response = [(b"jobs", JSON())]
     errors = _errors()
 
@@ -384,7 +384,7 @@ class ClusterStatus(amp.Command):
     """CLUSTER_STATUS, from a client: this node and its peers, as docs/api.rst's peer objects."""
 
     commandName = b"CLUSTER_STATUS"
-    arguments: list[tuple[bytes, amp.Argument]] = []
+    arguments = []
     response = [
         (b"node", JSON()),
         (b"peers", JSON()),
@@ -399,7 +399,7 @@ class NodeStatus(amp.Command):
     """
 
     commandName = b"NODE_STATUS"
-    arguments: list[tuple[bytes, amp.Argument]] = []
+    arguments = []
     response = [(b"status", JSON())]
     errors = _errors()
 
@@ -412,7 +412,7 @@ def encode_json(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
-class Chunk(list):  # type: ignore[type-arg]
+class Chunk(list[Any]):
     """
     A list of items whose JSON array is already encoded; L{JSON} sends the
     encoding as it is, so that every item is encoded exactly once.

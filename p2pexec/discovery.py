@@ -19,8 +19,9 @@ import random
 from collections.abc import Callable
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IMulticastTransport, IReactorTime
 from twisted.internet.protocol import DatagramProtocol
+from twisted.python.failure import Failure
 
 from p2pexec import datagram
 from p2pexec.auth import TRAILER, DatagramSealer
@@ -95,18 +96,29 @@ class DiscoveryProtocol(DatagramProtocol):
     def startProtocol(self) -> None:
         """Join the group on our interface, then start discovering."""
         host, _ = self._group
-        self.transport.setOutgoingInterface(self._interface)
-        self.transport.setTTL(1)
-        joined = self.transport.joinGroup(host, self._interface)
-        joined.addCallbacks(lambda _: True, self._join_failed)
-        joined.addCallback(lambda ok: self.joined.called or self.joined.callback(ok))
+        port = self._multicast_port()
+        port.setOutgoingInterface(self._interface)
+        port.setTTL(1)
+        joined = port.joinGroup(host, self._interface).addCallbacks(lambda _: True, self._join_failed)
+        joined.addCallback(self._report_joined)
         self._send(datagram.DISCOVER)
         me = self._local_info()
         log.info("Node {name} sent DISCOVER", name=me.name)
         self._discover_call = self._clock.callLater(self._discover_delay, self._rediscover)
         self._hello_call = self._clock.callLater(self._jittered(self._hello_interval), self._announce)
 
-    def _join_failed(self, failure) -> bool:
+    def _multicast_port(self) -> IMulticastTransport:
+        """The multicast port this protocol was given."""
+        if self.transport is None:
+            raise RuntimeError("the discovery protocol was started without a multicast port")
+        return IMulticastTransport(self.transport)
+
+    def _report_joined(self, ok: bool) -> None:
+        """Fire L{joined} with C{ok}, once."""
+        if not self.joined.called:
+            self.joined.callback(ok)
+
+    def _join_failed(self, failure: Failure) -> bool:
         log.error(
             "Could not join multicast group {group} on {interface}: {error}. "
             "Discovery will not hear other nodes; use --interface with an address "

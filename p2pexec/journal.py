@@ -845,10 +845,10 @@ def _open_database(path: str, factory: type[sqlite3.Connection] | None = None) -
         raise
     except sqlite3.DatabaseError as e:
         db.close()
-        reason = write_failure_reason(e, os.path.dirname(path) or ".")
-        if reason is not None:
+        disk_reason = write_failure_reason(e, os.path.dirname(path) or ".")
+        if disk_reason is not None:
             # The file may be fine: the disk under it is not (full, read-only).
-            raise JournalWriteError(f"the journal {path} cannot be written: {reason} ({e})", reason) from None
+            raise JournalWriteError(f"the journal {path} cannot be written: {disk_reason} ({e})", disk_reason) from None
         raise JournalError(
             f"the journal {path} cannot be read ({e}); it was left untouched: move it away to start "
             f"with an empty journal (its unfinished jobs are then forgotten)"

@@ -108,18 +108,23 @@ def topology_view(peers: list[dict[str, Any]], my_links: Iterable[str], loads: M
     me = peers[0]["name"]
     pairs: set[tuple[str, str]] = set()
     for other in my_links:
-        pairs.add(tuple(sorted((me, other))))  # type: ignore[arg-type]
+        pairs.add(_link(me, other))
     for name, load in loads.items():
         if known.get(name, {}).get("state") not in ("alive", "suspect"):
             continue
         for other in load.links:
             if other in known:
-                pairs.add(tuple(sorted((name, other))))  # type: ignore[arg-type]
+                pairs.add(_link(name, other))
     links = []
     for a, b in sorted(pairs):
         states = {known.get(a, {}).get("state"), known.get(b, {}).get("state")}
         links.append({"source": a, "target": b, "state": "suspect" if "suspect" in states else "alive"})
     return {"nodes": peers, "links": links}
+
+
+def _link(one: str, other: str) -> tuple[str, str]:
+    """A link between two nodes, its ends in name order."""
+    return (one, other) if one <= other else (other, one)
 
 
 def task_state(record: TaskRecord, waiting_kinds: frozenset[str]) -> str:

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 from prometheus_client.twisted import MetricsResource
 from twisted.python.failure import Failure
 from twisted.web import http
-from twisted.web.resource import Resource
+from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 from twisted.web.static import File
 
@@ -407,7 +407,10 @@ class _BodyCheckingRequest(Request):
         head += "".join(f"{name.decode('ascii')}: {value.decode('ascii')}\r\n" for name, value in SECURITY_HEADERS)
         if code == http.UNAUTHORIZED:
             head += 'WWW-Authenticate: Bearer realm="p2pexec"\r\n'
-        self.channel.transport.write(head.encode("ascii") + b"\r\n" + body)
+        transport = self.channel.transport
+        if transport is None:
+            return  # The client is gone already: there is no one to answer.
+        transport.write(head.encode("ascii") + b"\r\n" + body)
         self.channel.loseConnection()
 
 
@@ -416,7 +419,7 @@ class _TokenMetrics(Resource):
 
     isLeaf = True
 
-    def __init__(self, node: Node, metrics: Resource) -> None:
+    def __init__(self, node: Node, metrics: IResource) -> None:
         super().__init__()
         self.node = node
         self.metrics = metrics
@@ -665,7 +668,7 @@ class _QuietSite(Site):
     names: OwnNames | None = None
     """The names this server answers to (see L{refusal}); None: any."""
 
-    def log(self, request: Request) -> None:
+    def log(self, request: http.Request) -> None:
         """Log one request at debug level."""
         log.debug(
             "HTTP {method} {path} -> {code}",

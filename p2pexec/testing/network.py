@@ -27,9 +27,11 @@ from twisted.internet import error
 from twisted.internet.address import IPv4Address
 from twisted.internet.base import DelayedCall
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IMulticastTransport
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.test.iosim import FakeTransport, IOPump
+from zope.interface import implementer
 
 
 class _Port:
@@ -67,6 +69,7 @@ class _Connector:
         return IPv4Address("TCP", self.host, self.port)
 
 
+@implementer(IMulticastTransport)
 class _MulticastPort:
     """The transport of a protocol given to L{FakeNetwork.listenMulticast}."""
 
@@ -80,25 +83,55 @@ class _MulticastPort:
         self.sent: list[tuple[bytes, tuple[str, int]]] = []
         self.host_address = "127.0.0.1"
 
-    def setOutgoingInterface(self, address: str) -> Deferred[int]:
-        self.outgoing = address
+    def setOutgoingInterface(self, address: str | int) -> Deferred[int]:
+        """Send from C{address} (an IPv4 address, as the node gives it)."""
+        self.outgoing = str(address)
         return succeed(1)
+
+    def getOutgoingInterface(self) -> str:
+        """The address datagrams are sent from."""
+        return self.outgoing or ""
 
     def setTTL(self, ttl: int) -> None:
+        """Note the time-to-live of datagrams sent (nothing routes them further here)."""
         self.ttl = ttl
 
+    def getTTL(self) -> int:
+        """The time-to-live of datagrams sent."""
+        return self.ttl
+
     def setLoopbackMode(self, mode: bool) -> None:
-        pass
+        """Ignored: every listener on the group hears every datagram, as on one host in loopback mode."""
 
-    def joinGroup(self, address: str, interface: str = "") -> Deferred[int]:
+    def getLoopbackMode(self) -> bool:
+        """Always on (see L{setLoopbackMode})."""
+        return True
+
+    def setBroadcastAllowed(self, enabled: bool) -> None:
+        """Ignored: this network has no broadcast."""
+
+    def getBroadcastAllowed(self) -> bool:
+        """This network has no broadcast."""
+        return False
+
+    def connect(self, host: str, port: int) -> None:
+        """Not supported: a multicast port is not connected."""
+        raise NotImplementedError("FakeNetwork's multicast ports cannot be connected")
+
+    def joinGroup(self, address: str, interface: str = "") -> Deferred[None]:
+        """Hear the datagrams sent to group C{address} on this port."""
         self.groups.add(address)
-        return succeed(1)
+        return succeed(None)
 
-    def leaveGroup(self, address: str, interface: str = "") -> Deferred[int]:
+    def leaveGroup(self, address: str, interface: str = "") -> Deferred[None]:
+        """Stop hearing group C{address}."""
         self.groups.discard(address)
-        return succeed(1)
+        return succeed(None)
 
-    def write(self, data: bytes, address: tuple[str, int]) -> None:
+    def write(self, data: bytes, address: tuple[str, int] | None = None) -> None:
+        """Send C{data} to the group and port C{address}, to every listener that joined it."""
+        if address is None:
+            raise ValueError("a multicast datagram needs a destination: the port is not connected")
         self.sent.append((data, address))
         self._network._multicast(data, address, (self.outgoing or "127.0.0.1", self.port))
 

@@ -27,7 +27,7 @@ from twisted.internet import error
 from twisted.internet.address import IPv4Address
 from twisted.internet.base import DelayedCall
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IMulticastTransport
+from twisted.internet.interfaces import IDelayedCall, IMulticastTransport, IReactorTime
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.test.iosim import FakeTransport, IOPump
@@ -325,6 +325,7 @@ class FakeNetwork(Clock):
         self.partitioned.discard((host, port))
 
 
+@implementer(IReactorTime)
 class FakeHost:
     """
     One machine's view of a L{FakeNetwork}: a reactor for one node.
@@ -346,9 +347,9 @@ class FakeHost:
         """The network's simulated time."""
         return self.network.seconds()
 
-    def callLater(self, delay: float, f: Any, *args: Any, **kwargs: Any) -> Any:
-        """Schedule C{f} on the network's clock; it does not run if this host has crashed by then."""
-        return self.network.callLater(delay, _HostCall(self, f, args, kwargs))
+    def callLater(self, delay: float, callable: Callable[..., Any], *args: object, **kwargs: object) -> IDelayedCall:
+        """Schedule C{callable} on the network's clock; it does not run if this host has crashed by then."""
+        return self.network.callLater(delay, _HostCall(self, callable, args, kwargs))
 
     def scheduled(self) -> list[Callable[..., Any]]:
         """
@@ -422,7 +423,9 @@ class _Pump(IOPump):
 class _HostCall:
     """A call a L{FakeHost} scheduled: it does not run once the host has crashed."""
 
-    def __init__(self, host: FakeHost, f: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    def __init__(
+        self, host: FakeHost, f: Callable[..., Any], args: tuple[object, ...], kwargs: dict[str, object]
+    ) -> None:
         self.host = host
         self.f = f
         self._args = args

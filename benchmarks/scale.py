@@ -826,7 +826,7 @@ def micro(sizes: Sequence[int], say: Callable[[str], None] = say) -> dict:
 
     from p2pexec import commands, datagram
     from p2pexec.model import NodeInfo
-    from p2pexec.node import Node, NodeConfig
+    from p2pexec.node import NodeConfig, create_node
     from p2pexec.peer import parse_peer_list
 
     class NoRunner:
@@ -849,7 +849,7 @@ def micro(sizes: Sequence[int], say: Callable[[str], None] = say) -> dict:
     figures = {}
     for size in sizes:
         reactor = MemoryReactorClock()
-        node = Node(NodeConfig(name="n000", cluster="micro", capabilities=frozenset({"n"})), reactor, NoRunner())
+        node = create_node(NodeConfig(name="n000", cluster="micro", capabilities=frozenset({"n"})), reactor, NoRunner())
         peers = [
             NodeInfo(
                 name=f"n{k:03d}",
@@ -875,14 +875,14 @@ def micro(sizes: Sequence[int], say: Callable[[str], None] = say) -> dict:
         exchanges = max(3, 600 // size)
         started = time.process_time()
         for _ in range(exchanges):
-            encoded = argument.toString(node._peers_to_share())
+            encoded = argument.toString(node.gossip.peers_to_share())
             for info, age in parse_peer_list(argument.fromString(encoded)):
-                node._heard_of(info, age)
+                node.gossip.heard_of(info, age)
         per_half = (time.process_time() - started) / exchanges
         checks = max(20, 20000 // size)
         started = time.process_time()
         for _ in range(checks):
-            node._check_liveness()
+            node.liveness.check()
         per_check = (time.process_time() - started) / checks
         figures[size] = {
             "hello": per_hello,

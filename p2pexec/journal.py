@@ -29,12 +29,13 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import attr
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
+from p2pexec.interfaces import IJobState, ITaskState
 from p2pexec.log import NodeLogger
 from p2pexec.model import TaskResult, TaskSpec
 
@@ -183,36 +184,6 @@ def write_failure_reason(error: BaseException, folder: str | None = None) -> str
     return reason
 
 
-class ITaskState(Protocol):
-    """What the journal reads from a task record when it writes it."""
-
-    spec: TaskSpec
-    attempt: int
-    worker: str | None
-    failures: int
-    losses: int
-    result: TaskResult | None
-
-    @property
-    def state_name(self) -> str:
-        """C{pending}, C{assigned} or C{done}."""
-
-
-class IJobState(Protocol):
-    """What the journal reads from a job when it writes it."""
-
-    id: str
-    source: str | None
-    started_at: float
-    """When it was accepted, by the wall clock (seconds since the epoch)."""
-    cancelled: bool
-    tasks: dict[str, Any]
-
-    @property
-    def finished_at(self) -> float | None:
-        """When it ended, by the wall clock, or C{None}."""
-
-
 @attr.s(auto_attribs=True, frozen=True)
 class StoredTask:
     """One task as the journal has it."""
@@ -242,47 +213,6 @@ class StoredJob:
     cancelled: bool
     tasks: list[StoredTask]
     finished: float | None = None
-
-
-class IJournal(Protocol):
-    """
-    Where a master records its decisions (see L{Journal}).
-
-    @ivar problem: why the journal cannot be written at the moment (its
-        last write failed), or C{None} while it can.
-    """
-
-    problem: JournalProblem | None
-
-    def job_added(self, job: IJobState) -> None:
-        """A job was accepted: write it and all its tasks."""
-
-    def task_changed(self, job_id: str, record: ITaskState) -> None:
-        """A task's state, attempt or result changed."""
-
-    def job_changed(self, job: IJobState) -> None:
-        """A job finished or was cancelled."""
-
-    def durable(self) -> Deferred[None]:
-        """
-        Fires once everything marked so far is written.  It never fails: if a
-        write fails it waits for one that succeeds (they are retried).
-        """
-
-    def commit(self) -> None:
-        """Write everything marked so far, now."""
-
-    def unfinished_jobs(self) -> list[StoredJob]:
-        """The jobs not finished, as stored."""
-
-    def finished_job(self, source: str) -> StoredJob | None:
-        """The job from C{source} that finished last, if the journal still has one."""
-
-    def withdraw(self, job_id: str) -> None:
-        """Forget a job added but never written (its submission was refused)."""
-
-    def close(self) -> None:
-        """Write what is marked and release the journal."""
 
 
 class NullJournal:
@@ -317,6 +247,10 @@ class NullJournal:
 
     def withdraw(self, job_id: str) -> None:
         """Nothing was marked."""
+
+    def prune(self, finished_before: float) -> int:
+        """Nothing to delete: nothing was kept."""
+        return 0
 
     def close(self) -> None:
         """Nothing to release."""

@@ -17,16 +17,16 @@ import random
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Any, Protocol
+from typing import Any
 
 import attr
-from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from p2pexec import scheduler
 from p2pexec.clock import WallClock
+from p2pexec.interfaces import IJobObserver, IJournal, IWorkerLink
 from p2pexec.job import DEFAULT_MAX_LOSSES, Job, TaskRecord, TaskState, Verdict
-from p2pexec.journal import IJournal, JournalError, NullJournal, StoredJob
+from p2pexec.journal import JournalError, NullJournal, StoredJob
 from p2pexec.log import MAX_IDS_IN_LOG, NodeLogger, format_ids
 from p2pexec.model import Assignment, NodeInfo, TaskResult, TaskSpec
 
@@ -42,34 +42,6 @@ JOURNAL_RETRY = 5.0
 RETRY_INITIAL_DELAY = 1.0
 """Seconds before a failed task's first retry (doubling each time, plus up
 to a second of jitter, at most a minute)."""
-
-
-class IWorkerLink(Protocol):
-    """How the master reaches its workers."""
-
-    def send_assignments(self, worker: str, job: str, assignments: list[Assignment]) -> None:
-        """Hand C{assignments} to C{worker}; a failure means the worker is lost."""
-
-    def send_complete(self, worker: str, job: Job) -> None:
-        """Tell C{worker} that C{job} has finished."""
-
-    def query_tasks(self, worker: str, job: str, attempts: list[tuple[str, int]]) -> Deferred[dict[str, Any]]:
-        """
-        Ask C{worker} what became of these attempts: fires with its answer,
-        C{{"done": ids, "running": ids, "unknown": ids}} from a well-behaved
-        worker (the master checks it, see L{check_query_answer}); the
-        results of the done ones come again as confirmations.
-        """
-
-    def send_cancel(self, worker: str, job: str) -> None:
-        """Tell C{worker} to stop every task of C{job} it holds."""
-
-
-class IJobObserver(Protocol):
-    """Who hears about finished jobs."""
-
-    def job_finished(self, job: Job) -> None:
-        """C{job} has a result for every task."""
 
 
 QUEUE_HORIZON = 0.05

@@ -10,7 +10,7 @@ error, so a bad box is answered and logged and the connection stays up.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol, cast
+from typing import Any, cast
 
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
@@ -21,69 +21,11 @@ from twisted.python.failure import Failure
 
 from p2pexec import commands
 from p2pexec.auth import ChallengeResponse, authenticate, tls_binding
+from p2pexec.interfaces import IPeerHandler
 from p2pexec.log import NodeLogger
 from p2pexec.model import NodeInfo, ValidationError, shorten, validate_name
 
 log = NodeLogger()
-
-
-class IPeerHandler(Protocol):
-    """What a L{PeerProtocol} asks of the node it belongs to."""
-
-    def connect_requested(
-        self, protocol: PeerProtocol, cluster: str, name: str, instance: str, version: int
-    ) -> dict[str, Any]:
-        """Accept or refuse (by raising a declared error) a CONNECT_REQUEST."""
-
-    def handshake_received(self, protocol: PeerProtocol, node: NodeInfo) -> NodeInfo:
-        """Check the dialling peer's description; return our own."""
-
-    def connection_ready(self, protocol: PeerProtocol, node: NodeInfo) -> None:
-        """The handshake on C{protocol} is complete, in either direction."""
-
-    def peers_offered(self, protocol: PeerProtocol, peers: list[tuple[NodeInfo, float]]) -> list[dict[str, Any]]:
-        """Merge the peer's known peers (with the age of each); return ours, in wire form."""
-
-    def assignment_received(
-        self, protocol: PeerProtocol, job: str, master: str, master_instance: str, tasks: list[Any]
-    ) -> int:
-        """Queue tasks from a master; return how many were accepted."""
-
-    def confirmation_received(self, protocol: PeerProtocol, job: str, results: list[Any]) -> Deferred[tuple[int, int]]:
-        """Apply a worker's results; fire with (applied, stale) once they are journaled."""
-
-    def results_queried(self, protocol: PeerProtocol, job: str, tasks: list[Any]) -> dict[str, list[str]]:
-        """A master asks what became of attempts it gave us (see L{commands.ResultQuery})."""
-
-    def cancel_requested(self, protocol: PeerProtocol, job: str) -> int:
-        """Cancel a job we are master of, or stop our part of a job (see L{commands.CancelJob})."""
-
-    def submit_part(self, protocol: PeerProtocol, tasks: list[Any], defaults: Any, upload: str, final: bool) -> Any:
-        """A part of a submitted job (see L{commands.SubmitJob}); the answer, or a Deferred of it."""
-
-    def jobs_status(self) -> list[dict[str, Any]]:
-        """Summaries of the jobs this node is master of."""
-
-    def job_status(self, job_id: str) -> dict[str, Any]:
-        """One job's summary."""
-
-    def job_tasks(self, job_id: str, **filters: Any) -> tuple[list[dict[str, Any]], int]:
-        """A page of one job's tasks, and how many matched."""
-
-    def peers_status(self) -> list[dict[str, Any]]:
-        """This node, then its peers."""
-
-    def node_status(self) -> dict[str, Any]:
-        """This node's load and links, for a peer's NODE_STATUS."""
-
-    def job_completed(self, protocol: PeerProtocol, job: str, succeeded: int, failed: int, elapsed: float) -> None:
-        """Note that a master's job has finished."""
-
-    def disconnect_requested(self, protocol: PeerProtocol, reason: str) -> None:
-        """Note that the peer is leaving."""
-
-    def connection_lost(self, protocol: PeerProtocol, reason: Failure) -> None:
-        """Forget the connection."""
 
 
 MAX_BOX_BYTES = 4 * 1024 * 1024

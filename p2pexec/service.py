@@ -3,7 +3,9 @@ The node as a Twisted service tree, with an explicit stop order.
 
 L{MultiService} stops its children without waiting for one before the next,
 so L{NodeService} runs the node's own leave sequence (drain, flush, goodbye,
-close) first and only then stops its children.
+close) first and only then stops its children: the node's periodic loops
+(peer expiry, gossip, liveness checks; the node stops them itself at their
+point of the leave sequence), the HTTP server, the runtime record.
 
 It also keeps systemd informed (L{p2pexec.systemd}): C{READY=1} once the node
 serves, C{WATCHDOG=1} while the reactor turns, C{STOPPING=1} as it starts to
@@ -47,6 +49,8 @@ class NodeService(MultiService):
         self.node = node
         self.notifier = notifier
         self.guard = guard
+        for loop in node.loops:
+            loop.setServiceParent(self)
 
     def privilegedStartService(self) -> None:
         """
@@ -67,8 +71,9 @@ class NodeService(MultiService):
     def startService(self) -> None:
         """
         Start the task guard (which first kills what an earlier run of the
-        node left running), the systemd watchdog, the children, then the
-        node; tell systemd C{READY=1} once the node serves.
+        node left running), the systemd watchdog, the children (the node's
+        loops among them), then the node; tell systemd C{READY=1} once the
+        node serves.
         """
         if self.guard is not None:
             try:

@@ -39,7 +39,7 @@ from p2pexec.model import (
     parse_instructions,
     validate_name,
 )
-from p2pexec.node import Node, NodeConfig
+from p2pexec.node import NodeConfig, create_node
 from p2pexec.policy import CommandPolicy
 from p2pexec.service import NodeService, RuntimeRecordService, WebService
 from p2pexec.systemd import SystemdNotifier, without_notify_variables
@@ -429,8 +429,10 @@ def makeService(options: Options, reactor: Any | None = None) -> IService:
         use_monotonic_time(reactor)
     set_minimum_level(LEVELS[options["log-level"]])
     config = config_from_options(options)
+    # Always a folder: postOptions gives the default one when none is given.
+    state_dir: str = options["state-dir"]
     # The guard process is for the real thing: it outlives the node to stop its tasks.
-    guard = TaskGuard(reactor, config.name, config.state_dir, DEFAULT_KILL_GRACE) if running_for_real else None
+    guard = TaskGuard(reactor, config.name, state_dir, DEFAULT_KILL_GRACE) if running_for_real else None
     # NOTIFY_SOCKET and the watchdog variables are for twistd alone, not its tasks.
     executor = ProcessExecutor(
         reactor,
@@ -453,9 +455,7 @@ def makeService(options: Options, reactor: Any | None = None) -> IService:
                 identity, authority = load_operator_identity(options["tls-cert"], options["tls-key"], options["tls-ca"])
                 config = attr.evolve(config, tls=TLSConfig(identity, authority))
             else:
-                config = attr.evolve(
-                    config, tls=TLSConfig(load_or_create_identity(config.state_dir, config.name), None)
-                )
+                config = attr.evolve(config, tls=TLSConfig(load_or_create_identity(state_dir, config.name), None))
         except (TLSError, OSError) as e:
             raise SystemExit(f"p2pexec: node {config.name} cannot start: --tls: {e}") from None
     if config.key is None and config.state_dir is not None:
@@ -463,7 +463,7 @@ def makeService(options: Options, reactor: Any | None = None) -> IService:
             config = attr.evolve(config, local_token=load_or_create(config.state_dir))
         except LocalTokenError as e:
             raise SystemExit(f"p2pexec: node {config.name} cannot start: {e}") from None
-    node = Node(config, reactor, executor, journal=journal)
+    node = create_node(config, reactor, executor, journal=journal)
     if options["exit-when-done"]:
         node.initial_job.addCallback(lambda _: reactor.callLater(0, reactor.stop))
     if running_for_real:

@@ -689,7 +689,7 @@ def site(node: Node, port: int | None = None, hostnames: Iterable[str] | None = 
     api.putChild(b"peers", PeersResource(node))
     api.putChild(b"topology", TopologyResource(node))
     api.putChild(b"jobs", JobsResource(node))
-    metrics = NodeMetrics(node)
+    metrics = NodeMetrics(node.views)
     root = _Root(
         {
             b"api": api,

@@ -15,7 +15,6 @@ and the task does not run twice.
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from typing import Protocol
 
 import attr
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
@@ -23,6 +22,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
 from p2pexec import commands
+from p2pexec.interfaces import IResultSink, ITaskRunner
 from p2pexec.log import MAX_IDS_IN_LOG, NodeLogger, format_ids
 from p2pexec.model import ERROR, RETURNED, SUCCEEDED, Assignment, TaskResult
 
@@ -36,29 +36,6 @@ MAX_CACHED_BYTES = 64 * 1024 * 1024
 
 AttemptKey = tuple[str, str, str, int]
 """(master name, job, task id, attempt)."""
-
-
-class IResultSink(Protocol):
-    """Where the results of one master's tasks go."""
-
-    key: tuple[str, str]
-    """The master's (name, instance): identifies the sink."""
-
-    def deliver(self, job: str, results: list[TaskResult]) -> None:
-        """Send a batch of results of C{job} to the master."""
-
-
-class ITaskRunner(Protocol):
-    """Runs one task attempt that has a command."""
-
-    def run(self, job: str, assignment: Assignment) -> Deferred[TaskResult]:
-        """Run it; fire with its result, never fail."""
-
-    def stop_all(self) -> None:
-        """Terminate every running task."""
-
-    def stop(self, job: str, assignment: Assignment) -> None:
-        """Terminate one running attempt (its result still arrives)."""
 
 
 @attr.s(auto_attribs=True, slots=True)

@@ -19,7 +19,7 @@ from p2pexec.job import Job
 from p2pexec.journal import Journal
 from p2pexec.master import Master
 from p2pexec.model import TaskSpec
-from p2pexec.node import Node, NodeConfig
+from p2pexec.node import Node, NodeConfig, create_node
 from p2pexec.testing.network import FakeNetwork
 from p2pexec.testing.runner import FakeRunner
 
@@ -172,7 +172,7 @@ class SteppedWallClusterTests(SynchronousTestCase):
         """Start node C{name} on its own host, with its own wall clock."""
         host = self.network.host(address)
         runner = FakeRunner(host, name, duration=0.3)
-        made = Node(
+        made = create_node(
             NodeConfig(name=name, interface=address, port=port, slots=2, **config),
             host,
             runner,
@@ -314,7 +314,7 @@ class WallAndMonotonicJobTests(SynchronousTestCase):
         journal.commit()
         journal.close()
         network = FakeNetwork()
-        later = Node(
+        later = create_node(
             NodeConfig(name="m1", state_dir=state_dir, journal_retention=3600.0),
             network.host(),
             FakeRunner(network, "m1"),

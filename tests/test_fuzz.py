@@ -46,7 +46,7 @@ from p2pexec import auth, commands, datagram
 from p2pexec.auth import ChallengeResponse, DatagramSealer
 from p2pexec.discovery import DiscoveryProtocol
 from p2pexec.model import NodeInfo
-from p2pexec.node import Node, NodeConfig
+from p2pexec.node import Node, NodeConfig, create_node
 from p2pexec.peer import PeerProtocol
 from p2pexec.testing.network import FakeHost, FakeNetwork
 from p2pexec.testing.runner import FakeRunner
@@ -788,7 +788,7 @@ class _FuzzedNode:
         config = NodeConfig(
             name=name, interface=host.address, port=10001, capabilities=frozenset({"w"}), slots=2, key=self.key
         )
-        node = Node(config, host, FakeRunner(host, name, duration=0.1))
+        node = create_node(config, host, FakeRunner(host, name, duration=0.1))
         node.start()
         return node
 
@@ -954,7 +954,7 @@ class ResponderFuzzTests(SynchronousTestCase):
         """
         assert_no_problems(self, check_exchange(None, "fresh", [(b"LIST_JOBS", [])]))
         target = _FuzzedNode(None)
-        target.node.jobs_status = lambda: 1 / 0  # type: ignore[method-assign]
+        target.node.views.jobs_status = lambda: 1 / 0  # type: ignore[method-assign]
         problems = check_exchange(None, "fresh", [(b"LIST_JOBS", [])], target=target)
         self.assertIn("answered UNKNOWN", problems[0])
         self.flushLoggedErrors(ZeroDivisionError)

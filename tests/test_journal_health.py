@@ -20,7 +20,7 @@ from p2pexec import commands, web
 from p2pexec.job import Job
 from p2pexec.journal import RETRY_DELAY, Journal, JournalError, write_failure_reason
 from p2pexec.model import TaskSpec
-from p2pexec.node import Node, NodeConfig
+from p2pexec.node import NodeConfig, create_node
 from p2pexec.testing.network import FakeNetwork
 from p2pexec.testing.runner import FakeRunner
 
@@ -136,7 +136,7 @@ class NodeWithFullDiskTests(SynchronousTestCase):
         host = self.network.host("127.0.0.1")
         self.disk = Disk()
         journal = Journal(self.mktemp(), host, before_write=self.disk.before_write)
-        self.node = Node(
+        self.node = create_node(
             NodeConfig(name="m1", port=4001, capabilities=frozenset(), slots=2),
             host,
             FakeRunner(host, "m1"),
@@ -146,7 +146,7 @@ class NodeWithFullDiskTests(SynchronousTestCase):
         self.addCleanup(journal.close)
         self.addCleanup(setattr, self.disk, "fault", None)
         worker_host = self.network.host("127.0.0.2")
-        self.worker = Node(
+        self.worker = create_node(
             NodeConfig(name="w1", interface="127.0.0.2", port=4002, capabilities=frozenset({"w"}), slots=1),
             worker_host,
             FakeRunner(worker_host, "w1", duration=0.5),

@@ -12,7 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from p2pexec.membership import PeerState
 from p2pexec.model import FAILED, SUCCEEDED, TaskSpec, parse_instructions
-from p2pexec.node import Node, NodeConfig
+from p2pexec.node import NodeConfig, create_node
 from p2pexec.testing.network import FakeNetwork
 from p2pexec.testing.runner import FakeRunner
 
@@ -37,7 +37,7 @@ class Cluster:
         config.setdefault("slots", 2)
         host = self.network.host(address)
         runner = FakeRunner(host, name, duration=duration, outcome=outcome)
-        node = Node(
+        node = create_node(
             NodeConfig(name=name, interface=address, port=port, tasks=tasks, **config),
             host,
             runner,
@@ -298,14 +298,14 @@ class MembershipTests(SynchronousTestCase):
         """
         network = FakeNetwork()
         host = network.host("127.0.0.1")
-        node = Node(NodeConfig(name="a1", interface="127.0.0.1", port=0), host, FakeRunner(host, "a1"))
+        node = create_node(NodeConfig(name="a1", interface="127.0.0.1", port=0), host, FakeRunner(host, "a1"))
         early = node.ready()
         self.assertNoResult(early)
         node.start()
         network.run(0.1)
         self.successResultOf(early)
         self.successResultOf(node.ready())
-        quiet = Node(
+        quiet = create_node(
             NodeConfig(name="b1", interface="127.0.0.1", port=0, multicast=False),
             network.host("127.0.0.2"),
             FakeRunner(host, "b1"),
@@ -341,7 +341,7 @@ class MembershipTests(SynchronousTestCase):
         for i in range(1000):
             peer = info(name=f"n{i:04d}", instance=f"i{i}")
             a1.peers.connected(peer, Connection(), 0.0)
-        shared = a1._peers_to_share()
+        shared = a1.gossip.peers_to_share()
         self.assertGreater(len(shared), 100)
         self.assertLess(len(commands.JSON().toString(shared)), 65_535)
 

@@ -21,7 +21,7 @@ from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
 from p2pexec.model import TaskSpec
-from p2pexec.node import Node, NodeConfig
+from p2pexec.node import NodeConfig, create_node
 from p2pexec.service import NodeService
 from p2pexec.systemd import SystemdNotifier, notify_address, without_notify_variables
 from p2pexec.tap import Options, makeService
@@ -357,7 +357,7 @@ class NodeServiceTests(SynchronousTestCase):
         self.receiver = Receiver(self)
         self.network = FakeNetwork()
         host = self.network.host()
-        self.node = Node(
+        self.node = create_node(
             NodeConfig(
                 name="a1",
                 port=10001,

@@ -509,7 +509,7 @@ class SmallerMasterFixesTests(SynchronousTestCase):
         # w1 announces that it leaves without handing anything back first.
         worker.peers.get("m1").connection.callRemote(commands.DisconnectRequest, reason="shutdown")
         cluster.network.run(1.0)
-        job = master.master.jobs[master._initial_job_id]
+        job = master.master.jobs[master.startup.job_id]
         self.assertEqual(job.failed, 0, "nothing quarantined")
         self.assertEqual([record.losses for record in job.tasks.values()], [0, 0])
         cluster.add_worker("w2", address="127.0.0.3", port=4003, duration=0.1)

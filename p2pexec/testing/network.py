@@ -11,7 +11,7 @@ touches a real socket, and time only moves when the test says so.
 Typical use::
 
     network = FakeNetwork()
-    nodes = [Node(config, network, FakeRunner(network)) for config in ...]
+    nodes = [create_node(config, network, FakeRunner(network)) for config in ...]
     for node in nodes:
         node.start()
     network.run(5.0)          # 5 simulated seconds, pumping all the while

@@ -1,0 +1,53 @@
+"""
+What a node is started with: L{NodeConfig}, built from the command line by
+L{p2pexec.tap} and read by every part of the node (see L{p2pexec.node}).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attr
+
+from p2pexec.job import DEFAULT_MAX_LOSSES
+from p2pexec.model import TaskSpec
+
+
+@attr.s(frozen=True, auto_attribs=True)
+class NodeConfig:
+    """
+    Everything a node is started with (see L{p2pexec.tap.Options}).
+    """
+
+    name: str
+    port: int = 10001
+    interface: str = "127.0.0.1"
+    group: tuple[str, int] = ("239.255.42.99", 10000)
+    cluster: str = "default"
+    capabilities: frozenset[str] = frozenset()
+    slots: int = 1
+    tasks: tuple[TaskSpec, ...] | None = None
+    results: str | None = None
+    multicast: bool = True
+    seeds: tuple[tuple[str, int], ...] = ()
+    drain_timeout: float = 30.0
+    disconnect_timeout: float = 2.0
+    hello_interval: float = 10.0
+    peer_expiry: float = 35.0
+    exchange_interval: float = 5.0
+    heartbeat_interval: float = 0.5
+    heartbeat_timeout: float = 2.5
+    state_dir: str | None = None
+    job_source: str | None = None
+    job_label: str | None = None
+    """How the start-up job was given, for the log (C{job file FILE}, C{--tasks ...})."""
+    rerun_job: bool = False
+    """Run the start-up job even if the journal says it already finished (C{--rerun-job})."""
+    max_losses: int = DEFAULT_MAX_LOSSES
+    journal_retention: float = 7 * 24 * 3600.0
+    key: bytes | None = attr.ib(default=None, repr=False)
+    local_token: bytes | None = attr.ib(default=None, repr=False)
+    """Without a key: the owner's token (L{p2pexec.localtoken}), which submitting and cancelling need; None: anyone may."""
+    web_public: bool = False
+    tls: Any | None = None
+    """A L{p2pexec.tls.TLSConfig}: AMP connections speak TLS."""

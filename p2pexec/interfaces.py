@@ -1,0 +1,285 @@
+"""
+The seams between the parts of a node, in one place.
+
+Each interface says everything one part asks of another, so that no part
+probes another with C{getattr}.  They are L{typing.Protocol}s, checked by
+mypy structurally: a class provides one by having its methods and attributes,
+with no declaration on the class (so the master, worker and journal need not
+import this module to provide theirs), and at run time they cost nothing.
+The code already used protocols for its seams; zope.interface would add a
+declaration to every implementer and checks that only mypy-zope reads.
+
+Who provides what (see docs/architecture.rst):
+
+  - L{IPeerHandler}: L{p2pexec.responders.Responders}, for each
+    L{p2pexec.peer.PeerProtocol};
+  - L{IWorkerLink}: L{p2pexec.outbox.Outbox}, for the master;
+  - L{IJobObserver}: L{p2pexec.startup.StartupJob}, for the master;
+  - L{IResultSink}: the sinks of L{p2pexec.outbox}, for the worker;
+  - L{ITaskRunner}: L{p2pexec.executor.Executor} (or a fake), for the worker;
+  - L{IJournal}: L{p2pexec.journal.Journal} or L{p2pexec.journal.NullJournal};
+  - L{INode}: L{p2pexec.node.Node}, for the parts it wires;
+  - L{INodeViews}: L{p2pexec.views.Views}, for the web, metrics and AMP status.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
+    from twisted.python.failure import Failure
+
+    from p2pexec import status
+    from p2pexec.auth import ChallengeResponse
+    from p2pexec.job import Job
+    from p2pexec.journal import JournalProblem, StoredJob
+    from p2pexec.model import Assignment, NodeInfo, TaskResult, TaskSpec
+    from p2pexec.peer import PeerProtocol
+    from p2pexec.tls import TLSConfig
+
+
+class INode(Protocol):
+    """What the parts of a node read of the node they belong to."""
+
+    @property
+    def info(self) -> NodeInfo:
+        """How this node describes itself (its port is known once it listens)."""
+
+    @property
+    def stopping(self) -> bool:
+        """Whether the node is leaving the cluster."""
+
+
+class IPeerHandler(Protocol):
+    """What a L{PeerProtocol} asks of the node it belongs to."""
+
+    challenge: ChallengeResponse | None
+    """With a cluster key: how a connection proves it (AUTHENTICATE); None without one."""
+
+    local_challenge: ChallengeResponse | None
+    """Without a cluster key: how a client proves the local token, to submit and cancel; None: anyone may."""
+
+    tls: TLSConfig | None
+    """With --tls: the node's TLS configuration (its certificate is bound into the proofs)."""
+
+    def connection_opened(self, protocol: PeerProtocol) -> bool:
+        """Count a new connection by its remote address; C{False} refuses it (too many from there)."""
+
+    def connect_requested(
+        self, protocol: PeerProtocol, cluster: str, name: str, instance: str, version: int
+    ) -> dict[str, Any]:
+        """Accept or refuse (by raising a declared error) a CONNECT_REQUEST."""
+
+    def handshake_received(self, protocol: PeerProtocol, node: NodeInfo) -> NodeInfo:
+        """Check the dialling peer's description; return our own."""
+
+    def connection_ready(self, protocol: PeerProtocol, node: NodeInfo) -> None:
+        """The handshake on C{protocol} is complete, in either direction."""
+
+    def peers_offered(self, protocol: PeerProtocol, peers: list[tuple[NodeInfo, float]]) -> list[dict[str, Any]]:
+        """Merge the peer's known peers (with the age of each); return ours, in wire form."""
+
+    def assignment_received(
+        self, protocol: PeerProtocol, job: str, master: str, master_instance: str, tasks: list[Any]
+    ) -> int:
+        """Queue tasks from a master; return how many were accepted."""
+
+    def confirmation_received(self, protocol: PeerProtocol, job: str, results: list[Any]) -> Deferred[tuple[int, int]]:
+        """Apply a worker's results; fire with (applied, stale) once they are journaled."""
+
+    def results_queried(self, protocol: PeerProtocol, job: str, tasks: list[Any]) -> dict[str, list[str]]:
+        """A master asks what became of attempts it gave us (see L{commands.ResultQuery})."""
+
+    def cancel_requested(self, protocol: PeerProtocol, job: str) -> int:
+        """Cancel a job we are master of, or stop our part of a job (see L{commands.CancelJob})."""
+
+    def submit_part(self, protocol: PeerProtocol, tasks: list[Any], defaults: Any, upload: str, final: bool) -> Any:
+        """A part of a submitted job (see L{commands.SubmitJob}); the answer, or a Deferred of it."""
+
+    def jobs_status(self) -> list[dict[str, Any]]:
+        """Summaries of the jobs this node is master of."""
+
+    def job_status(self, job_id: str) -> dict[str, Any]:
+        """One job's summary."""
+
+    def job_tasks(self, job_id: str, **filters: Any) -> tuple[list[dict[str, Any]], int]:
+        """A page of one job's tasks, and how many matched."""
+
+    def peers_status(self) -> list[dict[str, Any]]:
+        """This node, then its peers."""
+
+    def node_status(self) -> dict[str, Any]:
+        """This node's load and links, for a peer's NODE_STATUS."""
+
+    def job_completed(self, protocol: PeerProtocol, job: str, succeeded: int, failed: int, elapsed: float) -> None:
+        """Note that a master's job has finished."""
+
+    def disconnect_requested(self, protocol: PeerProtocol, reason: str) -> None:
+        """Note that the peer is leaving."""
+
+    def connection_lost(self, protocol: PeerProtocol, reason: Failure) -> None:
+        """Forget the connection."""
+
+
+class IWorkerLink(Protocol):
+    """How the master reaches its workers."""
+
+    def send_assignments(self, worker: str, job: str, assignments: list[Assignment]) -> None:
+        """Hand C{assignments} to C{worker}; a failure means the worker is lost."""
+
+    def send_complete(self, worker: str, job: Job) -> None:
+        """Tell C{worker} that C{job} has finished."""
+
+    def query_tasks(self, worker: str, job: str, attempts: list[tuple[str, int]]) -> Deferred[dict[str, Any]]:
+        """
+        Ask C{worker} what became of these attempts: fires with its answer,
+        C{{"done": ids, "running": ids, "unknown": ids}} from a well-behaved
+        worker (the master checks it, see L{p2pexec.master.check_query_answer});
+        the results of the done ones come again as confirmations.
+        """
+
+    def send_cancel(self, worker: str, job: str) -> None:
+        """Tell C{worker} to stop every task of C{job} it holds."""
+
+
+class IJobObserver(Protocol):
+    """Who hears about finished jobs."""
+
+    def job_finished(self, job: Job) -> None:
+        """C{job} has a result for every task."""
+
+
+class IResultSink(Protocol):
+    """Where the results of one master's tasks go."""
+
+    key: tuple[str, str]
+    """The master's (name, instance): identifies the sink."""
+
+    def deliver(self, job: str, results: list[TaskResult]) -> None:
+        """Send a batch of results of C{job} to the master."""
+
+
+class ITaskRunner(Protocol):
+    """Runs one task attempt that has a command."""
+
+    def run(self, job: str, assignment: Assignment) -> Deferred[TaskResult]:
+        """Run it; fire with its result, never fail."""
+
+    def stop_all(self) -> None:
+        """Terminate every running task."""
+
+    def stop(self, job: str, assignment: Assignment) -> None:
+        """Terminate one running attempt (its result still arrives)."""
+
+
+class ITaskState(Protocol):
+    """What the journal reads from a task record when it writes it."""
+
+    spec: TaskSpec
+    attempt: int
+    worker: str | None
+    failures: int
+    losses: int
+    result: TaskResult | None
+
+    @property
+    def state_name(self) -> str:
+        """C{pending}, C{assigned} or C{done}."""
+
+
+class IJobState(Protocol):
+    """What the journal reads from a job when it writes it."""
+
+    id: str
+    source: str | None
+    started_at: float
+    """When it was accepted, by the wall clock (seconds since the epoch)."""
+    cancelled: bool
+    tasks: dict[str, Any]
+
+    @property
+    def finished_at(self) -> float | None:
+        """When it ended, by the wall clock, or C{None}."""
+
+
+class IJournal(Protocol):
+    """
+    Where a master records its decisions (see L{p2pexec.journal.Journal}).
+
+    @ivar problem: why the journal cannot be written at the moment (its
+        last write failed), or C{None} while it can.
+    """
+
+    problem: JournalProblem | None
+
+    def job_added(self, job: IJobState) -> None:
+        """A job was accepted: write it and all its tasks."""
+
+    def task_changed(self, job_id: str, record: ITaskState) -> None:
+        """A task's state, attempt or result changed."""
+
+    def job_changed(self, job: IJobState) -> None:
+        """A job finished or was cancelled."""
+
+    def durable(self) -> Deferred[None]:
+        """
+        Fires once everything marked so far is written.  It never fails: if a
+        write fails it waits for one that succeeds (they are retried).
+        """
+
+    def commit(self) -> None:
+        """Write everything marked so far, now."""
+
+    def unfinished_jobs(self) -> list[StoredJob]:
+        """The jobs not finished, as stored."""
+
+    def finished_job(self, source: str) -> StoredJob | None:
+        """The job from C{source} that finished last, if the journal still has one."""
+
+    def withdraw(self, job_id: str) -> None:
+        """Forget a job added but never written (its submission was refused)."""
+
+    def prune(self, finished_before: float) -> int:
+        """Delete the jobs that finished before C{finished_before} (wall clock); return how many."""
+
+    def close(self) -> None:
+        """Write what is marked and release the journal."""
+
+
+class INodeViews(Protocol):
+    """What the HTTP API, the metrics and the AMP status commands read of a node."""
+
+    def my_load(self) -> status.Load:
+        """This node's running and queued tasks and its live connections."""
+
+    def peers_status(self) -> list[dict[str, Any]]:
+        """This node, then its peers (see L{p2pexec.status.peers_view})."""
+
+    def topology_status(self) -> dict[str, Any]:
+        """Nodes and links (see L{p2pexec.status.topology_view})."""
+
+    def jobs_status(self) -> list[dict[str, Any]]:
+        """Every job this node is master of, newest first."""
+
+    def job_status(self, job_id: str) -> dict[str, Any]:
+        """One job's summary; raises L{p2pexec.commands.UnknownJob}."""
+
+    def job_tasks(self, job_id: str, **filters: Any) -> tuple[list[dict[str, Any]], int]:
+        """A page of one job's tasks, and how many matched; raises L{p2pexec.commands.UnknownJob}."""
+
+    def node_status(self) -> dict[str, Any]:
+        """What this node tells a peer that asks NODE_STATUS."""
+
+    def problem(self) -> str | None:
+        """Why this node is not healthy (its journal cannot be written), or C{None}."""
+
+    def counters(self) -> dict[str, int]:
+        """The node's counters and gauges for the metrics, by name (see L{p2pexec.views.COUNTERS})."""
+
+    def datagrams_rejected(self) -> dict[str, int]:
+        """Discovery datagrams dropped, by reason."""
+
+    def on_result(self, listener: Callable[[TaskResult], None]) -> None:
+        """Call C{listener} with every result applied to a task of this node's jobs."""

@@ -636,3 +636,109 @@ class BadPeerTests(SynchronousTestCase):
         self.assertIn("'duration'", outcome[0].getErrorMessage())
         self.assertTrue(cluster.connected("m1", "w1"))
         self.assertEqual(cluster.nodes["m1"].master.jobs[job].succeeded, 0)
+
+
+class WiringTests(SynchronousTestCase):
+    """L{create_node} builds the parts; the node wires them, and its loops are services."""
+
+    def test_given_parts_are_used(self):
+        """A journal and a worker given to L{create_node} are the ones the node and its master use."""
+        from p2pexec.journal import NullJournal
+        from p2pexec.worker import Worker
+
+        network = FakeNetwork()
+        host = network.host("127.0.0.1")
+        journal = NullJournal()
+        worker = Worker("a1", frozenset({"a"}), 3, FakeRunner(host, "a1"), host)
+        node = create_node(NodeConfig(name="a1"), host, FakeRunner(host, "a1"), journal=journal, worker=worker)
+        self.assertIs(node.journal, journal)
+        self.assertIs(node.master.journal, journal)
+        self.assertIs(node.worker, worker)
+
+    def test_loops_are_children_of_the_service(self):
+        """
+        The periodic loops (peer expiry, gossip, liveness checks) are
+        children of the L{NodeService}: they start with it, call on the
+        node's clock, and have stopped once it has left.
+        """
+        from twisted.application.service import IServiceCollection
+
+        from p2pexec.service import NodeService
+
+        network = FakeNetwork()
+        host = network.host("127.0.0.1")
+        node = create_node(NodeConfig(name="a1", port=10001), host, FakeRunner(host, "a1"))
+        service = NodeService(node)
+        self.assertEqual(
+            [loop.name for loop in IServiceCollection(service)], ["peer expiry", "gossip", "liveness checks"]
+        )
+        service.privilegedStartService()
+        service.startService()
+        network.run(30.0)
+        self.assertEqual([loop.calling for loop in node.loops], [True, True, True])
+        stopped = service.stopService()
+        network.run(5.0)
+        self.successResultOf(stopped)
+        self.assertEqual([(loop.running, loop.calling) for loop in node.loops], [(0, False)] * 3)
+
+    def test_loops_run_without_a_service(self):
+        """A node started by itself (as in these tests) runs its loops too, and stops them when it leaves."""
+        cluster = Cluster()
+        node = cluster.add("a1")
+        self.assertEqual([loop.calling for loop in node.loops], [True, True, True])
+        cluster.stop("a1")
+        cluster.network.run(5.0)
+        self.assertEqual([loop.calling for loop in node.loops], [False, False, False])
+
+    def test_metrics_read_the_views(self):
+        """The metrics read a node's views alone: a stand-in for them is enough to collect every figure."""
+        from p2pexec.metrics import COUNTERS, GAUGES, NodeMetrics
+        from p2pexec.views import COUNTERS as FIGURES
+
+        listeners = []
+
+        class Views:
+            """Fixed figures, each its own value, so that a mix-up shows."""
+
+            def peers_status(self):
+                return [{"state": "self"}, {"state": "alive"}]
+
+            def jobs_status(self):
+                return [{"state": "running", "counts": {"pending": 2}}]
+
+            def counters(self):
+                return {name: index for index, name in enumerate(FIGURES)}
+
+            def datagrams_rejected(self):
+                return {"bad seal": 4}
+
+            def on_result(self, listener):
+                listeners.append(listener)
+
+        metrics = NodeMetrics(Views())
+        self.assertEqual(listeners, [metrics.result_applied])
+        samples = {
+            (sample.name, tuple(sample.labels.values())): sample.value
+            for family in metrics.registry.collect()
+            for sample in family.samples
+        }
+        self.assertEqual(samples[("p2pexec_peers", ("alive",))], 1)
+        self.assertEqual(samples[("p2pexec_tasks", ("pending",))], 2)
+        self.assertEqual(samples[("p2pexec_datagrams_rejected_total", ("bad seal",))], 4)
+        for name, _, figure in COUNTERS:
+            self.assertEqual(samples[(name + "_total", ())], FIGURES.index(figure), name)
+        for name, _, figure in GAUGES:
+            self.assertEqual(samples[(name, ())], FIGURES.index(figure), name)
+        self.assertEqual({figure for _, _, figure in COUNTERS + GAUGES}, set(FIGURES))
+
+    def test_views_count_what_the_parts_count(self):
+        """The views' counters are the master's, the worker's, discovery's and the responders' own figures."""
+        cluster = Cluster()
+        a1 = cluster.add("a1")
+        cluster.add("a2", address="127.0.0.2")
+        cluster.network.run(3.0)
+        figures = a1.views.counters()
+        self.assertEqual(figures["worker_slots"], a1.worker.slots)
+        self.assertEqual(figures["datagrams_received"], a1.discovery.received)
+        self.assertGreater(figures["datagrams_received"], 0)
+        self.assertEqual(figures["reconnects"], a1.responders.reconnects)

@@ -205,7 +205,7 @@ class KeyedClusterTests(SynchronousTestCase):
             cluster.network.run(10.0)
         a1 = cluster.nodes["a1"]
         self.assertEqual({record.info.name for record in a1.peers}, {"b1"})
-        job = a1.master.jobs[a1._initial_job_id]
+        job = a1.master.jobs[a1.startup.job_id]
         self.assertEqual(job.succeeded, 2)
         self.assertIn("c", a1.master.waiting_kinds(), "no node with the key runs kind c")
         self.assertGreater(a1.discovery.rejected.get("forged", 0), 0)

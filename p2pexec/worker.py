@@ -22,6 +22,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
 from p2pexec import commands
+from p2pexec.attempt_states import ATTEMPT, HOLDS_SLOT, AttemptEvent, AttemptOutput, AttemptState, query_answer
 from p2pexec.interfaces import IResultSink, ITaskRunner
 from p2pexec.log import MAX_IDS_IN_LOG, NodeLogger, format_ids
 from p2pexec.model import ERROR, RETURNED, SUCCEEDED, Assignment, TaskResult
@@ -38,16 +39,48 @@ AttemptKey = tuple[str, str, str, int]
 """(master name, job, task id, attempt)."""
 
 
-@attr.s(auto_attribs=True, slots=True)
-class _Queued:
+@attr.s(auto_attribs=True, slots=True, eq=False)
+class _Attempt:
+    """
+    One task attempt on this worker.
+
+    @ivar key: its (master, job, task, attempt).
+    @ivar state: where it stands (see L{p2pexec.attempt_states}).
+    @ivar result: what goes (or went) to its master once it ended: its
+        result, or the C{returned} one when the node is leaving.
+    """
+
     sink: IResultSink
     job: str
     assignment: Assignment
+    key: AttemptKey
+    state: AttemptState = AttemptState.QUEUED
+    result: TaskResult | None = None
+
+
+_ENDED = AttemptEvent.ENDED
+_ENDED_NOT_KEPT = AttemptEvent.ENDED_NOT_KEPT
+_QUEUED = AttemptState.QUEUED
+_CANCELLED = AttemptState.CANCELLED
+_STOP_PROCESS = AttemptOutput.STOP_PROCESS
+_FLUSHED = AttemptEvent.FLUSHED
+_step = ATTEMPT.step
 
 
 class Worker:
     """
     Runs the tasks that masters assign to this node.
+
+    Each attempt's state is one L{AttemptState} on it, stepped by the
+    L{ATTEMPT} machine; the containers below are indexes of it, each filled
+    and emptied by the machine's outputs (L{_perform}):
+
+      - C{_queue}: the attempts in QUEUED, first come first started;
+      - C{_active}: the attempts queued or running (L{ACTIVE}), by key;
+      - C{_running_for}: how many hold a slot, per master;
+      - C{_cache}: the attempts whose result is kept until acknowledged
+        (L{KEPT}), oldest first;
+      - C{_unsent}: the attempts whose result waits for this turn's batch.
 
     @ivar running: how many tasks are running now.
     @ivar completed: how many attempts this worker has finished in all.
@@ -66,8 +99,9 @@ class Worker:
         self.slots = slots
         self._runner = runner
         self._clock = clock
-        self._queue: deque[_Queued] = deque()
-        self._unsent: dict[tuple[tuple[str, str], str], tuple[IResultSink, list[TaskResult]]] = {}
+        self._queue: deque[_Attempt] = deque()
+        self._unqueued = False
+        self._unsent: dict[tuple[tuple[str, str], str], tuple[IResultSink, list[_Attempt]]] = {}
         self._flush_call: IDelayedCall | None = None
         self._idle_waiters: list[Deferred[None]] = []
         self.running = 0
@@ -75,22 +109,92 @@ class Worker:
         self.accepting = True
         self._starting = False
         self._running_for: dict[tuple[str, str], int] = {}
-        self._active: dict[AttemptKey, _Queued] = {}
-        self._cache: OrderedDict[AttemptKey, TaskResult] = OrderedDict()
+        self._active: dict[AttemptKey, _Attempt] = {}
+        self._cache: OrderedDict[AttemptKey, _Attempt] = OrderedDict()
         self._cache_bytes = 0
-        self._cancelled: set[AttemptKey] = set()
-        self._stopped_leaving: set[AttemptKey] = set()
         self.answered_from_cache = 0
         self.cache_evictions = 0
-
-    @staticmethod
-    def _key(entry: _Queued) -> AttemptKey:
-        return (entry.sink.key[0], entry.job, entry.assignment.task.id, entry.assignment.attempt)
 
     @property
     def queued(self) -> int:
         """How many assigned tasks wait for a slot."""
         return len(self._queue)
+
+    def state_of(self, master: str, job: str, task_id: str, attempt: int) -> AttemptState | None:
+        """The state of an attempt this worker holds (queued, running or kept), or C{None}."""
+        key = (master, job, task_id, attempt)
+        entry = self._active.get(key) or self._cache.get(key)
+        return None if entry is None else entry.state
+
+    # -- the machine ----------------------------------------------------------
+
+    def _fire(self, entry: _Attempt, event: AttemptEvent) -> None:
+        """Step C{entry}'s machine with C{event} and perform the outputs."""
+        entry.state, outputs = _step(entry.state, event)
+        if outputs:
+            self._perform(entry, outputs)
+
+    def _perform(self, entry: _Attempt, outputs: tuple[AttemptOutput, ...]) -> None:
+        """Do what the attempt machine answered, in order (the one place that does)."""
+        for output in outputs:
+            if output is AttemptOutput.QUEUE_RESULT or output is AttemptOutput.QUEUE_RETURNED:
+                if output is AttemptOutput.QUEUE_RETURNED:
+                    entry.result = self._returned(entry)
+                self._add_unsent(entry)
+                self._schedule_flush()
+            elif output is AttemptOutput.FREE_SLOT:
+                # Starting what fits next is the caller's, once every output is done.
+                self.running -= 1
+                master = entry.sink.key
+                left = self._running_for[master] - 1
+                if left:
+                    self._running_for[master] = left
+                else:
+                    del self._running_for[master]
+                self.completed += 1
+                del self._active[entry.key]
+            elif output is AttemptOutput.KEEP_RESULT:
+                self._remember(entry)
+            elif output is AttemptOutput.TAKE_SLOT:
+                self.running += 1
+                master = entry.sink.key
+                self._running_for[master] = self._running_for.get(master, 0) + 1
+            elif output is AttemptOutput.RUN:
+                self._run(entry)
+            elif output is AttemptOutput.FORGET_RESULT:
+                if self._cache.pop(entry.key, None) is not None:
+                    self._cache_bytes -= _size(entry)
+            elif output is AttemptOutput.COUNT_FROM_CACHE:
+                self.answered_from_cache += 1
+            elif output is AttemptOutput.UNQUEUE:
+                # The callers that unqueue compact the queue once, after the lot.
+                del self._active[entry.key]
+                self._unqueued = True
+            elif output is AttemptOutput.STOP_PROCESS:
+                self._runner.stop(entry.job, entry.assignment)
+            elif output is AttemptOutput.UNQUEUE_RESULT:
+                pass  # flush() skips cancelled attempts
+            else:  # pragma: no cover (every output is handled above)
+                raise AssertionError(output)
+
+    def _compact_queue(self) -> None:
+        """Take the attempts that left QUEUED out of the queue (one pass for a whole cancel, drop or leave)."""
+        if self._unqueued:
+            self._unqueued = False
+            self._queue = deque(entry for entry in self._queue if entry.state is _QUEUED)
+
+    def _returned(self, entry: _Attempt) -> TaskResult:
+        """The C{returned} result of an attempt handed back because the node is leaving."""
+        why = "not run" if entry.result is None else "stopped after the drain timeout"
+        return TaskResult(
+            task_id=entry.assignment.task.id,
+            attempt=entry.assignment.attempt,
+            status=RETURNED,
+            node=self.name,
+            error=f"node {self.name} is leaving; {why}",
+        )
+
+    # -- tasks ----------------------------------------------------------------
 
     def accept(self, sink: IResultSink, job: str, assignments: list[Assignment]) -> int:
         """
@@ -115,18 +219,22 @@ class Worker:
             job=job,
             count=len(assignments),
         )
+        master = sink.key[0]
         for assignment in assignments:
-            entry = _Queued(sink, job, assignment)
-            key = self._key(entry)
+            key = (master, job, assignment.task.id, assignment.attempt)
             cached = self._cache.get(key)
             if cached is not None:
                 # Assigned again after its confirmation was lost: answer, do not rerun.
-                self.answered_from_cache += 1
-                self._add_unsent(entry.sink, entry.job, cached)
-                self._schedule_flush()
-            elif key not in self._active:
-                self._active[key] = entry
-                self._queue.append(entry)
+                cached.sink = sink
+                self._fire(cached, AttemptEvent.RESEND)
+            else:
+                active = self._active.get(key)
+                if active is not None:
+                    self._fire(active, AttemptEvent.ASSIGNED_AGAIN)
+                else:
+                    entry = _Attempt(sink, job, assignment, key)
+                    self._active[key] = entry
+                    self._queue.append(entry)
         self._start_what_fits()
         return len(assignments)
 
@@ -143,29 +251,29 @@ class Worker:
         try:
             while self._queue and self.running < self.slots:
                 entry = self._queue.popleft()
-                self.running += 1
-                self._running_for[entry.sink.key] = self._running_for.get(entry.sink.key, 0) + 1
-                task = entry.assignment.task
-                started.append((task.id, entry.job))
-                if task.command is None:
-                    self._finished(
-                        entry,
-                        TaskResult(
-                            task_id=task.id,
-                            attempt=entry.assignment.attempt,
-                            status=SUCCEEDED,
-                            node=self.name,
-                        ),
-                    )
-                else:
-                    running = maybeDeferred(self._runner.run, entry.job, entry.assignment)
-                    running.addErrback(self._runner_failed, entry)
-                    running.addCallback(lambda result, entry=entry: self._finished(entry, result))
+                started.append((entry.assignment.task.id, entry.job))
+                self._fire(entry, AttemptEvent.START)
         finally:
             self._starting = False
         self._log_started(started)
 
-    def _runner_failed(self, failure: Failure, entry: _Queued) -> TaskResult:
+    def _run(self, entry: _Attempt) -> None:
+        """Run an attempt that took a slot: an instruction ends at once, a command through the runner."""
+        task = entry.assignment.task
+        if task.command is None:
+            self._finished(
+                entry,
+                TaskResult(task_id=task.id, attempt=entry.assignment.attempt, status=SUCCEEDED, node=self.name),
+            )
+        else:
+            running = maybeDeferred(self._runner.run, entry.job, entry.assignment)
+            running.addErrback(self._runner_failed, entry)
+            running.addCallback(self._finished_callback, entry)
+
+    def _finished_callback(self, result: TaskResult, entry: _Attempt) -> None:
+        self._finished(entry, result)
+
+    def _runner_failed(self, failure: Failure, entry: _Attempt) -> TaskResult:
         """
         The runner broke instead of reporting how the task ended (a bug):
         log it, and end the attempt as an C{error} result naming it, so the
@@ -173,12 +281,13 @@ class Worker:
         """
         task = entry.assignment.task
         log.failure("Node {name} could not run task {task}", failure, name=self.name, task=task.id, job=entry.job)
+        what = failure.getErrorMessage() or (failure.type.__name__ if failure.type is not None else "unknown error")
         return TaskResult(
             task_id=task.id,
             attempt=entry.assignment.attempt,
             status=ERROR,
             node=self.name,
-            error=f"node {self.name} could not run it: {failure.getErrorMessage() or failure.type.__name__}",
+            error=f"node {self.name} could not run it: {what}",
         )
 
     def _log_started(self, started: list[tuple[str, str]]) -> None:
@@ -194,35 +303,18 @@ class Worker:
                 ids=format_ids([task_id for task_id, _ in started]),
             )
 
-    def _finished(self, entry: _Queued, result: TaskResult) -> None:
-        self.running -= 1
-        left = self._running_for[entry.sink.key] - 1
-        if left:
-            self._running_for[entry.sink.key] = left
+    def _finished(self, entry: _Attempt, result: TaskResult) -> None:
+        """
+        An attempt's run ended.  Its state says what follows (kept and sent,
+        sent, handed back, or dropped); a result for a remote master that is
+        not C{returned} is kept until acknowledged, this node's own master
+        gets it directly and dies with this worker.
+        """
+        entry.result = result
+        if result.status != RETURNED and entry.key[0] != self.name:
+            self._fire(entry, _ENDED)
         else:
-            del self._running_for[entry.sink.key]
-        self.completed += 1
-        key = self._key(entry)
-        self._active.pop(key, None)
-        if key in self._stopped_leaving:
-            # Stopped because the node is leaving: handed back, to run elsewhere.
-            self._stopped_leaving.discard(key)
-            result = TaskResult(
-                task_id=result.task_id,
-                attempt=result.attempt,
-                status=RETURNED,
-                node=self.name,
-                error=f"node {self.name} is leaving; stopped after the drain timeout",
-            )
-        if key in self._cancelled:
-            self._cancelled.discard(key)
-        else:
-            if result.status != RETURNED and entry.sink.key[0] != self.name:
-                # Kept for a remote master until it acknowledges; this node's
-                # own master gets it directly and dies with this worker.
-                self._remember(key, result)
-            self._add_unsent(entry.sink, entry.job, result)
-            self._schedule_flush()
+            self._fire(entry, _ENDED_NOT_KEPT)
         if entry.assignment.task.command is None:
             # Instructions finish inside the start loop, which goes on.
             self._start_what_fits()
@@ -238,14 +330,15 @@ class Worker:
         if self._flush_call is None:
             self._flush_call = self._clock.callLater(0, self.flush)
 
-    def _remember(self, key: AttemptKey, result: TaskResult) -> None:
+    def _remember(self, entry: _Attempt) -> None:
         """Keep a finished result until its master acknowledges it (bounded)."""
-        self._cache[key] = result
-        self._cache_bytes += len(result.stdout) + len(result.stderr)
+        self._cache[entry.key] = entry
+        self._cache_bytes += _size(entry)
         while len(self._cache) > MAX_CACHED_RESULTS or self._cache_bytes > MAX_CACHED_BYTES:
             old_key, old = self._cache.popitem(last=False)
-            self._cache_bytes -= len(old.stdout) + len(old.stderr)
+            self._cache_bytes -= _size(old)
             self.cache_evictions += 1
+            self._fire(old, AttemptEvent.EVICTED)
             log.warn(
                 "Node {name} dropped the unacknowledged result of {task} (job {job}) from its full cache; "
                 "if master {master} asks for it, it runs again",
@@ -258,9 +351,9 @@ class Worker:
     def acknowledged(self, master: str, job: str, results: list[TaskResult]) -> None:
         """C{master} has these results for good: forget them."""
         for result in results:
-            old = self._cache.pop((master, job, result.task_id, result.attempt), None)
-            if old is not None:
-                self._cache_bytes -= len(old.stdout) + len(old.stderr)
+            entry = self._cache.get((master, job, result.task_id, result.attempt))
+            if entry is not None:
+                self._fire(entry, AttemptEvent.ACKNOWLEDGED)
 
     def query(self, sink: IResultSink, job: str, attempts: list[tuple[str, int]]) -> dict[str, list[str]]:
         """
@@ -275,17 +368,13 @@ class Worker:
         answer: dict[str, list[str]] = {"done": [], "running": [], "unknown": []}
         for task_id, attempt in attempts:
             key = (master, job, task_id, attempt)
-            cached = self._cache.get(key)
-            if cached is not None:
-                answer["done"].append(task_id)
-                self.answered_from_cache += 1
-                self._add_unsent(sink, job, cached)
-            elif key in self._active:
-                answer["running"].append(task_id)
-            else:
-                answer["unknown"].append(task_id)
-        if answer["done"]:
-            self._schedule_flush()
+            entry = self._cache.get(key) or self._active.get(key)
+            said = "unknown" if entry is None else query_answer(entry.state)
+            answer[said].append(task_id)
+            if said == "done":
+                assert entry is not None
+                entry.sink = sink
+                self._fire(entry, AttemptEvent.RESEND)
         return answer
 
     def cancel(self, master: str, job: str) -> tuple[int, int]:
@@ -296,38 +385,42 @@ class Worker:
 
         @return: (how many were dropped from the queue, how many were stopped).
         """
-        dropped = [e for e in self._queue if e.sink.key[0] == master and e.job == job]
-        if dropped:
-            self._queue = deque(e for e in self._queue if not (e.sink.key[0] == master and e.job == job))
-            for entry in dropped:
-                self._active.pop(self._key(entry), None)
-        running = [entry for key, entry in self._active.items() if key[0] == master and key[1] == job]
-        for entry in running:
-            self._cancelled.add(self._key(entry))
-            self._runner.stop(entry.job, entry.assignment)
-        for key in [k for k in self._cache if k[0] == master and k[1] == job]:
-            old = self._cache.pop(key)
-            self._cache_bytes -= len(old.stdout) + len(old.stderr)
-        self._unsent = {k: v for k, v in self._unsent.items() if not (k[0][0] == master and k[1] == job)}
+        dropped = stopped = 0
+        held = [e for k, e in self._active.items() if k[0] == master and k[1] == job]
+        held += [e for k, e in self._cache.items() if k[0] == master and k[1] == job]
+        for batch_key, (_, entries) in self._unsent.items():
+            if batch_key[0][0] == master and batch_key[1] == job:
+                held += [e for e in entries if e.state is not _CANCELLED and not ATTEMPT.is_final(e.state)]
+        seen: set[int] = set()
+        for entry in held:
+            if id(entry) in seen or entry.state is _CANCELLED:
+                continue
+            seen.add(id(entry))
+            if entry.state is _QUEUED:
+                dropped += 1
+            elif entry.state in HOLDS_SLOT:
+                stopped += 1
+            self._fire(entry, AttemptEvent.CANCEL)
+        self._compact_queue()
         log.info(
             "Node {name} cancelled job {job} of master {master}: {dropped} queued task(s) dropped, "
             "{stopped} running task(s) stopped",
             name=self.name,
             job=job,
             master=master,
-            dropped=len(dropped),
-            stopped=len(running),
+            dropped=dropped,
+            stopped=stopped,
         )
         self._notify_if_idle()
-        return len(dropped), len(running)
+        return dropped, stopped
 
-    def _add_unsent(self, sink: IResultSink, job: str, result: TaskResult) -> None:
-        key = (sink.key, job)
+    def _add_unsent(self, entry: _Attempt) -> None:
+        key = (entry.sink.key, entry.job)
         unsent = self._unsent.get(key)
         if unsent is None:
-            self._unsent[key] = (sink, [result])
+            self._unsent[key] = (entry.sink, [entry])
         else:
-            unsent[1].append(result)
+            unsent[1].append(entry)
 
     def flush(self) -> None:
         """Send every finished result not yet sent, one batch per master and job."""
@@ -335,8 +428,15 @@ class Worker:
             self._flush_call.cancel()
         self._flush_call = None
         unsent, self._unsent = self._unsent, {}
-        for (_, job), (sink, results) in unsent.items():
-            sink.deliver(job, results)
+        for (_, job), (sink, entries) in unsent.items():
+            results: list[TaskResult] = []
+            for entry in entries:
+                # A cancelled attempt's result is unqueued (UNQUEUE_RESULT): skipped here.
+                if entry.state is not _CANCELLED and entry.result is not None:
+                    results.append(entry.result)
+                    self._fire(entry, _FLUSHED)
+            if results:
+                sink.deliver(job, results)
 
     def masters_with_work(self) -> set[str]:
         """Names of the masters whose tasks are queued or running here."""
@@ -351,15 +451,12 @@ class Worker:
 
         @return: how many were dropped.
         """
-        before = len(self._queue)
-        kept: deque[_Queued] = deque()
+        dropped = 0
         for entry in self._queue:
             if entry.sink.key == master:
-                self._active.pop(self._key(entry), None)
-            else:
-                kept.append(entry)
-        self._queue = kept
-        dropped = before - len(self._queue)
+                self._fire(entry, AttemptEvent.MASTER_GONE)
+                dropped += 1
+        self._compact_queue()
         if dropped:
             log.info(
                 "Node {name} dropped {count} queued task(s) of master {master}, which went away",
@@ -379,24 +476,13 @@ class Worker:
         @return: how many tasks were handed back.
         """
         self.accepting = False
-        handed_back = list(self._queue)
-        self._queue.clear()
-        for entry in handed_back:
-            self._active.pop(self._key(entry), None)
-            self._add_unsent(
-                entry.sink,
-                entry.job,
-                TaskResult(
-                    task_id=entry.assignment.task.id,
-                    attempt=entry.assignment.attempt,
-                    status=RETURNED,
-                    node=self.name,
-                    error=f"node {self.name} is leaving; not run",
-                ),
-            )
+        handed_back = len(self._queue)
+        for entry in self._queue:
+            self._fire(entry, AttemptEvent.STOP_ACCEPTING)
+        self._compact_queue()
         self.flush()
         self._notify_if_idle()
-        return len(handed_back)
+        return handed_back
 
     def when_idle(self) -> Deferred[None]:
         """A Deferred that fires once nothing runs and nothing is queued."""
@@ -409,9 +495,14 @@ class Worker:
         """
         Terminate every running task (when draining times out): each is
         handed back to its master as C{returned}, to run elsewhere, not
-        reported as failed.
+        reported as failed.  (Queued ones were handed back already, by
+        L{stop_accepting}.)
         """
-        self._stopped_leaving.update(key for key in self._active if key not in self._cancelled)
+        for entry in self._active.values():
+            if entry.state in HOLDS_SLOT:
+                entry.state, outputs = _step(entry.state, AttemptEvent.STOP_RUNNING)
+                # STOP_PROCESS for each, done at once below.
+                assert outputs in ((), (_STOP_PROCESS,)), outputs
         self._runner.stop_all()
 
     def settled(self) -> Deferred[None]:
@@ -427,3 +518,10 @@ class Worker:
             waiting, self._idle_waiters = self._idle_waiters, []
             for d in waiting:
                 d.callback(None)
+
+
+def _size(entry: _Attempt) -> int:
+    """The bytes of output a kept attempt's result holds."""
+    result = entry.result
+    assert result is not None
+    return len(result.stdout) + len(result.stderr)

@@ -267,3 +267,53 @@ class ResultCacheTests(SynchronousTestCase):
         sent = [task for job, batch in self.sink.batches for task, _, _ in batch]
         self.assertEqual(sent, ["o1"], "only the other job's task ran and reported")
         self.assertEqual(self.worker.query(self.sink, "j", [("t3", 1)])["unknown"], ["t3"])
+
+
+class AttemptStateTests(SynchronousTestCase):
+    """Each attempt's state is one field, stepped by the attempt machine (L{p2pexec.attempt_states})."""
+
+    def setUp(self):
+        self.clock = Clock()
+        self.runner = FakeRunner(self.clock, "w1", duration=1.0)
+        self.worker = Worker("w1", frozenset({"w"}), 1, self.runner, self.clock)
+        self.sink = RecordingSink(key=("m1", "instance-1"))
+
+    def state(self, task_id):
+        """The state of attempt 1 of C{task_id} of job j, or None once forgotten."""
+        return self.worker.state_of("m1", "j", task_id, 1)
+
+    def test_life_of_an_attempt_for_another_master(self):
+        """Queued, running, finished (its result waits for the batch), sent, then forgotten once acknowledged."""
+        from p2pexec.attempt_states import AttemptState
+
+        self.worker.accept(self.sink, "j", [command_task("t1"), command_task("t2")])
+        self.assertEqual((self.state("t1"), self.state("t2")), (AttemptState.RUNNING, AttemptState.QUEUED))
+        self.clock.advance(1.0)
+        self.assertEqual(self.state("t1"), AttemptState.SENT)
+        self.assertEqual(self.sink.batches, [("j", [("t1", 1, "succeeded")])])
+        self.worker.acknowledged("m1", "j", [TaskResult(task_id="t1", attempt=1, status="succeeded", node="w1")])
+        self.assertIsNone(self.state("t1"))
+
+    def test_cancel_drops_a_result_waiting_for_its_batch(self):
+        """A result that ended this turn and waits for its batch is not sent once its job is cancelled."""
+        from p2pexec.attempt_states import AttemptState
+
+        instruction = Assignment(task=TaskSpec(id="t1", kind="w"), attempt=1)
+        self.worker.accept(self.sink, "j", [instruction])
+        self.worker.accept(self.sink, "k", [Assignment(task=TaskSpec(id="u1", kind="w"), attempt=1)])
+        self.assertEqual(self.state("t1"), AttemptState.FINISHED)
+        self.assertEqual(self.worker.cancel("m1", "j"), (0, 0))
+        self.assertIsNone(self.state("t1"))
+        self.clock.advance(0)
+        self.assertEqual(self.sink.batches, [("k", [("u1", 1, "succeeded")])])
+
+    def test_stopped_while_leaving_then_cancelled_sends_nothing(self):
+        """An attempt stopped because the node leaves, then cancelled, ends with nothing sent."""
+        self.worker.accept(self.sink, "j", [command_task("t1")])
+        self.worker.stop_accepting()
+        self.worker.stop_running()
+        self.worker.cancel("m1", "j")
+        self.clock.advance(0)
+        self.clock.advance(0)
+        self.assertEqual(self.sink.batches, [])
+        self.assertEqual((self.worker.running, self.worker.completed), (0, 1))

@@ -1,7 +1,12 @@
 """
 One job's book-keeping on its master: every task's state, attempt and result.
 
-Pure state, no I/O and no clock of its own: times are passed in.  Two kinds
+Pure state, no I/O and no clock of its own: times are passed in.  A task's
+state is one L{TaskState} on its record, stepped by the task machine
+(L{p2pexec.task_states.TASK}) in L{Job.fire}, which performs the outputs
+that change the job's own book-keeping (counting results, failures and
+stale results) and hands the rest back to the caller (the master: seats,
+journal, queue, timers).  Two kinds
 of time: C{started}/C{finished} are readings of the node's monotonic clock
 (the reactor's, see L{p2pexec.clock}), from which every duration is
 computed; C{started_at}/C{finished_at} are wall-clock moments, shown to people
@@ -11,23 +16,18 @@ and kept in the journal, never subtracted from each other.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import attr
 
 from p2pexec.model import CANCELLED, FAILED, RETURNED, Assignment, TaskResult, TaskSpec
+from p2pexec.task_states import JOURNAL_NAMES, TASK, TaskEvent, TaskOutput, TaskState
+
+__all__ = ["DEFAULT_MAX_LOSSES", "Job", "TaskRecord", "TaskState", "Verdict", "verdict_of"]
 
 DEFAULT_MAX_LOSSES = 3
 """How many times a task may lose its worker before it is quarantined as failed."""
-
-
-class TaskState(enum.Enum):
-    """Where a task stands on its master."""
-
-    PENDING = "pending"
-    ASSIGNED = "assigned"
-    DONE = "done"
 
 
 class Verdict(enum.Enum):
@@ -50,7 +50,7 @@ class TaskRecord:
     One task of a job.
 
     @ivar spec: the task.
-    @ivar state: see L{TaskState}.
+    @ivar state: see L{TaskState} (stepped by L{Job.fire} only).
     @ivar attempt: the number of the latest attempt (0 before the first).
     @ivar worker: the node given the latest attempt (kept when the task is
         put back, so that its late result can still be recognised).
@@ -70,8 +70,8 @@ class TaskRecord:
 
     @property
     def state_name(self) -> str:
-        """The state's name, as the journal stores it."""
-        return self.state.value
+        """The state's name, as the journal stores it (see L{JOURNAL_NAMES})."""
+        return JOURNAL_NAMES[self.state]
 
 
 class Job:
@@ -179,15 +179,75 @@ class Job:
         """Whether every task has a result."""
         return self.succeeded + self.failed == len(self.tasks)
 
-    def assign(self, task_id: str, worker: str) -> Assignment:
-        """Start a new attempt of a pending task on C{worker}."""
-        record = self.tasks[task_id]
-        assert record.state is TaskState.PENDING, (task_id, record.state)
-        record.state = TaskState.ASSIGNED
+    # -- the task machine ----------------------------------------------------
+
+    def fire(
+        self, record: TaskRecord, event: TaskEvent, now: float, result: TaskResult | None = None
+    ) -> tuple[TaskOutput, ...]:
+        """
+        Step C{record}'s task machine with C{event}, perform the outputs
+        that change this job's book-keeping, and return every output: the
+        caller performs the others (seats, journal, queue, timers, logs).
+
+        @param result: the result the event brings (a worker's, a
+            quarantine's, a cancellation's): it becomes the task's result on
+            L{TaskOutput.COUNT_RESULT}, or the failed attempt's on
+            L{TaskOutput.START_RETRY_TIMER}.
+        """
+        record.state, outputs = _step(record.state, event)
+        for output in outputs:
+            if output is _COUNT_RESULT:
+                if result is not None:
+                    record.result = result
+                assert record.result is not None
+                if record.result.succeeded:
+                    self.succeeded += 1
+                else:
+                    self.failed += 1
+                if self.done:
+                    self.finished = now
+            elif output is _COUNT_STALE:
+                self.stale += 1
+            elif output is _START_RETRY_TIMER:
+                record.failures += 1
+                record.result = result
+        return outputs
+
+    def result_event(self, record: TaskRecord, result: TaskResult, sender: str | None) -> TaskEvent:
+        """
+        What a result reported by C{sender} is to the task machine (the
+        guards): stale if it is not for the latest attempt, not from the node
+        that attempt was given to, or the failed attempt already waiting for
+        its retry; a hand-back; a failure with retries left; or a result.  A
+        result counts even if the task was put back in the queue meanwhile
+        (its worker's connection dropped, but the result got through).
+        """
+        if result.attempt != record.attempt or (sender is not None and sender != record.worker):
+            return TaskEvent.RESULT_STALE
+        if result.status == RETURNED:
+            return TaskEvent.RESULT_RETURNED
+        if record.result is not None and record.result.attempt == result.attempt:
+            # The failed attempt waiting for (or past) its retry, reported again.
+            return TaskEvent.RESULT_STALE
+        if not result.succeeded and record.failures < record.spec.retries:
+            return TaskEvent.RESULT_RETRY
+        return TaskEvent.RESULT
+
+    def start_attempt(self, record: TaskRecord, worker: str) -> Assignment:
+        """A new attempt of a task just dispatched (L{TaskEvent.DISPATCH}) to C{worker}."""
         record.attempt += 1
         record.worker = worker
         self.participants.add(worker)
         return Assignment(task=record.spec, attempt=record.attempt)
+
+    # -- as events ------------------------------------------------------------
+
+    def assign(self, task_id: str, worker: str) -> Assignment:
+        """Start a new attempt of a pending task on C{worker} (the master's outputs are not performed)."""
+        record = self.tasks[task_id]
+        assert record.state is TaskState.PENDING, (task_id, record.state)
+        self.fire(record, TaskEvent.DISPATCH, 0.0)
+        return self.start_attempt(record, worker)
 
     def is_pending(self, task_id: str) -> bool:
         """Whether C{task_id} waits for a worker."""
@@ -195,65 +255,36 @@ class Job:
 
     def apply(self, result: TaskResult, now: float, sender: str | None = None) -> Verdict:
         """
-        Record a result reported by C{sender} for one attempt.
-
-        A result counts if it is for the latest attempt of a task not yet
-        done, from the node that attempt was given to, even if the task was
-        put back in the queue meanwhile (its worker's connection dropped, but
-        the result got through after all).  A C{returned} result puts the
-        task back in the queue.
+        Record a result reported by C{sender} for one attempt (see
+        L{result_event}); the master's outputs are not performed.
         """
         record = self.tasks.get(result.task_id)
         if record is None:
             return Verdict.UNKNOWN
-        if (
-            record.state is TaskState.DONE
-            or result.attempt != record.attempt
-            or (sender is not None and sender != record.worker)
-        ):
-            self.stale += 1
-            return Verdict.STALE
-        if result.status == RETURNED:
-            if record.state is TaskState.ASSIGNED:
-                record.state = TaskState.PENDING
-                return Verdict.RETURNED
-            return Verdict.STALE
-        if record.state is TaskState.PENDING and record.result is not None and record.result.attempt == result.attempt:
-            # The failed attempt waiting for its retry, reported again.
-            self.stale += 1
-            return Verdict.STALE
-        if not result.succeeded and record.failures < record.spec.retries:
-            record.failures += 1
-            record.state = TaskState.PENDING
-            record.result = result
-            return Verdict.RETRY
-        record.state = TaskState.DONE
-        record.result = result
-        if result.succeeded:
-            self.succeeded += 1
-        else:
-            self.failed += 1
-        if self.done:
-            self.finished = now
-        return Verdict.APPLIED
+        return verdict_of(self.fire(record, self.result_event(record, result, sender), now, result))
 
-    def take_back(self, task_id: str, attempt: int, worker: str) -> bool:
+    def take_back(
+        self,
+        task_id: str,
+        attempt: int,
+        worker: str,
+        perform: Callable[[TaskRecord, tuple[TaskOutput, ...]], None] | None = None,
+    ) -> bool:
         """
         Put one task back in the queue if its latest attempt is the one
-        C{worker} was given (it refused or returned it).
+        C{worker} was given (it refused it, or it did not go out).
 
+        @param perform: called with the record and the outputs, if the
+            event was fired.
         @return: whether the task is pending again.
         """
         record = self.tasks.get(task_id)
-        if (
-            record is None
-            or record.state is not TaskState.ASSIGNED
-            or record.attempt != attempt
-            or record.worker != worker
-        ):
+        if record is None or record.attempt != attempt or record.worker != worker:
             return False
-        record.state = TaskState.PENDING
-        return True
+        outputs = self.fire(record, TaskEvent.TAKEN_BACK, 0.0)
+        if perform is not None and outputs:
+            perform(record, outputs)
+        return bool(outputs)
 
     def put_back(
         self,
@@ -261,6 +292,7 @@ class Job:
         now: float,
         attempts: Iterable[tuple[str, int]] | None = None,
         count_loss: bool = True,
+        perform: Callable[[TaskRecord, tuple[TaskOutput, ...]], None] | None = None,
     ) -> tuple[list[str], list[str]]:
         """
         Take back every task assigned to C{worker} and not confirmed (or just
@@ -271,34 +303,34 @@ class Job:
 
         @param count_loss: whether this counts towards quarantine; not when
             the master itself restarted and the worker no longer had it.
+        @param perform: called with each record taken back and its outputs.
         @return: (the ids to queue again, the ids quarantined), in job order.
         """
         requeue: list[str] = []
         quarantined: list[str] = []
         wanted = None if attempts is None else dict(attempts)
         for task_id, record in self.tasks.items():
-            if record.state is not TaskState.ASSIGNED or record.worker != worker:
+            if record.state not in _OUT or record.worker != worker:
                 continue
             if wanted is not None and wanted.get(task_id) != record.attempt:
                 continue
             if count_loss:
                 record.losses += 1
             if record.losses >= self.max_losses:
-                record.state = TaskState.DONE
-                record.result = TaskResult(
+                quarantine = TaskResult(
                     task_id=task_id,
                     attempt=record.attempt,
                     status=FAILED,
                     node=worker,
                     error=(f"quarantined: lost its worker {record.losses} times (last: {worker}); not run again"),
                 )
-                self.failed += 1
+                outputs = self.fire(record, TaskEvent.LOST_FOR_GOOD, now, quarantine)
                 quarantined.append(task_id)
             else:
-                record.state = TaskState.PENDING
+                outputs = self.fire(record, TaskEvent.LOST, now)
                 requeue.append(task_id)
-        if quarantined and self.done:
-            self.finished = now
+            if perform is not None:
+                perform(record, outputs)
         return requeue, quarantined
 
     def stale_reason(self, result: TaskResult, sender: str | None) -> str:
@@ -319,12 +351,19 @@ class Job:
             return f"that attempt was given to {record.worker}, not {sender}"
         return "that attempt's result was already received"
 
-    def cancel(self, now: float, master: str, why: str) -> list[TaskRecord]:
+    def cancel(
+        self,
+        now: float,
+        master: str,
+        why: str,
+        perform: Callable[[TaskRecord, tuple[TaskOutput, ...]], None] | None = None,
+    ) -> list[TaskRecord]:
         """
         Cancel every task without a result: each is done, as C{cancelled},
         its node the worker of its latest attempt (or C{master} if it never
         went out), its error C{job cancelled (WHY)}.
 
+        @param perform: called with each record cancelled and its outputs.
         @return: the records that were assigned to a worker (whose processes
             must be stopped).
         """
@@ -332,26 +371,27 @@ class Job:
         for task_id, record in self.tasks.items():
             if record.state is TaskState.DONE:
                 continue
-            if record.state is TaskState.ASSIGNED:
+            if record.state in _OUT:
                 running.append(record)
-            record.state = TaskState.DONE
-            record.result = TaskResult(
+            cancelled = TaskResult(
                 task_id=task_id,
                 attempt=record.attempt,
                 status=CANCELLED,
                 node=record.worker or master,
                 error=f"job cancelled ({why})",
             )
-            self.failed += 1
+            outputs = self.fire(record, TaskEvent.CANCEL, now, cancelled)
+            if perform is not None:
+                perform(record, outputs)
         self.cancelled = True
         self.finished = now
         return running
 
     def counts(self) -> dict[str, int]:
-        """How many tasks are in each state."""
-        counts = {state.value: 0 for state in TaskState}
+        """How many tasks are in each state, by the names the journal stores (pending, assigned, done)."""
+        counts = {"pending": 0, "assigned": 0, "done": 0}
         for record in self.tasks.values():
-            counts[record.state.value] += 1
+            counts[JOURNAL_NAMES[record.state]] += 1
         return counts
 
     def elapsed(self, now: float) -> float:
@@ -368,7 +408,7 @@ class Job:
             entry: dict[str, Any] = {
                 "id": record.spec.id,
                 "kind": record.spec.kind,
-                "state": record.state.value,
+                "state": JOURNAL_NAMES[record.state],
                 "attempts": record.attempt,
             }
             if record.failures:
@@ -391,3 +431,44 @@ class Job:
             "stale_results_dropped": self.stale,
             "tasks": tasks,
         }
+
+
+_step = TASK.step
+_COUNT_RESULT = TaskOutput.COUNT_RESULT
+_COUNT_STALE = TaskOutput.COUNT_STALE
+_START_RETRY_TIMER = TaskOutput.START_RETRY_TIMER
+_OUT = frozenset({TaskState.ASSIGNED, TaskState.IN_DOUBT})
+"""The states of a task whose latest attempt is (or may be) out on its worker."""
+
+
+def _verdicts() -> dict[tuple[TaskOutput, ...], Verdict]:
+    """What the master made of a result, by the outputs of the row the result took (each is distinct)."""
+    verdicts: dict[tuple[TaskOutput, ...], Verdict] = {}
+    results = (TaskEvent.RESULT, TaskEvent.RESULT_RETRY, TaskEvent.RESULT_RETURNED, TaskEvent.RESULT_STALE)
+    for state in TaskState:
+        for event in results:
+            if not TASK.allows(state, event):
+                continue
+            _, outputs = TASK.step(state, event)
+            if TaskOutput.COUNT_RESULT in outputs:
+                verdict = Verdict.APPLIED
+            elif TaskOutput.START_RETRY_TIMER in outputs:
+                verdict = Verdict.RETRY
+            elif TaskOutput.ENQUEUE in outputs:
+                verdict = Verdict.RETURNED
+            else:
+                verdict = Verdict.STALE
+            assert verdicts.setdefault(outputs, verdict) is verdict, outputs
+    return verdicts
+
+
+_VERDICTS = _verdicts()
+
+
+def verdict_of(outputs: tuple[TaskOutput, ...]) -> Verdict:
+    """
+    The verdict on a result, from the outputs of the task machine's row it
+    took: applied (counted as the task's result), retry, returned (back in
+    the queue), or stale (L{TaskOutput.COUNT_STALE} or L{TaskOutput.DROP_RESULT}).
+    """
+    return _VERDICTS[outputs]

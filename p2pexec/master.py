@@ -25,10 +25,11 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from p2pexec import scheduler
 from p2pexec.clock import WallClock
 from p2pexec.interfaces import IJobObserver, IJournal, IWorkerLink
-from p2pexec.job import DEFAULT_MAX_LOSSES, Job, TaskRecord, TaskState, Verdict
+from p2pexec.job import DEFAULT_MAX_LOSSES, Job, TaskRecord
 from p2pexec.journal import JournalError, NullJournal, StoredJob
 from p2pexec.log import MAX_IDS_IN_LOG, NodeLogger, format_ids
 from p2pexec.model import Assignment, NodeInfo, TaskResult, TaskSpec
+from p2pexec.task_states import KIND, KindEvent, KindOutput, KindState, TaskEvent, TaskOutput, TaskState, from_journal
 
 log = NodeLogger()
 
@@ -122,6 +123,13 @@ class Master:
     Every decision is written to the journal before the message that
     depends on it goes out (see L{p2pexec.journal}).
 
+    Each task's state is stepped by the task machine
+    (L{p2pexec.task_states.TASK}, through L{Job.fire}); what it answers
+    for the master is done in one place, L{_perform}: a worker's seat
+    counter (L{_WorkerSeat.outstanding}) changes only there, on
+    L{TaskOutput.HOLD_SEAT} and L{TaskOutput.RELEASE_SEAT}, and a task
+    waiting for its retry has its timer in L{retry_timers}.
+
     @ivar jobs: every job accepted by this node, by id.
     @ivar assignments_sent: how many task attempts were handed out in all.
     @ivar retries_scheduled: how many failed attempts were given a retry.
@@ -158,6 +166,9 @@ class Master:
         self._jitter = jitter
         self._retry_delay: Callable[[int], float] | None = None
         self._in_doubt: dict[str, dict[str, list[tuple[str, int]]]] = {}
+        """The attempts of tasks IN_DOUBT, by worker and job: whom to ask about what when a worker comes back."""
+        self.retry_timers: dict[tuple[str, str], IDelayedCall] = {}
+        """The retry timer of each task waiting for its retry (RETRY_WAIT), by (job, task)."""
         self._reconcile_call: IDelayedCall | None = None
         self.retries_scheduled = 0
         self.quarantined = 0
@@ -169,8 +180,9 @@ class Master:
         self._pending: dict[str, deque[tuple[str, str]]] = {}
         self._workers: dict[str, _WorkerSeat] = {}
         self._dispatch_call: IDelayedCall | None = None
+        self._kinds: dict[str, KindState] = {}
+        """The L{KIND} state of each kind that is not served (deleted once served again)."""
         self._waiting_since: dict[str, float] = {}
-        self._waiting_logged: set[str] = set()
         self._job_numbers = itertools.count(1)
         self.assignments_sent = 0
         self.dispatching = True
@@ -268,7 +280,7 @@ class Master:
             for task_id, record in job.tasks.items():
                 if record.state is TaskState.PENDING:
                     self._pending.setdefault(record.spec.kind, deque()).append((job.id, task_id))
-                elif record.state is TaskState.ASSIGNED:
+                elif record.state is TaskState.IN_DOUBT:
                     assert record.worker is not None
                     in_doubt += 1
                     self._in_doubt.setdefault(record.worker, {}).setdefault(job.id, []).append(
@@ -307,7 +319,7 @@ class Master:
         records = [
             TaskRecord(
                 spec=task.spec,
-                state=TaskState(task.state),
+                state=from_journal(task.state),
                 attempt=task.attempt,
                 worker=task.worker,
                 result=task.result,
@@ -339,9 +351,13 @@ class Master:
     def _reconcile(self, worker: str) -> None:
         """Ask a worker that came back what became of the tasks it held before our restart."""
         for job_id, attempts in self._in_doubt.pop(worker, {}).items():
-            seat = self._workers.get(worker)
-            if seat is not None:
-                seat.outstanding += len(attempts)
+            job = self.jobs.get(job_id)
+            if job is not None:
+                # Each still in doubt holds a seat now (HOLD_SEAT), until its result or its loss.
+                for task_id, attempt in attempts:
+                    record = job.tasks[task_id]
+                    if record.attempt == attempt and record.worker == worker:
+                        self._perform(job, record, job.fire(record, TaskEvent.WORKER_ASKED, 0.0))
             d = self._link.query_tasks(worker, job_id, attempts)
             d.addCallbacks(
                 self._reconciled,
@@ -357,7 +373,7 @@ class Master:
         lists, problem = check_query_answer(answer)
         if problem is not None:
             why = f"answered RESULT_QUERY about them with a malformed answer ({problem})"
-            self._release(worker, self._lose(job, worker, why, attempts, count_loss=False))
+            self._lose(job, worker, why, attempts, count_loss=False)
             return
         named = lists["done"] | lists["running"]
         lost = [(task_id, attempt) for task_id, attempt in attempts if task_id in lists["unknown"]]
@@ -377,10 +393,10 @@ class Master:
             lost=len(lost),
         )
         if lost:
-            self._release(worker, self._lose(job, worker, "no longer had them", lost, count_loss=False))
+            self._lose(job, worker, "no longer had them", lost, count_loss=False)
         if unnamed:
             why = f"named them in none of the lists of its RESULT_QUERY answer ({format_ids([task_id for task_id, _ in unnamed])})"
-            self._release(worker, self._lose(job, worker, why, unnamed, count_loss=False))
+            self._lose(job, worker, why, unnamed, count_loss=False)
 
     def _reconcile_failed(self, failure: Any, worker: str, job_id: str, attempts: list[tuple[str, int]]) -> None:
         job = self.jobs.get(job_id)
@@ -394,13 +410,7 @@ class Master:
             job=job_id,
             error=failure.getErrorMessage(),
         )
-        self._release(worker, self._lose(job, worker, "could not be asked about them", attempts, count_loss=False))
-
-    def _release(self, worker: str, count: int) -> None:
-        """C{worker} holds C{count} fewer of our tasks than counted."""
-        seat = self._workers.get(worker)
-        if seat is not None:
-            seat.outstanding = max(0, seat.outstanding - count)
+        self._lose(job, worker, "could not be asked about them", attempts, count_loss=False)
 
     def _give_up_in_doubt(self) -> None:
         """Run elsewhere what the workers that did not come back held."""
@@ -442,11 +452,9 @@ class Master:
             seat.accepting = False
         if job is None:
             return
-        returned = [task_id for task_id, attempt in attempts if job.take_back(task_id, attempt, worker)]
-        for task_id in returned:
-            self.journal.task_changed(job.id, job.tasks[task_id])
-        if seat is not None:
-            seat.outstanding = max(0, seat.outstanding - len(returned))
+        batch = _Batch()
+        perform = batch.performer(self, job)
+        returned = [task_id for task_id, attempt in attempts if job.take_back(task_id, attempt, worker, perform)]
         if returned:
             log.warn(
                 "Worker {worker} refused {count} task(s) of job {job}: {why}; they go back in the queue",
@@ -455,7 +463,7 @@ class Master:
                 job=job_id,
                 why=why,
             )
-            self._requeue(job, returned)
+            self._requeue(job, batch.requeue)
         self.schedule_dispatch()
 
     def _requeue(self, job: Job, task_ids: list[str]) -> None:
@@ -494,12 +502,13 @@ class Master:
 
         @return: how many tasks were taken back from C{worker}.
         """
-        requeue, quarantined = job.put_back(worker, self._clock.seconds(), attempts, count_loss)
+        batch = _Batch()
+        requeue, quarantined = job.put_back(
+            worker, self._clock.seconds(), attempts, count_loss, batch.performer(self, job)
+        )
         self._note_end(job)
-        for task_id in requeue + quarantined:
-            self.journal.task_changed(job.id, job.tasks[task_id])
         if requeue:
-            self._requeue(job, requeue)
+            self._requeue(job, batch.requeue)
             log.warn(
                 "Node {name} put {count} unconfirmed task(s) of job {job} back in the queue: worker {worker} {why}",
                 name=self.me.name,
@@ -534,69 +543,123 @@ class Master:
         @raise KeyError: if C{job_id} is not a job of this master.
         """
         job = self.jobs[job_id]
-        applied = stale = 0
-        seat = self._workers.get(sender)
+        batch = _Batch(sender, self._workers.get(sender))
         now = self._clock.seconds()
-        returned: list[str] = []
-        confirmed: list[str] = []
+        tasks = job.tasks
         for result in results:
-            verdict = job.apply(result, now, sender)
-            if verdict is Verdict.APPLIED or verdict is Verdict.RETURNED or verdict is Verdict.RETRY:
-                self.journal.task_changed(job_id, job.tasks[result.task_id])
-                if seat is not None and seat.outstanding > 0:
-                    seat.outstanding -= 1
-            if verdict is Verdict.RETURNED:
-                # Only a leaving worker returns tasks: give it nothing more.
-                if seat is not None:
-                    seat.accepting = False
-                returned.append(result.task_id)
+            record = tasks.get(result.task_id)
+            if record is None:
+                batch.stale += 1
+                self._log_stale(job, result, sender)
                 continue
-            if verdict is Verdict.RETRY:
-                applied += 1
-                self._schedule_retry(job, result, sender)
-            elif verdict is Verdict.APPLIED:
-                applied += 1
-                confirmed.append(result.task_id)
-                for listener in self.result_listeners:
-                    listener(result)
-                if seat is not None:
-                    seat.record_duration(result.duration)
-                if not result.succeeded:
-                    log.warn(
-                        "Task {task} of job {job} {status} on {worker}: {detail}",
-                        task=result.task_id,
-                        job=job_id,
-                        status=result.status,
-                        worker=sender,
-                        detail=result.error or f"exit code {result.exit_code}",
-                    )
-            else:
-                stale += 1
-                log.info(
-                    "Node {name} dropped a stale result for {task} of job {job} (attempt {attempt}) from "
-                    "{worker}: {why}",
-                    name=self.me.name,
-                    task=result.task_id,
-                    attempt=result.attempt,
-                    worker=sender,
-                    job=job_id,
-                    why=job.stale_reason(result, sender),
-                )
-        self.stale_results += stale
+            outputs = job.fire(record, job.result_event(record, result, sender), now, result)
+            self._perform(job, record, outputs, batch, result)
+        self.stale_results += batch.stale
         self._note_end(job)
-        if returned:
-            self._requeue(job, returned)
-        self._log_confirmed(job_id, confirmed, sender)
-        if job.done and applied:
+        if batch.requeue:
+            self._requeue(job, batch.requeue)
+        self._log_confirmed(job_id, batch.confirmed, sender)
+        if job.done and batch.applied:
             # After this turn, so that the answer to the last confirmation
             # goes out before the results file is written.
             self._clock.callLater(0, self._finish, job)
         self.schedule_dispatch()
-        return applied, stale
+        return batch.applied, batch.stale
 
-    def _schedule_retry(self, job: Job, result: TaskResult, worker: str) -> None:
-        """A failed attempt with retries left: queue the task again after a backoff."""
-        record = job.tasks[result.task_id]
+    # -- the task machine's outputs -------------------------------------------
+
+    def _perform(
+        self,
+        job: Job,
+        record: TaskRecord,
+        outputs: tuple[TaskOutput, ...],
+        batch: _Batch | None = None,
+        result: TaskResult | None = None,
+    ) -> None:
+        """
+        Do, in order, what the task machine answered for the master (the
+        job did its own part in L{Job.fire}): the one place that holds and
+        releases seats, journals, queues, and starts or cancels retry timers.
+
+        @param batch: the call's tallies (results applied, stale, tasks to
+            queue again in order); without one, a task to queue again is
+            queued at once.
+        @param result: the worker's result, for the outputs about it.
+        """
+        for output in outputs:
+            if output is _HOLD_SEAT:
+                seat = self._workers.get(record.worker or "")
+                if seat is not None:
+                    seat.outstanding += 1
+            elif output is _JOURNAL:
+                self.journal.task_changed(job.id, record)
+            elif output is _RELEASE_SEAT:
+                seat = self._workers.get(record.worker or "")
+                if seat is not None:
+                    seat.outstanding -= 1
+            elif output is _COUNT_RESULT:
+                pass  # done by the job
+            elif output is _REPORT_RESULT:
+                assert batch is not None and result is not None
+                self._report_result(job, result, batch)
+            elif output is _ENQUEUE:
+                if batch is None:
+                    self._requeue(job, [record.spec.id])
+                else:
+                    batch.requeue.append(record.spec.id)
+            elif output is _COUNT_STALE or output is _DROP_RESULT:
+                assert batch is not None and result is not None
+                batch.stale += 1
+                self._log_stale(job, result, batch.sender)
+            elif output is _START_RETRY_TIMER:
+                assert result is not None
+                if batch is not None:
+                    batch.applied += 1
+                self._schedule_retry(job, record, result)
+            elif output is _CANCEL_RETRY_TIMER:
+                timer = self.retry_timers.pop((job.id, record.spec.id), None)
+                if timer is not None and timer.active():
+                    timer.cancel()
+            elif output is _STOP_ASSIGNING:
+                # Only a leaving worker returns tasks: give it nothing more.
+                seat = self._workers.get(record.worker or "")
+                if seat is not None:
+                    seat.accepting = False
+            else:  # pragma: no cover (every output is handled above)
+                raise AssertionError(output)
+
+    def _report_result(self, job: Job, result: TaskResult, batch: _Batch) -> None:
+        """A worker's result became its task's: tell the listeners, fold its duration into the seat, log a failure."""
+        batch.applied += 1
+        batch.confirmed.append(result.task_id)
+        for listener in self.result_listeners:
+            listener(result)
+        if batch.seat is not None:
+            batch.seat.record_duration(result.duration)
+        if not result.succeeded:
+            log.warn(
+                "Task {task} of job {job} {status} on {worker}: {detail}",
+                task=result.task_id,
+                job=job.id,
+                status=result.status,
+                worker=batch.sender,
+                detail=result.error or f"exit code {result.exit_code}",
+            )
+
+    def _log_stale(self, job: Job, result: TaskResult, sender: str | None) -> None:
+        """A result was dropped as stale: say which and why."""
+        log.info(
+            "Node {name} dropped a stale result for {task} of job {job} (attempt {attempt}) from {worker}: {why}",
+            name=self.me.name,
+            task=result.task_id,
+            attempt=result.attempt,
+            worker=sender,
+            job=job.id,
+            why=job.stale_reason(result, sender),
+        )
+
+    def _schedule_retry(self, job: Job, record: TaskRecord, result: TaskResult) -> None:
+        """A failed attempt with retries left (RETRY_WAIT): fire RETRY_DUE after a backoff."""
         if self._retry_delay is None:
             from twisted.application.internet import backoffPolicy
 
@@ -611,19 +674,27 @@ class Master:
             task=result.task_id,
             job=job.id,
             status=result.status,
-            worker=worker,
+            worker=record.worker,
             attempt=result.attempt,
             detail=result.error or f"exit code {result.exit_code}",
             retry=record.failures,
             retries=record.spec.retries,
             delay=delay,
         )
+        key = (job.id, record.spec.id)
+        old = self.retry_timers.pop(key, None)
+        if old is not None and old.active():
+            old.cancel()
+        self.retry_timers[key] = self._clock.callLater(delay, self._retry_due, job, record)
 
-        def retry() -> None:
-            if job.finished is None and record.state is TaskState.PENDING and record.attempt == result.attempt:
-                self._requeue(job, [result.task_id])
+    def _retry_due(self, job: Job, record: TaskRecord) -> None:
+        """A task's retry backoff has passed: it goes back to the front of the queue."""
+        self.retry_timers.pop((job.id, record.spec.id), None)
+        self._perform(job, record, job.fire(record, TaskEvent.RETRY_DUE, self._clock.seconds()))
 
-        self._clock.callLater(delay, retry)
+    def retrying(self) -> dict[tuple[str, str], float]:
+        """The tasks waiting for their retry, by (job, task): when (monotonic clock) each runs again."""
+        return {key: timer.getTime() for key, timer in self.retry_timers.items() if timer.active()}
 
     def _log_confirmed(self, job_id: str, confirmed: list[str], sender: str) -> None:
         """One line per task, as the original; one line per batch past L{MAX_IDS_IN_LOG}."""
@@ -713,18 +784,12 @@ class Master:
         if job.finished is not None:
             return 0
         before = job.counts()["done"]
-        held = job.cancel(self._clock.seconds(), self.me.name, by)
+        job.cancel(self._clock.seconds(), self.me.name, by, _Batch().performer(self, job))
         self._note_end(job)
         cancelled = len(job.tasks) - before
-        for record in job.tasks.values():
-            self.journal.task_changed(job.id, record)
         # Every node that was ever given one of its tasks: one whose tasks were
         # put back (its connection dropped, say) may still be running them.
         workers = sorted(job.participants)
-        for record in held:
-            seat = self._workers.get(record.worker or "")
-            if seat is not None and seat.outstanding > 0:
-                seat.outstanding -= 1
         for doubtful in self._in_doubt.values():
             doubtful.pop(job_id, None)
         for kind in list(self._pending):
@@ -782,16 +847,27 @@ class Master:
         planned = scheduler.plan(self._pending, capacity)
         self._note_waiting(planned.unschedulable)
         sends: list[tuple[str, str, list[Assignment]]] = []
+        jobs = self.jobs
+        perform = self._perform
         for worker, entries in planned.assignments.items():
             by_job: dict[str, list[Assignment]] = {}
             for job_id, task_id in entries:
                 # A queue entry may outlive its task's wait (a late result
-                # finished it) and even its job (forgotten once finished).
-                job = self.jobs.get(job_id)
-                if job is None or not job.is_pending(task_id):
+                # finished it, or it waits for a retry) and even its job
+                # (forgotten once finished).
+                job = jobs.get(job_id)
+                if job is None:
                     continue
-                by_job.setdefault(job_id, []).append(job.assign(task_id, worker))
-                self.journal.task_changed(job_id, job.tasks[task_id])
+                record = job.tasks[task_id]
+                if record.state is not _PENDING:
+                    continue
+                outputs = job.fire(record, _DISPATCH, 0.0)
+                assignment = job.start_attempt(record, worker)
+                perform(job, record, outputs)
+                if job_id in by_job:
+                    by_job[job_id].append(assignment)
+                else:
+                    by_job[job_id] = [assignment]
             sends.extend((worker, job_id, assignments) for job_id, assignments in by_job.items())
         for kind in [k for k, q in self._pending.items() if not q]:
             del self._pending[kind]
@@ -807,9 +883,7 @@ class Master:
             self.journal.commit()
         except JournalError:
             for worker, job_id, assignments in sends:
-                job = self.jobs[job_id]
-                taken = [a.task.id for a in assignments if job.take_back(a.task.id, a.attempt, worker)]
-                self._requeue(job, taken)
+                self._take_back(self.jobs[job_id], worker, assignments)
             self.dispatching = False
             self._clock.callLater(JOURNAL_RETRY, self._resume_dispatching)
             log.error(
@@ -826,12 +900,18 @@ class Master:
             if seat is None:
                 # Lost while this dispatch was sending (an earlier batch found
                 # it gone): these go back in the queue, unsent.
-                job = self.jobs[job_id]
-                self._requeue(job, [a.task.id for a in assignments if job.take_back(a.task.id, a.attempt, worker)])
+                self._take_back(self.jobs[job_id], worker, assignments)
                 continue
-            seat.outstanding += len(assignments)
             self.assignments_sent += len(assignments)
             self._link.send_assignments(worker, job_id, assignments)
+
+    def _take_back(self, job: Job, worker: str, assignments: list[Assignment]) -> None:
+        """Put back in the queue, in order, attempts of C{job} that did not go out to C{worker} after all."""
+        batch = _Batch()
+        perform = batch.performer(self, job)
+        for assignment in assignments:
+            job.take_back(assignment.task.id, assignment.attempt, worker, perform)
+        self._requeue(job, batch.requeue)
 
     def _resume_dispatching(self) -> None:
         self.dispatching = True
@@ -842,17 +922,31 @@ class Master:
         Warn once about each kind that no connected node can run, after
         L{WAITING_GRACE} seconds: at start-up workers are still connecting.
         """
+        kinds = self._kinds
+        if not kinds and not unschedulable:
+            return
         now = self._clock.seconds()
-        for kind in list(self._waiting_since):
-            if kind not in unschedulable:
-                del self._waiting_since[kind]
-                self._waiting_logged.discard(kind)
+        for kind in [kind for kind in kinds if kind not in unschedulable]:
+            self._step_kind(kind, KindEvent.SCHEDULABLE, now)
         for kind in unschedulable:
-            since = self._waiting_since.setdefault(kind, now)
-            if kind in self._waiting_logged:
-                continue
-            if now - since >= WAITING_GRACE:
-                self._waiting_logged.add(kind)
+            since = self._waiting_since.get(kind, now)
+            self._step_kind(
+                kind, KindEvent.GRACE_OVER if now - since >= WAITING_GRACE else KindEvent.UNSCHEDULABLE, now
+            )
+
+    def _step_kind(self, kind: str, event: KindEvent, now: float) -> None:
+        """Step C{kind}'s L{KIND} machine and do what it answers."""
+        state, outputs = KIND.step(self._kinds.get(kind, KindState.SERVED), event)
+        if state is KindState.SERVED:
+            self._kinds.pop(kind, None)
+        else:
+            self._kinds[kind] = state
+        for output in outputs:
+            if output is KindOutput.NOTE_SINCE:
+                self._waiting_since[kind] = now
+            elif output is KindOutput.START_GRACE_TIMER:
+                self._clock.callLater(WAITING_GRACE, self.schedule_dispatch)
+            elif output is KindOutput.WARN:
                 log.warn(
                     "Node {name} has {count} task(s) of kind {kind!r} waiting: no connected node "
                     "has capability {kind!r}; they will be assigned when one joins",
@@ -860,8 +954,8 @@ class Master:
                     count=len(self._pending[kind]),
                     kind=kind,
                 )
-            elif since == now:
-                self._clock.callLater(WAITING_GRACE, self.schedule_dispatch)
+            elif output is KindOutput.FORGET_SINCE:
+                self._waiting_since.pop(kind, None)
 
     def waiting_kinds(self) -> frozenset[str]:
         """The kinds with pending tasks that no connected node can run."""
@@ -882,6 +976,49 @@ class Master:
     def pending_count(self) -> int:
         """How many tasks wait for a worker."""
         return sum(len(q) for q in self._pending.values())
+
+
+class _Batch:
+    """
+    What one call (a confirmation batch, a refusal, a loss, a cancel) tallies
+    while the task machine's outputs are performed: one per call, not per task.
+
+    @ivar requeue: the tasks to queue again, in order (queued at the end, in one go).
+    @ivar confirmed: the tasks whose result was applied (for the log).
+    """
+
+    __slots__ = ("sender", "seat", "requeue", "confirmed", "applied", "stale")
+
+    def __init__(self, sender: str | None = None, seat: _WorkerSeat | None = None) -> None:
+        self.sender = sender
+        self.seat = seat
+        self.requeue: list[str] = []
+        self.confirmed: list[str] = []
+        self.applied = 0
+        self.stale = 0
+
+    def performer(self, master: Master, job: Job) -> Callable[[TaskRecord, tuple[TaskOutput, ...]], None]:
+        """A callback for L{Job}'s event methods: performs each task's outputs for C{master} into this batch."""
+
+        def perform(record: TaskRecord, outputs: tuple[TaskOutput, ...]) -> None:
+            master._perform(job, record, outputs, self)
+
+        return perform
+
+
+_PENDING = TaskState.PENDING
+_DISPATCH = TaskEvent.DISPATCH
+_HOLD_SEAT = TaskOutput.HOLD_SEAT
+_RELEASE_SEAT = TaskOutput.RELEASE_SEAT
+_JOURNAL = TaskOutput.JOURNAL
+_ENQUEUE = TaskOutput.ENQUEUE
+_COUNT_RESULT = TaskOutput.COUNT_RESULT
+_REPORT_RESULT = TaskOutput.REPORT_RESULT
+_COUNT_STALE = TaskOutput.COUNT_STALE
+_DROP_RESULT = TaskOutput.DROP_RESULT
+_START_RETRY_TIMER = TaskOutput.START_RETRY_TIMER
+_CANCEL_RETRY_TIMER = TaskOutput.CANCEL_RETRY_TIMER
+_STOP_ASSIGNING = TaskOutput.STOP_ASSIGNING
 
 
 QUERY_ANSWER_KEYS = ("done", "running", "unknown")

@@ -129,9 +129,9 @@ def _link(one: str, other: str) -> tuple[str, str]:
 
 def task_state(record: TaskRecord, waiting_kinds: frozenset[str]) -> str:
     """The view's state of one task."""
-    if record.state is TaskState.ASSIGNED:
+    if record.state is TaskState.ASSIGNED or record.state is TaskState.IN_DOUBT:
         return "running"
-    if record.state is TaskState.PENDING:
+    if record.state is TaskState.PENDING or record.state is TaskState.RETRY_WAIT:
         return "waiting" if record.spec.kind in waiting_kinds else "pending"
     assert record.result is not None
     status = record.result.status

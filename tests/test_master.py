@@ -601,3 +601,68 @@ class ResultsFileExampleTests(SynchronousTestCase):
         order = keys[:4] + ["retried", "lost_workers"] + keys[4:]
         for task in example["tasks"]:
             self.assertEqual(list(task), [key for key in order if key in task], task["id"])
+
+
+class TaskMachineWiringTests(SynchronousTestCase):
+    """The master runs the task machine: seats follow HOLD_SEAT/RELEASE_SEAT, and a retry wait is a tracked state."""
+
+    def setUp(self):
+        self.clock = Clock()
+        self.link = RecordingLink()
+        self.master = Master(node(name="m1", capabilities=()), self.link, self.link, self.clock, jitter=lambda: 0.0)
+
+    def assigned_to(self, worker):
+        """How many tasks of every job are ASSIGNED to C{worker}."""
+        return sum(
+            1
+            for job in self.master.jobs.values()
+            for record in job.tasks.values()
+            if record.state is TaskState.ASSIGNED and record.worker == worker
+        )
+
+    def test_late_result_of_a_put_back_task_keeps_the_new_seat_right(self):
+        """
+        A task put back when its worker's connection dropped, whose result
+        arrives after the worker joined again with other tasks, releases no
+        seat: the worker's counter still equals the tasks it holds (it used
+        to drift one low, letting the worker be given more than its window).
+        """
+        self.master.worker_joined(node(name="w1", capabilities=("x", "y"), slots=1))
+        old = self.master.submit([TaskSpec(id="x1", kind="x")])
+        self.clock.advance(0)
+        self.master.worker_lost("w1", "lost its connection")
+        # Back, but no longer running kind x: only the y tasks go to it.
+        self.master.worker_joined(node(name="w1", capabilities=("y",), slots=1))
+        self.master.submit([TaskSpec(id=f"y{i}", kind="y") for i in range(5)])
+        self.clock.advance(0)
+        self.assertEqual(self.master.outstanding()["w1"], 2)
+        applied, _ = self.master.confirm(old.id, [result("x1", worker="w1")], "w1")
+        self.assertEqual(applied, 1, "the late result still counts")
+        self.assertEqual(self.master.outstanding()["w1"], self.assigned_to("w1"))
+        self.assertEqual(self.master.outstanding()["w1"], 2)
+
+    def test_retry_wait_is_tracked_and_cancelled_with_its_job(self):
+        """A failed task waits in RETRY_WAIT with a timer the master holds; cancelling the job cancels the timer."""
+        self.master.worker_joined(node(name="w1", capabilities=("w",), slots=1))
+        job = self.master.submit([TaskSpec(id="t1", kind="w", retries=1)])
+        self.clock.advance(0)
+        self.master.confirm(job.id, [result("t1", status="failed", worker="w1")], "w1")
+        self.assertIs(job.tasks["t1"].state, TaskState.RETRY_WAIT)
+        self.assertEqual(self.master.retrying(), {(job.id, "t1"): 1.0})
+        self.assertEqual(self.master.outstanding()["w1"], 0)
+        self.master.cancel(job.id, by="a test")
+        self.assertEqual(self.master.retrying(), {})
+        self.assertEqual([call for call in self.clock.getDelayedCalls() if call.active() and call.getTime() > 0], [])
+
+    def test_retry_due_puts_the_task_back_in_the_queue(self):
+        """Once the backoff passed, the task is PENDING again and goes out as a new attempt."""
+        self.master.worker_joined(node(name="w1", capabilities=("w",), slots=1))
+        job = self.master.submit([TaskSpec(id="t1", kind="w", retries=1)])
+        self.clock.advance(0)
+        self.master.confirm(job.id, [result("t1", status="failed", worker="w1")], "w1")
+        self.clock.advance(0.99)
+        self.assertIs(job.tasks["t1"].state, TaskState.RETRY_WAIT)
+        self.clock.advance(0.01)
+        self.assertEqual(self.master.retrying(), {})
+        self.assertEqual(self.link.assignments[-1][2], [("t1", 2)])
+        self.assertEqual(self.master.outstanding()["w1"], 1)

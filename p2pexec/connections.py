@@ -16,10 +16,10 @@ state machine.)
 from __future__ import annotations
 
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
-from twisted.internet.defer import CancelledError, Deferred, TimeoutError, gatherResults, succeed
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError, ensureDeferred, gatherResults, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.error import ConnectError, ConnectingCancelledError
 from twisted.internet.interfaces import IDelayedCall
@@ -27,6 +27,8 @@ from twisted.internet.protocol import Factory
 from twisted.protocols import amp
 
 from p2pexec import commands
+from p2pexec.connection_states import dials
+from p2pexec.link_states import LINK, LinkEvent, LinkOutput, LinkState
 from p2pexec.log import NodeLogger
 from p2pexec.model import NodeInfo, ValidationError
 from p2pexec.peer import PeerProtocol
@@ -35,6 +37,11 @@ log = NodeLogger()
 
 UNWANTED_RECHECK = 5.0
 """Seconds before a link that is not wanted now (see L{PeerLink}) looks again."""
+
+__all__ = ["FATAL_REFUSALS", "UNWANTED_RECHECK", "Dialer", "PeerLink", "backoff", "dials"]
+
+Introduce = Callable[[PeerProtocol, NodeInfo | None], Coroutine[Any, Any, Any]]
+"""Introduces a new connection to the peer it is meant to reach (C{None}: a seed)."""
 
 FATAL_REFUSALS = (commands.ClusterMismatch, commands.VersionMismatch, commands.NameConflict)
 """Refusals that will not change while the peer's instance lives: stop dialling it."""
@@ -52,18 +59,17 @@ def backoff(initial: float, maximum: float) -> Callable[[int], float]:
     return delay
 
 
-def dials(me: str, peer: str) -> bool:
-    """Whether the node called C{me} is the one that dials C{peer}."""
-    return me < peer
-
-
 class PeerLink:
     """
     Keeps one introduced outgoing connection to one peer instance.
 
-    States: connecting (a connection or introduction is under way), connected
-    (waiting for the connection to close), waiting (a retry is scheduled) and
-    stopped.
+    Its state is a L{LINK} machine (see L{p2pexec.link_states}): idle,
+    connecting, introducing, connected (waiting for the connection to
+    close), waiting (a retry or a recheck is scheduled), held (the node is
+    leaving) and stopped.  Every event is fired through L{_fire}, and what
+    the machine answers is done in one place, L{_perform}; the failure
+    count, the attempt under way, the retry timer and the protocol are the
+    data those outputs act on.
     """
 
     def __init__(
@@ -71,7 +77,7 @@ class PeerLink:
         reactor: Any,
         info: NodeInfo | None,
         make_protocol: Callable[[], PeerProtocol],
-        introduce: Callable[[PeerProtocol, NodeInfo | None], Awaitable[Any]],
+        introduce: Introduce,
         retry_delay: Callable[[int], float],
         connect_timeout: float,
         introduce_timeout: float,
@@ -103,26 +109,89 @@ class PeerLink:
         self._connect_timeout = connect_timeout
         self._introduce_timeout = introduce_timeout
         self._on_fatal = on_fatal
+        self._machine = LINK.machine()
         self._failures = 0
         self._attempt: Deferred[Any] | None = None
         self._retry: IDelayedCall | None = None
+        self._delay = 0.0
+        self._why = ""
+        self._closing: Deferred[Any] | None = None
         self.protocol: PeerProtocol | None = None
         self.reached: str | None = None
         self.connections = 0
-        self.running = False
+
+    @property
+    def state(self) -> LinkState:
+        """Where the link stands."""
+        return self._machine.state
 
     def start(self) -> None:
-        """Connect now."""
-        self.running = True
-        self._connect()
+        """Connect now (or look again later, if not wanted now)."""
+        self._dial()
 
-    def _connect(self) -> None:
+    def _dial(self) -> None:
+        """Started, or the retry (recheck) timer fired."""
         self._retry = None
-        if not self.running:
-            return
-        if not self._wanted():
-            self._retry = self._reactor.callLater(UNWANTED_RECHECK, self._connect)
-            return
+        self._fire(LinkEvent.DIAL if self._wanted() else LinkEvent.UNWANTED)
+
+    def _fire(self, event: LinkEvent, protocol: PeerProtocol | None = None) -> None:
+        """Step the machine with C{event} and do what it answers."""
+        self._perform(self._machine.fire(event), protocol)
+
+    def _perform(self, outputs: tuple[LinkOutput, ...], protocol: PeerProtocol | None) -> None:
+        """Do, in order, what the link machine answered (the one place that does)."""
+        for output in outputs:
+            if output is LinkOutput.OPEN_CONNECTION:
+                self._open_connection()
+            elif output is LinkOutput.INTRODUCE:
+                pass  # the attempt under way goes on with the introduction
+            elif output is LinkOutput.CLOSE:
+                self._close()
+            elif output is LinkOutput.COUNT_FAILURE:
+                self._failures += 1
+            elif output is LinkOutput.RESET_FAILURES:
+                self._failures = 0
+            elif output is LinkOutput.SLOW_DOWN:
+                # A seed is an address, not an instance: it may be fixed or
+                # restarted any time, so keep trying, slowly.
+                self._failures = max(self._failures, 32)
+            elif output is LinkOutput.SCHEDULE_RETRY:
+                self._delay = self._retry_delay(self._failures)
+                self._retry = self._reactor.callLater(self._delay, self._dial)
+            elif output is LinkOutput.SCHEDULE_RECHECK:
+                self._retry = self._reactor.callLater(UNWANTED_RECHECK, self._dial)
+            elif output is LinkOutput.CANCEL_RETRY:
+                if self._retry is not None and self._retry.active():
+                    self._retry.cancel()
+                self._retry = None
+            elif output is LinkOutput.CANCEL_ATTEMPT:
+                if self._attempt is not None and not self._attempt.called:
+                    self._attempt.cancel()
+            elif output is LinkOutput.LOG_FAILURE or output is LinkOutput.LOG_FAILURE_QUIETLY:
+                quiet = output is LinkOutput.LOG_FAILURE_QUIETLY or self._failures > 3
+                (log.debug if quiet else log.warn)(
+                    "Connecting to the {peer} at {address} failed ({why}); retrying in {delay:.1f}s",
+                    peer=self.label,
+                    address=f"{self.host}:{self.port}",
+                    why=self._why,
+                    delay=self._delay,
+                )
+            elif output is LinkOutput.LOG_REFUSED:
+                self._log_refused()
+            elif output is LinkOutput.REPORT_REFUSED:
+                self._on_fatal(self.info)
+            elif output is LinkOutput.WATCH_CONNECTION:
+                assert protocol is not None
+                self.connections += 1
+                self.reached = protocol.peer_name
+                protocol.when_lost().addCallback(self._lost, protocol)
+            elif output is LinkOutput.FORGET_CONNECTION:
+                if self.protocol is protocol:
+                    self.protocol = None
+            else:  # pragma: no cover (every output is handled above)
+                raise AssertionError(output)
+
+    def _open_connection(self) -> None:
         endpoint: Any = TCP4ClientEndpoint(self._reactor, self.host, self.port, timeout=self._connect_timeout)
         if self._tls_options is not None:
             from twisted.internet.endpoints import wrapClientTLS
@@ -133,51 +202,66 @@ class PeerLink:
         self._attempt = Deferred.fromCoroutine(self._connect_and_introduce(endpoint, factory))
         self._attempt.addErrback(lambda f: f.trap(CancelledError))
 
+    def _close(self) -> None:
+        """Close the connection of the attempt that failed, or the live one."""
+        protocol, self.protocol = self.protocol, None
+        if protocol is not None and not protocol.closed and protocol.transport is not None:
+            protocol.transport.loseConnection()
+            self._closing = protocol.when_lost()
+
+    def _log_refused(self) -> None:
+        error = self._why
+        address = f"{self.host}:{self.port}"
+        if self.info is not None:
+            log.error(
+                "The {peer} at {address} refused our connection: {error}. Not dialling it again until it restarts.",
+                peer=self.label,
+                address=address,
+                error=error,
+            )
+        elif self.state is LinkState.WAITING:
+            log.error(
+                "The seed at {address} refused our connection: {error}. Trying again in {delay:.0f}s.",
+                address=address,
+                error=error,
+                delay=self._delay,
+            )
+        else:
+            log.error(
+                "The seed at {address} refused our connection: {error}. Not dialling it again: this node is leaving.",
+                address=address,
+                error=error,
+            )
+
     async def _connect_and_introduce(self, endpoint: Any, factory: Any) -> None:
         try:
             protocol = await endpoint.connect(factory)
         except (CancelledError, ConnectingCancelledError):
             return
         except ConnectError as e:
-            self._failed(f"could not connect: {e.__class__.__name__}", quiet=True)
+            self._why = f"could not connect: {e.__class__.__name__}"
+            self._fire(LinkEvent.TCP_FAILED)
             return
         self.protocol = protocol
-        introduced = Deferred.fromCoroutine(self._introduce(protocol, self.info))
+        self._fire(LinkEvent.TCP_CONNECTED)
+        if self.state is not LinkState.INTRODUCING:
+            return
+        introduced: Deferred[Any] = ensureDeferred(self._introduce(protocol, self.info))
         introduced.addTimeout(self._introduce_timeout, self._reactor)
         try:
             await introduced
         except FATAL_REFUSALS as e:
-            protocol.transport.loseConnection()
-            if self.info is None:
-                # A seed is an address, not an instance: it may be fixed or
-                # restarted any time, so keep trying, slowly.
-                self._failures = max(self._failures, 32)
-                delay = self._schedule()
-                log.error(
-                    "The seed at {address} refused our connection: {error}. Trying again in {delay:.0f}s.",
-                    address=f"{self.host}:{self.port}",
-                    error=e,
-                    delay=delay,
-                )
-                return
-            log.error(
-                "The {peer} at {address} refused our connection: {error}. Not dialling it again until it restarts.",
-                peer=self.label,
-                address=f"{self.host}:{self.port}",
-                error=e,
-            )
-            self.running = False
-            self._on_fatal(self.info)
+            self._why = str(e)
+            self._fire(LinkEvent.SEED_REFUSED if self.info is None else LinkEvent.REFUSED_FOR_GOOD)
             return
         except (CancelledError, TimeoutError):
-            if self.running:
-                self._failed(f"no answer to the handshake within {self._introduce_timeout:g}s")
-            protocol.transport.loseConnection()
+            self._why = f"no answer to the handshake within {self._introduce_timeout:g}s"
+            self._fire(LinkEvent.INTRODUCTION_FAILED)
             return
         except commands.DuplicateConnection as e:
             # Already connected the other way: nothing is wrong.
-            protocol.transport.loseConnection()
-            self._failed(str(e), quiet=True)
+            self._why = str(e)
+            self._fire(LinkEvent.DUPLICATE)
             return
         except (
             amp.RemoteAmpError,
@@ -186,65 +270,28 @@ class PeerLink:
             commands.ConnectRequired,
             commands.ShuttingDown,
         ) as e:
-            protocol.transport.loseConnection()
-            self._failed(str(e))
+            self._why = str(e)
+            self._fire(LinkEvent.INTRODUCTION_FAILED)
             return
         except Exception as e:
-            protocol.transport.loseConnection()
-            self._failed(f"{e.__class__.__name__}: {e}")
+            self._why = f"{e.__class__.__name__}: {e}"
+            self._fire(LinkEvent.INTRODUCTION_FAILED)
             return
-        self._failures = 0
-        self.connections += 1
-        self.reached = protocol.peer_name
-        protocol.when_lost().addCallback(self._lost, protocol)
+        self._fire(LinkEvent.INTRODUCED, protocol)
 
     def _lost(self, _: Any, protocol: PeerProtocol) -> None:
-        if self.protocol is protocol:
-            self.protocol = None
-        if self.running:
-            self._schedule()
-
-    def _failed(self, why: str, quiet: bool = False) -> None:
-        self._failures += 1
-        if not self.running:
-            return
-        delay = self._schedule()
-        level = log.debug if quiet or self._failures > 3 else log.warn
-        level(
-            "Connecting to the {peer} at {address} failed ({why}); retrying in {delay:.1f}s",
-            peer=self.label,
-            address=f"{self.host}:{self.port}",
-            why=why,
-            delay=delay,
-        )
-
-    def _schedule(self) -> float:
-        delay = self._retry_delay(self._failures)
-        self._retry = self._reactor.callLater(delay, self._connect)
-        return delay
+        self._fire(LinkEvent.CONNECTION_LOST, protocol)
 
     def hold(self) -> None:
-        """Stop reconnecting and cancel an attempt under way; keep a live connection."""
-        self.running = False
-        if self._retry is not None and self._retry.active():
-            self._retry.cancel()
-        self._retry = None
-        if self._attempt is not None and not self._attempt.called and self.protocol is None:
-            self._attempt.cancel()
+        """Stop reconnecting and cancel a connection attempt under way; keep a live connection."""
+        self._fire(LinkEvent.HOLD)
 
     def stop(self) -> Deferred[None]:
         """Stop reconnecting; close the connection; fire once it is closed."""
-        self.running = False
-        if self._retry is not None and self._retry.active():
-            self._retry.cancel()
-        self._retry = None
-        if self._attempt is not None and not self._attempt.called:
-            self._attempt.cancel()
-        protocol, self.protocol = self.protocol, None
-        if protocol is not None and not protocol.closed and protocol.transport is not None:
-            protocol.transport.loseConnection()
-            return protocol.when_lost()
-        return succeed(None)
+        self._closing = None
+        self._fire(LinkEvent.STOP)
+        closing, self._closing = self._closing, None
+        return closing if closing is not None else succeed(None)
 
 
 class Dialer:
@@ -260,7 +307,7 @@ class Dialer:
         self,
         reactor: Any,
         make_protocol: Callable[[], PeerProtocol],
-        introduce: Callable[[PeerProtocol, NodeInfo], Awaitable[Any]],
+        introduce: Introduce,
         initial_delay: float = 0.25,
         max_delay: float = 30.0,
         connect_timeout: float = 5.0,
@@ -297,7 +344,8 @@ class Dialer:
             return
         current = self._links.get(info.name)
         if current is not None:
-            if current.info.instance == info.instance and current.info.address == info.address:
+            known = current.info  # links by name are to a known node; seeds are keyed "seed host:port"
+            if known is not None and known.instance == info.instance and known.address == info.address:
                 return
             self.stop(info.name)
         link = PeerLink(
@@ -358,7 +406,7 @@ class Dialer:
             return
         self._refused[info.name] = info.instance
         link = self._links.get(info.name)
-        if link is not None and link.info.instance == info.instance:
+        if link is not None and link.info is not None and link.info.instance == info.instance:
             self.stop(info.name)
 
     def stop(self, name: str) -> Deferred[None]:

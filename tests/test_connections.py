@@ -160,3 +160,50 @@ class HoldAndSeedTests(DialerTests):
         self.network.run(40.0)
         self.assertEqual(len(self.introductions), 2)
         self.assertIn(("ready", "a1"), self.server_handler.calls)
+
+
+class LinkStateTests(DialerTests):
+    """A L{PeerLink}'s state is its link machine's (L{p2pexec.link_states})."""
+
+    def test_states_through_a_life(self):
+        """Connecting, connected, waiting after a loss, held, then stopped."""
+        from p2pexec.link_states import LinkState
+
+        dialer = self.dialer()
+        dialer.ensure(self.peer)
+        link = dialer._links["b1"]
+        self.assertIs(link.state, LinkState.CONNECTING)
+        self.network.run(1.0)
+        self.assertIs(link.state, LinkState.CONNECTED)
+        self.network.pumps[0].serverIO.loseConnection()
+        self.network.run(0.01)
+        self.assertIs(link.state, LinkState.WAITING)
+        dialer.hold()
+        self.assertIs(link.state, LinkState.HELD)
+        self.successResultOf(dialer.stop("b1"))
+        self.assertIs(link.state, LinkState.STOPPED)
+
+    def test_held_seed_refusal_arms_no_retry(self):
+        """A seed refusing a link held meanwhile (the node leaves) logs the refusal and schedules nothing."""
+        from p2pexec.link_states import LinkState
+
+        answer = Deferred()
+
+        async def introduce(protocol, info):
+            self.introductions.append("seed")
+            await answer
+
+        self.introduce = introduce
+        dialer = self.dialer()
+        dialer.ensure_seed("127.0.0.1", 2002, is_connected=lambda name: False)
+        link = dialer._links["seed 127.0.0.1:2002"]
+        self.network.run_until(lambda: link.state is LinkState.INTRODUCING, limit=5.0)
+        dialer.hold()
+        with capturedLogs() as events:
+            answer.errback(commands.ClusterMismatch("other cluster"))
+            self.network.run(5.0)
+        self.assertIs(link.state, LinkState.HELD)
+        self.assertEqual(self.open_connections(), 0)
+        self.assertTrue(any("this node is leaving" in e["log_format"].format(**e) for e in events if "error" in e))
+        self.network.run(60.0)
+        self.assertEqual(len(self.introductions), 1)

@@ -63,6 +63,18 @@ _ENDED_NOT_KEPT = AttemptEvent.ENDED_NOT_KEPT
 _QUEUED = AttemptState.QUEUED
 _CANCELLED = AttemptState.CANCELLED
 _STOP_PROCESS = AttemptOutput.STOP_PROCESS
+_TAKE_SLOT = AttemptOutput.TAKE_SLOT
+_RUN = AttemptOutput.RUN
+_FREE_SLOT = AttemptOutput.FREE_SLOT
+_KEEP_RESULT = AttemptOutput.KEEP_RESULT
+_QUEUE_RESULT = AttemptOutput.QUEUE_RESULT
+_FORGET_RESULT = AttemptOutput.FORGET_RESULT
+_QUEUE_RETURNED = AttemptOutput.QUEUE_RETURNED
+_COUNT_FROM_CACHE = AttemptOutput.COUNT_FROM_CACHE
+_UNQUEUE = AttemptOutput.UNQUEUE
+_UNQUEUE_RESULT = AttemptOutput.UNQUEUE_RESULT
+_START = AttemptEvent.START
+_ACKNOWLEDGED = AttemptEvent.ACKNOWLEDGED
 _FLUSHED = AttemptEvent.FLUSHED
 _step = ATTEMPT.step
 
@@ -136,13 +148,16 @@ class Worker:
 
     def _perform(self, entry: _Attempt, outputs: tuple[AttemptOutput, ...]) -> None:
         """Do what the attempt machine answered, in order (the one place that does)."""
+        # Module constants, most frequent first: an enum member looked up on
+        # its class costs a Python-level call on every test.
         for output in outputs:
-            if output is AttemptOutput.QUEUE_RESULT or output is AttemptOutput.QUEUE_RETURNED:
-                if output is AttemptOutput.QUEUE_RETURNED:
-                    entry.result = self._returned(entry)
-                self._add_unsent(entry)
-                self._schedule_flush()
-            elif output is AttemptOutput.FREE_SLOT:
+            if output is _TAKE_SLOT:
+                self.running += 1
+                master = entry.sink.key
+                self._running_for[master] = self._running_for.get(master, 0) + 1
+            elif output is _RUN:
+                self._run(entry)
+            elif output is _FREE_SLOT:
                 # Starting what fits next is the caller's, once every output is done.
                 self.running -= 1
                 master = entry.sink.key
@@ -153,26 +168,29 @@ class Worker:
                     del self._running_for[master]
                 self.completed += 1
                 del self._active[entry.key]
-            elif output is AttemptOutput.KEEP_RESULT:
+            elif output is _KEEP_RESULT:
                 self._remember(entry)
-            elif output is AttemptOutput.TAKE_SLOT:
-                self.running += 1
-                master = entry.sink.key
-                self._running_for[master] = self._running_for.get(master, 0) + 1
-            elif output is AttemptOutput.RUN:
-                self._run(entry)
-            elif output is AttemptOutput.FORGET_RESULT:
+            elif output is _QUEUE_RESULT:
+                self._add_unsent(entry)
+                self._schedule_flush()
+            elif output is _FORGET_RESULT:
                 if self._cache.pop(entry.key, None) is not None:
-                    self._cache_bytes -= _size(entry)
-            elif output is AttemptOutput.COUNT_FROM_CACHE:
+                    result = entry.result
+                    assert result is not None
+                    self._cache_bytes -= len(result.stdout) + len(result.stderr)
+            elif output is _QUEUE_RETURNED:
+                entry.result = self._returned(entry)
+                self._add_unsent(entry)
+                self._schedule_flush()
+            elif output is _COUNT_FROM_CACHE:
                 self.answered_from_cache += 1
-            elif output is AttemptOutput.UNQUEUE:
+            elif output is _UNQUEUE:
                 # The callers that unqueue compact the queue once, after the lot.
                 del self._active[entry.key]
                 self._unqueued = True
-            elif output is AttemptOutput.STOP_PROCESS:
+            elif output is _STOP_PROCESS:
                 self._runner.stop(entry.job, entry.assignment)
-            elif output is AttemptOutput.UNQUEUE_RESULT:
+            elif output is _UNQUEUE_RESULT:
                 pass  # flush() skips cancelled attempts
             else:  # pragma: no cover (every output is handled above)
                 raise AssertionError(output)
@@ -252,7 +270,8 @@ class Worker:
             while self._queue and self.running < self.slots:
                 entry = self._queue.popleft()
                 started.append((entry.assignment.task.id, entry.job))
-                self._fire(entry, AttemptEvent.START)
+                entry.state, outputs = _step(entry.state, _START)
+                self._perform(entry, outputs)
         finally:
             self._starting = False
         self._log_started(started)
@@ -311,10 +330,10 @@ class Worker:
         gets it directly and dies with this worker.
         """
         entry.result = result
-        if result.status != RETURNED and entry.key[0] != self.name:
-            self._fire(entry, _ENDED)
-        else:
-            self._fire(entry, _ENDED_NOT_KEPT)
+        event = _ENDED if result.status != RETURNED and entry.key[0] != self.name else _ENDED_NOT_KEPT
+        entry.state, outputs = _step(entry.state, event)
+        if outputs:
+            self._perform(entry, outputs)
         if entry.assignment.task.command is None:
             # Instructions finish inside the start loop, which goes on.
             self._start_what_fits()
@@ -353,7 +372,8 @@ class Worker:
         for result in results:
             entry = self._cache.get((master, job, result.task_id, result.attempt))
             if entry is not None:
-                self._fire(entry, AttemptEvent.ACKNOWLEDGED)
+                entry.state, outputs = _step(entry.state, _ACKNOWLEDGED)
+                self._perform(entry, outputs)
 
     def query(self, sink: IResultSink, job: str, attempts: list[tuple[str, int]]) -> dict[str, list[str]]:
         """
@@ -434,7 +454,8 @@ class Worker:
                 # A cancelled attempt's result is unqueued (UNQUEUE_RESULT): skipped here.
                 if entry.state is not _CANCELLED and entry.result is not None:
                     results.append(entry.result)
-                    self._fire(entry, _FLUSHED)
+                    # FLUSHED has no outputs in any state.
+                    entry.state, _ = _step(entry.state, _FLUSHED)
             if results:
                 sink.deliver(job, results)
 

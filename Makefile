@@ -31,8 +31,8 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/towncrier build --draft --version next > /dev/null
 
-## test: the whole suite under trial
-test: install
+## test: lint first, then the whole suite under trial
+test: install lint
 	$(BIN)/python -m twisted.trial tests
 
 ## test-pytest: the same suite under pytest

@@ -19,12 +19,13 @@ Who provides what (see docs/architecture.rst):
   - L{ITaskRunner}: L{p2pexec.executor.Executor} (or a fake), for the worker;
   - L{IJournal}: L{p2pexec.journal.Journal} or L{p2pexec.journal.NullJournal};
   - L{INode}: L{p2pexec.node.Node}, for the parts it wires;
-  - L{INodeViews}: L{p2pexec.views.Views}, for the web, metrics and AMP status.
+  - L{INodeViews}: L{p2pexec.views.Views}, for the web, metrics and AMP status;
+  - L{IWebNode}: L{p2pexec.node.Node}, for the HTTP server (L{p2pexec.web}).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
 
     from p2pexec import status
     from p2pexec.auth import ChallengeResponse
+    from p2pexec.config import NodeConfig
     from p2pexec.job import Job
     from p2pexec.journal import JournalProblem, StoredJob
     from p2pexec.model import Assignment, NodeInfo, TaskResult, TaskSpec
@@ -283,3 +285,44 @@ class INodeViews(Protocol):
 
     def on_result(self, listener: Callable[[TaskResult], None]) -> None:
         """Call C{listener} with every result applied to a task of this node's jobs."""
+
+
+class IWebNode(Protocol):
+    """
+    What the HTTP server (L{p2pexec.web}) reads of a node, and asks of it:
+    its views for every page, its intake to submit a job, its master to
+    cancel one and to count the running ones (for the health check).
+    """
+
+    @property
+    def config(self) -> NodeConfig:
+        """The node's configuration: its key, local token, interface and C{--web-public}."""
+
+    @property
+    def info(self) -> NodeInfo:
+        """How this node describes itself (its name, for the health check and errors)."""
+
+    @property
+    def stopping(self) -> bool:
+        """Whether the node is leaving the cluster."""
+
+    @property
+    def views(self) -> INodeViews:
+        """What the API, the metrics and the health check show."""
+
+    @property
+    def master(self) -> IWebMaster:
+        """The jobs this node is master of."""
+
+    def submit(self, tasks: list[Any], defaults: Any = None, label: str = "submitted job") -> Deferred[str]:
+        """Accept a job; fire with its id once journaled (see L{p2pexec.intake.Intake.submit})."""
+
+
+class IWebMaster(Protocol):
+    """What the HTTP server asks of the node's master."""
+
+    def unfinished(self) -> Sequence[object]:
+        """The jobs that have not finished (the health check counts them)."""
+
+    def cancel(self, job_id: str, by: str) -> int:
+        """Cancel a job; return how many tasks were cancelled; raise C{KeyError} for a job of another master."""

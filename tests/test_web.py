@@ -1,55 +1,125 @@
-"""Tests for L{p2pexec.web}: request bodies are judged before they are read."""
-
-from types import SimpleNamespace
+"""Tests for L{p2pexec.web} and L{p2pexec.webguard}: requests are judged before any resource, and bodies before they are read."""
 
 from twisted.internet.address import IPv4Address
+from twisted.internet.defer import succeed
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from p2pexec import web
+from p2pexec import commands, status, web, webguard
 from p2pexec.auth import http_token
+from p2pexec.config import NodeConfig
+from p2pexec.interfaces import INodeViews, IWebMaster, IWebNode
+from p2pexec.model import NodeInfo
 
 KEY = b"k" * 32
 
 
-class FakeNode:
-    """Just what the jobs endpoint reads of a node; submitting records the tasks."""
+class FakeViews:
+    """An L{INodeViews} of a node with no peers and no jobs."""
 
-    def __init__(self, key, local_token=None):
-        self.config = SimpleNamespace(key=key, web_public=False, local_token=local_token)
-        self.info = SimpleNamespace(name="a1")
-        self.stopping = False
-        self.submitted = []
-        self.peers = SimpleNamespace(connected_peers=lambda: [])
-        self.master = SimpleNamespace(jobs={})
+    def my_load(self):
+        """Nothing running, no links."""
+        return status.Load(running=0, queued=0)
+
+    def peers_status(self):
+        """No peers."""
+        return []
+
+    def topology_status(self):
+        """No nodes."""
+        return {"nodes": [], "links": []}
 
     def jobs_status(self):
         """No jobs."""
         return []
 
+    def job_status(self, job_id):
+        """No job is known."""
+        raise commands.UnknownJob(f"node a1 is not the master of job {job_id!r}")
+
+    def job_tasks(self, job_id, **filters):
+        """No job is known."""
+        return self.job_status(job_id)
+
+    def node_status(self):
+        """Nothing running."""
+        return {"running": 0, "queued": 0, "links": []}
+
     def problem(self):
         """A healthy node: nothing wrong."""
         return None
 
-    def submit(self, tasks, defaults=None, label=""):
-        """Record the tasks; return a job ID at once."""
-        from twisted.internet.defer import succeed
+    def counters(self):
+        """No figures."""
+        return {}
 
+    def datagrams_rejected(self):
+        """No datagram dropped."""
+        return {}
+
+    def on_result(self, listener):
+        """No result ever comes."""
+
+
+class FakeMaster:
+    """An L{IWebMaster} with no jobs."""
+
+    def unfinished(self):
+        """No running job."""
+        return []
+
+    def cancel(self, job_id, by):
+        """No job to cancel."""
+        raise KeyError(job_id)
+
+
+class FakeNode:
+    """An L{IWebNode}: no peers, no jobs; submitting records the tasks."""
+
+    def __init__(self, key, local_token=None, web_public=False):
+        self.config = NodeConfig(name="a1", key=key, local_token=local_token, web_public=web_public)
+        self.info = NodeInfo(name="a1", instance="i1", host="127.0.0.1", port=10001, capabilities=(), slots=1)
+        self.stopping = False
+        self.views = FakeViews()
+        self.master = FakeMaster()
+        self.submitted = []
+
+    def submit(self, tasks, defaults=None, label="submitted job"):
+        """Record the tasks; return a job ID at once."""
         self.submitted.append(tasks)
         return succeed("a1-0001-1")
 
 
-class BodyCheckTests(SynchronousTestCase):
-    """L{web._BodyCheckingRequest}."""
+def protocol_members(protocol):
+    """The names a class must have to provide C{protocol}: its methods and properties."""
+    return {name for name in vars(protocol) if not name.startswith("_")}
 
-    def connect(self, key):
+
+class FakeNodeTests(SynchronousTestCase):
+    """The fakes of these tests are honest: they have everything the protocols they stand for declare."""
+
+    def test_fakes_provide_the_protocols(self):
+        """FakeNode has every member of IWebNode, its views every one of INodeViews, its master of IWebMaster."""
+        node = FakeNode(None)
+        for fake, protocol in ((node, IWebNode), (node.views, INodeViews), (node.master, IWebMaster)):
+            missing = {name for name in protocol_members(protocol) if not hasattr(fake, name)}
+            self.assertEqual(missing, set(), protocol.__name__)
+
+
+def guarded_site(node, resources, names=None):
+    """A L{webguard.GuardedSite} around C{resources} (name to resource), judged by C{node}'s configuration."""
+    return webguard.GuardedSite(web._Root(resources), node.config, names)
+
+
+class BodyCheckTests(SynchronousTestCase):
+    """L{webguard.GuardedRequest}."""
+
+    def connect(self, key, web_public=False):
         """An HTTP connection to a site around a fake node with C{key}; return the node, protocol and transport."""
-        node = FakeNode(key)
+        node = FakeNode(key, web_public=web_public)
         api = web._Api()
         api.putChild(b"jobs", web.JobsResource(node))
-        site = web._QuietSite(web._Root({b"api": api}), requestFactory=web._BodyCheckingRequest)
-        site.node_key = key
-        site.node_secret = web._secret(node)
+        site = guarded_site(node, {b"api": api})
         protocol = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
         transport = StringTransport()
         protocol.makeConnection(transport)
@@ -81,7 +151,7 @@ class BodyCheckTests(SynchronousTestCase):
 
     def test_chunked_body_over_the_limit_refused_as_it_arrives(self):
         """A chunked body is counted as it arrives, and refused (413) once over the limit, not spooled whole."""
-        self.patch(web, "MAX_BODY_BYTES", 1000)
+        self.patch(webguard, "MAX_BODY_BYTES", 1000)
         node, protocol, transport = self.connect(None)
         protocol.dataReceived(b"POST /api/jobs HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
         for _ in range(5):
@@ -103,8 +173,7 @@ class BodyCheckTests(SynchronousTestCase):
 
     def test_public_get_with_an_empty_chunked_body_is_served(self):
         """Under --web-public, a GET with an empty chunked body is still served: no body, no token needed."""
-        node, protocol, transport = self.connect(KEY)
-        node.config.web_public = True
+        node, protocol, transport = self.connect(KEY, web_public=True)
         protocol.dataReceived(b"GET /api/jobs HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
         self.assertTrue(transport.value().startswith(b"HTTP/1.1 200 "), transport.value()[:80])
 
@@ -141,12 +210,8 @@ class SiteMixin:
         node = FakeNode(key, local_token)
         api = web._Api()
         api.putChild(b"jobs", web.JobsResource(node))
-        site = web._QuietSite(
-            web._Root({b"api": api, b"healthz": web.HealthResource(node)}), requestFactory=web._BodyCheckingRequest
-        )
-        site.node_key = key
-        site.node_secret = web._secret(node)
-        site.names = web.OwnNames("127.0.0.1", 8080, ["box", "box.example.org"])
+        names = webguard.OwnNames("127.0.0.1", 8080, ["box", "box.example.org"])
+        site = guarded_site(node, {b"api": api, b"healthz": web.HealthResource(node)}, names)
 
         def send(data):
             protocol = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
@@ -164,7 +229,7 @@ class SiteMixin:
 
 
 class CrossSiteTests(SiteMixin, SynchronousTestCase):
-    """L{web.refusal} as a real site applies it: Host, Origin, Sec-Fetch-Site, Content-Type, and the security headers."""
+    """L{webguard.refusal} as a real site applies it: Host, Origin, Sec-Fetch-Site, Content-Type, and the security headers."""
 
     def test_cross_origin_text_plain_post_refused(self):
         """The attack of the issue: a text/plain POST from http://evil.example is refused (403) and submits nothing."""
@@ -276,14 +341,14 @@ class CrossSiteTests(SiteMixin, SynchronousTestCase):
 
 
 class OwnNamesTests(SynchronousTestCase):
-    """L{web.OwnNames}."""
+    """L{webguard.OwnNames}."""
 
     def test_loopback_names(self):
         """On loopback, localhost, 127.0.0.1 and ::1 are own names besides the interface; elsewhere only the interface and the machine's names."""
-        loopback = web.OwnNames("127.0.0.2", 80, [])
+        loopback = webguard.OwnNames("127.0.0.2", 80, [])
         self.assertEqual(loopback.names, {"127.0.0.2", "127.0.0.1", "localhost", "::1"})
         self.assertTrue(loopback.origin_allowed("http://localhost"))
-        lan = web.OwnNames("10.0.0.5", 8080, ["box"])
+        lan = webguard.OwnNames("10.0.0.5", 8080, ["box"])
         self.assertEqual(lan.names, {"10.0.0.5", "box"})
         self.assertFalse(lan.host_allowed("localhost:8080"))
         self.assertTrue(lan.origin_allowed("http://box:8080"))

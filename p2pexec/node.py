@@ -28,6 +28,7 @@ from p2pexec.interfaces import IJournal, ITaskRunner
 from p2pexec.job import Job
 from p2pexec.journal import open_journal
 from p2pexec.leaving import drain, warn_unfinished
+from p2pexec.listeners import Listener
 from p2pexec.log import NodeLogger
 from p2pexec.master import Master, random_instance
 from p2pexec.membership import PeerTable
@@ -144,9 +145,10 @@ class Node:
     @ivar master: the jobs this node is master of.
     @ivar worker: the tasks this node runs.
     @ivar views: what the web, metrics and status commands read.
-    @ivar loops: the periodic calls (peer expiry, gossip, liveness), as
-        services: children of L{p2pexec.service.NodeService}, started here
-        too when the node runs without one.
+    @ivar listeners: the AMP port and (with multicast) the discovery port.
+    @ivar loops: the periodic calls (peer expiry, gossip, liveness).  The
+        listeners and loops are services, children of the L{NodeService},
+        that the node starts and stops at their points of its sequences.
     @ivar stopping: whether the node is leaving.
     """
 
@@ -164,8 +166,9 @@ class Node:
             Every("gossip", config.exchange_interval, self.gossip.gossip, reactor),
             Every("liveness checks", config.heartbeat_interval / 2, self.liveness.check, reactor),
         ]
-        self._tcp_port: Any = None
-        self._udp_port: Any = None
+        self.amp_port = Listener("AMP port", self._listen_amp)
+        self.discovery_port = Listener("discovery port", self._listen_discovery)
+        self.listeners = [self.amp_port, self.discovery_port] if config.multicast else [self.amp_port]
         self._serving = False
         self._ready_waiters: list[Deferred[None]] = []
         p.outbox.wire(self, p.peers, p.master, p.worker)
@@ -193,30 +196,36 @@ class Node:
 
         @raise twisted.internet.error.CannotListenError: if the port is taken.
         """
+        address: Any = self.amp_port.bind().getHost()
+        self.info = attr.evolve(self.info, port=address.port)
+
+    def _listen_amp(self) -> Any:
         factory = Factory.forProtocol(lambda: PeerProtocol(self.responders, clock=self._reactor))
         factory.noisy = False
         config = self.config
         if config.tls is not None:
-            self._tcp_port = self._reactor.listenSSL(
+            return self._reactor.listenSSL(
                 config.port, factory, config.tls.server_options(), interface=config.interface
             )
-        else:
-            self._tcp_port = self._reactor.listenTCP(config.port, factory, interface=config.interface)
-        self.info = attr.evolve(self.info, port=self._tcp_port.getHost().port)
+        return self._reactor.listenTCP(config.port, factory, interface=config.interface)
+
+    def _listen_discovery(self) -> Any:
+        return self._reactor.listenMulticast(self.config.group[1], self.discovery, listenMultiple=True)
 
     @property
     def listening(self) -> Any:
         """The listening AMP port (its factory builds the connections the node accepts), or C{None}."""
-        return self._tcp_port
+        return self.amp_port.port
 
     def start(self) -> None:
-        """Announce ourselves, start discovery and the loops, and take up the start-up job if there is one."""
-        if self._tcp_port is None:
+        """Listen, announce ourselves, start discovery and the loops, and take up the start-up job if there is one."""
+        if self.amp_port.port is None:
             self.listen()
         info, config = self.info, self.config
         announce(info, config)
+        for listener in self.listeners:
+            listener.startService()
         if config.multicast:
-            self._udp_port = self._reactor.listenMulticast(config.group[1], self.discovery, listenMultiple=True)
             self.discovery.joined.addCallback(self._joined)
         else:
             self._now_serving()
@@ -268,8 +277,7 @@ class Node:
         warn_unfinished(self.master, name)
         for loop in self.loops:
             loop.stopService()
-        if self._udp_port is not None:
-            await self._udp_port.stopListening()
+        await self.discovery_port.stopService()
         farewells = [
             self.outbox.say_goodbye(record.info.name, record.connection, config.disconnect_timeout)
             for record in self.peers.connected_peers()
@@ -281,8 +289,7 @@ class Node:
         for record in self.peers:
             if record.connection is not None and record.connection.transport is not None:
                 record.connection.transport.loseConnection()
-        if self._tcp_port is not None:
-            await self._tcp_port.stopListening()
+        await self.amp_port.stopService()
         try:
             self.journal.close()
         except Exception as e:

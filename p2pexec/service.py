@@ -3,9 +3,10 @@ The node as a Twisted service tree, with an explicit stop order.
 
 L{MultiService} stops its children without waiting for one before the next,
 so L{NodeService} runs the node's own leave sequence (drain, flush, goodbye,
-close) first and only then stops its children: the node's periodic loops
-(peer expiry, gossip, liveness checks; the node stops them itself at their
-point of the leave sequence), the HTTP server, the runtime record.
+close) first and only then stops its children: the node's listening ports
+(AMP, discovery) and periodic loops (peer expiry, gossip, liveness checks;
+the node starts and stops these itself at their points of its start and
+leave sequences), the HTTP server, the runtime record.
 
 It also keeps systemd informed (L{p2pexec.systemd}): C{READY=1} once the node
 serves, C{WATCHDOG=1} while the reactor turns, C{STOPPING=1} as it starts to
@@ -49,12 +50,12 @@ class NodeService(MultiService):
         self.node = node
         self.notifier = notifier
         self.guard = guard
-        for loop in node.loops:
-            loop.setServiceParent(self)
+        for child in [*node.listeners, *node.loops]:
+            child.setServiceParent(self)
 
     def privilegedStartService(self) -> None:
         """
-        Bind the node's TCP port before twistd drops privileges.
+        Bind the node's AMP port (its listener's) before twistd drops privileges.
 
         @raise SystemExit: with a one-line reason if the port cannot be bound,
             so that twistd exits with status 1 and that line.
@@ -71,9 +72,10 @@ class NodeService(MultiService):
     def startService(self) -> None:
         """
         Start the task guard (which first kills what an earlier run of the
-        node left running), the systemd watchdog, the children (the node's
-        loops among them), then the node; tell systemd C{READY=1} once the
-        node serves.
+        node left running), the systemd watchdog, the node (which starts its
+        listeners and loops in its own order: discovery after it has
+        announced itself), then the other children; tell systemd C{READY=1}
+        once the node serves.
         """
         if self.guard is not None:
             try:
@@ -86,8 +88,8 @@ class NodeService(MultiService):
                 )
         if self.notifier is not None:
             self.notifier.start_watchdog()
-        super().startService()
         self.node.start()
+        super().startService()
         if self.notifier is not None:
             self.node.ready().addCallback(self._serving)
 

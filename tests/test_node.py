@@ -670,7 +670,8 @@ class WiringTests(SynchronousTestCase):
         node = create_node(NodeConfig(name="a1", port=10001), host, FakeRunner(host, "a1"))
         service = NodeService(node)
         self.assertEqual(
-            [loop.name for loop in IServiceCollection(service)], ["peer expiry", "gossip", "liveness checks"]
+            [child.name for child in IServiceCollection(service)],
+            ["AMP port", "discovery port", "peer expiry", "gossip", "liveness checks"],
         )
         service.privilegedStartService()
         service.startService()
@@ -680,6 +681,43 @@ class WiringTests(SynchronousTestCase):
         network.run(5.0)
         self.successResultOf(stopped)
         self.assertEqual([(loop.running, loop.calling) for loop in node.loops], [(0, False)] * 3)
+
+    def test_listeners_are_children_of_the_service(self):
+        """
+        The AMP and discovery ports are children of the L{NodeService}: the
+        AMP port is bound in the privileged start, discovery listens once the
+        node starts, and both are closed once it has left.
+        """
+        from p2pexec.service import NodeService
+
+        network = FakeNetwork()
+        host = network.host("127.0.0.1")
+        node = create_node(NodeConfig(name="a1", port=10001), host, FakeRunner(host, "a1"))
+        service = NodeService(node)
+        self.assertEqual([service.getServiceNamed(listener.name) for listener in node.listeners], node.listeners)
+        service.privilegedStartService()
+        self.assertIs(network.server_factory("127.0.0.1", 10001), node.amp_port.port.factory)
+        self.assertIsNone(node.discovery_port.port)
+        service.startService()
+        self.assertEqual([listener.running for listener in node.listeners], [1, 1])
+        self.assertIs(node.discovery.transport, node.discovery_port.port)
+        self.successResultOf(node.ready())
+        stopped = service.stopService()
+        network.run(5.0)
+        self.successResultOf(stopped)
+        self.assertEqual([(listener.running, listener.port) for listener in node.listeners], [(0, None)] * 2)
+        self.assertIsNone(node.discovery.transport)
+        self.assertRaises(KeyError, network.server_factory, "127.0.0.1", 10001)
+
+    def test_no_discovery_listener_without_multicast(self):
+        """With multicast off, the AMP port is the node's only listener, and the node serves once it listens."""
+        network = FakeNetwork()
+        host = network.host("127.0.0.1")
+        node = create_node(NodeConfig(name="a1", port=10001, multicast=False), host, FakeRunner(host, "a1"))
+        self.assertEqual(node.listeners, [node.amp_port])
+        node.start()
+        self.successResultOf(node.ready())
+        self.assertIsNone(node.discovery.transport)
 
     def test_loops_run_without_a_service(self):
         """A node started by itself (as in these tests) runs its loops too, and stops them when it leaves."""

@@ -7,6 +7,7 @@ from twisted.logger import capturedLogs
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
+from p2pexec.listeners import Listener
 from p2pexec.service import NodeService
 from p2pexec.tap import Options, config_from_options, makeService
 from p2pexec.testing.network import FakeNetwork
@@ -169,6 +170,8 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertIsInstance(service, MultiService)
         self.assertIsInstance(service, NodeService)
         self.assertEqual(service.node.config.name, "a1")
+        listeners = [child for child in service if isinstance(child, Listener)]
+        self.assertEqual([listener.name for listener in listeners], ["AMP port", "discovery port"])
 
     def test_start_and_stop(self):
         """Started, the node listens and runs its job; stopped, it leaves in order."""

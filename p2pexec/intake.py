@@ -12,7 +12,7 @@ from twisted.internet.defer import Deferred
 
 from p2pexec import commands
 from p2pexec.jobfile import JobFileError, parse_job
-from p2pexec.journal import JournalError
+from p2pexec.journal_health import JournalError
 from p2pexec.log import NodeLogger
 
 if TYPE_CHECKING:

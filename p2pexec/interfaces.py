@@ -36,7 +36,8 @@ if TYPE_CHECKING:
     from p2pexec.auth import ChallengeResponse
     from p2pexec.config import NodeConfig
     from p2pexec.job import Job
-    from p2pexec.journal import JournalProblem, StoredJob
+    from p2pexec.journal_health import JournalProblem
+    from p2pexec.journal_schema import StoredJob
     from p2pexec.model import Assignment, NodeInfo, TaskResult, TaskSpec
     from p2pexec.peer import PeerProtocol
     from p2pexec.tls import TLSConfig

@@ -18,33 +18,42 @@ C{synchronous=NORMAL} a power cut may lose the last transactions, never
 corrupt the file).
 
 Only one node may use a state directory at a time: a lock file enforces it.
+
+The file itself (its schema, its rows, opening and checking it) is
+L{p2pexec.journal_schema}; what is wrong when it cannot be used or written
+is L{p2pexec.journal_health}.
 """
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import fcntl
-import json
 import os
 import time
-from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-import attr
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from p2pexec.interfaces import IJobState, ITaskState
+from p2pexec.journal_health import JournalError, JournalProblem, JournalWriteError, write_failure_reason
+from p2pexec.journal_schema import (
+    JOURNAL_FILE,
+    TASK_COLUMN_NAMES,
+    TASK_COLUMNS,
+    StoredJob,
+    lock_state_dir,
+    open_database,
+    spec_json,
+    stored_task,
+    task_row,
+    transaction,
+)
 from p2pexec.log import NodeLogger
-from p2pexec.model import TaskResult, TaskSpec
 
 if TYPE_CHECKING:
     import sqlite3
 
 log = NodeLogger()
-
-SCHEMA_VERSION = 2
 
 RETRY_DELAY = 5.0
 """Seconds before a failed commit (a full disk, say) is tried again."""
@@ -54,165 +63,6 @@ GROUP_COMMIT_DELAY = 0.01
 """Seconds a node's marked changes may wait to share a transaction.  What
 must be on disk before a message leaves waits for it (L{Journal.durable}),
 or forces it (L{Journal.commit})."""
-JOURNAL_FILE = "journal.sqlite3"
-LOCK_FILE = "lock"
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS jobs (
-    id TEXT PRIMARY KEY,
-    source TEXT,
-    started REAL NOT NULL,
-    finished REAL,
-    cancelled INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS tasks (
-    job TEXT NOT NULL,
-    id TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    kind TEXT NOT NULL,
-    spec TEXT,
-    state TEXT NOT NULL,
-    attempt INTEGER NOT NULL,
-    worker TEXT,
-    failures INTEGER NOT NULL,
-    losses INTEGER NOT NULL,
-    result_attempt INTEGER,
-    result_status TEXT,
-    result_node TEXT,
-    exit_code INTEGER,
-    duration REAL,
-    stdout TEXT,
-    stderr TEXT,
-    error TEXT,
-    PRIMARY KEY (job, id)
-) WITHOUT ROWID;
-"""
-
-
-class JournalError(Exception):
-    """The journal cannot be used; the message says why and what to do."""
-
-
-class JournalWriteError(JournalError):
-    """
-    The journal cannot be written (a full disk, a read-only file system, an
-    I/O error): the file is fine, the place it lives is not.
-
-    @ivar reason: the cause in a few words (C{disk full}, ...).
-    """
-
-    def __init__(self, message: str, reason: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-
-
-@attr.s(auto_attribs=True, frozen=True)
-class JournalProblem:
-    """
-    Why the journal cannot be written at the moment.
-
-    @ivar path: the journal file.
-    @ivar reason: the cause in a few words: C{disk full}, C{read-only file
-        system}, C{I/O error}, C{permission denied}, C{disk quota exceeded},
-        or C{cannot be written} when the error says no more.
-    @ivar error: the error as the system or SQLite gave it.
-    @ivar since: when the first write failed (wall clock, for people).
-    """
-
-    path: str
-    reason: str
-    error: str
-    since: float
-
-    def describe(self) -> str:
-        """One sentence for logs, errors, /healthz and the status views."""
-        return f"its journal {self.path} cannot be written: {self.reason} ({self.error})"
-
-
-_ERRNO_REASONS = {
-    errno.ENOSPC: "disk full",
-    errno.EDQUOT: "disk quota exceeded",
-    errno.EROFS: "read-only file system",
-    errno.EIO: "I/O error",
-    errno.EACCES: "permission denied",
-    errno.EPERM: "permission denied",
-}
-
-# SQLite's primary result codes (the low byte of an extended code).
-_SQLITE_REASONS = {13: "disk full", 8: "read-only", 10: "I/O error", 3: "permission denied", 14: "cannot open the file"}
-
-
-def write_failure_reason(error: BaseException, folder: str | None = None) -> str | None:
-    """
-    Why a write failed, in a few words, if C{error} is a failure to write
-    (an C{OSError}, or an SQLite error about the disk): C{None} otherwise
-    (a damaged or foreign file).  SQLite reports a full disk as SQLITE_FULL
-    but often as a bare I/O error; C{folder}'s file system is then looked at
-    (no space left, mounted read-only) to say which.
-    """
-    import sqlite3
-
-    reason: str | None = None
-    if isinstance(error, OSError):
-        reason = _ERRNO_REASONS.get(error.errno or 0, "cannot be written")
-    elif isinstance(error, sqlite3.Error):
-        code = getattr(error, "sqlite_errorcode", None)
-        text = str(error).lower()
-        if code is not None:
-            reason = _SQLITE_REASONS.get(code & 0xFF)
-        elif "disk is full" in text:
-            reason = "disk full"
-        elif "readonly" in text or "read-only" in text:
-            reason = "read-only"
-        elif "disk i/o error" in text:
-            reason = "I/O error"
-        elif "unable to open" in text:
-            reason = "cannot open the file"
-    if reason is None or folder is None:
-        return reason
-    try:
-        stats = os.statvfs(folder)
-    except OSError:
-        return reason
-    if stats.f_flag & os.ST_RDONLY:
-        return "read-only file system"
-    if reason in ("I/O error", "cannot be written", "cannot open the file") and stats.f_bavail == 0:
-        return "disk full"
-    if reason == "read-only":
-        return "read-only file"
-    return reason
-
-
-@attr.s(auto_attribs=True, frozen=True)
-class StoredTask:
-    """One task as the journal has it."""
-
-    spec: TaskSpec
-    state: str
-    attempt: int
-    worker: str | None
-    failures: int
-    losses: int
-    result: TaskResult | None
-
-
-@attr.s(auto_attribs=True, frozen=True)
-class StoredJob:
-    """
-    One job as the journal has it, its tasks in job order.
-
-    @ivar finished: when it finished (clock seconds), or C{None} while it
-        is unfinished.
-    """
-
-    id: str
-    source: str | None
-    started: float
-    """When it was accepted, by the wall clock of the process that accepted it."""
-    cancelled: bool
-    tasks: list[StoredTask]
-    finished: float | None = None
 
 
 class NullJournal:
@@ -303,13 +153,13 @@ class Journal:
         self._folder = state_dir
         self.problem: JournalProblem | None = None
         self._failing_since = 0.0
-        self._lock_fd = _lock_state_dir(state_dir)
+        self._lock_fd = lock_state_dir(state_dir)
         # A node that has never been a master has no journal file: SQLite
         # (2 MiB of a worker's memory) is loaded when it first has one to write.
         self._db: sqlite3.Connection | None = None
         if os.path.exists(self.path):
             try:
-                self._db = _open_database(self.path, self._connection_factory)
+                self._db = open_database(self.path, self._connection_factory)
             except BaseException:
                 os.close(self._lock_fd)
                 raise
@@ -396,19 +246,19 @@ class Journal:
             if self._before_write is not None:
                 self._before_write()
             if self._db is None:
-                self._db = _open_database(self.path, self._connection_factory)
+                self._db = open_database(self.path, self._connection_factory)
             db = self._db
-            with _transaction(db):
+            with transaction(db):
                 for job in new_jobs.values():
                     db.execute(
                         "INSERT OR REPLACE INTO jobs (id, source, started, finished, cancelled) VALUES (?, ?, ?, ?, ?)",
                         (job.id, job.source, job.started_at, job.finished_at, int(job.cancelled)),
                     )
                     db.executemany(
-                        f"INSERT OR REPLACE INTO tasks (job, id, seq, kind, spec, {_TASK_COLUMNS}) "
-                        f"VALUES (?, ?, ?, ?, ?, {', '.join('?' * len(_TASK_COLUMN_NAMES))})",
+                        f"INSERT OR REPLACE INTO tasks (job, id, seq, kind, spec, {TASK_COLUMNS}) "
+                        f"VALUES (?, ?, ?, ?, ?, {', '.join('?' * len(TASK_COLUMN_NAMES))})",
                         (
-                            (job.id, record.spec.id, seq, record.spec.kind, _spec_json(record.spec)) + _task_row(record)
+                            (job.id, record.spec.id, seq, record.spec.kind, spec_json(record.spec)) + task_row(record)
                             for seq, record in enumerate(job.tasks.values())
                         ),
                     )
@@ -427,10 +277,10 @@ class Journal:
                         )
                     if len(plain) < len(changed_tasks):
                         db.executemany(
-                            f"UPDATE tasks SET {', '.join(f'{name} = ?' for name in _TASK_COLUMN_NAMES)} "
+                            f"UPDATE tasks SET {', '.join(f'{name} = ?' for name in TASK_COLUMN_NAMES)} "
                             "WHERE job = ? AND id = ?",
                             (
-                                _task_row(record) + key
+                                task_row(record) + key
                                 for key, record in changed_tasks.items()
                                 if not (record.result is None and not record.failures and not record.losses)
                             ),
@@ -558,11 +408,11 @@ class Journal:
         assert self._db is not None
         tasks = []
         for task_id, kind, spec, *row in self._db.execute(
-            f"SELECT id, kind, spec, {_TASK_COLUMNS} FROM tasks WHERE job = ? ORDER BY seq",
+            f"SELECT id, kind, spec, {TASK_COLUMNS} FROM tasks WHERE job = ? ORDER BY seq",
             (job_id,),
         ):
             try:
-                tasks.append(_stored_task(task_id, kind, spec, row))
+                tasks.append(stored_task(task_id, kind, spec, row))
             except (ValueError, TypeError) as e:
                 raise JournalError(
                     f"journal {self.path}: job {job_id} has a task that cannot be read back ({e}); "
@@ -581,7 +431,7 @@ class Journal:
         """
         if self._db is None:
             return 0
-        with _transaction(self._db):
+        with transaction(self._db):
             old = [row[0] for row in self._db.execute("SELECT id FROM jobs WHERE finished < ?", (finished_before,))]
             self._db.executemany("DELETE FROM tasks WHERE job = ?", ((job_id,) for job_id in old))
             self._db.executemany("DELETE FROM jobs WHERE id = ?", ((job_id,) for job_id in old))
@@ -630,183 +480,6 @@ def default_state_dir(name: str, environ: dict[str, str] | None = None) -> str:
     environ = dict(os.environ) if environ is None else environ
     base = environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
     return os.path.join(base, "p2pexec", name)
-
-
-_TASK_COLUMN_NAMES = (
-    "state",
-    "attempt",
-    "worker",
-    "failures",
-    "losses",
-    "result_attempt",
-    "result_status",
-    "result_node",
-    "exit_code",
-    "duration",
-    "stdout",
-    "stderr",
-    "error",
-)
-_TASK_COLUMNS = ", ".join(_TASK_COLUMN_NAMES)
-_NO_RESULT = (None,) * 8
-
-
-def _task_row(record: ITaskState) -> tuple[Any, ...]:
-    """The values of L{_TASK_COLUMN_NAMES} for a task (plain columns: no JSON to encode per result)."""
-    head = (record.state_name, record.attempt, record.worker, record.failures, record.losses)
-    result = record.result
-    if result is None:
-        return head + _NO_RESULT
-    return head + (
-        result.attempt,
-        result.status,
-        result.node,
-        result.exit_code,
-        result.duration,
-        result.stdout,
-        result.stderr,
-        result.error,
-    )
-
-
-def _spec_json(spec: TaskSpec) -> str | None:
-    """A task's fields beyond its id and kind as JSON, or None for an instruction."""
-    data = spec.to_wire()
-    del data["id"], data["kind"]
-    return json.dumps(data, ensure_ascii=False) if data else None
-
-
-def _stored_task(task_id: str, kind: str, spec: str | None, row: list[Any]) -> StoredTask:
-    """A task read back from its row (its spec validated again, as on the wire)."""
-    data = {} if spec is None else json.loads(spec)
-    if not isinstance(data, dict):
-        raise ValueError(f"task {task_id!r}: its stored spec is not an object")
-    data.update(id=task_id, kind=kind)
-    state, attempt, worker, failures, losses, r_attempt, status, node, exit_code, duration, stdout, stderr, error = row
-    result = None
-    if status is not None:
-        result = TaskResult(
-            task_id=task_id,
-            attempt=r_attempt,
-            status=status,
-            node=node,
-            exit_code=exit_code,
-            duration=duration or 0.0,
-            stdout=stdout or "",
-            stderr=stderr or "",
-            error=error,
-        )
-    return StoredTask(
-        spec=TaskSpec.from_wire(data),
-        state=state,
-        attempt=attempt,
-        worker=worker,
-        failures=failures,
-        losses=losses,
-        result=result,
-    )
-
-
-def _lock_state_dir(state_dir: str) -> int:
-    """Make C{state_dir} and hold its lock file; return the lock's descriptor."""
-    try:
-        os.makedirs(state_dir, mode=0o700, exist_ok=True)
-    except OSError as e:
-        raise JournalError(f"cannot create the state directory {state_dir}: {e.strerror}") from None
-    lock_path = os.path.join(state_dir, LOCK_FILE)
-    try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    except OSError as e:
-        raise JournalError(f"cannot open {lock_path}: {e.strerror}") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as e:
-        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
-        os.close(fd)
-        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            raise JournalError(
-                f"the state directory {state_dir} is in use by another p2pexec node (pid {holder}); "
-                f"give each node its own --state-dir"
-            ) from None
-        raise JournalError(f"cannot lock {lock_path}: {e.strerror}") from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
-    return fd
-
-
-def _open_database(path: str, factory: type[sqlite3.Connection] | None = None) -> sqlite3.Connection:
-    """Open and check the journal (a connection of class C{factory}); create its tables only in a healthy file."""
-    import sqlite3
-
-    existed = os.path.exists(path)
-    try:
-        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, factory=factory or sqlite3.Connection)
-    except sqlite3.Error as e:
-        reason = write_failure_reason(e, os.path.dirname(path) or ".") or "cannot open the file"
-        raise JournalWriteError(f"cannot open the journal {path}: {reason} ({e})", reason) from None
-    try:
-        if existed:
-            problems = [row[0] for row in db.execute("PRAGMA quick_check")]
-            if problems != ["ok"]:
-                raise JournalError(
-                    f"the journal {path} is damaged ({'; '.join(problems[:3])}); it was left untouched: "
-                    f"move it away to start with an empty journal (its unfinished jobs are then forgotten)"
-                )
-        # Check everything before changing anything: a file that is not our
-        # journal must be left byte for byte as it was.
-        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        if tables and "meta" not in tables:
-            raise JournalError(f"{path} is an SQLite database but not a p2pexec journal; it was left untouched")
-        if "meta" in tables:
-            row = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
-            if row is None or row[0] != str(SCHEMA_VERSION):
-                raise JournalError(
-                    f"the journal {path} has schema {row[0] if row else 'unknown'}; this p2pexec reads "
-                    f"schema {SCHEMA_VERSION}; it was left untouched: use the p2pexec that wrote it to "
-                    f"finish its jobs, or move it away to start with an empty journal"
-                )
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
-        db.execute("PRAGMA cache_size=-1024")
-        if "meta" not in tables:
-            with _transaction(db):
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        db.execute(statement)
-                db.execute("INSERT INTO meta (key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
-    except JournalError:
-        db.close()
-        raise
-    except sqlite3.DatabaseError as e:
-        db.close()
-        disk_reason = write_failure_reason(e, os.path.dirname(path) or ".")
-        if disk_reason is not None:
-            # The file may be fine: the disk under it is not (full, read-only).
-            raise JournalWriteError(f"the journal {path} cannot be written: {disk_reason} ({e})", disk_reason) from None
-        raise JournalError(
-            f"the journal {path} cannot be read ({e}); it was left untouched: move it away to start "
-            f"with an empty journal (its unfinished jobs are then forgotten)"
-        ) from None
-    return db
-
-
-@contextlib.contextmanager
-def _transaction(db: sqlite3.Connection) -> Iterator[None]:
-    """
-    BEGIN ... COMMIT, or ROLLBACK if anything fails, COMMIT included (the
-    connection is in autocommit mode).  A COMMIT that fails (the file busy,
-    the disk full) may leave the transaction open; it is rolled back, so
-    that the next attempt can BEGIN again.
-    """
-    db.execute("BEGIN")
-    try:
-        yield
-        db.execute("COMMIT")
-    except BaseException:
-        if db.in_transaction:
-            with contextlib.suppress(Exception):
-                db.execute("ROLLBACK")
-        raise
 
 
 def open_journal(state_dir: str | None, clock: IReactorTime) -> Journal | NullJournal:

@@ -27,7 +27,8 @@ from p2pexec.clock import use_monotonic_time
 from p2pexec.executor import DEFAULT_KILL_GRACE, ProcessExecutor
 from p2pexec.guard import TaskGuard
 from p2pexec.jobfile import JobFileError, load_job_file
-from p2pexec.journal import JournalError, default_state_dir, open_journal
+from p2pexec.journal import default_state_dir, open_journal
+from p2pexec.journal_health import JournalError
 from p2pexec.localtoken import LocalTokenError, load_or_create
 from p2pexec.log import LEVELS, NodeLogger, set_minimum_level
 from p2pexec.model import (

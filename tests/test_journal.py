@@ -8,18 +8,9 @@ from twisted.logger import LogLevel, capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
 from p2pexec.job import Job
-from p2pexec.journal import (
-    JOURNAL_FILE,
-    RETRY_DELAY,
-    SCHEMA_VERSION,
-    Journal,
-    JournalError,
-    NullJournal,
-    StoredJob,
-    StoredTask,
-    default_state_dir,
-    open_journal,
-)
+from p2pexec.journal import RETRY_DELAY, Journal, NullJournal, default_state_dir, open_journal
+from p2pexec.journal_health import JournalError
+from p2pexec.journal_schema import JOURNAL_FILE, SCHEMA_VERSION, StoredJob, StoredTask
 from p2pexec.model import TaskResult, TaskSpec
 
 

@@ -18,7 +18,8 @@ from twisted.web.test.requesthelper import DummyRequest
 
 from p2pexec import commands, web
 from p2pexec.job import Job
-from p2pexec.journal import RETRY_DELAY, Journal, JournalError, write_failure_reason
+from p2pexec.journal import RETRY_DELAY, Journal
+from p2pexec.journal_health import JournalError, write_failure_reason
 from p2pexec.model import TaskSpec
 from p2pexec.node import NodeConfig, create_node
 from p2pexec.testing.network import FakeNetwork

@@ -1,0 +1,270 @@
+"""
+The journal file: its SQL schema, how a task is stored in a row and read
+back (L{StoredJob}, L{StoredTask}), the state directory's lock, and opening
+a file, which refuses one that is damaged, foreign or of another schema and
+leaves it exactly as it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import attr
+
+from p2pexec.interfaces import ITaskState
+from p2pexec.journal_health import JournalError, JournalWriteError, write_failure_reason
+from p2pexec.model import TaskResult, TaskSpec
+
+if TYPE_CHECKING:
+    import sqlite3
+
+SCHEMA_VERSION = 2
+
+JOURNAL_FILE = "journal.sqlite3"
+LOCK_FILE = "lock"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    source TEXT,
+    started REAL NOT NULL,
+    finished REAL,
+    cancelled INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS tasks (
+    job TEXT NOT NULL,
+    id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    spec TEXT,
+    state TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    worker TEXT,
+    failures INTEGER NOT NULL,
+    losses INTEGER NOT NULL,
+    result_attempt INTEGER,
+    result_status TEXT,
+    result_node TEXT,
+    exit_code INTEGER,
+    duration REAL,
+    stdout TEXT,
+    stderr TEXT,
+    error TEXT,
+    PRIMARY KEY (job, id)
+) WITHOUT ROWID;
+"""
+
+
+@attr.s(auto_attribs=True, frozen=True)
+class StoredTask:
+    """One task as the journal has it."""
+
+    spec: TaskSpec
+    state: str
+    attempt: int
+    worker: str | None
+    failures: int
+    losses: int
+    result: TaskResult | None
+
+
+@attr.s(auto_attribs=True, frozen=True)
+class StoredJob:
+    """
+    One job as the journal has it, its tasks in job order.
+
+    @ivar finished: when it finished (clock seconds), or C{None} while it
+        is unfinished.
+    """
+
+    id: str
+    source: str | None
+    started: float
+    """When it was accepted, by the wall clock of the process that accepted it."""
+    cancelled: bool
+    tasks: list[StoredTask]
+    finished: float | None = None
+
+
+TASK_COLUMN_NAMES = (
+    "state",
+    "attempt",
+    "worker",
+    "failures",
+    "losses",
+    "result_attempt",
+    "result_status",
+    "result_node",
+    "exit_code",
+    "duration",
+    "stdout",
+    "stderr",
+    "error",
+)
+TASK_COLUMNS = ", ".join(TASK_COLUMN_NAMES)
+_NO_RESULT = (None,) * 8
+
+
+def task_row(record: ITaskState) -> tuple[Any, ...]:
+    """The values of L{TASK_COLUMN_NAMES} for a task (plain columns: no JSON to encode per result)."""
+    head = (record.state_name, record.attempt, record.worker, record.failures, record.losses)
+    result = record.result
+    if result is None:
+        return head + _NO_RESULT
+    return head + (
+        result.attempt,
+        result.status,
+        result.node,
+        result.exit_code,
+        result.duration,
+        result.stdout,
+        result.stderr,
+        result.error,
+    )
+
+
+def spec_json(spec: TaskSpec) -> str | None:
+    """A task's fields beyond its id and kind as JSON, or None for an instruction."""
+    data = spec.to_wire()
+    del data["id"], data["kind"]
+    return json.dumps(data, ensure_ascii=False) if data else None
+
+
+def stored_task(task_id: str, kind: str, spec: str | None, row: list[Any]) -> StoredTask:
+    """A task read back from its row (its spec validated again, as on the wire)."""
+    data = {} if spec is None else json.loads(spec)
+    if not isinstance(data, dict):
+        raise ValueError(f"task {task_id!r}: its stored spec is not an object")
+    data.update(id=task_id, kind=kind)
+    state, attempt, worker, failures, losses, r_attempt, status, node, exit_code, duration, stdout, stderr, error = row
+    result = None
+    if status is not None:
+        result = TaskResult(
+            task_id=task_id,
+            attempt=r_attempt,
+            status=status,
+            node=node,
+            exit_code=exit_code,
+            duration=duration or 0.0,
+            stdout=stdout or "",
+            stderr=stderr or "",
+            error=error,
+        )
+    return StoredTask(
+        spec=TaskSpec.from_wire(data),
+        state=state,
+        attempt=attempt,
+        worker=worker,
+        failures=failures,
+        losses=losses,
+        result=result,
+    )
+
+
+def lock_state_dir(state_dir: str) -> int:
+    """Make C{state_dir} and hold its lock file; return the lock's descriptor."""
+    try:
+        os.makedirs(state_dir, mode=0o700, exist_ok=True)
+    except OSError as e:
+        raise JournalError(f"cannot create the state directory {state_dir}: {e.strerror}") from None
+    lock_path = os.path.join(state_dir, LOCK_FILE)
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as e:
+        raise JournalError(f"cannot open {lock_path}: {e.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+        os.close(fd)
+        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise JournalError(
+                f"the state directory {state_dir} is in use by another p2pexec node (pid {holder}); "
+                f"give each node its own --state-dir"
+            ) from None
+        raise JournalError(f"cannot lock {lock_path}: {e.strerror}") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+    return fd
+
+
+def open_database(path: str, factory: type[sqlite3.Connection] | None = None) -> sqlite3.Connection:
+    """Open and check the journal (a connection of class C{factory}); create its tables only in a healthy file."""
+    import sqlite3
+
+    existed = os.path.exists(path)
+    try:
+        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, factory=factory or sqlite3.Connection)
+    except sqlite3.Error as e:
+        reason = write_failure_reason(e, os.path.dirname(path) or ".") or "cannot open the file"
+        raise JournalWriteError(f"cannot open the journal {path}: {reason} ({e})", reason) from None
+    try:
+        if existed:
+            problems = [row[0] for row in db.execute("PRAGMA quick_check")]
+            if problems != ["ok"]:
+                raise JournalError(
+                    f"the journal {path} is damaged ({'; '.join(problems[:3])}); it was left untouched: "
+                    f"move it away to start with an empty journal (its unfinished jobs are then forgotten)"
+                )
+        # Check everything before changing anything: a file that is not our
+        # journal must be left byte for byte as it was.
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if tables and "meta" not in tables:
+            raise JournalError(f"{path} is an SQLite database but not a p2pexec journal; it was left untouched")
+        if "meta" in tables:
+            row = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+            if row is None or row[0] != str(SCHEMA_VERSION):
+                raise JournalError(
+                    f"the journal {path} has schema {row[0] if row else 'unknown'}; this p2pexec reads "
+                    f"schema {SCHEMA_VERSION}; it was left untouched: use the p2pexec that wrote it to "
+                    f"finish its jobs, or move it away to start with an empty journal"
+                )
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("PRAGMA cache_size=-1024")
+        if "meta" not in tables:
+            with transaction(db):
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                db.execute("INSERT INTO meta (key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+    except JournalError:
+        db.close()
+        raise
+    except sqlite3.DatabaseError as e:
+        db.close()
+        disk_reason = write_failure_reason(e, os.path.dirname(path) or ".")
+        if disk_reason is not None:
+            # The file may be fine: the disk under it is not (full, read-only).
+            raise JournalWriteError(f"the journal {path} cannot be written: {disk_reason} ({e})", disk_reason) from None
+        raise JournalError(
+            f"the journal {path} cannot be read ({e}); it was left untouched: move it away to start "
+            f"with an empty journal (its unfinished jobs are then forgotten)"
+        ) from None
+    return db
+
+
+@contextlib.contextmanager
+def transaction(db: sqlite3.Connection) -> Iterator[None]:
+    """
+    BEGIN ... COMMIT, or ROLLBACK if anything fails, COMMIT included (the
+    connection is in autocommit mode).  A COMMIT that fails (the file busy,
+    the disk full) may leave the transaction open; it is rolled back, so
+    that the next attempt can BEGIN again.
+    """
+    db.execute("BEGIN")
+    try:
+        yield
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            with contextlib.suppress(Exception):
+                db.execute("ROLLBACK")
+        raise

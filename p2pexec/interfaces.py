@@ -139,7 +139,7 @@ class IWorkerLink(Protocol):
         """
         Ask C{worker} what became of these attempts: fires with its answer,
         C{{"done": ids, "running": ids, "unknown": ids}} from a well-behaved
-        worker (the master checks it, see L{p2pexec.master.check_query_answer});
+        worker (the master checks it, see L{p2pexec.recovery.check_query_answer});
         the results of the done ones come again as confirmations.
         """
 

@@ -7,11 +7,12 @@ from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
-from p2pexec import master as master_module
+from p2pexec import endings as endings_module
 from p2pexec.job import Job, TaskState, Verdict
 from p2pexec.journal import Journal, NullJournal
-from p2pexec.master import RECONCILE_GRACE, Master
+from p2pexec.master import Master
 from p2pexec.model import TaskResult, TaskSpec, parse_instructions
+from p2pexec.recovery import RECONCILE_GRACE
 
 from .test_model import node
 
@@ -273,7 +274,7 @@ class MasterTests(SynchronousTestCase):
         A master keeps at most MAX_FINISHED_JOBS finished jobs in memory,
         forgetting the oldest first; unfinished ones are never forgotten.
         """
-        self.patch(master_module, "MAX_FINISHED_JOBS", 2)
+        self.patch(endings_module, "MAX_FINISHED_JOBS", 2)
         waiting = self.master.submit([TaskSpec.instruction("z1")])
         finished = []
         for _ in range(4):
@@ -288,7 +289,7 @@ class MasterTests(SynchronousTestCase):
         leaves its queue entry behind; once its job is forgotten, dispatch
         skips the entry and still hands out the other jobs' tasks.
         """
-        self.patch(master_module, "MAX_FINISHED_JOBS", 1)
+        self.patch(endings_module, "MAX_FINISHED_JOBS", 1)
         self.master.worker_joined(node(name="b1", capabilities=("b",), slots=2))
         first = self.master.submit([TaskSpec.instruction("b1")])
         self.clock.advance(0)

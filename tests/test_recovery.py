@@ -18,8 +18,9 @@ from twisted.trial.unittest import SynchronousTestCase
 from p2pexec import worker as worker_module
 from p2pexec.job import TaskState
 from p2pexec.journal import Journal
-from p2pexec.master import WAITING_GRACE, Master
+from p2pexec.master import Master
 from p2pexec.model import TaskResult, TaskSpec, parse_instructions
+from p2pexec.waiting import WAITING_GRACE
 
 from .test_master import RecordingLink, result
 from .test_model import node

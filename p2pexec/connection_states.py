@@ -26,6 +26,28 @@ from collections.abc import Iterable
 
 from p2pexec.fsm import Symbol, Transitions
 
+MAX_CONNECTIONS_PER_ADDRESS = 64
+"""The most connections a node keeps open from one remote address."""
+
+AUTH_TIMEOUT = 10.0
+"""Seconds a connection of a cluster with a key has to authenticate before it is closed."""
+
+INTRODUCTION_TIMEOUT = 30.0
+"""
+Seconds a connection this node accepted has, from the moment it was made, to
+complete its introduction (CONNECT_REQUEST and HANDSHAKE), unless it is a
+client's connection (see L{CLIENT_IDLE_TIMEOUT}); the dialler's own limit is
+the same (L{p2pexec.connections.Dialer}).
+"""
+
+CLIENT_IDLE_TIMEOUT = 60.0
+"""
+Seconds a client's connection (one that sent a client command, and no
+CONNECT_REQUEST) may stay silent, while none of its commands is being
+answered, before the node closes it.  C{p2pexec watch} asks every half
+second, so only an abandoned client gets there.
+"""
+
 
 class ConnectionState(Symbol):
     """Where one connection stands."""
@@ -38,6 +60,9 @@ class ConnectionState(Symbol):
     """(Acceptor.)  AUTHENTICATE answered with our nonce and proof; AUTH_PROOF is next."""
     AUTHENTICATED = "authenticated"
     """Authenticated (or no key): client commands are served; CONNECT_REQUEST is next."""
+    CLIENT = "client"
+    """(Acceptor.)  A client's connection: it sent a client command and no CONNECT_REQUEST; it stays
+    while it keeps asking (it is closed after C{CLIENT_IDLE_TIMEOUT} of silence)."""
     INTRODUCED = "introduced"
     """CONNECT_REQUEST answered: the peer's name and instance are known; HANDSHAKE is next."""
     READY = "ready"
@@ -75,6 +100,12 @@ class ConnectionEvent(Symbol):
     """(Dialler.)  Our challenge-response failed: the acceptor's proof was wrong, or it refused ours."""
     AUTH_DEADLINE = "auth-deadline"
     """The authentication deadline passed."""
+    LOCAL_TOKEN_REFUSED = "local-token-refused"
+    """(A node without a cluster key.)  A client's proof of the local token was out of turn, malformed or wrong."""
+    INTRODUCTION_DEADLINE = "introduction-deadline"
+    """(Acceptor.)  C{INTRODUCTION_TIMEOUT} passed since it opened, and it is neither ready nor a client's."""
+    CLIENT_IDLE = "client-idle"
+    """(Acceptor.)  A client's connection was silent for C{CLIENT_IDLE_TIMEOUT}, none of its commands pending."""
     CONNECT_REQUEST = "connect-request"
     """CONNECT_REQUEST arrived."""
     CONNECT_ACCEPTED = "connect-accepted"
@@ -104,10 +135,18 @@ class ConnectionOutput(Symbol):
     """Start the authentication deadline."""
     CANCEL_DEADLINE = "cancel-deadline"
     """Cancel the authentication deadline, if it runs."""
+    START_INTRODUCTION_DEADLINE = "start-introduction-deadline"
+    """(Acceptor.)  Start watching the introduction (and, for a client's connection, its silence)."""
+    CANCEL_INTRODUCTION_DEADLINE = "cancel-introduction-deadline"
+    """(Acceptor.)  Stop watching the introduction: it is complete, or the connection is gone."""
+    REFUSE_NOT_INTRODUCED = "refuse-not-introduced"
+    """Log (a warning) that it did not complete its introduction in time."""
+    CLOSE_IDLE_CLIENT = "close-idle-client"
+    """Log (for information) that a client's connection went silent."""
     REFUSE_OVER_LIMIT = "refuse-over-limit"
     """Log that the address has too many connections."""
     ABORT = "abort"
-    """Abort the transport."""
+    """Abort the transport (a refused or silent peer may not read what we would write)."""
     ANSWER_CHALLENGE = "answer-challenge"
     """Answer AUTHENTICATE with our nonce and proof; remember both nonces."""
     REFUSE_AUTH_REQUIRED = "refuse-auth-required"
@@ -116,6 +155,8 @@ class ConnectionOutput(Symbol):
     """Answer AUTH_FAILED: an authentication box out of turn, or malformed; log it."""
     REFUSE_WRONG_PROOF = "refuse-wrong-proof"
     """Answer (or log) AUTH_FAILED: it does not hold the cluster key."""
+    REFUSE_LOCAL_TOKEN = "refuse-local-token"
+    """Answer AUTH_FAILED: the client did not prove the node's local token (it may still read); log it."""
     REFUSE_TOO_SLOW = "refuse-too-slow"
     """Log that it did not authenticate within the deadline."""
     CLOSE = "close"
@@ -194,26 +235,69 @@ def _common() -> _Rows:
     )
     rows.update(_stay((_St.INTRODUCED, _St.READY, _St.LEAVING), [_Ev.CONNECT_REQUEST], (_O.REFUSE_DUPLICATE,)))
     rows.update(_stay(_AUTHENTICATED, _AUTH_BOXES, _REFUSE_AND_CLOSE))
+    # Without a cluster key, a client may prove the node's local token (to
+    # submit and cancel): that privilege is data of the connection, not a
+    # state; only a failed proof shows here, as a refusal that closes.
+    rows.update(_stay(_AUTHENTICATED, [_Ev.LOCAL_TOKEN_REFUSED], (_O.REFUSE_LOCAL_TOKEN, _O.CLOSE)))
     for state in _UNAUTHENTICATED + _AUTHENTICATED:
         rows[(state, _Ev.DROP)] = (_St.CLOSING, (_O.CLOSE,))
         rows[(state, _Ev.LOST)] = (_St.CLOSED, _GONE)
     return rows
 
 
-def _ignored() -> list[tuple[ConnectionState, ConnectionEvent]]:
+def _ignored(
+    authenticated: tuple[ConnectionState, ...] = _AUTHENTICATED,
+) -> list[tuple[ConnectionState, ConnectionEvent]]:
     """The pairs both sides ignore: a deadline that outlived its need; input after this node refused or dropped it."""
-    pairs = [(state, _Ev.AUTH_DEADLINE) for state in _AUTHENTICATED + (_St.REFUSED, _St.CLOSING, _St.CLOSED)]
+    pairs = [(state, _Ev.AUTH_DEADLINE) for state in authenticated + (_St.REFUSED, _St.CLOSING, _St.CLOSED)]
     for state in (_St.REFUSED, _St.CLOSING):
-        pairs.extend((state, event) for event in _COMMANDS + _AUTH_BOXES + (_Ev.DROP,))
+        pairs.extend((state, event) for event in _COMMANDS + _AUTH_BOXES + (_Ev.DROP, _Ev.LOCAL_TOKEN_REFUSED))
     pairs.append((_St.CLOSED, _Ev.DROP))
     return pairs
 
 
+_WATCHED = _UNAUTHENTICATED + (_St.AUTHENTICATED, _St.INTRODUCED)
+"""(Acceptor.)  The states the introduction deadline closes."""
+
+INTRODUCING = frozenset(_WATCHED)
+"""(Acceptor.)  The states in which a connection must complete its introduction within L{INTRODUCTION_TIMEOUT}."""
+
+
+def _ignored_accepted() -> list[tuple[ConnectionState, ConnectionEvent]]:
+    """The acceptor's ignored pairs: the shared ones, and its two deadlines once they no longer apply."""
+    pairs = _ignored(_AUTHENTICATED + (_St.CLIENT,))
+    done = (_St.CLIENT, _St.READY, _St.LEAVING, _St.REFUSED, _St.CLOSING, _St.CLOSED)
+    pairs.extend((state, _Ev.INTRODUCTION_DEADLINE) for state in done)
+    pairs.extend((state, _Ev.CLIENT_IDLE) for state in (_St.REFUSED, _St.CLOSING, _St.CLOSED))
+    return pairs
+
+
 def _accepted() -> _Rows:
-    """The acceptor's rows: it answers the challenge and the CONNECT_REQUEST."""
+    """
+    The acceptor's rows: it answers the challenge and the CONNECT_REQUEST,
+    tells a client's connection from a peer's, and closes a connection that
+    does not introduce itself in time, or a client's that goes silent.
+    """
+    gone = (_O.CANCEL_DEADLINE, _O.CANCEL_INTRODUCTION_DEADLINE, _O.RELEASE_ADDRESS, _O.NOTIFY_LOST)
     rows = _common()
+    for (state, event), (target, emitted) in list(rows.items()):
+        if event is _Ev.LOST and _O.RELEASE_ADDRESS in emitted:
+            rows[(state, event)] = (target, gone)
     rows.update(
         {
+            (_St.OPENED, _Ev.ADMITTED): (_St.AUTHENTICATED, (_O.START_INTRODUCTION_DEADLINE,)),
+            (_St.OPENED, _Ev.ADMITTED_WITH_KEY): (
+                _St.AUTHENTICATING,
+                (_O.START_DEADLINE, _O.START_INTRODUCTION_DEADLINE),
+            ),
+            (_St.INTRODUCED, _Ev.HANDSHAKE_DONE): (_St.READY, (_O.CANCEL_INTRODUCTION_DEADLINE, _O.NOTIFY_READY)),
+            (_St.AUTHENTICATED, _Ev.CLIENT_COMMAND): (_St.CLIENT, (_O.SERVE,)),
+            (_St.CLIENT, _Ev.CLIENT_COMMAND): (_St.CLIENT, (_O.SERVE,)),
+            (_St.CLIENT, _Ev.CONNECT_REQUEST): (_St.CLIENT, (_O.ASK_NODE,)),
+            (_St.CLIENT, _Ev.CONNECT_ACCEPTED): (_St.INTRODUCED, (_O.RECORD_PEER,)),
+            (_St.CLIENT, _Ev.CLIENT_IDLE): (_St.CLOSING, (_O.CLOSE_IDLE_CLIENT, _O.ABORT)),
+            (_St.CLIENT, _Ev.DROP): (_St.CLOSING, (_O.CLOSE,)),
+            (_St.CLIENT, _Ev.LOST): (_St.CLOSED, gone),
             (_St.AUTHENTICATING, _Ev.AUTHENTICATE): (_St.CHALLENGED, (_O.ANSWER_CHALLENGE,)),
             (_St.CHALLENGED, _Ev.AUTH_PROOF_GOOD): (_St.AUTHENTICATED, (_O.CANCEL_DEADLINE,)),
             (_St.CHALLENGED, _Ev.AUTH_PROOF_BAD): (_St.CHALLENGED, (_O.REFUSE_WRONG_PROOF, _O.CLOSE)),
@@ -229,12 +313,20 @@ def _accepted() -> _Rows:
         )
     )
     rows.update(_stay([_St.CHALLENGED], [_Ev.AUTHENTICATE, _Ev.AUTHENTICATE_MALFORMED], _REFUSE_AND_CLOSE))
+    rows.update(
+        _stay([_St.CLIENT], [_Ev.PEER_COMMAND, _Ev.HANDSHAKE, _Ev.DISCONNECT_REQUEST], (_O.REFUSE_CONNECT_FIRST,))
+    )
+    rows.update(_stay([_St.CLIENT], _AUTH_BOXES, _REFUSE_AND_CLOSE))
+    rows.update(_stay([_St.CLIENT], [_Ev.LOCAL_TOKEN_REFUSED], (_O.REFUSE_LOCAL_TOKEN, _O.CLOSE)))
+    for state in _WATCHED:
+        rows[(state, _Ev.INTRODUCTION_DEADLINE)] = (_St.CLOSING, (_O.REFUSE_NOT_INTRODUCED, _O.ABORT))
     return rows
 
 
 def _dialled() -> _Rows:
     """The dialler's rows: it sends the challenge and the CONNECT_REQUEST."""
-    # The acceptor does not challenge the dialler: no CHALLENGED state here.
+    # The acceptor does not challenge the dialler: no CHALLENGED state here;
+    # and the dialler bounds its own introduction (see p2pexec.connections).
     rows = {pair: row for pair, row in _common().items() if pair[0] is not _St.CHALLENGED}
     rows.update(
         {
@@ -255,7 +347,7 @@ ACCEPTED: Transitions[ConnectionState, ConnectionEvent, ConnectionOutput] = Tran
     ConnectionOutput,
     initial=_St.OPENED,
     table=_accepted(),
-    ignored=_ignored(),
+    ignored=_ignored_accepted(),
 )
 """A connection another node (or a client) opened to this one."""
 
@@ -269,6 +361,14 @@ DIALLED: Transitions[ConnectionState, ConnectionEvent, ConnectionOutput] = Trans
     ignored=_ignored(),
 )
 """A connection this node opened to another."""
+
+
+_PAST_AUTHENTICATION = frozenset(_AUTHENTICATED + (_St.CLIENT,))
+
+
+def is_authenticated(state: ConnectionState) -> bool:
+    """Whether a connection in C{state} has authenticated (or needed not) and is still open."""
+    return state in _PAST_AUTHENTICATION
 
 
 def accepts_input(state: ConnectionState) -> bool:

@@ -21,6 +21,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 
 from p2pexec import commands
+from p2pexec.connection_states import Compatibility, compatibility
 from p2pexec.connections import dials
 from p2pexec.heartbeat import FailureDetector, Liveness, Watchman
 from p2pexec.log import NodeLogger, RateLimitedLog
@@ -122,7 +123,7 @@ class Gossip:
         mentioned it, with the age of the sender's latest evidence of it.
         """
         me = self._node.info
-        if info.cluster != me.cluster or info.version != PROTOCOL_VERSION:
+        if compatibility(me.cluster, PROTOCOL_VERSION, info.cluster, info.version) is not Compatibility.COMPATIBLE:
             return
         if info.name == me.name:
             if info.instance != me.instance and age == 0.0:

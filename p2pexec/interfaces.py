@@ -70,6 +70,9 @@ class IPeerHandler(Protocol):
     def connection_opened(self, protocol: PeerProtocol) -> bool:
         """Count a new connection by its remote address; C{False} refuses it (too many from there)."""
 
+    def connection_released(self, protocol: PeerProtocol) -> None:
+        """A connection counted by L{connection_opened} is gone: count one fewer under its address."""
+
     def connect_requested(
         self, protocol: PeerProtocol, cluster: str, name: str, instance: str, version: int
     ) -> dict[str, Any]:
@@ -175,6 +178,9 @@ class ITaskRunner(Protocol):
 
     def stop(self, job: str, assignment: Assignment) -> None:
         """Terminate one running attempt (its result still arrives)."""
+
+    def settled(self) -> Deferred[None]:
+        """Fires once nothing it signalled is left running (at once, for a runner without processes)."""
 
 
 class ITaskState(Protocol):

@@ -20,11 +20,16 @@ from twisted.python.failure import Failure
 
 from p2pexec import commands
 from p2pexec.auth import ChallengeResponse
-from p2pexec.connections import dials
+from p2pexec.connection_states import (
+    MAX_CONNECTIONS_PER_ADDRESS,
+    Compatibility,
+    Duplicate,
+    compatibility,
+    resolve_duplicate,
+)
 from p2pexec.log import NodeLogger
 from p2pexec.membership import Change
 from p2pexec.model import PROTOCOL_VERSION, Assignment, NodeInfo, TaskResult, ValidationError, validate_name
-from p2pexec.peer import MAX_CONNECTIONS_PER_ADDRESS
 
 if TYPE_CHECKING:
     from p2pexec.config import NodeConfig
@@ -97,12 +102,20 @@ class Responders:
 
     def connection_opened(self, protocol: PeerProtocol) -> bool:
         """Count a new connection by remote address; refuse one over L{MAX_CONNECTIONS_PER_ADDRESS}."""
-        host = protocol.address().rsplit(":", 1)[0]
+        host = _host(protocol)
         if self._per_address.get(host, 0) >= MAX_CONNECTIONS_PER_ADDRESS:
             return False
         self._per_address[host] = self._per_address.get(host, 0) + 1
-        protocol.counted_address = host
         return True
+
+    def connection_released(self, protocol: PeerProtocol) -> None:
+        """A connection counted by L{connection_opened} is gone: count one fewer under its address."""
+        host = _host(protocol)
+        left = self._per_address.get(host, 1) - 1
+        if left > 0:
+            self._per_address[host] = left
+        else:
+            self._per_address.pop(host, None)
 
     def connect_requested(
         self, protocol: PeerProtocol, cluster: str, name: str, instance: str, version: int
@@ -112,7 +125,8 @@ class Responders:
         where = protocol.describe()
         if self._node.stopping:
             raise commands.ShuttingDown(f"node {me.name} is shutting down")
-        if version != PROTOCOL_VERSION:
+        verdict = compatibility(me.cluster, PROTOCOL_VERSION, cluster, version)
+        if verdict is Compatibility.OTHER_VERSION:
             log.warn(
                 "Refused a connection from {peer} at {where}: it speaks protocol version {version}, "
                 "this node speaks {mine}",
@@ -122,7 +136,7 @@ class Responders:
                 mine=PROTOCOL_VERSION,
             )
             raise commands.VersionMismatch(f"node {me.name} speaks protocol version {PROTOCOL_VERSION}, not {version}")
-        if cluster != me.cluster:
+        if verdict is Compatibility.OTHER_CLUSTER:
             log.warn(
                 "Refused a connection from {peer} at {where}: it is in cluster {cluster!r}, this node in {mine!r}",
                 peer=name,
@@ -138,24 +152,25 @@ class Responders:
         if name == me.name:
             raise commands.NameConflict(f"this node is called {name!r} too; node names must be unique")
         record = self._peers.get(name)
-        if record is not None and record.connection is not None and self._peers.is_connected(name, instance):
-            # Keep one connection per pair.  A peer that dials again while we
-            # think the old connection lives knows better (it lost it), so the
-            # new one wins; but if both sides dialled at once, the one dialled
-            # by the lower name wins, on both sides alike.
-            if record.connection.dialled and dials(me.name, name):
+        if record is not None and record.connection is not None:
+            # Keep one connection per pair (see resolve_duplicate): refuse
+            # this one early if it would lose once its handshake completes.
+            same_process = self._peers.is_connected(name, instance)
+            decided = resolve_duplicate(me.name, name, same_process, record.connection.dialled, new_dialled=False)
+            if decided is Duplicate.KEEP_OLD:
                 raise commands.DuplicateConnection(f"node {me.name} is already connected to {name}")
         return {"name": me.name, "instance": me.instance, "version": PROTOCOL_VERSION}
 
     def handshake_received(self, protocol: PeerProtocol, node: NodeInfo) -> NodeInfo:
         """A dialling peer described itself; we answer with our description."""
         me = self._node.info
-        if node.cluster != me.cluster:
-            raise commands.ClusterMismatch(f"node {me.name} is in cluster {me.cluster!r}, not {node.cluster!r}")
-        if node.version != PROTOCOL_VERSION:
+        verdict = compatibility(me.cluster, PROTOCOL_VERSION, node.cluster, node.version)
+        if verdict is Compatibility.OTHER_VERSION:
             raise commands.VersionMismatch(
                 f"node {me.name} speaks protocol version {PROTOCOL_VERSION}, not {node.version}"
             )
+        if verdict is Compatibility.OTHER_CLUSTER:
+            raise commands.ClusterMismatch(f"node {me.name} is in cluster {me.cluster!r}, not {node.cluster!r}")
         return me
 
     def connection_ready(self, protocol: PeerProtocol, info: NodeInfo) -> None:
@@ -163,17 +178,17 @@ class Responders:
         me = self._node.info.name
         old = self._peers.get(info.name)
         if old is not None and old.connection is not None and old.connection is not protocol:
-            same_process = old.info.instance == info.instance
-            lower_dials = dials(me, info.name)
-            if same_process and old.connection.dialled == lower_dials and protocol.dialled != lower_dials:
-                # Both sides dialled at once: keep the connection dialled by
-                # the lower name, on both sides alike, and close the other
-                # (which carried nothing yet from this side).
+            decided = resolve_duplicate(
+                me, info.name, old.info.instance == info.instance, old.connection.dialled, protocol.dialled
+            )
+            if decided is Duplicate.KEEP_OLD:
+                # Both sides dialled at once: the other connection stays, on
+                # both sides alike; close this one (it carried nothing yet).
                 log.debug("Node {name} keeps its other connection to {peer}", name=me, peer=info.name)
                 _close(protocol)
                 return
             log.info("Node {name} replaces its connection to {peer}", name=me, peer=info.name)
-            if same_process:
+            if decided is Duplicate.REPLACE_MOVED:
                 # The same process holds its tasks, but what was in flight on
                 # the old connection may be lost with it: hand it out again,
                 # without counting it towards quarantine.
@@ -219,13 +234,6 @@ class Responders:
 
     def connection_lost(self, protocol: PeerProtocol, reason: Failure) -> None:
         """Forget a closed connection and put back what it carried."""
-        host = protocol.counted_address
-        if host is not None:
-            left = self._per_address.get(host, 1) - 1
-            if left > 0:
-                self._per_address[host] = left
-            else:
-                self._per_address.pop(host, None)
         self._intake.drop_uploads(protocol)
         name = protocol.peer_name
         if name is None:
@@ -348,6 +356,11 @@ class Responders:
     def node_status(self) -> dict[str, Any]:
         """This node's load and links (NODE_STATUS)."""
         return self._views.node_status()
+
+
+def _host(protocol: PeerProtocol) -> str:
+    """The remote address a connection is counted under (its host, without the port)."""
+    return protocol.address().rsplit(":", 1)[0]
 
 
 def _close(protocol: PeerProtocol) -> None:

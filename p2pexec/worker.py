@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections import OrderedDict, deque
 
 import attr
-from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
@@ -528,11 +528,10 @@ class Worker:
 
     def settled(self) -> Deferred[None]:
         """
-        Fires once nothing this worker signalled is left running (a runner
-        without processes is settled at once).
+        Fires once nothing this worker signalled is left running (see
+        L{ITaskRunner.settled}).
         """
-        settled = getattr(self._runner, "settled", None)
-        return settled() if settled is not None else succeed(None)
+        return self._runner.settled()
 
     def _notify_if_idle(self) -> None:
         if self.running == 0 and not self._queue and self._idle_waiters:

@@ -99,9 +99,19 @@ class KeyFileTests(SynchronousTestCase):
 class FakeHandler:
     """Just enough of a node for L{PeerProtocol}'s authentication."""
 
+    local_challenge = None
+    tls = None
+
     def __init__(self, key):
         self.challenge = auth.ChallengeResponse(key) if key is not None else None
         self.lost = []
+
+    def connection_opened(self, protocol):
+        """Take every connection."""
+        return True
+
+    def connection_released(self, protocol):
+        """Nothing is counted."""
 
     def connection_lost(self, protocol, reason):
         """Record the protocol whose connection was lost."""

@@ -17,10 +17,24 @@ from .test_model import node
 class RecordingHandler:
     """An L{IPeerHandler} that records calls and can be told to refuse."""
 
+    challenge = None
+    local_challenge = None
+    tls = None
+
     def __init__(self, info):
         self.info = info
         self.calls = []
         self.refuse_connect = None
+        self.counted = 0
+
+    def connection_opened(self, protocol):
+        """Count the connection; never refuse it."""
+        self.counted += 1
+        return True
+
+    def connection_released(self, protocol):
+        """Count one connection fewer."""
+        self.counted -= 1
 
     def connect_requested(self, protocol, cluster, name, instance, version):
         """Record the request; refuse it with C{refuse_connect}, if set."""

@@ -460,18 +460,66 @@ class ConnectionMachineTests(SynchronousTestCase):
         """An accepted connection in a keyed cluster authenticates, is introduced, and becomes ready."""
         E, Out = ConnectionEvent, ConnectionOutput
         machine = ACCEPTED.machine()
-        self.assertEqual(machine.fire(E.ADMITTED_WITH_KEY), (Out.START_DEADLINE,))
+        self.assertEqual(machine.fire(E.ADMITTED_WITH_KEY), (Out.START_DEADLINE, Out.START_INTRODUCTION_DEADLINE))
         self.assertEqual(machine.fire(E.AUTHENTICATE), (Out.ANSWER_CHALLENGE,))
         self.assertEqual(machine.fire(E.AUTH_PROOF_GOOD), (Out.CANCEL_DEADLINE,))
         self.assertEqual(machine.fire(E.CONNECT_REQUEST), (Out.ASK_NODE,))
         self.assertEqual(machine.fire(E.CONNECT_ACCEPTED), (Out.RECORD_PEER,))
         self.assertEqual(machine.fire(E.HANDSHAKE), (Out.CHECK_HANDSHAKE,))
-        self.assertEqual(machine.fire(E.HANDSHAKE_DONE), (Out.NOTIFY_READY,))
+        self.assertEqual(machine.fire(E.HANDSHAKE_DONE), (Out.CANCEL_INTRODUCTION_DEADLINE, Out.NOTIFY_READY))
         self.assertEqual(machine.fire(E.PEER_COMMAND), (Out.SERVE,))
         self.assertEqual(machine.fire(E.DISCONNECT_REQUEST), (Out.NOTIFY_LEAVING,))
         self.assertIs(machine.state, ConnectionState.LEAVING)
-        self.assertEqual(machine.fire(E.LOST), (Out.CANCEL_DEADLINE, Out.RELEASE_ADDRESS, Out.NOTIFY_LOST))
+        self.assertEqual(
+            machine.fire(E.LOST),
+            (Out.CANCEL_DEADLINE, Out.CANCEL_INTRODUCTION_DEADLINE, Out.RELEASE_ADDRESS, Out.NOTIFY_LOST),
+        )
         self.assertIs(machine.state, ConnectionState.CLOSED)
+
+    def test_client(self) -> None:
+        """
+        An accepted connection's first client command makes it a client's:
+        served, closed when idle, never by the introduction deadline; one
+        that then sends CONNECT_REQUEST is introduced as a peer's.
+        """
+        E, Out, St = ConnectionEvent, ConnectionOutput, ConnectionState
+        machine = ACCEPTED.machine()
+        self.assertEqual(machine.fire(E.ADMITTED), (Out.START_INTRODUCTION_DEADLINE,))
+        self.assertEqual(machine.fire(E.CLIENT_COMMAND), (Out.SERVE,))
+        self.assertIs(machine.state, St.CLIENT)
+        self.assertEqual(machine.fire(E.INTRODUCTION_DEADLINE), ())
+        self.assertEqual(machine.fire(E.PEER_COMMAND), (Out.REFUSE_CONNECT_FIRST,))
+        self.assertEqual(ACCEPTED.step(St.CLIENT, E.CLIENT_IDLE), (St.CLOSING, (Out.CLOSE_IDLE_CLIENT, Out.ABORT)))
+        self.assertEqual(machine.fire(E.CONNECT_REQUEST), (Out.ASK_NODE,))
+        self.assertEqual(machine.fire(E.CONNECT_ACCEPTED), (Out.RECORD_PEER,))
+        self.assertIs(machine.state, St.INTRODUCED)
+        # The dialler's side has no client state: a client command is served and changes nothing.
+        self.assertEqual(DIALLED.step(St.AUTHENTICATED, E.CLIENT_COMMAND), (St.AUTHENTICATED, (Out.SERVE,)))
+        self.assertNotIn(St.CLIENT, DIALLED.used)
+
+    def test_introduction_deadline(self) -> None:
+        """
+        An accepted connection not ready when the introduction deadline
+        passes is closed at once (and its input ignored); a ready one, or a
+        closing one, ignores it.  The dialler bounds its own introduction.
+        """
+        E, Out, St = ConnectionEvent, ConnectionOutput, ConnectionState
+        for state in (St.AUTHENTICATING, St.CHALLENGED, St.AUTHENTICATED, St.INTRODUCED):
+            self.assertEqual(
+                ACCEPTED.step(state, E.INTRODUCTION_DEADLINE), (St.CLOSING, (Out.REFUSE_NOT_INTRODUCED, Out.ABORT))
+            )
+        for state in (St.CLIENT, St.READY, St.LEAVING, St.REFUSED, St.CLOSING, St.CLOSED):
+            self.assertTrue(ACCEPTED.is_ignored(state, E.INTRODUCTION_DEADLINE), state)
+        for state in DIALLED.used:
+            self.assertFalse(DIALLED.allows(state, E.INTRODUCTION_DEADLINE), state)
+            self.assertFalse(DIALLED.allows(state, E.CLIENT_IDLE), state)
+        self.assertIn(Out.CANCEL_INTRODUCTION_DEADLINE, ACCEPTED.step(St.CLIENT, E.LOST)[1])
+
+    def test_local_token_refused(self) -> None:
+        """A failed proof of the local token (no cluster key) is refused and closes the connection, in any open state."""
+        refused = (ConnectionOutput.REFUSE_LOCAL_TOKEN, ConnectionOutput.CLOSE)
+        for state in (ConnectionState.AUTHENTICATED, ConnectionState.CLIENT, ConnectionState.READY):
+            self.assertEqual(ACCEPTED.step(state, ConnectionEvent.LOCAL_TOKEN_REFUSED), (state, refused))
 
     def test_dialled_without_key(self) -> None:
         """A dialled connection without a key is introduced by its CONNECT_ACK and its HANDSHAKE answer."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 
 from p2pexec.model import FAILED, SUCCEEDED, Assignment, TaskResult
 
@@ -69,6 +69,10 @@ class FakeRunner:
     def stop(self, job: str, assignment: Assignment) -> None:
         """End one attempt at once, as failed (killed)."""
         self._stop((job, assignment.task.id, assignment.attempt))
+
+    def settled(self) -> Deferred[None]:
+        """Fires at once: a pretend attempt leaves no process behind."""
+        return succeed(None)
 
     def _stop(self, key: tuple[str, str, int]) -> None:
         entry = self.running.pop(key, None)

@@ -1,0 +1,133 @@
+"""
+The commands between nodes once their handshake is done (PEER_EXCHANGE,
+INSTRUCTION_ASSIGNMENT, EXECUTION_CONFIRMATION, RESULT_QUERY, NODE_STATUS,
+TASK_COMPLETE, HEARTBEAT), and the PEER_EXCHANGE list's wire form.
+
+L{PeerCommands} is the part of L{p2pexec.peer.PeerProtocol} that answers
+them: it checks the arguments' shape and hands them to the node (an
+L{IPeerHandler}).  That the handshake came first is the connection
+machine's decision, taken before these run (see
+L{p2pexec.connection_states}).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, cast
+
+from twisted.internet.defer import Deferred
+from twisted.protocols import amp
+
+from p2pexec import commands
+from p2pexec.framing import bad_arguments
+from p2pexec.interfaces import IPeerHandler
+from p2pexec.model import NodeInfo, ValidationError
+
+if TYPE_CHECKING:
+    from p2pexec.peer import PeerProtocol
+
+PEER_COMMANDS = frozenset(
+    command.commandName
+    for command in (
+        commands.PeerExchange,
+        commands.InstructionAssignment,
+        commands.ExecutionConfirmation,
+        commands.ResultQuery,
+        commands.NodeStatus,
+        commands.TaskComplete,
+        commands.Heartbeat,
+    )
+)
+"""The commands a node answers only once the handshake is done (besides DISCONNECT_REQUEST)."""
+
+
+class PeerCommands(amp.CommandLocator):
+    """The responders to the commands between nodes, mixed into L{p2pexec.peer.PeerProtocol}."""
+
+    _handler: IPeerHandler
+
+    def describe(self) -> str:
+        """The peer's name and address, for log lines (provided by the protocol)."""
+        raise NotImplementedError
+
+    @property
+    def _me(self) -> PeerProtocol:
+        return cast("PeerProtocol", self)
+
+    @commands.PeerExchange.responder
+    def _peer_exchange(self, peers: Any) -> dict[str, Any]:
+        try:
+            offered = parse_peer_list(peers)
+        except ValidationError as e:
+            raise bad_arguments(self.describe(), "PEER_EXCHANGE", e) from None
+        return {"peers": self._handler.peers_offered(self._me, offered)}
+
+    @commands.InstructionAssignment.responder
+    def _instruction_assignment(self, job: str, master: str, master_instance: str, tasks: Any) -> dict[str, Any]:
+        if not isinstance(tasks, list):
+            raise bad_arguments(self.describe(), "INSTRUCTION_ASSIGNMENT", ValueError("'tasks' must be a list"))
+        try:
+            accepted = self._handler.assignment_received(self._me, job, master, master_instance, tasks)
+        except ValidationError as e:
+            raise bad_arguments(self.describe(), "INSTRUCTION_ASSIGNMENT", e) from None
+        return {"accepted": accepted}
+
+    @commands.ExecutionConfirmation.responder
+    def _execution_confirmation(self, job: str, results: Any) -> Deferred[dict[str, Any]]:
+        if not isinstance(results, list):
+            raise bad_arguments(self.describe(), "EXECUTION_CONFIRMATION", ValueError("'results' must be a list"))
+        try:
+            answered = self._handler.confirmation_received(self._me, job, results)
+        except ValidationError as e:
+            raise bad_arguments(self.describe(), "EXECUTION_CONFIRMATION", e) from None
+        return answered.addCallback(lambda counts: {"applied": counts[0], "stale": counts[1]})
+
+    @commands.ResultQuery.responder
+    def _result_query(self, job: str, tasks: Any) -> dict[str, Any]:
+        if not isinstance(tasks, list):
+            raise bad_arguments(self.describe(), "RESULT_QUERY", ValueError("'tasks' must be a list"))
+        try:
+            return self._handler.results_queried(self._me, job, tasks)
+        except ValidationError as e:
+            raise bad_arguments(self.describe(), "RESULT_QUERY", e) from None
+
+    @commands.NodeStatus.responder
+    def _node_status(self) -> dict[str, Any]:
+        return {"status": self._handler.node_status()}
+
+    @commands.TaskComplete.responder
+    def _task_complete(self, job: str, succeeded: int, failed: int, elapsed: float) -> dict[str, Any]:
+        self._handler.job_completed(self._me, job, succeeded, failed, elapsed)
+        return {}
+
+    @commands.Heartbeat.responder
+    def _heartbeat(self) -> dict[str, Any]:
+        return {}
+
+
+def parse_peer_list(peers: Any, limit: int = 10_000) -> list[tuple[NodeInfo, float]]:
+    """
+    Validate a PEER_EXCHANGE list: node objects, each with an optional
+    C{age} (seconds since the sender last had evidence of that node).
+
+    @raise ValidationError: if it is not a list of node descriptions, or is
+        longer than C{limit}, or an age is not a number from 0 up.
+    """
+    if not isinstance(peers, list):
+        raise ValidationError("'peers' must be a list")
+    if len(peers) > limit:
+        raise ValidationError(f"'peers' lists {len(peers)} nodes, over the limit of {limit}")
+    parsed = []
+    for entry in peers:
+        info = NodeInfo.from_wire(entry)
+        age = entry.get("age", 0.0)
+        if isinstance(age, bool) or not isinstance(age, (int, float)) or not 0 <= age < 1e9:
+            raise ValidationError(f"peer {info.name!r}: 'age' must be a number of seconds from 0 up")
+        parsed.append((info, float(age)))
+    return parsed
+
+
+def peer_entry(info: NodeInfo, age: float) -> dict[str, Any]:
+    """The PEER_EXCHANGE form of a node: its description plus an C{age}."""
+    entry = info.to_wire()
+    entry["age"] = round(age, 3)
+    return entry

@@ -195,6 +195,18 @@ class PeerProtocolTests(SynchronousTestCase):
         self.assertIn("'c1'", failure.getErrorMessage())
         self.assertNotIn(("ready", "b1"), self.a.calls)
 
+    def test_version_checked_before_cluster(self):
+        """
+        A HANDSHAKE answer from a node that differs in both protocol version
+        and cluster is refused as VersionMismatch (WIRING divergence 8: one
+        check, L{compatibility}, version first, everywhere).
+        """
+        self.b.info = node(name="b1", instance="i-b", cluster="other", version=2)
+        d = Deferred.fromCoroutine(self.client.introduce(self.a.info))
+        self.pump.flush()
+        self.failureResultOf(d).trap(commands.VersionMismatch)
+        self.assertNotIn(("ready", "b1"), self.a.calls)
+
     def test_declared_refusal_keeps_connection(self):
         """A refused CONNECT_REQUEST arrives as its declared error, and nothing is dropped."""
         self.b.refuse_connect = commands.ClusterMismatch("node b1 is in cluster 'prod'")
@@ -578,3 +590,153 @@ class ProtocolErrorWordingTests(SynchronousTestCase):
         answer = transport.value()
         self.assertIn(b"BAD_ARGUMENTS", answer)
         self.assertIn(b"JOB_STATUS: malformed arguments (the argument 'job' is missing)", answer)
+
+
+class TracingProtocol(PeerProtocol):
+    """A L{PeerProtocol} that records every state its connection machine enters."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.states = [self.connection_state]
+
+    def _fire(self, event, why="", reason=None):
+        """Fire as usual; record the state reached (a refusal raises after the state is taken)."""
+        try:
+            super()._fire(event, why, reason)
+        finally:
+            if self.connection_state is not self.states[-1]:
+                self.states.append(self.connection_state)
+
+
+class KeyedHandler(RecordingHandler):
+    """A L{RecordingHandler} in a cluster with a key."""
+
+    def __init__(self, info):
+        from p2pexec.auth import ChallengeResponse
+
+        super().__init__(info)
+        self.challenge = ChallengeResponse(bytes(range(32)))
+
+
+class ConnectionStateTests(SynchronousTestCase):
+    """The protocol's C{connection_state} follows the connection machine, on in-memory connections."""
+
+    def test_accepted_and_dialled_with_a_key(self):
+        """
+        Both sides go opened, authenticating, (challenged,) authenticated,
+        introduced, ready; the acceptor then leaving on DISCONNECT_REQUEST,
+        and both closed; each address counted once and released once.
+        """
+        from p2pexec.connection_states import ConnectionState as St
+
+        clock = Clock()
+        b = KeyedHandler(node(name="b1", instance="i-b"))
+        a = KeyedHandler(node(name="a1", instance="i-a"))
+        dialler, acceptor, pump = connectedServerAndClient(
+            lambda: TracingProtocol(b, clock=clock), lambda: TracingProtocol(a, dialled=True, clock=clock), clock=clock
+        )
+        self.assertEqual(acceptor.connection_state, St.AUTHENTICATING)
+        d = Deferred.fromCoroutine(dialler.introduce(a.info))
+        pump.flush()
+        self.successResultOf(d)
+        self.assertIs(acceptor.connection_state, St.READY)
+        self.assertIs(dialler.connection_state, St.READY)
+        outcome = []
+        dialler.callRemote(commands.DisconnectRequest, reason="bye").addBoth(outcome.append)
+        pump.flush()
+        self.assertEqual(outcome, [{}])
+        self.assertTrue(acceptor.leaving)
+        dialler.transport.loseConnection()
+        pump.flush()
+        self.assertEqual(
+            acceptor.states,
+            [
+                St.OPENED,
+                St.AUTHENTICATING,
+                St.CHALLENGED,
+                St.AUTHENTICATED,
+                St.INTRODUCED,
+                St.READY,
+                St.LEAVING,
+                St.CLOSED,
+            ],
+        )
+        self.assertEqual(
+            dialler.states, [St.OPENED, St.AUTHENTICATING, St.AUTHENTICATED, St.INTRODUCED, St.READY, St.CLOSED]
+        )
+        self.assertEqual((a.counted, b.counted), (0, 0))
+        self.assertTrue(acceptor.closed and dialler.closed)
+        self.assertNotIn(("disconnect", "bye"), a.calls)
+        self.assertIn(("disconnect", "bye"), b.calls)
+
+    def test_client_then_idle(self):
+        """A client's first command makes its connection a client's; silence then closes it (closing, closed)."""
+        from p2pexec.connection_states import ConnectionState as St
+
+        clock = Clock()
+        handler = ClientHandler(node(name="b1", instance="i-b"))
+        client, server, pump = connectedServerAndClient(
+            lambda: TracingProtocol(handler, clock=clock), amp.AMP, clock=clock
+        )
+        client.callRemote(commands.JobStatus, job="j1")
+        pump.flush()
+        self.assertIs(server.connection_state, St.CLIENT)
+        clock.advance(60)
+        pump.flush()
+        self.assertEqual(server.states, [St.OPENED, St.AUTHENTICATED, St.CLIENT, St.CLOSING, St.CLOSED])
+        self.assertEqual(handler.counted, 0)
+
+    def test_over_the_limit_is_refused_and_not_released(self):
+        """A connection the node refuses to count is aborted (refused, closed) and never released."""
+        from twisted.internet.testing import StringTransport
+
+        from p2pexec.connection_states import ConnectionState as St
+
+        handler = RecordingHandler(node(name="b1"))
+        handler.connection_opened = lambda protocol: False
+        released = []
+        handler.connection_released = released.append
+        protocol = TracingProtocol(handler)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        self.assertTrue(transport.disconnecting)
+        protocol.connectionLost()
+        self.assertEqual(protocol.states, [St.OPENED, St.REFUSED, St.CLOSED])
+        self.assertEqual(released, [])
+        self.assertIn(("lost",), handler.calls)
+
+    def test_dialled_connection_refuses_authenticate(self):
+        """
+        A dialled connection is never challenged (WIRING divergence 6): an
+        AUTHENTICATE from the acceptor is refused with AUTH_FAILED and the
+        connection closed.
+        """
+        clock = Clock()
+        handler = KeyedHandler(node(name="a1"))
+        acceptor, dialler, pump = connectedServerAndClient(
+            lambda: PeerProtocol(handler, dialled=True, clock=clock), amp.AMP, clock=clock
+        )
+        answers = []
+        acceptor.callRemote(commands.Authenticate, nonce=b"\x01" * 32).addBoth(answers.append)
+        pump.flush()
+        clock.advance(0)
+        pump.flush()
+        answers[0].trap(commands.AuthFailed)
+        self.assertTrue(dialler.closed)
+
+    def test_input_after_a_drop_is_ignored(self):
+        """
+        Once the node dropped a connection for bytes that are not AMP
+        (WIRING divergence 7), a well-formed box that follows in the same
+        read is not answered.
+        """
+        from twisted.internet.testing import StringTransport
+
+        protocol = PeerProtocol(RecordingHandler(node(name="b1")))
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        box = amp.AmpBox(_command=b"CLUSTER_STATUS", _ask=b"1").serialize()
+        protocol.dataReceived(b"\x01\x00" + b"x" * 256 + box)
+        self.assertTrue(protocol.closed)
+        protocol.dataReceived(box)
+        self.assertEqual(transport.value(), b"")

@@ -75,6 +75,8 @@ class ConnectionState(Symbol):
     """Dropped by this node (it sent something that is not AMP, or a box too big): input is ignored."""
     CLOSED = "closed"
     """The transport is gone."""
+    LEFT = "left"
+    """The transport is gone after the peer said DISCONNECT_REQUEST: it left in order (its work is not lost)."""
 
 
 class ConnectionEvent(Symbol):
@@ -194,6 +196,7 @@ _AUTHENTICATED = (_St.AUTHENTICATED, _St.INTRODUCED, _St.READY, _St.LEAVING)
 _COMMANDS = (_Ev.CLIENT_COMMAND, _Ev.PEER_COMMAND, _Ev.CONNECT_REQUEST, _Ev.HANDSHAKE, _Ev.DISCONNECT_REQUEST)
 _AUTH_BOXES = (_Ev.AUTHENTICATE, _Ev.AUTHENTICATE_MALFORMED, _Ev.AUTH_PROOF_GOOD, _Ev.AUTH_PROOF_BAD)
 _REFUSE_AND_CLOSE = (_O.REFUSE_OUT_OF_TURN, _O.CLOSE)
+_GONE_STATES = (_St.CLOSED, _St.LEFT)
 _GONE = (_O.CANCEL_DEADLINE, _O.RELEASE_ADDRESS, _O.NOTIFY_LOST)
 
 _Rows = dict[tuple[ConnectionState, ConnectionEvent], tuple[ConnectionState, tuple[ConnectionOutput, ...]]]
@@ -223,6 +226,7 @@ def _common() -> _Rows:
         (_St.READY, _Ev.DISCONNECT_REQUEST): (_St.LEAVING, (_O.NOTIFY_LEAVING,)),
         (_St.LEAVING, _Ev.DISCONNECT_REQUEST): (_St.LEAVING, (_O.NOTIFY_LEAVING,)),
         (_St.CLOSING, _Ev.LOST): (_St.CLOSED, _GONE),
+        (_St.LEAVING, _Ev.LOST): (_St.LEFT, _GONE),
     }
     rows.update(_stay(_UNAUTHENTICATED, _COMMANDS, (_O.REFUSE_AUTH_REQUIRED, _O.CLOSE)))
     rows.update(_stay(_UNAUTHENTICATED, [_Ev.AUTH_DEADLINE], (_O.REFUSE_TOO_SLOW, _O.CLOSE)))
@@ -241,7 +245,7 @@ def _common() -> _Rows:
     rows.update(_stay(_AUTHENTICATED, [_Ev.LOCAL_TOKEN_REFUSED], (_O.REFUSE_LOCAL_TOKEN, _O.CLOSE)))
     for state in _UNAUTHENTICATED + _AUTHENTICATED:
         rows[(state, _Ev.DROP)] = (_St.CLOSING, (_O.CLOSE,))
-        rows[(state, _Ev.LOST)] = (_St.CLOSED, _GONE)
+        rows.setdefault((state, _Ev.LOST), (_St.CLOSED, _GONE))
     return rows
 
 
@@ -249,10 +253,10 @@ def _ignored(
     authenticated: tuple[ConnectionState, ...] = _AUTHENTICATED,
 ) -> list[tuple[ConnectionState, ConnectionEvent]]:
     """The pairs both sides ignore: a deadline that outlived its need; input after this node refused or dropped it."""
-    pairs = [(state, _Ev.AUTH_DEADLINE) for state in authenticated + (_St.REFUSED, _St.CLOSING, _St.CLOSED)]
+    pairs = [(state, _Ev.AUTH_DEADLINE) for state in authenticated + (_St.REFUSED, _St.CLOSING) + _GONE_STATES]
     for state in (_St.REFUSED, _St.CLOSING):
         pairs.extend((state, event) for event in _COMMANDS + _AUTH_BOXES + (_Ev.DROP, _Ev.LOCAL_TOKEN_REFUSED))
-    pairs.append((_St.CLOSED, _Ev.DROP))
+    pairs.extend((state, _Ev.DROP) for state in _GONE_STATES)
     return pairs
 
 
@@ -266,9 +270,9 @@ INTRODUCING = frozenset(_WATCHED)
 def _ignored_accepted() -> list[tuple[ConnectionState, ConnectionEvent]]:
     """The acceptor's ignored pairs: the shared ones, and its two deadlines once they no longer apply."""
     pairs = _ignored(_AUTHENTICATED + (_St.CLIENT,))
-    done = (_St.CLIENT, _St.READY, _St.LEAVING, _St.REFUSED, _St.CLOSING, _St.CLOSED)
+    done = (_St.CLIENT, _St.READY, _St.LEAVING, _St.REFUSED, _St.CLOSING) + _GONE_STATES
     pairs.extend((state, _Ev.INTRODUCTION_DEADLINE) for state in done)
-    pairs.extend((state, _Ev.CLIENT_IDLE) for state in (_St.REFUSED, _St.CLOSING, _St.CLOSED))
+    pairs.extend((state, _Ev.CLIENT_IDLE) for state in (_St.REFUSED, _St.CLOSING) + _GONE_STATES)
     return pairs
 
 
@@ -373,7 +377,12 @@ def is_authenticated(state: ConnectionState) -> bool:
 
 def accepts_input(state: ConnectionState) -> bool:
     """Whether bytes arriving in C{state} are parsed (not after this node refused or dropped the connection)."""
-    return state not in (_St.REFUSED, _St.CLOSING, _St.CLOSED)
+    return state not in (_St.REFUSED, _St.CLOSING, _St.CLOSED, _St.LEFT)
+
+
+def is_gone(state: ConnectionState) -> bool:
+    """Whether the transport of a connection in C{state} is gone."""
+    return state in _GONE_STATES
 
 
 # -- the two decisions --------------------------------------------------------

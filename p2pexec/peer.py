@@ -43,6 +43,7 @@ from p2pexec.connection_states import (
     accepts_input,
     compatibility,
     is_authenticated,
+    is_gone,
 )
 from p2pexec.framing import MAX_BOX_BYTES, CheckedAMP, bad_arguments, parse_error, short_refusal
 from p2pexec.interfaces import IPeerHandler
@@ -134,8 +135,8 @@ class PeerProtocol(ClientCommands, PeerCommands, CheckedAMP):
 
     @property
     def leaving(self) -> bool:
-        """Whether the peer has sent DISCONNECT_REQUEST."""
-        return self.connection_state is _St.LEAVING
+        """Whether the peer has sent DISCONNECT_REQUEST (also once the connection it left has closed)."""
+        return self.connection_state is _St.LEAVING or self.connection_state is _St.LEFT
 
     @property
     def closed(self) -> bool:
@@ -428,7 +429,7 @@ class PeerProtocol(ClientCommands, PeerCommands, CheckedAMP):
 
     def when_lost(self) -> Deferred[None]:
         """A Deferred that fires once this connection has closed."""
-        if self.connection_state is _St.CLOSED:
+        if is_gone(self.connection_state):
             return Deferred.fromCoroutine(_nothing())
         d: Deferred[None] = Deferred()
         self._lost.append(d)

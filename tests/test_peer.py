@@ -624,8 +624,10 @@ class ConnectionStateTests(SynchronousTestCase):
     def test_accepted_and_dialled_with_a_key(self):
         """
         Both sides go opened, authenticating, (challenged,) authenticated,
-        introduced, ready; the acceptor then leaving on DISCONNECT_REQUEST,
-        and both closed; each address counted once and released once.
+        introduced, ready; the acceptor then leaving on DISCONNECT_REQUEST
+        and, once closed, left (still C{leaving}, which tells the node the
+        peer left in order); the dialler closed; each address counted once
+        and released once.
         """
         from p2pexec.connection_states import ConnectionState as St
 
@@ -658,7 +660,7 @@ class ConnectionStateTests(SynchronousTestCase):
                 St.INTRODUCED,
                 St.READY,
                 St.LEAVING,
-                St.CLOSED,
+                St.LEFT,
             ],
         )
         self.assertEqual(
@@ -666,6 +668,7 @@ class ConnectionStateTests(SynchronousTestCase):
         )
         self.assertEqual((a.counted, b.counted), (0, 0))
         self.assertTrue(acceptor.closed and dialler.closed)
+        self.assertTrue(acceptor.leaving)
         self.assertNotIn(("disconnect", "bye"), a.calls)
         self.assertIn(("disconnect", "bye"), b.calls)
 

@@ -474,7 +474,10 @@ class ConnectionMachineTests(SynchronousTestCase):
             machine.fire(E.LOST),
             (Out.CANCEL_DEADLINE, Out.CANCEL_INTRODUCTION_DEADLINE, Out.RELEASE_ADDRESS, Out.NOTIFY_LOST),
         )
-        self.assertIs(machine.state, ConnectionState.CLOSED)
+        # Closed after DISCONNECT_REQUEST: it left in order (its work is not counted as lost).
+        self.assertIs(machine.state, ConnectionState.LEFT)
+        self.assertTrue(ACCEPTED.is_final(ConnectionState.LEFT))
+        self.assertIs(ACCEPTED.step(ConnectionState.READY, E.LOST)[0], ConnectionState.CLOSED)
 
     def test_client(self) -> None:
         """

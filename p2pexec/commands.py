@@ -202,6 +202,7 @@ class InstructionAssignment(amp.Command):
         (b"master", amp.Unicode()),
         (b"master_instance", amp.Unicode()),
         (b"tasks", JSON()),
+        (b"epoch", amp.Integer(optional=True)),
     ]
     response = [(b"accepted", amp.Integer())]
     errors = _errors(
@@ -241,6 +242,7 @@ class TaskComplete(amp.Command):
         (b"succeeded", amp.Integer()),
         (b"failed", amp.Integer()),
         (b"elapsed", amp.Float()),
+        (b"epoch", amp.Integer(optional=True)),
     ]
     response = []
     errors = _errors()
@@ -286,6 +288,7 @@ class ResultQuery(amp.Command):
     arguments = [
         (b"job", amp.Unicode()),
         (b"tasks", JSON()),
+        (b"epoch", amp.Integer(optional=True)),
     ]
     response = [
         (b"done", JSON()),
@@ -306,7 +309,7 @@ class CancelJob(amp.Command):
     """
 
     commandName = b"CANCEL_JOB"
-    arguments = [(b"job", amp.Unicode())]
+    arguments = [(b"job", amp.Unicode()), (b"epoch", amp.Integer(optional=True))]
     response = [(b"cancelled", amp.Integer())]
     errors = _errors(UNKNOWN_JOB=UnknownJob)
 
@@ -481,3 +484,85 @@ def encode_result_within(result: Any, limit: int = MAX_VALUE_BYTES - 256) -> byt
             return encode_json(wire)
         encoded = encode_json(wire)
     return encoded
+
+
+# -- Replication and failover (issue 13, core) ------------------------------------------------------
+
+
+class StaleBallotError(Exception):
+    """
+    The receiver promised a higher ballot for the job than the sender's: the
+    sender is deposed.  The description is C{EPOCH NODE} of that ballot,
+    then a sentence.
+    """
+
+
+class Replicate(amp.Command):
+    """
+    REPLICATE: a job's master sends records of the job's log to a member of
+    its replica set, under its ballot (C{ballot_epoch}, C{ballot_node}).
+    C{records} is a JSON list of C{{"seq", "kind", "data"}} objects, in
+    seq order from C{first_seq}.  The answer, once the records are durable
+    in the receiver's journal: C{held_seq}, the highest seq up to which it
+    holds every record of the job.
+    """
+
+    commandName = b"REPLICATE"
+    arguments = [
+        (b"job", amp.Unicode()),
+        (b"ballot_epoch", amp.Integer()),
+        (b"ballot_node", amp.Unicode()),
+        (b"first_seq", amp.Integer()),
+        (b"records", JSON()),
+    ]
+    response = [(b"held_seq", amp.Integer())]
+    errors = _errors(STALE_BALLOT=StaleBallotError)
+
+
+class Promise(amp.Command):
+    """
+    PROMISE: a successor asks a member of a job's replica set to promise its
+    ballot (never again to take records of a lower one; written to its
+    journal before it answers).  The answer: C{held_seq}, the ballot it last
+    accepted records under (C{accepted_epoch} 0 and C{accepted_node} empty
+    for none), and the C{records} it holds with seq above C{after_seq}
+    (C{{"seq", "kind", "data", "epoch", "node"}}, as many as fit in one
+    value), then C{next_seq}: the C{after_seq} to ask with for the rest, or
+    -1 after the last.  A member that holds nothing of the job promises too
+    (and says so: C{held_seq} 0, no records).
+    """
+
+    commandName = b"PROMISE"
+    arguments = [
+        (b"job", amp.Unicode()),
+        (b"ballot_epoch", amp.Integer()),
+        (b"ballot_node", amp.Unicode()),
+        (b"after_seq", amp.Integer()),
+    ]
+    response = [
+        (b"held_seq", amp.Integer()),
+        (b"accepted_epoch", amp.Integer()),
+        (b"accepted_node", amp.Unicode()),
+        (b"records", JSON()),
+        (b"next_seq", amp.Integer()),
+    ]
+    errors = _errors(STALE_BALLOT=StaleBallotError)
+
+
+class JobLeader(amp.Command):
+    """
+    JOB_LEADER: a node that took a job over tells every connected peer that
+    it leads the job now, at ballot (C{ballot_epoch}, C{ballot_node}); its
+    name is C{master}.  An older master of the job that hears it steps
+    down; workers raise their fence for the job.
+    """
+
+    commandName = b"JOB_LEADER"
+    arguments = [
+        (b"job", amp.Unicode()),
+        (b"ballot_epoch", amp.Integer()),
+        (b"ballot_node", amp.Unicode()),
+        (b"master", amp.Unicode()),
+    ]
+    response = []
+    errors = _errors()

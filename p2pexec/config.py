@@ -51,3 +51,8 @@ class NodeConfig:
     web_public: bool = False
     tls: Any | None = None
     """A L{p2pexec.tls.TLSConfig}: AMP connections speak TLS."""
+    replicas: int = 0
+    """How many successors hold each accepted job's records (C{--replicas}; the command line's default is 2).
+    0, the default here, replicates nothing: not one extra message (see docs/reliability.rst)."""
+    takeover_grace: float = 0.2
+    """Seconds per rank a successor waits, after its job's master is lost, before it takes the job over."""

@@ -7,8 +7,10 @@ the oldest finished jobs are forgotten.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 
 from p2pexec.clock import WallClock
@@ -41,8 +43,13 @@ class JobEndings:
         observer: IJobObserver,
         clock: IReactorTime,
         wall: WallClock,
+        durable: Callable[[str], Deferred[None]] | None = None,
+        ended: Callable[[Job], None] | None = None,
     ) -> None:
         """
+        @param durable: fires once what was decided about a job is durable
+            (and, for a replicated job, committed); the journal's alone by default.
+        @param ended: told of each job's end before it is made durable (to replicate it).
         @param name: the master's node name.
         @param jobs: the master's jobs, by id (shared: finished ones are
             deleted from it when forgotten).
@@ -56,6 +63,8 @@ class JobEndings:
         self._clock = clock
         self._wall = wall
         self.announced: set[str] = set()
+        self._durable = durable
+        self._ended = ended
 
     def finish(self, job: Job) -> None:
         """
@@ -72,6 +81,8 @@ class JobEndings:
             job.finished = now
         self.note_end(job)
         self._journal.job_changed(job)
+        if self._ended is not None:
+            self._ended(job)
 
         def announce(_: Any) -> None:
             for worker in sorted(job.participants - {self._name}):
@@ -89,7 +100,11 @@ class JobEndings:
 
         # Announced once its end is in the journal (written again and again
         # if the disk is full, so this may wait; the journal says why).
-        self._journal.durable().addCallback(announce)
+        # A master deposed meanwhile announces nothing (its successor will).
+        if self._durable is None:
+            self._journal.durable().addCallback(announce)
+        else:
+            self._durable(job.id).addCallbacks(announce, lambda f: None)
 
     def note_end(self, job: Job) -> None:
         """Stamp a job that has just ended with the wall-clock moment of its end."""

@@ -243,6 +243,8 @@ class LivenessChecks:
             on_change=self._liveness_changed,
             pings_when_idle=lambda protocol: protocol.dialled,
         )
+        self.on_dead: list[Callable[[str, float], None]] = []
+        """Told of each peer declared dead (its name, how long it was silent), before its connection closes."""
 
     def wire(self, node: INode, peers: PeerTable, master: Master, worker: Worker, outbox: Outbox) -> None:
         """Connect the checks to what tells whether work flows on a connection."""
@@ -281,6 +283,8 @@ class LivenessChecks:
             silent=silent,
             timeout=timeout,
         )
+        for hook in self.on_dead:
+            hook(name, silent)
         transport: Any = protocol.transport
         if transport is not None:
             transport.abortConnection()

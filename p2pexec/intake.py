@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet.defer import Deferred
 
 from p2pexec import commands
+from p2pexec.failover import Deposed
 from p2pexec.jobfile import JobFileError, parse_job
 from p2pexec.journal_health import JournalError
 from p2pexec.log import NodeLogger
@@ -72,7 +73,14 @@ class Intake:
             self._master.withdraw(job.id)
             self._check_journal()
             raise commands.JournalUnwritable(f"node {name} takes no new job: {e}") from None
-        return self._journal.durable().addCallback(lambda _: job.id)
+
+        # Answered once committed: in the journal and, for a replicated job,
+        # held by a majority of its replica set (see p2pexec.failover).
+        def deposed(failure: Any) -> Any:
+            failure.trap(Deposed)
+            raise commands.JournalUnwritable(f"node {name} could not commit job {job.id}: {failure.getErrorMessage()}")
+
+        return self._master.durable(job.id).addCallbacks(lambda _: job.id, deposed)
 
     def _check_journal(self) -> None:
         """

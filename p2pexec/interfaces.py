@@ -40,6 +40,8 @@ if TYPE_CHECKING:
     from p2pexec.journal_schema import StoredJob
     from p2pexec.model import Assignment, NodeInfo, TaskResult, TaskSpec
     from p2pexec.peer import PeerProtocol
+    from p2pexec.replicas import Ballot
+    from p2pexec.replication import Record
     from p2pexec.tls import TLSConfig
 
 
@@ -100,6 +102,17 @@ class IPeerHandler(Protocol):
 
     def cancel_requested(self, protocol: PeerProtocol, job: str) -> int:
         """Cancel a job we are master of, or stop our part of a job (see L{commands.CancelJob})."""
+
+    def replicate_received(
+        self, protocol: PeerProtocol, job: str, ballot: Ballot, first_seq: int, records: Any
+    ) -> Deferred[int]:
+        """REPLICATE: store a job's records; fire with the highest seq held, once durable."""
+
+    def promise_requested(self, protocol: PeerProtocol, job: str, ballot: Ballot, after: int) -> Deferred[Any]:
+        """PROMISE: promise a ballot for a job; fire with the PROMISE answer."""
+
+    def leader_announced(self, protocol: PeerProtocol, job: str, ballot: Ballot, master: str) -> None:
+        """JOB_LEADER: C{master} leads C{job} at C{ballot}."""
 
     def submit_part(self, protocol: PeerProtocol, tasks: list[Any], defaults: Any, upload: str, final: bool) -> Any:
         """A part of a submitted job (see L{commands.SubmitJob}); the answer, or a Deferred of it."""
@@ -255,6 +268,15 @@ class IJournal(Protocol):
 
     def close(self) -> None:
         """Write what is marked and release the journal."""
+
+    def replica_changed(self, job: str, promised: Ballot | None, accepted: Ballot | None) -> None:
+        """What this node promised and last accepted for C{job}'s replicated log changed."""
+
+    def replica_records(self, job: str, records: list[Record]) -> None:
+        """This node holds these records of C{job}'s log (see L{p2pexec.replication})."""
+
+    def replica_logs(self) -> list[tuple[str, Ballot | None, Ballot | None, list[Record]]]:
+        """Every job log this node holds: (job, promised, accepted, records)."""
 
 
 class INodeViews(Protocol):

@@ -26,6 +26,7 @@ is L{p2pexec.journal_health}.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable
@@ -49,6 +50,8 @@ from p2pexec.journal_schema import (
     transaction,
 )
 from p2pexec.log import NodeLogger
+from p2pexec.replicas import Ballot
+from p2pexec.replication import Record
 
 if TYPE_CHECKING:
     import sqlite3
@@ -101,6 +104,16 @@ class NullJournal:
     def prune(self, finished_before: float) -> int:
         """Nothing to delete: nothing was kept."""
         return 0
+
+    def replica_changed(self, job: str, promised: Ballot | None, accepted: Ballot | None) -> None:
+        """Nothing to write."""
+
+    def replica_records(self, job: str, records: list[Record]) -> None:
+        """Nothing to write."""
+
+    def replica_logs(self) -> list[tuple[str, Ballot | None, Ballot | None, list[Record]]]:
+        """None: nothing was kept."""
+        return []
 
     def close(self) -> None:
         """Nothing to release."""
@@ -166,6 +179,8 @@ class Journal:
         self._new_jobs: dict[str, IJobState] = {}
         self._changed_jobs: dict[str, IJobState] = {}
         self._changed_tasks: dict[tuple[str, str], ITaskState] = {}
+        self._replica_ballots: dict[str, tuple[Ballot | None, Ballot | None]] = {}
+        self._replica_records: dict[tuple[str, int], Record] = {}
         self._waiters: list[Deferred[None]] = []
         self._commit_call: IDelayedCall | None = None
         self.commits = 0
@@ -189,6 +204,18 @@ class Journal:
             self._changed_jobs[job.id] = job
         self._schedule()
 
+    def replica_changed(self, job: str, promised: Ballot | None, accepted: Ballot | None) -> None:
+        """What this node promised and last accepted for C{job}'s log changed."""
+        self._replica_ballots[job] = (promised, accepted)
+        self._schedule()
+
+    def replica_records(self, job: str, records: list[Record]) -> None:
+        """This node holds these records of C{job}'s log (replacing any at the same seqs)."""
+        for record in records:
+            self._replica_records[(job, record.seq)] = record
+        if records:
+            self._schedule()
+
     def withdraw(self, job_id: str) -> None:
         """
         Forget a job added (L{job_added}) but not written yet, as if it had
@@ -209,7 +236,13 @@ class Journal:
         return d
 
     def _dirty(self) -> bool:
-        return bool(self._new_jobs or self._changed_jobs or self._changed_tasks)
+        return bool(
+            self._new_jobs
+            or self._changed_jobs
+            or self._changed_tasks
+            or self._replica_ballots
+            or self._replica_records
+        )
 
     def _schedule(self) -> None:
         if self._commit_call is None:
@@ -242,6 +275,8 @@ class Journal:
         new_jobs, self._new_jobs = self._new_jobs, {}
         changed_jobs, self._changed_jobs = self._changed_jobs, {}
         changed_tasks, self._changed_tasks = self._changed_tasks, {}
+        replica_ballots, self._replica_ballots = self._replica_ballots, {}
+        replica_records, self._replica_records = self._replica_records, {}
         try:
             if self._before_write is not None:
                 self._before_write()
@@ -290,6 +325,24 @@ class Journal:
                         "UPDATE jobs SET finished = ?, cancelled = ? WHERE id = ?",
                         (job.finished_at, int(job.cancelled), job.id),
                     )
+                if replica_ballots:
+                    db.executemany(
+                        "INSERT OR REPLACE INTO replica_jobs (job, promised_epoch, promised_node, accepted_epoch, "
+                        "accepted_node) VALUES (?, ?, ?, ?, ?)",
+                        (
+                            (job, *_ballot_columns(promised), *_ballot_columns(accepted))
+                            for job, (promised, accepted) in replica_ballots.items()
+                        ),
+                    )
+                if replica_records:
+                    db.executemany(
+                        "INSERT OR REPLACE INTO replica_records (job, seq, kind, data, epoch, node) "
+                        "VALUES (?, ?, ?, ?, ?, ?)",
+                        (
+                            (job, seq, r.kind, json.dumps(r.data, ensure_ascii=False), r.ballot.epoch, r.ballot.node)
+                            for (job, seq), r in replica_records.items()
+                        ),
+                    )
                 if self.problem is not None:
                     db.execute(
                         "INSERT OR REPLACE INTO meta (key, value) VALUES ('written_again', ?)", (str(time.time()),)
@@ -300,6 +353,8 @@ class Journal:
             self._new_jobs = {**new_jobs, **self._new_jobs}
             self._changed_jobs = {**changed_jobs, **self._changed_jobs}
             self._changed_tasks = {**changed_tasks, **self._changed_tasks}
+            self._replica_ballots = {**replica_ballots, **self._replica_ballots}
+            self._replica_records = {**replica_records, **self._replica_records}
             # Whoever waits for durable() goes on waiting: for the next
             # commit that succeeds, tried again in RETRY_DELAY seconds.
             if self._commit_call is None:
@@ -422,6 +477,30 @@ class Journal:
             id=job_id, source=source, started=started, cancelled=bool(cancelled), tasks=tasks, finished=finished
         )
 
+    def replica_logs(self) -> list[tuple[str, Ballot | None, Ballot | None, list[Record]]]:
+        """
+        Every job log this node holds: (job, promised ballot, accepted
+        ballot, records in seq order).
+
+        @raise JournalError: if a stored record cannot be read back.
+        """
+        if self._db is None:
+            return []
+        logs: dict[str, tuple[Ballot | None, Ballot | None, list[Record]]] = {}
+        for job, p_epoch, p_node, a_epoch, a_node in self._db.execute(
+            "SELECT job, promised_epoch, promised_node, accepted_epoch, accepted_node FROM replica_jobs"
+        ):
+            logs[job] = (_ballot(p_epoch, p_node), _ballot(a_epoch, a_node), [])
+        for job, seq, kind, data, epoch, node in self._db.execute(
+            "SELECT job, seq, kind, data, epoch, node FROM replica_records ORDER BY job, seq"
+        ):
+            try:
+                record = Record(seq, kind, json.loads(data), Ballot(epoch, node))
+            except ValueError as e:
+                raise JournalError(f"journal {self.path}: record {seq} of job {job} cannot be read back ({e})") from e
+            logs.setdefault(job, (None, None, []))[2].append(record)
+        return [(job, promised, accepted, records) for job, (promised, accepted, records) in logs.items()]
+
     def prune(self, finished_before: float) -> int:
         """
         Delete the jobs that finished before C{finished_before} (wall-clock
@@ -448,6 +527,8 @@ class Journal:
         self._new_jobs.clear()
         self._changed_jobs.clear()
         self._changed_tasks.clear()
+        self._replica_ballots.clear()
+        self._replica_records.clear()
         self._waiters.clear()
         if self._db is not None:
             self._db.close()
@@ -473,6 +554,14 @@ class Journal:
                 self._db = None
             os.close(self._lock_fd)
             self._lock_fd = -1
+
+
+def _ballot_columns(ballot: Ballot | None) -> tuple[int | None, str | None]:
+    return (None, None) if ballot is None else (ballot.epoch, ballot.node)
+
+
+def _ballot(epoch: int | None, node: str | None) -> Ballot | None:
+    return None if epoch is None or node is None else Ballot(epoch, node)
 
 
 def default_state_dir(name: str, environ: dict[str, str] | None = None) -> str:

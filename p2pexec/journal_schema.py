@@ -61,6 +61,28 @@ CREATE TABLE IF NOT EXISTS tasks (
 ) WITHOUT ROWID;
 """
 
+REPLICA_SCHEMA = """
+CREATE TABLE IF NOT EXISTS replica_jobs (
+    job TEXT PRIMARY KEY,
+    promised_epoch INTEGER,
+    promised_node TEXT,
+    accepted_epoch INTEGER,
+    accepted_node TEXT
+);
+CREATE TABLE IF NOT EXISTS replica_records (
+    job TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    data TEXT NOT NULL,
+    epoch INTEGER NOT NULL,
+    node TEXT NOT NULL,
+    PRIMARY KEY (job, seq)
+) WITHOUT ROWID;
+"""
+"""The replicated logs of the jobs this node is a replica (or master) of, and its promises
+(see L{p2pexec.replication}); added to a file of schema 2 when missing, so that no older
+journal is refused for lacking them."""
+
 
 @attr.s(auto_attribs=True, frozen=True)
 class StoredTask:
@@ -235,6 +257,11 @@ def open_database(path: str, factory: type[sqlite3.Connection] | None = None) ->
                     if statement.strip():
                         db.execute(statement)
                 db.execute("INSERT INTO meta (key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+        if "replica_records" not in tables:
+            with transaction(db):
+                for statement in REPLICA_SCHEMA.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
     except JournalError:
         db.close()
         raise

@@ -22,8 +22,9 @@ import random
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from p2pexec import scheduler
@@ -42,6 +43,10 @@ from p2pexec.retries import RetryTimers
 from p2pexec.seats import WorkerSeat
 from p2pexec.task_states import TaskEvent, TaskOutput, TaskState
 from p2pexec.waiting import WaitingKinds
+
+if TYPE_CHECKING:
+    from p2pexec.failover import Replication
+    from p2pexec.replication import JobImage
 
 log = NodeLogger()
 
@@ -86,10 +91,13 @@ class Master:
         max_losses: int = DEFAULT_MAX_LOSSES,
         jitter: Callable[[], float] = random.random,
         wall: WallClock = time.time,
+        replication: Replication | None = None,
     ) -> None:
         """
         @param clock: the monotonic clock (the reactor, see L{p2pexec.clock})
             for every timer and duration.
+        @param replication: where the jobs' records are replicated (see
+            L{p2pexec.failover}); without it, nothing is.
         @param wall: the wall clock, for when jobs started and ended as
             shown to people and kept in the journal.
         """
@@ -105,7 +113,12 @@ class Master:
         self.result_listeners: list[Callable[[TaskResult], None]] = []
         """Called with every result applied as a task's result (for metrics)."""
         self.jobs: dict[str, Job] = {}
-        self._endings = JobEndings(me.name, self.jobs, self.journal, link, observer, clock, wall)
+        self.replication = replication
+        self.held_back: set[str] = set()
+        """Jobs of the journal not to resume from it alone: this node takes them over again (see L{p2pexec.failover})."""
+        self._endings = JobEndings(
+            me.name, self.jobs, self.journal, link, observer, clock, wall, self.durable, self._job_ended
+        )
         self._recovery = Recovery(self, self._endings, link, clock, wall)
         self._pending: dict[str, deque[tuple[str, str]]] = {}
         self._workers: dict[str, WorkerSeat] = {}
@@ -139,6 +152,8 @@ class Master:
         )
         self.jobs[job.id] = job
         self.journal.job_added(job)
+        if self.replication is not None:
+            self.replication.job_accepted(job)
         kinds: dict[str, int] = {}
         for task_id, record in job.tasks.items():
             self._pending.setdefault(record.spec.kind, deque()).append((job.id, task_id))
@@ -154,6 +169,93 @@ class Master:
             self._endings.finish(job)
         self.schedule_dispatch()
         return job
+
+    def durable(self, job_id: str) -> Deferred[None]:
+        """
+        Fires once what this master decided about C{job_id} so far is in its
+        journal and, for a replicated job, committed (held by a majority of
+        its replica set); fails with L{p2pexec.failover.Deposed} if another
+        node took the job over meanwhile.  Acknowledge nothing before.
+        """
+        d = self.journal.durable()
+        replication = self.replication
+        if replication is None:
+            return d
+        return d.addCallback(lambda _: replication.committed(job_id))
+
+    def _job_ended(self, job: Job) -> None:
+        if self.replication is not None:
+            self.replication.job_ended(job)
+
+    def epoch_of(self, job_id: str) -> int:
+        """The epoch at which this node leads C{job_id} (1 for a job never taken over)."""
+        return 1 if self.replication is None else self.replication.epoch_of(job_id)
+
+    def take_over(self, image: JobImage, epoch: int) -> Job:
+        """
+        Lead a job taken over from its lost master, rebuilt from its
+        replicated records: the tasks with a recorded result keep it; every
+        other task waits, unqueued, for L{adopt} to queue those nobody holds.
+        """
+        records = []
+        for spec in image.specs:
+            result = image.results.get(spec.id)
+            if result is None:
+                records.append(TaskRecord(spec=spec))
+            else:
+                records.append(TaskRecord(spec=spec, state=TaskState.DONE, attempt=result.attempt, result=result))
+        now = self._clock.seconds()
+        started = now - max(0.0, self._wall() - image.started_at)
+        job = Job.restore(image.id, records, started, image.source, self._max_losses, started_at=image.started_at)
+        job.cancelled = image.cancelled
+        self.jobs[job.id] = job
+        self.journal.job_added(job)
+        counts = job.counts()
+        log.info(
+            "Node {name} is master of job {job} at epoch {epoch}: {done} of {total} task(s) have their result",
+            name=self.me.name,
+            job=job.id,
+            epoch=epoch,
+            done=counts["done"],
+            total=len(job.tasks),
+        )
+        if job.done or image.cancelled or image.ended:
+            job.finished = now
+            self._endings.finish(job)
+        return job
+
+    def adopt(self, job_id: str) -> None:
+        """
+        Queue the tasks of a job just taken over that nobody holds.  This
+        first version queues every task without a result (the workers'
+        HELD_TASKS answers refine it: see L{p2pexec.recovery}).
+        """
+        job = self.jobs.get(job_id)
+        if job is None or job.finished is not None:
+            return
+        for task_id, record in job.tasks.items():
+            if record.state is _PENDING:
+                self._pending.setdefault(record.spec.kind, deque()).append((job_id, task_id))
+        self.schedule_dispatch()
+
+    def step_down(self, job_id: str) -> None:
+        """
+        Another node leads C{job_id} now: hand out nothing more of it, stop
+        its retry timers, and forget it here (a confirmation for it is then
+        refused as for an unknown job).
+        """
+        job = self.jobs.pop(job_id, None)
+        if job is None:
+            return
+        self._unqueue(job_id)
+        self._recovery.forget_job(job_id)
+        self._endings.announced.discard(job_id)
+        for task_id, record in job.tasks.items():
+            self._retries.cancel((job_id, task_id))
+            if record.state is TaskState.ASSIGNED:
+                seat = self._workers.get(record.worker or "")
+                if seat is not None:
+                    seat.outstanding -= 1
 
     def withdraw(self, job_id: str) -> None:
         """
@@ -190,8 +292,11 @@ class Master:
         return None
 
     def resume(self, stored: Iterable[StoredJob]) -> list[Job]:
-        """Take up the unfinished jobs of the journal after a restart (see L{Recovery.resume})."""
-        return self._recovery.resume(stored)
+        """
+        Take up the unfinished jobs of the journal after a restart (see
+        L{Recovery.resume}), but those L{held_back} for a takeover.
+        """
+        return self._recovery.resume(saved for saved in stored if saved.id not in self.held_back)
 
     def recall_finished(self, saved: StoredJob) -> Job:
         """
@@ -338,6 +443,11 @@ class Master:
             outputs = job.fire(record, job.result_event(record, result, sender), now, result)
             self._perform(job, record, outputs, batch, result)
         self.stale_results += batch.stale
+        if self.replication is not None and batch.confirmed:
+            self.replication.results_recorded(
+                job_id,
+                [(task_id, tasks[task_id].result) for task_id in batch.confirmed],  # type: ignore[misc]
+            )
         self._endings.note_end(job)
         if batch.requeue:
             self._requeue(job, batch.requeue)
@@ -435,6 +545,8 @@ class Master:
         workers = sorted(job.participants)
         self._recovery.forget_job(job_id)
         self._unqueue(job_id)
+        if self.replication is not None:
+            self.replication.job_cancelled(job_id, by)
         log.warn(
             "Node {name} cancelled job {job} ({by}): {count} task(s) without a result will not run; "
             "stopping them on {workers}",
@@ -449,7 +561,7 @@ class Master:
             for worker in workers:
                 self._link.send_cancel(worker, job_id)
 
-        self.journal.durable().addCallback(tell_workers)
+        self.durable(job_id).addCallbacks(tell_workers, lambda f: None)
         self._endings.finish(job)
         return cancelled
 

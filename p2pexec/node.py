@@ -21,7 +21,9 @@ from p2pexec.auth import DatagramSealer
 from p2pexec.clock import WallClock
 from p2pexec.config import NodeConfig
 from p2pexec.connections import Dialer
+from p2pexec.directory import JobDirectory
 from p2pexec.discovery import DiscoveryProtocol
+from p2pexec.failover import Replication
 from p2pexec.gossip import Every, Gossip, LivenessChecks
 from p2pexec.intake import Intake
 from p2pexec.interfaces import IJournal, ITaskRunner
@@ -63,6 +65,8 @@ class Parts:
     intake: Intake
     views: Views
     startup: StartupJob
+    directory: JobDirectory
+    replication: Replication
 
 
 def create_node(
@@ -98,8 +102,17 @@ def create_node(
     journal = journal if journal is not None else open_journal(config.state_dir, reactor)
     outbox, startup = Outbox(reactor), StartupJob(config, reactor, wall)
     responders, gossip = Responders(config, reactor), Gossip(config, reactor)
+    directory = JobDirectory()
+    replication = Replication(config.replicas, config.takeover_grace, reactor, directory)
     master = Master(
-        info, link=outbox, observer=startup, clock=reactor, journal=journal, max_losses=config.max_losses, wall=wall
+        info,
+        link=outbox,
+        observer=startup,
+        clock=reactor,
+        journal=journal,
+        max_losses=config.max_losses,
+        wall=wall,
+        replication=replication,
     )
     dialer = Dialer(
         reactor,
@@ -132,6 +145,8 @@ def create_node(
         intake=Intake(),
         views=Views(reactor),
         startup=startup,
+        directory=directory,
+        replication=replication,
     )
     return Node(config, reactor, parts)
 
@@ -160,6 +175,7 @@ class Node:
         self.dialer, self.discovery, self.gossip, self.liveness = p.dialer, p.discovery, p.gossip, p.liveness
         self.outbox, self.responders, self.intake = p.outbox, p.responders, p.intake
         self.views, self.startup = p.views, p.startup
+        self.directory, self.replication = p.directory, p.replication
         self.stopping = False
         self.loops = [
             Every("peer expiry", config.peer_expiry / 3, self.gossip.expire_peers, reactor),
@@ -177,7 +193,11 @@ class Node:
         p.intake.wire(self, p.master, p.journal)
         p.startup.wire(self, p.master, p.journal)
         p.views.wire(self, p.peers, p.master, p.worker, p.journal, p.liveness, p.discovery, p.responders)
-        p.responders.wire(self, p.peers, p.master, p.worker, p.journal, p.dialer, p.gossip, p.outbox, p.intake, p.views)
+        p.responders.wire(
+            self, p.peers, p.master, p.worker, p.journal, p.dialer, p.gossip, p.outbox, p.intake, p.views, p.replication
+        )
+        p.replication.wire(self, p.peers, p.master, p.journal)
+        p.liveness.on_dead.append(p.replication.peer_dead)
         self.submit = self.intake.submit
         self.submit_part = self.intake.submit_part
         self.peers_status, self.topology_status = self.views.peers_status, self.views.topology_status
@@ -234,7 +254,10 @@ class Node:
         self.gossip.dial_seeds()
         if info.capabilities:
             self.master.worker_joined(info)
+        again = self.replication.load()
+        self.master.held_back = again
         self.startup.begin()
+        self.replication.take_over_again(again)
 
     def ready(self) -> Deferred[None]:
         """

@@ -116,7 +116,12 @@ class Outbox:
         )
         for batch in commands.chunk(assignments, Assignment.to_wire):
             d = protocol.callRemote(
-                commands.InstructionAssignment, job=job, master=me.name, master_instance=me.instance, tasks=batch
+                commands.InstructionAssignment,
+                job=job,
+                master=me.name,
+                master_instance=me.instance,
+                tasks=batch,
+                epoch=self._master.epoch_of(job),
             )
             attempts = [(assignment.task.id, assignment.attempt) for assignment in batch.items]
             d.addErrback(self._assignment_refused, worker, job, attempts)
@@ -144,7 +149,7 @@ class Outbox:
         if protocol is None:
             return fail(ConnectionError(f"worker {worker} is not connected"))
         asked = [
-            protocol.callRemote(commands.ResultQuery, job=job, tasks=batch)
+            protocol.callRemote(commands.ResultQuery, job=job, tasks=batch, epoch=self._master.epoch_of(job))
             for batch in commands.chunk([{"id": t, "attempt": a} for t, a in attempts], lambda entry: entry)
         ]
 
@@ -181,7 +186,7 @@ class Outbox:
             else:
                 log.warn("CANCEL_JOB to {worker} failed: {error}", worker=worker, error=failure.getErrorMessage())
 
-        protocol.callRemote(commands.CancelJob, job=job).addErrback(failed)
+        protocol.callRemote(commands.CancelJob, job=job, epoch=self._master.epoch_of(job)).addErrback(failed)
 
     def _owe_cancel(self, worker: str, job: str, why: str) -> None:
         """Remember to tell C{worker} that C{job} is cancelled once it connects again."""
@@ -214,6 +219,7 @@ class Outbox:
             succeeded=job.succeeded,
             failed=job.failed,
             elapsed=job.elapsed(self._clock.seconds()),
+            epoch=self._master.epoch_of(job.id),
         )
         d.addErrback(
             lambda f: log.debug("TASK_COMPLETE to {peer} failed: {error}", peer=worker, error=f.getErrorMessage())

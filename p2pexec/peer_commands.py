@@ -21,6 +21,7 @@ from p2pexec import commands
 from p2pexec.framing import bad_arguments
 from p2pexec.interfaces import IPeerHandler
 from p2pexec.model import NodeInfo, ValidationError
+from p2pexec.replication import ballot_from_wire
 
 if TYPE_CHECKING:
     from p2pexec.peer import PeerProtocol
@@ -35,6 +36,9 @@ PEER_COMMANDS = frozenset(
         commands.NodeStatus,
         commands.TaskComplete,
         commands.Heartbeat,
+        commands.Replicate,
+        commands.Promise,
+        commands.JobLeader,
     )
 )
 """The commands a node answers only once the handshake is done (besides DISCONNECT_REQUEST)."""
@@ -62,7 +66,9 @@ class PeerCommands(amp.CommandLocator):
         return {"peers": self._handler.peers_offered(self._me, offered)}
 
     @commands.InstructionAssignment.responder
-    def _instruction_assignment(self, job: str, master: str, master_instance: str, tasks: Any) -> dict[str, Any]:
+    def _instruction_assignment(
+        self, job: str, master: str, master_instance: str, tasks: Any, epoch: int | None = None
+    ) -> dict[str, Any]:
         if not isinstance(tasks, list):
             raise bad_arguments(self.describe(), "INSTRUCTION_ASSIGNMENT", ValueError("'tasks' must be a list"))
         try:
@@ -82,7 +88,7 @@ class PeerCommands(amp.CommandLocator):
         return answered.addCallback(lambda counts: {"applied": counts[0], "stale": counts[1]})
 
     @commands.ResultQuery.responder
-    def _result_query(self, job: str, tasks: Any) -> dict[str, Any]:
+    def _result_query(self, job: str, tasks: Any, epoch: int | None = None) -> dict[str, Any]:
         if not isinstance(tasks, list):
             raise bad_arguments(self.describe(), "RESULT_QUERY", ValueError("'tasks' must be a list"))
         try:
@@ -95,8 +101,41 @@ class PeerCommands(amp.CommandLocator):
         return {"status": self._handler.node_status()}
 
     @commands.TaskComplete.responder
-    def _task_complete(self, job: str, succeeded: int, failed: int, elapsed: float) -> dict[str, Any]:
+    def _task_complete(
+        self, job: str, succeeded: int, failed: int, elapsed: float, epoch: int | None = None
+    ) -> dict[str, Any]:
         self._handler.job_completed(self._me, job, succeeded, failed, elapsed)
+        return {}
+
+    @commands.Replicate.responder
+    def _replicate(
+        self, job: str, ballot_epoch: int, ballot_node: str, first_seq: int, records: Any
+    ) -> Deferred[dict[str, Any]]:
+        try:
+            ballot = ballot_from_wire(ballot_epoch, ballot_node)
+            if first_seq < 1:
+                raise ValidationError("'first_seq' must be 1 or more")
+            held = self._handler.replicate_received(self._me, job, ballot, first_seq, records)
+        except ValidationError as e:
+            raise bad_arguments(self.describe(), "REPLICATE", e) from None
+        return held.addCallback(lambda seq: {"held_seq": seq})
+
+    @commands.Promise.responder
+    def _promise(self, job: str, ballot_epoch: int, ballot_node: str, after_seq: int) -> Deferred[dict[str, Any]]:
+        try:
+            ballot = ballot_from_wire(ballot_epoch, ballot_node)
+            if after_seq < 0:
+                raise ValidationError("'after_seq' must be 0 or more")
+        except ValidationError as e:
+            raise bad_arguments(self.describe(), "PROMISE", e) from None
+        return self._handler.promise_requested(self._me, job, ballot, after_seq)
+
+    @commands.JobLeader.responder
+    def _job_leader(self, job: str, ballot_epoch: int, ballot_node: str, master: str) -> dict[str, Any]:
+        try:
+            self._handler.leader_announced(self._me, job, ballot_from_wire(ballot_epoch, ballot_node), master)
+        except ValidationError as e:
+            raise bad_arguments(self.describe(), "JOB_LEADER", e) from None
         return {}
 
     @commands.Heartbeat.responder

@@ -27,13 +27,16 @@ from p2pexec.connection_states import (
     compatibility,
     resolve_duplicate,
 )
+from p2pexec.failover import Deposed
 from p2pexec.log import NodeLogger
 from p2pexec.membership import Change
 from p2pexec.model import PROTOCOL_VERSION, Assignment, NodeInfo, TaskResult, ValidationError, validate_name
+from p2pexec.replicas import Ballot
 
 if TYPE_CHECKING:
     from p2pexec.config import NodeConfig
     from p2pexec.connections import Dialer
+    from p2pexec.failover import Replication
     from p2pexec.gossip import Gossip
     from p2pexec.intake import Intake
     from p2pexec.interfaces import IJournal, INode, INodeViews
@@ -81,8 +84,10 @@ class Responders:
         outbox: Outbox,
         intake: Intake,
         views: INodeViews,
+        replication: Replication,
     ) -> None:
         """Connect the responders to the parts they hand the work to."""
+        self._replication = replication
         self._node = node
         self._peers = peers
         self._master = master
@@ -213,6 +218,7 @@ class Responders:
         if info.capabilities:
             self._master.worker_joined(info)
         self._outbox.pay_owed(info.name)
+        self._replication.peer_connected(info.name)
         if protocol.dialled:
             self._gossip.exchange_peers(protocol)
 
@@ -254,6 +260,7 @@ class Responders:
             )
         if not stopping:
             self._master.worker_lost(name, "lost its connection")
+            self._replication.peer_lost(name)
         self._worker.drop_from((name, protocol.peer_instance or ""))
 
     # -- work ----------------------------------------------------------------------
@@ -274,7 +281,14 @@ class Responders:
             raise commands.UnknownJob(f"node {self._node.info.name} is not the master of job {job!r}")
         assert protocol.peer_name is not None
         counts = self._master.confirm(job, parsed, sender=protocol.peer_name)
-        return self._journal.durable().addCallback(lambda _: counts)
+        name = self._node.info.name
+
+        def deposed(failure: Failure) -> Any:
+            failure.trap(Deposed)
+            raise commands.UnknownJob(f"node {name} no longer leads job {job!r}: {failure.getErrorMessage()}")
+
+        # Answered once committed (journaled, and held by a majority of the job's replicas).
+        return self._master.durable(job).addCallbacks(lambda _: counts, deposed)
 
     def results_queried(self, protocol: PeerProtocol, job: str, tasks: list[Any]) -> dict[str, list[str]]:
         """A master asks what became of attempts it gave us (after its restart)."""
@@ -330,6 +344,32 @@ class Responders:
             failed=failed,
             elapsed=elapsed,
         )
+
+    # -- replication and failover (see p2pexec.failover) ---------------------------------
+
+    def replicate_received(
+        self, protocol: PeerProtocol, job: str, ballot: Ballot, first_seq: int, records: Any
+    ) -> Deferred[int]:
+        """REPLICATE: store a job's records as its replica; answer once durable with the highest seq held."""
+        assert protocol.peer_name is not None
+        return self._replication.replicate(protocol.peer_name, job, ballot, first_seq, records)
+
+    def promise_requested(self, protocol: PeerProtocol, job: str, ballot: Ballot, after: int) -> Deferred[Any]:
+        """PROMISE: promise a successor's ballot for a job; answer with the records held beyond C{after}."""
+        return self._replication.promise(job, ballot, after)
+
+    def leader_announced(self, protocol: PeerProtocol, job: str, ballot: Ballot, master: str) -> None:
+        """JOB_LEADER: C{master} leads C{job} at C{ballot} now."""
+        if master != ballot.node:
+            raise ValidationError(f"JOB_LEADER names master {master!r} but a ballot of {ballot.node!r}")
+        log.info(
+            "Node {name} heard that {master} leads job {job} at epoch {epoch}",
+            name=self._node.info.name,
+            master=master,
+            job=job,
+            epoch=ballot.epoch,
+        )
+        self._replication.leader_announced(job, ballot)
 
     def submit_part(self, protocol: PeerProtocol, tasks: list[Any], defaults: Any, upload: str, final: bool) -> Any:
         """A part of a submitted job: the intake collects it (see L{p2pexec.intake.Intake.submit_part})."""

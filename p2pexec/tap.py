@@ -159,6 +159,18 @@ class Options(usage.Options):
             "A task that loses its worker this many times is quarantined as failed instead of run again.",
         ],
         [
+            "replicas",
+            None,
+            "2",
+            "How many other nodes hold each accepted job's records, so that the job survives its master: 0 replicates nothing.",
+        ],
+        [
+            "takeover-grace",
+            None,
+            "0.2",
+            "Seconds (times its rank) a job's successor waits after its master is lost before it takes the job over.",
+        ],
+        [
             "web",
             None,
             "0",
@@ -343,6 +355,8 @@ class Options(usage.Options):
         if os.path.exists(self["state-dir"]) and not os.path.isdir(self["state-dir"]):
             raise usage.UsageError(f"--state-dir: {self['state-dir']} exists and is not a folder")
         self["max-worker-losses"] = _parse_int("--max-worker-losses", self["max-worker-losses"], 1, 1000)
+        self["replicas"] = _parse_int("--replicas", self["replicas"], 0, 10)
+        self["takeover-grace"] = _parse_seconds("--takeover-grace", self["takeover-grace"])
         self["web"] = _parse_int("--web", self["web"], 0, 65535)
         if self["web"] and self["web"] == self["port"]:
             raise usage.UsageError(f"--web: port {self['web']} is already the AMP --port; give another")
@@ -399,6 +413,8 @@ def config_from_options(options: Options) -> NodeConfig:
         job_label=options["job_label"],
         rerun_job=options["rerun-job"],
         max_losses=options["max-worker-losses"],
+        replicas=options["replicas"],
+        takeover_grace=options["takeover-grace"],
     )
 
 

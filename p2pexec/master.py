@@ -22,12 +22,12 @@ import random
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
-from p2pexec import scheduler
+from p2pexec import leadership, losses, scheduler
 from p2pexec.clock import WallClock
 from p2pexec.confirmations import Batch, log_confirmed, log_stale, report_result
 from p2pexec.endings import JobEndings
@@ -192,37 +192,8 @@ class Master:
         return 1 if self.replication is None else self.replication.epoch_of(job_id)
 
     def take_over(self, image: JobImage, epoch: int) -> Job:
-        """
-        Lead a job taken over from its lost master, rebuilt from its
-        replicated records: the tasks with a recorded result keep it; every
-        other task waits, unqueued, for L{adopt} to queue those nobody holds.
-        """
-        records = []
-        for spec in image.specs:
-            result = image.results.get(spec.id)
-            if result is None:
-                records.append(TaskRecord(spec=spec))
-            else:
-                records.append(TaskRecord(spec=spec, state=TaskState.DONE, attempt=result.attempt, result=result))
-        now = self._clock.seconds()
-        started = now - max(0.0, self._wall() - image.started_at)
-        job = Job.restore(image.id, records, started, image.source, self._max_losses, started_at=image.started_at)
-        job.cancelled = image.cancelled
-        self.jobs[job.id] = job
-        self.journal.job_added(job)
-        counts = job.counts()
-        log.info(
-            "Node {name} is master of job {job} at epoch {epoch}: {done} of {total} task(s) have their result",
-            name=self.me.name,
-            job=job.id,
-            epoch=epoch,
-            done=counts["done"],
-            total=len(job.tasks),
-        )
-        if job.done or image.cancelled or image.ended:
-            job.finished = now
-            self._endings.finish(job)
-        return job
+        """Lead a job taken over from its lost master (see L{p2pexec.leadership.take_over})."""
+        return leadership.take_over(self, image, epoch)
 
     def adopt(self, job_id: str) -> None:
         """
@@ -239,23 +210,8 @@ class Master:
         self.schedule_dispatch()
 
     def step_down(self, job_id: str) -> None:
-        """
-        Another node leads C{job_id} now: hand out nothing more of it, stop
-        its retry timers, and forget it here (a confirmation for it is then
-        refused as for an unknown job).
-        """
-        job = self.jobs.pop(job_id, None)
-        if job is None:
-            return
-        self._unqueue(job_id)
-        self._recovery.forget_job(job_id)
-        self._endings.announced.discard(job_id)
-        for task_id, record in job.tasks.items():
-            self._retries.cancel((job_id, task_id))
-            if record.state is TaskState.ASSIGNED:
-                seat = self._workers.get(record.worker or "")
-                if seat is not None:
-                    seat.outstanding -= 1
+        """Another node leads C{job_id} now (see L{p2pexec.leadership.step_down})."""
+        leadership.step_down(self, job_id)
 
     def withdraw(self, job_id: str) -> None:
         """
@@ -328,31 +284,8 @@ class Master:
         self.schedule_dispatch()
 
     def refused(self, worker: str, job_id: str, attempts: list[tuple[str, int]], why: str, usable: bool) -> None:
-        """
-        C{worker} refused a batch of assignments: put those tasks back.  If
-        it is not C{usable} (it is leaving, or cannot run what we thought),
-        give it nothing more until it joins again; the tasks it already runs
-        stay its own.
-        """
-        job = self.jobs.get(job_id)
-        seat = self._workers.get(worker)
-        if seat is not None and not usable:
-            seat.accepting = False
-        if job is None:
-            return
-        batch = Batch()
-        perform = batch.performer(self, job)
-        returned = [task_id for task_id, attempt in attempts if job.take_back(task_id, attempt, worker, perform)]
-        if returned:
-            log.warn(
-                "Worker {worker} refused {count} task(s) of job {job}: {why}; they go back in the queue",
-                worker=worker,
-                count=len(returned),
-                job=job_id,
-                why=why,
-            )
-            self._requeue(job, batch.requeue)
-        self.schedule_dispatch()
+        """C{worker} refused a batch of assignments: put them back (see L{p2pexec.losses.refused})."""
+        losses.refused(self, worker, job_id, attempts, why, usable)
 
     def _requeue(self, job: Job, task_ids: list[str]) -> None:
         for task_id in reversed(task_ids):
@@ -384,41 +317,8 @@ class Master:
         attempts: list[tuple[str, int]] | None = None,
         count_loss: bool = True,
     ) -> int:
-        """
-        Put back what C{worker} held of C{job} (or just these attempts, if
-        still current); quarantine repeat losers.
-
-        @return: how many tasks were taken back from C{worker}.
-        """
-        batch = Batch()
-        requeue, quarantined = job.put_back(
-            worker, self._clock.seconds(), attempts, count_loss, batch.performer(self, job)
-        )
-        self._endings.note_end(job)
-        if requeue:
-            self._requeue(job, batch.requeue)
-            log.warn(
-                "Node {name} put {count} unconfirmed task(s) of job {job} back in the queue: worker {worker} {why}",
-                name=self.me.name,
-                count=len(requeue),
-                job=job.id,
-                worker=worker,
-                why=why,
-            )
-        for task_id in quarantined:
-            self.quarantined += 1
-            log.error(
-                "Task {task} of job {job} is quarantined: it lost its worker {losses} times (last: {worker}, "
-                "which {why}); it is marked failed and not run again",
-                task=task_id,
-                job=job.id,
-                losses=job.tasks[task_id].losses,
-                worker=worker,
-                why=why,
-            )
-        if quarantined and job.done:
-            self._endings.finish(job)
-        return len(requeue) + len(quarantined)
+        """Put back what C{worker} held of C{job} (see L{p2pexec.losses.lose}); return how many tasks."""
+        return losses.lose(self, job, worker, why, attempts, count_loss)
 
     # -- results --------------------------------------------------------------
 
@@ -527,43 +427,12 @@ class Master:
 
     def cancel(self, job_id: str, by: str) -> int:
         """
-        Cancel a job: its tasks without a result never start (or start
-        again), and every worker that holds some is told to stop them.
+        Cancel a job (see L{p2pexec.leadership.cancel}).
 
         @return: how many tasks were cancelled.
         @raise KeyError: if C{job_id} is not a job of this master.
         """
-        job = self.jobs[job_id]
-        if job.finished is not None:
-            return 0
-        before = job.counts()["done"]
-        job.cancel(self._clock.seconds(), self.me.name, by, Batch().performer(self, job))
-        self._endings.note_end(job)
-        cancelled = len(job.tasks) - before
-        # Every node that was ever given one of its tasks: one whose tasks were
-        # put back (its connection dropped, say) may still be running them.
-        workers = sorted(job.participants)
-        self._recovery.forget_job(job_id)
-        self._unqueue(job_id)
-        if self.replication is not None:
-            self.replication.job_cancelled(job_id, by)
-        log.warn(
-            "Node {name} cancelled job {job} ({by}): {count} task(s) without a result will not run; "
-            "stopping them on {workers}",
-            name=self.me.name,
-            job=job_id,
-            by=by,
-            count=cancelled,
-            workers=", ".join(workers) or "no worker",
-        )
-
-        def tell_workers(_: Any) -> None:
-            for worker in workers:
-                self._link.send_cancel(worker, job_id)
-
-        self.durable(job_id).addCallbacks(tell_workers, lambda f: None)
-        self._endings.finish(job)
-        return cancelled
+        return leadership.cancel(self, job_id, by)
 
     # -- dispatch -----------------------------------------------------------
 

@@ -1,0 +1,251 @@
+"""
+The successor's side of master failover (part of L{p2pexec.failover.Replication}):
+a lost master's jobs taken over.  Each member of a job's replica set that
+is not its master watches the master's connection; when it is lost (or
+failure detection declares the master dead), the member ranked C{i} among
+the live successors waits C{i} times the grace period, then asks every
+member for a PROMISE of a higher ballot.  With a majority it rebuilds the
+job from the merged records, leads it and announces JOB_LEADER.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.python.failure import Failure
+
+from p2pexec import commands
+from p2pexec.log import NodeLogger
+from p2pexec.model import ValidationError
+from p2pexec.replicas import Ballot
+from p2pexec.replication import END, MasterLog, Outcome, Record, ReplicaStore, Takeover, parse_stale, rebuild
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from p2pexec.directory import JobDirectory
+    from p2pexec.interfaces import IJournal
+    from p2pexec.master import Master
+    from p2pexec.membership import PeerTable
+
+log = NodeLogger(namespace="p2pexec.failover")
+
+RETRY_TAKEOVER = 2.0
+"""Seconds a successor that lost a takeover race waits to see the winner's JOB_LEADER before it tries again."""
+
+
+class Succession:
+    """The successor's methods of L{p2pexec.failover.Replication}, which provides what is declared here."""
+
+    grace: float
+    directory: JobDirectory
+    logs: dict[str, MasterLog]
+    stores: dict[str, ReplicaStore]
+    _clock: IReactorTime
+    _peers: PeerTable
+    _master: Master
+    _journal: IJournal
+    _members: dict[str, tuple[str, ...]]
+    _takeovers: dict[str, IDelayedCall | Takeover]
+    _silence: dict[str, str]
+    _seen: dict[str, Ballot]
+
+    @property
+    def _me(self) -> str:
+        raise NotImplementedError
+
+    def _store_own(self, job_id: str, ballot: Ballot, records: Iterable[Record]) -> None:
+        raise NotImplementedError
+
+    def _changed(self, job_id: str) -> None:
+        raise NotImplementedError
+
+    def _announce(self, protocol: Any, job_id: str, ballot: Ballot) -> None:
+        raise NotImplementedError
+
+    # -- as a successor -------------------------------------------------------------------
+
+    def peer_dead(self, name: str, silent: float) -> None:
+        """Failure detection declared C{name} dead (the node's on-dead path)."""
+        self._silence[name] = f"was declared dead (silent for {silent:.1f}s)"
+        self.peer_lost(name)
+
+    def peer_lost(self, name: str) -> None:
+        """The connection to C{name} is gone: each job it leads that this node holds, its successors may take over."""
+        why = self._silence.pop(name, "lost its connection")
+        for job, store in list(self.stores.items()):
+            leader = self._leader(job)
+            if leader is None or leader.node != name or job in self.logs or job in self._takeovers:
+                continue
+            if any(r.kind == END for r in store.records.values()):
+                continue
+            rank = self._rank(job, name)
+            if rank is None:
+                continue
+            self._takeovers[job] = self._clock.callLater(self.grace * rank, self._try_takeover, job, leader, why)
+
+    def _leader(self, job: str) -> Ballot | None:
+        known = self.directory.lookup(job)
+        store = self.stores.get(job)
+        candidates = [b for b in (known.ballot if known else None, store.accepted if store else None) if b is not None]
+        return max(candidates, default=None)
+
+    def _rank(self, job: str, lost: str) -> int | None:
+        """This node's place among the live successors of C{lost} for C{job} (1 first), or C{None}."""
+        members = self._members.get(job, ())
+        live = [m for m in members if m != lost and (m == self._me or self._peers.is_connected(m))]
+        return live.index(self._me) + 1 if self._me in live else None
+
+    def _cancel_takeover(self, job: str) -> None:
+        pending = self._takeovers.pop(job, None)
+        if pending is not None and not isinstance(pending, Takeover) and pending.active():
+            pending.cancel()
+
+    def _try_takeover(self, job: str, lost: Ballot, why: str, waited: bool = False) -> None:
+        self._takeovers.pop(job, None)
+        if self._peers.is_connected(lost.node) or job in self.logs:
+            return
+        store = self.stores[job]
+        known = self.directory.lookup(job)
+        if (
+            known is not None
+            and known.ballot > lost
+            and known.master != self._me
+            and self._peers.is_connected(known.master)
+        ):
+            return  # a live node leads it already
+        promised = store.promised
+        if not waited and promised is not None and promised > lost and promised.node != self._me:
+            # Another successor is asking: wait for its JOB_LEADER, and try again if none comes.
+            self._takeovers[job] = self._clock.callLater(RETRY_TAKEOVER, self._try_takeover, job, lost, why, True)
+            return
+        seen = self._seen.get(job)
+        top = max(b for b in (lost, store.promised, store.accepted, seen) if b is not None)
+        ballot = Ballot(top.epoch + 1, self._me)
+        members = self._members.get(job, (lost.node, self._me))
+        attempt = Takeover(job, members, ballot)
+        self._takeovers[job] = attempt
+        store.promise(ballot)
+        self._journal.replica_changed(job, store.promised, store.accepted)
+        attempt.promise(self._me, store.records.values())
+        for member in members:
+            if member == self._me:
+                continue
+            record = self._peers.get(member)
+            if record is None or record.connection is None:
+                attempt.fail(member)
+                continue
+            self._ask_promise(record.connection, attempt, member, 0, [], lost, why)
+        self._judge(attempt, lost, why)
+
+    def _ask_promise(
+        self, protocol: Any, attempt: Takeover, member: str, after: int, got: list[Record], lost: Ballot, why: str
+    ) -> None:
+        d = protocol.callRemote(
+            commands.Promise,
+            job=attempt.job,
+            ballot_epoch=attempt.ballot.epoch,
+            ballot_node=attempt.ballot.node,
+            after_seq=after,
+        )
+
+        def answered(answer: dict[str, Any]) -> None:
+            try:
+                records = got + [Record.from_wire(entry) for entry in answer["records"]]
+            except (ValidationError, TypeError) as e:
+                log.warn(
+                    "Node {name} got a malformed PROMISE answer from {peer}: {error}",
+                    name=self._me,
+                    peer=member,
+                    error=e,
+                )
+                attempt.fail(member)
+                self._judge(attempt, lost, why)
+                return
+            if answer["next_seq"] > after:
+                self._ask_promise(protocol, attempt, member, answer["next_seq"], records, lost, why)
+                return
+            attempt.promise(member, records)
+            self._judge(attempt, lost, why)
+
+        def failed(failure: Failure) -> None:
+            newer = parse_stale(failure.getErrorMessage()) if failure.check(commands.StaleBallotError) else None
+            if newer is not None:
+                attempt.refuse(member, newer)
+            else:
+                attempt.fail(member)
+            self._judge(attempt, lost, why)
+
+        d.addCallbacks(answered, failed)
+
+    def _judge(self, attempt: Takeover, lost: Ballot, why: str) -> None:
+        if self._takeovers.get(attempt.job) is not attempt:
+            return
+        outcome = attempt.outcome
+        if outcome is Outcome.WAITING:
+            return
+        del self._takeovers[attempt.job]
+        if outcome is Outcome.WON:
+            self._won(attempt, lost, why)
+            return
+        if outcome is Outcome.LOST:
+            newer = attempt.highest_refusal
+            assert newer is not None
+            self._seen[attempt.job] = max(newer, self._seen.get(attempt.job, newer))
+            log.info(
+                "Node {name} backs off from taking job {job} over: a replica promised {ballot}",
+                name=self._me,
+                job=attempt.job,
+                ballot=newer.describe(),
+            )
+            self._takeovers[attempt.job] = self._clock.callLater(
+                RETRY_TAKEOVER, self._try_takeover, attempt.job, lost, why, True
+            )
+            return
+        log.warn(
+            "Node {name} cannot take job {job} over: only {count} of its {size} replicas promised epoch {epoch}; "
+            "it tries again when another connects",
+            name=self._me,
+            job=attempt.job,
+            count=len(attempt.promised),
+            size=len(attempt.members),
+            epoch=attempt.ballot.epoch,
+        )
+        self._takeovers[attempt.job] = self._clock.callLater(RETRY_TAKEOVER, self._try_takeover, attempt.job, lost, why)
+
+    def _won(self, attempt: Takeover, lost: Ballot, why: str) -> None:
+        job_id, ballot = attempt.job, attempt.ballot
+        merged = attempt.merged()
+        try:
+            image = rebuild(merged)
+        except ValidationError as e:
+            log.error(
+                "Node {name} cannot take job {job} over: its records do not describe it ({error})",
+                name=self._me,
+                job=job_id,
+                error=e,
+            )
+            return
+        log_ = MasterLog(image.members, self._me, ballot, merged)
+        self.logs[job_id] = log_
+        self._members[job_id] = image.members
+        self._store_own(job_id, ballot, merged)
+        self.directory.learn(job_id, ballot)
+        log.warn(
+            "Node {name} took over job {job} as master at epoch {epoch}: {old} {why}; {agreed} of {size} "
+            "replicas agreed",
+            name=self._me,
+            job=job_id,
+            epoch=ballot.epoch,
+            old=lost.node,
+            why=why,
+            agreed=len(attempt.promised),
+            size=len(attempt.members),
+        )
+        self._master.take_over(image, ballot.epoch)
+        for record in self._peers.connected_peers():
+            if record.connection is not None:
+                self._announce(record.connection, job_id, ballot)
+        self._changed(job_id)
+        self._master.adopt(job_id)

@@ -90,6 +90,8 @@ class Replication(Succession):
         self._takeovers: dict[str, IDelayedCall | Takeover] = {}
         self._silence: dict[str, str] = {}
         self._seen: dict[str, Ballot] = {}
+        self._led_before: set[str] = set()
+        """Jobs this node led before it restarted, until it leads them again or learns who does."""
         """Per job, the highest ballot a refusal named: a takeover tries above it."""
         self.sent = 0
 
@@ -392,6 +394,17 @@ class Replication(Succession):
         pending = self._takeovers.get(job)
         if ballot.node != self._me and pending is not None:
             self._cancel_takeover(job)
+        if job in self._led_before and ballot.node != self._me:
+            # It led the job before it restarted: it learns who leads it now.
+            self._led_before.discard(job)
+            log.warn(
+                "Node {name} steps down as master of job {job}: {new} took it over at epoch {epoch} ({why})",
+                name=self._me,
+                job=job,
+                new=ballot.node,
+                epoch=ballot.epoch,
+                why="it announced JOB_LEADER to this node, restarted",
+            )
 
     # -- restart ---------------------------------------------------------------------------
 
@@ -427,6 +440,7 @@ class Replication(Succession):
     def take_over_again(self, jobs: Iterable[str]) -> None:
         """After a restart: take over again the jobs this node led (see L{load})."""
         for job in jobs:
+            self._led_before.add(job)
             accepted = self.stores[job].accepted
             assert accepted is not None
             self._takeovers[job] = self._clock.callLater(

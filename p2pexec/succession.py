@@ -50,6 +50,7 @@ class Succession:
     _takeovers: dict[str, IDelayedCall | Takeover]
     _silence: dict[str, str]
     _seen: dict[str, Ballot]
+    _led_before: set[str]
 
     @property
     def _me(self) -> str:
@@ -216,6 +217,7 @@ class Succession:
 
     def _won(self, attempt: Takeover, lost: Ballot, why: str) -> None:
         job_id, ballot = attempt.job, attempt.ballot
+        self._led_before.discard(job_id)
         merged = attempt.merged()
         try:
             image = rebuild(merged)

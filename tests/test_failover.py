@@ -137,6 +137,41 @@ class TakeoverTests(SynchronousTestCase):
         self.assertEqual(finished_at(cluster, job_id).succeeded, 10)
 
 
+class RestartTests(SynchronousTestCase):
+    """A master restarted with its journal checks with its replica set before it resumes a replicated job."""
+
+    def test_restarted_master_steps_down(self):
+        """
+        The master dies, a successor finishes its job, and the master is
+        started again with its journal: it does not resume the job from its
+        journal; it learns the newer epoch, says it steps down, and hands
+        nothing of the job out.
+        """
+        cluster = Cluster()
+        state_dir = self.mktemp()
+        z1 = cluster.add("z1", address="127.0.0.10", capabilities=frozenset(), replicas=2, state_dir=state_dir)
+        for i, name in enumerate(WORKERS):
+            cluster.add(name, address=f"127.0.0.{i + 1}", capabilities=frozenset({"w"}), replicas=2, duration=0.5)
+        cluster.network.run_until(lambda: all(cluster.connected("z1", n) for n in WORKERS), limit=30)
+        cluster.network.run(1.0)
+        job_id = submit(cluster, "z1", 10)
+        cluster.network.run(0.3)
+        cluster.hosts["z1"].crash()
+        z1.journal.abandon()
+        cluster.network.run_until(lambda: finished_at(cluster, job_id) is not None, limit=60)
+        with capturedLogs() as events:
+            again = cluster.add("z1", address="127.0.0.10", capabilities=frozenset(), replicas=2, state_dir=state_dir)
+            self.addCleanup(again.journal.close)
+            cluster.network.run_until(lambda: all(cluster.connected("z1", n) for n in WORKERS), limit=30)
+            cluster.network.run(5.0)
+        self.assertNotIn(job_id, again.master.jobs, "the restarted master does not resume the job")
+        lines = [text(e) for e in events if "steps down as master" in e["log_format"]]
+        self.assertEqual(len(lines), 1, lines)
+        self.assertIn(f"Node z1 steps down as master of job {job_id}:", lines[0])
+        self.assertEqual(finished_at(cluster, job_id).succeeded, 10)
+        self.assertEqual(len(leaders(cluster, job_id)), 1)
+
+
 class PartitionTests(SynchronousTestCase):
     """A master cut off in a minority stalls; the majority side takes over; the healed master steps down."""
 

@@ -1,0 +1,1 @@
+A job now outlives its master: with ``--replicas K`` (2 by default) the master replicates the job's records to K other nodes and acknowledges submissions and results once a majority holds them, and when the master is lost a successor takes the job over after ``--takeover-grace`` (0.2 s) times its rank and finishes it; ``--replicas 0`` keeps the old behaviour.

@@ -21,7 +21,9 @@ from p2pexec.auth import DatagramSealer
 from p2pexec.clock import WallClock
 from p2pexec.config import NodeConfig
 from p2pexec.connections import Dialer
+from p2pexec.directory import JobDirectory
 from p2pexec.discovery import DiscoveryProtocol
+from p2pexec.following import Following
 from p2pexec.gossip import Every, Gossip, LivenessChecks
 from p2pexec.intake import Intake
 from p2pexec.interfaces import IJournal, ITaskRunner
@@ -63,6 +65,8 @@ class Parts:
     intake: Intake
     views: Views
     startup: StartupJob
+    directory: JobDirectory
+    following: Following
 
 
 def create_node(
@@ -132,7 +136,10 @@ def create_node(
         intake=Intake(),
         views=Views(reactor),
         startup=startup,
+        directory=JobDirectory(),
+        following=Following(reactor),
     )
+    responders.following = parts.following
     return Node(config, reactor, parts)
 
 
@@ -145,6 +152,8 @@ class Node:
     @ivar master: the jobs this node is master of.
     @ivar worker: the tasks this node runs.
     @ivar views: what the web, metrics and status commands read.
+    @ivar directory: the newest known leader of each job (see L{p2pexec.directory}).
+    @ivar following: the answers to a client about jobs this node does not lead.
     @ivar listeners: the AMP port and (with multicast) the discovery port.
     @ivar loops: the periodic calls (peer expiry, gossip, liveness).  The
         listeners and loops are services, children of the L{NodeService},
@@ -160,6 +169,7 @@ class Node:
         self.dialer, self.discovery, self.gossip, self.liveness = p.dialer, p.discovery, p.gossip, p.liveness
         self.outbox, self.responders, self.intake = p.outbox, p.responders, p.intake
         self.views, self.startup = p.views, p.startup
+        self.directory, self.following = p.directory, p.following
         self.stopping = False
         self.loops = [
             Every("peer expiry", config.peer_expiry / 3, self.gossip.expire_peers, reactor),
@@ -177,6 +187,7 @@ class Node:
         p.intake.wire(self, p.master, p.journal)
         p.startup.wire(self, p.master, p.journal)
         p.views.wire(self, p.peers, p.master, p.worker, p.journal, p.liveness, p.discovery, p.responders)
+        p.following.wire(self, p.peers, p.views, p.directory)
         p.responders.wire(self, p.peers, p.master, p.worker, p.journal, p.dialer, p.gossip, p.outbox, p.intake, p.views)
         self.submit = self.intake.submit
         self.submit_part = self.intake.submit_part

@@ -35,6 +35,7 @@ PEER_COMMANDS = frozenset(
         commands.NodeStatus,
         commands.TaskComplete,
         commands.Heartbeat,
+        commands.ForwardClient,
     )
 )
 """The commands a node answers only once the handshake is done (besides DISCONNECT_REQUEST)."""

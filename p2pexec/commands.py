@@ -343,7 +343,11 @@ CLIENT_OUTPUT_TAIL = 8 * 1024
 
 
 class ListJobs(amp.Command):
-    """LIST_JOBS, from a client: the jobs this node is master of, newest first, as summaries."""
+    """
+    LIST_JOBS, from a client: the jobs this node is master of, newest first,
+    as summaries; then those it holds replica records of (marked
+    C{"answered_by": "replica"}).
+    """
 
     commandName = b"LIST_JOBS"
     arguments = []

@@ -1,7 +1,14 @@
 """
 The commands an operator's client sends to a node (SUBMIT_JOB, LIST_JOBS,
 JOB_STATUS, JOB_TASKS, CLUSTER_STATUS, CANCEL_JOB), answered on any
-authenticated connection without an introduction.
+authenticated connection without an introduction; and FORWARD_CLIENT, by
+which a node asks a job's master one of them for its own client.
+
+Any node answers a client about any job: one it leads from its own
+records; another through L{p2pexec.following} (forwarded to the job's
+master, or from a replica).  A command that arrives over a peer link, or
+in FORWARD_CLIENT, is answered only from this node's own records, so that
+a question travels at most one hop.
 
 L{ClientCommands} is the part of L{p2pexec.peer.PeerProtocol} that answers
 them: it checks the arguments, asks the node (an L{IPeerHandler}) and fits
@@ -14,6 +21,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, cast
 
+from twisted.internet.defer import Deferred
 from twisted.protocols import amp
 
 from p2pexec import commands
@@ -51,6 +59,7 @@ class ClientCommands(amp.CommandLocator):
 
     _handler: IPeerHandler
     owner: bool
+    peer_name: str | None
 
     def address(self) -> str:
         """HOST:PORT of the other end (provided by the protocol)."""
@@ -86,21 +95,34 @@ class ClientCommands(amp.CommandLocator):
             raise bad_arguments(self.describe(), "SUBMIT_JOB", ValueError("'defaults' must be an object"))
         return self._handler.submit_part(cast("PeerProtocol", self), tasks, defaults, upload, final)
 
+    def _follows(self, job: str) -> bool:
+        """Whether to ask another node about C{job}: a client asked, and this node does not lead it."""
+        return self.peer_name is None and not self._handler.following.leads(job)
+
     @commands.ListJobs.responder
     def _list_jobs(self) -> dict[str, Any]:
-        # Newest first, as many as fit in one AMP value.
-        return {"jobs": next(commands.chunk(self._handler.jobs_status(), lambda job: job), [])}
+        # Newest first (then those held as a replica), as many as fit in one AMP value.
+        jobs = self._handler.jobs_status() + self._handler.following.replica_jobs()
+        return {"jobs": next(commands.chunk(jobs, lambda job: job), [])}
 
     @commands.JobStatus.responder
-    def _job_status(self, job: str) -> dict[str, Any]:
+    def _job_status(self, job: str) -> dict[str, Any] | Deferred[dict[str, Any]]:
+        if self._follows(job):
+            return self._handler.following.job_status(job, self.address()).addCallback(lambda s: {"status": s})
         return {"status": self._handler.job_status(job)}
 
     @commands.JobTasks.responder
-    def _job_tasks(self, job: str, offset: int, limit: int) -> dict[str, Any]:
+    def _job_tasks(self, job: str, offset: int, limit: int) -> dict[str, Any] | Deferred[dict[str, Any]]:
         if offset < 0 or not 1 <= limit <= 100_000:
             raise bad_arguments(
                 self.describe(), "JOB_TASKS", ValueError("'offset' must be 0 or more and 'limit' 1 to 100000")
             )
+        if self._follows(job):
+            return self._handler.following.job_tasks(job, offset, limit, self.address())
+        return self._own_tasks(job, offset, limit)
+
+    def _own_tasks(self, job: str, offset: int, limit: int) -> dict[str, Any]:
+        """A JOB_TASKS answer from this node's own records (UNKNOWN_JOB for a job it does not lead)."""
         page, total = self._handler.job_tasks(job, offset=offset, limit=limit)
         for entry in page:
             for stream in ("stdout", "stderr"):
@@ -117,7 +139,52 @@ class ClientCommands(amp.CommandLocator):
         return {"node": peers[0], "peers": next(commands.chunk(peers[1:], lambda peer: peer), [])}
 
     @commands.CancelJob.responder
-    def _cancel_job(self, job: str, epoch: int | None = None) -> dict[str, Any]:
+    def _cancel_job(self, job: str, epoch: int | None = None) -> dict[str, Any] | Deferred[dict[str, Any]]:
         # No handshake needed: an operator's client may send it.  A peer's
         # (the job's master, stopping its part here) is answered alike.
+        if self._follows(job):
+            # This node checks its own client's proof first; the master
+            # checks this node's (see _forward_client).
+            self.require_owner("CANCEL_JOB")
+            return self._handler.following.cancel(job, self.address()).addCallback(lambda n: {"cancelled": n})
         return {"cancelled": self._handler.cancel_requested(cast("PeerProtocol", self), job)}
+
+    @commands.ForwardClient.responder
+    def _forward_client(self, command: str, arguments: Any, client: str) -> dict[str, Any]:
+        # A peer asks for its client: answered from this node's own jobs
+        # only, never forwarded again.
+        if command not in commands.FORWARDED_COMMANDS or not isinstance(arguments, dict):
+            raise bad_arguments(
+                self.describe(),
+                "FORWARD_CLIENT",
+                ValueError(f"'command' must be one of {', '.join(commands.FORWARDED_COMMANDS)}, 'arguments' an object"),
+            )
+        job = arguments.get("job")
+        if not isinstance(job, str):
+            raise bad_arguments(self.describe(), "FORWARD_CLIENT", ValueError("'arguments' must name a 'job' string"))
+        if command == "JOB_STATUS":
+            return {"answer": {"status": self._handler.job_status(job)}}
+        if command == "JOB_TASKS":
+            offset, limit = arguments.get("offset"), arguments.get("limit")
+            if type(offset) is not int or type(limit) is not int or offset < 0 or not 1 <= limit <= 100_000:
+                raise bad_arguments(
+                    self.describe(),
+                    "FORWARD_CLIENT",
+                    ValueError("JOB_TASKS: 'offset' must be 0 or more and 'limit' 1 to 100000"),
+                )
+            return {"answer": self._own_tasks(job, offset, limit)}
+        if not self._handler.following.leads(job):
+            raise commands.UnknownJob(f"it is not the master of job {job!r}")
+        if not self.owner:
+            log.warn(
+                "Refused a cancel of job {job} forwarded by {peer} for {client}: without a cluster key a peer "
+                "proves nothing about its client",
+                job=job,
+                peer=self.describe(),
+                client=client,
+            )
+            raise commands.AuthRequired(
+                "without a cluster key it takes a cancel only from its owner's own client: cancel the job "
+                "through its master itself"
+            )
+        return {"answer": {"cancelled": self._handler.cancel_requested(cast("PeerProtocol", self), job)}}

@@ -346,7 +346,11 @@ CLIENT_OUTPUT_TAIL = 8 * 1024
 
 
 class ListJobs(amp.Command):
-    """LIST_JOBS, from a client: the jobs this node is master of, newest first, as summaries."""
+    """
+    LIST_JOBS, from a client: the jobs this node is master of, newest first,
+    as summaries; then those it holds replica records of (marked
+    C{"answered_by": "replica"}).
+    """
 
     commandName = b"LIST_JOBS"
     arguments = []
@@ -566,3 +570,37 @@ class JobLeader(amp.Command):
     ]
     response = []
     errors = _errors()
+
+
+# -- Clients follow the job (issue 13, part 4) -------------------------------------
+
+
+FORWARDED_COMMANDS = ("JOB_STATUS", "JOB_TASKS", "CANCEL_JOB")
+"""The client commands a node forwards (FORWARD_CLIENT) to a job's master it is connected to."""
+
+
+class ForwardClient(amp.Command):
+    """
+    FORWARD_CLIENT, between peers (after the handshake): a node asks a job's
+    master, on behalf of one of its own clients, one of the client commands
+    of L{FORWARDED_COMMANDS} about a job it does not lead.  C{command} is the
+    client command's name, C{arguments} its arguments as a JSON object
+    (C{job}, and for JOB_TASKS C{offset} and C{limit}), C{client} says who
+    asked (for the master's log line).  The answer is the client command's
+    own answer, as a JSON object of its response fields.
+
+    The receiver answers only from the jobs it leads itself: it never
+    forwards again (one hop, so no loop), and answers UNKNOWN_JOB for a job
+    it does not lead.  A forwarded CANCEL_JOB is taken only on a connection
+    that proved the cluster key: without one, AUTH_REQUIRED (a peer proves
+    nothing about the client's local token).
+    """
+
+    commandName = b"FORWARD_CLIENT"
+    arguments = [
+        (b"command", amp.Unicode()),
+        (b"arguments", JSON()),
+        (b"client", amp.Unicode()),
+    ]
+    response = [(b"answer", JSON())]
+    errors = _errors(UNKNOWN_JOB=UnknownJob)

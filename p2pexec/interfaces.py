@@ -20,7 +20,10 @@ Who provides what (see docs/architecture.rst):
   - L{IJournal}: L{p2pexec.journal.Journal} or L{p2pexec.journal.NullJournal};
   - L{INode}: L{p2pexec.node.Node}, for the parts it wires;
   - L{INodeViews}: L{p2pexec.views.Views}, for the web, metrics and AMP status;
-  - L{IWebNode}: L{p2pexec.node.Node}, for the HTTP server (L{p2pexec.web}).
+  - L{IWebNode}: L{p2pexec.node.Node}, for the HTTP server (L{p2pexec.web});
+  - L{IClientFollowing}: L{p2pexec.following.Following}, for the client commands;
+  - L{IReplicaRecords}: L{p2pexec.following.NoReplicaRecords} until the
+    failover core's journal holds replica records, for L{p2pexec.following}.
 """
 
 from __future__ import annotations
@@ -68,6 +71,9 @@ class IPeerHandler(Protocol):
 
     tls: TLSConfig | None
     """With --tls: the node's TLS configuration (its certificate is bound into the proofs)."""
+
+    following: IClientFollowing
+    """How a client's question about a job this node does not lead is answered (forwarded, or from a replica)."""
 
     def connection_opened(self, protocol: PeerProtocol) -> bool:
         """Count a new connection by its remote address; C{False} refuses it (too many from there)."""
@@ -355,3 +361,44 @@ class IWebMaster(Protocol):
 
     def cancel(self, job_id: str, by: str) -> int:
         """Cancel a job; return how many tasks were cancelled; raise C{KeyError} for a job of another master."""
+
+
+class IClientFollowing(Protocol):
+    """
+    How a node answers a client about a job it does not lead (see
+    L{p2pexec.following}): each question fails with
+    L{p2pexec.commands.UnknownJob} naming what the node knows when nobody
+    can answer it.
+    """
+
+    def leads(self, job: str) -> bool:
+        """Whether this node is C{job}'s master (it answers for it itself)."""
+
+    def job_status(self, job: str, client: str) -> Deferred[dict[str, Any]]:
+        """C{job}'s summary, from its leader (forwarded) or from a replica."""
+
+    def job_tasks(self, job: str, offset: int, limit: int, client: str) -> Deferred[dict[str, Any]]:
+        """A JOB_TASKS answer (C{tasks}, C{next}) for C{job}, from its leader or from a replica."""
+
+    def cancel(self, job: str, client: str) -> Deferred[int]:
+        """Cancel C{job} through its leader; fire with how many tasks were cancelled."""
+
+    def replica_jobs(self) -> list[dict[str, Any]]:
+        """Summaries of the jobs held here as a replica and not led here."""
+
+
+class IReplicaRecords(Protocol):
+    """
+    What a node can say of a job from the replica records it holds (the
+    failover core keeps them in the journal).  Each answer is C{None} for a
+    job of which no record is held here.
+    """
+
+    def replica_status(self, job: str) -> dict[str, Any] | None:
+        """C{job}'s summary (a C{JobSummary}, as docs/api.rst), or C{None}."""
+
+    def replica_tasks(self, job: str, offset: int, limit: int) -> tuple[list[dict[str, Any]], int] | None:
+        """A page of C{job}'s tasks (C{Task} objects) from C{offset}, and how many it has; or C{None}."""
+
+    def replica_jobs(self) -> list[dict[str, Any]]:
+        """Summaries of every job held here as a replica."""

@@ -24,6 +24,7 @@ from p2pexec.connections import Dialer
 from p2pexec.directory import JobDirectory
 from p2pexec.discovery import DiscoveryProtocol
 from p2pexec.failover import Replication
+from p2pexec.following import Following
 from p2pexec.gossip import Every, Gossip, LivenessChecks
 from p2pexec.intake import Intake
 from p2pexec.interfaces import IJournal, ITaskRunner
@@ -67,6 +68,7 @@ class Parts:
     startup: StartupJob
     directory: JobDirectory
     replication: Replication
+    following: Following
 
 
 def create_node(
@@ -147,7 +149,9 @@ def create_node(
         startup=startup,
         directory=directory,
         replication=replication,
+        following=Following(reactor),
     )
+    responders.following = parts.following
     return Node(config, reactor, parts)
 
 
@@ -160,6 +164,8 @@ class Node:
     @ivar master: the jobs this node is master of.
     @ivar worker: the tasks this node runs.
     @ivar views: what the web, metrics and status commands read.
+    @ivar directory: the newest known leader of each job (see L{p2pexec.directory}).
+    @ivar following: the answers to a client about jobs this node does not lead.
     @ivar listeners: the AMP port and (with multicast) the discovery port.
     @ivar loops: the periodic calls (peer expiry, gossip, liveness).  The
         listeners and loops are services, children of the L{NodeService},
@@ -175,7 +181,7 @@ class Node:
         self.dialer, self.discovery, self.gossip, self.liveness = p.dialer, p.discovery, p.gossip, p.liveness
         self.outbox, self.responders, self.intake = p.outbox, p.responders, p.intake
         self.views, self.startup = p.views, p.startup
-        self.directory, self.replication = p.directory, p.replication
+        self.directory, self.replication, self.following = p.directory, p.replication, p.following
         self.stopping = False
         self.loops = [
             Every("peer expiry", config.peer_expiry / 3, self.gossip.expire_peers, reactor),
@@ -198,6 +204,7 @@ class Node:
         )
         p.replication.wire(self, p.peers, p.master, p.journal)
         p.liveness.on_dead.append(p.replication.peer_dead)
+        p.following.wire(self, p.peers, p.views, p.directory)
         self.submit = self.intake.submit
         self.submit_part = self.intake.submit_part
         self.peers_status, self.topology_status = self.views.peers_status, self.views.topology_status

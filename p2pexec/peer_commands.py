@@ -39,6 +39,7 @@ PEER_COMMANDS = frozenset(
         commands.Replicate,
         commands.Promise,
         commands.JobLeader,
+        commands.ForwardClient,
     )
 )
 """The commands a node answers only once the handshake is done (besides DISCONNECT_REQUEST)."""

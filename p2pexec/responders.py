@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from p2pexec.failover import Replication
     from p2pexec.gossip import Gossip
     from p2pexec.intake import Intake
-    from p2pexec.interfaces import IJournal, INode, INodeViews
+    from p2pexec.interfaces import IClientFollowing, IJournal, INode, INodeViews
     from p2pexec.master import Master
     from p2pexec.membership import PeerTable
     from p2pexec.outbox import Outbox
@@ -59,7 +59,11 @@ class Responders:
         token (AUTHENTICATE), to submit and cancel.
     @ivar tls: the node's TLS configuration, with C{--tls}.
     @ivar reconnects: connections to a peer opened again after an earlier one closed.
+    @ivar following: how a client's question about a job this node does not
+        lead is answered (set by the node's wiring, L{p2pexec.node}).
     """
+
+    following: IClientFollowing
 
     def __init__(self, config: NodeConfig, clock: IReactorTime) -> None:
         self._clock = clock

@@ -169,12 +169,25 @@ def task_entry(record: TaskRecord, waiting_kinds: frozenset[str], output: bool =
     return entry
 
 
-def job_summary(job: Job, now: float, waiting_kinds: frozenset[str], stalled: str | None = None) -> dict[str, Any]:
+def job_summary(
+    job: Job,
+    now: float,
+    waiting_kinds: frozenset[str],
+    stalled: str | None = None,
+    *,
+    master: str | None = None,
+    epoch: int = 1,
+    answered_by: str = "master",
+) -> dict[str, Any]:
     """
     One job's progress (see C{JobSummary} in docs/api.rst).
 
     @param stalled: why no task of a running job can make progress (its
         master's journal cannot be written); it then has no ETA.
+    @param master: the node that leads the job (its current master).
+    @param epoch: the epoch it leads the job in (1 until a takeover).
+    @param answered_by: C{master} when its master made the summary,
+        C{replica} when a node holding a replica of its records did.
     """
     counts = dict.fromkeys(TASK_STATES, 0)
     for record in job.tasks.values():
@@ -206,6 +219,9 @@ def job_summary(job: Job, now: float, waiting_kinds: frozenset[str], stalled: st
         "eta": eta,
         "stalled": stalled,
         "stale_results_dropped": job.stale,
+        "master": master,
+        "epoch": epoch,
+        "answered_by": answered_by,
     }
 
 

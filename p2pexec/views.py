@@ -149,12 +149,31 @@ class Views:
         waiting = self._master.waiting_kinds()
         jobs = sorted(self._master.jobs.values(), key=lambda job: job.started, reverse=True)
         stalled = self.problem()
-        return [status.job_summary(job, now, waiting, stalled) for job in jobs]
+        me = self._node.info.name
+        return [status.job_summary(job, now, waiting, stalled, master=me, epoch=self.epoch_of(job)) for job in jobs]
 
     def job_status(self, job_id: str) -> dict[str, Any]:
         """One job's summary; raises L{commands.UnknownJob}."""
         job = self._job(job_id)
-        return status.job_summary(job, self._clock.seconds(), self._master.waiting_kinds(), self.problem())
+        return status.job_summary(
+            job,
+            self._clock.seconds(),
+            self._master.waiting_kinds(),
+            self.problem(),
+            master=self._node.info.name,
+            epoch=self.epoch_of(job),
+        )
+
+    def leads(self, job_id: str) -> bool:
+        """Whether this node is the master of C{job_id} (it answers for it itself)."""
+        return job_id in self._master.jobs
+
+    def epoch_of(self, job: Job) -> int:
+        """
+        The epoch this node leads C{job} in: 1, the original master's, until
+        another node takes it over (see L{p2pexec.failover}).
+        """
+        return self._master.epoch_of(job.id)
 
     def job_tasks(self, job_id: str, **filters: Any) -> tuple[list[dict[str, Any]], int]:
         """A page of one job's tasks (see L{status.tasks_page}); raises L{commands.UnknownJob}."""

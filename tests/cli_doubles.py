@@ -41,6 +41,9 @@ def summary(
         "elapsed": elapsed,
         "eta": eta,
         "stale_results_dropped": 0,
+        "master": "a1",
+        "epoch": 1,
+        "answered_by": "master",
     }
 
 
@@ -78,9 +81,8 @@ class FakeNode:
     raises L{amp.TooLong}), and are recorded as the node would read them.
     """
 
-    address = "127.0.0.1:10001"
-
-    def __init__(self, answers: dict[type, list[Any]]) -> None:
+    def __init__(self, answers: dict[type, list[Any]], address: str = "127.0.0.1:10001") -> None:
+        self.address = address
         self.answers = answers
         self.calls: list[tuple[type, dict[str, Any]]] = []
         self.sizes: list[dict[str, int]] = []
@@ -106,14 +108,36 @@ class FakeNode:
 
 
 class Harness:
-    """A L{p2pexec.cli.commands.Context} over a L{FakeNode}, a plain output into a buffer and a L{Clock}."""
+    """
+    A L{p2pexec.cli.commands.Context} over a L{FakeNode}, a plain output
+    into a buffer and a L{Clock}; with C{others}, other nodes by address
+    that the context can connect to (an address not among them refuses).
+    """
 
-    def __init__(self, answers: dict[type, list[Any]]) -> None:
+    def __init__(self, answers: dict[type, list[Any]], others: dict[str, FakeNode] | None = None) -> None:
         self.node = FakeNode(answers)
         self.stdout = io.StringIO()
         self.stderr = io.StringIO()
         self.clock = Clock()
-        self.context = subcommands.Context(self.node, render.PlainOutput(self.stdout), self.clock, self.stderr)
+        self.others = others
+        self.connected: list[str] = []
+        self.context = subcommands.Context(
+            self.node,
+            render.PlainOutput(self.stdout),
+            self.clock,
+            self.stderr,
+            connect=None if others is None else self.connect,
+        )
+
+    async def connect(self, address: str) -> FakeNode:
+        """Connect to another node: one of C{others}, or a refusal."""
+        from p2pexec.cli.client import ClientError
+
+        self.connected.append(address)
+        assert self.others is not None
+        if address not in self.others:
+            raise ClientError(f"cannot connect to {address}: connection refused")
+        return self.others[address]
 
     def start(self, subcommand: Any, args: Any) -> defer.Deferred[int]:
         """Start a subcommand coroutine."""

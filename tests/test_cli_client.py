@@ -114,3 +114,17 @@ class NodeClientTests(SynchronousTestCase):
         self.assertEqual(
             self.message(defer.Deferred(), Clock()), "no answer from 127.0.0.1:10001 to JOB_STATUS within 5s"
         )
+
+    def test_lost(self) -> None:
+        """A closed, reset or silent connection is marked lost (another node may be asked); a refusal is not."""
+
+        def lost(result: defer.Deferred[Any], clock: Clock | None = None) -> bool:
+            d = self.call(result, clock)
+            if clock is not None:
+                clock.advance(5)
+            return bool(self.failureResultOf(d, client.ClientError).value.lost)
+
+        self.assertTrue(lost(defer.fail(Failure(error.ConnectionLost()))))
+        self.assertTrue(lost(defer.fail(Failure(error.ConnectionDone()))))
+        self.assertTrue(lost(defer.Deferred(), Clock()))
+        self.assertFalse(lost(defer.fail(commands.UnknownJob("node a1 is not the master of job 'j'"))))

@@ -14,12 +14,25 @@ from p2pexec.peer import PeerProtocol
 from .test_model import node
 
 
+class LeadsEverything:
+    """An L{IClientFollowing} of a node that is the master of every job: it never asks another node."""
+
+    def leads(self, job):
+        """Every job is led here."""
+        return True
+
+    def replica_jobs(self):
+        """No replica is held."""
+        return []
+
+
 class RecordingHandler:
     """An L{IPeerHandler} that records calls and can be told to refuse."""
 
     challenge = None
     local_challenge = None
     tls = None
+    following = LeadsEverything()
 
     def __init__(self, info):
         self.info = info

@@ -3,7 +3,9 @@ The C{p2pexec} command-line client: submit, follow, inspect and cancel jobs
 on a running node, over the client AMP commands of L{p2pexec.commands}.
 
 The node the client talks to (C{--connect HOST:PORT}) becomes the master of
-what it submits, and only knows the jobs it is master of.  The reference,
+what it submits; any node answers about any job (it asks the job's master).
+While following a job (C{submit --wait}, C{run}, C{watch}) the client asks
+another node it learned of when the connection to its node is lost.  The reference,
 with every subcommand, option and exit status, is C{docs/cli.rst}.
 
 The package has a module per job, from the outside in:
@@ -36,7 +38,7 @@ from twisted.internet import defer, task
 from twisted.python.failure import Failure
 
 from p2pexec.auth import KeyFileError, load_key
-from p2pexec.cli.client import ClientError, NodeClient
+from p2pexec.cli.client import ClientError, NodeClient, parse_address
 from p2pexec.cli.commands import SUBCOMMANDS, Context, job_tasks_from, key_command, local_token
 from p2pexec.cli.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, PROG, CliError
 from p2pexec.cli.parser import parse_arguments
@@ -62,10 +64,29 @@ async def execute(reactor: Any, args: argparse.Namespace, out: Output, stdin: Te
         raise CliError("--tls needs --key-file: the node's certificate is checked through the cluster key")
     node = NodeClient(reactor, args.host, args.port, args.answer_timeout, key=key, tls=args.tls)
     await node.connect()
+    opened = [node]
+
+    async def connect(address: str) -> NodeClient:
+        # Another node, to follow a job through: the cluster key if given,
+        # else that node's own local token if it is this user's.
+        host, port = parse_address(address)
+        other_key = key if args.key_file else None
+        if other_key is None:
+            try:
+                found = local_token(host, port)
+            except CliError as e:
+                raise ClientError(e.message) from None
+            other_key = found[0] if found is not None else None
+        other = NodeClient(reactor, host, port, args.answer_timeout, key=other_key, tls=args.tls)
+        opened.append(other)
+        await other.connect()
+        return other
+
     try:
-        return await SUBCOMMANDS[args.command](Context(node, out, reactor, err), args)
+        return await SUBCOMMANDS[args.command](Context(node, out, reactor, err, connect=connect), args)
     finally:
-        node.close()
+        for each in opened:
+            each.close()
 
 
 def run(reactor: Any, work: Callable[[], Coroutine[Any, Any, int]], err: TextIO) -> int:

@@ -42,11 +42,15 @@ class ClientError(Exception):
     """
     A connection or a command failed: C{message} says which node, and why,
     in one line.
+
+    @ivar lost: whether the connection to the node was lost (closed, reset,
+        or silent past the timeout), so that another node may be asked.
     """
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, lost: bool = False) -> None:
         super().__init__(message)
         self.message = message
+        self.lost = lost
 
 
 def describe_tls_error(error: Exception) -> str:
@@ -223,11 +227,11 @@ class NodeClient:
         try:
             answer: dict[str, Any] = await self._send(command, arguments)
         except defer.TimeoutError:
-            raise ClientError(f"no answer from {self.address} to {name} within {self._timeout:g}s") from None
+            raise ClientError(f"no answer from {self.address} to {name} within {self._timeout:g}s", lost=True) from None
         except error.ConnectionDone:
-            raise ClientError(f"lost the connection to {self.address}: the node closed it") from None
+            raise ClientError(f"lost the connection to {self.address}: the node closed it", lost=True) from None
         except (error.ConnectionLost, error.ConnectionClosed):
-            raise ClientError(f"lost the connection to {self.address}: it was reset or dropped") from None
+            raise ClientError(f"lost the connection to {self.address}: it was reset or dropped", lost=True) from None
         except commands.UnknownJob as e:
             raise ClientError(f"unknown job: {e}") from None
         except commands.AuthRequired as e:

@@ -20,7 +20,7 @@ from twisted.protocols import amp
 
 from p2pexec import commands
 from p2pexec.auth import KeyFileError, generate_key, http_token, load_key
-from p2pexec.cli.client import format_address
+from p2pexec.cli.client import ClientError, format_address
 from p2pexec.cli.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, PROG, CliError
 from p2pexec.cli.render import (
     JOB_COLUMNS,
@@ -133,12 +133,16 @@ class Context:
     @ivar out: where it prints.
     @ivar clock: for the pauses between JOB_STATUS questions.
     @ivar err: where notes beside the output go (stderr).
+    @ivar connect: connects to another node (C{HOST:PORT}), for following a
+        job when the connection to C{node} is lost; C{None}: follow through
+        C{node} only.
     """
 
     node: Caller
     out: Output
     clock: IReactorTime
     err: TextIO
+    connect: Callable[[str], Awaitable[Caller]] | None = None
 
 
 async def submit_job(ctx: Context, tasks: Sequence[TaskSpec]) -> str:
@@ -154,15 +158,83 @@ async def submit_job(ctx: Context, tasks: Sequence[TaskSpec]) -> str:
     return job
 
 
+@attr.s(auto_attribs=True)
+class Route:
+    """
+    The node a job is followed through, and the others it knows of (from
+    CLUSTER_STATUS at the start), in the order they are tried when the
+    connection to it is lost.
+    """
+
+    name: str
+    others: list[tuple[str, str]]
+    """(name, HOST:PORT) of every other node, not gone, by name."""
+
+
+async def route(ctx: Context) -> Route:
+    """Ask the node (CLUSTER_STATUS) which nodes it knows; without L{Context.connect}, or an answer, none."""
+    if ctx.connect is None:
+        return Route(ctx.node.address, [])
+    try:
+        cluster = await ctx.node.call(commands.ClusterStatus)
+        me = str(cluster["node"]["name"])
+        others = [
+            (str(peer["name"]), str(peer["address"]))
+            for peer in cluster["peers"]
+            if peer.get("state") not in ("gone", "self") and isinstance(peer.get("address"), str)
+        ]
+    except (ClientError, KeyError, TypeError):
+        return Route(ctx.node.address, [])
+    return Route(me, others)
+
+
+async def switch_node(ctx: Context, job: str, way: Route, lost: ClientError) -> dict[str, Any]:
+    """
+    The connection to C{way.name} is lost: ask the other nodes, in order,
+    about C{job}; follow it through the first that knows it (its JOB_STATUS
+    answer is returned), with one line on stderr.
+
+    @raise CliError: if no node knows the job (or none can be reached).
+    """
+    assert ctx.connect is not None
+    tried = []
+    for name, address in list(way.others):
+        try:
+            node = await ctx.connect(address)
+            summary: dict[str, Any] = (await node.call(commands.JobStatus, job=job))["status"]
+        except ClientError as e:
+            tried.append(f"{name}: {e.message}")
+            continue
+        way.others.remove((name, address))
+        way.others.append((way.name, ctx.node.address))
+        note = f"{PROG}: lost node {way.name}; following job {job} through {name}"
+        ctx.err.write(for_stream(ctx.err, note) + "\n")
+        ctx.node, way.name = node, name
+        return summary
+    asked = f" (asked {'; '.join(tried)})" if tried else " (it knew no other node)"
+    raise CliError(f"lost node {way.name} ({lost.message}), and no other node knows job {job}{asked}")
+
+
 async def follow(ctx: Context, job: str) -> int:
     """
     Show C{job}'s progress until it ends (JOB_STATUS every L{POLL_INTERVAL}
-    seconds), then how it ended; return its exit status.
+    seconds), then how it ended; return its exit status.  When the
+    connection to the node is lost, follow the job through another node it
+    knew (see L{switch_node}).
     """
     display: ProgressDisplay | None = None
+    way = await route(ctx)
     try:
         while True:
-            summary = (await ctx.node.call(commands.JobStatus, job=job))["status"]
+            try:
+                summary = (await ctx.node.call(commands.JobStatus, job=job))["status"]
+            except ClientError as e:
+                if not e.lost or ctx.connect is None:
+                    raise
+                if display is not None:
+                    display.close()
+                    display = None
+                summary = await switch_node(ctx, job, way, e)
             if summary["state"] != "running":
                 if display is not None:
                     display.close(summary)

@@ -143,6 +143,7 @@ JOB_COLUMNS = (
     "waiting",
     "elapsed",
     "eta",
+    "master",
 )
 
 
@@ -160,7 +161,21 @@ def job_row(summary: dict[str, Any]) -> list[str]:
         else "stalled"
         if summary.get("stalled")
         else format_seconds(summary["eta"]),
+        master_text(summary),
     ]
+
+
+def master_text(summary: dict[str, Any]) -> str:
+    """
+    Who leads a job and in which epoch, as C{m1 (epoch 2)}; C{(replica)}
+    added when a node holding a replica answered (a node older than
+    issue 13 says neither: C{-}).
+    """
+    master = summary.get("master")
+    if not master:
+        return "-"
+    text = f"{master} (epoch {summary.get('epoch', 1)})"
+    return text + " (replica)" if summary.get("answered_by") == "replica" else text
 
 
 PEER_COLUMNS = ("name", "address", "capabilities", "slots", "busy", "free", "queued", "state", "last heard")

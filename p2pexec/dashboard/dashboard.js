@@ -591,7 +591,7 @@
       bar.appendChild(segment);
     }
     const meta = element("div", "job-meta");
-    for (const part of ["done", "running", "failed", "waiting", "pending", "cancelled", "time"]) {
+    for (const part of ["done", "running", "failed", "waiting", "pending", "cancelled", "time", "master"]) {
       const item = element("span", "count");
       item.setAttribute("data-count", part);
       meta.appendChild(item);
@@ -678,6 +678,10 @@
       setText(meta.time, "took " + seconds(job.elapsed));
     }
     setAttr(meta.time, "title", (job.stalled ? String(job.stalled) + "; " : "") + "elapsed " + seconds(job.elapsed));
+    // Who leads the job now, and in which epoch (one more at each takeover).
+    meta.master.hidden = !job.master;
+    setText(meta.master, job.master ? "master " + job.master + " \u00b7 epoch " + (job.epoch || 1) : "");
+    setAttr(meta.master, "title", job.answered_by === "replica" ? "as a replica of its records says" : "as its master says");
   }
 
   async function cancelJob(job, button) {

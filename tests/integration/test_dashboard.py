@@ -39,6 +39,7 @@ const jobs = [...document.querySelectorAll('#jobs .job')].map((job) => ({
   id: job.dataset.id,
   state: job.dataset.state,
   progress: parseFloat(job.querySelector('.progress').dataset.progress),
+  master: job.querySelector('[data-count="master"]').textContent,
 }));
 const rows = [...document.querySelectorAll('#tasks tbody tr')].map((tr) => ({
   id: tr.dataset.id,
@@ -150,6 +151,7 @@ class DashboardBrowserTests(unittest.TestCase):
 
         shown = cluster.wait_until(job_complete, describe, timeout=25)
         self.assertEqual([job["id"] for job in shown["jobs"]], [job_id])
+        self.assertEqual(shown["jobs"][0]["master"], "master m \u00b7 epoch 1")
         self.assertEqual(progress, sorted(progress), "the progress went backwards")
         self.assertEqual(sorted(row["id"] for row in shown["rows"]), sorted(task["id"] for task in tasks))
         self.assertEqual({row["node"] for row in shown["rows"] if row["id"].startswith("b")}, {"w1"})

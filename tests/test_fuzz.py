@@ -833,13 +833,14 @@ def expected_codes(name: bytes, authenticated: bool) -> set[bytes]:
     command = RESPONDERS.get(name)
     if command is None:
         return {UNHANDLED}
+    if command is amp.StartTLS:
+        # AMP's own command, not part of the p2pexec protocol: the node has
+        # no responder for it, authenticated or not, so it is UNHANDLED like
+        # any unknown command (TLS_ERROR is AMP's own refusal, for a node
+        # that kept the inherited responder without pyOpenSSL).
+        return {b"TLS_ERROR", UNHANDLED}
     if not authenticated and name not in (commands.Authenticate.commandName, commands.AuthProof.commandName):
         return {b"AUTH_REQUIRED"}
-    if command is amp.StartTLS:
-        # AMP's own responder, inherited.  With pyOpenSSL it answers (and the
-        # node switches to TLS: see RegressionTests); without, AMP refuses
-        # it with TLS_ERROR; a node that drops the responder, UNHANDLED.
-        return {b"TLS_ERROR", UNHANDLED}
     return set(command.errors.values())
 
 

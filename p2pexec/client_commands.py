@@ -117,7 +117,7 @@ class ClientCommands(amp.CommandLocator):
         return {"node": peers[0], "peers": next(commands.chunk(peers[1:], lambda peer: peer), [])}
 
     @commands.CancelJob.responder
-    def _cancel_job(self, job: str) -> dict[str, Any]:
+    def _cancel_job(self, job: str, epoch: int | None = None) -> dict[str, Any]:
         # No handshake needed: an operator's client may send it.  A peer's
         # (the job's master, stopping its part here) is answered alike.
-        return {"cancelled": self._handler.cancel_requested(cast("PeerProtocol", self), job)}
+        return {"cancelled": self._handler.cancel_requested(cast("PeerProtocol", self), job, epoch)}

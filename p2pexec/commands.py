@@ -99,6 +99,14 @@ class AuthFailed(Exception):
     """The other side does not hold the cluster key; the connection is closed."""
 
 
+class StaleBallot(Exception):
+    """
+    A job-scoped command comes from a ballot older than one the receiver has
+    seen for that job (its sender was deposed).  The description is JSON
+    naming the newer ballot: C{{"job", "epoch", "leader", "message"}}.
+    """
+
+
 _COMMON_ERRORS: dict[type[Exception], bytes] = {
     BadArguments: b"BAD_ARGUMENTS",
     ConnectRequired: b"CONNECT_REQUIRED",
@@ -202,11 +210,13 @@ class InstructionAssignment(amp.Command):
         (b"master", amp.Unicode()),
         (b"master_instance", amp.Unicode()),
         (b"tasks", JSON()),
+        (b"epoch", amp.Integer(optional=True)),
     ]
     response = [(b"accepted", amp.Integer())]
     errors = _errors(
         NOT_CAPABLE=NotCapable,
         SHUTTING_DOWN=ShuttingDown,
+        STALE_BALLOT=StaleBallot,
     )
 
 
@@ -221,10 +231,12 @@ class ExecutionConfirmation(amp.Command):
     arguments = [
         (b"job", amp.Unicode()),
         (b"results", JSON()),
+        (b"epoch", amp.Integer(optional=True)),
     ]
     response = [
         (b"applied", amp.Integer()),
         (b"stale", amp.Integer()),
+        (b"epoch", amp.Integer(optional=True)),
     ]
     errors = _errors(UNKNOWN_JOB=UnknownJob)
 
@@ -241,6 +253,7 @@ class TaskComplete(amp.Command):
         (b"succeeded", amp.Integer()),
         (b"failed", amp.Integer()),
         (b"elapsed", amp.Float()),
+        (b"epoch", amp.Integer(optional=True)),
     ]
     response = []
     errors = _errors()
@@ -286,6 +299,7 @@ class ResultQuery(amp.Command):
     arguments = [
         (b"job", amp.Unicode()),
         (b"tasks", JSON()),
+        (b"epoch", amp.Integer(optional=True)),
     ]
     response = [
         (b"done", JSON()),
@@ -306,9 +320,9 @@ class CancelJob(amp.Command):
     """
 
     commandName = b"CANCEL_JOB"
-    arguments = [(b"job", amp.Unicode())]
+    arguments = [(b"job", amp.Unicode()), (b"epoch", amp.Integer(optional=True))]
     response = [(b"cancelled", amp.Integer())]
-    errors = _errors(UNKNOWN_JOB=UnknownJob)
+    errors = _errors(UNKNOWN_JOB=UnknownJob, STALE_BALLOT=StaleBallot)
 
 
 class SubmitJob(amp.Command):
@@ -481,3 +495,24 @@ def encode_result_within(result: Any, limit: int = MAX_VALUE_BYTES - 256) -> byt
             return encode_json(wire)
         encoded = encode_json(wire)
     return encoded
+
+
+# -- Master failover: fencing and adoption (issue 13) ----------------------------
+
+
+class HeldTasks(amp.Command):
+    """
+    HELD_TASKS: a job's new leader (after a takeover, at ballot C{epoch} and
+    its own name) asks a worker what it holds of the job.  The worker answers
+    with C{running}: C{[task id, attempt]} pairs queued or running there (or
+    finished, when their results did not fit in C{finished}: those come as
+    EXECUTION_CONFIRMATION), and C{finished}: C{{"id", "attempt", "result"}}
+    objects, results not yet acknowledged.  Its kept results of the job then
+    go to the new leader as EXECUTION_CONFIRMATION.  STALE_BALLOT if the
+    worker has seen a newer ballot for the job.
+    """
+
+    commandName = b"HELD_TASKS"
+    arguments = [(b"job", amp.Unicode()), (b"epoch", amp.Integer())]
+    response = [(b"running", JSON()), (b"finished", JSON())]
+    errors = _errors(STALE_BALLOT=StaleBallot)

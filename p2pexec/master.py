@@ -24,6 +24,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from p2pexec import scheduler
@@ -192,6 +193,10 @@ class Master:
     def resume(self, stored: Iterable[StoredJob]) -> list[Job]:
         """Take up the unfinished jobs of the journal after a restart (see L{Recovery.resume})."""
         return self._recovery.resume(stored)
+
+    def adopt(self, job_id: str, epoch: int) -> Deferred[None]:
+        """Adopt a job just taken over at C{epoch}, before dispatching it (see L{Recovery.adopt})."""
+        return self._recovery.adopt(job_id, epoch)
 
     def recall_finished(self, saved: StoredJob) -> Job:
         """

@@ -120,7 +120,7 @@ def create_node(
     parts = Parts(
         info=info,
         peers=PeerTable(config.name),
-        worker=worker or Worker(config.name, config.capabilities, config.slots, runner, reactor),
+        worker=worker or Worker(config.name, config.capabilities, config.slots, runner, reactor, config.master_lease),
         journal=journal,
         master=master,
         dialer=dialer,

@@ -35,6 +35,7 @@ PEER_COMMANDS = frozenset(
         commands.NodeStatus,
         commands.TaskComplete,
         commands.Heartbeat,
+        commands.HeldTasks,
     )
 )
 """The commands a node answers only once the handshake is done (besides DISCONNECT_REQUEST)."""
@@ -62,17 +63,21 @@ class PeerCommands(amp.CommandLocator):
         return {"peers": self._handler.peers_offered(self._me, offered)}
 
     @commands.InstructionAssignment.responder
-    def _instruction_assignment(self, job: str, master: str, master_instance: str, tasks: Any) -> dict[str, Any]:
+    def _instruction_assignment(
+        self, job: str, master: str, master_instance: str, tasks: Any, epoch: int | None = None
+    ) -> dict[str, Any]:
         if not isinstance(tasks, list):
             raise bad_arguments(self.describe(), "INSTRUCTION_ASSIGNMENT", ValueError("'tasks' must be a list"))
+        if epoch is not None and epoch < 1:
+            raise bad_arguments(self.describe(), "INSTRUCTION_ASSIGNMENT", ValueError("'epoch' must be 1 or more"))
         try:
-            accepted = self._handler.assignment_received(self._me, job, master, master_instance, tasks)
+            accepted = self._handler.assignment_received(self._me, job, master, master_instance, tasks, epoch)
         except ValidationError as e:
             raise bad_arguments(self.describe(), "INSTRUCTION_ASSIGNMENT", e) from None
         return {"accepted": accepted}
 
     @commands.ExecutionConfirmation.responder
-    def _execution_confirmation(self, job: str, results: Any) -> Deferred[dict[str, Any]]:
+    def _execution_confirmation(self, job: str, results: Any, epoch: int | None = None) -> Deferred[dict[str, Any]]:
         if not isinstance(results, list):
             raise bad_arguments(self.describe(), "EXECUTION_CONFIRMATION", ValueError("'results' must be a list"))
         try:
@@ -82,7 +87,7 @@ class PeerCommands(amp.CommandLocator):
         return answered.addCallback(lambda counts: {"applied": counts[0], "stale": counts[1]})
 
     @commands.ResultQuery.responder
-    def _result_query(self, job: str, tasks: Any) -> dict[str, Any]:
+    def _result_query(self, job: str, tasks: Any, epoch: int | None = None) -> dict[str, Any]:
         if not isinstance(tasks, list):
             raise bad_arguments(self.describe(), "RESULT_QUERY", ValueError("'tasks' must be a list"))
         try:
@@ -95,13 +100,21 @@ class PeerCommands(amp.CommandLocator):
         return {"status": self._handler.node_status()}
 
     @commands.TaskComplete.responder
-    def _task_complete(self, job: str, succeeded: int, failed: int, elapsed: float) -> dict[str, Any]:
+    def _task_complete(
+        self, job: str, succeeded: int, failed: int, elapsed: float, epoch: int | None = None
+    ) -> dict[str, Any]:
         self._handler.job_completed(self._me, job, succeeded, failed, elapsed)
         return {}
 
     @commands.Heartbeat.responder
     def _heartbeat(self) -> dict[str, Any]:
         return {}
+
+    @commands.HeldTasks.responder
+    def _held_tasks(self, job: str, epoch: int) -> dict[str, Any]:
+        if epoch < 1:
+            raise bad_arguments(self.describe(), "HELD_TASKS", ValueError("'epoch' must be 1 or more"))
+        return self._handler.held_tasks_queried(self._me, job, epoch)
 
 
 def parse_peer_list(peers: Any, limit: int = 10_000) -> list[tuple[NodeInfo, float]]:

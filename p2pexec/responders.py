@@ -27,9 +27,11 @@ from p2pexec.connection_states import (
     compatibility,
     resolve_duplicate,
 )
+from p2pexec.fence import ballot_of, held_to_wire
 from p2pexec.log import NodeLogger
 from p2pexec.membership import Change
 from p2pexec.model import PROTOCOL_VERSION, Assignment, NodeInfo, TaskResult, ValidationError, validate_name
+from p2pexec.replicas import Ballot
 
 if TYPE_CHECKING:
     from p2pexec.config import NodeConfig
@@ -212,6 +214,8 @@ class Responders:
         )
         if info.capabilities:
             self._master.worker_joined(info)
+        # A master back in the same process put back its tasks itself: its queued ones here go.
+        self._worker.drop_from((info.name, info.instance), lease=False)
         self._outbox.pay_owed(info.name)
         if protocol.dialled:
             self._gossip.exchange_peers(protocol)
@@ -259,13 +263,14 @@ class Responders:
     # -- work ----------------------------------------------------------------------
 
     def assignment_received(
-        self, protocol: PeerProtocol, job: str, master: str, master_instance: str, tasks: list[Any]
+        self, protocol: PeerProtocol, job: str, master: str, master_instance: str, tasks: list[Any], epoch: int | None
     ) -> int:
-        """Queue a batch of tasks from a connected master."""
+        """Queue a batch of tasks from a connected master (refused if a newer ballot was seen for C{job})."""
         if master != protocol.peer_name or master_instance != protocol.peer_instance:
             raise ValidationError(f"assignment names master {master!r}, but came from {protocol.peer_name!r}")
         assignments = [Assignment.from_wire(task) for task in tasks]
-        return self._worker.accept(self._outbox.sink_for(master, master_instance), job, assignments)
+        sink = self._outbox.sink_for(master, master_instance)
+        return self._worker.accept(sink, job, assignments, ballot_of(epoch, master))
 
     def confirmation_received(self, protocol: PeerProtocol, job: str, results: list[Any]) -> Deferred[tuple[int, int]]:
         """Apply a worker's batch of results to one of our jobs; answer once they are journaled."""
@@ -304,7 +309,7 @@ class Responders:
         )
         return answer
 
-    def cancel_requested(self, protocol: PeerProtocol, job: str) -> int:
+    def cancel_requested(self, protocol: PeerProtocol, job: str, epoch: int | None = None) -> int:
         """Cancel a job we are master of, or stop our part of a job its master cancelled."""
         if job in self._master.jobs:
             protocol.require_owner("CANCEL_JOB")
@@ -312,11 +317,27 @@ class Responders:
         if protocol.peer_name is not None:
             # From a peer: the job's master, stopping its part here (which
             # may be nothing by now: its tasks here may have finished).
-            dropped, stopped = self._worker.cancel(protocol.peer_name, job)
+            dropped, stopped = self._worker.cancel(protocol.peer_name, job, ballot_of(epoch, protocol.peer_name))
             return dropped + stopped
         raise commands.UnknownJob(
             f"node {self._node.info.name} is not the master of job {job!r}; send CANCEL_JOB to the node that is"
         )
+
+    def held_tasks_queried(self, protocol: PeerProtocol, job: str, epoch: int) -> dict[str, Any]:
+        """A job's new leader asks what we hold of it (HELD_TASKS): it adopts our part of the job."""
+        assert protocol.peer_name is not None
+        answer = held_to_wire(self._worker.held(job, Ballot(epoch, protocol.peer_name)))
+        log.info(
+            "Node {name} told {leader}, leader of job {job} at epoch {epoch}, that it holds {running} of its "
+            "task(s) and {finished} unacknowledged result(s)",
+            name=self._node.info.name,
+            leader=protocol.peer_name,
+            job=job,
+            epoch=epoch,
+            running=len(answer["running"]),
+            finished=len(answer["finished"]),
+        )
+        return answer
 
     def job_completed(self, protocol: PeerProtocol, job: str, succeeded: int, failed: int, elapsed: float) -> None:
         """A master says one of its jobs that we took part in has finished."""

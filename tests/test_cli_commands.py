@@ -208,7 +208,7 @@ class SubcommandTests(SynchronousTestCase):
         self.assertEqual(
             harness.lines(), ["job j1: 4 task(s) cancelled", "job j1: 0 tasks cancelled (it had already ended)"]
         )
-        self.assertEqual(harness.node.sent(commands.CancelJob), [{"job": "j1"}, {"job": "j1"}])
+        self.assertEqual(harness.node.sent(commands.CancelJob), [{"job": "j1", "epoch": None}] * 2)
 
     def test_status(self) -> None:
         """status shows every node seen, with its load, then the jobs."""

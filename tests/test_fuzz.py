@@ -1054,6 +1054,7 @@ TEMPLATES: dict[bytes, dict[str, Any]] = {
     b"CANCEL_JOB": {"job": JOB_ID},
     b"TASK_COMPLETE": {"job": "j1", "succeeded": 1, "failed": 0, "elapsed": 0.5},
     b"DISCONNECT_REQUEST": {"reason": "bye"},
+    b"HELD_TASKS": {"job": "j1", "epoch": 2},
 }
 """A valid box of every command that carries strings (in the state L{FOCUS} gives it)."""
 
@@ -1089,6 +1090,8 @@ def encode_box(command: type[amp.Command], arguments: dict[str, Any]) -> list[tu
     """The key-value pairs of a box of C{command}; strings may hold lone surrogates (JSON escapes them)."""
     pairs = []
     for key, argument in command.arguments:
+        if argument.optional and key.decode() not in arguments:
+            continue
         value = arguments[key.decode()]
         if isinstance(argument, commands.JSON):
             encoded = to_json(value)

@@ -57,7 +57,7 @@ class RecordingHandler:
         self.calls.append(("peers", [(p.name, age) for p, age in peers]))
         return [node(name="z9", instance="i-z").to_wire()]
 
-    def assignment_received(self, protocol, job, master, master_instance, tasks):
+    def assignment_received(self, protocol, job, master, master_instance, tasks, epoch):
         """Record the assignment; accept every task."""
         self.calls.append(("assignment", job, len(tasks)))
         return len(tasks)
@@ -288,7 +288,7 @@ class PeerProtocolTests(SynchronousTestCase):
         )
         self.assertEqual(
             self.successResultOf(self.call(commands.ExecutionConfirmation, job="j", results=[{}])),
-            {"applied": 1, "stale": 0},
+            {"applied": 1, "stale": 0, "epoch": None},  # an optional field the master did not give
         )
         self.failureResultOf(self.call(commands.ExecutionConfirmation, job="unknown", results=[])).trap(
             commands.UnknownJob

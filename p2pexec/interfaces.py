@@ -152,6 +152,9 @@ class IWorkerLink(Protocol):
     def send_cancel(self, worker: str, job: str) -> None:
         """Tell C{worker} to stop every task of C{job} it holds."""
 
+    def leading(self, job: str, epoch: int) -> None:
+        """This node leads C{job} at C{epoch} now (it took it over): its commands about the job carry that epoch."""
+
     def query_held(self, worker: str, job: str, epoch: int) -> Deferred[Any]:
         """
         Ask C{worker} (perhaps this node) what it holds of C{job}, as the

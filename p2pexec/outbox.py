@@ -35,6 +35,9 @@ if TYPE_CHECKING:
 
 log = NodeLogger()
 
+MAX_LED_JOBS = 10_000
+"""Jobs taken over whose epoch the outbox remembers (the oldest are forgotten first)."""
+
 MAX_CANCELS_OWED = 1000
 """Cancelled jobs remembered per worker that could not be told yet (the oldest are forgotten first)."""
 
@@ -78,6 +81,8 @@ class Outbox:
         self._in_flight: set[Deferred[Any]] = set()
         self.confirming: dict[str, int] = {}
         self._local: LocalSink | None = None
+        self._epochs: dict[str, int] = {}
+        """The epoch of each job this node took over (the others are led at epoch 1), newest last."""
 
     def wire(self, node: INode, peers: PeerTable, master: Master, worker: Worker) -> None:
         """Connect the outbox to the node it sends for, its peer table, master and worker."""
@@ -103,9 +108,21 @@ class Outbox:
 
     # -- as a master: IWorkerLink ------------------------------------------------
 
-    def send_assignments(self, worker: str, job: str, assignments: list[Assignment], epoch: int = 1) -> None:
-        """Hand tasks of C{job} (led at C{epoch}) to a worker: ourselves directly, others over AMP."""
+    def leading(self, job: str, epoch: int) -> None:
+        """This node leads C{job} at C{epoch} now: its job-scoped commands carry that epoch (bounded memory)."""
+        self._epochs.pop(job, None)
+        self._epochs[job] = epoch
+        while len(self._epochs) > MAX_LED_JOBS:
+            del self._epochs[next(iter(self._epochs))]
+
+    def epoch_of(self, job: str) -> int:
+        """The epoch this node leads C{job} with (1 unless it took the job over)."""
+        return self._epochs.get(job, 1)
+
+    def send_assignments(self, worker: str, job: str, assignments: list[Assignment], epoch: int | None = None) -> None:
+        """Hand tasks of C{job} (led at C{epoch}, by default L{epoch_of}) to a worker: ourselves directly, others over AMP."""
         me = self._node.info
+        epoch = self.epoch_of(job) if epoch is None else epoch
         if worker == me.name:
             self._worker.accept(self.local_sink(), job, assignments, Ballot(epoch, me.name))
             return
@@ -152,7 +169,7 @@ class Outbox:
         if protocol is None:
             return fail(ConnectionError(f"worker {worker} is not connected"))
         asked = [
-            protocol.callRemote(commands.ResultQuery, job=job, tasks=batch)
+            protocol.callRemote(commands.ResultQuery, job=job, tasks=batch, epoch=self.epoch_of(job))
             for batch in commands.chunk([{"id": t, "attempt": a} for t, a in attempts], lambda entry: entry)
         ]
 
@@ -171,9 +188,10 @@ class Outbox:
 
         return gatherResults(asked, consumeErrors=True).addCallback(merge)
 
-    def send_cancel(self, worker: str, job: str, epoch: int = 1) -> None:
+    def send_cancel(self, worker: str, job: str, epoch: int | None = None) -> None:
         """Tell C{worker} (perhaps this node) to stop every task of C{job} (led at C{epoch}) it holds."""
         me = self._node.info.name
+        epoch = self.epoch_of(job) if epoch is None else epoch
         if worker == me:
             self._worker.cancel(me, job, Ballot(epoch, me))
             return
@@ -222,6 +240,7 @@ class Outbox:
             succeeded=job.succeeded,
             failed=job.failed,
             elapsed=job.elapsed(self._clock.seconds()),
+            epoch=self.epoch_of(job.id),
         )
         d.addErrback(
             lambda f: log.debug("TASK_COMPLETE to {peer} failed: {error}", peer=worker, error=f.getErrorMessage())

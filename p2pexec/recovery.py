@@ -239,6 +239,7 @@ class Recovery:
         """
         master = self._master
         job = master.jobs[job_id]
+        self._link.leading(job_id, epoch)
         master._unqueue(job_id)
         kinds = {record.spec.kind for record in job.tasks.values() if record.state is TaskState.PENDING}
         workers = sorted(name for name, seat in master._workers.items() if kinds & set(seat.info.capabilities))

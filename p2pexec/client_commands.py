@@ -147,7 +147,7 @@ class ClientCommands(amp.CommandLocator):
             # checks this node's (see _forward_client).
             self.require_owner("CANCEL_JOB")
             return self._handler.following.cancel(job, self.address()).addCallback(lambda n: {"cancelled": n})
-        return {"cancelled": self._handler.cancel_requested(cast("PeerProtocol", self), job)}
+        return {"cancelled": self._handler.cancel_requested(cast("PeerProtocol", self), job, epoch)}
 
     @commands.ForwardClient.responder
     def _forward_client(self, command: str, arguments: Any, client: str) -> dict[str, Any]:
@@ -187,4 +187,4 @@ class ClientCommands(amp.CommandLocator):
                 "without a cluster key it takes a cancel only from its owner's own client: cancel the job "
                 "through its master itself"
             )
-        return {"answer": {"cancelled": self._handler.cancel_requested(cast("PeerProtocol", self), job)}}
+        return {"answer": {"cancelled": self._handler.cancel_requested(cast("PeerProtocol", self), job, None)}}

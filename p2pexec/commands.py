@@ -99,6 +99,15 @@ class AuthFailed(Exception):
     """The other side does not hold the cluster key; the connection is closed."""
 
 
+class StaleBallot(Exception):
+    """
+    A job-scoped command, or a REPLICATE or PROMISE, comes from a ballot
+    older than one the receiver has seen or promised for that job (its
+    sender was deposed).  The description is JSON naming the newer ballot:
+    C{{"job", "epoch", "leader", "message"}} (see L{p2pexec.replicas.stale_description}).
+    """
+
+
 _COMMON_ERRORS: dict[type[Exception], bytes] = {
     BadArguments: b"BAD_ARGUMENTS",
     ConnectRequired: b"CONNECT_REQUIRED",
@@ -208,6 +217,7 @@ class InstructionAssignment(amp.Command):
     errors = _errors(
         NOT_CAPABLE=NotCapable,
         SHUTTING_DOWN=ShuttingDown,
+        STALE_BALLOT=StaleBallot,
     )
 
 
@@ -222,10 +232,12 @@ class ExecutionConfirmation(amp.Command):
     arguments = [
         (b"job", amp.Unicode()),
         (b"results", JSON()),
+        (b"epoch", amp.Integer(optional=True)),
     ]
     response = [
         (b"applied", amp.Integer()),
         (b"stale", amp.Integer()),
+        (b"epoch", amp.Integer(optional=True)),
     ]
     errors = _errors(UNKNOWN_JOB=UnknownJob)
 
@@ -311,7 +323,7 @@ class CancelJob(amp.Command):
     commandName = b"CANCEL_JOB"
     arguments = [(b"job", amp.Unicode()), (b"epoch", amp.Integer(optional=True))]
     response = [(b"cancelled", amp.Integer())]
-    errors = _errors(UNKNOWN_JOB=UnknownJob)
+    errors = _errors(UNKNOWN_JOB=UnknownJob, STALE_BALLOT=StaleBallot)
 
 
 class SubmitJob(amp.Command):
@@ -493,14 +505,6 @@ def encode_result_within(result: Any, limit: int = MAX_VALUE_BYTES - 256) -> byt
 # -- Replication and failover (issue 13, core) ------------------------------------------------------
 
 
-class StaleBallotError(Exception):
-    """
-    The receiver promised a higher ballot for the job than the sender's: the
-    sender is deposed.  The description is C{EPOCH NODE} of that ballot,
-    then a sentence.
-    """
-
-
 class Replicate(amp.Command):
     """
     REPLICATE: a job's master sends records of the job's log to a member of
@@ -520,7 +524,7 @@ class Replicate(amp.Command):
         (b"records", JSON()),
     ]
     response = [(b"held_seq", amp.Integer())]
-    errors = _errors(STALE_BALLOT=StaleBallotError)
+    errors = _errors(STALE_BALLOT=StaleBallot)
 
 
 class Promise(amp.Command):
@@ -550,7 +554,7 @@ class Promise(amp.Command):
         (b"records", JSON()),
         (b"next_seq", amp.Integer()),
     ]
-    errors = _errors(STALE_BALLOT=StaleBallotError)
+    errors = _errors(STALE_BALLOT=StaleBallot)
 
 
 class JobLeader(amp.Command):
@@ -570,6 +574,27 @@ class JobLeader(amp.Command):
     ]
     response = []
     errors = _errors()
+
+
+# -- Master failover: fencing and adoption (issue 13, fence) ----------------------------
+
+
+class HeldTasks(amp.Command):
+    """
+    HELD_TASKS: a job's new leader (after a takeover, at ballot C{epoch} and
+    its own name) asks a worker what it holds of the job.  The worker answers
+    with C{running}: C{[task id, attempt]} pairs queued or running there (or
+    finished, when their results did not fit in C{finished}: those come as
+    EXECUTION_CONFIRMATION), and C{finished}: C{{"id", "attempt", "result"}}
+    objects, results not yet acknowledged.  Its kept results of the job then
+    go to the new leader as EXECUTION_CONFIRMATION.  STALE_BALLOT if the
+    worker has seen a newer ballot for the job.
+    """
+
+    commandName = b"HELD_TASKS"
+    arguments = [(b"job", amp.Unicode()), (b"epoch", amp.Integer())]
+    response = [(b"running", JSON()), (b"finished", JSON())]
+    errors = _errors(STALE_BALLOT=StaleBallot)
 
 
 # -- Clients follow the job (issue 13, part 4) -------------------------------------

@@ -44,6 +44,8 @@ class NodeConfig:
     rerun_job: bool = False
     """Run the start-up job even if the journal says it already finished (C{--rerun-job})."""
     max_losses: int = DEFAULT_MAX_LOSSES
+    master_lease: float = 60.0
+    """Seconds a worker keeps the tasks of a master that went away, for a new leader to adopt (C{--master-lease})."""
     journal_retention: float = 7 * 24 * 3600.0
     key: bytes | None = attr.ib(default=None, repr=False)
     local_token: bytes | None = attr.ib(default=None, repr=False)

@@ -24,7 +24,7 @@ from p2pexec.directory import JobDirectory
 from p2pexec.journal import GROUP_COMMIT_DELAY
 from p2pexec.log import NodeLogger
 from p2pexec.model import TaskResult, TaskSpec, ValidationError
-from p2pexec.replicas import Ballot, ReplicaSet
+from p2pexec.replicas import Ballot, ReplicaSet, parse_stale, stale_description
 from p2pexec.replication import (
     CANCEL,
     END,
@@ -36,10 +36,8 @@ from p2pexec.replication import (
     StaleBallot,
     Takeover,
     job_records,
-    parse_stale,
     rebuild,
     result_record,
-    stale_description,
 )
 from p2pexec.succession import Succession
 
@@ -245,7 +243,7 @@ class Replication(Succession):
     def _replicate_failed(self, failure: Failure, job_id: str, log_: MasterLog, member: str) -> None:
         if self.logs.get(job_id) is not log_:
             return
-        if failure.check(commands.StaleBallotError):
+        if failure.check(commands.StaleBallot):
             newer = parse_stale(failure.getErrorMessage())
             if newer is not None and newer > log_.ballot:
                 self.step_down(job_id, newer, f"{member} promised it")
@@ -327,7 +325,7 @@ class Replication(Succession):
         the highest seq held.
 
         @raise ValidationError: if the records are malformed.
-        @raise commands.StaleBallotError: if a higher ballot was promised.
+        @raise commands.StaleBallot: if a higher ballot was promised.
         """
         if not isinstance(wire, list):
             raise ValidationError("'records' must be a list")
@@ -343,7 +341,7 @@ class Replication(Succession):
         try:
             taken = store.replicate(ballot, records)
         except StaleBallot as e:
-            raise commands.StaleBallotError(stale_description(job, e.promised)) from None
+            raise _refused(job, e.promised, ballot) from None
         for record in taken:
             if record.kind == JOB and record.data.get("part") == 0 and isinstance(record.data.get("members"), list):
                 self._members[job] = tuple(m for m in record.data["members"] if isinstance(m, str))
@@ -357,13 +355,13 @@ class Replication(Succession):
         PROMISE: promise C{ballot} for C{job} (durably) and fire with what
         this node holds beyond C{after}.
 
-        @raise commands.StaleBallotError: if a higher ballot was promised.
+        @raise commands.StaleBallot: if a higher ballot was promised.
         """
         store = self.stores.setdefault(job, ReplicaStore(job))
         try:
             new = store.promise(ballot)
         except StaleBallot as e:
-            raise commands.StaleBallotError(stale_description(job, e.promised)) from None
+            raise _refused(job, e.promised, ballot) from None
         mine = self.logs.get(job)
         if mine is not None and ballot > mine.ballot:
             self.step_down(job, ballot, f"{ballot.node} asked for its promise")
@@ -446,3 +444,15 @@ class Replication(Succession):
             self._takeovers[job] = self._clock.callLater(
                 self.grace, self._try_takeover, job, accepted, "restarted (this node, in its previous life)"
             )
+
+
+def _refused(job: str, promised: Ballot, refused: Ballot) -> commands.StaleBallot:
+    """The STALE_BALLOT error of a replica that promised C{promised} for C{job}, to a sender at C{refused}."""
+    return commands.StaleBallot(
+        stale_description(
+            job,
+            promised,
+            f"this node promised job {job} to {promised.node} at epoch {promised.epoch}; "
+            f"{refused.node} at epoch {refused.epoch} is deposed",
+        )
+    )

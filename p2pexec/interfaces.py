@@ -22,8 +22,8 @@ Who provides what (see docs/architecture.rst):
   - L{INodeViews}: L{p2pexec.views.Views}, for the web, metrics and AMP status;
   - L{IWebNode}: L{p2pexec.node.Node}, for the HTTP server (L{p2pexec.web});
   - L{IClientFollowing}: L{p2pexec.following.Following}, for the client commands;
-  - L{IReplicaRecords}: L{p2pexec.following.NoReplicaRecords} until the
-    failover core's journal holds replica records, for L{p2pexec.following}.
+  - L{IReplicaRecords}: L{p2pexec.replica_views.ReplicaViews} (the jobs
+    rebuilt from the failover core's replica records), for L{p2pexec.following}.
 """
 
 from __future__ import annotations
@@ -96,17 +96,19 @@ class IPeerHandler(Protocol):
         """Merge the peer's known peers (with the age of each); return ours, in wire form."""
 
     def assignment_received(
-        self, protocol: PeerProtocol, job: str, master: str, master_instance: str, tasks: list[Any]
+        self, protocol: PeerProtocol, job: str, master: str, master_instance: str, tasks: list[Any], epoch: int | None
     ) -> int:
-        """Queue tasks from a master; return how many were accepted."""
+        """Queue tasks from a master (at C{epoch}, absent: 1); return how many were accepted."""
 
-    def confirmation_received(self, protocol: PeerProtocol, job: str, results: list[Any]) -> Deferred[tuple[int, int]]:
-        """Apply a worker's results; fire with (applied, stale) once they are journaled."""
+    def confirmation_received(
+        self, protocol: PeerProtocol, job: str, results: list[Any]
+    ) -> Deferred[tuple[int, int, int]]:
+        """Apply a worker's results; fire with (applied, stale, the job's epoch here) once they are committed."""
 
     def results_queried(self, protocol: PeerProtocol, job: str, tasks: list[Any]) -> dict[str, list[str]]:
         """A master asks what became of attempts it gave us (see L{commands.ResultQuery})."""
 
-    def cancel_requested(self, protocol: PeerProtocol, job: str) -> int:
+    def cancel_requested(self, protocol: PeerProtocol, job: str, epoch: int | None) -> int:
         """Cancel a job we are master of, or stop our part of a job (see L{commands.CancelJob})."""
 
     def replicate_received(
@@ -119,6 +121,9 @@ class IPeerHandler(Protocol):
 
     def leader_announced(self, protocol: PeerProtocol, job: str, ballot: Ballot, master: str) -> None:
         """JOB_LEADER: C{master} leads C{job} at C{ballot}."""
+
+    def held_tasks_queried(self, protocol: PeerProtocol, job: str, epoch: int) -> dict[str, Any]:
+        """A job's new leader asks what we hold of it (see L{commands.HeldTasks}); the answer's wire form."""
 
     def submit_part(self, protocol: PeerProtocol, tasks: list[Any], defaults: Any, upload: str, final: bool) -> Any:
         """A part of a submitted job (see L{commands.SubmitJob}); the answer, or a Deferred of it."""
@@ -167,6 +172,13 @@ class IWorkerLink(Protocol):
 
     def send_cancel(self, worker: str, job: str) -> None:
         """Tell C{worker} to stop every task of C{job} it holds."""
+
+    def query_held(self, worker: str, job: str, epoch: int) -> Deferred[Any]:
+        """
+        Ask C{worker} (perhaps this node) what it holds of C{job}, as the
+        job's new leader at C{epoch} (HELD_TASKS): fires with the answer's
+        wire form (the master checks it, see L{p2pexec.recovery.check_held_answer}).
+        """
 
 
 class IJobObserver(Protocol):

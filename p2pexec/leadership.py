@@ -10,8 +10,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from p2pexec.confirmations import Batch
-from p2pexec.job import Job, TaskRecord
+from p2pexec.job import Job
 from p2pexec.log import NodeLogger
+from p2pexec.replica_views import image_job
 from p2pexec.task_states import TaskState
 
 if TYPE_CHECKING:
@@ -28,17 +29,9 @@ def take_over(master: Master, image: JobImage, epoch: int) -> Job:
     replicated records: the tasks with a recorded result keep it; every
     other task waits, unqueued, for L{adopt} to queue those nobody holds.
     """
-    records = []
-    for spec in image.specs:
-        result = image.results.get(spec.id)
-        if result is None:
-            records.append(TaskRecord(spec=spec))
-        else:
-            records.append(TaskRecord(spec=spec, state=TaskState.DONE, attempt=result.attempt, result=result))
     now = master._clock.seconds()
-    started = now - max(0.0, master._wall() - image.started_at)
-    job = Job.restore(image.id, records, started, image.source, master._max_losses, started_at=image.started_at)
-    job.cancelled = image.cancelled
+    job = image_job(image, now, master._wall(), master._max_losses)
+    job.finished = None  # finished below, once it is the master's
     master.jobs[job.id] = job
     master.journal.job_added(job)
     counts = job.counts()
@@ -62,6 +55,7 @@ def step_down(master: Master, job_id: str) -> None:
     its retry timers, and forget it here (a confirmation for it is then
     refused as for an unknown job).
     """
+    master.adopted_at.pop(job_id, None)
     job = master.jobs.pop(job_id, None)
     if job is None:
         return

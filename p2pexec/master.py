@@ -116,6 +116,8 @@ class Master:
         self.replication = replication
         self.held_back: set[str] = set()
         """Jobs of the journal not to resume from it alone: this node takes them over again (see L{p2pexec.failover})."""
+        self.adopted_at: dict[str, int] = {}
+        """The epoch of each job adopted after a takeover (L{adopt}); forgotten when it steps down."""
         self._endings = JobEndings(
             me.name, self.jobs, self.journal, link, observer, clock, wall, self.durable, self._job_ended
         )
@@ -188,26 +190,16 @@ class Master:
             self.replication.job_ended(job)
 
     def epoch_of(self, job_id: str) -> int:
-        """The epoch at which this node leads C{job_id} (1 for a job never taken over)."""
-        return 1 if self.replication is None else self.replication.epoch_of(job_id)
+        """
+        The epoch at which this node leads C{job_id}: its replicated log's
+        ballot, else the epoch it was adopted at (L{adopt}), else 1.
+        """
+        epoch = 1 if self.replication is None else self.replication.epoch_of(job_id)
+        return max(epoch, self.adopted_at.get(job_id, 1))
 
     def take_over(self, image: JobImage, epoch: int) -> Job:
         """Lead a job taken over from its lost master (see L{p2pexec.leadership.take_over})."""
         return leadership.take_over(self, image, epoch)
-
-    def adopt(self, job_id: str) -> None:
-        """
-        Queue the tasks of a job just taken over that nobody holds.  This
-        first version queues every task without a result (the workers'
-        HELD_TASKS answers refine it: see L{p2pexec.recovery}).
-        """
-        job = self.jobs.get(job_id)
-        if job is None or job.finished is not None:
-            return
-        for task_id, record in job.tasks.items():
-            if record.state is _PENDING:
-                self._pending.setdefault(record.spec.kind, deque()).append((job_id, task_id))
-        self.schedule_dispatch()
 
     def step_down(self, job_id: str) -> None:
         """Another node leads C{job_id} now (see L{p2pexec.leadership.step_down})."""
@@ -253,6 +245,10 @@ class Master:
         L{Recovery.resume}), but those L{held_back} for a takeover.
         """
         return self._recovery.resume(saved for saved in stored if saved.id not in self.held_back)
+
+    def adopt(self, job_id: str, epoch: int) -> Deferred[None]:
+        """Adopt a job just taken over at C{epoch}, before dispatching it (see L{Recovery.adopt})."""
+        return self._recovery.adopt(job_id, epoch)
 
     def recall_finished(self, saved: StoredJob) -> Job:
         """

@@ -1,8 +1,8 @@
 """
-The node: the one place where its parts are built and wired together.
+The node: its parts, built and wired together, started and stopped.
 
-L{create_node} builds the parts (a test may give some instead); L{Node}
-connects them through the interfaces of L{p2pexec.interfaces}, and runs the
+L{create_node} builds the parts (a test may give some instead; the building
+and joining live in L{p2pexec.wiring}); L{Node} holds them, and runs the
 start and the leave sequence.  docs/architecture.rst says which part does
 what, and how a datagram becomes a peer, a connection, a worker seat, an
 assignment, a result and a confirmation.
@@ -17,58 +17,22 @@ import attr
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.protocol import Factory
 
-from p2pexec.auth import DatagramSealer
 from p2pexec.clock import WallClock
 from p2pexec.config import NodeConfig
-from p2pexec.connections import Dialer
-from p2pexec.directory import JobDirectory
-from p2pexec.discovery import DiscoveryProtocol
-from p2pexec.failover import Replication
-from p2pexec.following import Following
-from p2pexec.gossip import Every, Gossip, LivenessChecks
-from p2pexec.intake import Intake
+from p2pexec.gossip import Every
 from p2pexec.interfaces import IJournal, ITaskRunner
 from p2pexec.job import Job
-from p2pexec.journal import open_journal
 from p2pexec.leaving import drain, warn_unfinished
 from p2pexec.listeners import Listener
 from p2pexec.log import NodeLogger
-from p2pexec.master import Master, random_instance
-from p2pexec.membership import PeerTable
-from p2pexec.model import NodeInfo
-from p2pexec.outbox import Outbox
 from p2pexec.peer import PeerProtocol
-from p2pexec.responders import Responders
-from p2pexec.startup import StartupJob, announce
-from p2pexec.views import Views
+from p2pexec.startup import announce
+from p2pexec.wiring import Parts, build_parts, wire
 from p2pexec.worker import Worker
 
 __all__ = ["Node", "NodeConfig", "create_node"]
 
 log = NodeLogger()
-
-
-@attr.s(auto_attribs=True, kw_only=True)
-class Parts:
-    """The parts of one node, as L{create_node} builds them."""
-
-    info: NodeInfo
-    peers: PeerTable
-    worker: Worker
-    journal: IJournal
-    master: Master
-    dialer: Dialer
-    discovery: DiscoveryProtocol
-    gossip: Gossip
-    liveness: LivenessChecks
-    outbox: Outbox
-    responders: Responders
-    intake: Intake
-    views: Views
-    startup: StartupJob
-    directory: JobDirectory
-    replication: Replication
-    following: Following
 
 
 def create_node(
@@ -92,67 +56,7 @@ def create_node(
         C{config.state_dir} (opened here: SQLite).
     @param worker: the worker, instead of one built from C{config}.
     """
-    info = NodeInfo(
-        name=config.name,
-        instance=random_instance(),
-        host=config.interface,
-        port=config.port or 1,
-        capabilities=tuple(sorted(config.capabilities)),
-        slots=config.slots,
-        cluster=config.cluster,
-    )
-    journal = journal if journal is not None else open_journal(config.state_dir, reactor)
-    outbox, startup = Outbox(reactor), StartupJob(config, reactor, wall)
-    responders, gossip = Responders(config, reactor), Gossip(config, reactor)
-    directory = JobDirectory()
-    replication = Replication(config.replicas, config.takeover_grace, reactor, directory)
-    master = Master(
-        info,
-        link=outbox,
-        observer=startup,
-        clock=reactor,
-        journal=journal,
-        max_losses=config.max_losses,
-        wall=wall,
-        replication=replication,
-    )
-    dialer = Dialer(
-        reactor,
-        make_protocol=lambda: PeerProtocol(responders, dialled=True, clock=reactor),
-        introduce=responders.introduce,
-    )
-    if config.tls is not None:
-        dialer.tls_options = config.tls.client_options()
-    discovery = DiscoveryProtocol(
-        gossip.me,
-        config.group,
-        config.interface,
-        reactor,
-        on_peer=gossip.heard_of,
-        hello_interval=config.hello_interval,
-        sealer=DatagramSealer(config.key, wall) if config.key is not None else None,
-    )
-    parts = Parts(
-        info=info,
-        peers=PeerTable(config.name),
-        worker=worker or Worker(config.name, config.capabilities, config.slots, runner, reactor),
-        journal=journal,
-        master=master,
-        dialer=dialer,
-        discovery=discovery,
-        gossip=gossip,
-        liveness=LivenessChecks(config, reactor),
-        outbox=outbox,
-        responders=responders,
-        intake=Intake(),
-        views=Views(reactor),
-        startup=startup,
-        directory=directory,
-        replication=replication,
-        following=Following(reactor),
-    )
-    responders.following = parts.following
-    return Node(config, reactor, parts)
+    return Node(config, reactor, build_parts(config, reactor, runner, wall=wall, journal=journal, worker=worker))
 
 
 class Node:
@@ -193,18 +97,7 @@ class Node:
         self.listeners = [self.amp_port, self.discovery_port] if config.multicast else [self.amp_port]
         self._serving = False
         self._ready_waiters: list[Deferred[None]] = []
-        p.outbox.wire(self, p.peers, p.master, p.worker)
-        p.gossip.wire(self, p.peers, p.dialer)
-        p.liveness.wire(self, p.peers, p.master, p.worker, p.outbox)
-        p.intake.wire(self, p.master, p.journal)
-        p.startup.wire(self, p.master, p.journal)
-        p.views.wire(self, p.peers, p.master, p.worker, p.journal, p.liveness, p.discovery, p.responders)
-        p.responders.wire(
-            self, p.peers, p.master, p.worker, p.journal, p.dialer, p.gossip, p.outbox, p.intake, p.views, p.replication
-        )
-        p.replication.wire(self, p.peers, p.master, p.journal)
-        p.liveness.on_dead.append(p.replication.peer_dead)
-        p.following.wire(self, p.peers, p.views, p.directory)
+        wire(self, p)
         self.submit = self.intake.submit
         self.submit_part = self.intake.submit_part
         self.peers_status, self.topology_status = self.views.peers_status, self.views.topology_status

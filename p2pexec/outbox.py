@@ -13,15 +13,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet.defer import Deferred, DeferredList, TimeoutError, fail, gatherResults
+from twisted.internet.defer import Deferred, DeferredList, TimeoutError, fail, gatherResults, maybeDeferred
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IReactorTime
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
 from p2pexec import commands
+from p2pexec.fence import held_to_wire
 from p2pexec.log import NodeLogger
 from p2pexec.model import Assignment, TaskResult
+from p2pexec.replicas import Ballot
 
 if TYPE_CHECKING:
     from p2pexec.interfaces import INode
@@ -101,11 +103,16 @@ class Outbox:
 
     # -- as a master: IWorkerLink ------------------------------------------------
 
-    def send_assignments(self, worker: str, job: str, assignments: list[Assignment]) -> None:
-        """Hand tasks to a worker: ourselves directly, others over AMP."""
+    def epoch_of(self, job: str) -> int:
+        """The epoch this node leads C{job} with (the master's L{Master.epoch_of}: 1 unless it took the job over)."""
+        return self._master.epoch_of(job)
+
+    def send_assignments(self, worker: str, job: str, assignments: list[Assignment], epoch: int | None = None) -> None:
+        """Hand tasks of C{job} (led at C{epoch}, by default L{epoch_of}) to a worker: ourselves directly, others over AMP."""
         me = self._node.info
+        epoch = self.epoch_of(job) if epoch is None else epoch
         if worker == me.name:
-            self._worker.accept(self.local_sink(), job, assignments)
+            self._worker.accept(self.local_sink(), job, assignments, Ballot(epoch, me.name))
             return
         protocol = self._connection(worker)
         if protocol is None:
@@ -121,7 +128,7 @@ class Outbox:
                 master=me.name,
                 master_instance=me.instance,
                 tasks=batch,
-                epoch=self._master.epoch_of(job),
+                epoch=epoch,
             )
             attempts = [(assignment.task.id, assignment.attempt) for assignment in batch.items]
             d.addErrback(self._assignment_refused, worker, job, attempts)
@@ -135,6 +142,7 @@ class Outbox:
         if failure.check(
             commands.ShuttingDown,
             commands.NotCapable,
+            commands.StaleBallot,
             commands.BadArguments,
             commands.ConnectRequired,
             amp.RemoteAmpError,
@@ -149,7 +157,7 @@ class Outbox:
         if protocol is None:
             return fail(ConnectionError(f"worker {worker} is not connected"))
         asked = [
-            protocol.callRemote(commands.ResultQuery, job=job, tasks=batch, epoch=self._master.epoch_of(job))
+            protocol.callRemote(commands.ResultQuery, job=job, tasks=batch, epoch=self.epoch_of(job))
             for batch in commands.chunk([{"id": t, "attempt": a} for t, a in attempts], lambda entry: entry)
         ]
 
@@ -168,11 +176,12 @@ class Outbox:
 
         return gatherResults(asked, consumeErrors=True).addCallback(merge)
 
-    def send_cancel(self, worker: str, job: str) -> None:
-        """Tell C{worker} (perhaps this node) to stop every task of C{job} it holds."""
+    def send_cancel(self, worker: str, job: str, epoch: int | None = None) -> None:
+        """Tell C{worker} (perhaps this node) to stop every task of C{job} (led at C{epoch}) it holds."""
         me = self._node.info.name
+        epoch = self.epoch_of(job) if epoch is None else epoch
         if worker == me:
-            self._worker.cancel(me, job)
+            self._worker.cancel(me, job, Ballot(epoch, me))
             return
         protocol = self._connection(worker)
         if protocol is None:
@@ -186,7 +195,7 @@ class Outbox:
             else:
                 log.warn("CANCEL_JOB to {worker} failed: {error}", worker=worker, error=failure.getErrorMessage())
 
-        protocol.callRemote(commands.CancelJob, job=job, epoch=self._master.epoch_of(job)).addErrback(failed)
+        protocol.callRemote(commands.CancelJob, job=job, epoch=epoch).addErrback(failed)
 
     def _owe_cancel(self, worker: str, job: str, why: str) -> None:
         """Remember to tell C{worker} that C{job} is cancelled once it connects again."""
@@ -219,7 +228,7 @@ class Outbox:
             succeeded=job.succeeded,
             failed=job.failed,
             elapsed=job.elapsed(self._clock.seconds()),
-            epoch=self._master.epoch_of(job.id),
+            epoch=self.epoch_of(job.id),
         )
         d.addErrback(
             lambda f: log.debug("TASK_COMPLETE to {peer} failed: {error}", peer=worker, error=f.getErrorMessage())
@@ -227,9 +236,29 @@ class Outbox:
 
     # -- as a worker: confirmations -------------------------------------------------
 
+    def query_held(self, worker: str, job: str, epoch: int) -> Deferred[Any]:
+        """Ask C{worker} (perhaps this node) what it holds of C{job}, as its new leader at C{epoch} (HELD_TASKS)."""
+        me = self._node.info.name
+        if worker == me:
+            return maybeDeferred(lambda: held_to_wire(self._worker.held(job, Ballot(epoch, me))))
+        protocol = self._connection(worker)
+        if protocol is None:
+            return fail(ConnectionError(f"worker {worker} is not connected"))
+        return protocol.callRemote(commands.HeldTasks, job=job, epoch=epoch)
+
     def send_confirmations(self, master: tuple[str, str], job: str, results: list[TaskResult]) -> None:
-        """Send results to whichever process is master C{name} now (one restarted with its journal knows the job)."""
-        name, _ = master
+        """
+        Send results to whichever process is master C{name} now (one
+        restarted with its journal knows the job), or to the job's new
+        leader once one adopted it (asked HELD_TASKS): this node itself, or
+        another node, with its epoch.
+        """
+        sink_master = master[0]
+        adopter = self._worker.fence.adopter(job)
+        name = sink_master if adopter is None else adopter.node
+        if name == self._node.info.name:
+            self._confirm_here(sink_master, job, results, adopter)
+            return
         protocol = self._connection(name)
         if protocol is None:
             log.info(
@@ -243,8 +272,11 @@ class Outbox:
             )
             return
         for batch in commands.chunk(results, TaskResult.to_wire, encode=commands.encode_result_within):
-            d = protocol.callRemote(commands.ExecutionConfirmation, job=job, results=batch)
-            d.addCallback(self._acknowledged, name, job, list(batch.items))
+            if adopter is None:
+                d = protocol.callRemote(commands.ExecutionConfirmation, job=job, results=batch)
+            else:
+                d = protocol.callRemote(commands.ExecutionConfirmation, job=job, results=batch, epoch=adopter.epoch)
+            d.addCallback(self._acknowledged, sink_master, adopter or Ballot(1, name), job, list(batch.items))
             self._in_flight.add(d)
             self.confirming[name] = self.confirming.get(name, 0) + 1
             d.addBoth(_discard_from, self._in_flight, d)
@@ -255,10 +287,29 @@ class Outbox:
                 )
             )
 
-    def _acknowledged(self, answer: Any, master: str, job: str, results: list[TaskResult]) -> Any:
-        """The master has these results for good: the worker may forget them."""
-        self._worker.acknowledged(master, job, results)
+    def _acknowledged(self, answer: Any, master: str, sent: Ballot, job: str, results: list[TaskResult]) -> Any:
+        """
+        The leader the results (assigned by C{master}) were sent to, at
+        ballot C{sent}, has them for good: the worker may forget them, unless
+        the answer's epoch (C{sent}'s when it gives none) shows it deposed.
+        """
+        epoch = answer.get("epoch") if isinstance(answer, dict) else None
+        ballot = sent if not isinstance(epoch, int) else Ballot(epoch, sent.node)
+        self._worker.acknowledged(master, job, results, ballot)
         return answer
+
+    def _confirm_here(self, master: str, job: str, results: list[TaskResult], leader: Ballot | None) -> None:
+        """Results of tasks that C{master} assigned, for this node, which leads their job now."""
+        me = self._node.info.name
+        try:
+            self._master.confirm(job, results, sender=me)
+        except KeyError:
+            log.warn("Node {name} leads no job {job} any more; its results wait", name=me, job=job)
+            return
+        # Acknowledged once committed (held by a majority of the job's replicas), like a peer's confirmation.
+        self._master.durable(job).addCallbacks(
+            lambda _: self._worker.acknowledged(master, job, results, leader), lambda f: None
+        )
 
     def _confirmed(self, result: Any, master: str) -> Any:
         """An EXECUTION_CONFIRMATION to C{master} was answered (or failed)."""

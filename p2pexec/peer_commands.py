@@ -40,6 +40,7 @@ PEER_COMMANDS = frozenset(
         commands.Promise,
         commands.JobLeader,
         commands.ForwardClient,
+        commands.HeldTasks,
     )
 )
 """The commands a node answers only once the handshake is done (besides DISCONNECT_REQUEST)."""
@@ -72,21 +73,23 @@ class PeerCommands(amp.CommandLocator):
     ) -> dict[str, Any]:
         if not isinstance(tasks, list):
             raise bad_arguments(self.describe(), "INSTRUCTION_ASSIGNMENT", ValueError("'tasks' must be a list"))
+        if epoch is not None and epoch < 1:
+            raise bad_arguments(self.describe(), "INSTRUCTION_ASSIGNMENT", ValueError("'epoch' must be 1 or more"))
         try:
-            accepted = self._handler.assignment_received(self._me, job, master, master_instance, tasks)
+            accepted = self._handler.assignment_received(self._me, job, master, master_instance, tasks, epoch)
         except ValidationError as e:
             raise bad_arguments(self.describe(), "INSTRUCTION_ASSIGNMENT", e) from None
         return {"accepted": accepted}
 
     @commands.ExecutionConfirmation.responder
-    def _execution_confirmation(self, job: str, results: Any) -> Deferred[dict[str, Any]]:
+    def _execution_confirmation(self, job: str, results: Any, epoch: int | None = None) -> Deferred[dict[str, Any]]:
         if not isinstance(results, list):
             raise bad_arguments(self.describe(), "EXECUTION_CONFIRMATION", ValueError("'results' must be a list"))
         try:
             answered = self._handler.confirmation_received(self._me, job, results)
         except ValidationError as e:
             raise bad_arguments(self.describe(), "EXECUTION_CONFIRMATION", e) from None
-        return answered.addCallback(lambda counts: {"applied": counts[0], "stale": counts[1]})
+        return answered.addCallback(lambda counts: {"applied": counts[0], "stale": counts[1], "epoch": counts[2]})
 
     @commands.ResultQuery.responder
     def _result_query(self, job: str, tasks: Any, epoch: int | None = None) -> dict[str, Any]:
@@ -142,6 +145,12 @@ class PeerCommands(amp.CommandLocator):
     @commands.Heartbeat.responder
     def _heartbeat(self) -> dict[str, Any]:
         return {}
+
+    @commands.HeldTasks.responder
+    def _held_tasks(self, job: str, epoch: int) -> dict[str, Any]:
+        if epoch < 1:
+            raise bad_arguments(self.describe(), "HELD_TASKS", ValueError("'epoch' must be 1 or more"))
+        return self._handler.held_tasks_queried(self._me, job, epoch)
 
 
 def parse_peer_list(peers: Any, limit: int = 10_000) -> list[tuple[NodeInfo, float]]:

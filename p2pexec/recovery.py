@@ -3,6 +3,10 @@ A restarted master's recovery: taking up the jobs its journal had (the
 unfinished ones to run on, the finished ones to show), and asking the
 workers that held its tasks what became of them (RESULT_QUERY, whose
 answers are checked here) before running those tasks elsewhere.
+
+A new leader's adoption of a job it took over (L{Recovery.adopt}): asking
+every capable worker what it holds of the job (HELD_TASKS), so that only
+the tasks nobody holds run again.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from collections import deque
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from p2pexec.clock import WallClock
@@ -20,6 +25,7 @@ from p2pexec.interfaces import IWorkerLink
 from p2pexec.job import Job, TaskRecord
 from p2pexec.journal_schema import StoredJob
 from p2pexec.log import NodeLogger, format_ids
+from p2pexec.model import TaskResult, ValidationError
 from p2pexec.task_states import TaskEvent, TaskState, from_journal
 
 if TYPE_CHECKING:
@@ -221,6 +227,103 @@ class Recovery:
         )
         self._master._lose(job, worker, "could not be asked about them", attempts, count_loss=False)
 
+    def adopt(self, job_id: str, epoch: int) -> Deferred[None]:
+        """
+        Adopt a job this node just took over at C{epoch} (before it
+        dispatches any of it): ask every connected worker that runs one of
+        its kinds what it holds of it (HELD_TASKS, for at most
+        L{RECONCILE_GRACE} seconds).  A task a worker runs stays with it (its
+        seat held, its result awaited); a finished result it reports is
+        applied as any confirmation (journaled once); the pending tasks
+        nobody reported go back in the queue.  Fires once that is done.
+        """
+        master = self._master
+        job = master.jobs[job_id]
+        master.adopted_at[job_id] = epoch
+        master._unqueue(job_id)
+        kinds = {record.spec.kind for record in job.tasks.values() if record.state is TaskState.PENDING}
+        workers = sorted(name for name, seat in master._workers.items() if kinds & set(seat.info.capabilities))
+        tally = {"running": 0, "recorded": 0}
+        asked = []
+        for worker in workers:
+            d = self._link.query_held(worker, job_id, epoch).addTimeout(RECONCILE_GRACE, self._clock)
+            d.addCallbacks(
+                self._held_answered,
+                self._held_failed,
+                callbackArgs=(worker, job, tally),
+                errbackArgs=(worker, job_id),
+            )
+            asked.append(d)
+        done: Deferred[None] = DeferredList(asked, consumeErrors=True).addCallback(
+            lambda _: self._adopted(job, epoch, len(workers), tally)
+        )
+        return done
+
+    def _claim(self, job: Job, task_id: str, attempt: int, worker: str) -> bool:
+        """
+        Hold a pending task of an adopted job for C{worker}, which reports
+        C{attempt} of it: it is assigned to that worker (its seat held).
+
+        @return: whether the task is now C{worker}'s at C{attempt}.
+        """
+        record = job.tasks.get(task_id)
+        if record is None:
+            return False
+        if record.state is TaskState.PENDING:
+            outputs = job.fire(record, TaskEvent.DISPATCH, 0.0)
+            record.attempt, record.worker = attempt, worker
+            job.participants.add(worker)
+            self._master._perform(job, record, outputs)
+        return record.worker == worker and record.attempt == attempt
+
+    def _held_answered(self, answer: Any, worker: str, job: Job, tally: dict[str, int]) -> None:
+        """A worker said what it holds of an adopted job."""
+        try:
+            running, finished = check_held_answer(answer)
+        except ValidationError as e:
+            log.warn(
+                "Node {name} got a malformed HELD_TASKS answer from {worker} about job {job}: {error}; "
+                "what it holds runs again",
+                name=self._master.me.name,
+                worker=worker,
+                job=job.id,
+                error=e,
+            )
+            return
+        for task_id, attempt in running:
+            if self._claim(job, task_id, attempt, worker):
+                tally["running"] += 1
+        results = [result for result in finished if self._claim(job, result.task_id, result.attempt, worker)]
+        if results and job.id in self._master.jobs:
+            applied, _ = self._master.confirm(job.id, results, sender=worker)
+            tally["recorded"] += applied
+
+    def _held_failed(self, failure: Any, worker: str, job_id: str) -> None:
+        log.warn(
+            "Node {name} could not ask {worker} what it holds of job {job}: {error}; what it holds runs again",
+            name=self._master.me.name,
+            worker=worker,
+            job=job_id,
+            error=failure.getErrorMessage() or type(failure.value).__name__,
+        )
+
+    def _adopted(self, job: Job, epoch: int, asked: int, tally: dict[str, int]) -> None:
+        """Every worker answered (or did not in time): the pending tasks nobody holds go back in the queue."""
+        requeue = [task_id for task_id, record in job.tasks.items() if record.state is TaskState.PENDING]
+        if job.id in self._master.jobs:
+            self._master._requeue(job, requeue)
+        log.info(
+            "Node {name} adopted job {job} at epoch {epoch}: {asked} worker(s) asked, {running} task(s) still "
+            "held by them, {recorded} finished result(s) recorded, {requeued} task(s) to run again",
+            name=self._master.me.name,
+            job=job.id,
+            epoch=epoch,
+            asked=asked,
+            running=tally["running"],
+            recorded=tally["recorded"],
+            requeued=len(requeue),
+        )
+
     def _give_up_in_doubt(self) -> None:
         """Run elsewhere what the workers that did not come back held."""
         self._reconcile_call = None
@@ -234,6 +337,40 @@ class Recovery:
                     count_loss=False,
                 )
         self._in_doubt.clear()
+
+
+def check_held_answer(answer: Any) -> tuple[list[tuple[str, int]], list[TaskResult]]:
+    """
+    Read a worker's HELD_TASKS answer: C{running}, C{[task id, attempt]}
+    pairs, and C{finished}, C{{"id", "attempt", "result"}} objects.
+
+    @raise ValidationError: naming what is wrong with it.
+    """
+    if not isinstance(answer, dict):
+        raise ValidationError(f"it is {_describe(answer)}, not an object with lists running and finished")
+    running, finished = answer.get("running"), answer.get("finished")
+    if not isinstance(running, list) or not isinstance(finished, list):
+        raise ValidationError("its 'running' and 'finished' must be lists")
+    pairs = []
+    for entry in running:
+        if not (
+            isinstance(entry, list)
+            and len(entry) == 2
+            and isinstance(entry[0], str)
+            and isinstance(entry[1], int)
+            and not isinstance(entry[1], bool)
+        ):
+            raise ValidationError(f"its 'running' holds {_describe(entry)}, not a [task id, attempt] pair")
+        pairs.append((entry[0], entry[1]))
+    results = []
+    for entry in finished:
+        if not isinstance(entry, dict) or not isinstance(entry.get("result"), dict):
+            raise ValidationError(f"its 'finished' holds {_describe(entry)}, not an object with a result")
+        result = TaskResult.from_wire(entry["result"])
+        if (result.task_id, result.attempt) != (entry.get("id"), entry.get("attempt")):
+            raise ValidationError(f"its 'finished' result of {result.task_id} does not match its id and attempt")
+        results.append(result)
+    return pairs, results
 
 
 QUERY_ANSWER_KEYS = ("done", "running", "unknown")

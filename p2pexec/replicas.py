@@ -11,6 +11,7 @@ and a node joining or leaving moves only the jobs it ranks first for.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterable
 
 import attr
@@ -96,3 +97,25 @@ class ReplicaSet:
         gone = set(dead)
         live = [name for name in self.members[1:] if name not in gone]
         return live.index(node) + 1 if node in live else None
+
+
+def stale_description(job: str, newer: Ballot, message: str) -> str:
+    """
+    The description of a STALE_BALLOT error about C{job} (the one format,
+    wherever it is raised): JSON, C{{"job", "epoch", "leader", "message"}},
+    naming the C{newer} ballot the receiver has seen or promised, and a
+    sentence for people.
+    """
+    return json.dumps({"job": job, "epoch": newer.epoch, "leader": newer.node, "message": message})
+
+
+def parse_stale(description: str) -> Ballot | None:
+    """The newer ballot a STALE_BALLOT description names, or C{None} if it names none."""
+    try:
+        value = json.loads(description)
+        epoch, leader = value["epoch"], value["leader"]
+    except (ValueError, TypeError, KeyError):
+        return None
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or not isinstance(leader, str):
+        return None
+    return Ballot(epoch, leader)

@@ -405,16 +405,3 @@ def rebuild(records: Iterable[Record]) -> JobImage:
         cancelled=cancelled,
         ended=ended,
     )
-
-
-def stale_description(job: str, promised: Ballot) -> str:
-    """The description of a STALE_BALLOT error for C{job}: the promised ballot's epoch and node, then a sentence."""
-    return f"{promised.epoch} {promised.node} job {job}: this node promised epoch {promised.epoch} of {promised.node}"
-
-
-def parse_stale(description: str) -> Ballot | None:
-    """The ballot a STALE_BALLOT description starts with, or C{None} if it does not."""
-    parts = description.split(" ", 2)
-    if len(parts) < 2 or not parts[0].isdigit() or not parts[1]:
-        return None
-    return Ballot(int(parts[0]), parts[1])

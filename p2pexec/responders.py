@@ -28,6 +28,7 @@ from p2pexec.connection_states import (
     resolve_duplicate,
 )
 from p2pexec.failover import Deposed
+from p2pexec.fence import ballot_of, held_to_wire
 from p2pexec.log import NodeLogger
 from p2pexec.membership import Change
 from p2pexec.model import PROTOCOL_VERSION, Assignment, NodeInfo, TaskResult, ValidationError, validate_name
@@ -221,6 +222,8 @@ class Responders:
         )
         if info.capabilities:
             self._master.worker_joined(info)
+        # A master back in the same process put back its tasks itself: its queued ones here go.
+        self._worker.drop_from((info.name, info.instance), lease=False)
         self._outbox.pay_owed(info.name)
         self._replication.peer_connected(info.name)
         if protocol.dialled:
@@ -270,21 +273,33 @@ class Responders:
     # -- work ----------------------------------------------------------------------
 
     def assignment_received(
-        self, protocol: PeerProtocol, job: str, master: str, master_instance: str, tasks: list[Any]
+        self, protocol: PeerProtocol, job: str, master: str, master_instance: str, tasks: list[Any], epoch: int | None
     ) -> int:
-        """Queue a batch of tasks from a connected master."""
+        """Queue a batch of tasks from a connected master (refused if a newer ballot was seen for C{job})."""
         if master != protocol.peer_name or master_instance != protocol.peer_instance:
             raise ValidationError(f"assignment names master {master!r}, but came from {protocol.peer_name!r}")
         assignments = [Assignment.from_wire(task) for task in tasks]
-        return self._worker.accept(self._outbox.sink_for(master, master_instance), job, assignments)
+        sink = self._outbox.sink_for(master, master_instance)
+        ballot = ballot_of(epoch, master)
+        accepted = self._worker.accept(sink, job, assignments, ballot)
+        # The master of an assignment this worker took leads its job at that
+        # epoch: clients of this node are forwarded there (p2pexec.following).
+        self._replication.directory.learn(job, ballot)
+        return accepted
 
-    def confirmation_received(self, protocol: PeerProtocol, job: str, results: list[Any]) -> Deferred[tuple[int, int]]:
-        """Apply a worker's batch of results to one of our jobs; answer once they are journaled."""
+    def confirmation_received(
+        self, protocol: PeerProtocol, job: str, results: list[Any]
+    ) -> Deferred[tuple[int, int, int]]:
+        """
+        Apply a worker's batch of results to one of our jobs; answer (applied,
+        stale, the epoch this node leads the job at) once they are committed.
+        """
         parsed = [TaskResult.from_wire(result) for result in results]
         if job not in self._master.jobs:
             raise commands.UnknownJob(f"node {self._node.info.name} is not the master of job {job!r}")
         assert protocol.peer_name is not None
-        counts = self._master.confirm(job, parsed, sender=protocol.peer_name)
+        applied, stale = self._master.confirm(job, parsed, sender=protocol.peer_name)
+        counts = (applied, stale, self._master.epoch_of(job))
         name = self._node.info.name
 
         def deposed(failure: Failure) -> Any:
@@ -322,7 +337,7 @@ class Responders:
         )
         return answer
 
-    def cancel_requested(self, protocol: PeerProtocol, job: str) -> int:
+    def cancel_requested(self, protocol: PeerProtocol, job: str, epoch: int | None = None) -> int:
         """Cancel a job we are master of, or stop our part of a job its master cancelled."""
         if job in self._master.jobs:
             protocol.require_owner("CANCEL_JOB")
@@ -330,11 +345,27 @@ class Responders:
         if protocol.peer_name is not None:
             # From a peer: the job's master, stopping its part here (which
             # may be nothing by now: its tasks here may have finished).
-            dropped, stopped = self._worker.cancel(protocol.peer_name, job)
+            dropped, stopped = self._worker.cancel(protocol.peer_name, job, ballot_of(epoch, protocol.peer_name))
             return dropped + stopped
         raise commands.UnknownJob(
             f"node {self._node.info.name} is not the master of job {job!r}; send CANCEL_JOB to the node that is"
         )
+
+    def held_tasks_queried(self, protocol: PeerProtocol, job: str, epoch: int) -> dict[str, Any]:
+        """A job's new leader asks what we hold of it (HELD_TASKS): it adopts our part of the job."""
+        assert protocol.peer_name is not None
+        answer = held_to_wire(self._worker.held(job, Ballot(epoch, protocol.peer_name)))
+        log.info(
+            "Node {name} told {leader}, leader of job {job} at epoch {epoch}, that it holds {running} of its "
+            "task(s) and {finished} unacknowledged result(s)",
+            name=self._node.info.name,
+            leader=protocol.peer_name,
+            job=job,
+            epoch=epoch,
+            running=len(answer["running"]),
+            finished=len(answer["finished"]),
+        )
+        return answer
 
     def job_completed(self, protocol: PeerProtocol, job: str, succeeded: int, failed: int, elapsed: float) -> None:
         """A master says one of its jobs that we took part in has finished."""
@@ -373,6 +404,13 @@ class Responders:
             job=job,
             epoch=ballot.epoch,
         )
+        # The worker's fence rises: the older masters' assignments and cancels
+        # are refused from now on.  Which master gets its results is decided by
+        # HELD_TASKS (the adoption), not here: a result reaching the new leader
+        # before it adopted the job names an attempt it does not know, would be
+        # dropped as stale but acknowledged, so the worker would forget it and
+        # the task would run again.
+        self._worker.fence.admits(job, ballot)
         self._replication.leader_announced(job, ballot)
 
     def submit_part(self, protocol: PeerProtocol, tasks: list[Any], defaults: Any, upload: str, final: bool) -> Any:

@@ -18,8 +18,8 @@ from twisted.python.failure import Failure
 from p2pexec import commands
 from p2pexec.log import NodeLogger
 from p2pexec.model import ValidationError
-from p2pexec.replicas import Ballot
-from p2pexec.replication import END, MasterLog, Outcome, Record, ReplicaStore, Takeover, parse_stale, rebuild
+from p2pexec.replicas import Ballot, parse_stale
+from p2pexec.replication import END, MasterLog, Outcome, Record, ReplicaStore, Takeover, rebuild
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -171,7 +171,7 @@ class Succession:
             self._judge(attempt, lost, why)
 
         def failed(failure: Failure) -> None:
-            newer = parse_stale(failure.getErrorMessage()) if failure.check(commands.StaleBallotError) else None
+            newer = parse_stale(failure.getErrorMessage()) if failure.check(commands.StaleBallot) else None
             if newer is not None:
                 attempt.refuse(member, newer)
             else:
@@ -250,4 +250,9 @@ class Succession:
             if record.connection is not None:
                 self._announce(record.connection, job_id, ballot)
         self._changed(job_id)
-        self._master.adopt(job_id)
+        # Adoption decides what runs again: a task with a committed result
+        # stays done, the others stay pending (unqueued) until the workers
+        # said what they hold (HELD_TASKS, see p2pexec.recovery).
+        self._master.adopt(job_id, ballot.epoch).addErrback(
+            lambda f: log.failure("Node {name} could not adopt job {job}", f, name=self._me, job=job_id)
+        )

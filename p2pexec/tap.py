@@ -138,6 +138,13 @@ class Options(usage.Options):
         ["cluster", None, "default", "Cluster name; nodes ignore datagrams and connections from other clusters."],
         ["results", None, None, "Where the master writes the start-up job's results as JSON when it finishes."],
         ["drain-timeout", None, "30", "Seconds a leaving node waits for its running tasks before stopping them."],
+        [
+            "master-lease",
+            None,
+            "60",
+            "Seconds a worker keeps running the tasks of a master that went away, for a new leader of their "
+            "jobs to adopt (0: drop its queued tasks at once).",
+        ],
         ["log-level", None, "info", "Least severe log level shown: debug, info, warn or error."],
         ["heartbeat-interval", None, "0.5", "Seconds of quiet after which a peer we share work with is pinged."],
         [
@@ -335,6 +342,8 @@ class Options(usage.Options):
             if self["task_specs"] is None:
                 raise usage.UsageError("--results needs a job: give --tasks or --job too")
         self["drain-timeout"] = _parse_seconds("--drain-timeout", self["drain-timeout"])
+        lease = self["master-lease"]
+        self["master-lease"] = 0.0 if str(lease).strip() in ("0", "0.0") else _parse_seconds("--master-lease", lease)
         self["heartbeat-interval"] = _parse_seconds("--heartbeat-interval", self["heartbeat-interval"])
         self["heartbeat-timeout"] = _parse_seconds("--heartbeat-timeout", self["heartbeat-timeout"])
         if self["heartbeat-timeout"] <= self["heartbeat-interval"]:
@@ -415,6 +424,7 @@ def config_from_options(options: Options) -> NodeConfig:
         max_losses=options["max-worker-losses"],
         replicas=options["replicas"],
         takeover_grace=options["takeover-grace"],
+        master_lease=options["master-lease"],
     )
 
 

@@ -15,6 +15,7 @@ and the task does not run twice.
 from __future__ import annotations
 
 from collections import OrderedDict, deque
+from typing import Any
 
 import attr
 from twisted.internet.defer import Deferred, maybeDeferred
@@ -22,10 +23,12 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
 from p2pexec import commands
-from p2pexec.attempt_states import ATTEMPT, HOLDS_SLOT, AttemptEvent, AttemptOutput, AttemptState, query_answer
+from p2pexec.attempt_states import ATTEMPT, HOLDS_SLOT, KEPT, AttemptEvent, AttemptOutput, AttemptState, query_answer
+from p2pexec.fence import Fence
 from p2pexec.interfaces import IResultSink, ITaskRunner
 from p2pexec.log import MAX_IDS_IN_LOG, NodeLogger, format_ids
 from p2pexec.model import ERROR, RETURNED, SUCCEEDED, Assignment, TaskResult
+from p2pexec.replicas import Ballot
 
 log = NodeLogger()
 
@@ -48,6 +51,7 @@ class _Attempt:
     @ivar state: where it stands (see L{p2pexec.attempt_states}).
     @ivar result: what goes (or went) to its master once it ended: its
         result, or the C{returned} one when the node is leaving.
+    @ivar claimed: a master asked about it since its own went away (see L{Worker.drop_from}).
     """
 
     sink: IResultSink
@@ -56,6 +60,7 @@ class _Attempt:
     key: AttemptKey
     state: AttemptState = AttemptState.QUEUED
     result: TaskResult | None = None
+    claimed: bool = False
 
 
 _ENDED = AttemptEvent.ENDED
@@ -77,6 +82,7 @@ _START = AttemptEvent.START
 _ACKNOWLEDGED = AttemptEvent.ACKNOWLEDGED
 _FLUSHED = AttemptEvent.FLUSHED
 _step = ATTEMPT.step
+_HELD = (_QUEUED, AttemptState.RUNNING)
 
 
 class Worker:
@@ -96,6 +102,10 @@ class Worker:
 
     @ivar running: how many tasks are running now.
     @ivar completed: how many attempts this worker has finished in all.
+    @ivar fence: the highest ballot seen per job (see L{p2pexec.fence}).
+    @ivar lease: seconds the tasks of a master that went away are kept
+        (queued ones too) for a new leader to adopt; 0 drops its queued
+        tasks at once.
     """
 
     def __init__(
@@ -105,8 +115,11 @@ class Worker:
         slots: int,
         runner: ITaskRunner,
         clock: IReactorTime,
+        lease: float = 0.0,
     ) -> None:
         self.name = name
+        self.lease = lease
+        self.fence = Fence(name, clock, self.holds_job)
         self.capabilities = capabilities
         self.slots = slots
         self._runner = runner
@@ -214,10 +227,11 @@ class Worker:
 
     # -- tasks ----------------------------------------------------------------
 
-    def accept(self, sink: IResultSink, job: str, assignments: list[Assignment]) -> int:
+    def accept(self, sink: IResultSink, job: str, assignments: list[Assignment], ballot: Ballot | None = None) -> int:
         """
-        Queue a batch of tasks from one master and start what fits.
+        Queue a batch of tasks from one master (at C{ballot}) and start what fits.
 
+        @raise commands.StaleBallot: if a newer ballot was seen for C{job}.
         @raise commands.ShuttingDown: if the node is leaving.
         @raise commands.NotCapable: if any task is of a kind this node does
             not run; then none of the batch is queued.
@@ -230,6 +244,8 @@ class Worker:
                 f"node {self.name} does not run task kind(s) {', '.join(missing)}; "
                 f"it runs {', '.join(sorted(self.capabilities)) or 'nothing'}"
             )
+        if ballot is not None:
+            self.fence.check(job, ballot, "an assignment")
         log.info(
             "Node {name} received instructions: {ids}",
             name=self.name,
@@ -367,8 +383,11 @@ class Worker:
                 master=old_key[0],
             )
 
-    def acknowledged(self, master: str, job: str, results: list[TaskResult]) -> None:
-        """C{master} has these results for good: forget them."""
+    def acknowledged(self, master: str, job: str, results: list[TaskResult], ballot: Ballot | None = None) -> None:
+        """C{master}'s job's leader (at C{ballot}) has these results for good: forget them, unless it is deposed."""
+        if ballot is not None and not self.fence.admits(job, ballot):
+            self.fence.note_refused(job, ballot, "an acknowledgement")
+            return
         for result in results:
             entry = self._cache.get((master, job, result.task_id, result.attempt))
             if entry is not None:
@@ -391,25 +410,31 @@ class Worker:
             entry = self._cache.get(key) or self._active.get(key)
             said = "unknown" if entry is None else query_answer(entry.state)
             answer[said].append(task_id)
+            if entry is not None:
+                entry.claimed = True
             if said == "done":
                 assert entry is not None
                 entry.sink = sink
                 self._fire(entry, AttemptEvent.RESEND)
         return answer
 
-    def cancel(self, master: str, job: str) -> tuple[int, int]:
+    def cancel(self, master: str, job: str, ballot: Ballot | None = None) -> tuple[int, int]:
         """
-        Stop every task of C{job} from C{master}: queued ones never start,
-        running ones are terminated (their process groups), and none of
-        their results is sent.
+        Stop every task of C{job} from C{master} (from any master, for a
+        leader past epoch 1): queued ones never start, running ones are
+        terminated (their process groups), and none of their results is sent.
 
         @return: (how many were dropped from the queue, how many were stopped).
+        @raise commands.StaleBallot: if a newer ballot than C{ballot} was seen for C{job}.
         """
+        if ballot is not None:
+            self.fence.check(job, ballot, "a cancel")
+        anyone = ballot is not None and ballot.epoch > 1
         dropped = stopped = 0
-        held = [e for k, e in self._active.items() if k[0] == master and k[1] == job]
-        held += [e for k, e in self._cache.items() if k[0] == master and k[1] == job]
+        held = [e for k, e in self._active.items() if k[1] == job and (anyone or k[0] == master)]
+        held += [e for k, e in self._cache.items() if k[1] == job and (anyone or k[0] == master)]
         for batch_key, (_, entries) in self._unsent.items():
-            if batch_key[0][0] == master and batch_key[1] == job:
+            if batch_key[1] == job and (anyone or batch_key[0][0] == master):
                 held += [e for e in entries if e.state is not _CANCELLED and not ATTEMPT.is_final(e.state)]
         seen: set[int] = set()
         for entry in held:
@@ -465,16 +490,44 @@ class Worker:
         names.update(entry.sink.key[0] for entry in self._queue)
         return names
 
-    def drop_from(self, master: tuple[str, str]) -> int:
+    def held(self, job: str, ballot: Ballot) -> dict[str, list[Any]]:
         """
-        Forget the queued (not yet started) tasks of a master that went away;
-        it puts them back itself.
+        A new leader of C{job} (at C{ballot}) asks what this worker holds of it
+        (HELD_TASKS): it adopts the job; the kept results go to it as confirmations.
+
+        @return: C{{"running": [(task, attempt)], "finished": [result]}}.
+        @raise commands.StaleBallot: if a newer ballot was seen for C{job}.
+        """
+        self.fence.adopt(job, ballot)
+        held = [e for k, e in self._active.items() if k[1] == job and e.state in _HELD]
+        kept = [e for k, e in self._cache.items() if k[1] == job and e.state in KEPT]
+        for entry in held:
+            entry.claimed = True
+        for entry in kept:
+            self._fire(entry, AttemptEvent.RESEND)
+        running = [(e.assignment.task.id, e.assignment.attempt) for e in held]
+        return {"running": running, "finished": [e.result for e in kept]}
+
+    def holds_job(self, job: str) -> bool:
+        """Whether C{job} has an attempt queued, running or kept here."""
+        return any(k[1] == job for k in self._active) or any(k[1] == job for k in self._cache)
+
+    def drop_from(self, master: tuple[str, str], lease: bool = True) -> int:
+        """
+        A master went away.  With a L{lease}, keep its tasks for a new leader to
+        adopt, and drop the queued ones none adopted when it is over; without
+        (or C{lease} false: the same process is back and put them back), now.
 
         @return: how many were dropped.
         """
+        if lease and self.lease > 0 and any(e.sink.key == master for e in self._active.values()):
+            why = "Node {name} keeps the tasks of master {master}, which went away, for {lease:g}s for a new leader"
+            log.info(why, name=self.name, master=master[0], lease=self.lease)
+            self._clock.callLater(self.lease, self.drop_from, master, False)
+            return 0
         dropped = 0
         for entry in self._queue:
-            if entry.sink.key == master:
+            if entry.sink.key == master and not (entry.claimed and lease is False):
                 self._fire(entry, AttemptEvent.MASTER_GONE)
                 dropped += 1
         self._compact_queue()

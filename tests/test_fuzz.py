@@ -1064,6 +1064,7 @@ TEMPLATES: dict[bytes, dict[str, Any]] = {
     },
     b"PROMISE": {"job": JOB_ID, "ballot_epoch": 2, "ballot_node": STRANGER, "after_seq": 0},
     b"JOB_LEADER": {"job": JOB_ID, "ballot_epoch": 2, "ballot_node": STRANGER, "master": STRANGER},
+    b"HELD_TASKS": {"job": "j1", "epoch": 2},
 }
 """A valid box of every command that carries strings (in the state L{FOCUS} gives it)."""
 

@@ -70,17 +70,17 @@ class RecordingHandler:
         self.calls.append(("peers", [(p.name, age) for p, age in peers]))
         return [node(name="z9", instance="i-z").to_wire()]
 
-    def assignment_received(self, protocol, job, master, master_instance, tasks):
+    def assignment_received(self, protocol, job, master, master_instance, tasks, epoch):
         """Record the assignment; accept every task."""
         self.calls.append(("assignment", job, len(tasks)))
         return len(tasks)
 
     def confirmation_received(self, protocol, job, results):
-        """Record the confirmation; refuse job C{unknown} (L{commands.UnknownJob}), else say all were applied."""
+        """Record the confirmation; refuse job C{unknown} (L{commands.UnknownJob}), else say all were applied (at epoch 1)."""
         self.calls.append(("confirmation", job, len(results)))
         if job == "unknown":
             raise commands.UnknownJob("not mine")
-        return succeed((len(results), 0))
+        return succeed((len(results), 0, 1))
 
     def job_completed(self, protocol, job, succeeded, failed, elapsed):
         """Record the completion."""
@@ -301,7 +301,7 @@ class PeerProtocolTests(SynchronousTestCase):
         )
         self.assertEqual(
             self.successResultOf(self.call(commands.ExecutionConfirmation, job="j", results=[{}])),
-            {"applied": 1, "stale": 0},
+            {"applied": 1, "stale": 0, "epoch": 1},  # the epoch at which the master leads the job
         )
         self.failureResultOf(self.call(commands.ExecutionConfirmation, job="unknown", results=[])).trap(
             commands.UnknownJob

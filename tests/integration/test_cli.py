@@ -284,7 +284,7 @@ class InspectTests(CliTestCase):
     """jobs and status."""
 
     def test_jobs(self) -> None:
-        """jobs lists the jobs the node is master of, newest first, with their counts."""
+        """jobs lists the jobs the node is master of, newest first, with their counts and their master and epoch."""
         cluster = Cluster(self)
         a1 = self.start_node(cluster, "a1", "--capabilities", "a")
         jobs = []
@@ -314,10 +314,14 @@ class InspectTests(CliTestCase):
                 "waiting",
                 "elapsed",
                 "eta",
+                "master",
             ],
         )
         self.assertEqual(lines[2].split()[:8], [jobs[1], "finished", "1/1", "1", "0", "0", "0", "0"])
         self.assertEqual(lines[3].split()[:8], [jobs[0], "finished", "2/2", "2", "0", "0", "0", "0"])
+        # Issue 13: the master column names the job's master and epoch.
+        self.assertEqual(lines[2].split()[-3:], ["a1", "(epoch", "1)"])
+        self.assertEqual(lines[3].split()[-3:], ["a1", "(epoch", "1)"])
 
     def test_status_shows_the_peers(self) -> None:
         """status shows the node itself and its peer, with address, capabilities, slots and state, then its jobs."""

@@ -5,23 +5,23 @@ Each command pins its wire name (the message name of the original system)
 and declares every error it can answer with, so that a refusal keeps the
 connection open.  Lists travel as one JSON value per AMP key; a list longer
 than one AMP value allows (65,535 bytes) is split into several commands by
-L{chunk}.
+L{chunk} (see L{p2pexec.chunking}).
 
 The full contract, with every field and error, is in C{docs/protocol.rst}.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Iterable, Iterator
-from typing import Any, TypeVar
+from typing import Any
 
 from twisted.protocols import amp
 
+from p2pexec.chunking import MAX_VALUE_BYTES as MAX_VALUE_BYTES
+from p2pexec.chunking import Chunk as Chunk
+from p2pexec.chunking import chunk as chunk
+from p2pexec.chunking import encode_json as encode_json
+from p2pexec.chunking import encode_result_within as encode_result_within
 from p2pexec.model import loads_strict
-
-MAX_VALUE_BYTES = 60_000
-"""A list is chunked so that each JSON value stays under this size."""
 
 
 class JSON(amp.Argument):
@@ -421,85 +421,6 @@ class NodeStatus(amp.Command):
     arguments = []
     response = [(b"status", JSON())]
     errors = _errors()
-
-
-T = TypeVar("T")
-
-
-def encode_json(value: Any) -> bytes:
-    """Compact UTF-8 JSON, as every JSON argument is encoded."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-
-
-class Chunk(list[Any]):
-    """
-    A list of items whose JSON array is already encoded; L{JSON} sends the
-    encoding as it is, so that every item is encoded exactly once.
-
-    @ivar items: the original items, in order.
-    @ivar encoded: the JSON array, as bytes.
-    """
-
-    def __init__(self, items: list[Any], encoded_items: list[bytes]) -> None:
-        super().__init__(items)
-        self.items = items
-        self.encoded = b"[" + b",".join(encoded_items) + b"]"
-
-
-def chunk(
-    items: Iterable[T],
-    to_wire: Callable[[T], Any],
-    limit: int = MAX_VALUE_BYTES,
-    encode: Callable[[T], bytes] | None = None,
-) -> Iterator[Chunk]:
-    """
-    Split C{items} into L{Chunk}s whose JSON array stays under C{limit}
-    bytes.  Each chunk iterates as the original C{items} it holds.
-
-    @param to_wire: an item's JSON-able form.
-    @param encode: an item's encoding, when it is not C{encode_json(to_wire(item))}.
-    @raise ValueError: if a single item alone is over the limit.
-    """
-    batch: list[T] = []
-    encoded_batch: list[bytes] = []
-    size = 2
-    for item in items:
-        encoded = encode(item) if encode is not None else encode_json(to_wire(item))
-        item_size = len(encoded) + 1
-        if item_size + 2 > limit:
-            raise ValueError(f"one item is {item_size} bytes, over the {limit}-byte limit")
-        if batch and size + item_size > limit:
-            yield Chunk(batch, encoded_batch)
-            batch, encoded_batch, size = [], [], 2
-        batch.append(item)
-        encoded_batch.append(encoded)
-        size += item_size
-    if batch:
-        yield Chunk(batch, encoded_batch)
-
-
-def encode_result_within(result: Any, limit: int = MAX_VALUE_BYTES - 256) -> bytes:
-    """
-    The JSON encoding of a L{p2pexec.model.TaskResult}, with its output tails
-    shortened (keeping their ends) until it fits in C{limit} bytes.
-    """
-    wire = result.to_wire()
-    encoded = encode_json(wire)
-    while len(encoded) > limit:
-        shortened = False
-        for stream in ("stdout", "stderr"):
-            text = wire.get(stream, "")
-            if len(text) > 64:
-                wire[stream] = text[len(text) // 2 :]
-                shortened = True
-        if not shortened:
-            wire.pop("stdout", None)
-            wire.pop("stderr", None)
-            if wire.get("error") and len(wire["error"]) > 1024:
-                wire["error"] = wire["error"][:1024]
-            return encode_json(wire)
-        encoded = encode_json(wire)
-    return encoded
 
 
 # -- Replication and failover (issue 13, core) ------------------------------------------------------

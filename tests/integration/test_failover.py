@@ -1,0 +1,98 @@
+"""
+Master failover on real processes (issue 13): a job outlives its master.
+
+Five C{twistd p2pexec} nodes on loopback, each with the default
+C{--replicas 2}: a master that runs nothing and four workers.  The master
+is SIGKILLed with the job under way and never restarted.  Every task
+appends its id to a side file when it starts, so that the test counts real
+executions, not what the nodes say.  Like the other integration tests it is
+synchronous on purpose: every wait is a bounded poll.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+from collections import Counter
+
+from tests.integration.cluster import Cluster, read_runs, record_run
+from tests.integration.test_cli import CliTestCase, write_job
+
+WORKERS = ("w1", "w2", "w3", "w4")
+SLOTS = 2
+TASKS = 200
+
+
+class MasterKilledTests(CliTestCase):
+    """A job survives the loss of its master while a majority of its replicas live."""
+
+    def test_master_sigkilled_at_30_percent_and_never_restarted(self) -> None:
+        """
+        m (C{--capabilities none}) leads a 200-task job over four workers and
+        is SIGKILLed once 30% of the tasks started; it never comes back.  A
+        successor takes the job over: the job finishes, every task id is in
+        the side file, at most the workers' in-flight slots ran twice, and
+        C{p2pexec --connect <another node> result --json JOB} reports all 200
+        succeeded.
+        """
+        cluster = Cluster(self, budget=240)
+        side = cluster.path("side.txt")
+        job_file = cluster.path("job.toml")
+        ids = [f"t{n:03d}" for n in range(TASKS)]
+        write_job(
+            job_file,
+            {"kind": "w", "shell": True, "command": f"{record_run(side)}; sleep 0.2"},
+            [{"id": task_id} for task_id in ids],
+        )
+        master = cluster.start("m", "--capabilities", "none")
+        workers = [cluster.start(name, "--capabilities", "w", "--slots", str(SLOTS)) for name in WORKERS]
+        # The replica set is taken among the nodes connected when the job is
+        # accepted: wait for the whole mesh first.
+        for name in WORKERS:
+            master.wait_for(rf"\] Node m connected to peer {name}\b")
+        for worker in workers:
+            for other in WORKERS:
+                if other != worker.name:
+                    worker.wait_for(rf"\] Node {worker.name} connected to peer {other}\b")
+
+        status, out, err = self.cli(cluster, master.port, "submit", job_file)
+        self.assertEqual(status, 0, err)
+        job_id = out.strip()
+        cluster.wait_until(
+            lambda: len(read_runs(side)) >= TASKS * 3 // 10,
+            lambda: f"fewer than 30% of the tasks started\n{cluster.logs()}",
+        )
+        master.send_signal(signal.SIGKILL)
+        self.assertEqual(master.wait_exit(5), -signal.SIGKILL)
+        started_before_kill = len(read_runs(side))
+        self.assertLess(started_before_kill, TASKS, "the job was done before the kill: the test proves nothing")
+
+        took = re.compile(rf"\] Node (w\d) took over job {re.escape(job_id)} as master at epoch 2: ")
+        cluster.wait_until(
+            lambda: any(worker.has(took.pattern) for worker in workers),
+            lambda: f"no worker took the job over\n{cluster.logs()}",
+        )
+        [leader] = [worker for worker in workers if worker.has(took.pattern)]
+        asker = next(worker for worker in workers if worker is not leader)
+
+        def result() -> tuple[int, str, str]:
+            return self.cli(cluster, asker.port, "result", "--json", job_id)
+
+        cluster.wait_until(
+            lambda: result()[0] == 0 and json.loads(result()[1])["job"]["state"] == "finished",
+            lambda: f"the job did not finish after the takeover\n{result()}\n{cluster.logs()}",
+        )
+        status, out, err = result()
+        self.assertEqual(status, 0, err)
+        document = json.loads(out)
+        summary = document["job"]
+        self.assertEqual((summary["id"], summary["total"], summary["done"]), (job_id, TASKS, TASKS))
+        self.assertEqual(summary["counts"]["succeeded"], TASKS)
+        self.assertEqual(sorted(task["id"] for task in document["tasks"]), ids)
+        self.assertEqual({task["status"] for task in document["tasks"]}, {"succeeded"})
+
+        runs = Counter(task for task, _, _ in read_runs(side))
+        self.assertEqual(sorted(runs), ids, "some task never ran")
+        twice = sorted(task for task, count in runs.items() if count > 1)
+        self.assertLessEqual(len(twice), len(WORKERS) * SLOTS, f"more tasks ran again than the workers' slots: {twice}")

@@ -1,7 +1,8 @@
 """
-The node's side of the task guard (see L{p2pexec.guardian}): it starts the
-guard process, tells it of each task process group, and, when the node
-starts, kills what an earlier run of the node left running.
+The node's side of the task guard (see L{p2pexec.guardian}): when the node
+starts, it kills what an earlier run of the node left running; it starts
+the guard process with the node's first task, and tells it of each task
+process group.
 """
 
 from __future__ import annotations
@@ -45,9 +46,12 @@ class TaskGuard:
     """
     Makes sure that a node's task processes do not outlive it.
 
-    L{start} first kills what an earlier run of the node left (the groups in
-    its state directory's record that still run), then starts the guard
-    process.  L{watch} and L{forget} tell the guard of each task process
+    L{start} kills what an earlier run of the node left (the groups in its
+    state directory's record that still run).  The guard process is started
+    with the first task process group (L{watch}), not with the node: a node
+    that runs no task (a master of other nodes' work) never needs one, and
+    three nodes starting together on two CPUs do not also start three
+    guards.  L{watch} and L{forget} tell the guard of each task process
     group as it starts and once it is empty.  If the guard process ends
     while the node runs, the node says so and starts another, told of every
     group that runs.
@@ -80,11 +84,27 @@ class TaskGuard:
         self._now = now
         self._started_at = float("-inf")
         self._quick_deaths = 0
+        self._wanted = False
 
     def start(self) -> None:
-        """Kill what an earlier run of this node left running, then start the guard."""
+        """
+        Kill what an earlier run of this node left running, and empty the
+        record (as a starting guard does); the guard process itself starts
+        with the first task (L{watch}).
+        """
         self.reap_leftovers()
-        self._spawn()
+        if guardian.read_record(self.record):
+            try:
+                with open(self.record, "w", encoding="ascii"):
+                    pass
+            except OSError as e:
+                log.error(
+                    "Node {name} cannot empty its record of running task groups {path}: {error}",
+                    name=self._node_name,
+                    path=self.record,
+                    error=e.strerror,
+                )
+        self._wanted = True
 
     def reap_leftovers(
         self,
@@ -221,8 +241,19 @@ class TaskGuard:
             )
 
     def watch(self, pgid: int) -> None:
-        """A task's process group started."""
+        """A task's process group started: tell the guard, starting it if it does not run yet."""
         self._watched.add(pgid)
+        if self._process is None and self._wanted:
+            self._wanted = False  # Once: a guard that ends is replaced by _ended.
+            try:
+                self._spawn()  # Tells it of every watched group, this one included.
+            except OSError as e:
+                log.error(
+                    "Node {name} cannot start its task guard ({error}): its tasks would outlive it if it died",
+                    name=self._node_name,
+                    error=e,
+                )
+            return
         self._send(b"+%d\n" % pgid)
 
     def forget(self, pgid: int) -> None:

@@ -42,9 +42,10 @@ class NodeService(MultiService):
         """
         @param notifier: tells systemd how the node is doing; without one,
             systemd is not told.
-        @param guard: started before the node (it first kills what an
-            earlier run of the node left running); without one, nothing
-            stops the node's task processes if it dies.
+        @param guard: started before the node (it kills what an earlier
+            run of the node left running; its process starts with the
+            node's first task); without one, nothing stops the node's task
+            processes if it dies.
         """
         super().__init__()
         self.node = node
@@ -71,8 +72,9 @@ class NodeService(MultiService):
 
     def startService(self) -> None:
         """
-        Start the task guard (which first kills what an earlier run of the
-        node left running), the systemd watchdog, the node (which starts its
+        Start the task guard (which kills what an earlier run of the node
+        left running; its process starts with the first task), the systemd
+        watchdog, the node (which starts its
         listeners and loops in its own order: discovery after it has
         announced itself), then the other children; tell systemd C{READY=1}
         once the node serves.

@@ -5,6 +5,7 @@ L{p2pexec.guard} (the node's side), with fake system calls and clocks.
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 from typing import Any
@@ -229,23 +230,56 @@ class TaskGuardTests(TestCase):
         self.guard = TaskGuard(self.reactor, "w1", self.state_dir, 5.0, executable="/py", now=self.reactor.seconds)
         self.addCleanup(self.guard._close_pipe)
 
-    def test_start_spawns_guardian_with_a_pipe(self) -> None:
+    def test_first_task_spawns_guardian_with_a_pipe(self) -> None:
         """
-        The guard runs the guardian script, isolated, its standard input a
-        pipe of which the node keeps only the write end.
+        The guard process starts with the first task, not with the node: it
+        runs the guardian script, isolated, its standard input a pipe of
+        which the node keeps only the write end, and is told of that task.
         """
         self.guard.start()
+        self.assertEqual(self.reactor.spawned, [])
+        self.guard.watch(101)
         [(transport, args, fds)] = self.reactor.spawned
         self.assertEqual(args, ["/py", "-I", "-S", GUARDIAN_SCRIPT, "w1", "5.0", self.guard.record])
         self.assertEqual((fds[1], fds[2]), (1, 2))
         with self.assertRaises(OSError):
             os.fstat(fds[0])  # The read end is the child's only.
+        self.assertEqual(transport.read(), b"+101\n")
+        self.guard.watch(102)
+        self.assertEqual((len(self.reactor.spawned), transport.read()), (1, b"+102\n"))
+
+    def test_no_guard_before_start(self) -> None:
+        """A guard that was not started (the node does not want one yet) spawns nothing, and raises nothing."""
+        self.guard.watch(101)
+        self.guard.forget(101)
+        self.assertEqual(self.reactor.spawned, [])
+
+    def test_guard_that_cannot_be_spawned(self) -> None:
+        """If the guard process cannot be started, the node says so once, and its tasks run on."""
+
+        def refuse(*args: Any, **kwargs: Any) -> Any:
+            raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+
+        self.reactor.spawnProcess = refuse  # type: ignore[method-assign]
+        self.guard.start()
+        with capturedLogs() as events:
+            self.guard.watch(101)
+            self.guard.watch(102)
+        [error] = [e for e in events if "cannot start its task guard" in e["log_format"]]
+        self.assertIn("Resource temporarily unavailable", str(error["error"]))
+
+    def test_start_empties_the_record(self) -> None:
+        """A starting node empties its record once it has reaped it, as a starting guard process did."""
+        guardian.write_record(self.guard.record, {10: 500})
+        self.guard.start()  # Group 10 is not running here (or is not the task's): nothing to kill.
+        self.assertEqual(guardian.read_record(self.guard.record), {})
+        self.assertEqual(self.reactor.spawned, [])
 
     def test_watch_and_forget(self) -> None:
         """Each group is written as it starts and as it empties; an unknown one is not forgotten."""
         self.guard.start()
-        transport = self.reactor.spawned[0][0]
         self.guard.watch(101)
+        transport = self.reactor.spawned[0][0]
         self.guard.watch(102)
         self.guard.forget(101)
         self.guard.forget(999)
@@ -254,8 +288,9 @@ class TaskGuardTests(TestCase):
     def test_full_pipe_written_later(self) -> None:
         """Lines that a full pipe cannot take are kept, in order, and written once the guard has read."""
         self.guard.start()
+        self.guard.watch(1)
         transport = self.reactor.spawned[0][0]
-        count = 0
+        count = 1
         while not self.guard._unsent:
             count += 1
             self.guard.watch(count)
@@ -275,8 +310,8 @@ class TaskGuardTests(TestCase):
     def test_guard_that_ends_is_replaced(self) -> None:
         """If the guard process ends while the node runs, the node says so and starts another, told of every group."""
         self.guard.start()
-        first = self.reactor.spawned[0][0]
         self.guard.watch(101)
+        first = self.reactor.spawned[0][0]
         self.guard.watch(102)
         self.guard.forget(101)
         self.assertEqual(first.read(), b"+101\n+102\n-101\n")
@@ -297,6 +332,8 @@ class TaskGuardTests(TestCase):
         replaced however often it is killed.
         """
         self.guard.start()
+        self.guard.watch(1)
+        self.guard.forget(1)
         with capturedLogs() as events:
             for _ in range(3):
                 self.reactor.advance(5)
@@ -307,7 +344,8 @@ class TaskGuardTests(TestCase):
         self.assertEqual(len(self.reactor.spawned), 6)
         errors = [e for e in events if "not starting another" in e["log_format"]]
         self.assertEqual([e["count"] for e in errors], [3])
-        self.guard.watch(5)  # Nothing to write to, and nothing raised.
+        self.guard.watch(5)  # Nothing to write to, nothing started, and nothing raised.
+        self.assertEqual(len(self.reactor.spawned), 6)
 
     def test_reap_logs_one_line_per_group(self) -> None:
         """A starting node kills its earlier run's live groups, one warning line for each, naming its command."""

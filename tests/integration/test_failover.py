@@ -45,8 +45,10 @@ class MasterKilledTests(CliTestCase):
             {"kind": "w", "shell": True, "command": f"{record_run(side)}; sleep 0.2"},
             [{"id": task_id} for task_id in ids],
         )
-        master = cluster.start("m", "--capabilities", "none")
-        workers = [cluster.start(name, "--capabilities", "w", "--slots", str(SLOTS)) for name in WORKERS]
+        master = cluster.start("m", "--capabilities", "none", "--replicas", "2")
+        workers = [
+            cluster.start(name, "--capabilities", "w", "--slots", str(SLOTS), "--replicas", "2") for name in WORKERS
+        ]
         # The replica set is taken among the nodes connected when the job is
         # accepted: wait for the whole mesh first.
         for name in WORKERS:

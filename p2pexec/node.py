@@ -10,6 +10,7 @@ assignment, a result and a confirmation.
 
 from __future__ import annotations
 
+import random
 import time
 from typing import Any
 
@@ -72,6 +73,7 @@ def create_node(
     wall: WallClock = time.time,
     journal: IJournal | None = None,
     worker: Worker | None = None,
+    rng: random.Random | None = None,
 ) -> Node:
     """
     Build a node's parts from C{config} and wire them into a L{Node}.
@@ -84,10 +86,15 @@ def create_node(
     @param journal: the journal to keep, instead of the one in
         C{config.state_dir} (opened here: SQLite).
     @param worker: the worker, instead of one built from C{config}.
+    @param rng: the source of every random choice of the node (its instance
+        id, jitters, whom to gossip with), for a simulation that must replay
+        exactly (L{p2pexec.testing.simulation}); by default C{random}'s and
+        C{os.urandom}.
     """
+    chance: Any = rng if rng is not None else random
     info = NodeInfo(
         name=config.name,
-        instance=random_instance(),
+        instance=random_instance() if rng is None else rng.randbytes(8).hex(),
         host=config.interface,
         port=config.port or 1,
         capabilities=tuple(sorted(config.capabilities)),
@@ -96,14 +103,23 @@ def create_node(
     )
     journal = journal if journal is not None else open_journal(config.state_dir, reactor)
     outbox, startup = Outbox(reactor), StartupJob(config, reactor, wall)
-    responders, gossip = Responders(config, reactor), Gossip(config, reactor)
+    responders = Responders(config, reactor)
+    gossip = Gossip(config, reactor, choose=chance.choice, shuffle=chance.shuffle)
     master = Master(
-        info, link=outbox, observer=startup, clock=reactor, journal=journal, max_losses=config.max_losses, wall=wall
+        info,
+        link=outbox,
+        observer=startup,
+        clock=reactor,
+        journal=journal,
+        max_losses=config.max_losses,
+        jitter=chance.random,
+        wall=wall,
     )
     dialer = Dialer(
         reactor,
         make_protocol=lambda: PeerProtocol(responders, dialled=True, clock=reactor),
         introduce=responders.introduce,
+        random_fraction=chance.random,
     )
     if config.tls is not None:
         dialer.tls_options = config.tls.client_options()
@@ -114,6 +130,7 @@ def create_node(
         reactor,
         on_peer=gossip.heard_of,
         hello_interval=config.hello_interval,
+        random_fraction=chance.random,
         sealer=DatagramSealer(config.key, wall) if config.key is not None else None,
     )
     parts = Parts(

@@ -25,6 +25,7 @@ L{mended <FakeNetwork.mend>}, or made slow (L{FakeNetwork.set_delay}).
 from __future__ import annotations
 
 import itertools
+from bisect import insort
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -177,6 +178,43 @@ class FakeNetwork(Clock):
         self.owners: dict[Any, FakeHost] = {}
         """The host of each protocol built through a L{FakeHost}."""
 
+    # -- IReactorTime: kept in order as calls are added, not sorted again and again
+
+    def callLater(self, delay: float, callable: Callable[..., object], *args: object, **kw: object) -> IDelayedCall:
+        """
+        See L{twisted.internet.interfaces.IReactorTime.callLater}: as
+        L{Clock}'s (calls due at one moment run in the order they were
+        made), but inserted in place rather than sorting every call again.
+        """
+        call = DelayedCall(self.seconds() + delay, callable, args, kw, self.calls.remove, self._moved, self.seconds)
+        insort(self.calls, call, key=_planned)
+        return call
+
+    def _moved(self, call: DelayedCall) -> None:
+        """C{call} was moved earlier (L{DelayedCall.reset}): put it in its place."""
+        self.calls.remove(call)
+        insort(self.calls, call, key=_planned)
+
+    def _sortCalls(self) -> None:
+        """Nothing to do: L{callLater} keeps the calls in order."""
+
+    def advance(self, amount: float) -> None:
+        """
+        Move time forward by C{amount} and run the calls due, as L{Clock}
+        does; a call moved later meanwhile goes back in line (as a reactor
+        does it).
+        """
+        self.rightNow += amount
+        calls = self.calls
+        while calls and calls[0].time <= self.rightNow:
+            call = calls.pop(0)
+            if call.delayed_time:
+                call.activate_delay()
+                insort(calls, call, key=_planned)
+                continue
+            call.called = 1
+            call.func(*call.args, **call.kw)
+
     # -- IReactorTCP ----------------------------------------------------------
 
     def listenTCP(self, port: int, factory: Any, backlog: int = 50, interface: str = "") -> _Port:
@@ -314,9 +352,14 @@ class FakeNetwork(Clock):
         return False
 
     def next_event(self) -> float | None:
-        """When something is next due: a call, or bytes held back by a link's delay (L{set_delay})."""
+        """
+        When something is next due: a call, or bytes held back by a link's
+        delay (L{set_delay}) that are not yet due.
+        """
+        now = self.seconds()
         times = [self.calls[0].getTime()] if self.calls else []
-        times.extend(pump.in_flight[0][0] for pump in self.pumps if pump.in_flight)
+        # Bytes due by now and still held wait behind a cut link or a frozen host.
+        times.extend(pump.in_flight[0][0] for pump in self.pumps if pump.in_flight and pump.in_flight[0][0] > now)
         return min(times) if times else None
 
     def run_events(self, seconds: float, stop: Callable[[], bool] | None = None) -> bool:
@@ -364,7 +407,7 @@ class FakeNetwork(Clock):
         """Run due calls and move bytes until nothing more happens now."""
         for _ in range(10_000):
             self.advance(0)
-            if not self.pump_once() and not any(c.getTime() <= self.seconds() for c in self.getDelayedCalls()):
+            if not self.pump_once() and not (self.calls and self.calls[0].time <= self.seconds()):
                 return
         raise AssertionError("the network did not settle")
 
@@ -499,11 +542,10 @@ class FakeHost:
     def thaw(self) -> None:
         """Go on, as SIGCONT: the calls that came due meanwhile run first, in order, then the bytes flow."""
         self.frozen = False
-        held, self._held = self._held, []
-        for call in held:
+        while self._held and not self.frozen and not self.crashed:
+            call = self._held.pop(0)
             call.state = "called"
-            if not self.crashed:
-                call.call()
+            call.call()
 
     def crash(self) -> None:
         """Vanish without a word, as a SIGKILLed process does."""
@@ -522,11 +564,13 @@ class FakeHost:
             if not (mine_client or mine_server):
                 continue
             self.network.pumps.remove(pump)
+            survivor = pump.serverIO if mine_client else pump.clientIO
+            told = survivor.disconnected  # it already learned the connection was lost
             for transport in (pump.clientIO, pump.serverIO):
                 transport.disconnecting = True
                 transport.disconnected = True
-            survivor = pump.serverIO if mine_client else pump.clientIO
-            survivor.protocol.connectionLost(Failure(error.ConnectionLost("the peer vanished")))
+            if not told:
+                survivor.protocol.connectionLost(Failure(error.ConnectionLost("the peer vanished")))
 
 
 class _Pump(IOPump):
@@ -612,7 +656,8 @@ class _HostDelayedCall:
     def cancel(self) -> None:
         """Do not run it."""
         if self.state == "held":
-            self.host._held.remove(self)
+            if self in self.host._held:  # not once the host crashed
+                self.host._held.remove(self)
             self.state = "cancelled"
             return
         self._delayed.cancel()
@@ -625,7 +670,8 @@ class _HostDelayedCall:
     def reset(self, secondsFromNow: float) -> None:
         """Run it C{secondsFromNow} seconds from now instead."""
         if self.state == "held":
-            self.host._held.remove(self)
+            if self in self.host._held:
+                self.host._held.remove(self)
             self.state = "pending"
             self._delayed = self.host.network.callLater(secondsFromNow, self._due)
             return
@@ -652,6 +698,11 @@ class _OwnedFactory:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._factory, name)
+
+
+def _planned(call: DelayedCall) -> float:
+    """When C{call} was last put in line to run (a later L{DelayedCall.reset} is seen when it is due)."""
+    return float(call.time)
 
 
 def _deliver(listening: _MulticastPort, data: bytes, source: tuple[str, int]) -> None:

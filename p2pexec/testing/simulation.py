@@ -450,7 +450,7 @@ class Outcome:
         """The seed, its schedule, what went wrong, and the last log lines: enough to start debugging."""
         lines = [
             f"Seed {self.seed}: {self.tasks} task(s), {self.runs} attempt(s) run, "
-            + (f"job finished at t={self.finished_at:.3f}" if self.finished_at is not None else "job unfinished"),
+            + (f"job finished by t={self.finished_at:.3f}" if self.finished_at is not None else "job unfinished"),
             "Schedule:",
         ]
         lines += ["  " + fault.describe() for fault in self.schedule] or ["  (no faults)"]

@@ -47,14 +47,17 @@ FATAL_REFUSALS = (commands.ClusterMismatch, commands.VersionMismatch, commands.N
 """Refusals that will not change while the peer's instance lives: stop dialling it."""
 
 
-def backoff(initial: float, maximum: float) -> Callable[[int], float]:
+def backoff(
+    initial: float, maximum: float, random_fraction: Callable[[], float] = random.random
+) -> Callable[[int], float]:
     """
     The delay before attempt number C{n}: C{min(initial * 2**n, maximum)}
-    seconds, plus up to C{initial} seconds of random jitter.
+    seconds, plus up to C{initial} seconds of random jitter (C{initial}
+    times what C{random_fraction} returns, in [0, 1)).
     """
 
     def delay(failures: int) -> float:
-        return min(initial * 2 ** min(failures, 64), maximum) + random.random() * initial
+        return min(initial * 2 ** min(failures, 64), maximum) + random_fraction() * initial
 
     return delay
 
@@ -300,6 +303,7 @@ class Dialer:
 
     @param introduce: called with each new connection and the peer it is
         meant to reach; it must succeed for the connection to be used.
+    @param random_fraction: the jitter of the backoff (see L{backoff}).
     @ivar reconnects: how many connections were made again after a first one.
     """
 
@@ -312,11 +316,12 @@ class Dialer:
         max_delay: float = 30.0,
         connect_timeout: float = 5.0,
         introduce_timeout: float = 30.0,
+        random_fraction: Callable[[], float] = random.random,
     ) -> None:
         self._reactor = reactor
         self._make_protocol = make_protocol
         self._introduce = introduce
-        self._policy = backoff(initial_delay, max_delay)
+        self._policy = backoff(initial_delay, max_delay, random_fraction)
         self._connect_timeout = connect_timeout
         self._introduce_timeout = introduce_timeout
         self.tls_options: Any = None

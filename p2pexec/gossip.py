@@ -85,13 +85,21 @@ class Every(Service):
 class Gossip:
     """What this node knows of the other nodes of its cluster, and tells them."""
 
-    def __init__(self, config: NodeConfig, clock: IReactorTime, choose: Callable[[list[Any]], Any] = random.choice):
+    def __init__(
+        self,
+        config: NodeConfig,
+        clock: IReactorTime,
+        choose: Callable[[list[Any]], Any] = random.choice,
+        shuffle: Callable[[list[Any]], None] = random.shuffle,
+    ):
         """
         @param choose: picks the peer to exchange peer lists with.
+        @param shuffle: shuffles the peer list shared (in place).
         """
         self._config = config
         self._clock = clock
         self._choose = choose
+        self._shuffle = shuffle
         self._complaints = RateLimitedLog(log, clock)
 
     def wire(self, node: INode, peers: PeerTable, dialer: Dialer) -> None:
@@ -198,7 +206,7 @@ class Gossip:
         entries = [(self._node.info, 0.0)] + self._peers.shareable(
             now, self._config.peer_expiry, last_received=lambda connection: connection.last_received
         )
-        random.shuffle(entries)
+        self._shuffle(entries)
         wire = [peer_entry(info, age) for info, age in entries]
         # The first chunk: each entry encoded once, and sent as encoded.
         return next(commands.chunk(wire, lambda entry: entry))

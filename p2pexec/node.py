@@ -10,6 +10,7 @@ assignment, a result and a confirmation.
 
 from __future__ import annotations
 
+import random
 import time
 from typing import Any
 
@@ -43,6 +44,7 @@ def create_node(
     wall: WallClock = time.time,
     journal: IJournal | None = None,
     worker: Worker | None = None,
+    rng: random.Random | None = None,
 ) -> Node:
     """
     Build a node's parts from C{config} and wire them into a L{Node}.
@@ -55,8 +57,14 @@ def create_node(
     @param journal: the journal to keep, instead of the one in
         C{config.state_dir} (opened here: SQLite).
     @param worker: the worker, instead of one built from C{config}.
+    @param rng: the source of every random choice of the node (its instance
+        id, jitters, whom to gossip with), for a simulation that must replay
+        exactly (L{p2pexec.testing.simulation}); by default C{random}'s and
+        C{os.urandom}.
     """
-    return Node(config, reactor, build_parts(config, reactor, runner, wall=wall, journal=journal, worker=worker))
+    return Node(
+        config, reactor, build_parts(config, reactor, runner, wall=wall, journal=journal, worker=worker, rng=rng)
+    )
 
 
 class Node:

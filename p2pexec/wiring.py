@@ -7,6 +7,7 @@ L{p2pexec.interfaces} once the L{p2pexec.node.Node} that holds them exists.
 
 from __future__ import annotations
 
+import random
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -70,11 +71,13 @@ def build_parts(
     wall: WallClock = time.time,
     journal: IJournal | None = None,
     worker: Worker | None = None,
+    rng: random.Random | None = None,
 ) -> Parts:
     """Build a node's parts from C{config} (see L{p2pexec.node.create_node} for the parameters)."""
+    chance: Any = rng if rng is not None else random
     info = NodeInfo(
         name=config.name,
-        instance=random_instance(),
+        instance=random_instance() if rng is None else rng.randbytes(8).hex(),
         host=config.interface,
         port=config.port or 1,
         capabilities=tuple(sorted(config.capabilities)),
@@ -83,7 +86,8 @@ def build_parts(
     )
     journal = journal if journal is not None else open_journal(config.state_dir, reactor)
     outbox, startup = Outbox(reactor), StartupJob(config, reactor, wall)
-    responders, gossip = Responders(config, reactor), Gossip(config, reactor)
+    responders = Responders(config, reactor)
+    gossip = Gossip(config, reactor, choose=chance.choice, shuffle=chance.shuffle)
     directory = JobDirectory()
     replication = Replication(config.replicas, config.takeover_grace, reactor, directory)
     master = Master(
@@ -93,6 +97,7 @@ def build_parts(
         clock=reactor,
         journal=journal,
         max_losses=config.max_losses,
+        jitter=chance.random,
         wall=wall,
         replication=replication,
     )
@@ -100,6 +105,7 @@ def build_parts(
         reactor,
         make_protocol=lambda: PeerProtocol(responders, dialled=True, clock=reactor),
         introduce=responders.introduce,
+        random_fraction=chance.random,
     )
     if config.tls is not None:
         dialer.tls_options = config.tls.client_options()
@@ -110,6 +116,7 @@ def build_parts(
         reactor,
         on_peer=gossip.heard_of,
         hello_interval=config.hello_interval,
+        random_fraction=chance.random,
         sealer=DatagramSealer(config.key, wall) if config.key is not None else None,
     )
     parts = Parts(

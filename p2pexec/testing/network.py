@@ -15,11 +15,18 @@ Typical use::
     for node in nodes:
         node.start()
     network.run(5.0)          # 5 simulated seconds, pumping all the while
+
+Faults for simulations (see L{p2pexec.testing.simulation}): a host can
+L{crash <FakeHost.crash>} or be L{frozen <FakeHost.freeze>} (as by
+SIGSTOP); the link between two hosts can be L{cut <FakeNetwork.cut>} and
+L{mended <FakeNetwork.mend>}, or made slow (L{FakeNetwork.set_delay}).
 """
 
 from __future__ import annotations
 
 import itertools
+from bisect import insort
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -56,6 +63,8 @@ class _Connector:
         self._network = network
         self.host, self.port, self.factory = host, port, factory
         self.pending = True
+        self.source = "127.0.0.1"
+        self.deadline = 0.0
 
     def stopConnecting(self) -> None:
         if self.pending:
@@ -82,6 +91,7 @@ class _MulticastPort:
         self.ttl = 1
         self.sent: list[tuple[bytes, tuple[str, int]]] = []
         self.host_address = "127.0.0.1"
+        self.owner: FakeHost | None = None
 
     def setOutgoingInterface(self, address: str | int) -> Deferred[int]:
         """Send from C{address} (an IPv4 address, as the node gives it)."""
@@ -163,6 +173,47 @@ class FakeNetwork(Clock):
         self.datagrams: list[tuple[bytes, tuple[str, int], tuple[str, int]]] = []
         self.partitioned: set[tuple[str, int]] = set()
         self.blocked_multicast: set[tuple[str, str]] = set()
+        self.cuts: set[frozenset[str]] = set()
+        self.delays: dict[frozenset[str], float] = {}
+        self.owners: dict[Any, FakeHost] = {}
+        """The host of each protocol built through a L{FakeHost}."""
+
+    # -- IReactorTime: kept in order as calls are added, not sorted again and again
+
+    def callLater(self, delay: float, callable: Callable[..., object], *args: object, **kw: object) -> IDelayedCall:
+        """
+        See L{twisted.internet.interfaces.IReactorTime.callLater}: as
+        L{Clock}'s (calls due at one moment run in the order they were
+        made), but inserted in place rather than sorting every call again.
+        """
+        call = DelayedCall(self.seconds() + delay, callable, args, kw, self.calls.remove, self._moved, self.seconds)
+        insort(self.calls, call, key=_planned)
+        return call
+
+    def _moved(self, call: DelayedCall) -> None:
+        """C{call} was moved earlier (L{DelayedCall.reset}): put it in its place."""
+        self.calls.remove(call)
+        insort(self.calls, call, key=_planned)
+
+    def _sortCalls(self) -> None:
+        """Nothing to do: L{callLater} keeps the calls in order."""
+
+    def advance(self, amount: float) -> None:
+        """
+        Move time forward by C{amount} and run the calls due, as L{Clock}
+        does; a call moved later meanwhile goes back in line (as a reactor
+        does it).
+        """
+        self.rightNow += amount
+        calls = self.calls
+        while calls and calls[0].time <= self.rightNow:
+            call = calls.pop(0)
+            if call.delayed_time:
+                call.activate_delay()
+                insort(calls, call, key=_planned)
+                continue
+            call.called = 1
+            call.func(*call.args, **call.kw)
 
     # -- IReactorTCP ----------------------------------------------------------
 
@@ -183,6 +234,8 @@ class FakeNetwork(Clock):
     ) -> _Connector:
         """Start a connection to C{host:port}; it completes, or fails as refused, on the next turn of the clock."""
         connector = _Connector(self, host, port, factory)
+        connector.source = bindAddress[0] if bindAddress else "127.0.0.1"
+        connector.deadline = self.seconds() + timeout
         factory.startedConnecting(connector)
         self.callLater(0, self._complete, connector)
         return connector
@@ -190,14 +243,25 @@ class FakeNetwork(Clock):
     def _complete(self, connector: _Connector) -> None:
         if not connector.pending:
             return
-        connector.pending = False
         server = self._servers.get((connector.host, connector.port))
+        owner = server.factory._host if server is not None and isinstance(server.factory, _OwnedFactory) else None
+        unreachable = frozenset((connector.source, connector.host)) in self.cuts
+        if server is not None and (unreachable or (owner is not None and owner.frozen)):
+            # The SYN is lost (a cut link), or nobody accepts yet (a frozen
+            # host): try again until the connection attempt times out.
+            if self.seconds() < connector.deadline:
+                self.callLater(min(0.5, connector.deadline - self.seconds()), self._complete, connector)
+                return
+            connector.pending = False
+            connector.factory.clientConnectionFailed(connector, Failure(error.TCPTimedOutError()))
+            return
+        connector.pending = False
         if server is None or (connector.host, connector.port) in self.partitioned:
             connector.factory.clientConnectionFailed(
                 connector, Failure(error.ConnectionRefusedError("no one listens there"))
             )
             return
-        client_address = IPv4Address("TCP", "127.0.0.1", next(self._free_ports))
+        client_address = IPv4Address("TCP", connector.source, next(self._free_ports))
         server_address = IPv4Address("TCP", connector.host, connector.port)
         server_protocol = server.factory.buildProtocol(client_address)
         client_protocol = connector.factory.buildProtocol(server_address)
@@ -207,6 +271,7 @@ class FakeNetwork(Clock):
         client_protocol.makeConnection(client_transport)
         pump = _Pump(client_protocol, server_protocol, client_transport, server_transport, False, clock=self)
         pump.server_address = (connector.host, connector.port)
+        pump.link = frozenset((connector.source, connector.host))
         self.pumps.append(pump)
 
     def server_factory(self, host: str, port: int) -> Any:
@@ -234,6 +299,8 @@ class FakeNetwork(Clock):
         for listening in list(self._multicast_ports):
             if (source[0], listening.host_address) in self.blocked_multicast:
                 continue
+            if frozenset((source[0], listening.host_address)) in self.cuts:
+                continue
             if listening.port == group[1] and group[0] in listening.groups:
                 self.callLater(0, _deliver, listening, data, source)
 
@@ -247,7 +314,11 @@ class FakeNetwork(Clock):
         """Move all pending bytes once; return whether anything moved."""
         moved = False
         for pump in list(self.pumps):
-            if pump.server_address in self.partitioned:
+            if self.owners and self._frozen(pump):
+                # A stopped process reads and writes nothing; its peers'
+                # bytes wait in the buffers.
+                continue
+            if pump.server_address in self.partitioned or pump.link in self.cuts:
                 # Nothing crosses a cut link; each side only learns of its
                 # own decision to close.
                 for transport in (pump.clientIO, pump.serverIO):
@@ -267,17 +338,76 @@ class FakeNetwork(Clock):
                 self.pumps.remove(pump)
                 moved = True
                 continue
-            if pump.pump(advanceClock=False):
+            if pump.pump(advanceClock=False, delay=self.delays.get(pump.link, 0.0)):
                 moved = True
             if pump.clientIO.disconnected and pump.serverIO.disconnected:
                 self.pumps.remove(pump)
         return moved
 
+    def _frozen(self, pump: _Pump) -> bool:
+        for protocol in (pump.clientIO.protocol, pump.serverIO.protocol):
+            host = self.owners.get(protocol)
+            if host is not None and host.frozen:
+                return True
+        return False
+
+    def next_event(self) -> float | None:
+        """
+        When something is next due: a call, or bytes held back by a link's
+        delay (L{set_delay}) that are not yet due.
+        """
+        now = self.seconds()
+        times = [self.calls[0].getTime()] if self.calls else []
+        # Bytes due by now and still held wait behind a cut link or a frozen host.
+        times.extend(pump.in_flight[0][0] for pump in self.pumps if pump.in_flight and pump.in_flight[0][0] > now)
+        return min(times) if times else None
+
+    def run_events(self, seconds: float, stop: Callable[[], bool] | None = None) -> bool:
+        """
+        Let C{seconds} of simulated time pass, jumping from one due event to
+        the next (much faster than L{run}'s fixed steps when little happens).
+
+        @param stop: checked after each event; once it is true, return at once.
+        @return: whether C{stop} became true.
+        """
+        end = self.seconds() + seconds
+        self.flush()
+        while True:
+            if stop is not None and stop():
+                return True
+            due = self.next_event()
+            if due is None or due > end:
+                if self.seconds() < end:
+                    self.advance(end - self.seconds())
+                self.flush()
+                return stop is not None and stop()
+            self.advance(max(0.0, due - self.seconds()))
+            self.flush()
+
+    def cut(self, a: str, b: str) -> None:
+        """
+        Cut the link between hosts C{a} and C{b} (addresses): no bytes or
+        datagrams cross it, no connection is made over it (an attempt waits
+        for its timeout), and neither side is told.
+        """
+        self.cuts.add(frozenset((a, b)))
+
+    def mend(self, a: str, b: str) -> None:
+        """Mend the link between C{a} and C{b}; what was buffered flows again."""
+        self.cuts.discard(frozenset((a, b)))
+
+    def set_delay(self, a: str, b: str, seconds: float) -> None:
+        """Deliver the bytes between hosts C{a} and C{b} C{seconds} after they are written (0: at once)."""
+        if seconds > 0:
+            self.delays[frozenset((a, b))] = seconds
+        else:
+            self.delays.pop(frozenset((a, b)), None)
+
     def flush(self) -> None:
         """Run due calls and move bytes until nothing more happens now."""
         for _ in range(10_000):
             self.advance(0)
-            if not self.pump_once() and not any(c.getTime() <= self.seconds() for c in self.getDelayedCalls()):
+            if not self.pump_once() and not (self.calls and self.calls[0].time <= self.seconds()):
                 return
         raise AssertionError("the network did not settle")
 
@@ -340,6 +470,8 @@ class FakeHost:
         self.network = network
         self.address = address
         self.crashed = False
+        self.frozen = False
+        self._held: list[_HostDelayedCall] = []
         self._ports: list[Any] = []
         self._protocols: list[Any] = []
 
@@ -348,8 +480,11 @@ class FakeHost:
         return self.network.seconds()
 
     def callLater(self, delay: float, callable: Callable[..., Any], *args: object, **kwargs: object) -> IDelayedCall:
-        """Schedule C{callable} on the network's clock; it does not run if this host has crashed by then."""
-        return self.network.callLater(delay, _HostCall(self, callable, args, kwargs))
+        """
+        Schedule C{callable} on the network's clock; it does not run if this
+        host has crashed by then, and waits for L{thaw} if it is frozen.
+        """
+        return _HostDelayedCall(self, _HostCall(self, callable, args, kwargs), delay)
 
     def scheduled(self) -> list[Callable[..., Any]]:
         """
@@ -359,8 +494,9 @@ class FakeHost:
         """
         mine = []
         for call in self.network.getDelayedCalls():
-            if isinstance(call, DelayedCall) and isinstance(call.func, _HostCall) and call.func.host is self:
-                mine.append(call.func.f)
+            owner = getattr(call.func, "__self__", None) if isinstance(call, DelayedCall) else None
+            if isinstance(owner, _HostDelayedCall) and owner.host is self:
+                mine.append(owner.call.f)
         return mine
 
     def getDelayedCalls(self) -> Any:
@@ -381,7 +517,9 @@ class FakeHost:
         """Connect to C{host:port}, noting the protocol built, for L{crash}; once crashed, never connect."""
         if self.crashed:
             return _Connector(self.network, host, port, factory)
-        return self.network.connectTCP(host, port, _OwnedFactory(self, factory), timeout, bindAddress)
+        return self.network.connectTCP(
+            host, port, _OwnedFactory(self, factory), timeout, bindAddress or (self.address, 0)
+        )
 
     def listenMulticast(
         self, port: int, protocol: Any, interface: str = "", maxPacketSize: int = 8192, listenMultiple: bool = False
@@ -389,12 +527,31 @@ class FakeHost:
         """Listen for multicast as this host (see L{FakeNetwork.block_multicast}), noting the port, for L{crash}."""
         listening = self.network.listenMulticast(port, protocol, interface, maxPacketSize, listenMultiple)
         listening.host_address = self.address
+        listening.owner = self
         self._ports.append(listening)
         return listening
+
+    def freeze(self) -> None:
+        """
+        Stop, as SIGSTOP stops a process: none of its calls run and none of
+        its connections move until L{thaw}; its connections stay open, so
+        its peers see only silence.
+        """
+        self.frozen = True
+
+    def thaw(self) -> None:
+        """Go on, as SIGCONT: the calls that came due meanwhile run first, in order, then the bytes flow."""
+        self.frozen = False
+        while self._held and not self.frozen and not self.crashed:
+            call = self._held.pop(0)
+            call.state = "called"
+            call.call()
 
     def crash(self) -> None:
         """Vanish without a word, as a SIGKILLed process does."""
         self.crashed = True
+        self.frozen = False
+        self._held = []
         for listening in self._ports:
             if isinstance(listening, _MulticastPort):
                 if listening in self.network._multicast_ports:
@@ -407,17 +564,48 @@ class FakeHost:
             if not (mine_client or mine_server):
                 continue
             self.network.pumps.remove(pump)
+            survivor = pump.serverIO if mine_client else pump.clientIO
+            told = survivor.disconnected  # it already learned the connection was lost
             for transport in (pump.clientIO, pump.serverIO):
                 transport.disconnecting = True
                 transport.disconnected = True
-            survivor = pump.serverIO if mine_client else pump.clientIO
-            survivor.protocol.connectionLost(Failure(error.ConnectionLost("the peer vanished")))
+            if not told:
+                survivor.protocol.connectionLost(Failure(error.ConnectionLost("the peer vanished")))
 
 
 class _Pump(IOPump):
-    """An L{IOPump} that knows the listening address its connection reached (see L{FakeNetwork.partition})."""
+    """
+    An L{IOPump} that knows the listening address its connection reached
+    (see L{FakeNetwork.partition}) and the hosts it links (see
+    L{FakeNetwork.cut}), and can hold bytes back (see L{FakeNetwork.set_delay}).
+    """
 
     server_address: tuple[str, int] = ("", 0)
+    link: frozenset[str] = frozenset()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.in_flight: deque[tuple[float, Any, bytes]] = deque()
+
+    def pump(self, debug: bool = False, advanceClock: bool = True, delay: float = 0.0) -> bool:
+        """Move bytes; with a C{delay}, those written now arrive C{delay} seconds later, in order."""
+        if not delay and not self.in_flight:
+            return bool(super().pump(debug, advanceClock))
+        now = self.clock.seconds()
+        moved = False
+        for source, destination in ((self.clientIO, self.serverIO), (self.serverIO, self.clientIO)):
+            data = source.getOutBuffer()
+            if data:
+                due = max(now + delay, self.in_flight[-1][0] if self.in_flight else 0.0)
+                self.in_flight.append((due, destination, data))
+        while self.in_flight and self.in_flight[0][0] <= now:
+            _, destination, data = self.in_flight.popleft()
+            destination.bufferReceived(data)
+            moved = True
+        if self.in_flight or moved:
+            return moved
+        # Everything sent has arrived: a close may go through now.
+        return bool(super().pump(debug, advanceClock))
 
 
 class _HostCall:
@@ -437,6 +625,63 @@ class _HostCall:
         return None
 
 
+@implementer(IDelayedCall)
+class _HostDelayedCall:
+    """
+    What L{FakeHost.callLater} returns: a call that does not run once its
+    host crashed, and that waits while its host is frozen (it stays active,
+    and can be cancelled, until L{FakeHost.thaw} runs it).
+    """
+
+    def __init__(self, host: FakeHost, call: _HostCall, delay: float) -> None:
+        self.host = host
+        self.call = call
+        self.state = "pending"
+        self._delayed = host.network.callLater(delay, self._due)
+
+    def _due(self) -> None:
+        if self.host.crashed:
+            self.state = "called"
+        elif self.host.frozen:
+            self.state = "held"
+            self.host._held.append(self)
+        else:
+            self.state = "called"
+            self.call()
+
+    def getTime(self) -> float:
+        """When it is (or was) due."""
+        return float(self._delayed.getTime())
+
+    def cancel(self) -> None:
+        """Do not run it."""
+        if self.state == "held":
+            if self in self.host._held:  # not once the host crashed
+                self.host._held.remove(self)
+            self.state = "cancelled"
+            return
+        self._delayed.cancel()
+        self.state = "cancelled"
+
+    def delay(self, secondsLater: float) -> None:
+        """Run it C{secondsLater} seconds later than planned."""
+        self._delayed.delay(secondsLater)
+
+    def reset(self, secondsFromNow: float) -> None:
+        """Run it C{secondsFromNow} seconds from now instead."""
+        if self.state == "held":
+            if self in self.host._held:
+                self.host._held.remove(self)
+            self.state = "pending"
+            self._delayed = self.host.network.callLater(secondsFromNow, self._due)
+            return
+        self._delayed.reset(secondsFromNow)
+
+    def active(self) -> bool:
+        """Whether it has yet to run (or to be cancelled)."""
+        return self.state == "held" or (self.state == "pending" and bool(self._delayed.active()))
+
+
 class _OwnedFactory:
     """Wraps a factory so that its host knows the protocols it builds."""
 
@@ -447,12 +692,21 @@ class _OwnedFactory:
     def buildProtocol(self, address: Any) -> Any:
         protocol = self._factory.buildProtocol(address)
         self._host._protocols.append(protocol)
+        if protocol is not None:
+            self._host.network.owners[protocol] = self._host
         return protocol
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._factory, name)
 
 
+def _planned(call: DelayedCall) -> float:
+    """When C{call} was last put in line to run (a later L{DelayedCall.reset} is seen when it is due)."""
+    return float(call.time)
+
+
 def _deliver(listening: _MulticastPort, data: bytes, source: tuple[str, int]) -> None:
+    if listening.owner is not None and listening.owner.frozen:
+        return  # a stopped process's socket buffer: assume it overflowed
     if listening in listening._network._multicast_ports:
         listening.protocol.datagramReceived(data, source)

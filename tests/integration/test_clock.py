@@ -17,7 +17,6 @@ wait is a bounded poll (see L{tests.integration.cluster}).
 
 from __future__ import annotations
 
-import ast
 import os
 import re
 import signal
@@ -25,8 +24,8 @@ import time
 from datetime import datetime
 
 from tests.integration.cluster import Cluster, NodeProcess, read_runs, record_run
-from tests.integration.test_cluster import JOB_FINISHED, IntegrationTestCase, shell_quote, write_job_file
-from tests.integration.test_faults import _stat, kill_recorded, read_pids, touch
+from tests.integration.test_cluster import JOB_FINISHED, IntegrationTestCase, write_job_file
+from tests.integration.test_faults import _stat, hold_on_w1, touch, wait_for_held
 
 SITECUSTOMIZE = '''\
 """Test harness only: time.time() reads the offset in $P2PEXEC_TEST_CLOCK_OFFSET's file off the real time."""
@@ -183,18 +182,10 @@ class ClockStepTests(IntegrationTestCase):
         cluster = Cluster(self, budget=40)
         clocks = SteppedClocks(cluster)
         side = cluster.path("side.txt")
-        pids = cluster.path("w1.pids")
-        release = cluster.path("release")
         results = cluster.path("results.json")
         job_file = cluster.path("job.toml")
-        self.addCleanup(kill_recorded, pids)
-        self.addCleanup(touch, release)  # Runs first: the waiting shells end by themselves.
-        # On w1 a task waits for the release file (at most ~30 s), so that it holds its tasks when frozen.
-        command = (
-            f'{record_run(side)}; if [ "$P2PEXEC_NODE" = w1 ]; then echo $$ >> {shell_quote(pids)}; n=0; '
-            f"while [ ! -e {shell_quote(release)} ] && [ $n -lt 600 ]; do sleep 0.05; n=$((n+1)); done; "
-            f"else sleep 0.5; fi"
-        )
+        # On w1 a task waits for the release file, so that it holds its tasks when frozen.
+        pids, release, command = hold_on_w1(self, cluster, side, 0.5)
         # Enough work for w2 that the master logs confirmations (which show its step) while w1 holds its tasks.
         ids = [f"t{n:02d}" for n in range(16)]
         write_job_file(job_file, {"kind": "w", "shell": True, "command": command}, [{"id": i} for i in ids])
@@ -204,15 +195,7 @@ class ClockStepTests(IntegrationTestCase):
         m = cluster.start(
             "m", "--capabilities", "none", "--job", job_file, "--results", results, env=clocks.environment("m")
         )
-        cluster.wait_until(
-            lambda: len(read_pids(pids)) >= 2,
-            lambda: f"w1 is not running two tasks; side file: {read_runs(side)}\n{cluster.logs()}",
-        )
-        held = [
-            task
-            for match in w1.find_all(r"\] Node w1 received instructions: (\[.*\])$")
-            for task in ast.literal_eval(match.group(1))
-        ]
+        held = wait_for_held(cluster, w1, pids, side)
         clocks.set("m", -30.0)
         wait_for_step(cluster, m, -30.0)
 

@@ -28,7 +28,7 @@ import time
 from collections import Counter
 from collections.abc import Iterable
 
-from tests.integration.cluster import TWISTD, Cluster, read_runs, record_run
+from tests.integration.cluster import TWISTD, Cluster, NodeProcess, read_runs, record_run
 from tests.integration.test_cluster import (
     JOB_FINISHED,
     IntegrationTestCase,
@@ -99,6 +99,42 @@ def touch(path: str) -> None:
     """Create C{path} if it is missing."""
     with open(path, "a"):
         pass
+
+
+def hold_on_w1(test: IntegrationTestCase, cluster: Cluster, side: str, others_sleep: float) -> tuple[str, str, str]:
+    """
+    Set up a task command that holds its tasks on node w1: there each task
+    records its pid and waits for a release file (at most ~30 s); on other
+    nodes it sleeps C{others_sleep} seconds.  Every run is recorded in
+    C{side}.  Registers the clean-ups (release the waiters, then kill what
+    is left) and returns (pid file, release file, command).
+    """
+    pids = cluster.path("w1.pids")
+    release = cluster.path("release")
+    test.addCleanup(kill_recorded, pids)
+    test.addCleanup(touch, release)  # Runs first: the waiting shells end by themselves.
+    command = (
+        f'{record_run(side)}; if [ "$P2PEXEC_NODE" = w1 ]; then echo $$ >> {shell_quote(pids)}; n=0; '
+        f"while [ ! -e {shell_quote(release)} ] && [ $n -lt 600 ]; do sleep 0.05; n=$((n+1)); done; "
+        f"else sleep {others_sleep}; fi"
+    )
+    return pids, release, command
+
+
+def wait_for_held(cluster: Cluster, w1: NodeProcess, pids: str, side: str) -> list[str]:
+    """
+    Wait until w1 runs two tasks held by L{hold_on_w1}'s command, and return
+    the ids of every task w1 was instructed to run so far.
+    """
+    cluster.wait_until(
+        lambda: len(read_pids(pids)) >= 2,
+        lambda: f"w1 is not running two tasks; side file: {read_runs(side)}\n{cluster.logs()}",
+    )
+    return [
+        task
+        for match in w1.find_all(r"\] Node w1 received instructions: (\[.*\])$")
+        for task in ast.literal_eval(match.group(1))
+    ]
 
 
 class MasterRestartTests(IntegrationTestCase):
@@ -211,33 +247,17 @@ class FrozenWorkerTests(IntegrationTestCase):
         """
         cluster = Cluster(self)
         side = cluster.path("side.txt")
-        pids = cluster.path("w1.pids")
-        release = cluster.path("release")
         results = cluster.path("results.json")
         job_file = cluster.path("job.toml")
-        self.addCleanup(kill_recorded, pids)
-        self.addCleanup(touch, release)  # Runs first: the waiting shells end by themselves.
-        # On w1 a task waits for the release file (at most ~30 s), so that its
-        # old attempt ends only once w1 is thawed and connected again.
-        command = (
-            f'{record_run(side)}; if [ "$P2PEXEC_NODE" = w1 ]; then echo $$ >> {shell_quote(pids)}; n=0; '
-            f"while [ ! -e {shell_quote(release)} ] && [ $n -lt 600 ]; do sleep 0.05; n=$((n+1)); done; "
-            f"else sleep 0.2; fi"
-        )
+        # On w1 a task waits for the release file, so that its old attempt
+        # ends only once w1 is thawed and connected again.
+        pids, release, command = hold_on_w1(self, cluster, side, 0.2)
         ids = [f"t{n}" for n in range(8)]
         write_job_file(job_file, {"kind": "w", "shell": True, "command": command}, [{"id": i} for i in ids])
         w1 = cluster.start("w1", "--capabilities", "w", "--slots", "2")
         w2 = cluster.start("w2", "--capabilities", "w", "--slots", "2")
         m = cluster.start("m", "--capabilities", "none", "--job", job_file, "--results", results)
-        cluster.wait_until(
-            lambda: len(read_pids(pids)) >= 2,
-            lambda: f"w1 is not running two tasks; side file: {read_runs(side)}\n{cluster.logs()}",
-        )
-        held = [
-            task
-            for match in w1.find_all(r"\] Node w1 received instructions: (\[.*\])$")
-            for task in ast.literal_eval(match.group(1))
-        ]
+        held = wait_for_held(cluster, w1, pids, side)
         started_on_w1 = [task_id for task_id, node, _ in read_runs(side) if node == "w1"]
 
         frozen_at = time.monotonic()

@@ -20,23 +20,19 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from p2pexec.job import Job
 from p2pexec.model import TaskResult, TaskSpec
-from p2pexec.testing.network import FakeNetwork
-from p2pexec.testing.simulation import (
-    Fault,
+from p2pexec.testing.invariants import (
     Observation,
     Recorded,
-    Simulation,
-    SimulationConfig,
     check_fencing,
     check_finished,
     check_no_double_records,
     check_no_unhandled_errors,
     check_one_leader_per_epoch,
     check_results,
-    make_schedule,
-    replay_command,
-    run_seeds,
 )
+from p2pexec.testing.network import FakeNetwork
+from p2pexec.testing.schedule import Fault, SimulationConfig, make_schedule
+from p2pexec.testing.simulation import Simulation, replay_command, run_seeds
 
 DEFAULT_SEEDS = 300
 """Seeds run by default: about a minute on a busy 2-CPU machine (5 seeds a second measured; 14 when idle)."""

@@ -17,25 +17,10 @@ seeded C{random.Random} (C{create_node(rng=...)}), its wall clock is
 simulated, and time only moves when the simulation moves it, so a seed
 replays exactly (L{Outcome.trace}).
 
-The invariant checkers are plain functions that return a list of violations,
-each a readable sentence:
-
-  - L{check_results}: every accepted task has exactly one recorded result
-    at the final master;
-  - L{check_no_double_records}: no task's result was recorded twice;
-  - L{check_finished}: the job finished once the faults stopped (with the
-    master alive or restarted; with failover, once a majority of the job's
-    replica set lives);
-  - L{check_fencing}: no worker accepted an assignment from an epoch older
-    than one it had seen;
-  - L{check_one_leader_per_epoch}: no two nodes acknowledged records of one
-    job in the same epoch;
-  - L{check_no_unhandled_errors}: nothing was logged as critical (an
-    unhandled error in a Deferred, an exception in a responder).
-
-The last but one two read what the nodes expose through an
-L{IFailoverProbe}; until master failover exists, L{NoFailover} observes
-nothing and they pass trivially.
+The schedule lives in L{p2pexec.testing.schedule}; the invariant checkers,
+plain functions that each return a list of readable violations, and the
+L{IFailoverProbe} the failover ones read, live in
+L{p2pexec.testing.invariants}.
 
 Replay one seed (its schedule is printed)::
 
@@ -55,9 +40,9 @@ import shutil
 import tempfile
 import traceback
 from collections import Counter, deque
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any, Protocol
+from typing import Any
 
 import attr
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
@@ -66,24 +51,25 @@ from p2pexec.job import Job
 from p2pexec.journal import Journal
 from p2pexec.model import Assignment, TaskResult, TaskSpec
 from p2pexec.node import Node, NodeConfig, create_node
+from p2pexec.testing.invariants import (
+    IFailoverProbe,
+    NoFailover,
+    Observation,
+    Recorded,
+    check_fencing,
+    check_finished,
+    check_no_double_records,
+    check_no_unhandled_errors,
+    check_one_leader_per_epoch,
+    check_results,
+)
 from p2pexec.testing.network import FakeHost, FakeNetwork
 from p2pexec.testing.runner import FakeRunner
+from p2pexec.testing.schedule import Fault, SimulationConfig, make_schedule
 
 __all__ = [
-    "Fault",
-    "IFailoverProbe",
-    "NoFailover",
-    "Observation",
     "Outcome",
     "Simulation",
-    "SimulationConfig",
-    "check_fencing",
-    "check_finished",
-    "check_no_double_records",
-    "check_no_unhandled_errors",
-    "check_one_leader_per_epoch",
-    "check_results",
-    "make_schedule",
     "replay_command",
     "run_seeds",
 ]
@@ -103,331 +89,6 @@ PORT = 10001
 def replay_command(seed: int) -> str:
     """The shell command that replays C{seed} alone, printing its schedule."""
     return f"P2PEXEC_SIM_SEED={seed} python -m twisted.trial tests.test_simulation"
-
-
-# -- the schedule --------------------------------------------------------------
-
-
-@attr.s(frozen=True, auto_attribs=True)
-class Fault:
-    """
-    One event of a schedule, at simulated time C{at}.
-
-    C{kind} is one of: C{crash} and C{restart} (a node, by name), C{freeze}
-    and C{thaw} (a node), C{cut} and C{mend} (two groups of nodes: every
-    link between them), C{delay} (two nodes and the seconds, 0 ends it),
-    C{jump} (the whole clock moves C{seconds} at once, every timer due
-    meanwhile firing without a byte moving in between: a paused VM), C{wall}
-    (a node's wall clock steps by C{seconds}).
-    """
-
-    at: float
-    kind: str
-    nodes: tuple[str, ...] = ()
-    other: tuple[str, ...] = ()
-    seconds: float = 0.0
-
-    def describe(self) -> str:
-        """One line: when, what, to whom."""
-        what = f"t={self.at:8.3f}  {self.kind:<7} {','.join(self.nodes)}"
-        if self.other:
-            what += f" | {','.join(self.other)}"
-        if self.kind in ("delay", "jump", "wall"):
-            what += f" {self.seconds:+.3f}s"
-        return what
-
-
-@attr.s(frozen=True, auto_attribs=True)
-class SimulationConfig:
-    """
-    The shape of a run; the seed picks everything else.
-
-    @ivar failover: the failover era: the master may crash for good, and
-        the job must finish once a majority of its replica set lives
-        (L{IFailoverProbe.replica_set}).  Without it (today's code), the
-        master always comes back with its journal.
-    @ivar kinds: the fault kinds drawn, with their weights.
-    """
-
-    nodes: int = 5
-    tasks: tuple[int, int] = (10, 60)
-    faults: tuple[int, int] = (2, 12)
-    fault_window: float = 15.0
-    quiet_limit: float = 120.0
-    settle: float = 3.0
-    failover: bool = False
-    kinds: Mapping[str, int] = attr.ib(
-        factory=lambda: {
-            "crash": 3,
-            "crash-master": 2,
-            "freeze": 2,
-            "partition": 3,
-            "delay": 2,
-            "jump": 1,
-            "wall": 1,
-        }
-    )
-
-    def names(self) -> list[str]:
-        """The nodes' names: n1 (the master) to nN."""
-        return [f"n{i}" for i in range(1, self.nodes + 1)]
-
-
-def make_schedule(seed: int, config: SimulationConfig) -> list[Fault]:
-    """
-    The faults of run C{seed}, in time order: each fault that has an end
-    (a restart, a thaw, a mend, a delay back to 0) gets it within the fault
-    window, except a crash, whose node may stay down (never the master's,
-    unless C{config.failover}).
-    """
-    rng = random.Random(f"schedule/{seed}")
-    names = config.names()
-    master = names[0]
-    window = config.fault_window
-    kinds = sorted(config.kinds)
-    weights = [config.kinds[k] for k in kinds]
-    faults: list[Fault] = []
-    for _ in range(rng.randint(*config.faults)):
-        kind = rng.choices(kinds, weights)[0]
-        at = round(rng.uniform(0.5, window), 3)
-
-        def until(longest: float) -> float:
-            return round(min(window, at + rng.uniform(0.05, longest)), 3)  # noqa: B023
-
-        if kind in ("crash", "crash-master"):
-            victim = master if kind == "crash-master" else rng.choice(names[1:])
-            faults.append(Fault(at, "crash", (victim,)))
-            if victim != master or not config.failover or rng.random() < 0.5:
-                if victim == master or rng.random() < 0.7:
-                    faults.append(Fault(until(10.0), "restart", (victim,)))
-        elif kind == "freeze":
-            victim = rng.choice(names)
-            faults.append(Fault(at, "freeze", (victim,)))
-            faults.append(Fault(until(8.0), "thaw", (victim,)))
-        elif kind == "partition":
-            side = tuple(sorted(rng.sample(names, rng.randint(1, len(names) - 1))))
-            rest = tuple(n for n in names if n not in side)
-            faults.append(Fault(at, "cut", side, rest))
-            faults.append(Fault(until(15.0), "mend", side, rest))
-        elif kind == "delay":
-            pair = tuple(sorted(rng.sample(names, 2)))
-            faults.append(Fault(at, "delay", pair, seconds=round(rng.uniform(0.01, 2.0), 3)))
-            faults.append(Fault(until(10.0), "delay", pair, seconds=0.0))
-        elif kind == "jump":
-            faults.append(Fault(at, "jump", seconds=round(rng.uniform(0.5, 20.0), 3)))
-        elif kind == "wall":
-            faults.append(Fault(at, "wall", (rng.choice(names),), seconds=round(rng.uniform(-3600.0, 3600.0), 3)))
-    faults.sort(key=lambda f: f.at)
-    return faults
-
-
-# -- what nodes expose for the failover invariants -----------------------------
-
-
-@attr.s(frozen=True, auto_attribs=True)
-class Observation:
-    """
-    Something a node did that the failover invariants judge.
-
-    @ivar kind: C{"assignment"}: worker C{node} accepted an assignment of
-        C{job} at C{epoch}, having seen at most C{seen} before;
-        C{"acknowledged"}: C{node}, as master of C{job} at C{epoch},
-        acknowledged a record (to a client or a worker) as committed.
-    @ivar detail: what, for the report (a task id, a record's seq).
-    """
-
-    kind: str
-    node: str
-    job: str
-    epoch: int
-    seen: int = 0
-    detail: str = ""
-
-
-class IFailoverProbe(Protocol):
-    """
-    What the simulation asks the nodes about failover.  Master failover
-    (issue 13) implements it over the epochs its nodes keep; until then
-    L{NoFailover} answers for today's code.
-    """
-
-    def observations(self, name: str, node: Node) -> Iterable[Observation]:
-        """
-        What node C{name} did since it was last asked (asked before it
-        crashes and at the end of a run).
-        """
-
-    def master_of(self, job: str, nodes: Mapping[str, Node]) -> str | None:
-        """The name of the node that leads C{job} now, among the live C{nodes}, or C{None}."""
-
-    def replica_set(self, job: str, original_master: str) -> Sequence[str]:
-        """The names of C{job}'s replica set (its master and successors, as accepted)."""
-
-
-class NoFailover:
-    """
-    The probe for today's code: a job lives on the node that accepted it
-    (its replica set is that node alone), and nobody keeps epochs, so
-    there is nothing to observe.
-    """
-
-    def observations(self, name: str, node: Node) -> Iterable[Observation]:
-        """Nothing: no node keeps epochs yet."""
-        return ()
-
-    def master_of(self, job: str, nodes: Mapping[str, Node]) -> str | None:
-        """The live node that has C{job} among its master's jobs, if any."""
-        for name, node in nodes.items():
-            if job in node.master.jobs:
-                return name
-        return None
-
-    def replica_set(self, job: str, original_master: str) -> Sequence[str]:
-        """The master alone."""
-        return (original_master,)
-
-
-# -- invariant checkers ---------------------------------------------------------
-
-
-def check_results(job_id: str, accepted: Sequence[str], final: Job | None) -> list[str]:
-    """
-    Every accepted task has exactly one recorded result at the final master
-    (and the job holds no task that was not accepted).
-
-    @param accepted: the ids of the tasks accepted.
-    @param final: the job as the final master holds it (C{None}: nobody does).
-    """
-    if final is None:
-        return [f"No live node is master of job {job_id} at the end."]
-    problems = []
-    missing = [t for t in accepted if t not in final.tasks]
-    extra = sorted(set(final.tasks) - set(accepted))
-    if missing:
-        problems.append(f"Job {job_id} at its final master lacks accepted task(s) {missing}.")
-    if extra:
-        problems.append(f"Job {job_id} at its final master holds task(s) {extra} that were never accepted.")
-    without = [t for t in accepted if t in final.tasks and final.tasks[t].result is None]
-    if without and final.finished is not None:
-        problems.append(f"Job {job_id} finished with no recorded result for task(s) {without}.")
-    if final.finished is not None and final.succeeded + final.failed != len(final.tasks):
-        problems.append(
-            f"Job {job_id} finished counting {final.succeeded} succeeded and {final.failed} failed "
-            f"of {len(final.tasks)} task(s)."
-        )
-    return problems
-
-
-@attr.s(frozen=True, auto_attribs=True)
-class Recorded:
-    """A result a master recorded as its task's (seen through C{Views.on_result})."""
-
-    at: float
-    master: str
-    incarnation: int
-    task: str
-    attempt: int
-    status: str
-    worker: str
-
-
-def check_no_double_records(records: Sequence[Recorded], known: Mapping[tuple[str, int], set[str]]) -> list[str]:
-    """
-    No task's successful result was recorded twice: not twice by one master
-    incarnation, and not again by a master that resumed (or took over) the
-    job with that task's result already recorded.
-
-    @param records: every result recorded as a task's, in order.
-    @param known: the tasks that already had a successful result when each
-        (master, incarnation) took the job up (from its journal).
-    """
-    seen: dict[tuple[str, int], dict[str, Recorded]] = {}
-    problems = []
-    for record in records:
-        if record.status != "succeeded":
-            continue
-        key = (record.master, record.incarnation)
-        mine = seen.setdefault(key, {})
-        if record.task in known.get(key, set()):
-            problems.append(
-                f"Task {record.task} was recorded again at t={record.at:.3f} (attempt {record.attempt} on "
-                f"{record.worker}) by master {record.master} #{record.incarnation}, which had resumed it with a "
-                "result already."
-            )
-        elif record.task in mine:
-            first = mine[record.task]
-            problems.append(
-                f"Task {record.task} was recorded twice by master {record.master} #{record.incarnation}: "
-                f"attempt {first.attempt} on {first.worker} at t={first.at:.3f}, then attempt {record.attempt} "
-                f"on {record.worker} at t={record.at:.3f}."
-            )
-        mine.setdefault(record.task, record)
-    return problems
-
-
-def check_finished(
-    job_id: str, final: Job | None, live: Sequence[str], replicas: Sequence[str], quiet_for: float
-) -> list[str]:
-    """
-    The job finished once the faults stopped, if a majority of its replica
-    set lives (for today's code the set is the master alone, which is then
-    always restarted).
-
-    @param live: the nodes alive at the end.
-    @param quiet_for: how long the run went on without faults.
-    """
-    alive = [name for name in replicas if name in live]
-    if len(alive) < len(replicas) // 2 + 1:
-        return []
-    if final is not None and final.finished is not None:
-        return []
-    if final is None:
-        state = "no live node is its master"
-    else:
-        counts = Counter(record.state.name.lower() for record in final.tasks.values())
-        state = "tasks " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-    return [
-        f"Job {job_id} did not finish within {quiet_for:.0f} s after the faults stopped, with "
-        f"{len(alive)} of its {len(replicas)} replica(s) alive ({', '.join(alive)}): {state}."
-    ]
-
-
-def check_fencing(observations: Iterable[Observation]) -> list[str]:
-    """No worker accepted an assignment from an epoch older than one it had seen."""
-    return [
-        f"Worker {o.node} accepted an assignment of job {o.job} ({o.detail}) at epoch {o.epoch} after "
-        f"seeing epoch {o.seen}."
-        for o in observations
-        if o.kind == "assignment" and o.epoch < o.seen
-    ]
-
-
-def check_one_leader_per_epoch(observations: Iterable[Observation]) -> list[str]:
-    """No two nodes acknowledged records of one job in the same epoch."""
-    leaders: dict[tuple[str, int], list[str]] = {}
-    for o in observations:
-        if o.kind == "acknowledged":
-            names = leaders.setdefault((o.job, o.epoch), [])
-            if o.node not in names:
-                names.append(o.node)
-    return [
-        f"Nodes {', '.join(names)} all acknowledged records of job {job} in epoch {epoch}."
-        for (job, epoch), names in sorted(leaders.items())
-        if len(names) > 1
-    ]
-
-
-def check_no_unhandled_errors(events: Iterable[Mapping[str, Any]]) -> list[str]:
-    """Nothing was logged at the critical level (an unhandled error in a Deferred, a responder's exception)."""
-    problems = []
-    for event in events:
-        if event.get("log_level") is LogLevel.critical:
-            text = formatEvent(dict(event))
-            failure = event.get("log_failure")
-            if failure is not None:
-                text += "\n" + failure.getTraceback()
-            problems.append(f"Logged as critical: {text}")
-    return problems
 
 
 # -- a run ----------------------------------------------------------------------

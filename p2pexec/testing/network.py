@@ -26,133 +26,29 @@ from __future__ import annotations
 
 import itertools
 from bisect import insort
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import error
 from twisted.internet.address import IPv4Address
 from twisted.internet.base import DelayedCall
-from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IDelayedCall, IMulticastTransport, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
-from twisted.test.iosim import FakeTransport, IOPump
+from twisted.test.iosim import FakeTransport
 from zope.interface import implementer
 
-
-class _Port:
-    """A listening TCP port."""
-
-    def __init__(self, network: FakeNetwork, host: str, port: int, factory: Any) -> None:
-        self._network = network
-        self.host, self.port, self.factory = host, port, factory
-
-    def getHost(self) -> IPv4Address:
-        return IPv4Address("TCP", self.host, self.port)
-
-    def stopListening(self) -> Deferred[None]:
-        self._network._servers.pop((self.host, self.port), None)
-        return succeed(None)
-
-
-class _Connector:
-    """What L{FakeNetwork.connectTCP} returns."""
-
-    def __init__(self, network: FakeNetwork, host: str, port: int, factory: Any) -> None:
-        self._network = network
-        self.host, self.port, self.factory = host, port, factory
-        self.pending = True
-        self.source = "127.0.0.1"
-        self.deadline = 0.0
-
-    def stopConnecting(self) -> None:
-        if self.pending:
-            self.pending = False
-            self.factory.clientConnectionFailed(self, Failure(error.UserError()))
-
-    def disconnect(self) -> None:
-        self.stopConnecting()
-
-    def getDestination(self) -> IPv4Address:
-        return IPv4Address("TCP", self.host, self.port)
-
-
-@implementer(IMulticastTransport)
-class _MulticastPort:
-    """The transport of a protocol given to L{FakeNetwork.listenMulticast}."""
-
-    def __init__(self, network: FakeNetwork, port: int, protocol: Any) -> None:
-        self._network = network
-        self.port = port
-        self.protocol = protocol
-        self.groups: set[str] = set()
-        self.outgoing: str | None = None
-        self.ttl = 1
-        self.sent: list[tuple[bytes, tuple[str, int]]] = []
-        self.host_address = "127.0.0.1"
-        self.owner: FakeHost | None = None
-
-    def setOutgoingInterface(self, address: str | int) -> Deferred[int]:
-        """Send from C{address} (an IPv4 address, as the node gives it)."""
-        self.outgoing = str(address)
-        return succeed(1)
-
-    def getOutgoingInterface(self) -> str:
-        """The address datagrams are sent from."""
-        return self.outgoing or ""
-
-    def setTTL(self, ttl: int) -> None:
-        """Note the time-to-live of datagrams sent (nothing routes them further here)."""
-        self.ttl = ttl
-
-    def getTTL(self) -> int:
-        """The time-to-live of datagrams sent."""
-        return self.ttl
-
-    def setLoopbackMode(self, mode: bool) -> None:
-        """Ignored: every listener on the group hears every datagram, as on one host in loopback mode."""
-
-    def getLoopbackMode(self) -> bool:
-        """Always on (see L{setLoopbackMode})."""
-        return True
-
-    def setBroadcastAllowed(self, enabled: bool) -> None:
-        """Ignored: this network has no broadcast."""
-
-    def getBroadcastAllowed(self) -> bool:
-        """This network has no broadcast."""
-        return False
-
-    def connect(self, host: str, port: int) -> None:
-        """Not supported: a multicast port is not connected."""
-        raise NotImplementedError("FakeNetwork's multicast ports cannot be connected")
-
-    def joinGroup(self, address: str, interface: str = "") -> Deferred[None]:
-        """Hear the datagrams sent to group C{address} on this port."""
-        self.groups.add(address)
-        return succeed(None)
-
-    def leaveGroup(self, address: str, interface: str = "") -> Deferred[None]:
-        """Stop hearing group C{address}."""
-        self.groups.discard(address)
-        return succeed(None)
-
-    def write(self, data: bytes, address: tuple[str, int] | None = None) -> None:
-        """Send C{data} to the group and port C{address}, to every listener that joined it."""
-        if address is None:
-            raise ValueError("a multicast datagram needs a destination: the port is not connected")
-        self.sent.append((data, address))
-        self._network._multicast(data, address, (self.outgoing or "127.0.0.1", self.port))
-
-    def getHost(self) -> IPv4Address:
-        return IPv4Address("UDP", "0.0.0.0", self.port)
-
-    def stopListening(self) -> Deferred[None]:
-        if self in self._network._multicast_ports:
-            self._network._multicast_ports.remove(self)
-            self.protocol.doStop()
-        return succeed(None)
+from p2pexec.testing.plumbing import (
+    Connector,
+    HostCall,
+    HostDelayedCall,
+    MulticastPort,
+    OwnedFactory,
+    Port,
+    Pump,
+    deliver,
+    planned,
+)
 
 
 class FakeNetwork(Clock):
@@ -166,10 +62,10 @@ class FakeNetwork(Clock):
 
     def __init__(self) -> None:
         super().__init__()
-        self._servers: dict[tuple[str, int], _Port] = {}
-        self._multicast_ports: list[_MulticastPort] = []
+        self._servers: dict[tuple[str, int], Port] = {}
+        self._multicast_ports: list[MulticastPort] = []
         self._free_ports = itertools.count(40000)
-        self.pumps: list[_Pump] = []
+        self.pumps: list[Pump] = []
         self.datagrams: list[tuple[bytes, tuple[str, int], tuple[str, int]]] = []
         self.partitioned: set[tuple[str, int]] = set()
         self.blocked_multicast: set[tuple[str, str]] = set()
@@ -187,13 +83,13 @@ class FakeNetwork(Clock):
         made), but inserted in place rather than sorting every call again.
         """
         call = DelayedCall(self.seconds() + delay, callable, args, kw, self.calls.remove, self._moved, self.seconds)
-        insort(self.calls, call, key=_planned)
+        insort(self.calls, call, key=planned)
         return call
 
     def _moved(self, call: DelayedCall) -> None:
         """C{call} was moved earlier (L{DelayedCall.reset}): put it in its place."""
         self.calls.remove(call)
-        insort(self.calls, call, key=_planned)
+        insort(self.calls, call, key=planned)
 
     def _sortCalls(self) -> None:
         """Nothing to do: L{callLater} keeps the calls in order."""
@@ -210,41 +106,39 @@ class FakeNetwork(Clock):
             call = calls.pop(0)
             if call.delayed_time:
                 call.activate_delay()
-                insort(calls, call, key=_planned)
+                insort(calls, call, key=planned)
                 continue
             call.called = 1
             call.func(*call.args, **call.kw)
 
     # -- IReactorTCP ----------------------------------------------------------
 
-    def listenTCP(self, port: int, factory: Any, backlog: int = 50, interface: str = "") -> _Port:
+    def listenTCP(self, port: int, factory: Any, backlog: int = 50, interface: str = "") -> Port:
         """Listen on C{port} (a fresh one for 0) of C{interface} (127.0.0.1 by default); raise if it is taken."""
         host = interface or "127.0.0.1"
         if port == 0:
             port = next(self._free_ports)
         if (host, port) in self._servers:
             raise error.CannotListenError(host, port, OSError(98, "Address already in use"))
-        listening = _Port(self, host, port, factory)
+        listening = Port(self, host, port, factory)
         self._servers[(host, port)] = listening
         factory.doStart()
         return listening
 
-    def connectTCP(
-        self, host: str, port: int, factory: Any, timeout: float = 30, bindAddress: Any = None
-    ) -> _Connector:
+    def connectTCP(self, host: str, port: int, factory: Any, timeout: float = 30, bindAddress: Any = None) -> Connector:
         """Start a connection to C{host:port}; it completes, or fails as refused, on the next turn of the clock."""
-        connector = _Connector(self, host, port, factory)
+        connector = Connector(self, host, port, factory)
         connector.source = bindAddress[0] if bindAddress else "127.0.0.1"
         connector.deadline = self.seconds() + timeout
         factory.startedConnecting(connector)
         self.callLater(0, self._complete, connector)
         return connector
 
-    def _complete(self, connector: _Connector) -> None:
+    def _complete(self, connector: Connector) -> None:
         if not connector.pending:
             return
         server = self._servers.get((connector.host, connector.port))
-        owner = server.factory._host if server is not None and isinstance(server.factory, _OwnedFactory) else None
+        owner = server.factory._host if server is not None and isinstance(server.factory, OwnedFactory) else None
         unreachable = frozenset((connector.source, connector.host)) in self.cuts
         if server is not None and (unreachable or (owner is not None and owner.frozen)):
             # The SYN is lost (a cut link), or nobody accepts yet (a frozen
@@ -269,7 +163,7 @@ class FakeNetwork(Clock):
         client_transport = FakeTransport(client_protocol, False, client_address, server_address)
         server_protocol.makeConnection(server_transport)
         client_protocol.makeConnection(client_transport)
-        pump = _Pump(client_protocol, server_protocol, client_transport, server_transport, False, clock=self)
+        pump = Pump(client_protocol, server_protocol, client_transport, server_transport, False, clock=self)
         pump.server_address = (connector.host, connector.port)
         pump.link = frozenset((connector.source, connector.host))
         self.pumps.append(pump)
@@ -287,9 +181,9 @@ class FakeNetwork(Clock):
 
     def listenMulticast(
         self, port: int, protocol: Any, interface: str = "", maxPacketSize: int = 8192, listenMultiple: bool = False
-    ) -> _MulticastPort:
+    ) -> MulticastPort:
         """Give C{protocol} a multicast port on C{port}; it hears the groups it joins."""
-        listening = _MulticastPort(self, port, protocol)
+        listening = MulticastPort(self, port, protocol)
         self._multicast_ports.append(listening)
         protocol.makeConnection(listening)
         return listening
@@ -302,7 +196,7 @@ class FakeNetwork(Clock):
             if frozenset((source[0], listening.host_address)) in self.cuts:
                 continue
             if listening.port == group[1] and group[0] in listening.groups:
-                self.callLater(0, _deliver, listening, data, source)
+                self.callLater(0, deliver, listening, data, source)
 
     def inject_datagram(self, data: bytes, group: tuple[str, int], source: tuple[str, int] = ("127.0.0.1", 9)) -> None:
         """Multicast C{data} to C{group} as if a stranger had sent it."""
@@ -344,7 +238,7 @@ class FakeNetwork(Clock):
                 self.pumps.remove(pump)
         return moved
 
-    def _frozen(self, pump: _Pump) -> bool:
+    def _frozen(self, pump: Pump) -> bool:
         for protocol in (pump.clientIO.protocol, pump.serverIO.protocol):
             host = self.owners.get(protocol)
             if host is not None and host.frozen:
@@ -471,7 +365,7 @@ class FakeHost:
         self.address = address
         self.crashed = False
         self.frozen = False
-        self._held: list[_HostDelayedCall] = []
+        self._held: list[HostDelayedCall] = []
         self._ports: list[Any] = []
         self._protocols: list[Any] = []
 
@@ -484,7 +378,7 @@ class FakeHost:
         Schedule C{callable} on the network's clock; it does not run if this
         host has crashed by then, and waits for L{thaw} if it is frozen.
         """
-        return _HostDelayedCall(self, _HostCall(self, callable, args, kwargs), delay)
+        return HostDelayedCall(self, HostCall(self, callable, args, kwargs), delay)
 
     def scheduled(self) -> list[Callable[..., Any]]:
         """
@@ -495,7 +389,7 @@ class FakeHost:
         mine = []
         for call in self.network.getDelayedCalls():
             owner = getattr(call.func, "__self__", None) if isinstance(call, DelayedCall) else None
-            if isinstance(owner, _HostDelayedCall) and owner.host is self:
+            if isinstance(owner, HostDelayedCall) and owner.host is self:
                 mine.append(owner.call.f)
         return mine
 
@@ -509,16 +403,16 @@ class FakeHost:
 
     def listenTCP(self, port: int, factory: Any, backlog: int = 50, interface: str = "") -> Any:
         """Listen on this host's address (or C{interface}), noting the port and the protocols built, for L{crash}."""
-        listening = self.network.listenTCP(port, _OwnedFactory(self, factory), backlog, interface or self.address)
+        listening = self.network.listenTCP(port, OwnedFactory(self, factory), backlog, interface or self.address)
         self._ports.append(listening)
         return listening
 
     def connectTCP(self, host: str, port: int, factory: Any, timeout: float = 30, bindAddress: Any = None) -> Any:
         """Connect to C{host:port}, noting the protocol built, for L{crash}; once crashed, never connect."""
         if self.crashed:
-            return _Connector(self.network, host, port, factory)
+            return Connector(self.network, host, port, factory)
         return self.network.connectTCP(
-            host, port, _OwnedFactory(self, factory), timeout, bindAddress or (self.address, 0)
+            host, port, OwnedFactory(self, factory), timeout, bindAddress or (self.address, 0)
         )
 
     def listenMulticast(
@@ -553,7 +447,7 @@ class FakeHost:
         self.frozen = False
         self._held = []
         for listening in self._ports:
-            if isinstance(listening, _MulticastPort):
+            if isinstance(listening, MulticastPort):
                 if listening in self.network._multicast_ports:
                     self.network._multicast_ports.remove(listening)
             else:
@@ -571,142 +465,3 @@ class FakeHost:
                 transport.disconnected = True
             if not told:
                 survivor.protocol.connectionLost(Failure(error.ConnectionLost("the peer vanished")))
-
-
-class _Pump(IOPump):
-    """
-    An L{IOPump} that knows the listening address its connection reached
-    (see L{FakeNetwork.partition}) and the hosts it links (see
-    L{FakeNetwork.cut}), and can hold bytes back (see L{FakeNetwork.set_delay}).
-    """
-
-    server_address: tuple[str, int] = ("", 0)
-    link: frozenset[str] = frozenset()
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.in_flight: deque[tuple[float, Any, bytes]] = deque()
-
-    def pump(self, debug: bool = False, advanceClock: bool = True, delay: float = 0.0) -> bool:
-        """Move bytes; with a C{delay}, those written now arrive C{delay} seconds later, in order."""
-        if not delay and not self.in_flight:
-            return bool(super().pump(debug, advanceClock))
-        now = self.clock.seconds()
-        moved = False
-        for source, destination in ((self.clientIO, self.serverIO), (self.serverIO, self.clientIO)):
-            data = source.getOutBuffer()
-            if data:
-                due = max(now + delay, self.in_flight[-1][0] if self.in_flight else 0.0)
-                self.in_flight.append((due, destination, data))
-        while self.in_flight and self.in_flight[0][0] <= now:
-            _, destination, data = self.in_flight.popleft()
-            destination.bufferReceived(data)
-            moved = True
-        if self.in_flight or moved:
-            return moved
-        # Everything sent has arrived: a close may go through now.
-        return bool(super().pump(debug, advanceClock))
-
-
-class _HostCall:
-    """A call a L{FakeHost} scheduled: it does not run once the host has crashed."""
-
-    def __init__(
-        self, host: FakeHost, f: Callable[..., Any], args: tuple[object, ...], kwargs: dict[str, object]
-    ) -> None:
-        self.host = host
-        self.f = f
-        self._args = args
-        self._kwargs = kwargs
-
-    def __call__(self) -> Any:
-        if not self.host.crashed:
-            return self.f(*self._args, **self._kwargs)
-        return None
-
-
-@implementer(IDelayedCall)
-class _HostDelayedCall:
-    """
-    What L{FakeHost.callLater} returns: a call that does not run once its
-    host crashed, and that waits while its host is frozen (it stays active,
-    and can be cancelled, until L{FakeHost.thaw} runs it).
-    """
-
-    def __init__(self, host: FakeHost, call: _HostCall, delay: float) -> None:
-        self.host = host
-        self.call = call
-        self.state = "pending"
-        self._delayed = host.network.callLater(delay, self._due)
-
-    def _due(self) -> None:
-        if self.host.crashed:
-            self.state = "called"
-        elif self.host.frozen:
-            self.state = "held"
-            self.host._held.append(self)
-        else:
-            self.state = "called"
-            self.call()
-
-    def getTime(self) -> float:
-        """When it is (or was) due."""
-        return float(self._delayed.getTime())
-
-    def cancel(self) -> None:
-        """Do not run it."""
-        if self.state == "held":
-            if self in self.host._held:  # not once the host crashed
-                self.host._held.remove(self)
-            self.state = "cancelled"
-            return
-        self._delayed.cancel()
-        self.state = "cancelled"
-
-    def delay(self, secondsLater: float) -> None:
-        """Run it C{secondsLater} seconds later than planned."""
-        self._delayed.delay(secondsLater)
-
-    def reset(self, secondsFromNow: float) -> None:
-        """Run it C{secondsFromNow} seconds from now instead."""
-        if self.state == "held":
-            if self in self.host._held:
-                self.host._held.remove(self)
-            self.state = "pending"
-            self._delayed = self.host.network.callLater(secondsFromNow, self._due)
-            return
-        self._delayed.reset(secondsFromNow)
-
-    def active(self) -> bool:
-        """Whether it has yet to run (or to be cancelled)."""
-        return self.state == "held" or (self.state == "pending" and bool(self._delayed.active()))
-
-
-class _OwnedFactory:
-    """Wraps a factory so that its host knows the protocols it builds."""
-
-    def __init__(self, host: FakeHost, factory: Any) -> None:
-        self._host = host
-        self._factory = factory
-
-    def buildProtocol(self, address: Any) -> Any:
-        protocol = self._factory.buildProtocol(address)
-        self._host._protocols.append(protocol)
-        if protocol is not None:
-            self._host.network.owners[protocol] = self._host
-        return protocol
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._factory, name)
-
-
-def _planned(call: DelayedCall) -> float:
-    """When C{call} was last put in line to run (a later L{DelayedCall.reset} is seen when it is due)."""
-    return float(call.time)
-
-
-def _deliver(listening: _MulticastPort, data: bytes, source: tuple[str, int]) -> None:
-    if listening.owner is not None and listening.owner.frozen:
-        return  # a stopped process's socket buffer: assume it overflowed
-    if listening in listening._network._multicast_ports:
-        listening.protocol.datagramReceived(data, source)

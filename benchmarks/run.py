@@ -10,8 +10,10 @@ the table gives the median with the minimum and maximum in brackets.  Ratios
 (W2 p2pexec/xargs, W5 kill/no kill) are taken within each repetition, then
 summarised.
 
-  W1  10,000 tasks without a command, master (runs nothing) + 2 workers:
-      tasks/s = tasks / the results file's elapsed.
+  W1  10,000 tasks without a command, master (runs nothing) + 2 workers,
+      every node ``--replicas 2`` (the default): tasks/s = tasks / the
+      results file's elapsed.  Then the same with ``--replicas 0`` (W1-r0),
+      right after it in each repetition: their ratio is replication's cost.
   W2  2,000 tasks ``true`` given to one node ``--slots 2`` (two at a time
       on one machine, as xargs -P2), against ``xargs -P 2 -n 1 true`` over
       the same 2,000 ids, in the same repetition; also through the network
@@ -113,8 +115,20 @@ class Suite:
                 number,
                 lambda d: workloads.w1(d, f.w1_job, a.w1_tasks, a.timeout),
                 lambda r: (
-                    f"{r['tasks_per_s']:>9,.0f} tasks/s  elapsed {r['elapsed']:.3f}s  "
+                    f"{r['tasks_per_s']:>9,.0f} tasks/s  elapsed {r['elapsed']:.3f}s  CPU {r['cpu']:.2f}s  "
                     f"W4: master {r['master_hwm'] / MiB:.1f} MiB, worker {r['worker_hwm'] / MiB:.1f} MiB"
+                ),
+            )
+        if "W1" in only:
+            # The same cluster without replication, right after: their ratio is what replication costs.
+            self._one(
+                "W1-r0",
+                number,
+                lambda d: workloads.w1(d, f.w1_job, a.w1_tasks, a.timeout, replicas=0),
+                lambda r: (
+                    f"{r['tasks_per_s']:>9,.0f} tasks/s  elapsed {r['elapsed']:.3f}s  CPU {r['cpu']:.2f}s  (--replicas 0; "
+                    f"--replicas {workloads.W1_REPLICAS} / 0: "
+                    f"{self.runs['W1'][-1]['tasks_per_s'] / r['tasks_per_s']:.2f})"
                 ),
             )
         if "SEC" in only:
@@ -228,6 +242,23 @@ class Suite:
                 lambda v: v >= target,
             )
             add("W1", "elapsed s", [r["elapsed"] for r in w1], ".3f")
+            bare = self.runs.get("W1-r0", [])
+            if bare:
+                add("W1", "tasks/s with --replicas 0", [r["tasks_per_s"] for r in bare], ",.0f")
+                add(
+                    "W1",
+                    f"  ratio --replicas {workloads.W1_REPLICAS} (default) / 0 (same repetition)",
+                    [w["tasks_per_s"] / b["tasks_per_s"] for w, b in zip(w1, bare)],
+                    ".2f",
+                    ">= 0.85",
+                    lambda v: v >= 0.85,
+                )
+                add(
+                    "W1",
+                    "  CPU s of the 3 nodes, --replicas 2 / 0 (start-up included)",
+                    [w["cpu"] / b["cpu"] for w, b in zip(w1, bare)],
+                    ".2f",
+                )
         if w1 and "W4" in a.only:
             add(
                 "W4",

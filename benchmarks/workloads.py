@@ -9,9 +9,12 @@ machine; the master holds the job file and writes ``--results``):
 
   - W1/W4: workers ``bench1`` and ``bench2`` (capability ``w``) are started
     and listening, then the master ``master``, which runs no task kind
-    itself, so that every task crosses the network twice.  10,000 tasks
-    without a command.  tasks/s = tasks / the results file's ``elapsed``
-    (master accepts the job at start-up -> last result).  W4 is read from
+    itself, so that every task crosses the network twice; every node
+    ``--replicas 2`` (the default; W1-r0: ``--replicas 0``).  Once the
+    master is connected to both workers (its replicas), 10,000 tasks
+    without a command are submitted with ``p2pexec submit``.  tasks/s =
+    tasks / the ``elapsed`` of the master's "Job ... finished" line
+    (accepted -> last result).  W4 is read from
     the same runs: VmHWM of the master and of ``bench1`` from /proc, just
     before they are stopped.
   - W2: 2,000 tasks ``command = ["true"]`` given to one node with
@@ -46,14 +49,17 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
 
 from _cluster import (
+    CHECKOUT,
     Node,
     RunFailed,
     Watch,
@@ -136,37 +142,80 @@ def security_options(folder: str, mode: str) -> list[str]:
     return ["--key-file", path] + (["--tls"] if mode == "tls" else [])
 
 
-def w1(folder: str, job_path: str, tasks: int, timeout: float, security: str = "plain") -> dict:
+W1_REPLICAS = 2
+"""W1's C{--replicas} (the default): every job's records held by a majority of master + 2 workers."""
+
+W1_FINISHED = re.compile(r"Job (\S+) finished: (\d+) succeeded, (\d+) failed, ([0-9.]+)s elapsed")
+
+
+def submit(folder: str, port: int, job_path: str, timeout: float) -> str:
+    """Submit C{job_path} to the node on C{port} with C{p2pexec submit}; return the job id."""
+    env = dict(os.environ, PYTHONPATH=CHECKOUT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "p2pexec.cli", "--connect", f"127.0.0.1:{port}", "submit", job_path],
+            capture_output=True,
+            text=True,
+            cwd=folder,
+            env=env,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
+    except subprocess.TimeoutExpired:
+        raise RunFailed(f"p2pexec submit did not finish within {timeout:g}s") from None
+    if done.returncode != 0 or not done.stdout.strip():
+        raise RunFailed(f"p2pexec submit exited with status {done.returncode}: {done.stdout}{done.stderr}")
+    return done.stdout.split()[-1]
+
+
+def w1(
+    folder: str, job_path: str, tasks: int, timeout: float, security: str = "plain", replicas: int = W1_REPLICAS
+) -> dict:
     """
     W1 (and W4): no-command tasks through a master that runs nothing and two
-    workers; C{security} as in L{security_options}.
+    workers, every node started with C{--replicas replicas}; C{security} as in
+    L{security_options}.  The job is submitted once the master is connected
+    to both workers, so that they are its replicas.
     """
-    extra = security_options(folder, security)
+    extra = [*security_options(folder, security), "--replicas", str(replicas)]
     cluster = fresh_cluster()
-    results_path = os.path.join(folder, "w1-results.json")
     nodes: list[Node] = []
     failed: BaseException | None = None
     try:
         deadline = time.monotonic() + timeout
         nodes += _start_workers(folder, cluster, deadline, extra=extra)
-        launched = time.monotonic()
-        master = start_node(
-            folder,
-            MASTER,
-            ["--capabilities", IDLE_CAPABILITY, "--job", job_path, "--results", results_path, *extra],
-            cluster,
-            slots=SLOTS,
-        )
+        master = start_node(folder, MASTER, ["--capabilities", IDLE_CAPABILITY, *extra], cluster, slots=SLOTS)
         nodes.append(master)
-        done_at = wait_until(lambda: os.path.exists(results_path), nodes, deadline, "the W1 job to finish")
-        report = _read_results(results_path, tasks)
+        watch = Watch(
+            master,
+            port=r"Node \S+ started on port (\d+)",
+            connected=r"Node \S+ connected to peer (\S+)",
+            finished=W1_FINISHED.pattern,
+            replicated=r"Node \S+ replicates job \S+ to (.+) \(a majority",
+        )
+        wait_until(lambda: watch.poll()["connected"] >= set(WORKERS), nodes, deadline, "the W1 master to connect")
+        port = int(next(iter(watch.found["port"])))
+        job = submit(folder, port, job_path, max(1.0, deadline - time.monotonic()))
+        wait_until(lambda: bool(watch.poll()["finished"]), nodes, deadline, "the W1 job to finish")
+        if (
+            replicas
+            and watch.found["replicated"] != {", ".join(WORKERS)}
+            and watch.found["replicated"] != {", ".join(reversed(WORKERS))}
+        ):
+            raise RunFailed(f"job {job} was replicated to {watch.found['replicated'] or 'nobody'}, not both workers")
+        line = next(line for line in master.lines() if W1_FINISHED.search(line))
+        match = W1_FINISHED.search(line)
+        assert match is not None
+        if match.group(1) != job or int(match.group(2)) != tasks or int(match.group(3)) != 0:
+            raise RunFailed(f"W1 ended otherwise than with {tasks} tasks succeeded: {line}")
+        elapsed = float(match.group(4))
         master_memory = master.memory()
         worker_memory = nodes[0].memory()
         other_worker_memory = nodes[1].memory()
         return {
-            "elapsed": float(report["elapsed"]),
-            "tasks_per_s": tasks / float(report["elapsed"]),
-            "launch": done_at - launched,
+            "cpu": sum(node.cpu_seconds() or 0.0 for node in nodes),
+            "elapsed": elapsed,
+            "tasks_per_s": tasks / elapsed,
             "master_hwm": master_memory.get("VmHWM"),
             "worker_hwm": worker_memory.get("VmHWM"),
             "worker2_hwm": other_worker_memory.get("VmHWM"),

@@ -17,9 +17,13 @@ MAX_VALUE_BYTES = 60_000
 T = TypeVar("T")
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+"""One encoder for every value (C{json.dumps} with these options builds a new one per call)."""
+
+
 def encode_json(value: Any) -> bytes:
     """Compact UTF-8 JSON, as every JSON argument is encoded."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return _ENCODER.encode(value).encode("utf-8")
 
 
 class Chunk(list[Any]):

@@ -207,7 +207,7 @@ class Replication(Succession):
         records = log_.to_send(member)
         if not records:
             return
-        for batch in commands.chunk(records, Record.to_wire):
+        for batch in commands.chunk(records, Record.to_wire, encode=Record.encode_wire):
             items: list[Record] = batch.items
             self.sent += 1
             d = protocol.callRemote(

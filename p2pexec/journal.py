@@ -339,7 +339,7 @@ class Journal:
                         "INSERT OR REPLACE INTO replica_records (job, seq, kind, data, epoch, node) "
                         "VALUES (?, ?, ?, ?, ?, ?)",
                         (
-                            (job, seq, r.kind, json.dumps(r.data, ensure_ascii=False), r.ballot.epoch, r.ballot.node)
+                            (job, seq, r.kind, r.data_json(), r.ballot.epoch, r.ballot.node)
                             for (job, seq), r in replica_records.items()
                         ),
                     )
@@ -495,7 +495,7 @@ class Journal:
             "SELECT job, seq, kind, data, epoch, node FROM replica_records ORDER BY job, seq"
         ):
             try:
-                record = Record(seq, kind, json.loads(data), Ballot(epoch, node))
+                record = Record(seq, kind, json.loads(data), Ballot(epoch, node), data)
             except ValueError as e:
                 raise JournalError(f"journal {self.path}: record {seq} of job {job} cannot be read back ({e})") from e
             logs.setdefault(job, (None, None, []))[2].append(record)

@@ -16,6 +16,7 @@ journal counting as one) holds it durably.
 from __future__ import annotations
 
 import enum
+import json
 from collections.abc import Iterable
 from typing import Any
 
@@ -27,6 +28,9 @@ from p2pexec.replicas import Ballot, majority
 JOB, RESULT, CANCEL, END = "job", "result", "cancel", "end"
 RECORD_KINDS = frozenset((JOB, RESULT, CANCEL, END))
 """What a record says: the job as accepted (in parts), a task's result, that it was cancelled, that it ended."""
+
+JSON_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+"""Compact JSON, as the wire's (one encoder for every record: C{json.dumps} would build one per call)."""
 
 MAX_RECORDS = 1_000_000 * 2 + 1000
 """The most records one job's log may hold (a million tasks, each a part and a result, and some)."""
@@ -42,16 +46,38 @@ class StaleBallot(Exception):
 
 @attr.s(frozen=True, slots=True, auto_attribs=True)
 class Record:
-    """One entry of a job's log, with the ballot under which its holder accepted it."""
+    """
+    One entry of a job's log, with the ballot under which its holder accepted it.
+
+    @ivar raw: C{data} as compact JSON text, once encoded (L{data_json}):
+        a record is encoded once, whichever replicas and journal it goes to.
+    """
 
     seq: int
     kind: str
     data: dict[str, Any]
     ballot: Ballot
+    raw: str | None = attr.ib(default=None, eq=False, repr=False)
+
+    def data_json(self) -> str:
+        """C{data} as compact JSON text (encoded at most once per record)."""
+        raw = self.raw
+        if raw is None:
+            raw = JSON_ENCODER.encode(self.data)
+            object.__setattr__(self, "raw", raw)
+        return raw
+
+    def with_ballot(self, ballot: Ballot) -> Record:
+        """The same record, accepted under C{ballot} (its encoding kept)."""
+        return Record(self.seq, self.kind, self.data, ballot, self.raw)
 
     def to_wire(self) -> dict[str, Any]:
         """Its REPLICATE form: C{{"seq", "kind", "data"}} (the ballot is the command's)."""
         return {"seq": self.seq, "kind": self.kind, "data": self.data}
+
+    def encode_wire(self) -> bytes:
+        """L{to_wire} as compact UTF-8 JSON, from the cached encoding of C{data}."""
+        return f'{{"seq":{self.seq},"kind":"{self.kind}","data":{self.data_json()}}}'.encode()
 
     def to_promise_wire(self) -> dict[str, Any]:
         """Its PROMISE-answer form: the REPLICATE form plus the C{epoch} and C{node} of its ballot."""
@@ -190,11 +216,16 @@ class ReplicaStore:
         self.promised = promised
         self.accepted = accepted
         self.records: dict[int, Record] = {record.seq: record for record in records}
+        self._held = held_seq(self.records)
 
     @property
     def held(self) -> int:
         """The highest seq up to which every record is held."""
-        return held_seq(self.records)
+        held, records = self._held, self.records
+        while held + 1 in records:
+            held += 1
+        self._held = held
+        return held
 
     def replicate(self, ballot: Ballot, records: Iterable[Record]) -> list[Record]:
         """
@@ -209,7 +240,7 @@ class ReplicaStore:
         self.accepted = ballot
         taken = []
         for record in records:
-            stored = Record(record.seq, record.kind, record.data, ballot)
+            stored = record if record.ballot == ballot else record.with_ballot(ballot)
             if self.records.get(record.seq) != stored:
                 self.records[record.seq] = stored
                 taken.append(stored)

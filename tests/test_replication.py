@@ -126,6 +126,42 @@ class ReplicaStoreTests(SynchronousTestCase):
         self.assertEqual(store.accepted, B2)
 
 
+class RecordEncodingTests(SynchronousTestCase):
+    """A record is encoded once, and its encoding is the wire's."""
+
+    def test_encode_wire_is_the_wire_form(self):
+        """C{encode_wire} gives the compact JSON of C{to_wire}, non-ASCII text included."""
+        from p2pexec.chunking import encode_json
+
+        record = Record(7, RESULT, result_record("t\u00e9", result("t\u00e9")), B1)
+        self.assertEqual(record.encode_wire(), encode_json(record.to_wire()))
+
+    def test_encoded_once(self):
+        """The data's encoding is kept: a second use does not encode it again, and a new ballot keeps it."""
+        record = Record(1, RESULT, {"task": "t1"}, B1)
+        first = record.data_json()
+        self.assertIs(record.data_json(), first)
+        self.assertIs(record.with_ballot(B2).data_json(), first)
+        self.assertEqual(record.with_ballot(B2), Record(1, RESULT, {"task": "t1"}, B2))
+
+    def test_a_replica_keeps_the_record_it_was_sent(self):
+        """A record taken under its own ballot is stored as it is, so that its encoding is not made again."""
+        store = ReplicaStore("j1")
+        record = Record(1, RESULT, {"task": "t1"}, B1)
+        record.data_json()
+        [taken] = store.replicate(B1, [record])
+        self.assertIs(taken, record)
+
+    def test_held_advances_past_a_filled_gap_later(self):
+        """C{held} is kept as records come: a gap filled later moves it on to the end of the run."""
+        store = ReplicaStore("j1", records=[Record(1, JOB, {}, B1), Record(3, RESULT, {}, B1)])
+        self.assertEqual(store.held, 1)
+        store.replicate(B1, [Record(4, RESULT, {}, B1)])
+        self.assertEqual(store.held, 1)
+        store.replicate(B1, [Record(2, RESULT, {}, B1)])
+        self.assertEqual(store.held, 4)
+
+
 class TakeoverTests(SynchronousTestCase):
     """Promises collected and records merged."""
 

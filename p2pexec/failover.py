@@ -146,7 +146,8 @@ class Replication(Succession):
     def job_ended(self, job: Job) -> None:
         """A job this node leads ended: log it."""
         if job.id in self.logs:
-            self._append(job.id, [(END, {"succeeded": job.succeeded, "failed": job.failed})])
+            ended = {"succeeded": job.succeeded, "failed": job.failed, "finished": job.finished_at}
+            self._append(job.id, [(END, ended)])
 
     def _append(self, job_id: str, entries: list[tuple[str, dict[str, Any]]]) -> None:
         log_ = self.logs[job_id]

@@ -384,6 +384,19 @@ class Replication(Succession):
         }
         return self._journal.durable().addCallback(lambda _: answer)
 
+    def newer_ballot_seen(self, job: str, ballot: Ballot, why: str) -> bool:
+        """
+        A peer refused a command of C{job} with STALE_BALLOT naming C{ballot}
+        (a worker's fence, say): step down if it is newer than this node's.
+
+        @return: whether this node stepped down.
+        """
+        mine = self.logs.get(job)
+        if mine is None or not ballot > mine.ballot:
+            return False
+        self.step_down(job, ballot, why)
+        return True
+
     def leader_announced(self, job: str, ballot: Ballot) -> None:
         """JOB_LEADER: C{ballot} leads C{job} now."""
         self.directory.learn(job, ballot)

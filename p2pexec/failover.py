@@ -146,7 +146,8 @@ class Replication(Succession):
     def job_ended(self, job: Job) -> None:
         """A job this node leads ended: log it."""
         if job.id in self.logs:
-            self._append(job.id, [(END, {"succeeded": job.succeeded, "failed": job.failed})])
+            ended = {"succeeded": job.succeeded, "failed": job.failed, "finished": job.finished_at}
+            self._append(job.id, [(END, ended)])
 
     def _append(self, job_id: str, entries: list[tuple[str, dict[str, Any]]]) -> None:
         log_ = self.logs[job_id]
@@ -382,6 +383,19 @@ class Replication(Succession):
             "next_seq": shown[-1].seq if more else -1,
         }
         return self._journal.durable().addCallback(lambda _: answer)
+
+    def newer_ballot_seen(self, job: str, ballot: Ballot, why: str) -> bool:
+        """
+        A peer refused a command of C{job} with STALE_BALLOT naming C{ballot}
+        (a worker's fence, say): step down if it is newer than this node's.
+
+        @return: whether this node stepped down.
+        """
+        mine = self.logs.get(job)
+        if mine is None or not ballot > mine.ballot:
+            return False
+        self.step_down(job, ballot, why)
+        return True
 
     def leader_announced(self, job: str, ballot: Ballot) -> None:
         """JOB_LEADER: C{ballot} leads C{job} now."""

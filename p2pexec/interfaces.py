@@ -284,6 +284,9 @@ class IJournal(Protocol):
     def prune(self, finished_before: float) -> int:
         """Delete the jobs that finished before C{finished_before} (wall clock); return how many."""
 
+    def prune_replicas(self, finished_before: float) -> int:
+        """Delete the replicated logs of the jobs that ended before C{finished_before} (wall clock); return how many."""
+
     def close(self) -> None:
         """Write what is marked and release the journal."""
 

@@ -105,6 +105,10 @@ class NullJournal:
         """Nothing to delete: nothing was kept."""
         return 0
 
+    def prune_replicas(self, finished_before: float) -> int:
+        """Nothing to delete: nothing was kept."""
+        return 0
+
     def replica_changed(self, job: str, promised: Ballot | None, accepted: Ballot | None) -> None:
         """Nothing to write."""
 
@@ -516,6 +520,30 @@ class Journal:
             self._db.executemany("DELETE FROM jobs WHERE id = ?", ((job_id,) for job_id in old))
         return len(old)
 
+    def prune_replicas(self, finished_before: float) -> int:
+        """
+        Delete the replicated logs (records, promise and accepted ballot) of
+        the jobs that ended before C{finished_before} (wall-clock seconds
+        since the epoch), as this node holds them as a replica or as their
+        master: those whose C{end} record says they finished then.  An
+        C{end} record without a readable C{finished} time (a peer that does
+        not send one) counts as old: the log is deleted at the first prune
+        after the job ended.  The logs of jobs not ended are kept.
+
+        @return: how many job logs were deleted.
+        """
+        if self._db is None:
+            return 0
+        with transaction(self._db):
+            old = [
+                job
+                for job, data in self._db.execute("SELECT job, data FROM replica_records WHERE kind = 'end'")
+                if _ended_before(data, finished_before)
+            ]
+            self._db.executemany("DELETE FROM replica_records WHERE job = ?", ((job,) for job in old))
+            self._db.executemany("DELETE FROM replica_jobs WHERE job = ?", ((job,) for job in old))
+        return len(old)
+
     def abandon(self) -> None:
         """
         Release the journal without writing what is marked, as a process
@@ -554,6 +582,17 @@ class Journal:
                 self._db = None
             os.close(self._lock_fd)
             self._lock_fd = -1
+
+
+def _ended_before(data: str, moment: float) -> bool:
+    """Whether the C{end} record C{data} (JSON) says its job finished before C{moment}, or says no time."""
+    try:
+        finished = json.loads(data).get("finished")
+    except (ValueError, AttributeError):
+        return True
+    if not isinstance(finished, (int, float)) or isinstance(finished, bool):
+        return True
+    return finished < moment
 
 
 def _ballot_columns(ballot: Ballot | None) -> tuple[int | None, str | None]:

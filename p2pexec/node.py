@@ -162,6 +162,7 @@ class Node:
         self.gossip.dial_seeds()
         if info.capabilities:
             self.master.worker_joined(info)
+        self.startup.prune()
         again = self.replication.load()
         self.master.held_back = again
         self.startup.begin()

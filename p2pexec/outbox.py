@@ -23,7 +23,7 @@ from p2pexec import commands
 from p2pexec.fence import held_to_wire
 from p2pexec.log import NodeLogger
 from p2pexec.model import Assignment, TaskResult
-from p2pexec.replicas import Ballot
+from p2pexec.replicas import Ballot, parse_stale
 
 if TYPE_CHECKING:
     from p2pexec.interfaces import INode
@@ -137,8 +137,18 @@ class Outbox:
         """
         A worker refused a batch.  A refusal (it is leaving, or cannot run
         the kind) puts just that batch back and stops assigning to it; a lost
-        connection is handled when the connection is lost.
+        connection is handled when the connection is lost.  A STALE_BALLOT
+        naming a newer leader of the job deposes this node at once (it
+        steps down), and the worker stays usable for other jobs: it fenced
+        off this job only.
         """
+        replication = self._master.replication
+        if failure.check(commands.StaleBallot) and replication is not None:
+            newer = parse_stale(failure.getErrorMessage())
+            why = f"{worker} refused its assignments: it has seen that epoch"
+            if newer is not None and (replication.newer_ballot_seen(job, newer, why) or job not in self._master.jobs):
+                self._master.refused(worker, job, attempts, failure.getErrorMessage(), usable=True)
+                return
         if failure.check(
             commands.ShuttingDown,
             commands.NotCapable,

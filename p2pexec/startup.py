@@ -73,6 +73,26 @@ class StartupJob:
         self._master = master
         self._journal = journal
 
+    def prune(self) -> None:
+        """
+        Delete from the journal the jobs, and the replicated logs of jobs,
+        that ended longer ago than the retention (by the wall clock: the
+        reactor's time means nothing across restarts).  Run at start, before
+        the replicated logs are read.
+        """
+        name = self._node.info.name
+        before = self._wall() - self._config.journal_retention
+        pruned = self._journal.prune(before)
+        if pruned:
+            log.info("Node {name} pruned {count} finished job(s) from its journal", name=name, count=pruned)
+        logs = self._journal.prune_replicas(before)
+        if logs:
+            log.info(
+                "Node {name} pruned the replicated logs of {count} finished job(s) from its journal",
+                name=name,
+                count=logs,
+            )
+
     def begin(self) -> None:
         """Resume the journal's unfinished jobs; submit the start-up job unless it is one of them, or finished."""
         self._resume_jobs()
@@ -98,9 +118,6 @@ class StartupJob:
     def _resume_jobs(self) -> None:
         """Take up the journal's unfinished jobs; the start-up job may be one of them."""
         name = self._node.info.name
-        pruned = self._journal.prune(self._wall() - self._config.journal_retention)
-        if pruned:
-            log.info("Node {name} pruned {count} finished job(s) from its journal", name=name, count=pruned)
         stored = self._journal.unfinished_jobs()
         if not stored:
             return

@@ -14,14 +14,34 @@ from __future__ import annotations
 import json
 import re
 import signal
+import subprocess
+import sys
 from collections import Counter
 
-from tests.integration.cluster import Cluster, read_runs, record_run
-from tests.integration.test_cli import CliTestCase, write_job
+from tests.integration.cluster import Cluster, NodeProcess, read_runs, record_run, tail
+from tests.integration.test_cli import JOB_ID, CliTestCase, stop, write_job
 
 WORKERS = ("w1", "w2", "w3", "w4")
 SLOTS = 2
 TASKS = 200
+
+
+def start_five(cluster: Cluster) -> tuple[NodeProcess, list[NodeProcess]]:
+    """
+    The master m (runs nothing) and the workers w1..w4 (kind w, L{SLOTS}
+    slots), all with C{--replicas 2}; returns once every node is connected
+    to every other (the replica set is taken among the nodes connected when
+    the job is accepted).
+    """
+    master = cluster.start("m", "--capabilities", "none", "--replicas", "2")
+    workers = [cluster.start(name, "--capabilities", "w", "--slots", str(SLOTS), "--replicas", "2") for name in WORKERS]
+    for name in WORKERS:
+        master.wait_for(rf"\] Node m connected to peer {name}\b")
+    for worker in workers:
+        for other in WORKERS:
+            if other != worker.name:
+                worker.wait_for(rf"\] Node {worker.name} connected to peer {other}\b")
+    return master, workers
 
 
 class MasterKilledTests(CliTestCase):
@@ -45,18 +65,7 @@ class MasterKilledTests(CliTestCase):
             {"kind": "w", "shell": True, "command": f"{record_run(side)}; sleep 0.2"},
             [{"id": task_id} for task_id in ids],
         )
-        master = cluster.start("m", "--capabilities", "none", "--replicas", "2")
-        workers = [
-            cluster.start(name, "--capabilities", "w", "--slots", str(SLOTS), "--replicas", "2") for name in WORKERS
-        ]
-        # The replica set is taken among the nodes connected when the job is
-        # accepted: wait for the whole mesh first.
-        for name in WORKERS:
-            master.wait_for(rf"\] Node m connected to peer {name}\b")
-        for worker in workers:
-            for other in WORKERS:
-                if other != worker.name:
-                    worker.wait_for(rf"\] Node {worker.name} connected to peer {other}\b")
+        master, workers = start_five(cluster)
 
         status, out, err = self.cli(cluster, master.port, "submit", job_file)
         self.assertEqual(status, 0, err)
@@ -98,3 +107,74 @@ class MasterKilledTests(CliTestCase):
         self.assertEqual(sorted(runs), ids, "some task never ran")
         twice = sorted(task for task, count in runs.items() if count > 1)
         self.assertLessEqual(len(twice), len(WORKERS) * SLOTS, f"more tasks ran again than the workers' slots: {twice}")
+
+
+class SubmitWaitFollowsTests(CliTestCase):
+    """C{p2pexec submit --wait} follows its job to the new master."""
+
+    def test_submit_wait_follows_the_job_when_its_master_is_killed(self) -> None:
+        """
+        The real client, C{p2pexec submit --wait} connected to m, follows a
+        200-task job; m is SIGKILLed at 30% and never restarted.  The client
+        says on stderr which node it now follows the job through, prints the
+        usual final line (200 succeeded, 0 failed) and exits 0.
+        """
+        cluster = Cluster(self, budget=240)
+        side = cluster.path("side.txt")
+        job_file = cluster.path("job.toml")
+        write_job(
+            job_file,
+            {"kind": "w", "shell": True, "command": f"{record_run(side)}; sleep 0.2"},
+            [{"id": f"t{n:03d}"} for n in range(TASKS)],
+        )
+        master, workers = start_five(cluster)
+        out_path, err_path = cluster.path("wait.out"), cluster.path("wait.err")
+        with open(out_path, "w") as out, open(err_path, "w") as err:
+            waiting = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "p2pexec.cli",
+                    "--connect",
+                    f"127.0.0.1:{master.port}",
+                    "submit",
+                    "--wait",
+                    job_file,
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                cwd=cluster.folder,
+                env=cluster.environment(),
+            )
+        self.addCleanup(stop, waiting)
+
+        def read(path: str) -> str:
+            with open(path) as f:
+                return f.read()
+
+        job_id = cluster.wait_until(
+            lambda: (m := re.match(rf"({JOB_ID})\n", read(out_path))) and m.group(1),
+            lambda: f"{read(out_path)}{read(err_path)}",
+        )
+        cluster.wait_until(
+            lambda: len(read_runs(side)) >= TASKS * 3 // 10,
+            lambda: f"fewer than 30% of the tasks started\n{cluster.logs()}",
+        )
+        master.send_signal(signal.SIGKILL)
+        self.assertEqual(master.wait_exit(5), -signal.SIGKILL)
+        self.assertLess(len(read_runs(side)), TASKS, "the job was done before the kill: the test proves nothing")
+
+        try:
+            status = waiting.wait(timeout=cluster.deadline.bound(120))
+        except subprocess.TimeoutExpired:
+            self.fail(f"submit --wait still running:\n{tail(read(out_path))}\n{tail(read(err_path))}\n{cluster.logs()}")
+        out, err = read(out_path), read(err_path)
+        self.assertEqual(status, 0, f"{out}\n{err}\n{cluster.logs()}")
+        self.assertRegex(
+            out.splitlines()[-1], rf"^job {re.escape(job_id)} finished: {TASKS} succeeded, 0 failed in [\d.]+s$"
+        )
+        self.assertRegex(err, rf"(?m)^p2pexec: lost node m; following job {re.escape(job_id)} through w\d$")
+        self.assertNotIn("Traceback", out + err)
+        runs = Counter(task for task, _, _ in read_runs(side))
+        self.assertEqual(len(runs), TASKS, "some task never ran")

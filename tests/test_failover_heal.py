@@ -18,8 +18,9 @@ class FencedMasterTests(SynchronousTestCase):
     def test_a_refused_assignment_deposes_the_healed_master(self):
         """
         z1's cable is cut while it leads a job; a successor finishes it.
-        After the heal, z1 hands out what it still queued and a worker
-        refuses it with STALE_BALLOT: z1 steps down saying so, hands out
+        After the heal (z1 still cut off from the new leader, so that no
+        JOB_LEADER reaches it first), z1 hands out what it still queued and
+        a worker refuses it with STALE_BALLOT: z1 steps down saying so, hands out
         nothing more of the job, and a new job submitted to z1 runs on every
         worker (none was set aside for having fenced the old job).
         """
@@ -29,12 +30,17 @@ class FencedMasterTests(SynchronousTestCase):
         cluster.network.run_until(lambda: z1.replication.logs[job_id].committed > 5, limit=20)
         cluster.network.partition("127.0.0.10", z1.info.port)
         cluster.network.run_until(lambda: finished_at(cluster, job_id) is not None, limit=120)
+        [leader] = leaders(cluster, job_id)
+        # The new leader's own JOB_LEADER would depose z1 as well; keep it
+        # cut off from z1 so that the refusal is what z1 hears first.
+        cluster.network.cut("127.0.0.10", cluster.hosts[leader].address)
         with capturedLogs() as events:
             cluster.network.heal("127.0.0.10", z1.info.port)
             cluster.network.run_until(lambda: job_id not in z1.master.jobs, limit=120)
             cluster.network.run(5.0)
+        cluster.network.mend("127.0.0.10", cluster.hosts[leader].address)
+        cluster.network.run_until(lambda: cluster.connected("z1", leader) and cluster.connected(leader, "z1"), limit=60)
         steps = [text(e) for e in events if "steps down as master" in e["log_format"]]
-        [leader] = leaders(cluster, job_id)
         self.assertEqual(len(steps), 1, steps)
         self.assertRegex(
             steps[0],

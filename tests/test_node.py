@@ -6,6 +6,8 @@ dialler, master and worker; only sockets, processes and time are simulated,
 so these tests are deterministic and take milliseconds.
 """
 
+import random
+
 from twisted.internet.defer import Deferred
 from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
@@ -23,10 +25,17 @@ def text(event):
 
 
 class Cluster:
-    """Nodes on one L{FakeNetwork}, one simulated host each."""
+    """
+    Nodes on one L{FakeNetwork}, one simulated host each.
 
-    def __init__(self):
+    Every random choice is seeded (C{seed}), so that a test runs the same
+    way every time: a node's instance, and with it its job ids and their
+    replica sets, come from the cluster's own C{random.Random}.
+    """
+
+    def __init__(self, seed=0):
         self.network = FakeNetwork()
+        self._rng = random.Random(seed)
         self.nodes = {}
         self.hosts = {}
         self.runners = {}
@@ -41,6 +50,7 @@ class Cluster:
             NodeConfig(name=name, interface=address, port=port, tasks=tasks, **config),
             host,
             runner,
+            rng=random.Random(self._rng.getrandbits(64)),
         )
         node.start()
         self.nodes[name], self.hosts[name], self.runners[name] = node, host, runner

@@ -479,8 +479,8 @@ def main(argv: list[str] | None = None) -> int:
         "itself, i.e. 2 tasks at a time, like xargs -P2;"
     )
     print(
-        "W3: master + 2 workers launched together; W4 read in the W1 runs. Details: benchmarks/workloads.py, "
-        "docs/performance.rst."
+        "W3: master + 2 workers launched together; W4 read in the W1 runs; W7: W5's job, every node --replicas 2, "
+        "the master killed. Details: benchmarks/workloads.py, docs/performance.rst."
     )
     print(f"total {time.monotonic() - started:.0f}s")
     if args.keep:

@@ -138,7 +138,7 @@ def build_parts(
         replication=replication,
         following=Following(reactor),
     )
-    parts.following.replicas = ReplicaViews(replication.stores, directory, reactor, wall)
+    parts.following.replicas = ReplicaViews(replication.stores, replication.records_of, directory, reactor, wall)
     responders.following = parts.following
     return parts
 

@@ -12,7 +12,7 @@ replica set of one, and its commits are its journal's.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred, succeed
@@ -95,6 +95,8 @@ class Replication(Succession):
         self._seen: dict[str, Ballot] = {}
         self._led_before: set[str] = set()
         """Jobs this node led before it restarted, until it leads them again or learns who does."""
+        self.connected_listeners: list[Callable[[str], None]] = []
+        """Called with each peer's name when it connects (the start-up job waits for peers to be replicated on)."""
         self._decoded: dict[str, tuple[int, list[Record]]] = {}
         """The last few logs decoded (see L{records_of}), by job, with the store's version they are of."""
         self.sent = 0
@@ -381,6 +383,8 @@ class Replication(Succession):
 
     def peer_connected(self, name: str) -> None:
         """C{name} connected (again): send it what it lacks, and try again the takeovers that lacked it."""
+        for listener in self.connected_listeners:
+            listener(name)
         record = self._peers.get(name)
         for job_id, log_ in self.logs.items():
             if name in log_.replicas:

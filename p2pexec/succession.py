@@ -19,7 +19,7 @@ from p2pexec import commands
 from p2pexec.log import NodeLogger
 from p2pexec.model import ValidationError
 from p2pexec.replicas import Ballot, parse_stale
-from p2pexec.replication import END, MasterLog, Outcome, Record, ReplicaStore, Takeover, rebuild
+from p2pexec.replication import JobImage, MasterLog, Outcome, Record, Takeover, rebuild
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from p2pexec.interfaces import IJournal
     from p2pexec.master import Master
     from p2pexec.membership import PeerTable
+    from p2pexec.replica_log import ReplicaStore
 
 log = NodeLogger(namespace="p2pexec.failover")
 
@@ -56,7 +57,15 @@ class Succession:
     def _me(self) -> str:
         raise NotImplementedError
 
-    def _store_own(self, job_id: str, ballot: Ballot, records: Iterable[Record]) -> None:
+    def _master_log(
+        self, job_id: str, members: Iterable[str], ballot: Ballot, records: Iterable[Record] = ()
+    ) -> MasterLog:
+        raise NotImplementedError
+
+    def records_of(self, job_id: str) -> list[Record]:
+        raise NotImplementedError
+
+    def _describe(self, job_id: str) -> JobImage | None:
         raise NotImplementedError
 
     def _changed(self, job_id: str) -> None:
@@ -79,7 +88,9 @@ class Succession:
             leader = self._leader(job)
             if leader is None or leader.node != name or job in self.logs or job in self._takeovers:
                 continue
-            if any(r.kind == END for r in store.records.values()):
+            if not store.ended:
+                self._describe(job)  # its replica set, and whether it ended, from its records
+            if store.ended:
                 continue
             rank = self._rank(job, name)
             if rank is None:
@@ -129,7 +140,7 @@ class Succession:
         self._takeovers[job] = attempt
         store.promise(ballot)
         self._journal.replica_changed(job, store.promised, store.accepted)
-        attempt.promise(self._me, store.records.values())
+        attempt.promise(self._me, self.records_of(job))
         for member in members:
             if member == self._me:
                 continue
@@ -229,10 +240,8 @@ class Succession:
                 error=e,
             )
             return
-        log_ = MasterLog(image.members, self._me, ballot, merged)
-        self.logs[job_id] = log_
+        self.logs[job_id] = self._master_log(job_id, image.members, ballot, merged)
         self._members[job_id] = image.members
-        self._store_own(job_id, ballot, merged)
         self.directory.learn(job_id, ballot)
         log.warn(
             "Node {name} took over job {job} as master at epoch {epoch}: {old} {why}; {agreed} of {size} "

@@ -265,10 +265,10 @@ class LoneMasterTests(SynchronousTestCase):
         cluster.add("z1", address="127.0.0.10", capabilities=frozenset({"w"}), replicas=2, duration=0.5)
         replication = cluster.nodes["z1"].replication
         journaled = []
-        original = cluster.nodes["z1"].journal.replica_records
-        cluster.nodes["z1"].journal.replica_records = lambda job, records: (
-            journaled.extend(records),
-            original(job, records),
+        original = cluster.nodes["z1"].journal.replica_batch
+        cluster.nodes["z1"].journal.replica_batch = lambda job, batch: (
+            journaled.append(batch),
+            original(job, batch),
         )
         with capturedLogs() as events:
             job_id = submit(cluster, "z1", 5)

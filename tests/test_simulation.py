@@ -11,8 +11,10 @@ P2PEXEC_SIM_SEED=S runs seed S alone and prints its schedule.
 
 from __future__ import annotations
 
+import gc
 import os
 import time
+import weakref
 
 from twisted.internet.protocol import Protocol
 from twisted.logger import LogLevel
@@ -355,6 +357,55 @@ class FaultTests(SynchronousTestCase):
         self.assertEqual(client.losses, 1)
         b.crash()
         self.assertEqual(client.losses, 1, "told of the same loss twice")
+
+
+class Raiser(Echo):
+    """An L{Echo} that raises the reason its connection was lost, as AMP does to fail its outstanding calls."""
+
+    def connectionLost(self, reason):
+        """Count the loss, then raise and catch C{reason}."""
+        super().connectionLost(reason)
+        try:
+            reason.raiseException()
+        except Exception:
+            pass
+
+
+class RaiserFactory(Factory):
+    """Builds one L{Raiser} per connection and keeps them."""
+
+    def buildProtocol(self, address):
+        """A new L{Raiser}."""
+        protocol = Raiser()
+        self.built.append(protocol)
+        return protocol
+
+
+class LeakTests(SynchronousTestCase):
+    """A simulated connection leaves nothing alive behind it once it is closed and dropped."""
+
+    def test_closed_connection_is_collected(self):
+        """
+        A protocol whose connection closed, and which raised the reason, is
+        collected once nothing refers to it: the reason is not an exception
+        shared by every connection (iosim's class attribute), whose
+        traceback would grow with each raise and hold every frame it went
+        through, and so every simulated cluster ever run.
+        """
+        network = FakeNetwork()
+        a, b = network.host("127.0.0.2"), network.host("127.0.0.3")
+        servers, clients = RaiserFactory(), Factory()
+        b.listenTCP(7000, servers)
+        a.connectTCP("127.0.0.3", 7000, clients)
+        network.flush()
+        clients.built[0].transport.loseConnection()
+        network.flush()
+        server = servers.built[0]
+        self.assertEqual(server.losses, 1)
+        gone = weakref.ref(server)
+        del server, servers, clients, network, a, b
+        gc.collect()
+        self.assertIsNone(gone())
 
 
 class FaultSanityTests(SynchronousTestCase):

@@ -105,9 +105,15 @@ class Succession:
 
     def _try_takeover(self, job: str, lost: Ballot, why: str, waited: bool = False) -> None:
         self._takeovers.pop(job, None)
-        if self._peers.is_connected(lost.node) or job in self.logs:
+        if job in self.logs:
             return
         store = self.stores[job]
+        if self._peers.is_connected(lost.node) and not self._promised_myself(store, lost):
+            return
+        # Otherwise go on, even with the lost master back: this node promised
+        # itself a higher ballot in an attempt that failed, so it refuses the
+        # old master's records, and that master steps down at its next
+        # REPLICATE.  Giving up would leave the job with no leader.
         known = self.directory.lookup(job)
         if (
             known is not None
@@ -139,6 +145,11 @@ class Succession:
                 continue
             self._ask_promise(record.connection, attempt, member, 0, [], lost, why)
         self._judge(attempt, lost, why)
+
+    def _promised_myself(self, store: ReplicaStore, lost: Ballot) -> bool:
+        """Whether this node promised its own ballot, above the lost master's, for the job of C{store}."""
+        promised = store.promised
+        return promised is not None and promised > lost and promised.node == self._me
 
     def _ask_promise(
         self, protocol: Any, attempt: Takeover, member: str, after: int, got: list[Record], lost: Ballot, why: str

@@ -247,6 +247,7 @@ class Replication(Succession):
             newer = parse_stale(failure.getErrorMessage())
             if newer is not None and newer > log_.ballot:
                 self.step_down(job_id, newer, f"{member} promised it")
+                self._watch_deposed(job_id, newer)
                 return
         log_.failed(member)
         self._check_stall(job_id, f"{member}: {failure.getErrorMessage()}")
@@ -342,6 +343,8 @@ class Replication(Succession):
             taken = store.replicate(ballot, records)
         except StaleBallot as e:
             raise _refused(job, e.promised, ballot) from None
+        if job in self._takeovers and ballot.node != self._me:
+            self._cancel_takeover(job)  # a leader at a ballot this node promised sends records: nothing to take over
         for record in taken:
             if record.kind == JOB and record.data.get("part") == 0 and isinstance(record.data.get("members"), list):
                 self._members[job] = tuple(m for m in record.data["members"] if isinstance(m, str))
@@ -365,6 +368,7 @@ class Replication(Succession):
         mine = self.logs.get(job)
         if mine is not None and ballot > mine.ballot:
             self.step_down(job, ballot, f"{ballot.node} asked for its promise")
+            self._watch_deposed(job, ballot)
         if new:
             self._journal.replica_changed(job, store.promised, store.accepted)
         page = store.after(after)
@@ -390,7 +394,11 @@ class Replication(Succession):
         if mine is not None and ballot > mine.ballot:
             self.step_down(job, ballot, "it announced JOB_LEADER")
         pending = self._takeovers.get(job)
-        if ballot.node != self._me and pending is not None:
+        store = self.stores.get(job)
+        promised = store.promised if store is not None else None
+        if ballot.node != self._me and pending is not None and (promised is None or ballot >= promised):
+            # (A leader below what this node promised is refused here, and
+            # steps down at its next REPLICATE: the takeover must go on.)
             self._cancel_takeover(job)
         if job in self._led_before and ballot.node != self._me:
             # It led the job before it restarted: it learns who leads it now.

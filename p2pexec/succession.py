@@ -103,12 +103,36 @@ class Succession:
         if pending is not None and not isinstance(pending, Takeover) and pending.active():
             pending.cancel()
 
-    def _try_takeover(self, job: str, lost: Ballot, why: str, waited: bool = False) -> None:
+    def _watch_deposed(self, job: str, newer: Ballot) -> None:
+        """
+        This node stepped down from C{job} for C{newer}, which only a
+        promise showed (a refusal, or a PROMISE asked): unless C{newer}'s
+        node announces that it leads (JOB_LEADER, or its records), this node
+        takes the job over again after L{RETRY_TAKEOVER}, since that node
+        may have stopped before it won, and then nobody would lead the job.
+        """
+        if job in self._takeovers or job not in self.stores:
+            return
+        self._takeovers[job] = self._clock.callLater(
+            RETRY_TAKEOVER,
+            self._try_takeover,
+            job,
+            newer,
+            f"promised epoch {newer.epoch} but did not say it leads",
+            True,
+            True,
+        )
+
+    def _try_takeover(self, job: str, lost: Ballot, why: str, waited: bool = False, silent: bool = False) -> None:
+        """
+        @param silent: C{lost} never said it leads (see L{_watch_deposed}):
+            go on even if it is connected.
+        """
         self._takeovers.pop(job, None)
         if job in self.logs:
             return
         store = self.stores[job]
-        if self._peers.is_connected(lost.node) and not self._promised_myself(store, lost):
+        if self._peers.is_connected(lost.node) and not silent and not self._promised_myself(store, lost):
             return
         # Otherwise go on, even with the lost master back: this node promised
         # itself a higher ballot in an attempt that failed, so it refuses the
@@ -116,7 +140,8 @@ class Succession:
         # REPLICATE.  Giving up would leave the job with no leader.
         known = self.directory.lookup(job)
         if (
-            known is not None
+            not silent
+            and known is not None
             and known.ballot > lost
             and known.master != self._me
             and self._peers.is_connected(known.master)

@@ -7,6 +7,8 @@ Each test names the seed that found it.
 from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
+from p2pexec.replicas import Ballot
+
 from .test_failover import WORKERS, failover_cluster, finished_at, leaders, submit
 from .test_node import Cluster, text
 
@@ -89,3 +91,74 @@ class AbandonedTakeoverTests(SynchronousTestCase):
         self.assertIn(f"{successor} took it over", steps[0])
         self.assertEqual(leaders(cluster, job_id), [successor])
         self.assertEqual(finished_at(cluster, job_id).succeeded, 40)
+
+
+class AnnouncedBelowPromiseTests(SynchronousTestCase):
+    """A JOB_LEADER below what a successor promised itself must not stop its takeover (seed 3)."""
+
+    def test_deposed_leader_announces_after_heal(self):
+        """
+        The master dies and a successor leads the job at epoch 2; that
+        leader is then cut off, and the other successor tries to take over,
+        getting only its own promise (epoch 3).  After the heal the cut-off
+        leader announces JOB_LEADER at epoch 2 on reconnecting: that must
+        not cancel the other's takeover (it used to, while the epoch-2
+        leader stepped down at its next REPLICATE, refused: nobody led the
+        job).  The other successor leads, once, and the job finishes.
+        """
+        cluster = failover_cluster(duration=0.5)
+        job_id = submit(cluster, "z1", 40)
+        members = cluster.nodes["z1"].replication.logs[job_id].members
+        cluster.network.run(0.5)
+        cluster.hosts["z1"].crash()
+        cluster.network.run_until(lambda: leaders(cluster, job_id), limit=10)
+        [first] = leaders(cluster, job_id)
+        [second] = [m for m in members[1:] if m != first]
+        others = [n for n in ADDRESSES if n != first]
+        with capturedLogs() as events:
+            cut_off(cluster, first, others)
+            cluster.network.run_until(lambda: any("cannot take job" in e["log_format"] for e in events), limit=30)
+            # What the reconnecting leader says first (the heal's own timing
+            # decides whether it comes before the successor's next try).
+            cluster.nodes[second].replication.leader_announced(job_id, Ballot(2, first))
+            mend(cluster, first, others)
+            cluster.network.run_until(lambda: finished_at(cluster, job_id) is not None, limit=60)
+        self.assertEqual(leaders(cluster, job_id), [second])
+        steps = [text(e) for e in events if "steps down as master" in e["log_format"]]
+        self.assertEqual(len(steps), 1, steps)
+        self.assertIn(f"Node {first} steps down as master of job {job_id}: {second} took it over", steps[0])
+        self.assertEqual(finished_at(cluster, job_id).succeeded, 40)
+
+
+class SilentPromiseTests(SynchronousTestCase):
+    """A master deposed by a promise whose node never leads takes the job over again (seed 9)."""
+
+    def test_deposed_by_a_ballot_that_never_leads(self):
+        """
+        A replica promised a higher ballot of a node that then never takes
+        the job over (it crashed before it won, its promise to itself not
+        yet written): the master's next REPLICATE is refused and it steps
+        down.  Nobody announces that it leads, so after a while the master
+        takes the job over again above that ballot (it used to wait for
+        ever), saying why, and the job finishes.
+        """
+        cluster = failover_cluster(duration=0.5)
+        job_id = submit(cluster, "z1", 20)
+        members = cluster.nodes["z1"].replication.logs[job_id].members
+        cluster.network.run(0.5)
+        cluster.nodes[members[2]].replication.stores[job_id].promise(Ballot(2, "w9"))
+        with capturedLogs() as events:
+            cluster.network.run_until(lambda: finished_at(cluster, job_id, names=["z1", *WORKERS]), limit=60)
+        steps = [text(e) for e in events if "steps down as master" in e["log_format"]]
+        self.assertEqual(
+            steps,
+            [f"Node z1 steps down as master of job {job_id}: w9 took it over at epoch 2 ({members[2]} promised it)"],
+        )
+        took = [text(e) for e in events if "took over job" in e["log_format"]]
+        self.assertEqual(len(took), 1, took)
+        self.assertIn(
+            f"Node z1 took over job {job_id} as master at epoch 3: w9 promised epoch 2 but did not say it leads",
+            took[0],
+        )
+        self.assertEqual(leaders(cluster, job_id, names=["z1", *WORKERS]), ["z1"])
+        self.assertEqual(finished_at(cluster, job_id, names=["z1", *WORKERS]).succeeded, 20)

@@ -156,7 +156,7 @@ class CheckerTests(SynchronousTestCase):
     def test_double_record_after_resume(self):
         """A task recorded again by a master that resumed it with a result is named."""
         records = [Recorded(5.0, "n1", 2, "t0", 2, "succeeded", "n3")]
-        [problem] = check_no_double_records(records, {("n1", 2): {"t0"}})
+        [problem] = check_no_double_records(records, {("n1", 2, 1): {"t0"}})
         self.assertIn("which had resumed it with a result already", problem)
 
     def test_failed_then_succeeded_is_one_record(self):

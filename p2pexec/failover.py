@@ -39,7 +39,7 @@ from p2pexec.replication import (
     rebuild,
     result_record,
 )
-from p2pexec.succession import Succession
+from p2pexec.succession import RESTART_WATCH, Succession
 
 if TYPE_CHECKING:
     from p2pexec.interfaces import IJournal, INode
@@ -89,6 +89,8 @@ class Replication(Succession):
         self._silence: dict[str, str] = {}
         self._seen: dict[str, Ballot] = {}
         self._led_before: set[str] = set()
+        self._watched: set[str] = set()
+        """Jobs this node is a successor of, read at start: it checks that their leader is there (L{load})."""
         """Jobs this node led before it restarted, until it leads them again or learns who does."""
         """Per job, the highest ballot a refusal named: a takeover tries above it."""
         self.sent = 0
@@ -441,10 +443,17 @@ class Replication(Succession):
                 and not image.cancelled
             ):
                 again.add(job)
+            elif self._me in image.members and not image.ended and not image.cancelled:
+                self._watched.add(job)
         return again
 
     def take_over_again(self, jobs: Iterable[str]) -> None:
         """After a restart: take over again the jobs this node led (see L{load})."""
+        for job in self._watched:
+            # A restarted successor has never been connected to the job's
+            # leader: if that leader is gone, no connection loss will say so.
+            self._clock.callLater(RESTART_WATCH, self._leader_absent, job)
+        self._watched.clear()
         for job in jobs:
             self._led_before.add(job)
             accepted = self.stores[job].accepted

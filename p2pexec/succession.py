@@ -35,6 +35,10 @@ RETRY_TAKEOVER = 2.0
 """Seconds a successor that lost a takeover race waits to see the winner's JOB_LEADER before it tries again."""
 
 
+RESTART_WATCH = 5.0
+"""Seconds after its start a restarted successor checks that its jobs' leaders are connected."""
+
+
 class Succession:
     """The successor's methods of L{p2pexec.failover.Replication}, which provides what is declared here."""
 
@@ -85,6 +89,15 @@ class Succession:
             if rank is None:
                 continue
             self._takeovers[job] = self._clock.callLater(self.grace * rank, self._try_takeover, job, leader, why)
+
+    def _leader_absent(self, job: str) -> None:
+        """Some time after a restart: if C{job}'s leader is not connected, it is lost, as if its connection went."""
+        leader = self._leader(job)
+        if leader is None or leader.node == self._me or self._peers.is_connected(leader.node):
+            return
+        self._silence[leader.node] = "was not connected when this node restarted"
+        self.peer_lost(leader.node)
+        self._silence.pop(leader.node, None)
 
     def _leader(self, job: str) -> Ballot | None:
         known = self.directory.lookup(job)

@@ -162,3 +162,57 @@ class SilentPromiseTests(SynchronousTestCase):
         )
         self.assertEqual(leaders(cluster, job_id, names=["z1", *WORKERS]), ["z1"])
         self.assertEqual(finished_at(cluster, job_id, names=["z1", *WORKERS]).succeeded, 20)
+
+
+class RestartedSuccessorsTests(SynchronousTestCase):
+    """Successors restarted after their job's master died take the job over (seeds 481, 833)."""
+
+    def test_master_gone_before_successors_restart(self):
+        """
+        Both successors crash, then the master crashes for good, then both
+        successors restart with their journals: they never had a connection
+        to the dead master to lose, so they check, a while after their
+        start, that the job's leader is there (they used to wait for ever),
+        and one of them takes the job over and finishes it.
+        """
+        cluster = Cluster()
+        dirs = {name: self.mktemp() for name in ["z1", *WORKERS]}
+
+        def start(name):
+            node = cluster.add(
+                name,
+                address=ADDRESSES[name],
+                capabilities=frozenset() if name == "z1" else frozenset({"w"}),
+                replicas=2,
+                duration=0.5,
+                state_dir=dirs[name],
+            )
+            return node
+
+        def close_live():
+            crashed = {name for name, host in cluster.hosts.items() if host.crashed}
+            for name, node in cluster.nodes.items():
+                if name not in crashed:
+                    node.journal.close()
+
+        self.addCleanup(close_live)
+
+        for name in ["z1", *WORKERS]:
+            start(name)
+        names = ["z1", *WORKERS]
+        cluster.network.run_until(lambda: all(cluster.connected(a, b) for a in names for b in names if a != b), 30)
+        job_id = submit(cluster, "z1", 20)
+        members = cluster.nodes["z1"].replication.logs[job_id].members
+        cluster.network.run(0.3)
+        for name in [*members[1:], "z1"]:
+            cluster.hosts[name].crash()
+            cluster.nodes[name].journal.abandon()
+        cluster.network.run(1.0)
+        with capturedLogs() as events:
+            for name in members[1:]:
+                start(name)
+            cluster.network.run_until(lambda: finished_at(cluster, job_id) is not None, limit=60)
+        took = [text(e) for e in events if "took over job" in e["log_format"]]
+        self.assertEqual(len(took), 1, took)
+        self.assertIn("z1 was not connected when this node restarted", took[0])
+        self.assertEqual(finished_at(cluster, job_id).succeeded, 20)

@@ -101,6 +101,9 @@ class IFailoverProbe(Protocol):
     def settled(self, job: str, node: Node) -> bool:
         """Whether what C{node} decided of C{job} (that it finished, say) is for good: committed."""
 
+    def holds_end(self, job: str, node: Node) -> bool:
+        """Whether C{node} holds the record of C{job}'s end (as a member of its replica set)."""
+
 
 class NoFailover:
     """
@@ -130,6 +133,10 @@ class NoFailover:
     def settled(self, job: str, node: Node) -> bool:
         """Always: the master's journal is the job's only record."""
         return True
+
+    def holds_end(self, job: str, node: Node) -> bool:
+        """Never: nothing is replicated."""
+        return False
 
 
 # -- invariant checkers ---------------------------------------------------------

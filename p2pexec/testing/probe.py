@@ -30,6 +30,7 @@ from typing import Any
 
 from p2pexec.node import Node
 from p2pexec.replicas import Ballot
+from p2pexec.replication import END
 from p2pexec.testing.invariants import Observation
 
 __all__ = ["FailoverProbe"]
@@ -106,6 +107,11 @@ class FailoverProbe:
         """Whether a majority of C{job}'s replica set holds every record C{node} logged of it (as its leader)."""
         log_ = node.replication.logs.get(job)
         return log_ is None or log_.committed >= log_.tail
+
+    def holds_end(self, job: str, node: Node) -> bool:
+        """Whether C{node}'s replicated records of C{job} include its end."""
+        store = node.replication.stores.get(job)
+        return store is not None and any(record.kind == END for record in store.records.values())
 
     def replica_set(self, job: str, original_master: str) -> Sequence[str]:
         """The members of C{job}'s replicated log as last seen (the master alone if it never had one)."""

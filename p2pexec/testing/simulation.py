@@ -275,7 +275,7 @@ class Simulation:
             job is not None
             and job.finished is not None
             and self.job_id is not None
-            and self.probe.settled(self.job_id, node)
+            and (self.probe.settled(self.job_id, node) or self._end_held(name))
         ):
             self._ended.append((node.master.epoch_of(self.job_id), 0, job))
         for observation in self.probe.observations(name, node):
@@ -386,6 +386,18 @@ class Simulation:
         if leader is not None and job is not None:
             candidates.append((self.nodes[leader].master.epoch_of(self.job_id), 1, job))
         return max(candidates, key=lambda c: c[:2]) if candidates else None
+
+    def _end_held(self, finisher: str) -> bool:
+        """
+        Whether a majority of the job's replica set holds its end, counting
+        C{finisher}, which logged it (the answers may not have reached it
+        before it went down: committed all the same).
+        """
+        assert self.job_id is not None
+        replicas = self.probe.replica_set(self.job_id, self.master_name)
+        others = [n for n in replicas if n != finisher and n in self.nodes]
+        held = 1 + sum(1 for n in others if self.probe.holds_end(self.job_id, self.nodes[n]))
+        return held >= len(replicas) // 2 + 1
 
     def _must_finish(self) -> bool:
         """

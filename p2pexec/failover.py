@@ -40,7 +40,7 @@ from p2pexec.replication import (
     rebuild,
     result_record,
 )
-from p2pexec.succession import Succession
+from p2pexec.succession import RESTART_WATCH, Succession
 
 if TYPE_CHECKING:
     from p2pexec.interfaces import IJournal, INode
@@ -94,6 +94,8 @@ class Replication(Succession):
         self._silence: dict[str, str] = {}
         self._seen: dict[str, Ballot] = {}
         self._led_before: set[str] = set()
+        self._watched: set[str] = set()
+        """Jobs this node is a successor of, read at start: it checks that their leader is there (L{load})."""
         """Jobs this node led before it restarted, until it leads them again or learns who does."""
         self.connected_listeners: list[Callable[[str], None]] = []
         """Called with each peer's name when it connects (the start-up job waits for peers to be replicated on)."""
@@ -280,7 +282,14 @@ class Replication(Succession):
             if log_ is None:
                 continue
             tail = log_.tail
-            self._write_own(job_id, log_)
+            try:
+                self._write_own(job_id, log_)
+            except StaleBallot as e:
+                # This node promised a higher ballot (another node's takeover,
+                # or its own again): its log at the old ballot may commit nothing more.
+                why = "this node promised it" if e.promised.node != self._me else "it takes the job over again"
+                self.step_down(job_id, e.promised, why)
+                continue
             self._journal.durable().addCallback(self._own_durable, job_id, tail)
             for member in log_.replicas:
                 self._send(job_id, log_, member)
@@ -336,6 +345,7 @@ class Replication(Succession):
             newer = parse_stale(failure.getErrorMessage())
             if newer is not None and newer > log_.ballot:
                 self.step_down(job_id, newer, f"{member} promised it")
+                self._watch_deposed(job_id, newer)
                 return
         log_.failed(member)
         self._check_stall(job_id, f"{member}: {failure.getErrorMessage()}")
@@ -437,6 +447,8 @@ class Replication(Succession):
             changed = store.replicate(ballot, batch.first_seq, batch.last_seq)
         except StaleBallot as e:
             raise _refused(job, e.promised, ballot) from None
+        if job in self._takeovers and ballot.node != self._me:
+            self._cancel_takeover(job)  # a leader at a ballot this node promised sends records: nothing to take over
         if changed:
             self._journal.replica_changed(job, store.promised, store.accepted)
         if batch.last_seq >= batch.first_seq:
@@ -461,6 +473,7 @@ class Replication(Succession):
         mine = self.logs.get(job)
         if mine is not None and ballot > mine.ballot:
             self.step_down(job, ballot, f"{ballot.node} asked for its promise")
+            self._watch_deposed(job, ballot)
         if new:
             self._journal.replica_changed(job, store.promised, store.accepted)
         page = [record for record in self.records_of(job) if record.seq > after]
@@ -499,7 +512,11 @@ class Replication(Succession):
         if mine is not None and ballot > mine.ballot:
             self.step_down(job, ballot, "it announced JOB_LEADER")
         pending = self._takeovers.get(job)
-        if ballot.node != self._me and pending is not None:
+        store = self.stores.get(job)
+        promised = store.promised if store is not None else None
+        if ballot.node != self._me and pending is not None and (promised is None or ballot >= promised):
+            # (A leader below what this node promised is refused here, and
+            # steps down at its next REPLICATE: the takeover must go on.)
             self._cancel_takeover(job)
         if job in self._led_before and ballot.node != self._me:
             # It led the job before it restarted: it learns who leads it now.
@@ -533,25 +550,34 @@ class Replication(Succession):
                 continue
             if accepted is not None:
                 self.directory.learn(job, accepted)
-            if (
-                accepted is not None
-                and accepted.node == self._me
-                and len(image.members) > 1
-                and not image.ended
-                and not image.cancelled
-            ):
+            # It led the job (accepted its own ballot), or was taking it over
+            # (promised its own ballot above the accepted one) and may have
+            # journaled it as its master before the crash: either way it
+            # checks with the replica set again instead of resuming alone.
+            own = accepted if accepted is not None and accepted.node == self._me else None
+            if own is None and promised is not None and promised.node == self._me:
+                own = promised if accepted is None or promised > accepted else None
+            if own is not None and len(image.members) > 1 and not image.ended and not image.cancelled:
                 again.add(job)
+            elif self._me in image.members and not image.ended and not image.cancelled:
+                self._watched.add(job)
         self._decoded.clear()
         return again
 
     def take_over_again(self, jobs: Iterable[str]) -> None:
         """After a restart: take over again the jobs this node led (see L{load})."""
+        for job in self._watched:
+            # A restarted successor has never been connected to the job's
+            # leader: if that leader is gone, no connection loss will say so.
+            self._clock.callLater(RESTART_WATCH, self._leader_absent, job)
+        self._watched.clear()
         for job in jobs:
             self._led_before.add(job)
-            accepted = self.stores[job].accepted
-            assert accepted is not None
+            store = self.stores[job]
+            lost = store.accepted if store.accepted is not None else store.promised
+            assert lost is not None
             self._takeovers[job] = self._clock.callLater(
-                self.grace, self._try_takeover, job, accepted, "restarted (this node, in its previous life)"
+                self.grace, self._try_takeover, job, lost, "restarted (this node, in its previous life)"
             )
 
 

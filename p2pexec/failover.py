@@ -23,8 +23,9 @@ from p2pexec import commands
 from p2pexec.directory import JobDirectory
 from p2pexec.journal import GROUP_COMMIT_DELAY
 from p2pexec.log import NodeLogger
-from p2pexec.model import TaskResult, TaskSpec, ValidationError, loads_strict
-from p2pexec.replica_log import Batch, ReplicaStore, decode, ends, runs
+from p2pexec.model import TaskResult, TaskSpec, ValidationError
+from p2pexec.placement import Placements
+from p2pexec.replica_log import Batch, ReplicaStore, count_records, decode, ends, runs
 from p2pexec.replicas import Ballot, ReplicaSet, parse_stale, stale_description
 from p2pexec.replication import (
     CANCEL,
@@ -97,6 +98,8 @@ class Replication(Succession):
         """Jobs this node led before it restarted, until it leads them again or learns who does."""
         self.connected_listeners: list[Callable[[str], None]] = []
         """Called with each peer's name when it connects (the start-up job waits for peers to be replicated on)."""
+        self.unplaced = Placements()
+        """The jobs accepted with their replica set still to choose (the start-up job, see L{place})."""
         self._decoded: dict[str, tuple[int, list[Record]]] = {}
         """The last few logs decoded (see L{records_of}), by job, with the store's version they are of."""
         self.sent = 0
@@ -114,10 +117,33 @@ class Replication(Succession):
 
     # -- as a master ------------------------------------------------------------------------
 
-    def job_accepted(self, job: Job) -> None:
-        """A job was accepted here: choose its replica set and log the job (nothing with C{--replicas 0})."""
+    def job_accepted(self, job: Job, place: bool = True) -> None:
+        """
+        A job was accepted here: choose its replica set and log the job
+        (nothing with C{--replicas 0}); with C{place} false, later (L{place}).
+        """
         if self.replicas <= 0:
             return
+        if not place:
+            self.unplaced.add(job)
+            return
+        self._place(job, [])
+
+    def place(self, job_id: str) -> None:
+        """Choose now the replica set of a job accepted without one, and log what it did so far."""
+        unplaced = self.unplaced.pop(job_id)
+        if unplaced is None:
+            return
+        self._place(unplaced.job, unplaced.entries)
+        log_ = self.logs.get(job_id)
+        for d in unplaced.waiters:
+            if log_ is None:
+                d.callback(None)
+            else:
+                self._waiters.setdefault(job_id, []).append((log_.tail, d))
+
+    def _place(self, job: Job, entries: list[tuple[str, dict[str, Any]]]) -> None:
+        """Choose C{job}'s replica set among the connected peers, and log it with C{entries} after it."""
         live = [record.info.name for record in self._peers.connected_peers()]
         members = ReplicaSet.choose(job.id, self._me, live, self.replicas).members
         if len(members) == 1:
@@ -137,6 +163,8 @@ class Replication(Succession):
         parts = [list(part) for part in commands.chunk(specs, TaskSpec.to_wire, limit=PART_BYTES)]
         for data in job_records(job.id, specs, members, job.source, job.started_at, parts):
             log_.append(JOB, data)
+        for kind, data in entries:
+            log_.append(kind, data)
         self.stores[job.id] = ReplicaStore(job.id)
         self._write_own(job.id, log_)
         self.directory.learn(job.id, ballot)
@@ -152,23 +180,26 @@ class Replication(Succession):
 
     def results_recorded(self, job_id: str, results: Iterable[tuple[str, TaskResult]]) -> None:
         """Tasks of a job this node leads got their results: log them."""
-        log_ = self.logs.get(job_id)
-        if log_ is None:
-            return
-        self._append(job_id, [(RESULT, result_record(task, result)) for task, result in results])
+        if job_id in self.logs or job_id in self.unplaced:
+            self._append(job_id, [(RESULT, result_record(task, result)) for task, result in results])
 
     def job_cancelled(self, job_id: str, by: str) -> None:
         """A job this node leads was cancelled: log it."""
-        if job_id in self.logs:
+        if job_id in self.logs or job_id in self.unplaced:
             self._append(job_id, [(CANCEL, {"by": by})])
 
     def job_ended(self, job: Job) -> None:
         """A job this node leads ended: log it."""
-        if job.id in self.logs:
-            ended = {"succeeded": job.succeeded, "failed": job.failed, "finished": job.finished_at}
+        ended = {"succeeded": job.succeeded, "failed": job.failed, "finished": job.finished_at}
+        if self.unplaced.note(job.id, [(END, ended)]):
+            # Ended before its set was chosen: choose it now, the end waits for it.
+            self.place(job.id)
+        elif job.id in self.logs:
             self._append(job.id, [(END, ended)])
 
     def _append(self, job_id: str, entries: list[tuple[str, dict[str, Any]]]) -> None:
+        if self.unplaced.note(job_id, entries):
+            return
         log_ = self.logs[job_id]
         for kind, data in entries:
             log_.append(kind, data)
@@ -252,8 +283,12 @@ class Replication(Succession):
         """
         Fires once a majority of the job's replica set holds every record
         logged so far (at once for a job not replicated); fails with
-        L{Deposed} if this node is deposed first.
+        L{Deposed} if this node is deposed first.  For a job whose replica
+        set is still to be chosen, once it is chosen and they are committed.
         """
+        pending = self.unplaced.wait(job_id)
+        if pending is not None:
+            return pending
         log_ = self.logs.get(job_id)
         if log_ is None or log_.committed >= log_.tail:
             return succeed(None)
@@ -427,7 +462,7 @@ class Replication(Succession):
         if ballot.node != sender:
             raise ValidationError(f"the ballot names {ballot.node!r}, but the records came from {sender!r}")
         if last_seq is None:
-            last_seq = first_seq - 1 + _count(raw, first_seq, ballot)
+            last_seq = first_seq - 1 + count_records(raw, first_seq, ballot)
         batch = Batch.check(ballot, first_seq, last_seq, raw)
         mine = self.logs.get(job)
         if mine is not None and ballot > mine.ballot:
@@ -553,24 +588,6 @@ class Replication(Succession):
             self._takeovers[job] = self._clock.callLater(
                 self.grace, self._try_takeover, job, accepted, "restarted (this node, in its previous life)"
             )
-
-
-def _count(raw: bytes, first_seq: int, ballot: Ballot) -> int:
-    """
-    How many records a REPLICATE without C{last_seq} carries (decoding them).
-
-    @raise ValidationError: if they are not well-formed records with seqs from C{first_seq} without a gap.
-    """
-    try:
-        wire = loads_strict(raw)
-    except ValueError as e:
-        raise ValidationError(f"'records' is not JSON ({e})") from None
-    if not isinstance(wire, list):
-        raise ValidationError("'records' must be a list")
-    for index, entry in enumerate(wire):
-        if Record.from_wire(entry, ballot).seq != first_seq + index:
-            raise ValidationError("the records' seqs must run on from 'first_seq' without a gap")
-    return len(wire)
 
 
 def _refused(job: str, promised: Ballot, refused: Ballot) -> commands.StaleBallot:

@@ -23,20 +23,20 @@ from p2pexec import commands
 from p2pexec.directory import JobDirectory
 from p2pexec.journal import GROUP_COMMIT_DELAY
 from p2pexec.log import NodeLogger
-from p2pexec.model import TaskResult, TaskSpec, ValidationError, loads_strict
-from p2pexec.replica_log import Batch, ReplicaStore, decode, ends, runs
-from p2pexec.replicas import Ballot, ReplicaSet, parse_stale, stale_description
+from p2pexec.model import TaskResult, ValidationError
+from p2pexec.placement import Placements, Placing
+from p2pexec.replica_log import Batch, ReplicaStore, count_records, decode, ends, runs
+from p2pexec.replicas import Ballot, parse_stale, stale_description
 from p2pexec.replication import (
     CANCEL,
     END,
-    JOB,
     RESULT,
     JobImage,
     MasterLog,
     Record,
     StaleBallot,
     Takeover,
-    job_records,
+    encode_window,
     rebuild,
     result_record,
 )
@@ -53,9 +53,6 @@ log = NodeLogger()
 DECODED_KEPT = 4
 """How many decoded job logs a node keeps (a takeover pages through one, a client looks at one)."""
 
-PART_BYTES = commands.MAX_VALUE_BYTES - 4096
-"""The most bytes of task specs one C{job} record carries (it must fit in one REPLICATE with its envelope)."""
-
 
 class Deposed(Exception):
     """This node no longer leads the job: a newer ballot does (nothing of the job is acknowledged)."""
@@ -65,7 +62,7 @@ class Deposed(Exception):
         self.newer = newer
 
 
-class Replication(Succession):
+class Replication(Placing, Succession):
     """
     One node's replicated job logs (see the module's docstring).
 
@@ -88,6 +85,8 @@ class Replication(Succession):
         self._members: dict[str, tuple[str, ...]] = {}
         self._waiters: dict[str, list[tuple[int, Deferred[None]]]] = {}
         self._flush_call: IDelayedCall | None = None
+        self._window: dict[str, list[Batch]] = {}
+        """Per job, the batches written to our journal since the last flush: what each replica lacks, encoded."""
         self._dirty: set[str] = set()
         self._stalled: set[str] = set()
         self._takeovers: dict[str, IDelayedCall | Takeover] = {}
@@ -99,6 +98,8 @@ class Replication(Succession):
         """Jobs this node led before it restarted, until it leads them again or learns who does."""
         self.connected_listeners: list[Callable[[str], None]] = []
         """Called with each peer's name when it connects (the start-up job waits for peers to be replicated on)."""
+        self.unplaced = Placements()
+        """The jobs accepted with their replica set still to choose (the start-up job, see L{place})."""
         self._decoded: dict[str, tuple[int, list[Record]]] = {}
         """The last few logs decoded (see L{records_of}), by job, with the store's version they are of."""
         self.sent = 0
@@ -116,61 +117,28 @@ class Replication(Succession):
 
     # -- as a master ------------------------------------------------------------------------
 
-    def job_accepted(self, job: Job) -> None:
-        """A job was accepted here: choose its replica set and log the job (nothing with C{--replicas 0})."""
-        if self.replicas <= 0:
-            return
-        live = [record.info.name for record in self._peers.connected_peers()]
-        members = ReplicaSet.choose(job.id, self._me, live, self.replicas).members
-        if len(members) == 1:
-            # No other node to replicate to, so nothing could take the job
-            # over: keep no log of it (a log held every record in memory, 8
-            # MiB for W4's 10,000 tasks) and run it as --replicas 0 would.
-            log.info(
-                "Node {name} does not replicate job {job}: no other node is connected, so it has no failover",
-                name=self._me,
-                job=job.id,
-            )
-            return
-        ballot = Ballot(1, self._me)
-        self.logs[job.id] = log_ = self._master_log(job.id, members, ballot)
-        self._members[job.id] = members
-        specs = [record.spec for record in job.tasks.values()]
-        parts = [list(part) for part in commands.chunk(specs, TaskSpec.to_wire, limit=PART_BYTES)]
-        for data in job_records(job.id, specs, members, job.source, job.started_at, parts):
-            log_.append(JOB, data)
-        self.stores[job.id] = ReplicaStore(job.id)
-        self._write_own(job.id, log_)
-        self.directory.learn(job.id, ballot)
-        log.info(
-            "Node {name} replicates job {job} to {replicas} (a majority is {majority} of {size})",
-            name=self._me,
-            job=job.id,
-            replicas=", ".join(members[1:]),
-            majority=log_.majority,
-            size=len(members),
-        )
-        self._changed(job.id)
-
     def results_recorded(self, job_id: str, results: Iterable[tuple[str, TaskResult]]) -> None:
         """Tasks of a job this node leads got their results: log them."""
-        log_ = self.logs.get(job_id)
-        if log_ is None:
-            return
-        self._append(job_id, [(RESULT, result_record(task, result)) for task, result in results])
+        if job_id in self.logs or job_id in self.unplaced:
+            self._append(job_id, [(RESULT, result_record(task, result)) for task, result in results])
 
     def job_cancelled(self, job_id: str, by: str) -> None:
         """A job this node leads was cancelled: log it."""
-        if job_id in self.logs:
+        if job_id in self.logs or job_id in self.unplaced:
             self._append(job_id, [(CANCEL, {"by": by})])
 
     def job_ended(self, job: Job) -> None:
         """A job this node leads ended: log it."""
-        if job.id in self.logs:
-            ended = {"succeeded": job.succeeded, "failed": job.failed, "finished": job.finished_at}
+        ended = {"succeeded": job.succeeded, "failed": job.failed, "finished": job.finished_at}
+        if self.unplaced.note(job.id, [(END, ended)]):
+            # Ended before its set was chosen: choose it now, the end waits for it.
+            self.place(job.id)
+        elif job.id in self.logs:
             self._append(job.id, [(END, ended)])
 
     def _append(self, job_id: str, entries: list[tuple[str, dict[str, Any]]]) -> None:
+        if self.unplaced.note(job_id, entries):
+            return
         log_ = self.logs[job_id]
         for kind, data in entries:
             log_.append(kind, data)
@@ -188,16 +156,23 @@ class Replication(Succession):
         return MasterLog(members, self._me, ballot, records, older=older)
 
     def _write_own(self, job_id: str, log_: MasterLog) -> None:
-        """Hand the records of a job this node leads not written yet to its journal, one batch per run of seqs."""
+        """
+        Hand the records of a job this node leads not written yet to its
+        journal, each batch as one REPLICATE carries it: encoded once, the
+        same bytes kept in L{_window} for the replicas (see L{flush}).
+        """
         records = log_.unwritten()
         if not records:
             return
         store = self.stores.setdefault(job_id, ReplicaStore(job_id))
+        window = self._window.setdefault(job_id, [])
         for run in runs(records):
-            batch = Batch.of(log_.ballot, run)
-            if store.replicate(log_.ballot, batch.first_seq, batch.last_seq):
-                self._journal.replica_changed(job_id, store.promised, store.accepted)
-            self._journal.replica_batch(job_id, batch)
+            for part, raw in encode_window(run):
+                batch = Batch(log_.ballot, part[0].seq, part[-1].seq, raw)
+                if store.replicate(log_.ballot, batch.first_seq, batch.last_seq):
+                    self._journal.replica_changed(job_id, store.promised, store.accepted)
+                self._journal.replica_batch(job_id, batch)
+                window.append(batch)
             if run[-1].kind == END:
                 store.ended = True
 
@@ -254,8 +229,12 @@ class Replication(Succession):
         """
         Fires once a majority of the job's replica set holds every record
         logged so far (at once for a job not replicated); fails with
-        L{Deposed} if this node is deposed first.
+        L{Deposed} if this node is deposed first.  For a job whose replica
+        set is still to be chosen, once it is chosen and they are committed.
         """
+        pending = self.unplaced.wait(job_id)
+        if pending is not None:
+            return pending
         log_ = self.logs.get(job_id)
         if log_ is None or log_.committed >= log_.tail:
             return succeed(None)
@@ -288,13 +267,21 @@ class Replication(Succession):
                 # This node promised a higher ballot (another node's takeover,
                 # or its own again): its log at the old ballot may commit nothing more.
                 why = "this node promised it" if e.promised.node != self._me else "it takes the job over again"
+                self._window.pop(job_id, None)
                 self.step_down(job_id, e.promised, why)
                 continue
+            window = self._window.pop(job_id, [])
             self._journal.durable().addCallback(self._own_durable, job_id, tail)
             for member in log_.replicas:
-                self._send(job_id, log_, member)
+                self._send(job_id, log_, member, window)
+        self._window.clear()
 
-    def _send(self, job_id: str, log_: MasterLog, member: str) -> None:
+    def _send(self, job_id: str, log_: MasterLog, member: str, window: list[Batch]) -> None:
+        """
+        Send C{member} the records it lacks: the batches just written to our
+        journal, as they were encoded, when those are what it lacks (else
+        the records encoded again, chunked to fit).
+        """
         record = self._peers.get(member)
         protocol = None if record is None else record.connection
         if protocol is None:
@@ -304,22 +291,26 @@ class Replication(Succession):
         records = log_.to_send(member)
         if not records:
             return
-        for batch in commands.chunk(records, Record.to_wire, encode=Record.encode_wire):
-            items: list[Record] = batch.items
+        if window and (records[0].seq, records[-1].seq) == (window[0].first_seq, window[-1].last_seq):
+            batches: list[tuple[int, int, Any]] = [(b.first_seq, b.last_seq, b.raw) for b in window]
+        else:
+            chunks = commands.chunk(records, Record.to_wire, encode=Record.encode_wire)
+            batches = [(c.items[0].seq, c.items[-1].seq, c) for c in chunks]
+        for first, last, value in batches:
             self.sent += 1
             d = protocol.callRemote(
                 commands.Replicate,
                 job=job_id,
                 ballot_epoch=log_.ballot.epoch,
                 ballot_node=log_.ballot.node,
-                first_seq=items[0].seq,
-                last_seq=items[-1].seq,
-                records=batch,
+                first_seq=first,
+                last_seq=last,
+                records=value,
             )
             d.addCallbacks(
                 self._replicated,
                 self._replicate_failed,
-                callbackArgs=(job_id, log_, member, items[-1].seq),
+                callbackArgs=(job_id, log_, member, last),
                 errbackArgs=(job_id, log_, member),
             )
 
@@ -437,7 +428,7 @@ class Replication(Succession):
         if ballot.node != sender:
             raise ValidationError(f"the ballot names {ballot.node!r}, but the records came from {sender!r}")
         if last_seq is None:
-            last_seq = first_seq - 1 + _count(raw, first_seq, ballot)
+            last_seq = first_seq - 1 + count_records(raw, first_seq, ballot)
         batch = Batch.check(ballot, first_seq, last_seq, raw)
         mine = self.logs.get(job)
         if mine is not None and ballot > mine.ballot:
@@ -579,24 +570,6 @@ class Replication(Succession):
             self._takeovers[job] = self._clock.callLater(
                 self.grace, self._try_takeover, job, lost, "restarted (this node, in its previous life)"
             )
-
-
-def _count(raw: bytes, first_seq: int, ballot: Ballot) -> int:
-    """
-    How many records a REPLICATE without C{last_seq} carries (decoding them).
-
-    @raise ValidationError: if they are not well-formed records with seqs from C{first_seq} without a gap.
-    """
-    try:
-        wire = loads_strict(raw)
-    except ValueError as e:
-        raise ValidationError(f"'records' is not JSON ({e})") from None
-    if not isinstance(wire, list):
-        raise ValidationError("'records' must be a list")
-    for index, entry in enumerate(wire):
-        if Record.from_wire(entry, ballot).seq != first_seq + index:
-            raise ValidationError("the records' seqs must run on from 'first_seq' without a gap")
-    return len(wire)
 
 
 def _refused(job: str, promised: Ballot, refused: Ballot) -> commands.StaleBallot:

@@ -136,13 +136,18 @@ class Master:
         """A job id unique to this master process."""
         return f"{self.me.name}-{self.me.instance[:8]}-{next(self._job_numbers)}"
 
-    def submit(self, tasks: Iterable[TaskSpec], job_id: str | None = None, source: str | None = None) -> Job:
+    def submit(
+        self, tasks: Iterable[TaskSpec], job_id: str | None = None, source: str | None = None, place: bool = True
+    ) -> Job:
         """
         Accept a job and queue its tasks (the journal has it by the time
         L{IJournal.durable} fires).
 
         @param source: what the job came from, so that a restarted master
             given the same job resumes it (see L{find_unfinished}).
+        @param place: whether its replica set is chosen now; if not, it is
+            once L{Replication.place<p2pexec.failover.Replication.place>} is
+            called, and nothing of it is committed before.
         """
         job = Job(
             job_id or self.new_job_id(),
@@ -155,7 +160,7 @@ class Master:
         self.jobs[job.id] = job
         self.journal.job_added(job)
         if self.replication is not None:
-            self.replication.job_accepted(job)
+            self.replication.job_accepted(job, place)
         kinds: dict[str, int] = {}
         for task_id, record in job.tasks.items():
             self._pending.setdefault(record.spec.kind, deque()).append((job.id, task_id))

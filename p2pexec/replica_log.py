@@ -225,3 +225,21 @@ def ends(batch: Batch) -> bool:
         return False
     log = decode([batch])
     return any(record.kind == END for record in log.records)
+
+
+def count_records(raw: bytes, first_seq: int, ballot: Ballot) -> int:
+    """
+    How many records a REPLICATE without C{last_seq} carries (decoding them).
+
+    @raise ValidationError: if they are not well-formed records with seqs from C{first_seq} without a gap.
+    """
+    try:
+        wire = loads_strict(raw)
+    except ValueError as e:
+        raise ValidationError(f"'records' is not JSON ({e})") from None
+    if not isinstance(wire, list):
+        raise ValidationError("'records' must be a list")
+    for index, entry in enumerate(wire):
+        if Record.from_wire(entry, ballot).seq != first_seq + index:
+            raise ValidationError("the records' seqs must run on from 'first_seq' without a gap")
+    return len(wire)

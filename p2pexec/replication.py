@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import enum
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import attr
 
+from p2pexec.chunking import MAX_VALUE_BYTES
 from p2pexec.model import TaskResult, TaskSpec, ValidationError
 from p2pexec.replicas import Ballot, majority
 
@@ -31,6 +32,9 @@ RECORD_KINDS = frozenset((JOB, RESULT, CANCEL, END))
 
 JSON_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 """Compact JSON, as the wire's (one encoder for every record: C{json.dumps} would build one per call)."""
+
+PART_BYTES = MAX_VALUE_BYTES - 4096
+"""The most bytes of task specs one C{job} record carries (it must fit in one REPLICATE with its envelope)."""
 
 MAX_RECORDS = 1_000_000 * 2 + 1000
 """The most records one job's log may hold (a million tasks, each a part and a result, and some)."""
@@ -169,10 +173,10 @@ class MasterLog:
         """The members other than the master: whom the records go to."""
         return tuple(member for member in self.members if member != self.me)
 
-    def append(self, kind: str, data: dict[str, Any]) -> Record:
-        """A new record at the end of the log."""
+    def append(self, kind: str, data: dict[str, Any], raw: str | None = None) -> Record:
+        """A new record at the end of the log (C{raw}: C{data} as JSON text, if it was encoded already)."""
         self.tail += 1
-        record = Record(self.tail, kind, data, self.ballot)
+        record = Record(self.tail, kind, data, self.ballot, raw)
         self.records[record.seq] = record
         return record
 
@@ -305,26 +309,93 @@ class Takeover:
 # -- the records' contents ----------------------------------------------------------------
 
 
+FIRST_RUN = 256
+"""How many items L{cut} tries in its first run (the next are sized from the bytes per item it found)."""
+
+
+def cut(wires: Sequence[Any], limit: int) -> list[tuple[int, str]]:
+    """
+    C{wires} (JSON-able values) cut into runs whose JSON array stays within
+    C{limit} bytes of UTF-8, each run encoded in one call (not one call per
+    item): (how many items, their JSON array as text), in order.
+
+    @raise ValueError: if one item alone is over the limit.
+    """
+    if not wires:
+        return [(0, "[]")]
+    out: list[tuple[int, str]] = []
+    start, guess = 0, FIRST_RUN
+    while start < len(wires):
+        n = min(guess, len(wires) - start)
+        while True:
+            text = JSON_ENCODER.encode(wires[start : start + n])
+            size = len(text) if text.isascii() else len(text.encode())
+            if size <= limit:
+                break
+            if n == 1:
+                raise ValueError(f"one item is {size} bytes, over the {limit}-byte limit")
+            n = max(1, min(n - 1, n * limit * 97 // (size * 100)))
+        out.append((n, text))
+        start += n
+        guess = max(1, n * limit * 97 // (max(size, 1) * 100))
+    return out
+
+
 def job_records(
     job_id: str,
     specs: list[TaskSpec],
     members: Iterable[str],
     source: str | None,
     started_at: float,
-    parts: Iterable[list[TaskSpec]],
-) -> list[dict[str, Any]]:
+    limit: int = PART_BYTES,
+) -> list[tuple[dict[str, Any], str]]:
     """
-    The data of a job's C{job} records: one per part of its tasks (C{parts},
-    cut to fit an AMP value), the first also naming its replica set, source
-    and start.
+    The data of a job's C{job} records, with its JSON text (each task's wire
+    form made and encoded once): one record per part of its tasks (their
+    JSON array within C{limit} bytes, to fit an AMP value with the record's
+    envelope), the first also naming its replica set, source and start.
+
+    @raise ValueError: if one task alone is over the limit.
     """
-    chunks = list(parts) or [[]]
+    wires = [spec.to_wire() for spec in specs]
+    parts = cut(wires, limit)
     out = []
-    for index, part in enumerate(chunks):
-        data: dict[str, Any] = {"part": index, "parts": len(chunks), "tasks": [spec.to_wire() for spec in part]}
+    start = 0
+    for index, (count, text) in enumerate(parts):
+        head: dict[str, Any] = {"part": index, "parts": len(parts)}
         if index == 0:
-            data.update(id=job_id, members=list(members), source=source, started_at=started_at, total=len(specs))
-        out.append(data)
+            head.update(id=job_id, members=list(members), source=source, started_at=started_at, total=len(specs))
+        data = dict(head, tasks=wires[start : start + count])
+        out.append((data, JSON_ENCODER.encode(head)[:-1] + ',"tasks":' + text + "}"))
+        start += count
+    return out
+
+
+def encode_window(records: Sequence[Record], limit: int = MAX_VALUE_BYTES) -> list[tuple[list[Record], bytes]]:
+    """
+    C{records} (seqs without a gap) as JSON arrays of their REPLICATE forms,
+    each within C{limit} bytes (one REPLICATE's records), with the records
+    each holds: a record encoded already (a job part) alone, as it was
+    encoded, the others together, a run in one call.  The same bytes go to
+    the master's journal and to every replica.
+    """
+    out: list[tuple[list[Record], bytes]] = []
+    index = 0
+    while index < len(records):
+        record = records[index]
+        if record.raw is not None:
+            out.append(([record], f'[{{"seq":{record.seq},"kind":"{record.kind}","data":{record.raw}}}]'.encode()))
+            index += 1
+            continue
+        end = index
+        while end < len(records) and records[end].raw is None:
+            end += 1
+        run = records[index:end]
+        start = 0
+        for count, text in cut([record.to_wire() for record in run], limit):
+            out.append((list(run[start : start + count]), text.encode()))
+            start += count
+        index = end
     return out
 
 

@@ -3,10 +3,13 @@ The job a node is started with (C{--tasks} or C{--job}), and the jobs its
 journal says it had not finished: taken up at start, resumed rather than run
 twice, and reported (results file, L{StartupJob.initial_job}) once done.
 
-With C{--replicas K} the start-up job is accepted once K peers are
-connected, or L{STARTUP_SETTLE} seconds after the node began, whichever
-comes first: a job's replica set is chosen among the peers connected when
-it is accepted, and at start none is yet.
+With C{--replicas K} the start-up job is accepted and dispatched at once,
+but its replica set is chosen only once K peers are connected, or
+L{STARTUP_SETTLE} seconds after the node began, or when the job ends,
+whichever comes first (a replica set is chosen among the connected peers,
+and at start none is yet); only then are its records replicated, and until
+they are committed nothing of the job is acknowledged (the workers'
+confirmations wait; their slots do not).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ if TYPE_CHECKING:
 log = NodeLogger()
 
 STARTUP_SETTLE = 2.0
-"""Seconds a node started with a job and C{--replicas K} waits for K peers before it accepts the job anyway."""
+"""Seconds a node started with a job and C{--replicas K} waits for K peers before it chooses the job's replica set anyway."""
 
 
 def announce(info: NodeInfo, config: NodeConfig) -> None:
@@ -91,9 +94,9 @@ class StartupJob:
         return 0 if self._peers is None else len(self._peers.connected_peers())
 
     def peer_connected(self, name: str) -> None:
-        """A peer connected: accept the waiting start-up job once C{--replicas} peers are."""
+        """A peer connected: choose the start-up job's replica set once C{--replicas} peers are."""
         if self._settle is not None and self._connected() >= self._config.replicas:
-            self._accept()
+            self._place()
 
     def prune(self) -> None:
         """
@@ -122,27 +125,33 @@ class StartupJob:
         if config.tasks is None or self.job_id is not None or self._finished_already():
             return
         self.job_id = self._master.new_job_id()
-        if config.replicas > 0 and self._connected() < config.replicas:
+        later = config.replicas > 0 and self._connected() < config.replicas
+        if later:
             log.info(
-                "Node {name} accepts its start-up job {job} once {count} peer(s) are connected, or in "
-                "{settle:g}s, so that its replica set can be chosen among them",
+                "Node {name} runs its start-up job {job} now, and chooses its replica set once {count} "
+                "peer(s) are connected, or in {settle:g}s; it acknowledges nothing of the job before",
                 name=self._node.info.name,
                 job=self.job_id,
                 count=config.replicas,
                 settle=STARTUP_SETTLE,
             )
-            self._settle = self._clock.callLater(STARTUP_SETTLE, self._accept)
-            return
-        self._accept()
+            self._settle = self._clock.callLater(STARTUP_SETTLE, self._place)
+        self._accept(place=not later)
 
-    def _accept(self) -> None:
-        """Accept the start-up job (its replica set is chosen now) and write it to the journal."""
+    def _place(self) -> None:
+        """Choose the start-up job's replica set now (among the peers connected), and replicate it."""
         if self._settle is not None and self._settle.active():
             self._settle.cancel()
         self._settle = None
+        replication = self._master.replication
+        if replication is not None and self.job_id is not None:
+            replication.place(self.job_id)
+
+    def _accept(self, place: bool) -> None:
+        """Accept the start-up job (its replica set chosen now if C{place}) and write it to the journal."""
         config = self._config
         assert self.job_id is not None and config.tasks is not None
-        self._master.submit(config.tasks, self.job_id, source=config.job_source)
+        self._master.submit(config.tasks, self.job_id, source=config.job_source, place=place)
         # Write it now, while the peers are still being found, rather than
         # when its first tasks are ready to go.
         try:

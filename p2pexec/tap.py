@@ -168,9 +168,9 @@ class Options(usage.Options):
         [
             "replicas",
             None,
-            "0",
-            "How many other nodes hold each accepted job's records, so that the job survives its master (try 2); "
-            "0 (the default for now) replicates nothing.",
+            "2",
+            "How many other nodes hold each accepted job's records, so that the job survives its master; "
+            "0 replicates nothing (a job then lives and dies with its master).",
         ],
         [
             "takeover-grace",

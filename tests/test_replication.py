@@ -35,8 +35,8 @@ def result(task, status="succeeded"):
 def job_log(ballot=B1, tasks=("t1", "t2")):
     """The C{job} record of a job of C{tasks} accepted by m1, replica set m1, n2, n3."""
     specs = [TaskSpec(id=t, kind="w") for t in tasks]
-    [data] = job_records("j1", specs, ("m1", "n2", "n3"), "src", 100.0, [specs])
-    return [Record(1, JOB, data, ballot)]
+    [(data, raw)] = job_records("j1", specs, ("m1", "n2", "n3"), "src", 100.0)
+    return [Record(1, JOB, data, ballot, raw)]
 
 
 class MasterLogTests(SynchronousTestCase):

@@ -149,7 +149,8 @@ class MasterRestartTests(IntegrationTestCase):
         --state-dir.  It says it resumed the job from its journal (the same
         job id, not a new job), the job completes with every task succeeded,
         and no task whose confirmation the first master had logged runs
-        again.
+        again.  Every node runs with --replicas 0: the journal alone, no
+        successor takes the job over meanwhile (test_failover does that).
         """
         cluster = Cluster(self)
         side = cluster.path("side.txt")
@@ -161,8 +162,8 @@ class MasterRestartTests(IntegrationTestCase):
             {"kind": "w", "shell": True, "command": f"{record_run(side)}; sleep 0.25"},
             [{"id": task_id} for task_id in ids],
         )
-        w1 = cluster.start("w1", "--capabilities", "w", "--slots", "2")
-        w2 = cluster.start("w2", "--capabilities", "w", "--slots", "2")
+        w1 = cluster.start("w1", "--capabilities", "w", "--slots", "2", "--replicas", "0")
+        w2 = cluster.start("w2", "--capabilities", "w", "--slots", "2", "--replicas", "0")
         first = cluster.start(
             "m",
             "--capabilities",
@@ -172,6 +173,8 @@ class MasterRestartTests(IntegrationTestCase):
             "--results",
             results,
             "--exit-when-done",
+            "--replicas",
+            "0",
         )
         job_id = first.wait_for(r"\] Node m is master of job (\S+): 40 task\(s\)").group(1)
         cluster.wait_until(

@@ -464,6 +464,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--w2-tasks", type=int, default=2_000)
     parser.add_argument("--w5-tasks", type=int, default=1_000)
     parser.add_argument("--keep", action="store_true", help="keep every run's logs")
+    parser.add_argument(
+        "--memtrace",
+        metavar="DIR",
+        help="write each node's memory report to DIR (benchmarks/_memtrace; P2PEXEC_MEMTRACE_FRAMES=N adds tracemalloc)",
+    )
     args = parser.parse_args(argv)
     args.only = {w.strip().upper() for w in args.only.split(",") if w.strip()}
     if not args.only <= set(WORKLOADS) or args.repeat < 1 or args.timeout <= 0:
@@ -472,6 +477,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.replicas < 0:
             parser.error("--replicas takes a count >= 0")
         NODE_OPTIONS[:] = ["--replicas", str(args.replicas)]
+    if args.memtrace:
+        os.makedirs(args.memtrace, exist_ok=True)
+        os.environ["P2PEXEC_MEMTRACE"] = os.path.abspath(args.memtrace)
+        here = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_memtrace")
+        os.environ["PYTHONPATH"] = here + os.pathsep + os.environ.get("PYTHONPATH", "")
     if not os.access(TWISTD, os.X_OK):
         say(f"no twistd beside {sys.executable}; run it with the project's virtualenv (make bench)")
         return 1

@@ -28,7 +28,8 @@ summarised.
       code) launched the same way, seconds until two are up, and W3's
       start-up as a ratio to it.
   W4  peak RSS (VmHWM) of the master and of one worker, read in the W1 runs
-      just before the nodes are stopped.
+      just before the nodes are stopped (and in the W1-r0 runs, for
+      information: what replication adds).
   W5  1,000 shell tasks (``echo $P2PEXEC_TASK_ID >> SIDE; sleep 0.01``) on
       master (runs nothing) + 2 workers ``--slots 2``; one worker SIGKILLed
       at 30%: time, tasks lost, tasks run twice, time / the same without the
@@ -130,7 +131,8 @@ class Suite:
                 lambda r: (
                     f"{r['tasks_per_s']:>9,.0f} tasks/s  elapsed {r['elapsed']:.3f}s  CPU {r['cpu']:.2f}s  (--replicas 0; "
                     f"--replicas {workloads.W1_REPLICAS} / 0: "
-                    f"{self.runs['W1'][-1]['tasks_per_s'] / r['tasks_per_s']:.2f})"
+                    f"{self.runs['W1'][-1]['tasks_per_s'] / r['tasks_per_s']:.2f})  "
+                    f"W4: master {r['master_hwm'] / MiB:.1f} MiB, worker {r['worker_hwm'] / MiB:.1f} MiB"
                 ),
             )
         if "SEC" in only:
@@ -297,6 +299,10 @@ class Suite:
                 "< 40",
                 lambda v: v < 40,
             )
+            bare = self.runs.get("W1-r0", [])
+            if bare:
+                add("W4", "  master VmHWM MiB with --replicas 0", [r["master_hwm"] / MiB for r in bare], ".1f")
+                add("W4", "  worker VmHWM MiB with --replicas 0", [r["worker_hwm"] / MiB for r in bare], ".1f")
         plain = self.runs.get("W1", [])
         for mode, label in (("key", "cluster key"), ("tls", "cluster key + TLS")):
             secured = self.runs.get(f"W1-{mode}", [])
@@ -458,6 +464,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--w2-tasks", type=int, default=2_000)
     parser.add_argument("--w5-tasks", type=int, default=1_000)
     parser.add_argument("--keep", action="store_true", help="keep every run's logs")
+    parser.add_argument(
+        "--memtrace",
+        metavar="DIR",
+        help="write each node's memory report to DIR (benchmarks/_memtrace; P2PEXEC_MEMTRACE_FRAMES=N adds tracemalloc)",
+    )
     args = parser.parse_args(argv)
     args.only = {w.strip().upper() for w in args.only.split(",") if w.strip()}
     if not args.only <= set(WORKLOADS) or args.repeat < 1 or args.timeout <= 0:
@@ -466,6 +477,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.replicas < 0:
             parser.error("--replicas takes a count >= 0")
         NODE_OPTIONS[:] = ["--replicas", str(args.replicas)]
+    if args.memtrace:
+        os.makedirs(args.memtrace, exist_ok=True)
+        os.environ["P2PEXEC_MEMTRACE"] = os.path.abspath(args.memtrace)
+        here = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_memtrace")
+        os.environ["PYTHONPATH"] = here + os.pathsep + os.environ.get("PYTHONPATH", "")
     if not os.access(TWISTD, os.X_OK):
         say(f"no twistd beside {sys.executable}; run it with the project's virtualenv (make bench)")
         return 1

@@ -10,7 +10,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from p2pexec.job import Job
 from p2pexec.journal import RETRY_DELAY, Journal, NullJournal, default_state_dir, open_journal
 from p2pexec.journal_health import JournalError
-from p2pexec.journal_schema import JOURNAL_FILE, SCHEMA_VERSION, StoredJob, StoredTask
+from p2pexec.journal_schema import CACHE_KIB, JOURNAL_FILE, SCHEMA_VERSION, StoredJob, StoredTask
 from p2pexec.model import TaskResult, TaskSpec
 
 
@@ -381,6 +381,18 @@ class BatchingTests(JournalTestMixin, SynchronousTestCase):
         self.assertEqual(len(self.clock.getDelayedCalls()), 1)
         self.clock.advance(0)
         self.assertEqual(self.journal.commits, 2)
+
+
+class CacheTests(JournalTestMixin, SynchronousTestCase):
+    """The journal's page cache stays small: it is resident memory on every node that journals."""
+
+    def test_page_cache_size(self):
+        """The journal's connection uses a page cache of CACHE_KIB KiB, well below SQLite's default of 2,000."""
+        journal = self.open(self.mktemp())
+        journal.job_added(Job("j", [TaskSpec.instruction("a1")], started=1.0))
+        self.clock.advance(0)
+        self.assertEqual(journal._db.execute("PRAGMA cache_size").fetchone()[0], -CACHE_KIB)
+        self.assertLessEqual(CACHE_KIB, 512)
 
 
 class LockTests(JournalTestMixin, SynchronousTestCase):

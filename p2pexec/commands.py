@@ -550,3 +550,54 @@ class ForwardClient(amp.Command):
     ]
     response = [(b"answer", JSON())]
     errors = _errors(UNKNOWN_JOB=UnknownJob)
+
+
+# Issue 14: task output (shared by client and logs)
+
+
+class UnknownTask(Exception):
+    """The job has no task of that id."""
+
+
+class NotStarted(Exception):
+    """The task has no attempt yet, so no output: ask again later."""
+
+
+class OutputGone(Exception):
+    """The worker that held the task's output is gone, or forgot it."""
+
+
+TASK_OUTPUT_LIMIT = 60_000
+"""The default, and the largest, C{limit} of a TASK_OUTPUT question: one answer fits in one AMP value."""
+
+
+class TaskOutput(amp.Command):
+    """
+    TASK_OUTPUT, from a client to any node (a node that does not lead the
+    job forwards it), and from a job's master to the worker that holds the
+    task's newest attempt: at most C{limit} bytes of one of the task's
+    streams (C{stream} is C{"stdout"} or C{"stderr"}), from byte C{offset}.
+    The answer: the C{data}, the C{next_offset} to ask from, the C{size}
+    kept so far, whether the attempt C{ended} (nothing follows
+    C{next_offset == size} then), whether the stream was C{cut} at the
+    worker's C{--max-output}, and the C{attempt} and C{node} it comes from.
+    """
+
+    commandName = b"TASK_OUTPUT"
+    arguments = [
+        (b"job", amp.Unicode()),
+        (b"task", amp.Unicode()),
+        (b"stream", amp.Unicode()),
+        (b"offset", amp.Integer()),
+        (b"limit", amp.Integer(optional=True)),
+    ]
+    response = [
+        (b"data", amp.String()),
+        (b"next_offset", amp.Integer()),
+        (b"size", amp.Integer()),
+        (b"ended", amp.Boolean()),
+        (b"cut", amp.Boolean()),
+        (b"attempt", amp.Integer()),
+        (b"node", amp.Unicode()),
+    ]
+    errors = _errors(UNKNOWN_JOB=UnknownJob, UNKNOWN_TASK=UnknownTask, NOT_STARTED=NotStarted, OUTPUT_GONE=OutputGone)

@@ -555,32 +555,32 @@ class ForwardClient(amp.Command):
 # Issue 14: task output (shared by client and logs)
 
 
+TASK_OUTPUT_LIMIT = 60_000
+"""The most bytes of output one TASK_OUTPUT answer carries (it fits one AMP value)."""
+
+
 class UnknownTask(Exception):
     """The job has no task of that id."""
 
 
 class NotStarted(Exception):
-    """The task has no attempt yet, so no output: ask again later."""
+    """The task has no attempt that started yet: ask again later."""
 
 
 class OutputGone(Exception):
-    """The worker that held the task's output is gone, or forgot it."""
-
-
-TASK_OUTPUT_LIMIT = 60_000
-"""The default, and the largest, C{limit} of a TASK_OUTPUT question: one answer fits in one AMP value."""
+    """The worker that held the attempt's output is gone, keeps none, or forgot it."""
 
 
 class TaskOutput(amp.Command):
     """
-    TASK_OUTPUT, from a client to any node (a node that does not lead the
-    job forwards it), and from a job's master to the worker that holds the
-    task's newest attempt: at most C{limit} bytes of one of the task's
-    streams (C{stream} is C{"stdout"} or C{"stderr"}), from byte C{offset}.
-    The answer: the C{data}, the C{next_offset} to ask from, the C{size}
-    kept so far, whether the attempt C{ended} (nothing follows
-    C{next_offset == size} then), whether the stream was C{cut} at the
-    worker's C{--max-output}, and the C{attempt} and C{node} it comes from.
+    TASK_OUTPUT: a piece of the full standard output or error of a task's
+    newest attempt, from byte C{offset} on (at most C{limit} bytes, 60,000 at
+    most and by default).  A client may send it to any node: the job's
+    master asks the worker that holds the attempt (naming it in C{attempt}),
+    any other node forwards it to the job's master.  C{size} is how many
+    bytes are kept so far, C{ended} whether the attempt ended (nothing
+    follows C{size} then), C{cut} whether the stream went past the worker's
+    --max-output.  See docs/protocol.rst.
     """
 
     commandName = b"TASK_OUTPUT"
@@ -590,6 +590,7 @@ class TaskOutput(amp.Command):
         (b"stream", amp.Unicode()),
         (b"offset", amp.Integer()),
         (b"limit", amp.Integer(optional=True)),
+        (b"attempt", amp.Integer(optional=True)),
     ]
     response = [
         (b"data", amp.String()),

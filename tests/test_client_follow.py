@@ -50,7 +50,9 @@ class OutputServer(amp.AMP):
         self.kept[stream] += data
 
     @commands.TaskOutput.responder
-    def task_output(self, job: str, task: str, stream: str, offset: int, limit: int | None = None) -> dict[str, Any]:
+    def task_output(
+        self, job: str, task: str, stream: str, offset: int, limit: int | None = None, attempt: int | None = None
+    ) -> dict[str, Any]:
         """As DESIGN14 says: at most C{limit} bytes from C{offset}."""
         if job != JOB:
             raise commands.UnknownJob(f"no job {job!r}")

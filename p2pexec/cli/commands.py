@@ -9,18 +9,17 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
-from typing import Any, Protocol, TextIO, TypeVar
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TextIO
 
 import attr
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
-from twisted.protocols import amp
 
 from p2pexec import commands
 from p2pexec.auth import KeyFileError, generate_key, http_token, load_key
-from p2pexec.cli.client import ClientError, format_address
+from p2pexec.cli.client import format_address
 from p2pexec.cli.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, PROG, CliError
 from p2pexec.cli.render import (
     JOB_COLUMNS,
@@ -39,16 +38,18 @@ from p2pexec.cli.render import (
     task_row,
 )
 from p2pexec.cli.runline import RunLine, run_arguments, run_tasks
+from p2pexec.client import calls
+from p2pexec.client import keys as calls_keys
+from p2pexec.client.calls import PAGE_LIMIT as PAGE_LIMIT
+from p2pexec.client.calls import Caller as Caller
+from p2pexec.client.calls import Route as Route
+from p2pexec.client.calls import with_last as with_last
+from p2pexec.client.errors import ClientError, KeyProblem
 from p2pexec.jobfile import JobFileError, load_job_file
 from p2pexec.model import TaskSpec, ValidationError, parse_instructions
 
 POLL_INTERVAL = 0.5
 """Seconds between two JOB_STATUS questions while following a job."""
-
-PAGE_LIMIT = 1000
-"""How many tasks one JOB_TASKS question asks for."""
-
-T = TypeVar("T")
 
 
 def job_tasks_from(args: argparse.Namespace, stdin: TextIO) -> list[TaskSpec]:
@@ -84,19 +85,6 @@ def job_tasks_from(args: argparse.Namespace, stdin: TextIO) -> list[TaskSpec]:
         raise CliError(str(e)) from None
 
 
-def with_last(items: Iterable[T]) -> Iterator[tuple[T, bool]]:
-    """Each item with whether it is the last one."""
-    iterator = iter(items)
-    try:
-        previous = next(iterator)
-    except StopIteration:
-        return
-    for item in iterator:
-        yield previous, False
-        previous = item
-    yield previous, True
-
-
 # -- exit statuses ----------------------------------------------------------------
 
 
@@ -110,15 +98,6 @@ def job_exit_status(summary: dict[str, Any]) -> int:
 def tasks_exit_status(tasks: Sequence[dict[str, Any]]) -> int:
     """L{EXIT_OK} if every task succeeded, else L{EXIT_FAILED} (failed, cancelled or unfinished)."""
     return EXIT_OK if all(task["state"] == "succeeded" for task in tasks) else EXIT_FAILED
-
-
-class Caller(Protocol):
-    """What the subcommands need of a node: one command at a time."""
-
-    address: str
-
-    def call(self, command: type[amp.Command], **arguments: Any) -> Awaitable[dict[str, Any]]:
-        """Send C{command}; its answer, or a L{p2pexec.cli.client.ClientError}."""
 
 
 # -- the subcommands ------------------------------------------------------------------
@@ -150,69 +129,33 @@ async def submit_job(ctx: Context, tasks: Sequence[TaskSpec]) -> str:
     Hand C{tasks} to the node with SUBMIT_JOB, in parts that each stay
     under L{commands.MAX_VALUE_BYTES}; return the job id.
     """
-    upload = ""
-    job = ""
-    for part, final in with_last(commands.chunk(tasks, TaskSpec.to_wire)):
-        answer = await ctx.node.call(commands.SubmitJob, tasks=part, defaults={}, upload=upload, final=final)
-        upload, job = answer["upload"], answer["job"]
-    return job
-
-
-@attr.s(auto_attribs=True)
-class Route:
-    """
-    The node a job is followed through, and the others it knows of (from
-    CLUSTER_STATUS at the start), in the order they are tried when the
-    connection to it is lost.
-    """
-
-    name: str
-    others: list[tuple[str, str]]
-    """(name, HOST:PORT) of every other node, not gone, by name."""
+    return await calls.submit_tasks(ctx.node, tasks)
 
 
 async def route(ctx: Context) -> Route:
     """Ask the node (CLUSTER_STATUS) which nodes it knows; without L{Context.connect}, or an answer, none."""
-    if ctx.connect is None:
-        return Route(ctx.node.address, [])
-    try:
-        cluster = await ctx.node.call(commands.ClusterStatus)
-        me = str(cluster["node"]["name"])
-        others = [
-            (str(peer["name"]), str(peer["address"]))
-            for peer in cluster["peers"]
-            if peer.get("state") not in ("gone", "self") and isinstance(peer.get("address"), str)
-        ]
-    except (ClientError, KeyError, TypeError):
-        return Route(ctx.node.address, [])
-    return Route(me, others)
+    return await calls.route(ctx.node, ctx.connect)
 
 
 async def switch_node(ctx: Context, job: str, way: Route, lost: ClientError) -> dict[str, Any]:
     """
     The connection to C{way.name} is lost: ask the other nodes, in order,
     about C{job}; follow it through the first that knows it (its JOB_STATUS
-    answer is returned), with one line on stderr.
+    answer is returned), with one line on stderr (see
+    L{p2pexec.client.calls.switch_node}).
 
     @raise CliError: if no node knows the job (or none can be reached).
     """
     assert ctx.connect is not None
-    tried = []
-    for name, address in list(way.others):
-        try:
-            node = await ctx.connect(address)
-            summary: dict[str, Any] = (await node.call(commands.JobStatus, job=job))["status"]
-        except ClientError as e:
-            tried.append(f"{name}: {e.message}")
-            continue
-        way.others.remove((name, address))
-        way.others.append((way.name, ctx.node.address))
-        note = f"{PROG}: lost node {way.name}; following job {job} through {name}"
-        ctx.err.write(for_stream(ctx.err, note) + "\n")
-        ctx.node, way.name = node, name
-        return summary
-    asked = f" (asked {'; '.join(tried)})" if tried else " (it knew no other node)"
-    raise CliError(f"lost node {way.name} ({lost.message}), and no other node knows job {job}{asked}")
+    was = way.name
+    try:
+        summary = await calls.switch_node(ctx.connect, job, way, lost)
+    except calls.NoNodeKnowsJob as e:
+        raise CliError(e.message) from None
+    note = f"{PROG}: lost node {was}; following job {job} through {way.name}"
+    ctx.err.write(for_stream(ctx.err, note) + "\n")
+    ctx.node = way.node
+    return summary
 
 
 async def follow(ctx: Context, job: str) -> int:
@@ -315,17 +258,10 @@ async def do_status(ctx: Context, args: argparse.Namespace) -> int:
 
 async def all_tasks(ctx: Context, job: str) -> list[dict[str, Any]]:
     """Every task of C{job} with its result, page by page (JOB_TASKS)."""
-    tasks: list[dict[str, Any]] = []
-    offset = 0
-    while offset >= 0:
-        answer = await ctx.node.call(commands.JobTasks, job=job, offset=offset, limit=PAGE_LIMIT)
-        page = answer["tasks"]
-        tasks.extend(page)
-        following = answer["next"]
-        if following >= 0 and following <= offset:
-            raise CliError(f"the node at {ctx.node.address} answered JOB_TASKS with no progress (next={following})")
-        offset = following
-    return tasks
+    try:
+        return await calls.all_tasks(ctx.node, job)
+    except calls.NoProgress as e:
+        raise CliError(e.message) from None
 
 
 async def do_result(ctx: Context, args: argparse.Namespace) -> int:
@@ -351,7 +287,7 @@ async def do_result(ctx: Context, args: argparse.Namespace) -> int:
 
 async def do_cancel(ctx: Context, args: argparse.Namespace) -> int:
     """C{cancel}: CANCEL_JOB; print how many tasks were cancelled."""
-    cancelled = (await ctx.node.call(commands.CancelJob, job=args.job))["cancelled"]
+    cancelled = await calls.cancel_job(ctx.node, args.job)
     if cancelled:
         ctx.out.line(f"job {args.job}: {cancelled} task(s) cancelled")
     else:
@@ -380,12 +316,10 @@ def local_token(host: str, port: int) -> tuple[bytes, dict[str, Any]] | None:
 
     @raise CliError: if the node's record names a token that cannot be read.
     """
-    from p2pexec.localtoken import LocalTokenError, find_token
-
     try:
-        return find_token(host, port)
-    except LocalTokenError as e:
-        raise CliError(str(e)) from None
+        return calls_keys.local_token(host, port)
+    except KeyProblem as e:
+        raise CliError(e.message) from None
 
 
 def key_command(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:

@@ -168,6 +168,7 @@ class CombineTests(SynchronousTestCase):
             [("a", "1", "x"), ("a", "2", "y"), ("b", "1", "x"), ("b", "2", "y")],
         )
 
+    @settings(deadline=None)
     @given(_SOURCES)
     def test_matches_the_reference(self, given_sources: list[tuple[list[str], bool]]) -> None:
         """Any sources and links combine as the reference does."""
@@ -230,6 +231,7 @@ class ReplacementTests(SynchronousTestCase):
         ]
         self.assertEqual(expected, ours)
 
+    @settings(deadline=None)
     @given(st.text(alphabet="ab./", max_size=8))
     def test_modifier_shapes(self, name: str) -> None:
         """{/} holds no slash; {.} is a prefix; {//} is never empty; {/.} is a prefix of {/}."""

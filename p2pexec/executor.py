@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from collections.abc import Mapping
 from typing import Any, Protocol, TypeVar
 
@@ -30,6 +31,7 @@ from twisted.internet.interfaces import IDelayedCall, IProcessTransport, IReacto
 from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 
+from p2pexec.clock import WallClock
 from p2pexec.log import NodeLogger
 from p2pexec.model import ERROR, FAILED, SUCCEEDED, TIMED_OUT, Assignment, TaskResult
 from p2pexec.policy import SHELL, CommandPolicy, Refusal, find_program
@@ -122,6 +124,7 @@ class ProcessExecutor:
         guard: TaskGroupGuard | None = None,
         clock: IReactorTime | None = None,
         groups: ProcessGroups | None = None,
+        wall_clock: WallClock = time.time,
     ) -> None:
         """
         @param reactor: starts the task processes.
@@ -134,6 +137,8 @@ class ProcessExecutor:
             monotonic one, see L{p2pexec.clock}); C{reactor} by default.
         @param groups: starts each task in a process group of its own and
             signals it; L{SessionGroups} (the operating system) by default.
+        @param wall_clock: when each attempt started, for people and the
+            joblog (L{TaskResult.started}).
         """
         self._reactor = reactor
         if clock is None:
@@ -141,6 +146,7 @@ class ProcessExecutor:
                 raise TypeError("ProcessExecutor needs a clock: its reactor provides no IReactorTime")
             clock = IReactorTime(reactor)
         self._clock: IReactorTime = clock
+        self._wall_clock = wall_clock
         self._node_name = node_name
         self._tail_bytes = tail_bytes
         self._kill_grace = kill_grace
@@ -162,6 +168,7 @@ class ProcessExecutor:
         """Run one attempt of a task; fires with its result, never fails."""
         task = assignment.task
         started = self._clock.seconds()
+        started_at = self._wall_clock()
 
         def result(status: str, **fields: Any) -> TaskResult:
             return TaskResult(
@@ -170,6 +177,7 @@ class ProcessExecutor:
                 status=status,
                 node=self._node_name,
                 duration=self._clock.seconds() - started,
+                started=started_at,
                 **fields,
             )
 
@@ -252,6 +260,8 @@ class ProcessExecutor:
             }
             code = reason.exitCode if isinstance(reason, (ProcessDone, ProcessTerminated)) else None
             signal_number = getattr(reason, "signal", None)
+            if signal_number is not None:
+                fields["signal"] = signal_number
             if timed_out:
                 return result(
                     TIMED_OUT,

@@ -378,6 +378,10 @@ class TaskResult:
     @ivar stderr: the tail of its standard error.
     @ivar error: why it failed, in words, when there is more to say than the
         exit code.
+    @ivar started: when the attempt started, by the wall clock of the node
+        that ran it (seconds since the epoch, for people and the joblog);
+        C{None}: unknown (not run by a process executor, or an older node).
+    @ivar signal: the number of the signal that ended its process, or C{None}.
     """
 
     task_id: str
@@ -389,6 +393,9 @@ class TaskResult:
     stdout: str = ""
     stderr: str = ""
     error: str | None = None
+    # Issue 14, output: when the attempt started, and the signal that ended it.
+    started: float | None = None
+    signal: int | None = None
 
     @property
     def succeeded(self) -> bool:
@@ -412,6 +419,10 @@ class TaskResult:
             data["stderr"] = self.stderr
         if self.error is not None:
             data["error"] = self.error
+        if self.started is not None:
+            data["started"] = round(self.started, 6)
+        if self.signal is not None:
+            data["signal"] = self.signal
         return data
 
     @classmethod
@@ -440,6 +451,15 @@ class TaskResult:
         _require(isinstance(stdout, str), f"{what}: 'stdout' must be a string")
         _require(isinstance(stderr, str), f"{what}: 'stderr' must be a string")
         _require(error is None or isinstance(error, str), f"{what}: 'error' must be a string")
+        started = data.get("started")
+        if started is not None:
+            started = _finite_seconds(_field(data, "started", float, what), f"{what}: 'started'")
+        signal_number = data.get("signal")
+        _require(
+            signal_number is None
+            or (isinstance(signal_number, int) and not isinstance(signal_number, bool) and signal_number > 0),
+            f"{what}: 'signal' must be a signal number above 0",
+        )
         return cls(
             task_id=task_id,
             attempt=attempt,
@@ -450,6 +470,8 @@ class TaskResult:
             stdout=stdout,
             stderr=stderr,
             error=error,
+            started=started,
+            signal=signal_number,
         )
 
 

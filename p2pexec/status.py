@@ -164,6 +164,10 @@ def task_entry(record: TaskRecord, waiting_kinds: frozenset[str], output: bool =
             duration=round(result.duration, 6),
             error=result.error,
         )
+        if result.started is not None:
+            entry["started"] = round(result.started, 6)
+        if result.signal is not None:
+            entry["signal"] = result.signal
         if output:
             entry.update(stdout=result.stdout, stderr=result.stderr)
     return entry

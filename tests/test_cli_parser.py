@@ -14,7 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from p2pexec import cli
 from p2pexec.cli import commands as subcommands
-from p2pexec.cli import parser, runline
+from p2pexec.cli import parser, sources
 
 
 def parse(*argv: str) -> Any:
@@ -75,7 +75,7 @@ class ParseArgumentsTests(SynchronousTestCase):
         args = parse("run", "--kind", "sh", "--env", "A=1", "--env", "B=x=y", "--", "gzip", "-k", "{}", ":::", "a", "b")
         self.assertEqual(args.kind, "sh")
         self.assertEqual(args.env, {"A": "1", "B": "x=y"})
-        self.assertEqual(args.run_line, runline.RunLine(("gzip", "-k", "{}"), arguments=("a", "b")))
+        self.assertEqual(args.run_line, sources.RunLine(("gzip", "-k", "{}"), (sources.Source(values=("a", "b")),)))
 
     def test_run_options_after_the_command_belong_to_it(self) -> None:
         """Once the command has started, words like --kind are the command's own."""

@@ -11,8 +11,12 @@ with every subcommand, option and exit status, is C{docs/cli.rst}.
 The package has a module per job, from the outside in:
 
  - L{p2pexec.cli.parser}: the argparse parser and its checks;
- - L{p2pexec.cli.runline}: C{run}'s GNU-parallel-style tail (C{{}},
-   C{:::}, C{::::}) and the tasks made of it;
+ - L{p2pexec.cli.sources}, L{p2pexec.cli.replacements} and
+   L{p2pexec.cli.runline}: C{run}'s GNU-parallel-style tail (input
+   sources, replacement strings) and the tasks made of it;
+ - L{p2pexec.cli.ended}, L{p2pexec.cli.output} and L{p2pexec.cli.joblog}:
+   the tasks of a followed job as they end, printed as GNU parallel prints
+   them and written to a joblog;
  - L{p2pexec.client}: the Python client the command is built on: one AMP
    connection to a node (authentication, TLS, the key found as below), the
    client commands over it (submit, pages of tasks, cancel, following a job

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TextIO
 
@@ -21,6 +22,8 @@ from p2pexec import commands
 from p2pexec.auth import KeyFileError, generate_key, http_token, load_key
 from p2pexec.cli.client import format_address
 from p2pexec.cli.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, PROG, CliError
+from p2pexec.cli.joblog import Joblog
+from p2pexec.cli.output import TaskFollower, TaskPrinter, task_labels
 from p2pexec.cli.render import (
     JOB_COLUMNS,
     PEER_COLUMNS,
@@ -37,7 +40,8 @@ from p2pexec.cli.render import (
     tail_lines,
     task_row,
 )
-from p2pexec.cli.runline import RunLine, run_arguments, run_tasks
+from p2pexec.cli.runline import run_tasks
+from p2pexec.cli.sources import RunLine, run_arguments
 from p2pexec.client import calls
 from p2pexec.client import keys as calls_keys
 from p2pexec.client.calls import PAGE_LIMIT as PAGE_LIMIT
@@ -61,9 +65,10 @@ def job_tasks_from(args: argparse.Namespace, stdin: TextIO) -> list[TaskSpec]:
     """
     if args.command == "run":
         line: RunLine = args.run_line
+        args.task_arguments = run_arguments(line, stdin)
         return run_tasks(
             line.command,
-            run_arguments(line, stdin),
+            args.task_arguments,
             args.kind,
             shell=args.shell,
             timeout=args.timeout,
@@ -115,6 +120,8 @@ class Context:
     @ivar connect: connects to another node (C{HOST:PORT}), for following a
         job when the connection to C{node} is lost; C{None}: follow through
         C{node} only.
+    @ivar stdout: where the tasks' own output goes (C{run}, C{submit
+        --output}); C{None}: C{sys.stdout}.
     """
 
     node: Caller
@@ -122,6 +129,7 @@ class Context:
     clock: IReactorTime
     err: TextIO
     connect: Callable[[str], Awaitable[Caller]] | None = None
+    stdout: TextIO | None = None
 
 
 async def submit_job(ctx: Context, tasks: Sequence[TaskSpec]) -> str:
@@ -158,12 +166,15 @@ async def switch_node(ctx: Context, job: str, way: Route, lost: ClientError) -> 
     return summary
 
 
-async def follow(ctx: Context, job: str) -> int:
+async def follow(ctx: Context, job: str, tasks: TaskFollower | None = None) -> int:
     """
     Show C{job}'s progress until it ends (JOB_STATUS every L{POLL_INTERVAL}
     seconds), then how it ended; return its exit status.  When the
     connection to the node is lost, follow the job through another node it
     knew (see L{switch_node}).
+
+    @param tasks: prints and logs the tasks as they end; with a printer, it
+        also shows the progress and the final lines, on stderr.
     """
     display: ProgressDisplay | None = None
     way = await route(ctx)
@@ -184,8 +195,11 @@ async def follow(ctx: Context, job: str) -> int:
                     display = None
                 break
             if display is None:
-                display = ctx.out.progress(job)
-            display.update(summary, ctx.clock.seconds())
+                display = ctx.out.progress(job) if tasks is None or tasks.printer is None else tasks.progress()
+            if display is not None:
+                display.update(summary, ctx.clock.seconds())
+            if tasks is not None:
+                await tasks.poll(ctx.node, summary)
             await deferLater(ctx.clock, POLL_INTERVAL, lambda: None)
     except defer.CancelledError:
         if display is not None:
@@ -197,6 +211,11 @@ async def follow(ctx: Context, job: str) -> int:
     finally:
         if display is not None:
             display.close()
+    if tasks is not None:
+        await tasks.poll(ctx.node, summary)
+        if tasks.printer is not None:
+            tasks.finish(summary)
+            return job_exit_status(summary)
     ctx.out.line(final_line(summary))
     status = job_exit_status(summary)
     if status != EXIT_OK:
@@ -204,8 +223,39 @@ async def follow(ctx: Context, job: str) -> int:
     return status
 
 
+async def follow_tasks(
+    ctx: Context, args: argparse.Namespace, tags: list[str] | None, printing: bool, submitted: str, always: bool
+) -> int:
+    """
+    Submit C{args.job_tasks} and follow the job, the tasks printed as they
+    end if C{printing} (C{--keep-order}, C{--tag}), and logged if
+    C{--joblog}; C{submitted} (with C{{job}}) is said on stderr (only on a
+    terminal, unless C{always}), or on stdout when not C{printing}.
+    """
+    tasks: list[TaskSpec] = args.job_tasks
+    stdout = sys.stdout if ctx.stdout is None else ctx.stdout
+    joblog_file = getattr(args, "joblog", None)
+    joblog = Joblog.open(joblog_file, stdout) if joblog_file else None
+    try:
+        job = await submit_job(ctx, tasks)
+        keep_order, tag = getattr(args, "keep_order", False), getattr(args, "tag", False)
+        printer = TaskPrinter(stdout, ctx.err, keep_order, tag) if printing else None
+        follower = TaskFollower(job, task_labels(tasks, tags), ctx.err, printer, joblog)
+        if printing:
+            follower.note(submitted.format(job=job), always)
+        else:
+            ctx.out.line(submitted.format(job=job))
+        return await follow(ctx, job, follower)
+    finally:
+        if joblog is not None:
+            joblog.close()
+
+
 async def do_submit(ctx: Context, args: argparse.Namespace) -> int:
-    """C{submit}: print the job id; with C{--wait}, follow it."""
+    """C{submit}: print the job id; with C{--wait}, follow it (printing the tasks' output with C{--output})."""
+    output, joblog = getattr(args, "output", False), getattr(args, "joblog", None)
+    if args.wait and (output or joblog):
+        return await follow_tasks(ctx, args, None, output, "{job}", always=True)
     job = await submit_job(ctx, args.job_tasks)
     ctx.out.line(job)
     if args.wait:
@@ -214,11 +264,10 @@ async def do_submit(ctx: Context, args: argparse.Namespace) -> int:
 
 
 async def do_run(ctx: Context, args: argparse.Namespace) -> int:
-    """C{run}: submit one task per argument and follow the job."""
-    tasks = args.job_tasks
-    job = await submit_job(ctx, tasks)
-    ctx.out.line(f"job {job}: {len(tasks)} task(s) submitted to {ctx.node.address}")
-    return await follow(ctx, job)
+    """C{run}: submit one task per argument, follow the job, and print what the tasks print."""
+    tags = [" ".join(arguments) for arguments in args.task_arguments]
+    submitted = f"job {{job}}: {len(args.job_tasks)} task(s) submitted to {ctx.node.address}"
+    return await follow_tasks(ctx, args, tags, True, submitted, always=False)
 
 
 async def do_watch(ctx: Context, args: argparse.Namespace) -> int:

@@ -14,7 +14,7 @@ from typing import Any
 from p2pexec import __version__
 from p2pexec.cli.client import DEFAULT_TIMEOUT, parse_address
 from p2pexec.cli.errors import EXIT_USAGE, PROG
-from p2pexec.cli.runline import split_run_line
+from p2pexec.cli.sources import split_run_line
 from p2pexec.model import ValidationError, validate_name
 
 DEFAULT_CONNECT = "127.0.0.1:10001"
@@ -48,6 +48,7 @@ examples:
   p2pexec submit --wait jobs.toml
   p2pexec submit --tasks a1,a2,b1
   p2pexec run --kind sh -- gzip -k {} ::: *.log
+  p2pexec run --kind sh -k --tag -- echo {1}-{2} ::: a b ::: 1 2
   p2pexec watch a1-31f91af8-1
   p2pexec --connect 10.0.0.5:10001 status
   p2pexec result --json a1-31f91af8-1
@@ -120,6 +121,28 @@ def _connection_options(parser: argparse.ArgumentParser, suppress: bool) -> None
     )
 
 
+def _output_options(parser: argparse.ArgumentParser, condition: str) -> None:
+    """C{-k}, C{--tag} and C{--joblog}, as C{run} and C{submit --wait} take them."""
+    parser.add_argument(
+        "-k",
+        "--keep-order",
+        action="store_true",
+        help=f"{condition}print the tasks' output in argument order, each once those before it are printed",
+    )
+    parser.add_argument(
+        "--tag",
+        action="store_true",
+        help=f"{condition}start each line of output with the task's arguments (submit: its id) and a tab",
+    )
+    parser.add_argument(
+        "--joblog",
+        metavar="FILE",
+        help="with "
+        + ("--wait" if condition else "run")
+        + ": write GNU parallel's joblog to FILE, a line per task as it ends (- for stdout)",
+    )
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     """The C{p2pexec} parser, and each subcommand's parser by name."""
     formatter = argparse.RawDescriptionHelpFormatter
@@ -151,6 +174,12 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     p.add_argument(
         "--wait", action="store_true", help="follow the job to its end, as watch does, and exit with its status"
     )
+    p.add_argument(
+        "--output",
+        action="store_true",
+        help="with --wait: print what the tasks print, as run does (the job id and progress go to stderr)",
+    )
+    _output_options(p, "with --output: ")
 
     p = add(
         "run",
@@ -160,15 +189,25 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         "has {}, the argument is appended.  CMD runs as an argv, without a shell,\n"
         "unless --shell (CMD's words are then joined into one /bin/sh command line,\n"
         "and {} becomes the argument, shell-quoted).\n\n"
-        "The arguments come after ::: on the command line, or one a line from FILE\n"
-        "after :::: (- for standard input), or from standard input when neither is\n"
-        "given.  Blank lines are skipped.\n\n"
-        "A task's id is its argument when that is a valid task id (1-128 characters\n"
+        "The arguments come as GNU parallel's input sources: ::: ARG... on the\n"
+        "command line, :::: FILE... one a line from each file (- for standard input),\n"
+        "or standard input when none is given; blank lines are skipped.  Several\n"
+        "sources make every combination (the first varies slowest); :::+ and ::::+\n"
+        "pair a source off with the one before it (as many as the shorter has).\n\n"
+        "Replacement strings: {} the arguments, {.} without extension, {/} base\n"
+        "name, {//} directory, {/.} base name without extension, {#} the sequence\n"
+        "number; {1} {2} ... one source's value, also as {1.} {1/} {1//} {1/.}.\n\n"
+        "Each task's standard output is printed on ours, whole, as it ends (with\n"
+        "-k in argument order), its standard error on ours; progress goes to\n"
+        "stderr when it is a terminal.  A task's id is its argument (several\n"
+        "sources' values joined by _) when that is a valid task id (1-128 characters\n"
         "of A-Z a-z 0-9 _ . : @ + -) not used before; otherwise t1, t2, ...",
         "exit status: 0 if every task succeeded, 1 if not, 2 for usage errors or no connection.\n\n"
         "examples:\n"
         "  p2pexec run --kind sh -- gzip -k {} ::: a.log b.log\n"
-        "  p2pexec run --kind sh --shell -- 'convert {} {}.png' :::: images.txt\n"
+        "  p2pexec run --kind sh -k --tag -- echo {1}x{2} ::: 1 2 ::: 3 4\n"
+        "  p2pexec run --kind sh --shell -- 'convert {} {.}.png' :::: images.txt\n"
+        "  p2pexec run --kind sh --joblog run.log -- ./work {} ::: a b | sort\n"
         "  ls *.csv | p2pexec run --kind py -- python3 load.py",
     )
     p.add_argument("--kind", required=True, help="the kind (capability) of every task: a node must run it")
@@ -196,11 +235,12 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         metavar="NAME=VALUE",
         help="an environment variable for every task (repeatable)",
     )
+    _output_options(p, "")
     p.add_argument(
         "run_words",
         nargs=argparse.REMAINDER,
         metavar="-- CMD ... ::: ARG ...",
-        help="the command, then ::: and the arguments, or :::: FILE",
+        help="the command, then its input sources: ::: ARG..., :::: FILE..., :::+ and ::::+ to link",
     )
 
     p = add(
@@ -300,6 +340,14 @@ def parse_arguments(argv: Sequence[str]) -> argparse.Namespace:
     if args.command == "submit":
         if (args.jobfile is None) == (args.tasks is None):
             this.error("give a JOBFILE or --tasks NAMES (one of them)")
+        for given, flag, needs in [
+            (args.output, "--output", "--wait"),
+            (args.joblog is not None, "--joblog", "--wait"),
+            (args.keep_order, "--keep-order", "--output"),
+            (args.tag, "--tag", "--output"),
+        ]:
+            if given and not getattr(args, needs.lstrip("-")):
+                this.error(f"{flag} needs {needs}")
     if args.command == "run":
         try:
             validate_name(args.kind, "the kind")

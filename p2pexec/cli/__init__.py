@@ -39,7 +39,7 @@ from twisted.python.failure import Failure
 
 from p2pexec.auth import KeyFileError, load_key
 from p2pexec.cli.client import ClientError, NodeClient, parse_address
-from p2pexec.cli.commands import SUBCOMMANDS, Context, job_tasks_from, key_command, local_token
+from p2pexec.cli.commands import SUBCOMMANDS, Context, job_tasks_from, key_command, local_token, placed_tasks
 from p2pexec.cli.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, PROG, CliError
 from p2pexec.cli.parser import parse_arguments
 from p2pexec.cli.render import Output, for_stream, make_output
@@ -50,7 +50,7 @@ __all__ = ["main", "run", "execute"]
 async def execute(reactor: Any, args: argparse.Namespace, out: Output, stdin: TextIO, err: TextIO) -> int:
     """Read and check what must be, connect, and run the subcommand."""
     if args.command in ("submit", "run"):
-        args.job_tasks = job_tasks_from(args, stdin)
+        args.job_tasks = placed_tasks(job_tasks_from(args, stdin), args)
     key = None
     if args.key_file:
         try:

@@ -1,6 +1,6 @@
 """
 The commands an operator's client sends to a node (SUBMIT_JOB, LIST_JOBS,
-JOB_STATUS, JOB_TASKS, CLUSTER_STATUS, CANCEL_JOB), answered on any
+JOB_STATUS, JOB_TASKS, CLUSTER_STATUS, CANCEL_JOB, RERUN_TASKS), answered on any
 authenticated connection without an introduction; and FORWARD_CLIENT, by
 which a node asks a job's master one of them for its own client.
 
@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, cast
 from twisted.internet.defer import Deferred
 from twisted.protocols import amp
 
-from p2pexec import commands
+from p2pexec import commands, reruns
 from p2pexec.framing import bad_arguments
 from p2pexec.interfaces import IPeerHandler
 from p2pexec.log import NodeLogger
@@ -43,6 +43,7 @@ CLIENT_COMMANDS = frozenset(
         commands.JobTasks,
         commands.ClusterStatus,
         commands.CancelJob,
+        commands.RerunTasks,
     )
 )
 """The commands an operator's client sends without an introduction."""
@@ -149,8 +150,19 @@ class ClientCommands(amp.CommandLocator):
             return self._handler.following.cancel(job, self.address()).addCallback(lambda n: {"cancelled": n})
         return {"cancelled": self._handler.cancel_requested(cast("PeerProtocol", self), job, epoch)}
 
+    @commands.RerunTasks.responder
+    def _rerun_tasks(self, job: str, which: str) -> Deferred[dict[str, Any]]:
+        if which not in reruns.WHICH:
+            raise bad_arguments(
+                self.describe(), "RERUN_TASKS", ValueError(f"'which' must be one of {', '.join(reruns.WHICH)}")
+            )
+        self.require_owner("RERUN_TASKS")
+        if self._follows(job):
+            return self._handler.following.rerun(job, which, self.address())
+        return self._handler.rerun_requested(cast("PeerProtocol", self), job, which)
+
     @commands.ForwardClient.responder
-    def _forward_client(self, command: str, arguments: Any, client: str) -> dict[str, Any]:
+    def _forward_client(self, command: str, arguments: Any, client: str) -> dict[str, Any] | Deferred[dict[str, Any]]:
         # A peer asks for its client: answered from this node's own jobs
         # only, never forwarded again.
         if command not in commands.FORWARDED_COMMANDS or not isinstance(arguments, dict):
@@ -177,14 +189,21 @@ class ClientCommands(amp.CommandLocator):
             raise commands.UnknownJob(f"it is not the master of job {job!r}")
         if not self.owner:
             log.warn(
-                "Refused a cancel of job {job} forwarded by {peer} for {client}: without a cluster key a peer "
+                "Refused a {command} of job {job} forwarded by {peer} for {client}: without a cluster key a peer "
                 "proves nothing about its client",
+                command=command,
                 job=job,
                 peer=self.describe(),
                 client=client,
             )
             raise commands.AuthRequired(
-                "without a cluster key it takes a cancel only from its owner's own client: cancel the job "
-                "through its master itself"
+                "without a cluster key it takes a cancel or a rerun only from its owner's own client: send it "
+                "to the job's master itself"
             )
+        if command == "RERUN_TASKS":
+            which = arguments.get("which")
+            if which not in reruns.WHICH:
+                raise bad_arguments(self.describe(), "FORWARD_CLIENT", ValueError("RERUN_TASKS: bad 'which'"))
+            done = self._handler.rerun_requested(cast("PeerProtocol", self), job, which)
+            return done.addCallback(lambda answer: {"answer": answer})
         return {"answer": {"cancelled": self._handler.cancel_requested(cast("PeerProtocol", self), job, None)}}

@@ -521,7 +521,7 @@ class HeldTasks(amp.Command):
 # -- Clients follow the job (issue 13, part 4) -------------------------------------
 
 
-FORWARDED_COMMANDS = ("JOB_STATUS", "JOB_TASKS", "CANCEL_JOB")
+FORWARDED_COMMANDS = ("JOB_STATUS", "JOB_TASKS", "CANCEL_JOB", "RERUN_TASKS")
 """The client commands a node forwards (FORWARD_CLIENT) to a job's master it is connected to."""
 
 
@@ -602,3 +602,28 @@ class TaskOutput(amp.Command):
         (b"node", amp.Unicode()),
     ]
     errors = _errors(UNKNOWN_JOB=UnknownJob, UNKNOWN_TASK=UnknownTask, NOT_STARTED=NotStarted, OUTPUT_GONE=OutputGone)
+
+
+# -- Rerun what failed (issue 14, rerun) -------------------------------------------
+
+
+class JobRunning(Exception):
+    """The job has not ended yet: nothing of it can be run again."""
+
+
+class RerunTasks(amp.Command):
+    """
+    RERUN_TASKS, from an operator's client (no handshake needed; forwarded
+    to the job's master like CANCEL_JOB): run again, as new attempts of the
+    same job, the tasks of a finished job chosen by C{which}: C{"failed"},
+    every task whose result is not a success (failed, timed-out, error,
+    cancelled).  The master reopens the job and answers once that is in its
+    journal (and, for a replicated job, committed): C{count}, how many tasks
+    run again (0: nothing to run again, the job is left as it was), and
+    C{tasks}, their ids (as many as fit in one AMP value).
+    """
+
+    commandName = b"RERUN_TASKS"
+    arguments = [(b"job", amp.Unicode()), (b"which", amp.Unicode())]
+    response = [(b"count", amp.Integer()), (b"tasks", JSON())]
+    errors = _errors(UNKNOWN_JOB=UnknownJob, JOB_RUNNING=JobRunning, JOURNAL_UNWRITABLE=JournalUnwritable)

@@ -29,6 +29,7 @@ from p2pexec.replication import (
     CANCEL,
     END,
     JOB,
+    RERUN,
     RESULT,
     MasterLog,
     Record,
@@ -148,6 +149,11 @@ class Replication(Succession):
         if job.id in self.logs:
             ended = {"succeeded": job.succeeded, "failed": job.failed, "finished": job.finished_at}
             self._append(job.id, [(END, ended)])
+
+    def job_reopened(self, job_id: str, attempts: dict[str, int]) -> None:
+        """Issue 14 (rerun): tasks of a job this node leads run again (by id, their last attempt): log it."""
+        if job_id in self.logs:
+            self._append(job_id, [(RERUN, {"tasks": attempts})])
 
     def _append(self, job_id: str, entries: list[tuple[str, dict[str, Any]]]) -> None:
         log_ = self.logs[job_id]

@@ -1,6 +1,6 @@
 """
 Clients follow the job: how a node answers a client's question about a job
-it does not lead (JOB_STATUS, JOB_TASKS, CANCEL_JOB; LIST_JOBS adds the
+it does not lead (JOB_STATUS, JOB_TASKS, CANCEL_JOB, RERUN_TASKS; LIST_JOBS adds the
 jobs it holds replicas of).
 
 L{Following} looks the job up in the node's L{JobDirectory} (the newest
@@ -10,8 +10,8 @@ the jobs it leads, and never forwards again) and relays the answer.  If the
 leader is unknown, not connected or does not answer, it answers from the
 replica records this node holds, marked C{"answered_by": "replica"}, or
 with UNKNOWN_JOB naming what it knows ("job J was led by m1 at epoch 1; m1
-is not connected to node n2").  A cancel is never answered from a replica:
-only the master can cancel.
+is not connected to node n2").  A cancel or a rerun is never answered from a
+replica: only the master can cancel or rerun.
 
 Every failure becomes a declared error (UNKNOWN_JOB, or the leader's own
 AUTH_REQUIRED), so that the client's connection is kept.
@@ -134,6 +134,19 @@ class Following:
             if type(cancelled) is not int:
                 raise self._malformed(job, "CANCEL_JOB")
             return cancelled
+
+        return d.addCallback(answered)
+
+    def rerun(self, job: str, which: str, client: str) -> Deferred[dict[str, Any]]:
+        """Run tasks of C{job} again through its leader (RERUN_TASKS); a replica cannot."""
+        d = self._ask(job, "RERUN_TASKS", {"job": job, "which": which}, client)
+
+        def answered(answer: Asked) -> dict[str, Any]:
+            if not isinstance(answer, dict):
+                raise self._unknown(job, refused=answer, more=" (a job is run again only by its master)")
+            if type(answer.get("count")) is not int or not isinstance(answer.get("tasks"), list):
+                raise self._malformed(job, "RERUN_TASKS")
+            return {"count": answer["count"], "tasks": answer["tasks"]}
 
         return d.addCallback(answered)
 

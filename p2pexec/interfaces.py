@@ -111,6 +111,9 @@ class IPeerHandler(Protocol):
     def cancel_requested(self, protocol: PeerProtocol, job: str, epoch: int | None) -> int:
         """Cancel a job we are master of, or stop our part of a job (see L{commands.CancelJob})."""
 
+    def rerun_requested(self, protocol: PeerProtocol, job: str, which: str) -> Deferred[dict[str, Any]]:
+        """Run again tasks of a finished job we are master of (see L{commands.RerunTasks})."""
+
     def replicate_received(
         self, protocol: PeerProtocol, job: str, ballot: Ballot, first_seq: int, records: Any
     ) -> Deferred[int]:
@@ -397,6 +400,9 @@ class IClientFollowing(Protocol):
 
     def cancel(self, job: str, client: str) -> Deferred[int]:
         """Cancel C{job} through its leader; fire with how many tasks were cancelled."""
+
+    def rerun(self, job: str, which: str, client: str) -> Deferred[dict[str, Any]]:
+        """Run tasks of C{job} again through its leader; fire with the RERUN_TASKS answer."""
 
     def replica_jobs(self) -> list[dict[str, Any]]:
         """Summaries of the jobs held here as a replica and not led here."""

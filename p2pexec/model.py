@@ -236,6 +236,12 @@ class TaskSpec:
     @ivar timeout: seconds before the process group is killed, or C{None}.
     @ivar retries: how many times a failed attempt is run again (after a
         backoff) before the failure is final.
+    @ivar node: the only node that may run it (it waits while that node is
+        absent), or C{None} for any node that runs its kind.
+    @ivar all_nodes: run it once on every live node that runs its kind: the
+        master expands it into one task per such node when it accepts the
+        job (see L{p2pexec.placement}), so an accepted task has it false
+        unless no node ran its kind then.
     """
 
     id: str
@@ -246,6 +252,8 @@ class TaskSpec:
     env: tuple[tuple[str, str], ...] = ()
     timeout: float | None = None
     retries: int = 0
+    node: str | None = None
+    all_nodes: bool = False
 
     @classmethod
     def instruction(cls, name: str) -> TaskSpec:
@@ -267,6 +275,10 @@ class TaskSpec:
             data["timeout"] = self.timeout
         if self.retries:
             data["retries"] = self.retries
+        if self.node is not None:
+            data["node"] = self.node
+        if self.all_nodes:
+            data["all_nodes"] = True
         return data
 
     @classmethod
@@ -337,7 +349,21 @@ class TaskSpec:
             isinstance(retries, int) and not isinstance(retries, bool) and 0 <= retries <= MAX_RETRIES,
             f"{what}: 'retries' must be a whole number from 0 to {MAX_RETRIES}, not {retries!r}",
         )
-        unknown = set(data) - {"id", "kind", "command", "shell", "cwd", "env", "timeout", "retries"}
+        node = data.get("node")
+        if node is not None:
+            validate_name(node, f"{what}: 'node' (a node name)")
+        all_nodes = data.get("all_nodes", False)
+        _require(isinstance(all_nodes, bool), f"{what}: 'all_nodes' must be true or false")
+        _require(
+            not (all_nodes and node is not None),
+            f"{what}: 'node' and 'all_nodes' cannot both be set (one node, or every node)",
+        )
+        _require(
+            not all_nodes or len(task_id) <= MAX_ALL_NODES_ID,
+            f"{what}: with all_nodes = true the id may be at most {MAX_ALL_NODES_ID} characters "
+            "(each node's copy is named ID@NODE)",
+        )
+        unknown = set(data) - _TASK_FIELDS
         _require(not unknown, f"{what}: unknown field(s) {', '.join(sorted(unknown))}")
         return cls(
             id=task_id,
@@ -348,7 +374,15 @@ class TaskSpec:
             env=tuple(sorted(env.items())),
             timeout=timeout,
             retries=retries,
+            node=node,
+            all_nodes=all_nodes,
         )
+
+
+_TASK_FIELDS = frozenset({"id", "kind", "command", "shell", "cwd", "env", "timeout", "retries", "node", "all_nodes"})
+
+MAX_ALL_NODES_ID = 128 - 1 - 64
+"""The longest id of an C{all_nodes} task: its copies' ids, C{ID@NODE}, must still be task ids."""
 
 
 SUCCEEDED = "succeeded"
@@ -488,8 +522,14 @@ class Assignment:
     attempt: int
 
     def to_wire(self) -> dict[str, Any]:
-        """The task's wire form with its attempt number added."""
+        """
+        The task's wire form with its attempt number added; without
+        C{node} and C{all_nodes}, which are the master's business (so a
+        worker that does not know them still takes the task).
+        """
         data = self.task.to_wire()
+        data.pop("node", None)
+        data.pop("all_nodes", None)
         data["attempt"] = self.attempt
         return data
 

@@ -38,7 +38,7 @@ def image_job(image: JobImage, now: float, wall_now: float, max_losses: int) -> 
     for spec in image.specs:
         result = image.results.get(spec.id)
         if result is None:
-            records.append(TaskRecord(spec=spec))
+            records.append(TaskRecord(spec=spec, attempt=image.attempts.get(spec.id, 0)))
         else:
             records.append(TaskRecord(spec=spec, state=TaskState.DONE, attempt=result.attempt, result=result))
     started = now - max(0.0, wall_now - image.started_at)

@@ -19,7 +19,7 @@ from p2pexec import commands
 from p2pexec.log import NodeLogger
 from p2pexec.model import ValidationError
 from p2pexec.replicas import Ballot, parse_stale
-from p2pexec.replication import END, MasterLog, Outcome, Record, ReplicaStore, Takeover, rebuild
+from p2pexec.replication import MasterLog, Outcome, Record, ReplicaStore, Takeover, log_ended, rebuild
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -79,7 +79,7 @@ class Succession:
             leader = self._leader(job)
             if leader is None or leader.node != name or job in self.logs or job in self._takeovers:
                 continue
-            if any(r.kind == END for r in store.records.values()):
+            if log_ended(store.records.values()):
                 continue
             rank = self._rank(job, name)
             if rank is None:

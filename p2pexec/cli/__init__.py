@@ -44,7 +44,7 @@ from twisted.internet import defer, task
 from twisted.python.failure import Failure
 
 from p2pexec.cli.client import ClientError, NodeClient
-from p2pexec.cli.commands import SUBCOMMANDS, Context, job_tasks_from, key_command
+from p2pexec.cli.commands import SUBCOMMANDS, Context, job_tasks_from, key_command, placed_tasks
 from p2pexec.cli.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, PROG, CliError
 from p2pexec.cli.parser import parse_arguments
 from p2pexec.cli.render import Output, for_stream, make_output
@@ -56,7 +56,7 @@ __all__ = ["main", "run", "execute"]
 async def execute(reactor: Any, args: argparse.Namespace, out: Output, stdin: TextIO, err: TextIO) -> int:
     """Read and check what must be, connect, and run the subcommand."""
     if args.command in ("submit", "run"):
-        args.job_tasks = job_tasks_from(args, stdin)
+        args.job_tasks = placed_tasks(job_tasks_from(args, stdin), args)
     key = find_key(args.host, args.port, args.key_file)
     if args.tls and not args.key_file:
         raise CliError("--tls needs --key-file: the node's certificate is checked through the cluster key")

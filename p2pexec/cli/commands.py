@@ -344,6 +344,39 @@ async def do_cancel(ctx: Context, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# -- rerun, and where tasks run (issue 14, rerun) ------------------------------------
+
+
+def placed_tasks(tasks: list[TaskSpec], args: argparse.Namespace) -> list[TaskSpec]:
+    """
+    C{submit}'s and C{run}'s tasks with C{--node NAME} (for each task that
+    names no node of its own and is not C{all_nodes}) or C{--all-nodes}
+    (C{run}: every task) applied.
+    """
+    node: str | None = getattr(args, "node", None)
+    if getattr(args, "all_nodes", False):
+        return [attr.evolve(task, node=None, all_nodes=True) for task in tasks]
+    if node is None:
+        return tasks
+    return [task if task.node is not None or task.all_nodes else attr.evolve(task, node=node) for task in tasks]
+
+
+async def do_rerun(ctx: Context, args: argparse.Namespace) -> int:
+    """C{rerun --failed}: RERUN_TASKS, then follow the job as C{submit --wait} does."""
+    try:
+        answer = await ctx.node.call(commands.RerunTasks, job=args.job, which="failed")
+    except commands.JobRunning as e:
+        raise CliError(f"cannot rerun now: {e}") from None
+    count = answer["count"]
+    if not count:
+        ctx.out.line(f"job {args.job}: nothing to rerun (no task failed, timed out, errored or was cancelled)")
+        return EXIT_OK
+    shown = ", ".join(str(task) for task in answer["tasks"][:10])
+    more = f" and {count - 10} more" if count > 10 else ""
+    ctx.out.line(f"job {args.job}: {count} task(s) run again: {shown}{more}")
+    return await follow(ctx, args.job)
+
+
 SUBCOMMANDS: dict[str, Callable[[Context, argparse.Namespace], Awaitable[int]]] = {
     "submit": do_submit,
     "run": do_run,
@@ -352,6 +385,7 @@ SUBCOMMANDS: dict[str, Callable[[Context, argparse.Namespace], Awaitable[int]]] 
     "jobs": do_jobs,
     "result": do_result,
     "cancel": do_cancel,
+    "rerun": do_rerun,
 }
 
 

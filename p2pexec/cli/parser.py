@@ -180,6 +180,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         help="with --wait: print what the tasks print, as run does (the job id and progress go to stderr)",
     )
     _output_options(p, "with --output: ")
+    _node_option(p)
 
     p = add(
         "run",
@@ -236,6 +237,13 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         help="an environment variable for every task (repeatable)",
     )
     _output_options(p, "")
+    _node_option(p)
+    p.add_argument(
+        "--all-nodes",
+        action="store_true",
+        help="run the command once on every live node that runs --kind, one result per node "
+        "(task ids ARG@NODE; see docs/jobs.rst)",
+    )
     p.add_argument(
         "run_words",
         nargs=argparse.REMAINDER,
@@ -296,6 +304,26 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     p.add_argument("job", metavar="JOB", help="the job id")
 
     p = add(
+        "rerun",
+        "run a finished job's failed tasks again, and follow them",
+        "Run again, as new attempts of the same job, the tasks of JOB that failed,\n"
+        "timed out, could not run (error) or were cancelled, then follow the job to its\n"
+        "end as submit --wait does.  Afterwards the job's results (p2pexec result, the\n"
+        "HTTP API, the dashboard) show the new outcomes; attempt numbers go on.  A job\n"
+        "that is still running is refused: wait for it, or cancel it first.",
+        "exit status: 0 if every task now succeeded (or there was nothing to rerun), 1 if\n"
+        "not, 2 for an unknown or running job or no connection.\n\n"
+        "examples:\n  p2pexec rerun --failed a1-31f91af8-1",
+    )
+    p.add_argument("job", metavar="JOB", help="the job id")
+    p.add_argument(
+        "--failed",
+        action="store_true",
+        required=True,
+        help="run again every task that did not succeed (required: the one choice so far)",
+    )
+
+    p = add(
         "keygen",
         "write a new random cluster key",
         "Write a new random 256-bit cluster key (64 hexadecimal digits).  Give the\n"
@@ -318,6 +346,24 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         "--url", action="store_true", help="print the dashboard's address with the token (your node's --web port)"
     )
     return parser, parsers
+
+
+def _node_name(text: str) -> str:
+    try:
+        return validate_name(text, "a node name")
+    except ValidationError as e:
+        raise argparse.ArgumentTypeError(f"{e}; no node can have that name") from None
+
+
+def _node_option(parser: argparse.ArgumentParser) -> None:
+    """C{--node NAME} (on C{submit} and C{run}): the tasks run on that node only."""
+    parser.add_argument(
+        "--node",
+        type=_node_name,
+        metavar="NAME",
+        help="run the tasks only on the node named NAME (they wait while it is absent); "
+        "a job file's own node = ... wins",
+    )
 
 
 def parse_arguments(argv: Sequence[str]) -> argparse.Namespace:
@@ -353,6 +399,8 @@ def parse_arguments(argv: Sequence[str]) -> argparse.Namespace:
             validate_name(args.kind, "the kind")
         except ValidationError as e:
             this.error(f"--kind: {e}")
+        if args.all_nodes and args.node is not None:
+            this.error("--node and --all-nodes: give one of them (one node, or every node)")
         if args.slots_per_task != 1:
             this.error(
                 f"--slots-per-task {args.slots_per_task}: p2pexec has no per-task slot count; every task "

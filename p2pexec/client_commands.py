@@ -43,6 +43,7 @@ CLIENT_COMMANDS = frozenset(
         commands.JobTasks,
         commands.ClusterStatus,
         commands.CancelJob,
+        commands.TaskOutput,
     )
 )
 """The commands an operator's client sends without an introduction."""

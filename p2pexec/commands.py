@@ -550,3 +550,55 @@ class ForwardClient(amp.Command):
     ]
     response = [(b"answer", JSON())]
     errors = _errors(UNKNOWN_JOB=UnknownJob)
+
+
+# Issue 14: task output (shared by client and logs)
+
+
+TASK_OUTPUT_LIMIT = 60_000
+"""The most bytes of output one TASK_OUTPUT answer carries (it fits one AMP value)."""
+
+
+class UnknownTask(Exception):
+    """The job has no task of that id."""
+
+
+class NotStarted(Exception):
+    """The task has no attempt that started yet: ask again later."""
+
+
+class OutputGone(Exception):
+    """The worker that held the attempt's output is gone, keeps none, or forgot it."""
+
+
+class TaskOutput(amp.Command):
+    """
+    TASK_OUTPUT: a piece of the full standard output or error of a task's
+    newest attempt, from byte C{offset} on (at most C{limit} bytes, 60,000 at
+    most and by default).  A client may send it to any node: the job's
+    master asks the worker that holds the attempt (naming it in C{attempt}),
+    any other node forwards it to the job's master.  C{size} is how many
+    bytes are kept so far, C{ended} whether the attempt ended (nothing
+    follows C{size} then), C{cut} whether the stream went past the worker's
+    --max-output.  See docs/protocol.rst.
+    """
+
+    commandName = b"TASK_OUTPUT"
+    arguments = [
+        (b"job", amp.Unicode()),
+        (b"task", amp.Unicode()),
+        (b"stream", amp.Unicode()),
+        (b"offset", amp.Integer()),
+        (b"limit", amp.Integer(optional=True)),
+        (b"attempt", amp.Integer(optional=True)),
+    ]
+    response = [
+        (b"data", amp.String()),
+        (b"next_offset", amp.Integer()),
+        (b"size", amp.Integer()),
+        (b"ended", amp.Boolean()),
+        (b"cut", amp.Boolean()),
+        (b"attempt", amp.Integer()),
+        (b"node", amp.Unicode()),
+    ]
+    errors = _errors(UNKNOWN_JOB=UnknownJob, UNKNOWN_TASK=UnknownTask, NOT_STARTED=NotStarted, OUTPUT_GONE=OutputGone)

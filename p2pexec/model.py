@@ -378,6 +378,11 @@ class TaskResult:
     @ivar stderr: the tail of its standard error.
     @ivar error: why it failed, in words, when there is more to say than the
         exit code.
+    @ivar stdout_size: bytes the attempt wrote to its standard output, kept
+        or not; C{None} when unknown (an older worker).
+    @ivar stderr_size: the same for its standard error.
+    @ivar output_cut: whether a stream went past the worker's --max-output
+        and the rest was cut from its kept output; C{None} when unknown.
     """
 
     task_id: str
@@ -389,6 +394,9 @@ class TaskResult:
     stdout: str = ""
     stderr: str = ""
     error: str | None = None
+    stdout_size: int | None = None
+    stderr_size: int | None = None
+    output_cut: bool | None = None
 
     @property
     def succeeded(self) -> bool:
@@ -412,6 +420,12 @@ class TaskResult:
             data["stderr"] = self.stderr
         if self.error is not None:
             data["error"] = self.error
+        if self.stdout_size is not None:
+            data["stdout_size"] = self.stdout_size
+        if self.stderr_size is not None:
+            data["stderr_size"] = self.stderr_size
+        if self.output_cut is not None:
+            data["output_cut"] = self.output_cut
         return data
 
     @classmethod
@@ -440,6 +454,15 @@ class TaskResult:
         _require(isinstance(stdout, str), f"{what}: 'stdout' must be a string")
         _require(isinstance(stderr, str), f"{what}: 'stderr' must be a string")
         _require(error is None or isinstance(error, str), f"{what}: 'error' must be a string")
+        sizes = {}
+        for key in ("stdout_size", "stderr_size"):
+            size = data.get(key)
+            _require(
+                size is None or (type(size) is int and size >= 0), f"{what}: {key!r} must be an integer, 0 or more"
+            )
+            sizes[key] = size
+        output_cut = data.get("output_cut")
+        _require(output_cut is None or isinstance(output_cut, bool), f"{what}: 'output_cut' must be true or false")
         return cls(
             task_id=task_id,
             attempt=attempt,
@@ -450,6 +473,8 @@ class TaskResult:
             stdout=stdout,
             stderr=stderr,
             error=error,
+            output_cut=output_cut,
+            **sizes,
         )
 
 

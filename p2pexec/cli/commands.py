@@ -22,6 +22,7 @@ from p2pexec import commands
 from p2pexec.auth import KeyFileError, generate_key, http_token, load_key
 from p2pexec.cli.client import ClientError, format_address
 from p2pexec.cli.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, PROG, CliError
+from p2pexec.cli.logs import do_logs
 from p2pexec.cli.render import (
     JOB_COLUMNS,
     PEER_COLUMNS,
@@ -367,6 +368,7 @@ SUBCOMMANDS: dict[str, Callable[[Context, argparse.Namespace], Awaitable[int]]] 
     "jobs": do_jobs,
     "result": do_result,
     "cancel": do_cancel,
+    "logs": do_logs,
 }
 
 

@@ -44,6 +44,7 @@ CLIENT_COMMANDS = frozenset(
         commands.ClusterStatus,
         commands.CancelJob,
         commands.RerunTasks,
+        commands.TaskOutput,
     )
 )
 """The commands an operator's client sends without an introduction."""

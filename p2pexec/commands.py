@@ -568,19 +568,14 @@ class NotStarted(Exception):
 
 
 class OutputGone(Exception):
-    """The worker that held the attempt's output is gone, keeps none, or forgot it."""
+    """The worker that held the attempt's output is gone, keeps none, or removed it."""
 
 
 class TaskOutput(amp.Command):
     """
-    TASK_OUTPUT: a piece of the full standard output or error of a task's
-    newest attempt, from byte C{offset} on (at most C{limit} bytes, 60,000 at
-    most and by default).  A client may send it to any node: the job's
-    master asks the worker that holds the attempt (naming it in C{attempt}),
-    any other node forwards it to the job's master.  C{size} is how many
-    bytes are kept so far, C{ended} whether the attempt ended (nothing
-    follows C{size} then), C{cut} whether the stream went past the worker's
-    --max-output.  See docs/protocol.rst.
+    TASK_OUTPUT: a piece (at most C{limit}, 60,000, bytes from C{offset}) of a
+    stream of a task's newest attempt, from any node: the job's master asks
+    the worker that holds it (naming C{attempt}). See docs/protocol.rst.
     """
 
     commandName = b"TASK_OUTPUT"

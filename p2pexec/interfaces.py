@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from p2pexec.peer import PeerProtocol
     from p2pexec.replicas import Ballot
     from p2pexec.replication import Record
+    from p2pexec.task_output import TaskOutputs
     from p2pexec.tls import TLSConfig
 
 
@@ -74,6 +75,9 @@ class IPeerHandler(Protocol):
 
     following: IClientFollowing
     """How a client's question about a job this node does not lead is answered (forwarded, or from a replica)."""
+
+    task_outputs: TaskOutputs
+    """How TASK_OUTPUT is answered (issue 14: as the job's master, as a worker, or forwarded)."""
 
     def connection_opened(self, protocol: PeerProtocol) -> bool:
         """Count a new connection by its remote address; C{False} refuses it (too many from there)."""

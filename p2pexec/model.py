@@ -416,6 +416,11 @@ class TaskResult:
         that ran it (seconds since the epoch, for people and the joblog);
         C{None}: unknown (not run by a process executor, or an older node).
     @ivar signal: the number of the signal that ended its process, or C{None}.
+    @ivar stdout_size: bytes the attempt wrote to its standard output, kept
+        or not; C{None} when unknown (an older worker).
+    @ivar stderr_size: the same for its standard error.
+    @ivar output_cut: whether a stream went past the worker's --max-output
+        and the rest was cut from its kept output; C{None} when unknown.
     """
 
     task_id: str
@@ -430,6 +435,9 @@ class TaskResult:
     # Issue 14, output: when the attempt started, and the signal that ended it.
     started: float | None = None
     signal: int | None = None
+    stdout_size: int | None = None
+    stderr_size: int | None = None
+    output_cut: bool | None = None
 
     @property
     def succeeded(self) -> bool:
@@ -457,6 +465,12 @@ class TaskResult:
             data["started"] = round(self.started, 6)
         if self.signal is not None:
             data["signal"] = self.signal
+        if self.stdout_size is not None:
+            data["stdout_size"] = self.stdout_size
+        if self.stderr_size is not None:
+            data["stderr_size"] = self.stderr_size
+        if self.output_cut is not None:
+            data["output_cut"] = self.output_cut
         return data
 
     @classmethod
@@ -494,6 +508,15 @@ class TaskResult:
             or (isinstance(signal_number, int) and not isinstance(signal_number, bool) and signal_number > 0),
             f"{what}: 'signal' must be a signal number above 0",
         )
+        sizes = {}
+        for key in ("stdout_size", "stderr_size"):
+            size = data.get(key)
+            _require(
+                size is None or (type(size) is int and size >= 0), f"{what}: {key!r} must be an integer, 0 or more"
+            )
+            sizes[key] = size
+        output_cut = data.get("output_cut")
+        _require(output_cut is None or isinstance(output_cut, bool), f"{what}: 'output_cut' must be true or false")
         return cls(
             task_id=task_id,
             attempt=attempt,
@@ -506,6 +529,8 @@ class TaskResult:
             error=error,
             started=started,
             signal=signal_number,
+            output_cut=output_cut,
+            **sizes,
         )
 
 

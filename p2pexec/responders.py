@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from p2pexec.membership import PeerTable
     from p2pexec.outbox import Outbox
     from p2pexec.peer import PeerProtocol
+    from p2pexec.task_output import TaskOutputs
     from p2pexec.tls import TLSConfig
     from p2pexec.worker import Worker
 
@@ -66,6 +67,7 @@ class Responders:
     """
 
     following: IClientFollowing
+    task_outputs: TaskOutputs
 
     def __init__(self, config: NodeConfig, clock: IReactorTime) -> None:
         self._clock = clock

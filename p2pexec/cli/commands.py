@@ -23,6 +23,7 @@ from p2pexec.auth import KeyFileError, generate_key, http_token, load_key
 from p2pexec.cli.client import format_address
 from p2pexec.cli.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, PROG, CliError
 from p2pexec.cli.joblog import Joblog
+from p2pexec.cli.logs import do_logs
 from p2pexec.cli.output import TaskFollower, TaskPrinter, task_labels
 from p2pexec.cli.render import (
     JOB_COLUMNS,
@@ -386,6 +387,7 @@ SUBCOMMANDS: dict[str, Callable[[Context, argparse.Namespace], Awaitable[int]]] 
     "result": do_result,
     "cancel": do_cancel,
     "rerun": do_rerun,
+    "logs": do_logs,
 }
 
 

@@ -14,6 +14,7 @@ from typing import Any
 from p2pexec import __version__
 from p2pexec.cli.client import DEFAULT_TIMEOUT, parse_address
 from p2pexec.cli.errors import EXIT_USAGE, PROG
+from p2pexec.cli.logs import add_logs_parser
 from p2pexec.cli.sources import split_run_line
 from p2pexec.model import ValidationError, validate_name
 
@@ -345,6 +346,19 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     p.add_argument(
         "--url", action="store_true", help="print the dashboard's address with the token (your node's --web port)"
     )
+
+    p = add(
+        "logs",
+        "a task's full output, or follow it live",
+        "Print a task's whole standard output (with --stderr, its standard error) as\n"
+        "the worker that ran its newest attempt keeps it, byte for byte.  With --follow,\n"
+        "print it as the task writes it and exit when the task ends.  A worker keeps at\n"
+        "most its --max-output of each stream (the rest is cut, with a note saying so).",
+        "exit status: 0 once printed; 1 if the task has not started (without --follow) or its\n"
+        "output is gone; 2 for an unknown job or task, or no connection.\n\n"
+        "examples:\n  p2pexec logs a1-31f91af8-1 t3\n  p2pexec logs -f --stderr a1-31f91af8-1 build",
+    )
+    add_logs_parser(p)
     return parser, parsers
 
 

@@ -176,7 +176,7 @@ class ProcessExecutor:
         """Run one attempt of a task; fires with its result, never fails."""
         task = assignment.task
         started = self._clock.seconds()
-        started_at = self._wall_clock()
+        started_at = round(self._wall_clock(), 6)  # as the wire carries it
         keeper = None if self._outputs is None else self._outputs.start(job, task.id, assignment.attempt)
 
         def result(status: str, **fields: Any) -> TaskResult:

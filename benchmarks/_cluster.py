@@ -51,6 +51,9 @@ POLL = 0.005
 
 _clusters = itertools.count(1)
 
+NODE_OPTIONS: list[str] = []
+"""Options given to every p2pexec node before its own (benchmarks/run.py --replicas N puts them here)."""
+
 STARTED_HOOKS: list[Callable[[Node], None]] = []
 """Called with each node just after its process starts (benchmarks/profile.py attaches py-spy here)."""
 
@@ -180,6 +183,8 @@ def start_node(
         "--log-level",
         level,
     ]
+    if plugin == "p2pexec":
+        argv += NODE_OPTIONS
     argv += list(options)
     if plugin == "p2pexec":
         # Extra node options for every node of a run, to compare a switch (P2PEXEC_BENCH_NODE_OPTIONS="--max-output 0").

@@ -1,13 +1,14 @@
 """
 The p2pexec benchmark suite, W1-W5 (run by ``make bench``).
 
-    python benchmarks/run.py [--repeat N] [--only W1,W2,W3,W4,W5,W9,SEC] [--timeout S] [--keep]
+    python benchmarks/run.py [--repeat N] [--only W1,W2,W3,W4,W5,W7,W9,SEC] [--replicas N]
+                                [--timeout S] [--keep]
 
 Every workload runs real ``twistd p2pexec`` processes on loopback (see
 ``benchmarks/workloads.py`` for each topology), ``--repeat`` times (default
-3), interleaved (W1, W2, W3, W5 without and with the kill, then again), and
+3), interleaved (W1, W2, W3, W5 and W7 without and with the kill, then again), and
 the table gives the median with the minimum and maximum in brackets.  Ratios
-(W2 p2pexec/xargs, W5 kill/no kill) are taken within each repetition, then
+(W2 p2pexec/xargs, W5 and W7 kill/no kill) are taken within each repetition, then
 summarised.
 
   W1  10,000 tasks without a command, master (runs nothing) + 2 workers,
@@ -61,6 +62,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import habits  # noqa: E402
 import workloads  # noqa: E402
 from _cluster import (  # noqa: E402
+    NODE_OPTIONS,
     TWISTD,
     RunFailed,
     guarded_main,
@@ -74,9 +76,9 @@ from _cluster import (  # noqa: E402
     summary,
 )
 
-WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W9", "SEC")
+WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W7", "W9", "SEC")
 """SEC, not run by default: W1 again with a cluster key, and with the key and TLS, each against plain W1 of the same repetition."""
-DEFAULT_WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W9")
+DEFAULT_WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W7", "W9")
 MiB = 1024 * 1024
 
 DASK_REFERENCE = 950.0
@@ -212,6 +214,25 @@ class Suite:
                     f"requeued {r['requeue_delay'] * 1000:.1f} ms after the kill  "
                     f"run twice {r['reruns']}  handed out again {r['reassigned']}  "
                     f"ratio {r['elapsed'] / self.runs['W5'][-1]['elapsed']:.2f}"
+                ),
+            )
+        if "W7" in only:
+            self._one(
+                "W7",
+                number,
+                lambda d: workloads.w7(d, f.w5_job, f.side, a.w5_tasks, False, a.timeout),
+                lambda r: f"no kill: {r['elapsed']:.3f}s  lost {r['lost']}  run twice {r['reruns']}",
+            )
+            self._one(
+                "W7kill",
+                number,
+                lambda d: workloads.w7(d, f.w5_job, f.side, a.w5_tasks, True, a.timeout),
+                lambda r: (
+                    f"master killed at {r['killed_at']} started: {r['elapsed']:.3f}s  lost {r['lost']}  "
+                    f"run twice {r['reruns']}  {r['leader']} took over {r['takeover'] * 1000:.0f} ms and "
+                    f"resumed {r['resume'] * 1000:.0f} ms after it saw the master die  "
+                    f"result through {r['asked']} ({r['answered_by']}, epoch {r['epoch']})  "
+                    f"ratio {r['elapsed'] / self.runs['W7'][-1]['elapsed']:.2f}"
                 ),
             )
 
@@ -390,6 +411,48 @@ class Suite:
                 judge=max(r["reruns"] for r in w5k),
             )
             add("W5", "tasks handed out again (kill)", [r["reassigned"] for r in w5k], "d")
+        w7, w7k = self.runs.get("W7", []), self.runs.get("W7kill", [])
+        if w7 and w7k:
+            add("W7", f"no kill s, {a.w5_tasks:,} x sleep 0.01, --replicas 2", [r["elapsed"] for r in w7], ".3f")
+            add("W7", "master SIGKILLed at 30%, never restarted s", [r["elapsed"] for r in w7k], ".3f")
+            add(
+                "W7",
+                "ratio kill / no kill",
+                [k["elapsed"] / b["elapsed"] for k, b in zip(w7k, w7)],
+                ".2f",
+                "<= 1.5",
+                lambda v: v <= 1.5,
+            )
+            add(
+                "W7",
+                "tasks lost (kill)",
+                [r["lost"] for r in w7k],
+                "d",
+                "0 in every run",
+                lambda v: v == 0,
+                judge=max(r["lost"] for r in w7k + w7),
+            )
+            slots = workloads.SLOTS * len(workloads.WORKERS)
+            add(
+                "W7",
+                "tasks run twice (kill)",
+                [r["reruns"] for r in w7k],
+                "d",
+                f"<= {slots} (the workers' slots) in every run",
+                lambda v: v <= slots,
+                judge=max(r["reruns"] for r in w7k),
+            )
+            add("W7", "master seen dead -> takeover s", [r["takeover"] for r in w7k], ".3f")
+            add(
+                "W7",
+                "master seen dead -> first result at the new master s",
+                [r["resume"] for r in w7k],
+                ".3f",
+                "<= 1 in every run",
+                lambda v: v <= 1.0,
+                judge=max(r["resume"] for r in w7k),
+            )
+            add("W7", "tasks handed out again (kill)", [r["reassigned"] for r in w7k], "d")
         return rows
 
 
@@ -411,7 +474,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only",
         default=",".join(DEFAULT_WORKLOADS),
-        help="workloads to run (default W1,W2,W3,W4,W5; SEC adds W1 with a cluster key and with TLS, and needs W1)",
+        help="workloads to run (default W1,W2,W3,W4,W5,W7; SEC adds W1 with a cluster key and with TLS, and needs W1)",
+    )
+    parser.add_argument(
+        "--replicas",
+        type=int,
+        default=None,
+        help="give every node --replicas N (default: the node's own default; W7 always uses 2)",
     )
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds after which a run fails (default 120)")
     parser.add_argument("--w1-tasks", type=int, default=10_000)
@@ -422,6 +491,10 @@ def main(argv: list[str] | None = None) -> int:
     args.only = {w.strip().upper() for w in args.only.split(",") if w.strip()}
     if not args.only <= set(WORKLOADS) or args.repeat < 1 or args.timeout <= 0:
         parser.error(f"--only takes some of {','.join(WORKLOADS)}; --repeat >= 1; --timeout > 0")
+    if args.replicas is not None:
+        if args.replicas < 0:
+            parser.error("--replicas takes a count >= 0")
+        NODE_OPTIONS[:] = ["--replicas", str(args.replicas)]
     if not os.access(TWISTD, os.X_OK):
         say(f"no twistd beside {sys.executable}; run it with the project's virtualenv (make bench)")
         return 1
@@ -433,7 +506,9 @@ def main(argv: list[str] | None = None) -> int:
     say(machine())
     say(
         f"network: {'a loopback-only namespace' if loopback_only() else 'the host namespace, 127.0.0.1 only'}; "
-        f"every node --slots {workloads.SLOTS}; {args.repeat} repetition(s) of {','.join(sorted(args.only))}"
+        f"every node --slots {workloads.SLOTS}"
+        + ("" if args.replicas is None else f" --replicas {args.replicas}")
+        + f"; {args.repeat} repetition(s) of {','.join(sorted(args.only))}"
     )
     started = time.monotonic()
     precompile()
@@ -464,8 +539,8 @@ def main(argv: list[str] | None = None) -> int:
         "itself, i.e. 2 tasks at a time, like xargs -P2;"
     )
     print(
-        "W3: master + 2 workers launched together; W4 read in the W1 runs. Details: benchmarks/workloads.py, "
-        "docs/performance.rst."
+        "W3: master + 2 workers launched together; W4 read in the W1 runs; W7: W5's job, every node --replicas 2, "
+        "the master killed. Details: benchmarks/workloads.py, docs/performance.rst."
     )
     print(f"total {time.monotonic() - started:.0f}s")
     if args.keep:

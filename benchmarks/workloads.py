@@ -471,3 +471,131 @@ class Files:
             command=f'echo "$P2PEXEC_TASK_ID" >> {shlex.quote(self.side)}; sleep 0.01',
             shell=True,
         )
+
+
+W7_REPLICAS = ("--replicas", "2")
+"""Every W7 node's replication, given explicitly whatever the node's default is."""
+
+
+def node_port(node: Node, nodes: Sequence[Node], deadline: float) -> int:
+    """The TCP port C{node} listens on (from its "started on port" line)."""
+    pattern = rf"Node {re.escape(node.name)} started on port (\d+)"
+    wait_until(lambda: first_line(node, pattern) is not None, nodes, deadline, f"{node.name} to say its port")
+    return int(first_line(node, pattern) or 0)
+
+
+def client(port: int, argv: Sequence[str], timeout: float) -> str:
+    """Run C{p2pexec --connect 127.0.0.1:PORT ARGV...}; return its output (RunFailed unless it exits 0)."""
+    env = dict(os.environ, PYTHONPATH=CHECKOUT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.pop("P2PEXEC_CONNECT", None)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "p2pexec.cli", "--connect", f"127.0.0.1:{port}", *argv],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired:
+        raise RunFailed(f"p2pexec {' '.join(argv)} did not finish within {timeout:g}s") from None
+    if done.returncode != 0:
+        raise RunFailed(f"p2pexec {' '.join(argv)} exited {done.returncode}: {done.stderr.strip()}")
+    return done.stdout
+
+
+def wait_mesh(nodes: list[Node], everyone: list[Node], deadline: float) -> None:
+    """Wait until each of C{nodes} logged a connection to each other (the replica set is taken from them)."""
+    for node in nodes:
+        for other in nodes:
+            if other is not node:
+                pattern = rf"Node {re.escape(node.name)} connected to peer {re.escape(other.name)}\b"
+                wait_until(lambda: first_line(node, pattern) is not None, everyone, deadline, f"{pattern!r}")
+
+
+def w7(folder: str, job_path: str, side_path: str, tasks: int, kill: bool, timeout: float) -> dict:
+    """
+    W7: W5's job on a master that runs nothing and two workers, every node
+    C{--replicas 2}, the job submitted once they are all connected; with
+    C{kill}, the MASTER is SIGKILLed at 30% and never restarted.  The result
+    is fetched through a surviving node either way.
+    """
+    cluster = fresh_cluster()
+    open(side_path, "w").close()
+    nodes: list[Node] = []
+    failed: BaseException | None = None
+    master: Node | None = None
+    try:
+        deadline = time.monotonic() + timeout
+        nodes += _start_workers(folder, cluster, deadline, extra=W7_REPLICAS)
+        master = start_node(folder, MASTER, ["--capabilities", IDLE_CAPABILITY, *W7_REPLICAS], cluster, slots=SLOTS)
+        nodes.append(master)
+        wait_mesh(nodes, nodes, deadline)
+        ports = {node.name: node_port(node, nodes, deadline) for node in nodes}
+        job = client(ports[MASTER], ["submit", job_path], timeout).strip()
+        replicated = first_line(master, rf"replicates job {re.escape(job)} to (.*) \(a majority")
+        if replicated is None or "no other node" in replicated:
+            raise RunFailed(f"job {job} was not replicated to both workers: {replicated!r}")
+        figures: dict = {"job": job}
+        leader = master
+        if kill:
+            threshold = int(tasks * W5_KILL_FRACTION)
+            wait_until(lambda: side_count(side_path) >= threshold, nodes, deadline, "30% of the W7 tasks", poll=0.001)
+            master.process.send_signal(signal.SIGKILL)
+            master.process.wait()
+            figures["killed_at"] = side_count(side_path)
+            took = re.compile(rf"Node (\S+) took over job {re.escape(job)} as master at epoch (\d+)")
+            alive = [n for n in nodes if n is not master]
+            wait_until(
+                lambda: any(first_line(n, took.pattern) for n in alive), alive, deadline, "a worker to take W7 over"
+            )
+            leader = next(n for n in alive if first_line(n, took.pattern))
+        ended = rf"Job {re.escape(job)} (finished|was cancelled)"
+        survivors = [n for n in nodes if n is not master or not kill]
+        wait_until(lambda: first_line(leader, ended) is not None, survivors, deadline, "the W7 job to finish")
+        asker = next(n for n in survivors if n is not leader)
+        document = json.loads(client(ports[asker.name], ["result", "--json", job], timeout))
+        summary = document["job"]
+        if summary["state"] != "finished" or summary["total"] != tasks:
+            raise RunFailed(f"job {job} through {asker.name}: {summary['state']}, {summary['total']} tasks")
+        with open(side_path, encoding="utf-8") as f:
+            runs = Counter(line.strip() for line in f if line.strip())
+        succeeded = {task["id"] for task in document["tasks"] if task.get("status") == "succeeded"}
+        ids = [f"{KIND}{n}" for n in range(1, tasks + 1)]
+        figures.update(
+            elapsed=float(summary["finished"]) - float(summary["started"]),
+            lost=sum(1 for i in ids if i not in succeeded or runs.get(i, 0) == 0),
+            reruns=sum(count - 1 for count in runs.values() if count > 1),
+            reassigned=sum(1 for task in document["tasks"] if task.get("attempts", 1) > 1),
+            asked=asker.name,
+            answered_by=summary.get("answered_by"),
+            epoch=summary.get("epoch"),
+        )
+        if kill:
+            dead = first_stamp(leader, rf"lost its connection to peer {MASTER}\b|{MASTER}\S* was declared dead")
+            taken = first_stamp(leader, rf"took over job {re.escape(job)} as master")
+            resumed = first_stamp(leader, r"Master received confirmation")
+            if dead is None or taken is None or resumed is None:
+                raise RunFailed(f"{leader.name}'s log lacks its detection, takeover or first result line")
+            figures.update(leader=leader.name, takeover=taken - dead, resume=resumed - dead)
+        return figures
+    except BaseException as e:
+        failed = e
+        raise
+    finally:
+        _finish(nodes, failed, expected_dead=(master,) if kill and master is not None else ())
+
+
+def side_count(path: str) -> int:
+    """Lines in the side file: task executions started so far."""
+    with open(path, "rb") as f:
+        return f.read().count(b"\n")
+
+
+def first_line(node: Node, pattern: str) -> str | None:
+    """The first group of the first line of C{node}'s log matching C{pattern} (the whole match without a group)."""
+    compiled = re.compile(pattern)
+    for line in node.lines():
+        match = compiled.search(line)
+        if match:
+            return match.group(1) if compiled.groups else match.group(0)
+    return None

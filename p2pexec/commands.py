@@ -43,6 +43,24 @@ class JSON(amp.Argument):
         return loads_strict(inString)
 
 
+class RawJSON(JSON):
+    """
+    A JSON argument taken as its bytes, undecoded (REPLICATE's records: a
+    replica stores them as received, and decodes them only when it needs
+    them).  The wire is the same as L{JSON}'s.
+    """
+
+    def toString(self, inObject: Any) -> bytes:
+        """Bytes as they are, else as L{JSON} encodes."""
+        if isinstance(inObject, bytes):
+            return inObject
+        return super().toString(inObject)
+
+    def fromString(self, inString: bytes) -> Any:
+        """The bytes, undecoded."""
+        return inString
+
+
 class BadArguments(Exception):
     """A command's arguments are missing, malformed or out of range."""
 
@@ -431,9 +449,10 @@ class Replicate(amp.Command):
     REPLICATE: a job's master sends records of the job's log to a member of
     its replica set, under its ballot (C{ballot_epoch}, C{ballot_node}).
     C{records} is a JSON list of C{{"seq", "kind", "data"}} objects, in
-    seq order from C{first_seq}.  The answer, once the records are durable
-    in the receiver's journal: C{held_seq}, the highest seq up to which it
-    holds every record of the job.
+    seq order from C{first_seq} to C{last_seq} (optional: without it, the
+    receiver decodes the records to count them).  The answer, once the
+    records are durable in the receiver's journal: C{held_seq}, the highest
+    seq up to which it holds every record of the job.
     """
 
     commandName = b"REPLICATE"
@@ -442,7 +461,8 @@ class Replicate(amp.Command):
         (b"ballot_epoch", amp.Integer()),
         (b"ballot_node", amp.Unicode()),
         (b"first_seq", amp.Integer()),
-        (b"records", JSON()),
+        (b"records", RawJSON()),
+        (b"last_seq", amp.Integer(optional=True)),
     ]
     response = [(b"held_seq", amp.Integer())]
     errors = _errors(STALE_BALLOT=StaleBallot)

@@ -12,7 +12,7 @@ replica set of one, and its commits are its journal's.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred, succeed
@@ -23,7 +23,8 @@ from p2pexec import commands
 from p2pexec.directory import JobDirectory
 from p2pexec.journal import GROUP_COMMIT_DELAY
 from p2pexec.log import NodeLogger
-from p2pexec.model import TaskResult, TaskSpec, ValidationError
+from p2pexec.model import TaskResult, TaskSpec, ValidationError, loads_strict
+from p2pexec.replica_log import Batch, ReplicaStore, decode, ended_after, runs
 from p2pexec.replicas import Ballot, ReplicaSet, parse_stale, stale_description
 from p2pexec.replication import (
     CANCEL,
@@ -31,16 +32,16 @@ from p2pexec.replication import (
     JOB,
     RERUN,
     RESULT,
+    JobImage,
     MasterLog,
     Record,
-    ReplicaStore,
     StaleBallot,
     Takeover,
     job_records,
     rebuild,
     result_record,
 )
-from p2pexec.succession import Succession
+from p2pexec.succession import RESTART_WATCH, Succession
 
 if TYPE_CHECKING:
     from p2pexec.interfaces import IJournal, INode
@@ -49,6 +50,9 @@ if TYPE_CHECKING:
     from p2pexec.membership import PeerTable
 
 log = NodeLogger()
+
+DECODED_KEPT = 4
+"""How many decoded job logs a node keeps (a takeover pages through one, a client looks at one)."""
 
 PART_BYTES = commands.MAX_VALUE_BYTES - 4096
 """The most bytes of task specs one C{job} record carries (it must fit in one REPLICATE with its envelope)."""
@@ -68,7 +72,8 @@ class Replication(Succession):
 
     @ivar logs: the logs of the jobs this node leads, by job.
     @ivar stores: what this node holds of every job log it is a member of
-        (those it leads included), by job.
+        (those it leads included), by job: ballots and seqs, the records
+        being in its journal (see L{p2pexec.replica_log}).
     @ivar directory: the newest known leader of each job.
     @ivar sent: how many REPLICATEs went out (a metric, and the test that
         C{--replicas 0} sends none).
@@ -90,8 +95,13 @@ class Replication(Succession):
         self._silence: dict[str, str] = {}
         self._seen: dict[str, Ballot] = {}
         self._led_before: set[str] = set()
+        self._watched: set[str] = set()
+        """Jobs this node is a successor of, read at start: it checks that their leader is there (L{load})."""
         """Jobs this node led before it restarted, until it leads them again or learns who does."""
-        """Per job, the highest ballot a refusal named: a takeover tries above it."""
+        self.connected_listeners: list[Callable[[str], None]] = []
+        """Called with each peer's name when it connects (the start-up job waits for peers to be replicated on)."""
+        self._decoded: dict[str, tuple[int, list[Record]]] = {}
+        """The last few logs decoded (see L{records_of}), by job, with the store's version they are of."""
         self.sent = 0
 
     def wire(self, node: INode, peers: PeerTable, master: Master, journal: IJournal) -> None:
@@ -113,20 +123,31 @@ class Replication(Succession):
             return
         live = [record.info.name for record in self._peers.connected_peers()]
         members = ReplicaSet.choose(job.id, self._me, live, self.replicas).members
+        if len(members) == 1:
+            # No other node to replicate to, so nothing could take the job
+            # over: keep no log of it (a log held every record in memory, 8
+            # MiB for W4's 10,000 tasks) and run it as --replicas 0 would.
+            log.info(
+                "Node {name} does not replicate job {job}: no other node is connected, so it has no failover",
+                name=self._me,
+                job=job.id,
+            )
+            return
         ballot = Ballot(1, self._me)
-        self.logs[job.id] = log_ = MasterLog(members, self._me, ballot)
+        self.logs[job.id] = log_ = self._master_log(job.id, members, ballot)
         self._members[job.id] = members
         specs = [record.spec for record in job.tasks.values()]
         parts = [list(part) for part in commands.chunk(specs, TaskSpec.to_wire, limit=PART_BYTES)]
         for data in job_records(job.id, specs, members, job.source, job.started_at, parts):
             log_.append(JOB, data)
-        self._store_own(job.id, ballot, log_.records.values())
+        self.stores[job.id] = ReplicaStore(job.id)
+        self._write_own(job.id, log_)
         self.directory.learn(job.id, ballot)
         log.info(
             "Node {name} replicates job {job} to {replicas} (a majority is {majority} of {size})",
             name=self._me,
             job=job.id,
-            replicas=", ".join(members[1:]) or "no other node (none is connected)",
+            replicas=", ".join(members[1:]),
             majority=log_.majority,
             size=len(members),
         )
@@ -157,16 +178,82 @@ class Replication(Succession):
 
     def _append(self, job_id: str, entries: list[tuple[str, dict[str, Any]]]) -> None:
         log_ = self.logs[job_id]
-        records = [log_.append(kind, data) for kind, data in entries]
-        if records:
-            self._store_own(job_id, log_.ballot, records)
+        for kind, data in entries:
+            log_.append(kind, data)
+        if entries:
             self._changed(job_id)
 
-    def _store_own(self, job_id: str, ballot: Ballot, records: Iterable[Record]) -> None:
+    def _master_log(
+        self, job_id: str, members: Iterable[str], ballot: Ballot, records: Iterable[Record] = ()
+    ) -> MasterLog:
+        """A job's log as its master, reading the records it trimmed back from its own journal."""
+
+        def older(first: int, last: int) -> list[Record]:
+            return [record for record in self.records_of(job_id) if first <= record.seq <= last]
+
+        return MasterLog(members, self._me, ballot, records, older=older)
+
+    def _write_own(self, job_id: str, log_: MasterLog) -> None:
+        """Hand the records of a job this node leads not written yet to its journal, one batch per run of seqs."""
+        records = log_.unwritten()
+        if not records:
+            return
         store = self.stores.setdefault(job_id, ReplicaStore(job_id))
-        taken = store.replicate(ballot, records)
-        self._journal.replica_changed(job_id, store.promised, store.accepted)
-        self._journal.replica_records(job_id, taken)
+        for run in runs(records):
+            batch = Batch.of(log_.ballot, run)
+            if store.replicate(log_.ballot, batch.first_seq, batch.last_seq):
+                self._journal.replica_changed(job_id, store.promised, store.accepted)
+            self._journal.replica_batch(job_id, batch)
+            store.ended = ended_after(store.ended, batch)
+
+    def records_of(self, job_id: str) -> list[Record]:
+        """
+        The records this node holds of C{job_id}'s log, in seq order, decoded
+        from its journal (the last few decoded are kept until the log
+        changes).  A malformed record is logged, once, and ends the log
+        before it: the node holds no further records of the job.
+        """
+        store = self.stores.get(job_id)
+        if store is None:
+            return []
+        cached = self._decoded.get(job_id)
+        if cached is not None and cached[0] == store.version:
+            return cached[1]
+        return self._decode(job_id, self._journal.replica_batches(job_id))
+
+    def _decode(self, job_id: str, batches: list[Batch]) -> list[Record]:
+        """The records of C{batches}, C{job_id}'s log (see L{records_of})."""
+        store = self.stores[job_id]
+        decoded = decode(batches)
+        if decoded.bad_seq is not None:
+            log.error(
+                "Node {name} holds a malformed record of job {job}: {problem}; its log of the job ends "
+                "before record {seq}",
+                name=self._me,
+                job=job_id,
+                problem=decoded.problem,
+                seq=decoded.bad_seq,
+            )
+            store.truncate(decoded.bad_seq)
+        self._decoded.pop(job_id, None)
+        self._decoded[job_id] = (store.version, decoded.records)
+        while len(self._decoded) > DECODED_KEPT:
+            del self._decoded[next(iter(self._decoded))]
+        return decoded.records
+
+    def _describe(self, job_id: str) -> JobImage | None:
+        """Learn the replica set of C{job_id} and whether it ended, from its records: the job they describe."""
+        store = self.stores.get(job_id)
+        if store is None:
+            return None
+        try:
+            image = rebuild(self.records_of(job_id))
+        except ValidationError:
+            return None
+        store.members = image.members
+        store.ended = image.ended
+        self._members[job_id] = image.members
+        return image
 
     def committed(self, job_id: str) -> Deferred[None]:
         """
@@ -200,6 +287,14 @@ class Replication(Succession):
             if log_ is None:
                 continue
             tail = log_.tail
+            try:
+                self._write_own(job_id, log_)
+            except StaleBallot as e:
+                # This node promised a higher ballot (another node's takeover,
+                # or its own again): its log at the old ballot may commit nothing more.
+                why = "this node promised it" if e.promised.node != self._me else "it takes the job over again"
+                self.step_down(job_id, e.promised, why)
+                continue
             self._journal.durable().addCallback(self._own_durable, job_id, tail)
             for member in log_.replicas:
                 self._send(job_id, log_, member)
@@ -223,6 +318,7 @@ class Replication(Succession):
                 ballot_epoch=log_.ballot.epoch,
                 ballot_node=log_.ballot.node,
                 first_seq=items[0].seq,
+                last_seq=items[-1].seq,
                 records=batch,
             )
             d.addCallbacks(
@@ -254,6 +350,7 @@ class Replication(Succession):
             newer = parse_stale(failure.getErrorMessage())
             if newer is not None and newer > log_.ballot:
                 self.step_down(job_id, newer, f"{member} promised it")
+                self._watch_deposed(job_id, newer)
                 return
         log_.failed(member)
         self._check_stall(job_id, f"{member}: {failure.getErrorMessage()}")
@@ -282,6 +379,7 @@ class Replication(Succession):
         committed = log_.committed
         if committed >= log_.tail:
             self._stalled.discard(job_id)
+        log_.trim()
         waiting = self._waiters.get(job_id)
         if not waiting:
             return
@@ -311,6 +409,8 @@ class Replication(Succession):
 
     def peer_connected(self, name: str) -> None:
         """C{name} connected (again): send it what it lacks, and try again the takeovers that lacked it."""
+        for listener in self.connected_listeners:
+            listener(name)
         record = self._peers.get(name)
         for job_id, log_ in self.logs.items():
             if name in log_.replicas:
@@ -326,34 +426,39 @@ class Replication(Succession):
 
     # -- as a replica ---------------------------------------------------------------------
 
-    def replicate(self, sender: str, job: str, ballot: Ballot, first_seq: int, wire: Any) -> Deferred[int]:
+    def replicate(
+        self, sender: str, job: str, ballot: Ballot, first_seq: int, raw: bytes, last_seq: int | None = None
+    ) -> Deferred[int]:
         """
-        REPLICATE from C{sender}: store the records, durably, and fire with
-        the highest seq held.
+        REPLICATE from C{sender}: store the records as received, as one
+        batch, durably, and fire with the highest seq held.  Only the
+        envelope is checked (the ballot, the seqs); the records are decoded
+        when needed (see L{records_of}).  Without C{last_seq} (a peer that
+        does not send it) the records are decoded here to count them.
 
-        @raise ValidationError: if the records are malformed.
+        @raise ValidationError: if the envelope is malformed.
         @raise commands.StaleBallot: if a higher ballot was promised.
         """
-        if not isinstance(wire, list):
-            raise ValidationError("'records' must be a list")
-        records = [Record.from_wire(entry, ballot) for entry in wire]
-        if any(record.seq != first_seq + i for i, record in enumerate(records)):
-            raise ValidationError("the records' seqs must run on from 'first_seq' without a gap")
         if ballot.node != sender:
             raise ValidationError(f"the ballot names {ballot.node!r}, but the records came from {sender!r}")
+        if last_seq is None:
+            last_seq = first_seq - 1 + _count(raw, first_seq, ballot)
+        batch = Batch.check(ballot, first_seq, last_seq, raw)
         mine = self.logs.get(job)
         if mine is not None and ballot > mine.ballot:
             self.step_down(job, ballot, f"{sender} sent its records")
         store = self.stores.setdefault(job, ReplicaStore(job))
         try:
-            taken = store.replicate(ballot, records)
+            changed = store.replicate(ballot, batch.first_seq, batch.last_seq)
         except StaleBallot as e:
             raise _refused(job, e.promised, ballot) from None
-        for record in taken:
-            if record.kind == JOB and record.data.get("part") == 0 and isinstance(record.data.get("members"), list):
-                self._members[job] = tuple(m for m in record.data["members"] if isinstance(m, str))
-        self._journal.replica_changed(job, store.promised, store.accepted)
-        self._journal.replica_records(job, taken)
+        if job in self._takeovers and ballot.node != self._me:
+            self._cancel_takeover(job)  # a leader at a ballot this node promised sends records: nothing to take over
+        if changed:
+            self._journal.replica_changed(job, store.promised, store.accepted)
+        if batch.last_seq >= batch.first_seq:
+            self._journal.replica_batch(job, batch)
+            store.ended = ended_after(store.ended, batch)
         self.directory.learn(job, ballot)
         return self._journal.durable().addCallback(lambda _: store.held)
 
@@ -372,9 +477,10 @@ class Replication(Succession):
         mine = self.logs.get(job)
         if mine is not None and ballot > mine.ballot:
             self.step_down(job, ballot, f"{ballot.node} asked for its promise")
+            self._watch_deposed(job, ballot)
         if new:
             self._journal.replica_changed(job, store.promised, store.accepted)
-        page = store.after(after)
+        page = [record for record in self.records_of(job) if record.seq > after]
         chunks = commands.chunk(page, Record.to_promise_wire)
         first = next(chunks, None)
         records = first if first is not None else []
@@ -410,7 +516,11 @@ class Replication(Succession):
         if mine is not None and ballot > mine.ballot:
             self.step_down(job, ballot, "it announced JOB_LEADER")
         pending = self._takeovers.get(job)
-        if ballot.node != self._me and pending is not None:
+        store = self.stores.get(job)
+        promised = store.promised if store is not None else None
+        if ballot.node != self._me and pending is not None and (promised is None or ballot >= promised):
+            # (A leader below what this node promised is refused here, and
+            # steps down at its next REPLICATE: the takeover must go on.)
             self._cancel_takeover(job)
         if job in self._led_before and ballot.node != self._me:
             # It led the job before it restarted: it learns who leads it now.
@@ -435,35 +545,62 @@ class Replication(Succession):
             than resume them from its journal alone.
         """
         again = set()
-        for job, promised, accepted, records in self._journal.replica_logs():
-            store = ReplicaStore(job, promised, accepted, records)
+        for job, promised, accepted, batches in self._journal.replica_logs():
+            store = ReplicaStore(job, promised, accepted, batches)
             self.stores[job] = store
-            try:
-                image = rebuild(records)
-            except ValidationError:
+            self._decode(job, batches)
+            image = self._describe(job)
+            if image is None:
                 continue
-            self._members[job] = image.members
             if accepted is not None:
                 self.directory.learn(job, accepted)
-            if (
-                accepted is not None
-                and accepted.node == self._me
-                and len(image.members) > 1
-                and not image.ended
-                and not image.cancelled
-            ):
+            # It led the job (accepted its own ballot), or was taking it over
+            # (promised its own ballot above the accepted one) and may have
+            # journaled it as its master before the crash: either way it
+            # checks with the replica set again instead of resuming alone.
+            own = accepted if accepted is not None and accepted.node == self._me else None
+            if own is None and promised is not None and promised.node == self._me:
+                own = promised if accepted is None or promised > accepted else None
+            if own is not None and len(image.members) > 1 and not image.ended and not image.cancelled:
                 again.add(job)
+            elif self._me in image.members and not image.ended and not image.cancelled:
+                self._watched.add(job)
+        self._decoded.clear()
         return again
 
     def take_over_again(self, jobs: Iterable[str]) -> None:
         """After a restart: take over again the jobs this node led (see L{load})."""
+        for job in self._watched:
+            # A restarted successor has never been connected to the job's
+            # leader: if that leader is gone, no connection loss will say so.
+            self._clock.callLater(RESTART_WATCH, self._leader_absent, job)
+        self._watched.clear()
         for job in jobs:
             self._led_before.add(job)
-            accepted = self.stores[job].accepted
-            assert accepted is not None
+            store = self.stores[job]
+            lost = store.accepted if store.accepted is not None else store.promised
+            assert lost is not None
             self._takeovers[job] = self._clock.callLater(
-                self.grace, self._try_takeover, job, accepted, "restarted (this node, in its previous life)"
+                self.grace, self._try_takeover, job, lost, "restarted (this node, in its previous life)"
             )
+
+
+def _count(raw: bytes, first_seq: int, ballot: Ballot) -> int:
+    """
+    How many records a REPLICATE without C{last_seq} carries (decoding them).
+
+    @raise ValidationError: if they are not well-formed records with seqs from C{first_seq} without a gap.
+    """
+    try:
+        wire = loads_strict(raw)
+    except ValueError as e:
+        raise ValidationError(f"'records' is not JSON ({e})") from None
+    if not isinstance(wire, list):
+        raise ValidationError("'records' must be a list")
+    for index, entry in enumerate(wire):
+        if Record.from_wire(entry, ballot).seq != first_seq + index:
+            raise ValidationError("the records' seqs must run on from 'first_seq' without a gap")
+    return len(wire)
 
 
 def _refused(job: str, promised: Ballot, refused: Ballot) -> commands.StaleBallot:

@@ -43,8 +43,8 @@ if TYPE_CHECKING:
     from p2pexec.journal_schema import StoredJob
     from p2pexec.model import Assignment, NodeInfo, TaskResult, TaskSpec
     from p2pexec.peer import PeerProtocol
+    from p2pexec.replica_log import Batch
     from p2pexec.replicas import Ballot
-    from p2pexec.replication import Record
     from p2pexec.task_output import TaskOutputs
     from p2pexec.tls import TLSConfig
 
@@ -119,9 +119,9 @@ class IPeerHandler(Protocol):
         """Run again tasks of a finished job we are master of (see L{commands.RerunTasks})."""
 
     def replicate_received(
-        self, protocol: PeerProtocol, job: str, ballot: Ballot, first_seq: int, records: Any
+        self, protocol: PeerProtocol, job: str, ballot: Ballot, first_seq: int, records: bytes, last_seq: int | None
     ) -> Deferred[int]:
-        """REPLICATE: store a job's records; fire with the highest seq held, once durable."""
+        """REPLICATE: store a job's records (as received); fire with the highest seq held, once durable."""
 
     def promise_requested(self, protocol: PeerProtocol, job: str, ballot: Ballot, after: int) -> Deferred[Any]:
         """PROMISE: promise a ballot for a job; fire with the PROMISE answer."""
@@ -300,11 +300,14 @@ class IJournal(Protocol):
     def replica_changed(self, job: str, promised: Ballot | None, accepted: Ballot | None) -> None:
         """What this node promised and last accepted for C{job}'s replicated log changed."""
 
-    def replica_records(self, job: str, records: list[Record]) -> None:
-        """This node holds these records of C{job}'s log (see L{p2pexec.replication})."""
+    def replica_batch(self, job: str, batch: Batch) -> None:
+        """This node holds C{batch} of C{job}'s log (see L{p2pexec.replica_log})."""
 
-    def replica_logs(self) -> list[tuple[str, Ballot | None, Ballot | None, list[Record]]]:
-        """Every job log this node holds: (job, promised, accepted, records)."""
+    def replica_batches(self, job: str) -> list[Batch]:
+        """The batches of C{job}'s log this node holds, in the order it took them."""
+
+    def replica_logs(self) -> list[tuple[str, Ballot | None, Ballot | None, list[Batch]]]:
+        """Every job log this node holds: (job, promised, accepted, batches in the order taken)."""
 
 
 class INodeViews(Protocol):

@@ -50,8 +50,8 @@ from p2pexec.journal_schema import (
     transaction,
 )
 from p2pexec.log import NodeLogger
+from p2pexec.replica_log import Batch
 from p2pexec.replicas import Ballot
-from p2pexec.replication import Record
 
 if TYPE_CHECKING:
     import sqlite3
@@ -69,10 +69,17 @@ or forces it (L{Journal.commit})."""
 
 
 class NullJournal:
-    """A journal that keeps nothing: for nodes run without a state directory."""
+    """
+    A journal that keeps nothing on disk: for nodes run without a state
+    directory.  The job logs such a node holds as a replica are kept in its
+    memory, having nowhere else to be (they are lost with the process).
+    """
 
     path: str | None = None
     problem: JournalProblem | None = None
+
+    def __init__(self) -> None:
+        self._batches: dict[str, list[Batch]] = {}
 
     def job_added(self, job: IJobState) -> None:
         """Nothing to write."""
@@ -112,11 +119,16 @@ class NullJournal:
     def replica_changed(self, job: str, promised: Ballot | None, accepted: Ballot | None) -> None:
         """Nothing to write."""
 
-    def replica_records(self, job: str, records: list[Record]) -> None:
-        """Nothing to write."""
+    def replica_batch(self, job: str, batch: Batch) -> None:
+        """Keep C{batch} of C{job}'s log in memory."""
+        self._batches.setdefault(job, []).append(batch)
 
-    def replica_logs(self) -> list[tuple[str, Ballot | None, Ballot | None, list[Record]]]:
-        """None: nothing was kept."""
+    def replica_batches(self, job: str) -> list[Batch]:
+        """The batches of C{job}'s log kept, in the order they were taken."""
+        return list(self._batches.get(job, ()))
+
+    def replica_logs(self) -> list[tuple[str, Ballot | None, Ballot | None, list[Batch]]]:
+        """None: nothing was kept from an earlier run."""
         return []
 
     def close(self) -> None:
@@ -184,7 +196,7 @@ class Journal:
         self._changed_jobs: dict[str, IJobState] = {}
         self._changed_tasks: dict[tuple[str, str], ITaskState] = {}
         self._replica_ballots: dict[str, tuple[Ballot | None, Ballot | None]] = {}
-        self._replica_records: dict[tuple[str, int], Record] = {}
+        self._replica_batches: list[tuple[str, Batch]] = []
         self._waiters: list[Deferred[None]] = []
         self._commit_call: IDelayedCall | None = None
         self.commits = 0
@@ -213,12 +225,10 @@ class Journal:
         self._replica_ballots[job] = (promised, accepted)
         self._schedule()
 
-    def replica_records(self, job: str, records: list[Record]) -> None:
-        """This node holds these records of C{job}'s log (replacing any at the same seqs)."""
-        for record in records:
-            self._replica_records[(job, record.seq)] = record
-        if records:
-            self._schedule()
+    def replica_batch(self, job: str, batch: Batch) -> None:
+        """This node holds C{batch} of C{job}'s log (one row, the records as received; see L{p2pexec.replica_log})."""
+        self._replica_batches.append((job, batch))
+        self._schedule()
 
     def withdraw(self, job_id: str) -> None:
         """
@@ -245,7 +255,7 @@ class Journal:
             or self._changed_jobs
             or self._changed_tasks
             or self._replica_ballots
-            or self._replica_records
+            or self._replica_batches
         )
 
     def _schedule(self) -> None:
@@ -280,7 +290,7 @@ class Journal:
         changed_jobs, self._changed_jobs = self._changed_jobs, {}
         changed_tasks, self._changed_tasks = self._changed_tasks, {}
         replica_ballots, self._replica_ballots = self._replica_ballots, {}
-        replica_records, self._replica_records = self._replica_records, {}
+        replica_batches, self._replica_batches = self._replica_batches, []
         try:
             if self._before_write is not None:
                 self._before_write()
@@ -338,13 +348,13 @@ class Journal:
                             for job, (promised, accepted) in replica_ballots.items()
                         ),
                     )
-                if replica_records:
+                if replica_batches:
                     db.executemany(
-                        "INSERT OR REPLACE INTO replica_records (job, seq, kind, data, epoch, node) "
+                        "INSERT INTO replica_batches (job, epoch, node, first_seq, last_seq, records) "
                         "VALUES (?, ?, ?, ?, ?, ?)",
                         (
-                            (job, seq, r.kind, r.data_json(), r.ballot.epoch, r.ballot.node)
-                            for (job, seq), r in replica_records.items()
+                            (job, b.ballot.epoch, b.ballot.node, b.first_seq, b.last_seq, b.raw)
+                            for job, b in replica_batches
                         ),
                     )
                 if self.problem is not None:
@@ -358,7 +368,7 @@ class Journal:
             self._changed_jobs = {**changed_jobs, **self._changed_jobs}
             self._changed_tasks = {**changed_tasks, **self._changed_tasks}
             self._replica_ballots = {**replica_ballots, **self._replica_ballots}
-            self._replica_records = {**replica_records, **self._replica_records}
+            self._replica_batches = replica_batches + self._replica_batches
             # Whoever waits for durable() goes on waiting: for the next
             # commit that succeeds, tried again in RETRY_DELAY seconds.
             if self._commit_call is None:
@@ -481,29 +491,33 @@ class Journal:
             id=job_id, source=source, started=started, cancelled=bool(cancelled), tasks=tasks, finished=finished
         )
 
-    def replica_logs(self) -> list[tuple[str, Ballot | None, Ballot | None, list[Record]]]:
-        """
-        Every job log this node holds: (job, promised ballot, accepted
-        ballot, records in seq order).
+    def replica_batches(self, job: str) -> list[Batch]:
+        """The batches of C{job}'s log this node holds (written or waiting to be), in the order it took them."""
+        stored = []
+        if self._db is not None:
+            stored = [
+                Batch(Ballot(epoch, node), first, last, bytes(raw))
+                for epoch, node, first, last, raw in self._db.execute(
+                    "SELECT epoch, node, first_seq, last_seq, records FROM replica_batches WHERE job = ? ORDER BY id",
+                    (job,),
+                )
+            ]
+        return stored + [batch for owner, batch in self._replica_batches if owner == job]
 
-        @raise JournalError: if a stored record cannot be read back.
-        """
+    def replica_logs(self) -> list[tuple[str, Ballot | None, Ballot | None, list[Batch]]]:
+        """Every job log this node holds: (job, promised ballot, accepted ballot, batches in the order taken)."""
         if self._db is None:
             return []
-        logs: dict[str, tuple[Ballot | None, Ballot | None, list[Record]]] = {}
+        logs: dict[str, tuple[Ballot | None, Ballot | None, list[Batch]]] = {}
         for job, p_epoch, p_node, a_epoch, a_node in self._db.execute(
             "SELECT job, promised_epoch, promised_node, accepted_epoch, accepted_node FROM replica_jobs"
         ):
             logs[job] = (_ballot(p_epoch, p_node), _ballot(a_epoch, a_node), [])
-        for job, seq, kind, data, epoch, node in self._db.execute(
-            "SELECT job, seq, kind, data, epoch, node FROM replica_records ORDER BY job, seq"
+        for job, epoch, node, first, last, raw in self._db.execute(
+            "SELECT job, epoch, node, first_seq, last_seq, records FROM replica_batches ORDER BY job, id"
         ):
-            try:
-                record = Record(seq, kind, json.loads(data), Ballot(epoch, node), data)
-            except ValueError as e:
-                raise JournalError(f"journal {self.path}: record {seq} of job {job} cannot be read back ({e})") from e
-            logs.setdefault(job, (None, None, []))[2].append(record)
-        return [(job, promised, accepted, records) for job, (promised, accepted, records) in logs.items()]
+            logs.setdefault(job, (None, None, []))[2].append(Batch(Ballot(epoch, node), first, last, bytes(raw)))
+        return [(job, promised, accepted, batches) for job, (promised, accepted, batches) in logs.items()]
 
     def prune(self, finished_before: float) -> int:
         """
@@ -535,12 +549,11 @@ class Journal:
         if self._db is None:
             return 0
         with transaction(self._db):
-            old = [
-                job
-                for job, data in self._db.execute("SELECT job, data FROM replica_records WHERE kind = 'end'")
-                if _ended_before(data, finished_before)
-            ]
-            self._db.executemany("DELETE FROM replica_records WHERE job = ?", ((job,) for job in old))
+            newest = self._db.execute(
+                "SELECT job, records FROM replica_batches WHERE id IN (SELECT MAX(id) FROM replica_batches GROUP BY job)"
+            )
+            old = [job for job, records in newest if _log_ended_before(records, finished_before)]
+            self._db.executemany("DELETE FROM replica_batches WHERE job = ?", ((job,) for job in old))
             self._db.executemany("DELETE FROM replica_jobs WHERE job = ?", ((job,) for job in old))
         return len(old)
 
@@ -556,7 +569,7 @@ class Journal:
         self._changed_jobs.clear()
         self._changed_tasks.clear()
         self._replica_ballots.clear()
-        self._replica_records.clear()
+        self._replica_batches.clear()
         self._waiters.clear()
         if self._db is not None:
             self._db.close()
@@ -582,6 +595,23 @@ class Journal:
                 self._db = None
             os.close(self._lock_fd)
             self._lock_fd = -1
+
+
+def _log_ended_before(records: bytes | str, moment: float) -> bool:
+    """
+    Whether a job's newest batch (its records as received, JSON) ends with
+    an C{end} record that says the job finished before C{moment}: a log whose
+    newest record is anything else (a reopened job's C{rerun}, or a job not
+    ended) is kept, and so is a batch that cannot be read.
+    """
+    try:
+        batch = json.loads(records)
+        last = batch[-1] if isinstance(batch, list) and batch else None
+    except ValueError:
+        return False
+    if not isinstance(last, dict) or last.get("kind") != "end":
+        return False
+    return _ended_before(json.dumps(last.get("data")), moment)
 
 
 def _ended_before(data: str, moment: float) -> bool:

@@ -83,6 +83,27 @@ CREATE TABLE IF NOT EXISTS replica_records (
 (see L{p2pexec.replication}); added to a file of schema 2 when missing, so that no older
 journal is refused for lacking them."""
 
+BATCH_SCHEMA = """
+CREATE TABLE IF NOT EXISTS replica_batches (
+    id INTEGER PRIMARY KEY,
+    job TEXT NOT NULL,
+    epoch INTEGER NOT NULL,
+    node TEXT NOT NULL,
+    first_seq INTEGER NOT NULL,
+    last_seq INTEGER NOT NULL,
+    records BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS replica_batches_job ON replica_batches (job, id);
+INSERT INTO replica_batches (job, epoch, node, first_seq, last_seq, records)
+    SELECT job, epoch, node, seq, seq, CAST('[{"seq":' || seq || ',"kind":"' || kind || '","data":' || data || '}]' AS BLOB)
+    FROM replica_records ORDER BY job, seq;
+DELETE FROM replica_records;
+"""
+"""The job logs as batches, one row per REPLICATE taken, its records as received (see
+L{p2pexec.replica_log}), in the order taken (C{id}).  Added when missing; the rows of
+C{replica_records} (one per record, as an earlier p2pexec wrote them) move into it, each
+as a batch of one."""
+
 
 @attr.s(auto_attribs=True, frozen=True)
 class StoredTask:
@@ -260,6 +281,11 @@ def open_database(path: str, factory: type[sqlite3.Connection] | None = None) ->
         if "replica_records" not in tables:
             with transaction(db):
                 for statement in REPLICA_SCHEMA.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+        if "replica_batches" not in tables:
+            with transaction(db):
+                for statement in BATCH_SCHEMA.split(";\n"):
                     if statement.strip():
                         db.execute(statement)
     except JournalError:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -394,6 +395,8 @@ RETURNED = "returned"
 CANCELLED = "cancelled"
 """The job was cancelled before this task finished."""
 RESULT_STATUSES = (SUCCEEDED, FAILED, TIMED_OUT, ERROR, RETURNED, CANCELLED)
+_CANONICAL_STATUS = {status: status for status in RESULT_STATUSES}
+"""Each status to its one shared string (see L{TaskResult.from_wire})."""
 
 
 @attr.s(frozen=True, slots=True, auto_attribs=True)
@@ -484,9 +487,12 @@ class TaskResult:
         task_id = _field(data, "id", str, "result")
         what = f"result for task {task_id!r}"
         attempt = _field(data, "attempt", int, what)
-        status = _field(data, "status", str, what)
-        _require(status in RESULT_STATUSES, f"{what}: unknown status {status!r}")
-        node = validate_name(_field(data, "node", str, what), f"{what}: node")
+        given = _field(data, "status", str, what)
+        status = _CANONICAL_STATUS.get(given, "")
+        _require(status != "", f"{what}: unknown status {given!r}")
+        # The status and the node name are shared, not kept as one decoded
+        # copy per result: a master holding 10,000 results saves 1 MiB.
+        node = sys.intern(validate_name(_field(data, "node", str, what), f"{what}: node"))
         exit_code = data.get("exit_code")
         _require(
             exit_code is None or (isinstance(exit_code, int) and not isinstance(exit_code, bool)),

@@ -42,13 +42,22 @@ MAX_CANCELS_OWED = 1000
 class LocalSink:
     """Results of the tasks this node runs as its own master: straight to the master."""
 
-    def __init__(self, master: Master, name: str, instance: str) -> None:
+    def __init__(self, master: Master, outbox: Outbox, name: str, instance: str) -> None:
         self._master = master
+        self._outbox = outbox
         self.key = (name, instance)
 
     def deliver(self, job: str, results: list[TaskResult]) -> None:
-        """Apply the results to our own job."""
-        self._master.confirm(job, results, sender=self.key[0])
+        """
+        Apply the results to our own job; if this node stepped down from it
+        meanwhile (another node took it over), they go where a worker's
+        results of the job go: to the leader that adopted it, or they wait
+        for one in the worker's cache.
+        """
+        try:
+            self._master.confirm(job, results, sender=self.key[0])
+        except KeyError:
+            self._outbox.send_confirmations(self.key, job, results)
 
 
 class RemoteSink:
@@ -90,7 +99,7 @@ class Outbox:
         """Where this node's worker puts the results of this node's own jobs."""
         if self._local is None:
             info = self._node.info
-            self._local = LocalSink(self._master, info.name, info.instance)
+            self._local = LocalSink(self._master, self, info.name, info.instance)
         return self._local
 
     def sink_for(self, name: str, instance: str) -> RemoteSink:

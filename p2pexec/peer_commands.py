@@ -113,13 +113,19 @@ class PeerCommands(amp.CommandLocator):
 
     @commands.Replicate.responder
     def _replicate(
-        self, job: str, ballot_epoch: int, ballot_node: str, first_seq: int, records: Any
+        self,
+        job: str,
+        ballot_epoch: int,
+        ballot_node: str,
+        first_seq: int,
+        records: bytes,
+        last_seq: int | None = None,
     ) -> Deferred[dict[str, Any]]:
         try:
             ballot = ballot_from_wire(ballot_epoch, ballot_node)
             if first_seq < 1:
                 raise ValidationError("'first_seq' must be 1 or more")
-            held = self._handler.replicate_received(self._me, job, ballot, first_seq, records)
+            held = self._handler.replicate_received(self._me, job, ballot, first_seq, records, last_seq)
         except ValidationError as e:
             raise bad_arguments(self.describe(), "REPLICATE", e) from None
         return held.addCallback(lambda seq: {"held_seq": seq})

@@ -8,6 +8,7 @@ the records change, so that a status call costs a dictionary lookup.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.interfaces import IReactorTime
@@ -16,12 +17,12 @@ from p2pexec import status
 from p2pexec.clock import WallClock
 from p2pexec.job import Job, TaskRecord
 from p2pexec.model import ValidationError
-from p2pexec.replication import JobImage, rebuild
+from p2pexec.replication import JobImage, Record, rebuild
 from p2pexec.task_states import TaskState
 
 if TYPE_CHECKING:
     from p2pexec.directory import JobDirectory
-    from p2pexec.replication import ReplicaStore
+    from p2pexec.replica_log import ReplicaStore
 
 MAX_CACHED = 1024
 """Rebuilt jobs kept (the least recently rebuilt are dropped first)."""
@@ -55,28 +56,36 @@ class ReplicaViews:
     records of (an L{p2pexec.interfaces.IReplicaRecords}).
 
     @param stores: the node's replica stores, by job (L{p2pexec.failover.Replication.stores}).
+    @param records_of: a job's records, decoded from the journal
+        (L{p2pexec.failover.Replication.records_of}).
     @param directory: who leads each job (its summary names that master and epoch).
     """
 
     def __init__(
-        self, stores: dict[str, ReplicaStore], directory: JobDirectory, clock: IReactorTime, wall: WallClock
+        self,
+        stores: dict[str, ReplicaStore],
+        records_of: Callable[[str], list[Record]],
+        directory: JobDirectory,
+        clock: IReactorTime,
+        wall: WallClock,
     ) -> None:
         self._stores = stores
+        self._records_of = records_of
         self._directory = directory
         self._clock = clock
         self._wall = wall
-        self._cache: dict[str, tuple[tuple[int, int], Job]] = {}
+        self._cache: dict[str, tuple[int, Job]] = {}
 
     def _job(self, job_id: str) -> Job | None:
         store = self._stores.get(job_id)
-        if store is None or not store.records:
+        if store is None or not store.version:
             return None
-        key = (len(store.records), max(store.records))
+        key = store.version
         cached = self._cache.get(job_id)
         if cached is not None and cached[0] == key:
             return cached[1]
         try:
-            image = rebuild(store.records.values())
+            image = rebuild(self._records_of(job_id))
         except ValidationError:
             return None  # the job's parts are not all here (yet)
         job = image_job(image, self._clock.seconds(), self._wall(), max_losses=1)

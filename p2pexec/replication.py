@@ -1,8 +1,8 @@
 """
 The replicated log of a job, without I/O: what its master sends to its
-replicas and when a record is committed (L{MasterLog}), what a replica holds
-and promises (L{ReplicaStore}), and a successor's takeover (L{Takeover}):
+replicas and when a record is committed (L{MasterLog}), and a successor's takeover (L{Takeover}):
 promises collected, logs merged by seq, the job rebuilt (L{rebuild}).
+What a replica holds is L{p2pexec.replica_log}'s.
 
 The messages and the journal are L{p2pexec.failover}'s; the wire forms of
 the records are in C{docs/protocol.rst} ("Replication and failover").
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import enum
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import attr
@@ -60,6 +60,7 @@ class Record:
     data: dict[str, Any]
     ballot: Ballot
     raw: str | None = attr.ib(default=None, eq=False, repr=False)
+    wire: bytes | None = attr.ib(default=None, eq=False, repr=False)
 
     def data_json(self) -> str:
         """C{data} as compact JSON text (encoded at most once per record)."""
@@ -78,8 +79,12 @@ class Record:
         return {"seq": self.seq, "kind": self.kind, "data": self.data}
 
     def encode_wire(self) -> bytes:
-        """L{to_wire} as compact UTF-8 JSON, from the cached encoding of C{data}."""
-        return f'{{"seq":{self.seq},"kind":"{self.kind}","data":{self.data_json()}}}'.encode()
+        """L{to_wire} as compact UTF-8 JSON, from the cached encoding of C{data} (made at most once)."""
+        wire = self.wire
+        if wire is None:
+            wire = f'{{"seq":{self.seq},"kind":"{self.kind}","data":{self.data_json()}}}'.encode()
+            object.__setattr__(self, "wire", wire)
+        return wire
 
     def to_promise_wire(self) -> dict[str, Any]:
         """Its PROMISE-answer form: the REPLICATE form plus the C{epoch} and C{node} of its ballot."""
@@ -126,27 +131,29 @@ def ballot_from_wire(epoch: Any, node: Any, what: str = "the ballot") -> Ballot:
     return Ballot(epoch, node)
 
 
-def held_seq(seqs: Iterable[int]) -> int:
-    """The highest seq up to which every record is held (0 for none)."""
-    have = set(seqs)
-    held = 0
-    while held + 1 in have:
-        held += 1
-    return held
-
-
 class MasterLog:
     """
-    A job's log as its master keeps it: the records, what each replica
-    acknowledged, and the commit point.
+    A job's log as its master keeps it: the records not yet written to its
+    own journal or not yet committed, what each replica acknowledged, and
+    the commit point.  Older records are trimmed (L{trim}); a replica that
+    lags behind them is sent them from the master's journal (C{older}).
 
     @ivar members: the replica set, the master among them.
     @ivar ballot: the master's ballot for the job.
     @ivar acked: per member, the highest seq it holds durably (the master's
         own, once its journal wrote them).
+    @ivar written: the highest seq handed to the master's own journal (see L{unwritten}).
+    @ivar base: every record up to this seq was trimmed from memory.
     """
 
-    def __init__(self, members: Iterable[str], me: str, ballot: Ballot, records: Iterable[Record] = ()) -> None:
+    def __init__(
+        self,
+        members: Iterable[str],
+        me: str,
+        ballot: Ballot,
+        records: Iterable[Record] = (),
+        older: Callable[[int, int], list[Record]] | None = None,
+    ) -> None:
         self.members = tuple(members)
         self.me = me
         self.ballot = ballot
@@ -155,6 +162,9 @@ class MasterLog:
         self.acked: dict[str, int] = {member: 0 for member in self.members}
         self._sent: dict[str, int] = {member: 0 for member in self.members if member != me}
         self.majority = majority(len(self.members))
+        self.written = 0
+        self.base = 0
+        self._older = older
 
     @property
     def replicas(self) -> tuple[str, ...]:
@@ -168,13 +178,24 @@ class MasterLog:
         self.records[record.seq] = record
         return record
 
+    def unwritten(self) -> list[Record]:
+        """The records not handed to the master's own journal yet, in order; they count as written from now."""
+        start, self.written = self.written, self.tail
+        return [self.records[seq] for seq in range(start + 1, self.tail + 1) if seq in self.records]
+
     def to_send(self, member: str) -> list[Record]:
         """The records C{member} has not been sent yet, in order; they count as sent from now."""
         start = self._sent.get(member, self.tail)
         if start >= self.tail:
             return []
         self._sent[member] = self.tail
-        return [self.records[seq] for seq in range(start + 1, self.tail + 1)]
+        older: list[Record] = []
+        if start < self.base:
+            if self._older is None:
+                raise ValueError(f"records {start + 1}-{self.base} were trimmed and cannot be read back")
+            older = self._older(start + 1, self.base)
+        records = self.records
+        return older + [records[seq] for seq in range(max(start, self.base) + 1, self.tail + 1) if seq in records]
 
     def answered(self, member: str, held: int, last_sent: int) -> None:
         """C{member} answered a REPLICATE whose last record was C{last_sent}: it holds up to C{held}."""
@@ -200,72 +221,19 @@ class MasterLog:
         held = sorted(self.acked.values(), reverse=True)
         return held[self.majority - 1]
 
-
-class ReplicaStore:
-    """
-    What one node holds of a job's log, as a member of its replica set: the
-    records, the highest ballot it promised and the one it last accepted.
-    """
-
-    def __init__(
-        self,
-        job: str,
-        promised: Ballot | None = None,
-        accepted: Ballot | None = None,
-        records: Iterable[Record] = (),
-    ) -> None:
-        self.job = job
-        self.promised = promised
-        self.accepted = accepted
-        self.records: dict[int, Record] = {record.seq: record for record in records}
-        self._held = held_seq(self.records)
-
-    @property
-    def held(self) -> int:
-        """The highest seq up to which every record is held."""
-        held, records = self._held, self.records
-        while held + 1 in records:
-            held += 1
-        self._held = held
-        return held
-
-    def replicate(self, ballot: Ballot, records: Iterable[Record]) -> list[Record]:
+    def trim(self) -> None:
         """
-        Take records sent under C{ballot}, unless a higher ballot was promised.
-
-        @return: the records to write to the journal.
-        @raise StaleBallot: if a higher ballot was promised.
+        Forget the records that are committed and written to the master's
+        journal (which has them for a replica that needs them again), when
+        they can be read back from it.
         """
-        if self.promised is not None and ballot < self.promised:
-            raise StaleBallot(self.promised)
-        self.promised = ballot
-        self.accepted = ballot
-        taken = []
-        for record in records:
-            stored = record if record.ballot == ballot else record.with_ballot(ballot)
-            if self.records.get(record.seq) != stored:
-                self.records[record.seq] = stored
-                taken.append(stored)
-        return taken
-
-    def promise(self, ballot: Ballot) -> bool:
-        """
-        Promise C{ballot}: no record or acknowledgement of a lower one is
-        taken from now.  Promising the same ballot again is allowed (a
-        proposer pages through the records).
-
-        @return: whether the promise is new (to be written to the journal).
-        @raise StaleBallot: if a higher ballot was promised.
-        """
-        if self.promised is not None and ballot < self.promised:
-            raise StaleBallot(self.promised)
-        new = self.promised != ballot
-        self.promised = ballot
-        return new
-
-    def after(self, seq: int) -> list[Record]:
-        """The records held beyond C{seq}, in order."""
-        return [self.records[s] for s in sorted(self.records) if s > seq]
+        if self._older is None:
+            return
+        upto = min(self.committed, self.written, self.acked[self.me])
+        records = self.records
+        for seq in range(self.base + 1, upto + 1):
+            records.pop(seq, None)
+        self.base = max(self.base, upto)
 
 
 class Outcome(enum.Enum):

@@ -406,11 +406,11 @@ class Responders:
     # -- replication and failover (see p2pexec.failover) ---------------------------------
 
     def replicate_received(
-        self, protocol: PeerProtocol, job: str, ballot: Ballot, first_seq: int, records: Any
+        self, protocol: PeerProtocol, job: str, ballot: Ballot, first_seq: int, records: bytes, last_seq: int | None
     ) -> Deferred[int]:
         """REPLICATE: store a job's records as its replica; answer once durable with the highest seq held."""
         assert protocol.peer_name is not None
-        return self._replication.replicate(protocol.peer_name, job, ballot, first_seq, records)
+        return self._replication.replicate(protocol.peer_name, job, ballot, first_seq, records, last_seq)
 
     def promise_requested(self, protocol: PeerProtocol, job: str, ballot: Ballot, after: int) -> Deferred[Any]:
         """PROMISE: promise a successor's ballot for a job; answer with the records held beyond C{after}."""

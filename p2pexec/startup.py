@@ -2,6 +2,11 @@
 The job a node is started with (C{--tasks} or C{--job}), and the jobs its
 journal says it had not finished: taken up at start, resumed rather than run
 twice, and reported (results file, L{StartupJob.initial_job}) once done.
+
+With C{--replicas K} the start-up job is accepted once K peers are
+connected, or L{STARTUP_SETTLE} seconds after the node began, whichever
+comes first: a job's replica set is chosen among the peers connected when
+it is accepted, and at start none is yet.
 """
 
 from __future__ import annotations
@@ -10,7 +15,7 @@ import time
 from typing import TYPE_CHECKING
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from p2pexec.clock import WallClock
 from p2pexec.log import NodeLogger
@@ -21,9 +26,13 @@ if TYPE_CHECKING:
     from p2pexec.interfaces import IJournal, INode
     from p2pexec.job import Job
     from p2pexec.master import Master
+    from p2pexec.membership import PeerTable
     from p2pexec.model import NodeInfo
 
 log = NodeLogger()
+
+STARTUP_SETTLE = 2.0
+"""Seconds a node started with a job and C{--replicas K} waits for K peers before it accepts the job anyway."""
 
 
 def announce(info: NodeInfo, config: NodeConfig) -> None:
@@ -66,12 +75,25 @@ class StartupJob:
         self._wall = wall
         self.initial_job: Deferred[Job] = Deferred()
         self.job_id: str | None = None
+        self._settle: IDelayedCall | None = None
 
-    def wire(self, node: INode, master: Master, journal: IJournal) -> None:
-        """Connect it to its node, the master that runs the jobs, and the journal that has the old ones."""
+    def wire(self, node: INode, master: Master, journal: IJournal, peers: PeerTable | None = None) -> None:
+        """
+        Connect it to its node, the master that runs the jobs, the journal
+        that has the old ones, and the peer table (who is connected).
+        """
         self._node = node
         self._master = master
         self._journal = journal
+        self._peers = peers
+
+    def _connected(self) -> int:
+        return 0 if self._peers is None else len(self._peers.connected_peers())
+
+    def peer_connected(self, name: str) -> None:
+        """A peer connected: accept the waiting start-up job once C{--replicas} peers are."""
+        if self._settle is not None and self._connected() >= self._config.replicas:
+            self._accept()
 
     def prune(self) -> None:
         """
@@ -100,6 +122,26 @@ class StartupJob:
         if config.tasks is None or self.job_id is not None or self._finished_already():
             return
         self.job_id = self._master.new_job_id()
+        if config.replicas > 0 and self._connected() < config.replicas:
+            log.info(
+                "Node {name} accepts its start-up job {job} once {count} peer(s) are connected, or in "
+                "{settle:g}s, so that its replica set can be chosen among them",
+                name=self._node.info.name,
+                job=self.job_id,
+                count=config.replicas,
+                settle=STARTUP_SETTLE,
+            )
+            self._settle = self._clock.callLater(STARTUP_SETTLE, self._accept)
+            return
+        self._accept()
+
+    def _accept(self) -> None:
+        """Accept the start-up job (its replica set is chosen now) and write it to the journal."""
+        if self._settle is not None and self._settle.active():
+            self._settle.cancel()
+        self._settle = None
+        config = self._config
+        assert self.job_id is not None and config.tasks is not None
         self._master.submit(config.tasks, self.job_id, source=config.job_source)
         # Write it now, while the peers are still being found, rather than
         # when its first tasks are ready to go.

@@ -19,7 +19,7 @@ from p2pexec import commands
 from p2pexec.log import NodeLogger
 from p2pexec.model import ValidationError
 from p2pexec.replicas import Ballot, parse_stale
-from p2pexec.replication import MasterLog, Outcome, Record, ReplicaStore, Takeover, log_ended, rebuild
+from p2pexec.replication import JobImage, MasterLog, Outcome, Record, Takeover, rebuild
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -28,11 +28,16 @@ if TYPE_CHECKING:
     from p2pexec.interfaces import IJournal
     from p2pexec.master import Master
     from p2pexec.membership import PeerTable
+    from p2pexec.replica_log import ReplicaStore
 
 log = NodeLogger(namespace="p2pexec.failover")
 
 RETRY_TAKEOVER = 2.0
 """Seconds a successor that lost a takeover race waits to see the winner's JOB_LEADER before it tries again."""
+
+
+RESTART_WATCH = 5.0
+"""Seconds after its start a restarted successor checks that its jobs' leaders are connected."""
 
 
 class Succession:
@@ -56,7 +61,15 @@ class Succession:
     def _me(self) -> str:
         raise NotImplementedError
 
-    def _store_own(self, job_id: str, ballot: Ballot, records: Iterable[Record]) -> None:
+    def _master_log(
+        self, job_id: str, members: Iterable[str], ballot: Ballot, records: Iterable[Record] = ()
+    ) -> MasterLog:
+        raise NotImplementedError
+
+    def records_of(self, job_id: str) -> list[Record]:
+        raise NotImplementedError
+
+    def _describe(self, job_id: str) -> JobImage | None:
         raise NotImplementedError
 
     def _changed(self, job_id: str) -> None:
@@ -79,12 +92,23 @@ class Succession:
             leader = self._leader(job)
             if leader is None or leader.node != name or job in self.logs or job in self._takeovers:
                 continue
-            if log_ended(store.records.values()):
+            if not store.ended:
+                self._describe(job)  # its replica set, and whether it ended, from its records
+            if store.ended:
                 continue
             rank = self._rank(job, name)
             if rank is None:
                 continue
             self._takeovers[job] = self._clock.callLater(self.grace * rank, self._try_takeover, job, leader, why)
+
+    def _leader_absent(self, job: str) -> None:
+        """Some time after a restart: if C{job}'s leader is not connected, it is lost, as if its connection went."""
+        leader = self._leader(job)
+        if leader is None or leader.node == self._me or self._peers.is_connected(leader.node):
+            return
+        self._silence[leader.node] = "was not connected when this node restarted"
+        self.peer_lost(leader.node)
+        self._silence.pop(leader.node, None)
 
     def _leader(self, job: str) -> Ballot | None:
         known = self.directory.lookup(job)
@@ -103,14 +127,45 @@ class Succession:
         if pending is not None and not isinstance(pending, Takeover) and pending.active():
             pending.cancel()
 
-    def _try_takeover(self, job: str, lost: Ballot, why: str, waited: bool = False) -> None:
+    def _watch_deposed(self, job: str, newer: Ballot) -> None:
+        """
+        This node stepped down from C{job} for C{newer}, which only a
+        promise showed (a refusal, or a PROMISE asked): unless C{newer}'s
+        node announces that it leads (JOB_LEADER, or its records), this node
+        takes the job over again after L{RETRY_TAKEOVER}, since that node
+        may have stopped before it won, and then nobody would lead the job.
+        """
+        if job in self._takeovers or job not in self.stores:
+            return
+        self._takeovers[job] = self._clock.callLater(
+            RETRY_TAKEOVER,
+            self._try_takeover,
+            job,
+            newer,
+            f"promised epoch {newer.epoch} but did not say it leads",
+            True,
+            True,
+        )
+
+    def _try_takeover(self, job: str, lost: Ballot, why: str, waited: bool = False, silent: bool = False) -> None:
+        """
+        @param silent: C{lost} never said it leads (see L{_watch_deposed}):
+            go on even if it is connected.
+        """
         self._takeovers.pop(job, None)
-        if self._peers.is_connected(lost.node) or job in self.logs:
+        if job in self.logs:
             return
         store = self.stores[job]
+        if self._peers.is_connected(lost.node) and not silent and not self._promised_myself(store, lost):
+            return
+        # Otherwise go on, even with the lost master back: this node promised
+        # itself a higher ballot in an attempt that failed, so it refuses the
+        # old master's records, and that master steps down at its next
+        # REPLICATE.  Giving up would leave the job with no leader.
         known = self.directory.lookup(job)
         if (
-            known is not None
+            not silent
+            and known is not None
             and known.ballot > lost
             and known.master != self._me
             and self._peers.is_connected(known.master)
@@ -129,7 +184,7 @@ class Succession:
         self._takeovers[job] = attempt
         store.promise(ballot)
         self._journal.replica_changed(job, store.promised, store.accepted)
-        attempt.promise(self._me, store.records.values())
+        attempt.promise(self._me, self.records_of(job))
         for member in members:
             if member == self._me:
                 continue
@@ -139,6 +194,11 @@ class Succession:
                 continue
             self._ask_promise(record.connection, attempt, member, 0, [], lost, why)
         self._judge(attempt, lost, why)
+
+    def _promised_myself(self, store: ReplicaStore, lost: Ballot) -> bool:
+        """Whether this node promised its own ballot, above the lost master's, for the job of C{store}."""
+        promised = store.promised
+        return promised is not None and promised > lost and promised.node == self._me
 
     def _ask_promise(
         self, protocol: Any, attempt: Takeover, member: str, after: int, got: list[Record], lost: Ballot, why: str
@@ -229,10 +289,8 @@ class Succession:
                 error=e,
             )
             return
-        log_ = MasterLog(image.members, self._me, ballot, merged)
-        self.logs[job_id] = log_
+        self.logs[job_id] = self._master_log(job_id, image.members, ballot, merged)
         self._members[job_id] = image.members
-        self._store_own(job_id, ballot, merged)
         self.directory.learn(job_id, ballot)
         log.warn(
             "Node {name} took over job {job} as master at epoch {epoch}: {old} {why}; {agreed} of {size} "

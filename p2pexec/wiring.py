@@ -143,7 +143,7 @@ def build_parts(
         following=Following(reactor),
         task_outputs=TaskOutputs(reactor, outputs),
     )
-    parts.following.replicas = ReplicaViews(replication.stores, directory, reactor, wall)
+    parts.following.replicas = ReplicaViews(replication.stores, replication.records_of, directory, reactor, wall)
     responders.following = parts.following
     responders.task_outputs = parts.task_outputs
     return parts
@@ -155,12 +155,13 @@ def wire(node: Node, p: Parts) -> None:
     p.gossip.wire(node, p.peers, p.dialer)
     p.liveness.wire(node, p.peers, p.master, p.worker, p.outbox)
     p.intake.wire(node, p.master, p.journal)
-    p.startup.wire(node, p.master, p.journal)
+    p.startup.wire(node, p.master, p.journal, p.peers)
     p.views.wire(node, p.peers, p.master, p.worker, p.journal, p.liveness, p.discovery, p.responders)
     p.responders.wire(
         node, p.peers, p.master, p.worker, p.journal, p.dialer, p.gossip, p.outbox, p.intake, p.views, p.replication
     )
     p.replication.wire(node, p.peers, p.master, p.journal)
+    p.replication.connected_listeners.append(p.startup.peer_connected)
     p.liveness.on_dead.append(p.replication.peer_dead)
     p.following.wire(node, p.peers, p.views, p.directory)
     p.task_outputs.wire(node, p.peers, p.master, p.worker, p.directory)

@@ -250,3 +250,31 @@ class ReplicasZeroTests(SynchronousTestCase):
         replication = {commands.Replicate.commandName, commands.Promise.commandName, commands.JobLeader.commandName}
         self.assertEqual(replication & set(sent), set())
         self.assertEqual(sum(node.replication.sent for node in cluster.nodes.values()), 0)
+
+
+class LoneMasterTests(SynchronousTestCase):
+    """A job accepted while no other node is connected has a replica set of one: nothing to fail over to."""
+
+    def test_no_log_kept_without_another_node(self):
+        """
+        With C{--replicas 2} and no peer, the job runs to its end without a
+        replicated log: no record is kept in memory or journaled as a
+        replica record, and nothing is sent.
+        """
+        cluster = Cluster()
+        cluster.add("z1", address="127.0.0.10", capabilities=frozenset({"w"}), replicas=2, duration=0.5)
+        replication = cluster.nodes["z1"].replication
+        journaled = []
+        original = cluster.nodes["z1"].journal.replica_batch
+        cluster.nodes["z1"].journal.replica_batch = lambda job, batch: (
+            journaled.append(batch),
+            original(job, batch),
+        )
+        with capturedLogs() as events:
+            job_id = submit(cluster, "z1", 5)
+            cluster.network.run_until(lambda: cluster.nodes["z1"].master.jobs[job_id].finished is not None, limit=30)
+        self.assertEqual((replication.logs, replication.stores, journaled, replication.sent), ({}, {}, [], 0))
+        self.assertIn(
+            f"Node z1 does not replicate job {job_id}: no other node is connected, so it has no failover",
+            [text(e) for e in events],
+        )

@@ -226,6 +226,18 @@ class TaskResultTests(SynchronousTestCase):
         wire["duration"] = -1.5
         self.assertEqual(TaskResult.from_wire(wire).duration, 0.0)
 
+    def test_decoded_results_share_their_status_and_node(self):
+        """
+        Results decoded from JSON (as a master receives them) share one
+        status string and one node name string, rather than each keeping
+        its own decoded copy for the whole job (W4, docs/performance.rst).
+        """
+        wire = '[{"id": "t1", "attempt": 1, "status": "succeeded", "node": "bench1", "duration": 0.1},'
+        wire += ' {"id": "t2", "attempt": 1, "status": "succeeded", "node": "bench1", "duration": 0.1}]'
+        first, second = [TaskResult.from_wire(entry) for entry in json.loads(wire)]
+        self.assertIs(first.status, second.status)
+        self.assertIs(first.node, second.node)
+
 
 class AssignmentTests(SynchronousTestCase):
     """L{Assignment}: a task plus its attempt number."""

@@ -14,6 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from p2pexec.journal import Journal, NullJournal
 from p2pexec.journal_schema import JOURNAL_FILE
 from p2pexec.node import NodeConfig, create_node
+from p2pexec.replica_log import Batch
 from p2pexec.replicas import Ballot
 from p2pexec.replication import END, JOB, RESULT, Record
 from p2pexec.testing.network import FakeNetwork
@@ -52,7 +53,7 @@ class PruneReplicasTests(SynchronousTestCase):
         }
         for job, held in logs.items():
             journal.replica_changed(job, BALLOT, BALLOT)
-            journal.replica_records(job, held)
+            journal.replica_batch(job, Batch.of(BALLOT, held))
         journal.commit()
         self.assertEqual(journal.prune_replicas(200.0), 3)
         journal.close()
@@ -60,8 +61,11 @@ class PruneReplicasTests(SynchronousTestCase):
         self.assertEqual(query(path, "SELECT job FROM replica_jobs ORDER BY job"), [("new",), ("open",)])
         journal = Journal(state_dir, Clock())
         self.addCleanup(journal.close)
-        kept = {job: (promised, accepted, held) for job, promised, accepted, held in journal.replica_logs()}
-        self.assertEqual(kept, {job: (BALLOT, BALLOT, logs[job]) for job in ("new", "open")})
+        kept = {
+            job: (promised, accepted, [batch.raw for batch in batches])
+            for job, promised, accepted, batches in journal.replica_logs()
+        }
+        self.assertEqual(kept, {job: (BALLOT, BALLOT, [Batch.of(BALLOT, logs[job]).raw]) for job in ("new", "open")})
         self.assertEqual(journal.prune_replicas(200.0), 0)
         self.assertEqual(journal.prune_replicas(301.0), 1)
         self.assertEqual([job for job, *_ in journal.replica_logs()], ["open"])
@@ -127,7 +131,7 @@ class ReplicaRetentionTests(SynchronousTestCase):
         and neither its journal nor its replication holds it any more.
         """
         cluster, job_id, replica = self.run_job()
-        held = cluster.nodes[replica].replication.stores[job_id].records.values()
+        held = cluster.nodes[replica].replication.records_of(job_id)
         [data] = [record.data for record in held if record.kind == END]
         self.assertLess(abs(data["finished"] - time.time()), 60.0, data)
         later = self.restart(cluster, replica, wall=lambda: data["finished"] + 3601.0)

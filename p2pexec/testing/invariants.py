@@ -18,9 +18,9 @@ each a readable sentence:
   - L{check_no_unhandled_errors}: nothing was logged as critical (an
     unhandled error in a Deferred, an exception in a responder).
 
-The last but one two read what the nodes expose through an
-L{IFailoverProbe}; until master failover exists, L{NoFailover} observes
-nothing and they pass trivially.
+The fencing and leader checks read what the nodes did through an
+L{IFailoverProbe}: L{p2pexec.testing.probe.FailoverProbe} for a run with
+replication, L{NoFailover} (which observes nothing) for one without.
 """
 
 from __future__ import annotations
@@ -60,8 +60,11 @@ class Observation:
     @ivar kind: C{"assignment"}: worker C{node} accepted an assignment of
         C{job} at C{epoch}, having seen at most C{seen} before;
         C{"acknowledged"}: C{node}, as master of C{job} at C{epoch},
-        acknowledged a record (to a client or a worker) as committed.
-    @ivar detail: what, for the report (a task id, a record's seq).
+        acknowledged a record (to a client or a worker) as committed;
+        C{"took over"}: C{node} took C{job} over at C{epoch}, the tasks in
+        C{detail} (comma-separated) having their result already.
+    @ivar detail: what, for the report (task ids, attempts).
+    @ivar incarnation: which life of C{node} (1 for its first start).
     """
 
     kind: str
@@ -70,14 +73,18 @@ class Observation:
     epoch: int
     seen: int = 0
     detail: str = ""
+    incarnation: int = 1
 
 
 class IFailoverProbe(Protocol):
     """
-    What the simulation asks the nodes about failover.  Master failover
-    (issue 13) implements it over the epochs its nodes keep; until then
-    L{NoFailover} answers for today's code.
+    What the simulation asks the nodes about failover:
+    L{p2pexec.testing.probe.FailoverProbe} for a run with replication,
+    L{NoFailover} for one without.
     """
+
+    def attach(self, name: str, incarnation: int, node: Node) -> None:
+        """Node C{name} starts (its C{incarnation}-th life): watch it."""
 
     def observations(self, name: str, node: Node) -> Iterable[Observation]:
         """
@@ -91,16 +98,25 @@ class IFailoverProbe(Protocol):
     def replica_set(self, job: str, original_master: str) -> Sequence[str]:
         """The names of C{job}'s replica set (its master and successors, as accepted)."""
 
+    def settled(self, job: str, node: Node) -> bool:
+        """Whether what C{node} decided of C{job} (that it finished, say) is for good: committed."""
+
+    def holds_end(self, job: str, node: Node) -> bool:
+        """Whether C{node} holds the record of C{job}'s end (as a member of its replica set)."""
+
 
 class NoFailover:
     """
-    The probe for today's code: a job lives on the node that accepted it
-    (its replica set is that node alone), and nobody keeps epochs, so
-    there is nothing to observe.
+    The probe for a run without replication (C{--replicas 0}): a job lives
+    on the node that accepted it (its replica set is that node alone), and
+    nothing changes epochs, so there is nothing to observe.
     """
 
+    def attach(self, name: str, incarnation: int, node: Node) -> None:
+        """Nothing to watch."""
+
     def observations(self, name: str, node: Node) -> Iterable[Observation]:
-        """Nothing: no node keeps epochs yet."""
+        """Nothing: no node keeps epochs."""
         return ()
 
     def master_of(self, job: str, nodes: Mapping[str, Node]) -> str | None:
@@ -113,6 +129,14 @@ class NoFailover:
     def replica_set(self, job: str, original_master: str) -> Sequence[str]:
         """The master alone."""
         return (original_master,)
+
+    def settled(self, job: str, node: Node) -> bool:
+        """Always: the master's journal is the job's only record."""
+        return True
+
+    def holds_end(self, job: str, node: Node) -> bool:
+        """Never: nothing is replicated."""
+        return False
 
 
 # -- invariant checkers ---------------------------------------------------------
@@ -157,9 +181,11 @@ class Recorded:
     attempt: int
     status: str
     worker: str
+    epoch: int = 1
+    """The epoch at which the master led the job when it recorded it."""
 
 
-def check_no_double_records(records: Sequence[Recorded], known: Mapping[tuple[str, int], set[str]]) -> list[str]:
+def check_no_double_records(records: Sequence[Recorded], known: Mapping[tuple[str, int, int], set[str]]) -> list[str]:
     """
     No task's successful result was recorded twice: not twice by one master
     incarnation, and not again by a master that resumed (or took over) the
@@ -167,14 +193,15 @@ def check_no_double_records(records: Sequence[Recorded], known: Mapping[tuple[st
 
     @param records: every result recorded as a task's, in order.
     @param known: the tasks that already had a successful result when each
-        (master, incarnation) took the job up (from its journal).
+        (master, incarnation, epoch) took the job up (from its journal, or
+        the records of a takeover).
     """
-    seen: dict[tuple[str, int], dict[str, Recorded]] = {}
+    seen: dict[tuple[str, int, int], dict[str, Recorded]] = {}
     problems = []
     for record in records:
         if record.status != "succeeded":
             continue
-        key = (record.master, record.incarnation)
+        key = (record.master, record.incarnation, record.epoch)
         mine = seen.setdefault(key, {})
         if record.task in known.get(key, set()):
             problems.append(

@@ -161,6 +161,15 @@ class FakeNetwork(Clock):
         client_protocol = connector.factory.buildProtocol(server_address)
         server_transport = FakeTransport(server_protocol, True, server_address, client_address)
         client_transport = FakeTransport(client_protocol, False, client_address, server_address)
+        # iosim's FakeTransport shares one ConnectionDone instance among all
+        # transports (a class attribute).  Each time a Failure of it is
+        # raised again (as AMP does to fail outstanding calls), Python chains
+        # the new traceback onto the instance's old one, so that shared
+        # exception ends up holding every frame it was ever raised through,
+        # and with them every simulated cluster that ever lost a
+        # connection.  One instance per transport ends with the transport.
+        server_transport.disconnectReason = error.ConnectionDone("Connection done")
+        client_transport.disconnectReason = error.ConnectionDone("Connection done")
         server_protocol.makeConnection(server_transport)
         client_protocol.makeConnection(client_transport)
         pump = Pump(client_protocol, server_protocol, client_transport, server_transport, False, clock=self)

@@ -48,20 +48,25 @@ class SimulationConfig:
     """
     The shape of a run; the seed picks everything else.
 
-    @ivar failover: the failover era: the master may crash for good, and
-        the job must finish once a majority of its replica set lives
-        (L{p2pexec.testing.invariants.IFailoverProbe.replica_set}).  Without it (today's code), the
-        master always comes back with its journal.
+    @ivar failover: the job is replicated (C{--replicas}
+        L{replicas}) and submitted once the cluster formed; the master may
+        crash for good, and the job must finish once a majority of its
+        replica set lives
+        (L{p2pexec.testing.invariants.IFailoverProbe.replica_set}).
+        Without it (C{--replicas 0}), the job is the master's start-up job
+        and the master always comes back with its journal.
+    @ivar replicas: the successors of each job, with C{failover}.
     @ivar kinds: the fault kinds drawn, with their weights.
     """
 
     nodes: int = 5
-    tasks: tuple[int, int] = (10, 60)
-    faults: tuple[int, int] = (2, 12)
-    fault_window: float = 15.0
+    tasks: tuple[int, int] = (4, 16)
+    faults: tuple[int, int] = (2, 8)
+    fault_window: float = 8.0
     quiet_limit: float = 120.0
     settle: float = 3.0
-    failover: bool = False
+    failover: bool = True
+    replicas: int = 2
     kinds: Mapping[str, int] = attr.ib(
         factory=lambda: {
             "crash": 3,

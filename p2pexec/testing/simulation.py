@@ -64,6 +64,7 @@ from p2pexec.testing.invariants import (
     check_results,
 )
 from p2pexec.testing.network import FakeHost, FakeNetwork
+from p2pexec.testing.probe import FailoverProbe
 from p2pexec.testing.runner import FakeRunner
 from p2pexec.testing.schedule import Fault, SimulationConfig, make_schedule
 
@@ -180,7 +181,7 @@ class Simulation:
         """
         self.seed = seed
         self.config = config or SimulationConfig()
-        self.probe: IFailoverProbe = probe or NoFailover()
+        self.probe: IFailoverProbe = probe or (FailoverProbe() if self.config.failover else NoFailover())
         self._log_lines = log_lines
         self.schedule = make_schedule(seed, self.config)
         rng = random.Random(f"cluster/{seed}")
@@ -200,9 +201,15 @@ class Simulation:
         self._state_dirs: dict[str, str] = {}
         self.trace: list[str] = []
         self.records: list[Recorded] = []
-        self.known: dict[tuple[str, int], set[str]] = {}
+        self.known: dict[tuple[str, int, int], set[str]] = {}
         self.observations: list[Observation] = []
         self.job_id: str | None = None
+        self.accepted: list[str] = []
+        """The ids of the tasks accepted (a job's tasks are accepted once its submission is acknowledged)."""
+        self._ended: list[tuple[int, int, Job]] = []
+        """The job as finished by a node that then went down: (its epoch, 0, the job)."""
+        self.offset = 0.0
+        """When the schedule's time 0 is (with failover, the moment the job is submitted)."""
         self.runs = 0
 
     # -- nodes ----------------------------------------------------------------
@@ -222,9 +229,10 @@ class Simulation:
             port=PORT,
             capabilities=frozenset({"w"}),
             slots=self._slots[name],
-            tasks=self.tasks if name == self.master_name else None,
-            job_source=JOB_SOURCE if name == self.master_name else None,
+            tasks=self.tasks if name == self.master_name and not self.config.failover else None,
+            job_source=JOB_SOURCE if name == self.master_name and not self.config.failover else None,
             state_dir=self._state_dirs[name],
+            replicas=self.config.replicas if self.config.failover else 0,
         )
         network = self.network
 
@@ -234,13 +242,14 @@ class Simulation:
         node = create_node(config, host, runner, wall=wall, rng=random.Random(f"node/{self.seed}/{name}/{incarnation}"))
         node.views.on_result(lambda result: self._recorded(name, incarnation, result))
         self.nodes[name], self.hosts[name] = node, host
+        self.probe.attach(name, incarnation, node)
         node.start()
-        if name == self.master_name:
+        if name == self.master_name and not self.config.failover:
             job_id = node.startup.job_id
             if self.job_id is None:
                 self.job_id = job_id
             job = node.master.jobs.get(self.job_id) if self.job_id is not None else None
-            self.known[(name, incarnation)] = (
+            self.known[(name, incarnation, 1)] = (
                 set()
                 if job is None
                 else {t for t, r in job.tasks.items() if r.result is not None and r.result.status == "succeeded"}
@@ -250,15 +259,54 @@ class Simulation:
 
     def _recorded(self, master: str, incarnation: int, result: TaskResult) -> None:
         now = self.network.seconds()
+        node = self.nodes.get(master)
+        epoch = node.master.epoch_of(self.job_id) if node is not None and self.job_id is not None else 1
         self.records.append(
-            Recorded(now, master, incarnation, result.task_id, result.attempt, result.status, result.node)
+            Recorded(now, master, incarnation, result.task_id, result.attempt, result.status, result.node, epoch)
         )
         self.trace.append(f"{now:.6f} {master} records {result.task_id}#{result.attempt} {result.status} {result.node}")
 
     def _collect(self, name: str) -> None:
         node = self.nodes.get(name)
-        if node is not None:
-            self.observations.extend(self.probe.observations(name, node))
+        if node is None:
+            return
+        job = node.master.jobs.get(self.job_id) if self.job_id is not None else None
+        if (
+            job is not None
+            and job.finished is not None
+            and self.job_id is not None
+            and (self.probe.settled(self.job_id, node) or self._end_held(name))
+        ):
+            self._ended.append((node.master.epoch_of(self.job_id), 0, job))
+        for observation in self.probe.observations(name, node):
+            self.observations.append(observation)
+            if observation.kind == "took over":
+                # The results the new leader took over with: it must never record them again.
+                done = {t for t in observation.detail.split(",") if t}
+                self.known.setdefault((observation.node, observation.incarnation, observation.epoch), set()).update(
+                    done
+                )
+
+    def submit(self) -> None:
+        """
+        With failover: once the master is connected to every other node
+        (or a few seconds passed), submit the job to it, as a client would;
+        its tasks are accepted once the submission is acknowledged.
+        """
+        network, master = self.network, self.nodes[self.master_name]
+        others = len(self.nodes) - 1
+        network.run_events(5.0, stop=lambda: len(master.peers.connected_peers()) >= others)
+        documents = [{"id": t.id, "kind": t.kind, "command": ["true"]} for t in self.tasks]
+
+        def accepted(job_id: str) -> None:
+            self.job_id = job_id
+            self.accepted = [t.id for t in self.tasks]
+            self._note(f"{self.master_name} accepted job {job_id}")
+            self._collect(self.master_name)  # the probe notes the job's replica set
+
+        master.submit(documents, label="simulated job").addCallbacks(accepted, lambda f: self._note(f"submit: {f}"))
+        network.run_events(0.5, stop=lambda: self.job_id is not None)
+        self.offset = network.seconds()
 
     def crash(self, name: str) -> None:
         """Kill node C{name} at once, as SIGKILL would (what its journal holds stays)."""
@@ -319,15 +367,63 @@ class Simulation:
     # -- the run --------------------------------------------------------------
 
     def final_job(self) -> Job | None:
-        """The job as its current master holds it, if a live node leads it."""
+        """
+        The job as its final master holds it: the live node that leads it,
+        or a node that finished it before it went down, whichever led it at
+        the higher epoch (a deposed master may have finished the job on its
+        own, uncommitted; the leader after it has the say).
+        """
+        final = self._final()
+        return final[2] if final is not None else None
+
+    def _final(self) -> tuple[int, int, Job] | None:
+        """The final master's epoch, whether it is live (1) or went down having finished the job (0), and the job."""
         if self.job_id is None:
             return None
+        candidates = list(self._ended)
         leader = self.probe.master_of(self.job_id, self.nodes)
-        return self.nodes[leader].master.jobs.get(self.job_id) if leader is not None else None
+        job = self.nodes[leader].master.jobs.get(self.job_id) if leader is not None else None
+        if leader is not None and job is not None:
+            candidates.append((self.nodes[leader].master.epoch_of(self.job_id), 1, job))
+        return max(candidates, key=lambda c: c[:2]) if candidates else None
+
+    def _end_held(self, finisher: str) -> bool:
+        """
+        Whether a majority of the job's replica set holds its end, counting
+        C{finisher}, which logged it (the answers may not have reached it
+        before it went down: committed all the same).
+        """
+        assert self.job_id is not None
+        replicas = self.probe.replica_set(self.job_id, self.master_name)
+        others = [n for n in replicas if n != finisher and n in self.nodes]
+        held = 1 + sum(1 for n in others if self.probe.holds_end(self.job_id, self.nodes[n]))
+        return held >= len(replicas) // 2 + 1
+
+    def _must_finish(self) -> bool:
+        """
+        Whether the job must finish now that the faults stopped: it was
+        accepted and a majority of its replica set lives (nothing restarts
+        after the faults stop, so a dead majority stays dead: waiting for
+        the job then would only burn time).
+        """
+        if not self.accepted or self.job_id is None:
+            return False
+        for name in list(self.nodes):
+            self._collect(name)
+        replicas = self.probe.replica_set(self.job_id, self.master_name)
+        return sum(1 for n in replicas if n in self.nodes) >= len(replicas) // 2 + 1
 
     def _finished(self) -> bool:
-        job = self.final_job()
-        return job is not None and job.finished is not None
+        """Whether the job finished at its final master, for good (committed, with failover)."""
+        if not self.accepted:
+            return True  # nothing was accepted: nothing need finish
+        final = self._final()
+        if final is None or final[2].finished is None:
+            return False
+        if final[1] == 0:
+            return True  # it went down after the end was committed (see _collect)
+        leader = self.probe.master_of(final[2].id, self.nodes)
+        return leader is not None and self.probe.settled(final[2].id, self.nodes[leader])
 
     def run(self) -> Outcome:
         """Play the schedule, let the cluster calm down, and check every invariant."""
@@ -376,13 +472,18 @@ class Simulation:
             self._state_dirs[name] = os.path.join(scratch, name)
             self.start(name)
         network = self.network
+        if config.failover:
+            self.submit()
+        else:
+            self.accepted = [t.id for t in self.tasks]
         for fault in self.schedule:
-            network.run_events(max(0.0, fault.at - network.seconds()))
+            network.run_events(max(0.0, self.offset + fault.at - network.seconds()))
             self.apply(fault)
-        network.run_events(max(0.0, config.fault_window - network.seconds()))
+        network.run_events(max(0.0, self.offset + config.fault_window - network.seconds()))
         self.calm()
         quiet_start = network.seconds()
-        network.run_events(config.quiet_limit, stop=self._finished)
+        if self._must_finish():
+            network.run_events(config.quiet_limit, stop=self._finished)
         finished_at = network.seconds() if self._finished() else None
         network.run_events(config.settle)
         for name in list(self.nodes):
@@ -391,10 +492,16 @@ class Simulation:
         job_id = self.job_id or "(none)"
         final = self.final_job()
         replicas = self.probe.replica_set(job_id, self.master_name)
+        alive = [n for n in replicas if n in self.nodes]
+        majority = len(alive) >= len(replicas) // 2 + 1
         violations = (
-            check_results(job_id, [t.id for t in self.tasks], final)
+            (check_results(job_id, self.accepted, final) if self.accepted and (final or majority) else [])
             + check_no_double_records(self.records, self.known)
-            + check_finished(job_id, final, sorted(self.nodes), replicas, network.seconds() - quiet_start)
+            + (
+                check_finished(job_id, final, sorted(self.nodes), replicas, network.seconds() - quiet_start)
+                if self.accepted
+                else []
+            )
             + check_fencing(self.observations)
             + check_one_leader_per_epoch(self.observations)
             + check_no_unhandled_errors(critical)

@@ -168,6 +168,10 @@ def task_entry(record: TaskRecord, waiting_kinds: frozenset[str], output: bool =
             entry["started"] = round(result.started, 6)
         if result.signal is not None:
             entry["signal"] = result.signal
+        for name in ("stdout_size", "stderr_size", "output_cut"):
+            value = getattr(result, name)
+            if value is not None:
+                entry[name] = value
         if output:
             entry.update(stdout=result.stdout, stderr=result.stderr)
     return entry

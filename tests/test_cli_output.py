@@ -86,37 +86,41 @@ class PrinterTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.out, self.err = io.StringIO(), io.StringIO()
 
+    def ended(self, printer: output.TaskPrinter, task: output.TaskLabel, entry: dict[str, Any]) -> None:
+        """Tell C{printer} the task ended, and let it print (its output is the entry's tails)."""
+        self.successResultOf(_run(printer.ended(task, entry)))
+
     def test_completion_order(self) -> None:
         """Each task's output is printed whole, as it ends; its stderr on stderr."""
         printer = output.TaskPrinter(self.out, self.err, keep_order=False, tag=False)
-        printer.ended(label(2), task_entry("b"), "b1\nb2\n", "warn b\n")
-        printer.ended(label(1), task_entry("a"), "a1\n", "")
+        self.ended(printer, label(2), task_entry("b", stdout="b1\nb2\n", stderr="warn b\n"))
+        self.ended(printer, label(1), task_entry("a", stdout="a1\n"))
         self.assertEqual((self.out.getvalue(), self.err.getvalue()), ("b1\nb2\na1\n", "warn b\n"))
 
     def test_keep_order(self) -> None:
         """-k holds a task until those before it are printed; flush prints what is left in order."""
         printer = output.TaskPrinter(self.out, self.err, keep_order=True, tag=False)
-        printer.ended(label(3), task_entry("c"), "c\n", "")
-        printer.ended(label(2), task_entry("b"), "b\n", "")
+        self.ended(printer, label(3), task_entry("c", stdout="c\n"))
+        self.ended(printer, label(2), task_entry("b", stdout="b\n"))
         self.assertEqual(self.out.getvalue(), "")
-        printer.ended(label(1), task_entry("a"), "a\n", "")
+        self.ended(printer, label(1), task_entry("a", stdout="a\n"))
         self.assertEqual(self.out.getvalue(), "a\nb\nc\n")
-        printer.ended(label(6), task_entry("f"), "f\n", "")
-        printer.ended(label(5), task_entry("e"), "e\n", "")
-        printer.flush()
+        self.ended(printer, label(6), task_entry("f", stdout="f\n"))
+        self.ended(printer, label(5), task_entry("e", stdout="e\n"))
+        self.successResultOf(_run(printer.flush()))
         self.assertEqual(self.out.getvalue(), "a\nb\nc\ne\nf\n")
 
     def test_tag(self) -> None:
         """--tag starts every line, the last one without a newline too, with the tag and a tab."""
         printer = output.TaskPrinter(self.out, self.err, keep_order=False, tag=True)
-        printer.ended(label(1, "a c"), task_entry("a"), "x\ny", "e\n")
+        self.ended(printer, label(1, "a c"), task_entry("a", stdout="x\ny", stderr="e\n"))
         self.assertEqual((self.out.getvalue(), self.err.getvalue()), ("a c\tx\na c\ty", "a c\te\n"))
 
     def test_errors_said_on_stderr(self) -> None:
         """A task that did not succeed and has an error says it on stderr, naming the task; stdout stays clean."""
         printer = output.TaskPrinter(self.out, self.err, keep_order=False, tag=False)
-        printer.ended(
-            label(1, "x y"), task_entry("t1", "failed", status="error", error="command not found: 'nope'"), "", ""
+        self.ended(
+            printer, label(1, "x y"), task_entry("t1", "failed", status="error", error="command not found: 'nope'")
         )
         self.assertEqual(self.out.getvalue(), "")
         self.assertEqual(self.err.getvalue(), "p2pexec: task t1 (x y): command not found: 'nope'\n")
@@ -124,9 +128,9 @@ class PrinterTests(SynchronousTestCase):
     def test_terminal_escapes(self) -> None:
         """On a terminal, control characters a task printed are shown escaped; in a pipe, exact."""
         tty = TtyStringIO()
-        output.TaskPrinter(tty, self.err, False, False).ended(label(1), task_entry("a"), "\x1b[2Jx\n", "")
+        self.ended(output.TaskPrinter(tty, self.err, False, False), label(1), task_entry("a", stdout="\x1b[2Jx\n"))
         self.assertEqual(tty.getvalue(), "\\x1b[2Jx\n")
-        output.TaskPrinter(self.out, self.err, False, False).ended(label(1), task_entry("a"), "\x1b[2Jx\n", "")
+        self.ended(output.TaskPrinter(self.out, self.err, False, False), label(1), task_entry("a", stdout="\x1b[2Jx\n"))
         self.assertEqual(self.out.getvalue(), "\x1b[2Jx\n")
 
 

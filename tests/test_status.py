@@ -80,3 +80,17 @@ class TaskEntryTests(SynchronousTestCase):
         entry = task_entry(self.record(TaskResult(task_id="t1", attempt=1, status="succeeded", node="w1")), frozenset())
         self.assertNotIn("started", entry)
         self.assertNotIn("signal", entry)
+
+    def test_output_sizes_when_known(self):
+        """A result's output sizes and cut flag are shown when known (a client reads the whole output by them)."""
+        from p2pexec.model import TaskResult
+        from p2pexec.status import task_entry
+
+        known = TaskResult(
+            task_id="t1", attempt=1, status="succeeded", node="w1", stdout_size=90000, stderr_size=0, output_cut=False
+        )
+        entry = task_entry(self.record(known), frozenset())
+        self.assertEqual((entry["stdout_size"], entry["stderr_size"], entry["output_cut"]), (90000, 0, False))
+        entry = task_entry(self.record(TaskResult(task_id="t1", attempt=1, status="succeeded", node="w1")), frozenset())
+        self.assertNotIn("stdout_size", entry)
+        self.assertNotIn("output_cut", entry)

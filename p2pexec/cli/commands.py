@@ -215,7 +215,7 @@ async def follow(ctx: Context, job: str, tasks: TaskFollower | None = None) -> i
     if tasks is not None:
         await tasks.poll(ctx.node, summary)
         if tasks.printer is not None:
-            tasks.finish(summary)
+            await tasks.finish(summary)
             return job_exit_status(summary)
     ctx.out.line(final_line(summary))
     status = job_exit_status(summary)

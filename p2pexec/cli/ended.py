@@ -2,19 +2,22 @@
 The tasks of a followed job as they end, for C{run} and C{submit --wait
 --output/--joblog}: L{EndedTasks} pages through JOB_TASKS from the first
 task that had not ended at the last look, and hands back the ones that
-ended since, in the order they ended; L{whole_output} is where a task's
-output comes from.
+ended since, in the order they ended; L{whole_output} reads a task's
+output, the tail in its entry or, when that is not all of it, the whole
+kept output with TASK_OUTPUT.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
 
 from twisted.protocols import amp
 
 from p2pexec import commands
-from p2pexec.cli.errors import CliError
+from p2pexec.cli.errors import PROG, CliError
+from p2pexec.client import calls
+from p2pexec.client.errors import ClientError, OutputGone
 
 ENDED_STATES = frozenset({"succeeded", "failed", "cancelled"})
 """The JOB_TASKS states of a task that has its final result."""
@@ -83,16 +86,76 @@ class EndedTasks:
         return ended
 
 
-async def whole_output(node: Node, job: str, entry: dict[str, Any], stream: str) -> str:
-    """
-    What the task wrote to C{stream} (C{stdout} or C{stderr}), to print.
-
-    For now the tail in its JOB_TASKS entry (the last 8 KiB).  Where the
-    logs part keeps the whole output: when the entry says the task wrote
-    more than its tail (C{stdout_size}/C{stderr_size} above the tail's
-    bytes, or C{output_cut}), this is the one place to fetch it with
-    TASK_OUTPUT (job, task, stream, offset, limit) from offset 0 until
-    C{next_offset == size}.
-    """
+def tail_bytes(entry: dict[str, Any], stream: str) -> bytes:
+    """The tail of C{stream} in a JOB_TASKS entry, as bytes (the worker decoded it as UTF-8)."""
     text = entry.get(stream)
-    return text if isinstance(text, str) else ""
+    return text.encode("utf-8", "replace") if isinstance(text, str) else b""
+
+
+def cut_from_tail(entry: dict[str, Any], stream: str) -> bool:
+    """
+    Whether the tail of C{stream} in a JOB_TASKS entry is not the whole of
+    it: the entry says the task wrote more bytes (C{stdout_size} or
+    C{stderr_size}) than the tail holds, or the tail was not valid UTF-8
+    (a replacement character in it).  A node that says no size (an older
+    one) is taken at its tail.
+    """
+    size = entry.get(f"{stream}_size")
+    if type(size) is not int:
+        return False
+    text = entry.get(stream)
+    text = text if isinstance(text, str) else ""
+    return size != len(tail_bytes(entry, stream)) or "\ufffd" in text
+
+
+async def whole_output(
+    node: Node, job: str, entry: dict[str, Any], stream: str, warn: Callable[[str], None]
+) -> AsyncIterator[bytes]:
+    """
+    What an ended task wrote to C{stream} (C{stdout} or C{stderr}), in
+    pieces as they come, to print them as they come: the tail in its
+    JOB_TASKS entry when that is all of it (L{cut_from_tail}), else its
+    whole kept output, read with TASK_OUTPUT from offset 0 until
+    C{next_offset == size} (at most 60,000 bytes at a time, so that a
+    task's 100 MiB never sits in memory).
+
+    When the node cannot give the kept output (the worker that held it is
+    gone, it keeps none, it is an older node, the task ran again), C{warn}
+    is called with a line saying so, and the tail is given instead (or, if
+    part was given already, nothing more).
+
+    @raise ClientError: if the connection to the node is lost.
+    """
+    if not cut_from_tail(entry, stream):
+        tail = tail_bytes(entry, stream)
+        if tail:
+            yield tail
+        return
+    task = str(entry["id"])
+    offset = 0
+    try:
+        while True:
+            answer = await calls.task_output(node, job, task, stream, offset)
+            attempt = entry.get("attempts")
+            if type(attempt) is int and answer.get("attempt") != attempt:
+                raise OutputGone(f"attempt {answer.get('attempt')} of task {task} runs now, not attempt {attempt}")
+            data, following, size = answer["data"], answer["next_offset"], answer["size"]
+            if data:
+                yield data
+            if following >= size:
+                return
+            if following <= offset:
+                raise calls.NoProgress(
+                    f"the node at {node.address} answered TASK_OUTPUT with no progress (next_offset={following})"
+                )
+            offset = following
+    except ClientError as e:
+        if e.lost:
+            raise
+        if offset:
+            warn(f"{PROG}: task {task}: the rest of its {stream} cannot be read: {e.message}")
+            return
+        tail = tail_bytes(entry, stream)
+        warn(f"{PROG}: task {task}: only the last {len(tail)} bytes of its {stream} are shown: {e.message}")
+        if tail:
+            yield tail

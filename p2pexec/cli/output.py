@@ -18,14 +18,15 @@ tasks (L{p2pexec.cli.ended}), prints them, and writes the joblog.
 
 from __future__ import annotations
 
+import codecs
 import os
 import time
-from collections.abc import Sequence
-from typing import Any, TextIO
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from typing import Any, BinaryIO, TextIO
 
 import attr
 
-from p2pexec.cli.ended import EndedTasks, Node, whole_output
+from p2pexec.cli.ended import EndedTasks, Node, tail_bytes, whole_output
 from p2pexec.cli.errors import PROG
 from p2pexec.cli.joblog import Joblog, command_text
 from p2pexec.cli.render import ProgressDisplay, final_line, for_stream, outcome_counts, progress_line
@@ -54,11 +55,6 @@ def task_labels(tasks: Sequence[TaskSpec], tags: Sequence[str] | None = None) ->
         spec.id: TaskLabel(number, spec.id if tags is None else tags[number - 1], command_text(spec))
         for number, spec in enumerate(tasks, start=1)
     }
-
-
-def tagged(text: str, tag: str) -> str:
-    """C{text} with C{tag} and a tab before each of its lines."""
-    return "".join(f"{tag}\t{line}" for line in text.splitlines(keepends=True))
 
 
 class StatusLine:
@@ -103,43 +99,112 @@ class StatusLine:
         self._text = None
 
 
-class TaskPrinter:
-    """Prints each ended task's output, grouped, in completion or (C{keep_order}) argument order."""
+Reader = Callable[[dict[str, Any], str], AsyncIterator[bytes]]
+"""Reads what an ended task (its JOB_TASKS entry) wrote to a stream (C{stdout} or C{stderr}), piece by piece."""
 
-    def __init__(self, out: TextIO, err: TextIO, keep_order: bool, tag: bool) -> None:
+
+async def read_tail(entry: dict[str, Any], stream: str) -> AsyncIterator[bytes]:
+    """A L{Reader} that gives the tail in the task's entry, and no more."""
+    tail = tail_bytes(entry, stream)
+    if tail:
+        yield tail
+
+
+class StreamSink:
+    """
+    Where the pieces of one task's stream are written as they come: as
+    bytes to a pipe or a file (exact, through the stream's binary buffer
+    when it has one), or decoded and escaped on a terminal; with a tag,
+    each line started with it and a tab, also across pieces.
+    """
+
+    def __init__(self, stream: TextIO, tag: str | None) -> None:
+        self._stream = stream
+        self._binary: BinaryIO | None = None if stream.isatty() else getattr(stream, "buffer", None)
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self._prefix = None if tag is None else tag.encode("utf-8", "replace") + b"\t"
+        self._line_start = True
+        self.written = False
+
+    def write(self, data: bytes) -> None:
+        """Write one piece."""
+        if not data:
+            return
+        if self._prefix is not None:
+            data = b"".join((self._prefix + line if start else line) for line, start in self._lines(data))
+        self.written = True
+        if self._binary is not None:
+            self._stream.flush()
+            self._binary.write(data)
+        else:
+            self._stream.write(for_stream(self._stream, self._decoder.decode(data)))
+
+    def _lines(self, data: bytes) -> Iterator[tuple[bytes, bool]]:
+        """Each line of C{data} (split after each newline), and whether it starts a line of the stream."""
+        parts = data.split(b"\n")
+        for part in parts[:-1]:
+            yield part + b"\n", self._line_start
+            self._line_start = True
+        if parts[-1]:
+            yield parts[-1], self._line_start
+            self._line_start = False
+
+    def close(self) -> None:
+        """The stream ended: write what the decoder holds, and flush."""
+        if self._binary is None:
+            rest = self._decoder.decode(b"", final=True)
+            if rest:
+                self._stream.write(for_stream(self._stream, rest))
+        self._stream.flush()
+
+
+class TaskPrinter:
+    """
+    Prints each ended task's output, grouped, in completion or
+    (C{keep_order}) argument order, each stream written piece by piece as
+    C{read} gives it (a held task's output is read once its turn comes).
+    """
+
+    def __init__(self, out: TextIO, err: TextIO, keep_order: bool, tag: bool, read: Reader = read_tail) -> None:
         self._out = out
         self._err = err
         self._keep_order = keep_order
         self._tag = tag
-        self._held: dict[int, tuple[TaskLabel, dict[str, Any], str, str]] = {}
+        self.read = read
+        """Reads a task's stream (L{TaskFollower} sets one that asks the node for the whole output)."""
+        self._held: dict[int, tuple[TaskLabel, dict[str, Any]]] = {}
         self._next = 1
 
-    def ended(self, label: TaskLabel, entry: dict[str, Any], stdout: str, stderr: str) -> None:
+    async def ended(self, label: TaskLabel, entry: dict[str, Any]) -> None:
         """One task ended: print it now, or once those before it are (C{keep_order})."""
         if not self._keep_order:
-            self._print(label, entry, stdout, stderr)
+            await self._print(label, entry)
             return
-        self._held[label.sequence] = (label, entry, stdout, stderr)
+        self._held[label.sequence] = (label, entry)
         while self._next in self._held:
-            self._print(*self._held.pop(self._next))
+            await self._print(*self._held.pop(self._next))
             self._next += 1
 
-    def flush(self) -> None:
+    async def flush(self) -> None:
         """Print what is still held (tasks that never ended leave gaps), in order."""
         for sequence in sorted(self._held):
-            self._print(*self._held.pop(sequence))
+            await self._print(*self._held.pop(sequence))
 
-    def _print(self, label: TaskLabel, entry: dict[str, Any], stdout: str, stderr: str) -> None:
-        if self._tag:
-            stdout, stderr = tagged(stdout, label.tag), tagged(stderr, label.tag)
-        if stdout:
-            self._out.write(for_stream(self._out, stdout))
-            self._out.flush()
+    async def _copy(self, entry: dict[str, Any], stream: str, sink: StreamSink) -> None:
+        try:
+            async for piece in self.read(entry, stream):
+                sink.write(piece)
+        finally:
+            sink.close()
+
+    async def _print(self, label: TaskLabel, entry: dict[str, Any]) -> None:
+        tag = label.tag if self._tag else None
+        await self._copy(entry, "stdout", StreamSink(self._out, tag))
+        errors = StreamSink(self._err, tag)
+        await self._copy(entry, "stderr", errors)
         error = entry.get("error")
         if error and entry.get("status") != "succeeded":
-            stderr += f"{PROG}: task {entry['id']} ({label.tag}): {error}\n"
-        if stderr:
-            self._err.write(for_stream(self._err, stderr))
+            self._err.write(for_stream(self._err, f"{PROG}: task {entry['id']} ({label.tag}): {error}\n"))
             self._err.flush()
 
 
@@ -168,6 +233,14 @@ class TaskFollower:
         self._job = job
         self._done = -1
         self._status: StatusLine | None = None
+        self._node: Node | None = None
+        if printer is not None:
+            printer.read = self._read
+
+    def _read(self, entry: dict[str, Any], stream: str) -> AsyncIterator[bytes]:
+        """A task's whole output, from the node the job is followed through now."""
+        assert self._node is not None, "read before the first poll"
+        return whole_output(self._node, self._job, entry, stream, lambda line: self.note(line, always=True))
 
     def note(self, text: str, always: bool = False) -> None:
         """A line for people on standard error: only on a terminal, unless C{always}."""
@@ -195,6 +268,7 @@ class TaskFollower:
         if summary["done"] == self._done and summary["state"] == "running":
             return
         self._done = summary["done"]
+        self._node = node
         ended = await self._ended.new(node)
         if not ended:
             return
@@ -206,19 +280,17 @@ class TaskFollower:
             if self._joblog is not None:
                 self._joblog.ended(label.sequence, entry, label.command, seen_at)
             if self.printer is not None:
-                stdout = await whole_output(node, self._job, entry, "stdout")
-                stderr = await whole_output(node, self._job, entry, "stderr")
-                self.printer.ended(label, entry, stdout, stderr)
+                await self.printer.ended(label, entry)
         if self._status is not None:
             self._status.show()
 
-    def finish(self, summary: dict[str, Any]) -> None:
+    async def finish(self, summary: dict[str, Any]) -> None:
         """
         The job ended: print what is held, then its final line on standard
         error (on a terminal; always when some task did not succeed).
         """
         if self.printer is not None:
-            self.printer.flush()
+            await self.printer.flush()
         succeeded = summary["state"] == "finished" and summary["counts"]["succeeded"] == summary["total"]
         if succeeded:
             self.note(final_line(summary))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 
 from tests.integration.cluster import Cluster
 from tests.integration.test_cli import CliTestCase
@@ -157,3 +158,49 @@ class RunOutputTests(CliTestCase):
         status, out, err = self.cli(cluster, a1.port, "run", "--kind", "sh", "-k", "--", *words)
         self.assertEqual(status, 0, (out, err))
         self.assertEqual(out.splitlines(), reference)
+
+
+class RunWholeOutputTests(CliTestCase):
+    """run prints a task's whole output, beyond the tail its result keeps."""
+
+    def test_one_megabyte_byte_for_byte(self) -> None:
+        """
+        A task that prints 1 MB (every byte value, not UTF-8) beside one that
+        prints a line: run's standard output holds both, byte for byte, each
+        task's output whole, and nothing on standard error.
+        """
+        cluster = Cluster(self)
+        a1 = self.start_node(cluster, "a1", "--capabilities", "sh", "--slots", "2")
+        data = bytes(range(256)) * 4096
+        path = cluster.path("big.bin")
+        with open(path, "wb") as f:
+            f.write(data)
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "p2pexec.cli",
+                "--connect",
+                f"127.0.0.1:{a1.port}",
+                "run",
+                "--kind",
+                "sh",
+                "--",
+                "sh",
+                "-c",
+                "{}",
+                ":::",
+                f"cat {path}",
+                "echo small",
+            ],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            cwd=cluster.folder,
+            env=dict(cluster.environment()),
+            timeout=cluster.deadline.bound(60),
+        )
+        self.assertEqual(done.returncode, 0, (done.stderr, cluster.logs()))
+        self.assertEqual(done.stderr, b"")
+        out = done.stdout
+        self.assertEqual(len(out), len(data) + len(b"small\n"))
+        self.assertIn(out, (data + b"small\n", b"small\n" + data), "each task's output whole, byte for byte")

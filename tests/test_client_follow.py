@@ -177,6 +177,18 @@ class ScriptedLogsTests(SynchronousTestCase):
         clock.advance(0.5)
         self.assertEqual(self.successResultOf(d), [b"hi\n"])
 
+    def test_cut_flag(self) -> None:
+        """What logs gives says, once read, whether the worker cut the stream, how much it kept, and where."""
+        answer = dict(self.answer(b"kept\n[p2pexec: output cut here]\n", 0, 32, True), cut=True, attempt=2)
+        pieces = client.AsyncClient(FakeNode({commands.TaskOutput: [answer]}), Clock()).logs(JOB, "t1")
+        self.assertEqual((pieces.cut, pieces.size, pieces.attempt, pieces.node), (None, None, None, None))
+        self.assertEqual(self.successResultOf(drain(pieces)), [b"kept\n[p2pexec: output cut here]\n"])
+        self.assertEqual((pieces.cut, pieces.size, pieces.attempt, pieces.node), (True, 32, 2, "w1"))
+        whole = client.AsyncClient(FakeNode({commands.TaskOutput: [self.answer(b"x", 0, 1, True)]}), Clock())
+        pieces = whole.logs(JOB, "t1")
+        self.successResultOf(drain(pieces))
+        self.assertIs(pieces.cut, False)
+
     def test_gone(self) -> None:
         """The worker that held the output is gone: OutputGone, one line."""
         node = FakeNode({commands.TaskOutput: [client.OutputGone("the output is gone: worker w1 left")]})

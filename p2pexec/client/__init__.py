@@ -27,8 +27,8 @@ The package has a module per job, from the outside in:
 
 from __future__ import annotations
 
-from p2pexec.client.api import AsyncClient, connect
-from p2pexec.client.blocking import Client, Job
+from p2pexec.client.api import AsyncClient, LogPieces, connect
+from p2pexec.client.blocking import Client, Job, Logs
 from p2pexec.client.connection import NodeClient, parse_address
 from p2pexec.client.errors import (
     AuthenticationFailed,
@@ -63,6 +63,8 @@ __all__ = [
     "JobResult",
     "JobStatus",
     "KeyProblem",
+    "LogPieces",
+    "Logs",
     "NodeClient",
     "NodeError",
     "OutputGone",

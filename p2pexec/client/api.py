@@ -83,6 +83,46 @@ class _Following:
         self.seen: set[tuple[str, int]] = set()
 
 
+class LogPieces:
+    """
+    The pieces of a task's output that L{AsyncClient.logs} gives: an async
+    iterator of bytes, which also tells what the node said of the output
+    with the last piece (each C{None} until the node first answered):
+
+    @ivar cut: whether the stream went past the worker's --max-output, so
+        that the rest was dropped (the worker appends a line saying so).
+    @ivar size: bytes of the stream the worker kept so far.
+    @ivar attempt: the attempt of the task whose output this is.
+    @ivar node: the worker that kept it.
+    """
+
+    def __init__(self, make: Callable[[LogPieces], AsyncIterator[bytes]]) -> None:
+        self.cut: bool | None = None
+        self.size: int | None = None
+        self.attempt: int | None = None
+        self.node: str | None = None
+        self._pieces = make(self)
+
+    def answered(self, answer: Mapping[str, Any]) -> None:
+        """Note what a TASK_OUTPUT answer says of the output."""
+        self.cut = bool(answer.get("cut"))
+        self.size = answer.get("size")
+        self.attempt = answer.get("attempt")
+        self.node = answer.get("node")
+
+    def __aiter__(self) -> LogPieces:
+        return self
+
+    async def __anext__(self) -> bytes:
+        return await self._pieces.__anext__()
+
+    async def aclose(self) -> None:
+        """Stop reading (the node is asked nothing more)."""
+        closing = getattr(self._pieces, "aclose", None)
+        if closing is not None:
+            await closing()
+
+
 class AsyncClient:
     """
     A connection to one node, for submitting, following, inspecting and
@@ -237,20 +277,22 @@ class AsyncClient:
                 return
             await deferLater(self._clock, self._poll, lambda: None)
 
-    def logs(self, job: JobLike, task: str, stream: str = "stdout", follow: bool = False) -> AsyncIterator[bytes]:
+    def logs(self, job: JobLike, task: str, stream: str = "stdout", follow: bool = False) -> LogPieces:
         """
         A task's whole output (TASK_OUTPUT), as pieces of bytes: what was
         kept so far; with C{follow}, what it writes next too, until its
         attempt ends (and, if it has not started yet, from its start).
+        Once it is consumed, its C{cut} says whether the worker cut the
+        stream at its --max-output (see L{LogPieces}).
 
         @param stream: C{"stdout"} or C{"stderr"}.
         @raise ValueError: for another C{stream}.
         """
         if stream not in STREAMS:
             raise ValueError(f"stream must be 'stdout' or 'stderr', not {stream!r}")
-        return self._logs(job_id(job), task, stream, follow)
+        return LogPieces(lambda pieces: self._logs(job_id(job), task, stream, follow, pieces))
 
-    async def _logs(self, job: str, task: str, stream: str, follow: bool) -> AsyncIterator[bytes]:
+    async def _logs(self, job: str, task: str, stream: str, follow: bool, pieces: LogPieces) -> AsyncIterator[bytes]:
         offset = 0
         while True:
             try:
@@ -260,6 +302,7 @@ class AsyncClient:
                     raise
                 await deferLater(self._clock, self._poll, lambda: None)
                 continue
+            pieces.answered(answer)
             data, following, size = answer["data"], answer["next_offset"], answer["size"]
             if data:
                 yield data

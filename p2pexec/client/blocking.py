@@ -28,14 +28,14 @@ from __future__ import annotations
 
 import atexit
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Generator, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import blockingCallFromThread
 from twisted.python import threadable
 
-from p2pexec.client.api import POLL_INTERVAL, AsyncClient, JobLike, TaskInput, connect, job_id
+from p2pexec.client.api import POLL_INTERVAL, AsyncClient, JobLike, LogPieces, TaskInput, connect, job_id
 from p2pexec.client.connection import DEFAULT_TIMEOUT
 from p2pexec.client.errors import ClientClosed
 from p2pexec.client.results import JobRef, JobResult, JobStatus, TaskResult
@@ -127,7 +127,7 @@ class _Bridge:
         result: T = blockingCallFromThread(self.reactor, function)
         return result
 
-    def iterate(self, make: Callable[[], AsyncIterator[T]]) -> Iterator[T]:
+    def iterate(self, make: Callable[[], AsyncIterator[T]]) -> Generator[T, None, None]:
         """Iterate over the async iterator C{make()} gives, one item per wait."""
         iterator = self.call(make)
 
@@ -258,10 +258,63 @@ class Client:
         client = self._async()
         return self._bridge.wait(lambda: client.cancel(job))
 
-    def logs(self, job: JobLike, task: str, stream: str = "stdout", follow: bool = False) -> Iterator[bytes]:
-        """A task's whole output, in pieces of bytes; with C{follow}, until its attempt ends (see L{AsyncClient.logs})."""
+    def logs(self, job: JobLike, task: str, stream: str = "stdout", follow: bool = False) -> Logs:
+        """
+        A task's whole output, in pieces of bytes; with C{follow}, until its
+        attempt ends (see L{AsyncClient.logs}); then its C{cut} says whether
+        the worker cut it (see L{Logs}).
+        """
         client = self._async()
-        return self._bridge.iterate(lambda: client.logs(job, task, stream, follow))
+        return Logs(self._bridge, lambda: client.logs(job, task, stream, follow))
+
+
+class Logs:
+    """
+    The pieces of a task's output that L{Client.logs} gives: an iterator of
+    bytes, which also tells what the node said of the output with the last
+    piece (each C{None} until the node first answered; see L{LogPieces}):
+    C{cut} (the stream went past the worker's --max-output and the rest was
+    dropped), C{size} (bytes kept so far), C{attempt}, C{node}.
+    """
+
+    def __init__(self, bridge: _Bridge, make: Callable[[], LogPieces]) -> None:
+        self._async: LogPieces | None = None
+
+        def made() -> LogPieces:
+            self._async = make()
+            return self._async
+
+        self._pieces = bridge.iterate(made)
+
+    def __iter__(self) -> Logs:
+        return self
+
+    def __next__(self) -> bytes:
+        return next(self._pieces)
+
+    def close(self) -> None:
+        """Stop reading before the end."""
+        self._pieces.close()
+
+    @property
+    def cut(self) -> bool | None:
+        """Whether the worker cut the stream at its --max-output."""
+        return None if self._async is None else self._async.cut
+
+    @property
+    def size(self) -> int | None:
+        """Bytes of the stream the worker kept so far."""
+        return None if self._async is None else self._async.size
+
+    @property
+    def attempt(self) -> int | None:
+        """The attempt whose output this is."""
+        return None if self._async is None else self._async.attempt
+
+    @property
+    def node(self) -> str | None:
+        """The worker that kept it."""
+        return None if self._async is None else self._async.node
 
 
 class Job:
@@ -305,9 +358,9 @@ class Job:
         """Cancel it; how many tasks were cancelled."""
         return self.client.cancel(self.id)
 
-    def logs(self, task: str, stream: str = "stdout", follow: bool = False) -> Iterator[bytes]:
-        """A task's whole output, in pieces of bytes; with C{follow}, until its attempt ends."""
+    def logs(self, task: str, stream: str = "stdout", follow: bool = False) -> Logs:
+        """A task's whole output, in pieces of bytes; with C{follow}, until its attempt ends (see L{Logs})."""
         return self.client.logs(self.id, task, stream, follow)
 
 
-__all__ = ["Client", "Job"]
+__all__ = ["Client", "Job", "Logs"]

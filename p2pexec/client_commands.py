@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, cast
 from twisted.internet.defer import Deferred
 from twisted.protocols import amp
 
-from p2pexec import commands, reruns
+from p2pexec import commands, reruns, status
 from p2pexec.framing import bad_arguments
 from p2pexec.interfaces import IPeerHandler
 from p2pexec.log import NodeLogger
@@ -114,18 +114,32 @@ class ClientCommands(amp.CommandLocator):
         return {"status": self._handler.job_status(job)}
 
     @commands.JobTasks.responder
-    def _job_tasks(self, job: str, offset: int, limit: int) -> dict[str, Any] | Deferred[dict[str, Any]]:
+    def _job_tasks(
+        self, job: str, offset: int, limit: int, state: str | None = None
+    ) -> dict[str, Any] | Deferred[dict[str, Any]]:
         if offset < 0 or not 1 <= limit <= 100_000:
             raise bad_arguments(
                 self.describe(), "JOB_TASKS", ValueError("'offset' must be 0 or more and 'limit' 1 to 100000")
             )
+        states = self._states("JOB_TASKS", state)
         if self._follows(job):
-            return self._handler.following.job_tasks(job, offset, limit, self.address())
-        return self._own_tasks(job, offset, limit)
+            return self._handler.following.job_tasks(job, offset, limit, self.address(), state)
+        return self._own_tasks(job, offset, limit, states)
 
-    def _own_tasks(self, job: str, offset: int, limit: int) -> dict[str, Any]:
+    def _states(self, command: str, state: Any) -> frozenset[str] | None:
+        """The states a JOB_TASKS C{state} names (C{None}: every one); BAD_ARGUMENTS for another value."""
+        if state is None:
+            return None
+        try:
+            if not isinstance(state, str):
+                raise ValueError("'state' must be a string")
+            return status.parse_states(state)
+        except ValueError as e:
+            raise bad_arguments(self.describe(), command, e) from None
+
+    def _own_tasks(self, job: str, offset: int, limit: int, states: frozenset[str] | None = None) -> dict[str, Any]:
         """A JOB_TASKS answer from this node's own records (UNKNOWN_JOB for a job it does not lead)."""
-        page, total = self._handler.job_tasks(job, offset=offset, limit=limit)
+        page, total = self._handler.job_tasks(job, offset=offset, limit=limit, state=states)
         for entry in page:
             for stream in ("stdout", "stderr"):
                 if len(entry.get(stream) or "") > commands.CLIENT_OUTPUT_TAIL:
@@ -185,7 +199,9 @@ class ClientCommands(amp.CommandLocator):
                     "FORWARD_CLIENT",
                     ValueError("JOB_TASKS: 'offset' must be 0 or more and 'limit' 1 to 100000"),
                 )
-            return {"answer": self._own_tasks(job, offset, limit)}
+            return {
+                "answer": self._own_tasks(job, offset, limit, self._states("FORWARD_CLIENT", arguments.get("state")))
+            }
         if not self._handler.following.leads(job):
             raise commands.UnknownJob(f"it is not the master of job {job!r}")
         if not self.owner:

@@ -401,7 +401,7 @@ class JobTasks(amp.Command):
     """
     JOB_TASKS, from a client: a page of one job's tasks with their results,
     from C{offset}; the answer holds as many as fit in one AMP value (at
-    most C{limit}) and the C{next} offset (-1 after the last).
+    most C{limit}) and the C{next} offset (-1 after the last); C{state}: only those in these states.
     """
 
     commandName = b"JOB_TASKS"
@@ -409,6 +409,7 @@ class JobTasks(amp.Command):
         (b"job", amp.Unicode()),
         (b"offset", amp.Integer()),
         (b"limit", amp.Integer()),
+        (b"state", amp.Unicode(optional=True)),
     ]
     response = [
         (b"tasks", JSON()),

@@ -28,6 +28,7 @@ from twisted.python.failure import Failure
 
 from p2pexec import commands
 from p2pexec.log import NodeLogger
+from p2pexec.status import parse_states
 
 if TYPE_CHECKING:
     from p2pexec.directory import JobDirectory, JobLeader
@@ -51,7 +52,9 @@ class NoReplicaRecords:
         """Nothing: no replica of any job is held here."""
         return None
 
-    def replica_tasks(self, job: str, offset: int, limit: int) -> tuple[list[dict[str, Any]], int] | None:
+    def replica_tasks(
+        self, job: str, offset: int, limit: int, states: frozenset[str] | None = None
+    ) -> tuple[list[dict[str, Any]], int] | None:
         """Nothing: no replica of any job is held here."""
         return None
 
@@ -105,16 +108,21 @@ class Following:
 
         return d.addCallback(answered)
 
-    def job_tasks(self, job: str, offset: int, limit: int, client: str) -> Deferred[dict[str, Any]]:
-        """A page of C{job}'s tasks (C{tasks}, C{next}), from its leader or a replica."""
-        d = self._ask(job, "JOB_TASKS", {"job": job, "offset": offset, "limit": limit}, client)
+    def job_tasks(
+        self, job: str, offset: int, limit: int, client: str, state: str | None = None
+    ) -> Deferred[dict[str, Any]]:
+        """A page of C{job}'s tasks (C{tasks}, C{next}), from its leader or a replica; only in C{state}, if given."""
+        arguments: dict[str, Any] = {"job": job, "offset": offset, "limit": limit}
+        if state is not None:
+            arguments["state"] = state
+        d = self._ask(job, "JOB_TASKS", arguments, client)
 
         def answered(answer: Asked) -> dict[str, Any]:
             if isinstance(answer, dict):
                 if not isinstance(answer.get("tasks"), list) or type(answer.get("next")) is not int:
                     raise self._malformed(job, "JOB_TASKS")
                 return {"tasks": answer["tasks"], "next": answer["next"]}
-            page = self.replicas.replica_tasks(job, offset, limit)
+            page = self.replicas.replica_tasks(job, offset, limit, None if state is None else parse_states(state))
             if page is None:
                 raise self._unknown(job, refused=answer)
             tasks, total = page

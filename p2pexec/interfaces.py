@@ -402,7 +402,9 @@ class IClientFollowing(Protocol):
     def job_status(self, job: str, client: str) -> Deferred[dict[str, Any]]:
         """C{job}'s summary, from its leader (forwarded) or from a replica."""
 
-    def job_tasks(self, job: str, offset: int, limit: int, client: str) -> Deferred[dict[str, Any]]:
+    def job_tasks(
+        self, job: str, offset: int, limit: int, client: str, state: str | None = None
+    ) -> Deferred[dict[str, Any]]:
         """A JOB_TASKS answer (C{tasks}, C{next}) for C{job}, from its leader or from a replica."""
 
     def cancel(self, job: str, client: str) -> Deferred[int]:
@@ -425,8 +427,10 @@ class IReplicaRecords(Protocol):
     def replica_status(self, job: str) -> dict[str, Any] | None:
         """C{job}'s summary (a C{JobSummary}, as docs/api.rst), or C{None}."""
 
-    def replica_tasks(self, job: str, offset: int, limit: int) -> tuple[list[dict[str, Any]], int] | None:
-        """A page of C{job}'s tasks (C{Task} objects) from C{offset}, and how many it has; or C{None}."""
+    def replica_tasks(
+        self, job: str, offset: int, limit: int, states: frozenset[str] | None = None
+    ) -> tuple[list[dict[str, Any]], int] | None:
+        """A page of C{job}'s tasks (C{Task} objects; only in C{states}, if given) from C{offset}, and how many matched; or C{None}."""
 
     def replica_jobs(self) -> list[dict[str, Any]]:
         """Summaries of every job held here as a replica."""

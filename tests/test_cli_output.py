@@ -164,6 +164,51 @@ class EndedTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(_run(finder.new(node))), [])
         self.assertEqual(node.sent(commands.JobTasks)[-1]["offset"], 3)
 
+    def test_only_ended_tasks_asked_for(self) -> None:
+        """
+        Given the job's order, each look asks JOB_TASKS only for the ended
+        tasks (state), from the first task of the order that had not ended.
+        """
+        pages = [
+            {"tasks": [task_entry("a"), task_entry("c")], "next": -1},
+            {"tasks": [task_entry("b"), task_entry("c")], "next": -1},
+            {"tasks": [task_entry("d")], "next": -1},
+        ]
+        node = FakeNode({commands.JobTasks: pages})
+        finder = ended.EndedTasks("j", limit=10, order=["a", "b", "c", "d"])
+        looks = [[entry["id"] for entry in self.successResultOf(_run(finder.new(node)))] for _ in range(3)]
+        self.assertEqual(looks, [["a", "c"], ["b"], ["d"]])
+        sent = node.sent(commands.JobTasks)
+        self.assertEqual(
+            [(each["offset"], each["state"]) for each in sent],
+            [(0, ended.ENDED_FILTER), (1, ended.ENDED_FILTER), (3, ended.ENDED_FILTER)],
+        )
+
+    def test_older_node_that_does_not_filter(self) -> None:
+        """A node that ignores the state filter answers every task from the offset: the ended ones are kept."""
+        pages = [
+            {"tasks": [task_entry("a"), task_entry("b", "running"), task_entry("c")], "next": -1},
+            {"tasks": [task_entry("b"), task_entry("c")], "next": -1},
+        ]
+        node = FakeNode({commands.JobTasks: pages})
+        finder = ended.EndedTasks("j", limit=10, order=["a", "b", "c"])
+        looks = [[entry["id"] for entry in self.successResultOf(_run(finder.new(node)))] for _ in range(2)]
+        self.assertEqual(looks, [["a", "c"], ["b"]])
+        self.assertEqual([each["offset"] for each in node.sent(commands.JobTasks)], [0, 1])
+
+    def test_tasks_the_order_does_not_name(self) -> None:
+        """A task the order does not name (all_nodes' TASK@NODE): from then on every task is paged through."""
+        pages = [
+            {"tasks": [task_entry("a"), task_entry("x@n1")], "next": -1},
+            {"tasks": [task_entry("a"), task_entry("x@n1"), task_entry("x@n2")], "next": -1},
+        ]
+        node = FakeNode({commands.JobTasks: pages})
+        finder = ended.EndedTasks("j", limit=10, order=["a", "x"])
+        looks = [[entry["id"] for entry in self.successResultOf(_run(finder.new(node)))] for _ in range(2)]
+        self.assertEqual(looks, [["a", "x@n1"], ["x@n2"]])
+        second = node.sent(commands.JobTasks)[1]
+        self.assertEqual((second["offset"], second.get("state")), (0, None))
+
     def test_job_order_without_start_times(self) -> None:
         """Entries from a node that does not say when tasks started keep the job's order."""
         node = FakeNode({commands.JobTasks: [{"tasks": [task_entry("a"), task_entry("b", started=0.0)], "next": -1}]})

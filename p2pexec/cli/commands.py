@@ -241,7 +241,9 @@ async def follow_tasks(
         job = await submit_job(ctx, tasks)
         keep_order, tag = getattr(args, "keep_order", False), getattr(args, "tag", False)
         printer = TaskPrinter(stdout, ctx.err, keep_order, tag) if printing else None
-        follower = TaskFollower(job, task_labels(tasks, tags), ctx.err, printer, joblog)
+        # all_nodes tasks become TASK@NODE on the master: the job's order is then its own.
+        order = None if any(task.all_nodes for task in tasks) else [task.id for task in tasks]
+        follower = TaskFollower(job, task_labels(tasks, tags), ctx.err, printer, joblog, order=order)
         if printing:
             follower.note(submitted.format(job=job), always)
         else:

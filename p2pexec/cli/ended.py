@@ -9,7 +9,7 @@ kept output with TASK_OUTPUT.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 from twisted.protocols import amp
@@ -21,6 +21,9 @@ from p2pexec.client.errors import ClientError, OutputGone
 
 ENDED_STATES = frozenset({"succeeded", "failed", "cancelled"})
 """The JOB_TASKS states of a task that has its final result."""
+
+ENDED_FILTER = "succeeded,failed,cancelled"
+"""JOB_TASKS's C{state} filter for the tasks that ended."""
 
 PAGE_LIMIT = 1000
 """How many tasks one JOB_TASKS question asks for."""
@@ -44,14 +47,22 @@ class EndedTasks:
     Finds the tasks of one job that ended since the last look.
 
     Tasks before the first one that had not ended are not asked for again,
-    so that a job whose tasks end roughly in order costs a page or so per look.
+    so that a job whose tasks end roughly in order costs a page or so per
+    look.  Given the job's C{order} (its task ids as the master holds them),
+    it asks JOB_TASKS only for the ended tasks (C{state}), from that first
+    one on: the ended tasks before it are the same in the job's list and in
+    the ended tasks' list, so one offset serves both, and a node too old to
+    filter answers correctly too (the entries are filtered here again).
+    Without an order, it pages through every task from that first one.
     """
 
-    def __init__(self, job: str, limit: int = PAGE_LIMIT) -> None:
+    def __init__(self, job: str, limit: int = PAGE_LIMIT, order: Sequence[str] | None = None) -> None:
         self._job = job
         self._limit = limit
         self._seen: set[str] = set()
         self._first_open = 0
+        self._order = list(order) if order is not None else None
+        self._known = frozenset(self._order or ())
 
     async def new(self, node: Node) -> list[dict[str, Any]]:
         """
@@ -61,6 +72,8 @@ class EndedTasks:
 
         @raise CliError: if the node's paging makes no progress.
         """
+        if self._order is not None:
+            return await self._new_ended(node)
         ended: list[dict[str, Any]] = []
         offset = self._first_open
         first_open: int | None = None
@@ -81,9 +94,39 @@ class EndedTasks:
                 raise CliError(f"the node at {node.address} answered JOB_TASKS with no progress (next={following})")
             offset = following
         self._first_open = first_open if first_open is not None else end
-        if all(isinstance(entry.get("started"), (int, float)) for entry in ended):
-            ended.sort(key=_end_time)
-        return ended
+        return _by_end(ended)
+
+    async def _new_ended(self, node: Node) -> list[dict[str, Any]]:
+        """L{new}, asking only for the ended tasks from the first one of C{order} that had not ended."""
+        assert self._order is not None
+        ended: list[dict[str, Any]] = []
+        offset = self._first_open
+        while offset >= 0:
+            answer = await node.call(
+                commands.JobTasks, job=self._job, offset=offset, limit=self._limit, state=ENDED_FILTER
+            )
+            for entry in answer["tasks"]:
+                if entry.get("state") in ENDED_STATES and entry["id"] not in self._seen:
+                    self._seen.add(entry["id"])
+                    ended.append(entry)
+            following = answer["next"]
+            if following >= 0 and following <= offset:
+                raise CliError(f"the node at {node.address} answered JOB_TASKS with no progress (next={following})")
+            offset = following
+        if any(entry["id"] not in self._known for entry in ended):
+            # The master holds tasks the order does not name: page through them all from now on.
+            self._order, self._first_open = None, 0
+        else:
+            while self._first_open < len(self._order) and self._order[self._first_open] in self._seen:
+                self._first_open += 1
+        return _by_end(ended)
+
+
+def _by_end(ended: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """By when they ended (by their node's clock) when every one says when it started, else as they are."""
+    if all(isinstance(entry.get("started"), (int, float)) for entry in ended):
+        ended.sort(key=_end_time)
+    return ended
 
 
 def tail_bytes(entry: dict[str, Any], stream: str) -> bytes:

@@ -223,13 +223,19 @@ class TaskFollower:
         printer: TaskPrinter | None = None,
         joblog: Joblog | None = None,
         wall_clock: WallClock = time.time,
+        order: Sequence[str] | None = None,
     ) -> None:
+        """
+        @param order: the job's task ids in its order, if the master holds
+            exactly these (no C{all_nodes} task), so that only the ended
+            tasks are asked for (see L{EndedTasks}).
+        """
         self._labels = labels
         self._err = err
         self.printer = printer
         self._joblog = joblog
         self._wall_clock = wall_clock
-        self._ended = EndedTasks(job)
+        self._ended = EndedTasks(job, order=order)
         self._job = job
         self._done = -1
         self._status: StatusLine | None = None

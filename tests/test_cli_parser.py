@@ -63,6 +63,14 @@ class ParseArgumentsTests(SynchronousTestCase):
         """A --connect that is not HOST:PORT is a usage error naming the option."""
         self.assertUsageError(["--connect", "host:99999", "jobs"], "--connect", "65535")
 
+    def test_bad_node_name(self) -> None:
+        """A --node that no node's name can be (issue 14) is a usage error naming the option and the rule."""
+        for argv in (
+            ["run", "--node", "bad name!", "--kind", "sh", "--", "echo", ":::", "a"],
+            ["submit", "--node", "", "j.toml"],
+        ):
+            self.assertUsageError(argv, "--node", "no node can have that name")
+
     def test_submit_needs_one_job(self) -> None:
         """submit takes a job file or --tasks, exactly one of them."""
         self.assertEqual(parse("submit", "jobs.toml").jobfile, "jobs.toml")

@@ -14,6 +14,7 @@ from twisted.internet.task import deferLater
 
 from p2pexec import commands
 from p2pexec.cli.errors import EXIT_FAILED, EXIT_OK, CliError
+from p2pexec.client.errors import OutputGone, OutputNotReady, TaskNotFound
 
 if TYPE_CHECKING:
     from p2pexec.cli.commands import Context
@@ -33,17 +34,22 @@ async def print_output(ctx: Context, job: str, task: str, stream: str, follow: b
     offset = 0
     attempt: int | None = None
     while True:
+        # The node's errors, as the client turns them (TaskNotFound, ...) or as AMP raises them.
         try:
             answer = await ctx.node.call(commands.TaskOutput, job=job, task=task, stream=stream, offset=offset)
-        except commands.UnknownTask as e:
-            raise CliError(f"unknown task: {e}") from None
-        except commands.NotStarted as e:
+        except (commands.UnknownTask, TaskNotFound) as e:
+            raise CliError(f"unknown task: {_reason(e, 'unknown task: ')}") from None
+        except (commands.NotStarted, OutputNotReady) as e:
             if not follow or offset:
-                raise CliError(f"no output yet: {e}; follow it with --follow", EXIT_FAILED) from None
+                raise CliError(
+                    f"no output yet: {_reason(e, 'no output yet: ')}; follow it with --follow", EXIT_FAILED
+                ) from None
             await deferLater(ctx.clock, FOLLOW_INTERVAL, lambda: None)
             continue
-        except commands.OutputGone as e:
-            raise CliError(f"the output of task {task} of job {job} is gone: {e}", EXIT_FAILED) from None
+        except (commands.OutputGone, OutputGone) as e:
+            raise CliError(
+                f"the output of task {task} of job {job} is gone: {_reason(e, 'the output is gone: ')}", EXIT_FAILED
+            ) from None
         if attempt is None:
             attempt = answer["attempt"]
         elif answer["attempt"] != attempt:
@@ -62,6 +68,12 @@ async def print_output(ctx: Context, job: str, task: str, stream: str, follow: b
         if not follow or answer["ended"]:
             return EXIT_OK
         await deferLater(ctx.clock, FOLLOW_INTERVAL, lambda: None)
+
+
+def _reason(error: Exception, prefix: str) -> str:
+    """What the node said, without the C{prefix} the client put before it."""
+    text = str(error)
+    return text[len(prefix) :] if text.startswith(prefix) else text
 
 
 async def do_logs(ctx: Context, args: argparse.Namespace) -> int:

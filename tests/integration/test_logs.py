@@ -133,3 +133,27 @@ class LogsTests(CliTestCase):
         read_until(b"last\n", 5)
         self.assertEqual(follower.wait(timeout=cluster.deadline.bound(10)), 0, follower.stderr.read())
         self.assertEqual(seen + follower.stdout.read(), b"first\nsecond\nlast\n")
+
+
+class OutputOptionTests(CliTestCase):
+    """The node's output options, given a value that is not one."""
+
+    def test_not_a_size(self) -> None:
+        """
+        twistd p2pexec --max-output 12X (or --output-retention 3q) exits
+        non-zero at once with one line naming the option and the value
+        (after twistd's usage, as for any bad option), and starts no node.
+        """
+        cluster = Cluster(self)
+        for option, value, said in (
+            ("--max-output", "12X", "expected a size such as 100M"),
+            ("--output-retention", "3q", "expected a duration"),
+        ):
+            status, output = cluster.run_once("--name", "n1", "--port", "0", option, value, timeout=30)
+            self.assertNotEqual(status, 0, output)
+            errors = [line for line in output.splitlines() if option + ":" in line]
+            self.assertEqual(len(errors), 1, output)
+            self.assertIn(f"{option}: {said}", errors[0])
+            self.assertIn(repr(value), errors[0])
+            self.assertNotIn("Traceback", output)
+            self.assertNotIn("starting on", output)

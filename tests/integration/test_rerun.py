@@ -39,6 +39,16 @@ class RerunCliTests(unittest.TestCase):
         _, out, err = self.cli(cluster, port, "result", "--json", job)
         return {task["id"]: task for task in json.loads(out)["tasks"]}
 
+    def newest_job(self, cluster: Cluster, port: int) -> str:
+        """
+        The id of the newest job the node is master of (C{p2pexec jobs
+        --json}): C{run} prints only the tasks' output on stdout, and says
+        the job's id on stderr only on a terminal.
+        """
+        status, out, err = self.cli(cluster, port, "jobs", "--json")
+        self.assertEqual(status, 0, err)
+        return str(json.loads(out)[0]["id"])
+
     def test_rerun_failed(self) -> None:
         """
         Two tasks fail the first time (a side file remembers): run exits 1;
@@ -55,7 +65,8 @@ class RerunCliTests(unittest.TestCase):
             cluster, node.port, "run", "--kind", "sh", "--shell", "--", command, ":::", "ok1", "x", "ok2", "y"
         )
         self.assertEqual(status, 1, out + err)
-        job = re.search(r"job (\S+): 4 task\(s\) submitted", out).group(1)
+        job = re.search(r"^p2pexec: job (\S+) finished: 2 succeeded, 2 failed of 4 task\(s\)", err).group(1)
+        self.assertEqual(job, self.newest_job(cluster, node.port))
         status, out, err = self.cli(cluster, node.port, "rerun", "--failed", job)
         self.assertEqual(status, 0, out + err)
         self.assertIn(f"job {job}: 2 task(s) run again: x, y", out)
@@ -83,14 +94,14 @@ class RerunCliTests(unittest.TestCase):
         n1.wait_for(r"\] Node n1 connected to peer n2 ")
         status, out, err = self.cli(cluster, n1.port, "run", "--kind", "sh", "--all-nodes", "--", "true", ":::", "x")
         self.assertEqual(status, 0, out + err)
-        job = re.search(r"job (\S+):", out).group(1)
+        job = self.newest_job(cluster, n1.port)
         tasks = self.tasks(cluster, n1.port, job)
         self.assertEqual({t: v.get("node") for t, v in tasks.items()}, {"x@n1": "n1", "x@n2": "n2"})
         status, out, err = self.cli(
             cluster, n1.port, "run", "--kind", "sh", "--node", "n2", "--", "true", ":::", "a", "b", "c"
         )
         self.assertEqual(status, 0, out + err)
-        job = re.search(r"job (\S+):", out).group(1)
+        job = self.newest_job(cluster, n1.port)
         self.assertEqual({v.get("node") for v in self.tasks(cluster, n1.port, job).values()}, {"n2"})
         status, out, err = self.cli(
             cluster, n1.port, "run", "--kind", "sh", "--node", "no/such", "--", "true", ":::", "a"

@@ -21,6 +21,7 @@ import itertools
 import os
 import platform
 import re
+import shlex
 import shutil
 import signal
 import statistics
@@ -40,6 +41,8 @@ LOCK_PATH = "/tmp/p2pexec-heavy.lock"
 LOCKED_ENV = "P2PEXEC_BENCH_LOCKED"
 """Set (to anything) when the caller already holds the heavy-job lock, e.g. under flock(1)."""
 NETNS_ENV = "P2PEXEC_BENCH_NETNS"
+NODE_OPTIONS_ENV = "P2PEXEC_BENCH_NODE_OPTIONS"
+"""Options added to every p2pexec node a benchmark starts (to measure a switch against the default)."""
 """Set by L{reexec_in_namespace} in the re-executed child."""
 
 STOP_WAIT = 15.0
@@ -183,6 +186,9 @@ def start_node(
     if plugin == "p2pexec":
         argv += NODE_OPTIONS
     argv += list(options)
+    if plugin == "p2pexec":
+        # Extra node options for every node of a run, to compare a switch (P2PEXEC_BENCH_NODE_OPTIONS="--max-output 0").
+        argv += shlex.split(os.environ.get(NODE_OPTIONS_ENV, ""))
     if slots is not None:
         argv += ["--slots", str(slots)]
     path = CHECKOUT + os.pathsep + os.environ.get("PYTHONPATH", "")

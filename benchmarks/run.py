@@ -1,7 +1,7 @@
 """
 The p2pexec benchmark suite, W1-W5 (run by ``make bench``).
 
-    python benchmarks/run.py [--repeat N] [--only W1,W2,W3,W4,W5,W7,SEC] [--replicas N]
+    python benchmarks/run.py [--repeat N] [--only W1,W2,W3,W4,W5,W7,W9,SEC] [--replicas N]
                                 [--timeout S] [--keep]
 
 Every workload runs real ``twistd p2pexec`` processes on loopback (see
@@ -34,6 +34,12 @@ summarised.
       master (runs nothing) + 2 workers ``--slots 2``; one worker SIGKILLed
       at 30%: time, tasks lost, tasks run twice, time / the same without the
       kill.
+  W9  "parallel habits": ``p2pexec run --kind sh -- echo {} ::: 1..2000``
+      end to end (the client process, one node --slots 2 already up)
+      against ``parallel -j2 echo ::: 1..2000`` and ``xargs -P2 -n1 echo``
+      in the same repetition, each checked to print the 2,000 lines;
+      skipped, saying so, where GNU parallel is not installed
+      (benchmarks/habits.py).
 
 It re-runs itself in a loopback-only network namespace (``unshare -n``;
 root) when it can, and holds ``/tmp/p2pexec-heavy.lock`` while it measures.
@@ -54,6 +60,7 @@ from collections.abc import Callable
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import habits  # noqa: E402
 import workloads  # noqa: E402
 from _cluster import (  # noqa: E402
     NODE_OPTIONS,
@@ -70,9 +77,9 @@ from _cluster import (  # noqa: E402
     summary,
 )
 
-WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W7", "SEC")
+WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W7", "W9", "SEC")
 """SEC, not run by default: W1 again with a cluster key, and with the key and TLS, each against plain W1 of the same repetition."""
-DEFAULT_WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W7")
+DEFAULT_WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W7", "W9")
 MiB = 1024 * 1024
 
 DASK_REFERENCE = 950.0
@@ -231,6 +238,21 @@ class Suite:
                 ),
             )
 
+        if "W9" in only:
+            if habits.PARALLEL is None:
+                if number == 1:
+                    say("W9 skipped: GNU parallel is not installed (apt-get install parallel)")
+            else:
+                self._one(
+                    "W9",
+                    number,
+                    lambda d: habits.w9(d, a.w2_tasks, a.timeout),
+                    lambda r: (
+                        f"p2pexec run {r['p2pexec']:.3f}s  parallel -j2 {r['parallel']:.3f}s  "
+                        f"xargs -P2 {r['xargs']:.3f}s  ratios {r['ratio_parallel']:.2f} / {r['ratio_xargs']:.2f}"
+                    ),
+                )
+
     # -- the table ----------------------------------------------------------------
 
     def rows(self) -> list[tuple[str, str, str, str, str]]:
@@ -331,6 +353,13 @@ class Suite:
         if w2c:
             add("W2", "master + 2 workers x 2 slots (W1 cluster) s", [r["elapsed"] for r in w2c], ".3f")
             add("W2", "ratio W1 cluster / xargs -P2", [r["ratio"] for r in w2c], ".2f")
+        w9 = self.runs.get("W9", [])
+        if w9:
+            add("W9", f"p2pexec run ... ::: 1..{a.w2_tasks} (echo) s", [r["p2pexec"] for r in w9], ".3f")
+            add("W9", "parallel -j2 echo s", [r["parallel"] for r in w9], ".3f")
+            add("W9", "xargs -P2 -n1 echo s", [r["xargs"] for r in w9], ".3f")
+            add("W9", "ratio p2pexec run / parallel -j2", [r["ratio_parallel"] for r in w9], ".2f")
+            add("W9", "ratio p2pexec run / xargs -P2", [r["ratio_xargs"] for r in w9], ".2f")
         w3 = self.runs.get("W3", [])
         if w3:
             add("W3", "launch -> first result s", [r["first_result"] for r in w3], ".3f", "< 0.4", lambda v: v < 0.4)

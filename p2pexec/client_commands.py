@@ -1,6 +1,6 @@
 """
 The commands an operator's client sends to a node (SUBMIT_JOB, LIST_JOBS,
-JOB_STATUS, JOB_TASKS, CLUSTER_STATUS, CANCEL_JOB), answered on any
+JOB_STATUS, JOB_TASKS, CLUSTER_STATUS, CANCEL_JOB, RERUN_TASKS), answered on any
 authenticated connection without an introduction; and FORWARD_CLIENT, by
 which a node asks a job's master one of them for its own client.
 
@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, cast
 from twisted.internet.defer import Deferred
 from twisted.protocols import amp
 
-from p2pexec import commands
+from p2pexec import commands, reruns, status
 from p2pexec.framing import bad_arguments
 from p2pexec.interfaces import IPeerHandler
 from p2pexec.log import NodeLogger
@@ -43,6 +43,8 @@ CLIENT_COMMANDS = frozenset(
         commands.JobTasks,
         commands.ClusterStatus,
         commands.CancelJob,
+        commands.RerunTasks,
+        commands.TaskOutput,
     )
 )
 """The commands an operator's client sends without an introduction."""
@@ -112,18 +114,32 @@ class ClientCommands(amp.CommandLocator):
         return {"status": self._handler.job_status(job)}
 
     @commands.JobTasks.responder
-    def _job_tasks(self, job: str, offset: int, limit: int) -> dict[str, Any] | Deferred[dict[str, Any]]:
+    def _job_tasks(
+        self, job: str, offset: int, limit: int, state: str | None = None
+    ) -> dict[str, Any] | Deferred[dict[str, Any]]:
         if offset < 0 or not 1 <= limit <= 100_000:
             raise bad_arguments(
                 self.describe(), "JOB_TASKS", ValueError("'offset' must be 0 or more and 'limit' 1 to 100000")
             )
+        states = self._states("JOB_TASKS", state)
         if self._follows(job):
-            return self._handler.following.job_tasks(job, offset, limit, self.address())
-        return self._own_tasks(job, offset, limit)
+            return self._handler.following.job_tasks(job, offset, limit, self.address(), state)
+        return self._own_tasks(job, offset, limit, states)
 
-    def _own_tasks(self, job: str, offset: int, limit: int) -> dict[str, Any]:
+    def _states(self, command: str, state: Any) -> frozenset[str] | None:
+        """The states a JOB_TASKS C{state} names (C{None}: every one); BAD_ARGUMENTS for another value."""
+        if state is None:
+            return None
+        try:
+            if not isinstance(state, str):
+                raise ValueError("'state' must be a string")
+            return status.parse_states(state)
+        except ValueError as e:
+            raise bad_arguments(self.describe(), command, e) from None
+
+    def _own_tasks(self, job: str, offset: int, limit: int, states: frozenset[str] | None = None) -> dict[str, Any]:
         """A JOB_TASKS answer from this node's own records (UNKNOWN_JOB for a job it does not lead)."""
-        page, total = self._handler.job_tasks(job, offset=offset, limit=limit)
+        page, total = self._handler.job_tasks(job, offset=offset, limit=limit, state=states)
         for entry in page:
             for stream in ("stdout", "stderr"):
                 if len(entry.get(stream) or "") > commands.CLIENT_OUTPUT_TAIL:
@@ -149,8 +165,19 @@ class ClientCommands(amp.CommandLocator):
             return self._handler.following.cancel(job, self.address()).addCallback(lambda n: {"cancelled": n})
         return {"cancelled": self._handler.cancel_requested(cast("PeerProtocol", self), job, epoch)}
 
+    @commands.RerunTasks.responder
+    def _rerun_tasks(self, job: str, which: str) -> Deferred[dict[str, Any]]:
+        if which not in reruns.WHICH:
+            raise bad_arguments(
+                self.describe(), "RERUN_TASKS", ValueError(f"'which' must be one of {', '.join(reruns.WHICH)}")
+            )
+        self.require_owner("RERUN_TASKS")
+        if self._follows(job):
+            return self._handler.following.rerun(job, which, self.address())
+        return self._handler.rerun_requested(cast("PeerProtocol", self), job, which)
+
     @commands.ForwardClient.responder
-    def _forward_client(self, command: str, arguments: Any, client: str) -> dict[str, Any]:
+    def _forward_client(self, command: str, arguments: Any, client: str) -> dict[str, Any] | Deferred[dict[str, Any]]:
         # A peer asks for its client: answered from this node's own jobs
         # only, never forwarded again.
         if command not in commands.FORWARDED_COMMANDS or not isinstance(arguments, dict):
@@ -172,19 +199,28 @@ class ClientCommands(amp.CommandLocator):
                     "FORWARD_CLIENT",
                     ValueError("JOB_TASKS: 'offset' must be 0 or more and 'limit' 1 to 100000"),
                 )
-            return {"answer": self._own_tasks(job, offset, limit)}
+            return {
+                "answer": self._own_tasks(job, offset, limit, self._states("FORWARD_CLIENT", arguments.get("state")))
+            }
         if not self._handler.following.leads(job):
             raise commands.UnknownJob(f"it is not the master of job {job!r}")
         if not self.owner:
             log.warn(
-                "Refused a cancel of job {job} forwarded by {peer} for {client}: without a cluster key a peer "
+                "Refused a {command} of job {job} forwarded by {peer} for {client}: without a cluster key a peer "
                 "proves nothing about its client",
+                command=command,
                 job=job,
                 peer=self.describe(),
                 client=client,
             )
             raise commands.AuthRequired(
-                "without a cluster key it takes a cancel only from its owner's own client: cancel the job "
-                "through its master itself"
+                "without a cluster key it takes a cancel or a rerun only from its owner's own client: send it "
+                "to the job's master itself"
             )
+        if command == "RERUN_TASKS":
+            which = arguments.get("which")
+            if which not in reruns.WHICH:
+                raise bad_arguments(self.describe(), "FORWARD_CLIENT", ValueError("RERUN_TASKS: bad 'which'"))
+            done = self._handler.rerun_requested(cast("PeerProtocol", self), job, which)
+            return done.addCallback(lambda answer: {"answer": answer})
         return {"answer": {"cancelled": self._handler.cancel_requested(cast("PeerProtocol", self), job, None)}}

@@ -401,7 +401,7 @@ class JobTasks(amp.Command):
     """
     JOB_TASKS, from a client: a page of one job's tasks with their results,
     from C{offset}; the answer holds as many as fit in one AMP value (at
-    most C{limit}) and the C{next} offset (-1 after the last).
+    most C{limit}) and the C{next} offset (-1 after the last); C{state}: only those in these states.
     """
 
     commandName = b"JOB_TASKS"
@@ -409,6 +409,7 @@ class JobTasks(amp.Command):
         (b"job", amp.Unicode()),
         (b"offset", amp.Integer()),
         (b"limit", amp.Integer()),
+        (b"state", amp.Unicode(optional=True)),
     ]
     response = [
         (b"tasks", JSON()),
@@ -541,7 +542,7 @@ class HeldTasks(amp.Command):
 # -- Clients follow the job (issue 13, part 4) -------------------------------------
 
 
-FORWARDED_COMMANDS = ("JOB_STATUS", "JOB_TASKS", "CANCEL_JOB")
+FORWARDED_COMMANDS = ("JOB_STATUS", "JOB_TASKS", "CANCEL_JOB", "RERUN_TASKS")
 """The client commands a node forwards (FORWARD_CLIENT) to a job's master it is connected to."""
 
 
@@ -570,3 +571,75 @@ class ForwardClient(amp.Command):
     ]
     response = [(b"answer", JSON())]
     errors = _errors(UNKNOWN_JOB=UnknownJob)
+
+
+# Issue 14: task output (shared by client and logs)
+
+
+TASK_OUTPUT_LIMIT = 60_000
+"""The most bytes of output one TASK_OUTPUT answer carries (it fits one AMP value)."""
+
+
+class UnknownTask(Exception):
+    """The job has no task of that id."""
+
+
+class NotStarted(Exception):
+    """The task has no attempt that started yet: ask again later."""
+
+
+class OutputGone(Exception):
+    """The worker that held the attempt's output is gone, keeps none, or removed it."""
+
+
+class TaskOutput(amp.Command):
+    """
+    TASK_OUTPUT: a piece (at most C{limit}, 60,000, bytes from C{offset}) of a
+    stream of a task's newest attempt, from any node: the job's master asks
+    the worker that holds it (naming C{attempt}). See docs/protocol.rst.
+    """
+
+    commandName = b"TASK_OUTPUT"
+    arguments = [
+        (b"job", amp.Unicode()),
+        (b"task", amp.Unicode()),
+        (b"stream", amp.Unicode()),
+        (b"offset", amp.Integer()),
+        (b"limit", amp.Integer(optional=True)),
+        (b"attempt", amp.Integer(optional=True)),
+    ]
+    response = [
+        (b"data", amp.String()),
+        (b"next_offset", amp.Integer()),
+        (b"size", amp.Integer()),
+        (b"ended", amp.Boolean()),
+        (b"cut", amp.Boolean()),
+        (b"attempt", amp.Integer()),
+        (b"node", amp.Unicode()),
+    ]
+    errors = _errors(UNKNOWN_JOB=UnknownJob, UNKNOWN_TASK=UnknownTask, NOT_STARTED=NotStarted, OUTPUT_GONE=OutputGone)
+
+
+# -- Rerun what failed (issue 14, rerun) -------------------------------------------
+
+
+class JobRunning(Exception):
+    """The job has not ended yet: nothing of it can be run again."""
+
+
+class RerunTasks(amp.Command):
+    """
+    RERUN_TASKS, from an operator's client (no handshake needed; forwarded
+    to the job's master like CANCEL_JOB): run again, as new attempts of the
+    same job, the tasks of a finished job chosen by C{which}: C{"failed"},
+    every task whose result is not a success (failed, timed-out, error,
+    cancelled).  The master reopens the job and answers once that is in its
+    journal (and, for a replicated job, committed): C{count}, how many tasks
+    run again (0: nothing to run again, the job is left as it was), and
+    C{tasks}, their ids (as many as fit in one AMP value).
+    """
+
+    commandName = b"RERUN_TASKS"
+    arguments = [(b"job", amp.Unicode()), (b"which", amp.Unicode())]
+    response = [(b"count", amp.Integer()), (b"tasks", JSON())]
+    errors = _errors(UNKNOWN_JOB=UnknownJob, JOB_RUNNING=JobRunning, JOURNAL_UNWRITABLE=JournalUnwritable)

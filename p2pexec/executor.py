@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from collections.abc import Mapping
 from typing import Any, Protocol, TypeVar
 
@@ -30,8 +31,10 @@ from twisted.internet.interfaces import IDelayedCall, IProcessTransport, IReacto
 from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 
+from p2pexec.clock import WallClock
 from p2pexec.log import NodeLogger
 from p2pexec.model import ERROR, FAILED, SUCCEEDED, TIMED_OUT, Assignment, TaskResult
+from p2pexec.outputs import AttemptOutput, OutputStore
 from p2pexec.policy import SHELL, CommandPolicy, Refusal, find_program
 from p2pexec.spawn import ChildFDs, ProcessGroups, SessionGroups
 
@@ -71,9 +74,10 @@ class _Tail:
 class _TaskProcess(ProcessProtocol):
     """Collects one child's output and reports its end."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, keeper: AttemptOutput | None = None) -> None:
         self.stdout = _Tail(limit)
         self.stderr = _Tail(limit)
+        self.keeper = keeper
         self.ended: Deferred[BaseException] = Deferred()
         self.pid: int | None = None
 
@@ -86,6 +90,8 @@ class _TaskProcess(ProcessProtocol):
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
         (self.stdout if childFD == 1 else self.stderr).write(data)
+        if self.keeper is not None:
+            self.keeper.write(0 if childFD == 1 else 1, data)
 
     def processEnded(self, reason: Failure) -> None:
         # Fire with the exception itself: a Failure would go down the errback chain.
@@ -122,6 +128,8 @@ class ProcessExecutor:
         guard: TaskGroupGuard | None = None,
         clock: IReactorTime | None = None,
         groups: ProcessGroups | None = None,
+        wall_clock: WallClock = time.time,
+        outputs: OutputStore | None = None,
     ) -> None:
         """
         @param reactor: starts the task processes.
@@ -134,6 +142,10 @@ class ProcessExecutor:
             monotonic one, see L{p2pexec.clock}); C{reactor} by default.
         @param groups: starts each task in a process group of its own and
             signals it; L{SessionGroups} (the operating system) by default.
+        @param wall_clock: when each attempt started, for people and the
+            joblog (L{TaskResult.started}).
+        @param outputs: where each attempt's full output is kept as it
+            arrives (L{p2pexec.outputs}); none by default (only the tails).
         """
         self._reactor = reactor
         if clock is None:
@@ -141,6 +153,7 @@ class ProcessExecutor:
                 raise TypeError("ProcessExecutor needs a clock: its reactor provides no IReactorTime")
             clock = IReactorTime(reactor)
         self._clock: IReactorTime = clock
+        self._wall_clock = wall_clock
         self._node_name = node_name
         self._tail_bytes = tail_bytes
         self._kill_grace = kill_grace
@@ -157,19 +170,28 @@ class ProcessExecutor:
         self._pids: dict[tuple[str, str, int], int] = {}
         self._pending_kills: dict[int, IDelayedCall] = {}
         self._guard = guard
+        self._outputs = outputs
 
     def run(self, job: str, assignment: Assignment) -> Deferred[TaskResult]:
         """Run one attempt of a task; fires with its result, never fails."""
         task = assignment.task
         started = self._clock.seconds()
+        started_at = round(self._wall_clock(), 6)  # as the wire carries it
+        keeper = None if self._outputs is None else self._outputs.start(job, task.id, assignment.attempt)
 
         def result(status: str, **fields: Any) -> TaskResult:
+            if keeper is not None:
+                keeper.end()
+                fields["output_cut"] = keeper.streams[0].cut or keeper.streams[1].cut
+            fields.setdefault("stdout_size", 0)
+            fields.setdefault("stderr_size", 0)
             return TaskResult(
                 task_id=task.id,
                 attempt=assignment.attempt,
                 status=status,
                 node=self._node_name,
                 duration=self._clock.seconds() - started,
+                started=started_at,
                 **fields,
             )
 
@@ -213,7 +235,7 @@ class ProcessExecutor:
             program = found
         elif not os.access(os.path.join(task.cwd or "", program), os.X_OK):
             return _succeed(result(ERROR, exit_code=126, error=f"{name!r} is not an executable file"))
-        protocol = _TaskProcess(self._tail_bytes)
+        protocol = _TaskProcess(self._tail_bytes, keeper)
         try:
             child_fds: ChildFDs = {0: self._devnull, 1: "r", 2: "r"}
             transport = self._groups.start(self._reactor, protocol, program, argv, environment, task.cwd, child_fds)
@@ -249,9 +271,13 @@ class ProcessExecutor:
             fields: dict[str, Any] = {
                 "stdout": protocol.stdout.text(),
                 "stderr": protocol.stderr.text(),
+                "stdout_size": protocol.stdout.total,
+                "stderr_size": protocol.stderr.total,
             }
             code = reason.exitCode if isinstance(reason, (ProcessDone, ProcessTerminated)) else None
             signal_number = getattr(reason, "signal", None)
+            if signal_number is not None:
+                fields["signal"] = signal_number
             if timed_out:
                 return result(
                     TIMED_OUT,

@@ -24,12 +24,13 @@ from p2pexec.directory import JobDirectory
 from p2pexec.journal import GROUP_COMMIT_DELAY
 from p2pexec.log import NodeLogger
 from p2pexec.model import TaskResult, ValidationError
-from p2pexec.placement import Placements, Placing
-from p2pexec.replica_log import Batch, ReplicaStore, count_records, decode, ends, runs
+from p2pexec.replica_log import Batch, ReplicaStore, count_records, decode, ended_after, runs
+from p2pexec.replica_placement import Placements, Placing
 from p2pexec.replicas import Ballot, parse_stale, stale_description
 from p2pexec.replication import (
     CANCEL,
     END,
+    RERUN,
     RESULT,
     JobImage,
     MasterLog,
@@ -136,6 +137,11 @@ class Replication(Placing, Succession):
         elif job.id in self.logs:
             self._append(job.id, [(END, ended)])
 
+    def job_reopened(self, job_id: str, attempts: dict[str, int]) -> None:
+        """Issue 14 (rerun): tasks of a job this node leads run again (by id, their last attempt): log it."""
+        if job_id in self.logs:
+            self._append(job_id, [(RERUN, {"tasks": attempts})])
+
     def _append(self, job_id: str, entries: list[tuple[str, dict[str, Any]]]) -> None:
         if self.unplaced.note(job_id, entries):
             return
@@ -173,8 +179,7 @@ class Replication(Placing, Succession):
                     self._journal.replica_changed(job_id, store.promised, store.accepted)
                 self._journal.replica_batch(job_id, batch)
                 window.append(batch)
-            if run[-1].kind == END:
-                store.ended = True
+                store.ended = ended_after(store.ended, batch)
 
     def records_of(self, job_id: str) -> list[Record]:
         """
@@ -221,7 +226,7 @@ class Replication(Placing, Succession):
         except ValidationError:
             return None
         store.members = image.members
-        store.ended = store.ended or image.ended
+        store.ended = image.ended
         self._members[job_id] = image.members
         return image
 
@@ -444,8 +449,7 @@ class Replication(Placing, Succession):
             self._journal.replica_changed(job, store.promised, store.accepted)
         if batch.last_seq >= batch.first_seq:
             self._journal.replica_batch(job, batch)
-            if ends(batch):
-                store.ended = True
+            store.ended = ended_after(store.ended, batch)
         self.directory.learn(job, ballot)
         return self._journal.durable().addCallback(lambda _: store.held)
 

@@ -1,6 +1,6 @@
 """
 Clients follow the job: how a node answers a client's question about a job
-it does not lead (JOB_STATUS, JOB_TASKS, CANCEL_JOB; LIST_JOBS adds the
+it does not lead (JOB_STATUS, JOB_TASKS, CANCEL_JOB, RERUN_TASKS; LIST_JOBS adds the
 jobs it holds replicas of).
 
 L{Following} looks the job up in the node's L{JobDirectory} (the newest
@@ -10,8 +10,8 @@ the jobs it leads, and never forwards again) and relays the answer.  If the
 leader is unknown, not connected or does not answer, it answers from the
 replica records this node holds, marked C{"answered_by": "replica"}, or
 with UNKNOWN_JOB naming what it knows ("job J was led by m1 at epoch 1; m1
-is not connected to node n2").  A cancel is never answered from a replica:
-only the master can cancel.
+is not connected to node n2").  A cancel or a rerun is never answered from a
+replica: only the master can cancel or rerun.
 
 Every failure becomes a declared error (UNKNOWN_JOB, or the leader's own
 AUTH_REQUIRED), so that the client's connection is kept.
@@ -28,6 +28,7 @@ from twisted.python.failure import Failure
 
 from p2pexec import commands
 from p2pexec.log import NodeLogger
+from p2pexec.status import parse_states
 
 if TYPE_CHECKING:
     from p2pexec.directory import JobDirectory, JobLeader
@@ -51,7 +52,9 @@ class NoReplicaRecords:
         """Nothing: no replica of any job is held here."""
         return None
 
-    def replica_tasks(self, job: str, offset: int, limit: int) -> tuple[list[dict[str, Any]], int] | None:
+    def replica_tasks(
+        self, job: str, offset: int, limit: int, states: frozenset[str] | None = None
+    ) -> tuple[list[dict[str, Any]], int] | None:
         """Nothing: no replica of any job is held here."""
         return None
 
@@ -105,16 +108,21 @@ class Following:
 
         return d.addCallback(answered)
 
-    def job_tasks(self, job: str, offset: int, limit: int, client: str) -> Deferred[dict[str, Any]]:
-        """A page of C{job}'s tasks (C{tasks}, C{next}), from its leader or a replica."""
-        d = self._ask(job, "JOB_TASKS", {"job": job, "offset": offset, "limit": limit}, client)
+    def job_tasks(
+        self, job: str, offset: int, limit: int, client: str, state: str | None = None
+    ) -> Deferred[dict[str, Any]]:
+        """A page of C{job}'s tasks (C{tasks}, C{next}), from its leader or a replica; only in C{state}, if given."""
+        arguments: dict[str, Any] = {"job": job, "offset": offset, "limit": limit}
+        if state is not None:
+            arguments["state"] = state
+        d = self._ask(job, "JOB_TASKS", arguments, client)
 
         def answered(answer: Asked) -> dict[str, Any]:
             if isinstance(answer, dict):
                 if not isinstance(answer.get("tasks"), list) or type(answer.get("next")) is not int:
                     raise self._malformed(job, "JOB_TASKS")
                 return {"tasks": answer["tasks"], "next": answer["next"]}
-            page = self.replicas.replica_tasks(job, offset, limit)
+            page = self.replicas.replica_tasks(job, offset, limit, None if state is None else parse_states(state))
             if page is None:
                 raise self._unknown(job, refused=answer)
             tasks, total = page
@@ -134,6 +142,19 @@ class Following:
             if type(cancelled) is not int:
                 raise self._malformed(job, "CANCEL_JOB")
             return cancelled
+
+        return d.addCallback(answered)
+
+    def rerun(self, job: str, which: str, client: str) -> Deferred[dict[str, Any]]:
+        """Run tasks of C{job} again through its leader (RERUN_TASKS); a replica cannot."""
+        d = self._ask(job, "RERUN_TASKS", {"job": job, "which": which}, client)
+
+        def answered(answer: Asked) -> dict[str, Any]:
+            if not isinstance(answer, dict):
+                raise self._unknown(job, refused=answer, more=" (a job is run again only by its master)")
+            if type(answer.get("count")) is not int or not isinstance(answer.get("tasks"), list):
+                raise self._malformed(job, "RERUN_TASKS")
+            return {"count": answer["count"], "tasks": answer["tasks"]}
 
         return d.addCallback(answered)
 

@@ -15,6 +15,7 @@ from p2pexec.failover import Deposed
 from p2pexec.jobfile import JobFileError, parse_job
 from p2pexec.journal_health import JournalError
 from p2pexec.log import NodeLogger
+from p2pexec.model import ValidationError
 
 if TYPE_CHECKING:
     from p2pexec.interfaces import IJournal, INode
@@ -64,7 +65,10 @@ class Intake:
         except JobFileError as e:
             raise commands.BadJob(str(e)) from None
         self._check_journal()
-        job = self._master.submit(specs)
+        try:
+            job = self._master.submit(specs)
+        except ValidationError as e:  # an all_nodes task's copy named as another task (p2pexec.placement)
+            raise commands.BadJob(f"{label}: {e}") from None
         # Written now, not after the group-commit delay: a job that cannot
         # be written is refused, not accepted and left waiting unanswered.
         try:

@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from p2pexec.peer import PeerProtocol
     from p2pexec.replica_log import Batch
     from p2pexec.replicas import Ballot
+    from p2pexec.task_output import TaskOutputs
     from p2pexec.tls import TLSConfig
 
 
@@ -74,6 +75,9 @@ class IPeerHandler(Protocol):
 
     following: IClientFollowing
     """How a client's question about a job this node does not lead is answered (forwarded, or from a replica)."""
+
+    task_outputs: TaskOutputs
+    """How TASK_OUTPUT is answered (issue 14: as the job's master, as a worker, or forwarded)."""
 
     def connection_opened(self, protocol: PeerProtocol) -> bool:
         """Count a new connection by its remote address; C{False} refuses it (too many from there)."""
@@ -110,6 +114,9 @@ class IPeerHandler(Protocol):
 
     def cancel_requested(self, protocol: PeerProtocol, job: str, epoch: int | None) -> int:
         """Cancel a job we are master of, or stop our part of a job (see L{commands.CancelJob})."""
+
+    def rerun_requested(self, protocol: PeerProtocol, job: str, which: str) -> Deferred[dict[str, Any]]:
+        """Run again tasks of a finished job we are master of (see L{commands.RerunTasks})."""
 
     def replicate_received(
         self, protocol: PeerProtocol, job: str, ballot: Ballot, first_seq: int, records: bytes, last_seq: int | None
@@ -395,11 +402,16 @@ class IClientFollowing(Protocol):
     def job_status(self, job: str, client: str) -> Deferred[dict[str, Any]]:
         """C{job}'s summary, from its leader (forwarded) or from a replica."""
 
-    def job_tasks(self, job: str, offset: int, limit: int, client: str) -> Deferred[dict[str, Any]]:
+    def job_tasks(
+        self, job: str, offset: int, limit: int, client: str, state: str | None = None
+    ) -> Deferred[dict[str, Any]]:
         """A JOB_TASKS answer (C{tasks}, C{next}) for C{job}, from its leader or from a replica."""
 
     def cancel(self, job: str, client: str) -> Deferred[int]:
         """Cancel C{job} through its leader; fire with how many tasks were cancelled."""
+
+    def rerun(self, job: str, which: str, client: str) -> Deferred[dict[str, Any]]:
+        """Run tasks of C{job} again through its leader; fire with the RERUN_TASKS answer."""
 
     def replica_jobs(self) -> list[dict[str, Any]]:
         """Summaries of the jobs held here as a replica and not led here."""
@@ -415,8 +427,10 @@ class IReplicaRecords(Protocol):
     def replica_status(self, job: str) -> dict[str, Any] | None:
         """C{job}'s summary (a C{JobSummary}, as docs/api.rst), or C{None}."""
 
-    def replica_tasks(self, job: str, offset: int, limit: int) -> tuple[list[dict[str, Any]], int] | None:
-        """A page of C{job}'s tasks (C{Task} objects) from C{offset}, and how many it has; or C{None}."""
+    def replica_tasks(
+        self, job: str, offset: int, limit: int, states: frozenset[str] | None = None
+    ) -> tuple[list[dict[str, Any]], int] | None:
+        """A page of C{job}'s tasks (C{Task} objects; only in C{states}, if given) from C{offset}, and how many matched; or C{None}."""
 
     def replica_jobs(self) -> list[dict[str, Any]]:
         """Summaries of every job held here as a replica."""

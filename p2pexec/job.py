@@ -387,6 +387,45 @@ class Job:
         self.finished = now
         return running
 
+    def rerun(
+        self,
+        task_ids: Iterable[str],
+        perform: Callable[[TaskRecord, tuple[TaskOutput, ...]], None] | None = None,
+    ) -> list[str]:
+        """
+        Run again the finished tasks among C{task_ids} (L{TaskEvent.RERUN}),
+        as new attempts: their results no longer count, their retries and
+        losses start again from none, and their attempt numbers go on.  The
+        job is open again (not finished, not cancelled).  A late result of
+        an earlier attempt is stale: the task's worker is forgotten.
+
+        @param perform: called with each record and the outputs the master performs.
+        @return: the ids that run again, in job order.
+        """
+        wanted = set(task_ids)
+        again = []
+        for task_id, record in self.tasks.items():
+            if task_id not in wanted or record.state is not TaskState.DONE:
+                continue
+            record.state, outputs = _step(record.state, TaskEvent.RERUN)
+            for output in outputs:
+                if output is TaskOutput.UNCOUNT_RESULT and record.result is not None:
+                    if record.result.succeeded:
+                        self.succeeded -= 1
+                    else:
+                        self.failed -= 1
+                    record.result = None
+                    record.failures = record.losses = 0
+                    record.worker = None
+            again.append(task_id)
+            if perform is not None:
+                perform(record, outputs)
+        if again:
+            self.finished = None
+            self._finished_at = None
+            self.cancelled = False
+        return again
+
     def counts(self) -> dict[str, int]:
         """How many tasks are in each state, by the names the journal stores (pending, assigned, done)."""
         counts = {"pending": 0, "assigned": 0, "done": 0}

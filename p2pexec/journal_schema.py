@@ -113,6 +113,19 @@ C{replica_records} (one per record, as an earlier p2pexec wrote them) move into 
 as a batch of one."""
 
 
+RESULT_COLUMNS = (
+    ("result_started", "REAL"),
+    ("result_signal", "INTEGER"),
+    ("stdout_size", "INTEGER"),
+    ("stderr_size", "INTEGER"),
+    ("output_cut", "INTEGER"),
+)
+"""The columns of C{tasks} for what a result says since issue 14 (L{TaskResult}'s C{started},
+C{signal}, C{stdout_size}, C{stderr_size}, C{output_cut}; NULL: unknown); added to a file
+that lacks them (ALTER TABLE ... ADD COLUMN), its rows keeping NULL, so that no journal of an
+earlier p2pexec is refused for lacking them."""
+
+
 @attr.s(auto_attribs=True, frozen=True)
 class StoredTask:
     """One task as the journal has it."""
@@ -158,9 +171,10 @@ TASK_COLUMN_NAMES = (
     "stdout",
     "stderr",
     "error",
+    *(name for name, _ in RESULT_COLUMNS),
 )
 TASK_COLUMNS = ", ".join(TASK_COLUMN_NAMES)
-_NO_RESULT = (None,) * 8
+_NO_RESULT = (None,) * (len(TASK_COLUMN_NAMES) - 5)
 
 
 def task_row(record: ITaskState) -> tuple[Any, ...]:
@@ -178,6 +192,11 @@ def task_row(record: ITaskState) -> tuple[Any, ...]:
         result.stdout,
         result.stderr,
         result.error,
+        result.started,
+        result.signal,
+        result.stdout_size,
+        result.stderr_size,
+        None if result.output_cut is None else int(result.output_cut),
     )
 
 
@@ -194,7 +213,10 @@ def stored_task(task_id: str, kind: str, spec: str | None, row: list[Any]) -> St
     if not isinstance(data, dict):
         raise ValueError(f"task {task_id!r}: its stored spec is not an object")
     data.update(id=task_id, kind=kind)
-    state, attempt, worker, failures, losses, r_attempt, status, node, exit_code, duration, stdout, stderr, error = row
+    state, attempt, worker, failures, losses, r_attempt, status, node, exit_code, duration, stdout, stderr, error = row[
+        :13
+    ]
+    started, signal, stdout_size, stderr_size, output_cut = row[13:]
     result = None
     if status is not None:
         result = TaskResult(
@@ -207,6 +229,11 @@ def stored_task(task_id: str, kind: str, spec: str | None, row: list[Any]) -> St
             stdout=stdout or "",
             stderr=stderr or "",
             error=error,
+            started=started,
+            signal=signal,
+            stdout_size=stdout_size,
+            stderr_size=stderr_size,
+            output_cut=None if output_cut is None else bool(output_cut),
         )
     return StoredTask(
         spec=TaskSpec.from_wire(data),
@@ -291,6 +318,12 @@ def open_database(path: str, factory: type[sqlite3.Connection] | None = None) ->
                 for statement in REPLICA_SCHEMA.split(";"):
                     if statement.strip():
                         db.execute(statement)
+        columns = {row[1] for row in db.execute("PRAGMA table_info(tasks)")}
+        missing = [(name, kind) for name, kind in RESULT_COLUMNS if name not in columns]
+        if missing:
+            with transaction(db):
+                for name, kind in missing:
+                    db.execute(f"ALTER TABLE tasks ADD COLUMN {name} {kind}")
         if "replica_batches" not in tables:
             with transaction(db):
                 for statement in BATCH_SCHEMA.split(";\n"):

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
-from p2pexec import leadership, losses, scheduler
+from p2pexec import leadership, losses, reruns, scheduler
 from p2pexec.clock import WallClock
 from p2pexec.confirmations import Batch, log_confirmed, log_stale, report_result
 from p2pexec.endings import JobEndings
@@ -38,6 +38,7 @@ from p2pexec.journal_health import JournalError
 from p2pexec.journal_schema import StoredJob
 from p2pexec.log import NodeLogger
 from p2pexec.model import Assignment, NodeInfo, TaskResult, TaskSpec
+from p2pexec.placement import PinnedQueues, expand_all_nodes
 from p2pexec.recovery import Recovery
 from p2pexec.retries import RetryTimers
 from p2pexec.seats import WorkerSeat
@@ -126,6 +127,7 @@ class Master:
         self._workers: dict[str, WorkerSeat] = {}
         self._dispatch_call: IDelayedCall | None = None
         self._waiting = WaitingKinds(me.name, clock, self.schedule_dispatch)
+        self._pinned = PinnedQueues(me.name, clock, self.schedule_dispatch)
         self._job_numbers = itertools.count(1)
         self.assignments_sent = 0
         self.dispatching = True
@@ -149,9 +151,11 @@ class Master:
             once L{Replication.place<p2pexec.failover.Replication.place>} is
             called, and nothing of it is committed before.
         """
+        job_id = job_id or self.new_job_id()
+        capable = {name: seat.info.capabilities for name, seat in self._workers.items() if seat.accepting}
         job = Job(
-            job_id or self.new_job_id(),
-            tasks,
+            job_id,
+            expand_all_nodes(job_id, list(tasks), capable),
             started=self._clock.seconds(),
             source=source,
             max_losses=self._max_losses,
@@ -163,7 +167,10 @@ class Master:
             self.replication.job_accepted(job, place)
         kinds: dict[str, int] = {}
         for task_id, record in job.tasks.items():
-            self._pending.setdefault(record.spec.kind, deque()).append((job.id, task_id))
+            if record.spec.node is None:
+                self._pending.setdefault(record.spec.kind, deque()).append((job.id, task_id))
+            else:
+                self._pinned.add(record.spec.kind, record.spec.node, [(job.id, task_id)])
             kinds[record.spec.kind] = kinds.get(record.spec.kind, 0) + 1
         log.info(
             "Node {name} is master of job {job}: {count} task(s) of kind(s) {kinds}",
@@ -226,6 +233,7 @@ class Master:
 
     def _unqueue(self, job_id: str) -> None:
         """Take C{job_id}'s tasks out of the queues."""
+        self._pinned.unqueue(job_id)
         for kind in list(self._pending):
             kept = deque(entry for entry in self._pending[kind] if entry[0] != job_id)
             if kept:
@@ -290,8 +298,11 @@ class Master:
 
     def _requeue(self, job: Job, task_ids: list[str]) -> None:
         for task_id in reversed(task_ids):
-            kind = job.tasks[task_id].spec.kind
-            self._pending.setdefault(kind, deque()).appendleft((job.id, task_id))
+            spec = job.tasks[task_id].spec
+            if spec.node is None:
+                self._pending.setdefault(spec.kind, deque()).appendleft((job.id, task_id))
+            else:
+                self._pinned.add(spec.kind, spec.node, [(job.id, task_id)], front=True)
         self.schedule_dispatch()
 
     def worker_lost(self, name: str, why: str, count_loss: bool = True) -> None:
@@ -417,6 +428,8 @@ class Master:
                 seat = self._workers.get(record.worker or "")
                 if seat is not None:
                     seat.accepting = False
+            elif output is TaskOutput.UNCOUNT_RESULT:
+                pass  # done by the job (Job.rerun)
             else:  # pragma: no cover (every output is handled above)
                 raise AssertionError(output)
 
@@ -434,6 +447,10 @@ class Master:
         @raise KeyError: if C{job_id} is not a job of this master.
         """
         return leadership.cancel(self, job_id, by)
+
+    def rerun(self, job_id: str, which: str, by: str) -> list[str]:
+        """Run again the tasks of a finished job that did not succeed (see L{p2pexec.reruns.rerun})."""
+        return reruns.rerun(self, job_id, which, by)
 
     # -- dispatch -----------------------------------------------------------
 
@@ -463,8 +480,12 @@ class Master:
             for name, seat in self._workers.items()
             if seat.accepting
         ]
-        planned = scheduler.plan(self._pending, capacity)
+        pinned = self._pinned
+        planned = scheduler.plan(self._pending, capacity, pinned.queues)
         self._waiting.note(planned.unschedulable, self._pending)
+        if pinned.queues:
+            pinned.note(planned.absent, self._workers.__contains__)
+            pinned.drop_empty()
         sends: list[tuple[str, str, list[Assignment]]] = []
         jobs = self.jobs
         perform = self._perform
@@ -554,7 +575,7 @@ class Master:
 
     def pending_count(self) -> int:
         """How many tasks wait for a worker."""
-        return sum(len(q) for q in self._pending.values())
+        return sum(len(q) for q in self._pending.values()) + self._pinned.count()
 
 
 _PENDING = TaskState.PENDING

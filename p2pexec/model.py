@@ -237,6 +237,12 @@ class TaskSpec:
     @ivar timeout: seconds before the process group is killed, or C{None}.
     @ivar retries: how many times a failed attempt is run again (after a
         backoff) before the failure is final.
+    @ivar node: the only node that may run it (it waits while that node is
+        absent), or C{None} for any node that runs its kind.
+    @ivar all_nodes: run it once on every live node that runs its kind: the
+        master expands it into one task per such node when it accepts the
+        job (see L{p2pexec.placement}), so an accepted task has it false
+        unless no node ran its kind then.
     """
 
     id: str
@@ -247,6 +253,8 @@ class TaskSpec:
     env: tuple[tuple[str, str], ...] = ()
     timeout: float | None = None
     retries: int = 0
+    node: str | None = None
+    all_nodes: bool = False
 
     @classmethod
     def instruction(cls, name: str) -> TaskSpec:
@@ -268,6 +276,10 @@ class TaskSpec:
             data["timeout"] = self.timeout
         if self.retries:
             data["retries"] = self.retries
+        if self.node is not None:
+            data["node"] = self.node
+        if self.all_nodes:
+            data["all_nodes"] = True
         return data
 
     @classmethod
@@ -338,7 +350,21 @@ class TaskSpec:
             isinstance(retries, int) and not isinstance(retries, bool) and 0 <= retries <= MAX_RETRIES,
             f"{what}: 'retries' must be a whole number from 0 to {MAX_RETRIES}, not {retries!r}",
         )
-        unknown = set(data) - {"id", "kind", "command", "shell", "cwd", "env", "timeout", "retries"}
+        node = data.get("node")
+        if node is not None:
+            validate_name(node, f"{what}: 'node' (a node name)")
+        all_nodes = data.get("all_nodes", False)
+        _require(isinstance(all_nodes, bool), f"{what}: 'all_nodes' must be true or false")
+        _require(
+            not (all_nodes and node is not None),
+            f"{what}: 'node' and 'all_nodes' cannot both be set (one node, or every node)",
+        )
+        _require(
+            not all_nodes or len(task_id) <= MAX_ALL_NODES_ID,
+            f"{what}: with all_nodes = true the id may be at most {MAX_ALL_NODES_ID} characters "
+            "(each node's copy is named ID@NODE)",
+        )
+        unknown = set(data) - _TASK_FIELDS
         _require(not unknown, f"{what}: unknown field(s) {', '.join(sorted(unknown))}")
         return cls(
             id=task_id,
@@ -349,7 +375,15 @@ class TaskSpec:
             env=tuple(sorted(env.items())),
             timeout=timeout,
             retries=retries,
+            node=node,
+            all_nodes=all_nodes,
         )
+
+
+_TASK_FIELDS = frozenset({"id", "kind", "command", "shell", "cwd", "env", "timeout", "retries", "node", "all_nodes"})
+
+MAX_ALL_NODES_ID = 128 - 1 - 64
+"""The longest id of an C{all_nodes} task: its copies' ids, C{ID@NODE}, must still be task ids."""
 
 
 SUCCEEDED = "succeeded"
@@ -381,6 +415,15 @@ class TaskResult:
     @ivar stderr: the tail of its standard error.
     @ivar error: why it failed, in words, when there is more to say than the
         exit code.
+    @ivar started: when the attempt started, by the wall clock of the node
+        that ran it (seconds since the epoch, for people and the joblog);
+        C{None}: unknown (not run by a process executor, or an older node).
+    @ivar signal: the number of the signal that ended its process, or C{None}.
+    @ivar stdout_size: bytes the attempt wrote to its standard output, kept
+        or not; C{None} when unknown (an older worker).
+    @ivar stderr_size: the same for its standard error.
+    @ivar output_cut: whether a stream went past the worker's --max-output
+        and the rest was cut from its kept output; C{None} when unknown.
     """
 
     task_id: str
@@ -392,6 +435,12 @@ class TaskResult:
     stdout: str = ""
     stderr: str = ""
     error: str | None = None
+    # Issue 14, output: when the attempt started, and the signal that ended it.
+    started: float | None = None
+    signal: int | None = None
+    stdout_size: int | None = None
+    stderr_size: int | None = None
+    output_cut: bool | None = None
 
     @property
     def succeeded(self) -> bool:
@@ -415,6 +464,16 @@ class TaskResult:
             data["stderr"] = self.stderr
         if self.error is not None:
             data["error"] = self.error
+        if self.started is not None:
+            data["started"] = round(self.started, 6)
+        if self.signal is not None:
+            data["signal"] = self.signal
+        if self.stdout_size is not None:
+            data["stdout_size"] = self.stdout_size
+        if self.stderr_size is not None:
+            data["stderr_size"] = self.stderr_size
+        if self.output_cut is not None:
+            data["output_cut"] = self.output_cut
         return data
 
     @classmethod
@@ -446,6 +505,24 @@ class TaskResult:
         _require(isinstance(stdout, str), f"{what}: 'stdout' must be a string")
         _require(isinstance(stderr, str), f"{what}: 'stderr' must be a string")
         _require(error is None or isinstance(error, str), f"{what}: 'error' must be a string")
+        started = data.get("started")
+        if started is not None:
+            started = _finite_seconds(_field(data, "started", float, what), f"{what}: 'started'")
+        signal_number = data.get("signal")
+        _require(
+            signal_number is None
+            or (isinstance(signal_number, int) and not isinstance(signal_number, bool) and signal_number > 0),
+            f"{what}: 'signal' must be a signal number above 0",
+        )
+        sizes = {}
+        for key in ("stdout_size", "stderr_size"):
+            size = data.get(key)
+            _require(
+                size is None or (type(size) is int and size >= 0), f"{what}: {key!r} must be an integer, 0 or more"
+            )
+            sizes[key] = size
+        output_cut = data.get("output_cut")
+        _require(output_cut is None or isinstance(output_cut, bool), f"{what}: 'output_cut' must be true or false")
         return cls(
             task_id=task_id,
             attempt=attempt,
@@ -456,6 +533,10 @@ class TaskResult:
             stdout=stdout,
             stderr=stderr,
             error=error,
+            started=started,
+            signal=signal_number,
+            output_cut=output_cut,
+            **sizes,
         )
 
 
@@ -472,8 +553,14 @@ class Assignment:
     attempt: int
 
     def to_wire(self) -> dict[str, Any]:
-        """The task's wire form with its attempt number added."""
+        """
+        The task's wire form with its attempt number added; without
+        C{node} and C{all_nodes}, which are the master's business (so a
+        worker that does not know them still takes the task).
+        """
         data = self.task.to_wire()
+        data.pop("node", None)
+        data.pop("all_nodes", None)
         data["attempt"] = self.attempt
         return data
 

@@ -26,6 +26,7 @@ from p2pexec.job import Job
 from p2pexec.leaving import drain, warn_unfinished
 from p2pexec.listeners import Listener
 from p2pexec.log import NodeLogger
+from p2pexec.outputs import OutputStore
 from p2pexec.peer import PeerProtocol
 from p2pexec.startup import announce
 from p2pexec.wiring import Parts, build_parts, wire
@@ -45,6 +46,7 @@ def create_node(
     journal: IJournal | None = None,
     worker: Worker | None = None,
     rng: random.Random | None = None,
+    outputs: OutputStore | None = None,
 ) -> Node:
     """
     Build a node's parts from C{config} and wire them into a L{Node}.
@@ -61,10 +63,11 @@ def create_node(
         id, jitters, whom to gossip with), for a simulation that must replay
         exactly (L{p2pexec.testing.simulation}); by default C{random}'s and
         C{os.urandom}.
+    @param outputs: where the runner keeps the tasks' full output, which
+        TASK_OUTPUT reads (L{p2pexec.outputs}); none by default.
     """
-    return Node(
-        config, reactor, build_parts(config, reactor, runner, wall=wall, journal=journal, worker=worker, rng=rng)
-    )
+    parts = build_parts(config, reactor, runner, wall=wall, journal=journal, worker=worker, rng=rng, outputs=outputs)
+    return Node(config, reactor, parts)
 
 
 class Node:

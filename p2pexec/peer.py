@@ -51,6 +51,7 @@ from p2pexec.log import NodeLogger
 from p2pexec.model import NodeInfo, ValidationError, shorten, validate_name
 from p2pexec.peer_commands import PEER_COMMANDS, PeerCommands, parse_peer_list, peer_entry
 from p2pexec.refusals import CODES, LOCAL_TOKEN_NOT_PROVED, LOCAL_TOKEN_OUT_OF_TURN, PROOF_OUT_OF_TURN, refusal
+from p2pexec.task_output import OutputCommands
 
 __all__ = [
     "AUTH_TIMEOUT",
@@ -84,7 +85,7 @@ _SERVED = frozenset((_Out.SERVE, _Out.ASK_NODE, _Out.CHECK_HANDSHAKE, _Out.ANSWE
 """Outputs performed by the responder of the box that fired the event (they need its arguments)."""
 
 
-class PeerProtocol(ClientCommands, PeerCommands, CheckedAMP):
+class PeerProtocol(ClientCommands, OutputCommands, PeerCommands, CheckedAMP):
     """
     One AMP connection to another node (or from a client), in either direction.
 

@@ -1,171 +1,158 @@
 """
-A job's replica set chosen and its log started, as its master
-(L{Placing}, part of L{p2pexec.failover.Replication}); and the jobs
-accepted before their replica set is chosen (L{Placements}): a node's
-start-up job runs at once, but its replica set is chosen only once enough
-peers are connected, or after a settle time (see L{p2pexec.startup}).
-Until then what the job's log would say is held here, and so is every wait
-for a commit: nothing of the job is acknowledged before its records are
-held by a majority of the set finally chosen (L{p2pexec.failover}).
+Where a task runs, when its job says (issue 14): a task with C{node = "b1"}
+runs on node b1 only, and one with C{all_nodes = true} once on every live
+node that runs its kind.
+
+L{expand_all_nodes} turns each C{all_nodes} task into one task per capable
+worker connected to the master when it accepts the job, named C{ID@NODE}
+and pinned to that node.  L{PinnedQueues} holds the master's queues of
+pinned tasks, by (kind, node), beside its queues by kind (the scheduler
+serves them first, each by its node alone: see L{p2pexec.scheduler.plan}),
+and says once, in one log line, when such tasks wait for their node.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
 
 import attr
-from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
 
-from p2pexec.log import NodeLogger
-from p2pexec.replica_log import ReplicaStore
-from p2pexec.replicas import Ballot, ReplicaSet
-from p2pexec.replication import JOB, MasterLog, Record, job_records
+from p2pexec.log import NodeLogger, format_ids
+from p2pexec.model import TaskSpec, ValidationError
+from p2pexec.waiting import WAITING_GRACE
 
-if TYPE_CHECKING:
-    from p2pexec.directory import JobDirectory
-    from p2pexec.job import Job
-    from p2pexec.membership import PeerTable
+log = NodeLogger(namespace="p2pexec.master")
+"""The master's logger: these lines are the master's, wherever its code lives."""
 
-log = NodeLogger(namespace="p2pexec.failover")
+Entry = tuple[str, str]
+"""A queue entry: (job id, task id)."""
 
 
-@attr.s(auto_attribs=True, eq=False, slots=True)
-class Unplaced:
+def expand_all_nodes(
+    job_id: str, specs: list[TaskSpec], workers: Mapping[str, frozenset[str] | tuple[str, ...]]
+) -> list[TaskSpec]:
     """
-    A job whose replica set is still to be chosen.
+    C{specs}, each C{all_nodes} task replaced by one copy per worker of
+    C{workers} (name to capabilities) that runs its kind, in name order: id
+    C{ID@NODE}, pinned to that node.  With no such worker, the task stays one
+    task of its kind (it waits, as any task nobody runs, and runs once, on
+    the first node that can), and the master says so.
 
-    @ivar entries: the records logged meanwhile (kind, data), in order,
-        after the job's own.
-    @ivar waiters: fire once the records logged so far are committed.
+    @raise ValidationError: if a copy's id is already another task's.
     """
-
-    job: Job
-    entries: list[tuple[str, dict[str, Any]]] = attr.Factory(list)
-    waiters: list[Deferred[None]] = attr.Factory(list)
-
-
-class Placements:
-    """The jobs of one node whose replica set is still to be chosen, by id."""
-
-    def __init__(self) -> None:
-        self._jobs: dict[str, Unplaced] = {}
-
-    def __contains__(self, job_id: object) -> bool:
-        return job_id in self._jobs
-
-    def add(self, job: Job) -> None:
-        """C{job} was accepted; its replica set is chosen later (L{pop})."""
-        self._jobs[job.id] = Unplaced(job)
-
-    def note(self, job_id: str, entries: list[tuple[str, dict[str, Any]]]) -> bool:
-        """Hold C{entries} for C{job_id}'s log, if its set is still to be chosen; return whether they were held."""
-        unplaced = self._jobs.get(job_id)
-        if unplaced is None:
-            return False
-        unplaced.entries.extend(entries)
-        return True
-
-    def wait(self, job_id: str) -> Deferred[None] | None:
-        """A Deferred that fires once C{job_id}'s records so far are committed, if its set is still to be chosen."""
-        unplaced = self._jobs.get(job_id)
-        if unplaced is None:
-            return None
-        d: Deferred[None] = Deferred()
-        unplaced.waiters.append(d)
-        return d
-
-    def pop(self, job_id: str) -> Unplaced | None:
-        """The job, its records and its waiters, to be placed now (C{None} if it is not waiting)."""
-        return self._jobs.pop(job_id, None)
-
-
-class Placing:
-    """
-    The master's methods of L{p2pexec.failover.Replication} that choose a
-    job's replica set and start its log; it provides what is declared here.
-    """
-
-    replicas: int
-    directory: JobDirectory
-    logs: dict[str, MasterLog]
-    stores: dict[str, ReplicaStore]
-    unplaced: Placements
-    _peers: PeerTable
-    _members: dict[str, tuple[str, ...]]
-    _waiters: dict[str, list[tuple[int, Deferred[None]]]]
-
-    @property
-    def _me(self) -> str:
-        raise NotImplementedError
-
-    def _master_log(
-        self, job_id: str, members: Iterable[str], ballot: Ballot, records: Iterable[Record] = ()
-    ) -> MasterLog:
-        raise NotImplementedError
-
-    def _write_own(self, job_id: str, log_: MasterLog) -> None:
-        raise NotImplementedError
-
-    def _changed(self, job_id: str) -> None:
-        raise NotImplementedError
-
-    def job_accepted(self, job: Job, place: bool = True) -> None:
-        """
-        A job was accepted here: choose its replica set and log the job
-        (nothing with C{--replicas 0}); with C{place} false, later (L{place}).
-        """
-        if self.replicas <= 0:
-            return
-        if not place:
-            self.unplaced.add(job)
-            return
-        self._place(job, [])
-
-    def place(self, job_id: str) -> None:
-        """Choose now the replica set of a job accepted without one, and log what it did so far."""
-        unplaced = self.unplaced.pop(job_id)
-        if unplaced is None:
-            return
-        self._place(unplaced.job, unplaced.entries)
-        log_ = self.logs.get(job_id)
-        for d in unplaced.waiters:
-            if log_ is None:
-                d.callback(None)
-            else:
-                self._waiters.setdefault(job_id, []).append((log_.tail, d))
-
-    def _place(self, job: Job, entries: list[tuple[str, dict[str, Any]]]) -> None:
-        """Choose C{job}'s replica set among the connected peers, and log it with C{entries} after it."""
-        live = [record.info.name for record in self._peers.connected_peers()]
-        members = ReplicaSet.choose(job.id, self._me, live, self.replicas).members
-        if len(members) == 1:
-            # No other node to replicate to, so nothing could take the job
-            # over: keep no log of it (a log held every record in memory, 8
-            # MiB for W4's 10,000 tasks) and run it as --replicas 0 would.
-            log.info(
-                "Node {name} does not replicate job {job}: no other node is connected, so it has no failover",
-                name=self._me,
-                job=job.id,
+    if not any(spec.all_nodes for spec in specs):
+        return specs
+    ids = {spec.id for spec in specs}
+    out: list[TaskSpec] = []
+    for spec in specs:
+        if not spec.all_nodes:
+            out.append(spec)
+            continue
+        nodes = sorted(name for name, capabilities in workers.items() if spec.kind in capabilities)
+        if not nodes:
+            log.warn(
+                "Job {job}: no connected node runs kind {kind!r}, so task {task} (all_nodes) waits as one "
+                "task and runs once, on the first node that does",
+                job=job_id,
+                kind=spec.kind,
+                task=spec.id,
             )
-            return
-        ballot = Ballot(1, self._me)
-        self.logs[job.id] = log_ = self._master_log(job.id, members, ballot)
-        self._members[job.id] = members
-        specs = [record.spec for record in job.tasks.values()]
-        for data, raw in job_records(job.id, specs, members, job.source, job.started_at):
-            log_.append(JOB, data, raw)
-        for kind, data in entries:
-            log_.append(kind, data)
-        self.stores[job.id] = ReplicaStore(job.id)
-        self._write_own(job.id, log_)
-        self.directory.learn(job.id, ballot)
+            out.append(attr.evolve(spec, all_nodes=False))
+            continue
+        for node in nodes:
+            copy = f"{spec.id}@{node}"
+            if copy in ids:
+                raise ValidationError(
+                    f"task {spec.id!r}: its copy for node {node} would be named {copy!r}, "
+                    "which another task of the job already is"
+                )
+            ids.add(copy)
+            out.append(attr.evolve(spec, id=copy, node=node, all_nodes=False))
         log.info(
-            "Node {name} replicates job {job} to {replicas} (a majority is {majority} of {size})",
-            name=self._me,
-            job=job.id,
-            replicas=", ".join(members[1:]),
-            majority=log_.majority,
-            size=len(members),
+            "Job {job}: task {task} runs on every node that runs kind {kind!r}: {nodes}",
+            job=job_id,
+            task=spec.id,
+            kind=spec.kind,
+            nodes=", ".join(nodes),
         )
-        self._changed(job.id)
+    return out
+
+
+class PinnedQueues:
+    """
+    A master's queues of tasks that run on one node only, by (kind, node),
+    and their wait for that node: one warning per wait, once it lasted
+    L{WAITING_GRACE} seconds (at start-up workers are still connecting).
+    """
+
+    def __init__(self, name: str, clock: IReactorTime, recheck: Callable[[], None]) -> None:
+        """
+        @param name: the master's node name, for the warning.
+        @param clock: the monotonic clock.
+        @param recheck: called once a wait's grace is over, to plan again.
+        """
+        self._name = name
+        self._clock = clock
+        self._recheck = recheck
+        self.queues: dict[tuple[str, str], deque[Entry]] = {}
+        self._since: dict[tuple[str, str], float] = {}
+        self._warned: set[tuple[str, str]] = set()
+
+    def add(self, kind: str, node: str, entries: Iterable[Entry], front: bool = False) -> None:
+        """Queue C{entries} (in order) for C{node}: at the back, or at the front."""
+        queue = self.queues.setdefault((kind, node), deque())
+        if front:
+            queue.extendleft(reversed(list(entries)))
+        else:
+            queue.extend(entries)
+
+    def unqueue(self, job_id: str) -> None:
+        """Take C{job_id}'s tasks out of the queues."""
+        for key in list(self.queues):
+            self.queues[key] = deque(entry for entry in self.queues[key] if entry[0] != job_id)
+        self.drop_empty()
+
+    def drop_empty(self) -> None:
+        """Forget the queues emptied by a dispatch (and their wait: it is over)."""
+        for key in [key for key, queue in self.queues.items() if not queue]:
+            del self.queues[key]
+            self._since.pop(key, None)
+            self._warned.discard(key)
+
+    def count(self) -> int:
+        """How many pinned tasks wait for a worker."""
+        return sum(len(queue) for queue in self.queues.values())
+
+    def note(self, absent: list[tuple[str, str]], connected: Callable[[str], bool]) -> None:
+        """
+        After a dispatch: C{absent} are the (kind, node) queues whose node was
+        not there to take them; C{connected} tells whether a node is connected
+        (then it lacks the kind).
+        """
+        if not absent and not self._since:
+            return
+        now = self._clock.seconds()
+        waiting = set(absent)
+        for key in [key for key in self._since if key not in waiting]:
+            del self._since[key]
+            self._warned.discard(key)
+        for key in absent:
+            since = self._since.get(key)
+            if since is None:
+                self._since[key] = now
+                self._clock.callLater(WAITING_GRACE, self._recheck)
+            elif now - since >= WAITING_GRACE and key not in self._warned:
+                self._warned.add(key)
+                kind, node = key
+                why = f"{node} does not run kind {kind!r}" if connected(node) else f"{node} is not connected"
+                log.warn(
+                    "Node {name} has {count} task(s) that run only on node {node} waiting: {why}; they run "
+                    "when it can take them: {ids}",
+                    name=self._name,
+                    count=len(self.queues[key]),
+                    node=node,
+                    why=why,
+                    ids=format_ids([task_id for _, task_id in self.queues[key]]),
+                )

@@ -85,7 +85,9 @@ class Recovery:
             resumed.append(job)
             in_doubt = 0
             for task_id, record in job.tasks.items():
-                if record.state is TaskState.PENDING:
+                if record.state is TaskState.PENDING and record.spec.node is not None:
+                    master._pinned.add(record.spec.kind, record.spec.node, [(job.id, task_id)])
+                elif record.state is TaskState.PENDING:
                     master._pending.setdefault(record.spec.kind, deque()).append((job.id, task_id))
                 elif record.state is TaskState.IN_DOUBT:
                     assert record.worker is not None

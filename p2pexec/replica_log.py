@@ -24,9 +24,10 @@ import attr
 
 from p2pexec.model import ValidationError, loads_strict
 from p2pexec.replicas import Ballot
-from p2pexec.replication import END, MAX_RECORDS, Record, StaleBallot
+from p2pexec.replication import END, MAX_RECORDS, RERUN, Record, StaleBallot
 
 END_HINT = b'"end"'
+RERUN_HINT = b'"rerun"'
 """Bytes every batch holding an C{end} record contains: only such a batch is decoded as it arrives."""
 
 
@@ -243,3 +244,15 @@ def count_records(raw: bytes, first_seq: int, ballot: Ballot) -> int:
         if Record.from_wire(entry, ballot).seq != first_seq + index:
             raise ValidationError("the records' seqs must run on from 'first_seq' without a gap")
     return len(wire)
+
+
+def ended_after(ended: bool, batch: Batch) -> bool:
+    """
+    Whether a job's log says it ended once C{batch} is added to a log that
+    said C{ended}: an C{end} record ends it, a later C{rerun} record reopens
+    it (the batch is decoded only if its bytes could hold either).
+    """
+    if END_HINT not in batch.raw and RERUN_HINT not in batch.raw:
+        return ended
+    marks = [record.kind for record in decode([batch]).records if record.kind in (END, RERUN)]
+    return ended if not marks else marks[-1] == END

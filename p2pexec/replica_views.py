@@ -39,7 +39,7 @@ def image_job(image: JobImage, now: float, wall_now: float, max_losses: int) -> 
     for spec in image.specs:
         result = image.results.get(spec.id)
         if result is None:
-            records.append(TaskRecord(spec=spec))
+            records.append(TaskRecord(spec=spec, attempt=image.attempts.get(spec.id, 0)))
         else:
             records.append(TaskRecord(spec=spec, state=TaskState.DONE, attempt=result.attempt, result=result))
     started = now - max(0.0, wall_now - image.started_at)
@@ -111,12 +111,14 @@ class ReplicaViews:
         master, epoch = self._leader(job)
         return status.job_summary(rebuilt, self._clock.seconds(), frozenset(), master=master, epoch=epoch)
 
-    def replica_tasks(self, job: str, offset: int, limit: int) -> tuple[list[dict[str, Any]], int] | None:
-        """A page of C{job}'s tasks from its replica records, and how many it has; or C{None}."""
+    def replica_tasks(
+        self, job: str, offset: int, limit: int, states: frozenset[str] | None = None
+    ) -> tuple[list[dict[str, Any]], int] | None:
+        """A page of C{job}'s tasks (only in C{states}, if given) from its replica records, and how many matched; or C{None}."""
         rebuilt = self._job(job)
         if rebuilt is None:
             return None
-        return status.tasks_page(rebuilt, frozenset(), offset=offset, limit=limit)
+        return status.tasks_page(rebuilt, frozenset(), offset=offset, limit=limit, state=states)
 
     def replica_jobs(self) -> list[dict[str, Any]]:
         """Summaries of every job held here as a replica."""

@@ -27,8 +27,10 @@ from p2pexec.model import TaskResult, TaskSpec, ValidationError
 from p2pexec.replicas import Ballot, majority
 
 JOB, RESULT, CANCEL, END = "job", "result", "cancel", "end"
-RECORD_KINDS = frozenset((JOB, RESULT, CANCEL, END))
-"""What a record says: the job as accepted (in parts), a task's result, that it was cancelled, that it ended."""
+RERUN = "rerun"
+"""Issue 14 (rerun): the job, ended, was opened again; C{data["tasks"]} maps each task that runs again to its last attempt."""
+RECORD_KINDS = frozenset((JOB, RESULT, CANCEL, END, RERUN))
+"""What a record says: the job as accepted (in parts), a task's result, that it was cancelled, that it ended, that some tasks run again."""
 
 JSON_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 """Compact JSON, as the wire's (one encoder for every record: C{json.dumps} would build one per call)."""
@@ -421,6 +423,8 @@ class JobImage:
     results: dict[str, TaskResult]
     cancelled: bool
     ended: bool
+    attempts: dict[str, int] = attr.Factory(dict)
+    """The last attempt of each task that runs again after a C{rerun} record (its next attempt goes on from there)."""
 
 
 def rebuild(records: Iterable[Record]) -> JobImage:
@@ -434,6 +438,7 @@ def rebuild(records: Iterable[Record]) -> JobImage:
     head: dict[str, Any] | None = None
     parts: dict[int, list[Any]] = {}
     results: dict[str, TaskResult] = {}
+    attempts: dict[str, int] = {}
     cancelled = ended = False
     for record in ordered:
         data = record.data
@@ -454,6 +459,14 @@ def rebuild(records: Iterable[Record]) -> JobImage:
             cancelled = True
         elif record.kind == END:
             ended = True
+        elif record.kind == RERUN:
+            again = data.get("tasks")
+            if not isinstance(again, dict) or not all(type(n) is int for n in again.values()):
+                raise ValidationError(f"record {record.seq}: a rerun needs its 'tasks' and their attempts")
+            for task, attempt in again.items():
+                results.pop(task, None)
+                attempts[task] = attempt
+            cancelled = ended = False
     if head is None:
         raise ValidationError("the log does not hold the job's first part")
     count = head.get("parts")
@@ -474,4 +487,11 @@ def rebuild(records: Iterable[Record]) -> JobImage:
         results={task: result for task, result in results.items() if task in ids},
         cancelled=cancelled,
         ended=ended,
+        attempts={task: attempt for task, attempt in attempts.items() if task in ids and task not in results},
     )
+
+
+def log_ended(records: Iterable[Record]) -> bool:
+    """Whether a job's log says it ended: an C{end} record not followed by a C{rerun} one."""
+    last = max((r.seq for r in records if r.kind == END or r.kind == RERUN), default=None)
+    return last is not None and any(r.seq == last and r.kind == END for r in records)

@@ -33,6 +33,7 @@ from p2pexec.log import NodeLogger
 from p2pexec.membership import Change
 from p2pexec.model import PROTOCOL_VERSION, Assignment, NodeInfo, TaskResult, ValidationError, validate_name
 from p2pexec.replicas import Ballot
+from p2pexec.reruns import StillRunning
 
 if TYPE_CHECKING:
     from p2pexec.config import NodeConfig
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
     from p2pexec.membership import PeerTable
     from p2pexec.outbox import Outbox
     from p2pexec.peer import PeerProtocol
+    from p2pexec.task_output import TaskOutputs
     from p2pexec.tls import TLSConfig
     from p2pexec.worker import Worker
 
@@ -65,6 +67,7 @@ class Responders:
     """
 
     following: IClientFollowing
+    task_outputs: TaskOutputs
 
     def __init__(self, config: NodeConfig, clock: IReactorTime) -> None:
         self._clock = clock
@@ -350,6 +353,26 @@ class Responders:
         raise commands.UnknownJob(
             f"node {self._node.info.name} is not the master of job {job!r}; send CANCEL_JOB to the node that is"
         )
+
+    def rerun_requested(self, protocol: PeerProtocol, job: str, which: str) -> Deferred[dict[str, Any]]:
+        """Run again the tasks of a finished job we are master of (RERUN_TASKS); answered once committed."""
+        name = self._node.info.name
+        if job not in self._master.jobs:
+            raise commands.UnknownJob(f"node {name} is not the master of job {job!r} and knows no such job")
+        protocol.require_owner("RERUN_TASKS")
+        try:
+            again = self._master.rerun(
+                job, which, by=f"asked by {protocol.peer_name or 'a client at ' + protocol.address()}"
+            )
+        except StillRunning as e:
+            raise commands.JobRunning(str(e)) from None
+        answer: dict[str, Any] = {"count": len(again), "tasks": next(commands.chunk(again, lambda task: task), [])}
+
+        def deposed(failure: Failure) -> Any:
+            failure.trap(Deposed)
+            raise commands.UnknownJob(f"node {name} no longer leads job {job!r}: {failure.getErrorMessage()}")
+
+        return self._master.durable(job).addCallbacks(lambda _: answer, deposed)
 
     def held_tasks_queried(self, protocol: PeerProtocol, job: str, epoch: int) -> dict[str, Any]:
         """A job's new leader asks what we hold of it (HELD_TASKS): it adopts our part of the job."""

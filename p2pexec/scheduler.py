@@ -39,13 +39,20 @@ class Plan(Generic[T]):
 
     @ivar assignments: worker name to the tasks it is given, in queue order.
     @ivar unschedulable: kinds with pending tasks that no known worker runs.
+    @ivar absent: (kind, node) of the pinned queues whose node is not among
+        the workers, or does not run the kind.
     """
 
     assignments: dict[str, list[T]] = attr.Factory(dict)
     unschedulable: list[str] = attr.Factory(list)
+    absent: list[tuple[str, str]] = attr.Factory(list)
 
 
-def plan(pending: Mapping[str, deque[T]], workers: Iterable[WorkerCapacity]) -> Plan[T]:
+def plan(
+    pending: Mapping[str, deque[T]],
+    workers: Iterable[WorkerCapacity],
+    pinned: Mapping[tuple[str, str], deque[T]] | None = None,
+) -> Plan[T]:
     """
     Hand pending tasks to capable workers, filling the emptiest first.
 
@@ -54,10 +61,28 @@ def plan(pending: Mapping[str, deque[T]], workers: Iterable[WorkerCapacity]) -> 
     most free capacity at that moment, so load is spread in proportion to
     free slots.  A kind that no worker in C{workers} can run at all is listed
     in L{Plan.unschedulable}; a kind whose workers are merely full is not.
+
+    @param pinned: the queues of tasks that run on one node only, by (kind,
+        node); they are served first, each by its node alone, and one whose
+        node is not among C{workers} (or does not run the kind) is listed
+        in L{Plan.absent}.
     """
     workers = [w for w in workers]
     free = {w.name: w.free for w in workers}
     result: Plan[T] = Plan()
+    if pinned:
+        by_name = {w.name: w for w in workers}
+        for (kind, node), queue in pinned.items():
+            if not queue:
+                continue
+            worker = by_name.get(node)
+            if worker is None or kind not in worker.capabilities:
+                result.absent.append((kind, node))
+                continue
+            take = min(free[node], len(queue))
+            if take:
+                result.assignments.setdefault(node, []).extend(queue.popleft() for _ in range(take))
+                free[node] -= take
     for kind, queue in pending.items():
         if not queue:
             continue

@@ -13,7 +13,7 @@ dicts and lists.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
 import attr
@@ -29,6 +29,24 @@ answering; connected but silent for a while; heard of but not connected;
 said goodbye."""
 
 TASK_STATES = ("pending", "waiting", "running", "succeeded", "failed", "cancelled")
+
+
+def parse_states(text: str) -> frozenset[str]:
+    """
+    The states a JOB_TASKS C{state} filter names: one of L{TASK_STATES}, or
+    several separated by commas (C{succeeded,failed,cancelled}).
+
+    @raise ValueError: naming what is not a state.
+    """
+    states = frozenset(part.strip() for part in text.split(","))
+    unknown = sorted(states - set(TASK_STATES))
+    if unknown:
+        raise ValueError(
+            f"'state' must name states among {', '.join(TASK_STATES)}, not {', '.join(map(repr, unknown))}"
+        )
+    return states
+
+
 """A task's state as the views give it: C{waiting} is pending with no
 connected node able to run its kind; C{running} is assigned to a worker
 (queued or running there)."""
@@ -164,6 +182,14 @@ def task_entry(record: TaskRecord, waiting_kinds: frozenset[str], output: bool =
             duration=round(result.duration, 6),
             error=result.error,
         )
+        if result.started is not None:
+            entry["started"] = round(result.started, 6)
+        if result.signal is not None:
+            entry["signal"] = result.signal
+        for name in ("stdout_size", "stderr_size", "output_cut"):
+            value = getattr(result, name)
+            if value is not None:
+                entry[name] = value
         if output:
             entry.update(stdout=result.stdout, stderr=result.stderr)
     return entry
@@ -230,20 +256,21 @@ def tasks_page(
     waiting_kinds: frozenset[str],
     offset: int = 0,
     limit: int | None = None,
-    state: str | None = None,
+    state: str | Collection[str] | None = None,
     node: str | None = None,
     output: bool = True,
 ) -> tuple[list[dict[str, Any]], int]:
     """
-    The tasks of C{job} in job order, filtered by view state and node, from
-    C{offset} (of the filtered list), at most C{limit}.
+    The tasks of C{job} in job order, filtered by view state (one, or any
+    of several) and node, from C{offset} (of the filtered list), at most
+    C{limit}.
 
     @return: the page and the total that matched the filters.
     """
     matched = []
+    states = {state} if isinstance(state, str) else None if state is None else set(state)
     for record in job.tasks.values():
-        entry_state = task_state(record, waiting_kinds)
-        if state is not None and entry_state != state:
+        if states is not None and task_state(record, waiting_kinds) not in states:
             continue
         shown_node = record.result.node if record.result is not None else record.worker
         if node is not None and shown_node != node:

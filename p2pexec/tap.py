@@ -41,6 +41,7 @@ from p2pexec.model import (
     validate_name,
 )
 from p2pexec.node import NodeConfig, create_node
+from p2pexec.outputs import check_output_options, open_store
 from p2pexec.policy import CommandPolicy
 from p2pexec.service import NodeService, RuntimeRecordService, WebService
 from p2pexec.systemd import SystemdNotifier, without_notify_variables
@@ -184,6 +185,8 @@ class Options(usage.Options):
             "0",
             "TCP port of the HTTP API, metrics and dashboard, on --interface; 0 (the default) serves no HTTP.",
         ],
+        ["max-output", None, "100M", "Most bytes of each stream of each task a worker keeps in full (0: tails only)."],
+        ["output-retention", None, "7d", "How long a worker keeps its tasks' full output after it was last written."],
         ["tls-cert", None, None, "With --tls: this node's certificate (PEM), signed by --tls-ca, for mutual TLS."],
         ["tls-key", None, None, "With --tls-cert: its private key (PEM)."],
         ["tls-ca", None, None, "With --tls-cert: the CA (PEM) that every node's certificate must be signed by."],
@@ -364,6 +367,7 @@ class Options(usage.Options):
             raise usage.UsageError("--state-dir: give a folder (it is created if missing)")
         if os.path.exists(self["state-dir"]) and not os.path.isdir(self["state-dir"]):
             raise usage.UsageError(f"--state-dir: {self['state-dir']} exists and is not a folder")
+        check_output_options(self)
         self["max-worker-losses"] = _parse_int("--max-worker-losses", self["max-worker-losses"], 1, 1000)
         self["replicas"] = _parse_int("--replicas", self["replicas"], 0, 10)
         self["takeover-grace"] = _parse_seconds("--takeover-grace", self["takeover-grace"])
@@ -461,6 +465,7 @@ def makeService(options: Options, reactor: Any | None = None) -> IService:
     state_dir: str = options["state-dir"]
     # The guard process is for the real thing: it outlives the node to stop its tasks.
     guard = TaskGuard(reactor, config.name, state_dir, DEFAULT_KILL_GRACE) if running_for_real else None
+    outputs = open_store(options, state_dir, config.name)
     # NOTIFY_SOCKET and the watchdog variables are for twistd alone, not its tasks.
     executor = ProcessExecutor(
         reactor,
@@ -468,6 +473,7 @@ def makeService(options: Options, reactor: Any | None = None) -> IService:
         base_environment=without_notify_variables(os.environ),
         policy=options["command_policy"],
         guard=guard,
+        outputs=outputs,
     )
     # The journal first: a node that refuses its state directory (a damaged
     # or foreign journal, one in use) leaves nothing new in it.
@@ -491,7 +497,9 @@ def makeService(options: Options, reactor: Any | None = None) -> IService:
             config = attr.evolve(config, local_token=load_or_create(config.state_dir))
         except LocalTokenError as e:
             raise SystemExit(f"p2pexec: node {config.name} cannot start: {e}") from None
-    node = create_node(config, reactor, executor, journal=journal)
+    if outputs is not None:
+        outputs.keep_sweeping(reactor)
+    node = create_node(config, reactor, executor, journal=journal, outputs=outputs)
     if options["exit-when-done"]:
         node.initial_job.addCallback(lambda _: reactor.callLater(0, reactor.stop))
     if running_for_real:

@@ -69,6 +69,8 @@ class TaskEvent(Symbol):
     """The worker that held it before this master restarted came back and is asked about it (RESULT_QUERY)."""
     CANCEL = "cancel"
     """Its job is cancelled."""
+    RERUN = "rerun"
+    """Its job finished without it succeeding, and an operator asked to run it again (C{p2pexec rerun --failed})."""
 
 
 class TaskOutput(Symbol):
@@ -88,6 +90,8 @@ class TaskOutput(Symbol):
     """Cancel its pending retry timer."""
     COUNT_RESULT = "count-result"
     """It has its result: count it succeeded or failed; the job may be finished now."""
+    UNCOUNT_RESULT = "uncount-result"
+    """It runs again: its result no longer counts, and its retries and losses start again from none."""
     REPORT_RESULT = "report-result"
     """A worker's result was applied: tell the result listeners, fold its duration into the seat, log a failure."""
     COUNT_STALE = "count-stale"
@@ -144,6 +148,8 @@ TASK: Transitions[TaskState, TaskEvent, TaskOutput] = Transitions(
         (_A, _Ev.CANCEL): (_X, (_O.RELEASE_SEAT, _O.JOURNAL, _O.COUNT_RESULT)),
         (_D, _Ev.CANCEL): (_X, (_O.JOURNAL, _O.COUNT_RESULT)),
         (_R, _Ev.CANCEL): (_X, (_O.CANCEL_RETRY_TIMER, _O.JOURNAL, _O.COUNT_RESULT)),
+        # A new attempt of a finished task (the job reopened: see p2pexec.reruns).
+        (_X, _Ev.RERUN): (_P, (_O.UNCOUNT_RESULT, _O.JOURNAL, _O.ENQUEUE)),
     },
     ignored=[
         # Take-backs, losses and asks name attempts that may have moved on
@@ -167,6 +173,11 @@ TASK: Transitions[TaskState, TaskEvent, TaskOutput] = Transitions(
         (_R, _Ev.WORKER_ASKED),
         (_X, _Ev.WORKER_ASKED),
         (_X, _Ev.CANCEL),
+        # Only a finished task runs again.
+        (_P, _Ev.RERUN),
+        (_A, _Ev.RERUN),
+        (_D, _Ev.RERUN),
+        (_R, _Ev.RERUN),
     ],
 )
 """The task machine.  L{TaskEvent.DISPATCH} is taken only by a pending task: the dispatcher checks first."""

@@ -29,10 +29,12 @@ from p2pexec.master import Master, random_instance
 from p2pexec.membership import PeerTable
 from p2pexec.model import NodeInfo
 from p2pexec.outbox import Outbox
+from p2pexec.outputs import OutputStore
 from p2pexec.peer import PeerProtocol
 from p2pexec.replica_views import ReplicaViews
 from p2pexec.responders import Responders
 from p2pexec.startup import StartupJob
+from p2pexec.task_output import TaskOutputs
 from p2pexec.views import Views
 from p2pexec.worker import Worker
 
@@ -61,6 +63,7 @@ class Parts:
     directory: JobDirectory
     replication: Replication
     following: Following
+    task_outputs: TaskOutputs
 
 
 def build_parts(
@@ -72,6 +75,7 @@ def build_parts(
     journal: IJournal | None = None,
     worker: Worker | None = None,
     rng: random.Random | None = None,
+    outputs: OutputStore | None = None,
 ) -> Parts:
     """Build a node's parts from C{config} (see L{p2pexec.node.create_node} for the parameters)."""
     chance: Any = rng if rng is not None else random
@@ -137,9 +141,11 @@ def build_parts(
         directory=directory,
         replication=replication,
         following=Following(reactor),
+        task_outputs=TaskOutputs(reactor, outputs),
     )
     parts.following.replicas = ReplicaViews(replication.stores, replication.records_of, directory, reactor, wall)
     responders.following = parts.following
+    responders.task_outputs = parts.task_outputs
     return parts
 
 
@@ -158,3 +164,4 @@ def wire(node: Node, p: Parts) -> None:
     p.replication.connected_listeners.append(p.startup.peer_connected)
     p.liveness.on_dead.append(p.replication.peer_dead)
     p.following.wire(node, p.peers, p.views, p.directory)
+    p.task_outputs.wire(node, p.peers, p.master, p.worker, p.directory)

@@ -14,7 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from p2pexec import cli
 from p2pexec.cli import commands as subcommands
-from p2pexec.cli import parser, runline
+from p2pexec.cli import parser, sources
 
 
 def parse(*argv: str) -> Any:
@@ -63,6 +63,14 @@ class ParseArgumentsTests(SynchronousTestCase):
         """A --connect that is not HOST:PORT is a usage error naming the option."""
         self.assertUsageError(["--connect", "host:99999", "jobs"], "--connect", "65535")
 
+    def test_bad_node_name(self) -> None:
+        """A --node that no node's name can be (issue 14) is a usage error naming the option and the rule."""
+        for argv in (
+            ["run", "--node", "bad name!", "--kind", "sh", "--", "echo", ":::", "a"],
+            ["submit", "--node", "", "j.toml"],
+        ):
+            self.assertUsageError(argv, "--node", "no node can have that name")
+
     def test_submit_needs_one_job(self) -> None:
         """submit takes a job file or --tasks, exactly one of them."""
         self.assertEqual(parse("submit", "jobs.toml").jobfile, "jobs.toml")
@@ -75,7 +83,7 @@ class ParseArgumentsTests(SynchronousTestCase):
         args = parse("run", "--kind", "sh", "--env", "A=1", "--env", "B=x=y", "--", "gzip", "-k", "{}", ":::", "a", "b")
         self.assertEqual(args.kind, "sh")
         self.assertEqual(args.env, {"A": "1", "B": "x=y"})
-        self.assertEqual(args.run_line, runline.RunLine(("gzip", "-k", "{}"), arguments=("a", "b")))
+        self.assertEqual(args.run_line, sources.RunLine(("gzip", "-k", "{}"), (sources.Source(values=("a", "b")),)))
 
     def test_run_options_after_the_command_belong_to_it(self) -> None:
         """Once the command has started, words like --kind are the command's own."""

@@ -1,6 +1,7 @@
 """
-Tests for L{p2pexec.cli.runline}: the tail of C{p2pexec run} (C{{}},
-C{:::}, C{::::}), its arguments, and the tasks and task ids made of them.
+Tests for L{p2pexec.cli.runline}: the tasks of C{p2pexec run} and their
+ids, made of its command and arguments (the sources themselves are tested
+in L{tests.test_cli_sources}).
 """
 
 from __future__ import annotations
@@ -9,40 +10,12 @@ import io
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from p2pexec.cli import errors, runline
+from p2pexec.cli import errors, runline, sources
 from p2pexec.model import TaskSpec
-from tests.cli_doubles import TtyStringIO
 
 
 class RunExpansionTests(SynchronousTestCase):
     """run: where the arguments come from, and what each task runs."""
-
-    def test_split(self) -> None:
-        """The command ends at ::: or ::::; a leading -- is dropped; no mark means standard input."""
-        self.assertEqual(
-            runline.split_run_line(["--", "echo", "{}", ":::", "a", "b"]),
-            runline.RunLine(("echo", "{}"), arguments=("a", "b")),
-        )
-        self.assertEqual(
-            runline.split_run_line(["echo", "::::", "list.txt"]), runline.RunLine(("echo",), file="list.txt")
-        )
-        self.assertEqual(runline.split_run_line(["echo", "::::", "-"]), runline.RunLine(("echo",), file="-"))
-        self.assertEqual(runline.split_run_line(["echo", "x"]), runline.RunLine(("echo", "x")))
-
-    def test_split_refusals(self) -> None:
-        """No command, no arguments after :::, not one file after ::::, or two sources: ValueError."""
-        for words, fragment in [
-            (["--"], "give the command"),
-            ([":::", "a"], "give the command"),
-            (["echo", ":::"], "no arguments"),
-            (["echo", "::::"], "exactly one file"),
-            (["echo", "::::", "f", "g"], "exactly one file"),
-            (["echo", ":::", "a", ":::", "b"], "one source"),
-            (["echo", ":::", "a", "::::", "f"], "one source"),
-        ]:
-            with self.assertRaises(ValueError) as raised:
-                runline.split_run_line(words)
-            self.assertIn(fragment, str(raised.exception), words)
 
     def test_placeholder_replaced_in_every_word(self) -> None:
         """Each {} in each word becomes the argument, inside words too."""
@@ -59,34 +32,6 @@ class RunExpansionTests(SynchronousTestCase):
         """With --shell the words make one command line, and the argument is shell-quoted."""
         self.assertEqual(runline.expand_command(["wc -l < {}"], "my file", shell=True), "wc -l < 'my file'")
         self.assertEqual(runline.expand_command(["echo", "$HOME"], "it's", shell=True), "echo $HOME 'it'\"'\"'s'")
-
-    def test_lines(self) -> None:
-        """One argument per line, line endings removed, blank lines skipped, spaces kept."""
-        self.assertEqual(runline.read_argument_lines(io.StringIO("a\r\n\n  \n b c \nlast")), ["a", " b c ", "last"])
-
-    def test_arguments_from_a_file_or_stdin(self) -> None:
-        """:::: FILE reads the file; :::: - and no mark read standard input."""
-        path = self.mktemp()
-        with open(path, "w", encoding="utf-8") as f:
-            f.write("x1\nx2\n")
-        stdin = io.StringIO("s1\ns2\n")
-        self.assertEqual(runline.run_arguments(runline.RunLine(("echo",), file=path), stdin), ["x1", "x2"])
-        self.assertEqual(runline.run_arguments(runline.RunLine(("echo",), file="-"), stdin), ["s1", "s2"])
-        self.assertEqual(runline.run_arguments(runline.RunLine(("echo",)), io.StringIO("t\n")), ["t"])
-        self.assertEqual(runline.run_arguments(runline.RunLine(("echo",), arguments=("a",)), stdin), ["a"])
-
-    def test_argument_refusals(self) -> None:
-        """A missing file, an empty source, or arguments expected from a terminal: one-line errors."""
-        missing = self.mktemp()
-        with self.assertRaises(errors.CliError) as raised:
-            runline.run_arguments(runline.RunLine(("echo",), file=missing), io.StringIO())
-        self.assertEqual(raised.exception.message, f"run: cannot read {missing}: No such file or directory")
-        with self.assertRaises(errors.CliError) as raised:
-            runline.run_arguments(runline.RunLine(("echo",), file="-"), io.StringIO("\n\n"))
-        self.assertIn("no arguments in standard input", raised.exception.message)
-        with self.assertRaises(errors.CliError) as raised:
-            runline.run_arguments(runline.RunLine(("echo",)), TtyStringIO())
-        self.assertIn("pipe them in", raised.exception.message)
 
     def test_tasks(self) -> None:
         """run's tasks: the kind, the expanded commands and the options, checked as a job file."""
@@ -119,6 +64,14 @@ class RunExpansionTests(SynchronousTestCase):
         shell = runline.run_tasks(["echo", "{}"], ["x y"], "sh", shell=True)
         self.assertEqual((shell[0].command, shell[0].shell), ("echo 'x y'", True))
 
+    def test_tasks_of_several_sources(self) -> None:
+        """A task per combination, in order: {1} {2} and {#} replaced, the id made of the values."""
+        tasks = runline.run_tasks(["echo", "{#}", "{2}-{1}"], [("a", "1"), ("a", "2"), ("b c", "1")], "sh")
+        self.assertEqual(
+            [(task.id, task.command) for task in tasks],
+            [("a_1", ("echo", "1", "1-a")), ("a_2", ("echo", "2", "2-a")), ("t1", ("echo", "3", "1-b c"))],
+        )
+
     def test_task_refusal(self) -> None:
         """A task the node would refuse is refused here, naming it, in one line."""
         with self.assertRaises(errors.CliError) as raised:
@@ -137,7 +90,7 @@ class RunExpansionTests(SynchronousTestCase):
         self.assertIn("holds text that is not valid UTF-8", raised.exception.message)
         stdin = io.TextIOWrapper(io.BytesIO(b"caf\xe9\n"), encoding="utf-8")
         with self.assertRaises(errors.CliError) as raised:
-            runline.run_arguments(runline.RunLine(("echo",), file="-"), stdin)
+            sources.run_arguments(sources.RunLine(("echo",), (sources.Source(file="-"),)), stdin)
         self.assertIn("run: cannot read standard input", raised.exception.message)
 
 
@@ -157,6 +110,10 @@ class TaskIdTests(SynchronousTestCase):
     def test_repeated_arguments(self) -> None:
         """A repeated argument keeps its id the first time only."""
         self.assertEqual(runline.task_ids(["a", "a", "b", "a"]), ["a", "t1", "b", "t2"])
+
+    def test_several_values_joined(self) -> None:
+        """A task's values from several sources make its id, joined by _."""
+        self.assertEqual(runline.task_ids([("a", "1"), ("a", "x y"), ("b.c", "2")]), ["a_1", "t1", "b.c_2"])
 
     def test_numbers_skip_taken_ids(self) -> None:
         """A number already used by an argument is skipped: ids stay unique."""

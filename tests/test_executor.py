@@ -148,6 +148,34 @@ class RunTests(FakeExecutorMixin, TestCase):
         result = self.successResultOf(d)
         self.assertEqual((result.status, result.exit_code, result.error), (FAILED, None, "killed by signal 9"))
 
+    def test_started_and_signal(self):
+        """
+        A result says when its attempt started, by the injected wall clock
+        (not the monotonic one), and the signal that ended its process;
+        none for a process that exited by itself.
+        """
+        wall = [1_700_000_000.25]
+        self.executor = self.make_executor(wall_clock=lambda: wall[0])
+        d, child = self.start(task("true", shell=True))
+        wall[0] += 60
+        self.clock.advance(3)
+        child.kill(KILL)
+        result = self.successResultOf(d)
+        self.assertEqual((result.started, result.signal, result.duration), (1_700_000_000.25, KILL, 3))
+        self.processes.processes.clear()
+        d, child = self.start(task("exit 4", shell=True))
+        child.exit(4)
+        result = self.successResultOf(d)
+        self.assertEqual((result.started, result.signal, result.exit_code), (1_700_000_060.25, None, 4))
+
+    def test_timed_out_result_names_the_signal(self):
+        """A timed-out task killed by SIGTERM says so in its signal."""
+        d, child = self.start(task("sleep 60", shell=True, timeout=1))
+        self.clock.advance(1)
+        child.kill(TERM)
+        result = self.successResultOf(d)
+        self.assertEqual((result.status, result.signal), (TIMED_OUT, TERM))
+
     def test_could_not_start(self):
         """A program the reactor cannot start is an error result that names it."""
         self.processes.failure = OSError("exec format error")

@@ -86,6 +86,31 @@ class FollowingTests(SynchronousTestCase):
         rest = self.successResultOf(self.ask(client, commands.JobTasks, job=job, offset=2, limit=2))
         self.assertEqual(([task["id"] for task in rest["tasks"]], rest["next"]), (["w2"], -1))
 
+    def test_tasks_by_state(self) -> None:
+        """
+        JOB_TASKS with a state filter (one state, or several with commas)
+        gives only those tasks, at the master and forwarded by n2; a state
+        that is not one is BAD_ARGUMENTS, and the connection is kept.
+        """
+        job = self.start()
+        self.cluster.nodes["n2"].directory.learn(job, Ballot(1, "m1"))
+        for port in (4001, 4002):
+            client = self.client(port)
+            waiting = self.successResultOf(
+                self.ask(client, commands.JobTasks, job=job, offset=1, limit=5, state="waiting")
+            )
+            self.assertEqual(([task["id"] for task in waiting["tasks"]], waiting["next"]), (["w1", "w2"], -1))
+            ended = self.successResultOf(
+                self.ask(client, commands.JobTasks, job=job, offset=0, limit=5, state="succeeded,failed,cancelled")
+            )
+            self.assertEqual((ended["tasks"], ended["next"]), ([], -1))
+            failure = self.failureResultOf(
+                self.ask(client, commands.JobTasks, job=job, offset=0, limit=5, state="done"), commands.BadArguments
+            )
+            self.assertIn("'done'", str(failure.value))
+            still = self.successResultOf(self.ask(client, commands.JobTasks, job=job, offset=0, limit=5))
+            self.assertEqual(len(still["tasks"]), 3)
+
     def test_cancel_forwarded_to_the_master(self) -> None:
         """A client's CANCEL_JOB at n2 cancels the job at m1, and m1's log names n2 as who asked."""
         job = self.start()
@@ -201,7 +226,9 @@ class FixedReplicas:
         """The summary, for the job held."""
         return dict(self.summary) if job == self.job else None
 
-    def replica_tasks(self, job: str, offset: int, limit: int) -> tuple[list[dict[str, Any]], int] | None:
+    def replica_tasks(
+        self, job: str, offset: int, limit: int, states: frozenset[str] | None = None
+    ) -> tuple[list[dict[str, Any]], int] | None:
         """One task, for the job held."""
         return ([{"id": "w0"}][offset : offset + limit], 1) if job == self.job else None
 

@@ -163,6 +163,83 @@ class RoundTripTests(JournalTestMixin, SynchronousTestCase):
         )
         self.assertEqual((stored[0].result.stdout, stored[0].result.duration), ("converted\n", 1.25))
 
+    def test_issue_14_result_fields_survive_a_restart(self):
+        """
+        A result's start time, signal, output sizes and cut flag are read back
+        by a new journal (a restarted master), and left unknown when unknown.
+        """
+        state_dir = self.mktemp()
+        journal = self.open(state_dir)
+        job = Job(
+            "j",
+            [
+                TaskSpec(id="a", kind="sh", command=("yes",)),
+                TaskSpec(id="b", kind="sh", command=("true",)),
+                TaskSpec.instruction("c"),
+            ],
+            started=1.0,
+        )
+        journal.job_added(job)
+        full = TaskResult(
+            task_id="a",
+            attempt=1,
+            status="timed-out",
+            node="w1",
+            duration=2.0,
+            stdout="y\n",
+            started=1_700_000_000.123456,
+            signal=9,
+            stdout_size=104_857_700,
+            stderr_size=0,
+            output_cut=True,
+        )
+        bare = TaskResult(task_id="b", attempt=1, status="succeeded", node="w1", exit_code=0)
+        for result in (full, bare):
+            job.assign(result.task_id, "w1")
+            job.apply(result, 3.0, "w1")
+            journal.task_changed(job.id, job.tasks[result.task_id])
+        self.clock.advance(0)
+        journal = self.reopen(journal, state_dir)
+        [stored] = journal.unfinished_jobs()
+        self.assertEqual([task.result for task in stored.tasks], [full, bare, None])
+        self.assertEqual(
+            (stored.tasks[0].result.started, stored.tasks[0].result.signal, stored.tasks[0].result.output_cut),
+            (1_700_000_000.123456, 9, True),
+        )
+        self.assertEqual((stored.tasks[1].result.stdout_size, stored.tasks[1].result.output_cut), (None, None))
+
+    def test_journal_of_an_earlier_p2pexec_gains_the_columns(self):
+        """
+        A journal written before issue 14 (no result_started ... output_cut
+        columns) is opened, not refused: its results read back with those
+        unknown, and new results keep them.
+        """
+        state_dir = self.mktemp()
+        journal = self.open(state_dir)
+        job = Job("j", [TaskSpec.instruction("a1"), TaskSpec.instruction("b1")], started=5.0)
+        journal.job_added(job)
+        job.assign("a1", "w1")
+        job.apply(TaskResult(task_id="a1", attempt=1, status="succeeded", node="w1"), 6.0, "w1")
+        journal.task_changed(job.id, job.tasks["a1"])
+        self.clock.advance(0)
+        self.close(journal)
+        path = os.path.join(state_dir, JOURNAL_FILE)
+        db = sqlite3.connect(path)
+        for column in ("result_started", "result_signal", "stdout_size", "stderr_size", "output_cut"):
+            db.execute(f"ALTER TABLE tasks DROP COLUMN {column}")
+        db.commit()
+        db.close()
+        journal = self.open(state_dir)
+        [stored] = journal.unfinished_jobs()
+        self.assertEqual(stored.tasks[0].result, TaskResult(task_id="a1", attempt=1, status="succeeded", node="w1"))
+        job.assign("b1", "w1")
+        later = TaskResult(task_id="b1", attempt=1, status="succeeded", node="w1", started=7.5, stdout_size=3)
+        job.apply(later, 8.0, "w1")
+        journal.task_changed(job.id, job.tasks["b1"])
+        self.clock.advance(0)
+        journal = self.reopen(journal, state_dir)
+        self.assertEqual(journal.unfinished_jobs()[0].tasks[1].result, later)
+
     def test_changes_in_the_turn_of_the_job(self):
         """Tasks changed in the same turn as their job was added are written as they stand at the commit."""
         state_dir = self.mktemp()

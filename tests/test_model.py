@@ -171,6 +171,32 @@ class TaskResultTests(SynchronousTestCase):
         )
         self.assertEqual(TaskResult.from_wire(result.to_wire()), result)
 
+    def test_started_and_signal_round_trip(self):
+        """C{started} and C{signal} survive the wire form, and are absent from it when unknown."""
+        result = TaskResult(task_id="t1", attempt=1, status="failed", node="b1", started=1_700_000_000.5, signal=15)
+        wire = result.to_wire()
+        self.assertEqual((wire["started"], wire["signal"]), (1_700_000_000.5, 15))
+        self.assertEqual(TaskResult.from_wire(wire), result)
+        bare = TaskResult(task_id="t1", attempt=1, status="succeeded", node="b1").to_wire()
+        self.assertNotIn("started", bare)
+        self.assertNotIn("signal", bare)
+        self.assertEqual(TaskResult.from_wire(bare).started, None)
+
+    def test_rejects_bad_started_and_signal(self):
+        """A C{started} that is not a finite number, or a C{signal} that is not a number above 0, is refused."""
+        for field, value in [
+            ("started", "noon"),
+            ("started", json.loads("NaN")),
+            ("signal", 0),
+            ("signal", "9"),
+            ("signal", True),
+        ]:
+            wire = TaskResult(task_id="t", attempt=1, status="failed", node="b1").to_wire()
+            wire[field] = value
+            with self.assertRaises(ValidationError) as caught:
+                TaskResult.from_wire(wire)
+            self.assertIn(repr(field) if field == "started" else "'signal'", str(caught.exception))
+
     def test_rejects_unknown_status(self):
         """A status outside the documented ones is refused."""
         wire = TaskResult(task_id="t", attempt=1, status="succeeded", node="b1").to_wire()

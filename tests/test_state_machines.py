@@ -215,7 +215,17 @@ class TaskMachineTests(SynchronousTestCase):
         """A done task stays done: losses, take-backs, timers and cancels do nothing; results are stale."""
         for event in (TaskEvent.LOST, TaskEvent.TAKEN_BACK, TaskEvent.RETRY_DUE, TaskEvent.CANCEL):
             self.assertEqual(TASK.step(TaskState.DONE, event), (TaskState.DONE, ()))
-        self.assertTrue(TASK.is_final(TaskState.DONE))
+        # The one way out of done: an operator's rerun of a finished job (issue 14).
+        leaving = {
+            event
+            for event in TaskEvent
+            if TASK.allows(TaskState.DONE, event) and TASK.step(TaskState.DONE, event)[0] is not TaskState.DONE
+        }
+        self.assertEqual(leaving, {TaskEvent.RERUN})
+        self.assertEqual(
+            TASK.step(TaskState.DONE, TaskEvent.RERUN),
+            (TaskState.PENDING, (TaskOutput.UNCOUNT_RESULT, TaskOutput.JOURNAL, TaskOutput.ENQUEUE)),
+        )
 
     def test_dispatch_only_pending(self) -> None:
         """Only a pending task can be dispatched: anything else is the dispatcher's bug."""

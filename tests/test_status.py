@@ -54,3 +54,43 @@ class ViewTests(SynchronousTestCase):
         self.assertEqual(len(on_w1), 1)
         self.assertGreaterEqual(matched, 2)
         self.assertEqual({t["node"] for t in on_w1}, {"w1"})
+
+
+class TaskEntryTests(SynchronousTestCase):
+    """L{p2pexec.status.task_entry}: one task as JOB_TASKS and the API show it."""
+
+    def record(self, result):
+        """A finished task's record, as much of it as L{task_entry} reads."""
+        from types import SimpleNamespace
+
+        from p2pexec.task_states import TaskState
+
+        return SimpleNamespace(
+            spec=TaskSpec(id="t1", kind="sh"), state=TaskState.DONE, attempt=1, worker="w1", result=result
+        )
+
+    def test_started_and_signal_when_known(self):
+        """A result's start time and signal are shown when known, and left out when not."""
+        from p2pexec.model import TaskResult
+        from p2pexec.status import task_entry
+
+        known = TaskResult(task_id="t1", attempt=1, status="failed", node="w1", started=1_700_000_000.1234567, signal=9)
+        entry = task_entry(self.record(known), frozenset())
+        self.assertEqual((entry["started"], entry["signal"]), (1_700_000_000.123457, 9))
+        entry = task_entry(self.record(TaskResult(task_id="t1", attempt=1, status="succeeded", node="w1")), frozenset())
+        self.assertNotIn("started", entry)
+        self.assertNotIn("signal", entry)
+
+    def test_output_sizes_when_known(self):
+        """A result's output sizes and cut flag are shown when known (a client reads the whole output by them)."""
+        from p2pexec.model import TaskResult
+        from p2pexec.status import task_entry
+
+        known = TaskResult(
+            task_id="t1", attempt=1, status="succeeded", node="w1", stdout_size=90000, stderr_size=0, output_cut=False
+        )
+        entry = task_entry(self.record(known), frozenset())
+        self.assertEqual((entry["stdout_size"], entry["stderr_size"], entry["output_cut"]), (90000, 0, False))
+        entry = task_entry(self.record(TaskResult(task_id="t1", attempt=1, status="succeeded", node="w1")), frozenset())
+        self.assertNotIn("stdout_size", entry)
+        self.assertNotIn("output_cut", entry)

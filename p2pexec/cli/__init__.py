@@ -11,11 +11,17 @@ with every subcommand, option and exit status, is C{docs/cli.rst}.
 The package has a module per job, from the outside in:
 
  - L{p2pexec.cli.parser}: the argparse parser and its checks;
- - L{p2pexec.cli.runline}: C{run}'s GNU-parallel-style tail (C{{}},
-   C{:::}, C{::::}) and the tasks made of it;
- - L{p2pexec.cli.client}: L{NodeClient}, one AMP connection to a node
-   (authentication, TLS), usable from other Python code; every failure is
-   a one-line L{ClientError};
+ - L{p2pexec.cli.sources}, L{p2pexec.cli.replacements} and
+   L{p2pexec.cli.runline}: C{run}'s GNU-parallel-style tail (input
+   sources, replacement strings) and the tasks made of it;
+ - L{p2pexec.cli.ended}, L{p2pexec.cli.output} and L{p2pexec.cli.joblog}:
+   the tasks of a followed job as they end, printed as GNU parallel prints
+   them and written to a joblog;
+ - L{p2pexec.client}: the Python client the command is built on: one AMP
+   connection to a node (authentication, TLS, the key found as below), the
+   client commands over it (submit, pages of tasks, cancel, following a job
+   through another node), and the one-line L{ClientError} every failure
+   is; L{p2pexec.cli.client} keeps its connection names importable;
  - L{p2pexec.cli.render}: plain, rich and JSON output, and the escaping of
    what a node sent before it reaches a terminal;
  - L{p2pexec.cli.commands}: the subcommands, as coroutines over a
@@ -37,12 +43,12 @@ from typing import Any, TextIO
 from twisted.internet import defer, task
 from twisted.python.failure import Failure
 
-from p2pexec.auth import KeyFileError, load_key
-from p2pexec.cli.client import ClientError, NodeClient, parse_address
-from p2pexec.cli.commands import SUBCOMMANDS, Context, job_tasks_from, key_command, local_token
+from p2pexec.cli.client import ClientError, NodeClient
+from p2pexec.cli.commands import SUBCOMMANDS, Context, job_tasks_from, key_command, placed_tasks
 from p2pexec.cli.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, PROG, CliError
 from p2pexec.cli.parser import parse_arguments
 from p2pexec.cli.render import Output, for_stream, make_output
+from p2pexec.client.keys import find_key, node_connector
 
 __all__ = ["main", "run", "execute"]
 
@@ -50,37 +56,16 @@ __all__ = ["main", "run", "execute"]
 async def execute(reactor: Any, args: argparse.Namespace, out: Output, stdin: TextIO, err: TextIO) -> int:
     """Read and check what must be, connect, and run the subcommand."""
     if args.command in ("submit", "run"):
-        args.job_tasks = job_tasks_from(args, stdin)
-    key = None
-    if args.key_file:
-        try:
-            key = load_key(args.key_file)
-        except KeyFileError as e:
-            raise CliError(str(e)) from None
-    else:
-        found = local_token(args.host, args.port)
-        key = found[0] if found is not None else None
+        args.job_tasks = placed_tasks(job_tasks_from(args, stdin), args)
+    key = find_key(args.host, args.port, args.key_file)
     if args.tls and not args.key_file:
         raise CliError("--tls needs --key-file: the node's certificate is checked through the cluster key")
     node = NodeClient(reactor, args.host, args.port, args.answer_timeout, key=key, tls=args.tls)
     await node.connect()
     opened = [node]
-
-    async def connect(address: str) -> NodeClient:
-        # Another node, to follow a job through: the cluster key if given,
-        # else that node's own local token if it is this user's.
-        host, port = parse_address(address)
-        other_key = key if args.key_file else None
-        if other_key is None:
-            try:
-                found = local_token(host, port)
-            except CliError as e:
-                raise ClientError(e.message) from None
-            other_key = found[0] if found is not None else None
-        other = NodeClient(reactor, host, port, args.answer_timeout, key=other_key, tls=args.tls)
-        opened.append(other)
-        await other.connect()
-        return other
+    # Another node, to follow a job through: the cluster key if given, else
+    # that node's own local token if it is this user's.
+    connect = node_connector(reactor, key if args.key_file else None, args.tls, args.answer_timeout, opened)
 
     try:
         return await SUBCOMMANDS[args.command](Context(node, out, reactor, err, connect=connect), args)

@@ -9,19 +9,22 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
-from typing import Any, Protocol, TextIO, TypeVar
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TextIO
 
 import attr
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
-from twisted.protocols import amp
 
 from p2pexec import commands
 from p2pexec.auth import KeyFileError, generate_key, http_token, load_key
-from p2pexec.cli.client import ClientError, format_address
+from p2pexec.cli.client import format_address
 from p2pexec.cli.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, PROG, CliError
+from p2pexec.cli.joblog import Joblog
+from p2pexec.cli.logs import do_logs
+from p2pexec.cli.output import TaskFollower, TaskPrinter, task_labels
 from p2pexec.cli.render import (
     JOB_COLUMNS,
     PEER_COLUMNS,
@@ -38,17 +41,20 @@ from p2pexec.cli.render import (
     tail_lines,
     task_row,
 )
-from p2pexec.cli.runline import RunLine, run_arguments, run_tasks
+from p2pexec.cli.runline import run_tasks
+from p2pexec.cli.sources import RunLine, run_arguments
+from p2pexec.client import calls
+from p2pexec.client import keys as calls_keys
+from p2pexec.client.calls import PAGE_LIMIT as PAGE_LIMIT
+from p2pexec.client.calls import Caller as Caller
+from p2pexec.client.calls import Route as Route
+from p2pexec.client.calls import with_last as with_last
+from p2pexec.client.errors import ClientError, KeyProblem
 from p2pexec.jobfile import JobFileError, load_job_file
 from p2pexec.model import TaskSpec, ValidationError, parse_instructions
 
 POLL_INTERVAL = 0.5
 """Seconds between two JOB_STATUS questions while following a job."""
-
-PAGE_LIMIT = 1000
-"""How many tasks one JOB_TASKS question asks for."""
-
-T = TypeVar("T")
 
 
 def job_tasks_from(args: argparse.Namespace, stdin: TextIO) -> list[TaskSpec]:
@@ -60,9 +66,10 @@ def job_tasks_from(args: argparse.Namespace, stdin: TextIO) -> list[TaskSpec]:
     """
     if args.command == "run":
         line: RunLine = args.run_line
+        args.task_arguments = run_arguments(line, stdin)
         return run_tasks(
             line.command,
-            run_arguments(line, stdin),
+            args.task_arguments,
             args.kind,
             shell=args.shell,
             timeout=args.timeout,
@@ -84,19 +91,6 @@ def job_tasks_from(args: argparse.Namespace, stdin: TextIO) -> list[TaskSpec]:
         raise CliError(str(e)) from None
 
 
-def with_last(items: Iterable[T]) -> Iterator[tuple[T, bool]]:
-    """Each item with whether it is the last one."""
-    iterator = iter(items)
-    try:
-        previous = next(iterator)
-    except StopIteration:
-        return
-    for item in iterator:
-        yield previous, False
-        previous = item
-    yield previous, True
-
-
 # -- exit statuses ----------------------------------------------------------------
 
 
@@ -110,15 +104,6 @@ def job_exit_status(summary: dict[str, Any]) -> int:
 def tasks_exit_status(tasks: Sequence[dict[str, Any]]) -> int:
     """L{EXIT_OK} if every task succeeded, else L{EXIT_FAILED} (failed, cancelled or unfinished)."""
     return EXIT_OK if all(task["state"] == "succeeded" for task in tasks) else EXIT_FAILED
-
-
-class Caller(Protocol):
-    """What the subcommands need of a node: one command at a time."""
-
-    address: str
-
-    def call(self, command: type[amp.Command], **arguments: Any) -> Awaitable[dict[str, Any]]:
-        """Send C{command}; its answer, or a L{p2pexec.cli.client.ClientError}."""
 
 
 # -- the subcommands ------------------------------------------------------------------
@@ -136,6 +121,8 @@ class Context:
     @ivar connect: connects to another node (C{HOST:PORT}), for following a
         job when the connection to C{node} is lost; C{None}: follow through
         C{node} only.
+    @ivar stdout: where the tasks' own output goes (C{run}, C{submit
+        --output}); C{None}: C{sys.stdout}.
     """
 
     node: Caller
@@ -143,6 +130,7 @@ class Context:
     clock: IReactorTime
     err: TextIO
     connect: Callable[[str], Awaitable[Caller]] | None = None
+    stdout: TextIO | None = None
 
 
 async def submit_job(ctx: Context, tasks: Sequence[TaskSpec]) -> str:
@@ -150,77 +138,44 @@ async def submit_job(ctx: Context, tasks: Sequence[TaskSpec]) -> str:
     Hand C{tasks} to the node with SUBMIT_JOB, in parts that each stay
     under L{commands.MAX_VALUE_BYTES}; return the job id.
     """
-    upload = ""
-    job = ""
-    for part, final in with_last(commands.chunk(tasks, TaskSpec.to_wire)):
-        answer = await ctx.node.call(commands.SubmitJob, tasks=part, defaults={}, upload=upload, final=final)
-        upload, job = answer["upload"], answer["job"]
-    return job
-
-
-@attr.s(auto_attribs=True)
-class Route:
-    """
-    The node a job is followed through, and the others it knows of (from
-    CLUSTER_STATUS at the start), in the order they are tried when the
-    connection to it is lost.
-    """
-
-    name: str
-    others: list[tuple[str, str]]
-    """(name, HOST:PORT) of every other node, not gone, by name."""
+    return await calls.submit_tasks(ctx.node, tasks)
 
 
 async def route(ctx: Context) -> Route:
     """Ask the node (CLUSTER_STATUS) which nodes it knows; without L{Context.connect}, or an answer, none."""
-    if ctx.connect is None:
-        return Route(ctx.node.address, [])
-    try:
-        cluster = await ctx.node.call(commands.ClusterStatus)
-        me = str(cluster["node"]["name"])
-        others = [
-            (str(peer["name"]), str(peer["address"]))
-            for peer in cluster["peers"]
-            if peer.get("state") not in ("gone", "self") and isinstance(peer.get("address"), str)
-        ]
-    except (ClientError, KeyError, TypeError):
-        return Route(ctx.node.address, [])
-    return Route(me, others)
+    return await calls.route(ctx.node, ctx.connect)
 
 
 async def switch_node(ctx: Context, job: str, way: Route, lost: ClientError) -> dict[str, Any]:
     """
     The connection to C{way.name} is lost: ask the other nodes, in order,
     about C{job}; follow it through the first that knows it (its JOB_STATUS
-    answer is returned), with one line on stderr.
+    answer is returned), with one line on stderr (see
+    L{p2pexec.client.calls.switch_node}).
 
     @raise CliError: if no node knows the job (or none can be reached).
     """
     assert ctx.connect is not None
-    tried = []
-    for name, address in list(way.others):
-        try:
-            node = await ctx.connect(address)
-            summary: dict[str, Any] = (await node.call(commands.JobStatus, job=job))["status"]
-        except ClientError as e:
-            tried.append(f"{name}: {e.message}")
-            continue
-        way.others.remove((name, address))
-        way.others.append((way.name, ctx.node.address))
-        note = f"{PROG}: lost node {way.name}; following job {job} through {name}"
-        ctx.err.write(for_stream(ctx.err, note) + "\n")
-        ctx.node, way.name = node, name
-        return summary
-    asked = f" (asked {'; '.join(tried)})" if tried else " (it knew no other node)"
-    raise CliError(f"lost node {way.name} ({lost.message}), and no other node knows job {job}{asked}")
+    was = way.name
+    try:
+        summary = await calls.switch_node(ctx.connect, job, way, lost)
+    except calls.NoNodeKnowsJob as e:
+        raise CliError(e.message) from None
+    note = f"{PROG}: lost node {was}; following job {job} through {way.name}"
+    ctx.err.write(for_stream(ctx.err, note) + "\n")
+    ctx.node = way.node
+    return summary
 
 
-async def follow(ctx: Context, job: str) -> int:
+async def follow(ctx: Context, job: str, tasks: TaskFollower | None = None) -> int:
     """
     Show C{job}'s progress until it ends (JOB_STATUS every L{POLL_INTERVAL}
     seconds), then how it ended; return its exit status.  When the
     connection to the node is lost, follow the job through another node it
     knew (see L{switch_node}).
+
+    @param tasks: prints and logs the tasks as they end; with a printer, it
+        also shows the progress and the final lines, on stderr.
     """
     display: ProgressDisplay | None = None
     way = await route(ctx)
@@ -241,8 +196,11 @@ async def follow(ctx: Context, job: str) -> int:
                     display = None
                 break
             if display is None:
-                display = ctx.out.progress(job)
-            display.update(summary, ctx.clock.seconds())
+                display = ctx.out.progress(job) if tasks is None or tasks.printer is None else tasks.progress()
+            if display is not None:
+                display.update(summary, ctx.clock.seconds())
+            if tasks is not None:
+                await tasks.poll(ctx.node, summary)
             await deferLater(ctx.clock, POLL_INTERVAL, lambda: None)
     except defer.CancelledError:
         if display is not None:
@@ -254,6 +212,11 @@ async def follow(ctx: Context, job: str) -> int:
     finally:
         if display is not None:
             display.close()
+    if tasks is not None:
+        await tasks.poll(ctx.node, summary)
+        if tasks.printer is not None:
+            await tasks.finish(summary)
+            return job_exit_status(summary)
     ctx.out.line(final_line(summary))
     status = job_exit_status(summary)
     if status != EXIT_OK:
@@ -261,8 +224,41 @@ async def follow(ctx: Context, job: str) -> int:
     return status
 
 
+async def follow_tasks(
+    ctx: Context, args: argparse.Namespace, tags: list[str] | None, printing: bool, submitted: str, always: bool
+) -> int:
+    """
+    Submit C{args.job_tasks} and follow the job, the tasks printed as they
+    end if C{printing} (C{--keep-order}, C{--tag}), and logged if
+    C{--joblog}; C{submitted} (with C{{job}}) is said on stderr (only on a
+    terminal, unless C{always}), or on stdout when not C{printing}.
+    """
+    tasks: list[TaskSpec] = args.job_tasks
+    stdout = sys.stdout if ctx.stdout is None else ctx.stdout
+    joblog_file = getattr(args, "joblog", None)
+    joblog = Joblog.open(joblog_file, stdout) if joblog_file else None
+    try:
+        job = await submit_job(ctx, tasks)
+        keep_order, tag = getattr(args, "keep_order", False), getattr(args, "tag", False)
+        printer = TaskPrinter(stdout, ctx.err, keep_order, tag) if printing else None
+        # all_nodes tasks become TASK@NODE on the master: the job's order is then its own.
+        order = None if any(task.all_nodes for task in tasks) else [task.id for task in tasks]
+        follower = TaskFollower(job, task_labels(tasks, tags), ctx.err, printer, joblog, order=order)
+        if printing:
+            follower.note(submitted.format(job=job), always)
+        else:
+            ctx.out.line(submitted.format(job=job))
+        return await follow(ctx, job, follower)
+    finally:
+        if joblog is not None:
+            joblog.close()
+
+
 async def do_submit(ctx: Context, args: argparse.Namespace) -> int:
-    """C{submit}: print the job id; with C{--wait}, follow it."""
+    """C{submit}: print the job id; with C{--wait}, follow it (printing the tasks' output with C{--output})."""
+    output, joblog = getattr(args, "output", False), getattr(args, "joblog", None)
+    if args.wait and (output or joblog):
+        return await follow_tasks(ctx, args, None, output, "{job}", always=True)
     job = await submit_job(ctx, args.job_tasks)
     ctx.out.line(job)
     if args.wait:
@@ -271,11 +267,10 @@ async def do_submit(ctx: Context, args: argparse.Namespace) -> int:
 
 
 async def do_run(ctx: Context, args: argparse.Namespace) -> int:
-    """C{run}: submit one task per argument and follow the job."""
-    tasks = args.job_tasks
-    job = await submit_job(ctx, tasks)
-    ctx.out.line(f"job {job}: {len(tasks)} task(s) submitted to {ctx.node.address}")
-    return await follow(ctx, job)
+    """C{run}: submit one task per argument, follow the job, and print what the tasks print."""
+    tags = [" ".join(arguments) for arguments in args.task_arguments]
+    submitted = f"job {{job}}: {len(args.job_tasks)} task(s) submitted to {ctx.node.address}"
+    return await follow_tasks(ctx, args, tags, True, submitted, always=False)
 
 
 async def do_watch(ctx: Context, args: argparse.Namespace) -> int:
@@ -315,17 +310,10 @@ async def do_status(ctx: Context, args: argparse.Namespace) -> int:
 
 async def all_tasks(ctx: Context, job: str) -> list[dict[str, Any]]:
     """Every task of C{job} with its result, page by page (JOB_TASKS)."""
-    tasks: list[dict[str, Any]] = []
-    offset = 0
-    while offset >= 0:
-        answer = await ctx.node.call(commands.JobTasks, job=job, offset=offset, limit=PAGE_LIMIT)
-        page = answer["tasks"]
-        tasks.extend(page)
-        following = answer["next"]
-        if following >= 0 and following <= offset:
-            raise CliError(f"the node at {ctx.node.address} answered JOB_TASKS with no progress (next={following})")
-        offset = following
-    return tasks
+    try:
+        return await calls.all_tasks(ctx.node, job)
+    except calls.NoProgress as e:
+        raise CliError(e.message) from None
 
 
 async def do_result(ctx: Context, args: argparse.Namespace) -> int:
@@ -351,12 +339,45 @@ async def do_result(ctx: Context, args: argparse.Namespace) -> int:
 
 async def do_cancel(ctx: Context, args: argparse.Namespace) -> int:
     """C{cancel}: CANCEL_JOB; print how many tasks were cancelled."""
-    cancelled = (await ctx.node.call(commands.CancelJob, job=args.job))["cancelled"]
+    cancelled = await calls.cancel_job(ctx.node, args.job)
     if cancelled:
         ctx.out.line(f"job {args.job}: {cancelled} task(s) cancelled")
     else:
         ctx.out.line(f"job {args.job}: 0 tasks cancelled (it had already ended)")
     return EXIT_OK
+
+
+# -- rerun, and where tasks run (issue 14, rerun) ------------------------------------
+
+
+def placed_tasks(tasks: list[TaskSpec], args: argparse.Namespace) -> list[TaskSpec]:
+    """
+    C{submit}'s and C{run}'s tasks with C{--node NAME} (for each task that
+    names no node of its own and is not C{all_nodes}) or C{--all-nodes}
+    (C{run}: every task) applied.
+    """
+    node: str | None = getattr(args, "node", None)
+    if getattr(args, "all_nodes", False):
+        return [attr.evolve(task, node=None, all_nodes=True) for task in tasks]
+    if node is None:
+        return tasks
+    return [task if task.node is not None or task.all_nodes else attr.evolve(task, node=node) for task in tasks]
+
+
+async def do_rerun(ctx: Context, args: argparse.Namespace) -> int:
+    """C{rerun --failed}: RERUN_TASKS, then follow the job as C{submit --wait} does."""
+    try:
+        answer = await ctx.node.call(commands.RerunTasks, job=args.job, which="failed")
+    except commands.JobRunning as e:
+        raise CliError(f"cannot rerun now: {e}") from None
+    count = answer["count"]
+    if not count:
+        ctx.out.line(f"job {args.job}: nothing to rerun (no task failed, timed out, errored or was cancelled)")
+        return EXIT_OK
+    shown = ", ".join(str(task) for task in answer["tasks"][:10])
+    more = f" and {count - 10} more" if count > 10 else ""
+    ctx.out.line(f"job {args.job}: {count} task(s) run again: {shown}{more}")
+    return await follow(ctx, args.job)
 
 
 SUBCOMMANDS: dict[str, Callable[[Context, argparse.Namespace], Awaitable[int]]] = {
@@ -367,6 +388,8 @@ SUBCOMMANDS: dict[str, Callable[[Context, argparse.Namespace], Awaitable[int]]] 
     "jobs": do_jobs,
     "result": do_result,
     "cancel": do_cancel,
+    "rerun": do_rerun,
+    "logs": do_logs,
 }
 
 
@@ -380,12 +403,10 @@ def local_token(host: str, port: int) -> tuple[bytes, dict[str, Any]] | None:
 
     @raise CliError: if the node's record names a token that cannot be read.
     """
-    from p2pexec.localtoken import LocalTokenError, find_token
-
     try:
-        return find_token(host, port)
-    except LocalTokenError as e:
-        raise CliError(str(e)) from None
+        return calls_keys.local_token(host, port)
+    except KeyProblem as e:
+        raise CliError(e.message) from None
 
 
 def key_command(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:

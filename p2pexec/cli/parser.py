@@ -14,7 +14,8 @@ from typing import Any
 from p2pexec import __version__
 from p2pexec.cli.client import DEFAULT_TIMEOUT, parse_address
 from p2pexec.cli.errors import EXIT_USAGE, PROG
-from p2pexec.cli.runline import split_run_line
+from p2pexec.cli.logs import add_logs_parser
+from p2pexec.cli.sources import split_run_line
 from p2pexec.model import ValidationError, validate_name
 
 DEFAULT_CONNECT = "127.0.0.1:10001"
@@ -48,6 +49,7 @@ examples:
   p2pexec submit --wait jobs.toml
   p2pexec submit --tasks a1,a2,b1
   p2pexec run --kind sh -- gzip -k {} ::: *.log
+  p2pexec run --kind sh -k --tag -- echo {1}-{2} ::: a b ::: 1 2
   p2pexec watch a1-31f91af8-1
   p2pexec --connect 10.0.0.5:10001 status
   p2pexec result --json a1-31f91af8-1
@@ -120,6 +122,28 @@ def _connection_options(parser: argparse.ArgumentParser, suppress: bool) -> None
     )
 
 
+def _output_options(parser: argparse.ArgumentParser, condition: str) -> None:
+    """C{-k}, C{--tag} and C{--joblog}, as C{run} and C{submit --wait} take them."""
+    parser.add_argument(
+        "-k",
+        "--keep-order",
+        action="store_true",
+        help=f"{condition}print the tasks' output in argument order, each once those before it are printed",
+    )
+    parser.add_argument(
+        "--tag",
+        action="store_true",
+        help=f"{condition}start each line of output with the task's arguments (submit: its id) and a tab",
+    )
+    parser.add_argument(
+        "--joblog",
+        metavar="FILE",
+        help="with "
+        + ("--wait" if condition else "run")
+        + ": write GNU parallel's joblog to FILE, a line per task as it ends (- for stdout)",
+    )
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     """The C{p2pexec} parser, and each subcommand's parser by name."""
     formatter = argparse.RawDescriptionHelpFormatter
@@ -151,6 +175,13 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     p.add_argument(
         "--wait", action="store_true", help="follow the job to its end, as watch does, and exit with its status"
     )
+    p.add_argument(
+        "--output",
+        action="store_true",
+        help="with --wait: print what the tasks print, as run does (the job id and progress go to stderr)",
+    )
+    _output_options(p, "with --output: ")
+    _node_option(p)
 
     p = add(
         "run",
@@ -160,15 +191,25 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         "has {}, the argument is appended.  CMD runs as an argv, without a shell,\n"
         "unless --shell (CMD's words are then joined into one /bin/sh command line,\n"
         "and {} becomes the argument, shell-quoted).\n\n"
-        "The arguments come after ::: on the command line, or one a line from FILE\n"
-        "after :::: (- for standard input), or from standard input when neither is\n"
-        "given.  Blank lines are skipped.\n\n"
-        "A task's id is its argument when that is a valid task id (1-128 characters\n"
+        "The arguments come as GNU parallel's input sources: ::: ARG... on the\n"
+        "command line, :::: FILE... one a line from each file (- for standard input),\n"
+        "or standard input when none is given; blank lines are skipped.  Several\n"
+        "sources make every combination (the first varies slowest); :::+ and ::::+\n"
+        "pair a source off with the one before it (as many as the shorter has).\n\n"
+        "Replacement strings: {} the arguments, {.} without extension, {/} base\n"
+        "name, {//} directory, {/.} base name without extension, {#} the sequence\n"
+        "number; {1} {2} ... one source's value, also as {1.} {1/} {1//} {1/.}.\n\n"
+        "Each task's standard output is printed on ours, whole, as it ends (with\n"
+        "-k in argument order), its standard error on ours; progress goes to\n"
+        "stderr when it is a terminal.  A task's id is its argument (several\n"
+        "sources' values joined by _) when that is a valid task id (1-128 characters\n"
         "of A-Z a-z 0-9 _ . : @ + -) not used before; otherwise t1, t2, ...",
         "exit status: 0 if every task succeeded, 1 if not, 2 for usage errors or no connection.\n\n"
         "examples:\n"
         "  p2pexec run --kind sh -- gzip -k {} ::: a.log b.log\n"
-        "  p2pexec run --kind sh --shell -- 'convert {} {}.png' :::: images.txt\n"
+        "  p2pexec run --kind sh -k --tag -- echo {1}x{2} ::: 1 2 ::: 3 4\n"
+        "  p2pexec run --kind sh --shell -- 'convert {} {.}.png' :::: images.txt\n"
+        "  p2pexec run --kind sh --joblog run.log -- ./work {} ::: a b | sort\n"
         "  ls *.csv | p2pexec run --kind py -- python3 load.py",
     )
     p.add_argument("--kind", required=True, help="the kind (capability) of every task: a node must run it")
@@ -196,11 +237,19 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         metavar="NAME=VALUE",
         help="an environment variable for every task (repeatable)",
     )
+    _output_options(p, "")
+    _node_option(p)
+    p.add_argument(
+        "--all-nodes",
+        action="store_true",
+        help="run the command once on every live node that runs --kind, one result per node "
+        "(task ids ARG@NODE; see docs/jobs.rst)",
+    )
     p.add_argument(
         "run_words",
         nargs=argparse.REMAINDER,
         metavar="-- CMD ... ::: ARG ...",
-        help="the command, then ::: and the arguments, or :::: FILE",
+        help="the command, then its input sources: ::: ARG..., :::: FILE..., :::+ and ::::+ to link",
     )
 
     p = add(
@@ -256,6 +305,26 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     p.add_argument("job", metavar="JOB", help="the job id")
 
     p = add(
+        "rerun",
+        "run a finished job's failed tasks again, and follow them",
+        "Run again, as new attempts of the same job, the tasks of JOB that failed,\n"
+        "timed out, could not run (error) or were cancelled, then follow the job to its\n"
+        "end as submit --wait does.  Afterwards the job's results (p2pexec result, the\n"
+        "HTTP API, the dashboard) show the new outcomes; attempt numbers go on.  A job\n"
+        "that is still running is refused: wait for it, or cancel it first.",
+        "exit status: 0 if every task now succeeded (or there was nothing to rerun), 1 if\n"
+        "not, 2 for an unknown or running job or no connection.\n\n"
+        "examples:\n  p2pexec rerun --failed a1-31f91af8-1",
+    )
+    p.add_argument("job", metavar="JOB", help="the job id")
+    p.add_argument(
+        "--failed",
+        action="store_true",
+        required=True,
+        help="run again every task that did not succeed (required: the one choice so far)",
+    )
+
+    p = add(
         "keygen",
         "write a new random cluster key",
         "Write a new random 256-bit cluster key (64 hexadecimal digits).  Give the\n"
@@ -277,7 +346,38 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     p.add_argument(
         "--url", action="store_true", help="print the dashboard's address with the token (your node's --web port)"
     )
+
+    p = add(
+        "logs",
+        "a task's full output, or follow it live",
+        "Print a task's whole standard output (with --stderr, its standard error) as\n"
+        "the worker that ran its newest attempt keeps it, byte for byte.  With --follow,\n"
+        "print it as the task writes it and exit when the task ends.  A worker keeps at\n"
+        "most its --max-output of each stream (the rest is cut, with a note saying so).",
+        "exit status: 0 once printed; 1 if the task has not started (without --follow) or its\n"
+        "output is gone; 2 for an unknown job or task, or no connection.\n\n"
+        "examples:\n  p2pexec logs a1-31f91af8-1 t3\n  p2pexec logs -f --stderr a1-31f91af8-1 build",
+    )
+    add_logs_parser(p)
     return parser, parsers
+
+
+def _node_name(text: str) -> str:
+    try:
+        return validate_name(text, "a node name")
+    except ValidationError as e:
+        raise argparse.ArgumentTypeError(f"{e}; no node can have that name") from None
+
+
+def _node_option(parser: argparse.ArgumentParser) -> None:
+    """C{--node NAME} (on C{submit} and C{run}): the tasks run on that node only."""
+    parser.add_argument(
+        "--node",
+        type=_node_name,
+        metavar="NAME",
+        help="run the tasks only on the node named NAME (they wait while it is absent); "
+        "a job file's own node = ... wins",
+    )
 
 
 def parse_arguments(argv: Sequence[str]) -> argparse.Namespace:
@@ -300,11 +400,21 @@ def parse_arguments(argv: Sequence[str]) -> argparse.Namespace:
     if args.command == "submit":
         if (args.jobfile is None) == (args.tasks is None):
             this.error("give a JOBFILE or --tasks NAMES (one of them)")
+        for given, flag, needs in [
+            (args.output, "--output", "--wait"),
+            (args.joblog is not None, "--joblog", "--wait"),
+            (args.keep_order, "--keep-order", "--output"),
+            (args.tag, "--tag", "--output"),
+        ]:
+            if given and not getattr(args, needs.lstrip("-")):
+                this.error(f"{flag} needs {needs}")
     if args.command == "run":
         try:
             validate_name(args.kind, "the kind")
         except ValidationError as e:
             this.error(f"--kind: {e}")
+        if args.all_nodes and args.node is not None:
+            this.error("--node and --all-nodes: give one of them (one node, or every node)")
         if args.slots_per_task != 1:
             this.error(
                 f"--slots-per-task {args.slots_per_task}: p2pexec has no per-task slot count; every task "

@@ -1,134 +1,35 @@
 """
-The tail of C{p2pexec run}, GNU-parallel style: a command with C{{}}
-placeholders, then its arguments after C{:::}, or one a line from a file
-after C{::::} (C{-}: standard input), or from standard input; and the
-tasks made of them, one per argument.  Pure functions, but for reading
-the arguments' file.
+The tail of C{p2pexec run}, GNU-parallel style, made into tasks: a command
+with replacement strings (L{p2pexec.cli.replacements}), and its arguments
+from the input sources (L{p2pexec.cli.sources}); one task per combination
+of arguments, with its id.  Pure functions.
 """
 
 from __future__ import annotations
 
-import shlex
-from collections.abc import Iterable, Sequence
-from typing import Any, TextIO
-
-import attr
+from collections.abc import Sequence
+from typing import Any
 
 from p2pexec.cli.errors import CliError
+from p2pexec.cli.replacements import check_positions, expand_argv, expand_shell
 from p2pexec.jobfile import JobFileError, parse_job
 from p2pexec.model import TASK_ID_PATTERN, TaskSpec
 
-PLACEHOLDER = "{}"
-"""What C{run} replaces with each argument."""
-
-ARGUMENTS_MARK = ":::"
-"""C{run CMD ::: A B C}: the arguments follow on the command line."""
-
-FILE_MARK = "::::"
-"""C{run CMD :::: FILE}: the arguments are the lines of FILE (C{-}: standard input)."""
+ID_JOINER = "_"
+"""Between the values of a task's arguments in its id, when there are several sources."""
 
 
-@attr.s(auto_attribs=True, frozen=True)
-class RunLine:
+def task_ids(arguments: Sequence[str | tuple[str, ...]]) -> list[str]:
     """
-    The tail of C{p2pexec run ...}: the command, and where the arguments
-    come from.
-
-    @ivar command: the command's words, with their C{{}} placeholders.
-    @ivar arguments: the arguments given after C{:::}, or C{None}.
-    @ivar file: the file named after C{::::} (C{-} for standard input), or C{None}.
-    """
-
-    command: tuple[str, ...]
-    arguments: tuple[str, ...] | None = None
-    file: str | None = None
-
-
-def split_run_line(words: Sequence[str]) -> RunLine:
-    """
-    Split C{CMD ... ::: ARG ...} or C{CMD ... :::: FILE}.  Without either
-    mark, the arguments come from standard input, as with GNU parallel.
-
-    @raise ValueError: for a missing command, a missing file, or more than
-        one source of arguments.
-    """
-    words = list(words)
-    if words and words[0] == "--":
-        words = words[1:]
-    marks = [i for i, word in enumerate(words) if word in (ARGUMENTS_MARK, FILE_MARK)]
-    end = marks[0] if marks else len(words)
-    command = tuple(words[:end])
-    if not command:
-        raise ValueError("give the command to run, as in: p2pexec run --kind sh -- echo {} ::: a b c")
-    if len(marks) > 1:
-        raise ValueError(
-            f"give one source of arguments ({ARGUMENTS_MARK} ARG... or {FILE_MARK} FILE); "
-            "combining several, as GNU parallel does, is not supported"
-        )
-    if not marks:
-        return RunLine(command)
-    rest = tuple(words[end + 1 :])
-    if words[end] == ARGUMENTS_MARK:
-        if not rest:
-            raise ValueError(f"no arguments after {ARGUMENTS_MARK}")
-        return RunLine(command, arguments=rest)
-    if len(rest) != 1:
-        raise ValueError(f"give exactly one file after {FILE_MARK} (- for standard input), not {len(rest)}")
-    return RunLine(command, file=rest[0])
-
-
-def read_argument_lines(stream: Iterable[str]) -> list[str]:
-    """One argument per line, without its line ending; blank lines are skipped."""
-    arguments = []
-    for line in stream:
-        line = line.rstrip("\r\n")
-        if line.strip():
-            arguments.append(line)
-    return arguments
-
-
-def run_arguments(line: RunLine, stdin: TextIO) -> list[str]:
-    """
-    The arguments of a L{RunLine}: given, read from its file, or from
-    C{stdin}.
-
-    @raise CliError: if the file cannot be read, if there are none, or if
-        they would come from a terminal.
-    """
-    if line.arguments is not None:
-        return list(line.arguments)
-    if line.file is None or line.file == "-":
-        if line.file is None and stdin.isatty():
-            raise CliError(
-                f"run: give the arguments after {ARGUMENTS_MARK} or {FILE_MARK} FILE, or pipe them in, one a line"
-            )
-        try:
-            arguments = read_argument_lines(stdin)
-        except UnicodeDecodeError as e:
-            raise CliError(f"run: cannot read standard input: {e}") from None
-        where = "standard input"
-    else:
-        try:
-            with open(line.file, encoding="utf-8") as f:
-                arguments = read_argument_lines(f)
-        except (OSError, UnicodeDecodeError) as e:
-            reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-            raise CliError(f"run: cannot read {line.file}: {reason}") from None
-        where = line.file
-    if not arguments:
-        raise CliError(f"run: no arguments in {where}: nothing to run")
-    return arguments
-
-
-def task_ids(arguments: Sequence[str]) -> list[str]:
-    """
-    A task id for each argument: the argument itself when it is a valid task
-    id not used by an earlier argument, else C{t1}, C{t2}... (numbered
-    among those, skipping any id already taken).
+    A task id for each argument: the argument itself (a task's values
+    joined by L{ID_JOINER}) when it is a valid task id not used by an
+    earlier argument, else C{t1}, C{t2}... (numbered among those, skipping
+    any id already taken).
     """
     taken: set[str] = set()
     chosen: list[str | None] = []
-    for argument in arguments:
+    for given in arguments:
+        argument = given if isinstance(given, str) else ID_JOINER.join(given)
         if TASK_ID_PATTERN.fullmatch(argument) and argument not in taken:
             taken.add(argument)
             chosen.append(argument)
@@ -148,26 +49,27 @@ def task_ids(arguments: Sequence[str]) -> list[str]:
     return ids
 
 
-def expand_command(command: Sequence[str], argument: str, shell: bool = False) -> Any:
+def expand_command(
+    command: Sequence[str], arguments: str | tuple[str, ...], shell: bool = False, sequence: int = 1
+) -> Any:
     """
-    C{command} for one argument: each C{{}} replaced by it, or the argument
-    appended if there is no C{{}}.
+    C{command} for one task: its replacement strings replaced (see
+    L{p2pexec.cli.replacements}), or the arguments appended if it has none.
 
+    @param arguments: the task's value from each input source (a string: one).
+    @param sequence: the task's sequence number (C{{#}}), from 1.
     @return: an argv list; or, with C{shell}, one shell command line (the
-        words joined by spaces) with the argument shell-quoted.
+        words joined by spaces) with the arguments shell-quoted.
     """
+    values = (arguments,) if isinstance(arguments, str) else arguments
     if shell:
-        line = " ".join(command)
-        quoted = shlex.quote(argument)
-        return line.replace(PLACEHOLDER, quoted) if PLACEHOLDER in line else f"{line} {quoted}"
-    if any(PLACEHOLDER in word for word in command):
-        return [word.replace(PLACEHOLDER, argument) for word in command]
-    return [*command, argument]
+        return expand_shell(command, values, sequence)
+    return expand_argv(command, values, sequence)
 
 
 def run_tasks(
     command: Sequence[str],
-    arguments: Sequence[str],
+    arguments: Sequence[str | tuple[str, ...]],
     kind: str,
     shell: bool = False,
     timeout: float | None = None,
@@ -176,10 +78,14 @@ def run_tasks(
     env: dict[str, str] | None = None,
 ) -> list[TaskSpec]:
     """
-    One task per argument, checked as a job file would be.
+    One task per argument (a value from each input source), in order,
+    checked as a job file would be.
 
-    @raise CliError: naming the task and field at fault.
+    @raise CliError: for a replacement string naming no source, or naming
+        the task and field at fault.
     """
+    width = max((1 if isinstance(given, str) else len(given) for given in arguments), default=1)
+    check_positions(command, width)
     defaults: dict[str, Any] = {"kind": kind}
     if shell:
         defaults["shell"] = True
@@ -192,8 +98,8 @@ def run_tasks(
     if env:
         defaults["env"] = dict(env)
     tasks = [
-        {"id": task_id, "command": expand_command(command, argument, shell)}
-        for task_id, argument in zip(task_ids(arguments), arguments)
+        {"id": task_id, "command": expand_command(command, argument, shell, sequence)}
+        for sequence, (task_id, argument) in enumerate(zip(task_ids(arguments), arguments), start=1)
     ]
     try:
         return parse_job({"defaults": defaults, "task": tasks}, label="run")

@@ -213,8 +213,9 @@ class SubmitTests(CliTestCase):
             "gamma",
         )
         self.assertEqual(status, 0, (out, err, cluster.logs()))
-        self.assertRegex(out.splitlines()[0], rf"^job {JOB_ID}: 3 task\(s\) submitted to 127\.0\.0\.1:{a1.port}$")
-        self.assertRegex(out.splitlines()[-1], r" finished: 3 succeeded, 0 failed in ")
+        # The tasks print nothing; run prints only what they print, and its
+        # own lines only on a terminal (stderr here is a pipe).
+        self.assertEqual((out, err), ("", ""))
         with open(side) as f:
             self.assertEqual(sorted(f.read().splitlines()), ["alpha|alpha", "b c|t1", "gamma|gamma"])
 

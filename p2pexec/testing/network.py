@@ -137,6 +137,12 @@ class FakeNetwork(Clock):
     def _complete(self, connector: Connector) -> None:
         if not connector.pending:
             return
+        client = connector.factory._host if isinstance(connector.factory, OwnedFactory) else None
+        if client is not None and client.crashed:
+            # The process that asked for this connection is gone, and its
+            # SYNs with it: nothing completes, nobody is told.
+            connector.pending = False
+            return
         server = self._servers.get((connector.host, connector.port))
         owner = server.factory._host if server is not None and isinstance(server.factory, OwnedFactory) else None
         unreachable = frozenset((connector.source, connector.host)) in self.cuts

@@ -424,6 +424,24 @@ class FaultTests(SynchronousTestCase):
         held.cancel()
         self.assertFalse(held.active())
 
+    def test_both_close_across_a_cut(self):
+        """
+        One side closes behind a cut link (it learns of its own close); the
+        link is mended and the other side closes too before the next pump:
+        each side hears of the loss once (the first used to hear it twice,
+        which AMP does not survive: seeds 2122, 3714, 4818).
+        """
+        network, _, client, server = self.connect()
+        network.cut("127.0.0.2", "127.0.0.3")
+        client.transport.loseConnection()
+        network.flush()
+        self.assertEqual((client.losses, server.losses), (1, 0))
+        network.mend("127.0.0.2", "127.0.0.3")
+        server.transport.loseConnection()
+        network.flush()
+        self.assertEqual((client.losses, server.losses), (1, 1))
+        self.assertEqual(network.pumps, [])
+
     def test_crash_while_connecting_over_a_cut(self):
         """
         A host that crashes while its connection attempt waits behind a cut

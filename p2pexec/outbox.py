@@ -121,7 +121,14 @@ class Outbox:
         me = self._node.info
         epoch = self.epoch_of(job) if epoch is None else epoch
         if worker == me.name:
-            self._worker.accept(self.local_sink(), job, assignments, Ballot(epoch, me.name))
+            try:
+                self._worker.accept(self.local_sink(), job, assignments, Ballot(epoch, me.name))
+            except (commands.StaleBallot, commands.ShuttingDown, commands.NotCapable):
+                # This node's own worker refused (its fence has seen a newer
+                # leader of the job, say): handled as another worker's refusal
+                # is, on the next turn, as its answer would come.
+                attempts = [(assignment.task.id, assignment.attempt) for assignment in assignments]
+                self._clock.callLater(0, self._assignment_refused, Failure(), worker, job, attempts)
             return
         protocol = self._connection(worker)
         if protocol is None:

@@ -216,3 +216,38 @@ class RestartedSuccessorsTests(SynchronousTestCase):
         self.assertEqual(len(took), 1, took)
         self.assertIn("z1 was not connected when this node restarted", took[0])
         self.assertEqual(finished_at(cluster, job_id).succeeded, 20)
+
+
+class OwnWorkerFencedTests(SynchronousTestCase):
+    """A master whose own worker has seen a newer leader of the job (seed 4450 of the 5,000-seed run)."""
+
+    def test_own_worker_refuses_its_master(self):
+        """
+        The master also runs tasks; its own worker learns of a newer leader
+        of the job (there: JOB_LEADER, heard by a restarted master that
+        resumed the job from its journal) before the master does.  When the
+        master next hands itself a task, its worker refuses it: that must be
+        handled as another worker's refusal is (the master steps down, the
+        task goes back, unrun), not raise StaleBallot out of the dispatch
+        timer (it did, and the simulation stopped).
+        """
+        cluster = Cluster()
+        cluster.add("z1", address=ADDRESSES["z1"], capabilities=frozenset({"w"}), slots=1, replicas=2, duration=1.0)
+        for name in WORKERS:
+            cluster.add(name, address=ADDRESSES[name], capabilities=frozenset(), replicas=2)
+        names = ["z1", *WORKERS]
+        cluster.network.run_until(lambda: all(cluster.connected(a, b) for a in names for b in names if a != b), 30)
+        job_id = submit(cluster, "z1", 3)
+        z1 = cluster.nodes["z1"]
+        cluster.network.run_until(lambda: cluster.runners["z1"].runs, limit=10)
+        z1.worker.fence.check(job_id, Ballot(5, "w1"), "a JOB_LEADER announcement")
+        with capturedLogs() as events:
+            cluster.network.run(3.0)
+        steps = [text(e) for e in events if "steps down as master" in e["log_format"]]
+        self.assertEqual(len(steps), 1, steps)
+        self.assertIn("Node z1 steps down as master of job", steps[0])
+        self.assertNotIn(job_id, z1.master.jobs)
+        refused = [text(e) for e in events if "refused an assignment" in text(e)]
+        self.assertEqual(len(refused), 1, refused)
+        # t1 was queued at z1 before its fence learned of epoch 5; t2 came after, refused.
+        self.assertNotIn("t2", [task for _, task, _ in cluster.runners["z1"].runs])

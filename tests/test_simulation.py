@@ -424,6 +424,42 @@ class FaultTests(SynchronousTestCase):
         held.cancel()
         self.assertFalse(held.active())
 
+    def test_both_close_across_a_cut(self):
+        """
+        One side closes behind a cut link (it learns of its own close); the
+        link is mended and the other side closes too before the next pump:
+        each side hears of the loss once (the first used to hear it twice,
+        which AMP does not survive: seeds 2122, 3714, 4818).
+        """
+        network, _, client, server = self.connect()
+        network.cut("127.0.0.2", "127.0.0.3")
+        client.transport.loseConnection()
+        network.flush()
+        self.assertEqual((client.losses, server.losses), (1, 0))
+        network.mend("127.0.0.2", "127.0.0.3")
+        server.transport.loseConnection()
+        network.flush()
+        self.assertEqual((client.losses, server.losses), (1, 1))
+        self.assertEqual(network.pumps, [])
+
+    def test_crash_while_connecting_over_a_cut(self):
+        """
+        A host that crashes while its connection attempt waits behind a cut
+        link makes no connection once the link is mended: a crashed host
+        delivers nothing more, and its peer hears nothing from it.
+        """
+        network = FakeNetwork()
+        a, b = network.host("127.0.0.2"), network.host("127.0.0.3")
+        servers, clients = Factory(), Factory()
+        b.listenTCP(7000, servers)
+        network.cut("127.0.0.2", "127.0.0.3")
+        a.connectTCP("127.0.0.3", 7000, clients, timeout=30)
+        network.run(1.0)
+        a.crash()
+        network.mend("127.0.0.2", "127.0.0.3")
+        network.run(2.0)
+        self.assertEqual((servers.built, clients.built, network.pumps), ([], [], []))
+
     def test_crash_after_the_link_dropped(self):
         """A host that crashes after its peer already lost the connection does not tell that peer twice."""
         network, (a, b), client, server = self.connect()

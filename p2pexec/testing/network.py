@@ -35,7 +35,6 @@ from twisted.internet.base import DelayedCall
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
-from twisted.test.iosim import FakeTransport
 from zope.interface import implementer
 
 from p2pexec.testing.plumbing import (
@@ -46,6 +45,7 @@ from p2pexec.testing.plumbing import (
     OwnedFactory,
     Port,
     Pump,
+    Transport,
     deliver,
     planned,
 )
@@ -137,6 +137,12 @@ class FakeNetwork(Clock):
     def _complete(self, connector: Connector) -> None:
         if not connector.pending:
             return
+        client = connector.factory._host if isinstance(connector.factory, OwnedFactory) else None
+        if client is not None and client.crashed:
+            # The process that asked for this connection is gone, and its
+            # SYNs with it: nothing completes, nobody is told.
+            connector.pending = False
+            return
         server = self._servers.get((connector.host, connector.port))
         owner = server.factory._host if server is not None and isinstance(server.factory, OwnedFactory) else None
         unreachable = frozenset((connector.source, connector.host)) in self.cuts
@@ -159,8 +165,8 @@ class FakeNetwork(Clock):
         server_address = IPv4Address("TCP", connector.host, connector.port)
         server_protocol = server.factory.buildProtocol(client_address)
         client_protocol = connector.factory.buildProtocol(server_address)
-        server_transport = FakeTransport(server_protocol, True, server_address, client_address)
-        client_transport = FakeTransport(client_protocol, False, client_address, server_address)
+        server_transport = Transport(server_protocol, True, server_address, client_address)
+        client_transport = Transport(client_protocol, False, client_address, server_address)
         # iosim's FakeTransport shares one ConnectionDone instance among all
         # transports (a class attribute).  Each time a Failure of it is
         # raised again (as AMP does to fail outstanding calls), Python chains
@@ -225,9 +231,7 @@ class FakeNetwork(Clock):
                 # Nothing crosses a cut link; each side only learns of its
                 # own decision to close.
                 for transport in (pump.clientIO, pump.serverIO):
-                    if transport.disconnecting and not transport.disconnected:
-                        transport.disconnected = True
-                        transport.reportDisconnect()
+                    if transport.disconnecting and transport.lose(None):
                         moved = True
                 if pump.clientIO.disconnected and pump.serverIO.disconnected:
                     self.pumps.remove(pump)
@@ -236,8 +240,7 @@ class FakeNetwork(Clock):
             if pump.clientIO.disconnected != pump.serverIO.disconnected and not survivor.disconnecting:
                 # One side closed while the link was cut: the other side's
                 # next contact with it is answered by a reset.
-                survivor.disconnected = True
-                survivor.protocol.connectionLost(Failure(error.ConnectionLost("connection reset by peer")))
+                survivor.lose(Failure(error.ConnectionLost("connection reset by peer")))
                 self.pumps.remove(pump)
                 moved = True
                 continue
@@ -467,10 +470,7 @@ class FakeHost:
             if not (mine_client or mine_server):
                 continue
             self.network.pumps.remove(pump)
-            survivor = pump.serverIO if mine_client else pump.clientIO
-            told = survivor.disconnected  # it already learned the connection was lost
-            for transport in (pump.clientIO, pump.serverIO):
-                transport.disconnecting = True
-                transport.disconnected = True
-            if not told:
-                survivor.protocol.connectionLost(Failure(error.ConnectionLost("the peer vanished")))
+            gone, survivor = (pump.clientIO, pump.serverIO) if mine_client else (pump.serverIO, pump.clientIO)
+            gone.disconnecting = gone.disconnected = True  # a dead process hears nothing
+            # Told at most once: it may have learned of the loss already.
+            survivor.lose(Failure(error.ConnectionLost("the peer vanished")))

@@ -17,7 +17,7 @@ from twisted.internet.base import DelayedCall
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IMulticastTransport
 from twisted.python.failure import Failure
-from twisted.test.iosim import IOPump
+from twisted.test.iosim import FakeTransport, IOPump
 from zope.interface import implementer
 
 if TYPE_CHECKING:
@@ -31,6 +31,7 @@ __all__ = [
     "OwnedFactory",
     "Port",
     "Pump",
+    "Transport",
     "deliver",
     "planned",
 ]
@@ -150,26 +151,67 @@ class MulticastPort:
         return succeed(None)
 
 
+class Transport(FakeTransport):
+    """
+    A L{FakeTransport} whose protocol hears of the connection's loss once
+    at most, however the loss comes (its own close, the peer's, a reset
+    after a cut, the peer's crash): a real transport calls
+    C{connectionLost} once, and AMP fails if called twice.  Its
+    C{disconnected} flag means exactly that its protocol was told.
+    """
+
+    def reportDisconnect(self) -> None:
+        """Tell the protocol the connection closed cleanly, unless it was told already."""
+        self.lose(None)
+
+    def lose(self, reason: Failure | None) -> bool:
+        """
+        Tell the protocol its connection is lost, for C{reason} (a clean
+        close for L{None}), unless it was told already.
+
+        @return: whether it was told now.
+        """
+        if self.disconnected:
+            return False
+        self.disconnecting = self.disconnected = True
+        if reason is None:
+            super().reportDisconnect()
+        else:
+            self.protocol.connectionLost(reason)
+        return True
+
+
 class Pump(IOPump):
     """
     An L{IOPump} that knows the listening address its connection reached
     (see L{FakeNetwork.partition}) and the hosts it links (see
     L{FakeNetwork.cut}), and can hold bytes back (see L{FakeNetwork.set_delay}).
+    Its ends are L{Transport}s.
     """
 
     server_address: tuple[str, int] = ("", 0)
     link: frozenset[str] = frozenset()
+    clientIO: Transport
+    serverIO: Transport
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.in_flight: deque[tuple[float, Any, bytes]] = deque()
 
     def pump(self, debug: bool = False, advanceClock: bool = True, delay: float = 0.0) -> bool:
-        """Move bytes; with a C{delay}, those written now arrive C{delay} seconds later, in order."""
-        if not delay and not self.in_flight:
-            return bool(super().pump(debug, advanceClock))
+        """
+        Move bytes; with a C{delay}, those written now arrive C{delay}
+        seconds later, in order.  Once everything sent has arrived, a close
+        goes through as iosim's does: first the closer's peer is told, then,
+        on the next pump, the closer (each at most once: a side may have
+        been told already, of its own close behind a cut link).
+        """
+        if advanceClock:
+            self.clock.advance(0)
         now = self.clock.seconds()
         moved = False
+        self.clientIO._checkProducer()
+        self.serverIO._checkProducer()
         for source, destination in ((self.clientIO, self.serverIO), (self.serverIO, self.clientIO)):
             data = source.getOutBuffer()
             if data:
@@ -182,7 +224,14 @@ class Pump(IOPump):
         if self.in_flight or moved:
             return moved
         # Everything sent has arrived: a close may go through now.
-        return bool(super().pump(debug, advanceClock))
+        for closer, peer in ((self.serverIO, self.clientIO), (self.clientIO, self.serverIO)):
+            if closer.disconnecting and not closer.disconnected:
+                if not peer.disconnected:
+                    peer.lose(None)
+                else:
+                    closer.lose(None)
+                return True
+        return False
 
 
 class HostCall:

@@ -32,11 +32,11 @@ MAX_NAMED = 8
 MAX_AMOUNT = 1e12
 """The most of one named resource."""
 
-RESOURCE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,31}")
+RESOURCE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,23}")
 """What a named resource's name may look like."""
 
-DEVICE_ID = re.compile(r"[A-Za-z0-9_.:-]{1,40}")
-"""What a GPU device id may look like (C{0}, C{1} or a C{GPU-...} UUID)."""
+DEVICE_ID = re.compile(r"[A-Za-z0-9_.:-]{1,12}")
+"""What a GPU device id may look like (C{0}, C{1}: the index C{CUDA_VISIBLE_DEVICES} takes; up to 12 characters)."""
 
 _SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(?:i?b)?\s*", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4, "p": 1024**5}
@@ -89,7 +89,7 @@ def _named(value: Any, what: str, positive: bool) -> tuple[tuple[str, float], ..
     for name, amount in value.items():
         if not (isinstance(name, str) and RESOURCE_NAME.fullmatch(name)) or name in TASK_FIELDS:
             raise ValueError(
-                f"{what}: {name!r} is not a resource name (a letter, then up to 31 of A-Z a-z 0-9 _ . -; "
+                f"{what}: {name!r} is not a resource name (a letter, then up to 23 of A-Z a-z 0-9 _ . -; "
                 "not cpus, memory, gpus or resources)"
             )
         if not (_number(amount) and (amount > 0 if positive else amount >= 0) and amount <= MAX_AMOUNT):
@@ -109,7 +109,7 @@ class Request:
     @ivar named: named resources (C{licence}, ...) and how much of each.
     """
 
-    cpus: float = 0.0
+    cpus: float = attr.ib(default=0.0, converter=float)
     memory: int = 0
     gpus: int = 0
     named: tuple[tuple[str, float], ...] = ()
@@ -170,8 +170,8 @@ class NodeResources:
     @ivar named: its named resources and how much of each.
     """
 
-    cpus: float
-    memory: int
+    cpus: float = attr.ib(converter=float)
+    memory: int = attr.ib()
     gpus: tuple[str, ...] = ()
     named: tuple[tuple[str, float], ...] = ()
 
@@ -242,7 +242,7 @@ def check_devices(value: Any, what: str) -> tuple[str, ...]:
     @raise ValueError: naming C{what}.
     """
     if not (isinstance(value, list) and all(isinstance(d, str) and DEVICE_ID.fullmatch(d) for d in value)):
-        raise ValueError(f"{what} must be a list of device ids (like 0 or GPU-1a2b...), not {value!r}")
+        raise ValueError(f"{what} must be a list of device ids (like 0,1: up to 12 characters each), not {value!r}")
     if len(value) > MAX_GPUS:
         raise ValueError(f"{what}: more than {MAX_GPUS} devices")
     if len(set(value)) != len(value):
@@ -378,3 +378,42 @@ def from_options(
         except ValueError:
             raise ValueError(f"--resource {item}: {amount!r} is not a number") from None
     return NodeResources(cpus=cpu_count, memory=size, gpus=devices, named=_named(table, "--resource", positive=False))
+
+
+def run_request(cpus: str | None, memory: str | None, gpus: str | None, named: Sequence[str]) -> dict[str, Any]:
+    """
+    The task fields that C{p2pexec run --cpus/--memory/--gpus/--resource}
+    give every task (checked, as a job file's would be).
+
+    @raise ValueError: naming the option at fault.
+    """
+    fields: dict[str, Any] = {}
+    given: list[tuple[str, str, Any]] = []
+    if cpus is not None:
+        given.append(("--cpus", "cpus", _float_or_text(cpus)))
+    if memory is not None:
+        given.append(("--memory", "memory", memory))
+    if gpus is not None:
+        given.append(("--gpus", "gpus", int(gpus) if gpus.strip().isdigit() else gpus))
+    table: dict[str, Any] = {}
+    for item in named:
+        name, equals, amount = item.partition("=")
+        if not equals:
+            raise ValueError(f"--resource: give NAME=AMOUNT, like licence=1, not {item!r}")
+        table[name.strip()] = _float_or_text(amount)
+    if named:
+        given.append(("--resource", "resources", table))
+    for option, key, value in given:
+        try:
+            Request.from_fields({key: value})
+        except ValueError as e:
+            raise ValueError(f"{option}: {e}") from None
+        fields[key] = value
+    return fields
+
+
+def _float_or_text(text: str) -> Any:
+    try:
+        return float(text)
+    except ValueError:
+        return text

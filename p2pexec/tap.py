@@ -404,8 +404,8 @@ class Options(usage.Options):
             datagram.encode(datagram.Datagram(type=datagram.DISCOVER, node=widest))
         except datagram.DatagramError as e:
             raise usage.UsageError(
-                f"--capabilities: this node's description would not fit in one discovery datagram "
-                f"({e.detail}); use fewer or shorter task kinds"
+                f"--capabilities, --gpus, --resource: this node's description would not fit in one discovery datagram "
+                f"({e.detail}); use fewer or shorter task kinds or resources"
             ) from None
 
 

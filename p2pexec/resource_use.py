@@ -153,6 +153,8 @@ class Pool:
 
     def release(self, key: Hashable) -> None:
         """The attempt C{key} no longer runs: what it held is free again."""
+        if not self._held:
+            return
         held = self._held.pop(key, None)
         if held is not None:
             request, devices = held

@@ -122,6 +122,8 @@ class Request:
 
         @raise ValueError: naming the field at fault.
         """
+        if "cpus" not in data and "memory" not in data and "gpus" not in data and "resources" not in data:
+            return None
         cpus = data.get("cpus", 0)
         if "cpus" in data and not (_number(cpus) and 0 < cpus <= MAX_CPUS):
             raise ValueError(f"'cpus' must be a number above 0 (at most {MAX_CPUS}), not {cpus!r}")

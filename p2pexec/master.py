@@ -456,17 +456,18 @@ class Master:
         self._dispatch_call = None
         if not self.dispatching:
             return
+        asking = any(job.asks_resources for job in self.jobs.values())  # else: slots alone, as before issue 15
         capacity = [
             scheduler.WorkerCapacity(
                 name=name,
                 capabilities=frozenset(seat.info.capabilities),
                 free=seat.free,
-                room=Room.of(seat.info.resources, seat.used),
+                room=Room.of(seat.info.resources, seat.used) if asking else None,
             )
             for name, seat in self._workers.items()
             if seat.accepting
         ]
-        planned = scheduler.plan(self._pending, capacity, self._request_of)
+        planned = scheduler.plan(self._pending, capacity, self._request_of if asking else None)
         self._waiting.note(planned.unschedulable, self._pending)
         if planned.unfit or self._unfit.noted:
             self._unfit.note(planned.unfit, self._still_pending)

@@ -185,7 +185,8 @@ class Worker:
                     del self._running_for[master]
                 self.completed += 1
                 del self._active[entry.key]
-                self.pool.release(entry.key)
+                if entry.assignment.task.request is not None:
+                    self.pool.release(entry.key)
             elif output is _KEEP_RESULT:
                 self._remember(entry)
             elif output is _QUEUE_RESULT:
@@ -291,9 +292,14 @@ class Worker:
         started: list[tuple[str, str]] = []
         try:
             while self._queue and self.running < self.slots:
-                entry = self.pool.start_next(self._queue)
-                if entry is None:
-                    break
+                if self._queue[0].assignment.task.request is None:
+                    entry = self._queue.popleft()
+                else:
+                    # It asks for resources: the pool starts what fits (L{Pool.start_next}).
+                    found = self.pool.start_next(self._queue)
+                    if found is None:
+                        break
+                    entry = found
                 started.append((entry.assignment.task.id, entry.job))
                 entry.state, outputs = _step(entry.state, _START)
                 self._perform(entry, outputs)

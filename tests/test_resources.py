@@ -13,6 +13,7 @@ from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
 from p2pexec import commands, datagram, resources, scheduler
+from p2pexec.job import Job, TaskRecord
 from p2pexec.jobfile import JobFileError, parse_job
 from p2pexec.model import Assignment, NodeInfo, TaskSpec, ValidationError
 from p2pexec.node import NodeConfig, create_node
@@ -202,6 +203,27 @@ def queued(task_id: str, request: Request | None) -> Any:
     return Entry()
 
 
+class JobTests(SynchronousTestCase):
+    """Whether a job asks for resources, which decides whether the master checks them at all."""
+
+    def test_asks_resources(self) -> None:
+        """A job asks when one of its tasks does, also when rebuilt from its journal records."""
+        plain = TaskSpec("a", "g")
+        asking = TaskSpec("b", "g", request=Request(cpus=2))
+        self.assertFalse(Job("j1", [plain], started=0.0).asks_resources)
+        self.assertTrue(Job("j2", [plain, asking], started=0.0).asks_resources)
+        restored = Job.restore("j3", [TaskRecord(spec=plain), TaskRecord(spec=asking)], started=0.0)
+        self.assertTrue(restored.asks_resources)
+
+    def test_plain_task_from_wire(self) -> None:
+        """A task without resource fields asks for nothing; an unknown field is still refused, by name."""
+        self.assertIsNone(TaskSpec.from_wire({"id": "a"}).request)
+        self.assertEqual(TaskSpec.from_wire({"id": "a", "cpus": 2}).request, Request(cpus=2))
+        with self.assertRaises(ValidationError) as caught:
+            TaskSpec.from_wire({"id": "a", "cpu": 2})
+        self.assertIn("task 'a': unknown field(s) cpu", str(caught.exception))
+
+
 class PoolTests(SynchronousTestCase):
     """The worker's own pool."""
 
@@ -281,6 +303,15 @@ class ClusterTests(SynchronousTestCase):
         self.network.run_until(lambda: master.initial_job.called, limit=30)
         self.assertEqual(master.initial_job.result.succeeded, 8)
         self.assertEqual(self.runners["w1"].most, 2)
+
+    def test_plain_tasks_take_slots_only(self) -> None:
+        """Tasks that ask for nothing fill every slot of a node, whatever CPUs it advertises."""
+        tasks = tuple(TaskSpec(f"g{i}", "g", ("true",)) for i in range(8))
+        master = self.add("m1", 1, None, capabilities=frozenset(), tasks=tasks)
+        self.add("w1", 2, NodeResources(1.0, GIB), capabilities=frozenset({"g"}), slots=4)
+        self.network.run_until(lambda: master.initial_job.called, limit=30)
+        self.assertEqual(master.initial_job.result.succeeded, 8)
+        self.assertEqual(self.runners["w1"].most, 4)
 
     def test_waits_with_one_line_then_placed_when_a_big_node_joins(self) -> None:
         """

@@ -97,6 +97,10 @@ class NotCapable(Exception):
     """An assignment holds a task of a kind this node does not run."""
 
 
+class DoesNotFit(Exception):
+    """A task asks for more CPUs, memory, GPUs or named resources than the node has at all (issue 15)."""
+
+
 class UnknownJob(Exception):
     """A confirmation names a job this node is not the master of."""
 
@@ -236,6 +240,7 @@ class InstructionAssignment(amp.Command):
         NOT_CAPABLE=NotCapable,
         SHUTTING_DOWN=ShuttingDown,
         STALE_BALLOT=StaleBallot,
+        DOES_NOT_FIT=DoesNotFit,
     )
 
 

@@ -16,6 +16,7 @@ and kept in the journal, never subtracted from each other.
 from __future__ import annotations
 
 import enum
+import functools
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -252,6 +253,17 @@ class Job:
     def is_pending(self, task_id: str) -> bool:
         """Whether C{task_id} waits for a worker."""
         return self.tasks[task_id].state is TaskState.PENDING
+
+    # -- resources (issue 15) --
+    @functools.cached_property
+    def asks_resources(self) -> bool:
+        """
+        Whether any of its tasks asks for CPUs, memory, GPUs or named
+        resources (see L{p2pexec.resources}); while no job does, the master
+        schedules by slots alone.  Worked out on first use, once every task
+        is in (after L{restore} too): its tasks never change after that.
+        """
+        return any(record.spec.request is not None for record in self.tasks.values())
 
     def apply(self, result: TaskResult, now: float, sender: str | None = None) -> Verdict:
         """

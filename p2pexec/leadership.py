@@ -68,6 +68,8 @@ def step_down(master: Master, job_id: str) -> None:
             seat = master._workers.get(record.worker or "")
             if seat is not None:
                 seat.outstanding -= 1
+                if record.spec.request is not None:
+                    seat.used.add(record.spec.request, -1)
 
 
 def cancel(master: Master, job_id: str, by: str) -> int:

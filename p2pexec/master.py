@@ -39,6 +39,8 @@ from p2pexec.journal_schema import StoredJob
 from p2pexec.log import NodeLogger
 from p2pexec.model import Assignment, NodeInfo, TaskResult, TaskSpec
 from p2pexec.recovery import Recovery
+from p2pexec.resource_use import Room, WaitingFit
+from p2pexec.resources import Request
 from p2pexec.retries import RetryTimers
 from p2pexec.seats import WorkerSeat
 from p2pexec.task_states import TaskEvent, TaskOutput, TaskState
@@ -126,6 +128,7 @@ class Master:
         self._workers: dict[str, WorkerSeat] = {}
         self._dispatch_call: IDelayedCall | None = None
         self._waiting = WaitingKinds(me.name, clock, self.schedule_dispatch)
+        self._unfit = WaitingFit(me.name)
         self._job_numbers = itertools.count(1)
         self.assignments_sent = 0
         self.dispatching = True
@@ -385,12 +388,16 @@ class Master:
                 seat = self._workers.get(record.worker or "")
                 if seat is not None:
                     seat.outstanding += 1
+                    if record.spec.request is not None:
+                        seat.used.add(record.spec.request)
             elif output is _JOURNAL:
                 self.journal.task_changed(job.id, record)
             elif output is _RELEASE_SEAT:
                 seat = self._workers.get(record.worker or "")
                 if seat is not None:
                     seat.outstanding -= 1
+                    if record.spec.request is not None:
+                        seat.used.add(record.spec.request, -1)
             elif output is _COUNT_RESULT:
                 pass  # done by the job
             elif output is _REPORT_RESULT:
@@ -454,17 +461,21 @@ class Master:
         self._dispatch_call = None
         if not self.dispatching:
             return
+        asking = any(job.asks_resources for job in self.jobs.values())  # else: slots alone, as before issue 15
         capacity = [
             scheduler.WorkerCapacity(
                 name=name,
                 capabilities=frozenset(seat.info.capabilities),
                 free=seat.free,
+                room=Room.of(seat.info.resources, seat.used) if asking else None,
             )
             for name, seat in self._workers.items()
             if seat.accepting
         ]
-        planned = scheduler.plan(self._pending, capacity)
+        planned = scheduler.plan(self._pending, capacity, self._request_of if asking else None)
         self._waiting.note(planned.unschedulable, self._pending)
+        if planned.unfit or self._unfit.noted:
+            self._unfit.note(planned.unfit, self._still_pending)
         sends: list[tuple[str, str, list[Assignment]]] = []
         jobs = self.jobs
         perform = self._perform
@@ -535,6 +546,16 @@ class Master:
     def _resume_dispatching(self) -> None:
         self.dispatching = True
         self.schedule_dispatch()
+
+    def _request_of(self, entry: tuple[str, str]) -> Request | None:
+        """What a queued task asks for beyond its slot (see L{p2pexec.resources})."""
+        job = self.jobs.get(entry[0])
+        return None if job is None else job.tasks[entry[1]].spec.request
+
+    def _still_pending(self, entry: tuple[str, str]) -> bool:
+        """Whether a queued task has not gone to a worker yet."""
+        job = self.jobs.get(entry[0])
+        return job is not None and job.tasks[entry[1]].state is _PENDING
 
     def waiting_kinds(self) -> frozenset[str]:
         """The kinds with pending tasks that no connected node can run."""

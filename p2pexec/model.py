@@ -17,6 +17,8 @@ from typing import Any
 
 import attr
 
+from p2pexec.resources import TASK_FIELDS, NodeResources, Request
+
 PROTOCOL_VERSION = 1
 """The wire protocol version carried by every datagram and handshake."""
 
@@ -147,6 +149,8 @@ class NodeInfo:
     @ivar slots: how many tasks it runs at once.
     @ivar cluster: the cluster it belongs to.
     @ivar version: its wire protocol version.
+    @ivar resources: what it has for its tasks (see L{p2pexec.resources});
+        C{None} when it did not say: then it has only its slots.
     """
 
     name: str
@@ -157,6 +161,8 @@ class NodeInfo:
     slots: int
     cluster: str = "default"
     version: int = PROTOCOL_VERSION
+    # -- resources (issue 15) --
+    resources: NodeResources | None = None
 
     def can_run(self, kind: str) -> bool:
         """Whether this node runs tasks of C{kind}."""
@@ -169,7 +175,7 @@ class NodeInfo:
 
     def to_wire(self) -> dict[str, Any]:
         """The JSON-able form used in datagrams and PEER_EXCHANGE."""
-        return {
+        data = {
             "name": self.name,
             "instance": self.instance,
             "host": self.host,
@@ -179,6 +185,9 @@ class NodeInfo:
             "cluster": self.cluster,
             "version": self.version,
         }
+        if self.resources is not None:
+            data["resources"] = self.resources.to_wire()
+        return data
 
     @classmethod
     def from_wire(cls, data: Any) -> NodeInfo:
@@ -207,6 +216,10 @@ class NodeInfo:
         _require(1 <= slots <= 100_000, f"{what}: slots {slots} is out of range")
         cluster = validate_name(_field(data, "cluster", str, what), f"{what}: cluster")
         version = _field(data, "version", int, what)
+        try:
+            resources = None if data.get("resources") is None else NodeResources.from_wire(data["resources"])
+        except ValueError as e:
+            raise ValidationError(f"{what}: {e}") from None
         return cls(
             name=name,
             instance=instance,
@@ -216,6 +229,7 @@ class NodeInfo:
             slots=slots,
             cluster=cluster,
             version=version,
+            resources=resources,
         )
 
 
@@ -237,6 +251,9 @@ class TaskSpec:
     @ivar timeout: seconds before the process group is killed, or C{None}.
     @ivar retries: how many times a failed attempt is run again (after a
         backoff) before the failure is final.
+    @ivar request: the CPUs, memory, GPUs and named resources it needs
+        (fields C{cpus}, C{memory}, C{gpus}, C{resources}), or C{None}
+        when it needs only a slot.
     """
 
     id: str
@@ -247,6 +264,8 @@ class TaskSpec:
     env: tuple[tuple[str, str], ...] = ()
     timeout: float | None = None
     retries: int = 0
+    # -- resources (issue 15) --
+    request: Request | None = None
 
     @classmethod
     def instruction(cls, name: str) -> TaskSpec:
@@ -268,6 +287,8 @@ class TaskSpec:
             data["timeout"] = self.timeout
         if self.retries:
             data["retries"] = self.retries
+        if self.request is not None:
+            data.update(self.request.to_wire())
         return data
 
     @classmethod
@@ -338,8 +359,15 @@ class TaskSpec:
             isinstance(retries, int) and not isinstance(retries, bool) and 0 <= retries <= MAX_RETRIES,
             f"{what}: 'retries' must be a whole number from 0 to {MAX_RETRIES}, not {retries!r}",
         )
-        unknown = set(data) - {"id", "kind", "command", "shell", "cwd", "env", "timeout", "retries"}
-        _require(not unknown, f"{what}: unknown field(s) {', '.join(sorted(unknown))}")
+        rest = set(data) - {"id", "kind", "command", "shell", "cwd", "env", "timeout", "retries"}
+        request = None
+        if rest:  # a task that asks for nothing pays this one test (W1)
+            unknown = rest - TASK_FIELDS
+            _require(not unknown, f"{what}: unknown field(s) {', '.join(sorted(unknown))}")
+            try:
+                request = Request.from_fields(data)
+            except ValueError as e:
+                raise ValidationError(f"{what}: {e}") from None
         return cls(
             id=task_id,
             kind=kind,
@@ -349,6 +377,7 @@ class TaskSpec:
             env=tuple(sorted(env.items())),
             timeout=timeout,
             retries=retries,
+            request=request,
         )
 
 

@@ -19,7 +19,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
-from p2pexec import commands
+from p2pexec import commands, losses
 from p2pexec.fence import held_to_wire
 from p2pexec.log import NodeLogger
 from p2pexec.model import Assignment, TaskResult
@@ -158,6 +158,9 @@ class Outbox:
             if newer is not None and (replication.newer_ballot_seen(job, newer, why) or job not in self._master.jobs):
                 self._master.refused(worker, job, attempts, failure.getErrorMessage(), usable=True)
                 return
+        if failure.check(commands.DoesNotFit):
+            losses.does_not_fit(self._master, worker, job, attempts, failure.getErrorMessage())
+            return
         if failure.check(
             commands.ShuttingDown,
             commands.NotCapable,

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Generic, TypeVar
 
 import attr
+
+from p2pexec.resource_use import Room
+from p2pexec.resources import Request, shortfall
 
 T = TypeVar("T")
 
@@ -25,11 +28,19 @@ class WorkerCapacity:
     @ivar name: the worker's node name.
     @ivar capabilities: the task kinds it runs.
     @ivar free: how many more tasks it may be given now.
+    @ivar room: what it has free for tasks that ask for resources (see
+        L{p2pexec.resources}), taken from as they are placed; C{None}: it has
+        only slots, and no such task goes to it.
     """
 
     name: str
     capabilities: frozenset[str]
     free: int
+    room: Room | None = None
+
+    def fits(self, request: Request) -> bool:
+        """Whether a task asking for C{request} fits in what is free here now (slots aside)."""
+        return self.room is not None and self.room.fits(request)
 
 
 @attr.s(auto_attribs=True)
@@ -39,13 +50,20 @@ class Plan(Generic[T]):
 
     @ivar assignments: worker name to the tasks it is given, in queue order.
     @ivar unschedulable: kinds with pending tasks that no known worker runs.
+    @ivar unfit: the tasks looked at whose request no capable worker could
+        hold even when idle, each with why (what is missing); they stay queued.
     """
 
     assignments: dict[str, list[T]] = attr.Factory(dict)
     unschedulable: list[str] = attr.Factory(list)
+    unfit: list[tuple[T, str]] = attr.Factory(list)
 
 
-def plan(pending: Mapping[str, deque[T]], workers: Iterable[WorkerCapacity]) -> Plan[T]:
+def plan(
+    pending: Mapping[str, deque[T]],
+    workers: Iterable[WorkerCapacity],
+    request_of: Callable[[T], Request | None] | None = None,
+) -> Plan[T]:
     """
     Hand pending tasks to capable workers, filling the emptiest first.
 
@@ -54,6 +72,11 @@ def plan(pending: Mapping[str, deque[T]], workers: Iterable[WorkerCapacity]) -> 
     most free capacity at that moment, so load is spread in proportion to
     free slots.  A kind that no worker in C{workers} can run at all is listed
     in L{Plan.unschedulable}; a kind whose workers are merely full is not.
+
+    With C{request_of}, a task that asks for resources goes only to a
+    worker with room for it (L{WorkerCapacity.fits}), the one with the most
+    free slots among those; one that fits nowhere now stays queued, in
+    order, while the tasks behind it are placed.
     """
     workers = [w for w in workers]
     free = {w.name: w.free for w in workers}
@@ -67,6 +90,9 @@ def plan(pending: Mapping[str, deque[T]], workers: Iterable[WorkerCapacity]) -> 
             continue
         heap = [(-free[w.name], w.name) for w in capable if free[w.name] > 0]
         heapq.heapify(heap)
+        if request_of is not None:
+            _plan_requests(kind, queue, capable, heap, free, request_of, result)
+            continue
         while queue and heap:
             negative_free, name = heapq.heappop(heap)
             result.assignments.setdefault(name, []).append(queue.popleft())
@@ -74,3 +100,59 @@ def plan(pending: Mapping[str, deque[T]], workers: Iterable[WorkerCapacity]) -> 
             if free[name] > 0:
                 heapq.heappush(heap, (-free[name], name))
     return result
+
+
+def _plan_requests(
+    kind: str,
+    queue: deque[T],
+    capable: list[WorkerCapacity],
+    heap: list[tuple[int, str]],
+    free: dict[str, int],
+    request_of: Callable[[T], Request | None],
+    result: Plan[T],
+) -> None:
+    """
+    L{plan} for one kind's queue whose tasks may ask for resources.  The
+    heap may hold stale entries (a worker given a resource task since, whose
+    new count was pushed too): one that disagrees with C{free} is dropped.
+    """
+    skipped: list[T] = []
+    no_room: set[Request] = set()
+    never: dict[Request, str | None] = {}
+    while queue and heap:
+        entry = queue.popleft()
+        request = request_of(entry)
+        if request is None:
+            while heap:
+                negative_free, name = heapq.heappop(heap)
+                if -negative_free == free[name]:
+                    break
+            else:
+                skipped.append(entry)
+                break
+        else:
+            best = None
+            if request not in no_room:
+                for worker in capable:
+                    if free[worker.name] > 0 and worker.fits(request):
+                        if best is None or free[worker.name] > free[best.name]:
+                            best = worker
+            if best is None:
+                no_room.add(request)
+                skipped.append(entry)
+                if request not in never:
+                    totals = [w.room.total if w.room is not None else None for w in capable]
+                    holds = any(total is not None and total.holds(request) for total in totals)
+                    never[request] = None if holds else shortfall(request, totals, kind)
+                why = never[request]
+                if why is not None:
+                    result.unfit.append((entry, why))
+                continue
+            name = best.name
+            assert best.room is not None
+            best.room.take(request)
+        result.assignments.setdefault(name, []).append(entry)
+        free[name] -= 1
+        if free[name] > 0:
+            heapq.heappush(heap, (-free[name], name))
+    queue.extendleft(reversed(skipped))

@@ -11,6 +11,7 @@ import math
 import attr
 
 from p2pexec.model import NodeInfo
+from p2pexec.resource_use import Usage
 
 QUEUE_HORIZON = 0.05
 """Seconds of work each worker is given beyond its slots, so that the next
@@ -26,12 +27,14 @@ class WorkerSeat:
     A worker as the master sees it.
 
     @ivar mean_duration: a moving average of its tasks' run times, once known.
+    @ivar used: what its unconfirmed tasks of this master ask for (see L{p2pexec.resources}).
     """
 
     info: NodeInfo
     outstanding: int = 0
     accepting: bool = True
     mean_duration: float | None = None
+    used: Usage = attr.Factory(Usage)
 
     @property
     def window(self) -> int:

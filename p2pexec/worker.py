@@ -26,9 +26,11 @@ from p2pexec import commands
 from p2pexec.attempt_states import ATTEMPT, HOLDS_SLOT, KEPT, AttemptEvent, AttemptOutput, AttemptState, query_answer
 from p2pexec.fence import Fence
 from p2pexec.interfaces import IResultSink, ITaskRunner
-from p2pexec.log import MAX_IDS_IN_LOG, NodeLogger, format_ids
+from p2pexec.log import NodeLogger, format_ids, log_started
 from p2pexec.model import ERROR, RETURNED, SUCCEEDED, Assignment, TaskResult
 from p2pexec.replicas import Ballot
+from p2pexec.resource_use import Pool
+from p2pexec.resources import NodeResources
 
 log = NodeLogger()
 
@@ -116,8 +118,10 @@ class Worker:
         runner: ITaskRunner,
         clock: IReactorTime,
         lease: float = 0.0,
+        resources: NodeResources | None = None,
     ) -> None:
         self.name = name
+        self.pool = Pool(name, resources)
         self.lease = lease
         self.fence = Fence(name, clock, self.holds_job)
         self.capabilities = capabilities
@@ -181,6 +185,8 @@ class Worker:
                     del self._running_for[master]
                 self.completed += 1
                 del self._active[entry.key]
+                if entry.assignment.task.request is not None:
+                    self.pool.release(entry.key)
             elif output is _KEEP_RESULT:
                 self._remember(entry)
             elif output is _QUEUE_RESULT:
@@ -235,6 +241,7 @@ class Worker:
         @raise commands.ShuttingDown: if the node is leaving.
         @raise commands.NotCapable: if any task is of a kind this node does
             not run; then none of the batch is queued.
+        @raise commands.DoesNotFit: if any asks for more than this node has (L{Pool.check}).
         """
         if not self.accepting:
             raise commands.ShuttingDown(f"node {self.name} is shutting down and takes no new tasks")
@@ -244,6 +251,7 @@ class Worker:
                 f"node {self.name} does not run task kind(s) {', '.join(missing)}; "
                 f"it runs {', '.join(sorted(self.capabilities)) or 'nothing'}"
             )
+        self.pool.check(assignments)
         if ballot is not None:
             self.fence.check(job, ballot, "an assignment")
         log.info(
@@ -284,13 +292,20 @@ class Worker:
         started: list[tuple[str, str]] = []
         try:
             while self._queue and self.running < self.slots:
-                entry = self._queue.popleft()
+                if self._queue[0].assignment.task.request is None:
+                    entry = self._queue.popleft()
+                else:
+                    # It asks for resources: the pool starts what fits (L{Pool.start_next}).
+                    found = self.pool.start_next(self._queue)
+                    if found is None:
+                        break
+                    entry = found
                 started.append((entry.assignment.task.id, entry.job))
                 entry.state, outputs = _step(entry.state, _START)
                 self._perform(entry, outputs)
         finally:
             self._starting = False
-        self._log_started(started)
+        log_started(log, self.name, started)
 
     def _run(self, entry: _Attempt) -> None:
         """Run an attempt that took a slot: an instruction ends at once, a command through the runner."""
@@ -324,19 +339,6 @@ class Worker:
             node=self.name,
             error=f"node {self.name} could not run it: {what}",
         )
-
-    def _log_started(self, started: list[tuple[str, str]]) -> None:
-        """One line per task, as the original; one line per burst past L{MAX_IDS_IN_LOG}."""
-        if len(started) <= MAX_IDS_IN_LOG:
-            for task_id, job in started:
-                log.info("Node {name} executing: {task}", name=self.name, task=task_id, job=job)
-        else:
-            log.info(
-                "Node {name} executing {count} tasks: {ids}",
-                name=self.name,
-                count=len(started),
-                ids=format_ids([task_id for task_id, _ in started]),
-            )
 
     def _finished(self, entry: _Attempt, result: TaskResult) -> None:
         """

@@ -69,6 +69,7 @@ def job_tasks_from(args: argparse.Namespace, stdin: TextIO) -> list[TaskSpec]:
             retries=args.retries,
             cwd=args.cwd,
             env=args.env,
+            request=getattr(args, "request", None),
         )
     if args.tasks is not None:
         names = [name.strip() for name in args.tasks.split(",") if name.strip()]

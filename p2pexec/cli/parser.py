@@ -16,6 +16,7 @@ from p2pexec.cli.client import DEFAULT_TIMEOUT, parse_address
 from p2pexec.cli.errors import EXIT_USAGE, PROG
 from p2pexec.cli.runline import split_run_line
 from p2pexec.model import ValidationError, validate_name
+from p2pexec.resources import run_request
 
 DEFAULT_CONNECT = "127.0.0.1:10001"
 """The node the client talks to unless told otherwise (C{--connect}, C{$P2PEXEC_CONNECT})."""
@@ -172,12 +173,16 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         "  ls *.csv | p2pexec run --kind py -- python3 load.py",
     )
     p.add_argument("--kind", required=True, help="the kind (capability) of every task: a node must run it")
+    p.add_argument("--slots-per-task", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--cpus", metavar="N", help="CPUs each task needs (a node runs tasks while they fit its --cpus)")
+    p.add_argument("--memory", metavar="SIZE", help="memory each task needs, like 512M or 4G")
+    p.add_argument("--gpus", metavar="N", help="GPU devices each task needs, each its own (CUDA_VISIBLE_DEVICES)")
     p.add_argument(
-        "--slots-per-task",
-        type=int,
-        default=1,
-        metavar="N",
-        help="only 1: a node runs --slots tasks at once, each in one slot; p2pexec has no per-task slot count",
+        "--resource",
+        action="append",
+        default=[],
+        metavar="NAME=AMOUNT",
+        help="a named resource each task needs, like licence=1 (repeatable)",
     )
     p.add_argument("--shell", action="store_true", help="run each command with /bin/sh -c (the argument is quoted)")
     p.add_argument(
@@ -305,11 +310,15 @@ def parse_arguments(argv: Sequence[str]) -> argparse.Namespace:
             validate_name(args.kind, "the kind")
         except ValidationError as e:
             this.error(f"--kind: {e}")
-        if args.slots_per_task != 1:
+        if args.slots_per_task is not None:
             this.error(
-                f"--slots-per-task {args.slots_per_task}: p2pexec has no per-task slot count; every task "
-                "takes one slot of the node that runs it (a node runs --slots tasks at once), so only 1 is accepted"
+                "--slots-per-task was removed: every task takes one slot; ask for CPUs with --cpus N "
+                "(a node runs tasks only while their --cpus add up to no more than its own --cpus)"
             )
+        try:
+            args.request = run_request(args.cpus, args.memory, args.gpus, args.resource)
+        except ValueError as e:
+            this.error(str(e))
         try:
             args.run_line = split_run_line(args.run_words)
         except ValueError as e:

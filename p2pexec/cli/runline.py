@@ -174,9 +174,12 @@ def run_tasks(
     retries: int | None = None,
     cwd: str | None = None,
     env: dict[str, str] | None = None,
+    request: dict[str, Any] | None = None,
 ) -> list[TaskSpec]:
     """
     One task per argument, checked as a job file would be.
+
+    @param request: the C{cpus}, C{memory}, C{gpus} and C{resources} fields of every task.
 
     @raise CliError: naming the task and field at fault.
     """
@@ -191,6 +194,7 @@ def run_tasks(
         defaults["cwd"] = cwd
     if env:
         defaults["env"] = dict(env)
+    defaults.update(request or {})
     tasks = [
         {"id": task_id, "command": expand_command(command, argument, shell)}
         for task_id, argument in zip(task_ids(arguments), arguments)

@@ -127,7 +127,7 @@ class Replication(Succession):
         self._members[job.id] = members
         specs = [record.spec for record in job.tasks.values()]
         parts = [list(part) for part in commands.chunk(specs, TaskSpec.to_wire, limit=PART_BYTES)]
-        for data in job_records(job.id, specs, members, job.source, job.started_at, parts):
+        for data in job_records(job.id, specs, members, job.source, job.started_at, parts, job.priority):
             log_.append(JOB, data)
         self._store_own(job.id, ballot, log_.records.values())
         self.directory.learn(job.id, ballot)

@@ -20,16 +20,16 @@ import itertools
 import os
 import random
 import time
-from collections import deque
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
-from p2pexec import leadership, losses, scheduler
+from p2pexec import fairshare, leadership, losses, scheduler
 from p2pexec.clock import WallClock
 from p2pexec.confirmations import Batch, log_confirmed, log_stale, report_result
+from p2pexec.dependencies import Gate, skipped_result
 from p2pexec.endings import JobEndings
 from p2pexec.interfaces import IJobObserver, IJournal, IWorkerLink
 from p2pexec.job import DEFAULT_MAX_LOSSES, Job, TaskRecord
@@ -122,7 +122,9 @@ class Master:
             me.name, self.jobs, self.journal, link, observer, clock, wall, self.durable, self._job_ended
         )
         self._recovery = Recovery(self, self._endings, link, clock, wall)
-        self._pending: dict[str, deque[tuple[str, str]]] = {}
+        self._queues = fairshare.PendingQueues()
+        self._held = fairshare.Held()
+        self._gate = Gate()
         self._workers: dict[str, WorkerSeat] = {}
         self._dispatch_call: IDelayedCall | None = None
         self._waiting = WaitingKinds(me.name, clock, self.schedule_dispatch)
@@ -136,13 +138,16 @@ class Master:
         """A job id unique to this master process."""
         return f"{self.me.name}-{self.me.instance[:8]}-{next(self._job_numbers)}"
 
-    def submit(self, tasks: Iterable[TaskSpec], job_id: str | None = None, source: str | None = None) -> Job:
+    def submit(
+        self, tasks: Iterable[TaskSpec], job_id: str | None = None, source: str | None = None, priority: int = 0
+    ) -> Job:
         """
         Accept a job and queue its tasks (the journal has it by the time
         L{IJournal.durable} fires).
 
         @param source: what the job came from, so that a restarted master
             given the same job resumes it (see L{find_unfinished}).
+        @param priority: higher runs first (see L{p2pexec.fairshare}).
         """
         job = Job(
             job_id or self.new_job_id(),
@@ -152,14 +157,15 @@ class Master:
             max_losses=self._max_losses,
             started_at=self._wall(),
         )
+        job.priority = priority
         self.jobs[job.id] = job
         self.journal.job_added(job)
         if self.replication is not None:
             self.replication.job_accepted(job)
         kinds: dict[str, int] = {}
-        for task_id, record in job.tasks.items():
-            self._pending.setdefault(record.spec.kind, deque()).append((job.id, task_id))
+        for record in job.tasks.values():
             kinds[record.spec.kind] = kinds.get(record.spec.kind, 0) + 1
+        self.queue_tasks(job, list(job.tasks))
         log.info(
             "Node {name} is master of job {job}: {count} task(s) of kind(s) {kinds}",
             name=self.me.name,
@@ -221,12 +227,24 @@ class Master:
 
     def _unqueue(self, job_id: str) -> None:
         """Take C{job_id}'s tasks out of the queues."""
-        for kind in list(self._pending):
-            kept = deque(entry for entry in self._pending[kind] if entry[0] != job_id)
-            if kept:
-                self._pending[kind] = kept
-            else:
-                del self._pending[kind]
+        self._queues.drop(job_id)
+        self._gate.forget(job_id)
+
+    def queue_tasks(self, job: Job, task_ids: list[str], front: bool = False) -> None:
+        """
+        Queue pending tasks of C{job} (in order, last; or C{front}: first),
+        but those that wait for others (see L{p2pexec.dependencies}).
+        """
+        ready, skips = self._gate.admit(job, task_ids)
+        add, tasks, priority, job_id = self._queues.add, job.tasks, job.priority, job.id
+        for task_id in reversed(ready) if front else ready:
+            add(priority, tasks[task_id].spec.kind, job_id, task_id, front)
+        for task_id, why in skips:
+            record = tasks[task_id]
+            if record.state is _PENDING:
+                result = skipped_result(record, self.me.name, why)
+                self._perform(job, record, job.fire(record, TaskEvent.CANCEL, self._clock.seconds(), result))
+        self.schedule_dispatch()
 
     def unfinished(self) -> list[Job]:
         """The jobs that still have tasks without a result."""
@@ -284,10 +302,7 @@ class Master:
         losses.refused(self, worker, job_id, attempts, why, usable)
 
     def _requeue(self, job: Job, task_ids: list[str]) -> None:
-        for task_id in reversed(task_ids):
-            kind = job.tasks[task_id].spec.kind
-            self._pending.setdefault(kind, deque()).appendleft((job.id, task_id))
-        self.schedule_dispatch()
+        self.queue_tasks(job, task_ids, front=True)
 
     def worker_lost(self, name: str, why: str, count_loss: bool = True) -> None:
         """
@@ -301,6 +316,7 @@ class Master:
         seat = self._workers.pop(name, None)
         if seat is None:
             return
+        self._held.forget(name)
         for job in self.unfinished():
             self._lose(job, name, why, count_loss=count_loss)
         self.schedule_dispatch()
@@ -380,14 +396,19 @@ class Master:
                 seat = self._workers.get(record.worker or "")
                 if seat is not None:
                     seat.outstanding += 1
+                    self._held.change(seat.info.name, job.priority, 1)
             elif output is _JOURNAL:
                 self.journal.task_changed(job.id, record)
             elif output is _RELEASE_SEAT:
                 seat = self._workers.get(record.worker or "")
                 if seat is not None:
                     seat.outstanding -= 1
+                    self._held.change(seat.info.name, job.priority, -1)
             elif output is _COUNT_RESULT:
-                pass  # done by the job
+                # Counted by the job; the tasks that run after it may go now, or are skipped.
+                ready, skips = self._gate.finished(job, record)
+                if ready or skips:
+                    self.queue_tasks(job, ready + [task_id for task_id, _ in skips])
             elif output is _REPORT_RESULT:
                 assert batch is not None and result is not None
                 report_result(job, result, batch, self.result_listeners)
@@ -449,21 +470,28 @@ class Master:
         self._dispatch_call = None
         if not self.dispatching:
             return
-        capacity = [
-            scheduler.WorkerCapacity(
-                name=name,
-                capabilities=frozenset(seat.info.capabilities),
-                free=seat.free,
-            )
-            for name, seat in self._workers.items()
-            if seat.accepting
-        ]
-        planned = scheduler.plan(self._pending, capacity)
-        self._waiting.note(planned.unschedulable, self._pending)
         sends: list[tuple[str, str, list[Assignment]]] = []
+        levels = self._queues.high_first()
+        unschedulable: list[str] = []
+        for priority, kinds in levels:
+            # Highest priority first; each level may fill a window of its own (see p2pexec.fairshare).
+            level = None if len(levels) == 1 else priority
+            planned = scheduler.plan(kinds, fairshare.capacity(self._workers, self._held, level))
+            unschedulable.extend(kind for kind in planned.unschedulable if kind not in unschedulable)
+            self._hand_out(planned.assignments, sends)
+        self._waiting.note(unschedulable, self._queues.kind_view())
+        self._queues.prune()
+        if not sends:
+            return
+        self._commit_and_send(sends)
+
+    def _hand_out(
+        self, assignments: dict[str, list[tuple[str, str]]], sends: list[tuple[str, str, list[Assignment]]]
+    ) -> None:
+        """Start an attempt of each planned task still pending; add them to C{sends} by worker and job."""
         jobs = self.jobs
         perform = self._perform
-        for worker, entries in planned.assignments.items():
+        for worker, entries in assignments.items():
             by_job: dict[str, list[Assignment]] = {}
             for job_id, task_id in entries:
                 # A queue entry may outlive its task's wait (a late result
@@ -482,11 +510,9 @@ class Master:
                     by_job[job_id].append(assignment)
                 else:
                     by_job[job_id] = [assignment]
-            sends.extend((worker, job_id, assignments) for job_id, assignments in by_job.items())
-        for kind in [k for k, q in self._pending.items() if not q]:
-            del self._pending[kind]
-        if not sends:
-            return
+            sends.extend((worker, job_id, attempts) for job_id, attempts in by_job.items())
+
+    def _commit_and_send(self, sends: list[tuple[str, str, list[Assignment]]]) -> None:
         # Each attempt is in the journal before it goes out to another node.
         # Tasks this node runs itself need not wait: they die with it, and a
         # restarted master runs them again anyway.
@@ -537,7 +563,7 @@ class Master:
         for seat in self._workers.values():
             if seat.accepting:
                 capable.update(seat.info.capabilities)
-        return frozenset(kind for kind, queue in self._pending.items() if queue and kind not in capable)
+        return frozenset(kind for kind in self._queues.by_kind() if kind not in capable)
 
     def outstanding(self) -> dict[str, int]:
         """How many unconfirmed tasks of this master each worker holds."""
@@ -549,7 +575,7 @@ class Master:
 
     def pending_count(self) -> int:
         """How many tasks wait for a worker."""
-        return sum(len(q) for q in self._pending.values())
+        return self._queues.count()
 
 
 _PENDING = TaskState.PENDING

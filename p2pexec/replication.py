@@ -344,11 +344,12 @@ def job_records(
     source: str | None,
     started_at: float,
     parts: Iterable[list[TaskSpec]],
+    priority: int = 0,
 ) -> list[dict[str, Any]]:
     """
     The data of a job's C{job} records: one per part of its tasks (C{parts},
-    cut to fit an AMP value), the first also naming its replica set, source
-    and start.
+    cut to fit an AMP value; each task's wire form, C{after} included), the
+    first also naming its replica set, source, start and (unless 0) priority.
     """
     chunks = list(parts) or [[]]
     out = []
@@ -356,6 +357,8 @@ def job_records(
         data: dict[str, Any] = {"part": index, "parts": len(chunks), "tasks": [spec.to_wire() for spec in part]}
         if index == 0:
             data.update(id=job_id, members=list(members), source=source, started_at=started_at, total=len(specs))
+            if priority:
+                data["priority"] = priority
         out.append(data)
     return out
 
@@ -382,6 +385,7 @@ class JobImage:
     results: dict[str, TaskResult]
     cancelled: bool
     ended: bool
+    priority: int = 0
 
 
 def rebuild(records: Iterable[Record]) -> JobImage:
@@ -435,4 +439,5 @@ def rebuild(records: Iterable[Record]) -> JobImage:
         results={task: result for task, result in results.items() if task in ids},
         cancelled=cancelled,
         ended=ended,
+        priority=head["priority"] if type(head.get("priority")) is int else 0,
     )

@@ -10,11 +10,22 @@ from __future__ import annotations
 import heapq
 from collections import deque
 from collections.abc import Iterable, Mapping
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 import attr
 
 T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
+
+
+class TaskQueue(Protocol[T_co]):
+    """What L{plan} needs of a kind's queue: a C{deque}, or a L{p2pexec.fairshare.JobQueue}."""
+
+    def popleft(self) -> T_co:
+        """Take the next task."""
+
+    def __bool__(self) -> bool:
+        """Whether a task is left."""
 
 
 @attr.s(frozen=True, slots=True, auto_attribs=True)
@@ -45,7 +56,7 @@ class Plan(Generic[T]):
     unschedulable: list[str] = attr.Factory(list)
 
 
-def plan(pending: Mapping[str, deque[T]], workers: Iterable[WorkerCapacity]) -> Plan[T]:
+def plan(pending: Mapping[str, deque[T]] | Mapping[str, TaskQueue[T]], workers: Iterable[WorkerCapacity]) -> Plan[T]:
     """
     Hand pending tasks to capable workers, filling the emptiest first.
 

@@ -230,12 +230,16 @@ class Master:
         self._queues.drop(job_id)
         self._gate.forget(job_id)
 
-    def queue_tasks(self, job: Job, task_ids: list[str], front: bool = False) -> None:
+    def queue_tasks(
+        self, job: Job, task_ids: list[str], front: bool = False, skip: Iterable[tuple[str, str]] = ()
+    ) -> None:
         """
         Queue pending tasks of C{job} (in order, last; or C{front}: first),
-        but those that wait for others (see L{p2pexec.dependencies}).
+        but those that wait for others (see L{p2pexec.dependencies}); end
+        those to C{skip} (task, why) as skipped.
         """
         ready, skips = self._gate.admit(job, task_ids)
+        skips = [*skips, *skip]
         add, tasks, priority, job_id = self._queues.add, job.tasks, job.priority, job.id
         for task_id in reversed(ready) if front else ready:
             add(priority, tasks[task_id].spec.kind, job_id, task_id, front)
@@ -408,7 +412,7 @@ class Master:
                 # Counted by the job; the tasks that run after it may go now, or are skipped.
                 ready, skips = self._gate.finished(job, record)
                 if ready or skips:
-                    self.queue_tasks(job, ready + [task_id for task_id, _ in skips])
+                    self.queue_tasks(job, ready, skip=skips)
             elif output is _REPORT_RESULT:
                 assert batch is not None and result is not None
                 report_result(job, result, batch, self.result_listeners)

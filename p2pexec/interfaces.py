@@ -239,6 +239,8 @@ class IJobState(Protocol):
     started_at: float
     """When it was accepted, by the wall clock (seconds since the epoch)."""
     cancelled: bool
+    priority: int
+    """Higher runs first (see L{p2pexec.fairshare})."""
     tasks: dict[str, Any]
 
     @property

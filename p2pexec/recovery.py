@@ -135,7 +135,9 @@ class Recovery:
             for task in saved.tasks
         ]
         started = now - max(0.0, wall_now - saved.started)
-        return Job.restore(saved.id, records, started, saved.source, self._master._max_losses, started_at=saved.started)
+        job = Job.restore(saved.id, records, started, saved.source, self._master._max_losses, started_at=saved.started)
+        job.priority = saved.priority
+        return job
 
     def recall_finished(self, saved: StoredJob) -> Job:
         """A job that finished before the restart, rebuilt as it ended (see L{Master.recall_finished})."""

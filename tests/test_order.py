@@ -1,5 +1,7 @@
 """Tests for L{p2pexec.dependencies} and L{p2pexec.fairshare}: task order, skipped tasks, priorities, fair share."""
 
+import os
+
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -207,6 +209,45 @@ class DependencyTests(SynchronousTestCase):
         answered.callback({"done": [], "running": [], "unknown": [task_id for task_id, _ in attempts]})
         self.clock.advance(0)
         self.assertEqual(sent_ids(link), ["b"])
+
+    def test_restart_keeps_priority(self):
+        """
+        A master restarted from its journal resumes a job at the priority it
+        was submitted with, and sends its tasks before an equal job of lower
+        priority submitted after the restart.
+        """
+        path = self.mktemp()
+        master, journal = self.journaled_master(path)
+        job = master.submit([TaskSpec(id=f"h{i}", kind="w") for i in range(8)], priority=9)
+        journal.commit()
+        journal.close()
+        restarted, resumed, link = self.restart(path, job.id)
+        self.assertEqual(resumed.priority, 9)
+        low = restarted.submit([TaskSpec(id=f"l{i}", kind="w") for i in range(8)])
+        self.assertEqual(restarted.jobs[low.id].priority, 0)
+        self.assertEqual({job_id for _, job_id, _ in link.assignments}, {job.id})
+
+    def test_journal_without_priority_column(self):
+        """A journal written before priorities were kept gains the column (0 for its jobs) and is read back."""
+        import sqlite3
+
+        from p2pexec.journal_schema import JOURNAL_FILE, open_database
+
+        path = self.mktemp()
+        master, journal = self.journaled_master(path)
+        job = master.submit([task("a")], priority=5)
+        journal.commit()
+        journal.close()
+        file = os.path.join(path, JOURNAL_FILE)
+        db = sqlite3.connect(file)
+        db.execute("ALTER TABLE jobs DROP COLUMN priority")
+        db.commit()
+        db.close()
+        open_database(file).close()
+        again = Journal(path, self.clock)
+        self.addCleanup(again.close)
+        ((stored,),) = [again.unfinished_jobs()]
+        self.assertEqual((stored.id, stored.priority), (job.id, 0))
 
     def test_takeover_keeps_after_and_priority(self):
         """A successor's rebuild from the replicated records keeps each task's after and the job's priority."""

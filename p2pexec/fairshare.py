@@ -188,6 +188,14 @@ class PendingQueues:
                 counts[kind] = counts.get(kind, 0) + len(queue)
         return {kind: n for kind, n in counts.items() if n}
 
+    def waiting_kinds(self, seats: dict[str, WorkerSeat]) -> frozenset[str]:
+        """The kinds with queued tasks that none of the accepting C{seats} can run."""
+        capable: set[str] = set()
+        for seat in seats.values():
+            if seat.accepting:
+                capable.update(seat.info.capabilities)
+        return frozenset(kind for kind in self.by_kind() if kind not in capable)
+
     def kind_view(self) -> Mapping[str, Sized]:
         """The tasks queued of each kind (all levels), as sized things, computed when asked (for L{p2pexec.waiting})."""
         return _KindView(self)

@@ -563,11 +563,7 @@ class Master:
 
     def waiting_kinds(self) -> frozenset[str]:
         """The kinds with pending tasks that no connected node can run."""
-        capable: set[str] = set()
-        for seat in self._workers.values():
-            if seat.accepting:
-                capable.update(seat.info.capabilities)
-        return frozenset(kind for kind in self._queues.by_kind() if kind not in capable)
+        return self._queues.waiting_kinds(self._workers)
 
     def outstanding(self) -> dict[str, int]:
         """How many unconfirmed tasks of this master each worker holds."""

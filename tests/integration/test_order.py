@@ -108,13 +108,13 @@ class DependencyTests(IntegrationTestCase):
 class TwoMasterShareTests(IntegrationTestCase):
     """Two masters' jobs share the same workers' slots (a small W8, see benchmarks/w8.py)."""
 
-    TASKS = 80
+    TASKS = 200
     SLEEP = 0.05
 
     def test_two_masters_split_the_slots(self) -> None:
         """
         Two workers with 2 slots each; masters A and B (which run nothing)
-        are each given 80 x sleep 0.05, 0.3 s apart.  While both jobs have
+        are each given 200 x sleep 0.05, 0.3 s apart.  While both jobs have
         tasks running, each gets between 35% and 65% of the slot-time, on
         the two workers together and on each worker alone: neither master
         captures a worker.

@@ -1,7 +1,7 @@
 """
 The p2pexec benchmark suite, W1-W5 (run by ``make bench``).
 
-    python benchmarks/run.py [--repeat N] [--only W1,W2,W3,W4,W5,W7,SEC] [--replicas N]
+    python benchmarks/run.py [--repeat N] [--only W1,W2,W3,W4,W5,W7,W8,SEC] [--replicas N]
                                 [--timeout S] [--keep]
 
 Every workload runs real ``twistd p2pexec`` processes on loopback (see
@@ -34,6 +34,9 @@ summarised.
       master (runs nothing) + 2 workers ``--slots 2``; one worker SIGKILLed
       at 30%: time, tasks lost, tasks run twice, time / the same without the
       kill.
+  W8  two jobs of 200 x ``sleep 0.05`` from two masters (which run nothing)
+      over 2 workers x 2 slots, submitted 0.5 s apart: each job's share of
+      the slot-time while both run (benchmarks/w8.py).
 
 It re-runs itself in a loopback-only network namespace (``unshare -n``;
 root) when it can, and holds ``/tmp/p2pexec-heavy.lock`` while it measures.
@@ -54,6 +57,7 @@ from collections.abc import Callable
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import w8  # noqa: E402
 import workloads  # noqa: E402
 from _cluster import (  # noqa: E402
     NODE_OPTIONS,
@@ -70,9 +74,9 @@ from _cluster import (  # noqa: E402
     summary,
 )
 
-WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W7", "SEC")
+WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W7", "W8", "SEC")
 """SEC, not run by default: W1 again with a cluster key, and with the key and TLS, each against plain W1 of the same repetition."""
-DEFAULT_WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W7")
+DEFAULT_WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W7", "W8")
 MiB = 1024 * 1024
 
 DASK_REFERENCE = 950.0
@@ -228,6 +232,19 @@ class Suite:
                     f"resumed {r['resume'] * 1000:.0f} ms after it saw the master die  "
                     f"result through {r['asked']} ({r['answered_by']}, epoch {r['epoch']})  "
                     f"ratio {r['elapsed'] / self.runs['W7'][-1]['elapsed']:.2f}"
+                ),
+            )
+
+        if "W8" in only:
+            self._one(
+                "W8",
+                number,
+                lambda d: w8.w8(d, a.timeout),
+                lambda r: (
+                    f"first job's share while both run {r['share']:.1%} "
+                    f"(bench1 {r['share_bench1']:.1%}, bench2 {r['share_bench2']:.1%}) over {r['window']:.2f}s, "
+                    f"{r['busy'] / r['window']:.2f} of 4 slots busy; elapsed {r['first_elapsed']:.2f}s and "
+                    f"{r['second_elapsed']:.2f}s"
                 ),
             )
 
@@ -430,6 +447,22 @@ class Suite:
                 judge=max(r["resume"] for r in w7k),
             )
             add("W7", "tasks handed out again (kill)", [r["reassigned"] for r in w7k], "d")
+        w8runs = self.runs.get("W8", [])
+        if w8runs:
+            low, high = 0.5 - w8.W8_TARGET, 0.5 + w8.W8_TARGET
+            add(
+                "W8",
+                "first job's share of the slot-time while both run",
+                [r["share"] for r in w8runs],
+                ".3f",
+                f"{low:.2f}-{high:.2f} in every run",
+                lambda v: low <= v <= high,
+                judge=max((r["share"] for r in w8runs), key=lambda v: abs(v - 0.5)),
+            )
+            for worker in workloads.WORKERS:
+                add("W8", f"  on {worker}", [r[f"share_{worker}"] for r in w8runs], ".3f")
+            add("W8", "  slots busy while both run (of 4)", [r["busy"] / r["window"] for r in w8runs], ".2f")
+            add("W8", "  seconds both ran", [r["window"] for r in w8runs], ".2f")
         return rows
 
 
@@ -451,7 +484,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only",
         default=",".join(DEFAULT_WORKLOADS),
-        help="workloads to run (default W1,W2,W3,W4,W5,W7; SEC adds W1 with a cluster key and with TLS, and needs W1)",
+        help="workloads to run (default W1,W2,W3,W4,W5,W7,W8; SEC adds W1 with a cluster key and with TLS, and needs W1)",
     )
     parser.add_argument(
         "--replicas",
@@ -527,7 +560,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         "W3: master + 2 workers launched together; W4 read in the W1 runs; W7: W5's job, every node --replicas 2, "
-        "the master killed. Details: benchmarks/workloads.py, docs/performance.rst."
+        "the master killed; W8: 2 masters + 2 workers x 2 slots. Details: benchmarks/workloads.py, docs/performance.rst."
     )
     print(f"total {time.monotonic() - started:.0f}s")
     if args.keep:

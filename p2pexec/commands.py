@@ -357,7 +357,8 @@ class SubmitJob(amp.Command):
     false and is answered with an C{upload} id that the next part quotes;
     the last (C{final} true) is answered with the C{job} id, once the job is
     in the master's journal.  Tasks are job-file task objects (see
-    docs/jobs.rst), C{defaults} a job file's [defaults] table.
+    docs/jobs.rst), C{defaults} a job file's [defaults] table; C{priority}
+    (optional, read from the last part) the job's priority (issue 15).
     """
 
     commandName = b"SUBMIT_JOB"
@@ -366,6 +367,7 @@ class SubmitJob(amp.Command):
         (b"defaults", JSON()),
         (b"upload", amp.Unicode()),
         (b"final", amp.Boolean()),
+        (b"priority", amp.Integer(optional=True)),
     ]
     response = [
         (b"upload", amp.Unicode()),

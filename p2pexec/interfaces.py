@@ -125,7 +125,9 @@ class IPeerHandler(Protocol):
     def held_tasks_queried(self, protocol: PeerProtocol, job: str, epoch: int) -> dict[str, Any]:
         """A job's new leader asks what we hold of it (see L{commands.HeldTasks}); the answer's wire form."""
 
-    def submit_part(self, protocol: PeerProtocol, tasks: list[Any], defaults: Any, upload: str, final: bool) -> Any:
+    def submit_part(
+        self, protocol: PeerProtocol, tasks: list[Any], defaults: Any, upload: str, final: bool, priority: int | None
+    ) -> Any:
         """A part of a submitted job (see L{commands.SubmitJob}); the answer, or a Deferred of it."""
 
     def jobs_status(self) -> list[dict[str, Any]]:
@@ -237,6 +239,8 @@ class IJobState(Protocol):
     started_at: float
     """When it was accepted, by the wall clock (seconds since the epoch)."""
     cancelled: bool
+    priority: int
+    """Higher runs first (see L{p2pexec.fairshare})."""
     tasks: dict[str, Any]
 
     @property
@@ -367,7 +371,9 @@ class IWebNode(Protocol):
     def master(self) -> IWebMaster:
         """The jobs this node is master of."""
 
-    def submit(self, tasks: list[Any], defaults: Any = None, label: str = "submitted job") -> Deferred[str]:
+    def submit(
+        self, tasks: list[Any], defaults: Any = None, label: str = "submitted job", job: Any = None
+    ) -> Deferred[str]:
         """Accept a job; fire with its id once journaled (see L{p2pexec.intake.Intake.submit})."""
 
 

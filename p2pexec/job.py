@@ -22,7 +22,7 @@ from typing import Any
 
 import attr
 
-from p2pexec.model import CANCELLED, FAILED, RETURNED, Assignment, TaskResult, TaskSpec
+from p2pexec.model import CANCELLED, FAILED, RETURNED, SKIPPED, Assignment, TaskResult, TaskSpec
 from p2pexec.task_states import JOURNAL_NAMES, TASK, TaskEvent, TaskOutput, TaskState
 
 __all__ = ["DEFAULT_MAX_LOSSES", "Job", "TaskRecord", "TaskState", "Verdict", "verdict_of"]
@@ -127,6 +127,11 @@ class Job:
         self.succeeded = 0
         self.failed = 0
         self.stale = 0
+        # -- order (issue 15) --
+        self.skipped = 0
+        """Tasks that never ran: a task they run after did not succeed (see L{p2pexec.dependencies})."""
+        self.priority = 0
+        """Higher runs first (see L{p2pexec.fairshare})."""
 
     @classmethod
     def restore(
@@ -153,6 +158,8 @@ class Job:
             if record.state is TaskState.DONE and record.result is not None:
                 if record.result.succeeded:
                     job.succeeded += 1
+                elif record.result.status == SKIPPED:
+                    job.skipped += 1
                 else:
                     job.failed += 1
         return job
@@ -178,7 +185,7 @@ class Job:
     @property
     def done(self) -> bool:
         """Whether every task has a result."""
-        return self.succeeded + self.failed == len(self.tasks)
+        return self.succeeded + self.failed + self.skipped == len(self.tasks)
 
     # -- the task machine ----------------------------------------------------
 
@@ -203,6 +210,8 @@ class Job:
                 assert record.result is not None
                 if record.result.succeeded:
                     self.succeeded += 1
+                elif record.result.status == SKIPPED:
+                    self.skipped += 1
                 else:
                     self.failed += 1
                 if self.done:
@@ -239,7 +248,7 @@ class Job:
         record.attempt += 1
         record.worker = worker
         self.participants.add(worker)
-        return Assignment(task=record.spec, attempt=record.attempt)
+        return Assignment(task=record.spec, attempt=record.attempt, priority=self.priority)
 
     # -- as events ------------------------------------------------------------
 
@@ -437,6 +446,7 @@ class Job:
             "job": self.id,
             "succeeded": self.succeeded,
             "failed": self.failed,
+            "skipped": self.skipped,
             "total": len(self.tasks),
             "elapsed": round(self.elapsed(now), 6),
             "cancelled": self.cancelled,

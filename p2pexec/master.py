@@ -20,16 +20,16 @@ import itertools
 import os
 import random
 import time
-from collections import deque
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
-from p2pexec import leadership, losses, scheduler
+from p2pexec import fairshare, leadership, losses
 from p2pexec.clock import WallClock
 from p2pexec.confirmations import Batch, log_confirmed, log_stale, report_result
+from p2pexec.dependencies import Gate, skipped_result
 from p2pexec.endings import JobEndings
 from p2pexec.interfaces import IJobObserver, IJournal, IWorkerLink
 from p2pexec.job import DEFAULT_MAX_LOSSES, Job, TaskRecord
@@ -39,8 +39,7 @@ from p2pexec.journal_schema import StoredJob
 from p2pexec.log import NodeLogger
 from p2pexec.model import Assignment, NodeInfo, TaskResult, TaskSpec
 from p2pexec.recovery import Recovery
-from p2pexec.resource_use import Room, WaitingFit
-from p2pexec.resources import Request
+from p2pexec.resource_use import QueuedTasks, WaitingFit
 from p2pexec.retries import RetryTimers
 from p2pexec.seats import WorkerSeat
 from p2pexec.task_states import TaskEvent, TaskOutput, TaskState
@@ -124,11 +123,14 @@ class Master:
             me.name, self.jobs, self.journal, link, observer, clock, wall, self.durable, self._job_ended
         )
         self._recovery = Recovery(self, self._endings, link, clock, wall)
-        self._pending: dict[str, deque[tuple[str, str]]] = {}
+        self._queues = fairshare.PendingQueues()
+        self._held = fairshare.Held()
+        self._gate = Gate()
         self._workers: dict[str, WorkerSeat] = {}
         self._dispatch_call: IDelayedCall | None = None
         self._waiting = WaitingKinds(me.name, clock, self.schedule_dispatch)
         self._unfit = WaitingFit(me.name)
+        self._queued = QueuedTasks(self.jobs)
         self._job_numbers = itertools.count(1)
         self.assignments_sent = 0
         self.dispatching = True
@@ -140,7 +142,12 @@ class Master:
         return f"{self.me.name}-{self.me.instance[:8]}-{next(self._job_numbers)}"
 
     def submit(
-        self, tasks: Iterable[TaskSpec], job_id: str | None = None, source: str | None = None, place: bool = True
+        self,
+        tasks: Iterable[TaskSpec],
+        job_id: str | None = None,
+        source: str | None = None,
+        place: bool = True,
+        priority: int = 0,
     ) -> Job:
         """
         Accept a job and queue its tasks (the journal has it by the time
@@ -151,6 +158,7 @@ class Master:
         @param place: whether its replica set is chosen now; if not, it is
             once L{Replication.place<p2pexec.failover.Replication.place>} is
             called, and nothing of it is committed before.
+        @param priority: higher runs first (see L{p2pexec.fairshare}).
         """
         job = Job(
             job_id or self.new_job_id(),
@@ -160,14 +168,15 @@ class Master:
             max_losses=self._max_losses,
             started_at=self._wall(),
         )
+        job.priority = priority
         self.jobs[job.id] = job
         self.journal.job_added(job)
         if self.replication is not None:
             self.replication.job_accepted(job, place)
         kinds: dict[str, int] = {}
-        for task_id, record in job.tasks.items():
-            self._pending.setdefault(record.spec.kind, deque()).append((job.id, task_id))
+        for record in job.tasks.values():
             kinds[record.spec.kind] = kinds.get(record.spec.kind, 0) + 1
+        self.queue_tasks(job, list(job.tasks))
         log.info(
             "Node {name} is master of job {job}: {count} task(s) of kind(s) {kinds}",
             name=self.me.name,
@@ -229,12 +238,28 @@ class Master:
 
     def _unqueue(self, job_id: str) -> None:
         """Take C{job_id}'s tasks out of the queues."""
-        for kind in list(self._pending):
-            kept = deque(entry for entry in self._pending[kind] if entry[0] != job_id)
-            if kept:
-                self._pending[kind] = kept
-            else:
-                del self._pending[kind]
+        self._queues.drop(job_id)
+        self._gate.forget(job_id)
+
+    def queue_tasks(
+        self, job: Job, task_ids: list[str], front: bool = False, skip: Iterable[tuple[str, str]] = ()
+    ) -> None:
+        """
+        Queue pending tasks of C{job} (in order, last; or C{front}: first),
+        but those that wait for others (see L{p2pexec.dependencies}); end
+        those to C{skip} (task, why) as skipped.
+        """
+        ready, skips = self._gate.admit(job, task_ids)
+        skips = [*skips, *skip]
+        add, tasks, priority, job_id = self._queues.add, job.tasks, job.priority, job.id
+        for task_id in reversed(ready) if front else ready:
+            add(priority, tasks[task_id].spec.kind, job_id, task_id, front)
+        for task_id, why in skips:
+            record = tasks[task_id]
+            if record.state is _PENDING:
+                result = skipped_result(record, self.me.name, why)
+                self._perform(job, record, job.fire(record, TaskEvent.CANCEL, self._clock.seconds(), result))
+        self.schedule_dispatch()
 
     def unfinished(self) -> list[Job]:
         """The jobs that still have tasks without a result."""
@@ -292,10 +317,7 @@ class Master:
         losses.refused(self, worker, job_id, attempts, why, usable)
 
     def _requeue(self, job: Job, task_ids: list[str]) -> None:
-        for task_id in reversed(task_ids):
-            kind = job.tasks[task_id].spec.kind
-            self._pending.setdefault(kind, deque()).appendleft((job.id, task_id))
-        self.schedule_dispatch()
+        self.queue_tasks(job, task_ids, front=True)
 
     def worker_lost(self, name: str, why: str, count_loss: bool = True) -> None:
         """
@@ -309,6 +331,7 @@ class Master:
         seat = self._workers.pop(name, None)
         if seat is None:
             return
+        self._held.forget(name)
         for job in self.unfinished():
             self._lose(job, name, why, count_loss=count_loss)
         self.schedule_dispatch()
@@ -390,6 +413,7 @@ class Master:
                     seat.outstanding += 1
                     if record.spec.request is not None:
                         seat.used.add(record.spec.request)
+                    self._held.change(seat.info.name, job.priority, 1)
             elif output is _JOURNAL:
                 self.journal.task_changed(job.id, record)
             elif output is _RELEASE_SEAT:
@@ -398,8 +422,12 @@ class Master:
                     seat.outstanding -= 1
                     if record.spec.request is not None:
                         seat.used.add(record.spec.request, -1)
+                    self._held.change(seat.info.name, job.priority, -1)
             elif output is _COUNT_RESULT:
-                pass  # done by the job
+                # Counted by the job; the tasks that run after it may go now, or are skipped.
+                ready, skips = self._gate.finished(job, record)
+                if ready or skips:
+                    self.queue_tasks(job, ready, skip=skips)
             elif output is _REPORT_RESULT:
                 assert batch is not None and result is not None
                 report_result(job, result, batch, self.result_listeners)
@@ -462,24 +490,28 @@ class Master:
         if not self.dispatching:
             return
         asking = any(job.asks_resources for job in self.jobs.values())  # else: slots alone, as before issue 15
-        capacity = [
-            scheduler.WorkerCapacity(
-                name=name,
-                capabilities=frozenset(seat.info.capabilities),
-                free=seat.free,
-                room=Room.of(seat.info.resources, seat.used) if asking else None,
-            )
-            for name, seat in self._workers.items()
-            if seat.accepting
-        ]
-        planned = scheduler.plan(self._pending, capacity, self._request_of if asking else None)
-        self._waiting.note(planned.unschedulable, self._pending)
-        if planned.unfit or self._unfit.noted:
-            self._unfit.note(planned.unfit, self._still_pending)
         sends: list[tuple[str, str, list[Assignment]]] = []
+        unschedulable, unfit = fairshare.plan_levels(
+            self._queues,
+            self._workers,
+            self._held,
+            self._queued.request_of if asking else None,
+            lambda planned: self._hand_out(planned, sends),
+        )
+        self._waiting.note(unschedulable, self._queues.kind_view())
+        if unfit or self._unfit.noted:
+            self._unfit.note(unfit, self._queued.still_pending)
+        if not sends:
+            return
+        self._commit_and_send(sends)
+
+    def _hand_out(
+        self, assignments: dict[str, list[tuple[str, str]]], sends: list[tuple[str, str, list[Assignment]]]
+    ) -> None:
+        """Start an attempt of each planned task still pending; add them to C{sends} by worker and job."""
         jobs = self.jobs
         perform = self._perform
-        for worker, entries in planned.assignments.items():
+        for worker, entries in assignments.items():
             by_job: dict[str, list[Assignment]] = {}
             for job_id, task_id in entries:
                 # A queue entry may outlive its task's wait (a late result
@@ -498,11 +530,9 @@ class Master:
                     by_job[job_id].append(assignment)
                 else:
                     by_job[job_id] = [assignment]
-            sends.extend((worker, job_id, assignments) for job_id, assignments in by_job.items())
-        for kind in [k for k, q in self._pending.items() if not q]:
-            del self._pending[kind]
-        if not sends:
-            return
+            sends.extend((worker, job_id, attempts) for job_id, attempts in by_job.items())
+
+    def _commit_and_send(self, sends: list[tuple[str, str, list[Assignment]]]) -> None:
         # Each attempt is in the journal before it goes out to another node.
         # Tasks this node runs itself need not wait: they die with it, and a
         # restarted master runs them again anyway.
@@ -547,23 +577,9 @@ class Master:
         self.dispatching = True
         self.schedule_dispatch()
 
-    def _request_of(self, entry: tuple[str, str]) -> Request | None:
-        """What a queued task asks for beyond its slot (see L{p2pexec.resources})."""
-        job = self.jobs.get(entry[0])
-        return None if job is None else job.tasks[entry[1]].spec.request
-
-    def _still_pending(self, entry: tuple[str, str]) -> bool:
-        """Whether a queued task has not gone to a worker yet."""
-        job = self.jobs.get(entry[0])
-        return job is not None and job.tasks[entry[1]].state is _PENDING
-
     def waiting_kinds(self) -> frozenset[str]:
         """The kinds with pending tasks that no connected node can run."""
-        capable: set[str] = set()
-        for seat in self._workers.values():
-            if seat.accepting:
-                capable.update(seat.info.capabilities)
-        return frozenset(kind for kind, queue in self._pending.items() if queue and kind not in capable)
+        return self._queues.waiting_kinds(self._workers)
 
     def outstanding(self) -> dict[str, int]:
         """How many unconfirmed tasks of this master each worker holds."""
@@ -575,7 +591,7 @@ class Master:
 
     def pending_count(self) -> int:
         """How many tasks wait for a worker."""
-        return sum(len(q) for q in self._pending.values())
+        return self._queues.count()
 
 
 _PENDING = TaskState.PENDING

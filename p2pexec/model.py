@@ -34,6 +34,12 @@ MAX_CAPABILITIES = 32
 MAX_RETRIES = 100
 """The most retries a task may ask for."""
 
+MAX_PRIORITY = 1_000_000
+"""A job's priority is a whole number from -MAX_PRIORITY to MAX_PRIORITY."""
+
+PLAIN_TASK_FIELDS = frozenset({"id", "kind", "command", "shell", "cwd", "env", "timeout", "retries", "after"})
+"""A task's fields other than its resource request (L{TASK_FIELDS}): a task with only these asks for a slot alone."""
+
 _LEADING_LETTERS = re.compile(r"^[A-Za-z]+")
 
 
@@ -254,6 +260,8 @@ class TaskSpec:
     @ivar request: the CPUs, memory, GPUs and named resources it needs
         (fields C{cpus}, C{memory}, C{gpus}, C{resources}), or C{None}
         when it needs only a slot.
+    @ivar after: the ids of the tasks of its job that must succeed before
+        it starts (see L{p2pexec.dependencies}).
     """
 
     id: str
@@ -266,6 +274,8 @@ class TaskSpec:
     retries: int = 0
     # -- resources (issue 15) --
     request: Request | None = None
+    # -- order (issue 15: dependencies) --
+    after: tuple[str, ...] = ()
 
     @classmethod
     def instruction(cls, name: str) -> TaskSpec:
@@ -289,6 +299,8 @@ class TaskSpec:
             data["retries"] = self.retries
         if self.request is not None:
             data.update(self.request.to_wire())
+        if self.after:
+            data["after"] = list(self.after)
         return data
 
     @classmethod
@@ -359,9 +371,16 @@ class TaskSpec:
             isinstance(retries, int) and not isinstance(retries, bool) and 0 <= retries <= MAX_RETRIES,
             f"{what}: 'retries' must be a whole number from 0 to {MAX_RETRIES}, not {retries!r}",
         )
-        rest = set(data) - {"id", "kind", "command", "shell", "cwd", "env", "timeout", "retries"}
+        after = data.get("after", ())
+        if "after" in data:
+            _require(
+                isinstance(after, list) and all(isinstance(other, str) for other in after),
+                f"{what}: 'after' must be a list of task ids, not {after!r}",
+            )
+            _require(task_id not in after, f"{what}: 'after' names the task itself")
+        rest = data.keys() - PLAIN_TASK_FIELDS
         request = None
-        if rest:  # a task that asks for nothing pays this one test (W1)
+        if rest:  # a task that asks for no resources pays this one test (W1)
             unknown = rest - TASK_FIELDS
             _require(not unknown, f"{what}: unknown field(s) {', '.join(sorted(unknown))}")
             try:
@@ -378,6 +397,7 @@ class TaskSpec:
             timeout=timeout,
             retries=retries,
             request=request,
+            after=tuple(dict.fromkeys(after)),
         )
 
 
@@ -389,7 +409,9 @@ RETURNED = "returned"
 """Not a result: the worker hands the task back unrun (it is leaving)."""
 CANCELLED = "cancelled"
 """The job was cancelled before this task finished."""
-RESULT_STATUSES = (SUCCEEDED, FAILED, TIMED_OUT, ERROR, RETURNED, CANCELLED)
+SKIPPED = "skipped"
+"""Never run: a task it runs after (see L{TaskSpec.after}) failed or was skipped."""
+RESULT_STATUSES = (SUCCEEDED, FAILED, TIMED_OUT, ERROR, RETURNED, CANCELLED, SKIPPED)
 _CANONICAL_STATUS = {status: status for status in RESULT_STATUSES}
 """Each status to its one shared string (see L{TaskResult.from_wire})."""
 
@@ -495,15 +517,20 @@ class Assignment:
 
     @ivar task: what to run.
     @ivar attempt: the attempt number; a confirmation must quote it back.
+    @ivar priority: its job's priority: a worker starts the queued
+        attempts of the highest priority first (see L{p2pexec.fairshare}).
     """
 
     task: TaskSpec
     attempt: int
+    priority: int = 0
 
     def to_wire(self) -> dict[str, Any]:
-        """The task's wire form with its attempt number added."""
+        """The task's wire form with its attempt number (and its job's priority, unless 0) added."""
         data = self.task.to_wire()
         data["attempt"] = self.attempt
+        if self.priority:
+            data["priority"] = self.priority
         return data
 
     @classmethod
@@ -520,7 +547,12 @@ class Assignment:
             isinstance(attempt, int) and not isinstance(attempt, bool) and attempt >= 1,
             f"assignment: 'attempt' must be a positive integer, not {attempt!r}",
         )
-        return cls(task=TaskSpec.from_wire(fields), attempt=attempt)
+        priority = fields.pop("priority", 0)
+        _require(
+            isinstance(priority, int) and not isinstance(priority, bool) and abs(priority) <= MAX_PRIORITY,
+            f"assignment: 'priority' must be a whole number from -{MAX_PRIORITY} to {MAX_PRIORITY}, not {priority!r}",
+        )
+        return cls(task=TaskSpec.from_wire(fields), attempt=attempt, priority=priority)
 
 
 def parse_instructions(names: Sequence[str]) -> list[TaskSpec]:

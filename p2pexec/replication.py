@@ -348,12 +348,14 @@ def job_records(
     source: str | None,
     started_at: float,
     limit: int = PART_BYTES,
+    priority: int = 0,
 ) -> list[tuple[dict[str, Any], str]]:
     """
     The data of a job's C{job} records, with its JSON text (each task's wire
     form made and encoded once): one record per part of its tasks (their
     JSON array within C{limit} bytes, to fit an AMP value with the record's
-    envelope), the first also naming its replica set, source and start.
+    envelope; C{after} included), the first also naming its replica set,
+    source, start and (unless 0) priority.
 
     @raise ValueError: if one task alone is over the limit.
     """
@@ -365,6 +367,8 @@ def job_records(
         head: dict[str, Any] = {"part": index, "parts": len(parts)}
         if index == 0:
             head.update(id=job_id, members=list(members), source=source, started_at=started_at, total=len(specs))
+            if priority:
+                head["priority"] = priority
         data = dict(head, tasks=wires[start : start + count])
         out.append((data, JSON_ENCODER.encode(head)[:-1] + ',"tasks":' + text + "}"))
         start += count
@@ -421,6 +425,7 @@ class JobImage:
     results: dict[str, TaskResult]
     cancelled: bool
     ended: bool
+    priority: int = 0
 
 
 def rebuild(records: Iterable[Record]) -> JobImage:
@@ -474,4 +479,5 @@ def rebuild(records: Iterable[Record]) -> JobImage:
         results={task: result for task, result in results.items() if task in ids},
         cancelled=cancelled,
         ended=ended,
+        priority=head["priority"] if type(head.get("priority")) is int else 0,
     )

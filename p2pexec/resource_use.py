@@ -10,8 +10,8 @@ The values themselves are L{p2pexec.resources}.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Hashable, Iterable, Sequence
-from typing import Any, Protocol
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attr
 
@@ -19,6 +19,10 @@ from p2pexec import commands
 from p2pexec.log import MAX_IDS_IN_LOG, NodeLogger
 from p2pexec.model import Assignment
 from p2pexec.resources import NodeResources, Request
+from p2pexec.task_states import TaskState
+
+if TYPE_CHECKING:
+    from p2pexec.job import Job
 
 log = NodeLogger(namespace="p2pexec.master")
 
@@ -93,6 +97,24 @@ class _Queued(Protocol):
     key: Any
 
 
+class _Takes(Protocol):
+    """A queue that gives the first attempt a test accepts (L{WorkerQueue.take<p2pexec.fairshare.WorkerQueue.take>})."""
+
+    def take(self, fits: Callable[[Any], bool], limit: int) -> Any:
+        """The first queued attempt C{fits} accepts, among the first C{limit}, or C{None}."""
+
+
+def _take_first(queue: deque[Any], fits: Callable[[Any], bool]) -> Any:
+    """L{_Takes.take} for a plain C{deque}."""
+    for index, entry in enumerate(queue):
+        if index >= SCAN_LIMIT:
+            return None
+        if fits(entry):
+            del queue[index]
+            return entry
+    return None
+
+
 class Pool:
     """
     A worker's resources: what its running tasks hold, and which GPU
@@ -123,25 +145,25 @@ class Pool:
             asks = "; ".join(f"{t.id} needs {t.request.describe()}" for t in too_big[:5] if t.request is not None)
             raise commands.DoesNotFit(f"node {self._name} has {has}, and {asks}")
 
-    def start_next(self, queue: deque[Any]) -> Any:
+    def start_next(self, queue: deque[Any] | _Takes) -> Any:
         """
-        Take from C{queue} the first attempt that fits now (of the first
+        Take from C{queue} (a worker's L{WorkerQueue<p2pexec.fairshare.WorkerQueue>},
+        or a C{deque} in its order) the first attempt that fits now (of the first
         L{SCAN_LIMIT}), hold what it asks, and give a GPU task its devices
         in its environment; C{None} when none fits.
         """
-        first: _Queued = queue[0]
-        if first.assignment.task.request is None:
-            return queue.popleft()
-        for index, entry in enumerate(queue):
-            if index >= SCAN_LIMIT:
-                return None
-            request = entry.assignment.task.request
-            if request is None or self.total is None or self.used.fits(self.total, request):
-                del queue[index]
-                if request is not None:
-                    self._hold(entry, request)
-                return entry
-        return None
+        if isinstance(queue, deque):
+            entry = _take_first(queue, self._fits_now)
+        else:
+            entry = queue.take(self._fits_now, SCAN_LIMIT)
+        if entry is not None and entry.assignment.task.request is not None:
+            self._hold(entry, entry.assignment.task.request)
+        return entry
+
+    def _fits_now(self, entry: _Queued) -> bool:
+        """Whether a queued attempt fits in what is free now (one that asks for nothing always does)."""
+        request = entry.assignment.task.request
+        return request is None or self.total is None or self.used.fits(self.total, request)
 
     def _hold(self, entry: _Queued, request: Request) -> None:
         devices = tuple(self._free_gpus[: request.gpus])
@@ -176,6 +198,23 @@ def with_devices(assignment: Assignment, devices: tuple[str, ...]) -> Assignment
     env = tuple(pair for pair in task.env if pair[0] not in GPU_VARIABLES)
     env += tuple((variable, names) for variable in GPU_VARIABLES)
     return attr.evolve(assignment, task=attr.evolve(task, env=env))
+
+
+class QueuedTasks:
+    """A master's queue entries (job id, task id) as the resource checks see them."""
+
+    def __init__(self, jobs: Mapping[str, Job]) -> None:
+        self._jobs = jobs
+
+    def request_of(self, entry: tuple[str, str]) -> Request | None:
+        """What a queued task asks for beyond its slot (see L{p2pexec.resources})."""
+        job = self._jobs.get(entry[0])
+        return None if job is None else job.tasks[entry[1]].spec.request
+
+    def still_pending(self, entry: tuple[str, str]) -> bool:
+        """Whether a queued task has not gone to a worker yet."""
+        job = self._jobs.get(entry[0])
+        return job is not None and job.tasks[entry[1]].state is TaskState.PENDING
 
 
 class WaitingFit:

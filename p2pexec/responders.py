@@ -413,9 +413,11 @@ class Responders:
         self._worker.fence.admits(job, ballot)
         self._replication.leader_announced(job, ballot)
 
-    def submit_part(self, protocol: PeerProtocol, tasks: list[Any], defaults: Any, upload: str, final: bool) -> Any:
+    def submit_part(
+        self, protocol: PeerProtocol, tasks: list[Any], defaults: Any, upload: str, final: bool, priority: int | None
+    ) -> Any:
         """A part of a submitted job: the intake collects it (see L{p2pexec.intake.Intake.submit_part})."""
-        return self._intake.submit_part(protocol, tasks, defaults, upload, final)
+        return self._intake.submit_part(protocol, tasks, defaults, upload, final, priority)
 
     # -- status: the views answer --------------------------------------------------
 

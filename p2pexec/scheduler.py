@@ -10,7 +10,7 @@ from __future__ import annotations
 import heapq
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 import attr
 
@@ -18,6 +18,19 @@ from p2pexec.resource_use import Room
 from p2pexec.resources import Request, shortfall
 
 T = TypeVar("T")
+
+
+class TaskQueue(Protocol[T]):
+    """What L{plan} needs of a kind's queue: a C{deque}, or a L{p2pexec.fairshare.JobQueue}."""
+
+    def popleft(self) -> T:
+        """Take the next task."""
+
+    def extendleft(self, items: Iterable[T]) -> None:
+        """Put back tasks taken by L{popleft} and not placed, each first in turn (so C{reversed} keeps their order)."""
+
+    def __bool__(self) -> bool:
+        """Whether a task is left."""
 
 
 @attr.s(frozen=True, slots=True, auto_attribs=True)
@@ -60,7 +73,7 @@ class Plan(Generic[T]):
 
 
 def plan(
-    pending: Mapping[str, deque[T]],
+    pending: Mapping[str, deque[T]] | Mapping[str, TaskQueue[T]],
     workers: Iterable[WorkerCapacity],
     request_of: Callable[[T], Request | None] | None = None,
 ) -> Plan[T]:
@@ -104,7 +117,7 @@ def plan(
 
 def _plan_requests(
     kind: str,
-    queue: deque[T],
+    queue: deque[T] | TaskQueue[T],
     capable: list[WorkerCapacity],
     heap: list[tuple[int, str]],
     free: dict[str, int],

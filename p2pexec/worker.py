@@ -14,7 +14,7 @@ and the task does not run twice.
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from typing import Any
 
 import attr
@@ -24,6 +24,7 @@ from twisted.python.failure import Failure
 
 from p2pexec import commands
 from p2pexec.attempt_states import ATTEMPT, HOLDS_SLOT, KEPT, AttemptEvent, AttemptOutput, AttemptState, query_answer
+from p2pexec.fairshare import WorkerQueue, master_of, priority_of
 from p2pexec.fence import Fence
 from p2pexec.interfaces import IResultSink, ITaskRunner
 from p2pexec.log import NodeLogger, format_ids, log_started
@@ -95,7 +96,7 @@ class Worker:
     L{ATTEMPT} machine; the containers below are indexes of it, each filled
     and emptied by the machine's outputs (L{_perform}):
 
-      - C{_queue}: the attempts in QUEUED, first come first started;
+      - C{_queue}: the attempts in QUEUED, started by priority, then fair share between masters (L{WorkerQueue});
       - C{_active}: the attempts queued or running (L{ACTIVE}), by key;
       - C{_running_for}: how many hold a slot, per master;
       - C{_cache}: the attempts whose result is kept until acknowledged
@@ -128,7 +129,7 @@ class Worker:
         self.slots = slots
         self._runner = runner
         self._clock = clock
-        self._queue: deque[_Attempt] = deque()
+        self._queue = WorkerQueue(master_of, priority_of, lambda key: self._running_for.get(key, 0))
         self._unqueued = False
         self._unsent: dict[tuple[tuple[str, str], str], tuple[IResultSink, list[_Attempt]]] = {}
         self._flush_call: IDelayedCall | None = None
@@ -218,7 +219,7 @@ class Worker:
         """Take the attempts that left QUEUED out of the queue (one pass for a whole cancel, drop or leave)."""
         if self._unqueued:
             self._unqueued = False
-            self._queue = deque(entry for entry in self._queue if entry.state is _QUEUED)
+            self._queue.keep(lambda entry: entry.state is _QUEUED)
 
     def _returned(self, entry: _Attempt) -> TaskResult:
         """The C{returned} result of an attempt handed back because the node is leaving."""
@@ -292,14 +293,10 @@ class Worker:
         started: list[tuple[str, str]] = []
         try:
             while self._queue and self.running < self.slots:
-                if self._queue[0].assignment.task.request is None:
-                    entry = self._queue.popleft()
-                else:
-                    # It asks for resources: the pool starts what fits (L{Pool.start_next}).
-                    found = self.pool.start_next(self._queue)
-                    if found is None:
-                        break
-                    entry = found
+                # By priority and fair share; one asking for resources only if they are free (L{Pool.start_next}).
+                entry = self.pool.start_next(self._queue)
+                if entry is None:
+                    break
                 started.append((entry.assignment.task.id, entry.job))
                 entry.state, outputs = _step(entry.state, _START)
                 self._perform(entry, outputs)
@@ -597,6 +594,5 @@ class Worker:
 
 def _size(entry: _Attempt) -> int:
     """The bytes of output a kept attempt's result holds."""
-    result = entry.result
-    assert result is not None
-    return len(result.stdout) + len(result.stderr)
+    assert entry.result is not None
+    return len(entry.result.stdout) + len(entry.result.stderr)

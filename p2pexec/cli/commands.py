@@ -39,7 +39,7 @@ from p2pexec.cli.render import (
     task_row,
 )
 from p2pexec.cli.runline import RunLine, run_arguments, run_tasks
-from p2pexec.jobfile import JobFileError, load_job_file
+from p2pexec.jobfile import JobFileError, load_job_file, load_job_priority
 from p2pexec.model import TaskSpec, ValidationError, parse_instructions
 
 POLL_INTERVAL = 0.5
@@ -146,15 +146,17 @@ class Context:
     connect: Callable[[str], Awaitable[Caller]] | None = None
 
 
-async def submit_job(ctx: Context, tasks: Sequence[TaskSpec]) -> str:
+async def submit_job(ctx: Context, tasks: Sequence[TaskSpec], priority: int | None = None) -> str:
     """
     Hand C{tasks} to the node with SUBMIT_JOB, in parts that each stay
-    under L{commands.MAX_VALUE_BYTES}; return the job id.
+    under L{commands.MAX_VALUE_BYTES} (the last with the job's C{priority},
+    unless C{None}); return the job id.
     """
     upload = ""
     job = ""
     for part, final in with_last(commands.chunk(tasks, TaskSpec.to_wire)):
-        answer = await ctx.node.call(commands.SubmitJob, tasks=part, defaults={}, upload=upload, final=final)
+        extra = {"priority": priority} if final and priority is not None else {}
+        answer = await ctx.node.call(commands.SubmitJob, tasks=part, defaults={}, upload=upload, final=final, **extra)
         upload, job = answer["upload"], answer["job"]
     return job
 
@@ -264,7 +266,10 @@ async def follow(ctx: Context, job: str) -> int:
 
 async def do_submit(ctx: Context, args: argparse.Namespace) -> int:
     """C{submit}: print the job id; with C{--wait}, follow it."""
-    job = await submit_job(ctx, args.job_tasks)
+    priority = getattr(args, "priority", None)
+    if priority is None and getattr(args, "jobfile", None) is not None:
+        priority = load_job_priority(args.jobfile) or None
+    job = await submit_job(ctx, args.job_tasks, priority)
     ctx.out.line(job)
     if args.wait:
         return await follow(ctx, job)
@@ -274,7 +279,7 @@ async def do_submit(ctx: Context, args: argparse.Namespace) -> int:
 async def do_run(ctx: Context, args: argparse.Namespace) -> int:
     """C{run}: submit one task per argument and follow the job."""
     tasks = args.job_tasks
-    job = await submit_job(ctx, tasks)
+    job = await submit_job(ctx, tasks, getattr(args, "priority", None))
     ctx.out.line(f"job {job}: {len(tasks)} task(s) submitted to {ctx.node.address}")
     return await follow(ctx, job)
 

@@ -15,7 +15,7 @@ from p2pexec import __version__
 from p2pexec.cli.client import DEFAULT_TIMEOUT, parse_address
 from p2pexec.cli.errors import EXIT_USAGE, PROG
 from p2pexec.cli.runline import split_run_line
-from p2pexec.model import ValidationError, validate_name
+from p2pexec.model import MAX_PRIORITY, ValidationError, validate_name
 from p2pexec.resources import run_request
 
 DEFAULT_CONNECT = "127.0.0.1:10001"
@@ -75,6 +75,28 @@ def _count(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"expected 0 or more, not {text!r}")
     return value
+
+
+def _priority(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
+    if abs(value) > MAX_PRIORITY:
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number from -{MAX_PRIORITY} to {MAX_PRIORITY}, not {text!r}"
+        )
+    return value
+
+
+def _priority_option(parser: argparse.ArgumentParser) -> None:
+    """C{--priority N} (issue 15: priorities)."""
+    parser.add_argument(
+        "--priority",
+        type=_priority,
+        metavar="N",
+        help="the job's priority (default: the job file's [job] priority, else 0); higher runs first",
+    )
 
 
 def _connection_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
@@ -152,6 +174,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     p.add_argument(
         "--wait", action="store_true", help="follow the job to its end, as watch does, and exit with its status"
     )
+    _priority_option(p)
 
     p = add(
         "run",
@@ -193,6 +216,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         help="kill a task's process group after this long (status timed-out)",
     )
     p.add_argument("--retries", type=_count, metavar="N", help="run a failed task again up to N times (0-100)")
+    _priority_option(p)
     p.add_argument("--cwd", metavar="DIR", help="the tasks' working directory on the node that runs them")
     p.add_argument(
         "--env",

@@ -58,7 +58,7 @@ def report_result(job: Job, result: TaskResult, batch: Batch, listeners: list[Ca
     for listener in listeners:
         listener(result)
     if batch.seat is not None:
-        batch.seat.record_duration(result.duration)
+        batch.seat.pace.record(result.duration, job.tasks[result.task_id].spec.kind)
     if not result.succeeded:
         log.warn(
             "Task {task} of job {job} {status} on {worker}: {detail}",

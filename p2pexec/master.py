@@ -10,8 +10,9 @@ Its parts: L{p2pexec.seats} (how much work each worker is given),
 L{p2pexec.recovery} (taking up the journal's jobs after a restart),
 L{p2pexec.confirmations} (the tallies and log lines of reported results),
 L{p2pexec.retries} (the backoff timers of failed tasks),
-L{p2pexec.waiting} (kinds no connected node can run) and
-L{p2pexec.endings} (announcing a job's end, forgetting old jobs).
+L{p2pexec.waiting} (kinds no connected node can run),
+L{p2pexec.endings} (announcing a job's end, forgetting old jobs) and
+L{p2pexec.speculation} (backup copies near the end of a job).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from p2pexec.model import Assignment, NodeInfo, TaskResult, TaskSpec
 from p2pexec.recovery import Recovery
 from p2pexec.retries import RetryTimers
 from p2pexec.seats import WorkerSeat
+from p2pexec.speculation import Speculation
 from p2pexec.task_states import TaskEvent, TaskOutput, TaskState
 from p2pexec.waiting import WaitingKinds
 
@@ -69,7 +71,8 @@ class Master:
     (L{p2pexec.task_states.TASK}, through L{Job.fire}); what it answers
     for the master is done in one place, L{_perform}: a worker's seat
     counter (L{WorkerSeat.outstanding<p2pexec.seats.WorkerSeat.outstanding>}) changes only there, on
-    L{TaskOutput.HOLD_SEAT} and L{TaskOutput.RELEASE_SEAT}, and a task
+    L{TaskOutput.HOLD_SEAT} and L{TaskOutput.RELEASE_SEAT} (but for the
+    seat of a backup's other copy, held by L{Speculation}), and a task
     waiting for its retry has its timer in L{RetryTimers}.
 
     @ivar jobs: every job accepted by this node, by id.
@@ -129,6 +132,7 @@ class Master:
         self._job_numbers = itertools.count(1)
         self.assignments_sent = 0
         self.dispatching = True
+        self.speculation = Speculation(self)
 
     # -- jobs -----------------------------------------------------------------
 
@@ -301,6 +305,7 @@ class Master:
         seat = self._workers.pop(name, None)
         if seat is None:
             return
+        self.speculation.worker_lost(name)
         for job in self.unfinished():
             self._lose(job, name, why, count_loss=count_loss)
         self.schedule_dispatch()
@@ -330,14 +335,19 @@ class Master:
         batch = Batch(sender, self._workers.get(sender))
         now = self._clock.seconds()
         tasks = job.tasks
+        copies = self.speculation.copies
         for result in results:
             record = tasks.get(result.task_id)
             if record is None:
                 batch.stale += 1
                 log_stale(self.me.name, job, result, sender)
                 continue
+            if copies and (job_id, result.task_id) in copies:
+                result = self.speculation.claim(job, record, result, sender)
             outputs = job.fire(record, job.result_event(record, result, sender), now, result)
             self._perform(job, record, outputs, batch, result)
+            if copies and (job_id, result.task_id) in copies:
+                self.speculation.settle(job, record)
         self.stale_results += batch.stale
         if self.replication is not None and batch.confirmed:
             self.replication.results_recorded(
@@ -483,6 +493,10 @@ class Master:
                 else:
                     by_job[job_id] = [assignment]
             sends.extend((worker, job_id, assignments) for job_id, assignments in by_job.items())
+        now = self._clock.seconds()
+        for _, job_id, assignments in sends:
+            self.speculation.note_sent(job_id, assignments, now)
+        sends.extend(self.speculation.backups(self._pending, self._workers, now))
         for kind in [k for k, q in self._pending.items() if not q]:
             del self._pending[kind]
         if not sends:

@@ -237,6 +237,9 @@ class TaskSpec:
     @ivar timeout: seconds before the process group is killed, or C{None}.
     @ivar retries: how many times a failed attempt is run again (after a
         backoff) before the failure is final.
+    @ivar speculative: whether a backup copy of it may run on another node
+        near the end of its job (see L{p2pexec.speculation}); false for a
+        task that must not run twice at once.
     """
 
     id: str
@@ -247,6 +250,8 @@ class TaskSpec:
     env: tuple[tuple[str, str], ...] = ()
     timeout: float | None = None
     retries: int = 0
+    # -- issue 15, tail (p2pexec/speculation.py) --
+    speculative: bool = True
 
     @classmethod
     def instruction(cls, name: str) -> TaskSpec:
@@ -268,6 +273,8 @@ class TaskSpec:
             data["timeout"] = self.timeout
         if self.retries:
             data["retries"] = self.retries
+        if not self.speculative:
+            data["speculative"] = False
         return data
 
     @classmethod
@@ -338,7 +345,9 @@ class TaskSpec:
             isinstance(retries, int) and not isinstance(retries, bool) and 0 <= retries <= MAX_RETRIES,
             f"{what}: 'retries' must be a whole number from 0 to {MAX_RETRIES}, not {retries!r}",
         )
-        unknown = set(data) - {"id", "kind", "command", "shell", "cwd", "env", "timeout", "retries"}
+        speculative = data.get("speculative", True)
+        _require(isinstance(speculative, bool), f"{what}: 'speculative' must be true or false, not {speculative!r}")
+        unknown = set(data) - {"id", "kind", "command", "shell", "cwd", "env", "timeout", "retries", "speculative"}
         _require(not unknown, f"{what}: unknown field(s) {', '.join(sorted(unknown))}")
         return cls(
             id=task_id,
@@ -349,6 +358,7 @@ class TaskSpec:
             env=tuple(sorted(env.items())),
             timeout=timeout,
             retries=retries,
+            speculative=speculative,
         )
 
 

@@ -94,6 +94,7 @@ class RecordingLink:
         self.finished = []
         self.queries = []
         self.cancels = []
+        self.cancelled_attempts = []
         self.events = events if events is not None else []
 
     def send_assignments(self, worker, job, assignments):
@@ -106,6 +107,10 @@ class RecordingLink:
         d = Deferred()
         self.queries.append((worker, job, attempts, d))
         return d
+
+    def send_cancel_attempts(self, worker, job, attempts):
+        """Note the attempts to stop."""
+        self.cancelled_attempts.append((worker, job, list(attempts)))
 
     def send_cancel(self, worker, job):
         """Record the cancel sent to C{worker}."""

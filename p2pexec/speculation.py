@@ -4,8 +4,9 @@ Backup copies near the end of a job (issue 15, no slow-node tail).
 When a kind has no pending task left and a capable worker has a slot that
 holds nothing of this master, the task of that kind that is expected to
 finish last is run a second time on that idle worker, if the copy running
-now is expected to need well over (L{SLACK} times) what the idle worker takes
-for such a task (the workers' paces, L{p2pexec.pacing}).  The first result
+now is expected to need well over (L{SLACK} times, and L{MIN_GAIN} more than)
+what the idle worker takes for such a task (the workers' paces,
+L{p2pexec.pacing}).  The first result
 wins; the other copy is cancelled (CANCEL_ATTEMPTS) and its late result, if
 one still comes, is dropped as stale: each task keeps exactly one result.
 
@@ -46,6 +47,9 @@ log = NodeLogger(namespace="p2pexec.master")
 
 SLACK = 1.5
 """A backup runs only if the copy running now is expected to need more than this many times what the backup takes."""
+
+MIN_GAIN = 0.25
+"""Nor unless it is expected to end at least this many seconds sooner: a backup costs a start and two messages."""
 
 Key = tuple[str, str]
 """(job id, task id)."""
@@ -128,9 +132,9 @@ class Speculation:
                 ):
                     continue
                 remaining = _remaining(sent, usual, now)
-                if remaining <= SLACK * expected:
+                if remaining <= max(SLACK * expected, expected + MIN_GAIN):
                     # Worth a backup later only once overdue on its worker (see _remaining).
-                    later = sent + max(usual or 0.0, SLACK * expected)
+                    later = sent + max(usual or 0.0, SLACK * expected, expected + MIN_GAIN)
                     wake = later if wake is None else min(wake, later)
                     continue
                 sends.append((seat.info.name, job.id, [self._launch(job, record, seat, now, remaining)]))

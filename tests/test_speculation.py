@@ -108,10 +108,18 @@ class SlowNodeTests(SynchronousTestCase):
         """
         cluster = slow_and_fast(8, fast=0.2, slow=5.0)
         master = cluster.nodes["m1"].master
-        # f1 has started the 7 tasks s1 does not hold: what it starts next is the backup; make it slower than s1.
-        cluster.network.run_until(lambda: len(cluster.runners["f1"].runs) == 7, limit=30)
-        self.assertEqual(master.speculation.launched, 0)
-        cluster.runners["f1"]._duration = 60.0
+        runner = cluster.runners["f1"]
+        plain_run = runner.run
+
+        def run(job, assignment):
+            # A second attempt (the backup) takes f1 60 s: s1's copy ends first.
+            runner._duration = 60.0 if assignment.attempt > 1 else 0.2
+            try:
+                return plain_run(job, assignment)
+            finally:
+                runner._duration = 0.2
+
+        runner.run = run
         job = finish(cluster)
         backed_up = cluster.runners["s1"].runs[0][1]
         record = job.tasks[backed_up]

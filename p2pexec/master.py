@@ -335,6 +335,7 @@ class Master:
         batch = Batch(sender, self._workers.get(sender))
         now = self._clock.seconds()
         tasks = job.tasks
+        self.speculation.last_result[sender] = now
         copies = self.speculation.copies
         for result in results:
             record = tasks.get(result.task_id)

@@ -8,7 +8,7 @@ tasks it would finish within L{QUEUE_HORIZON} at that rate: a fast worker of
 instant tasks gets a deep queue (big batches), a worker whose tasks take much
 longer than a round trip gets its slots and no more, so that it never holds
 work that another worker could start sooner.  A worker whose pace is not yet
-known is given its slots: it learns from its first results.
+known is given twice its slots; its first result sets its pace.
 
 The per-kind averages are what L{p2pexec.speculation} compares to decide
 whether a backup copy on another worker would finish first.
@@ -61,11 +61,11 @@ class Pace:
         """
         How many unconfirmed tasks a worker with C{slots} may hold: its
         slots, plus what it finishes in L{QUEUE_HORIZON} at its measured rate
-        (none when a task takes longer than that per slot); just its slots
-        until a rate is known.
+        (none when a task takes longer than that per slot); twice its slots
+        until a rate is known (one batch in hand: its first result sets it).
         """
         mean = self.mean
         if mean is None:
-            return slots
+            return 2 * slots
         rate = slots / max(mean, 1e-5)
         return slots + min(MAX_PREFETCH, int(rate * QUEUE_HORIZON))

@@ -5,8 +5,12 @@ When a kind has no pending task left and a capable worker has a slot that
 holds nothing of this master, the task of that kind that is expected to
 finish last is run a second time on that idle worker, if the copy running
 now is expected to need well over (L{SLACK} times, and L{MIN_GAIN} more than)
-what the idle worker takes for such a task (the workers' paces,
-L{p2pexec.pacing}).  The first result
+what the idle worker takes for such a task.  Expected times are the workers'
+paces (L{p2pexec.pacing}): the running copy needs its worker's usual time for
+the kind less what it has run.  So only a copy on a worker known to be slow
+for the kind is backed up; a worker that has not finished such a task yet,
+or a copy running past its worker's usual time, is not judged (a dead worker
+is found by failure detection, and its tasks run again).  The first result
 wins; the other copy is cancelled (CANCEL_ATTEMPTS) and its late result, if
 one still comes, is dropped as stale: each task keeps exactly one result.
 
@@ -31,7 +35,6 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import attr
-from twisted.internet.interfaces import IDelayedCall
 
 from p2pexec.job import Job, TaskRecord
 from p2pexec.log import NodeLogger
@@ -78,7 +81,8 @@ class Speculation:
         self._sent: dict[str, dict[str, float]] = {}
         """Per job, when each task that may get a backup last went out (the monotonic clock)."""
         self._backed_up: set[Key] = set()
-        self._timer: IDelayedCall | None = None
+        self.last_result: dict[str, float] = {}
+        """When each worker last reported results: a task queued there started no earlier."""
         self.launched = 0
         self.won = 0
 
@@ -115,32 +119,27 @@ class Speculation:
             return []
         candidates = self._candidates(seats, now)
         sends: list[tuple[str, str, list[Assignment]]] = []
-        wake: float | None = None
         for seat in sorted(idle, key=lambda s: s.pace.mean or 0.0):
             free = seat.idle
-            for sent, usual, job, record in candidates:
+            for started, usual, job, record in candidates:
                 if not free:
                     break
                 kind = record.spec.kind
                 expected = seat.pace.expected(kind)
                 if (
                     expected is None
+                    or usual is None
                     or pending.get(kind)
                     or kind not in seat.info.capabilities
                     or record.worker == seat.info.name
                     or (job.id, record.spec.id) in self._backed_up
                 ):
                     continue
-                remaining = _remaining(sent, usual, now)
+                remaining = usual - (now - started)
                 if remaining <= max(SLACK * expected, expected + MIN_GAIN):
-                    # Worth a backup later only once overdue on its worker (see _remaining).
-                    later = sent + max(usual or 0.0, SLACK * expected, expected + MIN_GAIN)
-                    wake = later if wake is None else min(wake, later)
                     continue
                 sends.append((seat.info.name, job.id, [self._launch(job, record, seat, now, remaining)]))
                 free -= 1
-        if wake is not None:
-            self._wake_at(wake, now)
         return sends
 
     def _candidates(
@@ -164,12 +163,16 @@ class Speculation:
                 if record.state is TaskState.DONE or (job_id, task_id) in self._backed_up:
                     del sent[task_id]
                 elif record.state is TaskState.ASSIGNED:
-                    seat = seats.get(record.worker or "")
+                    worker = record.worker or ""
+                    seat = seats.get(worker)
                     usual = None if seat is None else seat.pace.expected(record.spec.kind)
-                    found.append((sent[task_id], usual, job, record))
+                    # It may have waited in the worker's queue: it started once a result freed a slot, at the latest.
+                    started = max(sent[task_id], self.last_result.get(worker, 0.0))
+                    found.append((started, usual, job, record))
             if not sent:
                 del self._sent[job_id]
-        found.sort(key=lambda entry: -_remaining(entry[0], entry[1], now))
+        # The one expected to end last first (those of a worker with no usual time are never backed up).
+        found.sort(key=lambda entry: entry[0] - (entry[1] or 0.0))
         return found
 
     def _launch(self, job: Job, record: TaskRecord, seat: WorkerSeat, now: float, remaining: float) -> Assignment:
@@ -196,14 +199,6 @@ class Speculation:
             expected=seat.pace.expected(record.spec.kind) or 0.0,
         )
         return assignment
-
-    def _wake_at(self, when: float, now: float) -> None:
-        """Look again at C{when} (one timer at a time): a running task becomes overdue then."""
-        if self._timer is not None and self._timer.active():
-            if self._timer.getTime() <= when:
-                return
-            self._timer.cancel()
-        self._timer = self._master._clock.callLater(max(0.0, when - now) + 0.001, self._master.schedule_dispatch)
 
     # -- results ---------------------------------------------------------------------
 
@@ -269,18 +264,7 @@ class Speculation:
 
     def worker_lost(self, name: str) -> None:
         """C{name} is gone, and its seat with it: forget the copies it ran."""
+        self.last_result.pop(name, None)
         for key, copy in list(self.copies.items()):
             if copy.worker == name:
                 del self.copies[key]
-
-
-def _remaining(sent: float, usual: float | None, now: float) -> float:
-    """
-    How long a copy that went out at C{sent} is expected to need still at
-    C{now}: its worker's usual time for the kind less what it has run; once
-    past that (or with no usual time known), as long again as it has run.
-    """
-    age = now - sent
-    if usual is not None and usual > age:
-        return usual - age
-    return age

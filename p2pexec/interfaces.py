@@ -125,6 +125,11 @@ class IPeerHandler(Protocol):
     def held_tasks_queried(self, protocol: PeerProtocol, job: str, epoch: int) -> dict[str, Any]:
         """A job's new leader asks what we hold of it (see L{commands.HeldTasks}); the answer's wire form."""
 
+    def attempts_cancel_requested(
+        self, protocol: PeerProtocol, job: str, attempts: set[tuple[str, int]], epoch: int | None
+    ) -> int:
+        """A job's master stops these attempts here (see L{commands.CancelAttempts}); how many were stopped."""
+
     def submit_part(
         self, protocol: PeerProtocol, tasks: list[Any], defaults: Any, upload: str, final: bool, priority: int | None
     ) -> Any:
@@ -174,6 +179,9 @@ class IWorkerLink(Protocol):
 
     def send_cancel(self, worker: str, job: str) -> None:
         """Tell C{worker} to stop every task of C{job} it holds."""
+
+    def send_cancel_attempts(self, worker: str, job: str, attempts: list[tuple[str, int]]) -> None:
+        """Tell C{worker} to stop these (task id, attempt) of C{job} (a backup's losing copy), if it holds them."""
 
     def query_held(self, worker: str, job: str, epoch: int) -> Deferred[Any]:
         """

@@ -32,7 +32,20 @@ MAX_TASKS = 1_000_000
 MAX_TASK_BYTES = MAX_VALUE_BYTES // 2
 """A single task's wire form must stay under this size."""
 
-_DEFAULTABLE = ("kind", "command", "shell", "cwd", "env", "timeout", "retries", "cpus", "memory", "gpus", "resources")
+_DEFAULTABLE = (
+    "kind",
+    "command",
+    "shell",
+    "cwd",
+    "env",
+    "timeout",
+    "retries",
+    "cpus",
+    "memory",
+    "gpus",
+    "resources",
+    "speculative",
+)
 
 
 class JobFileError(ValueError):

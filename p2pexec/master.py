@@ -10,8 +10,9 @@ Its parts: L{p2pexec.seats} (how much work each worker is given),
 L{p2pexec.recovery} (taking up the journal's jobs after a restart),
 L{p2pexec.confirmations} (the tallies and log lines of reported results),
 L{p2pexec.retries} (the backoff timers of failed tasks),
-L{p2pexec.waiting} (kinds no connected node can run) and
-L{p2pexec.endings} (announcing a job's end, forgetting old jobs).
+L{p2pexec.waiting} (kinds no connected node can run),
+L{p2pexec.endings} (announcing a job's end, forgetting old jobs) and
+L{p2pexec.speculation} (backup copies near the end of a job).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from p2pexec.recovery import Recovery
 from p2pexec.resource_use import QueuedTasks, WaitingFit
 from p2pexec.retries import RetryTimers
 from p2pexec.seats import WorkerSeat
+from p2pexec.speculation import Speculation
 from p2pexec.task_states import TaskEvent, TaskOutput, TaskState
 from p2pexec.waiting import WaitingKinds
 
@@ -70,7 +72,8 @@ class Master:
     (L{p2pexec.task_states.TASK}, through L{Job.fire}); what it answers
     for the master is done in one place, L{_perform}: a worker's seat
     counter (L{WorkerSeat.outstanding<p2pexec.seats.WorkerSeat.outstanding>}) changes only there, on
-    L{TaskOutput.HOLD_SEAT} and L{TaskOutput.RELEASE_SEAT}, and a task
+    L{TaskOutput.HOLD_SEAT} and L{TaskOutput.RELEASE_SEAT} (but for the
+    seat of a backup's other copy, held by L{Speculation}), and a task
     waiting for its retry has its timer in L{RetryTimers}.
 
     @ivar jobs: every job accepted by this node, by id.
@@ -134,6 +137,7 @@ class Master:
         self._job_numbers = itertools.count(1)
         self.assignments_sent = 0
         self.dispatching = True
+        self.speculation = Speculation(self)
 
     # -- jobs -----------------------------------------------------------------
 
@@ -332,6 +336,7 @@ class Master:
         if seat is None:
             return
         self._held.forget(name)
+        self.speculation.worker_lost(name)
         for job in self.unfinished():
             self._lose(job, name, why, count_loss=count_loss)
         self.schedule_dispatch()
@@ -361,14 +366,20 @@ class Master:
         batch = Batch(sender, self._workers.get(sender))
         now = self._clock.seconds()
         tasks = job.tasks
+        self.speculation.last_result[sender] = now
+        copies = self.speculation.copies
         for result in results:
             record = tasks.get(result.task_id)
             if record is None:
                 batch.stale += 1
                 log_stale(self.me.name, job, result, sender)
                 continue
+            if copies and (job_id, result.task_id) in copies:
+                result = self.speculation.claim(job, record, result, sender)
             outputs = job.fire(record, job.result_event(record, result, sender), now, result)
             self._perform(job, record, outputs, batch, result)
+            if copies and (job_id, result.task_id) in copies:
+                self.speculation.settle(job, record)
         self.stale_results += batch.stale
         if self.replication is not None and batch.confirmed:
             self.replication.results_recorded(
@@ -408,21 +419,11 @@ class Master:
         """
         for output in outputs:
             if output is _HOLD_SEAT:
-                seat = self._workers.get(record.worker or "")
-                if seat is not None:
-                    seat.outstanding += 1
-                    if record.spec.request is not None:
-                        seat.used.add(record.spec.request)
-                    self._held.change(seat.info.name, job.priority, 1)
+                self.seat_change(record.worker, job.priority, record.spec, 1)
             elif output is _JOURNAL:
                 self.journal.task_changed(job.id, record)
             elif output is _RELEASE_SEAT:
-                seat = self._workers.get(record.worker or "")
-                if seat is not None:
-                    seat.outstanding -= 1
-                    if record.spec.request is not None:
-                        seat.used.add(record.spec.request, -1)
-                    self._held.change(seat.info.name, job.priority, -1)
+                self.seat_change(record.worker, job.priority, record.spec, -1)
             elif output is _COUNT_RESULT:
                 # Counted by the job; the tasks that run after it may go now, or are skipped.
                 ready, skips = self._gate.finished(job, record)
@@ -454,6 +455,13 @@ class Master:
                     seat.accepting = False
             else:  # pragma: no cover (every output is handled above)
                 raise AssertionError(output)
+
+    def seat_change(self, worker: str | None, priority: int, spec: TaskSpec, delta: int) -> None:
+        """An attempt of C{spec} holds (1) or frees (-1) a seat on C{worker}: its slot, its resources, its level."""
+        seat = self._workers.get(worker or "")
+        if seat is not None:
+            seat.hold(spec.request, delta)
+            self._held.change(seat.info.name, priority, delta)
 
     def _retry_due(self, job: Job, record: TaskRecord) -> None:
         """A task's retry backoff has passed: it goes back to the front of the queue."""
@@ -501,6 +509,7 @@ class Master:
         self._waiting.note(unschedulable, self._queues.kind_view())
         if unfit or self._unfit.noted:
             self._unfit.note(unfit, self._queued.still_pending)
+        sends.extend(self.speculation.dispatched(sends, self._queues.kind_view(), self._workers, self._clock.seconds()))
         if not sends:
             return
         self._commit_and_send(sends)

@@ -37,7 +37,9 @@ MAX_RETRIES = 100
 MAX_PRIORITY = 1_000_000
 """A job's priority is a whole number from -MAX_PRIORITY to MAX_PRIORITY."""
 
-PLAIN_TASK_FIELDS = frozenset({"id", "kind", "command", "shell", "cwd", "env", "timeout", "retries", "after"})
+PLAIN_TASK_FIELDS = frozenset(
+    {"id", "kind", "command", "shell", "cwd", "env", "timeout", "retries", "after", "speculative"}
+)
 """A task's fields other than its resource request (L{TASK_FIELDS}): a task with only these asks for a slot alone."""
 
 _LEADING_LETTERS = re.compile(r"^[A-Za-z]+")
@@ -262,6 +264,9 @@ class TaskSpec:
         when it needs only a slot.
     @ivar after: the ids of the tasks of its job that must succeed before
         it starts (see L{p2pexec.dependencies}).
+    @ivar speculative: whether a backup copy of it may run on another node
+        near the end of its job (see L{p2pexec.speculation}); false for a
+        task that must not run twice at once.
     """
 
     id: str
@@ -276,6 +281,8 @@ class TaskSpec:
     request: Request | None = None
     # -- order (issue 15: dependencies) --
     after: tuple[str, ...] = ()
+    # -- issue 15, tail (p2pexec/speculation.py) --
+    speculative: bool = True
 
     @classmethod
     def instruction(cls, name: str) -> TaskSpec:
@@ -301,6 +308,8 @@ class TaskSpec:
             data.update(self.request.to_wire())
         if self.after:
             data["after"] = list(self.after)
+        if not self.speculative:
+            data["speculative"] = False
         return data
 
     @classmethod
@@ -378,6 +387,8 @@ class TaskSpec:
                 f"{what}: 'after' must be a list of task ids, not {after!r}",
             )
             _require(task_id not in after, f"{what}: 'after' names the task itself")
+        speculative = data.get("speculative", True)
+        _require(isinstance(speculative, bool), f"{what}: 'speculative' must be true or false, not {speculative!r}")
         rest = data.keys() - PLAIN_TASK_FIELDS
         request = None
         if rest:  # a task that asks for no resources pays this one test (W1)
@@ -398,6 +409,7 @@ class TaskSpec:
             retries=retries,
             request=request,
             after=tuple(dict.fromkeys(after)),
+            speculative=speculative,
         )
 
 

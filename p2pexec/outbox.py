@@ -219,6 +219,29 @@ class Outbox:
 
         protocol.callRemote(commands.CancelJob, job=job, epoch=epoch).addErrback(failed)
 
+    def send_cancel_attempts(self, worker: str, job: str, attempts: list[tuple[str, int]]) -> None:
+        """
+        Tell C{worker} (perhaps this node) to stop these attempts of C{job}
+        (CANCEL_ATTEMPTS), if it can be reached: otherwise, or if it fails, the
+        copy runs on and its result is dropped as stale.
+        """
+        me = self._node.info.name
+        epoch = self.epoch_of(job)
+        if worker == me:
+            self._worker.cancel(me, job, Ballot(epoch, me), set(attempts))
+            return
+        protocol = self._connection(worker)
+        if protocol is None:
+            return
+        tasks = [{"id": task, "attempt": attempt} for task, attempt in attempts]
+        protocol.callRemote(commands.CancelAttempts, job=job, tasks=tasks, epoch=epoch).addErrback(
+            lambda f: log.info(
+                "CANCEL_ATTEMPTS to {worker} failed: {error}; its copy runs on",
+                worker=worker,
+                error=f.getErrorMessage(),
+            )
+        )
+
     def _owe_cancel(self, worker: str, job: str, why: str) -> None:
         """Remember to tell C{worker} that C{job} is cancelled once it connects again."""
         owed = self._cancels_owed.setdefault(worker, {})

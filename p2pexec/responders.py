@@ -351,6 +351,14 @@ class Responders:
             f"node {self._node.info.name} is not the master of job {job!r}; send CANCEL_JOB to the node that is"
         )
 
+    def attempts_cancel_requested(
+        self, protocol: PeerProtocol, job: str, attempts: set[tuple[str, int]], epoch: int | None = None
+    ) -> int:
+        """A job's master stops the losing copies of tasks that ran twice (CANCEL_ATTEMPTS)."""
+        assert protocol.peer_name is not None
+        dropped, stopped = self._worker.cancel(protocol.peer_name, job, ballot_of(epoch, protocol.peer_name), attempts)
+        return dropped + stopped
+
     def held_tasks_queried(self, protocol: PeerProtocol, job: str, epoch: int) -> dict[str, Any]:
         """A job's new leader asks what we hold of it (HELD_TASKS): it adopts our part of the job."""
         assert protocol.peer_name is not None

@@ -315,10 +315,7 @@ class Worker:
         else:
             running = maybeDeferred(self._runner.run, entry.job, entry.assignment)
             running.addErrback(self._runner_failed, entry)
-            running.addCallback(self._finished_callback, entry)
-
-    def _finished_callback(self, result: TaskResult, entry: _Attempt) -> None:
-        self._finished(entry, result)
+            running.addCallback(lambda result: self._finished(entry, result))
 
     def _runner_failed(self, failure: Failure, entry: _Attempt) -> TaskResult:
         """
@@ -417,11 +414,14 @@ class Worker:
                 self._fire(entry, AttemptEvent.RESEND)
         return answer
 
-    def cancel(self, master: str, job: str, ballot: Ballot | None = None) -> tuple[int, int]:
+    def cancel(
+        self, master: str, job: str, ballot: Ballot | None = None, only: set[tuple[str, int]] | None = None
+    ) -> tuple[int, int]:
         """
         Stop every task of C{job} from C{master} (from any master, for a
-        leader past epoch 1): queued ones never start, running ones are
-        terminated (their process groups), and none of their results is sent.
+        leader past epoch 1), or C{only} these (task id, attempt): queued ones
+        never start, running ones are terminated (their process groups), and
+        none of their results is sent.
 
         @return: (how many were dropped from the queue, how many were stopped).
         @raise commands.StaleBallot: if a newer ballot than C{ballot} was seen for C{job}.
@@ -437,7 +437,7 @@ class Worker:
                 held += [e for e in entries if e.state is not _CANCELLED and not ATTEMPT.is_final(e.state)]
         seen: set[int] = set()
         for entry in held:
-            if id(entry) in seen or entry.state is _CANCELLED:
+            if id(entry) in seen or entry.state is _CANCELLED or (only is not None and entry.key[2:] not in only):
                 continue
             seen.add(id(entry))
             if entry.state is _QUEUED:
@@ -447,9 +447,10 @@ class Worker:
             self._fire(entry, AttemptEvent.CANCEL)
         self._compact_queue()
         log.info(
-            "Node {name} cancelled job {job} of master {master}: {dropped} queued task(s) dropped, "
+            "Node {name} cancelled {what} of master {master}: {dropped} queued task(s) dropped, "
             "{stopped} running task(s) stopped",
             name=self.name,
+            what=f"job {job}" if only is None else f"{format_ids(sorted(t for t, _ in only))} of job {job}",
             job=job,
             master=master,
             dropped=dropped,
@@ -579,10 +580,7 @@ class Worker:
         self._runner.stop_all()
 
     def settled(self) -> Deferred[None]:
-        """
-        Fires once nothing this worker signalled is left running (see
-        L{ITaskRunner.settled}).
-        """
+        """Fires once nothing this worker signalled is left running (see L{ITaskRunner.settled})."""
         return self._runner.settled()
 
     def _notify_if_idle(self) -> None:

@@ -336,3 +336,18 @@ class ClusterTests(SynchronousTestCase):
         self.assertEqual(runner.most, 2)
         devices = [dict(a.task.env)["CUDA_VISIBLE_DEVICES"] for a in runner.assignments]
         self.assertEqual(sorted(devices), ["0", "0", "1", "1"])
+
+
+class OtherPartsFieldsTests(SynchronousTestCase):
+    """The task fields of the other parts of issue 15 (after, speculative) pass the plain-task fast path."""
+
+    def test_after_and_speculative_ask_for_nothing_and_are_checked(self):
+        """A task using after or speculative asks for no resources; a bad value of either is refused, by name."""
+        spec = TaskSpec.from_wire({"id": "b", "after": ["a"], "speculative": False})
+        self.assertIsNone(spec.request)
+        self.assertEqual((spec.after, spec.speculative), (("a",), False))
+        self.assertEqual(TaskSpec.from_wire(spec.to_wire()), spec)
+        for bad, field in (({"after": "a"}, "after"), ({"after": ["b"]}, "after"), ({"speculative": 1}, "speculative")):
+            with self.assertRaises(ValidationError) as caught:
+                TaskSpec.from_wire({"id": "b", **bad})
+            self.assertIn(f"task 'b': '{field}'", str(caught.exception))

@@ -1,5 +1,5 @@
 """
-The p2pexec benchmark suite, W1-W5 (run by ``make bench``).
+The p2pexec benchmark suite, W1-W8 (run by ``make bench``).
 
     python benchmarks/run.py [--repeat N] [--only W1,W2,W3,W4,W5,W6,W7,W8,SEC] [--replicas N]
                                 [--timeout S] [--keep]

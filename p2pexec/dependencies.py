@@ -24,10 +24,11 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from p2pexec.model import CANCELLED, SKIPPED, TaskResult, TaskSpec, ValidationError
-from p2pexec.task_states import TaskState
+from p2pexec.task_states import TaskEvent, TaskState
 
 if TYPE_CHECKING:
     from p2pexec.job import Job, TaskRecord
+    from p2pexec.master import Master
 
 MAX_NAMED = 10
 """An error lists at most this many unknown ids or tasks of a cycle."""
@@ -223,3 +224,22 @@ def skipped_result(record: TaskRecord, master: str, why: str) -> TaskResult:
     return TaskResult(
         task_id=record.spec.id, attempt=record.attempt, status=SKIPPED, node=record.worker or master, error=why
     )
+
+
+def queue_tasks(master: Master, job: Job, task_ids: list[str], front: bool, skip: Iterable[tuple[str, str]]) -> None:
+    """
+    Queue pending tasks of C{job} on C{master} (in order, last; or C{front}:
+    first), but those that wait for others (its L{Gate}); end those to
+    C{skip} (task, why), and those the gate says to skip, as skipped.
+    """
+    ready, skips = master._gate.admit(job, task_ids)
+    skips = [*skips, *skip]
+    add, tasks, priority, job_id = master._queues.add, job.tasks, job.priority, job.id
+    for task_id in reversed(ready) if front else ready:
+        add(priority, tasks[task_id].spec.kind, job_id, task_id, front)
+    for task_id, why in skips:
+        record = tasks[task_id]
+        if record.state is TaskState.PENDING:
+            result = skipped_result(record, master.me.name, why)
+            master._perform(job, record, job.fire(record, TaskEvent.CANCEL, master._clock.seconds(), result))
+    master.schedule_dispatch()

@@ -27,11 +27,12 @@ from typing import TYPE_CHECKING
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
-from p2pexec import fairshare, leadership, losses
+from p2pexec import dependencies, fairshare, leadership, losses
 from p2pexec.clock import WallClock
 from p2pexec.confirmations import Batch, log_confirmed, log_stale, report_result
-from p2pexec.dependencies import Gate, skipped_result
+from p2pexec.dependencies import Gate
 from p2pexec.endings import JobEndings
+from p2pexec.handout import hand_out
 from p2pexec.interfaces import IJobObserver, IJournal, IWorkerLink
 from p2pexec.job import DEFAULT_MAX_LOSSES, Job, TaskRecord
 from p2pexec.journal import NullJournal
@@ -44,7 +45,7 @@ from p2pexec.resource_use import QueuedTasks, WaitingFit
 from p2pexec.retries import RetryTimers
 from p2pexec.seats import WorkerSeat
 from p2pexec.speculation import Speculation
-from p2pexec.task_states import TaskEvent, TaskOutput, TaskState
+from p2pexec.task_states import TaskEvent, TaskOutput
 from p2pexec.waiting import WaitingKinds
 
 if TYPE_CHECKING:
@@ -248,22 +249,8 @@ class Master:
     def queue_tasks(
         self, job: Job, task_ids: list[str], front: bool = False, skip: Iterable[tuple[str, str]] = ()
     ) -> None:
-        """
-        Queue pending tasks of C{job} (in order, last; or C{front}: first),
-        but those that wait for others (see L{p2pexec.dependencies}); end
-        those to C{skip} (task, why) as skipped.
-        """
-        ready, skips = self._gate.admit(job, task_ids)
-        skips = [*skips, *skip]
-        add, tasks, priority, job_id = self._queues.add, job.tasks, job.priority, job.id
-        for task_id in reversed(ready) if front else ready:
-            add(priority, tasks[task_id].spec.kind, job_id, task_id, front)
-        for task_id, why in skips:
-            record = tasks[task_id]
-            if record.state is _PENDING:
-                result = skipped_result(record, self.me.name, why)
-                self._perform(job, record, job.fire(record, TaskEvent.CANCEL, self._clock.seconds(), result))
-        self.schedule_dispatch()
+        """Queue pending tasks of C{job}, but those that wait for others (see L{p2pexec.dependencies.queue_tasks})."""
+        dependencies.queue_tasks(self, job, task_ids, front, skip)
 
     def unfinished(self) -> list[Job]:
         """The jobs that still have tasks without a result."""
@@ -504,7 +491,7 @@ class Master:
             self._workers,
             self._held,
             self._queued.request_of if asking else None,
-            lambda planned: self._hand_out(planned, sends),
+            lambda planned: hand_out(self, planned, sends),
         )
         self._waiting.note(unschedulable, self._queues.kind_view())
         if unfit or self._unfit.noted:
@@ -513,33 +500,6 @@ class Master:
         if not sends:
             return
         self._commit_and_send(sends)
-
-    def _hand_out(
-        self, assignments: dict[str, list[tuple[str, str]]], sends: list[tuple[str, str, list[Assignment]]]
-    ) -> None:
-        """Start an attempt of each planned task still pending; add them to C{sends} by worker and job."""
-        jobs = self.jobs
-        perform = self._perform
-        for worker, entries in assignments.items():
-            by_job: dict[str, list[Assignment]] = {}
-            for job_id, task_id in entries:
-                # A queue entry may outlive its task's wait (a late result
-                # finished it, or it waits for a retry) and even its job
-                # (forgotten once finished).
-                job = jobs.get(job_id)
-                if job is None:
-                    continue
-                record = job.tasks[task_id]
-                if record.state is not _PENDING:
-                    continue
-                outputs = job.fire(record, _DISPATCH, 0.0)
-                assignment = job.start_attempt(record, worker)
-                perform(job, record, outputs)
-                if job_id in by_job:
-                    by_job[job_id].append(assignment)
-                else:
-                    by_job[job_id] = [assignment]
-            sends.extend((worker, job_id, attempts) for job_id, attempts in by_job.items())
 
     def _commit_and_send(self, sends: list[tuple[str, str, list[Assignment]]]) -> None:
         # Each attempt is in the journal before it goes out to another node.
@@ -603,8 +563,6 @@ class Master:
         return self._queues.count()
 
 
-_PENDING = TaskState.PENDING
-_DISPATCH = TaskEvent.DISPATCH
 _HOLD_SEAT = TaskOutput.HOLD_SEAT
 _RELEASE_SEAT = TaskOutput.RELEASE_SEAT
 _JOURNAL = TaskOutput.JOURNAL

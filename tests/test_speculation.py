@@ -8,7 +8,11 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from p2pexec.model import TaskSpec
 from p2pexec.pacing import Pace
+from p2pexec.resources import NodeResources, Request
 from tests.test_node import Cluster
+
+GIB = 1024**3
+"""A gibibyte."""
 
 
 def tasks(count, speculative=True):
@@ -140,3 +144,24 @@ class SlowNodeTests(SynchronousTestCase):
         ran = [key[1] for runner in cluster.runners.values() for key in runner.runs]
         self.assertEqual(sorted(ran), sorted(set(ran)), "no task started twice")
         self.assertGreaterEqual(job.finished - job.started, 4.0)
+
+
+class BackupResourcesTests(SynchronousTestCase):
+    """A backup copy respects what the task asks for (issue 15's resources), as any assignment does."""
+
+    def test_no_backup_on_a_node_too_small_for_the_task(self):
+        """
+        The last task asks for 4 CPUs, which only the slow node s1 has: when
+        it runs there and f1 is idle, no backup goes to f1 (2 CPUs), which
+        would refuse it; the task runs once, on s1.
+        """
+        specs = tasks(45) + (TaskSpec(id="big", kind="w", command=("true",), request=Request(cpus=4)),)
+        cluster = Cluster()
+        cluster.add_master(specs)
+        cluster.add("f1", capabilities=frozenset({"w"}), slots=4, duration=0.2, resources=NodeResources(2.0, GIB))
+        cluster.add("s1", capabilities=frozenset({"w"}), slots=1, duration=2.0, resources=NodeResources(4.0, GIB))
+        job = finish(cluster)
+        self.assertEqual((job.succeeded, job.failed), (46, 0))
+        self.assertEqual(job.tasks["big"].result.node, "s1")
+        self.assertEqual(cluster.nodes["m1"].master.speculation.launched, 0)
+        self.assertNotIn("big", [key[1] for key in cluster.runners["f1"].runs])

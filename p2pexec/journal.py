@@ -38,6 +38,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from p2pexec.interfaces import IJobState, ITaskState
 from p2pexec.journal_health import JournalError, JournalProblem, JournalWriteError, write_failure_reason
 from p2pexec.journal_schema import (
+    JOB_COLUMNS,
     JOURNAL_FILE,
     TASK_COLUMN_NAMES,
     TASK_COLUMNS,
@@ -300,8 +301,8 @@ class Journal:
             with transaction(db):
                 for job in new_jobs.values():
                     db.execute(
-                        "INSERT OR REPLACE INTO jobs (id, source, started, finished, cancelled) VALUES (?, ?, ?, ?, ?)",
-                        (job.id, job.source, job.started_at, job.finished_at, int(job.cancelled)),
+                        f"INSERT OR REPLACE INTO jobs ({JOB_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+                        (job.id, job.source, job.started_at, int(job.cancelled), job.finished_at, job.priority),
                     )
                     db.executemany(
                         f"INSERT OR REPLACE INTO tasks (job, id, seq, kind, spec, {TASK_COLUMNS}) "
@@ -449,7 +450,7 @@ class Journal:
         if self._db is None:
             return []
         rows = self._db.execute(
-            "SELECT id, source, started, cancelled, finished FROM jobs WHERE finished IS NULL ORDER BY started, id"
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE finished IS NULL ORDER BY started, id"
         ).fetchall()
         return [self._read_job(*row) for row in rows]
 
@@ -464,14 +465,14 @@ class Journal:
         if self._db is None:
             return None
         row = self._db.execute(
-            "SELECT id, source, started, cancelled, finished FROM jobs WHERE source = ? AND finished IS NOT NULL "
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE source = ? AND finished IS NOT NULL "
             "ORDER BY finished DESC, id DESC LIMIT 1",
             (source,),
         ).fetchone()
         return None if row is None else self._read_job(*row)
 
     def _read_job(
-        self, job_id: str, source: str | None, started: float, cancelled: int, finished: float | None
+        self, job_id: str, source: str | None, started: float, cancelled: int, finished: float | None, priority: int
     ) -> StoredJob:
         """One job and its tasks, read back from the database."""
         assert self._db is not None
@@ -487,9 +488,7 @@ class Journal:
                     f"journal {self.path}: job {job_id} has a task that cannot be read back ({e}); "
                     f"the file was left untouched"
                 ) from e
-        return StoredJob(
-            id=job_id, source=source, started=started, cancelled=bool(cancelled), tasks=tasks, finished=finished
-        )
+        return StoredJob(job_id, source, started, bool(cancelled), tasks, finished, priority)
 
     def replica_batches(self, job: str) -> list[Batch]:
         """The batches of C{job}'s log this node holds (written or waiting to be), in the order it took them."""

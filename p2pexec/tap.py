@@ -21,7 +21,7 @@ from twisted.application.service import IService
 from twisted.internet.error import ReactorNotRunning
 from twisted.python import usage
 
-from p2pexec import datagram
+from p2pexec import datagram, resources
 from p2pexec.auth import KeyFileError, load_key
 from p2pexec.clock import use_monotonic_time
 from p2pexec.executor import DEFAULT_KILL_GRACE, ProcessExecutor
@@ -222,6 +222,9 @@ class Options(usage.Options):
         ],
     ]
 
+    optParameters += resources.TAP_OPTIONS
+    opt_resource = resources.opt_resource
+
     def __init__(self) -> None:
         super().__init__()
         self["peer"] = []
@@ -290,6 +293,12 @@ class Options(usage.Options):
             self["slots"] = os.cpu_count() or 1
         else:
             self["slots"] = _parse_int("--slots", self["slots"], 1, 10_000)
+        try:
+            self["node_resources"] = resources.from_options(
+                self["cpus"], self["memory"], self["gpus"], self.get("resource", [])
+            )
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
         try:
             interface = ipaddress.IPv4Address(self["interface"])
         except ValueError:
@@ -393,13 +402,14 @@ class Options(usage.Options):
             capabilities=tuple(sorted(self["capability_set"])),
             slots=self["slots"],
             cluster=self["cluster"],
+            resources=self["node_resources"],
         )
         try:
             datagram.encode(datagram.Datagram(type=datagram.DISCOVER, node=widest))
         except datagram.DatagramError as e:
             raise usage.UsageError(
-                f"--capabilities: this node's description would not fit in one discovery datagram "
-                f"({e.detail}); use fewer or shorter task kinds"
+                f"--capabilities, --gpus, --resource: this node's description would not fit in one discovery datagram "
+                f"({e.detail}); use fewer or shorter task kinds or resources"
             ) from None
 
 
@@ -413,6 +423,7 @@ def config_from_options(options: Options) -> NodeConfig:
         cluster=options["cluster"],
         capabilities=options["capability_set"],
         slots=options["slots"],
+        resources=options["node_resources"],
         tasks=options["task_specs"],
         results=options["results"],
         drain_timeout=options["drain-timeout"],

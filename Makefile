@@ -39,7 +39,7 @@ test: install lint
 test-pytest: install
 	$(BIN)/python -m pytest tests
 
-## bench: the benchmark suite W1-W5, W7 and W9 on loopback (docs/performance.rst)
+## bench: the benchmark suite W1-W9 on loopback (docs/performance.rst)
 bench: install
 	$(BIN)/python benchmarks/run.py
 

@@ -152,6 +152,7 @@ def start_node(
     slots: int | None = None,
     timestamps: bool = True,
     plugin: str = "p2pexec",
+    env: dict[str, str] | None = None,
 ) -> Node:
     """
     Start one node in C{folder}, its output going to C{<name>.log} there.
@@ -163,6 +164,7 @@ def start_node(
         twistd's default logger.
     @param plugin: the twistd plugin to run: C{p2pexec}, or C{p2pexec-floor}
         (C{benchmarks/_floor}: a bare node, the floor under W3).
+    @param env: variables added to the node's environment (its tasks inherit them).
     """
     log_path = os.path.join(folder, f"{name}.log")
     argv = [TWISTD, "--pidfile=", "-n"]
@@ -197,7 +199,7 @@ def start_node(
     if "--tls" not in options:
         # As a default install, which has no pyOpenSSL (see _without_tls).
         path = os.path.join(HERE, "_without_tls") + os.pathsep + path
-    env = dict(os.environ, PYTHONPATH=path)
+    env = dict(os.environ, **(env or {}), PYTHONPATH=path)
     with open(log_path, "wb") as out:
         process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=folder, env=env)
     node = Node(name, process, log_path)

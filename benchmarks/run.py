@@ -1,7 +1,7 @@
 """
-The p2pexec benchmark suite, W1-W5 (run by ``make bench``).
+The p2pexec benchmark suite, W1-W9 (run by ``make bench``).
 
-    python benchmarks/run.py [--repeat N] [--only W1,W2,W3,W4,W5,W7,W9,SEC] [--replicas N]
+    python benchmarks/run.py [--repeat N] [--only W1,W2,W3,W4,W5,W6,W7,W8,W9,SEC] [--replicas N]
                                 [--timeout S] [--keep]
 
 Every workload runs real ``twistd p2pexec`` processes on loopback (see
@@ -34,6 +34,13 @@ summarised.
       master (runs nothing) + 2 workers ``--slots 2``; one worker SIGKILLed
       at 30%: time, tasks lost, tasks run twice, time / the same without the
       kill.
+  W6  60 shell tasks of 0.2 s on two workers of kind ``s``: one with 4 slots,
+      one with 1 slot whose tasks take 1.0 s (five times slower); makespan
+      against the ideal balance computed in the same repetition from the
+      fast node alone and both nodes' measured rates (benchmarks/slownode.py).
+  W8  two jobs of 200 x ``sleep 0.05`` from two masters (which run nothing)
+      over 2 workers x 2 slots, submitted 0.5 s apart: each job's share of
+      the slot-time while both run (benchmarks/w8.py).
   W9  "parallel habits": ``p2pexec run --kind sh -- echo {} ::: 1..2000``
       end to end (the client process, one node --slots 2 already up)
       against ``parallel -j2 echo ::: 1..2000`` and ``xargs -P2 -n1 echo``
@@ -61,6 +68,8 @@ from collections.abc import Callable
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import habits  # noqa: E402
+import slownode  # noqa: E402
+import w8  # noqa: E402
 import workloads  # noqa: E402
 from _cluster import (  # noqa: E402
     NODE_OPTIONS,
@@ -77,9 +86,9 @@ from _cluster import (  # noqa: E402
     summary,
 )
 
-WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W7", "W9", "SEC")
+WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8", "W9", "SEC")
 """SEC, not run by default: W1 again with a cluster key, and with the key and TLS, each against plain W1 of the same repetition."""
-DEFAULT_WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W7", "W9")
+DEFAULT_WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8", "W9")
 MiB = 1024 * 1024
 
 DASK_REFERENCE = 950.0
@@ -99,6 +108,9 @@ class Suite:
         self.top = top
         self.files = workloads.Files(top, args.w1_tasks, args.w2_tasks, args.w5_tasks)
         self.runs: dict[str, list[dict]] = {}
+        self.w6_side = os.path.join(top, "w6-side.txt")
+        self.w6_job = os.path.join(top, "w6.toml")
+        slownode.write_job(self.w6_job, self.w6_side)
 
     def _folder(self, name: str, repeat: int) -> str:
         folder = os.path.join(self.top, f"{repeat}-{name}")
@@ -218,6 +230,17 @@ class Suite:
                     f"ratio {r['elapsed'] / self.runs['W5'][-1]['elapsed']:.2f}"
                 ),
             )
+        if "W6" in only:
+            self._one(
+                "W6",
+                number,
+                lambda d: slownode.w6(d, self.w6_job, self.w6_side, a.timeout),
+                lambda r: (
+                    f"both nodes {r['elapsed']:.3f}s  fast node alone {r['alone']:.3f}s  ideal {r['ideal']:.3f}s  "
+                    f"ratio {r['ratio']:.2f}  (rates {r['fast_rate']:.1f} + {r['slow_rate']:.2f} tasks/s; slow node "
+                    f"started {r['slow_starts']}, finished {r['slow_ends']}; tasks started twice {r['twice']})"
+                ),
+            )
         if "W7" in only:
             self._one(
                 "W7",
@@ -235,6 +258,19 @@ class Suite:
                     f"resumed {r['resume'] * 1000:.0f} ms after it saw the master die  "
                     f"result through {r['asked']} ({r['answered_by']}, epoch {r['epoch']})  "
                     f"ratio {r['elapsed'] / self.runs['W7'][-1]['elapsed']:.2f}"
+                ),
+            )
+
+        if "W8" in only:
+            self._one(
+                "W8",
+                number,
+                lambda d: w8.w8(d, a.timeout),
+                lambda r: (
+                    f"first job's share while both run {r['share']:.1%} "
+                    f"(bench1 {r['share_bench1']:.1%}, bench2 {r['share_bench2']:.1%}) over {r['window']:.2f}s, "
+                    f"{r['busy'] / r['window']:.2f} of 4 slots busy; elapsed {r['first_elapsed']:.2f}s and "
+                    f"{r['second_elapsed']:.2f}s"
                 ),
             )
 
@@ -417,6 +453,19 @@ class Suite:
                 judge=max(r["reruns"] for r in w5k),
             )
             add("W5", "tasks handed out again (kill)", [r["reassigned"] for r in w5k], "d")
+        w6 = self.runs.get("W6", [])
+        if w6:
+            add(
+                "W6",
+                f"makespan s, {slownode.TASKS} x 0.2 s, fast 4 slots + slow 1 slot x5",
+                [r["elapsed"] for r in w6],
+                ".3f",
+            )
+            add("W6", "  the fast node alone s", [r["alone"] for r in w6], ".3f")
+            add("W6", "  ideal balance s (same repetition)", [r["ideal"] for r in w6], ".3f")
+            add("W6", "ratio makespan / ideal", [r["ratio"] for r in w6], ".2f", "<= 1.15", lambda v: v <= 1.15)
+            add("W6", "  tasks started on the slow node", [r["slow_starts"] for r in w6], "d")
+            add("W6", "  tasks started twice (backups)", [r["twice"] for r in w6], "d")
         w7, w7k = self.runs.get("W7", []), self.runs.get("W7kill", [])
         if w7 and w7k:
             add("W7", f"no kill s, {a.w5_tasks:,} x sleep 0.01, --replicas 2", [r["elapsed"] for r in w7], ".3f")
@@ -459,6 +508,22 @@ class Suite:
                 judge=max(r["resume"] for r in w7k),
             )
             add("W7", "tasks handed out again (kill)", [r["reassigned"] for r in w7k], "d")
+        w8runs = self.runs.get("W8", [])
+        if w8runs:
+            low, high = 0.5 - w8.W8_TARGET, 0.5 + w8.W8_TARGET
+            add(
+                "W8",
+                "first job's share of the slot-time while both run",
+                [r["share"] for r in w8runs],
+                ".3f",
+                f"{low:.2f}-{high:.2f} in every run",
+                lambda v: low <= v <= high,
+                judge=max((r["share"] for r in w8runs), key=lambda v: abs(v - 0.5)),
+            )
+            for worker in workloads.WORKERS:
+                add("W8", f"  on {worker}", [r[f"share_{worker}"] for r in w8runs], ".3f")
+            add("W8", "  slots busy while both run (of 4)", [r["busy"] / r["window"] for r in w8runs], ".2f")
+            add("W8", "  seconds both ran", [r["window"] for r in w8runs], ".2f")
         return rows
 
 
@@ -480,7 +545,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only",
         default=",".join(DEFAULT_WORKLOADS),
-        help="workloads to run (default W1,W2,W3,W4,W5,W7; SEC adds W1 with a cluster key and with TLS, and needs W1)",
+        help="workloads to run (default W1,W2,W3,W4,W5,W6,W7,W8; SEC adds W1 with a cluster key and with TLS, and needs W1)",
     )
     parser.add_argument(
         "--replicas",
@@ -556,7 +621,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         "W3: master + 2 workers launched together; W4 read in the W1 runs; W7: W5's job, every node --replicas 2, "
-        "the master killed. Details: benchmarks/workloads.py, docs/performance.rst."
+        "the master killed; W8: 2 masters + 2 workers x 2 slots. Details: benchmarks/workloads.py, docs/performance.rst."
     )
     print(f"total {time.monotonic() - started:.0f}s")
     if args.keep:

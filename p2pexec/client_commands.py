@@ -89,13 +89,13 @@ class ClientCommands(amp.CommandLocator):
         )
 
     @commands.SubmitJob.responder
-    def _submit_job(self, tasks: Any, defaults: Any, upload: str, final: bool) -> Any:
+    def _submit_job(self, tasks: Any, defaults: Any, upload: str, final: bool, priority: int | None = None) -> Any:
         self.require_owner("SUBMIT_JOB")
         if not isinstance(tasks, list):
             raise bad_arguments(self.describe(), "SUBMIT_JOB", ValueError("'tasks' must be a list of task objects"))
         if defaults is not None and not isinstance(defaults, dict):
             raise bad_arguments(self.describe(), "SUBMIT_JOB", ValueError("'defaults' must be an object"))
-        return self._handler.submit_part(cast("PeerProtocol", self), tasks, defaults, upload, final)
+        return self._handler.submit_part(cast("PeerProtocol", self), tasks, defaults, upload, final, priority)
 
     def _follows(self, job: str) -> bool:
         """Whether to ask another node about C{job}: a client asked, and this node does not lead it."""

@@ -11,6 +11,7 @@ import attr
 
 from p2pexec.job import DEFAULT_MAX_LOSSES
 from p2pexec.model import TaskSpec
+from p2pexec.resources import NodeResources
 
 
 @attr.s(frozen=True, auto_attribs=True)
@@ -58,3 +59,6 @@ class NodeConfig:
     0, the default here, replicates nothing: not one extra message (see docs/reliability.rst)."""
     takeover_grace: float = 0.2
     """Seconds per rank a successor waits, after its job's master is lost, before it takes the job over."""
+    # -- resources (issue 15) --
+    resources: NodeResources | None = None
+    """What the node has for its tasks (C{--cpus}, C{--memory}, C{--gpus}, C{--resource}); C{None}: only slots."""

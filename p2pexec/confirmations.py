@@ -12,12 +12,15 @@ from typing import TYPE_CHECKING
 
 from p2pexec.job import Job, TaskRecord
 from p2pexec.log import MAX_IDS_IN_LOG, NodeLogger, format_ids
-from p2pexec.model import TaskResult
+from p2pexec.model import FAILED, SUCCEEDED, TaskResult
 from p2pexec.seats import WorkerSeat
 from p2pexec.task_states import TaskOutput
 
 if TYPE_CHECKING:
     from p2pexec.master import Master
+
+_PACED = frozenset({SUCCEEDED, FAILED})
+"""The results whose run time is folded into their worker's pace (see L{p2pexec.pacing})."""
 
 log = NodeLogger(namespace="p2pexec.master")
 """The master's logger: these lines are the master's, wherever its code lives."""
@@ -52,13 +55,14 @@ class Batch:
 
 
 def report_result(job: Job, result: TaskResult, batch: Batch, listeners: list[Callable[[TaskResult], None]]) -> None:
-    """A worker's result became its task's: tell the listeners, fold its duration into the seat, log a failure."""
+    """A worker's result became its task's: tell the listeners, fold its run time into the worker's pace, log a failure."""
     batch.applied += 1
     batch.confirmed.append(result.task_id)
     for listener in listeners:
         listener(result)
-    if batch.seat is not None:
-        batch.seat.record_duration(result.duration)
+    if batch.seat is not None and result.status in _PACED:
+        # A timed-out run says how long the timeout is, not how fast the worker is.
+        batch.seat.pace.record(result.duration, job.tasks[result.task_id].spec.kind)
     if not result.succeeded:
         log.warn(
             "Task {task} of job {job} {status} on {worker}: {detail}",

@@ -12,7 +12,7 @@ from twisted.internet.defer import Deferred
 
 from p2pexec import commands
 from p2pexec.failover import Deposed
-from p2pexec.jobfile import JobFileError, parse_job
+from p2pexec.jobfile import JobFileError, job_priority, parse_job
 from p2pexec.journal_health import JournalError
 from p2pexec.log import NodeLogger
 from p2pexec.model import ValidationError
@@ -43,10 +43,12 @@ class Intake:
         self._master = master
         self._journal = journal
 
-    def submit(self, tasks: list[Any], defaults: Any = None, label: str = "submitted job") -> Deferred[str]:
+    def submit(
+        self, tasks: list[Any], defaults: Any = None, label: str = "submitted job", job: Any = None
+    ) -> Deferred[str]:
         """
-        Accept a job given as job-file task objects (and [defaults]); fire
-        with its id once it is in the journal.
+        Accept a job given as job-file task objects (and [defaults], and
+        [job]: its C{priority}); fire with its id once it is in the journal.
 
         @raise commands.BadJob: naming the task and field at fault.
         @raise commands.ShuttingDown: if the node is leaving.
@@ -60,13 +62,15 @@ class Intake:
         document: dict[str, Any] = {"task": tasks}
         if defaults:
             document["defaults"] = defaults
+        if job is not None:
+            document["job"] = job
         try:
             specs = parse_job(document, label=label)
         except JobFileError as e:
             raise commands.BadJob(str(e)) from None
         self._check_journal()
         try:
-            job = self._master.submit(specs)
+            job = self._master.submit(specs, priority=job_priority(document))
         except ValidationError as e:  # an all_nodes task's copy named as another task (p2pexec.placement)
             raise commands.BadJob(f"{label}: {e}") from None
         # Written now, not after the group-commit delay: a job that cannot
@@ -97,11 +101,13 @@ class Intake:
             log.warn("Node {name} refused a job: {problem}", name=name, problem=problem.describe())
             raise commands.JournalUnwritable(f"node {name} takes no new job: {problem.describe()}")
 
-    def submit_part(self, owner: object, tasks: list[Any], defaults: Any, upload: str, final: bool) -> Any:
+    def submit_part(
+        self, owner: object, tasks: list[Any], defaults: Any, upload: str, final: bool, priority: int | None = None
+    ) -> Any:
         """
         SUBMIT_JOB in parts: collect the tasks of an upload (which belongs to
         the connection C{owner} that started it, and is dropped with it);
-        submit them with the last part.  Every part must carry the first
+        submit them with the last part (and its C{priority}).  Every part must carry the first
         part's C{defaults} (C{null} and C{{}} alike mean none): a part whose
         defaults differ is refused, and the upload is dropped.
         """
@@ -125,7 +131,8 @@ class Intake:
             upload = f"{self._node.info.instance[:8]}-{self._upload_numbers}"
             self._uploads[upload] = (owner, collected, defaults)
             return {"upload": upload, "job": ""}
-        return self.submit(collected, defaults).addCallback(lambda job_id: {"upload": "", "job": job_id})
+        job = None if priority is None else {"priority": priority}
+        return self.submit(collected, defaults, job=job).addCallback(lambda job_id: {"upload": "", "job": job_id})
 
     def drop_uploads(self, owner: object) -> None:
         """The connection C{owner} closed: forget the uploads it started."""

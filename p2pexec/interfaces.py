@@ -132,7 +132,14 @@ class IPeerHandler(Protocol):
     def held_tasks_queried(self, protocol: PeerProtocol, job: str, epoch: int) -> dict[str, Any]:
         """A job's new leader asks what we hold of it (see L{commands.HeldTasks}); the answer's wire form."""
 
-    def submit_part(self, protocol: PeerProtocol, tasks: list[Any], defaults: Any, upload: str, final: bool) -> Any:
+    def attempts_cancel_requested(
+        self, protocol: PeerProtocol, job: str, attempts: set[tuple[str, int]], epoch: int | None
+    ) -> int:
+        """A job's master stops these attempts here (see L{commands.CancelAttempts}); how many were stopped."""
+
+    def submit_part(
+        self, protocol: PeerProtocol, tasks: list[Any], defaults: Any, upload: str, final: bool, priority: int | None
+    ) -> Any:
         """A part of a submitted job (see L{commands.SubmitJob}); the answer, or a Deferred of it."""
 
     def jobs_status(self) -> list[dict[str, Any]]:
@@ -179,6 +186,9 @@ class IWorkerLink(Protocol):
 
     def send_cancel(self, worker: str, job: str) -> None:
         """Tell C{worker} to stop every task of C{job} it holds."""
+
+    def send_cancel_attempts(self, worker: str, job: str, attempts: list[tuple[str, int]]) -> None:
+        """Tell C{worker} to stop these (task id, attempt) of C{job} (a backup's losing copy), if it holds them."""
 
     def query_held(self, worker: str, job: str, epoch: int) -> Deferred[Any]:
         """
@@ -244,6 +254,8 @@ class IJobState(Protocol):
     started_at: float
     """When it was accepted, by the wall clock (seconds since the epoch)."""
     cancelled: bool
+    priority: int
+    """Higher runs first (see L{p2pexec.fairshare})."""
     tasks: dict[str, Any]
 
     @property
@@ -374,7 +386,9 @@ class IWebNode(Protocol):
     def master(self) -> IWebMaster:
         """The jobs this node is master of."""
 
-    def submit(self, tasks: list[Any], defaults: Any = None, label: str = "submitted job") -> Deferred[str]:
+    def submit(
+        self, tasks: list[Any], defaults: Any = None, label: str = "submitted job", job: Any = None
+    ) -> Deferred[str]:
         """Accept a job; fire with its id once journaled (see L{p2pexec.intake.Intake.submit})."""
 
 

@@ -16,12 +16,13 @@ and kept in the journal, never subtracted from each other.
 from __future__ import annotations
 
 import enum
+import functools
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import attr
 
-from p2pexec.model import CANCELLED, FAILED, RETURNED, Assignment, TaskResult, TaskSpec
+from p2pexec.model import CANCELLED, FAILED, RETURNED, SKIPPED, Assignment, TaskResult, TaskSpec
 from p2pexec.task_states import JOURNAL_NAMES, TASK, TaskEvent, TaskOutput, TaskState
 
 __all__ = ["DEFAULT_MAX_LOSSES", "Job", "TaskRecord", "TaskState", "Verdict", "verdict_of"]
@@ -126,6 +127,11 @@ class Job:
         self.succeeded = 0
         self.failed = 0
         self.stale = 0
+        # -- order (issue 15) --
+        self.skipped = 0
+        """Tasks that never ran: a task they run after did not succeed (see L{p2pexec.dependencies})."""
+        self.priority = 0
+        """Higher runs first (see L{p2pexec.fairshare})."""
 
     @classmethod
     def restore(
@@ -152,6 +158,8 @@ class Job:
             if record.state is TaskState.DONE and record.result is not None:
                 if record.result.succeeded:
                     job.succeeded += 1
+                elif record.result.status == SKIPPED:
+                    job.skipped += 1
                 else:
                     job.failed += 1
         return job
@@ -177,7 +185,7 @@ class Job:
     @property
     def done(self) -> bool:
         """Whether every task has a result."""
-        return self.succeeded + self.failed == len(self.tasks)
+        return self.succeeded + self.failed + self.skipped == len(self.tasks)
 
     # -- the task machine ----------------------------------------------------
 
@@ -202,6 +210,8 @@ class Job:
                 assert record.result is not None
                 if record.result.succeeded:
                     self.succeeded += 1
+                elif record.result.status == SKIPPED:
+                    self.skipped += 1
                 else:
                     self.failed += 1
                 if self.done:
@@ -238,7 +248,7 @@ class Job:
         record.attempt += 1
         record.worker = worker
         self.participants.add(worker)
-        return Assignment(task=record.spec, attempt=record.attempt)
+        return Assignment(task=record.spec, attempt=record.attempt, priority=self.priority)
 
     # -- as events ------------------------------------------------------------
 
@@ -252,6 +262,17 @@ class Job:
     def is_pending(self, task_id: str) -> bool:
         """Whether C{task_id} waits for a worker."""
         return self.tasks[task_id].state is TaskState.PENDING
+
+    # -- resources (issue 15) --
+    @functools.cached_property
+    def asks_resources(self) -> bool:
+        """
+        Whether any of its tasks asks for CPUs, memory, GPUs or named
+        resources (see L{p2pexec.resources}); while no job does, the master
+        schedules by slots alone.  Worked out on first use, once every task
+        is in (after L{restore} too): its tasks never change after that.
+        """
+        return any(record.spec.request is not None for record in self.tasks.values())
 
     def apply(self, result: TaskResult, now: float, sender: str | None = None) -> Verdict:
         """
@@ -412,6 +433,8 @@ class Job:
                 if output is TaskOutput.UNCOUNT_RESULT and record.result is not None:
                     if record.result.succeeded:
                         self.succeeded -= 1
+                    elif record.result.status == SKIPPED:
+                        self.skipped -= 1
                     else:
                         self.failed -= 1
                     record.result = None
@@ -464,6 +487,7 @@ class Job:
             "job": self.id,
             "succeeded": self.succeeded,
             "failed": self.failed,
+            "skipped": self.skipped,
             "total": len(self.tasks),
             "elapsed": round(self.elapsed(now), 6),
             "cancelled": self.cancelled,

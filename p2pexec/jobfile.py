@@ -21,7 +21,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from p2pexec import dependencies
 from p2pexec.commands import MAX_VALUE_BYTES
+from p2pexec.fairshare import parse_priority
 from p2pexec.model import TaskSpec, ValidationError
 
 MAX_TASKS = 1_000_000
@@ -30,7 +32,22 @@ MAX_TASKS = 1_000_000
 MAX_TASK_BYTES = MAX_VALUE_BYTES // 2
 """A single task's wire form must stay under this size."""
 
-_DEFAULTABLE = ("kind", "command", "shell", "cwd", "env", "timeout", "retries", "node", "all_nodes")
+_DEFAULTABLE = (
+    "kind",
+    "command",
+    "shell",
+    "cwd",
+    "env",
+    "timeout",
+    "retries",
+    "node",
+    "all_nodes",
+    "cpus",
+    "memory",
+    "gpus",
+    "resources",
+    "speculative",
+)
 
 
 class JobFileError(ValueError):
@@ -128,4 +145,29 @@ def parse_job(data: dict[str, Any], source: str = "<job>", label: str | None = N
         if size > MAX_TASK_BYTES:
             raise JobFileError(f"{at}: the task is {size} bytes, over the {MAX_TASK_BYTES}-byte limit")
         specs.append(spec)
+    try:
+        dependencies.check(specs)
+        job_priority(data, where)
+    except ValidationError as e:
+        raise JobFileError(f"{where}: {e}") from None
     return specs
+
+
+def job_priority(data: dict[str, Any], where: str = "job") -> int:
+    """
+    The priority a job document's C{[job]} table sets (0 without one).
+
+    @raise ValidationError: for a C{[job]} that is not a table, or a bad priority.
+    """
+    table = data.get("job", {})
+    if not isinstance(table, dict):
+        raise ValidationError("[job] must be a table")
+    return parse_priority(table.get("priority"), "[job]")
+
+
+def load_job_priority(path: str) -> int:
+    """The priority set in the job file at C{path} (read after L{load_job_file} accepted it)."""
+    import tomllib
+
+    with open(path, "rb") as f:
+        return job_priority(tomllib.load(f), f"job file {path}")

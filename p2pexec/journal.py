@@ -21,12 +21,13 @@ Only one node may use a state directory at a time: a lock file enforces it.
 
 The file itself (its schema, its rows, opening and checking it) is
 L{p2pexec.journal_schema}; what is wrong when it cannot be used or written
-is L{p2pexec.journal_health}.
+is L{p2pexec.journal_health}; the replicated logs a node holds in it (as a
+replica, or as their master) are read, written and pruned by
+L{p2pexec.journal_replicas}.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable
@@ -37,7 +38,9 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from p2pexec.interfaces import IJobState, ITaskState
 from p2pexec.journal_health import JournalError, JournalProblem, JournalWriteError, write_failure_reason
+from p2pexec.journal_replicas import prune_replica_logs, read_batches, read_logs, write_replicas
 from p2pexec.journal_schema import (
+    JOB_COLUMNS,
     JOURNAL_FILE,
     TASK_COLUMN_NAMES,
     TASK_COLUMNS,
@@ -300,8 +303,8 @@ class Journal:
             with transaction(db):
                 for job in new_jobs.values():
                     db.execute(
-                        "INSERT OR REPLACE INTO jobs (id, source, started, finished, cancelled) VALUES (?, ?, ?, ?, ?)",
-                        (job.id, job.source, job.started_at, job.finished_at, int(job.cancelled)),
+                        f"INSERT OR REPLACE INTO jobs ({JOB_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+                        (job.id, job.source, job.started_at, int(job.cancelled), job.finished_at, job.priority),
                     )
                     db.executemany(
                         f"INSERT OR REPLACE INTO tasks (job, id, seq, kind, spec, {TASK_COLUMNS}) "
@@ -339,24 +342,8 @@ class Journal:
                         "UPDATE jobs SET finished = ?, cancelled = ? WHERE id = ?",
                         (job.finished_at, int(job.cancelled), job.id),
                     )
-                if replica_ballots:
-                    db.executemany(
-                        "INSERT OR REPLACE INTO replica_jobs (job, promised_epoch, promised_node, accepted_epoch, "
-                        "accepted_node) VALUES (?, ?, ?, ?, ?)",
-                        (
-                            (job, *_ballot_columns(promised), *_ballot_columns(accepted))
-                            for job, (promised, accepted) in replica_ballots.items()
-                        ),
-                    )
-                if replica_batches:
-                    db.executemany(
-                        "INSERT INTO replica_batches (job, epoch, node, first_seq, last_seq, records) "
-                        "VALUES (?, ?, ?, ?, ?, ?)",
-                        (
-                            (job, b.ballot.epoch, b.ballot.node, b.first_seq, b.last_seq, b.raw)
-                            for job, b in replica_batches
-                        ),
-                    )
+                if replica_ballots or replica_batches:
+                    write_replicas(db, replica_ballots, replica_batches)
                 if self.problem is not None:
                     db.execute(
                         "INSERT OR REPLACE INTO meta (key, value) VALUES ('written_again', ?)", (str(time.time()),)
@@ -449,7 +436,7 @@ class Journal:
         if self._db is None:
             return []
         rows = self._db.execute(
-            "SELECT id, source, started, cancelled, finished FROM jobs WHERE finished IS NULL ORDER BY started, id"
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE finished IS NULL ORDER BY started, id"
         ).fetchall()
         return [self._read_job(*row) for row in rows]
 
@@ -464,14 +451,14 @@ class Journal:
         if self._db is None:
             return None
         row = self._db.execute(
-            "SELECT id, source, started, cancelled, finished FROM jobs WHERE source = ? AND finished IS NOT NULL "
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE source = ? AND finished IS NOT NULL "
             "ORDER BY finished DESC, id DESC LIMIT 1",
             (source,),
         ).fetchone()
         return None if row is None else self._read_job(*row)
 
     def _read_job(
-        self, job_id: str, source: str | None, started: float, cancelled: int, finished: float | None
+        self, job_id: str, source: str | None, started: float, cancelled: int, finished: float | None, priority: int
     ) -> StoredJob:
         """One job and its tasks, read back from the database."""
         assert self._db is not None
@@ -487,37 +474,16 @@ class Journal:
                     f"journal {self.path}: job {job_id} has a task that cannot be read back ({e}); "
                     f"the file was left untouched"
                 ) from e
-        return StoredJob(
-            id=job_id, source=source, started=started, cancelled=bool(cancelled), tasks=tasks, finished=finished
-        )
+        return StoredJob(job_id, source, started, bool(cancelled), tasks, finished, priority)
 
     def replica_batches(self, job: str) -> list[Batch]:
         """The batches of C{job}'s log this node holds (written or waiting to be), in the order it took them."""
-        stored = []
-        if self._db is not None:
-            stored = [
-                Batch(Ballot(epoch, node), first, last, bytes(raw))
-                for epoch, node, first, last, raw in self._db.execute(
-                    "SELECT epoch, node, first_seq, last_seq, records FROM replica_batches WHERE job = ? ORDER BY id",
-                    (job,),
-                )
-            ]
+        stored = [] if self._db is None else read_batches(self._db, job)
         return stored + [batch for owner, batch in self._replica_batches if owner == job]
 
     def replica_logs(self) -> list[tuple[str, Ballot | None, Ballot | None, list[Batch]]]:
         """Every job log this node holds: (job, promised ballot, accepted ballot, batches in the order taken)."""
-        if self._db is None:
-            return []
-        logs: dict[str, tuple[Ballot | None, Ballot | None, list[Batch]]] = {}
-        for job, p_epoch, p_node, a_epoch, a_node in self._db.execute(
-            "SELECT job, promised_epoch, promised_node, accepted_epoch, accepted_node FROM replica_jobs"
-        ):
-            logs[job] = (_ballot(p_epoch, p_node), _ballot(a_epoch, a_node), [])
-        for job, epoch, node, first, last, raw in self._db.execute(
-            "SELECT job, epoch, node, first_seq, last_seq, records FROM replica_batches ORDER BY job, id"
-        ):
-            logs.setdefault(job, (None, None, []))[2].append(Batch(Ballot(epoch, node), first, last, bytes(raw)))
-        return [(job, promised, accepted, batches) for job, (promised, accepted, batches) in logs.items()]
+        return [] if self._db is None else read_logs(self._db)
 
     def prune(self, finished_before: float) -> int:
         """
@@ -548,14 +514,7 @@ class Journal:
         """
         if self._db is None:
             return 0
-        with transaction(self._db):
-            newest = self._db.execute(
-                "SELECT job, records FROM replica_batches WHERE id IN (SELECT MAX(id) FROM replica_batches GROUP BY job)"
-            )
-            old = [job for job, records in newest if _log_ended_before(records, finished_before)]
-            self._db.executemany("DELETE FROM replica_batches WHERE job = ?", ((job,) for job in old))
-            self._db.executemany("DELETE FROM replica_jobs WHERE job = ?", ((job,) for job in old))
-        return len(old)
+        return prune_replica_logs(self._db, finished_before)
 
     def abandon(self) -> None:
         """
@@ -595,42 +554,6 @@ class Journal:
                 self._db = None
             os.close(self._lock_fd)
             self._lock_fd = -1
-
-
-def _log_ended_before(records: bytes | str, moment: float) -> bool:
-    """
-    Whether a job's newest batch (its records as received, JSON) ends with
-    an C{end} record that says the job finished before C{moment}: a log whose
-    newest record is anything else (a reopened job's C{rerun}, or a job not
-    ended) is kept, and so is a batch that cannot be read.
-    """
-    try:
-        batch = json.loads(records)
-        last = batch[-1] if isinstance(batch, list) and batch else None
-    except ValueError:
-        return False
-    if not isinstance(last, dict) or last.get("kind") != "end":
-        return False
-    return _ended_before(json.dumps(last.get("data")), moment)
-
-
-def _ended_before(data: str, moment: float) -> bool:
-    """Whether the C{end} record C{data} (JSON) says its job finished before C{moment}, or says no time."""
-    try:
-        finished = json.loads(data).get("finished")
-    except (ValueError, AttributeError):
-        return True
-    if not isinstance(finished, (int, float)) or isinstance(finished, bool):
-        return True
-    return finished < moment
-
-
-def _ballot_columns(ballot: Ballot | None) -> tuple[int | None, str | None]:
-    return (None, None) if ballot is None else (ballot.epoch, ballot.node)
-
-
-def _ballot(epoch: int | None, node: str | None) -> Ballot | None:
-    return None if epoch is None or node is None else Ballot(epoch, node)
 
 
 def default_state_dir(name: str, environ: dict[str, str] | None = None) -> str:

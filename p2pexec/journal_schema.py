@@ -44,7 +44,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     source TEXT,
     started REAL NOT NULL,
     finished REAL,
-    cancelled INTEGER NOT NULL DEFAULT 0
+    cancelled INTEGER NOT NULL DEFAULT 0,
+    priority INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS tasks (
     job TEXT NOT NULL,
@@ -155,6 +156,12 @@ class StoredJob:
     cancelled: bool
     tasks: list[StoredTask]
     finished: float | None = None
+    priority: int = 0
+    """Higher runs first (see L{p2pexec.fairshare}); 0 in a file written before it was kept."""
+
+
+JOB_COLUMNS = "id, source, started, cancelled, finished, priority"
+"""The columns of C{jobs} that L{p2pexec.journal.Journal} reads back, in its order."""
 
 
 TASK_COLUMN_NAMES = (
@@ -313,6 +320,9 @@ def open_database(path: str, factory: type[sqlite3.Connection] | None = None) ->
                     if statement.strip():
                         db.execute(statement)
                 db.execute("INSERT INTO meta (key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+        if "jobs" in tables and "priority" not in {row[1] for row in db.execute("PRAGMA table_info(jobs)")}:
+            # Added to a file of schema 2 when missing, as the replica tables are.
+            db.execute("ALTER TABLE jobs ADD COLUMN priority INTEGER NOT NULL DEFAULT 0")
         if "replica_records" not in tables:
             with transaction(db):
                 for statement in REPLICA_SCHEMA.split(";"):

@@ -65,9 +65,7 @@ def step_down(master: Master, job_id: str) -> None:
     for task_id, record in job.tasks.items():
         master._retries.cancel((job_id, task_id))
         if record.state is TaskState.ASSIGNED:
-            seat = master._workers.get(record.worker or "")
-            if seat is not None:
-                seat.outstanding -= 1
+            master.seat_change(record.worker, job.priority, record.spec, -1)
 
 
 def cancel(master: Master, job_id: str, by: str) -> int:

@@ -46,6 +46,23 @@ def set_minimum_level(level: LogLevel) -> None:
     _minimum_level = level
 
 
+def log_started(logger: Logger, name: str, started: list[tuple[str, str]]) -> None:
+    """
+    Say that node C{name} started these (task, job)s: one line per task, as
+    the original; one line per burst past L{MAX_IDS_IN_LOG}.
+    """
+    if len(started) <= MAX_IDS_IN_LOG:
+        for task_id, job in started:
+            logger.info("Node {name} executing: {task}", name=name, task=task_id, job=job)
+    else:
+        logger.info(
+            "Node {name} executing {count} tasks: {ids}",
+            name=name,
+            count=len(started),
+            ids=format_ids([task_id for task_id, _ in started]),
+        )
+
+
 class NodeLogger(Logger):
     """
     A L{Logger} that drops events below the process-wide minimum level before

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import attr
+
 from p2pexec.confirmations import Batch
 from p2pexec.log import NodeLogger
 
@@ -45,6 +47,18 @@ def refused(master: Master, worker: str, job_id: str, attempts: list[tuple[str, 
         )
         master._requeue(job, batch.requeue)
     master.schedule_dispatch()
+
+
+def does_not_fit(master: Master, worker: str, job_id: str, attempts: list[tuple[str, int]], why: str) -> None:
+    """
+    C{worker} refused tasks as more than it has (DOES_NOT_FIT): put them
+    back, and until it joins again treat it as having only slots, so that
+    no task that asks for resources goes to it meanwhile.
+    """
+    seat = master._workers.get(worker)
+    if seat is not None:
+        seat.info = attr.evolve(seat.info, resources=None)
+    refused(master, worker, job_id, attempts, why, usable=True)
 
 
 def lose(

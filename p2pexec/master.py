@@ -10,8 +10,9 @@ Its parts: L{p2pexec.seats} (how much work each worker is given),
 L{p2pexec.recovery} (taking up the journal's jobs after a restart),
 L{p2pexec.confirmations} (the tallies and log lines of reported results),
 L{p2pexec.retries} (the backoff timers of failed tasks),
-L{p2pexec.waiting} (kinds no connected node can run) and
-L{p2pexec.endings} (announcing a job's end, forgetting old jobs).
+L{p2pexec.waiting} (kinds no connected node can run),
+L{p2pexec.endings} (announcing a job's end, forgetting old jobs) and
+L{p2pexec.speculation} (backup copies near the end of a job).
 """
 
 from __future__ import annotations
@@ -20,17 +21,18 @@ import itertools
 import os
 import random
 import time
-from collections import deque
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
-from p2pexec import leadership, losses, reruns, scheduler
+from p2pexec import dependencies, fairshare, leadership, losses, reruns
 from p2pexec.clock import WallClock
 from p2pexec.confirmations import Batch, log_confirmed, log_stale, report_result
+from p2pexec.dependencies import Gate
 from p2pexec.endings import JobEndings
+from p2pexec.handout import hand_out
 from p2pexec.interfaces import IJobObserver, IJournal, IWorkerLink
 from p2pexec.job import DEFAULT_MAX_LOSSES, Job, TaskRecord
 from p2pexec.journal import NullJournal
@@ -40,9 +42,11 @@ from p2pexec.log import NodeLogger
 from p2pexec.model import Assignment, NodeInfo, TaskResult, TaskSpec
 from p2pexec.placement import PinnedQueues, expand_all_nodes
 from p2pexec.recovery import Recovery
+from p2pexec.resource_use import QueuedTasks, WaitingFit
 from p2pexec.retries import RetryTimers
 from p2pexec.seats import WorkerSeat
-from p2pexec.task_states import TaskEvent, TaskOutput, TaskState
+from p2pexec.speculation import Speculation
+from p2pexec.task_states import TaskEvent, TaskOutput
 from p2pexec.waiting import WaitingKinds
 
 if TYPE_CHECKING:
@@ -70,7 +74,8 @@ class Master:
     (L{p2pexec.task_states.TASK}, through L{Job.fire}); what it answers
     for the master is done in one place, L{_perform}: a worker's seat
     counter (L{WorkerSeat.outstanding<p2pexec.seats.WorkerSeat.outstanding>}) changes only there, on
-    L{TaskOutput.HOLD_SEAT} and L{TaskOutput.RELEASE_SEAT}, and a task
+    L{TaskOutput.HOLD_SEAT} and L{TaskOutput.RELEASE_SEAT} (but for the
+    seat of a backup's other copy, held by L{Speculation}), and a task
     waiting for its retry has its timer in L{RetryTimers}.
 
     @ivar jobs: every job accepted by this node, by id.
@@ -123,14 +128,19 @@ class Master:
             me.name, self.jobs, self.journal, link, observer, clock, wall, self.durable, self._job_ended
         )
         self._recovery = Recovery(self, self._endings, link, clock, wall)
-        self._pending: dict[str, deque[tuple[str, str]]] = {}
+        self._queues = fairshare.PendingQueues()
+        self._held = fairshare.Held()
+        self._gate = Gate()
         self._workers: dict[str, WorkerSeat] = {}
         self._dispatch_call: IDelayedCall | None = None
         self._waiting = WaitingKinds(me.name, clock, self.schedule_dispatch)
         self._pinned = PinnedQueues(me.name, clock, self.schedule_dispatch)
+        self._unfit = WaitingFit(me.name)
+        self._queued = QueuedTasks(self.jobs)
         self._job_numbers = itertools.count(1)
         self.assignments_sent = 0
         self.dispatching = True
+        self.speculation = Speculation(self)
 
     # -- jobs -----------------------------------------------------------------
 
@@ -139,7 +149,12 @@ class Master:
         return f"{self.me.name}-{self.me.instance[:8]}-{next(self._job_numbers)}"
 
     def submit(
-        self, tasks: Iterable[TaskSpec], job_id: str | None = None, source: str | None = None, place: bool = True
+        self,
+        tasks: Iterable[TaskSpec],
+        job_id: str | None = None,
+        source: str | None = None,
+        place: bool = True,
+        priority: int = 0,
     ) -> Job:
         """
         Accept a job and queue its tasks (the journal has it by the time
@@ -150,6 +165,7 @@ class Master:
         @param place: whether its replica set is chosen now; if not, it is
             once L{Replication.place<p2pexec.failover.Replication.place>} is
             called, and nothing of it is committed before.
+        @param priority: higher runs first (see L{p2pexec.fairshare}).
         """
         job_id = job_id or self.new_job_id()
         capable = {name: seat.info.capabilities for name, seat in self._workers.items() if seat.accepting}
@@ -161,17 +177,15 @@ class Master:
             max_losses=self._max_losses,
             started_at=self._wall(),
         )
+        job.priority = priority
         self.jobs[job.id] = job
         self.journal.job_added(job)
         if self.replication is not None:
             self.replication.job_accepted(job, place)
         kinds: dict[str, int] = {}
-        for task_id, record in job.tasks.items():
-            if record.spec.node is None:
-                self._pending.setdefault(record.spec.kind, deque()).append((job.id, task_id))
-            else:
-                self._pinned.add(record.spec.kind, record.spec.node, [(job.id, task_id)])
+        for record in job.tasks.values():
             kinds[record.spec.kind] = kinds.get(record.spec.kind, 0) + 1
+        self.queue_tasks(job, list(job.tasks))
         log.info(
             "Node {name} is master of job {job}: {count} task(s) of kind(s) {kinds}",
             name=self.me.name,
@@ -233,13 +247,15 @@ class Master:
 
     def _unqueue(self, job_id: str) -> None:
         """Take C{job_id}'s tasks out of the queues."""
+        self._queues.drop(job_id)
         self._pinned.unqueue(job_id)
-        for kind in list(self._pending):
-            kept = deque(entry for entry in self._pending[kind] if entry[0] != job_id)
-            if kept:
-                self._pending[kind] = kept
-            else:
-                del self._pending[kind]
+        self._gate.forget(job_id)
+
+    def queue_tasks(
+        self, job: Job, task_ids: list[str], front: bool = False, skip: Iterable[tuple[str, str]] = ()
+    ) -> None:
+        """Queue pending tasks of C{job}, but those that wait for others (see L{p2pexec.dependencies.queue_tasks})."""
+        dependencies.queue_tasks(self, job, task_ids, front, skip)
 
     def unfinished(self) -> list[Job]:
         """The jobs that still have tasks without a result."""
@@ -297,13 +313,7 @@ class Master:
         losses.refused(self, worker, job_id, attempts, why, usable)
 
     def _requeue(self, job: Job, task_ids: list[str]) -> None:
-        for task_id in reversed(task_ids):
-            spec = job.tasks[task_id].spec
-            if spec.node is None:
-                self._pending.setdefault(spec.kind, deque()).appendleft((job.id, task_id))
-            else:
-                self._pinned.add(spec.kind, spec.node, [(job.id, task_id)], front=True)
-        self.schedule_dispatch()
+        self.queue_tasks(job, task_ids, front=True)
 
     def worker_lost(self, name: str, why: str, count_loss: bool = True) -> None:
         """
@@ -317,6 +327,8 @@ class Master:
         seat = self._workers.pop(name, None)
         if seat is None:
             return
+        self._held.forget(name)
+        self.speculation.worker_lost(name)
         for job in self.unfinished():
             self._lose(job, name, why, count_loss=count_loss)
         self.schedule_dispatch()
@@ -346,14 +358,20 @@ class Master:
         batch = Batch(sender, self._workers.get(sender))
         now = self._clock.seconds()
         tasks = job.tasks
+        self.speculation.last_result[sender] = now
+        copies = self.speculation.copies
         for result in results:
             record = tasks.get(result.task_id)
             if record is None:
                 batch.stale += 1
                 log_stale(self.me.name, job, result, sender)
                 continue
+            if copies and (job_id, result.task_id) in copies:
+                result = self.speculation.claim(job, record, result, sender)
             outputs = job.fire(record, job.result_event(record, result, sender), now, result)
             self._perform(job, record, outputs, batch, result)
+            if copies and (job_id, result.task_id) in copies:
+                self.speculation.settle(job, record)
         self.stale_results += batch.stale
         if self.replication is not None and batch.confirmed:
             self.replication.results_recorded(
@@ -393,17 +411,16 @@ class Master:
         """
         for output in outputs:
             if output is _HOLD_SEAT:
-                seat = self._workers.get(record.worker or "")
-                if seat is not None:
-                    seat.outstanding += 1
+                self.seat_change(record.worker, job.priority, record.spec, 1)
             elif output is _JOURNAL:
                 self.journal.task_changed(job.id, record)
             elif output is _RELEASE_SEAT:
-                seat = self._workers.get(record.worker or "")
-                if seat is not None:
-                    seat.outstanding -= 1
+                self.seat_change(record.worker, job.priority, record.spec, -1)
             elif output is _COUNT_RESULT:
-                pass  # done by the job
+                # Counted by the job; the tasks that run after it may go now, or are skipped.
+                ready, skips = self._gate.finished(job, record)
+                if ready or skips:
+                    self.queue_tasks(job, ready, skip=skips)
             elif output is _REPORT_RESULT:
                 assert batch is not None and result is not None
                 report_result(job, result, batch, self.result_listeners)
@@ -432,6 +449,13 @@ class Master:
                 pass  # done by the job (Job.rerun)
             else:  # pragma: no cover (every output is handled above)
                 raise AssertionError(output)
+
+    def seat_change(self, worker: str | None, priority: int, spec: TaskSpec, delta: int) -> None:
+        """An attempt of C{spec} holds (1) or frees (-1) a seat on C{worker}: its slot, its resources, its level."""
+        seat = self._workers.get(worker or "")
+        if seat is not None:
+            seat.hold(spec.request, delta)
+            self._held.change(seat.info.name, priority, delta)
 
     def _retry_due(self, job: Job, record: TaskRecord) -> None:
         """A task's retry backoff has passed: it goes back to the front of the queue."""
@@ -471,48 +495,29 @@ class Master:
         self._dispatch_call = None
         if not self.dispatching:
             return
-        capacity = [
-            scheduler.WorkerCapacity(
-                name=name,
-                capabilities=frozenset(seat.info.capabilities),
-                free=seat.free,
-            )
-            for name, seat in self._workers.items()
-            if seat.accepting
-        ]
-        pinned = self._pinned
-        planned = scheduler.plan(self._pending, capacity, pinned.queues)
-        self._waiting.note(planned.unschedulable, self._pending)
-        if pinned.queues:
-            pinned.note(planned.absent, self._workers.__contains__)
-            pinned.drop_empty()
+        asking = any(job.asks_resources for job in self.jobs.values())  # else: slots alone, as before issue 15
         sends: list[tuple[str, str, list[Assignment]]] = []
-        jobs = self.jobs
-        perform = self._perform
-        for worker, entries in planned.assignments.items():
-            by_job: dict[str, list[Assignment]] = {}
-            for job_id, task_id in entries:
-                # A queue entry may outlive its task's wait (a late result
-                # finished it, or it waits for a retry) and even its job
-                # (forgotten once finished).
-                job = jobs.get(job_id)
-                if job is None:
-                    continue
-                record = job.tasks[task_id]
-                if record.state is not _PENDING:
-                    continue
-                outputs = job.fire(record, _DISPATCH, 0.0)
-                assignment = job.start_attempt(record, worker)
-                perform(job, record, outputs)
-                if job_id in by_job:
-                    by_job[job_id].append(assignment)
-                else:
-                    by_job[job_id] = [assignment]
-            sends.extend((worker, job_id, assignments) for job_id, assignments in by_job.items())
-        for kind in [k for k, q in self._pending.items() if not q]:
-            del self._pending[kind]
+        pinned = self._pinned
+        unschedulable, unfit, absent = fairshare.plan_levels(
+            self._queues,
+            self._workers,
+            self._held,
+            self._queued.request_of if asking else None,
+            lambda planned: hand_out(self, planned, sends),
+            pinned.levels,
+        )
+        self._waiting.note(unschedulable, self._queues.kind_view())
+        if pinned.levels or absent:
+            pinned.note(absent, self._workers.__contains__)
+            pinned.drop_empty()
+        if unfit or self._unfit.noted:
+            self._unfit.note(unfit, self._queued.still_pending)
+        sends.extend(self.speculation.dispatched(sends, self._queues.kind_view(), self._workers, self._clock.seconds()))
         if not sends:
             return
+        self._commit_and_send(sends)
+
+    def _commit_and_send(self, sends: list[tuple[str, str, list[Assignment]]]) -> None:
         # Each attempt is in the journal before it goes out to another node.
         # Tasks this node runs itself need not wait: they die with it, and a
         # restarted master runs them again anyway.
@@ -559,11 +564,7 @@ class Master:
 
     def waiting_kinds(self) -> frozenset[str]:
         """The kinds with pending tasks that no connected node can run."""
-        capable: set[str] = set()
-        for seat in self._workers.values():
-            if seat.accepting:
-                capable.update(seat.info.capabilities)
-        return frozenset(kind for kind, queue in self._pending.items() if queue and kind not in capable)
+        return self._queues.waiting_kinds(self._workers)
 
     def outstanding(self) -> dict[str, int]:
         """How many unconfirmed tasks of this master each worker holds."""
@@ -575,11 +576,9 @@ class Master:
 
     def pending_count(self) -> int:
         """How many tasks wait for a worker."""
-        return sum(len(q) for q in self._pending.values()) + self._pinned.count()
+        return self._queues.count() + self._pinned.count()
 
 
-_PENDING = TaskState.PENDING
-_DISPATCH = TaskEvent.DISPATCH
 _HOLD_SEAT = TaskOutput.HOLD_SEAT
 _RELEASE_SEAT = TaskOutput.RELEASE_SEAT
 _JOURNAL = TaskOutput.JOURNAL

@@ -3,25 +3,30 @@ Value types shared by every part of a node.
 
 Nothing in this module does I/O.  Each type knows how to turn itself into the
 plain JSON-able dictionaries that travel on the wire and how to build itself
-back from one, validating every field on the way in.
+back from one, validating every field on the way in (with the checks of
+L{p2pexec.wire_values}, whose public names this module re-exports).
 """
 
 from __future__ import annotations
 
-import json
-import math
 import re
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import attr
 
+from p2pexec.resources import TASK_FIELDS, NodeResources, Request
+from p2pexec.wire_values import NAME_PATTERN as NAME_PATTERN
+from p2pexec.wire_values import ValidationError as ValidationError
+from p2pexec.wire_values import _field, _finite_seconds, _require
+from p2pexec.wire_values import kind_of as kind_of
+from p2pexec.wire_values import loads_strict as loads_strict
+from p2pexec.wire_values import shorten as shorten
+from p2pexec.wire_values import validate_name as validate_name
+
 PROTOCOL_VERSION = 1
 """The wire protocol version carried by every datagram and handshake."""
-
-NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-"""What a node name, cluster name or task kind may look like."""
 
 TASK_ID_PATTERN = re.compile(r"[A-Za-z0-9_.:@+-]{1,128}")
 """What a task id may look like."""
@@ -32,105 +37,13 @@ MAX_CAPABILITIES = 32
 MAX_RETRIES = 100
 """The most retries a task may ask for."""
 
-_LEADING_LETTERS = re.compile(r"^[A-Za-z]+")
+MAX_PRIORITY = 1_000_000
+"""A job's priority is a whole number from -MAX_PRIORITY to MAX_PRIORITY."""
 
-
-class ValidationError(ValueError):
-    """
-    A value from outside (the wire, a job file, the command line) is not
-    acceptable.  The message names the field and what is wrong with it.
-    """
-
-
-def kind_of(name: str) -> str:
-    """
-    The task kind implied by a task or node name: its leading letters.
-
-    C{b1} is of kind C{b}; C{render7} of kind C{render}.  A name that does not
-    start with a letter is its own kind.
-    """
-    match = _LEADING_LETTERS.match(name)
-    return match.group(0) if match else name
-
-
-def loads_strict(data: bytes, object_pairs_hook: Callable[[list[tuple[str, Any]]], Any] | None = None) -> Any:
-    """
-    Decode UTF-8 JSON from the network, refusing what cannot be written back
-    as UTF-8: a lone surrogate (C{"\\ud800"}) that JSON escapes allow.
-
-    @param object_pairs_hook: as for C{json.loads} (to refuse duplicate keys, say).
-    @raise ValueError: if C{data} is not such JSON.
-    """
-    value = json.loads(data.decode("utf-8"), object_pairs_hook=object_pairs_hook)
-    try:
-        json.dumps(value, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError("the JSON holds a lone surrogate (an unpaired \\ud800-\\udfff escape)") from None
-    return value
-
-
-def shorten(text: str, limit: int = 300) -> str:
-    """C{text}, cut to C{limit} characters with a note of how much was left out (for errors and logs)."""
-    if len(text) <= limit:
-        return text
-    return f"{text[:limit]}... ({len(text) - limit} more characters)"
-
-
-def _require(condition: bool, message: str) -> None:
-    if not condition:
-        raise ValidationError(message)
-
-
-def _field(data: Mapping[str, Any], key: str, kind: type, what: str) -> Any:
-    _require(key in data, f"{what}: missing field {key!r}")
-    value = data[key]
-    if kind is int:
-        _require(
-            isinstance(value, int) and not isinstance(value, bool),
-            f"{what}: field {key!r} must be an integer, not {value!r}",
-        )
-    elif kind is float:
-        _require(
-            isinstance(value, (int, float)) and not isinstance(value, bool),
-            f"{what}: field {key!r} must be a number, not {value!r}",
-        )
-    else:
-        _require(
-            isinstance(value, kind),
-            f"{what}: field {key!r} must be a {kind.__name__}, not {value!r}",
-        )
-    return value
-
-
-def _finite_seconds(value: int | float, what: str) -> float:
-    """
-    C{value} as a float, if it is a finite number of seconds; a negative one
-    counts as 0 (a worker that measures durations on a wall clock that was
-    stepped back while the task ran; p2pexec's own use a monotonic clock).
-
-    JSON decodes C{NaN} and C{1e400} to floats that are not finite, and a
-    huge integer overflows C{float()}: neither is a duration.
-    """
-    try:
-        seconds = float(value)
-    except OverflowError:
-        seconds = math.inf
-    if not math.isfinite(seconds):
-        raise ValidationError(f"{what} must be a finite number of seconds, not {seconds!r}")
-    return max(seconds, 0.0)
-
-
-def validate_name(value: Any, what: str) -> str:
-    """
-    Check a node name, cluster name or task kind and return it.
-
-    @raise ValidationError: naming C{what} when the value is unacceptable.
-    """
-    _require(
-        isinstance(value, str) and bool(NAME_PATTERN.fullmatch(value)),
-        f"{what} must be 1-64 characters of A-Z a-z 0-9 _ . -, not {value!r}",
-    )
-    return value
+PLAIN_TASK_FIELDS = frozenset(
+    {"id", "kind", "command", "shell", "cwd", "env", "timeout", "retries", "node", "all_nodes", "after", "speculative"}
+)
+"""A task's fields other than its resource request (L{TASK_FIELDS}): a task with only these asks for a slot alone."""
 
 
 @attr.s(frozen=True, slots=True, auto_attribs=True)
@@ -147,6 +60,8 @@ class NodeInfo:
     @ivar slots: how many tasks it runs at once.
     @ivar cluster: the cluster it belongs to.
     @ivar version: its wire protocol version.
+    @ivar resources: what it has for its tasks (see L{p2pexec.resources});
+        C{None} when it did not say: then it has only its slots.
     """
 
     name: str
@@ -157,6 +72,8 @@ class NodeInfo:
     slots: int
     cluster: str = "default"
     version: int = PROTOCOL_VERSION
+    # -- resources (issue 15) --
+    resources: NodeResources | None = None
 
     def can_run(self, kind: str) -> bool:
         """Whether this node runs tasks of C{kind}."""
@@ -169,7 +86,7 @@ class NodeInfo:
 
     def to_wire(self) -> dict[str, Any]:
         """The JSON-able form used in datagrams and PEER_EXCHANGE."""
-        return {
+        data = {
             "name": self.name,
             "instance": self.instance,
             "host": self.host,
@@ -179,6 +96,9 @@ class NodeInfo:
             "cluster": self.cluster,
             "version": self.version,
         }
+        if self.resources is not None:
+            data["resources"] = self.resources.to_wire()
+        return data
 
     @classmethod
     def from_wire(cls, data: Any) -> NodeInfo:
@@ -207,6 +127,10 @@ class NodeInfo:
         _require(1 <= slots <= 100_000, f"{what}: slots {slots} is out of range")
         cluster = validate_name(_field(data, "cluster", str, what), f"{what}: cluster")
         version = _field(data, "version", int, what)
+        try:
+            resources = None if data.get("resources") is None else NodeResources.from_wire(data["resources"])
+        except ValueError as e:
+            raise ValidationError(f"{what}: {e}") from None
         return cls(
             name=name,
             instance=instance,
@@ -216,6 +140,7 @@ class NodeInfo:
             slots=slots,
             cluster=cluster,
             version=version,
+            resources=resources,
         )
 
 
@@ -243,6 +168,14 @@ class TaskSpec:
         master expands it into one task per such node when it accepts the
         job (see L{p2pexec.placement}), so an accepted task has it false
         unless no node ran its kind then.
+    @ivar request: the CPUs, memory, GPUs and named resources it needs
+        (fields C{cpus}, C{memory}, C{gpus}, C{resources}), or C{None}
+        when it needs only a slot.
+    @ivar after: the ids of the tasks of its job that must succeed before
+        it starts (see L{p2pexec.dependencies}).
+    @ivar speculative: whether a backup copy of it may run on another node
+        near the end of its job (see L{p2pexec.speculation}); false for a
+        task that must not run twice at once.
     """
 
     id: str
@@ -253,8 +186,15 @@ class TaskSpec:
     env: tuple[tuple[str, str], ...] = ()
     timeout: float | None = None
     retries: int = 0
+    # -- issue 14: where it runs (p2pexec/placement.py) --
     node: str | None = None
     all_nodes: bool = False
+    # -- resources (issue 15) --
+    request: Request | None = None
+    # -- order (issue 15: dependencies) --
+    after: tuple[str, ...] = ()
+    # -- issue 15, tail (p2pexec/speculation.py) --
+    speculative: bool = True
 
     @classmethod
     def instruction(cls, name: str) -> TaskSpec:
@@ -280,6 +220,12 @@ class TaskSpec:
             data["node"] = self.node
         if self.all_nodes:
             data["all_nodes"] = True
+        if self.request is not None:
+            data.update(self.request.to_wire())
+        if self.after:
+            data["after"] = list(self.after)
+        if not self.speculative:
+            data["speculative"] = False
         return data
 
     @classmethod
@@ -364,8 +310,24 @@ class TaskSpec:
             f"{what}: with all_nodes = true the id may be at most {MAX_ALL_NODES_ID} characters "
             "(each node's copy is named ID@NODE)",
         )
-        unknown = set(data) - _TASK_FIELDS
-        _require(not unknown, f"{what}: unknown field(s) {', '.join(sorted(unknown))}")
+        after = data.get("after", ())
+        if "after" in data:
+            _require(
+                isinstance(after, list) and all(isinstance(other, str) for other in after),
+                f"{what}: 'after' must be a list of task ids, not {after!r}",
+            )
+            _require(task_id not in after, f"{what}: 'after' names the task itself")
+        speculative = data.get("speculative", True)
+        _require(isinstance(speculative, bool), f"{what}: 'speculative' must be true or false, not {speculative!r}")
+        rest = data.keys() - PLAIN_TASK_FIELDS
+        request = None
+        if rest:  # a task that asks for no resources pays this one test (W1)
+            unknown = rest - TASK_FIELDS
+            _require(not unknown, f"{what}: unknown field(s) {', '.join(sorted(unknown))}")
+            try:
+                request = Request.from_fields(data)
+            except ValueError as e:
+                raise ValidationError(f"{what}: {e}") from None
         return cls(
             id=task_id,
             kind=kind,
@@ -377,10 +339,11 @@ class TaskSpec:
             retries=retries,
             node=node,
             all_nodes=all_nodes,
+            request=request,
+            after=tuple(dict.fromkeys(after)),
+            speculative=speculative,
         )
 
-
-_TASK_FIELDS = frozenset({"id", "kind", "command", "shell", "cwd", "env", "timeout", "retries", "node", "all_nodes"})
 
 MAX_ALL_NODES_ID = 128 - 1 - 64
 """The longest id of an C{all_nodes} task: its copies' ids, C{ID@NODE}, must still be task ids."""
@@ -394,7 +357,9 @@ RETURNED = "returned"
 """Not a result: the worker hands the task back unrun (it is leaving)."""
 CANCELLED = "cancelled"
 """The job was cancelled before this task finished."""
-RESULT_STATUSES = (SUCCEEDED, FAILED, TIMED_OUT, ERROR, RETURNED, CANCELLED)
+SKIPPED = "skipped"
+"""Never run: a task it runs after (see L{TaskSpec.after}) failed or was skipped."""
+RESULT_STATUSES = (SUCCEEDED, FAILED, TIMED_OUT, ERROR, RETURNED, CANCELLED, SKIPPED)
 _CANONICAL_STATUS = {status: status for status in RESULT_STATUSES}
 """Each status to its one shared string (see L{TaskResult.from_wire})."""
 
@@ -547,21 +512,27 @@ class Assignment:
 
     @ivar task: what to run.
     @ivar attempt: the attempt number; a confirmation must quote it back.
+    @ivar priority: its job's priority: a worker starts the queued
+        attempts of the highest priority first (see L{p2pexec.fairshare}).
     """
 
     task: TaskSpec
     attempt: int
+    priority: int = 0
 
     def to_wire(self) -> dict[str, Any]:
         """
-        The task's wire form with its attempt number added; without
-        C{node} and C{all_nodes}, which are the master's business (so a
-        worker that does not know them still takes the task).
+        The task's wire form with its attempt number (and its job's priority,
+        unless 0) added; without C{node} and C{all_nodes}, which are the
+        master's business (so a worker that does not know them still takes
+        the task).
         """
         data = self.task.to_wire()
         data.pop("node", None)
         data.pop("all_nodes", None)
         data["attempt"] = self.attempt
+        if self.priority:
+            data["priority"] = self.priority
         return data
 
     @classmethod
@@ -578,7 +549,12 @@ class Assignment:
             isinstance(attempt, int) and not isinstance(attempt, bool) and attempt >= 1,
             f"assignment: 'attempt' must be a positive integer, not {attempt!r}",
         )
-        return cls(task=TaskSpec.from_wire(fields), attempt=attempt)
+        priority = fields.pop("priority", 0)
+        _require(
+            isinstance(priority, int) and not isinstance(priority, bool) and abs(priority) <= MAX_PRIORITY,
+            f"assignment: 'priority' must be a whole number from -{MAX_PRIORITY} to {MAX_PRIORITY}, not {priority!r}",
+        )
+        return cls(task=TaskSpec.from_wire(fields), attempt=attempt, priority=priority)
 
 
 def parse_instructions(names: Sequence[str]) -> list[TaskSpec]:

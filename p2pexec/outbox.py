@@ -19,7 +19,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
-from p2pexec import commands
+from p2pexec import commands, losses
 from p2pexec.fence import held_to_wire
 from p2pexec.log import NodeLogger
 from p2pexec.model import Assignment, TaskResult
@@ -165,6 +165,9 @@ class Outbox:
             if newer is not None and (replication.newer_ballot_seen(job, newer, why) or job not in self._master.jobs):
                 self._master.refused(worker, job, attempts, failure.getErrorMessage(), usable=True)
                 return
+        if failure.check(commands.DoesNotFit):
+            losses.does_not_fit(self._master, worker, job, attempts, failure.getErrorMessage())
+            return
         if failure.check(
             commands.ShuttingDown,
             commands.NotCapable,
@@ -222,6 +225,29 @@ class Outbox:
                 log.warn("CANCEL_JOB to {worker} failed: {error}", worker=worker, error=failure.getErrorMessage())
 
         protocol.callRemote(commands.CancelJob, job=job, epoch=epoch).addErrback(failed)
+
+    def send_cancel_attempts(self, worker: str, job: str, attempts: list[tuple[str, int]]) -> None:
+        """
+        Tell C{worker} (perhaps this node) to stop these attempts of C{job}
+        (CANCEL_ATTEMPTS), if it can be reached: otherwise, or if it fails, the
+        copy runs on and its result is dropped as stale.
+        """
+        me = self._node.info.name
+        epoch = self.epoch_of(job)
+        if worker == me:
+            self._worker.cancel(me, job, Ballot(epoch, me), set(attempts))
+            return
+        protocol = self._connection(worker)
+        if protocol is None:
+            return
+        tasks = [{"id": task, "attempt": attempt} for task, attempt in attempts]
+        protocol.callRemote(commands.CancelAttempts, job=job, tasks=tasks, epoch=epoch).addErrback(
+            lambda f: log.info(
+                "CANCEL_ATTEMPTS to {worker} failed: {error}; its copy runs on",
+                worker=worker,
+                error=f.getErrorMessage(),
+            )
+        )
 
     def _owe_cancel(self, worker: str, job: str, why: str) -> None:
         """Remember to tell C{worker} that C{job} is cancelled once it connects again."""

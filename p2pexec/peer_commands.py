@@ -41,6 +41,7 @@ PEER_COMMANDS = frozenset(
         commands.JobLeader,
         commands.ForwardClient,
         commands.HeldTasks,
+        commands.CancelAttempts,
     )
 )
 """The commands a node answers only once the handshake is done (besides DISCONNECT_REQUEST)."""
@@ -157,6 +158,31 @@ class PeerCommands(amp.CommandLocator):
         if epoch < 1:
             raise bad_arguments(self.describe(), "HELD_TASKS", ValueError("'epoch' must be 1 or more"))
         return self._handler.held_tasks_queried(self._me, job, epoch)
+
+    @commands.CancelAttempts.responder
+    def _cancel_attempts(self, job: str, tasks: Any, epoch: int | None = None) -> dict[str, Any]:
+        try:
+            attempts = parse_attempts(tasks)
+        except ValidationError as e:
+            raise bad_arguments(self.describe(), "CANCEL_ATTEMPTS", e) from None
+        return {"cancelled": self._handler.attempts_cancel_requested(self._me, job, attempts, epoch)}
+
+
+def parse_attempts(tasks: Any, limit: int = 10_000) -> set[tuple[str, int]]:
+    """
+    Validate a list of C{{"id": task id, "attempt": attempt}} objects (CANCEL_ATTEMPTS).
+
+    @raise ValidationError: naming what is wrong.
+    """
+    if not isinstance(tasks, list) or len(tasks) > limit:
+        raise ValidationError(f"'tasks' must be a list of at most {limit} objects")
+    attempts = set()
+    for entry in tasks:
+        attempt = entry.get("attempt") if isinstance(entry, dict) else None
+        if not (isinstance(entry, dict) and isinstance(entry.get("id"), str) and type(attempt) is int and attempt >= 1):
+            raise ValidationError(f'each task must be {{"id": string, "attempt": integer >= 1}}, not {entry!r}')
+        attempts.add((entry["id"], attempt))
+    return attempts
 
 
 def parse_peer_list(peers: Any, limit: int = 10_000) -> list[tuple[NodeInfo, float]]:

@@ -12,7 +12,6 @@ the tasks nobody holds run again.
 from __future__ import annotations
 
 import json
-from collections import deque
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -84,12 +83,10 @@ class Recovery:
             master.jobs[job.id] = job
             resumed.append(job)
             in_doubt = 0
+            # Those that wait for others are held back until these succeed (p2pexec.dependencies).
+            master.queue_tasks(job, [t for t, record in job.tasks.items() if record.state is TaskState.PENDING])
             for task_id, record in job.tasks.items():
-                if record.state is TaskState.PENDING and record.spec.node is not None:
-                    master._pinned.add(record.spec.kind, record.spec.node, [(job.id, task_id)])
-                elif record.state is TaskState.PENDING:
-                    master._pending.setdefault(record.spec.kind, deque()).append((job.id, task_id))
-                elif record.state is TaskState.IN_DOUBT:
+                if record.state is TaskState.IN_DOUBT:
                     assert record.worker is not None
                     in_doubt += 1
                     self._in_doubt.setdefault(record.worker, {}).setdefault(job.id, []).append(
@@ -138,7 +135,9 @@ class Recovery:
             for task in saved.tasks
         ]
         started = now - max(0.0, wall_now - saved.started)
-        return Job.restore(saved.id, records, started, saved.source, self._master._max_losses, started_at=saved.started)
+        job = Job.restore(saved.id, records, started, saved.source, self._master._max_losses, started_at=saved.started)
+        job.priority = saved.priority
+        return job
 
     def recall_finished(self, saved: StoredJob) -> Job:
         """A job that finished before the restart, rebuilt as it ended (see L{Master.recall_finished})."""

@@ -153,7 +153,7 @@ class Placing:
         self.logs[job.id] = log_ = self._master_log(job.id, members, ballot)
         self._members[job.id] = members
         specs = [record.spec for record in job.tasks.values()]
-        for data, raw in job_records(job.id, specs, members, job.source, job.started_at):
+        for data, raw in job_records(job.id, specs, members, job.source, job.started_at, priority=job.priority):
             log_.append(JOB, data, raw)
         for kind, data in entries:
             log_.append(kind, data)

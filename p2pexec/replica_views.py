@@ -45,6 +45,7 @@ def image_job(image: JobImage, now: float, wall_now: float, max_losses: int) -> 
     started = now - max(0.0, wall_now - image.started_at)
     job = Job.restore(image.id, records, started, image.source, max_losses, started_at=image.started_at)
     job.cancelled = image.cancelled
+    job.priority = image.priority
     if job.done or image.cancelled or image.ended:
         job.finished = now
     return job

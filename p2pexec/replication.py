@@ -350,12 +350,14 @@ def job_records(
     source: str | None,
     started_at: float,
     limit: int = PART_BYTES,
+    priority: int = 0,
 ) -> list[tuple[dict[str, Any], str]]:
     """
     The data of a job's C{job} records, with its JSON text (each task's wire
     form made and encoded once): one record per part of its tasks (their
     JSON array within C{limit} bytes, to fit an AMP value with the record's
-    envelope), the first also naming its replica set, source and start.
+    envelope; C{after} included), the first also naming its replica set,
+    source, start and (unless 0) priority.
 
     @raise ValueError: if one task alone is over the limit.
     """
@@ -367,6 +369,8 @@ def job_records(
         head: dict[str, Any] = {"part": index, "parts": len(parts)}
         if index == 0:
             head.update(id=job_id, members=list(members), source=source, started_at=started_at, total=len(specs))
+            if priority:
+                head["priority"] = priority
         data = dict(head, tasks=wires[start : start + count])
         out.append((data, JSON_ENCODER.encode(head)[:-1] + ',"tasks":' + text + "}"))
         start += count
@@ -425,6 +429,7 @@ class JobImage:
     ended: bool
     attempts: dict[str, int] = attr.Factory(dict)
     """The last attempt of each task that runs again after a C{rerun} record (its next attempt goes on from there)."""
+    priority: int = 0
 
 
 def rebuild(records: Iterable[Record]) -> JobImage:
@@ -488,6 +493,7 @@ def rebuild(records: Iterable[Record]) -> JobImage:
         cancelled=cancelled,
         ended=ended,
         attempts={task: attempt for task, attempt in attempts.items() if task in ids and task not in results},
+        priority=head["priority"] if type(head.get("priority")) is int else 0,
     )
 
 

@@ -1,7 +1,9 @@
 """
 Running again what failed (C{p2pexec rerun --failed JOB}, RERUN_TASKS): the
 master reopens a finished job and queues, as new attempts of the same job,
-its tasks that failed, timed out, could not run (error) or were cancelled.
+its tasks that failed, timed out, could not run (error), were cancelled or
+were skipped (a task they run after did not succeed: see
+L{p2pexec.dependencies}; they wait again for those tasks, run again first).
 
 The reopening is kept as any other decision: the whole job is written to
 the journal again (its end and the old results of those tasks cleared), so
@@ -26,7 +28,7 @@ log = NodeLogger(namespace="p2pexec.master")
 """The master's logger: these lines are the master's, wherever its code lives."""
 
 WHICH = ("failed",)
-"""What RERUN_TASKS can run again: C{failed}, every task whose result is not a success."""
+"""What RERUN_TASKS can run again: C{failed}, every task whose result is not a success (skipped ones too)."""
 
 
 class StillRunning(Exception):
@@ -34,7 +36,7 @@ class StillRunning(Exception):
 
 
 def to_rerun(job: Job) -> list[str]:
-    """The tasks of a finished job that did not succeed (failed, timed out, error, cancelled), in job order."""
+    """The tasks of a finished job that did not succeed (failed, timed out, error, cancelled, skipped), in job order."""
     return [
         task_id
         for task_id, record in job.tasks.items()
@@ -82,5 +84,8 @@ def rerun(master: Master, job_id: str, which: str, by: str) -> list[str]:
         by=by,
         ids=format_ids(again),
     )
+    # The dependency gate is rebuilt from the records: a skipped task run
+    # again waits for the tasks it runs after, run again too (issue 15).
+    master._gate.forget(job_id)
     master._requeue(job, batch.requeue)
     return again

@@ -374,6 +374,14 @@ class Responders:
 
         return self._master.durable(job).addCallbacks(lambda _: answer, deposed)
 
+    def attempts_cancel_requested(
+        self, protocol: PeerProtocol, job: str, attempts: set[tuple[str, int]], epoch: int | None = None
+    ) -> int:
+        """A job's master stops the losing copies of tasks that ran twice (CANCEL_ATTEMPTS)."""
+        assert protocol.peer_name is not None
+        dropped, stopped = self._worker.cancel(protocol.peer_name, job, ballot_of(epoch, protocol.peer_name), attempts)
+        return dropped + stopped
+
     def held_tasks_queried(self, protocol: PeerProtocol, job: str, epoch: int) -> dict[str, Any]:
         """A job's new leader asks what we hold of it (HELD_TASKS): it adopts our part of the job."""
         assert protocol.peer_name is not None
@@ -436,9 +444,11 @@ class Responders:
         self._worker.fence.admits(job, ballot)
         self._replication.leader_announced(job, ballot)
 
-    def submit_part(self, protocol: PeerProtocol, tasks: list[Any], defaults: Any, upload: str, final: bool) -> Any:
+    def submit_part(
+        self, protocol: PeerProtocol, tasks: list[Any], defaults: Any, upload: str, final: bool, priority: int | None
+    ) -> Any:
         """A part of a submitted job: the intake collects it (see L{p2pexec.intake.Intake.submit_part})."""
-        return self._intake.submit_part(protocol, tasks, defaults, upload, final)
+        return self._intake.submit_part(protocol, tasks, defaults, upload, final, priority)
 
     # -- status: the views answer --------------------------------------------------
 

@@ -1,23 +1,17 @@
 """
 A worker as a master sees it (its seat): how many unconfirmed tasks of this
 master it holds, whether it takes more, and how many more to give it now,
-from the rate at which it has been finishing them.
+from the rate at which it has been finishing them (see L{p2pexec.pacing}).
 """
 
 from __future__ import annotations
 
-import math
-
 import attr
 
 from p2pexec.model import NodeInfo
-
-QUEUE_HORIZON = 0.05
-"""Seconds of work each worker is given beyond its slots, so that the next
-batch is at hand when a slot frees (see L{WorkerSeat.window})."""
-
-MAX_PREFETCH = 2000
-"""The most tasks queued on a worker beyond its slots."""
+from p2pexec.pacing import Pace
+from p2pexec.resource_use import Usage
+from p2pexec.resources import Request
 
 
 @attr.s(auto_attribs=True)
@@ -25,28 +19,28 @@ class WorkerSeat:
     """
     A worker as the master sees it.
 
-    @ivar mean_duration: a moving average of its tasks' run times, once known.
+    @ivar outstanding: how many unconfirmed attempts of this master it holds
+        (backup copies too, see L{p2pexec.speculation}).
+    @ivar pace: its measured pace, all kinds and per kind.
+    @ivar used: what its unconfirmed tasks of this master ask for (see L{p2pexec.resources}).
     """
 
     info: NodeInfo
     outstanding: int = 0
     accepting: bool = True
-    mean_duration: float | None = None
+    pace: Pace = attr.Factory(Pace)
+    used: Usage = attr.Factory(Usage)
+
+    def hold(self, request: Request | None, delta: int) -> None:
+        """One more (C{delta} 1) or one fewer (-1) unconfirmed attempt here, asking for C{request}."""
+        self.outstanding += delta
+        if request is not None:
+            self.used.add(request, delta)
 
     @property
     def window(self) -> int:
-        """
-        How many unconfirmed tasks it may hold: its slots, plus enough queued
-        work for L{QUEUE_HORIZON} seconds at the rate it has been finishing
-        tasks (its slots again, until that rate is known).  Instant tasks get
-        a deep queue and travel in big batches; long tasks get a shallow one,
-        so that no worker hoards work another could start.
-        """
-        slots = self.info.slots
-        if self.mean_duration is None:
-            return 2 * slots
-        rate = slots / max(self.mean_duration, 1e-5)
-        return slots + max(1, min(MAX_PREFETCH, int(rate * QUEUE_HORIZON)))
+        """How many unconfirmed tasks it may hold (see L{Pace.window})."""
+        return self.pace.window(self.info.slots)
 
     @property
     def free(self) -> int:
@@ -62,11 +56,7 @@ class WorkerSeat:
             return 0
         return free
 
-    def record_duration(self, seconds: float) -> None:
-        """Fold one finished task's run time into L{mean_duration} (a time that is not finite is ignored)."""
-        if not math.isfinite(seconds):
-            return
-        if self.mean_duration is None:
-            self.mean_duration = seconds
-        else:
-            self.mean_duration += 0.2 * (seconds - self.mean_duration)
+    @property
+    def idle(self) -> int:
+        """How many of its slots hold no task of this master (not even a queued one)."""
+        return max(0, self.info.slots - self.outstanding)

@@ -28,7 +28,11 @@ PEER_STATES = ("self", "alive", "suspect", "known", "gone")
 answering; connected but silent for a while; heard of but not connected;
 said goodbye."""
 
-TASK_STATES = ("pending", "waiting", "running", "succeeded", "failed", "cancelled")
+TASK_STATES = ("pending", "waiting", "running", "succeeded", "failed", "cancelled", "skipped")
+"""A task's state as the views give it: C{waiting} is pending with no
+connected node able to run its kind; C{running} is assigned to a worker
+(queued or running there); C{skipped} never ran, as a task it runs after
+did not succeed."""
 
 
 def parse_states(text: str) -> frozenset[str]:
@@ -45,11 +49,6 @@ def parse_states(text: str) -> frozenset[str]:
             f"'state' must name states among {', '.join(TASK_STATES)}, not {', '.join(map(repr, unknown))}"
         )
     return states
-
-
-"""A task's state as the views give it: C{waiting} is pending with no
-connected node able to run its kind; C{running} is assigned to a worker
-(queued or running there)."""
 
 
 @attr.s(auto_attribs=True, frozen=True)
@@ -155,8 +154,8 @@ def task_state(record: TaskRecord, waiting_kinds: frozenset[str]) -> str:
     status = record.result.status
     if status == "succeeded":
         return "succeeded"
-    if status == "cancelled":
-        return "cancelled"
+    if status == "cancelled" or status == "skipped":
+        return status
     return "failed"
 
 
@@ -219,7 +218,7 @@ def job_summary(
     for record in job.tasks.values():
         counts[task_state(record, waiting_kinds)] += 1
     total = len(job.tasks)
-    done = counts["succeeded"] + counts["failed"] + counts["cancelled"]
+    done = counts["succeeded"] + counts["failed"] + counts["cancelled"] + counts["skipped"]
     elapsed = job.elapsed(now)
     eta = None
     if job.finished is not None:
@@ -245,6 +244,7 @@ def job_summary(
         "eta": eta,
         "stalled": stalled,
         "stale_results_dropped": job.stale,
+        "priority": job.priority,
         "master": master,
         "epoch": epoch,
         "answered_by": answered_by,

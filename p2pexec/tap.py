@@ -13,15 +13,13 @@ import ipaddress
 import json
 import os
 import re
-import signal
 from typing import Any
 
 import attr
 from twisted.application.service import IService
-from twisted.internet.error import ReactorNotRunning
 from twisted.python import usage
 
-from p2pexec import datagram
+from p2pexec import datagram, resources
 from p2pexec.auth import KeyFileError, load_key
 from p2pexec.clock import use_monotonic_time
 from p2pexec.executor import DEFAULT_KILL_GRACE, ProcessExecutor
@@ -30,7 +28,7 @@ from p2pexec.jobfile import JobFileError, load_job_file
 from p2pexec.journal import default_state_dir, open_journal
 from p2pexec.journal_health import JournalError
 from p2pexec.localtoken import LocalTokenError, load_or_create
-from p2pexec.log import LEVELS, NodeLogger, set_minimum_level
+from p2pexec.log import LEVELS, set_minimum_level
 from p2pexec.model import (
     NAME_PATTERN,
     NodeInfo,
@@ -44,9 +42,9 @@ from p2pexec.node import NodeConfig, create_node
 from p2pexec.outputs import check_output_options, open_store
 from p2pexec.policy import CommandPolicy
 from p2pexec.service import NodeService, RuntimeRecordService, WebService
+from p2pexec.signals import _stop_cleanly_on_signals
+from p2pexec.signals import on_hangup as on_hangup
 from p2pexec.systemd import SystemdNotifier, without_notify_variables
-
-_log = NodeLogger()
 
 DEFAULT_GROUP = "239.255.42.99:10000"
 """The default multicast group: organisation-local scope, off the common ports."""
@@ -222,6 +220,9 @@ class Options(usage.Options):
         ],
     ]
 
+    optParameters += resources.TAP_OPTIONS
+    opt_resource = resources.opt_resource
+
     def __init__(self) -> None:
         super().__init__()
         self["peer"] = []
@@ -290,6 +291,12 @@ class Options(usage.Options):
             self["slots"] = os.cpu_count() or 1
         else:
             self["slots"] = _parse_int("--slots", self["slots"], 1, 10_000)
+        try:
+            self["node_resources"] = resources.from_options(
+                self["cpus"], self["memory"], self["gpus"], self.get("resource", [])
+            )
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
         try:
             interface = ipaddress.IPv4Address(self["interface"])
         except ValueError:
@@ -393,13 +400,14 @@ class Options(usage.Options):
             capabilities=tuple(sorted(self["capability_set"])),
             slots=self["slots"],
             cluster=self["cluster"],
+            resources=self["node_resources"],
         )
         try:
             datagram.encode(datagram.Datagram(type=datagram.DISCOVER, node=widest))
         except datagram.DatagramError as e:
             raise usage.UsageError(
-                f"--capabilities: this node's description would not fit in one discovery datagram "
-                f"({e.detail}); use fewer or shorter task kinds"
+                f"--capabilities, --gpus, --resource: this node's description would not fit in one discovery datagram "
+                f"({e.detail}); use fewer or shorter task kinds or resources"
             ) from None
 
 
@@ -413,6 +421,7 @@ def config_from_options(options: Options) -> NodeConfig:
         cluster=options["cluster"],
         capabilities=options["capability_set"],
         slots=options["slots"],
+        resources=options["node_resources"],
         tasks=options["task_specs"],
         results=options["results"],
         drain_timeout=options["drain-timeout"],
@@ -513,82 +522,3 @@ def makeService(options: Options, reactor: Any | None = None) -> IService:
         environ = dict(os.environ) if running_for_real else {"XDG_STATE_HOME": config.state_dir or ""}
         RuntimeRecordService(node, options["web"] or None, environ).setServiceParent(service)
     return service
-
-
-def _stop_cleanly_on_signals(reactor: Any, name: str) -> None:
-    """
-    Make SIGTERM and SIGINT stop the reactor so that twistd exits 0 after the
-    node has left; by default twistd re-raises the signal and exits with it.
-
-    SIGHUP, which twistd leaves at its default (death on the spot), is
-    handled as L{on_hangup} says, unless the node was started ignoring it
-    (C{nohup}), which it keeps doing.
-    """
-
-    def handler(number: int, frame: Any) -> None:
-        reactor.callFromThread(reactor.stop)
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
-    if signal.getsignal(signal.SIGHUP) != signal.SIG_IGN:
-        signal.signal(signal.SIGHUP, lambda number, frame: reactor.callFromThread(on_hangup, reactor, name))
-
-
-def on_hangup(reactor: Any, name: str, log_files: list[Any] | None = None) -> None:
-    """
-    What SIGHUP means to a node, in the conventions of daemons:
-
-      - if twistd logs to a file (C{--logfile}, and a daemon by default),
-        the file is reopened, so that log rotation tools can move it away;
-      - otherwise (logging to standard output: a terminal, journald), it is
-        the terminal hanging up, and the node leaves the cluster as it
-        does on SIGTERM (drain, goodbyes, exit 0).
-
-    Either way it says so in one line.
-
-    @param log_files: the log files to reopen; by default those twistd logs to.
-    """
-    files = _twistd_log_files() if log_files is None else log_files
-    if files:
-        for log_file in files:
-            try:
-                log_file.reopen()
-            except OSError as e:
-                _log.error(
-                    "Node {name} received SIGHUP and could not reopen its log file {path}: {error}",
-                    name=name,
-                    path=getattr(log_file, "path", "?"),
-                    error=e.strerror or e,
-                )
-                return
-        _log.info(
-            "Node {name} received SIGHUP: reopened its log file {path}",
-            name=name,
-            path=", ".join(getattr(f, "path", "?") for f in files),
-        )
-        return
-    _log.info(
-        "Node {name} received SIGHUP (its terminal hung up): leaving the cluster, as on SIGTERM",
-        name=name,
-    )
-    try:
-        reactor.stop()
-    except ReactorNotRunning:
-        pass  # Already leaving.
-
-
-def _twistd_log_files() -> list[Any]:
-    """
-    The log files (L{twisted.python.logfile.BaseLogFile}) that the global log
-    observers write to: what twistd opened for C{--logfile}.  None when it
-    logs to standard output or syslog.
-    """
-    from twisted.logger import globalLogPublisher
-    from twisted.python.logfile import BaseLogFile
-
-    files = []
-    for observer in getattr(globalLogPublisher, "_observers", ()):
-        out = getattr(observer, "_outFile", None)
-        if isinstance(out, BaseLogFile) and out not in files:
-            files.append(out)
-    return files

@@ -177,14 +177,14 @@ class _JobCollection(_JsonResource):
             raise _BadRequest(f"the body is not JSON: {shorten(str(e))}") from None
         if not isinstance(document, dict):
             raise _BadRequest('the body must be a job object: {"defaults": {...}, "task": [...]}')
-        unknown = set(document) - {"defaults", "task"}
+        unknown = set(document) - {"defaults", "task", "job"}
         if unknown:
-            raise _BadRequest(f"unknown key(s) {', '.join(sorted(unknown))}; a job has 'defaults' and 'task'")
+            raise _BadRequest(f"unknown key(s) {', '.join(sorted(unknown))}; a job has 'defaults', 'task' and 'job'")
         tasks = document.get("task")
         if not isinstance(tasks, list):
             raise _BadRequest("'task' must be a list of task objects")
         try:
-            submitted = self.node.submit(tasks, document.get("defaults"), label="submitted job")
+            submitted = self.node.submit(tasks, document.get("defaults"), "submitted job", document.get("job"))
         except commands.BadJob as e:
             raise _BadRequest(str(e)) from None
         except (commands.ShuttingDown, commands.JournalUnwritable) as e:

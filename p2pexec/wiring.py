@@ -87,6 +87,7 @@ def build_parts(
         capabilities=tuple(sorted(config.capabilities)),
         slots=config.slots,
         cluster=config.cluster,
+        resources=config.resources,
     )
     journal = journal if journal is not None else open_journal(config.state_dir, reactor)
     outbox, startup = Outbox(reactor), StartupJob(config, reactor, wall)
@@ -126,7 +127,10 @@ def build_parts(
     parts = Parts(
         info=info,
         peers=PeerTable(config.name),
-        worker=worker or Worker(config.name, config.capabilities, config.slots, runner, reactor, config.master_lease),
+        worker=worker
+        or Worker(
+            config.name, config.capabilities, config.slots, runner, reactor, config.master_lease, config.resources
+        ),
         journal=journal,
         master=master,
         dialer=dialer,

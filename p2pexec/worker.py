@@ -14,7 +14,7 @@ and the task does not run twice.
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from typing import Any
 
 import attr
@@ -24,11 +24,14 @@ from twisted.python.failure import Failure
 
 from p2pexec import commands
 from p2pexec.attempt_states import ATTEMPT, HOLDS_SLOT, KEPT, AttemptEvent, AttemptOutput, AttemptState, query_answer
+from p2pexec.fairshare import WorkerQueue, master_of, priority_of
 from p2pexec.fence import Fence
 from p2pexec.interfaces import IResultSink, ITaskRunner
-from p2pexec.log import MAX_IDS_IN_LOG, NodeLogger, format_ids
+from p2pexec.log import NodeLogger, format_ids, log_started
 from p2pexec.model import ERROR, RETURNED, SUCCEEDED, Assignment, TaskResult
 from p2pexec.replicas import Ballot
+from p2pexec.resource_use import Pool
+from p2pexec.resources import NodeResources
 
 log = NodeLogger()
 
@@ -93,7 +96,7 @@ class Worker:
     L{ATTEMPT} machine; the containers below are indexes of it, each filled
     and emptied by the machine's outputs (L{_perform}):
 
-      - C{_queue}: the attempts in QUEUED, first come first started;
+      - C{_queue}: the attempts in QUEUED, started by priority, then fair share between masters (L{WorkerQueue});
       - C{_active}: the attempts queued or running (L{ACTIVE}), by key;
       - C{_running_for}: how many hold a slot, per master;
       - C{_cache}: the attempts whose result is kept until acknowledged
@@ -116,15 +119,17 @@ class Worker:
         runner: ITaskRunner,
         clock: IReactorTime,
         lease: float = 0.0,
+        resources: NodeResources | None = None,
     ) -> None:
         self.name = name
+        self.pool = Pool(name, resources)
         self.lease = lease
         self.fence = Fence(name, clock, self.holds_job)
         self.capabilities = capabilities
         self.slots = slots
         self._runner = runner
         self._clock = clock
-        self._queue: deque[_Attempt] = deque()
+        self._queue = WorkerQueue(master_of, priority_of, lambda key: self._running_for.get(key, 0))
         self._unqueued = False
         self._unsent: dict[tuple[tuple[str, str], str], tuple[IResultSink, list[_Attempt]]] = {}
         self._flush_call: IDelayedCall | None = None
@@ -181,6 +186,8 @@ class Worker:
                     del self._running_for[master]
                 self.completed += 1
                 del self._active[entry.key]
+                if entry.assignment.task.request is not None:
+                    self.pool.release(entry.key)
             elif output is _KEEP_RESULT:
                 self._remember(entry)
             elif output is _QUEUE_RESULT:
@@ -212,7 +219,7 @@ class Worker:
         """Take the attempts that left QUEUED out of the queue (one pass for a whole cancel, drop or leave)."""
         if self._unqueued:
             self._unqueued = False
-            self._queue = deque(entry for entry in self._queue if entry.state is _QUEUED)
+            self._queue.keep(lambda entry: entry.state is _QUEUED)
 
     def _returned(self, entry: _Attempt) -> TaskResult:
         """The C{returned} result of an attempt handed back because the node is leaving."""
@@ -235,6 +242,7 @@ class Worker:
         @raise commands.ShuttingDown: if the node is leaving.
         @raise commands.NotCapable: if any task is of a kind this node does
             not run; then none of the batch is queued.
+        @raise commands.DoesNotFit: if any asks for more than this node has (L{Pool.check}).
         """
         if not self.accepting:
             raise commands.ShuttingDown(f"node {self.name} is shutting down and takes no new tasks")
@@ -244,6 +252,7 @@ class Worker:
                 f"node {self.name} does not run task kind(s) {', '.join(missing)}; "
                 f"it runs {', '.join(sorted(self.capabilities)) or 'nothing'}"
             )
+        self.pool.check(assignments)
         if ballot is not None:
             self.fence.check(job, ballot, "an assignment")
         log.info(
@@ -284,13 +293,16 @@ class Worker:
         started: list[tuple[str, str]] = []
         try:
             while self._queue and self.running < self.slots:
-                entry = self._queue.popleft()
+                # By priority and fair share; one asking for resources only if they are free (L{Pool.start_next}).
+                entry = self.pool.start_next(self._queue)
+                if entry is None:
+                    break
                 started.append((entry.assignment.task.id, entry.job))
                 entry.state, outputs = _step(entry.state, _START)
                 self._perform(entry, outputs)
         finally:
             self._starting = False
-        self._log_started(started)
+        log_started(log, self.name, started)
 
     def _run(self, entry: _Attempt) -> None:
         """Run an attempt that took a slot: an instruction ends at once, a command through the runner."""
@@ -303,10 +315,7 @@ class Worker:
         else:
             running = maybeDeferred(self._runner.run, entry.job, entry.assignment)
             running.addErrback(self._runner_failed, entry)
-            running.addCallback(self._finished_callback, entry)
-
-    def _finished_callback(self, result: TaskResult, entry: _Attempt) -> None:
-        self._finished(entry, result)
+            running.addCallback(lambda result: self._finished(entry, result))
 
     def _runner_failed(self, failure: Failure, entry: _Attempt) -> TaskResult:
         """
@@ -324,19 +333,6 @@ class Worker:
             node=self.name,
             error=f"node {self.name} could not run it: {what}",
         )
-
-    def _log_started(self, started: list[tuple[str, str]]) -> None:
-        """One line per task, as the original; one line per burst past L{MAX_IDS_IN_LOG}."""
-        if len(started) <= MAX_IDS_IN_LOG:
-            for task_id, job in started:
-                log.info("Node {name} executing: {task}", name=self.name, task=task_id, job=job)
-        else:
-            log.info(
-                "Node {name} executing {count} tasks: {ids}",
-                name=self.name,
-                count=len(started),
-                ids=format_ids([task_id for task_id, _ in started]),
-            )
 
     def _finished(self, entry: _Attempt, result: TaskResult) -> None:
         """
@@ -418,11 +414,14 @@ class Worker:
                 self._fire(entry, AttemptEvent.RESEND)
         return answer
 
-    def cancel(self, master: str, job: str, ballot: Ballot | None = None) -> tuple[int, int]:
+    def cancel(
+        self, master: str, job: str, ballot: Ballot | None = None, only: set[tuple[str, int]] | None = None
+    ) -> tuple[int, int]:
         """
         Stop every task of C{job} from C{master} (from any master, for a
-        leader past epoch 1): queued ones never start, running ones are
-        terminated (their process groups), and none of their results is sent.
+        leader past epoch 1), or C{only} these (task id, attempt): queued ones
+        never start, running ones are terminated (their process groups), and
+        none of their results is sent.
 
         @return: (how many were dropped from the queue, how many were stopped).
         @raise commands.StaleBallot: if a newer ballot than C{ballot} was seen for C{job}.
@@ -438,7 +437,7 @@ class Worker:
                 held += [e for e in entries if e.state is not _CANCELLED and not ATTEMPT.is_final(e.state)]
         seen: set[int] = set()
         for entry in held:
-            if id(entry) in seen or entry.state is _CANCELLED:
+            if id(entry) in seen or entry.state is _CANCELLED or (only is not None and entry.key[2:] not in only):
                 continue
             seen.add(id(entry))
             if entry.state is _QUEUED:
@@ -448,9 +447,10 @@ class Worker:
             self._fire(entry, AttemptEvent.CANCEL)
         self._compact_queue()
         log.info(
-            "Node {name} cancelled job {job} of master {master}: {dropped} queued task(s) dropped, "
+            "Node {name} cancelled {what} of master {master}: {dropped} queued task(s) dropped, "
             "{stopped} running task(s) stopped",
             name=self.name,
+            what=f"job {job}" if only is None else f"{format_ids(sorted(t for t, _ in only))} of job {job}",
             job=job,
             master=master,
             dropped=dropped,
@@ -580,10 +580,7 @@ class Worker:
         self._runner.stop_all()
 
     def settled(self) -> Deferred[None]:
-        """
-        Fires once nothing this worker signalled is left running (see
-        L{ITaskRunner.settled}).
-        """
+        """Fires once nothing this worker signalled is left running (see L{ITaskRunner.settled})."""
         return self._runner.settled()
 
     def _notify_if_idle(self) -> None:
@@ -595,6 +592,5 @@ class Worker:
 
 def _size(entry: _Attempt) -> int:
     """The bytes of output a kept attempt's result holds."""
-    result = entry.result
-    assert result is not None
-    return len(result.stdout) + len(result.stderr)
+    assert entry.result is not None
+    return len(entry.result.stdout) + len(entry.result.stderr)

@@ -241,7 +241,7 @@ class LocalTokenHandler(FakeHandler):
         self.local_challenge = auth.ChallengeResponse(LOCAL_TOKEN)
         self.submitted = []
 
-    def submit_part(self, protocol, tasks, defaults, upload, final):
+    def submit_part(self, protocol, tasks, defaults, upload, final, priority=None):
         """Record the tasks; answer as a node does."""
         self.submitted.append(tasks)
         return {"upload": "", "job": "n-1"}

@@ -41,7 +41,7 @@ def submit_answers() -> Any:
     """SUBMIT_JOB answers: an upload id per part but the last, then the job id."""
     parts = []
 
-    def answer(tasks: Any, defaults: Any, upload: str, final: bool) -> dict[str, Any]:
+    def answer(tasks: Any, defaults: Any, upload: str, final: bool, priority: Any = None) -> dict[str, Any]:
         parts.append(tasks)
         if final:
             return {"upload": "", "job": "a1-0123abcd-7"}
@@ -85,6 +85,7 @@ class SubcommandTests(SynchronousTestCase):
                     "defaults": {},
                     "upload": "",
                     "final": True,
+                    "priority": None,
                 }
             ],
         )

@@ -98,14 +98,19 @@ class ParseArgumentsTests(SynchronousTestCase):
         self.assertUsageError(["run", "--kind", "sh", "--env", "NOVALUE", "--", "x", ":::", "a"], "--env")
 
     def test_slots_per_task(self) -> None:
-        """--slots-per-task 1 is accepted; any other value is refused, saying the daemon has no such thing."""
-        self.assertEqual(parse("run", "--kind", "sh", "--slots-per-task", "1", "--", "x", ":::", "a").slots_per_task, 1)
-        self.assertUsageError(
-            ["run", "--kind", "sh", "--slots-per-task", "2", "--", "x", ":::", "a"],
-            "--slots-per-task 2",
-            "no per-task slot count",
-            "only 1",
-        )
+        """--slots-per-task was removed: any use is refused, pointing to --cpus."""
+        for value in ("1", "2"):
+            self.assertUsageError(
+                ["run", "--kind", "sh", "--slots-per-task", value, "--", "x", ":::", "a"],
+                "--slots-per-task was removed",
+                "--cpus N",
+            )
+
+    def test_run_requests(self) -> None:
+        """run --cpus/--memory/--gpus/--resource are checked, a bad one named."""
+        args = parse("run", "--kind", "sh", "--cpus", "2", "--gpus", "1", "--", "x", ":::", "a")
+        self.assertEqual(args.request, {"cpus": 2.0, "gpus": 1})
+        self.assertUsageError(["run", "--kind", "sh", "--memory", "4Q", "--", "x", ":::", "a"], "--memory")
 
     def test_no_subcommand(self) -> None:
         """Without a subcommand the help goes to stderr and the status is 2."""

@@ -73,7 +73,7 @@ class PlainFormattingTests(SynchronousTestCase):
         """Job, peer and task rows: counts, ? for a load not reported yet, - for nothing."""
         self.assertEqual(
             render.job_row(summary(eta=4.0, succeeded=2, failed=1, running=3, pending=2, waiting=2)),
-            ["a1-0123abcd-1", "running", "3/10", "2", "1", "0", "3", "2", "2", "1.0s", "4.0s", "a1 (epoch 1)"],
+            ["a1-0123abcd-1", "running", "3/10", "2", "1", "0", "0", "3", "2", "2", "1.0s", "4.0s", "a1 (epoch 1)"],
         )
         replica = dict(summary(), master="n3", epoch=2, answered_by="replica")
         self.assertEqual(render.job_row(replica)[-1], "n3 (epoch 2) (replica)")

@@ -6,6 +6,7 @@ adoption (L{p2pexec.recovery.Recovery.adopt}).
 
 import json
 
+import attr
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
@@ -196,14 +197,15 @@ def take_over(cluster, old, new, job_id):
 class AdoptionTests(SynchronousTestCase):
     """A new leader adopts a job: only the tasks nobody holds run again."""
 
-    def cluster(self, master_runs=False):
+    def cluster(self, master_runs=False, w2_duration=1.0, tasks=None):
         """m1 master of 30 tasks (running some itself if C{master_runs}), workers w1 and w2, and n2."""
         cluster = Cluster()
         caps = frozenset({"w"}) if master_runs else frozenset()
-        cluster.add("m1", address="127.0.0.1", port=4001, capabilities=caps, tasks=w_tasks(30), duration=1.0)
+        tasks = w_tasks(30) if tasks is None else tasks
+        cluster.add("m1", address="127.0.0.1", port=4001, capabilities=caps, tasks=tasks, duration=1.0)
         cluster.add("n2", address="127.0.0.4", port=4004, capabilities=frozenset())
         cluster.add_worker("w1", address="127.0.0.2", port=4002, duration=1.0)
-        cluster.add_worker("w2", address="127.0.0.3", port=4003, duration=1.0)
+        cluster.add_worker("w2", address="127.0.0.3", port=4003, duration=w2_duration)
         return cluster
 
     def runs(self, cluster, *names):
@@ -218,9 +220,13 @@ class AdoptionTests(SynchronousTestCase):
         """
         After m1 dies, n2 adopts the job: what w1 and w2 run or finished
         meanwhile is kept (each result recorded once), the rest runs, and no
-        task runs twice.
+        task runs twice.  A worker holds only the tasks it runs (its pace
+        keeps it from queueing 1 s tasks), so w2's take 3 s: still running
+        when n2 adopts the job while w1's have finished; and no backup copy
+        (speculative = false), which would be a second run by request.
         """
-        cluster = self.cluster()
+        tasks = tuple(attr.evolve(task, speculative=False) for task in w_tasks(30))
+        cluster = self.cluster(w2_duration=3.0, tasks=tasks)
         m1 = cluster.nodes["m1"]
         cluster.network.run_until(lambda: any(j.succeeded >= 6 for j in m1.master.jobs.values()), limit=20)
         job_id = next(iter(m1.master.jobs))

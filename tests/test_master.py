@@ -94,6 +94,7 @@ class RecordingLink:
         self.finished = []
         self.queries = []
         self.cancels = []
+        self.cancelled_attempts = []
         self.events = events if events is not None else []
 
     def send_assignments(self, worker, job, assignments):
@@ -106,6 +107,10 @@ class RecordingLink:
         d = Deferred()
         self.queries.append((worker, job, attempts, d))
         return d
+
+    def send_cancel_attempts(self, worker, job, attempts):
+        """Note the attempts to stop."""
+        self.cancelled_attempts.append((worker, job, list(attempts)))
 
     def send_cancel(self, worker, job):
         """Record the cancel sent to C{worker}."""
@@ -165,8 +170,8 @@ class MasterTests(SynchronousTestCase):
         self.assertEqual(self.master.pending_count(), 6)
 
     def test_window_follows_task_duration(self):
-        """Instant tasks open a deep queue; long tasks keep it to one beyond the slots."""
-        for duration, expected_window in ((0.0, 2 + 2000), (0.01, 2 + 10), (1.0, 2 + 1)):
+        """Instant tasks open a deep queue; tasks longer than the queue's horizon get the slots and no more."""
+        for duration, expected_window in ((0.0, 2 + 2000), (0.01, 2 + 10), (0.04, 2 + 2), (1.0, 2)):
             link = RecordingLink()
             master = Master(node(name="a1", capabilities=()), link, link, self.clock)
             master.worker_joined(node(name="b1", capabilities=("b",), slots=2))

@@ -387,7 +387,7 @@ class ClientHandler(RecordingHandler):
         """A summary that only names the job."""
         return {"id": job_id}
 
-    def submit_part(self, protocol, tasks, defaults, upload, final):
+    def submit_part(self, protocol, tasks, defaults, upload, final, priority=None):
         """Answer once C{submitted} fires (a journal write that takes its time)."""
         return self.submitted.addCallback(lambda _: {"upload": "", "job": "j1"})
 

@@ -131,7 +131,7 @@ class PlanTests(SynchronousTestCase):
         queue: deque[str] = deque(["p1", "p2", "p3"])
         gone: deque[str] = deque(["q1"])
         workers = [WorkerCapacity("w1", frozenset({"w"}), 5), WorkerCapacity("w2", frozenset({"w"}), 2)]
-        result = plan({"w": deque(["a", "b"])}, workers, {("w", "w2"): queue, ("w", "w9"): gone})
+        result = plan({"w": deque(["a", "b"])}, workers, pinned={("w", "w2"): queue, ("w", "w9"): gone})
         self.assertEqual(result.assignments["w2"], ["p1", "p2"])
         self.assertEqual(result.assignments["w1"], ["a", "b"])
         self.assertEqual(list(queue), ["p3"])
@@ -139,6 +139,6 @@ class PlanTests(SynchronousTestCase):
 
     def test_pinned_to_a_node_without_the_kind(self) -> None:
         """A pinned queue whose node does not run its kind waits (listed absent)."""
-        result = plan({}, [WorkerCapacity("w1", frozenset({"v"}), 5)], {("w", "w1"): deque(["p"])})
+        result = plan({}, [WorkerCapacity("w1", frozenset({"v"}), 5)], pinned={("w", "w1"): deque(["p"])})
         self.assertEqual(result.assignments, {})
         self.assertEqual(result.absent, [("w", "w1")])

@@ -84,7 +84,7 @@ class FakeNode:
         self.master = FakeMaster()
         self.submitted = []
 
-    def submit(self, tasks, defaults=None, label="submitted job"):
+    def submit(self, tasks, defaults=None, label="submitted job", job=None):
         """Record the tasks; return a job ID at once."""
         self.submitted.append(tasks)
         return succeed("a1-0001-1")

@@ -50,7 +50,7 @@ from p2pexec.client.calls import Caller as Caller
 from p2pexec.client.calls import Route as Route
 from p2pexec.client.calls import with_last as with_last
 from p2pexec.client.errors import ClientError, KeyProblem
-from p2pexec.jobfile import JobFileError, load_job_file
+from p2pexec.jobfile import JobFileError, load_job_file, load_job_priority
 from p2pexec.model import TaskSpec, ValidationError, parse_instructions
 
 POLL_INTERVAL = 0.5
@@ -76,6 +76,7 @@ def job_tasks_from(args: argparse.Namespace, stdin: TextIO) -> list[TaskSpec]:
             retries=args.retries,
             cwd=args.cwd,
             env=args.env,
+            request=getattr(args, "request", None),
         )
     if args.tasks is not None:
         names = [name.strip() for name in args.tasks.split(",") if name.strip()]
@@ -102,7 +103,7 @@ def job_exit_status(summary: dict[str, Any]) -> int:
 
 
 def tasks_exit_status(tasks: Sequence[dict[str, Any]]) -> int:
-    """L{EXIT_OK} if every task succeeded, else L{EXIT_FAILED} (failed, cancelled or unfinished)."""
+    """L{EXIT_OK} if every task succeeded, else L{EXIT_FAILED} (failed, cancelled, skipped or unfinished)."""
     return EXIT_OK if all(task["state"] == "succeeded" for task in tasks) else EXIT_FAILED
 
 
@@ -133,12 +134,13 @@ class Context:
     stdout: TextIO | None = None
 
 
-async def submit_job(ctx: Context, tasks: Sequence[TaskSpec]) -> str:
+async def submit_job(ctx: Context, tasks: Sequence[TaskSpec], priority: int | None = None) -> str:
     """
     Hand C{tasks} to the node with SUBMIT_JOB, in parts that each stay
-    under L{commands.MAX_VALUE_BYTES}; return the job id.
+    under L{commands.MAX_VALUE_BYTES} (the last with the job's C{priority},
+    unless C{None}); return the job id.
     """
-    return await calls.submit_tasks(ctx.node, tasks)
+    return await calls.submit_tasks(ctx.node, tasks, priority=priority)
 
 
 async def route(ctx: Context) -> Route:
@@ -238,7 +240,7 @@ async def follow_tasks(
     joblog_file = getattr(args, "joblog", None)
     joblog = Joblog.open(joblog_file, stdout) if joblog_file else None
     try:
-        job = await submit_job(ctx, tasks)
+        job = await submit_job(ctx, tasks, getattr(args, "job_priority", getattr(args, "priority", None)))
         keep_order, tag = getattr(args, "keep_order", False), getattr(args, "tag", False)
         printer = TaskPrinter(stdout, ctx.err, keep_order, tag) if printing else None
         # all_nodes tasks become TASK@NODE on the master: the job's order is then its own.
@@ -255,11 +257,19 @@ async def follow_tasks(
 
 
 async def do_submit(ctx: Context, args: argparse.Namespace) -> int:
-    """C{submit}: print the job id; with C{--wait}, follow it (printing the tasks' output with C{--output})."""
+    """
+    C{submit}: print the job id; with C{--wait}, follow it (printing the
+    tasks' output with C{--output}).  The job's priority: C{--priority}, else
+    the job file's C{[job] priority}.
+    """
+    priority = getattr(args, "priority", None)
+    if priority is None and getattr(args, "jobfile", None) is not None:
+        priority = load_job_priority(args.jobfile) or None
+    args.job_priority = priority
     output, joblog = getattr(args, "output", False), getattr(args, "joblog", None)
     if args.wait and (output or joblog):
         return await follow_tasks(ctx, args, None, output, "{job}", always=True)
-    job = await submit_job(ctx, args.job_tasks)
+    job = await submit_job(ctx, args.job_tasks, priority)
     ctx.out.line(job)
     if args.wait:
         return await follow(ctx, job)
@@ -372,7 +382,7 @@ async def do_rerun(ctx: Context, args: argparse.Namespace) -> int:
         raise CliError(f"cannot rerun now: {e}") from None
     count = answer["count"]
     if not count:
-        ctx.out.line(f"job {args.job}: nothing to rerun (no task failed, timed out, errored or was cancelled)")
+        ctx.out.line(f"job {args.job}: nothing to rerun (no task failed, timed out, errored, was cancelled or skipped)")
         return EXIT_OK
     shown = ", ".join(str(task) for task in answer["tasks"][:10])
     more = f" and {count - 10} more" if count > 10 else ""

@@ -19,10 +19,10 @@ from p2pexec.cli.errors import PROG, CliError
 from p2pexec.client import calls
 from p2pexec.client.errors import ClientError, OutputGone
 
-ENDED_STATES = frozenset({"succeeded", "failed", "cancelled"})
+ENDED_STATES = frozenset({"succeeded", "failed", "cancelled", "skipped"})
 """The JOB_TASKS states of a task that has its final result."""
 
-ENDED_FILTER = "succeeded,failed,cancelled"
+ENDED_FILTER = "succeeded,failed,cancelled,skipped"
 """JOB_TASKS's C{state} filter for the tasks that ended."""
 
 PAGE_LIMIT = 1000

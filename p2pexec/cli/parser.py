@@ -16,7 +16,8 @@ from p2pexec.cli.client import DEFAULT_TIMEOUT, parse_address
 from p2pexec.cli.errors import EXIT_USAGE, PROG
 from p2pexec.cli.logs import add_logs_parser
 from p2pexec.cli.sources import split_run_line
-from p2pexec.model import ValidationError, validate_name
+from p2pexec.model import MAX_PRIORITY, ValidationError, validate_name
+from p2pexec.resources import run_request
 
 DEFAULT_CONNECT = "127.0.0.1:10001"
 """The node the client talks to unless told otherwise (C{--connect}, C{$P2PEXEC_CONNECT})."""
@@ -40,7 +41,7 @@ only the jobs it is master of.
 
 exit status:
   0  every task succeeded (or the command did what it was asked)
-  1  some task failed, timed out, could not run, was cancelled, or has no result yet
+  1  some task failed, timed out, could not run, was cancelled or skipped, or has no result yet
   2  usage error, bad job file or job, unknown job, or no connection to the node
 """
 
@@ -76,6 +77,28 @@ def _count(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"expected 0 or more, not {text!r}")
     return value
+
+
+def _priority(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
+    if abs(value) > MAX_PRIORITY:
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number from -{MAX_PRIORITY} to {MAX_PRIORITY}, not {text!r}"
+        )
+    return value
+
+
+def _priority_option(parser: argparse.ArgumentParser) -> None:
+    """C{--priority N} (issue 15: priorities)."""
+    parser.add_argument(
+        "--priority",
+        type=_priority,
+        metavar="N",
+        help="the job's priority (default: the job file's [job] priority, else 0); higher runs first",
+    )
 
 
 def _connection_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
@@ -182,6 +205,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     )
     _output_options(p, "with --output: ")
     _node_option(p)
+    _priority_option(p)
 
     p = add(
         "run",
@@ -213,12 +237,16 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         "  ls *.csv | p2pexec run --kind py -- python3 load.py",
     )
     p.add_argument("--kind", required=True, help="the kind (capability) of every task: a node must run it")
+    p.add_argument("--slots-per-task", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--cpus", metavar="N", help="CPUs each task needs (a node runs tasks while they fit its --cpus)")
+    p.add_argument("--memory", metavar="SIZE", help="memory each task needs, like 512M or 4G")
+    p.add_argument("--gpus", metavar="N", help="GPU devices each task needs, each its own (CUDA_VISIBLE_DEVICES)")
     p.add_argument(
-        "--slots-per-task",
-        type=int,
-        default=1,
-        metavar="N",
-        help="only 1: a node runs --slots tasks at once, each in one slot; p2pexec has no per-task slot count",
+        "--resource",
+        action="append",
+        default=[],
+        metavar="NAME=AMOUNT",
+        help="a named resource each task needs, like licence=1 (repeatable)",
     )
     p.add_argument("--shell", action="store_true", help="run each command with /bin/sh -c (the argument is quoted)")
     p.add_argument(
@@ -229,6 +257,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         help="kill a task's process group after this long (status timed-out)",
     )
     p.add_argument("--retries", type=_count, metavar="N", help="run a failed task again up to N times (0-100)")
+    _priority_option(p)
     p.add_argument("--cwd", metavar="DIR", help="the tasks' working directory on the node that runs them")
     p.add_argument(
         "--env",
@@ -308,7 +337,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         "rerun",
         "run a finished job's failed tasks again, and follow them",
         "Run again, as new attempts of the same job, the tasks of JOB that failed,\n"
-        "timed out, could not run (error) or were cancelled, then follow the job to its\n"
+        "timed out, could not run (error), were cancelled or were skipped (they wait\n"
+        "again for the tasks they run after), then follow the job to its\n"
         "end as submit --wait does.  Afterwards the job's results (p2pexec result, the\n"
         "HTTP API, the dashboard) show the new outcomes; attempt numbers go on.  A job\n"
         "that is still running is refused: wait for it, or cancel it first.",
@@ -415,11 +445,15 @@ def parse_arguments(argv: Sequence[str]) -> argparse.Namespace:
             this.error(f"--kind: {e}")
         if args.all_nodes and args.node is not None:
             this.error("--node and --all-nodes: give one of them (one node, or every node)")
-        if args.slots_per_task != 1:
+        if args.slots_per_task is not None:
             this.error(
-                f"--slots-per-task {args.slots_per_task}: p2pexec has no per-task slot count; every task "
-                "takes one slot of the node that runs it (a node runs --slots tasks at once), so only 1 is accepted"
+                "--slots-per-task was removed: every task takes one slot; ask for CPUs with --cpus N "
+                "(a node runs tasks only while their --cpus add up to no more than its own --cpus)"
             )
+        try:
+            args.request = run_request(args.cpus, args.memory, args.gpus, args.resource)
+        except ValueError as e:
+            this.error(str(e))
         try:
             args.run_line = split_run_line(args.run_words)
         except ValueError as e:

@@ -41,11 +41,13 @@ def format_seconds(seconds: float | None) -> str:
 
 
 def outcome_counts(summary: dict[str, Any]) -> str:
-    """C{2 succeeded, 1 failed} (and C{, 3 cancelled} when there are any)."""
+    """C{2 succeeded, 1 failed} (and C{, 3 cancelled}, C{, 1 skipped} when there are any)."""
     counts = summary["counts"]
     text = f"{counts['succeeded']} succeeded, {counts['failed']} failed"
     if counts["cancelled"]:
         text += f", {counts['cancelled']} cancelled"
+    if counts.get("skipped"):
+        text += f", {counts['skipped']} skipped"
     return text
 
 
@@ -138,6 +140,7 @@ JOB_COLUMNS = (
     "succeeded",
     "failed",
     "cancelled",
+    "skipped",
     "running",
     "queued",
     "waiting",
@@ -154,7 +157,10 @@ def job_row(summary: dict[str, Any]) -> list[str]:
         summary["id"],
         summary["state"],
         f"{summary['done']}/{summary['total']}",
-        *(str(counts[state]) for state in ("succeeded", "failed", "cancelled", "running", "pending", "waiting")),
+        *(
+            str(counts.get(state, 0))
+            for state in ("succeeded", "failed", "cancelled", "skipped", "running", "pending", "waiting")
+        ),
         format_seconds(summary["elapsed"]),
         "-"
         if summary["state"] != "running"
@@ -373,6 +379,7 @@ _STATE_STYLES = {
     "error": "red",
     "gone": "red",
     "cancelled": "magenta",
+    "skipped": "magenta",
     "running": "yellow",
     "suspect": "yellow",
     "waiting": "cyan",
@@ -410,6 +417,8 @@ class _RichProgressDisplay:
         parts.append(f"[red]{counts['failed']} failed[/]" if counts["failed"] else "0 failed")
         if counts["cancelled"]:
             parts.append(f"[magenta]{counts['cancelled']} cancelled[/]")
+        if counts.get("skipped"):
+            parts.append(f"[magenta]{counts['skipped']} skipped[/]")
         self._progress.update(
             self._task,
             completed=summary["done"],

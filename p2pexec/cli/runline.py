@@ -76,10 +76,13 @@ def run_tasks(
     retries: int | None = None,
     cwd: str | None = None,
     env: dict[str, str] | None = None,
+    request: dict[str, Any] | None = None,
 ) -> list[TaskSpec]:
     """
     One task per argument (a value from each input source), in order,
     checked as a job file would be.
+
+    @param request: the C{cpus}, C{memory}, C{gpus} and C{resources} fields of every task.
 
     @raise CliError: for a replacement string naming no source, or naming
         the task and field at fault.
@@ -97,6 +100,7 @@ def run_tasks(
         defaults["cwd"] = cwd
     if env:
         defaults["env"] = dict(env)
+    defaults.update(request or {})
     tasks = [
         {"id": task_id, "command": expand_command(command, argument, shell, sequence)}
         for sequence, (task_id, argument) in enumerate(zip(task_ids(arguments), arguments), start=1)

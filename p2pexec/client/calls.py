@@ -56,13 +56,17 @@ def task_object(task: TaskSpec | Mapping[str, Any]) -> Any:
 
 
 async def submit_tasks(
-    node: Caller, tasks: Sequence[TaskSpec | Mapping[str, Any]], defaults: Mapping[str, Any] | None = None
+    node: Caller,
+    tasks: Sequence[TaskSpec | Mapping[str, Any]],
+    defaults: Mapping[str, Any] | None = None,
+    priority: int | None = None,
 ) -> str:
     """
     Hand C{tasks} (L{TaskSpec}s, or job-file task objects) to C{node} with
     SUBMIT_JOB, in parts that each stay under L{commands.MAX_VALUE_BYTES},
-    with C{defaults} (a job file's C{[defaults]} table); return the job id.
-    The node becomes the job's master.
+    with C{defaults} (a job file's C{[defaults]} table) and the job's
+    C{priority} (sent with the last part; C{None}: the default, 0); return
+    the job id.  The node becomes the job's master.
     """
     try:
         parts = list(commands.chunk(tasks, task_object))
@@ -71,8 +75,9 @@ async def submit_tasks(
     upload = ""
     job = ""
     for part, final in with_last(parts):
+        extra = {"priority": priority} if final and priority is not None else {}
         answer = await node.call(
-            commands.SubmitJob, tasks=part, defaults=dict(defaults or {}), upload=upload, final=final
+            commands.SubmitJob, tasks=part, defaults=dict(defaults or {}), upload=upload, final=final, **extra
         )
         upload, job = answer["upload"], answer["job"]
     return job

@@ -12,7 +12,7 @@ from typing import Any
 
 import attr
 
-ENDED_STATES = frozenset({"succeeded", "failed", "cancelled"})
+ENDED_STATES = frozenset({"succeeded", "failed", "cancelled", "skipped"})
 """The states of a task that has its result."""
 
 
@@ -49,9 +49,9 @@ class TaskResult:
 
     @ivar id: the task's id.
     @ivar state: C{pending}, C{waiting}, C{running}, C{succeeded},
-        C{failed} or C{cancelled}.
+        C{failed}, C{cancelled} or C{skipped}.
     @ivar status: of its result: C{succeeded}, C{failed}, C{timed-out},
-        C{error} or C{cancelled}; C{None} before it has one.
+        C{error}, C{cancelled} or C{skipped}; C{None} before it has one.
     @ivar exit_code: the process's exit code; C{None} when it had none
         (killed by a signal, never started, no result yet).
     @ivar node: the node that ran it (or runs its latest attempt).
@@ -81,7 +81,7 @@ class TaskResult:
 
     @property
     def ended(self) -> bool:
-        """Whether the task has its result (succeeded, failed or cancelled)."""
+        """Whether the task has its result (succeeded, failed, cancelled or skipped)."""
         return self.state in ENDED_STATES
 
     @property
@@ -123,7 +123,7 @@ class JobStatus:
     @ivar total: how many tasks it has.
     @ivar done: how many have their result.
     @ivar counts: tasks by state (C{pending}, C{waiting}, C{running},
-        C{succeeded}, C{failed}, C{cancelled}).
+        C{succeeded}, C{failed}, C{cancelled}, C{skipped}).
     @ivar elapsed: seconds since it started, up to its end.
     @ivar eta: seconds left at the rate so far, or C{None}.
     @ivar master: the node that leads it.
@@ -191,7 +191,7 @@ class JobResult:
 
     @property
     def failed(self) -> tuple[TaskResult, ...]:
-        """The tasks that ended without success (failed, timed out, error, cancelled)."""
+        """The tasks that ended without success (failed, timed out, error, cancelled, skipped)."""
         return tuple(task for task in self.tasks if task.ended and not task.succeeded)
 
     def __getitem__(self, task_id: str) -> TaskResult:

@@ -28,7 +28,7 @@
   const PAGE_SIZE = 200;           // task rows per page
   const LABEL_LIMIT = 24;          // above this many nodes, names show on hover only
   const LABEL_CHARS = 18;          // longer names are cut (the hover label has them whole)
-  const TASK_STATES = ["pending", "waiting", "running", "succeeded", "failed", "cancelled"];
+  const TASK_STATES = ["pending", "waiting", "running", "succeeded", "failed", "cancelled", "skipped"];
   const SVG_NS = "http://www.w3.org/2000/svg";
   const numberFormat = new Intl.NumberFormat("en-US");
 
@@ -585,13 +585,13 @@
     bar.setAttribute("role", "progressbar");
     bar.setAttribute("aria-valuemin", "0");
     bar.setAttribute("aria-valuemax", "100");
-    for (const part of ["succeeded", "failed", "cancelled", "running"]) {
+    for (const part of ["succeeded", "failed", "cancelled", "skipped", "running"]) {
       const segment = element("span", "seg");
       segment.setAttribute("data-part", part);
       bar.appendChild(segment);
     }
     const meta = element("div", "job-meta");
-    for (const part of ["done", "running", "failed", "waiting", "pending", "cancelled", "time", "master"]) {
+    for (const part of ["done", "running", "failed", "waiting", "pending", "cancelled", "skipped", "time", "master"]) {
       const item = element("span", "count");
       item.setAttribute("data-count", part);
       meta.appendChild(item);
@@ -670,6 +670,9 @@
     meta.pending.hidden = !(c.pending > 0);
     setText(meta.cancelled, "cancelled " + count(c.cancelled || 0));
     meta.cancelled.hidden = !(c.cancelled > 0);
+    setText(meta.skipped, "skipped " + count(c.skipped || 0));
+    meta.skipped.hidden = !(c.skipped > 0);
+    setAttr(meta.skipped, "title", "tasks that did not run because a task they run after did not succeed");
     if (job.state === "running" && job.stalled) {
       setText(meta.time, "stalled");
     } else if (job.state === "running") {

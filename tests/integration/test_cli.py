@@ -310,6 +310,7 @@ class InspectTests(CliTestCase):
                 "succeeded",
                 "failed",
                 "cancelled",
+                "skipped",
                 "running",
                 "queued",
                 "waiting",
@@ -318,8 +319,8 @@ class InspectTests(CliTestCase):
                 "master",
             ],
         )
-        self.assertEqual(lines[2].split()[:8], [jobs[1], "finished", "1/1", "1", "0", "0", "0", "0"])
-        self.assertEqual(lines[3].split()[:8], [jobs[0], "finished", "2/2", "2", "0", "0", "0", "0"])
+        self.assertEqual(lines[2].split()[:9], [jobs[1], "finished", "1/1", "1", "0", "0", "0", "0", "0"])
+        self.assertEqual(lines[3].split()[:9], [jobs[0], "finished", "2/2", "2", "0", "0", "0", "0", "0"])
         # Issue 13: the master column names the job's master and epoch.
         self.assertEqual(lines[2].split()[-3:], ["a1", "(epoch", "1)"])
         self.assertEqual(lines[3].split()[-3:], ["a1", "(epoch", "1)"])

@@ -225,3 +225,23 @@ class DashboardFilesTests(unittest.SynchronousTestCase):
             self.assertNotRegex(script, pattern)
         for target in re.findall(r"""(?:fetch|requestJSON)\(\s*["'`]([^"'`]*)""", script):
             self.assertTrue(target.startswith("/"), f"dashboard.js fetches {target!r}")
+
+    def test_every_task_state(self) -> None:
+        """
+        The state filter offers every task state the API reports
+        (L{p2pexec.status.TASK_STATES}, C{skipped} included), and each
+        ended state has its own count, progress segment and badge style.
+        """
+        from p2pexec.status import TASK_STATES
+
+        script = self.read("dashboard.js")
+        css = self.read("dashboard.css")
+        listed = re.search(r"const TASK_STATES = \[([^\]]*)\]", script)
+        assert listed is not None
+        self.assertEqual(re.findall(r'"(\w+)"', listed.group(1)), list(TASK_STATES))
+        for state in ("succeeded", "failed", "cancelled", "skipped"):
+            self.assertRegex(script, rf'for \(const part of \[[^\]]*"{state}"[^\]]*\]\) {{\s*const segment')
+            self.assertIn(f'.seg[data-part="{state}"]', css)
+            self.assertIn(f'.badge[data-state="{state}"]', css)
+        for state in ("cancelled", "skipped"):
+            self.assertIn(f"setText(meta.{state}, ", script)

@@ -643,3 +643,25 @@ class RerunTasks(amp.Command):
     arguments = [(b"job", amp.Unicode()), (b"which", amp.Unicode())]
     response = [(b"count", amp.Integer()), (b"tasks", JSON())]
     errors = _errors(UNKNOWN_JOB=UnknownJob, JOB_RUNNING=JobRunning, JOURNAL_UNWRITABLE=JournalUnwritable)
+
+
+# -- Master failover: the takeover's pre-round (issue 13, prevote) -------------------------
+
+
+class PrePromise(amp.Command):
+    """
+    PRE_PROMISE: a successor about to take a job over asks a member of its
+    replica set whether it would promise C{ballot} (see L{Promise}), before
+    anyone (itself included) promises anything.  The receiver changes
+    nothing.  C{granted}: it would promise that ballot, and it has lost the
+    job's leader itself (it has no live connection to the leader it knows,
+    or that leader is the asker).  Otherwise C{leader_epoch} and
+    C{leader_node} name the leader it still has (the receiver itself, when
+    it leads the job); 0 and empty when granted.  C{STALE_BALLOT} if it
+    promised a higher ballot.
+    """
+
+    commandName = b"PRE_PROMISE"
+    arguments = [(b"job", amp.Unicode()), (b"ballot_epoch", amp.Integer()), (b"ballot_node", amp.Unicode())]
+    response = [(b"granted", amp.Boolean()), (b"leader_epoch", amp.Integer()), (b"leader_node", amp.Unicode())]
+    errors = _errors(STALE_BALLOT=StaleBallot)

@@ -24,6 +24,7 @@ from p2pexec.directory import JobDirectory
 from p2pexec.journal import GROUP_COMMIT_DELAY
 from p2pexec.log import NodeLogger
 from p2pexec.model import TaskResult, ValidationError
+from p2pexec.prevote import PreRound, PreVoting
 from p2pexec.replica_log import Batch, ReplicaStore, count_records, decode, ended_after, runs
 from p2pexec.replica_placement import Placements, Placing
 from p2pexec.replicas import Ballot, parse_stale, stale_description
@@ -63,7 +64,7 @@ class Deposed(Exception):
         self.newer = newer
 
 
-class Replication(Placing, Succession):
+class Replication(Placing, PreVoting, Succession):
     """
     One node's replicated job logs (see the module's docstring).
 
@@ -90,7 +91,7 @@ class Replication(Placing, Succession):
         """Per job, the batches written to our journal since the last flush: what each replica lacks, encoded."""
         self._dirty: set[str] = set()
         self._stalled: set[str] = set()
-        self._takeovers: dict[str, IDelayedCall | Takeover] = {}
+        self._takeovers: dict[str, IDelayedCall | Takeover | PreRound] = {}
         self._silence: dict[str, str] = {}
         self._seen: dict[str, Ballot] = {}
         self._led_before: set[str] = set()

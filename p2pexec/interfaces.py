@@ -126,6 +126,9 @@ class IPeerHandler(Protocol):
     def promise_requested(self, protocol: PeerProtocol, job: str, ballot: Ballot, after: int) -> Deferred[Any]:
         """PROMISE: promise a ballot for a job; fire with the PROMISE answer."""
 
+    def pre_promise_requested(self, protocol: PeerProtocol, job: str, ballot: Ballot) -> Ballot | None:
+        """PRE_PROMISE: C{None} if this node would promise C{ballot} and lost the job's leader, else that leader."""
+
     def leader_announced(self, protocol: PeerProtocol, job: str, ballot: Ballot, master: str) -> None:
         """JOB_LEADER: C{master} leads C{job} at C{ballot}."""
 

@@ -38,6 +38,7 @@ PEER_COMMANDS = frozenset(
         commands.Heartbeat,
         commands.Replicate,
         commands.Promise,
+        commands.PrePromise,
         commands.JobLeader,
         commands.ForwardClient,
         commands.HeldTasks,
@@ -140,6 +141,17 @@ class PeerCommands(amp.CommandLocator):
         except ValidationError as e:
             raise bad_arguments(self.describe(), "PROMISE", e) from None
         return self._handler.promise_requested(self._me, job, ballot, after_seq)
+
+    @commands.PrePromise.responder
+    def _pre_promise(self, job: str, ballot_epoch: int, ballot_node: str) -> dict[str, Any]:
+        try:
+            ballot = ballot_from_wire(ballot_epoch, ballot_node)
+        except ValidationError as e:
+            raise bad_arguments(self.describe(), "PRE_PROMISE", e) from None
+        leader = self._handler.pre_promise_requested(self._me, job, ballot)
+        if leader is None:
+            return {"granted": True, "leader_epoch": 0, "leader_node": ""}
+        return {"granted": False, "leader_epoch": leader.epoch, "leader_node": leader.node}
 
     @commands.JobLeader.responder
     def _job_leader(self, job: str, ballot_epoch: int, ballot_node: str, master: str) -> dict[str, Any]:

@@ -424,6 +424,11 @@ class Responders:
         """PROMISE: promise a successor's ballot for a job; answer with the records held beyond C{after}."""
         return self._replication.promise(job, ballot, after)
 
+    def pre_promise_requested(self, protocol: PeerProtocol, job: str, ballot: Ballot) -> Ballot | None:
+        """PRE_PROMISE: whether this node would promise a successor's ballot (C{None}), or the leader it still has."""
+        assert protocol.peer_name is not None
+        return self._replication.pre_promise(protocol.peer_name, job, ballot)
+
     def leader_announced(self, protocol: PeerProtocol, job: str, ballot: Ballot, master: str) -> None:
         """JOB_LEADER: C{master} leads C{job} at C{ballot} now."""
         if master != ballot.node:

@@ -18,11 +18,12 @@ from twisted.python.failure import Failure
 from p2pexec import commands
 from p2pexec.log import NodeLogger
 from p2pexec.model import ValidationError
+from p2pexec.prevote import PreRound
 from p2pexec.replicas import Ballot, parse_stale
 from p2pexec.replication import JobImage, MasterLog, Outcome, Record, Takeover, rebuild
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Callable, Iterable
 
     from p2pexec.directory import JobDirectory
     from p2pexec.interfaces import IJournal
@@ -52,7 +53,7 @@ class Succession:
     _master: Master
     _journal: IJournal
     _members: dict[str, tuple[str, ...]]
-    _takeovers: dict[str, IDelayedCall | Takeover]
+    _takeovers: dict[str, IDelayedCall | Takeover | PreRound]
     _silence: dict[str, str]
     _seen: dict[str, Ballot]
     _led_before: set[str]
@@ -76,6 +77,9 @@ class Succession:
         raise NotImplementedError
 
     def _announce(self, protocol: Any, job_id: str, ballot: Ballot) -> None:
+        raise NotImplementedError
+
+    def _pre_round(self, attempt: PreRound, done: Callable[[PreRound], None]) -> None:
         raise NotImplementedError
 
     # -- as a successor -------------------------------------------------------------------
@@ -102,11 +106,20 @@ class Succession:
             self._takeovers[job] = self._clock.callLater(self.grace * rank, self._try_takeover, job, leader, why)
 
     def _leader_absent(self, job: str) -> None:
-        """Some time after a restart: if C{job}'s leader is not connected, it is lost, as if its connection went."""
+        """
+        Some time after a restart: if C{job}'s leader is not connected, it is
+        lost, as if its connection went.  If it is connected, the takeover's
+        pre-round asks it whether it still leads the job (a restarted master
+        whose job's end was never committed does not), and goes no further
+        if it does.
+        """
         leader = self._leader(job)
-        if leader is None or leader.node == self._me or self._peers.is_connected(leader.node):
+        if leader is None or leader.node == self._me:
             return
-        self._silence[leader.node] = "was not connected when this node restarted"
+        if self._peers.is_connected(leader.node):
+            self._silence[leader.node] = "no longer led it when this node restarted"
+        else:
+            self._silence[leader.node] = "was not connected when this node restarted"
         self.peer_lost(leader.node)
         self._silence.pop(leader.node, None)
 
@@ -124,7 +137,7 @@ class Succession:
 
     def _cancel_takeover(self, job: str) -> None:
         pending = self._takeovers.pop(job, None)
-        if pending is not None and not isinstance(pending, Takeover) and pending.active():
+        if pending is not None and not isinstance(pending, (Takeover, PreRound)) and pending.active():
             pending.cancel()
 
     def _watch_deposed(self, job: str, newer: Ballot) -> None:
@@ -156,12 +169,11 @@ class Succession:
         if job in self.logs:
             return
         store = self.stores[job]
-        if self._peers.is_connected(lost.node) and not silent and not self._promised_myself(store, lost):
-            return
-        # Otherwise go on, even with the lost master back: this node promised
-        # itself a higher ballot in an attempt that failed, so it refuses the
-        # old master's records, and that master steps down at its next
-        # REPLICATE.  Giving up would leave the job with no leader.
+        # Go on even with the lost master back: the pre-round asks it whether
+        # it still leads the job.  It may not (restarted, or deposed by a
+        # promise this node made itself in an attempt that failed, which the
+        # master's next REPLICATE meets): giving up would leave the job with
+        # no leader.
         known = self.directory.lookup(job)
         if (
             not silent
@@ -180,6 +192,52 @@ class Succession:
         top = max(b for b in (lost, store.promised, store.accepted, seen) if b is not None)
         ballot = Ballot(top.epoch + 1, self._me)
         members = self._members.get(job, (lost.node, self._me))
+        # Nobody promises anything (this node included) before a majority
+        # says it would, having lost the leader too (see p2pexec.prevote).
+        pre = PreRound(job, members, ballot, self._me)
+        self._takeovers[job] = pre
+        self._pre_round(pre, lambda pre: self._pre_judged(pre, lost, why))
+
+    def _pre_judged(self, pre: PreRound, lost: Ballot, why: str) -> None:
+        """The pre-round C{pre} has an outcome: promise and ask for promises, back off, or try again later."""
+        job = pre.job
+        if self._takeovers.get(job) is not pre or job in self.logs:
+            return
+        del self._takeovers[job]
+        outcome = pre.outcome
+        if outcome is Outcome.WON:
+            self._promise_round(job, pre.members, pre.ballot, lost, why)
+        elif outcome is Outcome.LOST:
+            newer = max(pre.refused.values())
+            self._back_off(job, newer, lost, why)
+        elif pre.denied.get(lost.node, Ballot(0, "")).node == lost.node:
+            log.info(
+                "Node {name} does not take job {job} over: {master} still leads it",
+                name=self._me,
+                job=job,
+                master=lost.node,
+            )
+        else:
+            leaders = sorted({leader.node for leader in pre.denied.values()})
+            log.warn(
+                "Node {name} cannot take job {job} over: only {count} of its {size} replicas would promise epoch "
+                "{epoch}{still}; it tries again in {delay:g}s",
+                name=self._me,
+                job=job,
+                count=len(pre.granted),
+                size=len(pre.members),
+                epoch=pre.ballot.epoch,
+                still=f" (the others still have {', '.join(leaders)} as leader)" if leaders else "",
+                delay=RETRY_TAKEOVER,
+            )
+            self._takeovers[job] = self._clock.callLater(RETRY_TAKEOVER, self._try_takeover, job, lost, why)
+
+    def _promise_round(self, job: str, members: tuple[str, ...], ballot: Ballot, lost: Ballot, why: str) -> None:
+        """After a granted pre-round: promise C{ballot} to itself, and ask every other member to."""
+        store = self.stores[job]
+        if store.promised is not None and store.promised > ballot:
+            self._back_off(job, store.promised, lost, why)  # it promised another's since
+            return
         attempt = Takeover(job, members, ballot)
         self._takeovers[job] = attempt
         store.promise(ballot)
@@ -194,11 +252,6 @@ class Succession:
                 continue
             self._ask_promise(record.connection, attempt, member, 0, [], lost, why)
         self._judge(attempt, lost, why)
-
-    def _promised_myself(self, store: ReplicaStore, lost: Ballot) -> bool:
-        """Whether this node promised its own ballot, above the lost master's, for the job of C{store}."""
-        promised = store.promised
-        return promised is not None and promised > lost and promised.node == self._me
 
     def _ask_promise(
         self, protocol: Any, attempt: Takeover, member: str, after: int, got: list[Record], lost: Ballot, why: str
@@ -253,16 +306,7 @@ class Succession:
         if outcome is Outcome.LOST:
             newer = attempt.highest_refusal
             assert newer is not None
-            self._seen[attempt.job] = max(newer, self._seen.get(attempt.job, newer))
-            log.info(
-                "Node {name} backs off from taking job {job} over: a replica promised {ballot}",
-                name=self._me,
-                job=attempt.job,
-                ballot=newer.describe(),
-            )
-            self._takeovers[attempt.job] = self._clock.callLater(
-                RETRY_TAKEOVER, self._try_takeover, attempt.job, lost, why, True
-            )
+            self._back_off(attempt.job, newer, lost, why)
             return
         log.warn(
             "Node {name} cannot take job {job} over: only {count} of its {size} replicas promised epoch {epoch}; "
@@ -275,8 +319,26 @@ class Succession:
         )
         self._takeovers[attempt.job] = self._clock.callLater(RETRY_TAKEOVER, self._try_takeover, attempt.job, lost, why)
 
+    def _back_off(self, job: str, newer: Ballot, lost: Ballot, why: str) -> None:
+        """A member promised C{newer}, above this node's ballot: wait for its leader, and try again if none comes."""
+        self._seen[job] = max(newer, self._seen.get(job, newer))
+        log.info(
+            "Node {name} backs off from taking job {job} over: a replica promised {ballot}",
+            name=self._me,
+            job=job,
+            ballot=newer.describe(),
+        )
+        self._takeovers[job] = self._clock.callLater(RETRY_TAKEOVER, self._try_takeover, job, lost, why, True)
+
     def _won(self, attempt: Takeover, lost: Ballot, why: str) -> None:
         job_id, ballot = attempt.job, attempt.ballot
+        promised = self.stores[job_id].promised
+        if promised is not None and promised > ballot:
+            self._back_off(job_id, promised, lost, why)  # it promised another's since: that one may lead
+            return
+        # Its own records as they are now, not as at its promise: a record
+        # it accepted since (under a ballot it promised) may be committed.
+        attempt.promise(self._me, self.records_of(job_id))
         self._led_before.discard(job_id)
         merged = attempt.merged()
         try:

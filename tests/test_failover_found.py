@@ -27,6 +27,18 @@ def mend(cluster, name, others):
         cluster.network.mend(ADDRESSES[name], ADDRESSES[other])
 
 
+def promise_alone(cluster, name, job_id, ballot):
+    """
+    Make C{name} promise C{ballot} for C{job_id} (durably), as a successor
+    does once a majority granted its pre-round, whatever comes of its
+    PROMISEs to the others.
+    """
+    replication = cluster.nodes[name].replication
+    store = replication.stores[job_id]
+    store.promise(ballot)
+    replication._journal.replica_changed(job_id, store.promised, store.accepted)
+
+
 class DeposedMasterOwnTaskTests(SynchronousTestCase):
     """A master that ran tasks of its own job, deposed before they finish (seeds 7, 8, 9, 16, 27)."""
 
@@ -73,6 +85,11 @@ class AbandonedTakeoverTests(SynchronousTestCase):
         successor must then go on with its takeover although the master is
         connected again (it used to give up, and nobody led the job), and
         the job finishes.
+
+        A node cut off alone no longer promises itself anything (its
+        pre-round finds no majority, see L{PreRoundTests}): its promise is
+        written here, as it is when a majority granted its pre-round and
+        the cut came before its PROMISEs got through.
         """
         cluster = failover_cluster(duration=0.5)
         job_id = submit(cluster, "z1", 40)
@@ -82,7 +99,8 @@ class AbandonedTakeoverTests(SynchronousTestCase):
         cluster.network.run(0.5)
         with capturedLogs() as events:
             cut_off(cluster, successor, others)
-            cluster.network.run_until(lambda: any("cannot take job" in e["log_format"] for e in events), limit=30)
+            cluster.network.run_until(lambda: any("cannot take job" in e["log_format"] for e in events), limit=60)
+            promise_alone(cluster, successor, job_id, Ballot(2, successor))
             mend(cluster, successor, others)
             cluster.network.run_until(lambda: finished_at(cluster, job_id) is not None, limit=60)
         self.assertIsNotNone(finished_at(cluster, job_id), "the job finished")
@@ -105,6 +123,9 @@ class AnnouncedBelowPromiseTests(SynchronousTestCase):
         not cancel the other's takeover (it used to, while the epoch-2
         leader stepped down at its next REPLICATE, refused: nobody led the
         job).  The other successor leads, once, and the job finishes.
+
+        The other successor's promise to itself is written here, as in
+        L{AbandonedTakeoverTests}: alone, its pre-round finds no majority.
         """
         cluster = failover_cluster(duration=0.5)
         job_id = submit(cluster, "z1", 40)
@@ -117,7 +138,8 @@ class AnnouncedBelowPromiseTests(SynchronousTestCase):
         others = [n for n in ADDRESSES if n != first]
         with capturedLogs() as events:
             cut_off(cluster, first, others)
-            cluster.network.run_until(lambda: any("cannot take job" in e["log_format"] for e in events), limit=30)
+            cluster.network.run_until(lambda: any("cannot take job" in e["log_format"] for e in events), limit=60)
+            promise_alone(cluster, second, job_id, Ballot(3, second))
             # What the reconnecting leader says first (the heal's own timing
             # decides whether it comes before the successor's next try).
             cluster.nodes[second].replication.leader_announced(job_id, Ballot(2, first))
@@ -251,3 +273,54 @@ class OwnWorkerFencedTests(SynchronousTestCase):
         self.assertEqual(len(refused), 1, refused)
         # t1 was queued at z1 before its fence learned of epoch 5; t2 came after, refused.
         self.assertNotIn("t2", [task for _, task, _ in cluster.runners["z1"].runs])
+
+
+class PreRoundTests(SynchronousTestCase):
+    """
+    A replica cut off alone does not depose a master that a majority kept
+    (Raft's "disruptive server"; found by CI in
+    C{tests.integration.test_multihost.PartitionTests}).
+    """
+
+    def test_replica_cut_off_alone_rejoins(self):
+        """
+        A successor is cut off from everyone while it runs tasks: it
+        declares the master lost and tries to take the job over, but its
+        pre-round finds no majority, so it promises nothing.  The master
+        and the other successor finish the job.  After the heal the master
+        stays master at epoch 1 (it used to be refused by the successor,
+        which had promised itself epoch 2, step down, and lose the job to
+        it), nobody steps down or takes over, and the master drops the
+        successor's late results as stale.
+        """
+        cluster = failover_cluster(duration=0.5)
+        job_id = submit(cluster, "z1", 40)
+        members = cluster.nodes["z1"].replication.logs[job_id].members
+        successor = members[2]
+        others = [n for n in ADDRESSES if n != successor]
+        # Its next tasks run until after the heal, as if they hung meanwhile.
+        cluster.runners[successor]._duration = 35.0
+        cluster.network.run(1.0)
+        self.assertTrue(cluster.runners[successor].running)
+        names = ["z1", *WORKERS]
+        with capturedLogs() as events:
+            cut_off(cluster, successor, others)
+            cluster.network.run_until(
+                lambda: any("cannot take job" in e["log_format"] and e.get("name") == successor for e in events),
+                limit=60,
+            )
+            self.assertIsNotNone(finished_at(cluster, job_id, names=["z1"]), "the majority side finished the job")
+            mend(cluster, successor, others)
+            cluster.network.run_until(lambda: cluster.connected("z1", successor), limit=30)
+            cluster.network.run(15.0)
+        self.assertEqual([text(e) for e in events if "steps down" in e["log_format"]], [])
+        self.assertEqual([text(e) for e in events if "took over job" in e["log_format"]], [])
+        self.assertEqual(leaders(cluster, job_id, names=names), ["z1"])
+        self.assertEqual(cluster.nodes["z1"].replication.epoch_of(job_id), 1)
+        for name in members:
+            self.assertEqual(cluster.nodes[name].replication.stores[job_id].promised, Ballot(1, "z1"), name)
+        job = finished_at(cluster, job_id, names=["z1"])
+        self.assertEqual((job.succeeded, job.failed), (40, 0))
+        stale = [text(e) for e in events if "dropped a stale result" in e["log_format"]]
+        self.assertTrue(stale, "the successor's late results reach the master")
+        self.assertTrue(all(f"from {successor}:" in line for line in stale), stale)

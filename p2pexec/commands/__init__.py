@@ -59,6 +59,7 @@ from p2pexec.commands.failover import FORWARDED_COMMANDS as FORWARDED_COMMANDS
 from p2pexec.commands.failover import ForwardClient as ForwardClient
 from p2pexec.commands.failover import HeldTasks as HeldTasks
 from p2pexec.commands.failover import JobLeader as JobLeader
+from p2pexec.commands.failover import PrePromise as PrePromise
 from p2pexec.commands.failover import Promise as Promise
 from p2pexec.commands.failover import Replicate as Replicate
 from p2pexec.commands.node import Authenticate as Authenticate

@@ -144,3 +144,25 @@ class ForwardClient(amp.Command):
     ]
     response = [(b"answer", JSON())]
     errors = _errors(UNKNOWN_JOB=UnknownJob)
+
+
+# -- The pre-round before a takeover (Raft's Pre-Vote) --------------------------------
+
+
+class PrePromise(amp.Command):
+    """
+    PRE_PROMISE: a successor about to take a job over asks a member of its
+    replica set whether it would promise C{ballot} (see L{Promise}), before
+    anyone (itself included) promises anything.  The receiver changes
+    nothing.  C{granted}: it would promise that ballot, and it has lost the
+    job's leader itself (it has no live connection to the leader it knows,
+    or that leader is the asker).  Otherwise C{leader_epoch} and
+    C{leader_node} name the leader it still has (the receiver itself, when
+    it leads the job); 0 and empty when granted.  C{STALE_BALLOT} if it
+    promised a higher ballot.
+    """
+
+    commandName = b"PRE_PROMISE"
+    arguments = [(b"job", amp.Unicode()), (b"ballot_epoch", amp.Integer()), (b"ballot_node", amp.Unicode())]
+    response = [(b"granted", amp.Boolean()), (b"leader_epoch", amp.Integer()), (b"leader_node", amp.Unicode())]
+    errors = _errors(STALE_BALLOT=StaleBallot)

@@ -295,10 +295,9 @@ class PartitionTests(MultiHostTestCase):
         superseded attempts over the new connection are dropped as stale,
         one log line each.  No result of w3's is in the results file.
 
-        Without replication (C{--replicas 0}): with it, w3, cut off alone,
-        tries to take the job over, and after the heal its self-promised
-        ballot deposes m (docs/reliability.rst, "Master failover", what is
-        left alone), so the late results go to w3, not m.
+        With replication (the default), w3, cut off alone, tries to take the
+        job over, but its pre-round (PRE_PROMISE) finds no majority, so it
+        promises nothing and m stays master after the heal.
         """
         cluster = HostCluster(self, 3, budget=50)
         results = cluster.path("results.json")
@@ -317,7 +316,7 @@ class PartitionTests(MultiHostTestCase):
             {"kind": "w", "shell": True, "timeout": 30},
             [{"id": task_id, "command": f"{record}; {hang}; sleep 0.1; echo $P2PEXEC_TASK_ID"} for task_id in ids],
         )
-        m, w2, w3 = self.start_partition_cluster(cluster, job_file, results, "--replicas", "0")
+        m, w2, w3 = self.start_partition_cluster(cluster, job_file, results)
         w3.wait_for(r"\] Node w3 executing: t\d+$")
 
         h3 = cluster.network["h3"]

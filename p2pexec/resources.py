@@ -273,6 +273,24 @@ def shortfall(request: Request, nodes: Iterable[NodeResources | None], kind: str
     return f"needs {request.describe()}; no live node of kind {kind!r} has all of that at once"
 
 
+def pinned_shortfall(request: Request, total: NodeResources | None, node: str) -> str:
+    """
+    Why the one node a pinned task may run on (C{node}, which has C{total})
+    can never run C{request}: what it has of each part it lacks.
+    """
+    if total is None:
+        return f"needs {request.describe()}; node {node} advertises no resources, and the task runs only there"
+    lacking: list[str] = []
+    if request.cpus > total.cpus:
+        lacking.append(f"cpus={_amount(total.cpus)}")
+    if request.memory > total.memory:
+        lacking.append(f"memory={format_size(total.memory)}")
+    if request.gpus > len(total.gpus):
+        lacking.append(f"gpus={len(total.gpus)}")
+    lacking.extend(f"{name}={_amount(total.has(name))}" for name, amount in request.named if amount > total.has(name))
+    return f"needs {request.describe()}; node {node} has {', '.join(lacking)}, and the task runs only there"
+
+
 # -- what this node has -------------------------------------------------------
 
 TAP_OPTIONS = [

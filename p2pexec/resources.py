@@ -273,23 +273,53 @@ def shortfall(request: Request, nodes: Iterable[NodeResources | None], kind: str
     return f"needs {request.describe()}; no live node of kind {kind!r} has all of that at once"
 
 
+def pinned_shortfall(request: Request, total: NodeResources | None, node: str) -> str:
+    """
+    Why the one node a pinned task may run on (C{node}, which has C{total})
+    can never run C{request}: what it has of each part it lacks.
+    """
+    if total is None:
+        return f"needs {request.describe()}; node {node} advertises no resources, and the task runs only there"
+    lacking: list[str] = []
+    if request.cpus > total.cpus:
+        lacking.append(f"cpus={_amount(total.cpus)}")
+    if request.memory > total.memory:
+        lacking.append(f"memory={format_size(total.memory)}")
+    if request.gpus > len(total.gpus):
+        lacking.append(f"gpus={len(total.gpus)}")
+    lacking.extend(f"{name}={_amount(total.has(name))}" for name, amount in request.named if amount > total.has(name))
+    return f"needs {request.describe()}; node {node} has {', '.join(lacking)}, and the task runs only there"
+
+
 # -- what this node has -------------------------------------------------------
 
 TAP_OPTIONS = [
-    ["cpus", None, None, "CPUs this node's tasks share (a task's cpus = N). Default: the CPUs this process may use."],
-    ["memory", None, None, "Memory this node's tasks share, like 16G or 512M. Default: the physical memory."],
+    [
+        "cpus",
+        None,
+        None,
+        "CPUs this node's tasks share, like 8 or 2.5: the tasks running at once ask for no more "
+        "(a task asks with cpus = N). Default: the CPUs this process may run on.",
+    ],
+    [
+        "memory",
+        None,
+        None,
+        "Memory this node's tasks share, like 16G or 512M (powers of 1024), or bytes. Default: the physical memory.",
+    ],
     [
         "gpus",
         None,
         None,
-        "GPU device ids this node's tasks share, like 0,1 (or none). Default: what nvidia-smi -L lists, none without it.",
+        "GPU device ids this node's tasks share, like 0,1, or none; a GPU task gets devices of its own, "
+        "named in CUDA_VISIBLE_DEVICES. Default: what nvidia-smi -L lists, none without it.",
     ],
 ]
 """The node options (twistd p2pexec) that say what it has; C{--resource} is L{opt_resource}."""
 
 
 def opt_resource(options: dict[str, Any], value: str) -> None:
-    """A named resource this node has, NAME=AMOUNT, like licence=2, that tasks ask for with resources = {...} (repeatable)."""
+    """A named resource this node has, NAME=AMOUNT, like licence=2; tasks ask for it with resources = {licence = 1} (repeatable)."""
     options.setdefault("resource", []).append(value)
 
 

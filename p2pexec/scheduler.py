@@ -15,7 +15,7 @@ from typing import Generic, Protocol, TypeVar
 import attr
 
 from p2pexec.resource_use import Room
-from p2pexec.resources import Request, shortfall
+from p2pexec.resources import Request, pinned_shortfall, shortfall
 
 T = TypeVar("T")
 
@@ -216,7 +216,7 @@ def _plan_pinned(
                 if not worker.fits(request):
                     total = worker.room.total if worker.room is not None else None
                     if total is None or not total.holds(request):
-                        result.unfit.append((queue[0], f"on node {node}: {shortfall(request, [total], kind)}"))
+                        result.unfit.append((queue[0], pinned_shortfall(request, total, node)))
                     break
                 assert worker.room is not None
                 worker.room.take(request)

@@ -126,3 +126,27 @@ class ParseArgumentsTests(SynchronousTestCase):
             self.assertIn(f"usage: p2pexec {name}", stdout.getvalue())
         self.assertIn("exit status", stdout.getvalue())
         self.assertEqual(cli.main(["frobnicate"]), 2)
+
+    def test_scheduling_options_help(self) -> None:
+        """
+        run --help explains each scheduling option without the job file run
+        has none of (its priority defaults to 0); submit --help names the
+        job file's fields and its own --node and --priority.
+        """
+        _, parsers = parser.build_parser()
+        helps = {
+            name: {option: action.help or "" for action in each._actions for option in action.option_strings}
+            for name, each in parsers.items()
+        }
+        run = helps["run"]
+        for flag in ("--cpus", "--memory", "--gpus", "--resource", "--priority", "--node", "--all-nodes"):
+            self.assertIn(flag, run)
+        self.assertIn("CUDA_VISIBLE_DEVICES", run["--gpus"])
+        self.assertIn("(default: 0)", run["--priority"])
+        self.assertNotIn("job file", run["--priority"] + run["--node"])
+        submit = helps["submit"]
+        self.assertIn("the job file's [job] priority, else 0", submit["--priority"])
+        self.assertIn("node = ... in the job file wins", submit["--node"])
+        description = parsers["submit"].description or ""
+        for field in ("cpus", "memory", "gpus", "resources", "all_nodes", "after", "speculative"):
+            self.assertIn(field, description)

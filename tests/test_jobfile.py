@@ -1,12 +1,36 @@
 """Tests for L{p2pexec.jobfile}: reading TOML job files."""
 
 import os
+import textwrap
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from p2pexec.jobfile import JobFileError, load_job_file, parse_job
+from p2pexec.jobfile import JobFileError, load_job_file, load_job_priority, parse_job
+from p2pexec.resources import Request
 
-EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXAMPLES = os.path.join(ROOT, "examples")
+GIB = 1024**3
+
+
+def doc_block(path: str, heading: str) -> str:
+    """
+    The first C{.. code-block::} of the section C{heading} in the reST file
+    C{path}, dedented.
+
+    @raise ValueError: if the section or its code block is not there.
+    """
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    start = lines.index(heading)
+    begin = next(i for i in range(start, len(lines)) if lines[i].startswith(".. code-block::")) + 1
+    end = begin
+    while end < len(lines) and (not lines[end].strip() or lines[end].startswith("    ")):
+        end += 1
+    block = "\n".join(lines[begin:end]).strip("\n")
+    if not block:
+        raise ValueError(f"{path}: the code block of {heading!r} is empty")
+    return textwrap.dedent(block) + "\n"
 
 
 class JobFileTests(SynchronousTestCase):
@@ -100,3 +124,37 @@ class JobFileTests(SynchronousTestCase):
         """The shipped examples/hello.toml is a valid job."""
         tasks = load_job_file(os.path.join(EXAMPLES, "hello.toml"))
         self.assertGreaterEqual(len(tasks), 5)
+
+    def test_jobs_doc_complete_example(self):
+        """
+        docs/jobs.rst's "Everything together" example is a valid job file
+        that uses priority, after, cpus, memory, gpus, resources, node and
+        speculative, with the meaning the text around it gives them.
+        """
+        path = self.write(doc_block(os.path.join(ROOT, "docs", "jobs.rst"), "Everything together"))
+        tasks = {task.id: task for task in load_job_file(path)}
+        self.assertEqual(list(tasks), ["fetch", "compile", "unit-tests", "gpu-tests", "publish"])
+        self.assertEqual(load_job_priority(path), 10)
+        self.assertEqual(
+            {task.id: task.after for task in tasks.values() if task.after},
+            {
+                "compile": ("fetch",),
+                "unit-tests": ("compile",),
+                "gpu-tests": ("compile",),
+                "publish": ("unit-tests", "gpu-tests"),
+            },
+        )
+        self.assertEqual({task.id: task.node for task in tasks.values() if task.node}, {"compile": "build1"})
+        self.assertEqual(
+            {task.id: task.request for task in tasks.values() if task.request},
+            {
+                "compile": Request(cpus=8, memory=16 * GIB),
+                "unit-tests": Request(cpus=2, memory=4 * GIB),
+                "gpu-tests": Request(memory=8 * GIB, gpus=1, named=(("licence", 1.0),)),
+            },
+        )
+        self.assertEqual(sorted(task.id for task in tasks.values() if not task.speculative), ["fetch", "publish"])
+        self.assertEqual({task.kind for task in tasks.values()}, {"build", "gpu"})
+        self.assertEqual(
+            {(task.retries, task.timeout, task.cwd) for task in tasks.values()}, {(1, 3600, "/shared/nightly")}
+        )

@@ -119,7 +119,22 @@ class PinnedPlanTests(SynchronousTestCase):
         self.assertEqual(list(queue), ["big", "small2"])
         [(entry, why)] = planned.unfit
         self.assertEqual(entry, "big")
-        self.assertIn("on node w1: needs", why)
+        self.assertEqual(why, "needs cpus=4; node w1 has cpus=2, and the task runs only there")
+
+    def test_pinned_to_a_node_without_resources(self) -> None:
+        """A task asking for resources pinned to a node that advertised none (an older version) says so."""
+        queue: deque[str] = deque(["licensed"])
+        planned = plan(
+            {},
+            [capacity("w1", 4, None)],
+            lambda entry: Request(named=(("licence", 1.0),)),
+            pinned={("w", "w1"): queue},
+        )
+        self.assertEqual(planned.assignments, {})
+        self.assertEqual(
+            planned.unfit,
+            [("licensed", "needs licence=1; node w1 advertises no resources, and the task runs only there")],
+        )
 
     def test_levels_serve_pinned_by_priority(self) -> None:
         """A higher level's pinned task goes before a lower level's, and levels only of pinned tasks are planned."""

@@ -313,6 +313,33 @@ class ClusterTests(SynchronousTestCase):
         self.assertEqual(master.initial_job.result.succeeded, 8)
         self.assertEqual(self.runners["w1"].most, 4)
 
+    def test_pinned_task_its_node_cannot_hold(self) -> None:
+        """
+        A task pinned to a node too small for it waits with one log line
+        saying what that node has, not what the biggest node of its kind has;
+        the other tasks of the job run.
+        """
+        tasks = (
+            TaskSpec("big", "g", ("true",), request=Request(cpus=8, gpus=1), node="w1"),
+            TaskSpec("small", "g", ("true",), request=Request(cpus=1)),
+        )
+        with capturedLogs() as events:
+            master = self.add("m1", 1, None, capabilities=frozenset(), tasks=tasks)
+            self.add("w1", 2, NodeResources(4.0, GIB), capabilities=frozenset({"g"}), slots=4)
+            self.add("w2", 3, NodeResources(16.0, GIB, gpus=("0",)), capabilities=frozenset({"g"}), slots=4)
+            self.network.run(10)
+        job = master.master.jobs[next(iter(master.master.jobs))].id
+        lines = [text(e) for e in events if "no live node can run" in e.get("log_format", "")]
+        self.assertEqual(
+            lines,
+            [
+                "Node m1 has task(s) that no live node can run; they wait until one joins: "
+                f"task big of job {job} needs cpus=8, gpus=1; node w1 has cpus=4, gpus=0, and the task runs only there"
+            ],
+        )
+        ran = [a.task.id for runner in self.runners.values() for a in runner.assignments]
+        self.assertEqual(ran, ["small"])
+
     def test_waits_with_one_line_then_placed_when_a_big_node_joins(self) -> None:
         """
         GPU tasks wait on a cluster without GPUs, with one log line naming

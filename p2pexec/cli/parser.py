@@ -91,13 +91,14 @@ def _priority(text: str) -> int:
     return value
 
 
-def _priority_option(parser: argparse.ArgumentParser) -> None:
-    """C{--priority N} (issue 15: priorities)."""
+def _priority_option(parser: argparse.ArgumentParser, default: str) -> None:
+    """C{--priority N} (issue 15: priorities); C{default} says what it is when not given."""
     parser.add_argument(
         "--priority",
         type=_priority,
         metavar="N",
-        help="the job's priority (default: the job file's [job] priority, else 0); higher runs first",
+        help=f"the job's priority, a whole number from -{MAX_PRIORITY} to {MAX_PRIORITY} (default: {default}); "
+        "higher runs first, and jobs of equal priority share the slots",
     )
 
 
@@ -188,7 +189,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         "Submit a job to the node, which becomes its master, and print the job id.\n"
         "The job is a TOML job file (see docs/jobs.rst) or, with --tasks, instruction\n"
         "names whose kind is their leading letters (a1 is of kind a).  The file is\n"
-        "read and checked before anything is sent.  Big jobs are sent in parts.",
+        "read and checked before anything is sent.  Big jobs are sent in parts.\n\n"
+        "What a task needs (cpus, memory, gpus, resources), where it runs (node,\n"
+        "all_nodes), after, and speculative are fields of its [[task]] in the file\n"
+        "(docs/jobs.rst); run has options for them (--cpus, --all-nodes, ...).",
         "exit status: 0 once submitted (with --wait: once every task succeeded),\n"
         "1 with --wait if some task did not succeed, 2 for a bad job or no connection.\n\n"
         "examples:\n  p2pexec submit jobs.toml\n  p2pexec submit --wait --tasks a1,a2,b1",
@@ -204,8 +208,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         help="with --wait: print what the tasks print, as run does (the job id and progress go to stderr)",
     )
     _output_options(p, "with --output: ")
-    _node_option(p)
-    _priority_option(p)
+    _node_option(p, "; a task's own node = ... in the job file wins")
+    _priority_option(p, "the job file's [job] priority, else 0")
 
     p = add(
         "run",
@@ -238,15 +242,27 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     )
     p.add_argument("--kind", required=True, help="the kind (capability) of every task: a node must run it")
     p.add_argument("--slots-per-task", default=None, help=argparse.SUPPRESS)
-    p.add_argument("--cpus", metavar="N", help="CPUs each task needs (a node runs tasks while they fit its --cpus)")
-    p.add_argument("--memory", metavar="SIZE", help="memory each task needs, like 512M or 4G")
-    p.add_argument("--gpus", metavar="N", help="GPU devices each task needs, each its own (CUDA_VISIBLE_DEVICES)")
+    p.add_argument(
+        "--cpus",
+        metavar="N",
+        help="CPUs each task needs, like 2 or 0.5 (a node runs tasks only while their needs fit in its own --cpus)",
+    )
+    p.add_argument(
+        "--memory", metavar="SIZE", help="memory each task needs, like 512M or 4G (powers of 1024), or bytes"
+    )
+    p.add_argument(
+        "--gpus",
+        metavar="N",
+        help="how many GPU devices each task needs; no two tasks share one, and a task finds its own "
+        "in CUDA_VISIBLE_DEVICES",
+    )
     p.add_argument(
         "--resource",
         action="append",
         default=[],
         metavar="NAME=AMOUNT",
-        help="a named resource each task needs, like licence=1 (repeatable)",
+        help="how much of a named resource each task needs, like licence=1, of what nodes declare with "
+        "--resource (repeatable)",
     )
     p.add_argument("--shell", action="store_true", help="run each command with /bin/sh -c (the argument is quoted)")
     p.add_argument(
@@ -257,7 +273,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         help="kill a task's process group after this long (status timed-out)",
     )
     p.add_argument("--retries", type=_count, metavar="N", help="run a failed task again up to N times (0-100)")
-    _priority_option(p)
+    _priority_option(p, "0")
     p.add_argument("--cwd", metavar="DIR", help="the tasks' working directory on the node that runs them")
     p.add_argument(
         "--env",
@@ -267,12 +283,12 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         help="an environment variable for every task (repeatable)",
     )
     _output_options(p, "")
-    _node_option(p)
+    _node_option(p, "")
     p.add_argument(
         "--all-nodes",
         action="store_true",
-        help="run the command once on every live node that runs --kind, one result per node "
-        "(task ids ARG@NODE; see docs/jobs.rst)",
+        help="run the command once per argument on every node that runs --kind and is connected to the "
+        "master now, one result per node (task ids ARG@NODE; not with --node; see docs/jobs.rst)",
     )
     p.add_argument(
         "run_words",
@@ -399,14 +415,13 @@ def _node_name(text: str) -> str:
         raise argparse.ArgumentTypeError(f"{e}; no node can have that name") from None
 
 
-def _node_option(parser: argparse.ArgumentParser) -> None:
-    """C{--node NAME} (on C{submit} and C{run}): the tasks run on that node only."""
+def _node_option(parser: argparse.ArgumentParser, more: str) -> None:
+    """C{--node NAME} (on C{submit} and C{run}): the tasks run on that node only; C{more} ends its help."""
     parser.add_argument(
         "--node",
         type=_node_name,
         metavar="NAME",
-        help="run the tasks only on the node named NAME (they wait while it is absent); "
-        "a job file's own node = ... wins",
+        help=f"run every task only on the node named NAME (they wait while it is absent){more}",
     )
 
 

@@ -157,30 +157,44 @@ class AsyncClient:
 
     # -- one question each ----------------------------------------------------------
 
-    def submit(self, tasks: Sequence[TaskInput] | str, defaults: Mapping[str, Any] | None = None) -> Deferred[JobRef]:
+    def submit(
+        self, tasks: Sequence[TaskInput] | str, defaults: Mapping[str, Any] | None = None, priority: int | None = None
+    ) -> Deferred[JobRef]:
         """
         Submit a job: C{tasks} are L{TaskSpec}s or job-file task objects
         (see docs/jobs.rst), or C{tasks} is the path of a job file.  The node
         becomes the job's master.
 
         @param defaults: a job file's C{[defaults]} table, for every task.
+        @param priority: the job's priority, a whole number from -1,000,000
+            to 1,000,000 (higher runs first); C{None}: the job file's
+            C{[job] priority} when C{tasks} is a path, else 0.
         @return: a Deferred firing with the job's L{JobRef}, once the job is
             in the master's journal; or failing with L{p2pexec.client.errors.JobRefused}
-            (naming the task and field at fault), or another L{ClientError}.
+            (naming the task and field at fault, or the bad C{priority}), or another L{ClientError}.
         """
-        return Deferred.fromCoroutine(self._submit(tasks, defaults))
+        return Deferred.fromCoroutine(self._submit(tasks, defaults, priority))
 
-    async def _submit(self, tasks: Sequence[TaskInput] | str, defaults: Mapping[str, Any] | None) -> JobRef:
+    async def _submit(
+        self, tasks: Sequence[TaskInput] | str, defaults: Mapping[str, Any] | None, priority: int | None
+    ) -> JobRef:
+        priority = calls.check_priority(priority)
         if isinstance(tasks, str):
             from p2pexec.client.errors import JobRefused
-            from p2pexec.jobfile import JobFileError, load_job_file
+            from p2pexec.jobfile import JobFileError, load_job_file, load_job_priority
 
             try:
-                tasks = load_job_file(tasks)
+                loaded = load_job_file(tasks)
+                if priority is None:
+                    # As `p2pexec submit`: 0 (the default) is not sent, for nodes before issue 15.
+                    priority = load_job_priority(tasks) or None
             except JobFileError as e:
                 raise JobRefused(str(e)) from None
+            except (OSError, ValueError) as e:
+                raise JobRefused(f"job file {tasks}: {e}") from None
+            tasks = loaded
         listed = list(tasks)
-        identifier = await calls.submit_tasks(self._node, listed, defaults)
+        identifier = await calls.submit_tasks(self._node, listed, defaults, priority)
         return JobRef(identifier, self.address, len(listed))
 
     def status(self, job: JobLike) -> Deferred[JobStatus]:

@@ -210,13 +210,16 @@ class Client:
         if client is not None and self._reactor.running:
             self._bridge.call(client.close)
 
-    def submit(self, tasks: Sequence[TaskInput] | str, defaults: Mapping[str, Any] | None = None) -> Job:
+    def submit(
+        self, tasks: Sequence[TaskInput] | str, defaults: Mapping[str, Any] | None = None, priority: int | None = None
+    ) -> Job:
         """
         Submit a job (L{TaskSpec}s or job-file task objects, or the path of
-        a job file; see L{AsyncClient.submit}) and return its L{Job}.
+        a job file; see L{AsyncClient.submit}) at C{priority} (C{None}: the
+        job file's C{[job] priority}, else 0) and return its L{Job}.
         """
         client = self._async()
-        ref: JobRef = self._bridge.wait(lambda: client.submit(tasks, defaults))
+        ref: JobRef = self._bridge.wait(lambda: client.submit(tasks, defaults, priority))
         return Job(self, ref.id)
 
     def job(self, job: JobLike) -> Job:

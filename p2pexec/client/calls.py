@@ -16,7 +16,7 @@ from twisted.protocols import amp
 
 from p2pexec import commands
 from p2pexec.client.errors import ClientError, JobNotFound, JobRefused, NodeError
-from p2pexec.model import TaskSpec
+from p2pexec.model import MAX_PRIORITY, TaskSpec
 
 PAGE_LIMIT = 1000
 """How many tasks one JOB_TASKS question asks for."""
@@ -53,6 +53,21 @@ def with_last(items: Iterable[T]) -> Iterator[tuple[T, bool]]:
 def task_object(task: TaskSpec | Mapping[str, Any]) -> Any:
     """A task as SUBMIT_JOB carries it: a job file's task object (a mapping is sent as it is, the node checks it)."""
     return task.to_wire() if isinstance(task, TaskSpec) else dict(task)
+
+
+def check_priority(priority: object) -> int | None:
+    """
+    A job's priority as the caller gave it (C{None}: none given), checked
+    as C{p2pexec submit --priority} checks it.
+
+    @raise JobRefused: for anything but a whole number from -L{MAX_PRIORITY}
+        to L{MAX_PRIORITY}, with the CLI's words.
+    """
+    if priority is None:
+        return None
+    if not isinstance(priority, int) or isinstance(priority, bool) or abs(priority) > MAX_PRIORITY:
+        raise JobRefused(f"priority: expected a whole number from -{MAX_PRIORITY} to {MAX_PRIORITY}, not {priority!r}")
+    return priority
 
 
 async def submit_tasks(

@@ -31,6 +31,8 @@ class NodeConfig:
     results: str | None = None
     multicast: bool = True
     seeds: tuple[tuple[str, int], ...] = ()
+    peer_refresh: float = 30.0
+    """Seconds between two resolutions of a seed given by name (C{--peer-refresh})."""
     drain_timeout: float = 30.0
     disconnect_timeout: float = 2.0
     hello_interval: float = 10.0

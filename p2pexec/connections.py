@@ -330,6 +330,7 @@ class Dialer:
         self._refused: dict[str, str] = {}
         self._retired_reconnects = 0
         self._holding = False
+        self._own: set[tuple[str, int]] = set()
 
     def __contains__(self, name: str) -> bool:
         return name in self._links
@@ -381,7 +382,7 @@ class Dialer:
         C{connected_at(host, port)} for a node connected the other way.
         """
         key = f"seed {host}:{port}"
-        if self._holding or key in self._links:
+        if self._holding or key in self._links or (host, port) in self._own:
             return
         link: PeerLink
 
@@ -405,6 +406,48 @@ class Dialer:
         )
         self._links[key] = link
         link.start()
+
+    def retire_seed(self, host: str, port: int) -> bool:
+        """
+        Dial the seed address C{host:port} no more, but keep a connection
+        made through it (the failure detectors judge it like any other).
+
+        @return: whether that address was dialled.
+        """
+        link = self._links.pop(f"seed {host}:{port}", None)
+        if link is None:
+            return False
+        self._retired_reconnects += max(0, link.connections - 1)
+        link.hold()
+        return True
+
+    def is_own(self, host: str, port: int) -> bool:
+        """Whether a connection to C{host:port} was found to reach this node itself."""
+        return (host, port) in self._own
+
+    def dialled_self(self, local: tuple[str, int]) -> bool:
+        """
+        A CONNECT_REQUEST came from this very node (its name and instance):
+        the seed link whose connection leaves from C{local} reached this node
+        itself.  Stop it, and never dial that address again.
+
+        @return: whether a seed link was found (and stopped).
+        """
+        for key, link in list(self._links.items()):
+            protocol = link.protocol
+            if link.info is not None or protocol is None or protocol.transport is None:
+                continue
+            here = protocol.transport.getHost()
+            if (getattr(here, "host", None), getattr(here, "port", None)) != local:
+                continue
+            self._own.add((link.host, link.port))
+            log.info(
+                "The seed address {address} is this node itself (its own name and instance answered); not dialling it",
+                address=f"{link.host}:{link.port}",
+            )
+            self.stop(key)
+            return True
+        return False
 
     def _refused_for_good(self, info: NodeInfo | None) -> None:
         if info is None:

@@ -28,6 +28,7 @@ from p2pexec.log import NodeLogger, RateLimitedLog
 from p2pexec.membership import Change, PeerState
 from p2pexec.model import PROTOCOL_VERSION, NodeInfo, ValidationError
 from p2pexec.peer import parse_peer_list, peer_entry
+from p2pexec.peer_names import is_address
 
 if TYPE_CHECKING:
     from p2pexec.config import NodeConfig
@@ -40,8 +41,6 @@ if TYPE_CHECKING:
     from p2pexec.worker import Worker
 
 log = NodeLogger()
-
-_LOCALHOST = {"localhost": "127.0.0.1"}
 
 IDLE_HEARTBEAT_INTERVAL = 10.0
 """Seconds of quiet after which an idle connection gets a HEARTBEAT."""
@@ -113,10 +112,14 @@ class Gossip:
         return self._node.info
 
     def dial_seeds(self) -> None:
-        """Dial the seeds (C{--peer}) until connected, except this node itself; warn if nothing finds peers."""
+        """
+        Dial the seeds given by address (C{--peer}) until connected, except
+        this node itself; warn if nothing finds peers.  Seeds given by name
+        are resolved and dialled by L{p2pexec.peer_names.PeerNames}.
+        """
         me, config = self._node.info, self._config
         for host, port in config.seeds:
-            if (_LOCALHOST.get(host, host), port) == (me.host, me.port):
+            if not is_address(host) or (host, port) == (me.host, me.port):
                 continue
             log.info("Node {name} will dial seed {address}", name=me.name, address=f"{host}:{port}")
             self._dialer.ensure_seed(

@@ -28,6 +28,7 @@ from p2pexec.listeners import Listener
 from p2pexec.log import NodeLogger
 from p2pexec.outputs import OutputStore
 from p2pexec.peer import PeerProtocol
+from p2pexec.peer_names import Resolve
 from p2pexec.startup import announce
 from p2pexec.wiring import Parts, build_parts, wire
 from p2pexec.worker import Worker
@@ -47,6 +48,7 @@ def create_node(
     worker: Worker | None = None,
     rng: random.Random | None = None,
     outputs: OutputStore | None = None,
+    resolve: Resolve | None = None,
 ) -> Node:
     """
     Build a node's parts from C{config} and wire them into a L{Node}.
@@ -65,8 +67,12 @@ def create_node(
         C{os.urandom}.
     @param outputs: where the runner keeps the tasks' full output, which
         TASK_OUTPUT reads (L{p2pexec.outputs}); none by default.
+    @param resolve: resolves the seeds given by name (L{p2pexec.peer_names});
+        by default C{getaddrinfo} in C{reactor}'s thread pool.
     """
-    parts = build_parts(config, reactor, runner, wall=wall, journal=journal, worker=worker, rng=rng, outputs=outputs)
+    parts = build_parts(
+        config, reactor, runner, wall=wall, journal=journal, worker=worker, rng=rng, outputs=outputs, resolve=resolve
+    )
     return Node(config, reactor, parts)
 
 
@@ -97,6 +103,7 @@ class Node:
         self.outbox, self.responders, self.intake = p.outbox, p.responders, p.intake
         self.views, self.startup = p.views, p.startup
         self.directory, self.replication, self.following = p.directory, p.replication, p.following
+        self.peer_names = p.peer_names
         self.stopping = False
         self.loops = [
             Every("peer expiry", config.peer_expiry / 3, self.gossip.expire_peers, reactor),
@@ -163,6 +170,7 @@ class Node:
         for loop in self.loops:
             loop.startService()
         self.gossip.dial_seeds()
+        self.peer_names.start()
         if info.capabilities:
             self.master.worker_joined(info)
         self.startup.prune()
@@ -205,6 +213,7 @@ class Node:
         self.stopping = True
         name, config = self.info.name, self.config
         self.dialer.hold()
+        self.peer_names.stop()
         self.master.stop_dispatching()
         await drain(self.worker, config.drain_timeout, self._reactor, name)
         self.worker.flush()

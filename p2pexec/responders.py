@@ -163,6 +163,10 @@ class Responders:
         except ValidationError as e:
             raise commands.BadArguments(f"CONNECT_REQUEST: {e}") from None
         if name == me.name:
+            if instance == me.instance and protocol.transport is not None:
+                # One of this node's seed addresses leads to itself: stop dialling it.
+                remote: Any = protocol.transport.getPeer()
+                self._dialer.dialled_self((remote.host, remote.port))
             raise commands.NameConflict(f"this node is called {name!r} too; node names must be unique")
         record = self._peers.get(name)
         if record is not None and record.connection is not None:

@@ -105,6 +105,13 @@ def _parse_seconds(option: str, value: Any) -> float:
     return number
 
 
+def _parse_peer_refresh(value: Any) -> float:
+    seconds = _parse_seconds("--peer-refresh", value)
+    if seconds < 1:
+        raise usage.UsageError(f"--peer-refresh: {value} is too often; give at least 1 second (the default is 30)")
+    return seconds
+
+
 def _split_list(value: str) -> list[str]:
     return [part.strip() for part in value.split(",") if part.strip()]
 
@@ -146,6 +153,12 @@ class Options(usage.Options):
         ],
         ["log-level", None, "info", "Least severe log level shown: debug, info, warn or error."],
         ["heartbeat-interval", None, "0.5", "Seconds of quiet after which a peer we share work with is pinged."],
+        [
+            "peer-refresh",
+            None,
+            "30",
+            "Seconds between two resolutions of a --peer given by name; every address it resolves to is dialled.",
+        ],
         [
             "heartbeat-timeout",
             None,
@@ -228,7 +241,7 @@ class Options(usage.Options):
         self["peer"] = []
 
     def opt_peer(self, value: str) -> None:
-        """A seed node's HOST:PORT, dialled at start to join the cluster where multicast does not reach (repeatable)."""
+        """A seed's HOST:PORT, dialled to join the cluster where multicast does not reach (repeatable); a HOST name is resolved every --peer-refresh seconds and each of its addresses dialled."""
         self["peer"].append(_parse_address("--peer", value))
 
     def opt_allow(self, pattern: str) -> None:
@@ -356,6 +369,7 @@ class Options(usage.Options):
         lease = self["master-lease"]
         self["master-lease"] = 0.0 if str(lease).strip() in ("0", "0.0") else _parse_seconds("--master-lease", lease)
         self["heartbeat-interval"] = _parse_seconds("--heartbeat-interval", self["heartbeat-interval"])
+        self["peer-refresh"] = _parse_peer_refresh(self["peer-refresh"])
         self["heartbeat-timeout"] = _parse_seconds("--heartbeat-timeout", self["heartbeat-timeout"])
         if self["heartbeat-timeout"] <= self["heartbeat-interval"]:
             raise usage.UsageError(
@@ -429,6 +443,7 @@ def config_from_options(options: Options) -> NodeConfig:
         heartbeat_interval=options["heartbeat-interval"],
         heartbeat_timeout=options["heartbeat-timeout"],
         seeds=tuple(options["peer"]),
+        peer_refresh=options["peer-refresh"],
         state_dir=options["state-dir"],
         key=options["key"],
         web_public=options["web-public"],

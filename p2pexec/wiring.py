@@ -31,6 +31,7 @@ from p2pexec.model import NodeInfo
 from p2pexec.outbox import Outbox
 from p2pexec.outputs import OutputStore
 from p2pexec.peer import PeerProtocol
+from p2pexec.peer_names import PeerNames, Resolve, threaded_resolver
 from p2pexec.replica_views import ReplicaViews
 from p2pexec.responders import Responders
 from p2pexec.startup import StartupJob
@@ -64,6 +65,7 @@ class Parts:
     replication: Replication
     following: Following
     task_outputs: TaskOutputs
+    peer_names: PeerNames
 
 
 def build_parts(
@@ -76,6 +78,7 @@ def build_parts(
     worker: Worker | None = None,
     rng: random.Random | None = None,
     outputs: OutputStore | None = None,
+    resolve: Resolve | None = None,
 ) -> Parts:
     """Build a node's parts from C{config} (see L{p2pexec.node.create_node} for the parameters)."""
     chance: Any = rng if rng is not None else random
@@ -146,6 +149,12 @@ def build_parts(
         replication=replication,
         following=Following(reactor),
         task_outputs=TaskOutputs(reactor, outputs),
+        peer_names=PeerNames(
+            config.seeds,
+            config.peer_refresh,
+            reactor,
+            (lambda: resolve) if resolve is not None else (lambda: threaded_resolver(reactor)),
+        ),
     )
     parts.following.replicas = ReplicaViews(replication.stores, replication.records_of, directory, reactor, wall)
     responders.following = parts.following
@@ -169,3 +178,4 @@ def wire(node: Node, p: Parts) -> None:
     p.liveness.on_dead.append(p.replication.peer_dead)
     p.following.wire(node, p.peers, p.views, p.directory)
     p.task_outputs.wire(node, p.peers, p.master, p.worker, p.directory)
+    p.peer_names.wire(lambda: node.info, p.peers, p.dialer)

@@ -49,6 +49,15 @@ class OptionsTests(SynchronousTestCase):
         self.assertFalse(config.multicast)
         self.assertTrue(config_from_options(parse("--name", "a1")).multicast)
 
+    def test_peer_refresh(self):
+        """--peer-refresh is 30 seconds unless given; below 1 second or not a number is refused, naming it."""
+        self.assertEqual(config_from_options(parse("--name", "a1")).peer_refresh, 30.0)
+        self.assertEqual(config_from_options(parse("--name", "a1", "--peer-refresh", "5")).peer_refresh, 5.0)
+        for value in ("0", "0.5", "-3", "soon", "100000"):
+            with self.assertRaises(usage.UsageError, msg=value) as caught:
+                parse("--name", "a1", "--peer-refresh", value)
+            self.assertIn("--peer-refresh", str(caught.exception), value)
+
     def test_capabilities_default_from_name(self):
         """Without --capabilities, b1 runs kind b, as in the original."""
         self.assertEqual(config_from_options(parse("--name", "b1")).capabilities, frozenset({"b"}))

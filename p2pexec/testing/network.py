@@ -341,6 +341,10 @@ class FakeNetwork(Clock):
             self.flush()
         return self.seconds() - start
 
+    def alias(self, address: str, port: int, to: tuple[str, int]) -> None:
+        """Make connections to C{address:port} reach what listens at C{to} (as a NAT or a service address does)."""
+        self._servers[(address, port)] = self._servers[to]
+
     def host(self, address: str = "127.0.0.1") -> FakeHost:
         """A reactor for one node on this network (see L{FakeHost})."""
         return FakeHost(self, address)

@@ -311,6 +311,37 @@ class Suite:
                 verdict = "met" if ok(value) else "MISSED"
             rows.append((workload, label, summary(values, fmt), target, verdict))
 
+        def add_kill(
+            workload: str, plain: list[dict], killed: list[dict], limit: float, slots: int, whose: str
+        ) -> None:
+            """The rows a kill workload (W5, W7) shares: the slowdown, tasks lost, tasks run twice."""
+            add(
+                workload,
+                "ratio kill / no kill",
+                [k["elapsed"] / b["elapsed"] for k, b in zip(killed, plain)],
+                ".2f",
+                f"<= {limit:g}",
+                lambda v: v <= limit,
+            )
+            add(
+                workload,
+                "tasks lost (kill)",
+                [r["lost"] for r in killed],
+                "d",
+                "0 in every run",
+                lambda v: v == 0,
+                judge=max(r["lost"] for r in killed + plain),
+            )
+            add(
+                workload,
+                "tasks run twice (kill)",
+                [r["reruns"] for r in killed],
+                "d",
+                f"<= {slots} ({whose} slots) in every run",
+                lambda v: v <= slots,
+                judge=max(r["reruns"] for r in killed),
+            )
+
         w1 = self.runs.get("W1", [])
         if w1 and "W1" in a.only:
             target = 10 * DASK_REFERENCE
@@ -425,33 +456,7 @@ class Suite:
         if w5 and w5k:
             add("W5", f"no kill s, {a.w5_tasks:,} x sleep 0.01", [r["elapsed"] for r in w5], ".3f")
             add("W5", "one worker SIGKILLed at 30% s", [r["elapsed"] for r in w5k], ".3f")
-            add(
-                "W5",
-                "ratio kill / no kill",
-                [k["elapsed"] / b["elapsed"] for k, b in zip(w5k, w5)],
-                ".2f",
-                "<= 1.3",
-                lambda v: v <= 1.3,
-            )
-            add(
-                "W5",
-                "tasks lost (kill)",
-                [r["lost"] for r in w5k],
-                "d",
-                "0 in every run",
-                lambda v: v == 0,
-                judge=max(r["lost"] for r in w5k + w5),
-            )
-            slots = workloads.SLOTS
-            add(
-                "W5",
-                "tasks run twice (kill)",
-                [r["reruns"] for r in w5k],
-                "d",
-                f"<= {slots} (the worker's slots) in every run",
-                lambda v: v <= slots,
-                judge=max(r["reruns"] for r in w5k),
-            )
+            add_kill("W5", w5, w5k, 1.3, workloads.SLOTS, "the worker's")
             add("W5", "tasks handed out again (kill)", [r["reassigned"] for r in w5k], "d")
         w6 = self.runs.get("W6", [])
         if w6:
@@ -470,33 +475,7 @@ class Suite:
         if w7 and w7k:
             add("W7", f"no kill s, {a.w5_tasks:,} x sleep 0.01, --replicas 2", [r["elapsed"] for r in w7], ".3f")
             add("W7", "master SIGKILLed at 30%, never restarted s", [r["elapsed"] for r in w7k], ".3f")
-            add(
-                "W7",
-                "ratio kill / no kill",
-                [k["elapsed"] / b["elapsed"] for k, b in zip(w7k, w7)],
-                ".2f",
-                "<= 1.5",
-                lambda v: v <= 1.5,
-            )
-            add(
-                "W7",
-                "tasks lost (kill)",
-                [r["lost"] for r in w7k],
-                "d",
-                "0 in every run",
-                lambda v: v == 0,
-                judge=max(r["lost"] for r in w7k + w7),
-            )
-            slots = workloads.SLOTS * len(workloads.WORKERS)
-            add(
-                "W7",
-                "tasks run twice (kill)",
-                [r["reruns"] for r in w7k],
-                "d",
-                f"<= {slots} (the workers' slots) in every run",
-                lambda v: v <= slots,
-                judge=max(r["reruns"] for r in w7k),
-            )
+            add_kill("W7", w7, w7k, 1.5, workloads.SLOTS * len(workloads.WORKERS), "the workers'")
             add("W7", "master seen dead -> takeover s", [r["takeover"] for r in w7k], ".3f")
             add(
                 "W7",

@@ -280,6 +280,13 @@ def lock_state_dir(state_dir: str) -> int:
     return fd
 
 
+def execute_statements(db: sqlite3.Connection, script: str, separator: str = ";") -> None:
+    """Execute each statement of C{script} (split at C{separator}), skipping the empty ones."""
+    for statement in script.split(separator):
+        if statement.strip():
+            db.execute(statement)
+
+
 def open_database(path: str, factory: type[sqlite3.Connection] | None = None) -> sqlite3.Connection:
     """Open and check the journal (a connection of class C{factory}); create its tables only in a healthy file."""
     import sqlite3
@@ -316,18 +323,14 @@ def open_database(path: str, factory: type[sqlite3.Connection] | None = None) ->
         db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
         if "meta" not in tables:
             with transaction(db):
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        db.execute(statement)
+                execute_statements(db, _SCHEMA)
                 db.execute("INSERT INTO meta (key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
         if "jobs" in tables and "priority" not in {row[1] for row in db.execute("PRAGMA table_info(jobs)")}:
             # Added to a file of schema 2 when missing, as the replica tables are.
             db.execute("ALTER TABLE jobs ADD COLUMN priority INTEGER NOT NULL DEFAULT 0")
         if "replica_records" not in tables:
             with transaction(db):
-                for statement in REPLICA_SCHEMA.split(";"):
-                    if statement.strip():
-                        db.execute(statement)
+                execute_statements(db, REPLICA_SCHEMA)
         columns = {row[1] for row in db.execute("PRAGMA table_info(tasks)")}
         missing = [(name, kind) for name, kind in RESULT_COLUMNS if name not in columns]
         if missing:
@@ -336,9 +339,7 @@ def open_database(path: str, factory: type[sqlite3.Connection] | None = None) ->
                     db.execute(f"ALTER TABLE tasks ADD COLUMN {name} {kind}")
         if "replica_batches" not in tables:
             with transaction(db):
-                for statement in BATCH_SCHEMA.split(";\n"):
-                    if statement.strip():
-                        db.execute(statement)
+                execute_statements(db, BATCH_SCHEMA, ";\n")
     except JournalError:
         db.close()
         raise

@@ -23,8 +23,8 @@ from twisted.python.failure import Failure
 
 from p2pexec import commands
 from p2pexec.log import NodeLogger
-from p2pexec.replicas import Ballot, majority, parse_stale, stale_description
-from p2pexec.replication import Outcome
+from p2pexec.replicas import Ballot, parse_stale, stale_description
+from p2pexec.replication import Outcome, Round
 
 if TYPE_CHECKING:
     from p2pexec.directory import JobDirectory
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 log = NodeLogger(namespace="p2pexec.failover")
 
 
-class PreRound:
+class PreRound(Round):
     """
     A successor's pre-round for C{ballot}: who would promise it, who still
     has a leader (and which), who promised higher, who could not be asked.
@@ -43,13 +43,9 @@ class PreRound:
     """
 
     def __init__(self, job: str, members: Iterable[str], ballot: Ballot, me: str) -> None:
-        self.job = job
-        self.members = tuple(members)
-        self.ballot = ballot
+        super().__init__(job, members, ballot)
         self.granted: set[str] = {me} if me in self.members else set()
         self.denied: dict[str, Ballot] = {}
-        self.refused: dict[str, Ballot] = {}
-        self.unreachable: set[str] = set()
 
     def grant(self, member: str) -> None:
         """C{member} would promise, and lost the leader."""
@@ -61,26 +57,13 @@ class PreRound:
         if member in self.members:
             self.denied[member] = leader
 
-    def refuse(self, member: str, promised: Ballot) -> None:
-        """C{member} promised C{promised}, higher than the ballot asked about."""
-        if member in self.members:
-            self.refused[member] = promised
+    def _yes(self) -> int:
+        """The members that would promise (the asker among them)."""
+        return len(self.granted)
 
-    def fail(self, member: str) -> None:
-        """C{member} could not be asked."""
-        if member in self.members:
-            self.unreachable.add(member)
-
-    @property
-    def outcome(self) -> Outcome:
-        """Won (a majority would promise), lost (one promised higher), failed, or waiting."""
-        if self.refused:
-            return Outcome.LOST
-        if len(self.granted) >= majority(len(self.members)):
-            return Outcome.WON
-        if len(self.granted) + len(self.denied) + len(self.unreachable) >= len(self.members):
-            return Outcome.FAILED
-        return Outcome.WAITING
+    def _no(self) -> int:
+        """The members that still have a live leader."""
+        return len(self.denied)
 
 
 class PreVoting:
@@ -131,14 +114,9 @@ class PreVoting:
 
     def _pre_round(self, attempt: PreRound, done: Callable[[PreRound], None]) -> None:
         """Ask every other member of C{attempt} PRE_PROMISE; call C{done} once its outcome is known."""
-        for member in attempt.members:
-            if member == self._me:
-                continue
-            record = self._peers.get(member)
-            if record is None or record.connection is None:
-                attempt.fail(member)
-                continue
-            self._ask_pre_promise(record.connection, attempt, member, done)
+        attempt.ask_others(
+            self._me, self._peers, lambda connection, member: self._ask_pre_promise(connection, attempt, member, done)
+        )
         if attempt.outcome is not Outcome.WAITING:
             done(attempt)
 

@@ -18,13 +18,16 @@ from __future__ import annotations
 import enum
 import json
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attr
 
 from p2pexec.chunking import MAX_VALUE_BYTES
 from p2pexec.model import TaskResult, TaskSpec, ValidationError
 from p2pexec.replicas import Ballot, majority
+
+if TYPE_CHECKING:
+    from p2pexec.membership import PeerTable
 
 JOB, RESULT, CANCEL, END = "job", "result", "cancel", "end"
 RERUN = "rerun"
@@ -252,27 +255,24 @@ class Outcome(enum.Enum):
     """Every member answered or failed, short of a majority."""
 
 
-class Takeover:
+class Round:
     """
-    A successor's attempt to lead a job at C{ballot}: the promises of the
-    replica set's members, and their records merged.
+    A successor's round of questions to a job's replica set at C{ballot}:
+    who promised higher (C{refused}) and who could not be asked
+    (C{unreachable}).  L{Takeover} and L{p2pexec.prevote.PreRound} say
+    which answers count as a yes (L{_yes}) and which as a plain no
+    (L{_no}); the outcome is judged the same way for both.
     """
 
     def __init__(self, job: str, members: Iterable[str], ballot: Ballot) -> None:
         self.job = job
         self.members = tuple(members)
         self.ballot = ballot
-        self.promised: dict[str, list[Record]] = {}
         self.refused: dict[str, Ballot] = {}
         self.unreachable: set[str] = set()
 
-    def promise(self, member: str, records: Iterable[Record]) -> None:
-        """C{member} promised, and holds C{records}."""
-        if member in self.members:
-            self.promised[member] = list(records)
-
     def refuse(self, member: str, promised: Ballot) -> None:
-        """C{member} had promised C{promised}, higher than ours."""
+        """C{member} had promised C{promised}, higher than the ballot asked about."""
         if member in self.members:
             self.refused[member] = promised
 
@@ -281,16 +281,59 @@ class Takeover:
         if member in self.members:
             self.unreachable.add(member)
 
+    def ask_others(self, me: str, peers: PeerTable, ask: Callable[[Any, str], None]) -> None:
+        """
+        Call C{ask(connection, member)} for every member other than C{me}
+        that C{peers} has a connection to; the others could not be asked.
+        """
+        for member in self.members:
+            if member == me:
+                continue
+            record = peers.get(member)
+            if record is None or record.connection is None:
+                self.fail(member)
+                continue
+            ask(record.connection, member)
+
+    def _yes(self) -> int:
+        """How many members said yes."""
+        raise NotImplementedError
+
+    def _no(self) -> int:
+        """How many members said no without naming a higher ballot."""
+        return 0
+
     @property
     def outcome(self) -> Outcome:
-        """Won, lost, failed, or still waiting for answers."""
+        """Won (a majority said yes), lost (one promised higher), failed (all answered, short of a majority), or waiting."""
         if self.refused:
             return Outcome.LOST
-        if len(self.promised) >= majority(len(self.members)):
+        yes = self._yes()
+        if yes >= majority(len(self.members)):
             return Outcome.WON
-        if len(self.promised) + len(self.unreachable) >= len(self.members):
+        if yes + self._no() + len(self.unreachable) >= len(self.members):
             return Outcome.FAILED
         return Outcome.WAITING
+
+
+class Takeover(Round):
+    """
+    A successor's attempt to lead a job at C{ballot}: the promises of the
+    replica set's members, and their records merged.
+    """
+
+    def __init__(self, job: str, members: Iterable[str], ballot: Ballot) -> None:
+        super().__init__(job, members, ballot)
+        self.promised: dict[str, list[Record]] = {}
+
+    def promise(self, member: str, records: Iterable[Record]) -> None:
+        """C{member} promised, and holds C{records}."""
+        if member in self.members:
+            self.promised[member] = list(records)
+
+    def _yes(self) -> int:
+        """The members that promised."""
+        return len(self.promised)
 
     @property
     def highest_refusal(self) -> Ballot | None:

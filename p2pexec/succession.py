@@ -243,14 +243,11 @@ class Succession:
         store.promise(ballot)
         self._journal.replica_changed(job, store.promised, store.accepted)
         attempt.promise(self._me, self.records_of(job))
-        for member in members:
-            if member == self._me:
-                continue
-            record = self._peers.get(member)
-            if record is None or record.connection is None:
-                attempt.fail(member)
-                continue
-            self._ask_promise(record.connection, attempt, member, 0, [], lost, why)
+        attempt.ask_others(
+            self._me,
+            self._peers,
+            lambda connection, member: self._ask_promise(connection, attempt, member, 0, [], lost, why),
+        )
         self._judge(attempt, lost, why)
 
     def _ask_promise(

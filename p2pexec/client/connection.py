@@ -248,12 +248,10 @@ class NodeClient:
             raise AuthenticationFailed(
                 f"the node at {self.address} belongs to a cluster with a key: give --key-file"
             ) from None
-        except commands.BadJob as e:
+        except (commands.BadJob, commands.JournalUnwritable) as e:
             raise JobRefused(f"the node at {self.address} refused the job: {e}") from None
         except commands.ShuttingDown as e:
             raise JobRefused(f"the node at {self.address} is shutting down: {e}") from None
-        except commands.JournalUnwritable as e:
-            raise JobRefused(f"the node at {self.address} refused the job: {e}") from None
         except commands.UnknownTask as e:
             raise TaskNotFound(f"unknown task: {e}") from None
         except commands.NotStarted as e:

@@ -26,6 +26,23 @@ SLOTS = 2
 TASKS = 200
 
 
+def write_failover_job(cluster: Cluster) -> tuple[str, str, list[str]]:
+    """
+    Write the job of L{TASKS} tasks of kind w that each record their run in
+    a side file, then sleep 0.2 s; return the side file, the job file and
+    the task ids.
+    """
+    side = cluster.path("side.txt")
+    job_file = cluster.path("job.toml")
+    ids = [f"t{n:03d}" for n in range(TASKS)]
+    write_job(
+        job_file,
+        {"kind": "w", "shell": True, "command": f"{record_run(side)}; sleep 0.2"},
+        [{"id": task_id} for task_id in ids],
+    )
+    return side, job_file, ids
+
+
 def start_five(cluster: Cluster) -> tuple[NodeProcess, list[NodeProcess]]:
     """
     The master m (runs nothing) and the workers w1..w4 (kind w, L{SLOTS}
@@ -57,14 +74,7 @@ class MasterKilledTests(CliTestCase):
         succeeded.
         """
         cluster = Cluster(self, budget=240)
-        side = cluster.path("side.txt")
-        job_file = cluster.path("job.toml")
-        ids = [f"t{n:03d}" for n in range(TASKS)]
-        write_job(
-            job_file,
-            {"kind": "w", "shell": True, "command": f"{record_run(side)}; sleep 0.2"},
-            [{"id": task_id} for task_id in ids],
-        )
+        side, job_file, ids = write_failover_job(cluster)
         master, workers = start_five(cluster)
 
         status, out, err = self.cli(cluster, master.port, "submit", job_file)

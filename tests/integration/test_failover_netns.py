@@ -26,7 +26,7 @@ from twisted.trial.unittest import SkipTest
 from tests.integration.cluster import NodeProcess, read_runs, record_run
 from tests.integration.netns import NODE_PORT, HostCluster, netns_problem
 from tests.integration.test_cli import CliTestCase, write_job
-from tests.integration.test_failover import SLOTS, TASKS, WORKERS
+from tests.integration.test_failover import SLOTS, TASKS, WORKERS, write_failover_job
 
 HEARTBEAT = ("--heartbeat-interval", "0.5", "--heartbeat-timeout", "2.5")
 """Failure detection as in the other partition tests: a silent peer is declared dead within a few seconds."""
@@ -127,14 +127,7 @@ class MasterCutOffTests(CliTestCase):
         job submitted to m then runs to its end on every worker.
         """
         cluster = HostCluster(self, len(HOSTS), budget=240)
-        side = cluster.path("side.txt")
-        job_file = cluster.path("job.toml")
-        ids = [f"t{n:03d}" for n in range(TASKS)]
-        write_job(
-            job_file,
-            {"kind": "w", "shell": True, "command": f"{record_run(side)}; sleep 0.2"},
-            [{"id": task_id} for task_id in ids],
-        )
+        side, job_file, ids = write_failover_job(cluster)
         master, workers = self.start_five(cluster)
         status, out, err = self.cli_on(cluster, "m", "submit", job_file)
         self.assertEqual(status, 0, err)

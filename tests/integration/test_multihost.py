@@ -16,6 +16,7 @@ import os
 import re
 import time
 from collections import Counter
+from collections.abc import Callable
 
 from twisted.trial.unittest import SkipTest
 
@@ -38,6 +39,55 @@ class MultiHostTestCase(IntegrationTestCase):
         """
         address = re.escape(cluster.host_of[peer].address)
         self.assertLogHas(cluster.nodes[node], rf"\] Node {node} connected to peer {peer} at {address}:{NODE_PORT} ")
+
+    def start_kind_nodes(
+        self,
+        cluster: HostCluster,
+        hosts: tuple[str, ...],
+        kinds: tuple[str, ...],
+        per_kind: int,
+        options: Callable[[str], list[str]],
+    ) -> tuple[dict[str, str], str]:
+        """
+        Write a job of C{per_kind} tasks of each of C{kinds}, each printing
+        its node's name and its host's addresses, and start node nN on each
+        host hN of C{hosts}, all at once, with C{options(label)}: n1 (runs
+        nothing) as the job's master, each other nN running kind kN.
+
+        @return: the node names by host label, and the results file.
+        """
+        results = cluster.path("results.json")
+        job_file = cluster.path("job.toml")
+        command = 'echo "$P2PEXEC_NODE"; hostname -I'
+        tasks = [{"id": f"{kind}-{n}", "kind": kind, "command": command} for n in range(per_kind) for kind in kinds]
+        write_job_file(job_file, {"shell": True, "timeout": 10}, tasks)
+        names = {label: f"n{label[1:]}" for label in hosts}
+        for label in hosts:
+            extra = options(label)
+            if label == "h1":
+                extra += ["--capabilities", "none", "--job", job_file, "--results", results]
+            else:
+                extra += ["--capabilities", f"k{label[1:]}"]
+            cluster.start(names[label], *extra, host=label, wait=False)
+        return names, results
+
+    def assertKindsRanAtHome(self, cluster: HostCluster, names: dict[str, str], results: str, total: int) -> None:
+        """
+        Assert that n1 finished its job of C{total} tasks, none failed, each
+        task of kind kN ran on nN and printed nN's name and host hN's
+        address; then stop every node and assert its log clean.
+        """
+        n1 = cluster.nodes["n1"]
+        finished = n1.wait_for(JOB_FINISHED, timeout=20)
+        self.assertEqual(finished.group(2, 3), (str(total), "0"), n1.log_tail())
+        report = self.results_of(n1, results)
+        for task in report["tasks"]:
+            label = "h" + task["kind"][1:]
+            self.assertEqual((task["status"], task["node"]), ("succeeded", names[label]), task)
+            self.assertEqual(task["stdout"].split(), [names[label], cluster.network[label].address], task)
+        self.stop_all(cluster)
+        for node in cluster.nodes.values():
+            self.assertLogClean(node)
 
 
 class MulticastDiscoveryTests(MultiHostTestCase):
@@ -141,20 +191,14 @@ class StaticSeedTests(MultiHostTestCase):
         completes there.
         """
         cluster = HostCluster(self, len(self.HOSTS))
-        results = cluster.path("results.json")
-        job_file = cluster.path("job.toml")
-        command = 'echo "$P2PEXEC_NODE"; hostname -I'
-        tasks = [{"id": f"{kind}-{n}", "kind": kind, "command": command} for n in range(4) for kind in ("k3", "k4")]
-        write_job_file(job_file, {"shell": True, "timeout": 10}, tasks)
-        names = {label: f"n{label[1:]}" for label in self.HOSTS}
-        for label in self.HOSTS:
-            options = ["--no-multicast", "--peer", cluster.seed(self.SEEDS[label]), "--slots", "2"]
-            if label == "h1":
-                options += ["--capabilities", "none", "--job", job_file, "--results", results]
-            else:
-                options += ["--capabilities", f"k{label[1:]}"]
-            # All at once: in a ring, someone's seed is always not up yet.
-            cluster.start(names[label], *options, host=label, wait=False)
+        # All at once: in a ring, someone's seed is always not up yet.
+        names, results = self.start_kind_nodes(
+            cluster,
+            self.HOSTS,
+            ("k3", "k4"),
+            4,
+            lambda label: ["--no-multicast", "--peer", cluster.seed(self.SEEDS[label]), "--slots", "2"],
+        )
         for node in cluster.nodes.values():
             self.assertEqual(node.port, NODE_PORT)
 
@@ -167,17 +211,7 @@ class StaticSeedTests(MultiHostTestCase):
         for label in self.HOSTS:
             self.assertNotIn(cluster.group[0], cluster.network[label].multicast_groups(), label)
 
-        n1 = cluster.nodes["n1"]
-        finished = n1.wait_for(JOB_FINISHED, timeout=20)
-        self.assertEqual(finished.group(2, 3), ("8", "0"), n1.log_tail())
-        report = self.results_of(n1, results)
-        for task in report["tasks"]:
-            label = "h" + task["kind"][1:]
-            self.assertEqual((task["status"], task["node"]), ("succeeded", names[label]), task)
-            self.assertEqual(task["stdout"].split(), [names[label], cluster.network[label].address], task)
-        self.stop_all(cluster)
-        for node in cluster.nodes.values():
-            self.assertLogClean(node)
+        self.assertKindsRanAtHome(cluster, names, results, 8)
 
 
 class PartitionTests(MultiHostTestCase):

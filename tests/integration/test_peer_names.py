@@ -13,7 +13,6 @@ import os
 import re
 
 from tests.integration.netns import NODE_PORT, HostCluster
-from tests.integration.test_cluster import JOB_FINISHED, write_job_file
 from tests.integration.test_multihost import MultiHostTestCase
 
 NAME = "cluster.test"
@@ -64,19 +63,13 @@ class PeerByNameTests(MultiHostTestCase):
         addresses = [cluster.network[label].address for label in self.HOSTS]
         for label in self.HOSTS:
             give_hosts_file(self, cluster.network[label].namespace, addresses)
-        results = cluster.path("results.json")
-        job_file = cluster.path("job.toml")
-        command = 'echo "$P2PEXEC_NODE"; hostname -I'
-        tasks = [{"id": f"{kind}-{n}", "kind": kind, "command": command} for n in range(3) for kind in ("k2", "k3")]
-        write_job_file(job_file, {"shell": True, "timeout": 10}, tasks)
-        names = {label: f"n{label[1:]}" for label in self.HOSTS}
-        for label in self.HOSTS:
-            options = ["--no-multicast", "--peer", f"{NAME}:{NODE_PORT}", "--peer-refresh", "2"]
-            if label == "h1":
-                options += ["--capabilities", "none", "--job", job_file, "--results", results]
-            else:
-                options += ["--capabilities", f"k{label[1:]}"]
-            cluster.start(names[label], *options, host=label, wait=False)
+        names, results = self.start_kind_nodes(
+            cluster,
+            self.HOSTS,
+            ("k2", "k3"),
+            3,
+            lambda label: ["--no-multicast", "--peer", f"{NAME}:{NODE_PORT}", "--peer-refresh", "2"],
+        )
 
         listed = ", ".join(re.escape(address) for address in sorted(addresses))
         for name in names.values():
@@ -89,16 +82,7 @@ class PeerByNameTests(MultiHostTestCase):
         for label in self.HOSTS:
             self.assertNotIn(cluster.group[0], cluster.network[label].multicast_groups(), label)
 
-        n1 = cluster.nodes["n1"]
-        finished = n1.wait_for(JOB_FINISHED, timeout=20)
-        self.assertEqual(finished.group(2, 3), ("6", "0"), n1.log_tail())
-        report = self.results_of(n1, results)
-        for task in report["tasks"]:
-            label = "h" + task["kind"][1:]
-            self.assertEqual((task["status"], task["node"]), ("succeeded", names[label]), task)
-            self.assertEqual(task["stdout"].split(), [names[label], cluster.network[label].address], task)
-        self.stop_all(cluster)
+        self.assertKindsRanAtHome(cluster, names, results, 6)
         for node in cluster.nodes.values():
-            self.assertLogClean(node)
             self.assertNotIn("refused our connection", node.log_text())
             self.assertNotIn("could not resolve", node.log_text())

@@ -14,7 +14,7 @@ $(STAMP): setup.cfg setup.py pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet "twisted[tls]>=23.10" "attrs>=22.2" "rich>=13" "prometheus_client>=0.20" \
 		"pytest>=7" "pytest-twisted>=1.14" "jsonschema>=4.18" "openapi-spec-validator>=0.7" "selenium>=4.20" "hypothesis>=6.100" \
 		"mypy>=1.10" "mypy-zope>=1.0" "ruff>=0.6" "towncrier>=23.10" \
-		"pyyaml>=6" "kubernetes-validate>=1.30"
+		"pyyaml>=6" "kubernetes-validate>=1.30" "docutils>=0.19"
 	touch $(STAMP)
 
 ## install: build and install p2pexec (a normal, non-editable install) into .venv

@@ -390,14 +390,7 @@ class Replication(Placing, PreVoting, Succession):
         self._master.step_down(job_id)
         for _, d in self._waiters.pop(job_id, []):
             d.errback(Deposed(job_id, newer))
-        log.warn(
-            "Node {name} steps down as master of job {job}: {new} took it over at epoch {epoch} ({why})",
-            name=self._me,
-            job=job_id,
-            new=newer.node,
-            epoch=newer.epoch,
-            why=why,
-        )
+        _log_step_down(self._me, job_id, newer, why)
 
     def peer_connected(self, name: str) -> None:
         """C{name} connected (again): send it what it lacks, and try again the takeovers that lacked it."""
@@ -517,14 +510,7 @@ class Replication(Placing, PreVoting, Succession):
         if job in self._led_before and ballot.node != self._me:
             # It led the job before it restarted: it learns who leads it now.
             self._led_before.discard(job)
-            log.warn(
-                "Node {name} steps down as master of job {job}: {new} took it over at epoch {epoch} ({why})",
-                name=self._me,
-                job=job,
-                new=ballot.node,
-                epoch=ballot.epoch,
-                why="it announced JOB_LEADER to this node, restarted",
-            )
+            _log_step_down(self._me, job, ballot, "it announced JOB_LEADER to this node, restarted")
 
     # -- restart ---------------------------------------------------------------------------
 
@@ -586,4 +572,16 @@ def _refused(job: str, promised: Ballot, refused: Ballot) -> commands.StaleBallo
             f"this node promised job {job} to {promised.node} at epoch {promised.epoch}; "
             f"{refused.node} at epoch {refused.epoch} is deposed",
         )
+    )
+
+
+def _log_step_down(me: str, job: str, newer: Ballot, why: str) -> None:
+    """The one line a node logs when it stops leading C{job} because C{newer} leads it."""
+    log.warn(
+        "Node {name} steps down as master of job {job}: {new} took it over at epoch {epoch} ({why})",
+        name=me,
+        job=job,
+        new=newer.node,
+        epoch=newer.epoch,
+        why=why,
     )

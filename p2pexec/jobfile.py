@@ -12,18 +12,27 @@ task that does not set them, and a C{[[task]]} list::
     id = "hello"
     command = ["echo", "hello"]
 
+A task's C{inputs} name local files, relative to the job file's folder
+(L{resolve_inputs}): each is hashed (SHA-256, read in pieces) as the file
+is loaded, and sent with the job (L{p2pexec.client.uploads}).
+
 Every mistake is reported as a L{JobFileError} naming the file, the task and
 the field at fault.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from typing import Any
+
+import attr
 
 from p2pexec import dependencies
 from p2pexec.commands import MAX_VALUE_BYTES
 from p2pexec.fairshare import parse_priority
+from p2pexec.filenames import input_name
 from p2pexec.model import TaskSpec, ValidationError
 
 MAX_TASKS = 1_000_000
@@ -47,7 +56,15 @@ _DEFAULTABLE = (
     "gpus",
     "resources",
     "speculative",
+    "inputs",
+    "outputs",
 )
+
+HASH_PIECE = 1 << 20
+"""An input is hashed reading this many bytes at a time (its size does not matter to memory)."""
+
+Hashes = dict[str, tuple[str, int]]
+"""The SHA-256 and size of each local file hashed so far, by absolute path."""
 
 
 class JobFileError(ValueError):
@@ -79,14 +96,80 @@ def load_job_file(path: str) -> list[TaskSpec]:
         raise JobFileError(f"job file {path}: not valid TOML: {e}") from None
     except RecursionError:
         raise JobFileError(f"job file {path}: its arrays or tables are nested too deeply") from None
-    return parse_job(data, path)
+    return parse_job(data, path, base=os.path.dirname(os.path.abspath(path)))
 
 
-def parse_job(data: dict[str, Any], source: str = "<job>", label: str | None = None) -> list[TaskSpec]:
+def hash_file(path: str) -> tuple[str, int]:
+    """
+    The SHA-256 (hex) and size of the file at C{path}, read in pieces of
+    L{HASH_PIECE} bytes.
+
+    @raise OSError: if it cannot be read.
+    """
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while piece := f.read(HASH_PIECE):
+            digest.update(piece)
+            size += len(piece)
+    return digest.hexdigest(), size
+
+
+def resolve_inputs(value: Any, base: str, hashes: Hashes) -> tuple[list[Any], list[str | None]]:
+    """
+    A task's C{inputs} as a job file gives them, local paths (relative to
+    C{base}, or absolute) or tables C{{path = "...", as = "NAME"}}, made
+    into their wire form (L{p2pexec.model.InputFile}: name, SHA-256, size),
+    with the absolute path of each; anything else is left for the task's
+    checks (an entry already in wire form has no path).
+
+    @param hashes: the files already hashed, by absolute path; updated.
+    @raise ValidationError: for a table with unknown fields, or a file that
+        cannot be read, naming it.
+    """
+    if not isinstance(value, list):
+        return value, []
+    wire: list[Any] = []
+    sources: list[str | None] = []
+    for number, entry in enumerate(value, start=1):
+        given, name = entry, None
+        if isinstance(entry, dict) and "path" in entry:
+            unknown = entry.keys() - {"path", "as"}
+            if unknown:
+                raise ValidationError(
+                    f"input #{number}: unknown field(s) {', '.join(sorted(unknown))} (expected path, as)"
+                )
+            given, name = entry["path"], entry.get("as")
+            if not isinstance(given, str) or not (name is None or isinstance(name, str)):
+                raise ValidationError(f"input #{number}: 'path' and 'as' must be strings")
+        if not isinstance(given, str):
+            wire.append(entry)
+            sources.append(None)
+            continue
+        if given == "" or "\0" in given:
+            raise ValidationError(f"input #{number}: {given!r} is not a file name")
+        path = os.path.normpath(os.path.join(base, os.path.expanduser(given)))
+        if path not in hashes:
+            try:
+                hashes[path] = hash_file(path)
+            except OSError as e:
+                raise ValidationError(f"input {given!r}: cannot be read: {e.strerror or e} ({path})") from None
+        sha256, size = hashes[path]
+        wire.append({"name": input_name(given) if name is None else name, "sha256": sha256, "size": size})
+        sources.append(path)
+    return wire, sources
+
+
+def parse_job(
+    data: dict[str, Any], source: str = "<job>", label: str | None = None, base: str | None = None
+) -> list[TaskSpec]:
     """
     Validate a decoded job document (from TOML, or JSON).
 
     @param label: how errors name the document; by default C{job file SOURCE}.
+    @param base: on the submitting side, the folder a task's C{inputs} are
+        relative to: they name local files, hashed here (L{resolve_inputs});
+        C{None} (a node taking a job) if they come in wire form.
     @raise JobFileError: naming the document, and the task and field at fault.
     """
     where = label if label is not None else f"job file {source}"
@@ -113,6 +196,7 @@ def parse_job(data: dict[str, Any], source: str = "<job>", label: str | None = N
         raise JobFileError(f"{where}: {len(tasks)} tasks is over the limit of {MAX_TASKS}")
     specs: list[TaskSpec] = []
     seen: dict[str, int] = {}
+    hashes: Hashes = {}
     for number, raw in enumerate(tasks, start=1):
         at = f"{where}: task #{number}"
         if "id" in raw:
@@ -126,7 +210,13 @@ def parse_job(data: dict[str, Any], source: str = "<job>", label: str | None = N
             else:
                 fields.setdefault(key, value)
         try:
+            sources: list[str | None] = []
+            if base is not None and "inputs" in fields:
+                fields["inputs"], sources = resolve_inputs(fields["inputs"], base, hashes)
             spec = TaskSpec.from_wire(fields)
+            if any(sources):
+                located = (attr.evolve(each, source=path) for each, path in zip(spec.inputs, sources))
+                spec = attr.evolve(spec, inputs=tuple(located))
         except ValidationError as e:
             detail = str(e)
             prefix = f"task {fields.get('id')!r}: "

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import attr
 
+from p2pexec.file_values import result_outputs_from_wire
 from p2pexec.interfaces import ITaskState
 from p2pexec.journal_health import JournalError, JournalWriteError, write_failure_reason
 from p2pexec.model import TaskResult, TaskSpec
@@ -120,11 +121,13 @@ RESULT_COLUMNS = (
     ("stdout_size", "INTEGER"),
     ("stderr_size", "INTEGER"),
     ("output_cut", "INTEGER"),
+    ("result_outputs", "TEXT"),
 )
 """The columns of C{tasks} for what a result says since issue 14 (L{TaskResult}'s C{started},
-C{signal}, C{stdout_size}, C{stderr_size}, C{output_cut}; NULL: unknown); added to a file
-that lacks them (ALTER TABLE ... ADD COLUMN), its rows keeping NULL, so that no journal of an
-earlier p2pexec is refused for lacking them."""
+C{signal}, C{stdout_size}, C{stderr_size}, C{output_cut}; NULL: unknown) and issue 16 (its
+C{outputs}, as a JSON list of their wire form; NULL: none); added to a file that lacks them
+(ALTER TABLE ... ADD COLUMN), its rows keeping NULL, so that no journal of an earlier p2pexec
+is refused for lacking them."""
 
 
 @attr.s(auto_attribs=True, frozen=True)
@@ -204,6 +207,7 @@ def task_row(record: ITaskState) -> tuple[Any, ...]:
         result.stdout_size,
         result.stderr_size,
         None if result.output_cut is None else int(result.output_cut),
+        json.dumps([each.to_wire() for each in result.outputs], ensure_ascii=False) if result.outputs else None,
     )
 
 
@@ -223,7 +227,7 @@ def stored_task(task_id: str, kind: str, spec: str | None, row: list[Any]) -> St
     state, attempt, worker, failures, losses, r_attempt, status, node, exit_code, duration, stdout, stderr, error = row[
         :13
     ]
-    started, signal, stdout_size, stderr_size, output_cut = row[13:]
+    started, signal, stdout_size, stderr_size, output_cut, outputs = row[13:]
     result = None
     if status is not None:
         result = TaskResult(
@@ -241,6 +245,7 @@ def stored_task(task_id: str, kind: str, spec: str | None, row: list[Any]) -> St
             stdout_size=stdout_size,
             stderr_size=stderr_size,
             output_cut=None if output_cut is None else bool(output_cut),
+            outputs=() if outputs is None else result_outputs_from_wire(json.loads(outputs), f"task {task_id!r}"),
         )
     return StoredTask(
         spec=TaskSpec.from_wire(data),

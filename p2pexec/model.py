@@ -16,6 +16,10 @@ from typing import Any
 
 import attr
 
+from p2pexec.file_values import InputFile as InputFile
+from p2pexec.file_values import OutputFile as OutputFile
+from p2pexec.file_values import OutputPattern as OutputPattern
+from p2pexec.file_values import inputs_from_wire, outputs_from_wire, result_outputs_from_wire
 from p2pexec.resources import TASK_FIELDS, NodeResources, Request
 from p2pexec.wire_values import NAME_PATTERN as NAME_PATTERN
 from p2pexec.wire_values import ValidationError as ValidationError
@@ -42,6 +46,7 @@ MAX_PRIORITY = 1_000_000
 
 PLAIN_TASK_FIELDS = frozenset(
     {"id", "kind", "command", "shell", "cwd", "env", "timeout", "retries", "node", "all_nodes", "after", "speculative"}
+    | {"inputs", "outputs"}
 )
 """A task's fields other than its resource request (L{TASK_FIELDS}): a task with only these asks for a slot alone."""
 
@@ -176,6 +181,8 @@ class TaskSpec:
     @ivar speculative: whether a backup copy of it may run on another node
         near the end of its job (see L{p2pexec.speculation}); false for a
         task that must not run twice at once.
+    @ivar inputs: the files sent with it into its working directory (issue 16).
+    @ivar outputs: the globs whose matching files are sent back after it ran.
     """
 
     id: str
@@ -195,6 +202,8 @@ class TaskSpec:
     after: tuple[str, ...] = ()
     # -- issue 15, tail (p2pexec/speculation.py) --
     speculative: bool = True
+    inputs: tuple[InputFile, ...] = ()
+    outputs: tuple[OutputPattern, ...] = ()
 
     @classmethod
     def instruction(cls, name: str) -> TaskSpec:
@@ -226,6 +235,10 @@ class TaskSpec:
             data["after"] = list(self.after)
         if not self.speculative:
             data["speculative"] = False
+        if self.inputs:
+            data["inputs"] = [each.to_wire() for each in self.inputs]
+        if self.outputs:
+            data["outputs"] = [each.to_wire() for each in self.outputs]
         return data
 
     @classmethod
@@ -319,6 +332,8 @@ class TaskSpec:
             _require(task_id not in after, f"{what}: 'after' names the task itself")
         speculative = data.get("speculative", True)
         _require(isinstance(speculative, bool), f"{what}: 'speculative' must be true or false, not {speculative!r}")
+        inputs = inputs_from_wire(data["inputs"], what) if "inputs" in data else ()
+        outputs = outputs_from_wire(data["outputs"], what) if "outputs" in data else ()
         rest = data.keys() - PLAIN_TASK_FIELDS
         request = None
         if rest:  # a task that asks for no resources pays this one test (W1)
@@ -342,6 +357,8 @@ class TaskSpec:
             request=request,
             after=tuple(dict.fromkeys(after)),
             speculative=speculative,
+            inputs=inputs,
+            outputs=outputs,
         )
 
 
@@ -389,6 +406,7 @@ class TaskResult:
     @ivar stderr_size: the same for its standard error.
     @ivar output_cut: whether a stream went past the worker's --max-output
         and the rest was cut from its kept output; C{None} when unknown.
+    @ivar outputs: the files of its declared outputs, sent back to the job's master (issue 16).
     """
 
     task_id: str
@@ -406,6 +424,7 @@ class TaskResult:
     stdout_size: int | None = None
     stderr_size: int | None = None
     output_cut: bool | None = None
+    outputs: tuple[OutputFile, ...] = ()
 
     @property
     def succeeded(self) -> bool:
@@ -439,6 +458,8 @@ class TaskResult:
             data["stderr_size"] = self.stderr_size
         if self.output_cut is not None:
             data["output_cut"] = self.output_cut
+        if self.outputs:
+            data["outputs"] = [each.to_wire() for each in self.outputs]
         return data
 
     @classmethod
@@ -488,6 +509,7 @@ class TaskResult:
             sizes[key] = size
         output_cut = data.get("output_cut")
         _require(output_cut is None or isinstance(output_cut, bool), f"{what}: 'output_cut' must be true or false")
+        outputs = result_outputs_from_wire(data["outputs"], what) if "outputs" in data else ()
         return cls(
             task_id=task_id,
             attempt=attempt,
@@ -501,6 +523,7 @@ class TaskResult:
             started=started,
             signal=signal_number,
             output_cut=output_cut,
+            outputs=outputs,
             **sizes,
         )
 

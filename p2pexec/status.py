@@ -189,6 +189,8 @@ def task_entry(record: TaskRecord, waiting_kinds: frozenset[str], output: bool =
             value = getattr(result, name)
             if value is not None:
                 entry[name] = value
+        if result.outputs:
+            entry["outputs"] = [each.to_wire() for each in result.outputs]
         if output:
             entry.update(stdout=result.stdout, stderr=result.stderr)
     return entry

@@ -22,6 +22,7 @@ from p2pexec import commands
 from p2pexec.auth import KeyFileError, generate_key, http_token, load_key
 from p2pexec.cli.client import format_address
 from p2pexec.cli.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, PROG, CliError
+from p2pexec.cli.fetch import do_fetch, fetch_into
 from p2pexec.cli.joblog import Joblog
 from p2pexec.cli.logs import do_logs
 from p2pexec.cli.output import TaskFollower, TaskPrinter, task_labels
@@ -77,6 +78,8 @@ def job_tasks_from(args: argparse.Namespace, stdin: TextIO) -> list[TaskSpec]:
             cwd=args.cwd,
             env=args.env,
             request=getattr(args, "request", None),
+            inputs=getattr(args, "inputs", ()),
+            outputs=getattr(args, "outputs", ()),
         )
     if args.tasks is not None:
         names = [name.strip() for name in args.tasks.split(",") if name.strip()]
@@ -240,7 +243,7 @@ async def follow_tasks(
     joblog_file = getattr(args, "joblog", None)
     joblog = Joblog.open(joblog_file, stdout) if joblog_file else None
     try:
-        job = await submit_job(ctx, tasks, getattr(args, "job_priority", getattr(args, "priority", None)))
+        job = args.job_id = await submit_job(ctx, tasks, getattr(args, "job_priority", getattr(args, "priority", None)))
         keep_order, tag = getattr(args, "keep_order", False), getattr(args, "tag", False)
         printer = TaskPrinter(stdout, ctx.err, keep_order, tag) if printing else None
         # all_nodes tasks become TASK@NODE on the master: the job's order is then its own.
@@ -268,11 +271,11 @@ async def do_submit(ctx: Context, args: argparse.Namespace) -> int:
     args.job_priority = priority
     output, joblog = getattr(args, "output", False), getattr(args, "joblog", None)
     if args.wait and (output or joblog):
-        return await follow_tasks(ctx, args, None, output, "{job}", always=True)
-    job = await submit_job(ctx, args.job_tasks, priority)
+        return await fetched(ctx, args, await follow_tasks(ctx, args, None, output, "{job}", always=True))
+    job = args.job_id = await submit_job(ctx, args.job_tasks, priority)
     ctx.out.line(job)
     if args.wait:
-        return await follow(ctx, job)
+        return await fetched(ctx, args, await follow(ctx, job))
     return EXIT_OK
 
 
@@ -280,7 +283,19 @@ async def do_run(ctx: Context, args: argparse.Namespace) -> int:
     """C{run}: submit one task per argument, follow the job, and print what the tasks print."""
     tags = [" ".join(arguments) for arguments in args.task_arguments]
     submitted = f"job {{job}}: {len(args.job_tasks)} task(s) submitted to {ctx.node.address}"
-    return await follow_tasks(ctx, args, tags, True, submitted, always=False)
+    return await fetched(ctx, args, await follow_tasks(ctx, args, tags, True, submitted, always=False))
+
+
+async def fetched(ctx: Context, args: argparse.Namespace, status: int) -> int:
+    """
+    With C{--fetch DIR}, the ended job's output files fetched into DIR (see
+    L{p2pexec.cli.fetch}); the exit status C{status}, or L{EXIT_FAILED} if
+    some file could not be fetched.
+    """
+    into = getattr(args, "fetch", None)
+    if into is None:
+        return status
+    return max(status, await fetch_into(ctx, args.job_id, into))
 
 
 async def do_watch(ctx: Context, args: argparse.Namespace) -> int:
@@ -400,6 +415,7 @@ SUBCOMMANDS: dict[str, Callable[[Context, argparse.Namespace], Awaitable[int]]] 
     "cancel": do_cancel,
     "rerun": do_rerun,
     "logs": do_logs,
+    "fetch": do_fetch,
 }
 
 

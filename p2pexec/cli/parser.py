@@ -14,6 +14,7 @@ from typing import Any
 from p2pexec import __version__
 from p2pexec.cli.client import DEFAULT_TIMEOUT, parse_address
 from p2pexec.cli.errors import EXIT_USAGE, PROG
+from p2pexec.cli.fetch import add_fetch_parser
 from p2pexec.cli.logs import add_logs_parser
 from p2pexec.cli.sources import split_run_line
 from p2pexec.model import MAX_PRIORITY, ValidationError, validate_name
@@ -208,6 +209,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         help="with --wait: print what the tasks print, as run does (the job id and progress go to stderr)",
     )
     _output_options(p, "with --output: ")
+    _fetch_option(p, "with --wait: ")
     _node_option(p, "; a task's own node = ... in the job file wins")
     _priority_option(p, "the job file's [job] priority, else 0")
 
@@ -283,6 +285,24 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         help="an environment variable for every task (repeatable)",
     )
     _output_options(p, "")
+    p.add_argument(
+        "--input",
+        dest="inputs",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a local file sent with every task, into its working directory under its base name (repeatable)",
+    )
+    p.add_argument(
+        "--output",
+        dest="outputs",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="files to send back after each task, a glob relative to its working directory (repeatable; "
+        "each must match a file, else the task fails); fetch them with --fetch or p2pexec fetch",
+    )
+    _fetch_option(p, "")
     _node_option(p, "")
     p.add_argument(
         "--all-nodes",
@@ -405,7 +425,31 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         "examples:\n  p2pexec logs a1-31f91af8-1 t3\n  p2pexec logs -f --stderr a1-31f91af8-1 build",
     )
     add_logs_parser(p)
+
+    p = add(
+        "fetch",
+        "download the output files of a job's tasks",
+        "Download the output files of a job's tasks (the files their outputs = [...]\n"
+        "matched, sent back to the job's master) into DIR/JOB/TASK/PATH, each checked\n"
+        "(size and SHA-256) and written whole or not at all.  A file already there with\n"
+        "the same content is left alone.  A path that climbs out of its folder or leads\n"
+        "through a symbolic link is refused.",
+        "exit status: 0 once every file is there; 1 if some could not be fetched (a line\n"
+        "each); 2 for an unknown job, a folder that cannot be made, or no connection.\n\n"
+        "examples:\n  p2pexec fetch a1-31f91af8-1\n  p2pexec fetch --into results a1-31f91af8-1",
+    )
+    add_fetch_parser(p)
     return parser, parsers
+
+
+def _fetch_option(parser: argparse.ArgumentParser, condition: str) -> None:
+    """C{--fetch DIR} (C{submit --wait}, C{run}): the tasks' output files, once the job has ended."""
+    parser.add_argument(
+        "--fetch",
+        metavar="DIR",
+        help=f"{condition}once the job has ended, download its tasks' output files into DIR/JOB/TASK/ "
+        "(as p2pexec fetch does)",
+    )
 
 
 def _node_name(text: str) -> str:
@@ -450,6 +494,7 @@ def parse_arguments(argv: Sequence[str]) -> argparse.Namespace:
             (args.joblog is not None, "--joblog", "--wait"),
             (args.keep_order, "--keep-order", "--output"),
             (args.tag, "--tag", "--output"),
+            (args.fetch is not None, "--fetch", "--wait"),
         ]:
             if given and not getattr(args, needs.lstrip("-")):
                 this.error(f"{flag} needs {needs}")

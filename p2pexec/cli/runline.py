@@ -7,6 +7,7 @@ of arguments, with its id.  Pure functions.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -77,15 +78,20 @@ def run_tasks(
     cwd: str | None = None,
     env: dict[str, str] | None = None,
     request: dict[str, Any] | None = None,
+    inputs: Sequence[str] = (),
+    outputs: Sequence[str] = (),
 ) -> list[TaskSpec]:
     """
     One task per argument (a value from each input source), in order,
     checked as a job file would be.
 
     @param request: the C{cpus}, C{memory}, C{gpus} and C{resources} fields of every task.
+    @param inputs: local files (relative to the current folder) every task
+        gets in its working directory, under their base names; hashed here.
+    @param outputs: the globs every task sends back.
 
     @raise CliError: for a replacement string naming no source, or naming
-        the task and field at fault.
+        the task and field at fault (an input that cannot be read too).
     """
     width = max((1 if isinstance(given, str) else len(given) for given in arguments), default=1)
     check_positions(command, width)
@@ -101,11 +107,15 @@ def run_tasks(
     if env:
         defaults["env"] = dict(env)
     defaults.update(request or {})
+    if inputs:
+        defaults["inputs"] = [{"path": path, "as": os.path.basename(os.path.normpath(path))} for path in inputs]
+    if outputs:
+        defaults["outputs"] = list(outputs)
     tasks = [
         {"id": task_id, "command": expand_command(command, argument, shell, sequence)}
         for sequence, (task_id, argument) in enumerate(zip(task_ids(arguments), arguments), start=1)
     ]
     try:
-        return parse_job({"defaults": defaults, "task": tasks}, label="run")
+        return parse_job({"defaults": defaults, "task": tasks}, label="run", base=os.getcwd() if inputs else None)
     except JobFileError as e:
         raise CliError(str(e)) from None

@@ -82,7 +82,14 @@ async def submit_tasks(
     with C{defaults} (a job file's C{[defaults]} table) and the job's
     C{priority} (sent with the last part; C{None}: the default, 0); return
     the job id.  The node becomes the job's master.
+
+    The tasks' input files the node lacks are sent first (see
+    L{p2pexec.client.uploads}).
     """
+    if any(isinstance(task, TaskSpec) and task.inputs for task in tasks):
+        from p2pexec.client.uploads import upload_inputs
+
+        await upload_inputs(node, (task for task in tasks if isinstance(task, TaskSpec)))
     try:
         parts = list(commands.chunk(tasks, task_object))
     except ValueError as e:

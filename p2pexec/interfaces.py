@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from p2pexec import status
     from p2pexec.auth import ChallengeResponse
     from p2pexec.config import NodeConfig
+    from p2pexec.file_service import FileService
     from p2pexec.job import Job
     from p2pexec.journal_health import JournalProblem
     from p2pexec.journal_schema import StoredJob
@@ -78,6 +79,9 @@ class IPeerHandler(Protocol):
 
     task_outputs: TaskOutputs
     """How TASK_OUTPUT is answered (issue 14: as the job's master, as a worker, or forwarded)."""
+
+    files: FileService | None
+    """How HAVE_BLOBS, PUT_BLOB and FETCH_BLOB are answered (issue 16); None: this node moves no files."""
 
     def connection_opened(self, protocol: PeerProtocol) -> bool:
         """Count a new connection by its remote address; C{False} refuses it (too many from there)."""

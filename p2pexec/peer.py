@@ -9,7 +9,8 @@ C{connection_state}, moved only by the connection machine
 the machine says whether it is served, refused with the connection kept,
 or refused and the connection closed.  Every refusal is a declared error,
 so a bad box is answered and logged.  A client's commands are answered by
-L{p2pexec.client_commands.ClientCommands}.
+L{p2pexec.client_commands.ClientCommands}, the file commands by
+L{p2pexec.file_service.FileCommands}.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from p2pexec.connection_states import (
     is_authenticated,
     is_gone,
 )
+from p2pexec.file_service import FILE_COMMANDS, FileCommands
 from p2pexec.framing import MAX_BOX_BYTES, CheckedAMP, bad_arguments, parse_error, short_refusal
 from p2pexec.interfaces import IPeerHandler
 from p2pexec.log import NodeLogger
@@ -78,6 +80,8 @@ _EVENTS: dict[bytes, ConnectionEvent] = {
     commands.DisconnectRequest.commandName: _Ev.DISCONNECT_REQUEST,
     **{name: _Ev.CLIENT_COMMAND for name in CLIENT_COMMANDS},
     **{name: _Ev.PEER_COMMAND for name in PEER_COMMANDS},
+    # A client's connection and a peer's both move files (issue 16).
+    **{name: _Ev.CLIENT_COMMAND for name in FILE_COMMANDS},
 }
 """The event each command is, as it arrives; AUTHENTICATE and AUTH_PROOF fire theirs once read."""
 
@@ -85,7 +89,7 @@ _SERVED = frozenset((_Out.SERVE, _Out.ASK_NODE, _Out.CHECK_HANDSHAKE, _Out.ANSWE
 """Outputs performed by the responder of the box that fired the event (they need its arguments)."""
 
 
-class PeerProtocol(ClientCommands, OutputCommands, PeerCommands, CheckedAMP):
+class PeerProtocol(ClientCommands, OutputCommands, FileCommands, PeerCommands, CheckedAMP):
     """
     One AMP connection to another node (or from a client), in either direction.
 

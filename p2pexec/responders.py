@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from p2pexec.config import NodeConfig
     from p2pexec.connections import Dialer
     from p2pexec.failover import Replication
+    from p2pexec.file_service import FileService
     from p2pexec.gossip import Gossip
     from p2pexec.intake import Intake
     from p2pexec.interfaces import IClientFollowing, IJournal, INode, INodeViews
@@ -64,10 +65,13 @@ class Responders:
     @ivar reconnects: connections to a peer opened again after an earlier one closed.
     @ivar following: how a client's question about a job this node does not
         lead is answered (set by the node's wiring, L{p2pexec.node}).
+    @ivar files: how the file commands are answered (issue 16; set by the
+        node's wiring); C{None}: this node moves no files.
     """
 
     following: IClientFollowing
     task_outputs: TaskOutputs
+    files: FileService | None = None
 
     def __init__(self, config: NodeConfig, clock: IReactorTime) -> None:
         self._clock = clock

@@ -45,11 +45,13 @@ from p2pexec.commands.errors import DuplicateConnection as DuplicateConnection
 from p2pexec.commands.errors import JobRunning as JobRunning
 from p2pexec.commands.errors import JournalUnwritable as JournalUnwritable
 from p2pexec.commands.errors import NameConflict as NameConflict
+from p2pexec.commands.errors import NoSuchBlob as NoSuchBlob
 from p2pexec.commands.errors import NotCapable as NotCapable
 from p2pexec.commands.errors import NotStarted as NotStarted
 from p2pexec.commands.errors import OutputGone as OutputGone
 from p2pexec.commands.errors import ShuttingDown as ShuttingDown
 from p2pexec.commands.errors import StaleBallot as StaleBallot
+from p2pexec.commands.errors import TransferRefused as TransferRefused
 from p2pexec.commands.errors import UnknownJob as UnknownJob
 from p2pexec.commands.errors import UnknownTask as UnknownTask
 from p2pexec.commands.errors import UnknownUpload as UnknownUpload
@@ -62,6 +64,11 @@ from p2pexec.commands.failover import JobLeader as JobLeader
 from p2pexec.commands.failover import PrePromise as PrePromise
 from p2pexec.commands.failover import Promise as Promise
 from p2pexec.commands.failover import Replicate as Replicate
+from p2pexec.commands.files import MAX_DIGESTS as MAX_DIGESTS
+from p2pexec.commands.files import PIECE_LIMIT as PIECE_LIMIT
+from p2pexec.commands.files import FetchBlob as FetchBlob
+from p2pexec.commands.files import HaveBlobs as HaveBlobs
+from p2pexec.commands.files import PutBlob as PutBlob
 from p2pexec.commands.node import Authenticate as Authenticate
 from p2pexec.commands.node import AuthProof as AuthProof
 from p2pexec.commands.node import ConnectRequest as ConnectRequest

@@ -92,6 +92,17 @@ class StaleBallot(Exception):
     """
 
 
+# -- Files (issue 16, part "wire": p2pexec/file_service.py) -------------------------
+
+
+class TransferRefused(Exception):
+    """A PUT_BLOB (or a transfer) was refused: the description says why, in one sentence."""
+
+
+class NoSuchBlob(Exception):
+    """A FETCH_BLOB names a blob that neither this node nor any peer it can ask holds."""
+
+
 _COMMON_ERRORS: dict[type[Exception], bytes] = {
     BadArguments: b"BAD_ARGUMENTS",
     ConnectRequired: b"CONNECT_REQUIRED",

@@ -1,0 +1,69 @@
+"""
+The commands that move files (issue 16): blobs, named by the SHA-256 of
+their content, travel in pieces of at most L{PIECE_LIMIT} bytes.
+
+Part of L{p2pexec.commands}, which re-exports every name.  The responders
+are L{p2pexec.file_service.FileCommands}; the senders L{p2pexec.transfer}.
+"""
+
+from __future__ import annotations
+
+from twisted.protocols import amp
+
+from p2pexec.commands.arguments import JSON
+from p2pexec.commands.errors import NoSuchBlob, TransferRefused, _errors
+
+# -- Files (issue 16, part "wire") ----------------------------------------------------
+
+PIECE_LIMIT = 60_000
+"""The most bytes of a blob one PUT_BLOB or FETCH_BLOB carries (one AMP value is at most 65,535)."""
+
+MAX_DIGESTS = 800
+"""The most digests one HAVE_BLOBS asks about (800 quoted digests fit one AMP value)."""
+
+
+class HaveBlobs(amp.Command):
+    """
+    HAVE_BLOBS, from a client or a peer: which of these blobs (C{digests},
+    a JSON list of at most 800 SHA-256 digests, 64 lowercase hex digits
+    each) the receiver lacks.  The answer C{missing} lists them, in the
+    order asked, each once.  See docs/protocol.rst, "Files".
+    """
+
+    commandName = b"HAVE_BLOBS"
+    arguments = [(b"digests", JSON())]
+    response = [(b"missing", JSON())]
+    errors = _errors()
+
+
+class PutBlob(amp.Command):
+    """
+    PUT_BLOB: one piece (C{data}, at most 60,000 bytes, at C{offset}) of
+    the blob C{sha256} of C{size} bytes.  Pieces go in order, from offset
+    0; the answer says how many bytes the receiver holds (C{received}) and
+    whether the blob is whole and checked (C{complete}).  A blob the
+    receiver holds already is answered complete at once.
+    """
+
+    commandName = b"PUT_BLOB"
+    arguments = [
+        (b"sha256", amp.Unicode()),
+        (b"size", amp.Integer()),
+        (b"offset", amp.Integer()),
+        (b"data", amp.String()),
+    ]
+    response = [(b"received", amp.Integer()), (b"complete", amp.Boolean())]
+    errors = _errors(TRANSFER_REFUSED=TransferRefused)
+
+
+class FetchBlob(amp.Command):
+    """
+    FETCH_BLOB: at most C{limit} (0 to 60,000) bytes of the blob C{sha256}
+    from C{offset} on, and the blob's C{size}.  A node that lacks it asks
+    its peers for a client (one hop).
+    """
+
+    commandName = b"FETCH_BLOB"
+    arguments = [(b"sha256", amp.Unicode()), (b"offset", amp.Integer()), (b"limit", amp.Integer())]
+    response = [(b"data", amp.String()), (b"size", amp.Integer())]
+    errors = _errors(NO_SUCH_BLOB=NoSuchBlob)

@@ -1,0 +1,544 @@
+"""
+How a node answers HAVE_BLOBS, PUT_BLOB and FETCH_BLOB (issue 16; see
+L{p2pexec.commands.files} and docs/protocol.rst, "Files").
+
+L{FileService} decides, over the node's blob store (an L{IBlobStore}, the
+L{p2pexec.blobs.BlobStore}): which blobs it lacks, where each incoming blob
+is being written (one writer per blob per connection, aborted when the
+connection closes), and where a piece asked for comes from: the store, or,
+for a client asking for a blob this node lacks, the first connected peer
+that says (HAVE_BLOBS) it has it, piece by piece (one hop: a peer's
+FETCH_BLOB is answered from the store only).
+
+L{FileCommands} is the responder, mixed into L{p2pexec.peer.PeerProtocol}:
+it checks the arguments and hands the work to the node's service
+(C{IPeerHandler.files}; C{None}: the node moves no files).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, Protocol, cast
+
+from twisted.internet.defer import Deferred, TimeoutError
+from twisted.internet.interfaces import IReactorTime
+from twisted.protocols import amp
+from twisted.python.failure import Failure
+
+from p2pexec import commands
+from p2pexec.framing import bad_arguments
+from p2pexec.log import NodeLogger
+from p2pexec.model import shorten
+from p2pexec.transfer import _call
+
+if TYPE_CHECKING:
+    from p2pexec.interfaces import IPeerHandler
+    from p2pexec.model import NodeInfo
+
+log = NodeLogger()
+
+FILE_COMMANDS = frozenset(command.commandName for command in (commands.HaveBlobs, commands.PutBlob, commands.FetchBlob))
+"""The file commands: a client's connection and a peer's may both send them."""
+
+DIGEST = re.compile(r"[0-9a-f]{64}")
+"""A blob's name: its SHA-256, 64 lowercase hex digits."""
+
+ASK_TIMEOUT = 30.0
+"""Seconds a node waits for a peer's answer when it fetches a piece for a client."""
+
+MAX_INCOMING = 16
+"""The most blobs one connection may be sending at once (each has a writer and a temporary file)."""
+
+_REMEMBERED = 1_000
+"""The most refused transfers remembered per connection, and blob sources remembered for the proxy."""
+
+
+class IBlobWriter(Protocol):
+    """An incoming blob being written (a L{p2pexec.blobs.BlobWriter}): what the service uses of it."""
+
+    digest: str
+    size: int
+    received: int
+
+    @property
+    def complete(self) -> bool:
+        """Whether all C{size} bytes were written."""
+
+    def write(self, offset: int, data: bytes) -> None:
+        """Append C{data} at C{offset} (the bytes received so far); C{ValueError} (BlobError) otherwise."""
+
+    def finish(self) -> None:
+        """Check the SHA-256 and keep the blob; C{ValueError} (BlobError) if it does not match."""
+
+    def abort(self) -> None:
+        """Remove what was written (idempotent)."""
+
+
+class IBlobStore(Protocol):
+    """The node's blob store (a L{p2pexec.blobs.BlobStore}): what the service uses of it."""
+
+    max_transfer: int
+
+    def has(self, digest: str) -> bool:
+        """Whether the blob is held (marking it recently used)."""
+
+    def size_of(self, digest: str) -> int | None:
+        """The blob's size, or C{None} if it is not held."""
+
+    def read(self, digest: str, offset: int, limit: int) -> bytes:
+        """At most C{limit} bytes from C{offset} (C{b""} at or past the end); C{KeyError} if not held."""
+
+    def receive(self, digest: str, size: int) -> IBlobWriter:
+        """A writer for an incoming blob; C{ValueError} (BlobError) for a bad digest or size."""
+
+
+class IFileConnection(Protocol):
+    """A connection the service answers on or asks through (a L{p2pexec.peer.PeerProtocol})."""
+
+    peer_name: str | None
+
+    @property
+    def closed(self) -> bool:
+        """Whether the connection is closed, or closing."""
+
+    def describe(self) -> str:
+        """Who is on the other end, for log lines."""
+
+    def when_lost(self) -> Deferred[None]:
+        """Fires once the connection has closed."""
+
+    def callRemote(self, command: type[amp.Command], **kw: Any) -> Deferred[dict[str, Any]]:
+        """Send a command; fire with its answer."""
+
+
+class _Incoming:
+    """The blobs one connection is sending: their writers, and the transfers refused."""
+
+    def __init__(self) -> None:
+        self.writers: dict[str, IBlobWriter] = {}
+        self.refused: set[str] = set()
+
+
+class _Lookup:
+    """Asking the connected peers which of them has a blob (for the proxy); the first that has it wins."""
+
+    def __init__(self, asked: int) -> None:
+        self.left = asked
+        self.waiting: list[Deferred[IFileConnection]] = []
+        self.settled = False
+
+
+class FileService:
+    """
+    A node's answers to the file commands.
+
+    @ivar sent_files: blobs whose last piece this node answered FETCH_BLOB with
+        (from its store, or relayed from a peer).
+    @ivar sent_bytes: bytes answered in FETCH_BLOB.
+    @ivar received_files: blobs received whole by PUT_BLOB and kept.
+    @ivar received_bytes: bytes taken in PUT_BLOB.
+    @ivar refused: transfers refused (each logged once).
+    """
+
+    def __init__(
+        self,
+        store: IBlobStore,
+        clock: IReactorTime,
+        timeout: float = ASK_TIMEOUT,
+        max_incoming: int = MAX_INCOMING,
+    ) -> None:
+        """
+        @param store: the node's blobs.
+        @param clock: for the timeout of the proxy's questions.
+        @param timeout: seconds to wait for a peer's answer (proxy).
+        @param max_incoming: the most blobs one connection may send at once.
+        """
+        self.store = store
+        self._clock = clock
+        self._timeout = timeout
+        self._max_incoming = max_incoming
+        self.sent_files = 0
+        self.sent_bytes = 0
+        self.received_files = 0
+        self.received_bytes = 0
+        self.refused = 0
+        self._incoming: dict[IFileConnection, _Incoming] = {}
+        self._sources: dict[str, IFileConnection] = {}
+        self._lookups: dict[str, _Lookup] = {}
+        self._peers: Callable[[], Iterable[IFileConnection]] = tuple
+        self._me = "this node"
+
+    def wire(self, peers: Callable[[], Iterable[IFileConnection]], name: str) -> None:
+        """
+        @param peers: gives the node's open connections to its peers (after
+            their handshake), for the proxy.
+        @param name: this node's name, for log lines and refusals.
+        """
+        self._peers = peers
+        self._me = f"node {name}"
+
+    # -- HAVE_BLOBS ------------------------------------------------------------
+
+    def have(self, digests: list[str]) -> list[str]:
+        """Which of C{digests} (checked already) the store lacks, in order, each once."""
+        return [digest for digest in dict.fromkeys(digests) if not self.store.has(digest)]
+
+    # -- PUT_BLOB --------------------------------------------------------------
+
+    def incoming(self, connection: IFileConnection) -> int:
+        """How many blobs C{connection} is sending now (writers open)."""
+        state = self._incoming.get(connection)
+        return len(state.writers) if state is not None else 0
+
+    def put(self, connection: IFileConnection, digest: str, size: int, offset: int, data: bytes) -> dict[str, Any]:
+        """
+        Take one piece of PUT_BLOB (its arguments checked already by
+        L{check_piece}).
+
+        @raise commands.TransferRefused: with one sentence, logged.
+        """
+        state = self._incoming.get(connection)
+        if state is None:
+            state = self._incoming[connection] = _Incoming()
+            connection.when_lost().addCallback(lambda _: self.connection_lost(connection))
+        writer = state.writers.get(digest)
+        name = digest[:12]
+        if offset + len(data) > size:
+            raise self._refuse(
+                connection,
+                state,
+                digest,
+                f"the piece ends at byte {offset + len(data)}, past the declared size of {size} bytes",
+            )
+        if writer is None:
+            if offset != 0 and digest in state.refused:
+                # The rest of a window of pieces after a refusal: refused without another log line.
+                raise commands.TransferRefused(f"an earlier piece of blob {name} was refused; start again at offset 0")
+            state.refused.discard(digest)
+            held = self.store.size_of(digest)
+            if held is not None:
+                if held != size:
+                    raise self._refuse(
+                        connection, state, digest, f"blob {name} is held here with {held} bytes, not {size}"
+                    )
+                self.store.has(digest)
+                return {"received": size, "complete": True}
+            if offset != 0:
+                raise self._refuse(
+                    connection, state, digest, f"offset {offset}, expected 0: no transfer of blob {name} is under way"
+                )
+            if size > self.store.max_transfer:
+                raise self._refuse(
+                    connection,
+                    state,
+                    digest,
+                    f"blob {name} of {size} bytes is over {self._me}'s --max-transfer of "
+                    f"{self.store.max_transfer} bytes",
+                )
+            if len(state.writers) >= self._max_incoming:
+                raise self._refuse(
+                    connection,
+                    state,
+                    digest,
+                    f"this connection is sending {len(state.writers)} blobs already (at most {self._max_incoming})",
+                )
+            try:
+                writer = self.store.receive(digest, size)
+            except (ValueError, OSError) as e:
+                raise self._refuse(connection, state, digest, str(e)) from None
+            state.writers[digest] = writer
+        elif size != writer.size:
+            raise self._refuse(
+                connection, state, digest, f"blob {name} is being sent with {writer.size} bytes, not {size}"
+            )
+        if offset != writer.received:
+            raise self._refuse(connection, state, digest, f"offset {offset}, expected {writer.received}")
+        try:
+            writer.write(offset, data)
+            self.received_bytes += len(data)
+            if not writer.complete:
+                return {"received": writer.received, "complete": False}
+            del state.writers[digest]
+            writer.finish()
+        except (ValueError, OSError) as e:
+            writer.abort()
+            raise self._refuse(connection, state, digest, str(e)) from None
+        self.received_files += 1
+        log.debug(
+            "{me} received blob {digest} ({size} bytes) from {peer}",
+            me=self._me,
+            digest=name,
+            size=size,
+            peer=connection.describe(),
+        )
+        return {"received": size, "complete": True}
+
+    def _refuse(self, connection: IFileConnection, state: _Incoming, digest: str, why: str) -> commands.TransferRefused:
+        """Abort the transfer of C{digest} on C{connection}, log C{why}, count it; the error to raise."""
+        writer = state.writers.pop(digest, None)
+        if writer is not None:
+            writer.abort()
+        if len(state.refused) >= _REMEMBERED:
+            state.refused.clear()
+        state.refused.add(digest)
+        self.refused += 1
+        why = shorten(why)
+        log.warn("Refused PUT_BLOB from {peer}: {reason}", peer=connection.describe(), reason=why)
+        return commands.TransferRefused(why)
+
+    def connection_lost(self, connection: IFileConnection) -> None:
+        """A connection closed: abort the blobs it was sending (their temporary files go)."""
+        state = self._incoming.pop(connection, None)
+        if state is None:
+            return
+        for digest, writer in state.writers.items():
+            writer.abort()
+            log.info(
+                "{me} dropped the part of blob {digest} received from {peer} ({received} of {size} bytes): "
+                "the connection closed",
+                me=self._me,
+                digest=digest[:12],
+                peer=connection.describe(),
+                received=writer.received,
+                size=writer.size,
+            )
+
+    # -- FETCH_BLOB ------------------------------------------------------------
+
+    def fetch(
+        self, connection: IFileConnection, digest: str, offset: int, limit: int, proxy: bool
+    ) -> dict[str, Any] | Deferred[dict[str, Any]]:
+        """
+        Answer one FETCH_BLOB (its arguments checked already) from the store,
+        or, if C{proxy} (a client asked) and the store lacks it, from a peer.
+
+        @raise commands.NoSuchBlob: nobody this node asks has it.
+        """
+        size = self.store.size_of(digest)
+        if size is not None:
+            if offset == 0:
+                self.store.has(digest)
+            try:
+                data = self.store.read(digest, offset, limit)
+            except KeyError:
+                pass  # Evicted since: as if never held.
+            except OSError as e:
+                log.warn("{me} could not read blob {digest}: {error}", me=self._me, digest=digest, error=str(e))
+                raise commands.NoSuchBlob(f"{self._me} could not read blob {digest[:12]}: {e}") from None
+            else:
+                return self._count_sent(offset, data, size)
+        if not proxy:
+            raise commands.NoSuchBlob(f"{self._me} does not hold blob {digest[:12]}")
+        return self._proxy(connection, digest, offset, limit)
+
+    def _count_sent(self, offset: int, data: bytes, size: int) -> dict[str, Any]:
+        """Count a piece answered; the answer."""
+        self.sent_bytes += len(data)
+        if offset + len(data) == size and (data or size == 0):
+            self.sent_files += 1
+        return {"data": data, "size": size}
+
+    def _proxy(self, connection: IFileConnection, digest: str, offset: int, limit: int) -> Deferred[dict[str, Any]]:
+        """A piece of a blob this node lacks, from the peer that has it (found once per blob)."""
+        source = self._sources.get(digest)
+        if source is not None and source.closed:
+            del self._sources[digest]
+            source = None
+        if source is not None:
+            return self._forward(source, digest, offset, limit)
+        found = self._find(digest, connection)
+        return found.addCallback(lambda peer: self._forward(peer, digest, offset, limit))
+
+    def _find(self, digest: str, asker: IFileConnection) -> Deferred[IFileConnection]:
+        """The first connected peer that says it has C{digest}; L{commands.NoSuchBlob} if none does."""
+        d: Deferred[IFileConnection] = Deferred()
+        lookup = self._lookups.get(digest)
+        if lookup is not None:
+            lookup.waiting.append(d)
+            return d
+        peers = [peer for peer in self._peers() if not peer.closed and peer is not asker]
+        lookup = self._lookups[digest] = _Lookup(len(peers))
+        lookup.waiting.append(d)
+        name = digest[:12]
+
+        def settle(outcome: IFileConnection | Failure) -> None:
+            if lookup.settled:
+                return
+            lookup.settled = True
+            if self._lookups.get(digest) is lookup:
+                del self._lookups[digest]
+            for waiting in lookup.waiting:
+                if isinstance(outcome, Failure):
+                    waiting.errback(outcome)
+                else:
+                    waiting.callback(outcome)
+
+        def none_has_it() -> None:
+            settle(
+                Failure(
+                    commands.NoSuchBlob(
+                        f"{self._me} does not hold blob {name}, nor does any of its {len(peers)} connected peer(s)"
+                    )
+                )
+            )
+
+        def answered(answer: dict[str, Any], peer: IFileConnection) -> None:
+            lookup.left -= 1
+            listed = answer.get("missing")
+            if isinstance(listed, list) and digest not in listed:
+                if len(self._sources) >= _REMEMBERED:
+                    self._sources.clear()
+                self._sources[digest] = peer
+                log.info(
+                    "{me} relays blob {digest} for a client from peer {peer}",
+                    me=self._me,
+                    digest=name,
+                    peer=peer.describe(),
+                )
+                settle(peer)
+            elif lookup.left == 0:
+                none_has_it()
+
+        def failed(failure: Failure, peer: IFileConnection) -> None:
+            log.debug(
+                "{me} could not ask {peer} whether it has blob {digest}: {reason}",
+                me=self._me,
+                peer=peer.describe(),
+                digest=name,
+                reason=_reason(failure, self._timeout),
+            )
+            lookup.left -= 1
+            if lookup.left == 0:
+                none_has_it()
+
+        if not peers:
+            none_has_it()
+        for peer in peers:
+            asked = _call(peer, commands.HaveBlobs, digests=[digest])
+            asked.addTimeout(self._timeout, self._clock)
+            asked.addCallbacks(answered, failed, callbackArgs=(peer,), errbackArgs=(peer,))
+        return d
+
+    def _forward(self, source: IFileConnection, digest: str, offset: int, limit: int) -> Deferred[dict[str, Any]]:
+        """Ask C{source} for the piece; relay its answer (any failure: NO_SUCH_BLOB, saying why)."""
+        asked = _call(source, commands.FetchBlob, sha256=digest, offset=offset, limit=limit)
+        asked.addTimeout(self._timeout, self._clock)
+
+        def got(answer: dict[str, Any]) -> dict[str, Any]:
+            return self._count_sent(offset, answer["data"], answer["size"])
+
+        def failed(failure: Failure) -> Failure:
+            if self._sources.get(digest) is source:
+                del self._sources[digest]
+            why = _reason(failure, self._timeout)
+            log.warn(
+                "{me} could not relay blob {digest} from {peer}: {reason}",
+                me=self._me,
+                digest=digest[:12],
+                peer=source.describe(),
+                reason=why,
+            )
+            raise commands.NoSuchBlob(
+                f"{self._me} does not hold blob {digest[:12]}, and peer {source.peer_name} did not give it: {why}"
+            )
+
+        return asked.addCallbacks(got, failed)
+
+
+def _reason(failure: Failure, timeout: float) -> str:
+    """Why a peer did not answer, in a few words."""
+    if failure.check(TimeoutError):
+        return f"no answer within {timeout:g}s"
+    if failure.check(amp.UnhandledCommand):
+        return "it does not know the file commands (an older p2pexec?)"
+    return shorten(failure.getErrorMessage() or str(failure.type))
+
+
+# -- the arguments ------------------------------------------------------------------
+
+
+def check_digest(value: str, what: str = "sha256") -> None:
+    """C{ValueError} unless C{value} is a SHA-256 digest (64 lowercase hex digits)."""
+    if not DIGEST.fullmatch(value):
+        raise ValueError(
+            f"{what!r} must be a SHA-256 digest of 64 lowercase hex digits, not {shorten(repr(value), 80)}"
+        )
+
+
+def check_digests(value: Any) -> list[str]:
+    """HAVE_BLOBS' C{digests}: a list of at most L{commands.MAX_DIGESTS} digests; C{ValueError} otherwise."""
+    if not isinstance(value, list) or len(value) > commands.MAX_DIGESTS:
+        raise ValueError(f"'digests' must be a list of at most {commands.MAX_DIGESTS} SHA-256 digests")
+    for digest in value:
+        if not isinstance(digest, str):
+            raise ValueError("'digests' must hold strings")
+        check_digest(digest, "digests")
+    return value
+
+
+def check_piece(sha256: str, size: int, offset: int, data: bytes) -> None:
+    """PUT_BLOB's arguments, on their own (the transfer is checked by the service); C{ValueError} otherwise."""
+    check_digest(sha256)
+    if size < 0 or offset < 0:
+        raise ValueError("'size' and 'offset' must be 0 or more")
+    if len(data) > commands.PIECE_LIMIT:
+        raise ValueError(f"'data' holds {len(data)} bytes, more than {commands.PIECE_LIMIT}")
+    if not data and size != 0:
+        raise ValueError("'data' is empty, but the blob is not")
+
+
+class FileCommands(amp.CommandLocator):
+    """The responders to HAVE_BLOBS, PUT_BLOB and FETCH_BLOB, mixed into L{p2pexec.peer.PeerProtocol}."""
+
+    _handler: IPeerHandler
+    peer: NodeInfo | None
+
+    def describe(self) -> str:
+        """The peer's name and address, for log lines (provided by the protocol)."""
+        raise NotImplementedError
+
+    def require_owner(self, command: str) -> None:
+        """Refuse C{command} unless this side may submit (provided by L{p2pexec.client_commands.ClientCommands})."""
+        raise NotImplementedError
+
+    def _files(self) -> FileService | None:
+        """The node's file service; C{None}: it moves no files (a test's handler may not have one at all)."""
+        return getattr(self._handler, "files", None)
+
+    @commands.HaveBlobs.responder
+    def _have_blobs(self, digests: Any) -> dict[str, Any]:
+        try:
+            asked = check_digests(digests)
+        except ValueError as e:
+            raise bad_arguments(self.describe(), "HAVE_BLOBS", e) from None
+        files = self._files()
+        return {"missing": list(dict.fromkeys(asked)) if files is None else files.have(asked)}
+
+    @commands.PutBlob.responder
+    def _put_blob(self, sha256: str, size: int, offset: int, data: bytes) -> dict[str, Any]:
+        try:
+            check_piece(sha256, size, offset, data)
+        except ValueError as e:
+            raise bad_arguments(self.describe(), "PUT_BLOB", e) from None
+        if self.peer is None:
+            # A client's (no handshake): only the node's owner may store files.
+            self.require_owner("PUT_BLOB")
+        files = self._files()
+        if files is None:
+            log.warn("Refused PUT_BLOB from {peer}: this node moves no files", peer=self.describe())
+            raise commands.TransferRefused("not allowed: this node moves no files")
+        return files.put(cast(IFileConnection, self), sha256, size, offset, data)
+
+    @commands.FetchBlob.responder
+    def _fetch_blob(self, sha256: str, offset: int, limit: int) -> dict[str, Any] | Deferred[dict[str, Any]]:
+        try:
+            check_digest(sha256)
+            if offset < 0 or not 0 <= limit <= commands.PIECE_LIMIT:
+                raise ValueError(f"'offset' must be 0 or more and 'limit' 0 to {commands.PIECE_LIMIT}")
+        except ValueError as e:
+            raise bad_arguments(self.describe(), "FETCH_BLOB", e) from None
+        files = self._files()
+        if files is None:
+            raise commands.NoSuchBlob("this node moves no files")
+        return files.fetch(cast(IFileConnection, self), sha256, offset, limit, proxy=self.peer is None)

@@ -1,0 +1,277 @@
+"""
+Moving blobs over AMP (issue 16): the sending and pulling sides of
+HAVE_BLOBS, PUT_BLOB and FETCH_BLOB (see L{p2pexec.commands.files} and
+docs/protocol.rst, "Files").
+
+A blob travels in pieces of L{PIECE} bytes, at most C{window} of them
+unanswered at once: a sender holds at most C{window} pieces in memory (its
+own requests), and so does the receiver (AMP reads them one box at a time),
+whatever the blob's size.  The window keeps the connection busy while
+answers come back; no piece is copied more than AMP itself copies it.
+
+Used by the client (uploads, fetching outputs), the worker (inputs in,
+outputs out) and the node's L{p2pexec.file_service.FileService} (the
+proxy).  Nothing here needs a store to push: C{read(offset, limit)} gives
+the bytes, from a file or a store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from twisted.internet.defer import Deferred, FirstError, gatherResults
+from twisted.protocols import amp
+from twisted.python.failure import Failure
+
+from p2pexec import commands
+
+PIECE = commands.PIECE_LIMIT
+"""The bytes of one piece: 60,000, so that a piece fits one AMP value (65,535 bytes)."""
+
+WINDOW = 8
+"""How many pieces of one transfer may be unanswered at once, by default."""
+
+
+class Caller(Protocol):
+    """Anything that sends AMP commands: a L{p2pexec.peer.PeerProtocol}, a client's AMP, a test double."""
+
+    def callRemote(self, command: type[amp.Command], **kw: Any) -> Deferred[dict[str, Any]]:
+        """Send C{command} with the arguments C{kw}; fire with the answer, or fail with the declared error."""
+
+
+class IBlobWriter(Protocol):
+    """
+    Where a pulled blob goes (a L{p2pexec.blobs.BlobWriter}, or the
+    client's writer to a local file): bytes in order, then checked.
+    """
+
+    digest: str
+    size: int
+
+    def write(self, offset: int, data: bytes) -> None:
+        """Append C{data}, which starts at C{offset} (the bytes received so far)."""
+
+    def finish(self) -> None:
+        """All C{size} bytes are written: check the SHA-256 and keep the blob (raises if it does not match)."""
+
+    def abort(self) -> None:
+        """Give up: remove what was written (idempotent)."""
+
+
+def _call(caller: Caller, command: type[amp.Command], **kw: Any) -> Deferred[dict[str, Any]]:
+    """C{caller.callRemote}, with the errors AMP raises at once (a value too long, a closed connection) as a failed Deferred."""
+    try:
+        return caller.callRemote(command, **kw)
+    except Exception:
+        d: Deferred[dict[str, Any]] = Deferred()
+        d.errback(Failure())
+        return d
+
+
+def missing(caller: Caller, digests: Sequence[str]) -> Deferred[list[str]]:
+    """
+    Ask (HAVE_BLOBS) which of C{digests} the other side lacks, in boxes of
+    at most L{commands.MAX_DIGESTS}; fire with them, in the order given,
+    each once.
+    """
+    unique = list(dict.fromkeys(digests))
+    boxes = [unique[i : i + commands.MAX_DIGESTS] for i in range(0, len(unique), commands.MAX_DIGESTS)]
+
+    def checked(answers: list[dict[str, Any]]) -> list[str]:
+        lacking: set[str] = set()
+        for answer in answers:
+            listed = answer["missing"]
+            if not isinstance(listed, list) or not all(isinstance(d, str) for d in listed):
+                raise commands.TransferRefused("the answer to HAVE_BLOBS is not a list of digests")
+            lacking.update(listed)
+        return [digest for digest in unique if digest in lacking]
+
+    asked = [_call(caller, commands.HaveBlobs, digests=box) for box in boxes]
+    return gatherResults(asked, consumeErrors=True).addCallbacks(checked, _first_error)
+
+
+def _first_error(failure: Failure) -> Failure:
+    """The failure of the first of several calls that failed (not gatherResults' wrapper)."""
+    error = failure.value
+    if isinstance(error, FirstError):
+        return error.subFailure
+    return failure
+
+
+def push(
+    caller: Caller, read: Callable[[int, int], bytes], digest: str, size: int, window: int = WINDOW
+) -> Deferred[int]:
+    """
+    Send the blob C{digest} of C{size} bytes (PUT_BLOB pieces, in order, at
+    most C{window} unanswered).
+
+    @param read: C{read(offset, limit)} gives the C{limit} bytes at
+        C{offset} (a file, or a store); fewer bytes than asked means the
+        file changed since it was hashed, and fails the push.
+    @return: fires with the bytes of the pieces taken (0 if the answer to
+        the first piece says complete although the blob needs more pieces:
+        the other side had it already); fails with the other side's refusal
+        (L{commands.TransferRefused}) or a local error.
+    """
+    return _Push(caller, read, digest, size, max(1, window)).done
+
+
+class _Push:
+    """One blob being sent: the pieces sent, the answers awaited."""
+
+    def __init__(self, caller: Caller, read: Callable[[int, int], bytes], digest: str, size: int, window: int) -> None:
+        self._caller = caller
+        self._read = read
+        self._digest = digest
+        self._size = size
+        self._window = window
+        self._next = 0
+        self._started = False
+        self._unanswered = 0
+        self._sent = 0
+        self.done: Deferred[int] = Deferred()
+        self._send()
+
+    def _send(self) -> None:
+        """Send pieces until C{window} are unanswered or none is left."""
+        while (
+            not self.done.called and self._unanswered < self._window and (self._next < self._size or not self._started)
+        ):
+            offset = self._next
+            limit = min(PIECE, self._size - offset)
+            try:
+                data = self._read(offset, limit)
+            except Exception:
+                self._fail(Failure())
+                return
+            if len(data) != limit:
+                self._fail(
+                    Failure(
+                        commands.TransferRefused(
+                            f"read {len(data)} bytes at offset {offset} of blob {self._digest[:12]}, expected {limit}: "
+                            f"the file changed since it was hashed"
+                        )
+                    )
+                )
+                return
+            self._started = True
+            self._next = offset + limit
+            self._unanswered += 1
+            d = _call(self._caller, commands.PutBlob, sha256=self._digest, size=self._size, offset=offset, data=data)
+            d.addCallbacks(self._answered, self._fail, callbackArgs=(offset, limit))
+
+    def _answered(self, answer: dict[str, Any], offset: int, limit: int) -> None:
+        """A piece was taken: finish if the blob is whole there, else send more."""
+        self._unanswered -= 1
+        if self.done.called:
+            return
+        if offset == 0 and answer["complete"] and limit < self._size:
+            # The first piece cannot have made it whole: it had the blob already.
+            self.done.callback(0)
+            return
+        self._sent += limit
+        if answer["complete"]:
+            self.done.callback(self._sent)
+        elif self._unanswered == 0 and self._next >= self._size:
+            self._fail(
+                Failure(
+                    commands.TransferRefused(
+                        f"the receiver holds {answer['received']} of the {self._size} bytes of blob "
+                        f"{self._digest[:12]} after the last piece, and does not call it complete"
+                    )
+                )
+            )
+        else:
+            self._send()
+
+    def _fail(self, failure: Failure) -> None:
+        """Fail the push with the first error; later answers are ignored."""
+        if not self.done.called:
+            self.done.errback(failure)
+
+
+def pull(caller: Caller, writer: IBlobWriter, window: int = WINDOW) -> Deferred[None]:
+    """
+    Fetch the blob C{writer.digest} of C{writer.size} bytes (FETCH_BLOB
+    pieces, at most C{window} unanswered) into C{writer}, in order even if
+    answers came out of order, then C{writer.finish()}.  On any failure
+    C{writer.abort()} is called and the Deferred fails (with the other
+    side's error, L{commands.NoSuchBlob} say, or L{commands.TransferRefused}
+    if its answers do not add up).
+    """
+    return _Pull(caller, writer, max(1, window)).done
+
+
+class _Pull:
+    """One blob being fetched: the pieces asked, the answers held until their turn."""
+
+    def __init__(self, caller: Caller, writer: IBlobWriter, window: int) -> None:
+        self._caller = caller
+        self._writer = writer
+        self._window = window
+        self._next_ask = 0
+        self._asked_any = False
+        self._next_write = 0
+        self._early: dict[int, bytes] = {}
+        self._unanswered = 0
+        self.done: Deferred[None] = Deferred()
+        self._ask()
+
+    def _ask(self) -> None:
+        """Ask for pieces until C{window} are unanswered or none is left."""
+        size = self._writer.size
+        while (
+            not self.done.called and self._unanswered < self._window and (self._next_ask < size or not self._asked_any)
+        ):
+            offset = self._next_ask
+            self._asked_any = True
+            self._next_ask = offset + PIECE
+            self._unanswered += 1
+            d = _call(self._caller, commands.FetchBlob, sha256=self._writer.digest, offset=offset, limit=PIECE)
+            d.addCallbacks(self._answered, self._fail, callbackArgs=(offset,))
+
+    def _answered(self, answer: dict[str, Any], offset: int) -> None:
+        """Check a piece; write it and those after it that came early; finish once all are written."""
+        self._unanswered -= 1
+        if self.done.called:
+            return
+        size = self._writer.size
+        data: bytes = answer["data"]
+        expected = max(0, min(PIECE, size - offset))
+        if answer["size"] != size or len(data) != expected:
+            self._fail(
+                Failure(
+                    commands.TransferRefused(
+                        f"blob {self._writer.digest[:12]} was answered with {len(data)} bytes at offset {offset} of "
+                        f"a size of {answer['size']}, expected {expected} bytes of a size of {size}"
+                    )
+                )
+            )
+            return
+        self._early[offset] = data
+        try:
+            while self._next_write in self._early:
+                piece = self._early.pop(self._next_write)
+                self._writer.write(self._next_write, piece)
+                self._next_write += len(piece)
+                if not piece:
+                    break
+            if self._unanswered == 0 and self._next_ask >= size:
+                self._writer.finish()
+                self.done.callback(None)
+                return
+        except Exception:
+            self._fail(Failure())
+            return
+        self._ask()
+
+    def _fail(self, failure: Failure) -> None:
+        """Abort the writer and fail the pull with the first error; later answers are ignored."""
+        if self.done.called:
+            return
+        self._early.clear()
+        try:
+            self._writer.abort()
+        finally:
+            self.done.errback(failure)

@@ -1,0 +1,293 @@
+"""
+Tests for L{p2pexec.transfer}: HAVE_BLOBS in boxes, PUT_BLOB and
+FETCH_BLOB with a window of pieces in flight, over a fake caller that
+answers only when the test says so (so the unanswered calls can be counted).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.protocols import amp
+from twisted.trial.unittest import SynchronousTestCase
+
+from p2pexec import commands
+from p2pexec.transfer import PIECE, WINDOW, missing, pull, push
+
+
+class HeldCalls:
+    """
+    A caller whose calls wait until the test answers them: C{calls} holds
+    (command, arguments, Deferred) of every call, C{most} the most ever
+    unanswered at once.
+    """
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[type[amp.Command], dict[str, Any], Deferred[dict[str, Any]]]] = []
+        self.most = 0
+
+    def callRemote(self, command: type[amp.Command], **kw: Any) -> Deferred[dict[str, Any]]:
+        """Record the call; count it unanswered until its Deferred fires."""
+        d: Deferred[dict[str, Any]] = Deferred()
+        self.calls.append((command, kw, d))
+        self.most = max(self.most, self.unanswered())
+        return d
+
+    def unanswered(self) -> int:
+        """How many calls wait for an answer."""
+        return sum(1 for _, _, d in self.calls if not d.called)
+
+    def waiting(self) -> list[tuple[type[amp.Command], dict[str, Any], Deferred[dict[str, Any]]]]:
+        """The calls that wait for an answer, oldest first."""
+        return [call for call in self.calls if not call[2].called]
+
+
+class MemoryWriter:
+    """An L{IBlobWriter} into memory that checks order and the SHA-256, and records finish/abort."""
+
+    def __init__(self, digest: str, size: int) -> None:
+        self.digest = digest
+        self.size = size
+        self.data = bytearray()
+        self.finished = False
+        self.aborted = False
+
+    def write(self, offset: int, data: bytes) -> None:
+        """Append, refusing anything but the next offset."""
+        if offset != len(self.data):
+            raise ValueError(f"offset {offset}, expected {len(self.data)}")
+        self.data += data
+
+    def finish(self) -> None:
+        """Check the digest (ValueError if it differs)."""
+        if hashlib.sha256(self.data).hexdigest() != self.digest:
+            raise ValueError("the SHA-256 does not match")
+        self.finished = True
+
+    def abort(self) -> None:
+        """Note the abort."""
+        self.aborted = True
+
+
+def blob(size: int) -> tuple[bytes, str]:
+    """C{size} bytes that differ from piece to piece, and their digest."""
+    data = bytes((i * 7 + i // PIECE) % 251 for i in range(size))
+    return data, hashlib.sha256(data).hexdigest()
+
+
+class PushTests(SynchronousTestCase):
+    """L{push} sends pieces in order, never more than the window unanswered."""
+
+    def test_window_bound(self):
+        """
+        With a window of 4, a 10-piece push has 4 PUT_BLOBs unanswered, and
+        one more goes out for each answer, never more; pieces are in order,
+        of PIECE bytes but the last; it fires with the bytes sent.
+        """
+        data, digest = blob(PIECE * 9 + 123)
+        caller = HeldCalls()
+        done = push(caller, lambda offset, limit: data[offset : offset + limit], digest, len(data), window=4)
+        self.assertEqual(caller.unanswered(), 4)
+        while caller.waiting():
+            command, kw, d = caller.waiting()[0]
+            received = kw["offset"] + len(kw["data"])
+            d.callback({"received": received, "complete": received == len(data)})
+            self.assertLessEqual(caller.unanswered(), 4)
+        self.assertEqual(caller.most, 4)
+        self.assertEqual([kw["offset"] for _, kw, _ in caller.calls], [PIECE * i for i in range(10)])
+        self.assertEqual(b"".join(kw["data"] for _, kw, _ in caller.calls), data)
+        self.assertTrue(all(command is commands.PutBlob for command, _, _ in caller.calls))
+        self.assertEqual(self.successResultOf(done), len(data))
+
+    def test_default_window(self):
+        """The default window is L{WINDOW} (8) pieces."""
+        data, digest = blob(PIECE * 20)
+        caller = HeldCalls()
+        push(caller, lambda offset, limit: data[offset : offset + limit], digest, len(data))
+        self.assertEqual((WINDOW, caller.unanswered()), (8, 8))
+
+    def test_already_held(self):
+        """If the first answer says complete for a blob of several pieces, no more are sent and it fires with 0."""
+        data, digest = blob(PIECE * 20)
+        caller = HeldCalls()
+        done = push(caller, lambda offset, limit: data[offset : offset + limit], digest, len(data), window=2)
+        caller.calls[0][2].callback({"received": len(data), "complete": True})
+        self.assertEqual(self.successResultOf(done), 0)
+        caller.calls[1][2].callback({"received": len(data), "complete": True})
+        self.assertEqual(len(caller.calls), 2)
+
+    def test_one_piece(self):
+        """A blob of one piece, completed by that piece, fires with its size (it was sent, not held already)."""
+        data, digest = blob(1000)
+        caller = HeldCalls()
+        done = push(caller, lambda offset, limit: data[offset : offset + limit], digest, len(data))
+        caller.calls[0][2].callback({"received": 1000, "complete": True})
+        self.assertEqual(self.successResultOf(done), 1000)
+
+    def test_empty_blob(self):
+        """An empty blob is one PUT_BLOB of no data at offset 0."""
+        caller = HeldCalls()
+        digest = hashlib.sha256(b"").hexdigest()
+        done = push(caller, lambda offset, limit: b"", digest, 0)
+        self.assertEqual([(kw["offset"], kw["data"], kw["size"]) for _, kw, _ in caller.calls], [(0, b"", 0)])
+        caller.calls[0][2].callback({"received": 0, "complete": True})
+        self.assertEqual(self.successResultOf(done), 0)
+
+    def test_refused(self):
+        """A refusal fails the push with it; answers to pieces still in flight are ignored, nothing more is sent."""
+        data, digest = blob(PIECE * 5)
+        caller = HeldCalls()
+        done = push(caller, lambda offset, limit: data[offset : offset + limit], digest, len(data), window=3)
+        caller.calls[0][2].errback(commands.TransferRefused("size over --max-transfer"))
+        failure = self.failureResultOf(done, commands.TransferRefused)
+        self.assertEqual(str(failure.value), "size over --max-transfer")
+        caller.calls[1][2].errback(commands.TransferRefused("an earlier piece was refused"))
+        caller.calls[2][2].callback({"received": 0, "complete": False})
+        self.assertEqual(len(caller.calls), 3)
+
+    def test_file_changed(self):
+        """A read that gives fewer bytes than asked (the file shrank) fails the push with one clear sentence."""
+        data, digest = blob(PIECE * 3)
+        caller = HeldCalls()
+        done = push(caller, lambda offset, limit: data[offset : offset + limit][:100], digest, len(data))
+        failure = self.failureResultOf(done, commands.TransferRefused)
+        self.assertIn("the file changed since it was hashed", str(failure.value))
+        self.assertEqual(caller.calls, [])
+
+    def test_never_complete(self):
+        """All pieces answered but none says complete: the push fails, saying what the receiver holds."""
+        data, digest = blob(100)
+        caller = HeldCalls()
+        done = push(caller, lambda offset, limit: data[offset : offset + limit], digest, len(data))
+        caller.calls[0][2].callback({"received": 50, "complete": False})
+        self.assertIn("holds 50 of the 100 bytes", str(self.failureResultOf(done).value))
+
+    def test_raised_at_once(self):
+        """An error callRemote raises at once (a closed connection) fails the push, not the caller."""
+
+        class Closed:
+            def callRemote(self, command, **kw):
+                raise RuntimeError("the connection is closed")
+
+        data, digest = blob(10)
+        done = push(Closed(), lambda offset, limit: data[offset : offset + limit], digest, len(data))
+        self.failureResultOf(done, RuntimeError)
+
+
+class PullTests(SynchronousTestCase):
+    """L{pull} asks for pieces with a window, writes them in order, checks, then finishes or aborts."""
+
+    def answer(self, call, data):
+        """Answer a FETCH_BLOB call with the piece of C{data} it asks for."""
+        _, kw, d = call
+        d.callback({"data": data[kw["offset"] : kw["offset"] + kw["limit"]], "size": len(data)})
+
+    def test_window_bound_and_out_of_order(self):
+        """
+        With a window of 3, at most 3 FETCH_BLOBs wait; answers given newest
+        first are still written in order, and the blob is finished once.
+        """
+        data, digest = blob(PIECE * 7 + 5)
+        caller = HeldCalls()
+        writer = MemoryWriter(digest, len(data))
+        done = pull(caller, writer, window=3)
+        self.assertEqual(caller.unanswered(), 3)
+        while caller.waiting():
+            self.answer(caller.waiting()[-1], data)
+            self.assertLessEqual(caller.unanswered(), 3)
+        self.assertEqual(caller.most, 3)
+        self.successResultOf(done)
+        self.assertEqual(bytes(writer.data), data)
+        self.assertTrue(writer.finished)
+        self.assertEqual([kw["limit"] for _, kw, _ in caller.calls], [PIECE] * 8)
+
+    def test_empty_blob(self):
+        """An empty blob is one FETCH_BLOB at offset 0 (which checks it exists and its size)."""
+        digest = hashlib.sha256(b"").hexdigest()
+        caller = HeldCalls()
+        writer = MemoryWriter(digest, 0)
+        done = pull(caller, writer)
+        self.assertEqual(len(caller.calls), 1)
+        self.answer(caller.calls[0], b"")
+        self.successResultOf(done)
+        self.assertTrue(writer.finished)
+
+    def test_no_such_blob(self):
+        """A refusal aborts the writer and fails the pull with it."""
+        data, digest = blob(PIECE * 2)
+        caller = HeldCalls()
+        writer = MemoryWriter(digest, len(data))
+        done = pull(caller, writer)
+        caller.calls[0][2].errback(commands.NoSuchBlob("nobody has it"))
+        self.failureResultOf(done, commands.NoSuchBlob)
+        self.assertTrue(writer.aborted)
+        self.answer(caller.calls[1], data)
+        self.assertFalse(writer.finished)
+
+    def test_other_size(self):
+        """An answer naming another size than the writer expects aborts and fails (TransferRefused)."""
+        data, digest = blob(PIECE * 2)
+        caller = HeldCalls()
+        writer = MemoryWriter(digest, len(data) + 1)
+        done = pull(caller, writer)
+        self.answer(caller.calls[0], data)
+        failure = self.failureResultOf(done, commands.TransferRefused)
+        self.assertIn(f"a size of {len(data)}, expected", str(failure.value))
+        self.assertTrue(writer.aborted)
+
+    def test_short_piece(self):
+        """A piece shorter than asked (before the end) aborts and fails."""
+        data, digest = blob(PIECE * 2)
+        caller = HeldCalls()
+        writer = MemoryWriter(digest, len(data))
+        done = pull(caller, writer)
+        caller.calls[0][2].callback({"data": b"x" * 10, "size": len(data)})
+        self.failureResultOf(done, commands.TransferRefused)
+        self.assertTrue(writer.aborted)
+
+    def test_digest_mismatch(self):
+        """Bytes that do not hash to the digest: the writer's finish raises, the pull aborts and fails."""
+        data, digest = blob(100)
+        caller = HeldCalls()
+        writer = MemoryWriter(digest, len(data))
+        done = pull(caller, writer)
+        self.answer(caller.calls[0], b"y" * 100)
+        self.failureResultOf(done, ValueError)
+        self.assertTrue(writer.aborted)
+        self.assertFalse(writer.finished)
+
+
+class MissingTests(SynchronousTestCase):
+    """L{missing} asks HAVE_BLOBS in boxes of at most 800 digests."""
+
+    def test_boxes(self):
+        """1,000 digests (one twice) go in two boxes; the answer keeps the order asked, each once."""
+        digests = [f"{i:064x}" for i in range(1000)]
+        caller = HeldCalls()
+        done = missing(caller, digests + [digests[0]])
+        self.assertEqual([len(kw["digests"]) for _, kw, _ in caller.calls], [800, 200])
+        caller.calls[1][2].callback({"missing": [digests[999], digests[900]]})
+        caller.calls[0][2].callback({"missing": [digests[5]]})
+        self.assertEqual(self.successResultOf(done), [digests[5], digests[900], digests[999]])
+
+    def test_bad_answer(self):
+        """An answer that is not a list of strings fails with one sentence."""
+        caller = HeldCalls()
+        done = missing(caller, ["a" * 64])
+        caller.calls[0][2].callback({"missing": {"no": 1}})
+        self.assertIn("not a list of digests", str(self.failureResultOf(done, commands.TransferRefused).value))
+
+    def test_refused(self):
+        """The other side's error fails it (not wrapped)."""
+        caller = HeldCalls()
+        done = missing(caller, ["a" * 64])
+        caller.calls[0][2].errback(commands.BadArguments("HAVE_BLOBS: no"))
+        self.failureResultOf(done, commands.BadArguments)
+
+    def test_nothing(self):
+        """No digests: no box, nothing missing."""
+        caller = HeldCalls()
+        self.assertEqual(self.successResultOf(missing(caller, [])), [])
+        self.assertEqual(caller.calls, [])

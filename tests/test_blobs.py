@@ -299,6 +299,23 @@ class AddFileTests(StoreMixin, TestCase):
         self.assertEqual(str(e), f"File {path} disappeared while it was being stored.")
         self.assertEqual((store.total_bytes, self.incoming()), (0, []))
 
+    def test_replaced_while_read(self) -> None:
+        """A file replaced by another one (a rename over it) while it is read is refused."""
+        store = self.make_store()
+        path = self.local_file(b"1234")
+        other = self.local_file(b"5678")
+
+        def replacing(fd: int, n: int) -> bytes:
+            data = os.read(fd, n)
+            if os.path.exists(other):
+                os.replace(other, path)
+            return data
+
+        self.patch(blobs, "_read_piece", replacing)
+        e = self.assertRaises(BlobError, store.add_file, path)
+        self.assertEqual(str(e), f"File {path} was replaced while it was being stored.")
+        self.assertEqual((store.total_bytes, self.incoming()), (0, []))
+
     def test_not_a_regular_file(self) -> None:
         """A folder is refused with one sentence."""
         store = self.make_store()

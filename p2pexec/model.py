@@ -16,6 +16,7 @@ from typing import Any
 
 import attr
 
+from p2pexec.file_model import InputFile, OutputFile, OutputPattern  # issue 16 shim (part "node")
 from p2pexec.resources import TASK_FIELDS, NodeResources, Request
 from p2pexec.wire_values import NAME_PATTERN as NAME_PATTERN
 from p2pexec.wire_values import ValidationError as ValidationError
@@ -195,6 +196,8 @@ class TaskSpec:
     after: tuple[str, ...] = ()
     # -- issue 15, tail (p2pexec/speculation.py) --
     speculative: bool = True
+    inputs: tuple[InputFile, ...] = ()  # issue 16 shim (part "node"): the model part's field replaces it
+    outputs: tuple[OutputPattern, ...] = ()  # issue 16 shim (part "node")
 
     @classmethod
     def instruction(cls, name: str) -> TaskSpec:
@@ -406,6 +409,7 @@ class TaskResult:
     stdout_size: int | None = None
     stderr_size: int | None = None
     output_cut: bool | None = None
+    outputs: tuple[OutputFile, ...] = ()  # issue 16 shim (part "node"): the model part's field replaces it
 
     @property
     def succeeded(self) -> bool:

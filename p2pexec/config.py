@@ -64,3 +64,8 @@ class NodeConfig:
     # -- resources (issue 15) --
     resources: NodeResources | None = None
     """What the node has for its tasks (C{--cpus}, C{--memory}, C{--gpus}, C{--resource}); C{None}: only slots."""
+    # -- files (issue 16) --
+    cache_size: int = 10 * 1024**3
+    """Bytes of task files (inputs, outputs) kept in STATE/blobs, least recently used evicted first (C{--cache-size})."""
+    max_transfer: int = 4 * 1024**3
+    """The largest file, input or output, a node takes or sends, enforced while it streams (C{--max-transfer})."""

@@ -7,7 +7,7 @@ results dropped as stale.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from p2pexec.job import Job, TaskRecord
@@ -54,12 +54,20 @@ class Batch:
         return perform
 
 
-def report_result(job: Job, result: TaskResult, batch: Batch, listeners: list[Callable[[TaskResult], None]]) -> None:
+def report_result(
+    job: Job,
+    result: TaskResult,
+    batch: Batch,
+    listeners: list[Callable[[TaskResult], None]],
+    job_listeners: Sequence[Callable[[str, TaskResult], None]] = (),
+) -> None:
     """A worker's result became its task's: tell the listeners, fold its run time into the worker's pace, log a failure."""
     batch.applied += 1
     batch.confirmed.append(result.task_id)
     for listener in listeners:
         listener(result)
+    for job_listener in job_listeners:
+        job_listener(job.id, result)
     if batch.seat is not None and result.status in _PACED:
         # A timed-out run says how long the timeout is, not how fast the worker is.
         batch.seat.pace.record(result.duration, job.tasks[result.task_id].spec.kind)

@@ -18,6 +18,7 @@ from p2pexec.log import NodeLogger
 from p2pexec.model import ValidationError
 
 if TYPE_CHECKING:
+    from p2pexec.file_holds import JobFiles
     from p2pexec.interfaces import IJournal, INode
     from p2pexec.master import Master
 
@@ -36,6 +37,8 @@ class Intake:
     def __init__(self) -> None:
         self._uploads: dict[str, tuple[object, list[Any], Any]] = {}
         self._upload_numbers = 0
+        self.files: JobFiles | None = None
+        """The master's side of task files: a job's inputs must be in the node's store (see L{p2pexec.file_holds})."""
 
     def wire(self, node: INode, master: Master, journal: IJournal) -> None:
         """Connect the intake to its node, the master that takes the jobs, and the journal that keeps them."""
@@ -68,17 +71,24 @@ class Intake:
             specs = parse_job(document, label=label)
         except JobFileError as e:
             raise commands.BadJob(str(e)) from None
+        files = self.files
+        if files is not None:
+            files.check(specs, label)
         self._check_journal()
         try:
             job = self._master.submit(specs, priority=job_priority(document))
         except ValidationError as e:  # an all_nodes task's copy named as another task (p2pexec.placement)
             raise commands.BadJob(f"{label}: {e}") from None
+        if files is not None:
+            files.accepted(job.id, specs)
         # Written now, not after the group-commit delay: a job that cannot
         # be written is refused, not accepted and left waiting unanswered.
         try:
             self._journal.commit()
         except JournalError as e:
             self._master.withdraw(job.id)
+            if files is not None:
+                files.withdrawn(job.id)
             self._check_journal()
             raise commands.JournalUnwritable(f"node {name} takes no new job: {e}") from None
 

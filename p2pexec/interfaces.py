@@ -310,6 +310,9 @@ class IJournal(Protocol):
     def prune(self, finished_before: float) -> int:
         """Delete the jobs that finished before C{finished_before} (wall clock); return how many."""
 
+    def last_pruned(self) -> list[str]:
+        """The ids of the jobs the last L{prune} deleted."""
+
     def prune_replicas(self, finished_before: float) -> int:
         """Delete the replicated logs of the jobs that ended before C{finished_before} (wall clock); return how many."""
 

@@ -115,6 +115,10 @@ class NullJournal:
         """Nothing to delete: nothing was kept."""
         return 0
 
+    def last_pruned(self) -> list[str]:
+        """Nothing was ever deleted."""
+        return []
+
     def prune_replicas(self, finished_before: float) -> int:
         """Nothing to delete: nothing was kept."""
         return 0
@@ -203,6 +207,7 @@ class Journal:
         self._waiters: list[Deferred[None]] = []
         self._commit_call: IDelayedCall | None = None
         self.commits = 0
+        self._last_pruned: list[str] = []
 
     # -- marking ------------------------------------------------------------
 
@@ -492,13 +497,19 @@ class Journal:
 
         @return: how many jobs were deleted.
         """
+        self._last_pruned = []
         if self._db is None:
             return 0
         with transaction(self._db):
             old = [row[0] for row in self._db.execute("SELECT id FROM jobs WHERE finished < ?", (finished_before,))]
             self._db.executemany("DELETE FROM tasks WHERE job = ?", ((job_id,) for job_id in old))
             self._db.executemany("DELETE FROM jobs WHERE id = ?", ((job_id,) for job_id in old))
+        self._last_pruned = old
         return len(old)
+
+    def last_pruned(self) -> list[str]:
+        """The ids of the jobs the last L{prune} deleted (their files are released, see L{p2pexec.file_holds})."""
+        return list(self._last_pruned)
 
     def prune_replicas(self, finished_before: float) -> int:
         """

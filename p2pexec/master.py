@@ -118,6 +118,7 @@ class Master:
         self.stale_results = 0
         self.result_listeners: list[Callable[[TaskResult], None]] = []
         """Called with every result applied as a task's result (for metrics)."""
+        self.job_result_listeners: list[Callable[[str, TaskResult], None]] = []  # the same, with the job's id
         self.jobs: dict[str, Job] = {}
         self.replication = replication
         self.held_back: set[str] = set()
@@ -423,7 +424,7 @@ class Master:
                     self.queue_tasks(job, ready, skip=skips)
             elif output is _REPORT_RESULT:
                 assert batch is not None and result is not None
-                report_result(job, result, batch, self.result_listeners)
+                report_result(job, result, batch, self.result_listeners, self.job_result_listeners)
             elif output is _ENQUEUE:
                 if batch is None:
                     self._requeue(job, [record.spec.id])

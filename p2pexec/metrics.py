@@ -16,6 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from p2pexec import status
+from p2pexec.file_parts import CACHE_GAUGES, TRANSFER_FIGURES
 from p2pexec.interfaces import INodeViews
 from p2pexec.model import TaskResult
 
@@ -96,6 +97,12 @@ class NodeCollector(Collector):
         yield rejected
         for name, documentation, figure in GAUGES:
             yield GaugeMetricFamily(name, documentation, value=figures[figure])
+        # A node that moves files (issue 16): what it moved, and its file cache.
+        for kind, table in ((CounterMetricFamily, TRANSFER_FIGURES), (GaugeMetricFamily, CACHE_GAUGES)):
+            for figure, documentation in table:
+                value = figures.get(f"transfer_{figure}")
+                if value is not None:
+                    yield kind(f"p2pexec_transfer_{figure}", documentation, value=value)
 
 
 class NodeMetrics:

@@ -15,6 +15,7 @@ confirmations wait; their slots do not).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from twisted.internet.defer import Deferred
@@ -79,6 +80,8 @@ class StartupJob:
         self.initial_job: Deferred[Job] = Deferred()
         self.job_id: str | None = None
         self._settle: IDelayedCall | None = None
+        self.forgotten_listeners: list[Callable[[list[str]], None]] = []
+        """Called with the ids of the jobs L{prune} deleted from the journal (their files are released)."""
 
     def wire(self, node: INode, master: Master, journal: IJournal, peers: PeerTable | None = None) -> None:
         """
@@ -110,6 +113,8 @@ class StartupJob:
         pruned = self._journal.prune(before)
         if pruned:
             log.info("Node {name} pruned {count} finished job(s) from its journal", name=name, count=pruned)
+            for listener in self.forgotten_listeners:
+                listener(self._journal.last_pruned())
         logs = self._journal.prune_replicas(before)
         if logs:
             log.info(

@@ -112,6 +112,17 @@ def _parse_peer_refresh(value: Any) -> float:
     return seconds
 
 
+def _parse_size(option: str, value: Any) -> int:
+    """A size option (C{512M}, C{4G}, bytes) above 0, or a L{usage.UsageError} naming it."""
+    try:
+        size = resources.parse_size(value, option)
+    except ValueError as e:
+        raise usage.UsageError(str(e)) from None
+    if size < 1:
+        raise usage.UsageError(f"{option} must be above 0, not {value!r}")
+    return size
+
+
 def _split_list(value: str) -> list[str]:
     return [part.strip() for part in value.split(",") if part.strip()]
 
@@ -195,6 +206,20 @@ class Options(usage.Options):
             None,
             "0",
             "TCP port of the HTTP API, metrics and dashboard, on --interface; 0 (the default) serves no HTTP.",
+        ],
+        [
+            "cache-size",
+            None,
+            "10G",
+            "Bytes of task files (inputs and outputs) this node keeps in STATE/blobs, like 512M or 10G; "
+            "the least recently used are evicted first, never those of a job its journal still has.",
+        ],
+        [
+            "max-transfer",
+            None,
+            "4G",
+            "The largest file a task may take as input or give as output, like 512M or 4G: a bigger one is "
+            "refused while it streams.",
         ],
         ["max-output", None, "100M", "Most bytes of each stream of each task a worker keeps in full (0: tails only)."],
         ["output-retention", None, "7d", "How long a worker keeps its tasks' full output after it was last written."],
@@ -389,6 +414,8 @@ class Options(usage.Options):
         if os.path.exists(self["state-dir"]) and not os.path.isdir(self["state-dir"]):
             raise usage.UsageError(f"--state-dir: {self['state-dir']} exists and is not a folder")
         check_output_options(self)
+        for option in ("cache-size", "max-transfer"):
+            self[option] = _parse_size(f"--{option}", self[option])
         self["max-worker-losses"] = _parse_int("--max-worker-losses", self["max-worker-losses"], 1, 1000)
         self["replicas"] = _parse_int("--replicas", self["replicas"], 0, 10)
         self["takeover-grace"] = _parse_seconds("--takeover-grace", self["takeover-grace"])
@@ -454,6 +481,8 @@ def config_from_options(options: Options) -> NodeConfig:
         replicas=options["replicas"],
         takeover_grace=options["takeover-grace"],
         master_lease=options["master-lease"],
+        cache_size=options["cache-size"],
+        max_transfer=options["max-transfer"],
     )
 
 

@@ -19,6 +19,7 @@ from p2pexec.log import NodeLogger
 
 if TYPE_CHECKING:
     from p2pexec.discovery import DiscoveryProtocol
+    from p2pexec.file_parts import NodeFiles
     from p2pexec.gossip import LivenessChecks
     from p2pexec.interfaces import IJournal, INode
     from p2pexec.job import Job
@@ -56,6 +57,8 @@ class Views:
         self._clock = clock
         self._loads: dict[str, status.Load] = {}
         self._loads_asked = float("-inf")
+        self.files: NodeFiles | None = None
+        """The node's file parts (issue 16), whose counters the status and metrics show; C{None}: no files."""
 
     def wire(
         self,
@@ -123,7 +126,7 @@ class Views:
         for record in self._peers.connected_peers():
             if record.connection is not None:
                 liveness[record.info.name] = self._liveness.liveness(record.connection)
-        return status.peers_view(
+        entries = status.peers_view(
             self._node.info,
             self.my_load(),
             list(self._peers),
@@ -132,6 +135,9 @@ class Views:
             self._clock.seconds(),
             problem=self.problem(),
         )
+        if self.files is not None:
+            entries[0]["transfers"] = self.files.figures()
+        return entries
 
     def problem(self) -> str | None:
         """Why this node is not healthy (its journal cannot be written), or C{None}."""
@@ -205,7 +211,12 @@ class Views:
             "worker_running": worker.running,
             "worker_queued": worker.queued,
             "worker_slots": worker.slots,
-        }
+        } | self.transfer_figures()
+
+    def transfer_figures(self) -> dict[str, int]:
+        """The file counters and cache gauges, as C{transfer_NAME} (none for a node that moves no files)."""
+        files = self.files
+        return {} if files is None else {f"transfer_{name}": value for name, value in files.figures().items()}
 
     def datagrams_rejected(self) -> dict[str, int]:
         """Discovery datagrams dropped, by reason."""

@@ -20,6 +20,7 @@ from p2pexec.connections import Dialer
 from p2pexec.directory import JobDirectory
 from p2pexec.discovery import DiscoveryProtocol
 from p2pexec.failover import Replication
+from p2pexec.file_parts import NodeFiles, build_files, wire_files
 from p2pexec.following import Following
 from p2pexec.gossip import Gossip, LivenessChecks
 from p2pexec.intake import Intake
@@ -66,6 +67,7 @@ class Parts:
     following: Following
     task_outputs: TaskOutputs
     peer_names: PeerNames
+    files: NodeFiles | None = None
 
 
 def build_parts(
@@ -127,9 +129,14 @@ def build_parts(
         random_fraction=chance.random,
         sealer=DatagramSealer(config.key, wall) if config.key is not None else None,
     )
+    peers = PeerTable(config.name)
+    files = build_files(config, reactor, runner, peers, directory, master)
+    if files is not None:
+        runner = files.runner  # inputs fetched and outputs sent around every task with files
     parts = Parts(
         info=info,
-        peers=PeerTable(config.name),
+        peers=peers,
+        files=files,
         worker=worker
         or Worker(
             config.name, config.capabilities, config.slots, runner, reactor, config.master_lease, config.resources
@@ -179,3 +186,5 @@ def wire(node: Node, p: Parts) -> None:
     p.following.wire(node, p.peers, p.views, p.directory)
     p.task_outputs.wire(node, p.peers, p.master, p.worker, p.directory)
     p.peer_names.wire(lambda: node.info, p.peers, p.dialer)
+    if p.files is not None:
+        wire_files(p.files, p.peers, node.info.name, p.responders, p.intake, p.master, p.startup, p.views)

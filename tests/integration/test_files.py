@@ -1,0 +1,177 @@
+"""
+Integration tests of files that travel with tasks (issue 16): three real
+C{twistd p2pexec} nodes on loopback, each with its own state directory (its
+blob cache and its tasks' sandboxes are in it), a 50 MiB input sent with the
+job and a 20 MiB output brought back, SHA-256 checked on both ends; a second
+job with the same input moves no input bytes (read from the transfer
+counters of C{p2pexec status --json}); a path leading out, an output over
+C{--max-transfer} and an output that vanished each give one clear line.
+
+These need the four parts of issue 16 (store, wire, model, node) merged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Any
+
+from tests.integration.cluster import Cluster
+from tests.integration.test_cli import CliTestCase, write_job
+
+MIB = 1024 * 1024
+INPUT_SIZE = 50 * MIB
+OUTPUT_SIZE = 20 * MIB
+
+
+def sha256_of(path: str) -> str:
+    """The hex SHA-256 of a file, read in pieces."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for piece in iter(lambda: f.read(1 << 20), b""):
+            digest.update(piece)
+    return digest.hexdigest()
+
+
+def write_random(path: str, size: int) -> str:
+    """Write C{size} random bytes to C{path}; their SHA-256."""
+    with open(path, "wb") as f:
+        left = size
+        while left:
+            piece = os.urandom(min(left, 1 << 20))
+            f.write(piece)
+            left -= len(piece)
+    return sha256_of(path)
+
+
+class FilesTests(CliTestCase):
+    """Inputs sent with a job, outputs brought back, through a three-node cluster."""
+
+    def start_cluster(self, cluster: Cluster, *w2_options: str) -> tuple[Any, Any, Any]:
+        """m1 (runs nothing), w1 and w2 (run kind sh); wait until m1 is connected to both."""
+        m1 = cluster.start("m1", "--capabilities", "m", "--slots", "1")
+        w1 = cluster.start("w1", "--capabilities", "sh", "--slots", "2")
+        w2 = cluster.start("w2", "--capabilities", "sh", "--slots", "2", *w2_options)
+        m1.wait_for(r"\] Node m1 connected to peer w1 ", timeout=15.0)
+        m1.wait_for(r"\] Node m1 connected to peer w2 ", timeout=15.0)
+        return m1, w1, w2
+
+    def transfers(self, cluster: Cluster, port: int) -> dict[str, int]:
+        """The transfer counters of the node on C{port}, from C{p2pexec status --json}."""
+        status, out, err = self.cli(cluster, port, "status", "--json")
+        self.assertEqual(status, 0, (out, err))
+        figures: dict[str, int] = json.loads(out)["node"]["transfers"]
+        return figures
+
+    def results(self, cluster: Cluster, port: int, job: str) -> dict[str, dict[str, Any]]:
+        """Each task of C{job} with its result, by id (C{p2pexec result --json})."""
+        _, out, err = self.cli(cluster, port, "result", "--json", job)
+        return {task["id"]: task for task in json.loads(out)["tasks"]}
+
+    def test_input_and_output_through_three_nodes(self) -> None:
+        """
+        A 50 MiB input goes with the job to w1 (which is not the master),
+        which hashes it; its 20 MiB output comes back to m1 and then to the
+        client's --fetch folder; both hashes agree on both ends.  The same
+        input in a second job moves no input bytes: the client sends nothing
+        (m1 has it) and w1 fetches nothing (its cache has it).
+        """
+        cluster = Cluster(self, budget=150.0)
+        m1, w1, _ = self.start_cluster(cluster)
+        source = cluster.path("big.bin")
+        input_sha = write_random(source, INPUT_SIZE)
+        # The task hashes its input where it landed, writes a random output and hashes it: both ends can compare.
+        script = (
+            f"sha256sum big.bin | cut -d' ' -f1 > input.sha && "
+            f"mkdir -p out && head -c {OUTPUT_SIZE} /dev/urandom > out/result.bin && "
+            f"sha256sum out/result.bin | cut -d' ' -f1 > out/result.sha"
+        )
+        job_file = cluster.path("job.toml")
+        task = {"id": "t1", "node": "w1", "shell": True, "command": script, "inputs": ["big.bin"]}
+        task["outputs"] = ["out/*", "input.sha"]
+        write_job(job_file, {"kind": "sh"}, [task])
+
+        fetched = cluster.path("fetched")
+        status, out, err = self.cli(cluster, m1.port, "submit", "--wait", "--fetch", fetched, job_file, timeout=90.0)
+        self.assertEqual(status, 0, (out, err, cluster.logs()))
+        job = out.splitlines()[0]
+        folder = os.path.join(fetched, job, "t1")
+        self.assertEqual(open(os.path.join(folder, "input.sha")).read().strip(), input_sha)
+        output = os.path.join(folder, "out", "result.bin")
+        self.assertEqual(os.path.getsize(output), OUTPUT_SIZE)
+        self.assertEqual(sha256_of(output), open(os.path.join(folder, "out", "result.sha")).read().strip())
+        recorded = {o["path"]: o for o in self.results(cluster, m1.port, job)["t1"]["outputs"]}
+        self.assertEqual(recorded["out/result.bin"]["sha256"], sha256_of(output))
+        self.assertEqual(recorded["out/result.bin"]["size"], OUTPUT_SIZE)
+
+        on_m1, on_w1 = self.transfers(cluster, m1.port), self.transfers(cluster, w1.port)
+        self.assertEqual(on_w1["inputs_fetched_bytes"], INPUT_SIZE)
+        self.assertGreaterEqual(on_m1["received_bytes"], INPUT_SIZE + OUTPUT_SIZE)
+
+        job_file2 = cluster.path("job2.toml")
+        write_job(job_file2, {"kind": "sh"}, [dict(task, id="t2")])
+        status, out, err = self.cli(cluster, m1.port, "submit", "--wait", job_file2, timeout=60.0)
+        self.assertEqual(status, 0, (out, err, cluster.logs()))
+        again_m1, again_w1 = self.transfers(cluster, m1.port), self.transfers(cluster, w1.port)
+        # No input byte moved: w1 fetched nothing; m1 took only the new (random) outputs.
+        self.assertEqual(again_w1["inputs_fetched_bytes"], INPUT_SIZE)
+        self.assertEqual(again_w1["inputs_cached"], on_w1["inputs_cached"] + 1)
+        moved = again_m1["received_bytes"] - on_m1["received_bytes"]
+        self.assertLess(moved, INPUT_SIZE)
+        self.assertGreaterEqual(moved, OUTPUT_SIZE)
+
+    def test_refusals_are_one_clear_line(self) -> None:
+        """
+        An output that is a symlink leading out of the sandbox, an output
+        over w2's --max-transfer, and a declared output that vanished before
+        the task ended: each task fails with one line naming the file; the
+        nodes keep serving.  An output glob that climbs out is refused at
+        submission, in one line.
+        """
+        cluster = Cluster(self, budget=60.0)
+        m1, _, w2 = self.start_cluster(cluster, "--max-transfer", "1M")
+        job_file = cluster.path("bad.toml")
+        tasks = [
+            {
+                "id": "escape",
+                "node": "w1",
+                "shell": True,
+                "command": "ln -s /etc/hostname leak.txt",
+                "outputs": ["leak.txt"],
+            },
+            {
+                "id": "big",
+                "node": "w2",
+                "shell": True,
+                "command": "head -c 2097152 /dev/zero > big.bin",
+                "outputs": ["big.bin"],
+            },
+            {
+                "id": "gone",
+                "node": "w1",
+                "shell": True,
+                "command": "echo x > gone.txt && rm gone.txt",
+                "outputs": ["gone.txt"],
+            },
+        ]
+        write_job(job_file, {"kind": "sh"}, tasks)
+        status, out, err = self.cli(cluster, m1.port, "submit", "--wait", job_file, timeout=30.0)
+        self.assertEqual(status, 1, (out, err, cluster.logs()))
+        job = out.splitlines()[0]
+        results = self.results(cluster, m1.port, job)
+        for task_id, names in (("escape", "leak.txt"), ("big", "big.bin"), ("gone", "gone.txt")):
+            error = results[task_id]["error"] or ""
+            self.assertEqual(results[task_id]["status"], "failed", (task_id, results[task_id]))
+            self.assertIn(names, error)
+            self.assertEqual(len(error.splitlines()), 1, error)
+        self.assertIn("matched no file", results["gone"]["error"])
+        self.assertIn("max-transfer", results["big"]["error"].replace("max_transfer", "max-transfer"))
+
+        climbing = cluster.path("climb.toml")
+        write_job(climbing, {"kind": "sh"}, [{"id": "c", "command": ["true"], "outputs": ["../x"]}])
+        status, out, err = self.cli(cluster, m1.port, "submit", climbing)
+        self.assertEqual(status, 2, (out, err))
+        self.assertEqual(len(err.splitlines()), 1, err)
+        self.assertIn("../x", err)
+        self.assertTrue(w2.running() and m1.running())

@@ -1,7 +1,7 @@
 """
-The p2pexec benchmark suite, W1-W9 (run by ``make bench``).
+The p2pexec benchmark suite, W1-W10 (run by ``make bench``).
 
-    python benchmarks/run.py [--repeat N] [--only W1,W2,W3,W4,W5,W6,W7,W8,W9,SEC] [--replicas N]
+    python benchmarks/run.py [--repeat N] [--only W1,W2,W3,W4,W5,W6,W7,W8,W9,W10,SEC] [--replicas N]
                                 [--timeout S] [--keep]
 
 Every workload runs real ``twistd p2pexec`` processes on loopback (see
@@ -47,6 +47,10 @@ summarised.
       in the same repetition, each checked to print the 2,000 lines;
       skipped, saying so, where GNU parallel is not installed
       (benchmarks/habits.py).
+  W10 a 1 GiB input with one task, client -> master -> worker (separate
+      state folders): MB/s of each hop, as a ratio to copying the same file
+      over a loopback TCP socket in the same repetition, and each process's
+      peak RSS (benchmarks/files.py).
 
 It re-runs itself in a loopback-only network namespace (``unshare -n``;
 root) when it can, and holds ``/tmp/p2pexec-heavy.lock`` while it measures.
@@ -67,6 +71,7 @@ from collections.abc import Callable
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import files  # noqa: E402
 import habits  # noqa: E402
 import slownode  # noqa: E402
 import w8  # noqa: E402
@@ -86,9 +91,9 @@ from _cluster import (  # noqa: E402
     summary,
 )
 
-WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8", "W9", "SEC")
+WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8", "W9", "W10", "SEC")
 """SEC, not run by default: W1 again with a cluster key, and with the key and TLS, each against plain W1 of the same repetition."""
-DEFAULT_WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8", "W9")
+DEFAULT_WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8", "W9", "W10")
 MiB = 1024 * 1024
 
 DASK_REFERENCE = 950.0
@@ -288,6 +293,19 @@ class Suite:
                         f"xargs -P2 {r['xargs']:.3f}s  ratios {r['ratio_parallel']:.2f} / {r['ratio_xargs']:.2f}"
                     ),
                 )
+
+        if "W10" in only:
+            self._one(
+                "W10",
+                number,
+                lambda d: files.w10(d, a.w10_bytes, a.timeout),
+                lambda r: (
+                    f"socket {r['socket_mbps']:.0f} MB/s  upload {r['upload_mbps']:.0f} MB/s "
+                    f"({r['upload_ratio']:.2f})  fetch {r['fetch_mbps']:.0f} MB/s ({r['fetch_ratio']:.2f})  "
+                    f"VmHWM master {r['master_hwm_kib'] / 1024:.1f} MiB, worker {r['worker_hwm_kib'] / 1024:.1f} MiB, "
+                    f"client {r['client_rss_kib'] / 1024:.1f} MiB"
+                ),
+            )
 
     # -- the table ----------------------------------------------------------------
 
@@ -503,6 +521,32 @@ class Suite:
                 add("W8", f"  on {worker}", [r[f"share_{worker}"] for r in w8runs], ".3f")
             add("W8", "  slots busy while both run (of 4)", [r["busy"] / r["window"] for r in w8runs], ".2f")
             add("W8", "  seconds both ran", [r["window"] for r in w8runs], ".2f")
+        w10 = self.runs.get("W10", [])
+        if w10:
+            size = f"{a.w10_bytes / 2**30:g} GiB" if a.w10_bytes >= 2**30 else f"{a.w10_bytes / 2**20:g} MiB"
+            add("W10", f"loopback socket copy of {size} MB/s", [r["socket_mbps"] for r in w10], ".0f")
+            add("W10", "upload client -> master MB/s", [r["upload_mbps"] for r in w10], ".0f")
+            add("W10", "fetch master -> worker MB/s", [r["fetch_mbps"] for r in w10], ".0f")
+            for hop in ("upload", "fetch"):
+                add(
+                    "W10",
+                    f"ratio {hop} / socket copy",
+                    [r[f"{hop}_ratio"] for r in w10],
+                    ".2f",
+                    ">= 0.5",
+                    lambda v: v >= 0.5,
+                )
+            for who in ("master", "worker"):
+                add(
+                    "W10",
+                    f"peak RSS {who} MiB",
+                    [r[f"{who}_hwm_kib"] / 1024 for r in w10],
+                    ".1f",
+                    "<= 100 in every run",
+                    lambda v: v <= 100,
+                    judge=max(r[f"{who}_hwm_kib"] / 1024 for r in w10),
+                )
+            add("W10", "peak RSS client MiB", [r["client_rss_kib"] / 1024 for r in w10], ".1f")
         return rows
 
 
@@ -524,7 +568,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only",
         default=",".join(DEFAULT_WORKLOADS),
-        help="workloads to run (default W1,W2,W3,W4,W5,W6,W7,W8; SEC adds W1 with a cluster key and with TLS, and needs W1)",
+        help="workloads to run (default W1-W10; SEC adds W1 with a cluster key and with TLS, and needs W1)",
     )
     parser.add_argument(
         "--replicas",
@@ -536,6 +580,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--w1-tasks", type=int, default=10_000)
     parser.add_argument("--w2-tasks", type=int, default=2_000)
     parser.add_argument("--w5-tasks", type=int, default=1_000)
+    parser.add_argument("--w10-bytes", type=int, default=2**30, help="size of W10's input file (default 1 GiB)")
     parser.add_argument("--keep", action="store_true", help="keep every run's logs")
     parser.add_argument(
         "--memtrace",

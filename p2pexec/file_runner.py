@@ -36,6 +36,7 @@ from twisted.python.failure import Failure
 from p2pexec.interfaces import ITaskRunner
 from p2pexec.log import NodeLogger
 from p2pexec.model import ERROR, FAILED, SUCCEEDED, Assignment, OutputFile, TaskResult, TaskSpec
+from p2pexec.transfer import rate
 
 log = NodeLogger()
 
@@ -296,13 +297,13 @@ class FileRunner:
                 self.counters.inputs_cached += 1
                 continue
             try:
-                await self._fetch_once(job, item.sha256, item.size)
+                await self._fetch_once(job, item.sha256, item.size, item.name)
             except Exception as e:
                 raise FileProblem(
                     f"could not fetch input {item.name} (sha256 {_short(item.sha256)}) of task {task.id}: {_reason(e)}"
                 ) from None
 
-    def _fetch_once(self, job: str, digest: str, size: int) -> Deferred[None]:
+    def _fetch_once(self, job: str, digest: str, size: int, name: str) -> Deferred[None]:
         """Fetch one blob, or wait for the fetch of it already under way."""
         waiting = self._fetching.get(digest)
         if waiting is not None:
@@ -319,9 +320,9 @@ class FileRunner:
                     waiter.callback(None)
             return outcome
 
-        return Deferred.fromCoroutine(self._fetch(job, digest, size)).addBoth(done)
+        return Deferred.fromCoroutine(self._fetch(job, digest, size, name)).addBoth(done)
 
-    async def _fetch(self, job: str, digest: str, size: int) -> None:
+    async def _fetch(self, job: str, digest: str, size: int, name: str) -> None:
         """Pull one blob from the first source that gives it; fail with the last reason."""
         sources = list(self._sources(job))
         if not sources:
@@ -329,14 +330,26 @@ class FileRunner:
         reason = ""
         for caller in sources:
             writer = self._store.receive(digest, size)
+            started = self._clock.seconds()
             try:
                 await self._ops.pull(caller, writer)
             except Exception as e:
                 writer.abort()
                 reason = _reason(e)
                 continue
+            took = self._clock.seconds() - started
             self.counters.inputs_fetched += 1
             self.counters.inputs_fetched_bytes += size
+            log.info(
+                "Node {name} fetched input {input} ({size} bytes, sha256 {digest}) from {peer} in {took:.2f}s ({rate})",
+                name=self._name,
+                input=name,
+                size=f"{size:,}",
+                digest=_short(digest),
+                peer=getattr(caller, "peer_name", None) or "a peer",
+                took=took,
+                rate=rate(size, took),
+            )
             return
         raise LookupError(reason)
 

@@ -30,7 +30,7 @@ from p2pexec import commands
 from p2pexec.framing import bad_arguments
 from p2pexec.log import NodeLogger
 from p2pexec.model import shorten
-from p2pexec.transfer import _call
+from p2pexec.transfer import _call, rate
 
 if TYPE_CHECKING:
     from p2pexec.interfaces import IPeerHandler
@@ -117,6 +117,7 @@ class _Incoming:
 
     def __init__(self) -> None:
         self.writers: dict[str, IBlobWriter] = {}
+        self.started: dict[str, float] = {}
         self.refused: set[str] = set()
 
 
@@ -248,6 +249,7 @@ class FileService:
             except (ValueError, OSError) as e:
                 raise self._refuse(connection, state, digest, str(e)) from None
             state.writers[digest] = writer
+            state.started[digest] = self._clock.seconds()
         elif size != writer.size:
             raise self._refuse(
                 connection, state, digest, f"blob {name} is being sent with {writer.size} bytes, not {size}"
@@ -265,18 +267,22 @@ class FileService:
             writer.abort()
             raise self._refuse(connection, state, digest, str(e)) from None
         self.received_files += 1
-        log.debug(
-            "{me} received blob {digest} ({size} bytes) from {peer}",
-            me=self._me,
+        took = self._clock.seconds() - state.started.pop(digest, self._clock.seconds())
+        log.info(
+            "{Me} received file {digest} ({size} bytes) from {peer} in {took:.2f}s ({rate})",
+            Me=self._me[:1].upper() + self._me[1:],
             digest=name,
-            size=size,
+            size=f"{size:,}",
             peer=connection.describe(),
+            took=took,
+            rate=rate(size, took),
         )
         return {"received": size, "complete": True}
 
     def _refuse(self, connection: IFileConnection, state: _Incoming, digest: str, why: str) -> commands.TransferRefused:
         """Abort the transfer of C{digest} on C{connection}, log C{why}, count it; the error to raise."""
         writer = state.writers.pop(digest, None)
+        state.started.pop(digest, None)
         if writer is not None:
             writer.abort()
         if len(state.refused) >= _REMEMBERED:

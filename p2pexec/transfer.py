@@ -59,6 +59,13 @@ class IBlobWriter(Protocol):
         """Give up: remove what was written (idempotent)."""
 
 
+def rate(size: int, seconds: float) -> str:
+    """A transfer's speed for a log line: C{"335 MB/s"} (megabytes of 10**6 bytes), or C{"at once"}."""
+    if seconds <= 0:
+        return "at once"
+    return f"{size / seconds / 1e6:,.0f} MB/s"
+
+
 def _call(caller: Caller, command: type[amp.Command], **kw: Any) -> Deferred[dict[str, Any]]:
     """C{caller.callRemote}, with the errors AMP raises at once (a value too long, a closed connection) as a failed Deferred."""
     try:

@@ -117,9 +117,10 @@ class FilesTests(CliTestCase):
         # No input byte moved: w1 fetched nothing; m1 took only the new (random) outputs.
         self.assertEqual(again_w1["inputs_fetched_bytes"], INPUT_SIZE)
         self.assertEqual(again_w1["inputs_cached"], on_w1["inputs_cached"] + 1)
+        # Exactly the second run's new files: out/result.bin and its 65-byte out/result.sha
+        # (input.sha is the same as the first run's, which m1 holds already).
         moved = again_m1["received_bytes"] - on_m1["received_bytes"]
-        self.assertLess(moved, INPUT_SIZE)
-        self.assertGreaterEqual(moved, OUTPUT_SIZE)
+        self.assertEqual(moved, OUTPUT_SIZE + 65)
 
     def test_refusals_are_one_clear_line(self) -> None:
         """

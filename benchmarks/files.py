@@ -142,8 +142,8 @@ def w10(folder: str, size: int, timeout: float) -> dict:
             raise RunFailed(f"p2pexec submit --wait exited with status {status}: {err}")
         figures["upload_s"] = _hop(master, UPLOAD, size)
         figures["fetch_s"] = _hop(worker, FETCH, size)
-        figures["master_hwm_kib"] = master.memory().get("VmHWM", 0)
-        figures["worker_hwm_kib"] = worker.memory().get("VmHWM", 0)
+        figures["master_hwm_kib"] = master.memory().get("VmHWM", 0) // 1024
+        figures["worker_hwm_kib"] = worker.memory().get("VmHWM", 0) // 1024
     finally:
         stop_nodes(nodes)
     after = socket_copy(source, os.path.join(folder, "copy.bin"))

@@ -7,6 +7,8 @@ job's inputs and its results' outputs until the journal forgets the job.
     input digest must be in the store (the client sent them first, with
     PUT_BLOB), else the job is refused naming the task, input and digest;
   - L{JobFiles.accepted}: the job's inputs are held, under the job's id;
+  - L{JobFiles.take_local}: a start-up job (C{--job FILE} given to the
+    node) names files on this node: they are copied into the store first;
   - L{JobFiles.result_applied}: the outputs of each result applied to one of
     the job's tasks are held too (the worker pushed them before it sent the
     result), written once per reactor turn for all of a batch;
@@ -41,6 +43,9 @@ class IHoldingStore(Protocol):
     def release(self, owner: str) -> None:
         """Drop everything C{owner} holds."""
 
+    def add_file(self, path: str, move: bool = False) -> tuple[str, int]:
+        """Copy the file at C{path} into the store; its (digest, size)."""
+
 
 class JobFiles:
     """The files of the jobs this node is master of, held in its blob store (see the module's docstring)."""
@@ -65,6 +70,34 @@ class JobFiles:
                         f"{label}: task {spec.id!r}: input {item.name!r} (sha256 {item.sha256}) is not on node "
                         f"{self._name}: send it first (HAVE_BLOBS, then PUT_BLOB; p2pexec submit and run do)"
                     )
+
+    def take_local(self, job_id: str, specs: Sequence[TaskSpec]) -> None:
+        """
+        Copy the inputs of this node's own start-up job (files on this node,
+        hashed when its options were read) into the store, then hold them.
+        A file that cannot be read, or changed since, is logged; its tasks
+        then fail, each saying that the input could not be fetched.
+        """
+        for spec in specs:
+            for item in spec.inputs:
+                if item.source is None or self._store.has(item.sha256):
+                    continue
+                try:
+                    digest, _ = self._store.add_file(item.source)
+                except (ValueError, OSError) as e:
+                    problem = str(e)
+                else:
+                    if digest == item.sha256:
+                        continue
+                    problem = f"it changed since it was hashed (sha256 now {digest[:12]}, was {item.sha256[:12]})"
+                log.error(
+                    "Node {name} could not take input {path} of its start-up job {job}: {problem}",
+                    name=self._name,
+                    path=item.source,
+                    job=job_id,
+                    problem=problem,
+                )
+        self.accepted(job_id, specs)
 
     def accepted(self, job_id: str, specs: Iterable[TaskSpec]) -> None:
         """Hold the inputs of a job just accepted (now: before its acceptance is written)."""

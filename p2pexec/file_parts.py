@@ -205,6 +205,7 @@ def wire_files(
     files.service.wire(lambda: [r.connection for r in peers.connected_peers() if r.connection is not None], name)
     responders.files = files.service
     intake.files = files.holds
+    startup.files = files.holds
     master.job_result_listeners.append(files.holds.result_applied)
     startup.forgotten_listeners.append(files.holds.forgotten)
     views.files = files

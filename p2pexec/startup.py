@@ -27,6 +27,7 @@ from p2pexec.results import write_results
 
 if TYPE_CHECKING:
     from p2pexec.config import NodeConfig
+    from p2pexec.file_holds import JobFiles
     from p2pexec.interfaces import IJournal, INode
     from p2pexec.job import Job
     from p2pexec.master import Master
@@ -81,6 +82,8 @@ class StartupJob:
         self.job_id: str | None = None
         self._settle: IDelayedCall | None = None
         self.forgotten_listeners: list[Callable[[list[str]], None]] = []
+        self.files: JobFiles | None = None
+        """The master's side of task files: the start-up job's inputs are copied into the store (issue 16)."""
         """Called with the ids of the jobs L{prune} deleted from the journal (their files are released)."""
 
     def wire(self, node: INode, master: Master, journal: IJournal, peers: PeerTable | None = None) -> None:
@@ -156,6 +159,8 @@ class StartupJob:
         """Accept the start-up job (its replica set chosen now if C{place}) and write it to the journal."""
         config = self._config
         assert self.job_id is not None and config.tasks is not None
+        if self.files is not None:
+            self.files.take_local(self.job_id, config.tasks)
         self._master.submit(config.tasks, self.job_id, source=config.job_source, place=place)
         # Write it now, while the peers are still being found, rather than
         # when its first tasks are ready to go.

@@ -11,6 +11,7 @@ import hashlib
 
 from prometheus_client import generate_latest
 from twisted.internet.task import Clock
+from twisted.logger import capturedLogs, formatEvent
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -52,6 +53,15 @@ class HoldingStore:
     def release(self, owner):
         """Record a release."""
         self.calls.append(("release", owner))
+
+    def add_file(self, path, move=False):
+        """Take the file's content in (its digest and size), as the real store does."""
+        with open(path, "rb") as f:
+            data = f.read()
+        digest = hashlib.sha256(data).hexdigest()
+        self.present.add(digest)
+        self.calls.append(("add", path))
+        return digest, len(data)
 
 
 def spec(task_id, *inputs):
@@ -96,6 +106,35 @@ class JobFilesTests(SynchronousTestCase):
         self.assertEqual(self.store.calls, [])
         self.clock.advance(0)
         self.assertEqual(self.store.calls, [("hold", "j1", sorted([A, B, C]))])
+
+    def test_start_up_job_inputs_taken_in(self):
+        """
+        A start-up job's inputs are files on this node: each is copied into
+        the store (once, and only if missing), then held under the job.
+        """
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write(b"c")
+        local = InputFile("c.bin", C, 1, source=path)
+        here = InputFile("a.csv", A, 1, source="/nonexistent/a.csv")
+        task = TaskSpec(id="t1", kind="w", command=("true",), inputs=(local, here))
+        self.files.take_local("j1", [task])
+        self.assertEqual(self.store.calls, [("add", path), ("hold", "j1", sorted([A, C]))])
+        self.files.check([task], "job j1")
+
+    def test_start_up_job_input_changed_is_logged(self):
+        """A start-up job's input that changed since it was hashed is logged, naming it; the job is still held."""
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write(b"not c")
+        task = TaskSpec(id="t1", kind="w", command=("true",), inputs=(InputFile("c.bin", C, 1, source=path),))
+        with capturedLogs() as events:
+            self.files.take_local("j1", [task])
+        lines = [formatEvent(event) for event in events]
+        self.assertEqual(len(lines), 1, lines)
+        self.assertIn(f"could not take input {path} of its start-up job j1: it changed since it was hashed", lines[0])
+        self.assertRaises(commands.BadJob, self.files.check, [task], "job j1")
+        self.assertEqual(self.store.calls[-1], ("hold", "j1", [C]))
 
     def test_forgotten_and_withdrawn_release(self):
         """A job forgotten by the journal, or withdrawn, releases what it held."""

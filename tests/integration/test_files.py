@@ -176,3 +176,33 @@ class FilesTests(CliTestCase):
         self.assertEqual(len(err.splitlines()), 1, err)
         self.assertIn("../x", err)
         self.assertTrue(w2.running() and m1.running())
+
+    def test_start_up_job_sends_its_inputs(self) -> None:
+        """
+        A node given a job file (C{--job}) whose task names an input on that
+        node's disk takes the file into its own store, and its worker (another
+        node) fetches it from there: the task sees the same bytes, and w1's
+        result records the output with its SHA-256.
+        """
+        cluster = Cluster(self, budget=60.0)
+        source = cluster.path("data.bin")
+        input_sha = write_random(source, 3 * MIB)
+        job_file = cluster.path("startup.toml")
+        task = {
+            "id": "t1",
+            "shell": True,
+            "command": "sha256sum data.bin | cut -d' ' -f1 > seen.sha",
+            "inputs": ["data.bin"],
+            "outputs": ["seen.sha"],
+        }
+        write_job(job_file, {"kind": "sh"}, [task])
+        m1 = cluster.start("m1", "--capabilities", "m", "--job", job_file, "--replicas", "0")
+        w1 = cluster.start("w1", "--capabilities", "sh")
+        finished = m1.wait_for(r"\] Job (\S+) finished: (\d+) succeeded, (\d+) failed, [\d.]+s elapsed$", timeout=30.0)
+        self.assertEqual(finished.group(2, 3), ("1", "0"), cluster.logs())
+        w1.wait_for(r"\] Node w1 fetched input data\.bin \(3,145,728 bytes, sha256 \S+\) from m1 in ")
+        fetched = cluster.path("fetched")
+        status, out, err = self.cli(cluster, m1.port, "fetch", finished.group(1), "--into", fetched)
+        self.assertEqual(status, 0, (out, err, cluster.logs()))
+        with open(os.path.join(fetched, finished.group(1), "t1", "seen.sha")) as f:
+            self.assertEqual(f.read().strip(), input_sha)

@@ -33,7 +33,7 @@ import re
 import secrets
 import stat
 import threading
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable
 
 from p2pexec.log import NodeLogger
@@ -207,6 +207,7 @@ class BlobStore:
         self._blobs: OrderedDict[str, int] = OrderedDict()
         self._total = 0
         self._holds: dict[str, frozenset[str]] = {}
+        self._pinned: Counter[str] = Counter()
         self._open: OrderedDict[str, int] = OrderedDict()
         for folder in (self._objects, self._incoming, self._holds_dir):
             os.makedirs(folder, exist_ok=True)
@@ -510,10 +511,26 @@ class BlobStore:
                 pass
             self._evict(keep="")
 
-    def held(self) -> set[str]:
-        """Every digest some owner holds."""
+    def pin(self, digests: Iterable[str]) -> None:
+        """
+        Keep C{digests} from eviction until as many L{unpin}s: in memory only,
+        for a task attempt between fetching its inputs and placing them (a
+        restart forgets pins, as it forgets the attempts).
+        """
         with self._lock:
-            result: set[str] = set()
+            self._pinned.update(digests)
+
+    def unpin(self, digests: Iterable[str]) -> None:
+        """Undo one L{pin} of each of C{digests}; evict if the cache is over its size now."""
+        with self._lock:
+            self._pinned.subtract(digests)
+            self._pinned = +self._pinned
+            self._evict(keep="")
+
+    def held(self) -> set[str]:
+        """Every digest some owner holds, or an attempt pins."""
+        with self._lock:
+            result: set[str] = set(self._pinned)
             for digests in self._holds.values():
                 result |= digests
             return result

@@ -25,7 +25,7 @@ L{p2pexec.sandbox}, L{p2pexec.transfer}), tests give fakes.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol, TypeVar
 
 import attr
@@ -78,6 +78,12 @@ class IBlobStore(Protocol):
 
     def add_file(self, path: str, move: bool = False) -> tuple[str, int]:
         """Hash the file at C{path} and keep it; its (digest, size)."""
+
+    def pin(self, digests: Iterable[str]) -> None:
+        """Keep these blobs from eviction until unpinned (in memory)."""
+
+    def unpin(self, digests: Iterable[str]) -> None:
+        """Undo one pin of each."""
 
 
 class ISandboxes(Protocol):
@@ -232,6 +238,10 @@ class FileRunner:
         key = (job, task.id, assignment.attempt)
         sandbox: str | None = None
         self._preparing.add(key)
+        # The inputs stay in the cache from their fetch until they are placed,
+        # even when fetching a later one would evict them.
+        inputs = [item.sha256 for item in task.inputs]
+        self._store.pin(inputs)
         try:
             try:
                 await self._fetch_inputs(job, task)
@@ -242,6 +252,7 @@ class FileRunner:
             except FileProblem as e:
                 return self._problem(job, assignment, e)
             finally:
+                self._store.unpin(inputs)
                 self._preparing.discard(key)
                 stopped = key in self._stopped
                 self._stopped.discard(key)

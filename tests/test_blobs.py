@@ -354,6 +354,25 @@ class EvictionTests(StoreMixin, TestCase):
         self.assertEqual(store.total_bytes, 20)
         self.assertEqual(store.evicted_files, 1)
 
+    def test_pinned_never_evicted(self) -> None:
+        """
+        A pinned blob is skipped like a held one, until as many unpins; pins
+        are not written down (a reopened store has none).
+        """
+        store = self.make_store(cache_size=20)
+        a, b = self.put(store, b"a" * 10), self.put(store, b"b" * 10)
+        store.pin([a])
+        store.pin([a])
+        c = self.put(store, b"c" * 10)
+        self.assertEqual([store.has(x) for x in (a, b, c)], [True, False, True])
+        store.unpin([a])
+        self.assertEqual(store.held(), {a})
+        store.unpin([a])
+        self.assertEqual(store.held(), set())
+        self.assertEqual(store.total_bytes, 20)
+        store.pin([c])
+        self.assertEqual(self.reopen(store).held(), set())
+
     def test_new_blob_kept_when_too_big(self) -> None:
         """A blob bigger than the whole cache is kept (it was just asked for); older ones go."""
         store = self.make_store(cache_size=10)

@@ -61,6 +61,8 @@ class FakeStore:
         self.blobs = {}
         self.max_transfer = max_transfer
         self.added = []
+        self.pins = []
+        self.pinned = []
 
     def has(self, digest):
         """Whether the blob is here."""
@@ -75,6 +77,17 @@ class FakeStore:
         if size > self.max_transfer:
             raise ValueError(f"blob {digest[:8]}... of {size} bytes is over --max-transfer ({self.max_transfer})")
         return FakeWriter(self, digest, size)
+
+    def pin(self, digests):
+        """Record a pin (what is pinned now, and the call)."""
+        self.pinned.extend(digests)
+        self.pins.append(("pin", list(digests)))
+
+    def unpin(self, digests):
+        """Record an unpin."""
+        for digest in digests:
+            self.pinned.remove(digest)
+        self.pins.append(("unpin", list(digests)))
 
     def add_file(self, path, move=False):
         """Hash and keep a file; remove it when moved."""
@@ -285,6 +298,26 @@ class FileRunnerTests(SynchronousTestCase):
         self.assertFalse(os.path.exists(sandbox))
         self.assertEqual(self.ops.pulls, [("m1", DIGEST)])
         self.assertEqual((runner.counters.inputs_fetched, runner.counters.inputs_fetched_bytes), (1, len(DATA)))
+
+    def test_inputs_pinned_from_fetch_until_placed(self):
+        """
+        An attempt's inputs are pinned in the cache while they are fetched and
+        placed (a later fetch cannot evict them), and unpinned before the task
+        runs, also when fetching fails.
+        """
+        pinned_while_running = []
+        self.inner.work = lambda cwd: pinned_while_running.append(list(self.store.pinned))
+        runner = self.make()
+        result = result_of(runner.run("j1", task([InputFile("a.csv", DIGEST, len(DATA))])))
+        self.assertEqual(result.status, SUCCEEDED)
+        self.assertEqual(self.store.pins, [("pin", [DIGEST]), ("unpin", [DIGEST])])
+        self.assertEqual(pinned_while_running, [[]])
+        self.sources = []
+        other = sha(b"other")
+        result = result_of(self.make().run("j1", task([InputFile("b.csv", other, 5)])))
+        self.assertEqual(result.status, ERROR)
+        self.assertEqual(self.store.pins[2:], [("pin", [other]), ("unpin", [other])])
+        self.assertEqual(self.store.pinned, [])
 
     def test_input_in_store_is_not_fetched(self):
         """An input the store has (this node leads the job, or ran it before) moves nothing."""

@@ -69,3 +69,6 @@ class NodeConfig:
     """Bytes of task files (inputs, outputs) kept in STATE/blobs, least recently used evicted first (C{--cache-size})."""
     max_transfer: int = 4 * 1024**3
     """The largest file, input or output, a node takes or sends, enforced while it streams (C{--max-transfer})."""
+    restricted_commands: bool = False
+    """Whether C{--allow} or C{--instructions} narrows what the node runs: then a task's input files are placed
+    only in a fresh sandbox, never in a C{cwd} the task names (files never widen what the node runs)."""

@@ -184,6 +184,7 @@ def build_files(
         in_thread,
         _Ops(),
         name=config.name,
+        restricted=config.restricted_commands,
     )
     return NodeFiles(store, sandboxes, service, files_runner, JobFiles(store, reactor, config.name))
 

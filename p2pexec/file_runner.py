@@ -182,6 +182,7 @@ class FileRunner:
         in_thread: InThread,
         ops: FileOps,
         name: str = "",
+        restricted: bool = False,
     ) -> None:
         """
         @param sources: the connections (AMP callers) to fetch a job's inputs
@@ -192,6 +193,10 @@ class FileRunner:
         @param in_thread: runs the blocking file work (hashing, copying).
         @param ops: the placing, collecting and transfer functions.
         @param name: this node's name, for the log.
+        @param restricted: whether the node's command policy (C{--allow},
+            C{--instructions}) narrows what it runs: a task with inputs and
+            its own C{cwd} is then refused, as its files could land in any
+            folder the node can write (an allowed program's, say).
         """
         self._inner = inner
         self._store = store
@@ -202,6 +207,7 @@ class FileRunner:
         self._in_thread = in_thread
         self._ops = ops
         self._name = name
+        self._restricted = restricted
         self._fetching: dict[str, list[Deferred[None]]] = {}
         self._stopped: set[tuple[str, str, int]] = set()
         self._preparing: set[tuple[str, str, int]] = set()
@@ -244,6 +250,12 @@ class FileRunner:
         self._store.pin(inputs)
         try:
             try:
+                if self._restricted and task.inputs and task.cwd is not None:
+                    raise FileProblem(
+                        f"refused by this node's command policy: task {task.id} names its own cwd "
+                        f"{task.cwd!r} and input files; under --allow or --instructions, input files are placed "
+                        f"only in a fresh sandbox (leave cwd out)"
+                    )
                 await self._fetch_inputs(job, task)
                 directory = task.cwd
                 if directory is None:

@@ -483,6 +483,7 @@ def config_from_options(options: Options) -> NodeConfig:
         master_lease=options["master-lease"],
         cache_size=options["cache-size"],
         max_transfer=options["max-transfer"],
+        restricted_commands=not options["command_policy"].allows_everything,
     )
 
 

@@ -8,6 +8,7 @@ journal's retention; options, status and metrics.
 from __future__ import annotations
 
 import hashlib
+import os
 
 from prometheus_client import generate_latest
 from twisted.internet.task import Clock
@@ -346,3 +347,11 @@ class OptionTests(SynchronousTestCase):
         )
         error = self.assertRaises(usage.UsageError, self.parse, "--max-transfer", "0")
         self.assertEqual(str(error), "--max-transfer must be above 0, not '0'")
+
+    def test_command_policy_restricts_file_placement(self):
+        """--allow or --instructions makes the node's file runner restricted; neither leaves it free."""
+        self.assertFalse(config_from_options(self.parse()).restricted_commands)
+        self.assertTrue(config_from_options(self.parse("--allow", "/usr/bin/true")).restricted_commands)
+        folder = self.mktemp()
+        os.makedirs(folder)
+        self.assertTrue(config_from_options(self.parse("--instructions", folder)).restricted_commands)

@@ -250,8 +250,8 @@ class FileRunnerTests(SynchronousTestCase):
         self.ops = FakeOps()
         self.inner = Inner()
 
-    def make(self):
-        """The runner under test, over the fakes."""
+    def make(self, restricted=False):
+        """The runner under test, over the fakes (C{restricted}: under a command policy)."""
 
         def push_to(job):
             if isinstance(self.push_target, Exception):
@@ -268,6 +268,7 @@ class FileRunnerTests(SynchronousTestCase):
             synchronous,
             self.ops,
             name="w1",
+            restricted=restricted,
         )
 
     def test_no_files_goes_straight_through(self):
@@ -445,6 +446,23 @@ class FileRunnerTests(SynchronousTestCase):
         result = result_of(self.make().run("j1", task(outputs=[OutputPattern("r.txt")])))
         self.assertEqual(result.status, ERROR)
         self.assertIn("its master m1 is not connected to node w1", result.error)
+
+    def test_policy_keeps_inputs_in_the_sandbox(self):
+        """
+        Under --allow or --instructions a task with inputs and its own cwd is
+        refused before anything is fetched or placed (its files could land in
+        an allowed program's folder); without cwd it runs in a sandbox.
+        """
+        cwd = os.path.join(self.root, "allowed-tools")
+        os.makedirs(cwd)
+        spec = task([InputFile("tool", DIGEST, len(DATA))], cwd=cwd)
+        result = result_of(self.make(restricted=True).run("j1", spec))
+        self.assertEqual(result.status, ERROR)
+        self.assertIn("refused by this node's command policy", result.error)
+        self.assertIn("leave cwd out", result.error)
+        self.assertEqual((os.listdir(cwd), self.ops.pulls, self.inner.runs), ([], [], []))
+        result = result_of(self.make(restricted=True).run("j1", task([InputFile("tool", DIGEST, len(DATA))])))
+        self.assertEqual(result.status, SUCCEEDED)
 
     def test_task_cwd_is_used_and_kept(self):
         """A task that sets C{cwd} gets its inputs there; nothing is removed, and outputs are copied, not moved."""

@@ -391,3 +391,43 @@ class ParserTests(SynchronousTestCase):
             job_tasks_from(args, None)  # type: ignore[arg-type]
         self.assertEqual(raised.exception.status, 2)
         self.assertIn("input '/nonexistent/x.csv': cannot be read: No such file or directory", raised.exception.message)
+
+
+class TaskObjectInputsTests(SynchronousTestCase):
+    """The Python client reads the local files that task objects name (L{p2pexec.client.api})."""
+
+    def setUp(self) -> None:
+        self.folder = os.path.abspath(self.mktemp())
+        os.makedirs(self.folder)
+        with open(os.path.join(self.folder, "a.csv"), "wb") as f:
+            f.write(b"1,2\n")
+        here = os.getcwd()
+        os.chdir(self.folder)
+        self.addCleanup(os.chdir, here)
+
+    def test_task_objects_read_relative_to_the_current_folder(self) -> None:
+        """Task objects (with defaults applied) become TaskSpecs whose inputs are hashed from the current folder."""
+        from p2pexec.client.api import _names_local_files, _with_inputs_read
+
+        tasks = [{"id": "t1", "command": ["cat", "a.csv"], "inputs": ["a.csv"]}, {"id": "t2"}]
+        self.assertTrue(_names_local_files(tasks, {"kind": "sh"}))
+        self.assertFalse(_names_local_files([{"id": "t1"}], {"kind": "sh"}))
+        self.assertTrue(_names_local_files([{"id": "t1"}], {"inputs": ["a.csv"]}))
+        specs = _with_inputs_read(tasks, {"kind": "sh"})
+        self.assertEqual([spec.kind for spec in specs], ["sh", "sh"])
+        (item,) = specs[0].inputs
+        self.assertEqual((item.name, item.size, item.sha256), ("a.csv", 4, hashlib.sha256(b"1,2\n").hexdigest()))
+        self.assertEqual(item.source, os.path.join(self.folder, "a.csv"))
+
+    def test_missing_file_and_mixed_tasks_refused(self) -> None:
+        """A missing input is one JobRefused naming it; task objects with files mixed with TaskSpecs are refused."""
+        from p2pexec.client.api import _with_inputs_read
+        from p2pexec.client.errors import JobRefused
+
+        error = self.assertRaises(
+            JobRefused, _with_inputs_read, [{"id": "t1", "kind": "sh", "inputs": ["b.csv"]}], None
+        )
+        self.assertIn("'b.csv'", str(error))
+        mixed = [{"id": "t1", "kind": "sh", "inputs": ["a.csv"]}, TaskSpec(id="t2", kind="sh")]
+        error = self.assertRaises(JobRefused, _with_inputs_read, mixed, None)
+        self.assertIn("not mixed", str(error))

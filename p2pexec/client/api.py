@@ -25,6 +25,7 @@ C{p2pexec} command does.
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -36,6 +37,7 @@ from p2pexec import commands
 from p2pexec.client import calls
 from p2pexec.client.connection import DEFAULT_TIMEOUT, NodeClient, parse_address
 from p2pexec.client.errors import ClientError, OutputNotReady
+from p2pexec.client.fetching import FetchSummary, fetch_outputs
 from p2pexec.client.keys import check_tls, find_key, load_key_file, node_connector
 from p2pexec.client.results import JobRef, JobResult, JobStatus, TaskResult
 from p2pexec.model import TaskSpec
@@ -63,6 +65,35 @@ def job_id(job: JobLike | Any) -> str:
     if not isinstance(identifier, str):
         raise TypeError(f"expected a job or a job id, not {job!r}")
     return identifier
+
+
+def _names_local_files(tasks: Sequence[TaskInput], defaults: Mapping[str, Any] | None) -> bool:
+    """Whether some task object (or the defaults) has C{inputs}: local files to read and send first."""
+    return bool((defaults or {}).get("inputs")) or any(
+        not isinstance(task, TaskSpec) and bool(task.get("inputs")) for task in tasks
+    )
+
+
+def _with_inputs_read(tasks: Sequence[TaskInput], defaults: Mapping[str, Any] | None) -> list[TaskSpec]:
+    """
+    Task objects (with C{defaults} applied) as L{TaskSpec}s whose inputs are
+    read and hashed, relative to the current folder, as a job file's are.
+
+    @raise JobRefused: for a bad task or input (naming it), or task objects mixed with L{TaskSpec}s.
+    """
+    from p2pexec.client.errors import JobRefused
+    from p2pexec.jobfile import JobFileError, parse_job
+
+    objects = [task for task in tasks if not isinstance(task, TaskSpec)]
+    if len(objects) != len(tasks):
+        raise JobRefused("give tasks with input files all as task objects or all as TaskSpecs, not mixed")
+    document: dict[str, Any] = {"task": [dict(task) for task in objects]}
+    if defaults:
+        document["defaults"] = dict(defaults)
+    try:
+        return parse_job(document, label="job", base=os.getcwd())
+    except JobFileError as e:
+        raise JobRefused(str(e)) from None
 
 
 def _progress(status: JobStatus) -> tuple[Any, ...]:
@@ -193,6 +224,9 @@ class AsyncClient:
             except (OSError, ValueError) as e:
                 raise JobRefused(f"job file {tasks}: {e}") from None
             tasks = loaded
+        elif _names_local_files(tasks, defaults):
+            # Task objects naming local files: read them here, as a job file's (relative to the current folder).
+            tasks, defaults = _with_inputs_read(tasks, defaults), None
         listed = list(tasks)
         identifier = await calls.submit_tasks(self._node, listed, defaults, priority)
         return JobRef(identifier, self.address, len(listed))
@@ -221,6 +255,16 @@ class AsyncClient:
             return [JobStatus.from_summary(job) for job in answer["jobs"]]
 
         return Deferred.fromCoroutine(jobs())
+
+    def fetch(self, job: JobLike, into: str = ".") -> Deferred[FetchSummary]:
+        """
+        Fetch the output files of the job's results into C{into/JOB/TASK/PATH},
+        each checked against its size and SHA-256 (FETCH_BLOB, through this
+        node); a file already there with the same content is left alone.
+        Fires with a L{FetchSummary}, whose C{problems} name each output not
+        fetched (one line each).
+        """
+        return Deferred.fromCoroutine(fetch_outputs(self._node, job_id(job), into))
 
     def cancel(self, job: JobLike) -> Deferred[int]:
         """Cancel the job (CANCEL_JOB): no task of it starts any more, running ones are stopped; how many were cancelled."""

@@ -38,6 +38,7 @@ from twisted.python import threadable
 from p2pexec.client.api import POLL_INTERVAL, AsyncClient, JobLike, LogPieces, TaskInput, connect, job_id
 from p2pexec.client.connection import DEFAULT_TIMEOUT
 from p2pexec.client.errors import ClientClosed
+from p2pexec.client.fetching import FetchSummary
 from p2pexec.client.results import JobRef, JobResult, JobStatus, TaskResult
 
 T = TypeVar("T")
@@ -261,6 +262,11 @@ class Client:
         client = self._async()
         return self._bridge.wait(lambda: client.cancel(job))
 
+    def fetch(self, job: JobLike, into: str = ".") -> FetchSummary:
+        """The output files of the job's results, fetched into C{into/JOB/TASK/PATH} (see L{AsyncClient.fetch})."""
+        client = self._async()
+        return self._bridge.wait(lambda: client.fetch(job, into))
+
     def logs(self, job: JobLike, task: str, stream: str = "stdout", follow: bool = False) -> Logs:
         """
         A task's whole output, in pieces of bytes; with C{follow}, until its
@@ -360,6 +366,10 @@ class Job:
     def cancel(self) -> int:
         """Cancel it; how many tasks were cancelled."""
         return self.client.cancel(self.id)
+
+    def fetch(self, into: str = ".") -> FetchSummary:
+        """Its results' output files, fetched into C{into/JOB/TASK/PATH} (see L{AsyncClient.fetch})."""
+        return self.client.fetch(self.id, into)
 
     def logs(self, task: str, stream: str = "stdout", follow: bool = False) -> Logs:
         """A task's whole output, in pieces of bytes; with C{follow}, until its attempt ends (see L{Logs})."""

@@ -24,6 +24,20 @@ def _int(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
+def _outputs(value: Any) -> tuple[Mapping[str, Any], ...]:
+    """A JOB_TASKS entry's C{outputs}: the well-formed ones (path, size, sha256), the rest skipped."""
+    if not isinstance(value, list):
+        return ()
+    return tuple(
+        {"path": each["path"], "size": each["size"], "sha256": each["sha256"]}
+        for each in value
+        if isinstance(each, dict)
+        and isinstance(each.get("path"), str)
+        and isinstance(each.get("size"), int)
+        and isinstance(each.get("sha256"), str)
+    )
+
+
 @attr.s(frozen=True, auto_attribs=True)
 class JobRef:
     """
@@ -63,6 +77,9 @@ class TaskResult:
         the exit code.
     @ivar attempt: which attempt this is (1 for the first; 0 before any).
     @ivar kind: the task's kind.
+    @ivar outputs: the files its attempt sent back (issue 16), each a
+        mapping with C{path}, C{size} and C{sha256}; fetch them with
+        C{fetch}.
     @ivar raw: the task as the node sent it (C{Task} in docs/api.rst).
     """
 
@@ -77,6 +94,7 @@ class TaskResult:
     error: str | None = None
     attempt: int = 0
     kind: str = ""
+    outputs: tuple[Mapping[str, Any], ...] = ()
     raw: Mapping[str, Any] = attr.ib(factory=dict, eq=False, repr=False)
 
     @property
@@ -109,6 +127,7 @@ class TaskResult:
             error=text("error"),
             attempt=_int(entry.get("attempts")) or 0,
             kind=text("kind") or "",
+            outputs=_outputs(entry.get("outputs")),
             raw=dict(entry),
         )
 

@@ -174,8 +174,8 @@ def build_files(
     store = BlobStore(os.path.join(config.state_dir, "blobs"), config.cache_size, config.max_transfer)
     sandboxes = sandbox.Sandboxes(os.path.join(config.state_dir, "sandboxes"))
     # Incoming blobs are hashed and written in one thread, in order, off the reactor.
+    # (A daemon thread, idle between blobs: nothing to stop.)
     writing = SerialThread(reactor)
-    reactor.addSystemEventTrigger("after", "shutdown", writing.stop)
     service = FileService(store, reactor, run=writing)
 
     def in_thread(f: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred[Any]:

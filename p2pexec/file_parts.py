@@ -19,6 +19,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 
 from p2pexec import sandbox, transfer
+from p2pexec.blob_thread import Runner, SerialThread, inline
 from p2pexec.blobs import BlobStore
 from p2pexec.config import NodeConfig
 from p2pexec.directory import JobDirectory
@@ -92,7 +93,10 @@ class NodeFiles:
 
 
 class _Ops:
-    """The L{p2pexec.file_runner.FileOps} of the real modules."""
+    """The L{p2pexec.file_runner.FileOps} of the real modules; a blob pulled is hashed and written by C{run}."""
+
+    def __init__(self, run: Runner = inline) -> None:
+        self._run = run
 
     def place_inputs(self, store: Any, directory: str, inputs: Sequence[tuple[str, str]]) -> None:
         """L{p2pexec.sandbox.place_inputs}."""
@@ -106,7 +110,7 @@ class _Ops:
 
     def pull(self, caller: Any, writer: Any) -> Deferred[None]:
         """L{p2pexec.transfer.pull}."""
-        return transfer.pull(caller, writer)
+        return transfer.pull(caller, writer, run=self._run)
 
     def push(self, caller: Any, read: Callable[[int, int], bytes], digest: str, size: int) -> Deferred[int]:
         """L{p2pexec.transfer.push}."""
@@ -169,7 +173,10 @@ def build_files(
         return None
     store = BlobStore(os.path.join(config.state_dir, "blobs"), config.cache_size, config.max_transfer)
     sandboxes = sandbox.Sandboxes(os.path.join(config.state_dir, "sandboxes"))
-    service = FileService(store, reactor)
+    # Incoming blobs are hashed and written in one thread, in order, off the reactor.
+    # (A daemon thread, idle between blobs: nothing to stop.)
+    writing = SerialThread(reactor)
+    service = FileService(store, reactor, run=writing)
 
     def in_thread(f: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred[Any]:
         return deferToThreadPool(reactor, reactor.getThreadPool(), f, *args, **kwargs)
@@ -182,7 +189,7 @@ def build_files(
         push_to_leader(peers, directory, master, config.name),
         reactor,
         in_thread,
-        _Ops(),
+        _Ops(writing),
         name=config.name,
         restricted=config.restricted_commands,
     )

@@ -10,7 +10,7 @@ for a client asking for a blob this node lacks, the first connected peer
 that says (HAVE_BLOBS) it has it, piece by piece (one hop: a peer's
 FETCH_BLOB is answered from the store only).
 
-L{FileCommands} is the responder, mixed into L{p2pexec.peer.PeerProtocol}:
+L{p2pexec.file_commands.FileCommands} is the responder, mixed into L{p2pexec.peer.PeerProtocol}:
 it checks the arguments and hands the work to the node's service
 (C{IPeerHandler.files}; C{None}: the node moves no files).
 """
@@ -18,8 +18,8 @@ it checks the arguments and hands the work to the node's service
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.internet.defer import Deferred, TimeoutError
 from twisted.internet.interfaces import IReactorTime
@@ -27,14 +27,13 @@ from twisted.protocols import amp
 from twisted.python.failure import Failure
 
 from p2pexec import commands
-from p2pexec.framing import bad_arguments
+from p2pexec.blob_thread import QueuedWriter, Runner, inline
 from p2pexec.log import NodeLogger
 from p2pexec.model import shorten
 from p2pexec.transfer import _call, rate
 
 if TYPE_CHECKING:
-    from p2pexec.interfaces import IPeerHandler
-    from p2pexec.model import NodeInfo
+    pass
 
 log = NodeLogger()
 
@@ -50,20 +49,19 @@ ASK_TIMEOUT = 30.0
 MAX_INCOMING = 16
 """The most blobs one connection may be sending at once (each has a writer and a temporary file)."""
 
+MAX_QUEUED = 16
+"""The most PUT_BLOB boxes of one blob taken and not yet written (answered): a sender's window, bounded."""
+
 _REMEMBERED = 1_000
 """The most refused transfers remembered per connection, and blob sources remembered for the proxy."""
 
 
 class IBlobWriter(Protocol):
-    """An incoming blob being written (a L{p2pexec.blobs.BlobWriter}): what the service uses of it."""
+    """An incoming blob being written (a L{p2pexec.blobs.BlobWriter}): what the service runs (through a L{Runner})."""
 
     digest: str
     size: int
     received: int
-
-    @property
-    def complete(self) -> bool:
-        """Whether all C{size} bytes were written."""
 
     def write(self, offset: int, data: bytes) -> None:
         """Append C{data} at C{offset} (the bytes received so far); C{ValueError} (BlobError) otherwise."""
@@ -102,6 +100,13 @@ class IFileConnection(Protocol):
     def closed(self) -> bool:
         """Whether the connection is closed, or closing."""
 
+    @property
+    def client(self) -> bool:
+        """Whether a client is on the other end (not a node)."""
+
+    def address(self) -> str:
+        """HOST:PORT of the other end."""
+
     def describe(self) -> str:
         """Who is on the other end, for log lines."""
 
@@ -116,7 +121,7 @@ class _Incoming:
     """The blobs one connection is sending: their writers, and the transfers refused."""
 
     def __init__(self) -> None:
-        self.writers: dict[str, IBlobWriter] = {}
+        self.writers: dict[str, QueuedWriter] = {}
         self.started: dict[str, float] = {}
         self.refused: set[str] = set()
 
@@ -148,14 +153,19 @@ class FileService:
         clock: IReactorTime,
         timeout: float = ASK_TIMEOUT,
         max_incoming: int = MAX_INCOMING,
+        run: Runner = inline,
     ) -> None:
         """
         @param store: the node's blobs.
         @param clock: for the timeout of the proxy's questions.
         @param timeout: seconds to wait for a peer's answer (proxy).
         @param max_incoming: the most blobs one connection may send at once.
+        @param run: runs the writes (hashing, writing, the final check) of
+            incoming blobs, in order: a L{p2pexec.blob_thread.SerialThread}
+            moves them off the reactor thread.
         """
         self.store = store
+        self._run = run
         self._clock = clock
         self._timeout = timeout
         self._max_incoming = max_incoming
@@ -192,12 +202,17 @@ class FileService:
         state = self._incoming.get(connection)
         return len(state.writers) if state is not None else 0
 
-    def put(self, connection: IFileConnection, digest: str, size: int, offset: int, data: bytes) -> dict[str, Any]:
+    def put(
+        self, connection: IFileConnection, digest: str, size: int, offset: int, pieces: Sequence[bytes]
+    ) -> dict[str, Any] | Deferred[dict[str, Any]]:
         """
-        Take one piece of PUT_BLOB (its arguments checked already by
-        L{check_piece}).
+        Take one box of PUT_BLOB (its arguments checked already by
+        L{check_piece}): C{pieces} follow each other from C{offset}.  The
+        answer comes once they are written (so the sender's window bounds
+        what waits here).
 
-        @raise commands.TransferRefused: with one sentence, logged.
+        @raise commands.TransferRefused: with one sentence, logged (the
+            Deferred fails with it if the write or the final check fails).
         """
         state = self._incoming.get(connection)
         if state is None:
@@ -205,12 +220,10 @@ class FileService:
             connection.when_lost().addCallback(lambda _: self.connection_lost(connection))
         writer = state.writers.get(digest)
         name = digest[:12]
-        if offset + len(data) > size:
+        end = offset + sum(len(piece) for piece in pieces)
+        if end > size:
             raise self._refuse(
-                connection,
-                state,
-                digest,
-                f"the piece ends at byte {offset + len(data)}, past the declared size of {size} bytes",
+                connection, state, digest, f"the piece ends at byte {end}, past the declared size of {size} bytes"
             )
         if writer is None:
             if offset != 0 and digest in state.refused:
@@ -245,7 +258,7 @@ class FileService:
                     f"this connection is sending {len(state.writers)} blobs already (at most {self._max_incoming})",
                 )
             try:
-                writer = self.store.receive(digest, size)
+                writer = QueuedWriter(self.store.receive(digest, size), self._run)
             except (ValueError, OSError) as e:
                 raise self._refuse(connection, state, digest, str(e)) from None
             state.writers[digest] = writer
@@ -254,35 +267,57 @@ class FileService:
             raise self._refuse(
                 connection, state, digest, f"blob {name} is being sent with {writer.size} bytes, not {size}"
             )
-        if offset != writer.received:
-            raise self._refuse(connection, state, digest, f"offset {offset}, expected {writer.received}")
-        try:
-            writer.write(offset, data)
-            self.received_bytes += len(data)
-            if not writer.complete:
-                return {"received": writer.received, "complete": False}
+        if offset != writer.accepted:
+            raise self._refuse(connection, state, digest, f"offset {offset}, expected {writer.accepted}")
+        if writer.queued >= MAX_QUEUED:
+            raise self._refuse(
+                connection,
+                state,
+                digest,
+                f"{writer.queued} boxes of blob {name} wait to be written (at most {MAX_QUEUED})",
+            )
+        written = writer.write(offset, pieces)
+        self.received_bytes += end - offset
+
+        def failed(failure: Failure) -> Failure:
+            failure.trap(ValueError, OSError)
+            if writer.stopped and state.writers.get(digest) is not writer:
+                # A box after a refusal of this transfer, or after the connection closed.
+                raise commands.TransferRefused(f"an earlier piece of blob {name} was refused; start again at offset 0")
+            raise self._refuse(connection, state, digest, str(failure.value), writer)
+
+        if not writer.complete:
+            return written.addCallbacks(lambda _: {"received": end, "complete": False}, failed)
+        # The writer stays in state.writers until kept: a failure below refuses this transfer.
+        return written.addCallback(lambda _: writer.finish()).addCallbacks(
+            lambda _: self._kept(connection, state, writer), failed
+        )
+
+    def _kept(self, connection: IFileConnection, state: _Incoming, writer: QueuedWriter) -> dict[str, Any]:
+        """An incoming blob is whole, checked and kept: count it and log it; the last answer."""
+        digest, size = writer.digest, writer.size
+        if state.writers.get(digest) is writer:
             del state.writers[digest]
-            writer.finish()
-        except (ValueError, OSError) as e:
-            writer.abort()
-            raise self._refuse(connection, state, digest, str(e)) from None
         self.received_files += 1
         took = self._clock.seconds() - state.started.pop(digest, self._clock.seconds())
         log.info(
             "{Me} received file {digest} ({size} bytes) from {peer} in {took:.2f}s ({rate})",
             Me=self._me[:1].upper() + self._me[1:],
-            digest=name,
+            digest=digest[:12],
             size=f"{size:,}",
-            peer=connection.describe(),
+            peer=_who(connection),
             took=took,
             rate=rate(size, took),
         )
         return {"received": size, "complete": True}
 
-    def _refuse(self, connection: IFileConnection, state: _Incoming, digest: str, why: str) -> commands.TransferRefused:
+    def _refuse(
+        self, connection: IFileConnection, state: _Incoming, digest: str, why: str, writer: QueuedWriter | None = None
+    ) -> commands.TransferRefused:
         """Abort the transfer of C{digest} on C{connection}, log C{why}, count it; the error to raise."""
-        writer = state.writers.pop(digest, None)
-        state.started.pop(digest, None)
+        if writer is None or state.writers.get(digest) is writer:
+            writer = state.writers.pop(digest, None)
+            state.started.pop(digest, None)
         if writer is not None:
             writer.abort()
         if len(state.refused) >= _REMEMBERED:
@@ -290,7 +325,7 @@ class FileService:
         state.refused.add(digest)
         self.refused += 1
         why = shorten(why)
-        log.warn("Refused PUT_BLOB from {peer}: {reason}", peer=connection.describe(), reason=why)
+        log.warn("Refused PUT_BLOB from {peer}: {reason}", peer=_who(connection), reason=why)
         return commands.TransferRefused(why)
 
     def connection_lost(self, connection: IFileConnection) -> None:
@@ -305,7 +340,7 @@ class FileService:
                 "the connection closed",
                 me=self._me,
                 digest=digest[:12],
-                peer=connection.describe(),
+                peer=_who(connection),
                 received=writer.received,
                 size=writer.size,
             )
@@ -339,11 +374,18 @@ class FileService:
         return self._proxy(connection, digest, offset, limit)
 
     def _count_sent(self, offset: int, data: bytes, size: int) -> dict[str, Any]:
-        """Count a piece answered; the answer."""
+        """Count the bytes answered; the answer, in pieces of at most L{commands.PIECE_LIMIT} bytes."""
         self.sent_bytes += len(data)
         if offset + len(data) == size and (data or size == 0):
             self.sent_files += 1
-        return {"data": data, "size": size}
+        view = memoryview(data)
+        answer: dict[str, Any] = {"data": view[: commands.PIECE_LIMIT], "size": size}
+        for n, name in enumerate(commands.EXTRA_PIECES, 1):
+            piece = view[n * commands.PIECE_LIMIT : (n + 1) * commands.PIECE_LIMIT]
+            if not piece:
+                break
+            answer[name] = piece
+        return answer
 
     def _proxy(self, connection: IFileConnection, digest: str, offset: int, limit: int) -> Deferred[dict[str, Any]]:
         """A piece of a blob this node lacks, from the peer that has it (found once per blob)."""
@@ -432,7 +474,11 @@ class FileService:
         asked.addTimeout(self._timeout, self._clock)
 
         def got(answer: dict[str, Any]) -> dict[str, Any]:
-            return self._count_sent(offset, answer["data"], answer["size"])
+            try:
+                data = b"".join(commands.pieces_of(answer))
+            except ValueError as e:
+                raise commands.TransferRefused(str(e)) from None
+            return self._count_sent(offset, data, answer["size"])
 
         def failed(failure: Failure) -> Failure:
             if self._sources.get(digest) is source:
@@ -452,6 +498,11 @@ class FileService:
         return asked.addCallbacks(got, failed)
 
 
+def _who(connection: IFileConnection) -> str:
+    """Who sends on C{connection}, for log lines: a node (its name and address), or a client (its address)."""
+    return f"a client at {connection.address()}" if connection.client else connection.describe()
+
+
 def _reason(failure: Failure, timeout: float) -> str:
     """Why a peer did not answer, in a few words."""
     if failure.check(TimeoutError):
@@ -459,92 +510,3 @@ def _reason(failure: Failure, timeout: float) -> str:
     if failure.check(amp.UnhandledCommand):
         return "it does not know the file commands (an older p2pexec?)"
     return shorten(failure.getErrorMessage() or str(failure.type))
-
-
-# -- the arguments ------------------------------------------------------------------
-
-
-def check_digest(value: str, what: str = "sha256") -> None:
-    """C{ValueError} unless C{value} is a SHA-256 digest (64 lowercase hex digits)."""
-    if not DIGEST.fullmatch(value):
-        raise ValueError(
-            f"{what!r} must be a SHA-256 digest of 64 lowercase hex digits, not {shorten(repr(value), 80)}"
-        )
-
-
-def check_digests(value: Any) -> list[str]:
-    """HAVE_BLOBS' C{digests}: a list of at most L{commands.MAX_DIGESTS} digests; C{ValueError} otherwise."""
-    if not isinstance(value, list) or len(value) > commands.MAX_DIGESTS:
-        raise ValueError(f"'digests' must be a list of at most {commands.MAX_DIGESTS} SHA-256 digests")
-    for digest in value:
-        if not isinstance(digest, str):
-            raise ValueError("'digests' must hold strings")
-        check_digest(digest, "digests")
-    return value
-
-
-def check_piece(sha256: str, size: int, offset: int, data: bytes) -> None:
-    """PUT_BLOB's arguments, on their own (the transfer is checked by the service); C{ValueError} otherwise."""
-    check_digest(sha256)
-    if size < 0 or offset < 0:
-        raise ValueError("'size' and 'offset' must be 0 or more")
-    if len(data) > commands.PIECE_LIMIT:
-        raise ValueError(f"'data' holds {len(data)} bytes, more than {commands.PIECE_LIMIT}")
-    if not data and size != 0:
-        raise ValueError("'data' is empty, but the blob is not")
-
-
-class FileCommands(amp.CommandLocator):
-    """The responders to HAVE_BLOBS, PUT_BLOB and FETCH_BLOB, mixed into L{p2pexec.peer.PeerProtocol}."""
-
-    _handler: IPeerHandler
-    peer: NodeInfo | None
-
-    def describe(self) -> str:
-        """The peer's name and address, for log lines (provided by the protocol)."""
-        raise NotImplementedError
-
-    def require_owner(self, command: str) -> None:
-        """Refuse C{command} unless this side may submit (provided by L{p2pexec.client_commands.ClientCommands})."""
-        raise NotImplementedError
-
-    def _files(self) -> FileService | None:
-        """The node's file service; C{None}: it moves no files (a test's handler may not have one at all)."""
-        return getattr(self._handler, "files", None)
-
-    @commands.HaveBlobs.responder
-    def _have_blobs(self, digests: Any) -> dict[str, Any]:
-        try:
-            asked = check_digests(digests)
-        except ValueError as e:
-            raise bad_arguments(self.describe(), "HAVE_BLOBS", e) from None
-        files = self._files()
-        return {"missing": list(dict.fromkeys(asked)) if files is None else files.have(asked)}
-
-    @commands.PutBlob.responder
-    def _put_blob(self, sha256: str, size: int, offset: int, data: bytes) -> dict[str, Any]:
-        try:
-            check_piece(sha256, size, offset, data)
-        except ValueError as e:
-            raise bad_arguments(self.describe(), "PUT_BLOB", e) from None
-        if self.peer is None:
-            # A client's (no handshake): only the node's owner may store files.
-            self.require_owner("PUT_BLOB")
-        files = self._files()
-        if files is None:
-            log.warn("Refused PUT_BLOB from {peer}: this node moves no files", peer=self.describe())
-            raise commands.TransferRefused("not allowed: this node moves no files")
-        return files.put(cast(IFileConnection, self), sha256, size, offset, data)
-
-    @commands.FetchBlob.responder
-    def _fetch_blob(self, sha256: str, offset: int, limit: int) -> dict[str, Any] | Deferred[dict[str, Any]]:
-        try:
-            check_digest(sha256)
-            if offset < 0 or not 0 <= limit <= commands.PIECE_LIMIT:
-                raise ValueError(f"'offset' must be 0 or more and 'limit' 0 to {commands.PIECE_LIMIT}")
-        except ValueError as e:
-            raise bad_arguments(self.describe(), "FETCH_BLOB", e) from None
-        files = self._files()
-        if files is None:
-            raise commands.NoSuchBlob("this node moves no files")
-        return files.fetch(cast(IFileConnection, self), sha256, offset, limit, proxy=self.peer is None)

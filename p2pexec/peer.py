@@ -10,7 +10,7 @@ the machine says whether it is served, refused with the connection kept,
 or refused and the connection closed.  Every refusal is a declared error,
 so a bad box is answered and logged.  A client's commands are answered by
 L{p2pexec.client_commands.ClientCommands}, the file commands by
-L{p2pexec.file_service.FileCommands}.
+L{p2pexec.file_commands.FileCommands}.
 """
 
 from __future__ import annotations
@@ -46,7 +46,8 @@ from p2pexec.connection_states import (
     is_authenticated,
     is_gone,
 )
-from p2pexec.file_service import FILE_COMMANDS, FileCommands
+from p2pexec.file_commands import FileCommands
+from p2pexec.file_service import FILE_COMMANDS
 from p2pexec.framing import MAX_BOX_BYTES, CheckedAMP, bad_arguments, parse_error, short_refusal
 from p2pexec.interfaces import IPeerHandler
 from p2pexec.log import NodeLogger

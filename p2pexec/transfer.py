@@ -3,11 +3,15 @@ Moving blobs over AMP (issue 16): the sending and pulling sides of
 HAVE_BLOBS, PUT_BLOB and FETCH_BLOB (see L{p2pexec.commands.files} and
 docs/protocol.rst, "Files").
 
-A blob travels in pieces of L{PIECE} bytes, at most C{window} of them
-unanswered at once: a sender holds at most C{window} pieces in memory (its
-own requests), and so does the receiver (AMP reads them one box at a time),
-whatever the blob's size.  The window keeps the connection busy while
-answers come back; no piece is copied more than AMP itself copies it.
+A blob travels in pieces of L{PIECE} bytes, up to L{PIECES} of them in
+one box (PUT_BLOB's C{data}, C{data1}...; FETCH_BLOB's answer), at most
+C{window} boxes unanswered at once: a sender holds at most C{window} boxes
+in memory (its own requests), and so does the receiver (it answers a box
+once its pieces are written), whatever the blob's size.  The window keeps
+the connection busy while answers come back; several pieces a box spare
+most of AMP's cost per box.  A puller writes through a
+L{p2pexec.blob_thread.Runner}, so that hashing and writing may run in
+another thread; a box counts in the window until it is written.
 
 Used by the client (uploads, fetching outputs), the worker (inputs in,
 outputs out) and the node's L{p2pexec.file_service.FileService} (the
@@ -18,6 +22,7 @@ the bytes, from a file or a store.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, FirstError, gatherResults
@@ -25,12 +30,16 @@ from twisted.protocols import amp
 from twisted.python.failure import Failure
 
 from p2pexec import commands
+from p2pexec.blob_thread import Runner, inline
 
 PIECE = commands.PIECE_LIMIT
 """The bytes of one piece: 60,000, so that a piece fits one AMP value (65,535 bytes)."""
 
-WINDOW = 8
-"""How many pieces of one transfer may be unanswered at once, by default."""
+PIECES = commands.PIECES_PER_BOX
+"""The pieces one box carries, by default (16: 960,000 bytes)."""
+
+WINDOW = 4
+"""How many boxes of one transfer may be unanswered at once, by default."""
 
 
 class Caller(Protocol):
@@ -107,11 +116,16 @@ def _first_error(failure: Failure) -> Failure:
 
 
 def push(
-    caller: Caller, read: Callable[[int, int], bytes], digest: str, size: int, window: int = WINDOW
+    caller: Caller,
+    read: Callable[[int, int], bytes],
+    digest: str,
+    size: int,
+    window: int = WINDOW,
+    pieces: int = PIECES,
 ) -> Deferred[int]:
     """
-    Send the blob C{digest} of C{size} bytes (PUT_BLOB pieces, in order, at
-    most C{window} unanswered).
+    Send the blob C{digest} of C{size} bytes (PUT_BLOB boxes of up to
+    C{pieces} pieces, in order, at most C{window} boxes unanswered).
 
     @param read: C{read(offset, limit)} gives the C{limit} bytes at
         C{offset} (a file, or a store); fewer bytes than asked means the
@@ -121,18 +135,21 @@ def push(
         the other side had it already); fails with the other side's refusal
         (L{commands.TransferRefused}) or a local error.
     """
-    return _Push(caller, read, digest, size, max(1, window)).done
+    return _Push(caller, read, digest, size, max(1, window), min(max(1, pieces), PIECES)).done
 
 
 class _Push:
-    """One blob being sent: the pieces sent, the answers awaited."""
+    """One blob being sent: the boxes sent, the answers awaited."""
 
-    def __init__(self, caller: Caller, read: Callable[[int, int], bytes], digest: str, size: int, window: int) -> None:
+    def __init__(
+        self, caller: Caller, read: Callable[[int, int], bytes], digest: str, size: int, window: int, pieces: int
+    ) -> None:
         self._caller = caller
         self._read = read
         self._digest = digest
         self._size = size
         self._window = window
+        self._pieces = pieces
         self._next = 0
         self._started = False
         self._unanswered = 0
@@ -141,32 +158,39 @@ class _Push:
         self._send()
 
     def _send(self) -> None:
-        """Send pieces until C{window} are unanswered or none is left."""
+        """Send boxes until C{window} are unanswered or none is left."""
         while (
             not self.done.called and self._unanswered < self._window and (self._next < self._size or not self._started)
         ):
             offset = self._next
-            limit = min(PIECE, self._size - offset)
-            try:
-                data = self._read(offset, limit)
-            except Exception:
-                self._fail(Failure())
-                return
-            if len(data) != limit:
-                self._fail(
-                    Failure(
-                        commands.TransferRefused(
-                            f"read {len(data)} bytes at offset {offset} of blob {self._digest[:12]}, expected {limit}: "
-                            f"the file changed since it was hashed"
+            box: dict[str, bytes] = {}
+            at = offset
+            for name in ("data", *commands.EXTRA_PIECES[: self._pieces - 1]):
+                limit = min(PIECE, self._size - at)
+                if name != "data" and limit == 0:
+                    break
+                try:
+                    data = self._read(at, limit)
+                except Exception:
+                    self._fail(Failure())
+                    return
+                if len(data) != limit:
+                    self._fail(
+                        Failure(
+                            commands.TransferRefused(
+                                f"read {len(data)} bytes at offset {at} of blob {self._digest[:12]}, expected "
+                                f"{limit}: the file changed since it was hashed"
+                            )
                         )
                     )
-                )
-                return
+                    return
+                box[name] = data
+                at += limit
             self._started = True
-            self._next = offset + limit
+            self._next = at
             self._unanswered += 1
-            d = _call(self._caller, commands.PutBlob, sha256=self._digest, size=self._size, offset=offset, data=data)
-            d.addCallbacks(self._answered, self._fail, callbackArgs=(offset, limit))
+            d = _call(self._caller, commands.PutBlob, sha256=self._digest, size=self._size, offset=offset, **box)
+            d.addCallbacks(self._answered, self._fail, callbackArgs=(offset, at - offset))
 
     def _answered(self, answer: dict[str, Any], offset: int, limit: int) -> None:
         """A piece was taken: finish if the blob is whole there, else send more."""
@@ -174,7 +198,7 @@ class _Push:
         if self.done.called:
             return
         if offset == 0 and answer["complete"] and limit < self._size:
-            # The first piece cannot have made it whole: it had the blob already.
+            # The first box cannot have made it whole: it had the blob already.
             self.done.callback(0)
             return
         self._sent += limit
@@ -185,7 +209,7 @@ class _Push:
                 Failure(
                     commands.TransferRefused(
                         f"the receiver holds {answer['received']} of the {self._size} bytes of blob "
-                        f"{self._digest[:12]} after the last piece, and does not call it complete"
+                        f"{self._digest[:12]} after the last box, and does not call it complete"
                     )
                 )
             )
@@ -198,80 +222,117 @@ class _Push:
             self.done.errback(failure)
 
 
-def pull(caller: Caller, writer: IBlobWriter, window: int = WINDOW) -> Deferred[None]:
+def pull(
+    caller: Caller, writer: IBlobWriter, window: int = WINDOW, pieces: int = PIECES, run: Runner = inline
+) -> Deferred[None]:
     """
     Fetch the blob C{writer.digest} of C{writer.size} bytes (FETCH_BLOB
-    pieces, at most C{window} unanswered) into C{writer}, in order even if
-    answers came out of order, then C{writer.finish()}.  On any failure
-    C{writer.abort()} is called and the Deferred fails (with the other
-    side's error, L{commands.NoSuchBlob} say, or L{commands.TransferRefused}
-    if its answers do not add up).
+    boxes of up to C{pieces} pieces, at most C{window} boxes unanswered or
+    waiting to be written) into C{writer}, in order even if answers came
+    out of order, then C{writer.finish()}.  C{run} runs each write and the
+    finish (in order: another thread, say).  On any failure
+    C{writer.abort()} is called (through C{run}, after the writes under
+    way) and the Deferred fails (with the other side's error,
+    L{commands.NoSuchBlob} say, or L{commands.TransferRefused} if its
+    answers do not add up).
     """
-    return _Pull(caller, writer, max(1, window)).done
+    return _Pull(caller, writer, max(1, window), min(max(1, pieces), PIECES) * PIECE, run).done
 
 
 class _Pull:
-    """One blob being fetched: the pieces asked, the answers held until their turn."""
+    """One blob being fetched: the boxes asked, the answers held until their turn, the writes under way."""
 
-    def __init__(self, caller: Caller, writer: IBlobWriter, window: int) -> None:
+    def __init__(self, caller: Caller, writer: IBlobWriter, window: int, box: int, run: Runner) -> None:
         self._caller = caller
         self._writer = writer
         self._window = window
+        self._box = box
+        self._run = run
         self._next_ask = 0
         self._asked_any = False
         self._next_write = 0
-        self._early: dict[int, bytes] = {}
+        self._early: dict[int, list[bytes]] = {}
         self._unanswered = 0
+        self._writing = 0
+        self._finishing = False
         self.done: Deferred[None] = Deferred()
         self._ask()
 
     def _ask(self) -> None:
-        """Ask for pieces until C{window} are unanswered or none is left."""
+        """Ask for boxes until C{window} are unanswered or unwritten, or none is left."""
         size = self._writer.size
         while (
-            not self.done.called and self._unanswered < self._window and (self._next_ask < size or not self._asked_any)
+            not self.done.called
+            and self._unanswered + len(self._early) + self._writing < self._window
+            and (self._next_ask < size or not self._asked_any)
         ):
             offset = self._next_ask
             self._asked_any = True
-            self._next_ask = offset + PIECE
+            self._next_ask = offset + self._box
             self._unanswered += 1
-            d = _call(self._caller, commands.FetchBlob, sha256=self._writer.digest, offset=offset, limit=PIECE)
+            d = _call(self._caller, commands.FetchBlob, sha256=self._writer.digest, offset=offset, limit=self._box)
             d.addCallbacks(self._answered, self._fail, callbackArgs=(offset,))
 
     def _answered(self, answer: dict[str, Any], offset: int) -> None:
-        """Check a piece; write it and those after it that came early; finish once all are written."""
+        """Check a box; write it and those after it that came early."""
         self._unanswered -= 1
         if self.done.called:
             return
         size = self._writer.size
-        data: bytes = answer["data"]
-        expected = max(0, min(PIECE, size - offset))
-        if answer["size"] != size or len(data) != expected:
+        expected = max(0, min(self._box, size - offset))
+        try:
+            pieces = commands.pieces_of(answer)
+        except ValueError as e:
+            self._fail(Failure(commands.TransferRefused(f"blob {self._writer.digest[:12]} was answered badly: {e}")))
+            return
+        got = sum(len(piece) for piece in pieces)
+        if answer["size"] != size or got != expected:
             self._fail(
                 Failure(
                     commands.TransferRefused(
-                        f"blob {self._writer.digest[:12]} was answered with {len(data)} bytes at offset {offset} of "
+                        f"blob {self._writer.digest[:12]} was answered with {got} bytes at offset {offset} of "
                         f"a size of {answer['size']}, expected {expected} bytes of a size of {size}"
                     )
                 )
             )
             return
-        self._early[offset] = data
-        try:
-            while self._next_write in self._early:
-                piece = self._early.pop(self._next_write)
-                self._writer.write(self._next_write, piece)
-                self._next_write += len(piece)
-                if not piece:
-                    break
-            if self._unanswered == 0 and self._next_ask >= size:
-                self._writer.finish()
-                self.done.callback(None)
-                return
-        except Exception:
-            self._fail(Failure())
+        self._early[offset] = pieces
+        self._write()
+
+    def _write(self) -> None:
+        """Hand the boxes whose turn it is to the writer; finish once all are written; ask for more."""
+        writer = self._writer
+        while self._next_write in self._early:
+            at = self._next_write
+            pieces = self._early.pop(at)
+            length = sum(len(piece) for piece in pieces)
+            self._next_write += length
+            self._writing += 1
+            self._run(partial(_write_pieces, writer, at, pieces)).addCallbacks(self._written, self._fail)
+            if not length:
+                break
+        if (
+            not self._finishing
+            and self._unanswered == 0
+            and not self._early
+            and self._next_ask >= writer.size
+            and self._next_write >= writer.size
+        ):
+            self._finishing = True
+            self._run(writer.finish).addCallbacks(self._finished, self._fail)
             return
         self._ask()
+
+    def _written(self, _: None) -> None:
+        """A box is written: its place in the window is free."""
+        self._writing -= 1
+        if not self.done.called:
+            self._ask()
+
+    def _finished(self, _: None) -> None:
+        """The blob is whole and checked."""
+        if not self.done.called:
+            self.done.callback(None)
 
     def _fail(self, failure: Failure) -> None:
         """Abort the writer and fail the pull with the first error; later answers are ignored."""
@@ -279,6 +340,13 @@ class _Pull:
             return
         self._early.clear()
         try:
-            self._writer.abort()
+            self._run(self._writer.abort).addErrback(lambda _: None)
         finally:
             self.done.errback(failure)
+
+
+def _write_pieces(writer: IBlobWriter, offset: int, pieces: list[bytes]) -> None:
+    """Write C{pieces}, whose bytes follow each other from C{offset}."""
+    for piece in pieces:
+        writer.write(offset, piece)
+        offset += len(piece)

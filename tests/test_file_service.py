@@ -22,13 +22,13 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from p2pexec import commands
 from p2pexec.auth import ChallengeResponse
-from p2pexec.file_service import FileService
+from p2pexec.file_service import MAX_QUEUED, FileService
 from p2pexec.peer import PeerProtocol
-from p2pexec.transfer import PIECE, missing, pull, push
+from p2pexec.transfer import PIECE, WINDOW, missing, pull, push
 
 from .test_model import node
 from .test_peer import RecordingHandler
-from .test_transfer import MemoryWriter
+from .test_transfer import HeldRunner, MemoryWriter
 
 
 class FakeWriter:
@@ -142,6 +142,11 @@ class Counting:
         return self._protocol.callRemote(command, **kw).addBoth(answered)
 
 
+def present(answer: dict[str, Any]) -> dict[str, Any]:
+    """An answer without the optional values that were absent (AMP gives them as None)."""
+    return {key: value for key, value in answer.items() if value is not None}
+
+
 def settle(d: Deferred[Any], *pumps: Any) -> list[Any]:
     """Pump every connection until none moves; C{d}'s outcome, captured before it arrives."""
     outcome: list[Any] = []
@@ -183,7 +188,7 @@ class ClientTests(SynchronousTestCase):
     def test_push_and_pull_round_trip(self):
         """
         5 MiB go to the node by PUT_BLOB and come back by FETCH_BLOB with
-        the SHA-256 checked; never more than the window (8) calls wait; the
+        the SHA-256 checked; never more than the window (4 boxes) waits; the
         counters count one file and its bytes each way.
         """
         data = os.urandom(5 * 1024 * 1024)
@@ -193,12 +198,12 @@ class ClientTests(SynchronousTestCase):
         sent = settle(push(caller, lambda offset, limit: data[offset : offset + limit], digest, len(data)), self.pump)
         self.assertEqual(sent, [len(data)])
         self.assertEqual(hashlib.sha256(self.handler.store.blobs[digest]).hexdigest(), digest)
-        self.assertEqual(caller.most, 8)
+        self.assertEqual(caller.most, WINDOW)
         writer = MemoryWriter(digest, len(data))
         self.assertEqual(settle(pull(caller, writer), self.pump), [None])
         self.assertTrue(writer.finished)
         self.assertEqual(hashlib.sha256(writer.data).hexdigest(), digest)
-        self.assertEqual(caller.most, 8)
+        self.assertEqual(caller.most, WINDOW)
         files = self.handler.files
         self.assertEqual(
             (files.received_files, files.received_bytes, files.sent_files, files.sent_bytes),
@@ -207,9 +212,90 @@ class ClientTests(SynchronousTestCase):
         self.assertEqual(files.incoming(self.server), 0)
         self.assertEqual(self.refusal_lines(), [])
 
+    def test_several_pieces_a_box(self):
+        """
+        One PUT_BLOB may carry C{data} and C{data1}...: the pieces follow
+        each other; a gap (C{data2} without C{data1}) is BAD_ARGUMENTS; a
+        one-piece box still works; the master logs the upload as from a
+        client at its address.
+        """
+        data = os.urandom(3 * PIECE + 10)
+        digest = hashlib.sha256(data).hexdigest()
+        gap = self.call(commands.PutBlob, sha256=digest, size=len(data), offset=0, data=data[:PIECE], data2=b"x")
+        self.assertIsInstance(gap, commands.BadArguments)
+        self.assertIn("'data2' comes without 'data1'", str(gap))
+        first = self.call(
+            commands.PutBlob, sha256=digest, size=len(data), offset=0, data=data[:PIECE], data1=data[PIECE : 2 * PIECE]
+        )
+        self.assertEqual(first, {"received": 2 * PIECE, "complete": False})
+        second = self.call(
+            commands.PutBlob,
+            sha256=digest,
+            size=len(data),
+            offset=2 * PIECE,
+            data=data[2 * PIECE : 3 * PIECE],
+            data1=data[3 * PIECE :],
+        )
+        self.assertEqual(second, {"received": len(data), "complete": True})
+        self.assertEqual(self.handler.store.blobs[digest], data)
+        lines = [e for e in self.events if "received file" in e.get("log_format", "")]
+        self.assertEqual(len(lines), 1)
+        self.assertTrue(lines[0]["peer"].startswith("a client at "), lines[0]["peer"])
+
+    def test_one_piece_sender(self):
+        """A sender of one piece a box (and a puller of one piece a box) still moves a blob both ways."""
+        data = os.urandom(5 * PIECE + 1)
+        digest = hashlib.sha256(data).hexdigest()
+        sent = settle(push(self.client, lambda o, n: data[o : o + n], digest, len(data), pieces=1), self.pump)
+        self.assertEqual(sent, [len(data)])
+        self.assertEqual(self.handler.store.blobs[digest], data)
+        writer = MemoryWriter(digest, len(data))
+        self.assertEqual(settle(pull(self.client, writer, pieces=1), self.pump), [None])
+        self.assertEqual(bytes(writer.data), data)
+
+    def test_answered_once_written(self):
+        """
+        With writes in another thread (a held runner here), a box is
+        answered only once its pieces are written, in order; more than
+        MAX_QUEUED boxes waiting is refused; a refusal aborts the writer
+        after the writes queued.
+        """
+        runner = HeldRunner()
+        files = self.handler.files = FileService(self.handler.store, self.clock, run=runner)
+        files.wire(lambda: self.handler.peers, "b1")
+        data = os.urandom(PIECE * (MAX_QUEUED + 2))
+        digest = hashlib.sha256(data).hexdigest()
+        answers: list[Any] = []
+
+        def send(n: int) -> None:
+            piece = data[n * PIECE : (n + 1) * PIECE]
+            d = self.client.callRemote(commands.PutBlob, sha256=digest, size=len(data), offset=n * PIECE, data=piece)
+            d.addBoth(answers.append)
+            self.pump.flush()
+
+        send(0)
+        send(1)
+        self.assertEqual((answers, len(runner.jobs)), ([], 2))
+        runner.run_one()
+        self.pump.flush()
+        self.assertEqual(answers, [{"received": PIECE, "complete": False}])
+        for n in range(2, MAX_QUEUED + 2):
+            send(n)
+        self.assertEqual(len(runner.jobs), MAX_QUEUED + 1)  # MAX_QUEUED writes, then the abort
+        self.assertIn(f"{MAX_QUEUED} boxes of blob", str(answers[-1].value))
+        writer = self.handler.store.writers[0]
+        self.assertFalse(writer.aborted)
+        while runner.jobs:
+            runner.run_one()
+        self.pump.flush()
+        self.assertTrue(writer.aborted)
+        self.assertEqual(writer.received, PIECE)
+        self.assertEqual(len(answers), MAX_QUEUED + 2)
+        self.assertEqual(len(self.refusal_lines()), 1)
+
     def test_held_already(self):
         """A blob the node has is answered complete at once; HAVE_BLOBS does not list it; the push sends 0."""
-        data = os.urandom(3 * PIECE)
+        data = os.urandom(20 * PIECE)
         digest = self.handler.store.add(data)
         self.assertEqual(self.call(commands.HaveBlobs, digests=[digest, "0" * 64]), {"missing": ["0" * 64]})
         sent = settle(push(self.client, lambda o, n: data[o : o + n], digest, len(data)), self.pump)
@@ -251,7 +337,12 @@ class ClientTests(SynchronousTestCase):
                 commands.TransferRefused,
                 "--max-transfer",
             ),
-            (commands.FetchBlob, dict(sha256=digest, offset=0, limit=60_001), commands.BadArguments, "'limit' 0 to"),
+            (
+                commands.FetchBlob,
+                dict(sha256=digest, offset=0, limit=960_001),
+                commands.BadArguments,
+                "'limit' 0 to 960000",
+            ),
             (commands.FetchBlob, dict(sha256=digest, offset=-5, limit=10), commands.BadArguments, "'offset'"),
             (commands.FetchBlob, dict(sha256="zz", offset=0, limit=10), commands.BadArguments, "SHA-256"),
             (commands.HaveBlobs, dict(digests={"a": 1}), commands.BadArguments, "list of at most 800"),
@@ -261,7 +352,7 @@ class ClientTests(SynchronousTestCase):
         for command, kw, error, words in cases:
             before = len(self.refusal_lines())
             answer = self.call(command, **kw)
-            self.assertIsInstance(answer, error, (command, kw))
+            self.assertIsInstance(answer, error, repr((command, kw)))
             self.assertIn(words, str(answer))
             self.assertEqual(len(self.refusal_lines()), before + 1, (command, kw))
         self.assertEqual(self.call(commands.HaveBlobs, digests=[digest]), {"missing": [digest]})
@@ -323,7 +414,9 @@ class ClientTests(SynchronousTestCase):
         digest = self.handler.store.add(b"hello")
         answer = self.call(commands.PutBlob, sha256="a" * 64, size=1, offset=0, data=b"x")
         self.assertIsInstance(answer, commands.AuthRequired)
-        self.assertEqual(self.call(commands.FetchBlob, sha256=digest, offset=1, limit=3), {"data": b"ell", "size": 5})
+        self.assertEqual(
+            present(self.call(commands.FetchBlob, sha256=digest, offset=1, limit=3)), {"data": b"ell", "size": 5}
+        )
         self.assertEqual(self.handler.store.writers, [])
 
     def test_no_file_service(self):
@@ -354,7 +447,9 @@ class ClientTests(SynchronousTestCase):
     def test_fetch_past_end_and_nothing_held(self):
         """FETCH_BLOB past the end answers no data and the size; one of a blob nobody has: NO_SUCH_BLOB."""
         digest = self.handler.store.add(b"abc")
-        self.assertEqual(self.call(commands.FetchBlob, sha256=digest, offset=10, limit=5), {"data": b"", "size": 3})
+        self.assertEqual(
+            present(self.call(commands.FetchBlob, sha256=digest, offset=10, limit=5)), {"data": b"", "size": 3}
+        )
         answer = self.call(commands.FetchBlob, sha256="b" * 64, offset=0, limit=5)
         self.assertIsInstance(answer, commands.NoSuchBlob)
         self.assertIn("nor does any of its 0 connected peer(s)", str(answer))

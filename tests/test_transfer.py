@@ -14,7 +14,7 @@ from twisted.protocols import amp
 from twisted.trial.unittest import SynchronousTestCase
 
 from p2pexec import commands
-from p2pexec.transfer import PIECE, WINDOW, missing, pull, push
+from p2pexec.transfer import PIECE, PIECES, WINDOW, missing, pull, push
 
 
 class HeldCalls:
@@ -71,6 +71,15 @@ class MemoryWriter:
         self.aborted = True
 
 
+def answer_of(data: bytes, offset: int, limit: int) -> dict[str, Any]:
+    """FETCH_BLOB's answer: the bytes of C{data} from C{offset}, at most C{limit}, in pieces of PIECE bytes."""
+    asked = data[offset : offset + limit]
+    answer: dict[str, Any] = {"data": asked[:PIECE], "size": len(data)}
+    for n in range(1, (len(asked) + PIECE - 1) // PIECE):
+        answer[f"data{n}"] = asked[n * PIECE : (n + 1) * PIECE]
+    return answer
+
+
 def blob(size: int) -> tuple[bytes, str]:
     """C{size} bytes that differ from piece to piece, and their digest."""
     data = bytes((i * 7 + i // PIECE) % 251 for i in range(size))
@@ -82,13 +91,14 @@ class PushTests(SynchronousTestCase):
 
     def test_window_bound(self):
         """
-        With a window of 4, a 10-piece push has 4 PUT_BLOBs unanswered, and
-        one more goes out for each answer, never more; pieces are in order,
-        of PIECE bytes but the last; it fires with the bytes sent.
+        A one-piece sender (C{pieces=1}, only C{data} in each box): with a
+        window of 4, a 10-piece push has 4 PUT_BLOBs unanswered, and one more
+        goes out for each answer, never more; pieces are in order, of PIECE
+        bytes but the last; it fires with the bytes sent.
         """
         data, digest = blob(PIECE * 9 + 123)
         caller = HeldCalls()
-        done = push(caller, lambda offset, limit: data[offset : offset + limit], digest, len(data), window=4)
+        done = push(caller, lambda offset, limit: data[offset : offset + limit], digest, len(data), window=4, pieces=1)
         self.assertEqual(caller.unanswered(), 4)
         while caller.waiting():
             command, kw, d = caller.waiting()[0]
@@ -96,17 +106,42 @@ class PushTests(SynchronousTestCase):
             d.callback({"received": received, "complete": received == len(data)})
             self.assertLessEqual(caller.unanswered(), 4)
         self.assertEqual(caller.most, 4)
+        self.assertTrue(all(set(kw) == {"sha256", "size", "offset", "data"} for _, kw, _ in caller.calls))
         self.assertEqual([kw["offset"] for _, kw, _ in caller.calls], [PIECE * i for i in range(10)])
         self.assertEqual(b"".join(kw["data"] for _, kw, _ in caller.calls), data)
         self.assertTrue(all(command is commands.PutBlob for command, _, _ in caller.calls))
         self.assertEqual(self.successResultOf(done), len(data))
 
     def test_default_window(self):
-        """The default window is L{WINDOW} (8) pieces."""
-        data, digest = blob(PIECE * 20)
+        """The default window is L{WINDOW} (4) boxes of L{PIECES} (16) pieces."""
+        data = bytes(PIECE * PIECES * 5)
         caller = HeldCalls()
-        push(caller, lambda offset, limit: data[offset : offset + limit], digest, len(data))
-        self.assertEqual((WINDOW, caller.unanswered()), (8, 8))
+        push(caller, lambda offset, limit: data[offset : offset + limit], "0" * 64, len(data))
+        self.assertEqual((WINDOW, PIECES, caller.unanswered()), (4, 16, 4))
+        self.assertTrue(all(len(kw) == 3 + PIECES for _, kw, _ in caller.calls))
+
+    def test_several_pieces_a_box(self):
+        """
+        Boxes carry C{data}, C{data1}... C{data15} (PIECE bytes each but the
+        last of the blob), from offsets a box apart; at most the window of
+        boxes waits; the pieces in name order are the blob.
+        """
+        data, digest = blob(PIECE * 40 + 5)
+        caller = HeldCalls()
+        done = push(caller, lambda offset, limit: data[offset : offset + limit], digest, len(data), window=2)
+        self.assertEqual(caller.unanswered(), 2)
+        while caller.waiting():
+            command, kw, d = caller.waiting()[0]
+            received = kw["offset"] + sum(len(v) for k, v in kw.items() if k.startswith("data"))
+            d.callback({"received": received, "complete": received == len(data)})
+        self.assertEqual(caller.most, 2)
+        self.assertEqual([kw["offset"] for _, kw, _ in caller.calls], [0, PIECE * 16, PIECE * 32])
+        names = ["data"] + [f"data{n}" for n in range(1, 16)]
+        boxes = [[kw[name] for name in names if name in kw] for _, kw, _ in caller.calls]
+        self.assertEqual([len(box) for box in boxes], [16, 16, 9])
+        self.assertEqual([len(piece) for piece in boxes[2]], [PIECE] * 8 + [5])
+        self.assertEqual(b"".join(piece for box in boxes for piece in box), data)
+        self.assertEqual(self.successResultOf(done), len(data))
 
     def test_already_held(self):
         """If the first answer says complete for a blob of several pieces, no more are sent and it fires with 0."""
@@ -139,7 +174,7 @@ class PushTests(SynchronousTestCase):
         """A refusal fails the push with it; answers to pieces still in flight are ignored, nothing more is sent."""
         data, digest = blob(PIECE * 5)
         caller = HeldCalls()
-        done = push(caller, lambda offset, limit: data[offset : offset + limit], digest, len(data), window=3)
+        done = push(caller, lambda offset, limit: data[offset : offset + limit], digest, len(data), window=3, pieces=1)
         caller.calls[0][2].errback(commands.TransferRefused("size over --max-transfer"))
         failure = self.failureResultOf(done, commands.TransferRefused)
         self.assertEqual(str(failure.value), "size over --max-transfer")
@@ -180,9 +215,9 @@ class PullTests(SynchronousTestCase):
     """L{pull} asks for pieces with a window, writes them in order, checks, then finishes or aborts."""
 
     def answer(self, call, data):
-        """Answer a FETCH_BLOB call with the piece of C{data} it asks for."""
+        """Answer a FETCH_BLOB call with the bytes of C{data} it asks for, in pieces of PIECE bytes."""
         _, kw, d = call
-        d.callback({"data": data[kw["offset"] : kw["offset"] + kw["limit"]], "size": len(data)})
+        d.callback(answer_of(data, kw["offset"], kw["limit"]))
 
     def test_window_bound_and_out_of_order(self):
         """
@@ -192,7 +227,7 @@ class PullTests(SynchronousTestCase):
         data, digest = blob(PIECE * 7 + 5)
         caller = HeldCalls()
         writer = MemoryWriter(digest, len(data))
-        done = pull(caller, writer, window=3)
+        done = pull(caller, writer, window=3, pieces=1)
         self.assertEqual(caller.unanswered(), 3)
         while caller.waiting():
             self.answer(caller.waiting()[-1], data)
@@ -219,7 +254,7 @@ class PullTests(SynchronousTestCase):
         data, digest = blob(PIECE * 2)
         caller = HeldCalls()
         writer = MemoryWriter(digest, len(data))
-        done = pull(caller, writer)
+        done = pull(caller, writer, pieces=1)
         caller.calls[0][2].errback(commands.NoSuchBlob("nobody has it"))
         self.failureResultOf(done, commands.NoSuchBlob)
         self.assertTrue(writer.aborted)
@@ -257,6 +292,106 @@ class PullTests(SynchronousTestCase):
         self.failureResultOf(done, ValueError)
         self.assertTrue(writer.aborted)
         self.assertFalse(writer.finished)
+
+
+class HeldRunner:
+    """A runner whose jobs wait until the test runs them (in order), as a writer thread would."""
+
+    def __init__(self) -> None:
+        self.jobs: list[tuple[Any, Deferred[Any]]] = []
+
+    def __call__(self, job: Any) -> Deferred[Any]:
+        """Queue C{job}; its Deferred fires when the test runs it."""
+        d: Deferred[Any] = Deferred()
+        self.jobs.append((job, d))
+        return d
+
+    def run_one(self) -> None:
+        """Run the oldest job waiting."""
+        job, d = self.jobs.pop(0)
+        try:
+            result = job()
+        except Exception as e:
+            d.errback(e)
+        else:
+            d.callback(result)
+
+
+class PiecesPullTests(SynchronousTestCase):
+    """L{pull} with several pieces a box, and writes that wait (a writer thread)."""
+
+    def test_several_pieces_a_box(self):
+        """Boxes ask for 16 pieces at once (960,000 bytes); answers in pieces are written in order."""
+        data, digest = blob(PIECE * 40 + 7)
+        caller = HeldCalls()
+        writer = MemoryWriter(digest, len(data))
+        done = pull(caller, writer)
+        self.assertEqual(
+            [(kw["offset"], kw["limit"]) for _, kw, _ in caller.calls],
+            [(0, 960_000), (960_000, 960_000), (1_920_000, 960_000)],
+        )
+        for call in reversed(caller.waiting()):
+            PullTests.answer(self, call, data)  # type: ignore[arg-type]
+        self.successResultOf(done)
+        self.assertEqual(bytes(writer.data), data)
+        self.assertTrue(writer.finished)
+
+    def test_gap_in_pieces(self):
+        """An answer with C{data2} but no C{data1} is refused (TransferRefused naming it) and the writer aborted."""
+        data, digest = blob(PIECE * 3)
+        caller = HeldCalls()
+        writer = MemoryWriter(digest, len(data))
+        done = pull(caller, writer)
+        caller.calls[0][2].callback({"data": data[:PIECE], "data2": data[PIECE:], "size": len(data)})
+        failure = self.failureResultOf(done, commands.TransferRefused)
+        self.assertIn("'data2' comes without 'data1'", str(failure.value))
+        self.assertTrue(writer.aborted)
+
+    def test_window_counts_writes(self):
+        """
+        Boxes answered but not yet written keep their place in the window
+        (memory: at most the window of boxes), written in order, one new
+        box asked as each is written; the finish runs after the last write.
+        """
+        data, digest = blob(PIECE * 16 * 5)
+        caller = HeldCalls()
+        runner = HeldRunner()
+        writer = MemoryWriter(digest, len(data))
+        done = pull(caller, writer, window=2, run=runner)
+        self.assertEqual(len(caller.calls), 2)
+        PullTests.answer(self, caller.calls[1], data)  # type: ignore[arg-type]
+        PullTests.answer(self, caller.calls[0], data)  # type: ignore[arg-type]
+        self.assertEqual((len(caller.calls), len(runner.jobs)), (2, 2))
+        runner.run_one()
+        self.assertEqual(len(caller.calls), 3)
+        self.assertEqual(len(writer.data), PIECE * 16)
+        while caller.waiting() or runner.jobs:
+            if caller.waiting():
+                PullTests.answer(self, caller.waiting()[0], data)  # type: ignore[arg-type]
+            else:
+                runner.run_one()
+            writes = [job for job, _ in runner.jobs if job != writer.finish]
+            self.assertLessEqual(len(writes) + caller.unanswered(), 2)
+        self.successResultOf(done)
+        self.assertEqual(bytes(writer.data), data)
+        self.assertTrue(writer.finished)
+        self.assertEqual(len(caller.calls), 5)
+
+    def test_abort_after_writes(self):
+        """A failure while writes wait: the writer is aborted by the runner after them, never finished."""
+        data, digest = blob(PIECE * 16 * 3)
+        caller = HeldCalls()
+        runner = HeldRunner()
+        writer = MemoryWriter(digest, len(data))
+        done = pull(caller, writer, window=2, run=runner)
+        PullTests.answer(self, caller.calls[0], data)  # type: ignore[arg-type]
+        caller.calls[1][2].errback(commands.NoSuchBlob("evicted"))
+        self.failureResultOf(done, commands.NoSuchBlob)
+        self.assertFalse(writer.aborted)
+        while runner.jobs:
+            runner.run_one()
+        self.assertEqual((writer.aborted, writer.finished), (True, False))
+        self.assertEqual(len(writer.data), PIECE * 16)
 
 
 class MissingTests(SynchronousTestCase):

@@ -64,11 +64,15 @@ from p2pexec.commands.failover import JobLeader as JobLeader
 from p2pexec.commands.failover import PrePromise as PrePromise
 from p2pexec.commands.failover import Promise as Promise
 from p2pexec.commands.failover import Replicate as Replicate
+from p2pexec.commands.files import BOX_LIMIT as BOX_LIMIT
+from p2pexec.commands.files import EXTRA_PIECES as EXTRA_PIECES
 from p2pexec.commands.files import MAX_DIGESTS as MAX_DIGESTS
 from p2pexec.commands.files import PIECE_LIMIT as PIECE_LIMIT
+from p2pexec.commands.files import PIECES_PER_BOX as PIECES_PER_BOX
 from p2pexec.commands.files import FetchBlob as FetchBlob
 from p2pexec.commands.files import HaveBlobs as HaveBlobs
 from p2pexec.commands.files import PutBlob as PutBlob
+from p2pexec.commands.files import pieces_of as pieces_of
 from p2pexec.commands.node import Authenticate as Authenticate
 from p2pexec.commands.node import AuthProof as AuthProof
 from p2pexec.commands.node import ConnectRequest as ConnectRequest

@@ -50,7 +50,8 @@ summarised.
   W10 a 1 GiB input with one task, client -> master -> worker (separate
       state folders): MB/s of each hop, as a ratio to copying the same file
       over a loopback TCP socket in the same repetition, and each process's
-      peak RSS (benchmarks/files.py).
+      peak RSS; also the file's SHA-256 on one core, the ceiling of a hop
+      that checks what it receives (benchmarks/files.py).
 
 It re-runs itself in a loopback-only network namespace (``unshare -n``;
 root) when it can, and holds ``/tmp/p2pexec-heavy.lock`` while it measures.
@@ -525,6 +526,8 @@ class Suite:
         if w10:
             size = f"{a.w10_bytes / 2**30:g} GiB" if a.w10_bytes >= 2**30 else f"{a.w10_bytes / 2**20:g} MiB"
             add("W10", f"loopback socket copy of {size} MB/s", [r["socket_mbps"] for r in w10], ".0f")
+            add("W10", "SHA-256 of the file, one core MB/s", [r["sha256_mbps"] for r in w10], ".0f")
+            add("W10", "  ratio SHA-256 / socket copy (a hop's ceiling)", [r["sha256_ratio"] for r in w10], ".2f")
             add("W10", "upload client -> master MB/s", [r["upload_mbps"] for r in w10], ".0f")
             add("W10", "fetch master -> worker MB/s", [r["fetch_mbps"] for r in w10], ".0f")
             for hop in ("upload", "fetch"):

@@ -40,7 +40,7 @@ test: install lint
 test-pytest: install
 	$(BIN)/python -m pytest tests
 
-## bench: the benchmark suite W1-W9 on loopback (docs/performance.rst)
+## bench: the benchmark suite W1-W10 on loopback (docs/performance.rst)
 bench: install
 	$(BIN)/python benchmarks/run.py
 

@@ -91,8 +91,13 @@ class SerialThread:
             self._thread = None
 
 
-class ISyncWriter(Protocol):
-    """A blob writer whose methods block (a L{p2pexec.blobs.BlobWriter}): what L{QueuedWriter} runs."""
+class IBlobWriter(Protocol):
+    """
+    A blob being received, whose methods block: a L{p2pexec.blobs.BlobWriter},
+    or the client's writer to a local file.  What L{QueuedWriter} runs, a
+    pull writes into (L{p2pexec.transfer.pull}), and the file service and the
+    worker's file runner hold.
+    """
 
     digest: str
     size: int
@@ -119,7 +124,7 @@ class QueuedWriter:
     @ivar queued: the boxes accepted and not written yet.
     """
 
-    def __init__(self, writer: ISyncWriter, run: Runner = inline) -> None:
+    def __init__(self, writer: IBlobWriter, run: Runner = inline) -> None:
         self._writer = writer
         self._run = run
         self.digest = writer.digest

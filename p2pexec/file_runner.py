@@ -33,6 +33,7 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
+from p2pexec.blob_thread import IBlobWriter
 from p2pexec.interfaces import ITaskRunner
 from p2pexec.log import NodeLogger
 from p2pexec.model import ERROR, FAILED, SUCCEEDED, Assignment, OutputFile, TaskResult, TaskSpec
@@ -46,22 +47,6 @@ COLLECTED = frozenset({SUCCEEDED, FAILED})
 """The statuses after which a task's outputs are collected: it ran to its end (a failed one's outputs help to see why)."""
 
 
-class IBlobWriter(Protocol):
-    """What L{FileRunner} uses of a L{p2pexec.blobs.BlobWriter} (through the transfer's C{pull})."""
-
-    size: int
-    digest: str
-
-    def write(self, offset: int, data: bytes) -> None:
-        """Write the piece at C{offset} (the next one)."""
-
-    def finish(self) -> None:
-        """Check the SHA-256 and put the blob in place."""
-
-    def abort(self) -> None:
-        """Throw away what was written."""
-
-
 class IBlobStore(Protocol):
     """What L{FileRunner} uses of a L{p2pexec.blobs.BlobStore}."""
 
@@ -73,8 +58,8 @@ class IBlobStore(Protocol):
     def read(self, digest: str, offset: int, limit: int) -> bytes:
         """Up to C{limit} bytes of the blob from C{offset}."""
 
-    def receive(self, digest: str, size: int) -> Any:
-        """A writer (L{IBlobWriter}) for a blob coming in."""
+    def receive(self, digest: str, size: int) -> IBlobWriter:
+        """A writer for a blob coming in."""
 
     def add_file(self, path: str, move: bool = False) -> tuple[str, int]:
         """Hash the file at C{path} and keep it; its (digest, size)."""

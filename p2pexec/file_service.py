@@ -27,7 +27,7 @@ from twisted.protocols import amp
 from twisted.python.failure import Failure
 
 from p2pexec import commands
-from p2pexec.blob_thread import QueuedWriter, Runner, inline
+from p2pexec.blob_thread import IBlobWriter, QueuedWriter, Runner, inline
 from p2pexec.log import NodeLogger
 from p2pexec.model import shorten
 from p2pexec.transfer import _call, rate
@@ -54,23 +54,6 @@ MAX_QUEUED = 16
 
 _REMEMBERED = 1_000
 """The most refused transfers remembered per connection, and blob sources remembered for the proxy."""
-
-
-class IBlobWriter(Protocol):
-    """An incoming blob being written (a L{p2pexec.blobs.BlobWriter}): what the service runs (through a L{Runner})."""
-
-    digest: str
-    size: int
-    received: int
-
-    def write(self, offset: int, data: bytes) -> None:
-        """Append C{data} at C{offset} (the bytes received so far); C{ValueError} (BlobError) otherwise."""
-
-    def finish(self) -> None:
-        """Check the SHA-256 and keep the blob; C{ValueError} (BlobError) if it does not match."""
-
-    def abort(self) -> None:
-        """Remove what was written (idempotent)."""
 
 
 class IBlobStore(Protocol):

@@ -30,6 +30,7 @@ from twisted.protocols import amp
 from twisted.python.failure import Failure
 
 from p2pexec import commands
+from p2pexec.blob_thread import IBlobWriter as IBlobWriter
 from p2pexec.blob_thread import Runner, inline
 
 PIECE = commands.PIECE_LIMIT
@@ -47,25 +48,6 @@ class Caller(Protocol):
 
     def callRemote(self, command: type[amp.Command], **kw: Any) -> Deferred[dict[str, Any]]:
         """Send C{command} with the arguments C{kw}; fire with the answer, or fail with the declared error."""
-
-
-class IBlobWriter(Protocol):
-    """
-    Where a pulled blob goes (a L{p2pexec.blobs.BlobWriter}, or the
-    client's writer to a local file): bytes in order, then checked.
-    """
-
-    digest: str
-    size: int
-
-    def write(self, offset: int, data: bytes) -> None:
-        """Append C{data}, which starts at C{offset} (the bytes received so far)."""
-
-    def finish(self) -> None:
-        """All C{size} bytes are written: check the SHA-256 and keep the blob (raises if it does not match)."""
-
-    def abort(self) -> None:
-        """Give up: remove what was written (idempotent)."""
 
 
 def rate(size: int, seconds: float) -> str:

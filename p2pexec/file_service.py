@@ -163,6 +163,11 @@ class FileService:
         self._peers: Callable[[], Iterable[IFileConnection]] = tuple
         self._me = "this node"
 
+    @property
+    def _Me(self) -> str:  # noqa: N802 (the log lines' "Node w1 ...")
+        """This node as a log line starts with it: C{Node w1}."""
+        return self._me[:1].upper() + self._me[1:]
+
     def wire(self, peers: Callable[[], Iterable[IFileConnection]], name: str) -> None:
         """
         @param peers: gives the node's open connections to its peers (after
@@ -285,7 +290,7 @@ class FileService:
         took = self._clock.seconds() - state.started.pop(digest, self._clock.seconds())
         log.info(
             "{Me} received file {digest} ({size} bytes) from {peer} in {took:.2f}s ({rate})",
-            Me=self._me[:1].upper() + self._me[1:],
+            Me=self._Me,
             digest=digest[:12],
             size=f"{size:,}",
             peer=_who(connection),
@@ -319,9 +324,9 @@ class FileService:
         for digest, writer in state.writers.items():
             writer.abort()
             log.info(
-                "{me} dropped the part of blob {digest} received from {peer} ({received} of {size} bytes): "
+                "{Me} dropped the part of blob {digest} received from {peer} ({received} of {size} bytes): "
                 "the connection closed",
-                me=self._me,
+                Me=self._Me,
                 digest=digest[:12],
                 peer=_who(connection),
                 received=writer.received,
@@ -348,7 +353,7 @@ class FileService:
             except KeyError:
                 pass  # Evicted since: as if never held.
             except OSError as e:
-                log.warn("{me} could not read blob {digest}: {error}", me=self._me, digest=digest, error=str(e))
+                log.warn("{Me} could not read blob {digest}: {error}", Me=self._Me, digest=digest, error=str(e))
                 raise commands.NoSuchBlob(f"{self._me} could not read blob {digest[:12]}: {e}") from None
             else:
                 return self._count_sent(offset, data, size)
@@ -422,8 +427,8 @@ class FileService:
                     self._sources.clear()
                 self._sources[digest] = peer
                 log.info(
-                    "{me} relays blob {digest} for a client from peer {peer}",
-                    me=self._me,
+                    "{Me} relays blob {digest} for a client from peer {peer}",
+                    Me=self._Me,
                     digest=name,
                     peer=peer.describe(),
                 )
@@ -433,8 +438,8 @@ class FileService:
 
         def failed(failure: Failure, peer: IFileConnection) -> None:
             log.debug(
-                "{me} could not ask {peer} whether it has blob {digest}: {reason}",
-                me=self._me,
+                "{Me} could not ask {peer} whether it has blob {digest}: {reason}",
+                Me=self._Me,
                 peer=peer.describe(),
                 digest=name,
                 reason=_reason(failure, self._timeout),
@@ -468,8 +473,8 @@ class FileService:
                 del self._sources[digest]
             why = _reason(failure, self._timeout)
             log.warn(
-                "{me} could not relay blob {digest} from {peer}: {reason}",
-                me=self._me,
+                "{Me} could not relay blob {digest} from {peer}: {reason}",
+                Me=self._Me,
                 digest=digest[:12],
                 peer=source.describe(),
                 reason=why,

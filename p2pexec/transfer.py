@@ -54,7 +54,8 @@ def rate(size: int, seconds: float) -> str:
     """A transfer's speed for a log line: C{"335 MB/s"} (megabytes of 10**6 bytes), or C{"at once"}."""
     if seconds <= 0:
         return "at once"
-    return f"{size / seconds / 1e6:,.0f} MB/s"
+    speed = size / seconds / 1e6
+    return f"{speed:,.0f} MB/s" if speed >= 10 else f"{speed:.2g} MB/s"
 
 
 def _call(caller: Caller, command: type[amp.Command], **kw: Any) -> Deferred[dict[str, Any]]:

@@ -13,7 +13,7 @@ from twisted.internet.defer import Deferred
 from twisted.protocols import amp
 from twisted.trial.unittest import SynchronousTestCase
 
-from p2pexec import commands
+from p2pexec import commands, transfer
 from p2pexec.transfer import PIECE, PIECES, WINDOW, missing, pull, push
 
 
@@ -426,3 +426,13 @@ class MissingTests(SynchronousTestCase):
         caller = HeldCalls()
         self.assertEqual(self.successResultOf(missing(caller, [])), [])
         self.assertEqual(caller.calls, [])
+
+
+class RateTests(SynchronousTestCase):
+    """L{transfer.rate}: a transfer's speed as a log line says it."""
+
+    def test_rate(self) -> None:
+        """Whole MB/s from 10 on, two significant digits below, and 'at once' for no time at all."""
+        self.assertEqual(transfer.rate(1_073_741_824, 3.2), "336 MB/s")
+        self.assertEqual(transfer.rate(65, 0.002), "0.033 MB/s")
+        self.assertEqual(transfer.rate(5, 0.0), "at once")

@@ -95,9 +95,16 @@ class Replication(Placing, PreVoting, Succession):
         self._silence: dict[str, str] = {}
         self._seen: dict[str, Ballot] = {}
         self._led_before: set[str] = set()
+        """Jobs this node led before it restarted, until it leads them again or learns who does."""
         self._watched: set[str] = set()
         """Jobs this node is a successor of, read at start: it checks that their leader is there (L{load})."""
-        """Jobs this node led before it restarted, until it leads them again or learns who does."""
+        self.led_elsewhere: set[str] = set()
+        """
+        Jobs of a replica set larger than one whose newest ballot this node
+        holds is another node's, read at start (L{load}): if its journal
+        has one as its master (it took the job over, then stepped down), it
+        must not resume it from there.
+        """
         self.connected_listeners: list[Callable[[str], None]] = []
         """Called with each peer's name when it connects (the start-up job waits for peers to be replicated on)."""
         self.unplaced = Placements()
@@ -539,6 +546,10 @@ class Replication(Placing, PreVoting, Succession):
             own = accepted if accepted is not None and accepted.node == self._me else None
             if own is None and promised is not None and promised.node == self._me:
                 own = promised if accepted is None or promised > accepted else None
+            if own is None and len(image.members) > 1:
+                # Another node's ballot is the newest held here (this node stepped
+                # down, or only followed): resuming from its journal would lead at epoch 1.
+                self.led_elsewhere.add(job)
             if own is not None and len(image.members) > 1 and not image.ended and not image.cancelled:
                 again.add(job)
             elif self._me in image.members and not image.ended and not image.cancelled:

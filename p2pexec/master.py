@@ -122,7 +122,7 @@ class Master:
         self.jobs: dict[str, Job] = {}
         self.replication = replication
         self.held_back: set[str] = set()
-        """Jobs of the journal not to resume from it alone: this node takes them over again (see L{p2pexec.failover})."""
+        """Jobs of the journal not to resume from it alone: it takes them over again, or another leads them (failover)."""
         self.adopted_at: dict[str, int] = {}
         """The epoch of each job adopted after a takeover (L{adopt}); forgotten when it steps down."""
         self._endings = JobEndings(

@@ -175,7 +175,7 @@ class Node:
             self.master.worker_joined(info)
         self.startup.prune()
         again = self.replication.load()
-        self.master.held_back = again
+        self.master.held_back = again | self.replication.led_elsewhere
         self.startup.begin()
         self.replication.take_over_again(again)
 

@@ -193,6 +193,18 @@ class StartupJob:
                     job=saved.id,
                 )
         self._master.resume(stored)
+        replication = self._master.replication
+        for saved in stored:
+            leader = None if replication is None else replication.directory.lookup(saved.id)
+            if replication is not None and saved.id in replication.led_elsewhere and leader is not None:
+                log.info(
+                    "Node {name} does not resume job {job} from its journal: it stepped down as its master "
+                    "before it stopped, and {leader} leads it at epoch {epoch}",
+                    name=name,
+                    job=saved.id,
+                    leader=leader.master,
+                    epoch=leader.epoch,
+                )
 
     def _finished_already(self) -> bool:
         """

@@ -324,3 +324,82 @@ class PreRoundTests(SynchronousTestCase):
         stale = [text(e) for e in events if "dropped a stale result" in e["log_format"]]
         self.assertTrue(stale, "the successor's late results reach the master")
         self.assertTrue(all(f"from {successor}:" in line for line in stale), stale)
+
+
+class SteppedDownRestartTests(SynchronousTestCase):
+    """A node that took a job over, then stepped down, restarted with its journal (seed 4450 of the 5,000-seed run)."""
+
+    def test_stepped_down_master_does_not_resume(self):
+        """
+        The master dies and a successor takes its job over at epoch 2 (and
+        writes it to its journal as its master); it dies too, the master
+        comes back and the job is taken over at epoch 3; the successor comes
+        back, learns that, steps down and takes the new leader's records.
+        Restarted once more with its journal, it does not resume the job
+        from there: it used to, leading it at epoch 1 beside the real
+        leader (acknowledging records at epoch 1 as the first master had,
+        its assignments refused by every worker's fence).
+        """
+        cluster = Cluster()
+        names = ["z1", *WORKERS]
+        dirs = {name: self.mktemp() for name in names}
+
+        def start(name):
+            return cluster.add(
+                name,
+                address=ADDRESSES[name],
+                capabilities=frozenset() if name == "z1" else frozenset({"w"}),
+                replicas=2,
+                duration=0.5,
+                state_dir=dirs[name],
+            )
+
+        def crash(name):
+            cluster.hosts[name].crash()
+            cluster.nodes[name].journal.abandon()
+
+        def close_live():
+            for name, node in cluster.nodes.items():
+                if not cluster.hosts[name].crashed:
+                    node.journal.close()
+
+        self.addCleanup(close_live)
+        for name in names:
+            start(name)
+        cluster.network.run_until(lambda: all(cluster.connected(a, b) for a in names for b in names if a != b), 30)
+        job_id = submit(cluster, "z1", 40)
+        cluster.network.run(0.3)
+        crash("z1")
+        cluster.network.run_until(lambda: leaders(cluster, job_id), limit=30)
+        [successor] = leaders(cluster, job_id)
+        self.assertEqual(cluster.nodes[successor].master.epoch_of(job_id), 2)
+        cluster.network.run(0.3)
+        crash(successor)
+        start("z1")
+        others = [name for name in names if name != successor]
+        cluster.network.run_until(
+            lambda: any(cluster.nodes[n].replication.epoch_of(job_id) == 3 for n in leaders(cluster, job_id, others)),
+            limit=60,
+        )
+        [leader] = leaders(cluster, job_id, others)
+        node = start(successor)
+        cluster.network.run_until(
+            lambda: node.replication.stores[job_id].accepted == Ballot(3, leader) and job_id not in node.master.jobs,
+            limit=30,
+        )
+        cluster.network.run(1.0)  # its journal has written that ballot
+        crash(successor)
+        with capturedLogs() as events:
+            again = start(successor)
+            self.assertNotIn(job_id, again.master.jobs, "the node that stepped down resumed the job from its journal")
+            cluster.network.run_until(lambda: finished_at(cluster, job_id, names=[leader]) is not None, limit=120)
+        self.assertEqual(leaders(cluster, job_id, names), [leader])
+        self.assertEqual(
+            [text(e) for e in events if "does not resume" in e["log_format"]],
+            [
+                f"Node {successor} does not resume job {job_id} from its journal: it stepped down as its master "
+                f"before it stopped, and {leader} leads it at epoch 3"
+            ],
+        )
+        self.assertEqual([text(e) for e in events if f"from {successor} at epoch 1" in text(e)], [])
+        self.assertEqual(finished_at(cluster, job_id, names=[leader]).succeeded, 40)

@@ -34,6 +34,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
 from p2pexec.blob_thread import IBlobWriter
+from p2pexec.file_values import MAX_RESULT_OUTPUTS
 from p2pexec.interfaces import ITaskRunner
 from p2pexec.log import NodeLogger
 from p2pexec.model import ERROR, FAILED, SUCCEEDED, Assignment, OutputFile, TaskResult, TaskSpec
@@ -42,6 +43,15 @@ from p2pexec.transfer import rate
 log = NodeLogger()
 
 T = TypeVar("T")
+
+FRESH_PIN = 600.0
+"""Seconds a new output file stays pinned in the store, so that the next ones cannot evict it first."""
+
+OUTPUT_RECORD_BYTES = 100
+"""A result's record of one output file, beyond its path: its digest, size and JSON punctuation (an upper bound)."""
+
+MAX_OUTPUT_RECORDS_BYTES = 36_000
+"""The most bytes of output records one result carries: with its output tails, it must fit one AMP value."""
 
 COLLECTED = frozenset({SUCCEEDED, FAILED})
 """The statuses after which a task's outputs are collected: it ran to its end (a failed one's outputs help to see why)."""
@@ -235,11 +245,11 @@ class FileRunner:
         self._store.pin(inputs)
         try:
             try:
-                if self._restricted and task.inputs and task.cwd is not None:
+                if self._restricted and (task.inputs or task.outputs) and task.cwd is not None:
                     raise FileProblem(
                         f"refused by this node's command policy: task {task.id} names its own cwd "
-                        f"{task.cwd!r} and input files; under --allow or --instructions, input files are placed "
-                        f"only in a fresh sandbox (leave cwd out)"
+                        f"{task.cwd!r} and files (inputs or outputs); under --allow or --instructions, a task's "
+                        f"files are placed and collected only in a fresh sandbox (leave cwd out)"
                     )
                 await self._fetch_inputs(job, task)
                 directory = task.cwd
@@ -340,9 +350,10 @@ class FileRunner:
             writer = self._store.receive(digest, size)
             started = self._clock.seconds()
             try:
+                # On failure the pull aborts the writer itself, after the writes it queued:
+                # aborting here too could close the file under a write still under way.
                 await self._ops.pull(caller, writer)
             except Exception as e:
-                writer.abort()
                 reason = _reason(e)
                 continue
             took = self._clock.seconds() - started
@@ -389,20 +400,44 @@ class FileRunner:
             raise FileProblem(f"task {task.id}: could not collect its outputs: {_reason(e)}", FAILED) from None
         if error is not None:
             raise FileProblem(f"task {task.id}: {error}", FAILED)
+        records = sum(len(relative.encode("utf-8")) + OUTPUT_RECORD_BYTES for relative, _ in found)
+        if len(found) > MAX_RESULT_OUTPUTS or records > MAX_OUTPUT_RECORDS_BYTES:
+            raise FileProblem(
+                f"task {task.id}: its output patterns matched {len(found):,} files, more than one result can list "
+                f"(at most {MAX_RESULT_OUTPUTS:,} files and about {MAX_OUTPUT_RECORDS_BYTES:,} bytes of their "
+                f"records, here {records:,}): archive them into fewer files, or narrow the patterns",
+                FAILED,
+            )
         try:
             leader = self._push_to(job)
         except LookupError as e:
             raise FileProblem(f"task {task.id}: could not send its outputs: {_reason(e)}") from None
         outputs: list[OutputFile] = []
+        taken: dict[str, tuple[str, int]] = {}
         for relative, path in found:
-            try:
-                digest, size = await self._in_thread(self._store.add_file, path, move)
-            except (ValueError, OSError) as e:
-                raise FileProblem(f"task {task.id}: output {relative}: {_reason(e)}", FAILED) from None
+            if path in taken:
+                # The same file under another name (a symlink in the folder): stored once, moved away already.
+                digest, size = taken[path]
+            else:
+                try:
+                    digest, size = await self._in_thread(self._store.add_file, path, move)
+                except (ValueError, OSError) as e:
+                    raise FileProblem(f"task {task.id}: output {relative}: {_reason(e)}", FAILED) from None
+                taken[path] = (digest, size)
+                self._pin_for_a_while(digest)
             if leader is not None:
                 await self._push(leader, task, relative, digest, size)
             outputs.append(OutputFile(path=relative, size=size, sha256=digest))
         return tuple(outputs)
+
+    def _pin_for_a_while(self, digest: str) -> None:
+        """
+        Keep a new output from eviction for L{FRESH_PIN} seconds: until the
+        job's master holds it (its result applied), or while it is pushed
+        (a later output must not evict an earlier one of the same attempt).
+        """
+        self._store.pin([digest])
+        self._clock.callLater(FRESH_PIN, self._store.unpin, [digest])
 
     async def _push(self, leader: Any, task: TaskSpec, relative: str, digest: str, size: int) -> None:
         """Send one output to the job's leader (nothing if it has it)."""

@@ -11,7 +11,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from p2pexec.file_runner import FileRunner, synchronous
+from p2pexec.file_runner import FRESH_PIN, FileRunner, synchronous
 from p2pexec.model import (
     ERROR,
     FAILED,
@@ -134,6 +134,7 @@ class FakeOps:
 
     def __init__(self):
         self.pulls = []
+        self.pull_without_abort = False
         self.waiting = None
         self.place_error = None
         self.push_error = None
@@ -156,7 +157,7 @@ class FakeOps:
             if not matches and not optional:
                 return [], f"declared output {pattern!r} matched no file"
             found.update(matches)
-        return [(m, os.path.join(directory, m)) for m in sorted(found)], None
+        return [(m, os.path.realpath(os.path.join(directory, m))) for m in sorted(found)], None
 
     def pull(self, caller, writer):
         """Fetch the whole blob from the source (or wait, when told to)."""
@@ -166,8 +167,11 @@ class FakeOps:
             d, self.waiting = self.waiting, None
             return d.addCallback(lambda _: self.pull(caller, writer))
         if caller.error is not None:
+            if not self.pull_without_abort:
+                writer.abort()  # as transfer.pull does on any failure
             return fail(caller.error)
         if writer.digest not in caller.blobs:
+            writer.abort()
             return fail(LookupError(f"{caller.name} has no blob {writer.digest[:8]}"))
         writer.write(0, caller.blobs[writer.digest])
         writer.finish()
@@ -246,6 +250,7 @@ class FileRunnerTests(SynchronousTestCase):
         self.leader = Source("m1", {DIGEST: DATA})
         self.other = Source("p2")
         self.sources = [self.leader, self.other]
+        self.clock = Clock()
         self.push_target = self.leader
         self.ops = FakeOps()
         self.inner = Inner()
@@ -264,7 +269,7 @@ class FileRunnerTests(SynchronousTestCase):
             self.sandboxes,
             lambda job: list(self.sources),
             push_to,
-            Clock(),
+            self.clock,
             synchronous,
             self.ops,
             name="w1",
@@ -402,6 +407,71 @@ class FileRunnerTests(SynchronousTestCase):
         self.assertEqual([move for _, move in self.store.added], [True, True, True])
         self.assertEqual((runner.counters.outputs_sent, runner.counters.outputs_sent_bytes), (3, 36))
 
+    def test_new_outputs_pinned_for_a_while(self):
+        """
+        Each output taken into the store is pinned at once (a later output of
+        the same attempt cannot evict it before it is pushed and held) and
+        unpinned L{FRESH_PIN} seconds later.
+        """
+        self.inner.work = lambda cwd: [open(os.path.join(cwd, n), "wb").write(n.encode()) for n in ("a", "b")]
+        result = result_of(self.make().run("j1", task(outputs=[OutputPattern("*")])))
+        self.assertEqual(result.status, SUCCEEDED)
+        self.assertEqual(sorted(self.store.pinned), sorted([sha(b"a"), sha(b"b")]))
+        self.clock.advance(FRESH_PIN - 1)
+        self.assertEqual(len(self.store.pinned), 2)
+        self.clock.advance(1)
+        self.assertEqual(self.store.pinned, [])
+
+    def test_one_file_under_two_names(self):
+        """A file matched under two names (a symlink to it) is stored once and recorded under both; nothing fails."""
+
+        def work(cwd):
+            with open(os.path.join(cwd, "frame_9.png"), "wb") as f:
+                f.write(b"frame")
+            os.symlink("frame_9.png", os.path.join(cwd, "latest.png"))
+
+        self.inner.work = work
+        result = result_of(self.make().run("j1", task(outputs=[OutputPattern("*.png")])))
+        self.assertEqual(result.status, SUCCEEDED, result.error)
+        self.assertEqual(
+            result.outputs, (OutputFile("frame_9.png", 5, sha(b"frame")), OutputFile("latest.png", 5, sha(b"frame")))
+        )
+        self.assertEqual(len(self.store.added), 1)
+
+    def test_too_many_outputs_fail_in_one_line(self):
+        """More output files than one result can list fail the attempt, saying how many and what to do."""
+        self.inner.work = lambda cwd: [open(os.path.join(cwd, f"f{i:04}"), "wb").close() for i in range(1001)]
+        result = result_of(self.make().run("j1", task(outputs=[OutputPattern("f*")])))
+        self.assertEqual(result.status, FAILED)
+        self.assertIn("matched 1,001 files, more than one result can list", result.error)
+        self.assertEqual(len(result.error.splitlines()), 1)
+        self.assertEqual((self.store.added, self.leader.pushed), ([], []))
+        long_name = "x" * 200
+        self.inner.work = lambda cwd: [open(os.path.join(cwd, f"{long_name}{i:03}"), "wb").close() for i in range(200)]
+        result = result_of(self.make().run("j1", task(outputs=[OutputPattern("x*")])))
+        self.assertEqual(result.status, FAILED)
+        self.assertIn("matched 200 files", result.error)
+
+    def test_failed_pull_leaves_the_abort_to_the_pull(self):
+        """
+        When a source fails, the runner does not abort the writer itself (the
+        pull does, after its queued writes); it goes on to the next source.
+        """
+        aborted = []
+        real_receive = self.store.receive
+
+        def receive(digest, size):
+            writer = real_receive(digest, size)
+            writer.abort = lambda: aborted.append(digest)
+            return writer
+
+        self.store.receive = receive
+        self.ops.pull_without_abort = True
+        self.sources = [Source("m1", error=RuntimeError("connection lost")), Source("p2", {DIGEST: DATA})]
+        result = result_of(self.make().run("j1", task([InputFile("a.csv", DIGEST, len(DATA))])))
+        self.assertEqual(result.status, SUCCEEDED)
+        self.assertEqual(aborted, [])
+
     def test_missing_output_fails_the_task(self):
         """A declared output matching nothing turns a succeeded attempt into failed, naming the pattern."""
         runner = self.make()
@@ -463,6 +533,15 @@ class FileRunnerTests(SynchronousTestCase):
         self.assertEqual((os.listdir(cwd), self.ops.pulls, self.inner.runs), ([], [], []))
         result = result_of(self.make(restricted=True).run("j1", task([InputFile("tool", DIGEST, len(DATA))])))
         self.assertEqual(result.status, SUCCEEDED)
+        # Outputs alone: a cwd of the task's choosing (~/.ssh, the state folder) would send back any file in it.
+        secrets = os.path.join(self.root, "secrets")
+        os.makedirs(secrets)
+        with open(os.path.join(secrets, "id_rsa"), "wb") as f:
+            f.write(b"key")
+        result = result_of(self.make(restricted=True).run("j1", task(outputs=[OutputPattern("*")], cwd=secrets)))
+        self.assertEqual(result.status, ERROR)
+        self.assertIn("placed and collected only in a fresh sandbox", result.error)
+        self.assertEqual((self.store.added, self.leader.pushed), ([], []))
 
     def test_task_cwd_is_used_and_kept(self):
         """A task that sets C{cwd} gets its inputs there; nothing is removed, and outputs are copied, not moved."""

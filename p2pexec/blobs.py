@@ -45,6 +45,11 @@ DIGEST = re.compile(r"[0-9a-f]{64}")
 """A blob's name: its SHA-256 as 64 lowercase hex digits."""
 
 PIECE = 1024 * 1024
+
+FRESH_PIN = 600.0
+"""Seconds a blob just received or added stays pinned (its caller unpins it then): until a job holds it
+(a client's input until its job is accepted, a worker's output until its result is applied), so that the
+next blob to arrive cannot evict it first."""
 """Bytes read, hashed and copied at a time by L{BlobStore.add_file}."""
 
 OPEN_FILES = 8
@@ -108,6 +113,8 @@ class BlobWriter:
         self._temp = os.path.join(store._incoming, f"{digest}.{secrets.token_hex(8)}")
         self._fd: int | None = os.open(self._temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         self._done = False
+        self.pin_on_commit = False
+        """Whether the blob is pinned as it is put in place (see L{BlobStore.receive})."""
 
     @property
     def complete(self) -> bool:
@@ -161,7 +168,7 @@ class BlobWriter:
             os.close(fd)
         self._done = True
         try:
-            self._store._commit(self._temp, self.digest, self.size, counted=True)
+            self._store._commit(self._temp, self.digest, self.size, counted=True, pin=self.pin_on_commit)
         except BaseException:
             try:
                 os.unlink(self._temp)
@@ -316,10 +323,13 @@ class BlobStore:
 
     # -- adding -----------------------------------------------------------
 
-    def receive(self, digest: str, size: int) -> BlobWriter:
+    def receive(self, digest: str, size: int, pin: bool = False) -> BlobWriter:
         """
         A writer for blob C{digest} of C{size} bytes; L{BlobError} if the
         digest is malformed, the size negative or over C{max_transfer}.
+
+        @param pin: pin the blob (L{pin}) as it is put in place, before the
+            store evicts what no longer fits; the caller unpins it later.
         """
         _check_digest(digest)
         if not isinstance(size, int) or size < 0:
@@ -328,9 +338,11 @@ class BlobStore:
             raise BlobError(
                 f"Blob {_short(digest)} is {size:,} bytes, over the --max-transfer limit of {self.max_transfer:,} bytes."
             )
-        return BlobWriter(self, digest, size)
+        writer = BlobWriter(self, digest, size)
+        writer.pin_on_commit = pin
+        return writer
 
-    def add_file(self, path: str, move: bool = False) -> tuple[str, int]:
+    def add_file(self, path: str, move: bool = False, pin: bool = False) -> tuple[str, int]:
         """
         Add the file at C{path} to the store and return its (digest, size).
 
@@ -340,7 +352,7 @@ class BlobStore:
         changes while read.  With C{move=True} the file is first renamed into
         C{incoming/} (when on the same filesystem; else it is copied), so it
         cannot change under the hash; it is put back if it is refused.
-        Synchronous: run it in a thread for big files.
+        Synchronous: run it in a thread for big files.  C{pin}: as for L{receive}.
         """
         temp = os.path.join(self._incoming, f"add.{secrets.token_hex(8)}")
         moved = False
@@ -367,7 +379,7 @@ class BlobStore:
                 except FileNotFoundError:
                     pass
             raise
-        self._commit(temp, digest, size, counted=False)
+        self._commit(temp, digest, size, counted=False, pin=pin)
         return digest, size
 
     def _hash_file(self, source: str, shown: str, copy_to: str | None) -> tuple[str, int]:
@@ -418,19 +430,21 @@ class BlobStore:
                     raise BlobError(f"File {shown} disappeared while it was being stored.") from None
                 if (now.st_dev, now.st_ino) != (after.st_dev, after.st_ino):
                     raise BlobError(f"File {shown} was replaced while it was being stored.")
-            if out is not None:
-                os.fsync(out)
+            # The bytes must be on disk before the blob is: the copy, or the
+            # moved file itself (a task's output may still be in the page cache).
+            os.fsync(out if out is not None else fd)
             return digest.hexdigest(), size
         finally:
             os.close(fd)
             if out is not None:
                 os.close(out)
 
-    def _commit(self, temp: str, digest: str, size: int, counted: bool) -> None:
+    def _commit(self, temp: str, digest: str, size: int, counted: bool, pin: bool = False) -> None:
         """
         Rename the checked file C{temp} into place as blob C{digest} (or drop
         it when the store has it already), count it when C{counted} (received
-        from elsewhere), make it the most recently used and evict.
+        from elsewhere), pin it if asked, make it the most recently used and
+        evict.
         """
         shard = os.path.join(self._objects, digest[:2])
         with self._lock:
@@ -445,6 +459,8 @@ class BlobStore:
             if counted:
                 self.received_files += 1
                 self.received_bytes += size
+            if pin:
+                self._pinned[digest] += 1
             self._evict(keep=digest)
         _fsync_folder(shard)
 

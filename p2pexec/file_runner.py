@@ -34,6 +34,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
 from p2pexec.blob_thread import IBlobWriter
+from p2pexec.blobs import FRESH_PIN
 from p2pexec.file_values import MAX_RESULT_OUTPUTS
 from p2pexec.interfaces import ITaskRunner
 from p2pexec.log import NodeLogger
@@ -43,9 +44,6 @@ from p2pexec.transfer import rate
 log = NodeLogger()
 
 T = TypeVar("T")
-
-FRESH_PIN = 600.0
-"""Seconds a new output file stays pinned in the store, so that the next ones cannot evict it first."""
 
 OUTPUT_RECORD_BYTES = 100
 """A result's record of one output file, beyond its path: its digest, size and JSON punctuation (an upper bound)."""
@@ -71,8 +69,8 @@ class IBlobStore(Protocol):
     def receive(self, digest: str, size: int) -> IBlobWriter:
         """A writer for a blob coming in."""
 
-    def add_file(self, path: str, move: bool = False) -> tuple[str, int]:
-        """Hash the file at C{path} and keep it; its (digest, size)."""
+    def add_file(self, path: str, move: bool = False, pin: bool = False) -> tuple[str, int]:
+        """Hash the file at C{path} and keep it (pinned as it is kept, if asked); its (digest, size)."""
 
     def pin(self, digests: Iterable[str]) -> None:
         """Keep these blobs from eviction until unpinned (in memory)."""
@@ -420,7 +418,7 @@ class FileRunner:
                 digest, size = taken[path]
             else:
                 try:
-                    digest, size = await self._in_thread(self._store.add_file, path, move)
+                    digest, size = await self._in_thread(self._store.add_file, path, move, True)
                 except (ValueError, OSError) as e:
                     raise FileProblem(f"task {task.id}: output {relative}: {_reason(e)}", FAILED) from None
                 taken[path] = (digest, size)
@@ -432,11 +430,10 @@ class FileRunner:
 
     def _pin_for_a_while(self, digest: str) -> None:
         """
-        Keep a new output from eviction for L{FRESH_PIN} seconds: until the
-        job's master holds it (its result applied), or while it is pushed
-        (a later output must not evict an earlier one of the same attempt).
+        Unpin, L{FRESH_PIN} seconds from now, a new output the store pinned as
+        it was added: until the job's master holds it (its result applied),
+        or while it is pushed (a later output must not evict an earlier one).
         """
-        self._store.pin([digest])
         self._clock.callLater(FRESH_PIN, self._store.unpin, [digest])
 
     async def _push(self, leader: Any, task: TaskSpec, relative: str, digest: str, size: int) -> None:

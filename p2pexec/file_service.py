@@ -28,6 +28,7 @@ from twisted.python.failure import Failure
 
 from p2pexec import commands
 from p2pexec.blob_thread import IBlobWriter, QueuedWriter, Runner, inline
+from p2pexec.blobs import FRESH_PIN
 from p2pexec.log import NodeLogger
 from p2pexec.model import shorten
 from p2pexec.transfer import _call, rate
@@ -70,8 +71,14 @@ class IBlobStore(Protocol):
     def read(self, digest: str, offset: int, limit: int) -> bytes:
         """At most C{limit} bytes from C{offset} (C{b""} at or past the end); C{KeyError} if not held."""
 
-    def receive(self, digest: str, size: int) -> IBlobWriter:
-        """A writer for an incoming blob; C{ValueError} (BlobError) for a bad digest or size."""
+    def receive(self, digest: str, size: int, pin: bool = False) -> IBlobWriter:
+        """A writer for an incoming blob (pinned as it is kept, if asked); C{ValueError} for a bad digest or size."""
+
+    def pin(self, digests: Iterable[str]) -> None:
+        """Keep these blobs from eviction until unpinned."""
+
+    def unpin(self, digests: Iterable[str]) -> None:
+        """Undo one pin of each."""
 
 
 class IFileConnection(Protocol):
@@ -225,6 +232,7 @@ class FileService:
                         connection, state, digest, f"blob {name} is held here with {held} bytes, not {size}"
                     )
                 self.store.has(digest)
+                self._pin_for_a_while(digest, pinned=False)
                 return {"received": size, "complete": True}
             if offset != 0:
                 raise self._refuse(
@@ -246,7 +254,7 @@ class FileService:
                     f"this connection is sending {len(state.writers)} blobs already (at most {self._max_incoming})",
                 )
             try:
-                writer = QueuedWriter(self.store.receive(digest, size), self._run)
+                writer = QueuedWriter(self.store.receive(digest, size, pin=True), self._run)
             except (ValueError, OSError) as e:
                 raise self._refuse(connection, state, digest, str(e)) from None
             state.writers[digest] = writer
@@ -287,6 +295,7 @@ class FileService:
         if state.writers.get(digest) is writer:
             del state.writers[digest]
         self.received_files += 1
+        self._pin_for_a_while(digest, pinned=True)
         took = self._clock.seconds() - state.started.pop(digest, self._clock.seconds())
         log.info(
             "{Me} received file {digest} ({size} bytes) from {peer} in {took:.2f}s ({rate})",
@@ -298,6 +307,16 @@ class FileService:
             rate=rate(size, took),
         )
         return {"received": size, "complete": True}
+
+    def _pin_for_a_while(self, digest: str, pinned: bool) -> None:
+        """
+        Keep a blob just sent here from eviction for L{FRESH_PIN} seconds (the
+        store pinned it as it was kept, if C{pinned}): a client's input until
+        its job is accepted and held, a worker's output until its result is.
+        """
+        if not pinned:
+            self.store.pin([digest])
+        self._clock.callLater(FRESH_PIN, self.store.unpin, [digest])
 
     def _refuse(
         self, connection: IFileConnection, state: _Incoming, digest: str, why: str, writer: QueuedWriter | None = None

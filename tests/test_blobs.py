@@ -373,6 +373,24 @@ class EvictionTests(StoreMixin, TestCase):
         store.pin([c])
         self.assertEqual(self.reopen(store).held(), set())
 
+    def test_pinned_as_it_is_kept(self) -> None:
+        """
+        A blob received or added with C{pin=True} is pinned as it is put in
+        place, before the store evicts: the next blob cannot evict it.
+        """
+        store = self.make_store(cache_size=20)
+        data = b"a" * 10
+        writer = store.receive(sha(data), len(data), pin=True)
+        writer.write(0, data)
+        writer.finish()
+        added, _ = store.add_file(self.local_file(b"b" * 10), pin=True)
+        c = self.put(store, b"c" * 10)
+        self.assertEqual([store.has(x) for x in (sha(data), added, c)], [True, True, True])
+        store.unpin([sha(data), added])
+        self.put(store, b"d" * 10)
+        self.assertEqual(store.held(), set())
+        self.assertFalse(store.has(sha(data)))
+
     def test_new_blob_kept_when_too_big(self) -> None:
         """A blob bigger than the whole cache is kept (it was just asked for); older ones go."""
         store = self.make_store(cache_size=10)

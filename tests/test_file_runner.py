@@ -89,12 +89,14 @@ class FakeStore:
             self.pinned.remove(digest)
         self.pins.append(("unpin", list(digests)))
 
-    def add_file(self, path, move=False):
-        """Hash and keep a file; remove it when moved."""
+    def add_file(self, path, move=False, pin=False):
+        """Hash and keep a file (pinned if asked); remove it when moved."""
         with open(path, "rb") as f:
             data = f.read()
         self.blobs[sha(data)] = data
         self.added.append((os.path.basename(path), move))
+        if pin:
+            self.pin([sha(data)])
         if move:
             os.unlink(path)
         return sha(data), len(data)

@@ -9,6 +9,7 @@ closes, and the proxy through a peer.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import os
 from typing import Any
@@ -22,6 +23,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from p2pexec import commands
 from p2pexec.auth import ChallengeResponse
+from p2pexec.blobs import FRESH_PIN
 from p2pexec.file_service import MAX_QUEUED, FileService
 from p2pexec.peer import PeerProtocol
 from p2pexec.transfer import PIECE, WINDOW, missing, pull, push
@@ -59,6 +61,8 @@ class FakeWriter:
         if hashlib.sha256(self._data).hexdigest() != self.digest:
             raise ValueError(f"blob {self.digest[:12]} does not match: the file changed while sent?")
         self._store.blobs[self.digest] = bytes(self._data)
+        if getattr(self, "pin_on_commit", False):
+            self._store.pin([self.digest])
 
     def abort(self) -> None:
         """Drop what was written."""
@@ -74,6 +78,7 @@ class FakeStore:
         self.blobs: dict[str, bytes] = {}
         self.writers: list[FakeWriter] = []
         self.touched: list[str] = []
+        self.pinned: collections.Counter[str] = collections.Counter()
 
     def add(self, data: bytes) -> str:
         """Hold C{data}; its digest."""
@@ -97,13 +102,23 @@ class FakeStore:
         """A piece (KeyError if absent)."""
         return self.blobs[digest][offset : offset + limit]
 
-    def receive(self, digest: str, size: int) -> FakeWriter:
-        """A writer (ValueError, as BlobError, for a size over max_transfer)."""
+    def receive(self, digest: str, size: int, pin: bool = False) -> FakeWriter:
+        """A writer (ValueError, as BlobError, for a size over max_transfer); C{pin}: pinned once kept."""
         if size > self.max_transfer:
             raise ValueError(f"size {size} over --max-transfer")
         writer = FakeWriter(self, digest, size)
+        writer.pin_on_commit = pin
         self.writers.append(writer)
         return writer
+
+    def pin(self, digests: Any) -> None:
+        """Count a pin of each."""
+        self.pinned.update(digests)
+
+    def unpin(self, digests: Any) -> None:
+        """Undo one pin of each."""
+        self.pinned.subtract(digests)
+        self.pinned = +self.pinned
 
 
 class FileHandler(RecordingHandler):
@@ -184,6 +199,28 @@ class ClientTests(SynchronousTestCase):
     def refusal_lines(self) -> list[str]:
         """The log lines that refused a file command."""
         return [e["log_format"] for e in self.events if e.get("log_format", "").startswith("Refused")]
+
+    def test_received_blob_pinned_for_a_while(self):
+        """
+        A blob sent here is pinned as it is kept (a client's input until its
+        job is accepted, a worker's output until its result is applied, so
+        that the next blob cannot evict it), and unpinned L{FRESH_PIN}
+        seconds later; one sent again while held is pinned afresh.
+        """
+        data = os.urandom(200_000)
+        digest = hashlib.sha256(data).hexdigest()
+        read = lambda offset, limit: data[offset : offset + limit]  # noqa: E731
+        settle(push(self.client, read, digest, len(data)), self.pump)
+        store = self.handler.store
+        self.assertEqual(store.pinned[digest], 1)
+        self.clock.advance(FRESH_PIN / 2)
+        self.connect()  # the idle client's connection was closed meanwhile
+        settle(push(self.client, read, digest, len(data)), self.pump)
+        self.assertEqual(store.pinned[digest], 2)
+        self.clock.advance(FRESH_PIN / 2)
+        self.assertEqual(store.pinned[digest], 1)
+        self.clock.advance(FRESH_PIN / 2)
+        self.assertEqual(store.pinned[digest], 0)
 
     def test_push_and_pull_round_trip(self):
         """

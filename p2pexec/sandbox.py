@@ -15,7 +15,7 @@ sentence naming the path and the reason.
 
 from __future__ import annotations
 
-import glob
+import fnmatch
 import os
 import posixpath
 import secrets
@@ -86,6 +86,14 @@ class Sandboxes:
         """
         directory = os.path.join(self.root, safe_name(job), safe_name(task), str(int(attempt)))
         self.remove(directory)
+        for _ in range(2):
+            try:
+                os.makedirs(directory)
+                return directory
+            except FileNotFoundError:
+                # Another attempt's removal (in a thread) took an empty job or
+                # task folder away between two steps of makedirs: again.
+                continue
         os.makedirs(directory)
         return directory
 
@@ -156,54 +164,141 @@ def _unlink_quietly(path: str) -> None:
         pass
 
 
+MAX_MATCHES = 10_000
+"""The most files the output patterns of one attempt may match (a result lists far fewer: see the file runner)."""
+
+
+def _segment_matches(pattern: str, name: str) -> bool:
+    """One path segment against one glob segment, as C{glob} does: a wildcard does not match a leading dot."""
+    if name.startswith(".") and not pattern.startswith("."):
+        return False
+    return fnmatch.fnmatchcase(name, pattern)
+
+
+def _matches(pattern: Sequence[str], path: Sequence[str]) -> bool:
+    """Whether the path's segments match the pattern's (C{**}: any number of folders, none included)."""
+    if not pattern:
+        return not path
+    if pattern[0] == "**":
+        return _matches(pattern[1:], path) or (
+            bool(path) and not path[0].startswith(".") and _matches(pattern, path[1:])
+        )
+    return bool(path) and _segment_matches(pattern[0], path[0]) and _matches(pattern[1:], path[1:])
+
+
+def _may_match_below(pattern: Sequence[str], folder: Sequence[str]) -> bool:
+    """Whether a file somewhere below C{folder} could match the pattern (so the walk goes into it)."""
+    if not folder:
+        return bool(pattern)
+    if not pattern:
+        return False
+    if pattern[0] == "**":
+        return True
+    return _segment_matches(pattern[0], folder[0]) and _may_match_below(pattern[1:], folder[1:])
+
+
 def collect_outputs(
     directory: str, patterns: Sequence[tuple[str, bool]], max_transfer: int
 ) -> tuple[list[tuple[str, str]], str | None]:
     """
     The files matching the (glob, optional) C{patterns} in C{directory}, as
     sorted, deduplicated (relative path, absolute real path) pairs, and the
-    first problem found as one sentence (or None).
+    first problem found as one sentence (or None; the problem of the first
+    pattern that has one).
 
-    Globs are relative to C{directory} (C{**} matches folders recursively);
-    only regular files count.  A problem: a pattern that is absolute or has
-    C{..}; a match that is a symlink, or lies under one, leading out of
-    C{directory}; a file over C{max_transfer} bytes; a pattern not optional
-    that matched no file.  The files without problems are returned even when
+    Globs are relative to C{directory} (C{*}, C{?} and C{[...]} within a
+    name; C{**} for any number of folders); only regular files count.  The
+    folder is walked once, and only where a pattern could match: a symlinked
+    folder is followed only if it leads inside C{directory}, and each real
+    folder is visited once, so a symlink loop ends the walk instead of
+    hanging it.  A problem: a pattern that is absolute or has C{..}; a match
+    that is a symlink leading out of C{directory}, or a symlinked folder
+    leading out that a pattern reaches into; a file over C{max_transfer}
+    bytes; a pattern not optional that matched no file; more than
+    L{MAX_MATCHES} files.  The files without problems are returned even when
     there is one, so a caller may still keep them.
     """
     real_root = os.path.realpath(directory)
-    found: dict[str, str] = {}
-    error: str | None = None
-    for pattern, optional in patterns:
-        problem: str | None = None
-        matched = False
+    problems: list[str | None] = [None] * len(patterns)
+    matched = [False] * len(patterns)
+    split: list[list[str] | None] = []
+    for index, (pattern, _optional) in enumerate(patterns):
         try:
-            relative_pattern = check_relative(pattern, "output pattern")
+            split.append(check_relative(pattern, "output pattern").split("/"))
         except PathRefused as e:
-            problem = str(e)
-            relative_pattern = ""
-        if problem is None:
-            for match in sorted(glob.glob(relative_pattern, root_dir=directory, recursive=True)):
-                relative = posixpath.normpath(match)
-                real = os.path.realpath(os.path.join(directory, relative))
-                if not is_inside(real, real_root):
-                    problem = problem or f"output {relative!r} is refused: it is a symlink leading out of {directory}."
+            problems[index] = str(e)
+            split.append(None)
+    found: dict[str, str] = {}
+    visited: set[str] = set()
+    too_many = False
+
+    def note(segments: list[str], problem: str) -> None:
+        for index, pattern in enumerate(split):
+            if pattern is not None and problems[index] is None and _matches(pattern, segments):
+                problems[index] = problem
+
+    def walk(real_folder: str, prefix: list[str]) -> None:
+        nonlocal too_many
+        if real_folder in visited or too_many:
+            return
+        visited.add(real_folder)
+        try:
+            names = sorted(os.listdir(real_folder))
+        except OSError:
+            return
+        for name in names:
+            segments = [*prefix, name]
+            relative = "/".join(segments)
+            path = os.path.join(real_folder, name)
+            try:
+                info = os.stat(path)
+            except OSError:
+                continue  # a dangling symlink, or gone already
+            linked = os.path.islink(path)
+            if stat.S_ISDIR(info.st_mode):
+                if not any(p is not None and _may_match_below(p, segments) for p in split):
                     continue
-                try:
-                    info = os.stat(real)
-                except OSError:
+                real = os.path.realpath(path) if linked else path
+                if linked and not is_inside(real, real_root):
+                    for index, pattern in enumerate(split):
+                        if pattern is not None and problems[index] is None and _may_match_below(pattern, segments):
+                            problems[index] = (
+                                f"output {relative!r} is refused: it is a symlink leading out of {directory}."
+                            )
                     continue
-                if not stat.S_ISREG(info.st_mode):
-                    continue
-                matched = True
-                if info.st_size > max_transfer:
-                    problem = problem or (
-                        f"output {relative!r} is {info.st_size:,} bytes, over the --max-transfer limit of "
-                        f"{max_transfer:,} bytes."
-                    )
-                    continue
-                found.setdefault(relative, real)
-            if problem is None and not matched and not optional:
-                problem = f"declared output {pattern!r} matched no file."
-        error = error or problem
+                walk(real, segments)
+                continue
+            if not stat.S_ISREG(info.st_mode):
+                continue
+            hits = [i for i, p in enumerate(split) if p is not None and _matches(p, segments)]
+            if not hits:
+                continue
+            real = os.path.realpath(path)
+            if not is_inside(real, real_root):
+                note(segments, f"output {relative!r} is refused: it is a symlink leading out of {directory}.")
+                continue
+            for index in hits:
+                matched[index] = True
+            if info.st_size > max_transfer:
+                note(
+                    segments,
+                    f"output {relative!r} is {info.st_size:,} bytes, over the --max-transfer limit of "
+                    f"{max_transfer:,} bytes.",
+                )
+                continue
+            found.setdefault(relative, real)
+            if len(found) > MAX_MATCHES:
+                too_many = True
+                return
+
+    walk(real_root, [])
+    if too_many:
+        return sorted(found.items()), (
+            f"the output patterns matched more than {MAX_MATCHES:,} files; archive them into fewer files, "
+            f"or narrow the patterns."
+        )
+    for index, (pattern, optional) in enumerate(patterns):
+        if problems[index] is None and split[index] is not None and not matched[index] and not optional:
+            problems[index] = f"declared output {pattern!r} matched no file."
+    error = next((problem for problem in problems if problem is not None), None)
     return sorted(found.items()), error

@@ -15,7 +15,15 @@ from twisted.trial.unittest import TestCase
 
 from p2pexec.blobs import BlobStore
 from p2pexec.safepaths import safe_name
-from p2pexec.sandbox import PathRefused, Sandboxes, check_relative, collect_outputs, input_name, place_inputs
+from p2pexec.sandbox import (
+    MAX_MATCHES,
+    PathRefused,
+    Sandboxes,
+    check_relative,
+    collect_outputs,
+    input_name,
+    place_inputs,
+)
 
 
 class CheckRelativeTests(TestCase):
@@ -283,11 +291,44 @@ class CollectOutputsTests(TestCase):
         )
 
     def test_symlink_folder_leading_out(self) -> None:
-        """A match under a symlinked folder leading outside is refused too."""
+        """A pattern reaching into a symlinked folder that leads outside is refused, naming the link; nothing under it is read."""
         os.symlink(self.outside, os.path.join(self.directory, "escape"))
         files, error = self.collect("escape/*.png")
         self.assertEqual(files, [])
-        self.assertIn("'escape/secret.png' is refused: it is a symlink leading out", error or "")
+        self.assertEqual(error, f"output 'escape' is refused: it is a symlink leading out of {self.directory}.")
+        # A pattern that cannot reach into it does not mind it.
+        self.assertEqual(self.collect("out/*.png"), (["out/a.png", "out/b.png"], None))
+
+    def test_symlink_loop_ends(self) -> None:
+        """
+        Symlinked folders looping back ('a -> .', 'b -> .') are walked once,
+        so '**' ends (Python's glob explores about 2**40 paths here) and
+        finds each file under its shortest name.
+        """
+        os.symlink(".", os.path.join(self.directory, "a"))
+        os.symlink(".", os.path.join(self.directory, "b"))
+        os.symlink("..", os.path.join(self.directory, "out", "up"))
+        files, error = self.collect("**/*.png")
+        self.assertEqual((files, error), (["out/a.png", "out/b.png", "out/deep/c.png"], None))
+
+    def test_too_many_matches(self) -> None:
+        """More than MAX_MATCHES files stop the walk, with one sentence saying what to do."""
+        many = os.path.join(self.directory, "many")
+        os.makedirs(many)
+        for number in range(MAX_MATCHES + 1):
+            open(os.path.join(many, str(number)), "wb").close()
+        files, error = self.collect("many/*")
+        self.assertEqual(len(files), MAX_MATCHES + 1)
+        self.assertEqual(
+            error,
+            f"the output patterns matched more than {MAX_MATCHES:,} files; archive them into fewer files, or narrow the patterns.",
+        )
+
+    def test_hidden_files_need_a_dot(self) -> None:
+        """As with glob, a wildcard does not match a name starting with a dot; '.*' does."""
+        self.write(".hidden", b"h")
+        self.assertEqual(self.collect("*.txt", (".h*", True))[0], [".hidden", "report.txt"])
+        self.assertEqual(self.collect("*")[0], ["report.txt"])
 
     def test_symlink_inside(self) -> None:
         """A symlink to a file inside the folder is collected, with its real path."""

@@ -55,6 +55,7 @@ from p2pexec.model import NodeInfo, ValidationError, shorten, validate_name
 from p2pexec.peer_commands import PEER_COMMANDS, PeerCommands, parse_peer_list, peer_entry
 from p2pexec.refusals import CODES, LOCAL_TOKEN_NOT_PROVED, LOCAL_TOKEN_OUT_OF_TURN, PROOF_OUT_OF_TURN, refusal
 from p2pexec.task_output import OutputCommands
+from p2pexec.wide_io import widen
 
 __all__ = [
     "AUTH_TIMEOUT",
@@ -299,6 +300,7 @@ class PeerProtocol(ClientCommands, OutputCommands, FileCommands, PeerCommands, C
         """
         self._transportPeer = self._peer_address = transport.getPeer()
         self._transportHost = transport.getHost()
+        widen(transport)
         amp.BinaryBoxProtocol.makeConnection(self, transport)
         if not self._handler.connection_opened(self):
             self._fire(_Ev.OVER_LIMIT)

@@ -18,7 +18,7 @@ from p2pexec.cli import parser
 from p2pexec.cli.errors import CliError
 from p2pexec.cli.fetch import fetch_into
 from p2pexec.client import calls
-from p2pexec.client.errors import JobNotFound
+from p2pexec.client.errors import ClientError, JobNotFound
 from p2pexec.client.fetching import fetch_outputs
 from p2pexec.client.uploads import Remote, UploadFailed, upload_inputs
 from p2pexec.model import InputFile, TaskSpec
@@ -128,7 +128,11 @@ class UploadTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(d), 0)
 
     def test_changed_file(self) -> None:
-        """A file that changed since it was hashed is one clear error, before its last piece is sent."""
+        """
+        A file that changed since it was hashed is one clear error: at once
+        if its size changed, else once the node (which checks the SHA-256)
+        refused it; the node keeps nothing.
+        """
         same_size = self.local("a.bin", b"a" * 100_000)
         with open(same_size.source or "", "r+b") as f:
             f.write(b"b")
@@ -144,6 +148,53 @@ class UploadTests(SynchronousTestCase):
             self.assertIn(f"input {file.source} of task t1 changed since it was hashed", error.message)
             self.assertIn(fragment, error.message)
             self.assertNotIn(file.sha256, blobs.blobs)
+
+    def test_changed_while_sent(self) -> None:
+        """
+        A file changed (same size) after its first piece went is refused by
+        the node, which checks the SHA-256 (as a ClientError, the way the
+        client's connection hands TRANSFER_REFUSED on); the client says the
+        file changed, in one line.
+        """
+        file = self.local("a.bin", b"a" * 3 * PIECE)
+        blobs = FakeBlobs()
+
+        def push(caller: Any, read: Any, digest: str, size: int) -> defer.Deferred[int]:
+            first = read(0, PIECE)
+            with open(file.source or "", "r+b") as f:
+                f.seek(2 * PIECE)
+                f.write(b"b")
+            data = first + read(PIECE, PIECE) + read(2 * PIECE, PIECE)
+            if sha256(data) != digest:
+                why = f"node at 127.0.0.1:1 refused: the bytes received for blob {digest[:12]} do not match"
+                return defer.fail(ClientError(why))
+            blobs.blobs[digest] = data
+            return defer.succeed(size)
+
+        d = defer.ensureDeferred(
+            upload_inputs(self.node, [TaskSpec(id="t1", kind="sh", inputs=(file,))], blobs.missing, push)
+        )
+        self.assertEqual(
+            self.failureResultOf(d, UploadFailed).value.message,
+            f"input {file.source} of task t1 changed since it was hashed (its SHA-256 is not the same); "
+            "submit the job again",
+        )
+        self.assertEqual(blobs.blobs, {})
+
+    def test_refused_unchanged(self) -> None:
+        """A node's refusal (a ClientError) of a file that did not change is reported with the node's reason."""
+        file = self.local("a.bin", b"abc")
+
+        def refuse(*args: Any) -> defer.Deferred[int]:
+            return defer.fail(ClientError("node at 127.0.0.1:1: blob abc is over --max-transfer"))
+
+        d = defer.ensureDeferred(
+            upload_inputs(self.node, [TaskSpec(id="t1", kind="sh", inputs=(file,))], FakeBlobs().missing, refuse)
+        )
+        self.assertEqual(
+            self.failureResultOf(d, UploadFailed).value.message,
+            f"could not send input {file.source} of task t1: node at 127.0.0.1:1: blob abc is over --max-transfer",
+        )
 
     def test_vanished_file(self) -> None:
         """A file removed since it was hashed is one clear error."""

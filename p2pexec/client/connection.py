@@ -43,6 +43,7 @@ from p2pexec.client.errors import (
     OutputNotReady,
     TaskNotFound,
 )
+from p2pexec.wide_io import widen
 
 DEFAULT_PORT = 10001
 """The port of a C{--connect} value that names only a host."""
@@ -188,6 +189,7 @@ class NodeClient:
             raise
         except Exception as e:
             raise ConnectFailed(f"cannot connect to {self.address}: {connect_failure_reason(e)}") from None
+        widen(self._protocol.transport)
         if self._key is not None:
             protocol = self._protocol
             proving = defer.ensureDeferred(

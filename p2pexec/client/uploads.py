@@ -62,17 +62,17 @@ def transfer_function(name: str) -> Any:
 
 class LocalInput:
     """
-    One input's local file, open for L{read}: it must still be the file
-    that was hashed (same size, same SHA-256, checked as it is read, so
-    that a changed file is caught before its last piece goes).
+    One input's local file, open for L{read}: it must still have the size
+    it had when hashed (checked when opened, and on each read).  Its bytes
+    are not hashed again here: the node checks the SHA-256 of what it
+    receives and refuses a mismatch, which L{upload_inputs} then explains
+    (L{changed_since_hashed}).
     """
 
     def __init__(self, task: str, file: InputFile) -> None:
         assert file.source is not None
         self._task = task
         self._file = file
-        self._hash = hashlib.sha256()
-        self._hashed = 0
         try:
             self._fd = os.open(file.source, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as e:
@@ -80,28 +80,17 @@ class LocalInput:
         size = os.fstat(self._fd).st_size
         if size != file.size:
             self.close()
-            self._changed(f"it has {size} bytes now, {file.size} when hashed")
-
-    def _changed(self, how: str) -> None:
-        raise UploadFailed(
-            f"input {self._file.source} of task {self._task} changed since it was hashed ({how}); submit the job again"
-        )
+            raise changed(task, file, f"it has {size} bytes now, {file.size} when hashed")
 
     def read(self, offset: int, limit: int) -> bytes:
         """
         Up to C{limit} bytes from C{offset}.
 
-        @raise UploadFailed: if the file is shorter than it was, or (on the
-            read that reaches its end) its content is not what was hashed.
+        @raise UploadFailed: if the file is shorter than it was.
         """
         data = os.pread(self._fd, limit, offset)
         if len(data) < min(limit, self._file.size - offset):
-            self._changed(f"it ended at byte {offset + len(data)}, not {self._file.size}")
-        if offset == self._hashed:
-            self._hash.update(data)
-            self._hashed += len(data)
-            if self._hashed >= self._file.size and self._hash.hexdigest() != self._file.sha256:
-                self._changed("its SHA-256 is not the same")
+            raise changed(self._task, self._file, f"it ended at byte {offset + len(data)}, not {self._file.size}")
         return data
 
     def close(self) -> None:
@@ -109,6 +98,27 @@ class LocalInput:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+
+def changed(task: str, file: InputFile, how: str) -> UploadFailed:
+    """The one line for input C{file} of C{task}, which changed since it was hashed (C{how})."""
+    return UploadFailed(f"input {file.source} of task {task} changed since it was hashed ({how}); submit the job again")
+
+
+def changed_since_hashed(file: InputFile) -> bool:
+    """
+    Whether C{file}'s local copy no longer has the SHA-256 it was named by
+    (hashed again: only after the node refused it, to say why).
+    """
+    assert file.source is not None
+    digest = hashlib.sha256()
+    try:
+        with open(file.source, "rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+    except OSError:
+        return True
+    return digest.hexdigest() != file.sha256
 
 
 def inputs_to_send(tasks: Iterable[TaskSpec]) -> dict[str, tuple[str, InputFile]]:
@@ -154,10 +164,12 @@ async def upload_inputs(
             await send(remote, local.read, digest, file.size)
         except (UploadFailed, CancelledError):
             raise
-        except ClientError as e:
-            raise UploadFailed(f"could not send input {file.source} of task {task}: {e.message}") from None
-        except Exception as e:  # the node's TRANSFER_REFUSED, as AMP raises it
-            raise UploadFailed(f"could not send input {file.source} of task {task}: {e}") from None
+        except Exception as e:  # the node's TRANSFER_REFUSED (a ClientError), or as AMP raises it
+            if changed_since_hashed(file):
+                # The node refused bytes whose SHA-256 did not match: say why, in the client's words.
+                raise changed(task, file, "its SHA-256 is not the same") from None
+            reason = e.message if isinstance(e, ClientError) else str(e)
+            raise UploadFailed(f"could not send input {file.source} of task {task}: {reason}") from None
         finally:
             local.close()
         sent += 1

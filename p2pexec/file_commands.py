@@ -24,6 +24,9 @@ if TYPE_CHECKING:
 
 # -- the arguments ------------------------------------------------------------------
 
+MAX_JOB_ID = 1_000
+"""The longest job id HOLD_BLOBS takes (a job's id is far shorter)."""
+
 
 def check_digest(value: str, what: str = "sha256") -> None:
     """C{ValueError} unless C{value} is a SHA-256 digest (64 lowercase hex digits)."""
@@ -82,6 +85,22 @@ class FileCommands(amp.CommandLocator):
             raise bad_arguments(self.describe(), "HAVE_BLOBS", e) from None
         files = self._files()
         return {"missing": list(dict.fromkeys(asked)) if files is None else files.have(asked)}
+
+    @commands.HoldBlobs.responder
+    def _hold_blobs(self, job: str, digests: Any) -> dict[str, Any]:
+        try:
+            asked = check_digests(digests)
+            if not 1 <= len(job) <= MAX_JOB_ID:
+                raise ValueError(f"'job' must be 1 to {MAX_JOB_ID} characters")
+        except ValueError as e:
+            raise bad_arguments(self.describe(), "HOLD_BLOBS", e) from None
+        if self.peer is None:
+            # (The connection machine refuses it before the handshake already.)
+            raise commands.TransferRefused("not allowed: HOLD_BLOBS comes from a peer, after its handshake")
+        files = self._files()
+        if files is None:
+            raise commands.TransferRefused("not allowed: this node moves no files")
+        return {"held": files.hold_for_replica(job, asked)}
 
     @commands.PutBlob.responder
     def _put_blob(

@@ -14,7 +14,13 @@ job's inputs and its results' outputs until the journal forgets the job.
     result), written once per reactor turn for all of a batch;
   - L{JobFiles.forgotten}: the journal's retention deleted these jobs
     (L{p2pexec.startup.StartupJob.prune}): their holds are released, and
-    their blobs are evicted like any other once the cache is full.
+    their blobs are evicted like any other once the cache is full;
+  - L{JobFiles.placed}: the job's replica set is known (chosen, or the job
+    taken over): its files are held under the job, and copied to the other
+    members (L{p2pexec.file_copies}), as are the outputs of each result
+    applied after; a member holds them under C{replica:JOB} (HOLD_BLOBS)
+    until L{JobFiles.replicas_forgotten}: its replicated log of the job is
+    pruned.
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ from typing import Protocol
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from p2pexec import commands
+from p2pexec.file_copies import ReplicaCopies
+from p2pexec.file_service import replica_owner
 from p2pexec.log import NodeLogger
 from p2pexec.model import TaskResult, TaskSpec
 
@@ -56,6 +64,9 @@ class JobFiles:
         self._name = name
         self._pending: dict[str, set[str]] = {}
         self._write: IDelayedCall | None = None
+        self.copies: ReplicaCopies | None = None
+        """Copies the jobs' files to their replica sets (C{None}: nothing is copied)."""
+        self._replicas: dict[str, tuple[str, ...]] = {}
 
     def check(self, specs: Sequence[TaskSpec], label: str) -> None:
         """
@@ -129,6 +140,49 @@ class JobFiles:
                     job=job_id,
                     error=e,
                 )
+            self._copy(job_id, sorted(digests), "output")
+
+    def placed(
+        self, job_id: str, members: tuple[str, ...], specs: Sequence[TaskSpec], results: Iterable[TaskResult]
+    ) -> None:
+        """
+        This node leads C{job_id} with the replica set C{members} (chosen,
+        or taken over): hold the job's inputs and the outputs of its results
+        (a successor's store has them as a replica), and copy them to the
+        other members; later outputs follow (L{flush}).
+        """
+        inputs = sorted({item.sha256 for spec in specs for item in spec.inputs})
+        outputs = sorted({output.sha256 for result in results for output in result.outputs} - set(inputs))
+        self._replicas[job_id] = tuple(member for member in members if member != self._name)
+        if inputs or outputs:
+            try:
+                self._store.hold(job_id, inputs + outputs)
+            except (ValueError, OSError) as e:
+                log.error(
+                    "Node {name} could not hold the files of job {job} in its file cache: {error}",
+                    name=self._name,
+                    job=job_id,
+                    error=e,
+                )
+        self._copy(job_id, inputs, "input")
+        self._copy(job_id, outputs, "output")
+
+    def _copy(self, job_id: str, digests: list[str], kind: str) -> None:
+        """Copy C{digests} of C{job_id} to the other members of its replica set, if it has one."""
+        if self.copies is None or not digests:
+            return
+        for member in self._replicas.get(job_id, ()):
+            self.copies.copy(job_id, member, digests, kind)
+
+    def member_connected(self, name: str) -> None:
+        """A peer connected: copy it what it was skipped for (L{p2pexec.file_copies.ReplicaCopies.member_connected})."""
+        if self.copies is not None:
+            self.copies.member_connected(name)
+
+    def replicas_forgotten(self, job_ids: Iterable[str]) -> None:
+        """The journal pruned this node's replicated logs of these jobs: release the files it held for them."""
+        for job_id in job_ids:
+            self._store.release(replica_owner(job_id))
 
     def withdrawn(self, job_id: str) -> None:
         """A job was refused after all (its journal could not be written): release what it held."""
@@ -141,6 +195,9 @@ class JobFiles:
         for job_id in job_ids:
             self._pending.pop(job_id, None)
             self._store.release(job_id)
+            self._replicas.pop(job_id, None)
+            if self.copies is not None:
+                self.copies.forget(job_id)
             count += 1
         if count:
             log.info(

@@ -23,6 +23,7 @@ from p2pexec.blob_thread import Runner, SerialThread, inline
 from p2pexec.blobs import BlobStore
 from p2pexec.config import NodeConfig
 from p2pexec.directory import JobDirectory
+from p2pexec.file_copies import ReplicaCopies
 from p2pexec.file_holds import JobFiles
 from p2pexec.file_runner import FileRunner
 from p2pexec.file_service import FileService
@@ -31,6 +32,7 @@ from p2pexec.log import NodeLogger
 from p2pexec.membership import PeerTable
 
 if TYPE_CHECKING:
+    from p2pexec.failover import Replication
     from p2pexec.intake import Intake
     from p2pexec.master import Master
     from p2pexec.startup import StartupJob
@@ -193,7 +195,9 @@ def build_files(
         name=config.name,
         restricted=config.restricted_commands,
     )
-    return NodeFiles(store, sandboxes, service, files_runner, JobFiles(store, reactor, config.name))
+    holds = JobFiles(store, reactor, config.name)
+    holds.copies = ReplicaCopies(store, reactor, lambda member: connection_of(peers, member), config.name)
+    return NodeFiles(store, sandboxes, service, files_runner, holds)
 
 
 def wire_files(
@@ -205,10 +209,12 @@ def wire_files(
     master: Master,
     startup: StartupJob,
     views: Views,
+    replication: Replication | None = None,
 ) -> None:
     """
     Join the file parts to the node's: the service answers the file commands
-    (C{responders.files}), the master checks and holds the jobs' files.
+    (C{responders.files}), the master checks and holds the jobs' files, and
+    copies them to each job's replica set once it is known (C{replication}).
     """
     files.service.wire(lambda: [r.connection for r in peers.connected_peers() if r.connection is not None], name)
     responders.files = files.service
@@ -216,4 +222,8 @@ def wire_files(
     startup.files = files.holds
     master.job_result_listeners.append(files.holds.result_applied)
     startup.forgotten_listeners.append(files.holds.forgotten)
+    startup.replicas_forgotten_listeners.append(files.holds.replicas_forgotten)
+    if replication is not None:
+        replication.unplaced.listeners.append(files.holds.placed)
+        replication.connected_listeners.append(files.holds.member_connected)
     views.files = files

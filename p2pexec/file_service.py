@@ -57,6 +57,11 @@ _REMEMBERED = 1_000
 """The most refused transfers remembered per connection, and blob sources remembered for the proxy."""
 
 
+def replica_owner(job: str) -> str:
+    """The owner a replica holds job C{job}'s files under (HOLD_BLOBS): C{replica:JOB}."""
+    return f"replica:{job}"
+
+
 class IBlobStore(Protocol):
     """The node's blob store (a L{p2pexec.blobs.BlobStore}): what the service uses of it."""
 
@@ -79,6 +84,9 @@ class IBlobStore(Protocol):
 
     def unpin(self, digests: Iterable[str]) -> None:
         """Undo one pin of each."""
+
+    def hold(self, owner: str, digests: Iterable[str]) -> None:
+        """Keep C{digests} from eviction until C{owner} is released (HOLD_BLOBS)."""
 
 
 class IFileConnection(Protocol):
@@ -189,6 +197,31 @@ class FileService:
     def have(self, digests: list[str]) -> list[str]:
         """Which of C{digests} (checked already) the store lacks, in order, each once."""
         return [digest for digest in dict.fromkeys(digests) if not self.store.has(digest)]
+
+    # -- HOLD_BLOBS ------------------------------------------------------------
+
+    def hold_for_replica(self, job: str, digests: list[str]) -> list[str]:
+        """
+        HOLD_BLOBS (C{digests} checked already): hold those of C{digests} the
+        store has for job C{job}'s replicated log, under L{replica_owner}
+        (released when the log is pruned, see L{p2pexec.file_holds});
+        return them, in order, each once.
+
+        @raise commands.TransferRefused: if the hold cannot be written.
+        """
+        held = [digest for digest in dict.fromkeys(digests) if self.store.has(digest)]
+        if held:
+            try:
+                self.store.hold(replica_owner(job), held)
+            except (ValueError, OSError) as e:
+                log.error(
+                    "{me} could not hold the files of job {job} for its replica: {error}",
+                    me=self._Me,
+                    job=shorten(job, 80),
+                    error=e,
+                )
+                raise commands.TransferRefused(f"{self._me} could not hold the files: {e}") from None
+        return held
 
     # -- PUT_BLOB --------------------------------------------------------------
 

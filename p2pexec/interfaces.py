@@ -316,6 +316,9 @@ class IJournal(Protocol):
     def prune_replicas(self, finished_before: float) -> int:
         """Delete the replicated logs of the jobs that ended before C{finished_before} (wall clock); return how many."""
 
+    replicas_pruned: list[str]
+    """The jobs whose replicated logs the last L{prune_replicas} deleted."""
+
     def close(self) -> None:
         """Write what is marked and release the journal."""
 

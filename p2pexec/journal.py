@@ -83,6 +83,7 @@ class NullJournal:
 
     def __init__(self) -> None:
         self._batches: dict[str, list[Batch]] = {}
+        self.replicas_pruned: list[str] = []
 
     def job_added(self, job: IJobState) -> None:
         """Nothing to write."""
@@ -208,6 +209,8 @@ class Journal:
         self._commit_call: IDelayedCall | None = None
         self.commits = 0
         self._last_pruned: list[str] = []
+        self.replicas_pruned: list[str] = []
+        """The jobs whose replicated logs the last L{prune_replicas} deleted (their files are released)."""
 
     # -- marking ------------------------------------------------------------
 
@@ -523,9 +526,8 @@ class Journal:
 
         @return: how many job logs were deleted.
         """
-        if self._db is None:
-            return 0
-        return prune_replica_logs(self._db, finished_before)
+        self.replicas_pruned = [] if self._db is None else prune_replica_logs(self._db, finished_before)
+        return len(self.replicas_pruned)
 
     def abandon(self) -> None:
         """

@@ -69,11 +69,11 @@ def read_logs(db: sqlite3.Connection) -> list[tuple[str, Ballot | None, Ballot |
     return [(job, promised, accepted, batches) for job, (promised, accepted, batches) in logs.items()]
 
 
-def prune_replica_logs(db: sqlite3.Connection, finished_before: float) -> int:
+def prune_replica_logs(db: sqlite3.Connection, finished_before: float) -> list[str]:
     """
     Delete the logs of the jobs whose newest batch ends with an C{end}
     record that says they finished before C{finished_before} (see
-    L{p2pexec.journal.Journal.prune_replicas}); how many were deleted.
+    L{p2pexec.journal.Journal.prune_replicas}); the jobs whose logs were deleted.
     """
     with transaction(db):
         newest = db.execute(
@@ -82,7 +82,7 @@ def prune_replica_logs(db: sqlite3.Connection, finished_before: float) -> int:
         old = [job for job, records in newest if _log_ended_before(records, finished_before)]
         db.executemany("DELETE FROM replica_batches WHERE job = ?", ((job,) for job in old))
         db.executemany("DELETE FROM replica_jobs WHERE job = ?", ((job,) for job in old))
-    return len(old)
+    return old
 
 
 def _log_ended_before(records: bytes | str, moment: float) -> bool:

@@ -43,6 +43,7 @@ PEER_COMMANDS = frozenset(
         commands.ForwardClient,
         commands.HeldTasks,
         commands.CancelAttempts,
+        commands.HoldBlobs,  # issue 16, file replicas: a peer's only, after the handshake
     )
 )
 """The commands a node answers only once the handshake is done (besides DISCONNECT_REQUEST)."""

@@ -11,13 +11,14 @@ held by a majority of the set finally chosen (L{p2pexec.failover}).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import attr
 from twisted.internet.defer import Deferred
 
 from p2pexec.log import NodeLogger
+from p2pexec.model import TaskResult, TaskSpec
 from p2pexec.replica_log import ReplicaStore
 from p2pexec.replicas import Ballot, ReplicaSet
 from p2pexec.replication import JOB, MasterLog, Record, job_records
@@ -45,11 +46,33 @@ class Unplaced:
     waiters: list[Deferred[None]] = attr.Factory(list)
 
 
+PlacedListener = Callable[[str, tuple[str, ...], list[TaskSpec], list[TaskResult]], None]
+"""
+Called with a job's id, its replica set (this node among them), its tasks and the results they have, once this node leads the job with that
+set: chosen at accept, later (a start-up job), or taken over (issue 16: the
+job's files are copied to the set, see L{p2pexec.file_holds}).
+"""
+
+
 class Placements:
-    """The jobs of one node whose replica set is still to be chosen, by id."""
+    """
+    The jobs of one node whose replica set is still to be chosen, by id;
+    and who hears once a job's set is known (L{listeners}).
+    """
 
     def __init__(self) -> None:
         self._jobs: dict[str, Unplaced] = {}
+        self.listeners: list[PlacedListener] = []
+
+    def placed(
+        self, job_id: str, members: tuple[str, ...], specs: list[TaskSpec], results: Iterable[TaskResult]
+    ) -> None:
+        """This node leads C{job_id} with the replica set C{members}: tell the L{listeners}."""
+        if not self.listeners:
+            return
+        done = list(results)
+        for listener in self.listeners:
+            listener(job_id, members, specs, done)
 
     def __contains__(self, job_id: object) -> bool:
         return job_id in self._jobs
@@ -169,3 +192,4 @@ class Placing:
             size=len(members),
         )
         self._changed(job.id)
+        self.unplaced.placed(job.id, members, specs, [r.result for r in job.tasks.values() if r.result is not None])

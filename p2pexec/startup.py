@@ -82,9 +82,11 @@ class StartupJob:
         self.job_id: str | None = None
         self._settle: IDelayedCall | None = None
         self.forgotten_listeners: list[Callable[[list[str]], None]] = []
+        """Called with the ids of the jobs L{prune} deleted from the journal (their files are released)."""
+        self.replicas_forgotten_listeners: list[Callable[[list[str]], None]] = []
+        """Called with the jobs whose replicated logs L{prune} deleted (the files held for them are released)."""
         self.files: JobFiles | None = None
         """The master's side of task files: the start-up job's inputs are copied into the store (issue 16)."""
-        """Called with the ids of the jobs L{prune} deleted from the journal (their files are released)."""
 
     def wire(self, node: INode, master: Master, journal: IJournal, peers: PeerTable | None = None) -> None:
         """
@@ -125,6 +127,8 @@ class StartupJob:
                 name=name,
                 count=logs,
             )
+            for listener in self.replicas_forgotten_listeners:
+                listener(list(self._journal.replicas_pruned))
 
     def begin(self) -> None:
         """Resume the journal's unfinished jobs; submit the start-up job unless it is one of them, or finished."""

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from p2pexec.master import Master
     from p2pexec.membership import PeerTable
     from p2pexec.replica_log import ReplicaStore
+    from p2pexec.replica_placement import Placements
 
 log = NodeLogger(namespace="p2pexec.failover")
 
@@ -57,6 +58,7 @@ class Succession:
     _silence: dict[str, str]
     _seen: dict[str, Ballot]
     _led_before: set[str]
+    unplaced: Placements
 
     @property
     def _me(self) -> str:
@@ -363,6 +365,7 @@ class Succession:
             size=len(attempt.members),
         )
         self._master.take_over(image, ballot.epoch)
+        self.unplaced.placed(job_id, image.members, image.specs, image.results.values())
         for record in self._peers.connected_peers():
             if record.connection is not None:
                 self._announce(record.connection, job_id, ballot)

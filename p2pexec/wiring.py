@@ -187,4 +187,6 @@ def wire(node: Node, p: Parts) -> None:
     p.task_outputs.wire(node, p.peers, p.master, p.worker, p.directory)
     p.peer_names.wire(lambda: node.info, p.peers, p.dialer)
     if p.files is not None:
-        wire_files(p.files, p.peers, node.info.name, p.responders, p.intake, p.master, p.startup, p.views)
+        wire_files(
+            p.files, p.peers, node.info.name, p.responders, p.intake, p.master, p.startup, p.views, p.replication
+        )

@@ -71,6 +71,7 @@ from p2pexec.commands.files import PIECE_LIMIT as PIECE_LIMIT
 from p2pexec.commands.files import PIECES_PER_BOX as PIECES_PER_BOX
 from p2pexec.commands.files import FetchBlob as FetchBlob
 from p2pexec.commands.files import HaveBlobs as HaveBlobs
+from p2pexec.commands.files import HoldBlobs as HoldBlobs
 from p2pexec.commands.files import PutBlob as PutBlob
 from p2pexec.commands.files import pieces_of as pieces_of
 from p2pexec.commands.node import Authenticate as Authenticate

@@ -102,3 +102,23 @@ def pieces_of(values: dict[str, bytes | None]) -> list[bytes]:
             break
         pieces.append(piece)
     return pieces
+
+
+# -- Files replicated with a job's log (issue 16, part "file replicas") ---------------
+
+
+class HoldBlobs(amp.Command):
+    """
+    HOLD_BLOBS, from a job's master to a member of the job's replica set,
+    on a peer connection after the handshake: keep these blobs (C{digests},
+    a JSON list of at most 800 SHA-256 digests, pushed first with PUT_BLOB)
+    for job C{job} until this node's replicated log of the job is pruned.
+    The answer C{held} lists those it holds now, in the order asked, each
+    once; those it lacks are left out (not held).  See docs/protocol.rst,
+    "Files".
+    """
+
+    commandName = b"HOLD_BLOBS"
+    arguments = [(b"job", amp.Unicode()), (b"digests", JSON())]
+    response = [(b"held", JSON())]
+    errors = _errors(TRANSFER_REFUSED=TransferRefused)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 from typing import Any
 
 from tests.integration.cluster import Cluster
@@ -205,4 +206,70 @@ class FilesTests(CliTestCase):
         status, out, err = self.cli(cluster, m1.port, "fetch", finished.group(1), "--into", fetched)
         self.assertEqual(status, 0, (out, err, cluster.logs()))
         with open(os.path.join(fetched, finished.group(1), "t1", "seen.sha")) as f:
+            self.assertEqual(f.read().strip(), input_sha)
+
+
+class FilesFailoverTests(CliTestCase):
+    """A job's input that only its master had survives the master's SIGKILL: a replica has it."""
+
+    def test_input_fetched_from_a_replica_after_the_master_is_killed(self) -> None:
+        """
+        m1 (runs nothing), w1 and w2, all C{--replicas 2}: a job of two
+        tasks, t1 (sleeps) and t2 (after t1) whose 4 MiB input the client
+        sent to m1 only.  m1 copies the input to w1 and w2 (one line each),
+        then is SIGKILLed before any worker fetched it.  A successor takes
+        the job over; t2 runs on a worker that has the input as a replica
+        (or fetches it from the other), and the task sees the same bytes:
+        the job ends with 2 succeeded.  (Before files were copied to the
+        replicas, t2 ended in error: nobody alive had its input.)
+        """
+        cluster = Cluster(self, budget=120.0)
+        m1 = cluster.start("m1", "--capabilities", "m", "--replicas", "2")
+        workers = [cluster.start(name, "--capabilities", "sh", "--replicas", "2") for name in ("w1", "w2")]
+        for name in ("w1", "w2"):
+            m1.wait_for(rf"\] Node m1 connected to peer {name} ", timeout=15.0)
+        workers[0].wait_for(r"\] Node w1 connected to peer w2 ", timeout=15.0)
+        source = cluster.path("data.bin")
+        input_sha = write_random(source, 4 * MIB)
+        job_file = cluster.path("job.toml")
+        tasks = [
+            {"id": "t1", "shell": True, "command": "sleep 4"},
+            {
+                "id": "t2",
+                "shell": True,
+                "after": ["t1"],
+                "command": "sha256sum data.bin | cut -d' ' -f1 > seen.sha",
+                "inputs": ["data.bin"],
+                "outputs": ["seen.sha"],
+            },
+        ]
+        write_job(job_file, {"kind": "sh"}, tasks)
+        status, out, err = self.cli(cluster, m1.port, "submit", job_file)
+        self.assertEqual(status, 0, (out, err))
+        job = out.strip()
+        for name in ("w1", "w2"):
+            m1.wait_for(
+                rf"\] Node m1 copied job {job}'s 1 input file\(s\) \(4,194,304 bytes\) to replica {name} in ",
+                timeout=20.0,
+            )
+        self.assertFalse(any(w.has(r"fetched input data\.bin") for w in workers), "a worker fetched it already")
+        m1.send_signal(signal.SIGKILL)
+        self.assertEqual(m1.wait_exit(5), -signal.SIGKILL)
+
+        took = rf"\] Node (w\d) took over job {job} as master at epoch 2: "
+        cluster.wait_until(
+            lambda: any(w.has(took) for w in workers), lambda: f"nobody took the job over\n{cluster.logs()}"
+        )
+        [leader] = [w for w in workers if w.has(took)]
+        finished = leader.wait_for(rf"\] Job {job} finished: (\d+) succeeded, (\d+) failed, ", timeout=40.0)
+        self.assertEqual(finished.group(1, 2), ("2", "0"), cluster.logs())
+        # The worker of t2 is a replica itself (three nodes): it found the input in its own cache, or
+        # fetched it from the other replica; never from m1, which was dead before t2 could start.
+        used = [json.loads(self.cli(cluster, w.port, "status", "--json")[1])["node"]["transfers"] for w in workers]
+        self.assertEqual(sum(u["inputs_cached"] + u["inputs_fetched"] for u in used), 1, used)
+        self.assertFalse(any(w.has(r"fetched input data\.bin .* from m1 ") for w in workers), cluster.logs())
+        fetched = cluster.path("fetched")
+        status, out, err = self.cli(cluster, leader.port, "fetch", job, "--into", fetched)
+        self.assertEqual(status, 0, (out, err, cluster.logs()))
+        with open(os.path.join(fetched, job, "t2", "seen.sha")) as f:
             self.assertEqual(f.read().strip(), input_sha)

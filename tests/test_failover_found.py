@@ -39,6 +39,21 @@ def promise_alone(cluster, name, job_id, ballot):
     replication._journal.replica_changed(job_id, store.promised, store.accepted)
 
 
+def add_with_journal(cluster, name, state_dir):
+    """
+    Node C{name} of C{cluster} with a journal in C{state_dir}, C{--replicas
+    2} and tasks of 0.5 s: the master z1 runs nothing, the others kind w.
+    """
+    return cluster.add(
+        name,
+        address=ADDRESSES[name],
+        capabilities=frozenset() if name == "z1" else frozenset({"w"}),
+        replicas=2,
+        duration=0.5,
+        state_dir=state_dir,
+    )
+
+
 class DeposedMasterOwnTaskTests(SynchronousTestCase):
     """A master that ran tasks of its own job, deposed before they finish (seeds 7, 8, 9, 16, 27)."""
 
@@ -201,15 +216,7 @@ class RestartedSuccessorsTests(SynchronousTestCase):
         dirs = {name: self.mktemp() for name in ["z1", *WORKERS]}
 
         def start(name):
-            node = cluster.add(
-                name,
-                address=ADDRESSES[name],
-                capabilities=frozenset() if name == "z1" else frozenset({"w"}),
-                replicas=2,
-                duration=0.5,
-                state_dir=dirs[name],
-            )
-            return node
+            return add_with_journal(cluster, name, dirs[name])
 
         def close_live():
             crashed = {name for name, host in cluster.hosts.items() if host.crashed}
@@ -345,14 +352,7 @@ class SteppedDownRestartTests(SynchronousTestCase):
         dirs = {name: self.mktemp() for name in names}
 
         def start(name):
-            return cluster.add(
-                name,
-                address=ADDRESSES[name],
-                capabilities=frozenset() if name == "z1" else frozenset({"w"}),
-                replicas=2,
-                duration=0.5,
-                state_dir=dirs[name],
-            )
+            return add_with_journal(cluster, name, dirs[name])
 
         def crash(name):
             cluster.hosts[name].crash()

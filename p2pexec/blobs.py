@@ -496,24 +496,30 @@ class BlobStore:
     def hold(self, owner: str, digests: Iterable[str]) -> None:
         """
         Add C{digests} to what C{owner} holds: they are never evicted until
-        L{release}.  Kept in C{holds/} (written atomically), so holds survive
-        a restart.  A digest the store lacks may be held (it is kept once it
-        arrives); a malformed one is a L{BlobError}.
+        L{release}.  Kept in C{holds/}, one file per owner to which only the
+        digests new to it are appended (and fsynced), so that holding a few
+        more of a job's outputs costs their lines, not the whole list again;
+        holds survive a restart.  A digest the store lacks may be held (it is
+        kept once it arrives); a malformed one is a L{BlobError}.
         """
         new = frozenset(_check_digest(d) for d in digests)
         key = safe_name(owner)
         with self._lock:
-            digests_now = self._holds.get(key, frozenset()) | new
-            if digests_now == self._holds.get(key):
+            held = self._holds.get(key, frozenset())
+            added = new - held
+            if not added:
                 return
-            temp = os.path.join(self._holds_dir, f".{key}.{secrets.token_hex(4)}")
-            with open(temp, "w", encoding="ascii") as f:
-                f.write("".join(d + "\n" for d in sorted(digests_now)))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(temp, os.path.join(self._holds_dir, key))
-            self._holds[key] = digests_now
-        _fsync_folder(self._holds_dir)
+            path = os.path.join(self._holds_dir, key)
+            created = key not in self._holds
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+            try:
+                _write_all(fd, "".join(d + "\n" for d in sorted(added)).encode("ascii"))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            self._holds[key] = held | added
+        if created:
+            _fsync_folder(self._holds_dir)
 
     def release(self, owner: str) -> None:
         """Drop everything C{owner} holds (the blobs stay until evicted); nothing if it holds nothing."""

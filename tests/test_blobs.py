@@ -436,6 +436,22 @@ class PersistenceTests(StoreMixin, TestCase):
         store.release("job/1 with odd name")
         self.assertEqual(self.reopen(store).held(), set())
 
+    def test_holds_appended_not_rewritten(self) -> None:
+        """
+        Holding more of a job's files appends only the digests new to it (a
+        job with many outputs does not rewrite its whole list each time); a
+        torn last line, as a crash mid-write leaves, is ignored on reopen.
+        """
+        store = self.make_store()
+        store.hold("job-1", ["a" * 64, "b" * 64])
+        store.hold("job-1", ["b" * 64, "c" * 64])
+        path = os.path.join(self.root, "holds", "job-1")
+        with open(path) as f:
+            self.assertEqual(f.read().split(), ["a" * 64, "b" * 64, "c" * 64])
+        with open(path, "a") as f:
+            f.write("d" * 20)
+        self.assertEqual(self.reopen(store).held(), {"a" * 64, "b" * 64, "c" * 64})
+
     def test_owner_names_are_safe(self) -> None:
         """An owner name with slashes or dots never leaves holds/; distinct owners stay distinct."""
         store = self.make_store()

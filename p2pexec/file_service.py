@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.internet.defer import Deferred, TimeoutError
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
@@ -49,6 +49,9 @@ ASK_TIMEOUT = 30.0
 
 MAX_INCOMING = 16
 """The most blobs one connection may be sending at once (each has a writer and a temporary file)."""
+
+IDLE_TIMEOUT = 120.0
+"""Seconds a PUT_BLOB transfer may go without a box before it is dropped (its temporary file removed)."""
 
 MAX_QUEUED = 16
 """The most PUT_BLOB boxes of one blob taken and not yet written (answered): a sender's window, bounded."""
@@ -121,7 +124,14 @@ class _Incoming:
     def __init__(self) -> None:
         self.writers: dict[str, QueuedWriter] = {}
         self.started: dict[str, float] = {}
+        self.idle: dict[str, IDelayedCall] = {}
         self.refused: set[str] = set()
+
+    def stop_watching(self, digest: str) -> None:
+        """Cancel the idle timer of the transfer of C{digest}, if any."""
+        call = self.idle.pop(digest, None)
+        if call is not None and call.active():
+            call.cancel()
 
 
 class _Lookup:
@@ -307,6 +317,10 @@ class FileService:
             )
         written = writer.write(offset, pieces)
         self.received_bytes += end - offset
+        if writer.complete:
+            state.stop_watching(digest)  # the last box: what follows is the writer's, not the sender's
+        else:
+            self._watch_idle(connection, state, digest, writer)
 
         def failed(failure: Failure) -> Failure:
             failure.trap(ValueError, OSError)
@@ -322,9 +336,28 @@ class FileService:
             lambda _: self._kept(connection, state, writer), failed
         )
 
+    def _watch_idle(self, connection: IFileConnection, state: _Incoming, digest: str, writer: QueuedWriter) -> None:
+        """(Re)start the idle timer of a transfer: a sender that stops mid-file must not keep its temporary file."""
+        state.stop_watching(digest)
+        state.idle[digest] = self._clock.callLater(IDLE_TIMEOUT, self._idle, connection, state, digest, writer)
+
+    def _idle(self, connection: IFileConnection, state: _Incoming, digest: str, writer: QueuedWriter) -> None:
+        """A transfer went L{IDLE_TIMEOUT} seconds without a box: drop it (logged, counted as refused)."""
+        state.idle.pop(digest, None)
+        if state.writers.get(digest) is writer:
+            self._refuse(
+                connection,
+                state,
+                digest,
+                f"no piece of blob {digest[:12]} came for {IDLE_TIMEOUT:g}s ({writer.accepted:,} of "
+                f"{writer.size:,} bytes received); the part received is dropped",
+                writer,
+            )
+
     def _kept(self, connection: IFileConnection, state: _Incoming, writer: QueuedWriter) -> dict[str, Any]:
         """An incoming blob is whole, checked and kept: count it and log it; the last answer."""
         digest, size = writer.digest, writer.size
+        state.stop_watching(digest)
         if state.writers.get(digest) is writer:
             del state.writers[digest]
         self.received_files += 1
@@ -358,6 +391,7 @@ class FileService:
         if writer is None or state.writers.get(digest) is writer:
             writer = state.writers.pop(digest, None)
             state.started.pop(digest, None)
+            state.stop_watching(digest)
         if writer is not None:
             writer.abort()
         if len(state.refused) >= _REMEMBERED:
@@ -374,6 +408,7 @@ class FileService:
         if state is None:
             return
         for digest, writer in state.writers.items():
+            state.stop_watching(digest)
             writer.abort()
             log.info(
                 "{Me} dropped the part of blob {digest} received from {peer} ({received} of {size} bytes): "

@@ -16,7 +16,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
-from twisted.logger import globalLogPublisher
+from twisted.logger import capturedLogs, formatEvent, globalLogPublisher
 from twisted.protocols import amp
 from twisted.test.iosim import connectedServerAndClient
 from twisted.trial.unittest import SynchronousTestCase
@@ -24,7 +24,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from p2pexec import commands
 from p2pexec.auth import ChallengeResponse
 from p2pexec.blobs import FRESH_PIN
-from p2pexec.file_service import MAX_QUEUED, FileService
+from p2pexec.file_service import IDLE_TIMEOUT, MAX_QUEUED, FileService
 from p2pexec.peer import PeerProtocol
 from p2pexec.transfer import PIECE, WINDOW, missing, pull, push
 
@@ -559,3 +559,66 @@ class ProxyTests(SynchronousTestCase):
         )
         self.assertIn("peer b1 did not give it", second[0].getErrorMessage())
         second[0].trap(commands.NoSuchBlob)
+
+
+class SenderStub:
+    """A node's connection, as the service sees it, that never closes (heartbeats keep a real one up)."""
+
+    peer_name = "w1"
+    closed = False
+    client = False
+
+    def address(self) -> str:
+        """Its address."""
+        return "127.0.0.1:4000"
+
+    def describe(self) -> str:
+        """Its name and address."""
+        return "w1 at 127.0.0.1:4000"
+
+    def when_lost(self) -> Deferred[None]:
+        """Never fires."""
+        return Deferred()
+
+
+class IdleTransferTests(SynchronousTestCase):
+    """A PUT_BLOB transfer whose sender stops mid-file is dropped after IDLE_TIMEOUT, its temporary file removed."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.store = FakeStore()
+        self.files = FileService(self.store, self.clock)
+        self.files.wire(lambda: [], "b1")
+        self.sender = SenderStub()
+        self.data = os.urandom(3 * PIECE)
+        self.digest = hashlib.sha256(self.data).hexdigest()
+
+    def put(self, index: int) -> object:
+        """Send piece C{index} of the three."""
+        piece = self.data[index * PIECE : (index + 1) * PIECE]
+        return self.files.put(self.sender, self.digest, len(self.data), index * PIECE, [piece])
+
+    def test_stalled_transfer_dropped(self) -> None:
+        """No box for IDLE_TIMEOUT seconds: the writer is aborted, counted as refused, and logged once."""
+        with capturedLogs() as events:
+            self.put(0)
+            self.clock.advance(IDLE_TIMEOUT - 1)
+            self.assertEqual(self.files.incoming(self.sender), 1)
+            self.clock.advance(1)
+        self.assertEqual(self.files.incoming(self.sender), 0)
+        self.assertTrue(self.store.writers[0].aborted)
+        self.assertEqual(self.files.refused, 1)
+        lines = [formatEvent(e) for e in events if "came for" in formatEvent(e)]
+        self.assertEqual(len(lines), 1, lines)
+        self.assertIn(f"no piece of blob {self.digest[:12]} came for 120s (60,000 of 180,000 bytes received)", lines[0])
+
+    def test_steady_transfer_kept(self) -> None:
+        """Boxes that keep coming, each within IDLE_TIMEOUT of the last, keep the transfer; a finished one leaves no timer."""
+        self.put(0)
+        self.clock.advance(IDLE_TIMEOUT - 1)
+        self.put(1)
+        self.clock.advance(IDLE_TIMEOUT - 1)
+        self.put(2)
+        self.assertEqual(self.store.blobs[self.digest], self.data)
+        self.assertEqual(self.clock.getDelayedCalls()[0].getTime(), self.clock.seconds() + FRESH_PIN)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)  # the pin's, not an idle timer

@@ -53,6 +53,8 @@ TRANSFER_FIGURES = (
     ("outputs_sent_bytes", "Bytes of the task outputs this node pushed (0 for one the master had)."),
     ("file_errors", "Task attempts ended by a file problem (a fetch, a path, a missing output, a push)."),
     ("evicted_files", "Files evicted from this node's file cache to keep it within --cache-size."),
+    ("replica_copies", "Files this node, as a job's master, copied to the job's replica set."),
+    ("replica_copies_bytes", "Bytes of the files this node copied to its jobs' replica sets."),
 )
 """The transfer counters (name, help), in the node's status (C{transfers}) and /metrics (C{p2pexec_transfer_*})."""
 
@@ -89,6 +91,8 @@ class NodeFiles:
             "outputs_sent_bytes": counters.outputs_sent_bytes,
             "file_errors": counters.file_errors,
             "evicted_files": store.evicted_files,
+            "replica_copies": 0 if self.holds.copies is None else self.holds.copies.copied,
+            "replica_copies_bytes": 0 if self.holds.copies is None else self.holds.copies.copied_bytes,
             "cache_bytes": store.total_bytes,
             "cache_limit_bytes": store.cache_size,
         }

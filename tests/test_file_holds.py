@@ -234,6 +234,12 @@ class FakeRunnerWithCounters:
     counters = FileCounters(9, 10, 11, 12, 13, 14)
 
 
+class FakeCopies:
+    """The copies to replica sets' counters."""
+
+    copied, copied_bytes = 15, 16
+
+
 def fake_files(holds):
     """File parts of fakes."""
     return NodeFiles(FakeCache(), None, FakeService(), FakeRunnerWithCounters(), holds)
@@ -268,6 +274,10 @@ class WiringTests(SynchronousTestCase):
         self.assertEqual(transfers["sent_bytes"], 2)
         self.assertEqual(transfers["inputs_fetched_bytes"], 10)
         self.assertEqual(transfers["cache_bytes"], 7)
+        self.assertEqual((transfers["replica_copies"], transfers["replica_copies_bytes"]), (0, 0))
+        self.holds.copies = FakeCopies()
+        transfers = self.node.peers_status()[0]["transfers"]
+        self.assertEqual((transfers["replica_copies"], transfers["replica_copies_bytes"]), (15, 16))
         self.assertEqual(self.node.views.counters()["transfer_received_bytes"], 4)
 
     def test_metrics(self):

@@ -28,6 +28,7 @@ node just before it is stopped, and the client's maximum RSS from
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import socket
@@ -59,8 +60,6 @@ def make_file(path: str, size: int) -> None:
 
 def sha256_seconds(path: str) -> float:
     """Seconds to SHA-256 C{path} in this process, read in 1 MiB pieces: what every receiving hop must also do."""
-    import hashlib
-
     digest = hashlib.sha256()
     started = time.monotonic()
     with open(path, "rb") as source:

@@ -224,13 +224,17 @@ class UploadTests(SynchronousTestCase):
         file = self.local("a.bin", b"abc")
         blobs = FakeBlobs()
         order: list[str] = []
-        import p2pexec.client.uploads as uploads
+        from p2pexec import transfer
 
-        def function(name: str) -> Any:
-            order.append(name)
-            return getattr(blobs, name)
+        def recorded(name: str) -> Any:
+            def call(*args: Any) -> Any:
+                order.append(name)
+                return getattr(blobs, name)(*args)
 
-        self.patch(uploads, "transfer_function", function)
+            return call
+
+        self.patch(transfer, "missing", recorded("missing"))
+        self.patch(transfer, "push", recorded("push"))
         node = FakeNode({commands.SubmitJob: [{"upload": "u1", "job": "j1"}]})
         spec = TaskSpec(id="t1", kind="sh", inputs=(file,))
         d = defer.ensureDeferred(calls.submit_tasks(node, [spec]))

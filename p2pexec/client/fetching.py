@@ -26,10 +26,11 @@ from typing import Any
 import attr
 from twisted.internet.defer import CancelledError, Deferred
 
+from p2pexec import transfer
 from p2pexec.client import calls
 from p2pexec.client.calls import Caller
 from p2pexec.client.errors import ClientError
-from p2pexec.client.uploads import Remote, transfer_function
+from p2pexec.client.uploads import Remote
 from p2pexec.filenames import check_relative
 from p2pexec.jobfile import HASH_PIECE
 from p2pexec.model import OutputFile, ValidationError
@@ -223,7 +224,7 @@ async def fetch_outputs(node: Caller, job: str, into: str, pull: Pull | None = N
     wanted = [(entry, entry["outputs"]) for entry in tasks if entry.get("outputs")]
     if not wanted:
         return summary
-    get = pull if pull is not None else transfer_function("pull")
+    get = pull if pull is not None else transfer.pull
     try:
         os.makedirs(into, exist_ok=True)
         top = os.open(into, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)

@@ -12,8 +12,6 @@ given by the caller (tests pass fakes).
 
 from __future__ import annotations
 
-import hashlib
-import importlib
 import os
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
@@ -21,8 +19,10 @@ from typing import Any
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.protocols import amp
 
+from p2pexec import transfer
 from p2pexec.client.calls import Caller
 from p2pexec.client.errors import ClientError, JobRefused
+from p2pexec.jobfile import hash_file
 from p2pexec.model import InputFile, TaskSpec
 
 Missing = Callable[[Any, Sequence[str]], "Awaitable[list[str]] | Deferred[list[str]]"]
@@ -53,11 +53,6 @@ class Remote:
             return await self.node.call(command, **arguments)
 
         return Deferred.fromCoroutine(call())
-
-
-def transfer_function(name: str) -> Any:
-    """C{p2pexec.transfer.NAME}, imported now (it comes with the file transfer commands)."""
-    return getattr(importlib.import_module("p2pexec.transfer"), name)
 
 
 class LocalInput:
@@ -111,14 +106,11 @@ def changed_since_hashed(file: InputFile) -> bool:
     (hashed again: only after the node refused it, to say why).
     """
     assert file.source is not None
-    digest = hashlib.sha256()
     try:
-        with open(file.source, "rb") as f:
-            while chunk := f.read(1 << 20):
-                digest.update(chunk)
+        digest, _ = hash_file(file.source)
     except OSError:
         return True
-    return digest.hexdigest() != file.sha256
+    return digest != file.sha256
 
 
 def inputs_to_send(tasks: Iterable[TaskSpec]) -> dict[str, tuple[str, InputFile]]:
@@ -147,8 +139,8 @@ async def upload_inputs(
     files = inputs_to_send(tasks)
     if not files:
         return 0
-    find = missing if missing is not None else transfer_function("missing")
-    send = push if push is not None else transfer_function("push")
+    find = missing if missing is not None else transfer.missing
+    send = push if push is not None else transfer.push
     remote = Remote(node)
     try:
         lacking = await find(remote, list(files))
